@@ -1,0 +1,37 @@
+# Thin wrapper over CMake for the everyday commands. CMake is the source of
+# truth; see CMakeLists.txt.
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all deps build run test test-unit bench clean
+
+all: build
+
+deps:
+	@sh scripts/deps.sh
+
+build: deps
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+	cmake --build build -j $(JOBS)
+
+run: build
+	./build/cqrsd serve --data ./data --listen 127.0.0.1:8080
+
+# Plain build, then AddressSanitizer + UBSan, then ThreadSanitizer on the
+# threaded tests. The last thing printed is ctest's summary line.
+test: build
+	cmake -S . -B build-tsan -DCQ_SANITIZE=thread -DCQ_BENCH=OFF >/dev/null
+	cmake --build build-tsan -j $(JOBS)
+	cmake -S . -B build-asan -DCQ_SANITIZE=address -DCQ_BENCH=OFF >/dev/null
+	cmake --build build-asan -j $(JOBS)
+	cd build && ctest --output-on-failure -j 2
+	cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+		ctest --output-on-failure -L tsan
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j 2
+
+bench: build
+	@sh scripts/deps.sh wrk
+	sh bench/run.sh
+
+clean:
+	rm -rf build build-asan build-tsan

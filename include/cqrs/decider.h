@@ -1,0 +1,153 @@
+/*
+ * decider.h -- the public API a domain implements to accept commands.
+ *
+ * A domain (see domains/orders/) is a set of command definitions. Each
+ * command belongs to an aggregate, whose state is folded from its stream's
+ * events with evolve(). The engine:
+ *
+ *   1. checks the JSON body against the command's schema (cq_schema_check),
+ *      then the command's own validate(), and answers 400 with every field
+ *      error if either finds one;
+ *   2. derives the stream id with stream_id();
+ *   3. loads the aggregate state (a cached copy checked by stream version,
+ *      or initial() folded with evolve() over the stream);
+ *   4. calls decide(state, body) which emits events or refuses;
+ *   5. appends the events, then evolves its cached state with them.
+ *
+ * initial, evolve, clone, decide and validate must be pure: no I/O, no
+ * clock, no randomness, no global state. They may be called from any one
+ * thread at a time (in practice the writer thread, and HTTP threads for
+ * validate/stream_id). Times and ids the events need come from the command
+ * body or from the metadata the engine adds.
+ *
+ * JSON values are jansson's json_t. Ownership is stated per function.
+ */
+#ifndef CQRS_DECIDER_H
+#define CQRS_DECIDER_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cqrs.h"
+
+/* ---- validation errors ------------------------------------------------ */
+
+typedef struct cq_errors cq_errors; /* opaque list of {field, message} */
+
+/* Record that `field` (a path such as "items[0].quantity", or "" for the
+ * body itself) is wrong, with a printf-style message. Copies everything.
+ * Out of memory is remembered and reported by cq_errors_count() as at least
+ * one error, so callers need not check. */
+void cq_errors_add(cq_errors *e, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Number of errors recorded so far. */
+int cq_errors_count(const cq_errors *e);
+
+/* ---- declarative shape checks ------------------------------------------ */
+
+typedef enum cq_field_kind {
+    CQ_FIELD_END = 0,   /* terminates a field list */
+    CQ_FIELD_STRING,    /* min/max bound the length in characters */
+    CQ_FIELD_INTEGER,   /* min/max bound the value */
+    CQ_FIELD_ARRAY      /* of objects described by `items`; min/max bound the count */
+} cq_field_kind;
+
+typedef enum cq_charset {
+    CQ_CHARS_TEXT = 0,  /* any UTF-8 without control characters */
+    CQ_CHARS_ID,        /* [A-Za-z0-9_-] */
+    CQ_CHARS_UPPER      /* [A-Z] */
+} cq_charset;
+
+typedef struct cq_field {
+    const char *name;
+    cq_field_kind kind;
+    int optional;                  /* 0: required */
+    int64_t min, max;              /* inclusive bounds, see cq_field_kind */
+    cq_charset chars;              /* strings only */
+    const struct cq_field *items;  /* arrays only: fields of each item */
+} cq_field;
+
+/* Check that `body` is an object whose members match `fields` (a list
+ * ended by kind CQ_FIELD_END): right types, within bounds, required ones
+ * present, no unknown members. Adds one error per problem to `errs`, with
+ * the field's path, prefixed by `prefix` ("" at top level). Returns the
+ * number of errors added. `body` is borrowed. Thread-safe. */
+int cq_schema_check(const cq_field *fields, const json_t *body,
+                    const char *prefix, cq_errors *errs);
+
+/* ---- events and state -------------------------------------------------- */
+
+/* A stored event as the aggregate sees it. All pointers borrowed for the
+ * duration of the call. */
+typedef struct cq_event {
+    const char *type;
+    int schema_version;
+    int64_t version;    /* version within its stream, from 1 */
+    int64_t position;   /* global position, from 1 */
+    const json_t *data;
+} cq_event;
+
+typedef struct cq_aggregate {
+    const char *name;
+    /* A new state, as for a stream with no events; NULL on out of memory. */
+    void *(*initial)(void);
+    /* Apply one event to `state` in place. Unknown event types must be
+     * ignored. Returns CQ_OK, or CQ_ECORRUPT/CQ_ENOMEM. */
+    int (*evolve)(void *state, const cq_event *ev);
+    /* A deep copy of `state`; NULL on out of memory. */
+    void *(*clone)(const void *state);
+    /* Free a state; accepts NULL. */
+    void (*free)(void *state);
+} cq_aggregate;
+
+/* ---- decisions ---------------------------------------------------------- */
+
+typedef struct cq_decision cq_decision; /* opaque: what decide() produced */
+
+/* Emit an event. `type` is copied; `data` must be a JSON object and its
+ * reference is taken over (stolen) even on failure. Returns CQ_OK,
+ * CQ_EINVAL (data not an object) or CQ_ENOMEM. */
+int cq_decision_emit(cq_decision *d, const char *type, int schema_version,
+                     json_t *data);
+
+/* Refuse the command for a business reason (answered as 422 with this
+ * message as detail). Returns CQ_EREFUSED so decide() can `return` it. */
+int cq_decision_refuse(cq_decision *d, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* What the stream must look like before decide() runs. */
+typedef enum cq_expect {
+    CQ_EXPECT_ANY = 0,   /* no check */
+    CQ_EXPECT_NEW,       /* stream must not exist: 409 otherwise */
+    CQ_EXPECT_EXISTS     /* stream must exist: 404 otherwise */
+} cq_expect;
+
+typedef struct cq_command_def {
+    const char *type;                /* e.g. "PlaceOrder"; unique per domain */
+    const cq_aggregate *aggregate;
+    const cq_field *schema;          /* shape of the body */
+    cq_expect expect;
+    /* Write the target stream id (NUL-terminated) into buf of cap bytes.
+     * Called only after the schema check passed. CQ_OK or CQ_EINVAL. */
+    int (*stream_id)(const json_t *body, char *buf, size_t cap);
+    /* Checks beyond the shape; may be NULL. Adds to errs; returns the
+     * number of errors added. */
+    int (*validate)(const json_t *body, cq_errors *errs);
+    /* Decide. `state` is borrowed and must not be changed. Returns CQ_OK
+     * (zero or more events emitted), CQ_EREFUSED (via cq_decision_refuse)
+     * or CQ_ENOMEM. */
+    int (*decide)(const void *state, const json_t *body, cq_decision *d);
+} cq_command_def;
+
+typedef struct cq_domain {
+    const char *name;
+    const cq_command_def *const *commands; /* NULL-terminated */
+} cq_domain;
+
+/* The command definition named `type` in `domain`, or NULL. */
+const cq_command_def *cq_domain_command(const cq_domain *domain,
+                                        const char *type);
+
+#endif
