@@ -1,1 +1,246 @@
-int main(void) { return 1; }
+/*
+ * main.c -- the cqrsd command line.
+ *
+ *   cqrsd serve [--data DIR] [--listen HOST:PORT] [--threads N]
+ *               [--idempotency-ttl SECONDS] [--body-limit BYTES]
+ *   cqrsd version | help
+ *
+ * `serve` opens the event store, starts the writer thread and the HTTP
+ * server for the orders example, then waits for SIGTERM or SIGINT. Those
+ * signals are blocked in every thread and taken with sigwait() here, so
+ * shutdown runs as ordinary code: stop accepting connections, let the
+ * writer commit and answer everything queued, let MHD send those answers,
+ * then close the store. Nothing acknowledged is lost because nothing is
+ * acknowledged before its commit.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "command/writer.h"
+#include "cqrs/cqrs.h"
+#include "http/server.h"
+#include "orders/orders.h"
+#include "store/store.h"
+
+typedef struct options {
+    const char *data;
+    const char *listen;
+    int64_t threads;
+    int64_t ttl_s;
+    int64_t body_limit;
+} options;
+
+static void usage(FILE *f)
+{
+    fputs("usage: cqrsd serve [--data DIR] [--listen HOST:PORT] "
+          "[--threads N]\n"
+          "                   [--idempotency-ttl SECONDS] "
+          "[--body-limit BYTES]\n"
+          "       cqrsd version\n"
+          "\n"
+          "  --data DIR              where events.db lives (default ./data)\n"
+          "  --listen HOST:PORT      address to serve on (default "
+          "127.0.0.1:8080;\n"
+          "                          [::1]:8080 for IPv6, port 0 picks one)\n"
+          "  --threads N             HTTP threads, 1-64 (default 2)\n"
+          "  --idempotency-ttl S     how long Idempotency-Keys are "
+          "remembered,\n"
+          "                          60-31536000 seconds (default 86400)\n"
+          "  --body-limit BYTES      largest request body, 1024-67108864\n"
+          "                          (default 1048576)\n",
+          f);
+}
+
+/* Strict decimal integer in [min, max]. */
+static int parse_num(const char *flag, const char *s, int64_t min,
+                     int64_t max, int64_t *out)
+{
+    char *end;
+    long long v;
+
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < min || v > max) {
+        fprintf(stderr, "cqrsd: %s needs an integer from %lld to %lld, not "
+                "'%s'\n", flag, (long long)min, (long long)max, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, options *o)
+{
+    o->data = "./data";
+    o->listen = "127.0.0.1:8080";
+    o->threads = 2;
+    o->ttl_s = 86400;
+    o->body_limit = 1024 * 1024;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int rc = 0;
+
+        if (v == NULL) {
+            fprintf(stderr, "cqrsd: %s: unknown option or missing value\n",
+                    a);
+            return -1;
+        }
+        if (strcmp(a, "--data") == 0)
+            o->data = v;
+        else if (strcmp(a, "--listen") == 0)
+            o->listen = v;
+        else if (strcmp(a, "--threads") == 0)
+            rc = parse_num(a, v, 1, 64, &o->threads);
+        else if (strcmp(a, "--idempotency-ttl") == 0)
+            rc = parse_num(a, v, 60, 31536000, &o->ttl_s);
+        else if (strcmp(a, "--body-limit") == 0)
+            rc = parse_num(a, v, 1024, 64 * 1024 * 1024, &o->body_limit);
+        else {
+            fprintf(stderr, "cqrsd: unknown option %s\n", a);
+            return -1;
+        }
+        if (rc != 0)
+            return -1;
+        i++;
+    }
+    return 0;
+}
+
+/* HOST:PORT or [V6]:PORT into a numeric socket address. */
+static int parse_listen(const char *spec, cq_server_config *cfg)
+{
+    char host[256];
+    const char *port;
+    struct addrinfo hints, *res = NULL;
+    int64_t p;
+    int rc;
+
+    if (spec[0] == '[') {
+        const char *close = strchr(spec, ']');
+        if (close == NULL || close[1] != ':' ||
+            (size_t)(close - spec - 1) >= sizeof host)
+            goto bad;
+        memcpy(host, spec + 1, (size_t)(close - spec - 1));
+        host[close - spec - 1] = '\0';
+        port = close + 2;
+    } else {
+        const char *colon = strrchr(spec, ':');
+        if (colon == NULL || (size_t)(colon - spec) >= sizeof host)
+            goto bad;
+        memcpy(host, spec, (size_t)(colon - spec));
+        host[colon - spec] = '\0';
+        port = colon + 1;
+    }
+    if (parse_num("--listen port", port, 0, 65535, &p) != 0)
+        return -1;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+    if (rc != 0) {
+        fprintf(stderr, "cqrsd: --listen %s: %s\n", spec, gai_strerror(rc));
+        return -1;
+    }
+    memcpy(&cfg->addr, res->ai_addr, res->ai_addrlen);
+    cfg->addrlen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+bad:
+    fprintf(stderr, "cqrsd: --listen wants HOST:PORT or [IPV6]:PORT, not "
+            "'%s'\n", spec);
+    return -1;
+}
+
+static int serve(const options *o)
+{
+    cq_store_config scfg = {o->data, 1, 4};
+    cq_writer_config wcfg = {0};
+    cq_server_config hcfg;
+    cq_store *store = NULL;
+    cq_writer *writer = NULL;
+    cq_server *server = NULL;
+    sigset_t sigs;
+    char err[512];
+    int sig = 0, rc;
+
+    memset(&hcfg, 0, sizeof hcfg);
+    if (parse_listen(o->listen, &hcfg) != 0)
+        return 2;
+    hcfg.threads = (int)o->threads;
+    hcfg.body_limit = (size_t)o->body_limit;
+    wcfg.idempotency_ttl_ms = o->ttl_s * 1000;
+
+    /* Block the signals before any thread exists so every thread inherits
+     * the mask and only sigwait() below sees them. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    rc = cq_store_open(&scfg, &store, err, sizeof err);
+    if (rc != CQ_OK) {
+        fprintf(stderr, "cqrsd: cannot open the event store in %s: %s\n",
+                o->data, err);
+        return 1;
+    }
+    rc = cq_writer_start(store, &wcfg, &writer);
+    if (rc != CQ_OK) {
+        fprintf(stderr, "cqrsd: cannot start the writer: %s\n",
+                cq_strerror(rc));
+        goto done;
+    }
+    rc = cq_server_start(&hcfg, store, writer, orders_domain(), &server, err,
+                         sizeof err);
+    if (rc != CQ_OK) {
+        fprintf(stderr, "cqrsd: --listen %s: %s\n", o->listen, err);
+        goto done;
+    }
+    fprintf(stderr, "cqrsd: serving the orders example on %s (port %u), "
+            "data in %s\n", o->listen, cq_server_port(server), o->data);
+
+    while (sigwait(&sigs, &sig) != 0)
+        ;
+    fprintf(stderr, "cqrsd: %s: finishing queued commands and stopping\n",
+            sig == SIGINT ? "SIGINT" : "SIGTERM");
+    cq_server_quiesce(server);
+done:
+    cq_writer_stop(writer);       /* commits and answers what is queued */
+    cq_server_stop(server, 5000); /* sends those answers, then stops */
+    cq_store_close(store);
+    return rc == CQ_OK ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "version") == 0 ||
+        strcmp(argv[1], "--version") == 0) {
+        printf("cqrsd %s\n", CQ_VERSION_STRING);
+        return 0;
+    }
+    if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "serve") != 0) {
+        fprintf(stderr, "cqrsd: unknown command '%s'\n", argv[1]);
+        usage(stderr);
+        return 2;
+    }
+    if (parse_args(argc, argv, &o) != 0)
+        return 2;
+    return serve(&o);
+}

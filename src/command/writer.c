@@ -1,1 +1,737 @@
-/* placeholder: being written */
+/*
+ * writer.c -- the single writer thread (see writer.h for the protocol).
+ *
+ * Threads and locks:
+ *   - `mu` guards the queue (head, tail, queued) and `stopping`; `cv` is
+ *     signalled when a request is queued or the writer is told to stop.
+ *   - head_position is atomic: written by the writer after each commit,
+ *     read by anyone.
+ *   - everything else (cache, decision, the store's write side) belongs to
+ *     the writer thread alone.
+ *
+ * Outcomes of one request, decided inside its savepoint:
+ *   KEEP        its writes stay (2xx); its answer goes to the command log
+ *   UNDO_STORE  a stable refusal (404/409/412/422): writes undone, the
+ *               answer still goes to the command log so a retry with the
+ *               same key gets the same answer
+ *   UNDO        a transient or internal failure (500, key reuse):
+ *               writes undone, nothing remembered
+ *   ABORT       the store failed: the whole batch is rolled back and
+ *               every request in it is answered 503; nothing is durable
+ */
+#include "command/writer.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/base.h"
+#include "base/problem.h"
+#include "command/cache.h"
+#include "command/command.h"
+
+#define PRUNE_INTERVAL_MS 60000
+
+enum outcome { KEEP, UNDO_STORE, UNDO, ABORT };
+
+struct cq_writer {
+    cq_store *store;
+    cq_writer_config cfg;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    cq_write_req *head, *tail;  /* guarded by mu */
+    int queued;                 /* guarded by mu */
+    int stopping;               /* guarded by mu */
+    _Atomic int64_t head_position;
+
+    /* writer thread only */
+    cq_cache *cache;
+    cq_decision *decision;
+    int64_t last_prune_ms;
+};
+
+/* ---- answers ------------------------------------------------------------ */
+
+static void answer_problem(cq_write_req *r, int status, const char *slug,
+                           const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void answer_problem(cq_write_req *r, int status, const char *slug,
+                           const char *fmt, ...)
+{
+    char detail[768];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    free(r->response);
+    r->status = status;
+    r->problem = 1;
+    r->response = cq_problem_text(status, slug, NULL, "%s", detail);
+}
+
+/* Take over `doc` (a JSON object) as r's success answer. */
+static int answer_json(cq_write_req *r, int status, json_t *doc)
+{
+    free(r->response);
+    r->response = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_decref(doc);
+    r->status = status;
+    r->problem = 0;
+    return r->response ? CQ_OK : CQ_ENOMEM;
+}
+
+/* ---- folding ------------------------------------------------------------ */
+
+typedef struct fold_ctx {
+    const cq_aggregate *agg;
+    void *state;
+    int64_t version, position;
+    int rc;
+    char err[256];
+} fold_ctx;
+
+static int fold_event(void *arg, const cq_stored_event *se)
+{
+    fold_ctx *f = arg;
+    json_error_t jerr;
+    json_t *data;
+    cq_event ev;
+    int rc;
+
+    if (se->version != f->version + 1) {
+        snprintf(f->err, sizeof f->err, "stream version %lld follows %lld",
+                 (long long)se->version, (long long)f->version);
+        f->rc = CQ_ECORRUPT;
+        return 1;
+    }
+    data = json_loads(se->data, JSON_REJECT_DUPLICATES, &jerr);
+    if (data == NULL || !json_is_object(data)) {
+        snprintf(f->err, sizeof f->err, "event at position %lld: data is "
+                 "not a JSON object", (long long)se->position);
+        json_decref(data);
+        f->rc = CQ_ECORRUPT;
+        return 1;
+    }
+    ev.type = se->type;
+    ev.schema_version = se->schema_version;
+    ev.version = se->version;
+    ev.position = se->position;
+    ev.data = data;
+    rc = f->agg->evolve(f->state, &ev);
+    json_decref(data);
+    if (rc != CQ_OK) {
+        snprintf(f->err, sizeof f->err, "event at position %lld (%s) could "
+                 "not be applied: %s", (long long)se->position, se->type,
+                 cq_strerror(rc));
+        f->rc = rc;
+        return 1;
+    }
+    f->version = se->version;
+    f->position = se->position;
+    return 0;
+}
+
+/* Load the state of r's stream at version `cur` into f (f->state owned by
+ * the caller afterwards). CQ_OK, CQ_ECORRUPT (answer set), CQ_EIO,
+ * CQ_ENOMEM. */
+static int load_state(cq_writer *w, cq_write_req *r, int64_t cur, fold_ctx *f)
+{
+    const cq_aggregate *agg = r->def->aggregate;
+    const void *cached;
+    int64_t cv = 0, cp = 0;
+    int rc;
+
+    memset(f, 0, sizeof *f);
+    f->agg = agg;
+    cached = cq_cache_get(w->cache, agg, r->stream_id, &cv, &cp);
+    if (cached != NULL && cv <= cur) {
+        f->state = agg->clone(cached);
+        f->version = cv;
+        f->position = cp;
+    } else {
+        f->state = agg->initial();
+    }
+    if (f->state == NULL)
+        return CQ_ENOMEM;
+    if (f->version == cur)
+        return CQ_OK;
+    rc = cq_store_fold_stream(w->store, r->stream_id, f->version, fold_event,
+                              f);
+    if (rc != CQ_OK)
+        return rc;
+    if (f->rc == CQ_OK && f->version != cur) {
+        snprintf(f->err, sizeof f->err, "stream is at version %lld but its "
+                 "events end at %lld", (long long)cur, (long long)f->version);
+        f->rc = CQ_ECORRUPT;
+    }
+    if (f->rc == CQ_ENOMEM)
+        return CQ_ENOMEM;
+    if (f->rc != CQ_OK) {
+        answer_problem(r, 500, "corrupt-stream", "stream %s cannot be "
+                       "loaded: %s", r->stream_id, f->err);
+        return CQ_ECORRUPT;
+    }
+    return CQ_OK;
+}
+
+/* ---- appending ---------------------------------------------------------- */
+
+/* Metadata for the i-th event of r: engine fields over the user's own
+ * (`user` borrowed, may be NULL). Returns the JSON text (malloc'd) or NULL
+ * on out of memory. */
+static char *event_metadata(const cq_write_req *r, const json_t *user,
+                            const char *time)
+{
+    char event_id[37];
+    json_t *m;
+    char *text = NULL;
+    const char *corr = r->correlation_id[0] ? r->correlation_id
+                                            : r->command_id;
+
+    if (cq_uuid7(event_id) != CQ_OK)
+        return NULL;
+    m = user ? json_deep_copy(user) : json_object();
+    if (m == NULL)
+        return NULL;
+    if (json_object_set_new(m, "event_id", json_string(event_id)) ||
+        json_object_set_new(m, "command_id", json_string(r->command_id)) ||
+        json_object_set_new(m, "time", json_string(time)))
+        goto done;
+    if (!json_is_string(json_object_get(m, "correlation_id")) &&
+        json_object_set_new(m, "correlation_id", json_string(corr)))
+        goto done;
+    if (!json_is_string(json_object_get(m, "causation_id")) &&
+        json_object_set_new(m, "causation_id", json_string(r->command_id)))
+        goto done;
+    text = json_dumps(m, JSON_COMPACT);
+done:
+    json_decref(m);
+    return text;
+}
+
+/* One event to append, before it has texts. */
+typedef struct pending {
+    const char *type;
+    int schema_version;
+    const json_t *data;
+    const json_t *user_metadata;
+} pending;
+
+/* Append n pending events to r's stream at version cur. Fills the new
+ * version and first position. CQ_OK, CQ_ECONFLICT, CQ_EIO, CQ_ENOMEM. */
+static int append_events(cq_writer *w, cq_write_req *r, int64_t cur,
+                         const pending *p, size_t n, int64_t now,
+                         int64_t *version, int64_t *first)
+{
+    cq_new_event *evs;
+    char time[32];
+    size_t i, made = 0;
+    int rc = CQ_ENOMEM;
+
+    evs = calloc(n, sizeof *evs);
+    if (evs == NULL)
+        return CQ_ENOMEM;
+    cq_format_time(now, time);
+    for (i = 0; i < n; i++, made++) {
+        evs[i].type = p[i].type;
+        evs[i].schema_version = p[i].schema_version;
+        evs[i].data = json_dumps(p[i].data, JSON_COMPACT);
+        evs[i].metadata = event_metadata(r, p[i].user_metadata, time);
+        if (evs[i].data == NULL || evs[i].metadata == NULL) {
+            made++;
+            goto done;
+        }
+    }
+    rc = cq_store_append(w->store, r->stream_id,
+                         cur == 0 ? CQ_VERSION_NO_STREAM : cur, evs, n, now,
+                         version, first);
+done:
+    for (i = 0; i < made; i++) {
+        free((char *)evs[i].data);
+        free((char *)evs[i].metadata);
+    }
+    free(evs);
+    return rc;
+}
+
+/* ---- the two kinds of request ------------------------------------------- */
+
+static enum outcome fatal(cq_write_req *r, int rc)
+{
+    if (rc == CQ_ECORRUPT)
+        return UNDO; /* answer already set */
+    if (rc == CQ_ENOMEM) {
+        answer_problem(r, 500, "internal", "out of memory");
+        return UNDO;
+    }
+    return ABORT;
+}
+
+static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
+{
+    const cq_command_def *def = r->def;
+    const cq_aggregate *agg = def->aggregate;
+    pending *p = NULL;
+    fold_ctx f;
+    json_t *doc = NULL, *events = NULL;
+    int64_t cur, version, first, last;
+    size_t n, i;
+    enum outcome out;
+    int rc;
+
+    f.state = NULL;
+    rc = cq_store_stream_version(w->store, r->stream_id, &cur);
+    if (rc != CQ_OK)
+        return fatal(r, rc);
+    if (def->expect == CQ_EXPECT_NEW && cur > 0) {
+        answer_problem(r, 409, "stream-exists", "stream %s already exists "
+                       "(version %lld)", r->stream_id, (long long)cur);
+        return UNDO_STORE;
+    }
+    if (def->expect == CQ_EXPECT_EXISTS && cur == 0) {
+        answer_problem(r, 404, "not-found", "stream %s does not exist",
+                       r->stream_id);
+        return UNDO_STORE;
+    }
+    if (r->expected != CQ_VERSION_ANY && r->expected != cur) {
+        answer_problem(r, 412, "precondition-failed", "If-Match expects "
+                       "version %lld but stream %s is at version %lld",
+                       (long long)r->expected, r->stream_id, (long long)cur);
+        return UNDO_STORE;
+    }
+
+    rc = load_state(w, r, cur, &f);
+    if (rc != CQ_OK) {
+        out = fatal(r, rc);
+        goto done;
+    }
+    cq_decision_reset(w->decision);
+    rc = def->decide(f.state, r->body, w->decision);
+    if (rc == CQ_EREFUSED) {
+        const char *why = cq_decision_refusal(w->decision);
+        answer_problem(r, 422, "refused", "%s refused: %s", def->type,
+                       why ? why : "refused by a business rule");
+        out = UNDO_STORE;
+        goto done;
+    }
+    if (rc != CQ_OK) {
+        answer_problem(r, 500, "internal", "%s decider failed: %s",
+                       def->type, cq_strerror(rc));
+        out = UNDO;
+        goto done;
+    }
+
+    n = cq_decision_count(w->decision);
+    version = cur;
+    last = f.position;
+    out = UNDO;
+    events = json_array();
+    if (events == NULL)
+        goto nomem;
+    if (n > 0) {
+        p = calloc(n, sizeof *p);
+        if (p == NULL)
+            goto nomem;
+        for (i = 0; i < n; i++) {
+            const cq_decided_event *de = cq_decision_event(w->decision, i);
+            p[i].type = de->type;
+            p[i].schema_version = de->schema_version;
+            p[i].data = de->data;
+        }
+        rc = append_events(w, r, cur, p, n, now, &version, &first);
+        if (rc == CQ_ECONFLICT) {
+            answer_problem(r, 409, "conflict", "stream %s changed while the "
+                           "command ran", r->stream_id);
+            goto done;
+        }
+        if (rc != CQ_OK) {
+            out = fatal(r, rc);
+            goto done;
+        }
+        for (i = 0; i < n; i++) {
+            cq_event ev = {p[i].type, p[i].schema_version, cur + 1 + (int64_t)i,
+                           first + (int64_t)i, p[i].data};
+            rc = agg->evolve(f.state, &ev);
+            if (rc != CQ_OK) {
+                answer_problem(r, 500, "internal", "%s: its own event %s "
+                               "could not be applied: %s", def->type,
+                               ev.type, cq_strerror(rc));
+                goto done;
+            }
+            if (json_array_append_new(events, json_pack("{s:s,s:I,s:I}",
+                    "type", ev.type, "version", (json_int_t)ev.version,
+                    "position", (json_int_t)ev.position)) != 0)
+                goto nomem;
+        }
+        last = first + (int64_t)n - 1;
+    }
+    doc = json_pack("{s:s,s:s,s:I,s:I,s:o}", "command_id", r->command_id,
+                    "stream_id", r->stream_id, "version", (json_int_t)version,
+                    "position", (json_int_t)last, "events", events);
+    events = NULL; /* "o" steals it, even on failure */
+    if (answer_json(r, 202, doc) != CQ_OK)
+        goto nomem;
+    r->version = version;
+    r->position = last;
+    rc = cq_cache_put(w->cache, agg, r->stream_id, f.state, version, last);
+    f.state = NULL; /* taken over, even on failure */
+    if (rc != CQ_OK)
+        goto nomem;
+    out = KEEP;
+    goto done;
+nomem:
+    answer_problem(r, 500, "internal", "out of memory");
+    out = UNDO;
+done:
+    json_decref(events);
+    free(p);
+    if (f.state != NULL)
+        agg->free(f.state);
+    return out;
+}
+
+static enum outcome run_append(cq_writer *w, cq_write_req *r, int64_t now)
+{
+    pending *p = NULL;
+    size_t n = json_array_size(r->body), i;
+    int64_t cur, version, first;
+    enum outcome out = UNDO;
+    int rc;
+
+    rc = cq_store_stream_version(w->store, r->stream_id, &cur);
+    if (rc != CQ_OK)
+        return fatal(r, rc);
+    if ((r->expected == CQ_VERSION_NO_STREAM && cur != 0) ||
+        (r->expected == CQ_VERSION_EXISTS && cur == 0) ||
+        (r->expected > 0 && r->expected != cur)) {
+        char want[32];
+        if (r->expected == CQ_VERSION_NO_STREAM)
+            snprintf(want, sizeof want, "no stream");
+        else if (r->expected == CQ_VERSION_EXISTS)
+            snprintf(want, sizeof want, "an existing stream");
+        else
+            snprintf(want, sizeof want, "version %lld",
+                     (long long)r->expected);
+        answer_problem(r, 412, "wrong-expected-version", "expected %s but "
+                       "stream %s is at version %lld", want, r->stream_id,
+                       (long long)cur);
+        return UNDO_STORE;
+    }
+    p = calloc(n ? n : 1, sizeof *p);
+    if (p == NULL)
+        goto nomem;
+    for (i = 0; i < n; i++) {
+        const json_t *e = json_array_get(r->body, i);
+        p[i].type = json_string_value(json_object_get(e, "type"));
+        p[i].schema_version = 1;
+        p[i].data = json_object_get(e, "data");
+        p[i].user_metadata = json_object_get(e, "metadata");
+    }
+    rc = append_events(w, r, cur, p, n, now, &version, &first);
+    if (rc != CQ_OK) {
+        out = fatal(r, rc);
+        goto done;
+    }
+    r->version = version;
+    r->position = first + (int64_t)n - 1;
+    if (answer_json(r, 201, json_pack("{s:s,s:I,s:I}", "stream_id",
+                    r->stream_id, "version", (json_int_t)version,
+                    "position", (json_int_t)r->position)) != CQ_OK)
+        goto nomem;
+    out = KEEP;
+    goto done;
+nomem:
+    answer_problem(r, 500, "internal", "out of memory");
+    out = UNDO;
+done:
+    free(p);
+    return out;
+}
+
+/* ---- one request in its savepoint --------------------------------------- */
+
+/* The version in a stored 2xx answer, for the ETag of a replay. */
+static int64_t stored_version(const char *response)
+{
+    json_t *doc = json_loads(response, 0, NULL);
+    int64_t v = json_integer_value(json_object_get(doc, "version"));
+    json_decref(doc);
+    return v;
+}
+
+static enum outcome replay(cq_writer *w, cq_write_req *r, int64_t now,
+                           int *done)
+{
+    cq_cmdlog_entry e;
+    int rc;
+
+    *done = 0;
+    if (r->idem_key[0] == '\0')
+        return KEEP;
+    rc = cq_store_cmdlog_get(w->store, r->idem_key, now, &e);
+    if (rc == CQ_ENOTFOUND)
+        return KEEP;
+    if (rc != CQ_OK)
+        return ABORT;
+    *done = 1;
+    if (strcmp(e.command_hash, r->command_hash) != 0) {
+        answer_problem(r, 422, "idempotency-key-reused", "Idempotency-Key "
+                       "%s was used for a different request", r->idem_key);
+        return UNDO;
+    }
+    free(r->response);
+    r->response = strdup(e.response);
+    if (r->response == NULL) {
+        answer_problem(r, 500, "internal", "out of memory");
+        return UNDO;
+    }
+    r->status = e.status;
+    r->problem = e.status >= 400;
+    r->replayed = 1;
+    r->version = e.status < 300 ? stored_version(e.response) : 0;
+    return KEEP;
+}
+
+static int remember(cq_writer *w, const cq_write_req *r, int64_t now)
+{
+    cq_cmdlog_entry e;
+
+    if (r->idem_key[0] == '\0' || r->replayed || r->response == NULL)
+        return CQ_OK;
+    e.key = r->idem_key;
+    e.command_hash = r->command_hash;
+    e.status = r->status;
+    e.response = r->response;
+    e.created_at = now;
+    e.expires_at = now + w->cfg.idempotency_ttl_ms;
+    return cq_store_cmdlog_put(w->store, &e);
+}
+
+/* Run r inside its own savepoint. CQ_OK (r answered) or CQ_EIO: the
+ * transaction is unusable and the batch must be rolled back. */
+static int run_one(cq_writer *w, cq_write_req *r, int64_t now)
+{
+    enum outcome out;
+    int done;
+
+    if (cq_store_savepoint(w->store) != CQ_OK)
+        return CQ_EIO;
+    out = replay(w, r, now, &done);
+    if (!done && out == KEEP)
+        out = r->kind == CQ_WRITE_COMMAND ? run_command(w, r, now)
+                                          : run_append(w, r, now);
+    switch (out) {
+    case KEEP:
+        if (remember(w, r, now) != CQ_OK)
+            return CQ_EIO;
+        return cq_store_release(w->store) == CQ_OK ? CQ_OK : CQ_EIO;
+    case UNDO_STORE:
+    case UNDO:
+        if (cq_store_rollback_savepoint(w->store) != CQ_OK)
+            return CQ_EIO;
+        if (out == UNDO_STORE && remember(w, r, now) != CQ_OK)
+            return CQ_EIO;
+        return CQ_OK;
+    case ABORT:
+    default:
+        return CQ_EIO;
+    }
+}
+
+/* ---- batches -------------------------------------------------------------- */
+
+static void run_batch(cq_writer *w, cq_write_req *batch)
+{
+    int64_t now = cq_now_ms();
+    cq_write_req *r, *next;
+    int rc;
+
+    rc = cq_store_begin(w->store);
+    for (r = batch; rc == CQ_OK && r != NULL; r = r->next)
+        rc = run_one(w, r, now);
+    if (rc == CQ_OK)
+        rc = cq_store_commit(w->store);
+    if (rc == CQ_OK) {
+        int64_t head;
+        cq_cache_commit(w->cache);
+        if (cq_store_write_head(w->store, &head) == CQ_OK)
+            atomic_store(&w->head_position, head);
+    } else {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", cq_store_errmsg(w->store));
+        cq_store_rollback(w->store);
+        cq_cache_drop_dirty(w->cache);
+        for (r = batch; r != NULL; r = r->next) {
+            r->replayed = 0;
+            r->version = 0;
+            answer_problem(r, 503, "store-unavailable", "the event store "
+                           "failed and nothing was written: %s", msg);
+        }
+    }
+    for (r = batch; r != NULL; r = next) {
+        next = r->next; /* r belongs to its submitter once done() runs */
+        r->done(r);
+    }
+}
+
+static void maybe_prune(cq_writer *w)
+{
+    int64_t now = cq_now_ms();
+
+    if (now - w->last_prune_ms < PRUNE_INTERVAL_MS)
+        return;
+    w->last_prune_ms = now;
+    if (cq_store_cmdlog_prune(w->store, now, NULL) != CQ_OK)
+        fprintf(stderr, "cqrsd: pruning the command log failed: %s\n",
+                cq_store_errmsg(w->store));
+}
+
+static void *writer_main(void *arg)
+{
+    cq_writer *w = arg;
+
+    for (;;) {
+        cq_write_req *batch, *last;
+        int n = 1;
+
+        pthread_mutex_lock(&w->mu);
+        while (w->head == NULL && !w->stopping) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += PRUNE_INTERVAL_MS / 1000;
+            if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT)
+                break;
+        }
+        if (w->head == NULL && w->stopping) {
+            pthread_mutex_unlock(&w->mu);
+            break;
+        }
+        batch = last = w->head;
+        if (batch != NULL) {
+            while (last->next != NULL && n < w->cfg.max_batch) {
+                last = last->next;
+                n++;
+            }
+            w->head = last->next;
+            if (w->head == NULL)
+                w->tail = NULL;
+            last->next = NULL;
+            w->queued -= n;
+        }
+        pthread_mutex_unlock(&w->mu);
+
+        if (batch != NULL)
+            run_batch(w, batch);
+        maybe_prune(w);
+    }
+    return NULL;
+}
+
+/* ---- public --------------------------------------------------------------- */
+
+int cq_writer_start(cq_store *store, const cq_writer_config *cfg,
+                    cq_writer **out)
+{
+    cq_writer *w;
+    pthread_condattr_t ca;
+    int64_t head = 0;
+    int rc = CQ_ENOMEM;
+
+    *out = NULL;
+    w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return CQ_ENOMEM;
+    w->store = store;
+    if (cfg != NULL)
+        w->cfg = *cfg;
+    if (w->cfg.idempotency_ttl_ms <= 0)
+        w->cfg.idempotency_ttl_ms = 24LL * 3600 * 1000;
+    if (w->cfg.max_batch <= 0)
+        w->cfg.max_batch = 512;
+    if (w->cfg.max_queue <= 0)
+        w->cfg.max_queue = 16384;
+    w->cache = cq_cache_new(w->cfg.cache_slots ? w->cfg.cache_slots : 4096);
+    w->decision = cq_decision_new();
+    if (w->cache == NULL || w->decision == NULL)
+        goto fail;
+    rc = cq_store_head_position(store, &head);
+    if (rc != CQ_OK)
+        goto fail;
+    atomic_init(&w->head_position, head);
+    w->last_prune_ms = 0; /* prune once right at start */
+
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&w->mu, NULL);
+    if (pthread_create(&w->thread, NULL, writer_main, w) != 0) {
+        pthread_cond_destroy(&w->cv);
+        pthread_mutex_destroy(&w->mu);
+        rc = CQ_ENOMEM;
+        goto fail;
+    }
+    *out = w;
+    return CQ_OK;
+fail:
+    cq_decision_free(w->decision);
+    cq_cache_free(w->cache);
+    free(w);
+    return rc;
+}
+
+int cq_writer_submit(cq_writer *w, cq_write_req *r)
+{
+    int rc = CQ_OK;
+
+    r->next = NULL;
+    r->status = 0;
+    r->response = NULL;
+    r->problem = r->replayed = 0;
+    r->version = r->position = 0;
+    pthread_mutex_lock(&w->mu);
+    if (w->stopping)
+        rc = CQ_ECLOSED;
+    else if (w->queued >= w->cfg.max_queue)
+        rc = CQ_EBUSY;
+    else {
+        if (w->tail != NULL)
+            w->tail->next = r;
+        else
+            w->head = r;
+        w->tail = r;
+        w->queued++;
+        pthread_cond_signal(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return rc;
+}
+
+int64_t cq_writer_head(cq_writer *w)
+{
+    return atomic_load(&w->head_position);
+}
+
+void cq_writer_stop(cq_writer *w)
+{
+    if (w == NULL)
+        return;
+    pthread_mutex_lock(&w->mu);
+    w->stopping = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    cq_decision_free(w->decision);
+    cq_cache_free(w->cache);
+    free(w);
+}

@@ -1,1 +1,1024 @@
-/* placeholder: being written */
+/*
+ * server.c -- HTTP routing, request validation and answers (see server.h).
+ *
+ * Life of one request (struct request, MHD's per-request pointer):
+ *   1. first call (headers read): route and method are checked, and so are
+ *      Content-Length and Content-Type for routes that take a body, so a
+ *      hopeless request is answered before its body is read;
+ *   2. body chunks are copied into q->body up to the body limit; beyond it
+ *      they are discarded (and past HARD_BODY_LIMIT the connection is
+ *      closed) and the answer is 413;
+ *   3. last call: the request is validated completely (query parameters,
+ *      headers, JSON shape); reads are answered at once, writes are handed
+ *      to the writer after the connection is suspended;
+ *   4. the writer's done() callback marks the request answered and resumes
+ *      the connection; MHD calls us once more and we send the answer;
+ *   5. MHD's completion callback frees the request.
+ *
+ * Threads: MHD's pool threads run every callback except on_written(),
+ * which runs on the writer thread and only stores the `answered` flag and
+ * resumes the connection (both safe from any thread). `pending` counts the
+ * requests handed to the writer and not yet answered, for shutdown.
+ */
+#include "http/server.h"
+
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/base.h"
+#include "base/problem.h"
+#include "command/command.h"
+
+#define DEFAULT_BODY_LIMIT (1024 * 1024)
+#define HARD_BODY_LIMIT_FACTOR 16  /* discard up to this many limits, then close */
+#define MAX_PAGE 1000
+#define DEFAULT_PAGE 100
+#define MAX_APPEND_EVENTS 100
+#define MAX_WAIT_MS 30000
+
+struct cq_server {
+    struct MHD_Daemon *daemon;
+    cq_store *store;
+    cq_writer *writer;
+    const cq_domain *domain;
+    size_t body_limit;
+    atomic_int pending;
+};
+
+enum route {
+    R_NOT_FOUND,
+    R_HEALTHZ,
+    R_COMMAND,
+    R_ALL,
+    R_STREAM
+};
+
+typedef struct request {
+    cq_server *srv;
+    struct MHD_Connection *conn;
+    enum route route;
+    const char *target;     /* part of the URL after the route prefix */
+    char *body;
+    size_t len, cap;
+    int too_large;
+    int queued;             /* handed to the writer */
+    atomic_int answered;    /* the writer has called done() */
+    cq_write_req w;
+} request;
+
+/* ---- answers ------------------------------------------------------------ */
+
+/* Send `body` (malloc'd, taken over; NULL means out of memory) with the
+ * given status and content type. Extra headers come as name/value pairs
+ * ended by NULL. */
+static enum MHD_Result send_body(struct MHD_Connection *c, int status,
+                                 const char *ctype, char *body, ...)
+{
+    static const char oom[] =
+        "{\"type\":\"urn:cqrsd:problem:internal\",\"title\":\"Internal "
+        "Server Error\",\"status\":500,\"detail\":\"out of memory\"}";
+    struct MHD_Response *resp;
+    enum MHD_Result ret;
+    const char *name;
+    va_list ap;
+
+    if (body == NULL) {
+        status = 500;
+        ctype = CQ_PROBLEM_CONTENT_TYPE;
+        resp = MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom,
+                                               MHD_RESPMEM_PERSISTENT);
+    } else {
+        resp = MHD_create_response_from_buffer(strlen(body), body,
+                                               MHD_RESPMEM_MUST_FREE);
+        if (resp == NULL)
+            free(body);
+    }
+    if (resp == NULL)
+        return MHD_NO;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    va_start(ap, body);
+    while ((name = va_arg(ap, const char *)) != NULL) {
+        const char *value = va_arg(ap, const char *);
+        MHD_add_response_header(resp, name, value);
+    }
+    va_end(ap);
+    ret = MHD_queue_response(c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, int status,
+                                 json_t *doc)
+{
+    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_decref(doc);
+    return send_body(c, status, "application/json", text, NULL);
+}
+
+static enum MHD_Result send_problem(struct MHD_Connection *c, int status,
+                                    const char *slug, json_t *errors,
+                                    const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static enum MHD_Result send_problem(struct MHD_Connection *c, int status,
+                                    const char *slug, json_t *errors,
+                                    const char *fmt, ...)
+{
+    char detail[768];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    return send_body(c, status, CQ_PROBLEM_CONTENT_TYPE,
+                     cq_problem_text(status, slug, errors, "%s", detail),
+                     NULL);
+}
+
+static enum MHD_Result send_method_not_allowed(struct MHD_Connection *c,
+                                               const char *method,
+                                               const char *allow)
+{
+    char *text = cq_problem_text(405, "method-not-allowed", NULL,
+                                 "%s is not allowed here; use %s", method,
+                                 allow);
+    return send_body(c, 405, CQ_PROBLEM_CONTENT_TYPE, text,
+                     MHD_HTTP_HEADER_ALLOW, allow, NULL);
+}
+
+/* ---- query parameters ---------------------------------------------------- */
+
+typedef struct param_check {
+    const char *const *allowed;
+    unsigned seen;          /* bit i: allowed[i] seen */
+    char bad[160];          /* first problem, "" if none */
+} param_check;
+
+static enum MHD_Result check_param(void *cls, enum MHD_ValueKind kind,
+                                   const char *key, const char *value)
+{
+    param_check *pc = cls;
+    unsigned i;
+
+    (void)kind;
+    (void)value;
+    for (i = 0; pc->allowed[i] != NULL; i++) {
+        if (strcmp(key, pc->allowed[i]) == 0) {
+            if (pc->seen & (1u << i)) {
+                snprintf(pc->bad, sizeof pc->bad, "query parameter '%.64s' "
+                         "is given more than once", key);
+                return MHD_NO;
+            }
+            pc->seen |= 1u << i;
+            return MHD_YES;
+        }
+    }
+    snprintf(pc->bad, sizeof pc->bad, "unknown query parameter '%.64s'",
+             key);
+    return MHD_NO;
+}
+
+/* 1 if every query parameter is in `allowed` (NULL-terminated) and none is
+ * repeated; else answers 400 and returns 0. */
+static int params_ok(request *q, const char *const *allowed,
+                     enum MHD_Result *ret)
+{
+    param_check pc = {allowed, 0, ""};
+
+    MHD_get_connection_values(q->conn, MHD_GET_ARGUMENT_KIND, check_param,
+                              &pc);
+    if (pc.bad[0] == '\0')
+        return 1;
+    *ret = send_problem(q->conn, 400, "bad-parameter", NULL, "%s", pc.bad);
+    return 0;
+}
+
+/* Parse a non-negative decimal integer with no sign, spaces or excess. */
+static int parse_int(const char *s, int64_t *out)
+{
+    int64_t v = 0;
+
+    if (s == NULL || *s == '\0')
+        return CQ_EINVAL;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return CQ_EINVAL;
+        if (v > (INT64_MAX - (*s - '0')) / 10)
+            return CQ_EINVAL;
+        v = v * 10 + (*s - '0');
+    }
+    *out = v;
+    return CQ_OK;
+}
+
+/* Query parameter `name` as an integer in [min, max], or `def` if absent.
+ * On a bad value answers 400 and returns 0. */
+static int param_int(request *q, const char *name, int64_t def, int64_t min,
+                     int64_t max, int64_t *out, enum MHD_Result *ret)
+{
+    const char *s = MHD_lookup_connection_value(q->conn,
+                                                MHD_GET_ARGUMENT_KIND, name);
+    int64_t v;
+
+    if (s == NULL) {
+        *out = def;
+        return 1;
+    }
+    if (parse_int(s, &v) != CQ_OK || v < min || v > max) {
+        *ret = send_problem(q->conn, 400, "bad-parameter", NULL,
+                            "query parameter '%s' must be an integer from "
+                            "%lld to %lld", name, (long long)min,
+                            (long long)max);
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* ---- headers ------------------------------------------------------------ */
+
+/* 1 if Content-Type is application/json (charset, if any, utf-8). */
+static int content_type_ok(struct MHD_Connection *c)
+{
+    const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_TYPE);
+    static const char json[] = "application/json";
+    const char *p;
+
+    if (ct == NULL)
+        return 0;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    if (strncasecmp(ct, json, sizeof json - 1) != 0)
+        return 0;
+    p = ct + sizeof json - 1;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p == '\0')
+        return 1;
+    if (*p != ';')
+        return 0;
+    for (p++; *p == ' ' || *p == '\t'; p++)
+        ;
+    if (strncasecmp(p, "charset=", 8) != 0)
+        return *p == '\0';
+    p += 8;
+    if (*p == '"')
+        return strncasecmp(p, "\"utf-8\"", 7) == 0 && p[7] == '\0';
+    return strncasecmp(p, "utf-8", 5) == 0 &&
+           (p[5] == '\0' || p[5] == ' ' || p[5] == ';');
+}
+
+/* Idempotency-Key: absent, or 1-255 visible ASCII characters. Copies it
+ * into q->w.idem_key. 0 and a 400 answer if malformed. */
+static int idem_key_ok(request *q, enum MHD_Result *ret)
+{
+    const char *k = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
+                                                "Idempotency-Key");
+    size_t n;
+
+    q->w.idem_key[0] = '\0';
+    if (k == NULL)
+        return 1;
+    n = strlen(k);
+    if (n >= 1 && n < CQ_IDEM_KEY_MAX) {
+        size_t i;
+        for (i = 0; i < n; i++)
+            if ((unsigned char)k[i] < 0x21 || (unsigned char)k[i] > 0x7e)
+                break;
+        if (i == n) {
+            memcpy(q->w.idem_key, k, n + 1);
+            return 1;
+        }
+    }
+    *ret = send_problem(q->conn, 400, "bad-header", NULL, "Idempotency-Key "
+                        "must be 1 to 255 visible ASCII characters");
+    return 0;
+}
+
+/* If-Match: absent (CQ_VERSION_ANY) or "N" with N >= 1. */
+static int if_match_ok(request *q, int64_t *expected, const char **raw,
+                       enum MHD_Result *ret)
+{
+    const char *v = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
+                                                MHD_HTTP_HEADER_IF_MATCH);
+    char digits[24];
+    size_t n;
+
+    *expected = CQ_VERSION_ANY;
+    *raw = "";
+    if (v == NULL)
+        return 1;
+    n = strlen(v);
+    if (n >= 3 && n - 2 < sizeof digits && v[0] == '"' && v[n - 1] == '"') {
+        memcpy(digits, v + 1, n - 2);
+        digits[n - 2] = '\0';
+        if (parse_int(digits, expected) == CQ_OK && *expected >= 1) {
+            *raw = v;
+            return 1;
+        }
+    }
+    *expected = CQ_VERSION_ANY;
+    *ret = send_problem(q->conn, 400, "bad-header", NULL, "If-Match must be "
+                        "a stream version in quotes, like \"3\"");
+    return 0;
+}
+
+/* ---- bodies ------------------------------------------------------------- */
+
+/* Parse q's body as a JSON object. NULL and a 400 answer otherwise. */
+static json_t *parse_body(request *q, enum MHD_Result *ret)
+{
+    json_error_t jerr;
+    json_t *doc;
+
+    if (q->len == 0) {
+        *ret = send_problem(q->conn, 400, "malformed-json", NULL,
+                            "the request body is empty; a JSON object is "
+                            "required");
+        return NULL;
+    }
+    doc = json_loadb(q->body, q->len, JSON_REJECT_DUPLICATES, &jerr);
+    if (doc == NULL) {
+        *ret = send_problem(q->conn, 400, "malformed-json", NULL,
+                            "the body is not valid JSON: %s (line %d, column "
+                            "%d)", jerr.text, jerr.line, jerr.column);
+        return NULL;
+    }
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        *ret = send_problem(q->conn, 400, "validation-failed", NULL,
+                            "the body must be a JSON object");
+        return NULL;
+    }
+    return doc;
+}
+
+/* Answer 400 with the collected field errors. */
+static enum MHD_Result send_validation(request *q, const cq_errors *errs)
+{
+    int n = cq_errors_count(errs);
+    return send_problem(q->conn, 400, "validation-failed",
+                        cq_errors_to_json(errs), "the request has %d invalid "
+                        "field%s", n, n == 1 ? "" : "s");
+}
+
+/* Canonical hash of a write request: what, where, preconditions, body. */
+static int hash_request(request *q, const char *what, const char *precond,
+                        const json_t *body)
+{
+    char *canon = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
+    char *text = NULL;
+    size_t n;
+
+    if (canon == NULL)
+        return CQ_ENOMEM;
+    n = strlen(what) + strlen(precond) + strlen(canon) + 3;
+    text = malloc(n);
+    if (text == NULL) {
+        free(canon);
+        return CQ_ENOMEM;
+    }
+    snprintf(text, n, "%s\n%s\n%s", what, precond, canon);
+    cq_sha256_hex(text, n - 1, q->w.command_hash);
+    free(text);
+    free(canon);
+    return CQ_OK;
+}
+
+/* ---- writes ------------------------------------------------------------- */
+
+/* Writer thread: the answer is final. Must not touch q after resuming. */
+static void on_written(cq_write_req *r)
+{
+    request *q = r->user;
+    atomic_store(&q->answered, 1);
+    MHD_resume_connection(q->conn);
+}
+
+/* Hand q->w to the writer; the connection sleeps until on_written(). */
+static enum MHD_Result submit(request *q)
+{
+    int rc;
+
+    if (cq_uuid7(q->w.command_id) != CQ_OK)
+        return send_problem(q->conn, 500, "internal", NULL,
+                            "no random bytes for a command id");
+    q->w.done = on_written;
+    q->w.user = q;
+    q->queued = 1;
+    atomic_fetch_add(&q->srv->pending, 1);
+    MHD_suspend_connection(q->conn);
+    rc = cq_writer_submit(q->srv->writer, &q->w);
+    if (rc != CQ_OK) {
+        q->w.status = 503;
+        q->w.problem = 1;
+        q->w.response = cq_problem_text(503, "unavailable", NULL, "%s",
+                                        rc == CQ_EBUSY
+                                            ? "too many commands are queued"
+                                            : "the server is shutting down");
+        atomic_store(&q->answered, 1);
+        MHD_resume_connection(q->conn);
+    }
+    return MHD_YES;
+}
+
+/* The writer has answered: send it. */
+static enum MHD_Result send_written(request *q)
+{
+    char etag[32] = "";
+    char *body = q->w.response;
+    int status = q->w.status;
+
+    atomic_fetch_sub(&q->srv->pending, 1);
+    q->w.response = NULL; /* MHD frees it now */
+    if (status >= 200 && status < 300 && q->w.version > 0)
+        snprintf(etag, sizeof etag, "\"%lld\"", (long long)q->w.version);
+    return send_body(q->conn, status,
+                     q->w.problem ? CQ_PROBLEM_CONTENT_TYPE
+                                  : "application/json",
+                     body,
+                     etag[0] ? MHD_HTTP_HEADER_ETAG : NULL, etag,
+                     q->w.replayed ? "Idempotency-Replayed" : NULL, "true",
+                     status == 503 ? MHD_HTTP_HEADER_RETRY_AFTER : NULL, "1",
+                     NULL);
+}
+
+static enum MHD_Result handle_command(request *q)
+{
+    static const char *const allowed[] = {"wait_for", "wait_ms", NULL};
+    const cq_command_def *def;
+    cq_errors *errs = NULL;
+    json_t *body = NULL;
+    const char *wait_for, *precond;
+    int64_t wait_ms;
+    enum MHD_Result ret = MHD_NO;
+    char what[160];
+
+    if (!params_ok(q, allowed, &ret) ||
+        !param_int(q, "wait_ms", 500, 0, MAX_WAIT_MS, &wait_ms, &ret))
+        return ret;
+    wait_for = MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND,
+                                           "wait_for");
+    if (wait_for != NULL)
+        return send_problem(q->conn, 404, "not-found", NULL,
+                            "there is no projection named '%.64s'",
+                            wait_for);
+    def = cq_domain_command(q->srv->domain, q->target);
+    if (def == NULL)
+        return send_problem(q->conn, 404, "not-found", NULL,
+                            "there is no command type '%.64s'", q->target);
+    if (!idem_key_ok(q, &ret) ||
+        !if_match_ok(q, &q->w.expected, &precond, &ret))
+        return ret;
+    body = parse_body(q, &ret);
+    if (body == NULL)
+        return ret;
+    errs = cq_errors_new();
+    if (errs == NULL)
+        goto nomem;
+    cq_schema_check(def->schema, body, "", errs);
+    if (cq_errors_count(errs) == 0 && def->validate != NULL)
+        def->validate(body, errs);
+    if (cq_errors_count(errs) > 0) {
+        ret = send_validation(q, errs);
+        goto done;
+    }
+    if (def->stream_id(body, q->w.stream_id, sizeof q->w.stream_id) !=
+        CQ_OK) {
+        ret = send_problem(q->conn, 400, "validation-failed", NULL,
+                           "no stream id can be derived from the body");
+        goto done;
+    }
+    snprintf(what, sizeof what, "command %s", def->type);
+    if (hash_request(q, what, precond, body) != CQ_OK)
+        goto nomem;
+    q->w.kind = CQ_WRITE_COMMAND;
+    q->w.def = def;
+    q->w.body = body;
+    body = NULL;
+    ret = submit(q);
+    goto done;
+nomem:
+    ret = send_problem(q->conn, 500, "internal", NULL, "out of memory");
+done:
+    cq_errors_free(errs);
+    json_decref(body);
+    return ret;
+}
+
+/* A stream id given by a client: 1-255 bytes of UTF-8 without control
+ * characters, not starting with '$' (reserved for the engine). */
+static int stream_id_ok(const char *id)
+{
+    size_t n = strlen(id);
+
+    if (n == 0 || n >= CQ_STREAM_ID_MAX || id[0] == '$' ||
+        !cq_utf8_valid(id, n))
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)id[i] < 0x20 || id[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+static int event_type_ok(const char *t)
+{
+    size_t n = strlen(t);
+
+    if (n == 0 || n > 128)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = t[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+              (ch >= '0' && ch <= '9') || ch == '_' || ch == '-' ||
+              ch == '.' || ch == ':'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Check POST /streams/{id}'s body; fills *expected. */
+static void check_append_body(const json_t *body, int64_t *expected,
+                              cq_errors *errs)
+{
+    const json_t *ev = json_object_get(body, "expected_version");
+    const json_t *events = json_object_get(body, "events");
+    const char *key;
+    json_t *val;
+    size_t i;
+
+    json_object_foreach((json_t *)body, key, val) {
+        if (strcmp(key, "expected_version") != 0 && strcmp(key, "events"))
+            cq_errors_add(errs, key, "unknown field");
+    }
+    *expected = CQ_VERSION_ANY;
+    if (ev == NULL)
+        cq_errors_add(errs, "expected_version", "is required");
+    else if (json_is_string(ev) && !strcmp(json_string_value(ev), "any"))
+        *expected = CQ_VERSION_ANY;
+    else if (json_is_string(ev) &&
+             !strcmp(json_string_value(ev), "no_stream"))
+        *expected = CQ_VERSION_NO_STREAM;
+    else if (json_is_integer(ev) && json_integer_value(ev) >= 0)
+        *expected = json_integer_value(ev);
+    else
+        cq_errors_add(errs, "expected_version", "must be \"any\", "
+                      "\"no_stream\" or a version number >= 0");
+
+    if (!json_is_array(events) || json_array_size(events) < 1 ||
+        json_array_size(events) > MAX_APPEND_EVENTS) {
+        cq_errors_add(errs, "events", "must be an array of 1 to %d events",
+                      MAX_APPEND_EVENTS);
+        return;
+    }
+    json_array_foreach(events, i, val) {
+        char path[48];
+        const json_t *type = json_object_get(val, "type");
+        const json_t *meta = json_object_get(val, "metadata");
+        if (!json_is_object(val)) {
+            snprintf(path, sizeof path, "events[%zu]", i);
+            cq_errors_add(errs, path, "must be an object");
+            continue;
+        }
+        json_t *member;
+        json_object_foreach(val, key, member) {
+            if (strcmp(key, "type") && strcmp(key, "data") &&
+                strcmp(key, "metadata")) {
+                snprintf(path, sizeof path, "events[%zu].%.16s", i, key);
+                cq_errors_add(errs, path, "unknown field");
+            }
+        }
+        if (!json_is_string(type) || !event_type_ok(json_string_value(type))) {
+            snprintf(path, sizeof path, "events[%zu].type", i);
+            cq_errors_add(errs, path, "must be 1 to 128 characters of "
+                          "[A-Za-z0-9_.:-]");
+        }
+        if (!json_is_object(json_object_get(val, "data"))) {
+            snprintf(path, sizeof path, "events[%zu].data", i);
+            cq_errors_add(errs, path, "must be an object");
+        }
+        if (meta != NULL && !json_is_object(meta)) {
+            snprintf(path, sizeof path, "events[%zu].metadata", i);
+            cq_errors_add(errs, path, "must be an object");
+        }
+    }
+}
+
+static enum MHD_Result handle_append(request *q)
+{
+    static const char *const allowed[] = {NULL};
+    cq_errors *errs = NULL;
+    json_t *body = NULL;
+    enum MHD_Result ret = MHD_NO;
+    char what[CQ_STREAM_ID_MAX + 16];
+
+    if (!params_ok(q, allowed, &ret) || !idem_key_ok(q, &ret))
+        return ret;
+    if (!stream_id_ok(q->target))
+        return send_problem(q->conn, 400, "bad-stream-id", NULL,
+                            "a stream id is 1 to 255 bytes of UTF-8 without "
+                            "control characters and must not start with $");
+    body = parse_body(q, &ret);
+    if (body == NULL)
+        return ret;
+    errs = cq_errors_new();
+    if (errs == NULL)
+        goto nomem;
+    check_append_body(body, &q->w.expected, errs);
+    if (cq_errors_count(errs) > 0) {
+        ret = send_validation(q, errs);
+        goto done;
+    }
+    snprintf(q->w.stream_id, sizeof q->w.stream_id, "%s", q->target);
+    snprintf(what, sizeof what, "append %s", q->target);
+    if (hash_request(q, what, "", body) != CQ_OK)
+        goto nomem;
+    q->w.kind = CQ_WRITE_APPEND;
+    q->w.body = json_incref(json_object_get(body, "events"));
+    ret = submit(q);
+    goto done;
+nomem:
+    ret = send_problem(q->conn, 500, "internal", NULL, "out of memory");
+done:
+    cq_errors_free(errs);
+    json_decref(body);
+    return ret;
+}
+
+/* ---- reads -------------------------------------------------------------- */
+
+typedef struct page {
+    json_t *events;
+    int64_t last;
+    int corrupt;
+    int64_t corrupt_at;
+} page;
+
+static int add_event(void *arg, const cq_stored_event *se)
+{
+    page *pg = arg;
+    char when[32];
+    json_t *data, *meta, *ev;
+
+    data = json_loads(se->data, JSON_REJECT_DUPLICATES, NULL);
+    meta = json_loads(se->metadata, JSON_REJECT_DUPLICATES, NULL);
+    if (!json_is_object(data) || !json_is_object(meta)) {
+        json_decref(data);
+        json_decref(meta);
+        pg->corrupt = 1;
+        pg->corrupt_at = se->position;
+        return 1;
+    }
+    cq_format_time(se->recorded_at, when);
+    ev = json_pack("{s:I,s:s,s:I,s:s,s:i,s:o,s:o,s:s}", "position",
+                   (json_int_t)se->position, "stream_id", se->stream_id,
+                   "version", (json_int_t)se->version, "type", se->type,
+                   "schema_version", se->schema_version, "data", data,
+                   "metadata", meta, "recorded_at", when);
+    if (ev == NULL || json_array_append_new(pg->events, ev) != 0) {
+        pg->corrupt = 1; /* a stored string that is not UTF-8, or no memory */
+        pg->corrupt_at = se->position;
+        return 1;
+    }
+    pg->last = se->position;
+    return 0;
+}
+
+static enum MHD_Result read_failed(request *q, int rc, const page *pg,
+                                   const char *err)
+{
+    if (pg->corrupt)
+        return send_problem(q->conn, 500, "corrupt-event", NULL, "the event "
+                            "at position %lld cannot be decoded",
+                            (long long)pg->corrupt_at);
+    return send_problem(q->conn, 503, "store-unavailable", NULL,
+                        "reading the event store failed: %s (%s)",
+                        cq_strerror(rc), err);
+}
+
+static enum MHD_Result handle_read_stream(request *q)
+{
+    static const char *const allowed[] = {"from_version", "limit", NULL};
+    enum MHD_Result ret = MHD_NO;
+    int64_t from, limit, version = 0;
+    page pg = {0};
+    char err[256] = "";
+    int rc;
+
+    if (!params_ok(q, allowed, &ret) ||
+        !param_int(q, "from_version", 1, 1, INT64_MAX, &from, &ret) ||
+        !param_int(q, "limit", DEFAULT_PAGE, 1, MAX_PAGE, &limit, &ret))
+        return ret;
+    if (q->target[0] == '\0' || strlen(q->target) >= CQ_STREAM_ID_MAX)
+        return send_problem(q->conn, 404, "not-found", NULL,
+                            "no such stream");
+    pg.events = json_array();
+    if (pg.events == NULL)
+        return send_problem(q->conn, 500, "internal", NULL, "out of memory");
+    rc = cq_store_read_stream(q->srv->store, q->target, from, (int)limit,
+                              add_event, &pg, &version, err, sizeof err);
+    if (rc == CQ_ENOTFOUND) {
+        json_decref(pg.events);
+        return send_problem(q->conn, 404, "not-found", NULL,
+                            "stream %s does not exist", q->target);
+    }
+    if (rc != CQ_OK || pg.corrupt) {
+        json_decref(pg.events);
+        return read_failed(q, rc, &pg, err);
+    }
+    return send_json(q->conn, 200, json_pack("{s:s,s:I,s:o}", "stream_id",
+                     q->target, "version", (json_int_t)version, "events",
+                     pg.events));
+}
+
+static enum MHD_Result handle_read_all(request *q)
+{
+    static const char *const allowed[] = {"from_position", "limit", NULL};
+    enum MHD_Result ret = MHD_NO;
+    int64_t from, limit, head = 0;
+    page pg = {0};
+    char err[256] = "";
+    int rc;
+
+    if (!params_ok(q, allowed, &ret) ||
+        !param_int(q, "from_position", 1, 0, INT64_MAX, &from, &ret) ||
+        !param_int(q, "limit", DEFAULT_PAGE, 1, MAX_PAGE, &limit, &ret))
+        return ret;
+    if (from == 0)
+        from = 1;
+    pg.events = json_array();
+    if (pg.events == NULL)
+        return send_problem(q->conn, 500, "internal", NULL, "out of memory");
+    rc = cq_store_read_all(q->srv->store, from, (int)limit, add_event, &pg,
+                           &head, err, sizeof err);
+    if (rc != CQ_OK || pg.corrupt) {
+        json_decref(pg.events);
+        return read_failed(q, rc, &pg, err);
+    }
+    return send_json(q->conn, 200, json_pack("{s:o,s:I,s:I}", "events",
+                     pg.events, "next_position",
+                     (json_int_t)(pg.last ? pg.last + 1 : from),
+                     "head_position", (json_int_t)head));
+}
+
+static enum MHD_Result handle_healthz(request *q)
+{
+    static const char *const allowed[] = {NULL};
+    enum MHD_Result ret = MHD_NO;
+
+    if (!params_ok(q, allowed, &ret))
+        return ret;
+    return send_json(q->conn, 200, json_pack("{s:s,s:I}", "status", "ok",
+                     "head_position",
+                     (json_int_t)cq_writer_head(q->srv->writer)));
+}
+
+/* ---- MHD callbacks ------------------------------------------------------- */
+
+static enum route route_of(const char *url, const char **target)
+{
+    *target = "";
+    if (strcmp(url, "/healthz") == 0)
+        return R_HEALTHZ;
+    if (strncmp(url, "/commands/", 10) == 0 && url[10] != '\0') {
+        *target = url + 10;
+        return R_COMMAND;
+    }
+    if (strcmp(url, "/streams/$all") == 0)
+        return R_ALL;
+    if (strncmp(url, "/streams/", 9) == 0 && url[9] != '\0') {
+        *target = url + 9;
+        return R_STREAM;
+    }
+    return R_NOT_FOUND;
+}
+
+/* First call for a request: route, method and what can be judged from the
+ * headers alone. Returns MHD_YES with nothing queued to go on reading. */
+static enum MHD_Result first_call(request *q, const char *url,
+                                  const char *method)
+{
+    int post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+    int get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
+    const char *cl;
+    int64_t len;
+
+    q->route = route_of(url, &q->target);
+    switch (q->route) {
+    case R_NOT_FOUND:
+        return send_problem(q->conn, 404, "not-found", NULL,
+                            "no resource at this path");
+    case R_HEALTHZ:
+    case R_ALL:
+        if (!get)
+            return send_method_not_allowed(q->conn, method, "GET");
+        return MHD_YES;
+    case R_COMMAND:
+        if (!post)
+            return send_method_not_allowed(q->conn, method, "POST");
+        break;
+    case R_STREAM:
+        if (get)
+            return MHD_YES;
+        if (!post)
+            return send_method_not_allowed(q->conn, method, "GET, POST");
+        break;
+    }
+    /* a POST with a body */
+    cl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
+                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL && (parse_int(cl, &len) != CQ_OK ||
+                       (uint64_t)len > q->srv->body_limit))
+        return send_problem(q->conn, 413, "body-too-large", NULL,
+                            "the body may be at most %zu bytes",
+                            q->srv->body_limit);
+    if (!content_type_ok(q->conn))
+        return send_problem(q->conn, 415, "unsupported-media-type", NULL,
+                            "the body must be sent as application/json");
+    return MHD_YES;
+}
+
+static enum MHD_Result on_body(request *q, const char *data, size_t size)
+{
+    size_t limit = q->srv->body_limit;
+
+    if (q->too_large || q->len + size > limit) {
+        q->too_large = 1;
+        q->len += size; /* count what is thrown away */
+        /* Don't read an endless body: close the connection. */
+        return q->len > limit * HARD_BODY_LIMIT_FACTOR ? MHD_NO : MHD_YES;
+    }
+    if (q->len + size > q->cap) {
+        size_t cap = q->cap ? q->cap : 4096;
+        char *b;
+        while (cap < q->len + size)
+            cap *= 2;
+        if (cap > limit)
+            cap = limit;
+        b = realloc(q->body, cap);
+        if (b == NULL)
+            return MHD_NO;
+        q->body = b;
+        q->cap = cap;
+    }
+    memcpy(q->body + q->len, data, size);
+    q->len += size;
+    return MHD_YES;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
+                                  const char *url, const char *method,
+                                  const char *version,
+                                  const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    cq_server *srv = cls;
+    request *q = *con_cls;
+
+    (void)version;
+    if (q == NULL) {
+        q = calloc(1, sizeof *q);
+        if (q == NULL)
+            return MHD_NO;
+        q->srv = srv;
+        q->conn = conn;
+        atomic_init(&q->answered, 0);
+        *con_cls = q;
+        return first_call(q, url, method);
+    }
+    if (*upload_data_size > 0) {
+        enum MHD_Result r = on_body(q, upload_data, *upload_data_size);
+        *upload_data_size = 0;
+        return r;
+    }
+    if (q->queued)
+        return atomic_load(&q->answered) ? send_written(q) : MHD_YES;
+    if (q->too_large)
+        return send_problem(conn, 413, "body-too-large", NULL,
+                            "the body may be at most %zu bytes",
+                            srv->body_limit);
+    switch (q->route) {
+    case R_HEALTHZ:
+        return handle_healthz(q);
+    case R_COMMAND:
+        return handle_command(q);
+    case R_ALL:
+        return handle_read_all(q);
+    case R_STREAM:
+        return strcmp(method, MHD_HTTP_METHOD_GET) == 0
+                   ? handle_read_stream(q)
+                   : handle_append(q);
+    case R_NOT_FOUND:
+    default:
+        return send_problem(conn, 404, "not-found", NULL,
+                            "no resource at this path");
+    }
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn,
+                         void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    request *q = *con_cls;
+
+    (void)cls;
+    (void)conn;
+    (void)toe;
+    if (q == NULL)
+        return;
+    if (q->queued && q->w.response != NULL) /* answered, never sent */
+        atomic_fetch_sub(&q->srv->pending, 1);
+    json_decref(q->w.body);
+    free(q->w.response);
+    free(q->body);
+    free(q);
+    *con_cls = NULL;
+}
+
+static void on_mhd_error(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    fputs("cqrsd: http: ", stderr);
+    vfprintf(stderr, fmt, ap);
+}
+
+/* ---- public --------------------------------------------------------------- */
+
+int cq_server_start(const cq_server_config *cfg, cq_store *store,
+                    cq_writer *writer, const cq_domain *domain,
+                    cq_server **out, char *err, size_t errcap)
+{
+    cq_server *s;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    int threads = cfg->threads > 0 ? cfg->threads : 2;
+
+    *out = NULL;
+    s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        snprintf(err, errcap, "out of memory");
+        return CQ_ENOMEM;
+    }
+    s->store = store;
+    s->writer = writer;
+    s->domain = domain;
+    s->body_limit = cfg->body_limit ? cfg->body_limit : DEFAULT_BODY_LIMIT;
+    atomic_init(&s->pending, 0);
+    if (cfg->addr.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    s->daemon = MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, s,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, s,
+        MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&cfg->addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads,
+        MHD_OPTION_CONNECTION_TIMEOUT,
+        cfg->idle_timeout_s ? cfg->idle_timeout_s : 30u,
+        MHD_OPTION_CONNECTION_LIMIT, 8192u,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_END);
+    if (s->daemon == NULL) {
+        snprintf(err, errcap, "cannot listen (address in use, or not "
+                 "allowed?)");
+        free(s);
+        return CQ_EIO;
+    }
+    *out = s;
+    return CQ_OK;
+}
+
+unsigned cq_server_port(cq_server *s)
+{
+    const union MHD_DaemonInfo *info =
+        MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    return info ? info->port : 0;
+}
+
+void cq_server_quiesce(cq_server *s)
+{
+    MHD_socket fd = MHD_quiesce_daemon(s->daemon);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+}
+
+void cq_server_stop(cq_server *s, int timeout_ms)
+{
+    struct timespec ts = {0, 10 * 1000 * 1000};
+
+    if (s == NULL)
+        return;
+    /* Let MHD's threads send the answers the writer has just given. */
+    for (int waited = 0; waited < timeout_ms &&
+                         atomic_load(&s->pending) > 0; waited += 10)
+        nanosleep(&ts, NULL);
+    MHD_stop_daemon(s->daemon);
+    free(s);
+}

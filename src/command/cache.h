@@ -1,0 +1,49 @@
+/*
+ * cache.h -- bounded cache of aggregate states for the writer.
+ *
+ * Direct-mapped: a stream id hashes to one slot, and a newcomer evicts the
+ * slot's previous owner. Each entry remembers the stream version (and the
+ * position of that version's event) its state was folded up to; the
+ * writer trusts an entry only when that version equals the stream's
+ * version in the store, and otherwise folds just the missing events.
+ *
+ * Entries written during a batch are "dirty" until the batch commits; if
+ * the commit fails the writer calls cq_cache_drop_dirty() so no state the
+ * store does not have survives.
+ *
+ * Thread: owned by the writer thread; no locking.
+ */
+#ifndef CQ_CACHE_H
+#define CQ_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cqrs/decider.h"
+
+typedef struct cq_cache cq_cache;
+
+/* A cache of `slots` entries (rounded up to a power of two; 0 → 1024).
+ * NULL on out of memory. */
+cq_cache *cq_cache_new(size_t slots);
+void cq_cache_free(cq_cache *c); /* accepts NULL */
+
+/* The cached state for stream_id of aggregate `agg`, or NULL. Borrowed:
+ * valid until the next put/drop on this cache. */
+const void *cq_cache_get(cq_cache *c, const cq_aggregate *agg,
+                         const char *stream_id, int64_t *version,
+                         int64_t *position);
+
+/* Store `state` (ownership taken over, freed with agg->free on eviction)
+ * as stream_id's state at version/position, marked dirty. CQ_OK or
+ * CQ_ENOMEM (then the state has been freed). */
+int cq_cache_put(cq_cache *c, const cq_aggregate *agg, const char *stream_id,
+                 void *state, int64_t version, int64_t position);
+
+/* The batch committed: dirty entries become clean. */
+void cq_cache_commit(cq_cache *c);
+
+/* The batch was rolled back: evict every dirty entry. */
+void cq_cache_drop_dirty(cq_cache *c);
+
+#endif

@@ -1,0 +1,97 @@
+/*
+ * writer.h -- the single writer: the only code that appends to the store.
+ *
+ * HTTP threads validate a request, fill a cq_write_req and submit it. The
+ * writer thread drains the queue into ONE transaction (group commit: one
+ * fsync for the whole batch), with a savepoint per request so a refusal or
+ * conflict undoes only that request. After the commit it fills each
+ * request's answer and calls its done() callback; before the commit no
+ * answer leaves the writer, so an answer of 2xx means "durable".
+ *
+ * Per request, inside its savepoint (see writer.c for the details):
+ *   1. idempotency key known? same hash: replay the stored answer;
+ *      other hash: 422 (not stored).
+ *   2. check the stream against the command's expectation / If-Match;
+ *   3. state from the cache (checked by version) or folded from the store;
+ *   4. decide(); append; evolve the state; cache it (dirty until commit);
+ *   5. store the answer in the command log under the key, if any.
+ *
+ * Thread-safety: cq_writer_submit and cq_writer_head may be called from any
+ * thread; everything else from the thread that started the writer.
+ */
+#ifndef CQ_WRITER_H
+#define CQ_WRITER_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "cqrs/decider.h"
+#include "store/store.h"
+
+#define CQ_STREAM_ID_MAX 256    /* bytes including the NUL */
+#define CQ_IDEM_KEY_MAX 256     /* bytes including the NUL */
+
+typedef enum cq_write_kind {
+    CQ_WRITE_COMMAND,           /* run a domain command through its decider */
+    CQ_WRITE_APPEND             /* append client-given events (POST /streams) */
+} cq_write_kind;
+
+typedef struct cq_write_req cq_write_req;
+
+struct cq_write_req {
+    /* ---- filled by the submitter; owned by it ---- */
+    cq_write_kind kind;
+    const cq_command_def *def;  /* COMMAND: which command */
+    json_t *body;               /* COMMAND: the validated body;
+                                   APPEND: the validated "events" array.
+                                   Reference owned by the request. */
+    char stream_id[CQ_STREAM_ID_MAX];
+    int64_t expected;           /* COMMAND: If-Match version, or
+                                   CQ_VERSION_ANY; APPEND: expected_version */
+    char idem_key[CQ_IDEM_KEY_MAX]; /* "" when none */
+    char command_hash[65];      /* when idem_key is set */
+    char command_id[37];        /* UUIDv7 of this request */
+    char correlation_id[CQ_IDEM_KEY_MAX]; /* "" means: use command_id */
+    void (*done)(cq_write_req *r); /* called on the writer thread once the
+                                      answer is final; after it returns
+                                      the writer never touches r again */
+    void *user;                 /* for done() */
+
+    /* ---- filled by the writer before done() ---- */
+    int status;                 /* HTTP status */
+    char *response;             /* JSON body, malloc'd; the submitter frees */
+    int problem;                /* 1 if response is application/problem+json */
+    int replayed;               /* 1 if answered from the command log */
+    int64_t version;            /* stream version (for ETag), 0 if unknown */
+    int64_t position;           /* position of the answer's last event */
+
+    cq_write_req *next;         /* queue link; writer-private */
+};
+
+typedef struct cq_writer cq_writer;
+
+typedef struct cq_writer_config {
+    int64_t idempotency_ttl_ms; /* how long keys are kept; 0 → 24 h */
+    int max_batch;              /* requests per transaction; 0 → 512 */
+    int max_queue;              /* queued requests before EBUSY; 0 → 16384 */
+    size_t cache_slots;         /* aggregate cache size; 0 → 4096 */
+} cq_writer_config;
+
+/* Start the writer thread on `store` (borrowed; must outlive the writer).
+ * CQ_OK, CQ_ENOMEM or CQ_EIO. */
+int cq_writer_start(cq_store *store, const cq_writer_config *cfg,
+                    cq_writer **out);
+
+/* Queue r. On CQ_OK, done(r) will be called exactly once, on the writer
+ * thread. CQ_EBUSY (queue full) or CQ_ECLOSED (stopping): r was not
+ * queued and done() will not be called. Any thread. */
+int cq_writer_submit(cq_writer *w, cq_write_req *r);
+
+/* Highest committed position. Any thread. */
+int64_t cq_writer_head(cq_writer *w);
+
+/* Refuse new requests, finish every queued one, stop the thread and free
+ * the writer. Accepts NULL. */
+void cq_writer_stop(cq_writer *w);
+
+#endif

@@ -1,0 +1,53 @@
+/*
+ * server.h -- the HTTP front end (libmicrohttpd, epoll, internal threads).
+ *
+ * Routes (API.md is the contract; docs/api.md documents the details):
+ *   GET  /healthz
+ *   POST /commands/{type}
+ *   GET  /streams/$all
+ *   GET  /streams/{id}      POST /streams/{id}
+ *
+ * Requests are parsed and validated on MHD's threads; anything that writes
+ * is handed to the writer and the connection is suspended until the writer
+ * has committed (or refused) it, so no thread ever blocks on a write.
+ * Reads of the event store run on MHD's threads through the store's read
+ * pool.
+ */
+#ifndef CQ_SERVER_H
+#define CQ_SERVER_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "command/writer.h"
+#include "cqrs/decider.h"
+#include "store/store.h"
+
+typedef struct cq_server cq_server;
+
+typedef struct cq_server_config {
+    struct sockaddr_storage addr;  /* where to listen */
+    socklen_t addrlen;
+    int threads;                   /* MHD thread pool; 0 → 2 */
+    size_t body_limit;             /* bytes; 0 → 1 MiB */
+    unsigned idle_timeout_s;       /* close idle connections; 0 → 30 */
+} cq_server_config;
+
+/* Start serving. store, writer and domain are borrowed and must outlive
+ * the server. On failure writes a message into err. */
+int cq_server_start(const cq_server_config *cfg, cq_store *store,
+                    cq_writer *writer, const cq_domain *domain,
+                    cq_server **out, char *err, size_t errcap);
+
+/* The port actually bound (useful with port 0). */
+unsigned cq_server_port(cq_server *s);
+
+/* Stop accepting connections; those open are still served. */
+void cq_server_quiesce(cq_server *s);
+
+/* Wait up to timeout_ms until no request is waiting for the writer, then
+ * stop every thread and free. Call after cq_writer_stop(), which answers
+ * every queued request. Accepts NULL. */
+void cq_server_stop(cq_server *s, int timeout_ms);
+
+#endif
