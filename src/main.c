@@ -214,6 +214,7 @@ static int serve(const options *o)
 done:
     cq_writer_stop(writer);       /* commits and answers what is queued */
     cq_server_stop(server, 5000); /* sends those answers, then stops */
+    cq_writer_free(writer);
     cq_store_close(store);
     return rc == CQ_OK ? 0 : 1;
 }

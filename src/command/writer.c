@@ -722,13 +722,24 @@ int64_t cq_writer_head(cq_writer *w)
 
 void cq_writer_stop(cq_writer *w)
 {
+    int joined;
+
     if (w == NULL)
         return;
     pthread_mutex_lock(&w->mu);
+    joined = w->stopping;
     w->stopping = 1;
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
-    pthread_join(w->thread, NULL);
+    if (!joined)
+        pthread_join(w->thread, NULL);
+}
+
+void cq_writer_free(cq_writer *w)
+{
+    if (w == NULL)
+        return;
+    cq_writer_stop(w);
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
     cq_decision_free(w->decision);

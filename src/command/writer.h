@@ -90,8 +90,13 @@ int cq_writer_submit(cq_writer *w, cq_write_req *r);
 /* Highest committed position. Any thread. */
 int64_t cq_writer_head(cq_writer *w);
 
-/* Refuse new requests, finish every queued one, stop the thread and free
- * the writer. Accepts NULL. */
+/* Refuse new requests (CQ_ECLOSED), finish and answer every queued one,
+ * and join the thread. cq_writer_head() keeps working. Call once, from the
+ * thread that started the writer; accepts NULL. */
 void cq_writer_stop(cq_writer *w);
+
+/* Stop (if not yet stopped) and free. No other thread may still call
+ * cq_writer_submit or cq_writer_head. Accepts NULL. */
+void cq_writer_free(cq_writer *w);
 
 #endif
