@@ -32,6 +32,7 @@
 
 #include "base/base.h"
 #include "base/problem.h"
+#include "base/strbuf.h"
 #include "command/cache.h"
 #include "command/command.h"
 
@@ -198,7 +199,23 @@ static char *event_metadata(const cq_write_req *r, const json_t *user,
 
     if (cq_uuid7(event_id) != CQ_OK)
         return NULL;
-    m = user ? json_deep_copy(user) : json_object();
+    if (user == NULL) {
+        /* the common case, printed directly (see strbuf.h) */
+        cq_strbuf b = CQ_STRBUF_INIT;
+        cq_strbuf_puts(&b, "{\"event_id\":\"");
+        cq_strbuf_puts(&b, event_id);
+        cq_strbuf_puts(&b, "\",\"command_id\":\"");
+        cq_strbuf_puts(&b, r->command_id);
+        cq_strbuf_puts(&b, "\",\"time\":\"");
+        cq_strbuf_puts(&b, time);
+        cq_strbuf_puts(&b, "\",\"correlation_id\":");
+        cq_strbuf_json_string(&b, corr);
+        cq_strbuf_puts(&b, ",\"causation_id\":\"");
+        cq_strbuf_puts(&b, r->command_id);
+        cq_strbuf_puts(&b, "\"}");
+        return cq_strbuf_take(&b);
+    }
+    m = json_deep_copy(user);
     if (m == NULL)
         return NULL;
     if (json_object_set_new(m, "event_id", json_string(event_id)) ||
@@ -281,7 +298,7 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
     const cq_aggregate *agg = def->aggregate;
     pending *p = NULL;
     fold_ctx f;
-    json_t *doc = NULL, *events = NULL;
+    cq_strbuf doc = CQ_STRBUF_INIT, events = CQ_STRBUF_INIT;
     int64_t cur, version, first, last;
     size_t n, i;
     enum outcome out;
@@ -333,9 +350,9 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
     version = cur;
     last = f.position;
     out = UNDO;
-    events = json_array();
-    if (events == NULL)
-        goto nomem;
+    /* The answer, printed directly: {"command_id", "stream_id", "version",
+     * "position", "events": [{"type", "version", "position"}...]} */
+    cq_strbuf_puts(&events, "[");
     if (n > 0) {
         p = calloc(n, sizeof *p);
         if (p == NULL)
@@ -366,19 +383,36 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
                                ev.type, cq_strerror(rc));
                 goto done;
             }
-            if (json_array_append_new(events, json_pack("{s:s,s:I,s:I}",
-                    "type", ev.type, "version", (json_int_t)ev.version,
-                    "position", (json_int_t)ev.position)) != 0)
-                goto nomem;
+            cq_strbuf_puts(&events, i ? ",{\"type\":" : "{\"type\":");
+            cq_strbuf_json_string(&events, ev.type);
+            cq_strbuf_puts(&events, ",\"version\":");
+            cq_strbuf_int(&events, ev.version);
+            cq_strbuf_puts(&events, ",\"position\":");
+            cq_strbuf_int(&events, ev.position);
+            cq_strbuf_puts(&events, "}");
         }
         last = first + (int64_t)n - 1;
     }
-    doc = json_pack("{s:s,s:s,s:I,s:I,s:o}", "command_id", r->command_id,
-                    "stream_id", r->stream_id, "version", (json_int_t)version,
-                    "position", (json_int_t)last, "events", events);
-    events = NULL; /* "o" steals it, even on failure */
-    if (answer_json(r, 202, doc) != CQ_OK)
+    cq_strbuf_puts(&events, "]");
+    cq_strbuf_puts(&doc, "{\"command_id\":\"");
+    cq_strbuf_puts(&doc, r->command_id);
+    cq_strbuf_puts(&doc, "\",\"stream_id\":");
+    cq_strbuf_json_string(&doc, r->stream_id);
+    cq_strbuf_puts(&doc, ",\"version\":");
+    cq_strbuf_int(&doc, version);
+    cq_strbuf_puts(&doc, ",\"position\":");
+    cq_strbuf_int(&doc, last);
+    cq_strbuf_puts(&doc, ",\"events\":");
+    cq_strbuf_add(&doc, events.p ? events.p : "", events.len);
+    cq_strbuf_puts(&doc, "}");
+    if (events.oom)
         goto nomem;
+    free(r->response);
+    r->response = cq_strbuf_take(&doc);
+    if (r->response == NULL)
+        goto nomem;
+    r->status = 202;
+    r->problem = 0;
     r->version = version;
     r->position = last;
     rc = cq_cache_put(w->cache, agg, r->stream_id, f.state, version, last);
@@ -391,7 +425,8 @@ nomem:
     answer_problem(r, 500, "internal", "out of memory");
     out = UNDO;
 done:
-    json_decref(events);
+    cq_strbuf_reset(&events);
+    cq_strbuf_reset(&doc);
     free(p);
     if (f.state != NULL)
         agg->free(f.state);
@@ -733,6 +768,7 @@ void cq_writer_stop(cq_writer *w)
     pthread_mutex_unlock(&w->mu);
     if (!joined)
         pthread_join(w->thread, NULL);
+
 }
 
 void cq_writer_free(cq_writer *w)

@@ -1,0 +1,17 @@
+/*
+ * orders.h -- the example domain: orders that are placed, paid, shipped or
+ * cancelled. It is written against the public API only (include/cqrs/), to
+ * prove that API is enough; see domains/orders/README.md for its commands,
+ * events and rules.
+ */
+#ifndef ORDERS_ORDERS_H
+#define ORDERS_ORDERS_H
+
+#include "cqrs/decider.h"
+
+/* The orders domain: commands PlaceOrder, RecordPayment, ShipOrder and
+ * CancelOrder on the aggregate "order", stream "order-{order_id}".
+ * Returns a pointer to static, immutable data; never NULL. Thread-safe. */
+const cq_domain *orders_domain(void);
+
+#endif

@@ -1,0 +1,931 @@
+/*
+ * test_store.c -- unit tests of the event store (src/store) on SQLite.
+ *
+ * Each test gets a fresh directory under $TMPDIR (mkdtemp) and removes it
+ * afterwards. Files are poked at directly with sqlite3 to fake newer
+ * schemas and damaged rows. The threaded test checks what readers see
+ * while the test's own thread appends; cmocka's asserts are not
+ * thread-safe, so reader threads only record what went wrong and the main
+ * thread asserts.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <errno.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "store/store.h"
+
+/* ---- fixtures and helpers ---- */
+
+typedef struct fixture {
+    char root[512]; /* mkdtemp directory */
+    char dir[600];  /* root/db: the store directory (created by open) */
+    char file[640]; /* dir/events.db */
+    cq_store *s;
+} fixture;
+
+static int rm_entry(const char *path, const struct stat *sb, int flag,
+                    struct FTW *ftw)
+{
+    return remove(path);
+}
+
+static int make_fixture(void **state, int open_store)
+{
+    fixture *f = calloc(1, sizeof *f);
+    const char *tmp = getenv("TMPDIR");
+    if (f == NULL)
+        return -1;
+    snprintf(f->root, sizeof f->root, "%s/test_store-XXXXXX",
+             tmp && *tmp ? tmp : "/tmp");
+    if (mkdtemp(f->root) == NULL) {
+        free(f);
+        return -1;
+    }
+    snprintf(f->dir, sizeof f->dir, "%s/db", f->root);
+    snprintf(f->file, sizeof f->file, "%s/events.db", f->dir);
+    *state = f;
+    if (open_store) {
+        char err[256];
+        cq_store_config cfg = {
+            .dir = f->dir, .sync_full = 0, .read_connections = 2};
+        if (cq_store_open(&cfg, &f->s, err, sizeof err) != CQ_OK) {
+            fprintf(stderr, "open: %s\n", err);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int setup_open(void **state)
+{
+    return make_fixture(state, 1);
+}
+
+static int setup_dir(void **state)
+{
+    return make_fixture(state, 0);
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    cq_store_close(f->s);
+    nftw(f->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+static int open_store(fixture *f, int readers, char *err, size_t cap)
+{
+    cq_store_config cfg = {
+        .dir = f->dir, .sync_full = 1, .read_connections = readers};
+    return cq_store_open(&cfg, &f->s, err, cap);
+}
+
+/* Run SQL on the file through a connection of our own. */
+static void poke(const char *file, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(file, &db), SQLITE_OK);
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        fail_msg("poke '%s': %s", sql, msg ? msg : "?");
+    sqlite3_close(db);
+}
+
+static const cq_new_event EV = {"Happened", 1, "{\"n\":1}", "{}"};
+
+static int64_t append1(cq_store *s, const char *stream, int64_t expected,
+                       size_t n)
+{
+    cq_new_event evs[16];
+    int64_t v = -1, p = -1;
+    assert_true(n <= 16);
+    for (size_t i = 0; i < n; i++)
+        evs[i] = EV;
+    assert_int_equal(cq_store_append(s, stream, expected, evs, n, 1000, &v, &p),
+                     CQ_OK);
+    return p;
+}
+
+/* What a read callback collected. */
+typedef struct seen {
+    int n;
+    int stop_after; /* 0: never stop */
+    int64_t pos[256];
+    int64_t ver[256];
+    char stream[256][16];
+    char data[256][32];
+    int schema[256];
+    int64_t recorded[256];
+} seen;
+
+static int collect(void *arg, const cq_stored_event *ev)
+{
+    seen *c = arg;
+    if (c->n < 256) {
+        c->pos[c->n] = ev->position;
+        c->ver[c->n] = ev->version;
+        snprintf(c->stream[c->n], sizeof c->stream[0], "%s", ev->stream_id);
+        snprintf(c->data[c->n], sizeof c->data[0], "%s", ev->data);
+        c->schema[c->n] = ev->schema_version;
+        c->recorded[c->n] = ev->recorded_at;
+    }
+    c->n++;
+    return c->stop_after != 0 && c->n >= c->stop_after;
+}
+
+static seen *read_all(cq_store *s, int64_t from, int limit, int64_t *head,
+                      int want_rc)
+{
+    static seen c;
+    char err[256] = "";
+    memset(&c, 0, sizeof c);
+    int rc =
+        cq_store_read_all(s, from, limit, collect, &c, head, err, sizeof err);
+    if (rc != want_rc)
+        fail_msg("read_all: rc %d, want %d: %s", rc, want_rc, err);
+    return &c;
+}
+
+/* ---- open, create, reopen, refuse ---- */
+
+static void test_open_create_reopen(void **state)
+{
+    fixture *f = *state;
+    char err[256];
+    struct stat sb;
+    int64_t head = -1;
+
+    assert_int_equal(open_store(f, 0, err, sizeof err), CQ_OK);
+    assert_int_equal(stat(f->dir, &sb), 0);
+    assert_true(S_ISDIR(sb.st_mode));
+    assert_int_equal(stat(f->file, &sb), 0);
+    assert_int_equal(cq_store_head_position(f->s, &head), CQ_OK);
+    assert_int_equal(head, 0);
+    append1(f->s, "a", CQ_VERSION_NO_STREAM, 3);
+    cq_store_close(f->s);
+    f->s = NULL;
+
+    /* The file says version 1 and WAL. */
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(f->file, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), CQ_STORE_SCHEMA_VERSION);
+    sqlite3_finalize(st);
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+
+    assert_int_equal(open_store(f, 1, err, sizeof err), CQ_OK);
+    assert_int_equal(cq_store_head_position(f->s, &head), CQ_OK);
+    assert_int_equal(head, 3);
+    /* Positions carry on after a reopen. */
+    assert_int_equal(append1(f->s, "b", CQ_VERSION_ANY, 1), 4);
+}
+
+static void test_refuse_newer_schema(void **state)
+{
+    fixture *f = *state;
+    char err[256] = "";
+
+    assert_int_equal(open_store(f, 1, err, sizeof err), CQ_OK);
+    cq_store_close(f->s);
+    f->s = NULL;
+    poke(f->file, "PRAGMA user_version = 99");
+    assert_int_equal(open_store(f, 1, err, sizeof err), CQ_EVERSION);
+    assert_null(f->s);
+    assert_non_null(strstr(err, "schema version 99"));
+    assert_non_null(strstr(err, "upgrade cqrsd"));
+}
+
+static void test_refuse_garbage_file(void **state)
+{
+    fixture *f = *state;
+    char err[256] = "";
+    char junk[8192], back[sizeof junk];
+
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = (char)("not a database, honest\n"[i % 23] ^ (i >> 7));
+    assert_int_equal(mkdir(f->dir, 0755), 0);
+    FILE *fp = fopen(f->file, "wb");
+    assert_non_null(fp);
+    assert_int_equal(fwrite(junk, 1, sizeof junk, fp), sizeof junk);
+    fclose(fp);
+
+    int rc = open_store(f, 1, err, sizeof err);
+    assert_true(rc == CQ_ECORRUPT || rc == CQ_EIO);
+    assert_null(f->s);
+    assert_true(strlen(err) > 0);
+    /* Refused without touching the file. */
+    fp = fopen(f->file, "rb");
+    assert_non_null(fp);
+    assert_int_equal(fread(back, 1, sizeof back, fp), sizeof back);
+    fclose(fp);
+    assert_memory_equal(junk, back, sizeof junk);
+}
+
+static void test_refuse_foreign_database(void **state)
+{
+    fixture *f = *state;
+    char err[256] = "";
+
+    /* Tables, but no cqrsd schema version. */
+    assert_int_equal(mkdir(f->dir, 0755), 0);
+    poke(f->file, "CREATE TABLE t (x)");
+    assert_int_equal(open_store(f, 1, err, sizeof err), CQ_ECORRUPT);
+    assert_non_null(strstr(err, "user_version 0"));
+
+    /* Version 1, but the tables are not there. */
+    poke(f->file, "DROP TABLE t; PRAGMA user_version = 1");
+    assert_int_equal(open_store(f, 1, err, sizeof err), CQ_ECORRUPT);
+    assert_non_null(strstr(err, "no such table"));
+}
+
+static void test_bad_config(void **state)
+{
+    char err[64];
+    cq_store *s = (cq_store *)&err; /* must be reset to NULL */
+    cq_store_config cfg = {.dir = NULL};
+    assert_int_equal(cq_store_open(&cfg, &s, err, sizeof err), CQ_EINVAL);
+    assert_null(s);
+    assert_int_equal(cq_store_open(NULL, &s, err, sizeof err), CQ_EINVAL);
+    cq_store_close(NULL);
+}
+
+/* ---- append ---- */
+
+static void test_append_expected_versions(void **state)
+{
+    fixture *f = *state;
+    cq_store *s = f->s;
+    int64_t v = -1, p = -1, head = -1;
+
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    /* no_stream */
+    assert_int_equal(
+        cq_store_append(s, "a", CQ_VERSION_NO_STREAM, &EV, 1, 5, &v, &p),
+        CQ_OK);
+    assert_int_equal(v, 1);
+    assert_int_equal(p, 1);
+    assert_int_equal(
+        cq_store_append(s, "a", CQ_VERSION_NO_STREAM, &EV, 1, 5, &v, &p),
+        CQ_ECONFLICT);
+    assert_non_null(strstr(cq_store_errmsg(s), "'a'"));
+    /* exists */
+    assert_int_equal(
+        cq_store_append(s, "b", CQ_VERSION_EXISTS, &EV, 1, 5, &v, &p),
+        CQ_ECONFLICT);
+    assert_int_equal(
+        cq_store_append(s, "a", CQ_VERSION_EXISTS, &EV, 1, 5, &v, &p), CQ_OK);
+    assert_int_equal(v, 2);
+    assert_int_equal(p, 2);
+    /* exact */
+    assert_int_equal(cq_store_append(s, "a", 1, &EV, 1, 5, &v, &p),
+                     CQ_ECONFLICT);
+    assert_int_equal(cq_store_append(s, "a", 3, &EV, 1, 5, &v, &p),
+                     CQ_ECONFLICT);
+    assert_int_equal(cq_store_append(s, "b", 1, &EV, 1, 5, &v, &p),
+                     CQ_ECONFLICT);
+    assert_int_equal(cq_store_append(s, "a", 2, &EV, 1, 5, &v, &p), CQ_OK);
+    assert_int_equal(v, 3);
+    assert_int_equal(p, 3);
+    /* any */
+    assert_int_equal(cq_store_append(s, "a", CQ_VERSION_ANY, &EV, 1, 5, &v, &p),
+                     CQ_OK);
+    assert_int_equal(v, 4);
+    assert_int_equal(cq_store_append(s, "b", CQ_VERSION_ANY, &EV, 1, 5, &v, &p),
+                     CQ_OK);
+    assert_int_equal(v, 1);
+    assert_int_equal(p, 5);
+    /* Conflicts wrote nothing and did not fail the batch. */
+    assert_int_equal(cq_store_write_head(s, &head), CQ_OK);
+    assert_int_equal(head, 5);
+    assert_int_equal(cq_store_stream_version(s, "a", &v), CQ_OK);
+    assert_int_equal(v, 4);
+    assert_int_equal(cq_store_stream_version(s, "nope", &v), CQ_OK);
+    assert_int_equal(v, 0);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+
+    /* Bad arguments. */
+    cq_new_event bad = EV;
+    bad.data = NULL;
+    assert_int_equal(cq_store_append(s, "a", CQ_VERSION_ANY, &EV, 0, 5, &v, &p),
+                     CQ_EINVAL);
+    assert_int_equal(cq_store_append(s, "a", -3, &EV, 1, 5, &v, &p), CQ_EINVAL);
+    assert_int_equal(
+        cq_store_append(s, NULL, CQ_VERSION_ANY, &EV, 1, 5, &v, &p), CQ_EINVAL);
+    assert_int_equal(
+        cq_store_append(s, "a", CQ_VERSION_ANY, &bad, 1, 5, &v, &p), CQ_EINVAL);
+
+    /* Outside a batch an append is its own committed transaction. */
+    assert_int_equal(
+        cq_store_append(s, "c", CQ_VERSION_NO_STREAM, &EV, 1, 5, &v, &p),
+        CQ_OK);
+    assert_int_equal(p, 6);
+    assert_int_equal(
+        cq_store_append(s, "c", CQ_VERSION_NO_STREAM, &EV, 1, 5, &v, &p),
+        CQ_ECONFLICT);
+    assert_int_equal(cq_store_head_position(s, &head), CQ_OK);
+    assert_int_equal(head, 6);
+}
+
+static void test_multi_event_append_is_contiguous(void **state)
+{
+    fixture *f = *state;
+    cq_store *s = f->s;
+    cq_new_event evs[3] = {{"A", 1, "{\"i\":0}", "{}"},
+                           {"B", 2, "{\"i\":1}", "{\"m\":1}"},
+                           {"C", 3, "{\"i\":2}", "{}"}};
+    int64_t v, p, head;
+
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(
+        cq_store_append(s, "x", CQ_VERSION_NO_STREAM, evs, 3, 42, &v, &p),
+        CQ_OK);
+    assert_int_equal(v, 3);
+    assert_int_equal(p, 1);
+    assert_int_equal(
+        cq_store_append(s, "y", CQ_VERSION_NO_STREAM, evs, 2, 43, &v, &p),
+        CQ_OK);
+    assert_int_equal(v, 2);
+    assert_int_equal(p, 4);
+    assert_int_equal(cq_store_append(s, "x", 3, evs, 3, 44, &v, &p), CQ_OK);
+    assert_int_equal(v, 6);
+    assert_int_equal(p, 6);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+
+    seen *c = read_all(s, 1, 100, &head, CQ_OK);
+    assert_int_equal(head, 8);
+    assert_int_equal(c->n, 8);
+    static const char *stream[8] = {"x", "x", "x", "y", "y", "x", "x", "x"};
+    static const int64_t ver[8] = {1, 2, 3, 1, 2, 4, 5, 6};
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(c->pos[i], i + 1);
+        assert_string_equal(c->stream[i], stream[i]);
+        assert_int_equal(c->ver[i], ver[i]);
+    }
+    assert_string_equal(c->data[1], "{\"i\":1}");
+    assert_int_equal(c->schema[2], 3);
+    assert_int_equal(c->recorded[0], 42);
+    assert_int_equal(c->recorded[7], 44);
+}
+
+/* ---- transactions ---- */
+
+static void test_savepoint_rollback_reuses_positions(void **state)
+{
+    fixture *f = *state;
+    cq_store *s = f->s;
+    int64_t head, v;
+
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_equal(append1(s, "a", CQ_VERSION_NO_STREAM, 2), 1);
+    assert_int_equal(cq_store_release(s), CQ_OK);
+
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_equal(append1(s, "b", CQ_VERSION_NO_STREAM, 3), 3);
+    assert_int_equal(append1(s, "a", 2, 1), 6);
+    assert_int_equal(cq_store_write_head(s, &head), CQ_OK);
+    assert_int_equal(head, 6);
+    assert_int_equal(cq_store_rollback_savepoint(s), CQ_OK);
+
+    /* The rolled-back command's positions and versions are free again. */
+    assert_int_equal(cq_store_write_head(s, &head), CQ_OK);
+    assert_int_equal(head, 2);
+    assert_int_equal(cq_store_stream_version(s, "b", &v), CQ_OK);
+    assert_int_equal(v, 0);
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_equal(append1(s, "c", CQ_VERSION_NO_STREAM, 1), 3);
+    assert_int_equal(append1(s, "a", 2, 1), 4);
+    assert_int_equal(cq_store_release(s), CQ_OK);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+
+    seen *c = read_all(s, 0, 100, &head, CQ_OK);
+    assert_int_equal(head, 4);
+    assert_int_equal(c->n, 4);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(c->pos[i], i + 1);
+    assert_string_equal(c->stream[2], "c");
+    assert_string_equal(c->stream[3], "a");
+    assert_int_equal(c->ver[3], 3);
+
+    /* Misuse is refused without harm. */
+    assert_int_equal(cq_store_release(s), CQ_EINVAL);
+    assert_int_equal(cq_store_savepoint(s), CQ_EINVAL);
+    assert_int_equal(cq_store_commit(s), CQ_EINVAL);
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_begin(s), CQ_EINVAL);
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_equal(cq_store_commit(s), CQ_EINVAL);
+    assert_int_equal(cq_store_rollback(s), CQ_OK);
+    assert_int_equal(cq_store_rollback(s), CQ_OK);
+}
+
+static void test_full_rollback(void **state)
+{
+    fixture *f = *state;
+    cq_store *s = f->s;
+    int64_t head, v;
+
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(append1(s, "a", CQ_VERSION_NO_STREAM, 3), 1);
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_equal(append1(s, "b", CQ_VERSION_NO_STREAM, 1), 4);
+    assert_int_equal(cq_store_release(s), CQ_OK);
+    assert_int_equal(cq_store_rollback(s), CQ_OK);
+
+    assert_int_equal(cq_store_head_position(s, &head), CQ_OK);
+    assert_int_equal(head, 0);
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_stream_version(s, "a", &v), CQ_OK);
+    assert_int_equal(v, 0);
+    assert_int_equal(append1(s, "b", CQ_VERSION_NO_STREAM, 1), 1);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+    read_all(s, 1, 10, &head, CQ_OK);
+    assert_int_equal(head, 1);
+}
+
+/* A failed statement leaves the savepoint accepting only its rollback. */
+static void test_failed_command_accepts_only_rollback(void **state)
+{
+    fixture *f = *state;
+    cq_store *s = f->s;
+    int64_t v, p, head;
+
+    append1(s, "a", CQ_VERSION_NO_STREAM, 2);
+    /* Make the streams row lie so the next insert hits UNIQUE. */
+    poke(f->file, "UPDATE streams SET version = 1 WHERE stream_id = 'a'");
+
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_equal(append1(s, "b", CQ_VERSION_NO_STREAM, 1), 3);
+    assert_int_equal(cq_store_release(s), CQ_OK);
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_equal(cq_store_append(s, "a", CQ_VERSION_ANY, &EV, 1, 5, &v, &p),
+                     CQ_EIO);
+    assert_non_null(strstr(cq_store_errmsg(s), "UNIQUE"));
+    assert_int_equal(cq_store_append(s, "b", CQ_VERSION_ANY, &EV, 1, 5, &v, &p),
+                     CQ_EIO);
+    assert_int_equal(cq_store_release(s), CQ_EIO);
+    assert_int_equal(cq_store_commit(s), CQ_EIO);
+    assert_int_equal(cq_store_rollback_savepoint(s), CQ_OK);
+    /* The batch goes on: the earlier command is kept. */
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_equal(append1(s, "c", CQ_VERSION_NO_STREAM, 1), 4);
+    assert_int_equal(cq_store_release(s), CQ_OK);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+    read_all(s, 1, 10, &head, CQ_OK);
+    assert_int_equal(head, 4);
+
+    /* Outside a savepoint the whole batch has failed. */
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_append(s, "a", CQ_VERSION_ANY, &EV, 1, 5, &v, &p),
+                     CQ_EIO);
+    assert_int_equal(cq_store_savepoint(s), CQ_EIO);
+    assert_int_equal(cq_store_commit(s), CQ_EIO);
+    assert_int_equal(cq_store_rollback(s), CQ_OK);
+    assert_int_equal(append1(s, "d", CQ_VERSION_NO_STREAM, 1), 5);
+}
+
+/* ---- fold_stream ---- */
+
+typedef struct fold_arg {
+    seen c;
+    cq_store *s;
+    int write_rc;
+} fold_arg;
+
+static int fold_and_write(void *arg, const cq_stored_event *ev)
+{
+    fold_arg *a = arg;
+    int64_t v;
+    a->write_rc = cq_store_stream_version(a->s, ev->stream_id, &v);
+    return collect(&a->c, ev);
+}
+
+static void test_fold_stream(void **state)
+{
+    fixture *f = *state;
+    cq_store *s = f->s;
+    seen c;
+
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    append1(s, "a", CQ_VERSION_NO_STREAM, 3);
+    append1(s, "b", CQ_VERSION_NO_STREAM, 2);
+    append1(s, "a", 3, 2);
+    /* fold sees the open transaction. */
+    memset(&c, 0, sizeof c);
+    assert_int_equal(cq_store_fold_stream(s, "a", 2, collect, &c), CQ_OK);
+    assert_int_equal(c.n, 3);
+    assert_int_equal(c.ver[0], 3);
+    assert_int_equal(c.pos[0], 3);
+    assert_int_equal(c.ver[1], 4);
+    assert_int_equal(c.pos[1], 6);
+    assert_int_equal(c.ver[2], 5);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+
+    memset(&c, 0, sizeof c);
+    assert_int_equal(cq_store_fold_stream(s, "a", 0, collect, &c), CQ_OK);
+    assert_int_equal(c.n, 5);
+    memset(&c, 0, sizeof c);
+    c.stop_after = 2;
+    assert_int_equal(cq_store_fold_stream(s, "a", 0, collect, &c), CQ_OK);
+    assert_int_equal(c.n, 2);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(cq_store_fold_stream(s, "zzz", 0, collect, &c), CQ_OK);
+    assert_int_equal(c.n, 0);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(cq_store_fold_stream(s, "b", 5, collect, &c), CQ_OK);
+    assert_int_equal(c.n, 0);
+
+    /* The write side is not re-entrant from a fold callback. */
+    fold_arg a = {.s = s};
+    assert_int_equal(cq_store_fold_stream(s, "b", 0, fold_and_write, &a),
+                     CQ_OK);
+    assert_int_equal(a.c.n, 2);
+    assert_int_equal(a.write_rc, CQ_EINVAL);
+    /* ...and works again afterwards. */
+    assert_int_equal(append1(s, "b", 2, 1), 8);
+}
+
+/* ---- read side ---- */
+
+static void test_read_stream_and_all(void **state)
+{
+    fixture *f = *state;
+    cq_store *s = f->s;
+    char err[256];
+    int64_t sv = -1, head = -1;
+    seen c;
+
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    for (int i = 0; i < 10; i++) {
+        append1(s, "a", CQ_VERSION_ANY, 1);
+        append1(s, "b", CQ_VERSION_ANY, 2);
+    }
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+
+    memset(&c, 0, sizeof c);
+    assert_int_equal(
+        cq_store_read_stream(s, "a", 4, 3, collect, &c, &sv, err, sizeof err),
+        CQ_OK);
+    assert_int_equal(sv, 10);
+    assert_int_equal(c.n, 3);
+    assert_int_equal(c.ver[0], 4);
+    assert_int_equal(c.pos[0], 10);
+    assert_int_equal(c.ver[2], 6);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(cq_store_read_stream(s, "b", 0, 1000, collect, &c, &sv,
+                                          err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(sv, 20);
+    assert_int_equal(c.n, 20);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(
+        cq_store_read_stream(s, "b", 21, 10, collect, &c, &sv, err, sizeof err),
+        CQ_OK);
+    assert_int_equal(c.n, 0);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(
+        cq_store_read_stream(s, "a", 1, 0, collect, &c, &sv, err, sizeof err),
+        CQ_OK);
+    assert_int_equal(c.n, 0);
+    assert_int_equal(sv, 10);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(cq_store_read_stream(s, "nope", 1, 10, collect, &c, &sv,
+                                          err, sizeof err),
+                     CQ_ENOTFOUND);
+    assert_int_equal(sv, 0);
+    assert_int_equal(c.n, 0);
+    assert_int_equal(
+        cq_store_read_stream(s, "a", 1, -1, collect, &c, &sv, err, sizeof err),
+        CQ_EINVAL);
+
+    c = *read_all(s, 5, 7, &head, CQ_OK);
+    assert_int_equal(head, 30);
+    assert_int_equal(c.n, 7);
+    assert_int_equal(c.pos[0], 5);
+    assert_int_equal(c.pos[6], 11);
+    c = *read_all(s, 28, 100, &head, CQ_OK);
+    assert_int_equal(c.n, 3);
+    c = *read_all(s, 31, 100, &head, CQ_OK);
+    assert_int_equal(c.n, 0);
+    assert_int_equal(head, 30);
+
+    /* Readers see committed data only. */
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    append1(s, "c", CQ_VERSION_NO_STREAM, 2);
+    c = *read_all(s, 1, 100, &head, CQ_OK);
+    assert_int_equal(head, 30);
+    assert_int_equal(c.n, 30);
+    assert_int_equal(
+        cq_store_read_stream(s, "c", 1, 10, collect, &c, &sv, err, sizeof err),
+        CQ_ENOTFOUND);
+    assert_int_equal(cq_store_head_position(s, &head), CQ_OK);
+    assert_int_equal(head, 30);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+    assert_int_equal(cq_store_head_position(s, &head), CQ_OK);
+    assert_int_equal(head, 32);
+}
+
+static void test_untrusted_rows(void **state)
+{
+    fixture *f = *state;
+    cq_store *s = f->s;
+    char err[256] = "";
+    int64_t sv, head;
+    seen c;
+
+    append1(s, "a", CQ_VERSION_NO_STREAM, 3);
+
+    poke(f->file, "UPDATE events SET data = x'00ff' WHERE position = 2");
+    read_all(s, 1, 10, &head, CQ_ECORRUPT);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(
+        cq_store_read_all(s, 1, 10, collect, &c, &head, err, sizeof err),
+        CQ_ECORRUPT);
+    assert_non_null(strstr(err, "data"));
+    assert_int_equal(c.n, 1); /* the good event before it was handed out */
+    assert_int_equal(cq_store_fold_stream(s, "a", 0, collect, &c), CQ_ECORRUPT);
+    assert_non_null(strstr(cq_store_errmsg(s), "position 2"));
+
+    poke(f->file, "UPDATE events SET data = '{}', metadata = 'x' || char(0) || "
+                  "'y' WHERE position = 2");
+    assert_int_equal(
+        cq_store_read_stream(s, "a", 1, 10, collect, &c, &sv, err, sizeof err),
+        CQ_ECORRUPT);
+    assert_non_null(strstr(err, "NUL"));
+
+    poke(f->file, "UPDATE events SET metadata = '{}', recorded_at = 'soon' "
+                  "WHERE position = 2");
+    read_all(s, 1, 10, &head, CQ_ECORRUPT);
+
+    /* A hole in the positions is reported, not skipped. */
+    poke(f->file, "UPDATE events SET recorded_at = 1 WHERE position = 2;DELETE "
+                  "FROM events WHERE position = 2");
+    memset(&c, 0, sizeof c);
+    assert_int_equal(
+        cq_store_read_all(s, 1, 10, collect, &c, &head, err, sizeof err),
+        CQ_ECORRUPT);
+    assert_non_null(strstr(err, "expected position 2"));
+
+    poke(f->file, "UPDATE streams SET version = 'three'");
+    assert_int_equal(
+        cq_store_read_stream(s, "a", 1, 10, collect, &c, &sv, err, sizeof err),
+        CQ_ECORRUPT);
+    assert_int_equal(
+        cq_store_append(s, "a", CQ_VERSION_ANY, &EV, 1, 5, &sv, &head),
+        CQ_ECORRUPT);
+    /* Still usable for everything else. */
+    assert_int_equal(append1(s, "b", CQ_VERSION_NO_STREAM, 1), 4);
+}
+
+/* ---- command log ---- */
+
+static void test_cmdlog(void **state)
+{
+    fixture *f = *state;
+    cq_store *s = f->s;
+    cq_cmdlog_entry e = {"k1", "abc123", 202, "{\"ok\":true}", 1000, 5000};
+    cq_cmdlog_entry out;
+    int64_t deleted = -1;
+
+    assert_int_equal(cq_store_cmdlog_get(s, "k1", 1000, &out), CQ_ENOTFOUND);
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_put(s, &e), CQ_OK);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+
+    memset(&out, 0, sizeof out);
+    assert_int_equal(cq_store_cmdlog_get(s, "k1", 4999, &out), CQ_OK);
+    assert_string_equal(out.key, "k1");
+    assert_string_equal(out.command_hash, "abc123");
+    assert_int_equal(out.status, 202);
+    assert_string_equal(out.response, "{\"ok\":true}");
+    assert_int_equal(out.created_at, 1000);
+    assert_int_equal(out.expires_at, 5000);
+    /* Expired at expires_at. */
+    assert_int_equal(cq_store_cmdlog_get(s, "k1", 5000, &out), CQ_ENOTFOUND);
+
+    /* Replace. */
+    e.status = 409;
+    e.response = "{\"conflict\":1}";
+    e.expires_at = 9000;
+    assert_int_equal(cq_store_cmdlog_put(s, &e), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_get(s, "k1", 5000, &out), CQ_OK);
+    assert_int_equal(out.status, 409);
+    assert_string_equal(out.response, "{\"conflict\":1}");
+
+    /* A put rolled back is gone. */
+    cq_cmdlog_entry e2 = {"k2", "h", 201, "{}", 1, 100000};
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_put(s, &e2), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_get(s, "k2", 2, &out), CQ_OK);
+    assert_int_equal(cq_store_rollback(s), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_get(s, "k2", 2, &out), CQ_ENOTFOUND);
+
+    /* Prune in chunks: 2500 expired, 10 live. */
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    for (int i = 0; i < 2510; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "p%d", i);
+        cq_cmdlog_entry p = {key, "h", 202, "{}", 0, i < 2500 ? 6000 : 20000};
+        assert_int_equal(cq_store_cmdlog_put(s, &p), CQ_OK);
+    }
+    assert_int_equal(cq_store_cmdlog_prune(s, 10000, &deleted), CQ_EINVAL);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_prune(s, 10000, &deleted), CQ_OK);
+    assert_int_equal(deleted, 2501); /* p0..p2499 and k1 */
+    assert_int_equal(cq_store_cmdlog_get(s, "p2505", 10000, &out), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_get(s, "p1", 0, &out), CQ_ENOTFOUND);
+    assert_int_equal(cq_store_cmdlog_prune(s, 10000, NULL), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_prune(s, 10000, &deleted), CQ_OK);
+    assert_int_equal(deleted, 0);
+}
+
+/* ---- readers racing the writer ---- */
+
+#define RACE_READERS 4
+#define RACE_BATCHES 150
+#define RACE_CMDS 20
+
+typedef struct race {
+    cq_store *s;
+    atomic_int writer_done;
+    atomic_llong final_head;
+} race;
+
+typedef struct reader_result {
+    race *r;
+    int64_t next; /* next position expected */
+    int64_t last_head;
+    long reads;
+    char problem[512];
+} reader_result;
+
+typedef struct race_cb {
+    reader_result *rr;
+    int n;
+} race_cb;
+
+static int race_collect(void *arg, const cq_stored_event *ev)
+{
+    race_cb *c = arg;
+    reader_result *rr = c->rr;
+    if (ev->position != rr->next && rr->problem[0] == '\0')
+        snprintf(rr->problem, sizeof rr->problem,
+                 "expected position %lld, got %lld", (long long)rr->next,
+                 (long long)ev->position);
+    rr->next = ev->position + 1;
+    c->n++;
+    return 0;
+}
+
+static void *reader_main(void *arg)
+{
+    reader_result *rr = arg;
+    char err[256];
+    for (;;) {
+        int done = atomic_load(&rr->r->writer_done);
+        int64_t head = -1, from = rr->next;
+        race_cb c = {rr, 0};
+        int rc = cq_store_read_all(rr->r->s, from, 37, race_collect, &c, &head,
+                                   err, sizeof err);
+        rr->reads++;
+        if (rc != CQ_OK) {
+            snprintf(rr->problem, sizeof rr->problem, "read_all: %d %s", rc,
+                     err);
+            break;
+        }
+        if (head < rr->last_head && rr->problem[0] == '\0')
+            snprintf(rr->problem, sizeof rr->problem,
+                     "head went back from %lld to %lld",
+                     (long long)rr->last_head, (long long)head);
+        rr->last_head = head;
+        /* Everything up to the snapshot's head must be there. */
+        int64_t avail = head >= from ? head - from + 1 : 0;
+        int64_t want = avail < 37 ? avail : 37;
+        if (c.n != want && rr->problem[0] == '\0')
+            snprintf(rr->problem, sizeof rr->problem,
+                     "from %lld head %lld: got %d events, want %lld",
+                     (long long)from, (long long)head, c.n, (long long)want);
+        if (rr->problem[0] != '\0')
+            break;
+        if (done && rr->next > atomic_load(&rr->r->final_head))
+            break;
+    }
+    return NULL;
+}
+
+static void test_readers_see_gap_free_prefix(void **state)
+{
+    fixture *f = *state;
+    cq_store *s = f->s; /* 2 read connections for 4 readers: some wait */
+    race r = {.s = s};
+    reader_result rr[RACE_READERS];
+    pthread_t th[RACE_READERS];
+    int64_t expect_head = 0, head;
+    char stream[32];
+
+    atomic_init(&r.writer_done, 0);
+    atomic_init(&r.final_head, 0);
+    for (int i = 0; i < RACE_READERS; i++) {
+        memset(&rr[i], 0, sizeof rr[i]);
+        rr[i].r = &r;
+        rr[i].next = 1;
+        assert_int_equal(pthread_create(&th[i], NULL, reader_main, &rr[i]), 0);
+    }
+    for (int b = 0; b < RACE_BATCHES; b++) {
+        assert_int_equal(cq_store_begin(s), CQ_OK);
+        for (int c = 0; c < RACE_CMDS; c++) {
+            int n = 1 + (b + c) % 3;
+            snprintf(stream, sizeof stream, "s%d", c % 7);
+            assert_int_equal(cq_store_savepoint(s), CQ_OK);
+            int64_t p = append1(s, stream, CQ_VERSION_ANY, (size_t)n);
+            assert_int_equal(p, expect_head + 1);
+            if ((b * RACE_CMDS + c) % 5 == 0) {
+                assert_int_equal(cq_store_rollback_savepoint(s), CQ_OK);
+            } else {
+                assert_int_equal(cq_store_release(s), CQ_OK);
+                expect_head += n;
+            }
+        }
+        if (b % 10 == 9) {
+            assert_int_equal(cq_store_rollback(s), CQ_OK);
+            assert_int_equal(cq_store_head_position(s, &head), CQ_OK);
+            expect_head = head;
+        } else {
+            assert_int_equal(cq_store_commit(s), CQ_OK);
+        }
+    }
+    assert_int_equal(cq_store_head_position(s, &head), CQ_OK);
+    assert_int_equal(head, expect_head);
+    atomic_store(&r.final_head, head);
+    atomic_store(&r.writer_done, 1);
+    for (int i = 0; i < RACE_READERS; i++) {
+        pthread_join(th[i], NULL);
+        if (rr[i].problem[0] != '\0')
+            fail_msg("reader %d: %s", i, rr[i].problem);
+        assert_int_equal(rr[i].next, head + 1);
+        assert_true(rr[i].reads > 0);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_open_create_reopen, setup_dir,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_refuse_newer_schema, setup_dir,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_refuse_garbage_file, setup_dir,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_refuse_foreign_database, setup_dir,
+                                        teardown),
+        cmocka_unit_test(test_bad_config),
+        cmocka_unit_test_setup_teardown(test_append_expected_versions,
+                                        setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_multi_event_append_is_contiguous,
+                                        setup_open, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_savepoint_rollback_reuses_positions, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_full_rollback, setup_open,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(
+            test_failed_command_accepts_only_rollback, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_fold_stream, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_read_stream_and_all, setup_open,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_untrusted_rows, setup_open,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cmdlog, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_readers_see_gap_free_prefix,
+                                        setup_open, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
