@@ -370,14 +370,18 @@ static enum MHD_Result send_validation(request *q, const cq_errors *errs)
                         "field%s", n, n == 1 ? "" : "s");
 }
 
-/* Canonical hash of a write request: what, where, preconditions, body. */
+/* Canonical hash of a write request (what, where, preconditions, body)
+ * into q->w.command_hash; only needed, and only made, with an
+ * Idempotency-Key. */
 static int hash_request(request *q, const char *what, const char *precond,
                         const json_t *body)
 {
-    char *canon = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
-    char *text = NULL;
+    char *canon, *text;
     size_t n;
 
+    if (q->w.idem_key[0] == '\0')
+        return CQ_OK;
+    canon = json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS);
     if (canon == NULL)
         return CQ_ENOMEM;
     n = strlen(what) + strlen(precond) + strlen(canon) + 3;
