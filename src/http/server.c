@@ -76,22 +76,22 @@ typedef struct request {
 /* ---- answers ------------------------------------------------------------ */
 
 /* Send `body` (malloc'd, taken over; NULL means out of memory) with the
- * given status and content type. Extra headers come as name/value pairs
- * ended by NULL. */
-static enum MHD_Result send_body(struct MHD_Connection *c, int status,
-                                 const char *ctype, char *body, ...)
+ * given status and content type, plus nh extra headers given as
+ * name/value pairs in hdr (a NULL name is skipped). */
+static enum MHD_Result send_with(struct MHD_Connection *c, int status,
+                                 const char *ctype, char *body,
+                                 const char *const (*hdr)[2], size_t nh)
 {
     static const char oom[] =
         "{\"type\":\"urn:cqrsd:problem:internal\",\"title\":\"Internal "
         "Server Error\",\"status\":500,\"detail\":\"out of memory\"}";
     struct MHD_Response *resp;
     enum MHD_Result ret;
-    const char *name;
-    va_list ap;
 
     if (body == NULL) {
         status = 500;
         ctype = CQ_PROBLEM_CONTENT_TYPE;
+        nh = 0;
         resp = MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom,
                                                MHD_RESPMEM_PERSISTENT);
     } else {
@@ -103,15 +103,18 @@ static enum MHD_Result send_body(struct MHD_Connection *c, int status,
     if (resp == NULL)
         return MHD_NO;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
-    va_start(ap, body);
-    while ((name = va_arg(ap, const char *)) != NULL) {
-        const char *value = va_arg(ap, const char *);
-        MHD_add_response_header(resp, name, value);
-    }
-    va_end(ap);
+    for (size_t i = 0; i < nh; i++)
+        if (hdr[i][0] != NULL)
+            MHD_add_response_header(resp, hdr[i][0], hdr[i][1]);
     ret = MHD_queue_response(c, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return ret;
+}
+
+static enum MHD_Result send_body(struct MHD_Connection *c, int status,
+                                 const char *ctype, char *body)
+{
+    return send_with(c, status, ctype, body, NULL, 0);
 }
 
 static enum MHD_Result send_json(struct MHD_Connection *c, int status,
@@ -119,7 +122,7 @@ static enum MHD_Result send_json(struct MHD_Connection *c, int status,
 {
     char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
     json_decref(doc);
-    return send_body(c, status, "application/json", text, NULL);
+    return send_body(c, status, "application/json", text);
 }
 
 static enum MHD_Result send_problem(struct MHD_Connection *c, int status,
@@ -138,8 +141,7 @@ static enum MHD_Result send_problem(struct MHD_Connection *c, int status,
     vsnprintf(detail, sizeof detail, fmt, ap);
     va_end(ap);
     return send_body(c, status, CQ_PROBLEM_CONTENT_TYPE,
-                     cq_problem_text(status, slug, errors, "%s", detail),
-                     NULL);
+                     cq_problem_text(status, slug, errors, "%s", detail));
 }
 
 static enum MHD_Result send_method_not_allowed(struct MHD_Connection *c,
@@ -149,8 +151,8 @@ static enum MHD_Result send_method_not_allowed(struct MHD_Connection *c,
     char *text = cq_problem_text(405, "method-not-allowed", NULL,
                                  "%s is not allowed here; use %s", method,
                                  allow);
-    return send_body(c, 405, CQ_PROBLEM_CONTENT_TYPE, text,
-                     MHD_HTTP_HEADER_ALLOW, allow, NULL);
+    const char *const hdr[][2] = {{MHD_HTTP_HEADER_ALLOW, allow}};
+    return send_with(c, 405, CQ_PROBLEM_CONTENT_TYPE, text, hdr, 1);
 }
 
 /* ---- query parameters ---------------------------------------------------- */
@@ -445,14 +447,17 @@ static enum MHD_Result send_written(request *q)
     q->w.response = NULL; /* MHD frees it now */
     if (status >= 200 && status < 300 && q->w.version > 0)
         snprintf(etag, sizeof etag, "\"%lld\"", (long long)q->w.version);
-    return send_body(q->conn, status,
-                     q->w.problem ? CQ_PROBLEM_CONTENT_TYPE
-                                  : "application/json",
-                     body,
-                     etag[0] ? MHD_HTTP_HEADER_ETAG : NULL, etag,
-                     q->w.replayed ? "Idempotency-Replayed" : NULL, "true",
-                     status == 503 ? MHD_HTTP_HEADER_RETRY_AFTER : NULL, "1",
-                     NULL);
+    {
+        const char *const hdr[][2] = {
+            {etag[0] ? MHD_HTTP_HEADER_ETAG : NULL, etag},
+            {q->w.replayed ? "Idempotency-Replayed" : NULL, "true"},
+            {status == 503 ? MHD_HTTP_HEADER_RETRY_AFTER : NULL, "1"},
+        };
+        return send_with(q->conn, status,
+                         q->w.problem ? CQ_PROBLEM_CONTENT_TYPE
+                                      : "application/json",
+                         body, hdr, 3);
+    }
 }
 
 static enum MHD_Result handle_command(request *q)
