@@ -1,0 +1,382 @@
+#!/bin/sh
+# bench/run.sh — the cqrsd benchmarks behind `make bench`. POSIX sh.
+#
+#   1. raw SQLite reference: bench_raw_sqlite (bench/raw_sqlite.c) inserts
+#      the rows one PlaceOrder writes, WAL + synchronous=FULL, 64 per commit;
+#   2. starts `cqrsd serve` on a fresh data dir and a free port, waits for
+#      GET /healthz -> 200;
+#   3. wrk GET /healthz (bench/healthz.lua): the server's own ceiling;
+#   4. wrk POST /commands/PlaceOrder (bench/placeorder.lua): durable
+#      commands, each a new order; counts answers that are not 202;
+#   5. stops the server with SIGTERM and prints a summary table.
+#
+# Everything is bounded in time; temp dirs and the server go away on exit
+# (also on Ctrl-C). A benchmark reports figures, it does not fail on them:
+# the exit status is 0 when every figure was measured, 1 when something could
+# not run (set BENCH_STRICT=1 to also exit 1 when a target is missed).
+#
+# Environment (defaults):
+#   BUILD_DIR=build            where cqrsd and bench/bench_raw_sqlite are
+#   BENCH_CQRSD=$BUILD_DIR/cqrsd  the server binary, if elsewhere
+#   BENCH_SECONDS=10           length of each wrk run
+#   BENCH_WARMUP=2             wrk warm-up seconds before each run (0: none)
+#   BENCH_CONNECTIONS=64       wrk keep-alive connections
+#   BENCH_THREADS=2            wrk threads
+#   BENCH_WRK_TIMEOUT=5        seconds before wrk counts a request as timed out
+#   BENCH_RAW_SECONDS=5        raw SQLite run length ...
+#   BENCH_RAW_ROWS=200000      ... or row count, whichever comes first
+#   BENCH_PORT=(free port)     port for the server on 127.0.0.1
+#   BENCH_TMPDIR=$TMPDIR|/tmp  where the data dirs go (the disk being measured)
+#   BENCH_START_TIMEOUT=30     seconds to wait for /healthz
+#   BENCH_STOP_TIMEOUT=15      seconds to wait for exit after SIGTERM
+#   BENCH_STRICT=0             1: exit 1 when a target is missed
+set -u
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD_DIR=${BUILD_DIR:-build}
+case $BUILD_DIR in /*) ;; *) BUILD_DIR=$ROOT/$BUILD_DIR ;; esac
+DUR=${BENCH_SECONDS:-10}
+WARMUP=${BENCH_WARMUP:-2}
+CONNS=${BENCH_CONNECTIONS:-64}
+THREADS=${BENCH_THREADS:-2}
+WRK_TIMEOUT=${BENCH_WRK_TIMEOUT:-5}
+RAW_SECONDS=${BENCH_RAW_SECONDS:-5}
+RAW_ROWS=${BENCH_RAW_ROWS:-200000}
+PORT=${BENCH_PORT:-}
+TMP_PARENT=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
+START_TIMEOUT=${BENCH_START_TIMEOUT:-30}
+STOP_TIMEOUT=${BENCH_STOP_TIMEOUT:-15}
+STRICT=${BENCH_STRICT:-0}
+TARGET_PCT=50
+
+CQRSD=${BENCH_CQRSD:-$BUILD_DIR/cqrsd}
+RAW=$BUILD_DIR/bench/bench_raw_sqlite
+
+say() { printf '%s\n' "$*"; }
+warn() { printf 'bench: %s\n' "$*" >&2; }
+die() { warn "$*"; exit 1; }
+
+val=
+for v in DUR:BENCH_SECONDS WARMUP:BENCH_WARMUP CONNS:BENCH_CONNECTIONS \
+         THREADS:BENCH_THREADS WRK_TIMEOUT:BENCH_WRK_TIMEOUT \
+         RAW_SECONDS:BENCH_RAW_SECONDS RAW_ROWS:BENCH_RAW_ROWS \
+         START_TIMEOUT:BENCH_START_TIMEOUT STOP_TIMEOUT:BENCH_STOP_TIMEOUT; do
+    eval "val=\$${v%%:*}"
+    case $val in '' | *[!0-9]*) die "${v#*:} must be a whole number, got '$val'" ;; esac
+done
+[ "$DUR" -ge 1 ] || die "BENCH_SECONDS must be at least 1"
+if [ "$THREADS" -lt 1 ] || [ "$CONNS" -lt "$THREADS" ]; then
+    die "need BENCH_CONNECTIONS >= BENCH_THREADS >= 1"
+fi
+
+# --- tools ----------------------------------------------------------------
+command -v wrk >/dev/null 2>&1 || die "wrk not found: run 'sh scripts/deps.sh wrk'"
+command -v curl >/dev/null 2>&1 || die "curl not found: run 'sh scripts/deps.sh'"
+[ -x "$CQRSD" ] || die "$CQRSD not found: run 'make build' (or set BUILD_DIR)"
+# Bound every wrk run even if it hangs; --foreground keeps Ctrl-C working.
+if command -v timeout >/dev/null 2>&1; then
+    bounded() { secs=$1; shift; timeout --foreground -k 5 "$secs" "$@"; }
+    HAVE_TIMEOUT=1
+else
+    bounded() { shift; "$@"; }
+    HAVE_TIMEOUT=0
+fi
+
+# --- temp dir, cleanup ----------------------------------------------------
+mkdir -p "$TMP_PARENT" || die "cannot create $TMP_PARENT"
+TMP=$(mktemp -d "$TMP_PARENT/cqrsd-bench.XXXXXX") || die "mktemp failed"
+SERVER_PID=
+# SIGKILL the server; under timeout(1) it leads its own process group, so
+# kill the group too (a SIGKILLed timeout would leave the server behind).
+kill_server_hard() {
+    # dash's kill builtin takes no process groups: use kill(1).
+    [ $HAVE_TIMEOUT -eq 1 ] && env kill -s KILL -- "-$SERVER_PID" 2>/dev/null
+    kill -KILL "$SERVER_PID" 2>/dev/null
+}
+# shellcheck disable=SC2317  # called from the EXIT trap
+cleanup() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null
+        i=0
+        while kill -0 "$SERVER_PID" 2>/dev/null && [ "$i" -lt 50 ]; do
+            sleep 0.1; i=$((i + 1))
+        done
+        kill_server_hard
+    fi
+    SERVER_PID=
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+# Field $2 of the "BENCH kind=$1 ..." line in file $3, or empty.
+field() {
+    awk -v kind="kind=$1" -v key="$2" '
+        $1 == "BENCH" && $2 == kind {
+            for (i = 3; i <= NF; i++) {
+                n = index($i, "=")
+                if (substr($i, 1, n - 1) == key) v = substr($i, n + 1)
+            }
+        }
+        END { print v }' "$3" 2>/dev/null
+}
+# awk arithmetic on possibly-empty figures: prints "n/a" when any is empty.
+calc() {
+    expr=$1; shift
+    for a in "$@"; do [ -n "$a" ] || { echo n/a; return; }; done
+    awk -v a="${1:-0}" -v b="${2:-0}" -v c="${3:-0}" "BEGIN { $expr }"
+}
+ms() { calc 'printf "%.2f ms", a / 1000' "${1:-}"; }
+
+# --- machine --------------------------------------------------------------
+fs=$(df -PT "$TMP" 2>/dev/null | awk 'NR == 2 { print $2 }')
+cpus=$(nproc 2>/dev/null || echo '?')
+model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -n 1)
+rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
+say "== cqrsd benchmarks ($(date -u '+%Y-%m-%d %H:%M:%SZ'), commit $rev)"
+say "   machine: $cpus CPUs ${model:+($model)}, $(uname -sr)"
+say "   data dirs in $TMP_PARENT on ${fs:-?}"
+say "   wrk: $THREADS threads, $CONNS keep-alive connections, ${DUR}s per run" \
+    "(+${WARMUP}s warm-up)"
+case $fs in tmpfs | ramfs | overlay*)
+    warn "data dirs are on $fs: fsync may cost nothing there; set BENCH_TMPDIR to a real disk" ;;
+esac
+say
+
+STATUS=0
+
+# --- 1. raw SQLite reference ----------------------------------------------
+if [ ! -x "$RAW" ]; then
+    # Not built (CQ_BENCH=OFF or the library does not build): compile it here.
+    RAW=$TMP/bench_raw_sqlite
+    say "-- compiling bench/raw_sqlite.c (no $BUILD_DIR/bench/bench_raw_sqlite)"
+    # shellcheck disable=SC2046  # the flags are meant to split
+    ${CC:-cc} -O2 -std=c17 -D_GNU_SOURCE -o "$RAW" "$ROOT/bench/raw_sqlite.c" \
+        $(pkg-config --cflags --libs sqlite3 2>/dev/null || echo -lsqlite3) ||
+        RAW=
+fi
+say "-- raw SQLite: events insert + streams upsert, WAL + synchronous=FULL," \
+    "64 rows per transaction, ${RAW_SECONDS}s or $RAW_ROWS rows"
+if [ -n "$RAW" ]; then
+    bounded $((RAW_SECONDS + 60)) "$RAW" --seconds "$RAW_SECONDS" \
+        --rows "$RAW_ROWS" --batch 64 --dir "$TMP" >"$TMP/raw.out" 2>&1
+    rc=$?
+    cat "$TMP/raw.out"
+    [ $rc -eq 0 ] || { warn "bench_raw_sqlite failed (exit $rc)"; STATUS=1; }
+else
+    warn "could not build bench_raw_sqlite"; STATUS=1
+    : >"$TMP/raw.out"
+fi
+say
+
+# --- 2. start the server --------------------------------------------------
+if [ -z "$PORT" ]; then
+    PORT=$(python3 -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' \
+        2>/dev/null) || PORT=
+    [ -n "$PORT" ] || PORT=$(awk 'BEGIN { srand(); print 20000 + int(rand() * 30000) }')
+fi
+URL=http://127.0.0.1:$PORT
+mkdir -p "$TMP/data"
+say "-- starting: $CQRSD serve --data $TMP/data --listen 127.0.0.1:$PORT"
+# The server is also bounded, so it cannot outlive a killed script for long.
+budget=$((START_TIMEOUT + 2 * (DUR + WARMUP) + 4 * (WRK_TIMEOUT + 30) + STOP_TIMEOUT + 60))
+if [ $HAVE_TIMEOUT -eq 1 ]; then
+    timeout -k 10 $budget "$CQRSD" serve --data "$TMP/data" \
+        --listen "127.0.0.1:$PORT" >"$TMP/server.log" 2>&1 &
+else
+    "$CQRSD" serve --data "$TMP/data" --listen "127.0.0.1:$PORT" \
+        >"$TMP/server.log" 2>&1 &
+fi
+SERVER_PID=$!
+
+server_log_tail() {
+    warn "last lines of the server's output:"
+    tail -n 20 "$TMP/server.log" | sed 's/^/    /' >&2
+}
+
+up=0
+t0=$(date +%s)
+while [ $(($(date +%s) - t0)) -lt "$START_TIMEOUT" ]; do
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        wait "$SERVER_PID"; rc=$?; SERVER_PID=
+        warn "cqrsd exited with status $rc before answering /healthz"
+        server_log_tail
+        exit 1
+    fi
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$URL/healthz" 2>/dev/null)
+    [ "$code" = 200 ] && { up=1; break; }
+    sleep 0.1
+done
+if [ $up -ne 1 ]; then
+    warn "GET /healthz did not answer 200 within ${START_TIMEOUT}s (last: ${code:-none})"
+    server_log_tail
+    exit 1
+fi
+say "   up after $(($(date +%s) - t0))s"
+
+# One PlaceOrder by hand, so a broken endpoint shows its answer here.
+code=$(curl -s -o "$TMP/probe.out" -w '%{http_code}' --max-time 5 \
+    -H 'Content-Type: application/json' -X POST "$URL/commands/PlaceOrder" \
+    -d '{"order_id":"bench-probe","customer_id":"c-00001","currency":"EUR","items":[{"sku":"SKU-MUG-RED-350ML","quantity":1,"unit_price_cents":1299}]}' \
+    2>/dev/null)
+probe_ok=0
+if [ "$code" = 202 ]; then
+    probe_ok=1
+    say "   probe PlaceOrder: 202 $(head -c 200 "$TMP/probe.out")"
+else
+    warn "probe PlaceOrder answered ${code:-nothing}: $(head -c 400 "$TMP/probe.out" 2>/dev/null)"
+fi
+say
+
+# Run wrk with the given script: name seconds script url [args...]
+run_wrk() {
+    name=$1 secs=$2 script=$3 url=$4; shift 4
+    bounded $((secs + WRK_TIMEOUT + 30)) wrk -t "$THREADS" -c "$CONNS" \
+        -d "${secs}s" --timeout "${WRK_TIMEOUT}s" --latency \
+        -s "$ROOT/bench/$script" "$url" ${1+"$@"} >"$TMP/$name.out" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || warn "wrk ($name) exited with status $rc"
+    return $rc
+}
+
+# True while the server runs. When it has gone without being told to, say
+# so once (with its status and last output) and fail the run: figures taken
+# across a dead server mean nothing.
+server_up() {
+    [ -n "$SERVER_PID" ] || return 1
+    kill -0 "$SERVER_PID" 2>/dev/null && return 0
+    wait "$SERVER_PID"; rc=$?; SERVER_PID=
+    warn "cqrsd exited on its own (status $rc) during: $1"
+    server_log_tail
+    STATUS=1
+    return 1
+}
+
+# --- 3. GET /healthz -------------------------------------------------------
+if [ "$WARMUP" -gt 0 ]; then
+    run_wrk healthz-warm "$WARMUP" healthz.lua "$URL/healthz" || true
+fi
+if server_up "GET /healthz warm-up"; then
+    say "-- GET /healthz: wrk -t$THREADS -c$CONNS -d${DUR}s --latency"
+    run_wrk healthz "$DUR" healthz.lua "$URL/healthz" || STATUS=1
+    cat "$TMP/healthz.out"
+    say
+    server_up "GET /healthz" || true
+fi
+
+# --- 4. POST /commands/PlaceOrder ----------------------------------------
+run_prefix=$(date +%s)
+w_ok=0
+if [ "$WARMUP" -gt 0 ] && server_up "before PlaceOrder"; then
+    run_wrk placeorder-warm "$WARMUP" placeorder.lua "$URL" -- "w$run_prefix" || true
+    wn=$(field placeorder non202 "$TMP/placeorder-warm.out")
+    w_ok=$(field placeorder accepted "$TMP/placeorder-warm.out")
+    [ "${wn:-0}" = 0 ] || warn "warm-up: $wn PlaceOrder answers were not 202"
+fi
+head_pos=
+if server_up "PlaceOrder warm-up"; then
+    say "-- POST /commands/PlaceOrder: wrk -t$THREADS -c$CONNS -d${DUR}s --latency" \
+        "-s bench/placeorder.lua (a new order per request, 1-3 items)"
+    run_wrk placeorder "$DUR" placeorder.lua "$URL" -- "r$run_prefix" || STATUS=1
+    cat "$TMP/placeorder.out"
+    say
+    # Cross-check: the store's head position against the 202s wrk counted.
+    if server_up "PlaceOrder"; then
+        head_pos=$(curl -s --max-time 5 \
+            "$URL/streams/\$all?from_position=0&limit=1" 2>/dev/null |
+            sed -n 's/.*"head_position"[[:space:]]*:[[:space:]]*\([0-9][0-9]*\).*/\1/p')
+    fi
+fi
+
+# --- 5. stop the server ----------------------------------------------------
+if server_up "the runs"; then
+    say "-- stopping the server (SIGTERM)"
+    kill -TERM "$SERVER_PID" 2>/dev/null
+    t0=$(date +%s)
+    while kill -0 "$SERVER_PID" 2>/dev/null &&
+          [ $(($(date +%s) - t0)) -lt "$STOP_TIMEOUT" ]; do
+        sleep 0.1
+    done
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        warn "cqrsd still running ${STOP_TIMEOUT}s after SIGTERM: killing it"
+        kill_server_hard
+        STATUS=1
+    fi
+    wait "$SERVER_PID"; rc=$?; SERVER_PID=
+    if [ $rc -eq 0 ]; then
+        say "   exited cleanly after $(($(date +%s) - t0))s"
+    else
+        warn "cqrsd exited with status $rc after SIGTERM"
+        server_log_tail
+    fi
+    say
+fi
+
+# --- summary ---------------------------------------------------------------
+h_rps=$(field healthz rps "$TMP/healthz.out")
+h_p50=$(field healthz p50_us "$TMP/healthz.out")
+h_p99=$(field healthz p99_us "$TMP/healthz.out")
+h_bad=$(field healthz non2xx "$TMP/healthz.out")
+h_err=$(field healthz sockerr "$TMP/healthz.out")
+c_ok=$(field placeorder accepted "$TMP/placeorder.out")
+c_rps=$(field placeorder accepted_per_sec "$TMP/placeorder.out")
+c_p50=$(field placeorder p50_us "$TMP/placeorder.out")
+c_p99=$(field placeorder p99_us "$TMP/placeorder.out")
+c_bad=$(field placeorder non202 "$TMP/placeorder.out")
+c_err=$(field placeorder sockerr "$TMP/placeorder.out")
+r_rps=$(field raw_sqlite rows_per_sec "$TMP/raw.out")
+r_p50=$(field raw_sqlite commit_p50_us "$TMP/raw.out")
+
+pct_h=$(calc 'if (b > 0) printf "%.1f %%", 100 * a / b; else print "n/a"' "$c_rps" "$h_rps")
+pct_r=$(calc 'if (b > 0) printf "%.1f %%", 100 * a / b; else print "n/a"' "$c_rps" "$r_rps")
+met=$(calc "if (b <= 0) print \"n/a\"; else if (100 * a / b >= $TARGET_PCT) print \"met\"; else print \"NOT MET\"" "$c_rps" "$h_rps")
+if [ -z "$c_bad" ]; then all202="n/a"
+elif [ "$c_bad" = 0 ] && [ "${c_err:-0}" = 0 ]; then all202="met"
+else all202="NOT MET"; fi
+num() { calc 'printf "%.0f", a' "${1:-}"; }
+
+line() { printf '  %-38s %14s   %-10s %-10s\n' "$@"; }
+say "================================ summary ================================"
+line "" "rate" "p50" "p99"
+line "GET /healthz" "$(num "$h_rps") req/s" "$(ms "$h_p50")" "$(ms "$h_p99")"
+line "PlaceOrder, 202 answers" "$(num "$c_rps") cmd/s" "$(ms "$c_p50")" "$(ms "$c_p99")"
+line "raw SQLite, 64 rows/commit" "$(num "$r_rps") rows/s" "$(ms "$r_p50")" "(commit)"
+say
+printf '  %-38s %14s\n' "PlaceOrder answers not 202" "${c_bad:-n/a}"
+printf '  %-38s %14s\n' "PlaceOrder requests with no answer" "${c_err:-n/a}"
+# Each PlaceOrder appends one event: the head is the 202s seen (probe,
+# warm-up, run) plus up to one per connection still in flight at the end of
+# each wrk run (warm-up and run).
+seen=$(calc 'printf "%d", a + b + c' "${c_ok:-0}" "${w_ok:-0}" "$probe_ok")
+inflight=$CONNS
+[ "$WARMUP" -gt 0 ] && inflight=$((2 * CONNS))
+[ -n "$head_pos" ] &&
+    printf '  %-38s %14s   (202s seen: %s; up to %s more in flight)\n' \
+        "events in the store (head_position)" "$head_pos" "$seen" "$inflight"
+printf '  %-38s %14s   target >= %s %%: %s\n' "commands/s as % of healthz rate" \
+    "$pct_h" "$TARGET_PCT" "$met"
+printf '  %-38s %14s   target every answer 202: %s\n' "" "" "$all202"
+printf '  %-38s %14s   (reference, no target)\n' "commands/s as % of raw SQLite" "$pct_r"
+say "========================================================================="
+if [ -n "$c_bad" ] && [ "$c_bad" != 0 ]; then
+    say "!!! $c_bad PlaceOrder answers were not 202 (see 'answers by status' above)"
+fi
+if [ -n "$c_err" ] && [ "$c_err" != 0 ]; then
+    say "!!! $c_err PlaceOrder requests got no answer (socket errors/timeouts)"
+fi
+if [ -n "$head_pos" ] && [ "$head_pos" -lt "$seen" ]; then
+    say "!!! the store holds $head_pos events but $seen PlaceOrders were acknowledged"
+elif [ -n "$head_pos" ] && [ "$head_pos" -gt $((seen + inflight)) ]; then
+    say "!!! the store holds $head_pos events, more than the $seen acknowledged + $inflight in flight"
+fi
+if [ -n "$h_bad$h_err" ] && [ "${h_bad:-0}${h_err:-0}" != 00 ]; then
+    say "!!! /healthz: ${h_bad:-0} non-2xx answers, ${h_err:-0} socket errors"
+fi
+
+[ -n "$h_rps" ] && [ -n "$c_rps" ] && [ -n "$r_rps" ] || STATUS=1
+if [ "$STRICT" = 1 ] && { [ "$met" != met ] || [ "$all202" != met ]; }; then
+    STATUS=1
+fi
+exit $STATUS
