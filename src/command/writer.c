@@ -281,10 +281,17 @@ done:
 
 /* ---- the two kinds of request ------------------------------------------- */
 
-static enum outcome fatal(cq_write_req *r, int rc)
+/* What a failed store or state call means for request r: undecodable
+ * stored data or no memory fail r alone (500); anything else aborts the
+ * batch. */
+static enum outcome fatal(cq_writer *w, cq_write_req *r, int rc)
 {
-    if (rc == CQ_ECORRUPT)
-        return UNDO; /* answer already set */
+    if (rc == CQ_ECORRUPT) {
+        if (r->response == NULL) /* load_state() explains itself */
+            answer_problem(r, 500, "corrupt-stream", "stream %s cannot be "
+                           "read: %s", r->stream_id, cq_store_errmsg(w->store));
+        return UNDO;
+    }
     if (rc == CQ_ENOMEM) {
         answer_problem(r, 500, "internal", "out of memory");
         return UNDO;
@@ -307,7 +314,7 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
     f.state = NULL;
     rc = cq_store_stream_version(w->store, r->stream_id, &cur);
     if (rc != CQ_OK)
-        return fatal(r, rc);
+        return fatal(w, r, rc);
     if (def->expect == CQ_EXPECT_NEW && cur > 0) {
         answer_problem(r, 409, "stream-exists", "stream %s already exists "
                        "(version %lld)", r->stream_id, (long long)cur);
@@ -327,7 +334,7 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
 
     rc = load_state(w, r, cur, &f);
     if (rc != CQ_OK) {
-        out = fatal(r, rc);
+        out = fatal(w, r, rc);
         goto done;
     }
     cq_decision_reset(w->decision);
@@ -370,7 +377,7 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
             goto done;
         }
         if (rc != CQ_OK) {
-            out = fatal(r, rc);
+            out = fatal(w, r, rc);
             goto done;
         }
         for (i = 0; i < n; i++) {
@@ -443,7 +450,7 @@ static enum outcome run_append(cq_writer *w, cq_write_req *r, int64_t now)
 
     rc = cq_store_stream_version(w->store, r->stream_id, &cur);
     if (rc != CQ_OK)
-        return fatal(r, rc);
+        return fatal(w, r, rc);
     if ((r->expected == CQ_VERSION_NO_STREAM && cur != 0) ||
         (r->expected == CQ_VERSION_EXISTS && cur == 0) ||
         (r->expected > 0 && r->expected != cur)) {
@@ -472,7 +479,7 @@ static enum outcome run_append(cq_writer *w, cq_write_req *r, int64_t now)
     }
     rc = append_events(w, r, cur, p, n, now, &version, &first);
     if (rc != CQ_OK) {
-        out = fatal(r, rc);
+        out = fatal(w, r, rc);
         goto done;
     }
     r->version = version;
@@ -633,6 +640,7 @@ static void *writer_main(void *arg)
 {
     cq_writer *w = arg;
 
+    pthread_setname_np(pthread_self(), "cq-writer");
     for (;;) {
         cq_write_req *batch, *last;
         int n = 1;

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -239,6 +240,60 @@ static void test_no_event_command(void **state)
     release(r, 3);
 }
 
+/* A stream whose stored event cannot be decoded fails only the command on
+ * it (500, nothing written); the rest of the batch goes through. */
+static void test_corrupt_stream(void **state)
+{
+    fixture *f = *state;
+    cq_write_req r[4];
+    char json[256], path[300];
+    sqlite3 *db;
+
+    make_command(f, &r[0], "PlaceOrder", place(1, json, sizeof json), NULL);
+    assert_int_equal(cq_writer_submit(f->writer, &r[0]), CQ_OK);
+    wait_for(&f->wt, 1);
+    assert_int_equal(r[0].status, 202);
+    release(r, 1);
+    make_command(f, &r[0], "PlaceOrder", place(3, json, sizeof json), NULL);
+    assert_int_equal(cq_writer_submit(f->writer, &r[0]), CQ_OK);
+    wait_for(&f->wt, 2);
+    assert_int_equal(r[0].status, 202);
+    release(r, 1);
+
+    snprintf(path, sizeof path, "%s/events.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    assert_int_equal(sqlite3_exec(db, "UPDATE events SET data = '{\"order_'"
+                                  " WHERE position = 1", NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE streams SET version = 'x'"
+                                  " WHERE stream_id = 'order-o-3'", NULL,
+                                  NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+
+    /* a fresh writer, so the state is not in its cache */
+    cq_writer_free(f->writer);
+    assert_int_equal(cq_writer_start(f->store, NULL, &f->writer), CQ_OK);
+    make_command(f, &r[1], "RecordPayment", "{\"order_id\":\"o-1\","
+                 "\"payment_id\":\"p1\",\"amount_cents\":10}", NULL);
+    make_command(f, &r[2], "PlaceOrder", place(2, json, sizeof json), NULL);
+    make_command(f, &r[3], "CancelOrder", "{\"order_id\":\"o-3\","
+                 "\"reason\":\"r\"}", NULL);
+    for (int i = 1; i < 4; i++)
+        assert_int_equal(cq_writer_submit(f->writer, &r[i]), CQ_OK);
+    wait_for(&f->wt, 5);
+    assert_int_equal(r[1].status, 500);  /* undecodable event data */
+    assert_true(r[1].problem);
+    assert_non_null(strstr(r[1].response, "corrupt-stream"));
+    assert_int_equal(r[2].status, 202);
+    assert_int_equal(r[2].position, 3);
+    assert_int_equal(r[3].status, 500);  /* undecodable stream version */
+    assert_non_null(r[3].response);
+    assert_non_null(strstr(r[3].response, "corrupt-stream"));
+    release(r + 1, 3);
+}
+
 typedef struct submitter {
     fixture *f;
     int base;
@@ -296,6 +351,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_event_command, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_submitters, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_stream, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
