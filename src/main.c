@@ -8,9 +8,9 @@
  * `serve` opens the event store, starts the writer thread and the HTTP
  * server for the orders example, then waits for SIGTERM or SIGINT. Those
  * signals are blocked in every thread and taken with sigwait() here, so
- * shutdown runs as ordinary code: stop accepting connections, let the
- * writer commit and answer everything queued, let MHD send those answers,
- * then close the store. Nothing acknowledged is lost because nothing is
+ * shutdown runs as ordinary code: let the writer commit and answer
+ * everything queued (new writes meanwhile get 503), let MHD send those
+ * answers and close its connections, then close the store. Nothing acknowledged is lost because nothing is
  * acknowledged before its commit.
  */
 #include <errno.h>
@@ -210,7 +210,6 @@ static int serve(const options *o)
         ;
     fprintf(stderr, "cqrsd: %s: finishing queued commands and stopping\n",
             sig == SIGINT ? "SIGINT" : "SIGTERM");
-    cq_server_quiesce(server);
 done:
     cq_writer_stop(writer);       /* commits and answers what is queued */
     cq_server_stop(server, 5000); /* sends those answers, then stops */

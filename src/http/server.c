@@ -1011,13 +1011,6 @@ unsigned cq_server_port(cq_server *s)
     return info ? info->port : 0;
 }
 
-void cq_server_quiesce(cq_server *s)
-{
-    MHD_socket fd = MHD_quiesce_daemon(s->daemon);
-    if (fd != MHD_INVALID_SOCKET)
-        close(fd);
-}
-
 void cq_server_stop(cq_server *s, int timeout_ms)
 {
     struct timespec ts = {0, 10 * 1000 * 1000};

@@ -42,12 +42,14 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
 /* The port actually bound (useful with port 0). */
 unsigned cq_server_port(cq_server *s);
 
-/* Stop accepting connections; those open are still served. */
-void cq_server_quiesce(cq_server *s);
-
 /* Wait up to timeout_ms until no request is waiting for the writer, then
- * stop every thread and free. Call after cq_writer_stop(), which answers
- * every queued request. Accepts NULL. */
+ * stop every thread, close every connection and free. Call after
+ * cq_writer_stop(), which answers every queued request (and makes new
+ * writes answer 503 meanwhile). Accepts NULL.
+ *
+ * There is deliberately no "stop accepting" step: libmicrohttpd's
+ * MHD_quiesce_daemon() races with its own worker threads in epoll mode
+ * and can abort the process. */
 void cq_server_stop(cq_server *s, int timeout_ms);
 
 #endif
