@@ -21,7 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <dirent.h>
+
 #include "command/writer.h"
+#include "projection/engine.h"
 #include "cqrs/cqrs.h"
 #include "http/server.h"
 #include "orders/orders.h"
@@ -30,6 +33,7 @@
 typedef struct options {
     const char *data;
     const char *listen;
+    const char *projections;
     int64_t threads;
     int64_t ttl_s;
     int64_t body_limit;
@@ -41,6 +45,7 @@ static void usage(FILE *f)
           "[--threads N]\n"
           "                   [--idempotency-ttl SECONDS] "
           "[--body-limit BYTES]\n"
+          "                   [--projections DIR]\n"
           "       cqrsd version\n"
           "\n"
           "  --data DIR              where events.db lives (default ./data)\n"
@@ -52,7 +57,9 @@ static void usage(FILE *f)
           "remembered,\n"
           "                          60-31536000 seconds (default 86400)\n"
           "  --body-limit BYTES      largest request body, 1024-67108864\n"
-          "                          (default 1048576)\n",
+          "                          (default 1048576)\n"
+          "  --projections DIR       also load every *.sql projection in DIR\n"
+          "                          (the orders read models are built in)\n",
           f);
 }
 
@@ -78,6 +85,7 @@ static int parse_args(int argc, char **argv, options *o)
 {
     o->data = "./data";
     o->listen = "127.0.0.1:8080";
+    o->projections = NULL;
     o->threads = 2;
     o->ttl_s = 86400;
     o->body_limit = 1024 * 1024;
@@ -95,6 +103,8 @@ static int parse_args(int argc, char **argv, options *o)
             o->data = v;
         else if (strcmp(a, "--listen") == 0)
             o->listen = v;
+        else if (strcmp(a, "--projections") == 0)
+            o->projections = v;
         else if (strcmp(a, "--threads") == 0)
             rc = parse_num(a, v, 1, 64, &o->threads);
         else if (strcmp(a, "--idempotency-ttl") == 0)
@@ -158,6 +168,40 @@ bad:
     return -1;
 }
 
+/* Load the built-in orders read models, then every *.sql in dir (may be
+ * NULL), in name order. */
+static int load_projections(cq_engine *e, const char *dir, char *err,
+                            size_t errcap)
+{
+    struct dirent **names = NULL;
+    int n, rc = CQ_OK;
+
+    for (const orders_sql_file *f = orders_projection_files; f->name; f++) {
+        rc = cq_engine_load_text(e, f->name, f->text, f->len, err, errcap);
+        if (rc != CQ_OK)
+            return rc;
+    }
+    if (dir == NULL)
+        return CQ_OK;
+    n = scandir(dir, &names, NULL, alphasort);
+    if (n < 0) {
+        snprintf(err, errcap, "--projections %s: %s", dir, strerror(errno));
+        return CQ_EIO;
+    }
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(names[i]->d_name);
+        if (rc == CQ_OK && len > 4 &&
+            strcmp(names[i]->d_name + len - 4, ".sql") == 0) {
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s", dir, names[i]->d_name);
+            rc = cq_engine_load_file(e, path, err, errcap);
+        }
+        free(names[i]);
+    }
+    free(names);
+    return rc;
+}
+
 static int serve(const options *o)
 {
     cq_store_config scfg = {o->data, 1, 4};
@@ -165,6 +209,8 @@ static int serve(const options *o)
     cq_server_config hcfg;
     cq_store *store = NULL;
     cq_writer *writer = NULL;
+    cq_engine *engine = NULL;
+    cq_engine_config ecfg = {o->data, 0, 0};
     cq_server *server = NULL;
     sigset_t sigs;
     char err[512];
@@ -191,14 +237,24 @@ static int serve(const options *o)
                 o->data, err);
         return 1;
     }
+    rc = cq_engine_new(&ecfg, store, &engine, err, sizeof err);
+    if (rc == CQ_OK)
+        rc = load_projections(engine, o->projections, err, sizeof err);
+    if (rc == CQ_OK)
+        rc = cq_engine_start(engine, err, sizeof err);
+    if (rc != CQ_OK) {
+        fprintf(stderr, "cqrsd: projections: %s\n", err);
+        goto done;
+    }
+    wcfg.hooks = cq_engine_writer_hooks(engine);
     rc = cq_writer_start(store, &wcfg, &writer);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: cannot start the writer: %s\n",
                 cq_strerror(rc));
         goto done;
     }
-    rc = cq_server_start(&hcfg, store, writer, orders_domain(), &server, err,
-                         sizeof err);
+    rc = cq_server_start(&hcfg, store, writer, engine, orders_domain(),
+                         &server, err, sizeof err);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: --listen %s: %s\n", o->listen, err);
         goto done;
@@ -212,8 +268,10 @@ static int serve(const options *o)
             sig == SIGINT ? "SIGINT" : "SIGTERM");
 done:
     cq_writer_stop(writer);       /* commits and answers what is queued */
+    cq_engine_stop(engine);       /* answers every waiting query */
     cq_server_stop(server, 5000); /* sends those answers, then stops */
     cq_writer_free(writer);
+    cq_engine_free(engine);
     cq_store_close(store);
     return rc == CQ_OK ? 0 : 1;
 }

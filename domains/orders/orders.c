@@ -442,7 +442,7 @@ static int decide_place(const void *state, const json_t *body, cq_decision *d)
     const json_t *items = json_object_get(body, "items");
     const json_t *item;
     json_t *out_items = NULL;
-    int64_t total = 0;
+    int64_t total = 0, count = 0;
     size_t i;
 
     if (!order_id || !customer_id || !currency || !json_is_array(items))
@@ -462,7 +462,8 @@ static int decide_place(const void *state, const json_t *body, cq_decision *d)
         if (sku == NULL || !body_int(item, "quantity", &qty) ||
             !body_int(item, "unit_price_cents", &price) ||
             __builtin_mul_overflow(qty, price, &line) ||
-            __builtin_add_overflow(total, line, &total)) {
+            __builtin_add_overflow(total, line, &total) ||
+            __builtin_add_overflow(count, qty, &count)) {
             json_decref(out_items);
             return CQ_EINVAL;
         }
@@ -475,10 +476,10 @@ static int decide_place(const void *state, const json_t *body, cq_decision *d)
     }
     /* "o" steals out_items, also when json_pack fails. */
     return emit(d, "OrderPlaced",
-                json_pack("{s:s, s:s, s:s, s:o, s:I}", "order_id", order_id,
-                          "customer_id", customer_id, "currency", currency,
-                          "items", out_items, "total_cents",
-                          (json_int_t)total));
+                json_pack("{s:s, s:s, s:s, s:o, s:I, s:I}", "order_id",
+                          order_id, "customer_id", customer_id, "currency",
+                          currency, "items", out_items, "total_cents",
+                          (json_int_t)total, "item_count", (json_int_t)count));
 }
 
 static int decide_payment(const void *state, const json_t *body, cq_decision *d)

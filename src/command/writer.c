@@ -242,6 +242,35 @@ typedef struct pending {
     const json_t *user_metadata;
 } pending;
 
+/* Hand the events just appended to the inline projections. */
+static int apply_inline(cq_writer *w, cq_write_req *r, const cq_new_event *evs,
+                        size_t n, int64_t now, int64_t first, int64_t base)
+{
+    cq_stored_event *se = calloc(n, sizeof *se);
+    int rc;
+
+    if (se == NULL)
+        return CQ_ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        se[i].position = first + (int64_t)i;
+        se[i].stream_id = r->stream_id;
+        se[i].version = base + 1 + (int64_t)i;
+        se[i].type = evs[i].type;
+        se[i].schema_version = evs[i].schema_version;
+        se[i].data = evs[i].data;
+        se[i].metadata = evs[i].metadata;
+        se[i].recorded_at = now;
+    }
+    rc = w->cfg.hooks.apply_inline(w->cfg.hooks.arg, se, n);
+    free(se);
+    if (rc == CQ_OK)
+        return CQ_OK;
+    answer_problem(r, 500, "inline-projection-failed", "an inline projection "
+                   "could not apply the events of stream %s; nothing was "
+                   "written", r->stream_id);
+    return CQ_ECORRUPT; /* fails r alone, answer set */
+}
+
 /* Append n pending events to r's stream at version cur. Fills the new
  * version and first position. CQ_OK, CQ_ECONFLICT, CQ_EIO, CQ_ENOMEM. */
 static int append_events(cq_writer *w, cq_write_req *r, int64_t cur,
@@ -270,6 +299,8 @@ static int append_events(cq_writer *w, cq_write_req *r, int64_t cur,
     rc = cq_store_append(w->store, r->stream_id,
                          cur == 0 ? CQ_VERSION_NO_STREAM : cur, evs, n, now,
                          version, first);
+    if (rc == CQ_OK && w->cfg.hooks.apply_inline != NULL)
+        rc = apply_inline(w, r, evs, n, now, *first, *version - (int64_t)n);
 done:
     for (i = 0; i < made; i++) {
         free((char *)evs[i].data);
@@ -604,8 +635,11 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
     if (rc == CQ_OK) {
         int64_t head;
         cq_cache_commit(w->cache);
-        if (cq_store_write_head(w->store, &head) == CQ_OK)
+        if (cq_store_write_head(w->store, &head) == CQ_OK) {
             atomic_store(&w->head_position, head);
+            if (w->cfg.hooks.committed != NULL)
+                w->cfg.hooks.committed(w->cfg.hooks.arg, head);
+        }
     } else {
         char msg[512];
         snprintf(msg, sizeof msg, "%s", cq_store_errmsg(w->store));

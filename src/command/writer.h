@@ -70,11 +70,27 @@ struct cq_write_req {
 
 typedef struct cq_writer cq_writer;
 
+/* Hooks for the projection engine; both optional, both called on the
+ * writer thread. */
+typedef struct cq_writer_hooks {
+    /* Inside the request's savepoint, right after its events were appended
+     * (and so inside the batch's transaction on the store's write
+     * connection): the inline projections apply them. `events` are as
+     * stored (borrowed). A non-OK return fails the request with 500 and
+     * undoes its writes. */
+    int (*apply_inline)(void *arg, const cq_stored_event *events, size_t n);
+    /* After a batch committed, before any of its answers is released:
+     * head is the new highest committed position. */
+    void (*committed)(void *arg, int64_t head);
+    void *arg;
+} cq_writer_hooks;
+
 typedef struct cq_writer_config {
     int64_t idempotency_ttl_ms; /* how long keys are kept; 0 → 24 h */
     int max_batch;              /* requests per transaction; 0 → 512 */
     int max_queue;              /* queued requests before EBUSY; 0 → 16384 */
     size_t cache_slots;         /* aggregate cache size; 0 → 4096 */
+    cq_writer_hooks hooks;
 } cq_writer_config;
 
 /* Start the writer thread on `store` (borrowed; must outlive the writer).

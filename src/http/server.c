@@ -21,6 +21,7 @@
  * requests handed to the writer and not yet answered, for shutdown.
  */
 #include "http/server.h"
+#include "http/http.h"
 
 #include <microhttpd.h>
 #include <stdarg.h>
@@ -43,42 +44,14 @@
 #define MAX_APPEND_EVENTS 100
 #define MAX_WAIT_MS 30000
 
-struct cq_server {
-    struct MHD_Daemon *daemon;
-    cq_store *store;
-    cq_writer *writer;
-    const cq_domain *domain;
-    size_t body_limit;
-    atomic_int pending;
-};
 
-enum route {
-    R_NOT_FOUND,
-    R_HEALTHZ,
-    R_COMMAND,
-    R_ALL,
-    R_STREAM
-};
-
-typedef struct request {
-    cq_server *srv;
-    struct MHD_Connection *conn;
-    enum route route;
-    const char *target;     /* part of the URL after the route prefix */
-    char *body;
-    size_t len, cap;
-    int too_large;
-    int queued;             /* handed to the writer */
-    atomic_int answered;    /* the writer has called done() */
-    cq_write_req w;
-} request;
 
 /* ---- answers ------------------------------------------------------------ */
 
 /* Send `body` (malloc'd, taken over; NULL means out of memory) with the
  * given status and content type, plus nh extra headers given as
  * name/value pairs in hdr (a NULL name is skipped). */
-static enum MHD_Result send_with(struct MHD_Connection *c, int status,
+enum MHD_Result cq_http_send_with(struct MHD_Connection *c, int status,
                                  const char *ctype, char *body,
                                  const char *const (*hdr)[2], size_t nh)
 {
@@ -114,10 +87,10 @@ static enum MHD_Result send_with(struct MHD_Connection *c, int status,
 static enum MHD_Result send_body(struct MHD_Connection *c, int status,
                                  const char *ctype, char *body)
 {
-    return send_with(c, status, ctype, body, NULL, 0);
+    return cq_http_send_with(c, status, ctype, body, NULL, 0);
 }
 
-static enum MHD_Result send_json(struct MHD_Connection *c, int status,
+enum MHD_Result cq_http_send_json(struct MHD_Connection *c, int status,
                                  json_t *doc)
 {
     char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
@@ -125,12 +98,7 @@ static enum MHD_Result send_json(struct MHD_Connection *c, int status,
     return send_body(c, status, "application/json", text);
 }
 
-static enum MHD_Result send_problem(struct MHD_Connection *c, int status,
-                                    const char *slug, json_t *errors,
-                                    const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-
-static enum MHD_Result send_problem(struct MHD_Connection *c, int status,
+enum MHD_Result cq_http_send_problem(struct MHD_Connection *c, int status,
                                     const char *slug, json_t *errors,
                                     const char *fmt, ...)
 {
@@ -152,7 +120,7 @@ static enum MHD_Result send_method_not_allowed(struct MHD_Connection *c,
                                  "%s is not allowed here; use %s", method,
                                  allow);
     const char *const hdr[][2] = {{MHD_HTTP_HEADER_ALLOW, allow}};
-    return send_with(c, 405, CQ_PROBLEM_CONTENT_TYPE, text, hdr, 1);
+    return cq_http_send_with(c, 405, CQ_PROBLEM_CONTENT_TYPE, text, hdr, 1);
 }
 
 /* ---- query parameters ---------------------------------------------------- */
@@ -189,7 +157,7 @@ static enum MHD_Result check_param(void *cls, enum MHD_ValueKind kind,
 
 /* 1 if every query parameter is in `allowed` (NULL-terminated) and none is
  * repeated; else answers 400 and returns 0. */
-static int params_ok(request *q, const char *const *allowed,
+int cq_http_params_ok(request *q, const char *const *allowed,
                      enum MHD_Result *ret)
 {
     param_check pc = {allowed, 0, ""};
@@ -198,12 +166,12 @@ static int params_ok(request *q, const char *const *allowed,
                               &pc);
     if (pc.bad[0] == '\0')
         return 1;
-    *ret = send_problem(q->conn, 400, "bad-parameter", NULL, "%s", pc.bad);
+    *ret = cq_http_send_problem(q->conn, 400, "bad-parameter", NULL, "%s", pc.bad);
     return 0;
 }
 
 /* Parse a non-negative decimal integer with no sign, spaces or excess. */
-static int parse_int(const char *s, int64_t *out)
+int cq_http_parse_int(const char *s, int64_t *out)
 {
     int64_t v = 0;
 
@@ -222,7 +190,7 @@ static int parse_int(const char *s, int64_t *out)
 
 /* Query parameter `name` as an integer in [min, max], or `def` if absent.
  * On a bad value answers 400 and returns 0. */
-static int param_int(request *q, const char *name, int64_t def, int64_t min,
+int cq_http_param_int(request *q, const char *name, int64_t def, int64_t min,
                      int64_t max, int64_t *out, enum MHD_Result *ret)
 {
     const char *s = MHD_lookup_connection_value(q->conn,
@@ -233,8 +201,8 @@ static int param_int(request *q, const char *name, int64_t def, int64_t min,
         *out = def;
         return 1;
     }
-    if (parse_int(s, &v) != CQ_OK || v < min || v > max) {
-        *ret = send_problem(q->conn, 400, "bad-parameter", NULL,
+    if (cq_http_parse_int(s, &v) != CQ_OK || v < min || v > max) {
+        *ret = cq_http_send_problem(q->conn, 400, "bad-parameter", NULL,
                             "query parameter '%s' must be an integer from "
                             "%lld to %lld", name, (long long)min,
                             (long long)max);
@@ -300,7 +268,7 @@ static int idem_key_ok(request *q, enum MHD_Result *ret)
             return 1;
         }
     }
-    *ret = send_problem(q->conn, 400, "bad-header", NULL, "Idempotency-Key "
+    *ret = cq_http_send_problem(q->conn, 400, "bad-header", NULL, "Idempotency-Key "
                         "must be 1 to 255 visible ASCII characters");
     return 0;
 }
@@ -322,13 +290,13 @@ static int if_match_ok(request *q, int64_t *expected, const char **raw,
     if (n >= 3 && n - 2 < sizeof digits && v[0] == '"' && v[n - 1] == '"') {
         memcpy(digits, v + 1, n - 2);
         digits[n - 2] = '\0';
-        if (parse_int(digits, expected) == CQ_OK && *expected >= 1) {
+        if (cq_http_parse_int(digits, expected) == CQ_OK && *expected >= 1) {
             *raw = v;
             return 1;
         }
     }
     *expected = CQ_VERSION_ANY;
-    *ret = send_problem(q->conn, 400, "bad-header", NULL, "If-Match must be "
+    *ret = cq_http_send_problem(q->conn, 400, "bad-header", NULL, "If-Match must be "
                         "a stream version in quotes, like \"3\"");
     return 0;
 }
@@ -342,21 +310,21 @@ static json_t *parse_body(request *q, enum MHD_Result *ret)
     json_t *doc;
 
     if (q->len == 0) {
-        *ret = send_problem(q->conn, 400, "malformed-json", NULL,
+        *ret = cq_http_send_problem(q->conn, 400, "malformed-json", NULL,
                             "the request body is empty; a JSON object is "
                             "required");
         return NULL;
     }
     doc = json_loadb(q->body, q->len, JSON_REJECT_DUPLICATES, &jerr);
     if (doc == NULL) {
-        *ret = send_problem(q->conn, 400, "malformed-json", NULL,
+        *ret = cq_http_send_problem(q->conn, 400, "malformed-json", NULL,
                             "the body is not valid JSON: %s (line %d, column "
                             "%d)", jerr.text, jerr.line, jerr.column);
         return NULL;
     }
     if (!json_is_object(doc)) {
         json_decref(doc);
-        *ret = send_problem(q->conn, 400, "validation-failed", NULL,
+        *ret = cq_http_send_problem(q->conn, 400, "validation-failed", NULL,
                             "the body must be a JSON object");
         return NULL;
     }
@@ -367,7 +335,7 @@ static json_t *parse_body(request *q, enum MHD_Result *ret)
 static enum MHD_Result send_validation(request *q, const cq_errors *errs)
 {
     int n = cq_errors_count(errs);
-    return send_problem(q->conn, 400, "validation-failed",
+    return cq_http_send_problem(q->conn, 400, "validation-failed",
                         cq_errors_to_json(errs), "the request has %d invalid "
                         "field%s", n, n == 1 ? "" : "s");
 }
@@ -415,7 +383,7 @@ static enum MHD_Result submit(request *q)
     int rc;
 
     if (cq_uuid7(q->w.command_id) != CQ_OK)
-        return send_problem(q->conn, 500, "internal", NULL,
+        return cq_http_send_problem(q->conn, 500, "internal", NULL,
                             "no random bytes for a command id");
     q->w.done = on_written;
     q->w.user = q;
@@ -444,6 +412,8 @@ static enum MHD_Result send_written(request *q)
     int status = q->w.status;
 
     atomic_fetch_sub(&q->srv->pending, 1);
+    if (q->projection >= 0 && status >= 200 && status < 300)
+        return cq_http_wait_for_command(q); /* ?wait_for= */
     q->w.response = NULL; /* MHD frees it now */
     if (status >= 200 && status < 300 && q->w.version > 0)
         snprintf(etag, sizeof etag, "\"%lld\"", (long long)q->w.version);
@@ -453,7 +423,7 @@ static enum MHD_Result send_written(request *q)
             {q->w.replayed ? "Idempotency-Replayed" : NULL, "true"},
             {status == 503 ? MHD_HTTP_HEADER_RETRY_AFTER : NULL, "1"},
         };
-        return send_with(q->conn, status,
+        return cq_http_send_with(q->conn, status,
                          q->w.problem ? CQ_PROBLEM_CONTENT_TYPE
                                       : "application/json",
                          body, hdr, 3);
@@ -471,18 +441,24 @@ static enum MHD_Result handle_command(request *q)
     enum MHD_Result ret = MHD_NO;
     char what[160];
 
-    if (!params_ok(q, allowed, &ret) ||
-        !param_int(q, "wait_ms", 500, 0, MAX_WAIT_MS, &wait_ms, &ret))
+    if (!cq_http_params_ok(q, allowed, &ret) ||
+        !cq_http_param_int(q, "wait_ms", 500, 0, MAX_WAIT_MS, &wait_ms, &ret))
         return ret;
     wait_for = MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND,
                                            "wait_for");
-    if (wait_for != NULL)
-        return send_problem(q->conn, 404, "not-found", NULL,
-                            "there is no projection named '%.64s'",
-                            wait_for);
+    if (wait_for != NULL) {
+        q->projection = q->srv->engine
+                            ? cq_engine_projection(q->srv->engine, wait_for)
+                            : -1;
+        if (q->projection < 0)
+            return cq_http_send_problem(q->conn, 404, "not-found", NULL,
+                                "there is no projection named '%.64s'",
+                                wait_for);
+        q->wait_ms = wait_ms;
+    }
     def = cq_domain_command(q->srv->domain, q->target);
     if (def == NULL)
-        return send_problem(q->conn, 404, "not-found", NULL,
+        return cq_http_send_problem(q->conn, 404, "not-found", NULL,
                             "there is no command type '%.64s'", q->target);
     if (!idem_key_ok(q, &ret) ||
         !if_match_ok(q, &q->w.expected, &precond, &ret))
@@ -502,7 +478,7 @@ static enum MHD_Result handle_command(request *q)
     }
     if (def->stream_id(body, q->w.stream_id, sizeof q->w.stream_id) !=
         CQ_OK) {
-        ret = send_problem(q->conn, 400, "validation-failed", NULL,
+        ret = cq_http_send_problem(q->conn, 400, "validation-failed", NULL,
                            "no stream id can be derived from the body");
         goto done;
     }
@@ -516,7 +492,7 @@ static enum MHD_Result handle_command(request *q)
     ret = submit(q);
     goto done;
 nomem:
-    ret = send_problem(q->conn, 500, "internal", NULL, "out of memory");
+    ret = cq_http_send_problem(q->conn, 500, "internal", NULL, "out of memory");
 done:
     cq_errors_free(errs);
     json_decref(body);
@@ -629,10 +605,10 @@ static enum MHD_Result handle_append(request *q)
     enum MHD_Result ret = MHD_NO;
     char what[CQ_STREAM_ID_MAX + 16];
 
-    if (!params_ok(q, allowed, &ret) || !idem_key_ok(q, &ret))
+    if (!cq_http_params_ok(q, allowed, &ret) || !idem_key_ok(q, &ret))
         return ret;
     if (!stream_id_ok(q->target))
-        return send_problem(q->conn, 400, "bad-stream-id", NULL,
+        return cq_http_send_problem(q->conn, 400, "bad-stream-id", NULL,
                             "a stream id is 1 to 255 bytes of UTF-8 without "
                             "control characters and must not start with $");
     body = parse_body(q, &ret);
@@ -655,7 +631,7 @@ static enum MHD_Result handle_append(request *q)
     ret = submit(q);
     goto done;
 nomem:
-    ret = send_problem(q->conn, 500, "internal", NULL, "out of memory");
+    ret = cq_http_send_problem(q->conn, 500, "internal", NULL, "out of memory");
 done:
     cq_errors_free(errs);
     json_decref(body);
@@ -705,10 +681,10 @@ static enum MHD_Result read_failed(request *q, int rc, const page *pg,
                                    const char *err)
 {
     if (pg->corrupt)
-        return send_problem(q->conn, 500, "corrupt-event", NULL, "the event "
+        return cq_http_send_problem(q->conn, 500, "corrupt-event", NULL, "the event "
                             "at position %lld cannot be decoded",
                             (long long)pg->corrupt_at);
-    return send_problem(q->conn, 503, "store-unavailable", NULL,
+    return cq_http_send_problem(q->conn, 503, "store-unavailable", NULL,
                         "reading the event store failed: %s (%s)",
                         cq_strerror(rc), err);
 }
@@ -722,28 +698,28 @@ static enum MHD_Result handle_read_stream(request *q)
     char err[256] = "";
     int rc;
 
-    if (!params_ok(q, allowed, &ret) ||
-        !param_int(q, "from_version", 1, 1, INT64_MAX, &from, &ret) ||
-        !param_int(q, "limit", DEFAULT_PAGE, 1, MAX_PAGE, &limit, &ret))
+    if (!cq_http_params_ok(q, allowed, &ret) ||
+        !cq_http_param_int(q, "from_version", 1, 1, INT64_MAX, &from, &ret) ||
+        !cq_http_param_int(q, "limit", DEFAULT_PAGE, 1, MAX_PAGE, &limit, &ret))
         return ret;
     if (q->target[0] == '\0' || strlen(q->target) >= CQ_STREAM_ID_MAX)
-        return send_problem(q->conn, 404, "not-found", NULL,
+        return cq_http_send_problem(q->conn, 404, "not-found", NULL,
                             "no such stream");
     pg.events = json_array();
     if (pg.events == NULL)
-        return send_problem(q->conn, 500, "internal", NULL, "out of memory");
+        return cq_http_send_problem(q->conn, 500, "internal", NULL, "out of memory");
     rc = cq_store_read_stream(q->srv->store, q->target, from, (int)limit,
                               add_event, &pg, &version, err, sizeof err);
     if (rc == CQ_ENOTFOUND) {
         json_decref(pg.events);
-        return send_problem(q->conn, 404, "not-found", NULL,
+        return cq_http_send_problem(q->conn, 404, "not-found", NULL,
                             "stream %s does not exist", q->target);
     }
     if (rc != CQ_OK || pg.corrupt) {
         json_decref(pg.events);
         return read_failed(q, rc, &pg, err);
     }
-    return send_json(q->conn, 200, json_pack("{s:s,s:I,s:o}", "stream_id",
+    return cq_http_send_json(q->conn, 200, json_pack("{s:s,s:I,s:o}", "stream_id",
                      q->target, "version", (json_int_t)version, "events",
                      pg.events));
 }
@@ -757,22 +733,22 @@ static enum MHD_Result handle_read_all(request *q)
     char err[256] = "";
     int rc;
 
-    if (!params_ok(q, allowed, &ret) ||
-        !param_int(q, "from_position", 1, 0, INT64_MAX, &from, &ret) ||
-        !param_int(q, "limit", DEFAULT_PAGE, 1, MAX_PAGE, &limit, &ret))
+    if (!cq_http_params_ok(q, allowed, &ret) ||
+        !cq_http_param_int(q, "from_position", 1, 0, INT64_MAX, &from, &ret) ||
+        !cq_http_param_int(q, "limit", DEFAULT_PAGE, 1, MAX_PAGE, &limit, &ret))
         return ret;
     if (from == 0)
         from = 1;
     pg.events = json_array();
     if (pg.events == NULL)
-        return send_problem(q->conn, 500, "internal", NULL, "out of memory");
+        return cq_http_send_problem(q->conn, 500, "internal", NULL, "out of memory");
     rc = cq_store_read_all(q->srv->store, from, (int)limit, add_event, &pg,
                            &head, err, sizeof err);
     if (rc != CQ_OK || pg.corrupt) {
         json_decref(pg.events);
         return read_failed(q, rc, &pg, err);
     }
-    return send_json(q->conn, 200, json_pack("{s:o,s:I,s:I}", "events",
+    return cq_http_send_json(q->conn, 200, json_pack("{s:o,s:I,s:I}", "events",
                      pg.events, "next_position",
                      (json_int_t)(pg.last ? pg.last + 1 : from),
                      "head_position", (json_int_t)head));
@@ -783,9 +759,9 @@ static enum MHD_Result handle_healthz(request *q)
     static const char *const allowed[] = {NULL};
     enum MHD_Result ret = MHD_NO;
 
-    if (!params_ok(q, allowed, &ret))
+    if (!cq_http_params_ok(q, allowed, &ret))
         return ret;
-    return send_json(q->conn, 200, json_pack("{s:s,s:I}", "status", "ok",
+    return cq_http_send_json(q->conn, 200, json_pack("{s:s,s:I}", "status", "ok",
                      "head_position",
                      (json_int_t)cq_writer_head(q->srv->writer)));
 }
@@ -803,6 +779,10 @@ static enum route route_of(const char *url, const char **target)
     }
     if (strcmp(url, "/streams/$all") == 0)
         return R_ALL;
+    if (strncmp(url, "/queries/", 9) == 0 && url[9] != '\0') {
+        *target = url + 9;
+        return R_QUERY;
+    }
     if (strncmp(url, "/streams/", 9) == 0 && url[9] != '\0') {
         *target = url + 9;
         return R_STREAM;
@@ -823,10 +803,11 @@ static enum MHD_Result first_call(request *q, const char *url,
     q->route = route_of(url, &q->target);
     switch (q->route) {
     case R_NOT_FOUND:
-        return send_problem(q->conn, 404, "not-found", NULL,
+        return cq_http_send_problem(q->conn, 404, "not-found", NULL,
                             "no resource at this path");
     case R_HEALTHZ:
     case R_ALL:
+    case R_QUERY:
         if (!get)
             return send_method_not_allowed(q->conn, method, "GET");
         return MHD_YES;
@@ -844,13 +825,13 @@ static enum MHD_Result first_call(request *q, const char *url,
     /* a POST with a body */
     cl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl != NULL && (parse_int(cl, &len) != CQ_OK ||
+    if (cl != NULL && (cq_http_parse_int(cl, &len) != CQ_OK ||
                        (uint64_t)len > q->srv->body_limit))
-        return send_problem(q->conn, 413, "body-too-large", NULL,
+        return cq_http_send_problem(q->conn, 413, "body-too-large", NULL,
                             "the body may be at most %zu bytes",
                             q->srv->body_limit);
     if (!content_type_ok(q->conn))
-        return send_problem(q->conn, 415, "unsupported-media-type", NULL,
+        return cq_http_send_problem(q->conn, 415, "unsupported-media-type", NULL,
                             "the body must be sent as application/json");
     return MHD_YES;
 }
@@ -899,6 +880,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
             return MHD_NO;
         q->srv = srv;
         q->conn = conn;
+        q->projection = -1;
         atomic_init(&q->answered, 0);
         *con_cls = q;
         return first_call(q, url, method);
@@ -908,10 +890,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         *upload_data_size = 0;
         return r;
     }
+    if (q->waiting)
+        return cq_http_resumed(q);
     if (q->queued)
         return atomic_load(&q->answered) ? send_written(q) : MHD_YES;
     if (q->too_large)
-        return send_problem(conn, 413, "body-too-large", NULL,
+        return cq_http_send_problem(conn, 413, "body-too-large", NULL,
                             "the body may be at most %zu bytes",
                             srv->body_limit);
     switch (q->route) {
@@ -921,13 +905,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         return handle_command(q);
     case R_ALL:
         return handle_read_all(q);
+    case R_QUERY:
+        return cq_http_query(q);
     case R_STREAM:
         return strcmp(method, MHD_HTTP_METHOD_GET) == 0
                    ? handle_read_stream(q)
                    : handle_append(q);
     case R_NOT_FOUND:
     default:
-        return send_problem(conn, 404, "not-found", NULL,
+        return cq_http_send_problem(conn, 404, "not-found", NULL,
                             "no resource at this path");
     }
 }
@@ -942,8 +928,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn,
     (void)toe;
     if (q == NULL)
         return;
-    if (q->queued && q->w.response != NULL) /* answered, never sent */
-        atomic_fetch_sub(&q->srv->pending, 1);
+    if (q->queued && q->w.response != NULL && !q->sent_written)
+        atomic_fetch_sub(&q->srv->pending, 1); /* answered, never sent */
+    cq_http_query_free(q);
     json_decref(q->w.body);
     free(q->w.response);
     free(q->body);
@@ -961,8 +948,9 @@ static void on_mhd_error(void *cls, const char *fmt, va_list ap)
 /* ---- public --------------------------------------------------------------- */
 
 int cq_server_start(const cq_server_config *cfg, cq_store *store,
-                    cq_writer *writer, const cq_domain *domain,
-                    cq_server **out, char *err, size_t errcap)
+                    cq_writer *writer, cq_engine *engine,
+                    const cq_domain *domain, cq_server **out, char *err,
+                    size_t errcap)
 {
     cq_server *s;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
@@ -977,6 +965,7 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
     }
     s->store = store;
     s->writer = writer;
+    s->engine = engine;
     s->domain = domain;
     s->body_limit = cfg->body_limit ? cfg->body_limit : DEFAULT_BODY_LIMIT;
     atomic_init(&s->pending, 0);

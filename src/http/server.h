@@ -6,6 +6,7 @@
  *   POST /commands/{type}
  *   GET  /streams/$all
  *   GET  /streams/{id}      POST /streams/{id}
+ *   GET  /queries/{name}    (query.c)
  *
  * Requests are parsed and validated on MHD's threads; anything that writes
  * is handed to the writer and the connection is suspended until the writer
@@ -20,6 +21,7 @@
 #include <sys/socket.h>
 
 #include "command/writer.h"
+#include "projection/engine.h"
 #include "cqrs/decider.h"
 #include "store/store.h"
 
@@ -33,11 +35,13 @@ typedef struct cq_server_config {
     unsigned idle_timeout_s;       /* close idle connections; 0 → 30 */
 } cq_server_config;
 
-/* Start serving. store, writer and domain are borrowed and must outlive
- * the server. On failure writes a message into err. */
+/* Start serving. store, writer, engine (NULL: no queries) and domain are
+ * borrowed and must outlive the server. On failure writes a message into
+ * err. */
 int cq_server_start(const cq_server_config *cfg, cq_store *store,
-                    cq_writer *writer, const cq_domain *domain,
-                    cq_server **out, char *err, size_t errcap);
+                    cq_writer *writer, cq_engine *engine,
+                    const cq_domain *domain, cq_server **out, char *err,
+                    size_t errcap);
 
 /* The port actually bound (useful with port 0). */
 unsigned cq_server_port(cq_server *s);

@@ -180,3 +180,13 @@ int cq_store_head_position(cq_store *s, int64_t *head)
         return CQ_EINVAL;
     return s->ops->head_position(s->impl, head);
 }
+
+void *cq_store_write_handle(cq_store *s)
+{
+    return s->ops->write_handle(s->impl);
+}
+
+const char *cq_store_backend(cq_store *s)
+{
+    return s->ops->name;
+}

@@ -137,6 +137,16 @@ int cq_store_cmdlog_put(cq_store *s, const cq_cmdlog_entry *e);
  * (must be called outside a batch). *deleted may be NULL. */
 int cq_store_cmdlog_prune(cq_store *s, int64_t now_ms, int64_t *deleted);
 
+/* The backend's own write connection (a sqlite3 * for the SQLite backend),
+ * for inline projections, whose rows must commit in the writer's
+ * transaction. Writer thread only; valid until cq_store_close. Statements
+ * run on it must leave the transaction and the "cmd" savepoint as they
+ * found them. */
+void *cq_store_write_handle(cq_store *s);
+
+/* The backend's name ("sqlite"), to pick matching executors. */
+const char *cq_store_backend(cq_store *s);
+
 /* ---- read side: any thread ---- */
 
 /* Events of stream_id with version >= from_version (>= 1), at most limit
@@ -183,6 +193,7 @@ typedef struct cq_store_ops {
     int (*read_all)(void *impl, int64_t from_position, int limit, cq_event_cb cb,
                     void *arg, int64_t *head, char *err, size_t errcap);
     int (*head_position)(void *impl, int64_t *head);
+    void *(*write_handle)(void *impl);
 } cq_store_ops;
 
 enum { CQ_TX_BEGIN, CQ_TX_COMMIT, CQ_TX_ROLLBACK, CQ_TX_SAVEPOINT,

@@ -1511,6 +1511,11 @@ fail:
     return rc;
 }
 
+static void *sq_write_handle(void *impl)
+{
+    return ((sq_store *)impl)->db;
+}
+
 const cq_store_ops cq_store_sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
@@ -1527,4 +1532,5 @@ const cq_store_ops cq_store_sqlite_ops = {
     .read_stream = sq_read_stream,
     .read_all = sq_read_all,
     .head_position = sq_head_position,
+    .write_handle = sq_write_handle,
 };

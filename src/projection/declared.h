@@ -1,0 +1,185 @@
+/*
+ * declared.h -- declared projections and queries: the parser of `.sql`
+ * files (table DDL, statements per event type, named queries) and the
+ * small helpers the executors use to bind values to its statements.
+ *
+ * The format is described for users in docs/declared-sql.md. In short:
+ * directives live in comment lines `-- @name args`; everything else is SQL
+ * split on `;`. Named parameters (`:data.order_id`, `:order_id`) are
+ * rewritten for each backend, so a statement is stored twice:
+ *
+ *   | backend    | placeholder | example                                 |
+ *   |------------|-------------|-----------------------------------------|
+ *   | SQLite     | ?N          | ... VALUES (?1, ?2) ... WHERE id = ?1   |
+ *   | PostgreSQL | $N          | ... VALUES ($1, $2) ... WHERE id = $1   |
+ *
+ * N numbers the distinct parameters of one statement by first appearance;
+ * params[N-1] is the name bound to N (without the colon).
+ *
+ * Ownership: cq_declared_parse() returns one heap object that owns every
+ * string and array reachable from it; cq_declared_free() releases it all.
+ * Nothing here keeps state between calls: a parsed cq_declared is
+ * immutable and may be read by any number of threads at once.
+ */
+#ifndef CQ_PROJECTION_DECLARED_H
+#define CQ_PROJECTION_DECLARED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+/* Limits enforced by the parser (see docs/declared-sql.md, "Limits"). */
+#define CQ_DECL_MAX_FILE (1024 * 1024) /* bytes */
+#define CQ_DECL_MAX_STMTS 1000         /* statements in one file */
+#define CQ_DECL_MAX_PARAMS 999         /* distinct parameters per statement */
+#define CQ_DECL_MAX_STREAM 256         /* bytes of an expanded stream id */
+
+typedef enum cq_decl_mode { CQ_DECL_ASYNC, CQ_DECL_INLINE } cq_decl_mode;
+
+/* One SQL statement, without its `;`, comments inside it kept as written. */
+typedef struct cq_decl_stmt {
+    char *sqlite_sql; /* with ?1..?N */
+    char *pg_sql;     /* with $1..$N */
+    char **params;    /* nparams names, e.g. "data.items[0].sku" */
+    size_t nparams;
+    int line; /* 1-based line of the statement's first token */
+} cq_decl_stmt;
+
+/* The statements to run, in order, for each event of one type. */
+typedef struct cq_decl_handler {
+    char *event_type;
+    char *each; /* NULL, or the array to iterate, e.g. "data.items" */
+    cq_decl_stmt *stmts;
+    size_t nstmts;
+    int line; /* of the @on directive */
+} cq_decl_handler;
+
+typedef enum cq_decl_ptype {
+    CQ_PARAM_ID,   /* 1..64 of [A-Za-z0-9_-] */
+    CQ_PARAM_TEXT, /* min..max characters, no control characters */
+    CQ_PARAM_INT   /* min..max, decimal int64 */
+} cq_decl_ptype;
+
+typedef struct cq_decl_param {
+    char *name;
+    cq_decl_ptype type;
+    int64_t min, max; /* ID: 1..64 (length); TEXT: length; INT: value */
+    int required;     /* 1: no default; the request must give it */
+    char *def;        /* the default as text (checked), or NULL */
+} cq_decl_param;
+
+typedef enum cq_decl_result {
+    CQ_RESULT_ONE,     /* first row as an object, or "not found" */
+    CQ_RESULT_LIST,    /* array of rows */
+    CQ_RESULT_PAGE,    /* {page_field: rows, next: cursor_column of last} */
+    CQ_RESULT_SECTIONS /* {section_names[i]: rows of stmts[i], ...} */
+} cq_decl_result;
+
+typedef struct cq_decl_query {
+    char *name;
+    cq_decl_param *params;
+    size_t nparams;
+    char *stream; /* @stream template ("order-{order_id}"), or NULL */
+    cq_decl_result result;
+    char *page_field;     /* CQ_RESULT_PAGE only, else NULL */
+    char *cursor_column;  /* CQ_RESULT_PAGE only, else NULL */
+    char **section_names; /* CQ_RESULT_SECTIONS: nstmts names, else NULL */
+    cq_decl_stmt *stmts;
+    size_t nstmts;
+    int line; /* of the @query directive */
+} cq_decl_query;
+
+typedef struct cq_declared {
+    char *name;
+    int64_t version;
+    cq_decl_mode mode;
+    cq_decl_stmt *ddl; /* CREATE TABLE / CREATE [UNIQUE] INDEX, no params */
+    size_t nddl;
+    cq_decl_handler *handlers; /* in file order; a type may have several */
+    size_t nhandlers;
+    cq_decl_query *queries; /* in file order; names are unique */
+    size_t nqueries;
+    char source_hash[65]; /* SHA-256 hex of the whole file text */
+} cq_declared;
+
+/* Parse a declared projection from text[0..len) (need not be
+ * NUL-terminated). On CQ_OK, *out is a new object the caller frees with
+ * cq_declared_free(). On failure *out is NULL and err (if errcap > 0)
+ * holds "LINE: message" for the first problem found, LINE 1-based; the
+ * caller prefixes the file name. Returns CQ_OK, CQ_EINVAL (malformed
+ * file) or CQ_ENOMEM (err then says "out of memory"). Thread-safe. */
+int cq_declared_parse(const char *text, size_t len, cq_declared **out,
+                      char *err, size_t errcap);
+
+/* Free `d` and everything it owns; accepts NULL. */
+void cq_declared_free(cq_declared *d);
+
+/* The query called `name` (borrowed from d; valid until cq_declared_free),
+ * or NULL if there is none. Thread-safe. */
+const cq_decl_query *cq_declared_find_query(const cq_declared *d,
+                                            const char *name);
+
+/* Check one request value against its declaration: ID charset and length,
+ * TEXT length in characters (valid UTF-8, no control characters), INT a
+ * decimal in [min, max] (stored in *ival if ival is not NULL). `value` is
+ * borrowed; len bytes. Returns CQ_OK or CQ_EINVAL. Thread-safe. */
+int cq_declared_param_check(const cq_decl_param *p, const char *value,
+                            size_t len, int64_t *ival);
+
+/* Expand a keyed query's @stream template into buf[cap] (NUL-terminated):
+ * "order-{order_id}" with values {"o-1"} gives "order-o-1". values[i] is
+ * the value of q->params[i] (borrowed). Returns CQ_OK, or CQ_EINVAL if the
+ * query has no @stream, a value it names is NULL, or the result does not
+ * fit in cap or exceeds CQ_DECL_MAX_STREAM. Thread-safe. */
+int cq_declared_stream(const cq_decl_query *q, const char *const *values,
+                       char *buf, size_t cap);
+
+/* ---- binding values from events ----------------------------------------- */
+
+/* What a handler statement can read from one event. Every pointer is
+ * borrowed from the caller for the duration of the bind. */
+typedef struct cq_decl_event {
+    const char *stream_id;
+    int64_t version;
+    int64_t position;
+    const char *type;
+    const char *time; /* RFC 3339, e.g. "2026-11-23T14:18:26.123Z" */
+    const char *day;  /* YYYY-MM-DD, the UTC day of `time` */
+    const json_t *data;
+    const json_t *metadata; /* may be NULL: then every :metadata is NULL */
+} cq_decl_event;
+
+typedef enum cq_decl_vtype {
+    CQ_VALUE_NULL, /* absent path or JSON null: bind SQL NULL */
+    CQ_VALUE_INT,  /* integers and booleans (true = 1, false = 0) */
+    CQ_VALUE_REAL,
+    CQ_VALUE_TEXT, /* text/len borrowed from the event or item */
+    CQ_VALUE_JSON  /* objects and arrays: compact JSON text in `owned` */
+} cq_decl_vtype;
+
+typedef struct cq_decl_value {
+    cq_decl_vtype type;
+    int64_t i;
+    double r;
+    const char *text; /* TEXT and JSON: len bytes, NUL-terminated; for
+                         TEXT it may hold NUL bytes ("\u0000") */
+    size_t len;
+    char *owned; /* JSON: malloc'd text (== text); free it or call
+                    cq_declared_value_clear() */
+} cq_decl_value;
+
+/* Resolve handler parameter `param` (a name from cq_decl_stmt.params, no
+ * colon) against event `ev` and, inside an @each block, the current array
+ * element `item` (NULL elsewhere). A path that does not exist, or crosses
+ * a value of the wrong kind, gives CQ_VALUE_NULL: not an error. On CQ_OK
+ * *out is set; if out->type is CQ_VALUE_JSON the caller owns out->owned.
+ * Returns CQ_OK, CQ_EINVAL (not a handler parameter, or :item without an
+ * item) or CQ_ENOMEM. Thread-safe (reads ev and item only). */
+int cq_declared_bind_value(const char *param, const cq_decl_event *ev,
+                           const json_t *item, cq_decl_value *out);
+
+/* Free what a bound value owns and set it to CQ_VALUE_NULL; accepts NULL. */
+void cq_declared_value_clear(cq_decl_value *v);
+
+#endif

@@ -1,0 +1,1249 @@
+/*
+ * engine.c -- projections, their checkpoints, and queries over them (see
+ * engine.h for what it promises).
+ *
+ * Checkpoints live in a table cq_projections in the projection's own
+ * database (read.db for asynchronous projections, events.db for inline
+ * ones), so a checkpoint always commits with the rows it describes:
+ *
+ *   | column         | meaning                                           |
+ *   |----------------|---------------------------------------------------|
+ *   | name           | projection name (primary key)                     |
+ *   | version        | declared @version the tables were built with      |
+ *   | source_hash    | SHA-256 of the .sql file they were built from     |
+ *   | position       | last event position applied                       |
+ *   | status         | running / failed                                  |
+ *   | error, error_position, error_event | why and where it failed       |
+ *   | updated_at     | ms since the epoch                                |
+ *
+ * Protocol of one asynchronous micro-batch (projector thread):
+ *   1. BEGIN on read.db;
+ *   2. read up to `batch` events after the checkpoint from the event store
+ *      (one read snapshot) and, for each, SAVEPOINT ev, run the handlers,
+ *      RELEASE ev; a failing handler is rolled back to its savepoint and
+ *      ends the batch;
+ *   3. write the checkpoint (and the failure, if any) and COMMIT;
+ *   4. publish the new position and wake the waiters it satisfies.
+ * A crash anywhere before 3 loses the batch and its checkpoint together,
+ * and the batch is applied again after restart. Handlers are written to
+ * be idempotent as well (docs/declared-sql.md), so a batch applied twice
+ * changes nothing.
+ *
+ * Inline projections run on the writer thread inside the command's
+ * savepoint (hook apply_inline), under a nested SAVEPOINT inl so that a
+ * failing handler undoes only the projection's own writes; their position
+ * is published when the writer reports the commit (hook committed).
+ *
+ * Locks: `mu` guards head, stopping and every projection's position and
+ * failure fields; `cv` wakes the projector. The connection pools have
+ * their own mutexes; waits have theirs (wait.c). Lock order: never hold
+ * mu while taking a pool or the waiters' lock.
+ */
+#include "projection/engine.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "base/base.h"
+#include "projection/exec.h"
+
+#define CHECKPOINT_DDL                                                        \
+    "CREATE TABLE IF NOT EXISTS cq_projections ("                            \
+    " name TEXT PRIMARY KEY, version INTEGER NOT NULL,"                       \
+    " source_hash TEXT NOT NULL, position INTEGER NOT NULL,"                 \
+    " status TEXT NOT NULL, error TEXT, error_position INTEGER,"             \
+    " error_event TEXT, updated_at INTEGER NOT NULL)"
+
+#define SQL_SAVE_CHECKPOINT                                                   \
+    "UPDATE cq_projections SET position = ?2, status = ?3, error = ?4,"      \
+    " error_position = ?5, error_event = ?6, updated_at = ?7 WHERE name = ?1"
+
+typedef struct proj {
+    cq_declared *d;
+    int index;
+    int is_inline;
+    int needs_metadata;     /* some statement reads :metadata.* */
+    /* guarded by e->mu */
+    int64_t position;
+    int failed;
+    int64_t error_position;
+    char error[512];
+    char error_event[130];
+} proj;
+
+/* A pool of read connections to one database, each with its executor. */
+typedef struct pool {
+    sqlite3 **db;
+    cq_exec **x;
+    int n;
+    int *idle;
+    int nidle;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int init;
+} pool;
+
+struct cq_engine {
+    cq_store *store;
+    char dir[4096];
+    int batch;
+    int nreaders;
+    proj **projs;
+    int nprojs;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int64_t head;           /* guarded by mu */
+    int stopping;           /* guarded by mu */
+    int started;
+    pthread_t projector;
+
+    /* projector thread only (and cq_engine_start before it runs) */
+    sqlite3 *rdb;
+    cq_exec *rx;
+    sqlite3_stmt *r_save, *r_sp, *r_release, *r_rollback;
+
+    /* writer thread only (and cq_engine_start before it runs) */
+    cq_exec *ix;
+    sqlite3_stmt *i_save, *i_sp, *i_release, *i_rollback;
+
+    pool reads;             /* read.db */
+    pool events;            /* events.db */
+    cq_waiters *waits;
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? CQ_OK : CQ_EIO;
+}
+
+static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st,
+                   char *err, size_t errcap)
+{
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, st,
+                           NULL) == SQLITE_OK)
+        return CQ_OK;
+    snprintf(err, errcap, "%s: %s", sql, sqlite3_errmsg(db));
+    return CQ_EIO;
+}
+
+static int open_db(const char *path, int flags, sqlite3 **db, char *err,
+                   size_t errcap)
+{
+    if (sqlite3_open_v2(path, db, flags | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        snprintf(err, errcap, "%s: %s", path,
+                 *db ? sqlite3_errmsg(*db) : "cannot open");
+        sqlite3_close(*db);
+        *db = NULL;
+        return CQ_EIO;
+    }
+    sqlite3_busy_timeout(*db, 5000);
+    return CQ_OK;
+}
+
+/* Save p's checkpoint with `st` (SQL_SAVE_CHECKPOINT) in the open
+ * transaction. */
+static int save_checkpoint(sqlite3_stmt *st, const proj *p, int64_t position,
+                           int failed, const char *error, int64_t error_pos,
+                           const char *error_event)
+{
+    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, position);
+    sqlite3_bind_text(st, 3, failed ? "failed" : "running", -1,
+                      SQLITE_STATIC);
+    if (failed) {
+        sqlite3_bind_text(st, 4, error, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 5, error_pos);
+        sqlite3_bind_text(st, 6, error_event, -1, SQLITE_TRANSIENT);
+    } else {
+        sqlite3_bind_null(st, 4);
+        sqlite3_bind_null(st, 5);
+        sqlite3_bind_null(st, 6);
+    }
+    sqlite3_bind_int64(st, 7, cq_now_ms());
+    int rc = step_done(st);
+    sqlite3_clear_bindings(st);
+    return rc;
+}
+
+/* ---- pools ------------------------------------------------------------ */
+
+static int pool_open(pool *pl, const char *path, int n, char *err,
+                     size_t errcap)
+{
+    pl->db = calloc((size_t)n, sizeof *pl->db);
+    pl->x = calloc((size_t)n, sizeof *pl->x);
+    pl->idle = calloc((size_t)n, sizeof *pl->idle);
+    if (pl->db == NULL || pl->x == NULL || pl->idle == NULL) {
+        snprintf(err, errcap, "out of memory");
+        return CQ_ENOMEM;
+    }
+    pthread_mutex_init(&pl->mu, NULL);
+    pthread_cond_init(&pl->cv, NULL);
+    pl->init = 1;
+    for (int i = 0; i < n; i++) {
+        int rc = open_db(path, SQLITE_OPEN_READONLY, &pl->db[i], err, errcap);
+        if (rc != CQ_OK)
+            return rc;
+        pl->n++;
+        pl->x[i] = cq_exec_new(pl->db[i]);
+        if (pl->x[i] == NULL) {
+            snprintf(err, errcap, "out of memory");
+            return CQ_ENOMEM;
+        }
+        pl->idle[pl->nidle++] = i;
+    }
+    return CQ_OK;
+}
+
+static void pool_close(pool *pl)
+{
+    for (int i = 0; i < pl->n; i++) {
+        cq_exec_free(pl->x[i]);
+        sqlite3_close(pl->db[i]);
+    }
+    free(pl->db);
+    free(pl->x);
+    free(pl->idle);
+    if (pl->init) {
+        pthread_mutex_destroy(&pl->mu);
+        pthread_cond_destroy(&pl->cv);
+    }
+    memset(pl, 0, sizeof *pl);
+}
+
+static int pool_get(pool *pl)
+{
+    int i;
+
+    pthread_mutex_lock(&pl->mu);
+    while (pl->nidle == 0)
+        pthread_cond_wait(&pl->cv, &pl->mu);
+    i = pl->idle[--pl->nidle];
+    pthread_mutex_unlock(&pl->mu);
+    return i;
+}
+
+static void pool_put(pool *pl, int i)
+{
+    pthread_mutex_lock(&pl->mu);
+    pl->idle[pl->nidle++] = i;
+    pthread_cond_signal(&pl->cv);
+    pthread_mutex_unlock(&pl->mu);
+}
+
+/* ---- applying events ----------------------------------------------------- */
+
+typedef struct apply_ctx {
+    cq_engine *e;
+    proj *p;
+    cq_exec *x;
+    sqlite3_stmt *sp, *release, *rollback; /* NULL: no per-event savepoint */
+    int64_t last;           /* last position applied */
+    int failed;             /* a handler failed: stop */
+    int64_t error_position;
+    char error[512];
+    char error_event[130];
+} apply_ctx;
+
+/* Apply one stored event to ctx->p through ctx->x. */
+static int apply_event(void *arg, const cq_stored_event *se)
+{
+    apply_ctx *c = arg;
+    json_t *data, *meta = NULL;
+    char when[32], day[11];
+    cq_decl_event ev;
+    int rc;
+
+    data = json_loads(se->data, JSON_REJECT_DUPLICATES, NULL);
+    if (c->p->needs_metadata)
+        meta = json_loads(se->metadata, JSON_REJECT_DUPLICATES, NULL);
+    if (!json_is_object(data) || (c->p->needs_metadata && !meta)) {
+        snprintf(c->error, sizeof c->error, "stored event is not valid JSON");
+        rc = CQ_ECORRUPT;
+        goto fail;
+    }
+    cq_format_time(se->recorded_at, when);
+    memcpy(day, when, 10);
+    day[10] = '\0';
+    ev.stream_id = se->stream_id;
+    ev.version = se->version;
+    ev.position = se->position;
+    ev.type = se->type;
+    ev.time = when;
+    ev.day = day;
+    ev.data = data;
+    ev.metadata = meta;
+    if (c->sp != NULL && step_done(c->sp) != CQ_OK) {
+        snprintf(c->error, sizeof c->error, "savepoint: %s",
+                 sqlite3_errmsg(cq_exec_db(c->x)));
+        rc = CQ_EIO;
+        goto fail;
+    }
+    rc = cq_exec_event(c->x, c->p->d, &ev, c->error, sizeof c->error);
+    if (c->sp != NULL) {
+        if (rc != CQ_OK)
+            step_done(c->rollback);
+        step_done(c->release);
+    }
+    if (rc != CQ_OK)
+        goto fail;
+    json_decref(data);
+    json_decref(meta);
+    c->last = se->position;
+    return 0;
+fail:
+    json_decref(data);
+    json_decref(meta);
+    c->failed = 1;
+    c->error_position = se->position;
+    snprintf(c->error_event, sizeof c->error_event, "%s", se->type);
+    return 1;
+}
+
+/* Record p's failure in memory (the row is written by the caller). */
+static void mark_failed(cq_engine *e, proj *p, const apply_ctx *c)
+{
+    pthread_mutex_lock(&e->mu);
+    p->failed = 1;
+    p->error_position = c->error_position;
+    snprintf(p->error, sizeof p->error, "%s", c->error);
+    snprintf(p->error_event, sizeof p->error_event, "%s", c->error_event);
+    pthread_mutex_unlock(&e->mu);
+    fprintf(stderr, "cqrsd: projection %s failed at position %lld (%s): %s\n",
+            p->d->name, (long long)c->error_position, c->error_event,
+            c->error);
+}
+
+/* One micro-batch of asynchronous projection p (projector thread).
+ * CQ_OK, or CQ_EIO when read.db or the store failed (nothing changed). */
+static int apply_batch(cq_engine *e, proj *p)
+{
+    apply_ctx c;
+    int64_t head, from;
+    char err[256] = "";
+    int rc;
+
+    memset(&c, 0, sizeof c);
+    pthread_mutex_lock(&e->mu);
+    from = p->position + 1;
+    pthread_mutex_unlock(&e->mu);
+    c.e = e;
+    c.p = p;
+    c.x = e->rx;
+    c.sp = e->r_sp;
+    c.release = e->r_release;
+    c.rollback = e->r_rollback;
+    c.last = from - 1;
+    if (cq_exec_sql(e->rx, "BEGIN", err, sizeof err) != CQ_OK)
+        goto io;
+    rc = cq_store_read_all(e->store, from, e->batch, apply_event, &c, &head,
+                           err, sizeof err);
+    if (rc != CQ_OK)
+        goto rollback;
+    if (save_checkpoint(e->r_save, p, c.last, c.failed, c.error,
+                        c.error_position, c.error_event) != CQ_OK) {
+        snprintf(err, sizeof err, "%s", sqlite3_errmsg(e->rdb));
+        goto rollback;
+    }
+    if (cq_exec_sql(e->rx, "COMMIT", err, sizeof err) != CQ_OK)
+        goto rollback;
+    pthread_mutex_lock(&e->mu);
+    p->position = c.last;
+    pthread_mutex_unlock(&e->mu);
+    if (c.failed)
+        mark_failed(e, p, &c);
+    cq_waiters_advance(e->waits, p->index, c.last);
+    return CQ_OK;
+rollback:
+    cq_exec_sql(e->rx, "ROLLBACK", err + strlen(err),
+                sizeof err - strlen(err));
+io:
+    fprintf(stderr, "cqrsd: projection %s: batch from %lld not applied, will "
+            "retry: %s\n", p->d->name, (long long)from, err);
+    return CQ_EIO;
+}
+
+static void *projector_main(void *arg)
+{
+    cq_engine *e = arg;
+
+    pthread_setname_np(pthread_self(), "cq-projector");
+    pthread_mutex_lock(&e->mu);
+    while (!e->stopping) {
+        int busy = 0, trouble = 0;
+
+        for (int i = 0; i < e->nprojs; i++) {
+            proj *p = e->projs[i];
+            if (p->is_inline || p->failed || p->position >= e->head)
+                continue;
+            busy = 1;
+            pthread_mutex_unlock(&e->mu);
+            if (apply_batch(e, p) != CQ_OK)
+                trouble = 1;
+            pthread_mutex_lock(&e->mu);
+            if (e->stopping)
+                break;
+        }
+        if (trouble) {
+            /* the store or read.db is failing: retry, but not in a spin */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 200 * 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+        } else if (!busy) {
+            pthread_cond_wait(&e->cv, &e->mu);
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
+
+/* ---- writer hooks ---------------------------------------------------------- */
+
+static int hook_apply_inline(void *arg, const cq_stored_event *events,
+                             size_t n)
+{
+    cq_engine *e = arg;
+
+    for (int i = 0; i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        apply_ctx c;
+        int failed;
+
+        if (!p->is_inline)
+            continue;
+        pthread_mutex_lock(&e->mu);
+        failed = p->failed;
+        pthread_mutex_unlock(&e->mu);
+        if (failed)
+            continue;
+        memset(&c, 0, sizeof c);
+        c.e = e;
+        c.p = p;
+        c.x = e->ix;
+        c.last = events[0].position - 1;
+        if (step_done(e->i_sp) != CQ_OK)
+            return CQ_EIO;
+        for (size_t k = 0; k < n && !c.failed; k++)
+            apply_event(&c, &events[k]);
+        if (c.failed) {
+            /* Undo the projection's writes for this command (all of its
+             * events); the command stands. */
+            step_done(e->i_rollback);
+            c.last = events[0].position - 1;
+            mark_failed(e, p, &c);
+            pthread_mutex_lock(&e->mu);
+            if (c.last > p->position)
+                p->position = c.last;
+            pthread_mutex_unlock(&e->mu);
+        }
+        if (save_checkpoint(e->i_save, p, c.last, c.failed, c.error,
+                            c.error_position, c.error_event) != CQ_OK ||
+            step_done(e->i_release) != CQ_OK)
+            return CQ_EIO;
+        if (sqlite3_get_autocommit(cq_exec_db(e->ix)))
+            return CQ_EIO; /* SQLite rolled the whole transaction back */
+    }
+    return CQ_OK;
+}
+
+static void hook_committed(void *arg, int64_t head)
+{
+    cq_engine *e = arg;
+
+    pthread_mutex_lock(&e->mu);
+    if (head > e->head)
+        e->head = head;
+    for (int i = 0; i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        if (p->is_inline && !p->failed)
+            p->position = head;
+    }
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    for (int i = 0; i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        if (p->is_inline && !p->failed)
+            cq_waiters_advance(e->waits, p->index, head);
+    }
+}
+
+cq_writer_hooks cq_engine_writer_hooks(cq_engine *e)
+{
+    cq_writer_hooks h = {hook_apply_inline, hook_committed, e};
+    return h;
+}
+
+/* ---- setup --------------------------------------------------------------- */
+
+int cq_engine_new(const cq_engine_config *cfg, cq_store *store,
+                  cq_engine **out, char *err, size_t errcap)
+{
+    cq_engine *e = calloc(1, sizeof *e);
+
+    *out = NULL;
+    if (e == NULL) {
+        snprintf(err, errcap, "out of memory");
+        return CQ_ENOMEM;
+    }
+    e->store = store;
+    snprintf(e->dir, sizeof e->dir, "%s", cfg->dir);
+    e->batch = cfg->batch > 0 ? cfg->batch : 100;
+    e->nreaders = cfg->readers > 0 ? cfg->readers : 4;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    *out = e;
+    return CQ_OK;
+}
+
+int cq_engine_add(cq_engine *e, cq_declared *d, char *err, size_t errcap)
+{
+    proj *p, **v;
+
+    for (int i = 0; i < e->nprojs; i++) {
+        if (strcmp(e->projs[i]->d->name, d->name) == 0) {
+            snprintf(err, errcap, "projection %s is declared twice",
+                     d->name);
+            goto fail;
+        }
+        for (size_t k = 0; k < d->nqueries; k++)
+            if (cq_declared_find_query(e->projs[i]->d,
+                                       d->queries[k].name) != NULL) {
+                snprintf(err, errcap, "query %s is declared by projections "
+                         "%s and %s", d->queries[k].name,
+                         e->projs[i]->d->name, d->name);
+                goto fail;
+            }
+    }
+    p = calloc(1, sizeof *p);
+    v = realloc(e->projs, (size_t)(e->nprojs + 1) * sizeof *v);
+    if (p == NULL || v == NULL) {
+        free(p);
+        if (v != NULL)
+            e->projs = v;
+        snprintf(err, errcap, "out of memory");
+        cq_declared_free(d);
+        return CQ_ENOMEM;
+    }
+    p->d = d;
+    p->index = e->nprojs;
+    p->is_inline = d->mode == CQ_DECL_INLINE;
+    for (size_t h = 0; h < d->nhandlers; h++)
+        for (size_t s = 0; s < d->handlers[h].nstmts; s++)
+            for (size_t k = 0; k < d->handlers[h].stmts[s].nparams; k++)
+                if (strncmp(d->handlers[h].stmts[s].params[k], "metadata",
+                            8) == 0)
+                    p->needs_metadata = 1;
+    e->projs = v;
+    e->projs[e->nprojs++] = p;
+    return CQ_OK;
+fail:
+    cq_declared_free(d);
+    return CQ_EINVAL;
+}
+
+int cq_engine_load_text(cq_engine *e, const char *name, const char *text,
+                        size_t len, char *err, size_t errcap)
+{
+    cq_declared *d = NULL;
+    char msg[512];
+    int rc;
+
+    rc = cq_declared_parse(text, len, &d, msg, sizeof msg);
+    if (rc != CQ_OK) {
+        snprintf(err, errcap, "%s:%s", name, msg);
+        return rc;
+    }
+    rc = cq_engine_add(e, d, msg, sizeof msg);
+    if (rc != CQ_OK)
+        snprintf(err, errcap, "%s: %s", name, msg);
+    return rc;
+}
+
+int cq_engine_load_file(cq_engine *e, const char *path, char *err,
+                        size_t errcap)
+{
+    FILE *f = fopen(path, "rb");
+    char *text = NULL;
+    long n;
+    int rc = CQ_EIO;
+
+    if (f == NULL) {
+        snprintf(err, errcap, "%s: %s", path, strerror(errno));
+        return CQ_EIO;
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 ||
+        fseek(f, 0, SEEK_SET) != 0) {
+        snprintf(err, errcap, "%s: cannot read", path);
+        goto done;
+    }
+    if (n > CQ_DECL_MAX_FILE) {
+        snprintf(err, errcap, "%s: larger than %d bytes", path,
+                 CQ_DECL_MAX_FILE);
+        rc = CQ_EINVAL;
+        goto done;
+    }
+    text = malloc((size_t)n + 1);
+    if (text == NULL || fread(text, 1, (size_t)n, f) != (size_t)n) {
+        snprintf(err, errcap, "%s: cannot read", path);
+        goto done;
+    }
+    rc = cq_engine_load_text(e, path, text, (size_t)n, err, errcap);
+done:
+    free(text);
+    fclose(f);
+    return rc;
+}
+
+/* Copy the name of the table a CREATE TABLE statement creates into name
+ * (NUL-terminated), or return 0 for other statements. */
+static int created_table(const char *sql, char *name, size_t cap)
+{
+    const char *words[] = {"CREATE", "TABLE"};
+    const char *p = sql;
+    size_t n;
+
+    for (int w = 0; w < 2; w++) {
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+            p++;
+        n = strlen(words[w]);
+        if (strncasecmp(p, words[w], n) != 0)
+            return 0;
+        p += n;
+    }
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
+    if (strncasecmp(p, "IF NOT EXISTS", 13) == 0)
+        p += 13;
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
+    if (*p == '"')
+        p++;
+    for (n = 0; n + 1 < cap && (p[n] == '_' || (p[n] >= 'a' && p[n] <= 'z') ||
+                               (p[n] >= 'A' && p[n] <= 'Z') ||
+                               (p[n] >= '0' && p[n] <= '9'));
+         n++)
+        name[n] = p[n];
+    name[n] = '\0';
+    return n > 0;
+}
+
+/* Bring p's tables and checkpoint row in db (through x) to its declared
+ * version: create them, or drop and recreate them when the version or the
+ * source changed (the projection is then replayed from position 0). */
+static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, char *err,
+                              size_t errcap)
+{
+    sqlite3 *db = cq_exec_db(x);
+    sqlite3_stmt *st = NULL;
+    int found = 0, same = 0, rc;
+    char sql[512];
+
+    rc = cq_exec_sql(x, CHECKPOINT_DDL, err, errcap);
+    if (rc != CQ_OK)
+        return rc;
+    if (prepare(db, "SELECT version, source_hash, position, status, error,"
+                " error_position, error_event FROM cq_projections"
+                " WHERE name = ?1", &st, err, errcap) != CQ_OK)
+        return CQ_EIO;
+    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        const char *hash = (const char *)sqlite3_column_text(st, 1);
+        const char *status = (const char *)sqlite3_column_text(st, 3);
+        found = 1;
+        same = sqlite3_column_int64(st, 0) == p->d->version && hash &&
+               strcmp(hash, p->d->source_hash) == 0;
+        if (same) {
+            p->position = sqlite3_column_int64(st, 2);
+            p->failed = status && strcmp(status, "failed") == 0;
+            if (p->failed) {
+                const char *m = (const char *)sqlite3_column_text(st, 4);
+                const char *t = (const char *)sqlite3_column_text(st, 6);
+                p->error_position = sqlite3_column_int64(st, 5);
+                snprintf(p->error, sizeof p->error, "%s", m ? m : "");
+                snprintf(p->error_event, sizeof p->error_event, "%s",
+                         t ? t : "");
+            }
+        }
+    }
+    sqlite3_finalize(st);
+    if (same)
+        return CQ_OK;
+
+    if (found)
+        fprintf(stderr, "cqrsd: projection %s changed (version or source); "
+                "dropping its tables and replaying it from position 0\n",
+                p->d->name);
+    rc = cq_exec_sql(x, "BEGIN IMMEDIATE", err, errcap);
+    for (size_t i = 0; rc == CQ_OK && found && i < p->d->nddl; i++) {
+        char name[128];
+        if (!created_table(p->d->ddl[i].sqlite_sql, name, sizeof name))
+            continue;
+        snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS \"%s\"", name);
+        rc = cq_exec_sql(x, sql, err, errcap);
+    }
+    for (size_t i = 0; rc == CQ_OK && i < p->d->nddl; i++)
+        rc = cq_exec_sql(x, p->d->ddl[i].sqlite_sql, err, errcap);
+    if (rc == CQ_OK) {
+        rc = prepare(db, "INSERT INTO cq_projections (name, version,"
+                     " source_hash, position, status, updated_at)"
+                     " VALUES (?1, ?2, ?3, 0, 'running', ?4)"
+                     " ON CONFLICT (name) DO UPDATE SET version = ?2,"
+                     " source_hash = ?3, position = 0, status = 'running',"
+                     " error = NULL, error_position = NULL,"
+                     " error_event = NULL, updated_at = ?4", &st, err,
+                     errcap);
+    }
+    if (rc == CQ_OK) {
+        sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, p->d->version);
+        sqlite3_bind_text(st, 3, p->d->source_hash, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, cq_now_ms());
+        rc = step_done(st);
+        if (rc != CQ_OK)
+            snprintf(err, errcap, "%s", sqlite3_errmsg(db));
+        sqlite3_finalize(st);
+    }
+    if (rc == CQ_OK)
+        rc = cq_exec_sql(x, "COMMIT", err, errcap);
+    if (rc != CQ_OK) {
+        char ignore[64];
+        cq_exec_sql(x, "ROLLBACK", ignore, sizeof ignore);
+        return rc;
+    }
+    p->position = 0;
+    p->failed = 0;
+    return CQ_OK;
+}
+
+/* Apply every event after p's checkpoint to inline projection p, in
+ * transactions of 1000 events, before the writer starts. */
+static int catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
+                           size_t errcap)
+{
+    while (!p->failed && p->position < head) {
+        apply_ctx c;
+        int64_t h;
+        int rc;
+
+        memset(&c, 0, sizeof c);
+        c.e = e;
+        c.p = p;
+        c.x = e->ix;
+        c.sp = e->i_sp;
+        c.release = e->i_release;
+        c.rollback = e->i_rollback;
+        c.last = p->position;
+        rc = cq_exec_sql(e->ix, "BEGIN IMMEDIATE", err, errcap);
+        if (rc == CQ_OK)
+            rc = cq_store_read_all(e->store, p->position + 1, 1000,
+                                   apply_event, &c, &h, err, errcap);
+        if (rc == CQ_OK)
+            rc = save_checkpoint(e->i_save, p, c.last, c.failed, c.error,
+                                 c.error_position, c.error_event);
+        if (rc == CQ_OK)
+            rc = cq_exec_sql(e->ix, "COMMIT", err, errcap);
+        if (rc != CQ_OK) {
+            char ignore[64];
+            cq_exec_sql(e->ix, "ROLLBACK", ignore, sizeof ignore);
+            return rc;
+        }
+        p->position = c.last;
+        if (c.failed)
+            mark_failed(e, p, &c);
+    }
+    return CQ_OK;
+}
+
+static int prepare_savepoints(sqlite3 *db, const char *name,
+                              sqlite3_stmt **sp, sqlite3_stmt **release,
+                              sqlite3_stmt **rollback, char *err,
+                              size_t errcap)
+{
+    char sql[3][64];
+
+    snprintf(sql[0], sizeof sql[0], "SAVEPOINT %s", name);
+    snprintf(sql[1], sizeof sql[1], "RELEASE %s", name);
+    snprintf(sql[2], sizeof sql[2], "ROLLBACK TO %s", name);
+    if (prepare(db, sql[0], sp, err, errcap) != CQ_OK ||
+        prepare(db, sql[1], release, err, errcap) != CQ_OK ||
+        prepare(db, sql[2], rollback, err, errcap) != CQ_OK)
+        return CQ_EIO;
+    return CQ_OK;
+}
+
+int cq_engine_start(cq_engine *e, char *err, size_t errcap)
+{
+    char path[4200];
+    sqlite3 *wdb = cq_store_write_handle(e->store);
+    int64_t head = 0;
+    int rc;
+
+    if (strcmp(cq_store_backend(e->store), "sqlite") != 0) {
+        snprintf(err, errcap, "projections need the sqlite store");
+        return CQ_EINVAL;
+    }
+    snprintf(path, sizeof path, "%s/read.db", e->dir);
+    rc = open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &e->rdb,
+                 err, errcap);
+    if (rc != CQ_OK)
+        return rc;
+    e->rx = cq_exec_new(e->rdb);
+    e->ix = cq_exec_new(wdb);
+    if (e->rx == NULL || e->ix == NULL) {
+        snprintf(err, errcap, "out of memory");
+        return CQ_ENOMEM;
+    }
+    /* read.db need not fsync each batch: its checkpoints commit with their
+     * rows, so after a crash a projection resumes from its last one. */
+    rc = cq_exec_sql(e->rx, "PRAGMA journal_mode = WAL", err, errcap);
+    if (rc == CQ_OK)
+        rc = cq_exec_sql(e->rx, "PRAGMA synchronous = NORMAL", err, errcap);
+    if (rc == CQ_OK)
+        rc = cq_exec_sql(e->rx, CHECKPOINT_DDL, err, errcap);
+    if (rc == CQ_OK)
+        rc = cq_exec_sql(e->ix, CHECKPOINT_DDL, err, errcap);
+    if (rc == CQ_OK)
+        rc = cq_store_head_position(e->store, &head);
+    for (int i = 0; rc == CQ_OK && i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        rc = prepare_projection(e, p, p->is_inline ? e->ix : e->rx, err,
+                                errcap);
+    }
+    if (rc != CQ_OK)
+        return rc;
+    if (prepare(e->rdb, SQL_SAVE_CHECKPOINT, &e->r_save, err, errcap) ||
+        prepare(wdb, SQL_SAVE_CHECKPOINT, &e->i_save, err, errcap) ||
+        prepare_savepoints(e->rdb, "ev", &e->r_sp, &e->r_release,
+                           &e->r_rollback, err, errcap) ||
+        prepare_savepoints(wdb, "inl", &e->i_sp, &e->i_release,
+                           &e->i_rollback, err, errcap))
+        return CQ_EIO;
+    for (int i = 0; i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        if (!p->is_inline)
+            continue;
+        rc = catch_up_inline(e, p, head, err, errcap);
+        if (rc != CQ_OK)
+            return rc;
+    }
+    rc = pool_open(&e->reads, path, e->nreaders, err, errcap);
+    if (rc == CQ_OK) {
+        snprintf(path, sizeof path, "%s/events.db", e->dir);
+        rc = pool_open(&e->events, path, e->nreaders, err, errcap);
+    }
+    if (rc != CQ_OK)
+        return rc;
+    e->waits = cq_waiters_new(e->nprojs);
+    if (e->waits == NULL) {
+        snprintf(err, errcap, "cannot start the wait timer");
+        return CQ_ENOMEM;
+    }
+    for (int i = 0; i < e->nprojs; i++)
+        cq_waiters_advance(e->waits, i, e->projs[i]->position);
+    e->head = head;
+    if (pthread_create(&e->projector, NULL, projector_main, e) != 0) {
+        snprintf(err, errcap, "cannot start the projector thread");
+        return CQ_ENOMEM;
+    }
+    e->started = 1;
+    return CQ_OK;
+}
+
+void cq_engine_stop(cq_engine *e)
+{
+    int joined;
+
+    if (e == NULL)
+        return;
+    pthread_mutex_lock(&e->mu);
+    joined = e->stopping;
+    e->stopping = 1;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    if (e->started && !joined)
+        pthread_join(e->projector, NULL);
+    cq_waiters_shutdown(e->waits);
+}
+
+void cq_engine_free(cq_engine *e)
+{
+    if (e == NULL)
+        return;
+    cq_engine_stop(e);
+    cq_waiters_free(e->waits);
+    pool_close(&e->reads);
+    pool_close(&e->events);
+    sqlite3_finalize(e->r_save);
+    sqlite3_finalize(e->r_sp);
+    sqlite3_finalize(e->r_release);
+    sqlite3_finalize(e->r_rollback);
+    sqlite3_finalize(e->i_save);
+    sqlite3_finalize(e->i_sp);
+    sqlite3_finalize(e->i_release);
+    sqlite3_finalize(e->i_rollback);
+    cq_exec_free(e->rx);
+    cq_exec_free(e->ix);
+    sqlite3_close(e->rdb);
+    for (int i = 0; i < e->nprojs; i++) {
+        cq_declared_free(e->projs[i]->d);
+        free(e->projs[i]);
+    }
+    free(e->projs);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    free(e);
+}
+
+/* ---- queries --------------------------------------------------------------- */
+
+int cq_engine_projection(cq_engine *e, const char *name)
+{
+    for (int i = 0; i < e->nprojs; i++)
+        if (strcmp(e->projs[i]->d->name, name) == 0)
+            return i;
+    return -1;
+}
+
+const cq_decl_query *cq_engine_query(cq_engine *e, const char *name,
+                                     int *projection)
+{
+    for (int i = 0; i < e->nprojs; i++) {
+        const cq_decl_query *q = cq_declared_find_query(e->projs[i]->d, name);
+        if (q != NULL) {
+            *projection = i;
+            return q;
+        }
+    }
+    return NULL;
+}
+
+const char *cq_engine_projection_name(cq_engine *e, int projection)
+{
+    return e->projs[projection]->d->name;
+}
+
+int64_t cq_engine_position(cq_engine *e, int projection, int *failed)
+{
+    int64_t pos;
+
+    pthread_mutex_lock(&e->mu);
+    pos = e->projs[projection]->position;
+    if (failed != NULL)
+        *failed = e->projs[projection]->failed;
+    pthread_mutex_unlock(&e->mu);
+    return pos;
+}
+
+int64_t cq_engine_head(cq_engine *e)
+{
+    int64_t h;
+
+    pthread_mutex_lock(&e->mu);
+    h = e->head;
+    pthread_mutex_unlock(&e->mu);
+    return h;
+}
+
+int cq_engine_wait(cq_engine *e, int projection, int64_t target,
+                   int64_t timeout_ms, cq_wait_cb cb, void *arg,
+                   cq_wait **out)
+{
+    return cq_waiters_add(e->waits, projection, target, timeout_ms, cb, arg,
+                          out);
+}
+
+/* Run a statement returning one integer on db: ?1 is `text` (if not
+ * NULL), ?2 is `a`. CQ_OK with *out, CQ_ENOTFOUND (no row or NULL), or
+ * CQ_EIO. */
+static int query_int(sqlite3 *db, const char *sql, const char *text,
+                     int64_t a, int64_t *out)
+{
+    sqlite3_stmt *st;
+    int rc = CQ_ENOTFOUND;
+
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        return CQ_EIO;
+    if (text != NULL)
+        sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, a);
+    switch (sqlite3_step(st)) {
+    case SQLITE_ROW:
+        if (sqlite3_column_type(st, 0) != SQLITE_NULL) {
+            *out = sqlite3_column_int64(st, 0);
+            rc = CQ_OK;
+        }
+        break;
+    case SQLITE_DONE:
+        break;
+    default:
+        rc = CQ_EIO;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int cq_engine_version_position(cq_engine *e, const char *stream_id,
+                               int64_t version, int64_t *position,
+                               char *err, size_t errcap)
+{
+    int i = pool_get(&e->events);
+    int rc = query_int(e->events.db[i], "SELECT position FROM events"
+                       " WHERE stream_id = ?1 AND version = ?2", stream_id,
+                       version, position);
+    if (rc == CQ_EIO)
+        snprintf(err, errcap, "%s", sqlite3_errmsg(e->events.db[i]));
+    pool_put(&e->events, i);
+    return rc;
+}
+
+/* Collects rows into an array. */
+static int collect_row(void *arg, json_t *row)
+{
+    return json_array_append_new(arg, row) != 0;
+}
+
+/* Run q on x and shape its answer (see cq_decl_result). */
+static int shape(cq_exec *x, const cq_decl_query *q, const char *const *values,
+                 json_t **data, char *err, size_t errcap)
+{
+    json_t *out = NULL, *rows = NULL;
+    int rc = CQ_OK;
+
+    *data = NULL;
+    if (q->result == CQ_RESULT_SECTIONS) {
+        out = json_object();
+        for (size_t i = 0; out != NULL && rc == CQ_OK && i < q->nstmts; i++) {
+            rows = json_array();
+            if (rows == NULL)
+                break;
+            rc = cq_exec_query(x, q, &q->stmts[i], values, collect_row, rows,
+                               err, errcap);
+            json_object_set_new(out, q->section_names[i], rows);
+            rows = NULL; /* the object owns it now */
+        }
+        if (out == NULL)
+            rc = CQ_ENOMEM;
+        goto done;
+    }
+    rows = json_array();
+    if (rows == NULL)
+        return CQ_ENOMEM;
+    rc = cq_exec_query(x, q, &q->stmts[0], values, collect_row, rows, err,
+                       errcap);
+    if (rc != CQ_OK)
+        goto done;
+    switch (q->result) {
+    case CQ_RESULT_ONE:
+        out = json_array_size(rows) ? json_incref(json_array_get(rows, 0))
+                                    : NULL;
+        break;
+    case CQ_RESULT_LIST:
+        out = json_incref(rows);
+        break;
+    case CQ_RESULT_PAGE: {
+        int64_t limit = 0;
+        json_t *next = json_null();
+        for (size_t i = 0; i < q->nparams; i++)
+            if (strcmp(q->params[i].name, "limit") == 0 && values[i])
+                limit = strtoll(values[i], NULL, 10);
+        if (limit > 0 && (int64_t)json_array_size(rows) >= limit) {
+            json_t *last = json_array_get(rows, json_array_size(rows) - 1);
+            json_t *c = json_object_get(last, q->cursor_column);
+            if (c != NULL)
+                next = json_incref(c);
+        }
+        out = json_pack("{s:O,s:o}", q->page_field, rows, "next", next);
+        break;
+    }
+    default:
+        break;
+    }
+done:
+    json_decref(rows);
+    if (rc != CQ_OK) {
+        json_decref(out);
+        return rc;
+    }
+    *data = out;
+    return CQ_OK;
+}
+
+/* lag_ms: age of the first event the projection has not applied. */
+static double lag_ms(cq_engine *e, int64_t position, int64_t head)
+{
+    int64_t at = 0;
+    int i;
+
+    if (position >= head)
+        return 0;
+    i = pool_get(&e->events);
+    if (query_int(e->events.db[i], "SELECT recorded_at FROM events"
+                  " WHERE position = ?2", NULL, position + 1, &at) != CQ_OK)
+        at = 0;
+    pool_put(&e->events, i);
+    if (at == 0)
+        return 0;
+    int64_t now = cq_now_ms();
+    return now > at ? (double)(now - at) : 0;
+}
+
+static int64_t stream_version_at(cq_engine *e, const char *stream_id,
+                                 int64_t position)
+{
+    int64_t v = 0;
+    int i = pool_get(&e->events);
+
+    if (query_int(e->events.db[i], "SELECT max(version) FROM events"
+                  " WHERE stream_id = ?1 AND position <= ?2", stream_id,
+                  position, &v) != CQ_OK)
+        v = 0;
+    pool_put(&e->events, i);
+    return v;
+}
+
+int cq_engine_run_query(cq_engine *e, int projection, const cq_decl_query *q,
+                        const char *const *values, const char *stream_id,
+                        json_t **data, cq_freshness *fresh,
+                        int64_t *stream_version, char *err, size_t errcap)
+{
+    proj *p = e->projs[projection];
+    pool *pl = p->is_inline ? &e->events : &e->reads;
+    int i = pool_get(pl);
+    sqlite3 *db = pl->db[i];
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    memset(fresh, 0, sizeof *fresh);
+    *data = NULL;
+    rc = cq_exec_sql(pl->x[i], "BEGIN", err, errcap);
+    if (rc != CQ_OK)
+        goto done;
+    /* the checkpoint, from the same snapshot as the rows */
+    if (sqlite3_prepare_v2(db, "SELECT position, status FROM cq_projections"
+                           " WHERE name = ?1", -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errcap, "%s", sqlite3_errmsg(db));
+        rc = CQ_EIO;
+        goto rollback;
+    }
+    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        const char *status = (const char *)sqlite3_column_text(st, 1);
+        fresh->position = sqlite3_column_int64(st, 0);
+        fresh->failed = status && strcmp(status, "failed") == 0;
+    }
+    sqlite3_finalize(st);
+    rc = shape(pl->x[i], q, values, data, err, errcap);
+rollback:
+    {
+        char ignore[64];
+        cq_exec_sql(pl->x[i], "COMMIT", ignore, sizeof ignore);
+    }
+done:
+    pool_put(pl, i);
+    if (rc != CQ_OK)
+        return rc;
+    pthread_mutex_lock(&e->mu);
+    fresh->head = e->head;
+    fresh->failed |= p->failed;
+    pthread_mutex_unlock(&e->mu);
+    if (fresh->head < fresh->position)
+        fresh->head = fresh->position;
+    fresh->lag_events = fresh->head - fresh->position;
+    fresh->lag_ms = lag_ms(e, fresh->position, fresh->head);
+    if (stream_version != NULL)
+        *stream_version = stream_id ? stream_version_at(e, stream_id,
+                                                        fresh->position)
+                                    : 0;
+    return CQ_OK;
+}
+
+/* Replay context for strong reads. */
+typedef struct replay_ctx {
+    apply_ctx c;
+    int64_t count;
+} replay_ctx;
+
+static int replay_event(void *arg, const cq_stored_event *se)
+{
+    replay_ctx *r = arg;
+    r->count++;
+    return apply_event(&r->c, se);
+}
+
+int cq_engine_run_strong(cq_engine *e, int projection, const cq_decl_query *q,
+                         const char *const *values, const char *stream_id,
+                         json_t **data, cq_freshness *fresh,
+                         int64_t *stream_version, char *err, size_t errcap)
+{
+    proj *p = e->projs[projection];
+    sqlite3 *mem = NULL;
+    cq_exec *x = NULL;
+    replay_ctx r;
+    int64_t from = 1, version = 0;
+    int rc;
+
+    memset(fresh, 0, sizeof *fresh);
+    *data = NULL;
+    rc = open_db(":memory:", SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &mem,
+                 err, errcap);
+    if (rc != CQ_OK)
+        return rc;
+    x = cq_exec_new(mem);
+    if (x == NULL) {
+        rc = CQ_ENOMEM;
+        goto done;
+    }
+    for (size_t i = 0; rc == CQ_OK && i < p->d->nddl; i++)
+        rc = cq_exec_sql(x, p->d->ddl[i].sqlite_sql, err, errcap);
+    if (rc != CQ_OK)
+        goto done;
+    memset(&r, 0, sizeof r);
+    r.c.e = e;
+    r.c.p = p;
+    r.c.x = x;
+    do {
+        r.count = 0;
+        rc = cq_store_read_stream(e->store, stream_id, from, 1000,
+                                  replay_event, &r, &version, err, errcap);
+        from += r.count;
+    } while (rc == CQ_OK && !r.c.failed && r.count == 1000);
+    if (rc == CQ_ENOTFOUND) {
+        rc = CQ_OK; /* no stream: the projection of nothing */
+        version = 0;
+    }
+    if (rc != CQ_OK)
+        goto done;
+    if (r.c.failed) {
+        snprintf(err, errcap, "replaying %s through %s failed at position "
+                 "%lld: %s", stream_id, p->d->name,
+                 (long long)r.c.error_position, r.c.error);
+        rc = CQ_EIO;
+        goto done;
+    }
+    rc = shape(x, q, values, data, err, errcap);
+    if (rc != CQ_OK)
+        goto done;
+    fresh->position = r.c.last;
+    fresh->head = cq_engine_head(e);
+    *stream_version = version;
+done:
+    cq_exec_free(x);
+    sqlite3_close(mem);
+    return rc;
+}

@@ -1,0 +1,137 @@
+/*
+ * engine.h -- the projection engine: keeps read models in step with the
+ * event store and answers the questions queries ask of them.
+ *
+ * Projections are declared in .sql files (docs/declared-sql.md). An
+ * ASYNCHRONOUS projection keeps its tables and its checkpoint in
+ * DIR/read.db; the projector thread, woken by the writer's commits (no
+ * polling), applies events after its checkpoint in micro-batches, each
+ * batch and the new checkpoint in ONE read.db transaction. An INLINE
+ * projection keeps its tables and checkpoint in events.db and is applied by
+ * the writer inside each command's savepoint, so its rows commit with the
+ * events.
+ *
+ * A handler error stops only its projection: status "failed" with the
+ * position, event type and message; the events before it in the batch are
+ * kept, the others go on.
+ *
+ * Threads: the projector thread owns read.db's write connection; the
+ * writer thread calls the hooks; any thread may run queries (connections
+ * come from small pools) and wait for positions (wait.h).
+ */
+#ifndef CQ_PROJECTION_ENGINE_H
+#define CQ_PROJECTION_ENGINE_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "command/writer.h"
+#include "projection/declared.h"
+#include "projection/wait.h"
+#include "store/store.h"
+
+typedef struct cq_engine cq_engine;
+
+typedef struct cq_engine_config {
+    const char *dir;        /* directory of read.db (the store's directory) */
+    int batch;              /* events per micro-batch; 0 -> 100 */
+    int readers;            /* query connections per database; 0 -> 4 */
+} cq_engine_config;
+
+typedef enum cq_proj_status {
+    CQ_PROJ_RUNNING,
+    CQ_PROJ_FAILED
+} cq_proj_status;
+
+/* What a query answer needs to say about freshness. */
+typedef struct cq_freshness {
+    int64_t position;       /* what the answer reflects */
+    int64_t head;           /* committed head of the event store */
+    int64_t lag_events;     /* head - position */
+    double lag_ms;          /* age of the oldest event not yet applied */
+    int failed;             /* the projection is stopped by an error */
+} cq_freshness;
+
+/* A new engine for `store` (borrowed; must outlive the engine). Nothing
+ * runs until cq_engine_start. */
+int cq_engine_new(const cq_engine_config *cfg, cq_store *store,
+                  cq_engine **out, char *err, size_t errcap);
+
+/* Add the declared projection in file `path`; errors name the file and
+ * line. Before cq_engine_start only. */
+int cq_engine_load_file(cq_engine *e, const char *path, char *err,
+                        size_t errcap);
+
+/* The same for a file's text already in memory; `name` prefixes errors. */
+int cq_engine_load_text(cq_engine *e, const char *name, const char *text,
+                        size_t len, char *err, size_t errcap);
+
+/* Add a parsed declared projection (taken over, even on failure). */
+int cq_engine_add(cq_engine *e, cq_declared *d, char *err, size_t errcap);
+
+/* Create tables and checkpoints (a projection whose version or source
+ * changed is dropped and replayed from position 0), bring inline
+ * projections up to the store's head, start the projector and the wait
+ * timer. Call before the writer starts: it uses the store's write
+ * connection. */
+int cq_engine_start(cq_engine *e, char *err, size_t errcap);
+
+/* Hooks for cq_writer_config.hooks. */
+cq_writer_hooks cq_engine_writer_hooks(cq_engine *e);
+
+/* Stop the projector and fire every waiter as timed out. Queries keep
+ * working. Idempotent. */
+void cq_engine_stop(cq_engine *e);
+
+/* Stop and free. No other thread may use the engine. Accepts NULL. */
+void cq_engine_free(cq_engine *e);
+
+/* ---- for the query side ---- */
+
+/* Index of the projection called `name`, or -1. */
+int cq_engine_projection(cq_engine *e, const char *name);
+
+/* The query called `name` and the index of its projection, or NULL. */
+const cq_decl_query *cq_engine_query(cq_engine *e, const char *name,
+                                     int *projection);
+
+const char *cq_engine_projection_name(cq_engine *e, int projection);
+
+/* The projection's applied position (committed), and its status. */
+int64_t cq_engine_position(cq_engine *e, int projection, int *failed);
+
+/* Committed head of the event store, as last told by the writer. */
+int64_t cq_engine_head(cq_engine *e);
+
+/* Wait for `projection` to reach `target` (see cq_waiters_add). */
+int cq_engine_wait(cq_engine *e, int projection, int64_t target,
+                   int64_t timeout_ms, cq_wait_cb cb, void *arg,
+                   cq_wait **out);
+
+/* Position of stream_id's event at `version`: CQ_OK, CQ_ENOTFOUND (the
+ * stream is shorter) or CQ_EIO. */
+int cq_engine_version_position(cq_engine *e, const char *stream_id,
+                               int64_t version, int64_t *position,
+                               char *err, size_t errcap);
+
+/* Run query q of `projection` with values (in q->params order; NULL = not
+ * given) against the read model. *data gets the answer's data (new
+ * reference; NULL for a CQ_RESULT_ONE query that found no row); fresh
+ * says what it reflects, read in the same snapshot. For keyed queries
+ * *stream_version gets the stream's version as the answer reflects it
+ * (0 if none). CQ_OK or CQ_EIO. */
+int cq_engine_run_query(cq_engine *e, int projection, const cq_decl_query *q,
+                        const char *const *values, const char *stream_id,
+                        json_t **data, cq_freshness *fresh,
+                        int64_t *stream_version, char *err, size_t errcap);
+
+/* The same query answered from the event store: the one stream is
+ * replayed through the projection's handlers into a private in-memory
+ * database and the query runs there. fresh->position is the stream's last
+ * event. CQ_OK, CQ_ENOTFOUND (no such stream), CQ_EIO. */
+int cq_engine_run_strong(cq_engine *e, int projection, const cq_decl_query *q,
+                         const char *const *values, const char *stream_id,
+                         json_t **data, cq_freshness *fresh,
+                         int64_t *stream_version, char *err, size_t errcap);
+
+#endif

@@ -1,0 +1,315 @@
+/*
+ * exec.c -- declared statements on a SQLite connection (see exec.h).
+ *
+ * Statements are prepared once (SQLITE_PREPARE_PERSISTENT) and found again
+ * through a small open-addressing table keyed by the cq_decl_stmt address.
+ * Values are bound from the event with cq_declared_bind_value(), so the
+ * rules for what a :parameter means live in one place (declared.c).
+ */
+#include "projection/exec.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cqrs/cqrs.h"
+
+typedef struct slot {
+    const cq_decl_stmt *key;
+    sqlite3_stmt *st;
+} slot;
+
+struct cq_exec {
+    sqlite3 *db;
+    slot *slots;
+    size_t cap, count;          /* cap is 0 or a power of two */
+};
+
+cq_exec *cq_exec_new(sqlite3 *db)
+{
+    cq_exec *x = calloc(1, sizeof *x);
+    if (x != NULL)
+        x->db = db;
+    return x;
+}
+
+void cq_exec_free(cq_exec *x)
+{
+    if (x == NULL)
+        return;
+    for (size_t i = 0; i < x->cap; i++)
+        sqlite3_finalize(x->slots[i].st);
+    free(x->slots);
+    free(x);
+}
+
+sqlite3 *cq_exec_db(cq_exec *x)
+{
+    return x->db;
+}
+
+static size_t slot_of(const slot *slots, size_t cap, const cq_decl_stmt *k)
+{
+    size_t i = ((uintptr_t)k >> 4) * 0x9E3779B97F4A7C15ull & (cap - 1);
+    while (slots[i].key != NULL && slots[i].key != k)
+        i = (i + 1) & (cap - 1);
+    return i;
+}
+
+static int grow(cq_exec *x)
+{
+    size_t cap = x->cap ? x->cap * 2 : 64;
+    slot *s = calloc(cap, sizeof *s);
+
+    if (s == NULL)
+        return CQ_ENOMEM;
+    for (size_t i = 0; i < x->cap; i++)
+        if (x->slots[i].key != NULL)
+            s[slot_of(s, cap, x->slots[i].key)] = x->slots[i];
+    free(x->slots);
+    x->slots = s;
+    x->cap = cap;
+    return CQ_OK;
+}
+
+/* The prepared statement for st, preparing it on first use. */
+static sqlite3_stmt *prepared(cq_exec *x, const cq_decl_stmt *st, char *err,
+                              size_t errcap)
+{
+    sqlite3_stmt *ps = NULL;
+    size_t i;
+
+    if (x->cap > 0) {
+        i = slot_of(x->slots, x->cap, st);
+        if (x->slots[i].key == st)
+            return x->slots[i].st;
+    }
+    if (2 * (x->count + 1) > x->cap && grow(x) != CQ_OK) {
+        snprintf(err, errcap, "out of memory");
+        return NULL;
+    }
+    if (sqlite3_prepare_v3(x->db, st->sqlite_sql, -1,
+                           SQLITE_PREPARE_PERSISTENT, &ps, NULL) != SQLITE_OK) {
+        snprintf(err, errcap, "statement at line %d: %s", st->line,
+                 sqlite3_errmsg(x->db));
+        return NULL;
+    }
+    i = slot_of(x->slots, x->cap, st);
+    x->slots[i].key = st;
+    x->slots[i].st = ps;
+    x->count++;
+    return ps;
+}
+
+int cq_exec_sql(cq_exec *x, const char *sql, char *err, size_t errcap)
+{
+    char *msg = NULL;
+
+    if (sqlite3_exec(x->db, sql, NULL, NULL, &msg) == SQLITE_OK)
+        return CQ_OK;
+    snprintf(err, errcap, "%s", msg ? msg : sqlite3_errmsg(x->db));
+    sqlite3_free(msg);
+    return CQ_EIO;
+}
+
+/* Step ps to completion, then reset it for the next use. */
+static int run(cq_exec *x, sqlite3_stmt *ps, const cq_decl_stmt *st,
+               char *err, size_t errcap)
+{
+    int rc;
+
+    while ((rc = sqlite3_step(ps)) == SQLITE_ROW)
+        ;
+    if (rc != SQLITE_DONE) {
+        snprintf(err, errcap, "statement at line %d: %s", st->line,
+                 sqlite3_errmsg(x->db));
+        sqlite3_reset(ps);
+        sqlite3_clear_bindings(ps);
+        return CQ_EIO;
+    }
+    sqlite3_reset(ps);
+    sqlite3_clear_bindings(ps);
+    return CQ_OK;
+}
+
+static int bind_value(sqlite3_stmt *ps, int i, const cq_decl_value *v)
+{
+    switch (v->type) {
+    case CQ_VALUE_INT:
+        return sqlite3_bind_int64(ps, i, v->i);
+    case CQ_VALUE_REAL:
+        return sqlite3_bind_double(ps, i, v->r);
+    case CQ_VALUE_TEXT:
+    case CQ_VALUE_JSON:
+        return sqlite3_bind_text(ps, i, v->text, (int)v->len,
+                                 SQLITE_TRANSIENT);
+    case CQ_VALUE_NULL:
+    default:
+        return sqlite3_bind_null(ps, i);
+    }
+}
+
+/* Run one handler statement for ev (and array element item, or NULL). */
+static int run_handler_stmt(cq_exec *x, const cq_decl_stmt *st,
+                            const cq_decl_event *ev, const json_t *item,
+                            char *err, size_t errcap)
+{
+    sqlite3_stmt *ps = prepared(x, st, err, errcap);
+
+    if (ps == NULL)
+        return CQ_EIO;
+    for (size_t i = 0; i < st->nparams; i++) {
+        cq_decl_value v;
+        int rc = cq_declared_bind_value(st->params[i], ev, item, &v);
+        if (rc != CQ_OK) {
+            snprintf(err, errcap, "statement at line %d: cannot bind :%s: %s",
+                     st->line, st->params[i], cq_strerror(rc));
+            sqlite3_clear_bindings(ps);
+            return CQ_EIO;
+        }
+        rc = bind_value(ps, (int)i + 1, &v);
+        cq_declared_value_clear(&v);
+        if (rc != SQLITE_OK) {
+            snprintf(err, errcap, "statement at line %d: %s", st->line,
+                     sqlite3_errmsg(x->db));
+            sqlite3_clear_bindings(ps);
+            return CQ_EIO;
+        }
+    }
+    return run(x, ps, st, err, errcap);
+}
+
+/* The JSON value at an @each path ("data.items", "metadata.x[2].y"), or
+ * NULL. The parser has checked the path's syntax. */
+static const json_t *each_array(const char *path, const cq_decl_event *ev)
+{
+    const json_t *v;
+    char key[256];
+
+    if (strncmp(path, "data", 4) == 0) {
+        v = ev->data;
+        path += 4;
+    } else if (strncmp(path, "metadata", 8) == 0) {
+        v = ev->metadata;
+        path += 8;
+    } else {
+        return NULL;
+    }
+    while (v != NULL && *path != '\0') {
+        if (*path == '.') {
+            size_t n = strcspn(path + 1, ".[");
+            if (n >= sizeof key)
+                return NULL;
+            memcpy(key, path + 1, n);
+            key[n] = '\0';
+            v = json_object_get(v, key);
+            path += 1 + n;
+        } else if (*path == '[') {
+            char *end;
+            unsigned long long k = strtoull(path + 1, &end, 10);
+            if (*end != ']')
+                return NULL;
+            v = json_array_get(v, (size_t)k);
+            path = end + 1;
+        } else {
+            return NULL;
+        }
+    }
+    return v;
+}
+
+int cq_exec_event(cq_exec *x, const cq_declared *d, const cq_decl_event *ev,
+                  char *err, size_t errcap)
+{
+    for (size_t h = 0; h < d->nhandlers; h++) {
+        const cq_decl_handler *hd = &d->handlers[h];
+        const json_t *arr = NULL;
+        size_t n = 1;
+
+        if (strcmp(hd->event_type, ev->type) != 0)
+            continue;
+        if (hd->each != NULL) {
+            arr = each_array(hd->each, ev);
+            n = json_is_array(arr) ? json_array_size(arr) : 0;
+        }
+        for (size_t k = 0; k < n; k++) {
+            const json_t *item = arr ? json_array_get(arr, k) : NULL;
+            for (size_t s = 0; s < hd->nstmts; s++) {
+                int rc = run_handler_stmt(x, &hd->stmts[s], ev, item, err,
+                                          errcap);
+                if (rc != CQ_OK)
+                    return rc;
+            }
+        }
+    }
+    return CQ_OK;
+}
+
+/* A column as JSON (new reference; NULL on no memory). */
+static json_t *column_json(sqlite3_stmt *ps, int c)
+{
+    switch (sqlite3_column_type(ps, c)) {
+    case SQLITE_INTEGER:
+        return json_integer(sqlite3_column_int64(ps, c));
+    case SQLITE_FLOAT:
+        return json_real(sqlite3_column_double(ps, c));
+    case SQLITE_TEXT: {
+        const char *t = (const char *)sqlite3_column_text(ps, c);
+        json_t *s = json_stringn(t, (size_t)sqlite3_column_bytes(ps, c));
+        return s ? s : json_null(); /* not UTF-8: no value rather than junk */
+    }
+    default:
+        return json_null();
+    }
+}
+
+int cq_exec_query(cq_exec *x, const cq_decl_query *q, const cq_decl_stmt *st,
+                  const char *const *values, cq_exec_row_cb cb, void *arg,
+                  char *err, size_t errcap)
+{
+    sqlite3_stmt *ps = prepared(x, st, err, errcap);
+    int rc = CQ_OK, src;
+
+    if (ps == NULL)
+        return CQ_EIO;
+    for (size_t i = 0; i < st->nparams; i++) {
+        size_t p;
+        for (p = 0; p < q->nparams; p++)
+            if (strcmp(q->params[p].name, st->params[i]) == 0)
+                break;
+        if (p == q->nparams || values[p] == NULL)
+            src = sqlite3_bind_null(ps, (int)i + 1);
+        else if (q->params[p].type == CQ_PARAM_INT)
+            src = sqlite3_bind_int64(ps, (int)i + 1,
+                                     strtoll(values[p], NULL, 10));
+        else
+            src = sqlite3_bind_text(ps, (int)i + 1, values[p], -1,
+                                    SQLITE_TRANSIENT);
+        if (src != SQLITE_OK) {
+            snprintf(err, errcap, "%s", sqlite3_errmsg(x->db));
+            sqlite3_clear_bindings(ps);
+            return CQ_EIO;
+        }
+    }
+    while ((src = sqlite3_step(ps)) == SQLITE_ROW) {
+        int ncol = sqlite3_column_count(ps);
+        json_t *row = json_object();
+        if (row == NULL) {
+            rc = CQ_ENOMEM;
+            break;
+        }
+        for (int c = 0; c < ncol; c++)
+            json_object_set_new(row, sqlite3_column_name(ps, c),
+                                column_json(ps, c));
+        if (cb(arg, row) != 0)
+            break;
+    }
+    if (src != SQLITE_ROW && src != SQLITE_DONE) {
+        snprintf(err, errcap, "query %s, line %d: %s", q->name, st->line,
+                 sqlite3_errmsg(x->db));
+        rc = CQ_EIO;
+    }
+    sqlite3_reset(ps);
+    sqlite3_clear_bindings(ps);
+    return rc;
+}

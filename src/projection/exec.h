@@ -1,0 +1,50 @@
+/*
+ * exec.h -- running declared projection statements on one SQLite
+ * connection.
+ *
+ * A cq_exec wraps one connection (borrowed) and caches a prepared
+ * statement per declared statement, keyed by the statement's address (a
+ * cq_declared is immutable once parsed). The projection engine has one for
+ * read.db (the projector thread), one for events.db (inline projections,
+ * on the writer thread), one per query connection and a throw-away one per
+ * strong read (an in-memory database).
+ *
+ * Thread: a cq_exec belongs to the thread that uses its connection.
+ */
+#ifndef CQ_PROJECTION_EXEC_H
+#define CQ_PROJECTION_EXEC_H
+
+#include <sqlite3.h>
+
+#include "projection/declared.h"
+
+typedef struct cq_exec cq_exec;
+
+/* A new executor on db (borrowed; must outlive it). NULL on no memory. */
+cq_exec *cq_exec_new(sqlite3 *db);
+void cq_exec_free(cq_exec *x); /* finalizes its statements; accepts NULL */
+
+sqlite3 *cq_exec_db(cq_exec *x);
+
+/* Run one SQL text with no parameters (DDL, BEGIN, ...). CQ_OK or CQ_EIO
+ * with a message in err. */
+int cq_exec_sql(cq_exec *x, const char *sql, char *err, size_t errcap);
+
+/* Run d's handlers for ev->type, in file order (each @each block once per
+ * array element). Returns CQ_OK (also when no handler matches) or CQ_EIO
+ * with "statement at line N: <sqlite message>" in err. */
+int cq_exec_event(cq_exec *x, const cq_declared *d, const cq_decl_event *ev,
+                  char *err, size_t errcap);
+
+/* Called for each result row: column names and values as JSON (new
+ * references the callback takes over). Return non-zero to stop. */
+typedef int (*cq_exec_row_cb)(void *arg, json_t *row);
+
+/* Run query statement st with parameter values given by name (values[i]
+ * belongs to q->params[i]; NULL = SQL NULL; INT params bound as integers).
+ * CQ_OK or CQ_EIO with a message. */
+int cq_exec_query(cq_exec *x, const cq_decl_query *q, const cq_decl_stmt *st,
+                  const char *const *values, cq_exec_row_cb cb, void *arg,
+                  char *err, size_t errcap);
+
+#endif
