@@ -24,6 +24,7 @@ struct cq_server {
     const cq_domain *domain;
     size_t body_limit;
     atomic_int pending;         /* requests waiting for the writer */
+    atomic_int waiting;         /* requests waiting for a projection */
 };
 
 enum route {

@@ -54,6 +54,7 @@ static enum MHD_Result start_wait(request *q)
     int rc;
 
     q->waiting = 1;
+    atomic_fetch_add(&q->srv->waiting, 1);
     MHD_suspend_connection(q->conn);
     rc = cq_engine_wait(q->srv->engine, q->projection, q->wait_target,
                         remaining_ms(q), on_ready, q, &q->wait);
@@ -348,6 +349,7 @@ enum MHD_Result cq_http_resumed(request *q)
     enum MHD_Result ret = MHD_NO;
 
     q->waiting = 0;
+    atomic_fetch_sub(&q->srv->waiting, 1);
     if (q->wait != NULL) {
         if (!cq_wait_reached(q->wait))
             q->timed_out = 1;

@@ -969,6 +969,7 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
     s->domain = domain;
     s->body_limit = cfg->body_limit ? cfg->body_limit : DEFAULT_BODY_LIMIT;
     atomic_init(&s->pending, 0);
+    atomic_init(&s->waiting, 0);
     if (cfg->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     s->daemon = MHD_start_daemon(
@@ -1006,9 +1007,13 @@ void cq_server_stop(cq_server *s, int timeout_ms)
 
     if (s == NULL)
         return;
-    /* Let MHD's threads send the answers the writer has just given. */
-    for (int waited = 0; waited < timeout_ms &&
-                         atomic_load(&s->pending) > 0; waited += 10)
+    /* Let MHD's threads send the answers the writer and the waiters have
+     * just given (a connection MHD has not resumed yet would otherwise be
+     * closed without its answer). */
+    for (int waited = 0;
+         waited < timeout_ms && (atomic_load(&s->pending) > 0 ||
+                                 atomic_load(&s->waiting) > 0);
+         waited += 10)
         nanosleep(&ts, NULL);
     MHD_stop_daemon(s->daemon);
     free(s);

@@ -46,10 +46,12 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
 /* The port actually bound (useful with port 0). */
 unsigned cq_server_port(cq_server *s);
 
-/* Wait up to timeout_ms until no request is waiting for the writer, then
+/* Wait up to timeout_ms until no request is waiting for the writer or a
+ * projection, then
  * stop every thread, close every connection and free. Call after
- * cq_writer_stop(), which answers every queued request (and makes new
- * writes answer 503 meanwhile). Accepts NULL.
+ * cq_writer_stop() and cq_engine_stop(), which answer every queued
+ * request and waiting query (new writes answer 503 meanwhile). Accepts
+ * NULL.
  *
  * There is deliberately no "stop accepting" step: libmicrohttpd's
  * MHD_quiesce_daemon() races with its own worker threads in epoll mode
