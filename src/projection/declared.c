@@ -11,16 +11,23 @@
  *      `:name` parameters). It knows SQL's lexical rules -- '...' strings
  *      with '' escapes, "..." identifiers, -- and block comments, `::`
  *      casts -- so a `;`, `:` or `-- @` inside them means nothing.
- *   2. parse() feeds the items to a small state machine, one section of
- *      the file at a time:
+ *   2. parse() feeds the items to a small state machine over the parts
+ *      of the file:
  *
- *        HEADER --stmt--> DDL --@on--> HANDLER --@query--> QUERY
- *           \______________\___________/  ^  \_____@on______/ ^
- *            `--@on/@query--------------------'-------@query--'
+ *        | section | entered by                | allows                   |
+ *        |---------|---------------------------|--------------------------|
+ *        | HEADER  | the start                 | @projection (first),     |
+ *        |         |                           | @version, @mode          |
+ *        | DDL     | the first statement       | CREATE TABLE/[UNIQUE]    |
+ *        |         |                           | INDEX statements         |
+ *        | HANDLER | each @on                  | INSERT/UPDATE/DELETE     |
+ *        | QUERY   | each @query               | @param, @stream, @result |
+ *        |         |                           | then SELECTs (@section)  |
  *
- *      A section that ends is checked whole (end_block): a block without
- *      statements, a @stream naming an undeclared param, a page query
- *      without its :limit/:after params.
+ *      HEADER ends at the first statement, @on or @query (then @version
+ *      must have been seen). A HANDLER or QUERY that ends is checked whole
+ *      (end_block): a block without statements, a @stream naming an
+ *      undeclared param, a page query whose limit is not an int.
  *
  * Only the first error is kept, as "LINE: message"; every step returns -1
  * once it has recorded one, and the caller unwinds. The cq_declared under
@@ -28,10 +35,10 @@
  * exactly its zero-initialised or finished elements), so the only error
  * path is cq_declared_free().
  *
- * Portability is checked where it is cheap and certain: `?`, `$` (both
- * $N and dollar quoting), E'...' strings, nested block comments (PostgreSQL
- * nests them, SQLite does not), `INSERT OR ...`. Everything else is left
- * to the two backends at prepare time.
+ * Portability is checked where it is cheap and certain: `?`, `@`, `$`
+ * (both $N and dollar quoting), E'...' strings, nested block comments
+ * (PostgreSQL nests them, SQLite does not), `INSERT OR ...`. Everything
+ * else is left to the two backends at prepare time.
  *
  * Threads: no global state. A parse touches only its arguments; a parsed
  * cq_declared is never written again and may be shared by readers.
@@ -229,9 +236,8 @@ static int valid_path(const char *s, size_t n, const char *const *roots)
     return r == 0;
 }
 
-static const char *const scalar_roots[] = {"stream_id", "version", "position",
-                                           "type",      "time",    "day",
-                                           NULL};
+static const char *const scalar_roots[] = {
+    "stream_id", "version", "position", "type", "time", "day", NULL};
 static const char *const event_roots[] = {"data", "metadata", NULL};
 static const char *const item_roots[] = {"item", NULL};
 
@@ -285,7 +291,7 @@ typedef struct parser {
     const char *src;
     size_t len, pos;
     size_t begin; /* where the text starts, after a byte-order mark */
-    int line; /* of src[pos] */
+    int line;     /* of src[pos] */
 
     char *err;
     size_t errcap;
@@ -423,8 +429,9 @@ static int skip_quoted(parser *p)
         p->pos++;
         return 0;
     }
-    return fail(p, start_line, q == '\'' ? "string literal is not closed"
-                                         : "quoted identifier is not closed");
+    return fail(p, start_line,
+                q == '\'' ? "string literal is not closed"
+                          : "quoted identifier is not closed");
 }
 
 /* Read the parameter whose ':' is at src[pos]; record it in it->occ. */
@@ -450,9 +457,15 @@ static int lex_param(parser *p, item *it)
             return fail(p, p->line,
                         "bad array index in parameter :%.*s (at most %d "
                         "digits, then ']')",
-                        QUOTE(p->src + start + 1, i - start - 1), INDEX_MAX_DIGITS);
+                        QUOTE(p->src + start + 1, i - start - 1),
+                        INDEX_MAX_DIGITS);
         break;
     }
+    /* "?1" followed by "5" would read as "?15": a parameter must end
+     * where a name would (this can only happen after "]"). */
+    if (i < p->len && is_ident(p->src[i]))
+        return fail(p, p->line, "parameter :%.*s runs into '%c'",
+                    QUOTE(p->src + start + 1, i - start - 1), p->src[i]);
     if (i - start - 1 > PARAM_MAX_LEN)
         return fail(p, p->line, "parameter name longer than %d characters",
                     PARAM_MAX_LEN);
@@ -565,8 +578,8 @@ static int lex_next(parser *p, item *it)
         }
         switch (c) {
         case '\'':
-            if (p->pos > 0 && (p->src[p->pos - 1] == 'E' ||
-                               p->src[p->pos - 1] == 'e') &&
+            if (p->pos > 0 &&
+                (p->src[p->pos - 1] == 'E' || p->src[p->pos - 1] == 'e') &&
                 (p->pos < 2 || !is_ident(p->src[p->pos - 2])))
                 return fail(p, p->line,
                             "E'...' strings are PostgreSQL-only; write "
@@ -593,6 +606,10 @@ static int lex_next(parser *p, item *it)
         case '?':
             return fail(p, p->line,
                         "'?' placeholder: parameters must be named (:name)");
+        case '@':
+            return fail(p, p->line,
+                        "'@' is not portable: SQLite reads @name as a "
+                        "parameter; use :name");
         case '$':
             return fail(p, p->line,
                         "'$' is not portable: parameters must be named "
@@ -676,7 +693,7 @@ static int check_statement_kind(parser *p, const item *it)
     }
 }
 
-/* 1 if the current query declares a @param called name[0..n). */
+/* The @param of q called name[0..n), or NULL. */
 static const cq_decl_param *find_param(const cq_decl_query *q, const char *name,
                                        size_t n)
 {
@@ -701,8 +718,7 @@ static int check_param(parser *p, const occurrence *o)
         const cq_decl_handler *h = &p->d->handlers[p->d->nhandlers - 1];
         ok = valid_handler_param(name, n, h->each != NULL);
         if (!ok && path_root(name, n) == 4 && memcmp(name, "item", 4) == 0)
-            return fail(p, o->line,
-                        ":item is defined only in an @each block");
+            return fail(p, o->line, ":item is defined only in an @each block");
         break;
     }
     case SEC_QUERY:
@@ -995,8 +1011,7 @@ static int dir_query(parser *p, const item *it, const word *w, int n)
 
 /* The current query, for directives that belong to one: @param, @stream
  * and @result must come before its first statement. */
-static cq_decl_query *query_directive(parser *p, const item *it,
-                                      const word *w)
+static cq_decl_query *query_directive(parser *p, const item *it, const word *w)
 {
     cq_decl_query *q;
 
@@ -1070,8 +1085,7 @@ static int dir_param(parser *p, const item *it, const word *w, int n)
                         type == CQ_PARAM_TEXT ? "text" : "int");
         if (min > max)
             return fail(p, it->line,
-                        "bad bounds: min %" PRId64 " > max %" PRId64, min,
-                        max);
+                        "bad bounds: min %" PRId64 " > max %" PRId64, min, max);
         if (type == CQ_PARAM_TEXT && min < 0)
             return fail(p, it->line, "bad bounds: text length min < 0");
         k = 4;
@@ -1114,8 +1128,7 @@ static int dir_param(parser *p, const item *it, const word *w, int n)
         k += 2;
     } else {
         return fail(p, it->line,
-                    "@param %s needs 'required' or 'default VALUE'",
-                    prm->name);
+                    "@param %s needs 'required' or 'default VALUE'", prm->name);
     }
     if (k < n)
         return fail(p, it->line, "unexpected '%.*s' after @param",
@@ -1193,8 +1206,7 @@ static int dir_result(parser *p, const item *it, const word *w, int n)
             q->result = CQ_RESULT_SECTIONS;
         else
             return fail(p, it->line, "bad @result '%.*s' (want %s)",
-                        QUOTE(w[1].s, w[1].len),
-                        "one, list, page or sections");
+                        QUOTE(w[1].s, w[1].len), "one, list, page or sections");
     }
     p->result_line = it->line;
     return 0;
@@ -1233,10 +1245,14 @@ static int directive(parser *p, const item *it)
         const char *name;
         int (*fn)(parser *, const item *, const word *, int);
     } table[] = {
-        {"projection", dir_projection}, {"version", dir_version},
-        {"mode", dir_mode},             {"on", dir_on},
-        {"query", dir_query},           {"param", dir_param},
-        {"stream", dir_stream},         {"result", dir_result},
+        {"projection", dir_projection},
+        {"version", dir_version},
+        {"mode", dir_mode},
+        {"on", dir_on},
+        {"query", dir_query},
+        {"param", dir_param},
+        {"stream", dir_stream},
+        {"result", dir_result},
         {"section", dir_section},
     };
     word w[MAX_WORDS + 1];
@@ -1273,8 +1289,7 @@ static int statement(parser *p, const item *it)
     if (p->projection_line == 0)
         return fail(p, it->line, "statement before @projection");
     if (++p->nstatements > CQ_DECL_MAX_STMTS)
-        return fail(p, it->line, "more than %d statements",
-                    CQ_DECL_MAX_STMTS);
+        return fail(p, it->line, "more than %d statements", CQ_DECL_MAX_STMTS);
     if (end_header(p) < 0 || check_statement_kind(p, it) < 0)
         return -1;
     switch (p->sec) {
@@ -1303,8 +1318,7 @@ static int statement(parser *p, const item *it)
                             "'-- @section NAME' before it");
             /* Room for the name first; it moves in once the statement is
              * counted, so section_names always has nstmts set entries. */
-            names = realloc(q->section_names,
-                            (q->nstmts + 1) * sizeof *names);
+            names = realloc(q->section_names, (q->nstmts + 1) * sizeof *names);
             if (names == NULL)
                 return oom(p);
             q->section_names = names;
@@ -1318,8 +1332,7 @@ static int statement(parser *p, const item *it)
             uses_after |= same("after", name, it->occ[k].len - 1);
         }
         if (q->result == CQ_RESULT_PAGE && !(uses_limit && uses_after))
-            return fail(p, it->line,
-                        "a page query must use :limit and :after");
+            return fail(p, it->line, "a page query must use :limit and :after");
         st = append(p, &q->stmts, &q->nstmts, sizeof *st);
         if (st != NULL && q->result == CQ_RESULT_SECTIONS) {
             q->section_names[q->nstmts - 1] = p->section_name; /* taken */
@@ -1393,8 +1406,8 @@ done:
 int cq_declared_parse(const char *text, size_t len, cq_declared **out,
                       char *err, size_t errcap)
 {
-    parser p = {.src = text, .len = len, .line = 1, .err = err,
-                .errcap = errcap};
+    parser p = {
+        .src = text, .len = len, .line = 1, .err = err, .errcap = errcap};
 
     *out = NULL;
     if (errcap > 0)
@@ -1634,8 +1647,7 @@ int cq_declared_bind_value(const char *param, const cq_decl_event *ev,
             return CQ_OK;
         }
     }
-    if (!valid_path(param, n, event_roots) &&
-        !valid_path(param, n, item_roots))
+    if (!valid_path(param, n, event_roots) && !valid_path(param, n, item_roots))
         return CQ_EINVAL;
     if (param[0] == 'i') {
         if (element == NULL)

@@ -1,0 +1,4 @@
+-- @projection p
+-- @version 1
+-- @query q
+-- @param a text 1..3 default 'abcd'

@@ -1,0 +1,2 @@
+-- @projection p
+CREATE TABLE t (a);

@@ -1,0 +1,6 @@
+-- @projection p
+-- @version 1
+-- @query q
+-- @result list
+-- @section a
+SELECT 1;

@@ -1,0 +1,6 @@
+-- @projection p
+-- @version 1
+-- @query q
+-- @stream x-{nope}
+-- @result one
+SELECT 1;

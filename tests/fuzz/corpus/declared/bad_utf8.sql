@@ -1,0 +1,3 @@
+-- @projection p
+-- @version 1
+-- Ã(

@@ -1,0 +1,2 @@
+-- @projection p
+-- @version 1
