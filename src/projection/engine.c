@@ -65,6 +65,7 @@
 
 typedef struct proj {
     cq_declared *d;
+    cq_projection_code code; /* code.apply set: events go to C, not @on */
     int index;
     int is_inline;
     int needs_metadata;     /* some statement reads :metadata.* */
@@ -290,7 +291,18 @@ static int apply_event(void *arg, const cq_stored_event *se)
         rc = CQ_EIO;
         goto fail;
     }
-    rc = cq_exec_event(c->x, c->p->d, &ev, c->error, sizeof c->error);
+    if (c->p->code.apply != NULL) {
+        cq_projection_event pe = {se->position, se->stream_id, se->version,
+                                  se->type, when, day, data, meta};
+        cq_sql sql = {c->x, c->error, sizeof c->error};
+        c->error[0] = '\0';
+        rc = c->p->code.apply(c->p->code.arg, &sql, &pe);
+        if (rc != CQ_OK && c->error[0] == '\0')
+            snprintf(c->error, sizeof c->error, "apply() returned %s",
+                     cq_strerror(rc));
+    } else {
+        rc = cq_exec_event(c->x, c->p->d, &ev, c->error, sizeof c->error);
+    }
     if (c->sp != NULL) {
         if (rc != CQ_OK)
             step_done(c->rollback);
@@ -555,6 +567,35 @@ int cq_engine_add(cq_engine *e, cq_declared *d, char *err, size_t errcap)
 fail:
     cq_declared_free(d);
     return CQ_EINVAL;
+}
+
+int cq_engine_add_code(cq_engine *e, const char *text, size_t len,
+                       const cq_projection_code *code, char *err,
+                       size_t errcap)
+{
+    cq_declared *d = NULL;
+    char msg[512];
+    int rc;
+
+    rc = cq_declared_parse(text, len, &d, msg, sizeof msg);
+    if (rc != CQ_OK) {
+        snprintf(err, errcap, "%s:%s", code->name, msg);
+        return rc;
+    }
+    if (strcmp(d->name, code->name) != 0 || d->nhandlers > 0) {
+        snprintf(err, errcap, "%s: the declared part must be @projection %s "
+                 "with no @on blocks (events go to apply())", code->name,
+                 code->name);
+        cq_declared_free(d);
+        return CQ_EINVAL;
+    }
+    rc = cq_engine_add(e, d, err, errcap);
+    if (rc == CQ_OK) {
+        proj *p = e->projs[e->nprojs - 1];
+        p->code = *code;
+        p->needs_metadata = 1;
+    }
+    return rc;
 }
 
 int cq_engine_load_text(cq_engine *e, const char *name, const char *text,

@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "command/writer.h"
+#include "cqrs/projection.h"
 #include "projection/declared.h"
 #include "projection/wait.h"
 #include "store/store.h"
@@ -65,6 +66,14 @@ int cq_engine_load_file(cq_engine *e, const char *path, char *err,
 /* The same for a file's text already in memory; `name` prefixes errors. */
 int cq_engine_load_text(cq_engine *e, const char *name, const char *text,
                         size_t len, char *err, size_t errcap);
+
+/* Add a projection whose handler is C code (include/cqrs/projection.h):
+ * text declares its @projection (named code->name), @version, @mode, DDL
+ * and queries, and has no @on blocks. code is copied; code->arg is
+ * borrowed for the engine's life. */
+int cq_engine_add_code(cq_engine *e, const char *text, size_t len,
+                       const cq_projection_code *code, char *err,
+                       size_t errcap);
 
 /* Add a parsed declared projection (taken over, even on failure). */
 int cq_engine_add(cq_engine *e, cq_declared *d, char *err, size_t errcap);

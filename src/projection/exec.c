@@ -14,8 +14,10 @@
 
 #include "cqrs/cqrs.h"
 
+/* A prepared statement, keyed by the address of what it was prepared from
+ * (a cq_decl_stmt, or the SQL text a C projection passed). */
 typedef struct slot {
-    const cq_decl_stmt *key;
+    const void *key;
     sqlite3_stmt *st;
 } slot;
 
@@ -48,7 +50,7 @@ sqlite3 *cq_exec_db(cq_exec *x)
     return x->db;
 }
 
-static size_t slot_of(const slot *slots, size_t cap, const cq_decl_stmt *k)
+static size_t slot_of(const slot *slots, size_t cap, const void *k)
 {
     size_t i = ((uintptr_t)k >> 4) * 0x9E3779B97F4A7C15ull & (cap - 1);
     while (slots[i].key != NULL && slots[i].key != k)
@@ -72,33 +74,44 @@ static int grow(cq_exec *x)
     return CQ_OK;
 }
 
-/* The prepared statement for st, preparing it on first use. */
-static sqlite3_stmt *prepared(cq_exec *x, const cq_decl_stmt *st, char *err,
-                              size_t errcap)
+/* The prepared statement for `key`, preparing `sql` on first use; line
+ * (if > 0) names the statement in messages. */
+static sqlite3_stmt *prepared_key(cq_exec *x, const void *key,
+                                  const char *sql, int line, char *err,
+                                  size_t errcap)
 {
     sqlite3_stmt *ps = NULL;
     size_t i;
 
     if (x->cap > 0) {
-        i = slot_of(x->slots, x->cap, st);
-        if (x->slots[i].key == st)
+        i = slot_of(x->slots, x->cap, key);
+        if (x->slots[i].key == key)
             return x->slots[i].st;
     }
     if (2 * (x->count + 1) > x->cap && grow(x) != CQ_OK) {
         snprintf(err, errcap, "out of memory");
         return NULL;
     }
-    if (sqlite3_prepare_v3(x->db, st->sqlite_sql, -1,
-                           SQLITE_PREPARE_PERSISTENT, &ps, NULL) != SQLITE_OK) {
-        snprintf(err, errcap, "statement at line %d: %s", st->line,
-                 sqlite3_errmsg(x->db));
+    if (sqlite3_prepare_v3(x->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &ps,
+                           NULL) != SQLITE_OK) {
+        if (line > 0)
+            snprintf(err, errcap, "statement at line %d: %s", line,
+                     sqlite3_errmsg(x->db));
+        else
+            snprintf(err, errcap, "%s", sqlite3_errmsg(x->db));
         return NULL;
     }
-    i = slot_of(x->slots, x->cap, st);
-    x->slots[i].key = st;
+    i = slot_of(x->slots, x->cap, key);
+    x->slots[i].key = key;
     x->slots[i].st = ps;
     x->count++;
     return ps;
+}
+
+static sqlite3_stmt *prepared(cq_exec *x, const cq_decl_stmt *st, char *err,
+                              size_t errcap)
+{
+    return prepared_key(x, st, st->sqlite_sql, st->line, err, errcap);
 }
 
 int cq_exec_sql(cq_exec *x, const char *sql, char *err, size_t errcap)
@@ -312,4 +325,46 @@ int cq_exec_query(cq_exec *x, const cq_decl_query *q, const cq_decl_stmt *st,
     sqlite3_reset(ps);
     sqlite3_clear_bindings(ps);
     return rc;
+}
+
+int cq_sql_exec(cq_sql *sql, const char *stmt, const cq_sql_value *params,
+                int n)
+{
+    sqlite3_stmt *ps = prepared_key(sql->x, stmt, stmt, 0, sql->err,
+                                    sql->errcap);
+    int rc = SQLITE_OK;
+
+    if (ps == NULL)
+        return CQ_EIO;
+    for (int i = 0; rc == SQLITE_OK && i < n; i++) {
+        switch (params[i].type) {
+        case CQ_SQL_INT:
+            rc = sqlite3_bind_int64(ps, i + 1, params[i].i);
+            break;
+        case CQ_SQL_REAL:
+            rc = sqlite3_bind_double(ps, i + 1, params[i].r);
+            break;
+        case CQ_SQL_TEXT:
+            rc = params[i].text
+                     ? sqlite3_bind_text(ps, i + 1, params[i].text, -1,
+                                         SQLITE_TRANSIENT)
+                     : sqlite3_bind_null(ps, i + 1);
+            break;
+        case CQ_SQL_NULL:
+        default:
+            rc = sqlite3_bind_null(ps, i + 1);
+            break;
+        }
+    }
+    if (rc == SQLITE_OK) {
+        while ((rc = sqlite3_step(ps)) == SQLITE_ROW)
+            ;
+        if (rc == SQLITE_DONE)
+            rc = SQLITE_OK;
+    }
+    if (rc != SQLITE_OK)
+        snprintf(sql->err, sql->errcap, "%s", sqlite3_errmsg(sql->x->db));
+    sqlite3_reset(ps);
+    sqlite3_clear_bindings(ps);
+    return rc == SQLITE_OK ? CQ_OK : CQ_EIO;
 }

@@ -16,6 +16,7 @@
 
 #include <sqlite3.h>
 
+#include "cqrs/projection.h"
 #include "projection/declared.h"
 
 typedef struct cq_exec cq_exec;
@@ -35,6 +36,14 @@ int cq_exec_sql(cq_exec *x, const char *sql, char *err, size_t errcap);
  * with "statement at line N: <sqlite message>" in err. */
 int cq_exec_event(cq_exec *x, const cq_declared *d, const cq_decl_event *ev,
                   char *err, size_t errcap);
+
+/* What cq_sql_exec (include/cqrs/projection.h) runs on: an executor and
+ * where to leave an error message. */
+struct cq_sql {
+    cq_exec *x;
+    char *err;
+    size_t errcap;
+};
 
 /* Called for each result row: column names and values as JSON (new
  * references the callback takes over). Return non-zero to stop. */

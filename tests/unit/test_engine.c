@@ -1,0 +1,390 @@
+/*
+ * test_engine.c -- the projection engine against a real store and writer:
+ * declared and C projections, asynchronous and inline, failure isolation,
+ * queries with freshness, strong reads, waits, and events applied twice.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/base.h"
+#include "command/writer.h"
+#include "orders/orders.h"
+#include "projection/engine.h"
+
+/* A C projection: events per stream, guarded by version so that an event
+ * applied twice is not counted twice; it refuses OrderCancelled so the
+ * test can watch a failure stay inside one projection. */
+static const char counts_sql[] =
+    "-- @projection event_counts\n"
+    "-- @version 1\n"
+    "CREATE TABLE IF NOT EXISTS event_counts (stream_id TEXT PRIMARY KEY,\n"
+    "    events BIGINT NOT NULL, version BIGINT NOT NULL);\n"
+    "-- @query event_count\n"
+    "-- @param order_id id required\n"
+    "-- @stream order-{order_id}\n"
+    "-- @result one\n"
+    "SELECT events, version FROM event_counts\n"
+    " WHERE stream_id = 'order-' || :order_id;\n";
+
+static int count_apply(void *arg, cq_sql *sql, const cq_projection_event *ev)
+{
+    static const char upsert[] =
+        "INSERT INTO event_counts (stream_id, events, version)"
+        " VALUES (?1, 1, ?2) ON CONFLICT (stream_id) DO UPDATE"
+        " SET events = event_counts.events + 1, version = excluded.version"
+        " WHERE event_counts.version < excluded.version";
+    cq_sql_value v[2] = {CQ_SQL_TEXT_VALUE(ev->stream_id),
+                         CQ_SQL_INT_VALUE(ev->version)};
+
+    (void)arg;
+    if (strcmp(ev->type, "OrderCancelled") == 0)
+        return CQ_EREFUSED;
+    return cq_sql_exec(sql, upsert, v, 2);
+}
+
+typedef struct fixture {
+    char dir[256];
+    cq_store *store;
+    cq_engine *engine;
+    cq_writer *writer;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    int64_t inline_seen; /* payment_confirmation position seen in done() */
+} fixture;
+
+static void on_done(cq_write_req *r)
+{
+    fixture *f = r->user;
+    int64_t pos = cq_engine_position(
+        f->engine, cq_engine_projection(f->engine, "payment_confirmation"),
+        NULL);
+    pthread_mutex_lock(&f->mu);
+    f->inline_seen = pos;
+    f->done++;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+static void start(fixture *f)
+{
+    cq_store_config scfg = {f->dir, 0, 2};
+    cq_engine_config ecfg = {f->dir, 0, 2};
+    cq_projection_code code = {"event_counts", count_apply, NULL};
+    cq_writer_config wcfg;
+    char err[512];
+
+    assert_int_equal(cq_store_open(&scfg, &f->store, err, sizeof err), CQ_OK);
+    assert_int_equal(cq_engine_new(&ecfg, f->store, &f->engine, err,
+                                   sizeof err),
+                     CQ_OK);
+    for (const orders_sql_file *o = orders_projection_files; o->name; o++)
+        assert_int_equal(cq_engine_load_text(f->engine, o->name, o->text,
+                                             o->len, err, sizeof err),
+                         CQ_OK);
+    assert_int_equal(cq_engine_add_code(f->engine, counts_sql,
+                                        sizeof counts_sql - 1, &code, err,
+                                        sizeof err),
+                     CQ_OK);
+    if (cq_engine_start(f->engine, err, sizeof err) != CQ_OK)
+        fail_msg("start: %s", err);
+    memset(&wcfg, 0, sizeof wcfg);
+    wcfg.hooks = cq_engine_writer_hooks(f->engine);
+    assert_int_equal(cq_writer_start(f->store, &wcfg, &f->writer), CQ_OK);
+}
+
+static void stop(fixture *f)
+{
+    cq_writer_stop(f->writer);
+    cq_engine_stop(f->engine);
+    cq_writer_free(f->writer);
+    cq_engine_free(f->engine);
+    cq_store_close(f->store);
+}
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    const char *tmp = getenv("TMPDIR");
+
+    snprintf(f->dir, sizeof f->dir, "%s/engine-XXXXXX", tmp ? tmp : "/tmp");
+    assert_non_null(mkdtemp(f->dir));
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->cv, NULL);
+    start(f);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    char cmd[300];
+
+    stop(f);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
+    if (system(cmd) != 0)
+        return -1;
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cv);
+    free(f);
+    return 0;
+}
+
+/* Run one command to completion; returns its answer's status. */
+static int command(fixture *f, const char *type, const char *json)
+{
+    const cq_command_def *def = cq_domain_command(orders_domain(), type);
+    cq_write_req r;
+    int want;
+
+    memset(&r, 0, sizeof r);
+    r.kind = CQ_WRITE_COMMAND;
+    r.def = def;
+    r.body = json_loads(json, 0, NULL);
+    r.expected = CQ_VERSION_ANY;
+    assert_non_null(r.body);
+    assert_int_equal(def->stream_id(r.body, r.stream_id, sizeof r.stream_id),
+                     CQ_OK);
+    assert_int_equal(cq_uuid7(r.command_id), CQ_OK);
+    r.done = on_done;
+    r.user = f;
+    pthread_mutex_lock(&f->mu);
+    want = f->done + 1;
+    pthread_mutex_unlock(&f->mu);
+    assert_int_equal(cq_writer_submit(f->writer, &r), CQ_OK);
+    pthread_mutex_lock(&f->mu);
+    while (f->done < want)
+        pthread_cond_wait(&f->cv, &f->mu);
+    pthread_mutex_unlock(&f->mu);
+    json_decref(r.body);
+    free(r.response);
+    return r.status;
+}
+
+static void on_reached(void *arg)
+{
+    (void)arg;
+}
+
+/* Wait (bounded) until projection `name` has applied the head. */
+static void catch_up(fixture *f, const char *name)
+{
+    int p = cq_engine_projection(f->engine, name);
+    int64_t head = cq_engine_head(f->engine);
+
+    for (int i = 0; i < 5000 && cq_engine_position(f->engine, p, NULL) < head;
+         i++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(cq_engine_position(f->engine, p, NULL), head);
+}
+
+static json_t *query(fixture *f, const char *name, const char *order_id,
+                     int strong, cq_freshness *fr)
+{
+    int p;
+    const cq_decl_query *q = cq_engine_query(f->engine, name, &p);
+    const char *values[1] = {order_id};
+    char stream[128], err[512];
+    json_t *data = NULL;
+    int64_t sv;
+
+    assert_non_null(q);
+    snprintf(stream, sizeof stream, "order-%s", order_id);
+    if ((strong ? cq_engine_run_strong : cq_engine_run_query)(
+            f->engine, p, q, values, stream, &data, fr, &sv, err,
+            sizeof err) != CQ_OK)
+        fail_msg("query %s: %s", name, err);
+    return data;
+}
+
+#define PLACE(id)                                                             \
+    "{\"order_id\":\"" id "\",\"customer_id\":\"c\",\"currency\":\"EUR\","    \
+    "\"items\":[{\"sku\":\"A\",\"quantity\":1,\"unit_price_cents\":500}]}"
+
+static void test_async_inline_and_strong(void **state)
+{
+    fixture *f = *state;
+    cq_freshness fr;
+    json_t *a, *b;
+
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-1")), 202);
+    /* the inline projection had the events before the answer was given */
+    assert_int_equal(f->inline_seen, 1);
+    assert_int_equal(command(f, "RecordPayment", "{\"order_id\":\"o-1\","
+                             "\"payment_id\":\"p\",\"amount_cents\":500}"),
+                     202);
+    assert_int_equal(f->inline_seen, 3);
+    a = query(f, "payment_confirmation", "o-1", 0, &fr);
+    assert_string_equal(json_string_value(json_object_get(a, "status")),
+                        "paid");
+    assert_int_equal(fr.position, 3);
+    json_decref(a);
+
+    catch_up(f, "order_summaries");
+    a = query(f, "order_summary", "o-1", 0, &fr);
+    b = query(f, "order_summary", "o-1", 1, &fr);
+    assert_true(json_equal(a, b)); /* strong == eventual once caught up */
+    assert_string_equal(json_string_value(json_object_get(a, "status")),
+                        "paid");
+    assert_int_equal(fr.position, 3);
+    json_decref(a);
+    json_decref(b);
+
+    catch_up(f, "event_counts");
+    a = query(f, "event_count", "o-1", 0, &fr);
+    assert_int_equal(json_integer_value(json_object_get(a, "events")), 3);
+    json_decref(a);
+}
+
+/* A failing handler stops its own projection only. */
+static void test_failure_is_isolated(void **state)
+{
+    fixture *f = *state;
+    int counts = cq_engine_projection(f->engine, "event_counts");
+    int failed = 0;
+    cq_freshness fr;
+    json_t *a;
+
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-1")), 202);
+    assert_int_equal(command(f, "CancelOrder", "{\"order_id\":\"o-1\","
+                             "\"reason\":\"r\"}"),
+                     202);
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-2")), 202);
+    catch_up(f, "order_summaries");
+    for (int i = 0; i < 5000 && !failed; i++) {
+        struct timespec ts = {0, 1000000};
+        cq_engine_position(f->engine, counts, &failed);
+        nanosleep(&ts, NULL);
+    }
+    assert_true(failed);
+    assert_int_equal(cq_engine_position(f->engine, counts, NULL), 1);
+    a = query(f, "event_count", "o-1", 0, &fr);
+    assert_true(fr.failed);
+    assert_int_equal(fr.position, 1);
+    json_decref(a);
+    a = query(f, "order_summary", "o-2", 0, &fr);
+    assert_non_null(a);
+    assert_false(fr.failed);
+    json_decref(a);
+}
+
+/* Waiters fire when the projection gets there. */
+static void test_wait(void **state)
+{
+    fixture *f = *state;
+    int p = cq_engine_projection(f->engine, "order_summaries");
+    cq_wait *w = NULL;
+    int rc;
+
+    rc = cq_engine_wait(f->engine, p, 1, 10000, on_reached, NULL, &w);
+    assert_int_equal(rc, 0);
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-9")), 202);
+    for (int i = 0; i < 5000 && !cq_wait_reached(w); i++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    assert_true(cq_wait_reached(w));
+    cq_wait_release(w);
+}
+
+/* Every event applied a second time over the same tables changes nothing:
+ * restart with the checkpoints set back to 0. */
+static void test_applied_twice(void **state)
+{
+    fixture *f = *state;
+    const char *orders[] = {"o-1", "o-2", "o-3"};
+    json_t *before[3];
+    char path[300];
+    sqlite3 *db;
+    cq_freshness fr;
+
+    for (int i = 0; i < 3; i++) {
+        char json[256];
+        snprintf(json, sizeof json, "{\"order_id\":\"%s\",\"customer_id\":"
+                 "\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\","
+                 "\"quantity\":1,\"unit_price_cents\":500}]}", orders[i]);
+        assert_int_equal(command(f, "PlaceOrder", json), 202);
+    }
+    assert_int_equal(command(f, "RecordPayment", "{\"order_id\":\"o-2\","
+                             "\"payment_id\":\"p\",\"amount_cents\":200}"),
+                     202);
+    catch_up(f, "sales_dashboard");
+    catch_up(f, "event_counts");
+    before[0] = query(f, "event_count", "o-2", 0, &fr);
+    before[1] = NULL;
+    {
+        int p;
+        const cq_decl_query *q = cq_engine_query(f->engine, "sales_dashboard",
+                                                 &p);
+        char err[256];
+        int64_t sv;
+        assert_int_equal(cq_engine_run_query(f->engine, p, q, NULL, NULL,
+                                             &before[1], &fr, &sv, err,
+                                             sizeof err),
+                         CQ_OK);
+    }
+    before[2] = query(f, "order_summary", "o-2", 0, &fr);
+    stop(f);
+
+    snprintf(path, sizeof path, "%s/read.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE cq_projections SET position = 0",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    start(f);
+    catch_up(f, "sales_dashboard");
+    catch_up(f, "event_counts");
+    catch_up(f, "order_summaries");
+    {
+        json_t *after = query(f, "event_count", "o-2", 0, &fr);
+        assert_true(json_equal(before[0], after));
+        json_decref(after);
+    }
+    {
+        int p;
+        const cq_decl_query *q = cq_engine_query(f->engine, "sales_dashboard",
+                                                 &p);
+        char err[256];
+        int64_t sv;
+        json_t *after = NULL;
+        assert_int_equal(cq_engine_run_query(f->engine, p, q, NULL, NULL,
+                                             &after, &fr, &sv, err,
+                                             sizeof err),
+                         CQ_OK);
+        assert_true(json_equal(before[1], after));
+        json_decref(after);
+    }
+    {
+        json_t *after = query(f, "order_summary", "o-2", 0, &fr);
+        assert_true(json_equal(before[2], after));
+        json_decref(after);
+    }
+    for (int i = 0; i < 3; i++)
+        json_decref(before[i]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_async_inline_and_strong, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_failure_is_isolated, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_wait, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_applied_twice, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
