@@ -84,6 +84,12 @@ enum MHD_Result cq_http_send_problem(struct MHD_Connection *c, int status,
                                      const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
+/* Queue a 400 bad-parameter problem about query parameter `name`, with
+ * errors [{field: name, message}]. */
+enum MHD_Result cq_http_bad_param(struct MHD_Connection *c, const char *name,
+                                  const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* 1 if every query parameter is in allowed (NULL-terminated, at most 32)
  * and none repeats; else queues a 400 into *ret and returns 0. */
 int cq_http_params_ok(request *q, const char *const *allowed,

@@ -239,15 +239,14 @@ enum MHD_Result cq_http_query(request *q)
                                               "consistency");
     if (consistency != NULL && strcmp(consistency, "eventual") != 0 &&
         strcmp(consistency, "strong") != 0)
-        return cq_http_send_problem(q->conn, 400, "bad-parameter", NULL,
-                                    "consistency must be eventual or "
-                                    "strong");
+        return cq_http_bad_param(q->conn, "consistency",
+                                 "must be eventual or strong");
     q->strong = consistency != NULL && strcmp(consistency, "strong") == 0;
     if ((q->strong || q->min_version >= 1) && qd->stream == NULL)
-        return cq_http_send_problem(q->conn, 400, "bad-parameter", NULL,
-                                    "%s is not about one stream, so it takes "
-                                    "neither consistency=strong nor "
-                                    "min_version", qd->name);
+        return cq_http_bad_param(q->conn, q->strong ? "consistency"
+                                                    : "min_version",
+                                 "is only for queries about one stream; %s "
+                                 "is not", qd->name);
 
     errs = cq_errors_new();
     if (errs == NULL)

@@ -125,10 +125,28 @@ static enum MHD_Result send_method_not_allowed(struct MHD_Connection *c,
 
 /* ---- query parameters ---------------------------------------------------- */
 
+enum MHD_Result cq_http_bad_param(struct MHD_Connection *c, const char *name,
+                                  const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    json_t *errors;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    errors = json_pack("[{s:s,s:s}]", "field", name, "message", msg);
+    if (errors == NULL) /* a name that is not UTF-8 */
+        errors = json_pack("[{s:s,s:s}]", "field", "?", "message", msg);
+    return cq_http_send_problem(c, 400, "bad-parameter", errors,
+                                "query parameter %.64s %s", name, msg);
+}
+
 typedef struct param_check {
     const char *const *allowed;
     unsigned seen;          /* bit i: allowed[i] seen */
     char bad[160];          /* first problem, "" if none */
+    char key[72];           /* the parameter it is about */
 } param_check;
 
 static enum MHD_Result check_param(void *cls, enum MHD_ValueKind kind,
@@ -142,16 +160,16 @@ static enum MHD_Result check_param(void *cls, enum MHD_ValueKind kind,
     for (i = 0; pc->allowed[i] != NULL; i++) {
         if (strcmp(key, pc->allowed[i]) == 0) {
             if (pc->seen & (1u << i)) {
-                snprintf(pc->bad, sizeof pc->bad, "query parameter '%.64s' "
-                         "is given more than once", key);
+                snprintf(pc->key, sizeof pc->key, "%.64s", key);
+                snprintf(pc->bad, sizeof pc->bad, "is given more than once");
                 return MHD_NO;
             }
             pc->seen |= 1u << i;
             return MHD_YES;
         }
     }
-    snprintf(pc->bad, sizeof pc->bad, "unknown query parameter '%.64s'",
-             key);
+    snprintf(pc->key, sizeof pc->key, "%.64s", key);
+    snprintf(pc->bad, sizeof pc->bad, "is not a parameter of this resource");
     return MHD_NO;
 }
 
@@ -160,13 +178,13 @@ static enum MHD_Result check_param(void *cls, enum MHD_ValueKind kind,
 int cq_http_params_ok(request *q, const char *const *allowed,
                      enum MHD_Result *ret)
 {
-    param_check pc = {allowed, 0, ""};
+    param_check pc = {allowed, 0, "", ""};
 
     MHD_get_connection_values(q->conn, MHD_GET_ARGUMENT_KIND, check_param,
                               &pc);
     if (pc.bad[0] == '\0')
         return 1;
-    *ret = cq_http_send_problem(q->conn, 400, "bad-parameter", NULL, "%s", pc.bad);
+    *ret = cq_http_bad_param(q->conn, pc.key, "%s", pc.bad);
     return 0;
 }
 
@@ -202,10 +220,9 @@ int cq_http_param_int(request *q, const char *name, int64_t def, int64_t min,
         return 1;
     }
     if (cq_http_parse_int(s, &v) != CQ_OK || v < min || v > max) {
-        *ret = cq_http_send_problem(q->conn, 400, "bad-parameter", NULL,
-                            "query parameter '%s' must be an integer from "
-                            "%lld to %lld", name, (long long)min,
-                            (long long)max);
+        *ret = cq_http_bad_param(q->conn, name, "must be an integer from "
+                                 "%lld to %lld", (long long)min,
+                                 (long long)max);
         return 0;
     }
     *out = v;
