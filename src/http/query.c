@@ -8,17 +8,17 @@
  *      bounds) and the consistency parameters: min_position, min_version
  *      (keyed queries), wait_ms (0-30000, default 500), consistency
  *      (eventual | strong; strong for keyed queries only);
- *   2. consistency=strong: replay the stream into a private database and
- *      answer from it (engine.c);
- *   3. otherwise work out the position to wait for: min_position, and the
- *      position of the stream's event at min_version (if the stream is
- *      not that long yet: the next position, re-checked each time the
- *      projection moves);
- *   4. if the projection is there, answer; else suspend the connection and
- *      register a waiter (wait.h), woken by the projection's commit or by
- *      the deadline;
- *   5. on resume, answer: after a timeout with "stale": true, a warning in
- *      meta and a `Warning: 110` header.
+ *   2. work out the position to wait for: min_position, and the position
+ *      of the stream's event at min_version (if the stream is not that
+ *      long yet: the next position, re-checked each time it moves);
+ *   3. if the projection (for consistency=strong: the event store's head)
+ *      is there, answer; else suspend the connection and register a
+ *      waiter (wait.h), woken by the projection's (the writer's) commit or
+ *      by the deadline;
+ *   4. answer from the read model, or for consistency=strong replay the
+ *      stream into a private database and answer from it (engine.c); after
+ *      a timeout with "stale": true, a warning in meta and a
+ *      `Warning: 110` header.
  * Answers carry ETag "<position>" ("s<position>" for strong reads); a
  * matching If-None-Match gets 304.
  */
@@ -56,8 +56,10 @@ static enum MHD_Result start_wait(request *q)
     q->waiting = 1;
     atomic_fetch_add(&q->srv->waiting, 1);
     MHD_suspend_connection(q->conn);
-    rc = cq_engine_wait(q->srv->engine, q->projection, q->wait_target,
-                        remaining_ms(q), on_ready, q, &q->wait);
+    rc = cq_engine_wait(q->srv->engine,
+                        q->strong ? CQ_ENGINE_HEAD : q->projection,
+                        q->wait_target, remaining_ms(q), on_ready, q,
+                        &q->wait);
     if (rc != 0) {
         /* already there (1), or no waiting possible now (shutdown, no
          * memory): answer with what there is */
@@ -179,8 +181,11 @@ static int resolve_target(request *q, enum MHD_Result *ret)
             return -1;
         }
     }
+    /* a strong read replays the event store: wait for its head */
     return q->wait_target > 0 &&
-           cq_engine_position(e, q->projection, NULL) < q->wait_target;
+           (q->strong ? cq_engine_head(e)
+                      : cq_engine_position(e, q->projection, NULL)) <
+               q->wait_target;
 }
 
 /* One declared parameter's rule in words, for a 400. */
@@ -292,8 +297,6 @@ enum MHD_Result cq_http_query(request *q)
         return cq_http_send_problem(q->conn, 400, "bad-parameter", NULL,
                                     "the parameters do not make a valid "
                                     "stream id");
-    if (q->strong)
-        return answer(q);
     q->deadline_ns = cq_mono_ns() + (uint64_t)q->wait_ms * 1000000;
     w = resolve_target(q, &ret);
     if (w < 0)

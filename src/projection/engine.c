@@ -65,6 +65,7 @@
 
 typedef struct proj {
     cq_declared *d;
+    char source[256];       /* file name, for messages */
     cq_projection_code code; /* code.apply set: events go to C, not @on */
     int index;
     int is_inline;
@@ -493,6 +494,7 @@ static void hook_committed(void *arg, int64_t head)
         if (p->is_inline && !p->failed)
             cq_waiters_advance(e->waits, p->index, head);
     }
+    cq_waiters_advance(e->waits, e->nprojs, head);
 }
 
 cq_writer_hooks cq_engine_writer_hooks(cq_engine *e)
@@ -594,6 +596,7 @@ int cq_engine_add_code(cq_engine *e, const char *text, size_t len,
         proj *p = e->projs[e->nprojs - 1];
         p->code = *code;
         p->needs_metadata = 1;
+        snprintf(p->source, sizeof p->source, "%s", code->name);
     }
     return rc;
 }
@@ -613,6 +616,9 @@ int cq_engine_load_text(cq_engine *e, const char *name, const char *text,
     rc = cq_engine_add(e, d, msg, sizeof msg);
     if (rc != CQ_OK)
         snprintf(err, errcap, "%s: %s", name, msg);
+    else
+        snprintf(e->projs[e->nprojs - 1]->source,
+                 sizeof e->projs[e->nprojs - 1]->source, "%s", name);
     return rc;
 }
 
@@ -738,8 +744,13 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, char *err,
         snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS \"%s\"", name);
         rc = cq_exec_sql(x, sql, err, errcap);
     }
-    for (size_t i = 0; rc == CQ_OK && i < p->d->nddl; i++)
-        rc = cq_exec_sql(x, p->d->ddl[i].sqlite_sql, err, errcap);
+    for (size_t i = 0; rc == CQ_OK && i < p->d->nddl; i++) {
+        char msg[384];
+        rc = cq_exec_sql(x, p->d->ddl[i].sqlite_sql, msg, sizeof msg);
+        if (rc != CQ_OK)
+            snprintf(err, errcap, "%s:%d: %s", p->source, p->d->ddl[i].line,
+                     msg);
+    }
     if (rc == CQ_OK) {
         rc = prepare(db, "INSERT INTO cq_projections (name, version,"
                      " source_hash, position, status, updated_at)"
@@ -769,6 +780,42 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, char *err,
     }
     p->position = 0;
     p->failed = 0;
+    return CQ_OK;
+}
+
+/* Prepare every handler and query statement of p once, on the connection
+ * that will run it (x, after the DDL), so that an SQL error in a
+ * projection file stops the server at start with the file and line
+ * rather than failing the projection later. Handler statements stay
+ * prepared in x's cache. */
+static int check_statements(proj *p, cq_exec *x, char *err, size_t errcap)
+{
+    char msg[384];
+
+    for (size_t h = 0; h < p->d->nhandlers; h++)
+        for (size_t k = 0; k < p->d->handlers[h].nstmts; k++)
+            if (cq_exec_prepare(x, &p->d->handlers[h].stmts[k], msg,
+                                sizeof msg) != CQ_OK) {
+                snprintf(err, errcap, "%s:%d: @on %s: %s", p->source,
+                         p->d->handlers[h].stmts[k].line,
+                         p->d->handlers[h].event_type,
+                         sqlite3_errmsg(cq_exec_db(x)));
+                return CQ_EINVAL;
+            }
+    for (size_t q = 0; q < p->d->nqueries; q++)
+        for (size_t k = 0; k < p->d->queries[q].nstmts; k++) {
+            const cq_decl_stmt *st = &p->d->queries[q].stmts[k];
+            sqlite3_stmt *ps = NULL;
+            if (sqlite3_prepare_v2(cq_exec_db(x), st->sqlite_sql, -1, &ps,
+                                   NULL) != SQLITE_OK) {
+                snprintf(err, errcap, "%s:%d: query %s: %s", p->source,
+                         st->line, p->d->queries[q].name,
+                         sqlite3_errmsg(cq_exec_db(x)));
+                sqlite3_finalize(ps);
+                return CQ_EINVAL;
+            }
+            sqlite3_finalize(ps);
+        }
     return CQ_OK;
 }
 
@@ -863,8 +910,10 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         rc = cq_store_head_position(e->store, &head);
     for (int i = 0; rc == CQ_OK && i < e->nprojs; i++) {
         proj *p = e->projs[i];
-        rc = prepare_projection(e, p, p->is_inline ? e->ix : e->rx, err,
-                                errcap);
+        cq_exec *x = p->is_inline ? e->ix : e->rx;
+        rc = prepare_projection(e, p, x, err, errcap);
+        if (rc == CQ_OK)
+            rc = check_statements(p, x, err, errcap);
     }
     if (rc != CQ_OK)
         return rc;
@@ -890,13 +939,14 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
     }
     if (rc != CQ_OK)
         return rc;
-    e->waits = cq_waiters_new(e->nprojs);
+    e->waits = cq_waiters_new(e->nprojs + 1); /* + the store's head */
     if (e->waits == NULL) {
         snprintf(err, errcap, "cannot start the wait timer");
         return CQ_ENOMEM;
     }
     for (int i = 0; i < e->nprojs; i++)
         cq_waiters_advance(e->waits, i, e->projs[i]->position);
+    cq_waiters_advance(e->waits, e->nprojs, head);
     e->head = head;
     if (pthread_create(&e->projector, NULL, projector_main, e) != 0) {
         snprintf(err, errcap, "cannot start the projector thread");
@@ -1005,8 +1055,8 @@ int cq_engine_wait(cq_engine *e, int projection, int64_t target,
                    int64_t timeout_ms, cq_wait_cb cb, void *arg,
                    cq_wait **out)
 {
-    return cq_waiters_add(e->waits, projection, target, timeout_ms, cb, arg,
-                          out);
+    int queue = projection == CQ_ENGINE_HEAD ? e->nprojs : projection;
+    return cq_waiters_add(e->waits, queue, target, timeout_ms, cb, arg, out);
 }
 
 /* Run a statement returning one integer on db: ?1 is `text` (if not

@@ -112,7 +112,9 @@ int64_t cq_engine_position(cq_engine *e, int projection, int *failed);
 /* Committed head of the event store, as last told by the writer. */
 int64_t cq_engine_head(cq_engine *e);
 
-/* Wait for `projection` to reach `target` (see cq_waiters_add). */
+/* Wait for `projection` (or, with CQ_ENGINE_HEAD, the event store's
+ * committed head) to reach `target` (see cq_waiters_add). */
+#define CQ_ENGINE_HEAD (-1)
 int cq_engine_wait(cq_engine *e, int projection, int64_t target,
                    int64_t timeout_ms, cq_wait_cb cb, void *arg,
                    cq_wait **out);

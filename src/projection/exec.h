@@ -31,6 +31,11 @@ sqlite3 *cq_exec_db(cq_exec *x);
  * with a message in err. */
 int cq_exec_sql(cq_exec *x, const char *sql, char *err, size_t errcap);
 
+/* Prepare st now (it is cached for later use), to find errors at start.
+ * CQ_OK or CQ_EIO with "statement at line N: <sqlite message>". */
+int cq_exec_prepare(cq_exec *x, const cq_decl_stmt *st, char *err,
+                    size_t errcap);
+
 /* Run d's handlers for ev->type, in file order (each @each block once per
  * array element). Returns CQ_OK (also when no handler matches) or CQ_EIO
  * with "statement at line N: <sqlite message>" in err. */
