@@ -8,7 +8,17 @@
 #   3. wrk GET /healthz (bench/healthz.lua): the server's own ceiling;
 #   4. wrk POST /commands/PlaceOrder (bench/placeorder.lua): durable
 #      commands, each a new order; counts answers that are not 202;
-#   5. stops the server with SIGTERM and prints a summary table.
+#   5. bench_window (bench/window.c) on the same server: the consistency
+#      window of the async read model order_summaries (202 for PlaceOrder ->
+#      fresh GET /queries/order_summary), with GET /healthz round trips on
+#      the same connections as its reference floor;
+#   6. stops the server with SIGTERM;
+#   7. projection catch-up: bench_raw_upsert (bench/raw_upsert.c) applies
+#      order_summaries.sql to 1M events' values with plain SQLite (the
+#      reference); bench_fill_events (bench/fill_events.c) writes 1M events
+#      straight into a new events.db; cqrsd starts on it and bench_catchup
+#      (bench/catchup.c) times order_summaries up to the last position;
+#   8. prints a summary table.
 #
 # Everything is bounded in time; temp dirs and the server go away on exit
 # (also on Ctrl-C). A benchmark reports figures, it does not fail on them:
@@ -29,6 +39,13 @@
 #   BENCH_TMPDIR=$TMPDIR|/tmp  where the data dirs go (the disk being measured)
 #   BENCH_START_TIMEOUT=30     seconds to wait for /healthz
 #   BENCH_STOP_TIMEOUT=15      seconds to wait for exit after SIGTERM
+#   BENCH_WINDOW_WORKERS=8     bench_window connections (one thread each)
+#   BENCH_WINDOW_COMMANDS=5000 PlaceOrder + query pairs measured ...
+#   BENCH_WINDOW_SECONDS=20    ... or seconds, whichever comes first
+#   BENCH_RTT=5000             GET /healthz round trips (the floor)
+#   BENCH_CATCHUP_ORDERS=250000  orders of 4 events in the catch-up store
+#   BENCH_CATCHUP_TIMEOUT=300  seconds for the server to start and catch up
+#   BENCH_STEPS="write window catchup"  which parts to run
 #   BENCH_STRICT=0             1: exit 1 when a target is missed
 set -u
 
@@ -48,9 +65,20 @@ START_TIMEOUT=${BENCH_START_TIMEOUT:-30}
 STOP_TIMEOUT=${BENCH_STOP_TIMEOUT:-15}
 STRICT=${BENCH_STRICT:-0}
 TARGET_PCT=50
+WIN_WORKERS=${BENCH_WINDOW_WORKERS:-8}
+WIN_COMMANDS=${BENCH_WINDOW_COMMANDS:-5000}
+WIN_SECONDS=${BENCH_WINDOW_SECONDS:-20}
+RTT_N=${BENCH_RTT:-5000}
+CU_ORDERS=${BENCH_CATCHUP_ORDERS:-250000}
+CU_TIMEOUT=${BENCH_CATCHUP_TIMEOUT:-300}
+STEPS=${BENCH_STEPS:-write window catchup}
+TARGET_WINDOW_P99_US=1000   # consistency window p99 <= 1 ms on loopback
+TARGET_CATCHUP_PCT=70       # catch-up >= 70 % of raw SQLite
 
 CQRSD=${BENCH_CQRSD:-$BUILD_DIR/cqrsd}
 RAW=$BUILD_DIR/bench/bench_raw_sqlite
+SQL_SUMMARIES=$ROOT/domains/orders/projections/order_summaries.sql
+SQL_DASHBOARD=$ROOT/domains/orders/projections/sales_dashboard.sql
 
 say() { printf '%s\n' "$*"; }
 warn() { printf 'bench: %s\n' "$*" >&2; }
@@ -60,7 +88,10 @@ val=
 for v in DUR:BENCH_SECONDS WARMUP:BENCH_WARMUP CONNS:BENCH_CONNECTIONS \
          THREADS:BENCH_THREADS WRK_TIMEOUT:BENCH_WRK_TIMEOUT \
          RAW_SECONDS:BENCH_RAW_SECONDS RAW_ROWS:BENCH_RAW_ROWS \
-         START_TIMEOUT:BENCH_START_TIMEOUT STOP_TIMEOUT:BENCH_STOP_TIMEOUT; do
+         START_TIMEOUT:BENCH_START_TIMEOUT STOP_TIMEOUT:BENCH_STOP_TIMEOUT \
+         WIN_WORKERS:BENCH_WINDOW_WORKERS WIN_COMMANDS:BENCH_WINDOW_COMMANDS \
+         WIN_SECONDS:BENCH_WINDOW_SECONDS RTT_N:BENCH_RTT \
+         CU_ORDERS:BENCH_CATCHUP_ORDERS CU_TIMEOUT:BENCH_CATCHUP_TIMEOUT; do
     eval "val=\$${v%%:*}"
     case $val in '' | *[!0-9]*) die "${v#*:} must be a whole number, got '$val'" ;; esac
 done
@@ -68,9 +99,20 @@ done
 if [ "$THREADS" -lt 1 ] || [ "$CONNS" -lt "$THREADS" ]; then
     die "need BENCH_CONNECTIONS >= BENCH_THREADS >= 1"
 fi
+if [ "$WIN_WORKERS" -lt 1 ] || [ "$WIN_COMMANDS" -lt 1 ] ||
+   [ "$WIN_SECONDS" -lt 1 ] || [ "$CU_ORDERS" -lt 1 ] || [ "$CU_TIMEOUT" -lt 1 ]; then
+    die "BENCH_WINDOW_* and BENCH_CATCHUP_* must be at least 1"
+fi
+for st in $STEPS; do
+    case $st in write | window | catchup) ;;
+        *) die "BENCH_STEPS: unknown step '$st' (write, window, catchup)" ;; esac
+done
+step() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 # --- tools ----------------------------------------------------------------
-command -v wrk >/dev/null 2>&1 || die "wrk not found: run 'sh scripts/deps.sh wrk'"
+if step write; then
+    command -v wrk >/dev/null 2>&1 || die "wrk not found: run 'sh scripts/deps.sh wrk'"
+fi
 command -v curl >/dev/null 2>&1 || die "curl not found: run 'sh scripts/deps.sh'"
 [ -x "$CQRSD" ] || die "$CQRSD not found: run 'make build' (or set BUILD_DIR)"
 # Bound every wrk run even if it hangs; --foreground keeps Ctrl-C working.
@@ -137,8 +179,13 @@ rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
 say "== cqrsd benchmarks ($(date -u '+%Y-%m-%d %H:%M:%SZ'), commit $rev)"
 say "   machine: $cpus CPUs ${model:+($model)}, $(uname -sr)"
 say "   data dirs in $TMP_PARENT on ${fs:-?}"
+say "   steps: $STEPS"
 say "   wrk: $THREADS threads, $CONNS keep-alive connections, ${DUR}s per run" \
     "(+${WARMUP}s warm-up)"
+say "   window: $WIN_WORKERS connections, $WIN_COMMANDS commands or ${WIN_SECONDS}s;" \
+    "catch-up: $CU_ORDERS orders x 4 events"
+load=$(cut -d ' ' -f 1-3 /proc/loadavg 2>/dev/null)
+[ -n "$load" ] && say "   load average before the run: $load (others' work skews the figures)"
 case $fs in tmpfs | ramfs | overlay*)
     warn "data dirs are on $fs: fsync may cost nothing there; set BENCH_TMPDIR to a real disk" ;;
 esac
@@ -146,16 +193,29 @@ say
 
 STATUS=0
 
+# A bench tool: $BUILD_DIR/bench/NAME, or (not built: CQ_BENCH=OFF, or the
+# library does not build) compiled here from bench/SRC with the given
+# libraries (sqlite3 | pthread | none). Prints the path, or nothing.
+tool() {
+    name=$1 src=$2 libs=$3
+    if [ -x "$BUILD_DIR/bench/$name" ]; then
+        echo "$BUILD_DIR/bench/$name"; return
+    fi
+    case $libs in
+        sqlite3) flags=$(pkg-config --cflags --libs sqlite3 2>/dev/null || echo -lsqlite3) ;;
+        pthread) flags=-pthread ;;
+        *) flags= ;;
+    esac
+    warn "compiling bench/$src (no $BUILD_DIR/bench/$name)"
+    # shellcheck disable=SC2086  # the flags are meant to split
+    ${CC:-cc} -O2 -std=c17 -D_GNU_SOURCE -o "$TMP/$name" "$ROOT/bench/$src" \
+        $flags >&2 && echo "$TMP/$name"
+}
+
 # --- 1. raw SQLite reference ----------------------------------------------
-if [ ! -x "$RAW" ]; then
-    # Not built (CQ_BENCH=OFF or the library does not build): compile it here.
-    RAW=$TMP/bench_raw_sqlite
-    say "-- compiling bench/raw_sqlite.c (no $BUILD_DIR/bench/bench_raw_sqlite)"
-    # shellcheck disable=SC2046  # the flags are meant to split
-    ${CC:-cc} -O2 -std=c17 -D_GNU_SOURCE -o "$RAW" "$ROOT/bench/raw_sqlite.c" \
-        $(pkg-config --cflags --libs sqlite3 2>/dev/null || echo -lsqlite3) ||
-        RAW=
-fi
+: >"$TMP/raw.out"
+if step write; then
+RAW=$(tool bench_raw_sqlite raw_sqlite.c sqlite3)
 say "-- raw SQLite: events insert + streams upsert, WAL + synchronous=FULL," \
     "64 rows per transaction, ${RAW_SECONDS}s or $RAW_ROWS rows"
 if [ -n "$RAW" ]; then
@@ -166,79 +226,59 @@ if [ -n "$RAW" ]; then
     [ $rc -eq 0 ] || { warn "bench_raw_sqlite failed (exit $rc)"; STATUS=1; }
 else
     warn "could not build bench_raw_sqlite"; STATUS=1
-    : >"$TMP/raw.out"
 fi
 say
+fi
 
-# --- 2. start the server --------------------------------------------------
-if [ -z "$PORT" ]; then
-    PORT=$(python3 -c 'import socket
+# --- server helpers ---------------------------------------------------------
+free_port() {
+    p=$(python3 -c 'import socket
 s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' \
-        2>/dev/null) || PORT=
-    [ -n "$PORT" ] || PORT=$(awk 'BEGIN { srand(); print 20000 + int(rand() * 30000) }')
-fi
-URL=http://127.0.0.1:$PORT
-mkdir -p "$TMP/data"
-say "-- starting: $CQRSD serve --data $TMP/data --listen 127.0.0.1:$PORT"
-# The server is also bounded, so it cannot outlive a killed script for long.
-budget=$((START_TIMEOUT + 2 * (DUR + WARMUP) + 4 * (WRK_TIMEOUT + 30) + STOP_TIMEOUT + 60))
-if [ $HAVE_TIMEOUT -eq 1 ]; then
-    timeout -k 10 $budget "$CQRSD" serve --data "$TMP/data" \
-        --listen "127.0.0.1:$PORT" >"$TMP/server.log" 2>&1 &
-else
-    "$CQRSD" serve --data "$TMP/data" --listen "127.0.0.1:$PORT" \
-        >"$TMP/server.log" 2>&1 &
-fi
-SERVER_PID=$!
+        2>/dev/null) || p=
+    [ -n "$p" ] || p=$(awk 'BEGIN { srand(); print 20000 + int(rand() * 30000) }')
+    echo "$p"
+}
+
+# Start cqrsd on data dir $1, port $2, bounded to $3 seconds (so it cannot
+# outlive a killed script for long); output to $SERVER_LOG.
+start_server() {
+    say "-- starting: $CQRSD serve --data $1 --listen 127.0.0.1:$2"
+    if [ $HAVE_TIMEOUT -eq 1 ]; then
+        timeout -k 10 "$3" "$CQRSD" serve --data "$1" \
+            --listen "127.0.0.1:$2" >"$SERVER_LOG" 2>&1 &
+    else
+        "$CQRSD" serve --data "$1" --listen "127.0.0.1:$2" \
+            >"$SERVER_LOG" 2>&1 &
+    fi
+    SERVER_PID=$!
+}
 
 server_log_tail() {
     warn "last lines of the server's output:"
-    tail -n 20 "$TMP/server.log" | sed 's/^/    /' >&2
+    tail -n 20 "$SERVER_LOG" | sed 's/^/    /' >&2
 }
 
-up=0
-t0=$(date +%s)
-while [ $(($(date +%s) - t0)) -lt "$START_TIMEOUT" ]; do
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-        wait "$SERVER_PID"; rc=$?; SERVER_PID=
-        warn "cqrsd exited with status $rc before answering /healthz"
+# Wait (bounded) for GET /healthz -> 200. 0 when up; 1 (said why) if not.
+wait_up() {
+    up=0 code=
+    t0=$(date +%s)
+    while [ $(($(date +%s) - t0)) -lt "$START_TIMEOUT" ]; do
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            wait "$SERVER_PID"; rc=$?; SERVER_PID=
+            warn "cqrsd exited with status $rc before answering /healthz"
+            server_log_tail
+            return 1
+        fi
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$URL/healthz" 2>/dev/null)
+        [ "$code" = 200 ] && { up=1; break; }
+        sleep 0.1
+    done
+    if [ $up -ne 1 ]; then
+        warn "GET /healthz did not answer 200 within ${START_TIMEOUT}s (last: ${code:-none})"
         server_log_tail
-        exit 1
+        return 1
     fi
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$URL/healthz" 2>/dev/null)
-    [ "$code" = 200 ] && { up=1; break; }
-    sleep 0.1
-done
-if [ $up -ne 1 ]; then
-    warn "GET /healthz did not answer 200 within ${START_TIMEOUT}s (last: ${code:-none})"
-    server_log_tail
-    exit 1
-fi
-say "   up after $(($(date +%s) - t0))s"
-
-# One PlaceOrder by hand, so a broken endpoint shows its answer here.
-code=$(curl -s -o "$TMP/probe.out" -w '%{http_code}' --max-time 5 \
-    -H 'Content-Type: application/json' -X POST "$URL/commands/PlaceOrder" \
-    -d '{"order_id":"bench-probe","customer_id":"c-00001","currency":"EUR","items":[{"sku":"SKU-MUG-RED-350ML","quantity":1,"unit_price_cents":1299}]}' \
-    2>/dev/null)
-probe_ok=0
-if [ "$code" = 202 ]; then
-    probe_ok=1
-    say "   probe PlaceOrder: 202 $(head -c 200 "$TMP/probe.out")"
-else
-    warn "probe PlaceOrder answered ${code:-nothing}: $(head -c 400 "$TMP/probe.out" 2>/dev/null)"
-fi
-say
-
-# Run wrk with the given script: name seconds script url [args...]
-run_wrk() {
-    name=$1 secs=$2 script=$3 url=$4; shift 4
-    bounded $((secs + WRK_TIMEOUT + 30)) wrk -t "$THREADS" -c "$CONNS" \
-        -d "${secs}s" --timeout "${WRK_TIMEOUT}s" --latency \
-        -s "$ROOT/bench/$script" "$url" ${1+"$@"} >"$TMP/$name.out" 2>&1
-    rc=$?
-    [ $rc -eq 0 ] || warn "wrk ($name) exited with status $rc"
-    return $rc
+    say "   up after $(($(date +%s) - t0))s"
 }
 
 # True while the server runs. When it has gone without being told to, say
@@ -254,44 +294,8 @@ server_up() {
     return 1
 }
 
-# --- 3. GET /healthz -------------------------------------------------------
-if [ "$WARMUP" -gt 0 ]; then
-    run_wrk healthz-warm "$WARMUP" healthz.lua "$URL/healthz" || true
-fi
-if server_up "GET /healthz warm-up"; then
-    say "-- GET /healthz: wrk -t$THREADS -c$CONNS -d${DUR}s --latency"
-    run_wrk healthz "$DUR" healthz.lua "$URL/healthz" || STATUS=1
-    cat "$TMP/healthz.out"
-    say
-    server_up "GET /healthz" || true
-fi
-
-# --- 4. POST /commands/PlaceOrder ----------------------------------------
-run_prefix=$(date +%s)
-w_ok=0
-if [ "$WARMUP" -gt 0 ] && server_up "before PlaceOrder"; then
-    run_wrk placeorder-warm "$WARMUP" placeorder.lua "$URL" -- "w$run_prefix" || true
-    wn=$(field placeorder non202 "$TMP/placeorder-warm.out")
-    w_ok=$(field placeorder accepted "$TMP/placeorder-warm.out")
-    [ "${wn:-0}" = 0 ] || warn "warm-up: $wn PlaceOrder answers were not 202"
-fi
-head_pos=
-if server_up "PlaceOrder warm-up"; then
-    say "-- POST /commands/PlaceOrder: wrk -t$THREADS -c$CONNS -d${DUR}s --latency" \
-        "-s bench/placeorder.lua (a new order per request, 1-3 items)"
-    run_wrk placeorder "$DUR" placeorder.lua "$URL" -- "r$run_prefix" || STATUS=1
-    cat "$TMP/placeorder.out"
-    say
-    # Cross-check: the store's head position against the 202s wrk counted.
-    if server_up "PlaceOrder"; then
-        head_pos=$(curl -s --max-time 5 \
-            "$URL/streams/\$all?from_position=0&limit=1" 2>/dev/null |
-            sed -n 's/.*"head_position"[[:space:]]*:[[:space:]]*\([0-9][0-9]*\).*/\1/p')
-    fi
-fi
-
-# --- 5. stop the server ----------------------------------------------------
-if server_up "the runs"; then
+# SIGTERM, wait (bounded) for a clean exit, else SIGKILL.
+stop_server() {
     say "-- stopping the server (SIGTERM)"
     kill -TERM "$SERVER_PID" 2>/dev/null
     t0=$(date +%s)
@@ -312,9 +316,177 @@ if server_up "the runs"; then
         server_log_tail
     fi
     say
+}
+
+# Run wrk with the given script: name seconds script url [args...]
+run_wrk() {
+    name=$1 secs=$2 script=$3 url=$4; shift 4
+    bounded $((secs + WRK_TIMEOUT + 30)) wrk -t "$THREADS" -c "$CONNS" \
+        -d "${secs}s" --timeout "${WRK_TIMEOUT}s" --latency \
+        -s "$ROOT/bench/$script" "$url" ${1+"$@"} >"$TMP/$name.out" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || warn "wrk ($name) exited with status $rc"
+    return $rc
+}
+
+for f in healthz healthz-warm placeorder placeorder-warm window catchup \
+         upsert upsert-both fill; do
+    : >"$TMP/$f.out"
+done
+probe_ok=0 w_ok=0 head_pos=
+
+# --- 2. start the server --------------------------------------------------
+if step write || step window; then
+[ -n "$PORT" ] || PORT=$(free_port)
+URL=http://127.0.0.1:$PORT
+mkdir -p "$TMP/data"
+SERVER_LOG=$TMP/server.log
+budget=$((START_TIMEOUT + 2 * (DUR + WARMUP) + 4 * (WRK_TIMEOUT + 30) + STOP_TIMEOUT + 60))
+step window && budget=$((budget + WIN_SECONDS + 120))
+start_server "$TMP/data" "$PORT" "$budget"
+wait_up || exit 1
+
+# One PlaceOrder by hand, so a broken endpoint shows its answer here.
+code=$(curl -s -o "$TMP/probe.out" -w '%{http_code}' --max-time 5 \
+    -H 'Content-Type: application/json' -X POST "$URL/commands/PlaceOrder" \
+    -d '{"order_id":"bench-probe","customer_id":"c-00001","currency":"EUR","items":[{"sku":"SKU-MUG-RED-350ML","quantity":1,"unit_price_cents":1299}]}' \
+    2>/dev/null)
+if [ "$code" = 202 ]; then
+    probe_ok=1
+    say "   probe PlaceOrder: 202 $(head -c 200 "$TMP/probe.out")"
+else
+    warn "probe PlaceOrder answered ${code:-nothing}: $(head -c 400 "$TMP/probe.out" 2>/dev/null)"
+fi
+say
+
+# --- 3. GET /healthz -------------------------------------------------------
+if step write; then
+if [ "$WARMUP" -gt 0 ]; then
+    run_wrk healthz-warm "$WARMUP" healthz.lua "$URL/healthz" || true
+fi
+if server_up "GET /healthz warm-up"; then
+    say "-- GET /healthz: wrk -t$THREADS -c$CONNS -d${DUR}s --latency"
+    run_wrk healthz "$DUR" healthz.lua "$URL/healthz" || STATUS=1
+    cat "$TMP/healthz.out"
+    say
+    server_up "GET /healthz" || true
 fi
 
-# --- summary ---------------------------------------------------------------
+# --- 4. POST /commands/PlaceOrder ----------------------------------------
+run_prefix=$(date +%s)
+if [ "$WARMUP" -gt 0 ] && server_up "before PlaceOrder"; then
+    run_wrk placeorder-warm "$WARMUP" placeorder.lua "$URL" -- "w$run_prefix" || true
+    wn=$(field placeorder non202 "$TMP/placeorder-warm.out")
+    w_ok=$(field placeorder accepted "$TMP/placeorder-warm.out")
+    [ "${wn:-0}" = 0 ] || warn "warm-up: $wn PlaceOrder answers were not 202"
+fi
+if server_up "PlaceOrder warm-up"; then
+    say "-- POST /commands/PlaceOrder: wrk -t$THREADS -c$CONNS -d${DUR}s --latency" \
+        "-s bench/placeorder.lua (a new order per request, 1-3 items)"
+    run_wrk placeorder "$DUR" placeorder.lua "$URL" -- "r$run_prefix" || STATUS=1
+    cat "$TMP/placeorder.out"
+    say
+    # Cross-check: the store's head position against the 202s wrk counted.
+    # Read now, before the window step appends more.
+    if server_up "PlaceOrder"; then
+        head_pos=$(curl -s --max-time 5 \
+            "$URL/streams/\$all?from_position=0&limit=1" 2>/dev/null |
+            sed -n 's/.*"head_position"[[:space:]]*:[[:space:]]*\([0-9][0-9]*\).*/\1/p')
+    fi
+fi
+fi
+
+# --- 5. consistency window ---------------------------------------------------
+if step window && server_up "before the window"; then
+    WIN=$(tool bench_window window.c pthread)
+    say "-- consistency window: bench_window, $WIN_WORKERS connections, each" \
+        "PlaceOrder -> GET /queries/order_summary?order_id=..&min_position=..;" \
+        "$WIN_COMMANDS commands or ${WIN_SECONDS}s; /healthz round trips as the floor"
+    if [ -n "$WIN" ]; then
+        bounded $((WIN_SECONDS + 120)) "$WIN" --port "$PORT" \
+            --workers "$WIN_WORKERS" --commands "$WIN_COMMANDS" \
+            --seconds "$WIN_SECONDS" --rtt "$RTT_N" --warmup 200 \
+            --prefix "win$(date +%s)" >"$TMP/window.out" 2>&1
+        rc=$?
+        cat "$TMP/window.out"
+        [ $rc -eq 0 ] || { warn "bench_window failed (exit $rc)"; STATUS=1; }
+    else
+        warn "could not build bench_window"; STATUS=1
+    fi
+    say
+    server_up "the window" || true
+fi
+
+# --- 6. stop the server ----------------------------------------------------
+if server_up "the runs"; then
+    stop_server
+fi
+fi
+
+# --- 7. projection catch-up --------------------------------------------------
+if step catchup; then
+    UPS=$(tool bench_raw_upsert raw_upsert.c sqlite3)
+    FILL=$(tool bench_fill_events fill_events.c sqlite3)
+    CU=$(tool bench_catchup catchup.c none)
+    cu_events=$((CU_ORDERS * 4))
+    say "-- raw SQLite reference: order_summaries.sql's statements on the values" \
+        "of the same $cu_events events, WAL + synchronous=NORMAL, 100 per transaction"
+    if [ -n "$UPS" ]; then
+        bounded 200 "$UPS" --sql "$SQL_SUMMARIES" --orders "$CU_ORDERS" \
+            --batch 100 --seconds 120 --dir "$TMP" >"$TMP/upsert.out" 2>&1
+        rc=$?
+        cat "$TMP/upsert.out"
+        [ $rc -eq 0 ] || { warn "bench_raw_upsert failed (exit $rc)"; STATUS=1; }
+        say "-- the same with sales_dashboard.sql too (the server's other async" \
+            "projection, applied by the same projector thread; for reading, no target)"
+        bounded 200 "$UPS" --sql "$SQL_SUMMARIES" --sql "$SQL_DASHBOARD" \
+            --orders "$CU_ORDERS" --batch 100 --seconds 120 --dir "$TMP" \
+            --tag both >"$TMP/upsert-both.out" 2>&1
+        cat "$TMP/upsert-both.out"
+    else
+        warn "could not build bench_raw_upsert"; STATUS=1
+    fi
+    say
+    if [ -n "$FILL" ] && [ -n "$CU" ]; then
+        say "-- filling $TMP/catchup/events.db: $CU_ORDERS orders x 4 events, straight into SQLite"
+        bounded 300 "$FILL" --dir "$TMP/catchup" --orders "$CU_ORDERS" \
+            >"$TMP/fill.out" 2>&1
+        rc=$?
+        cat "$TMP/fill.out"
+        last_order=$(field fill last_order "$TMP/fill.out")
+        first_order=$(field fill first_order "$TMP/fill.out")
+        last_pos=$(field fill last_position "$TMP/fill.out")
+        if [ $rc -ne 0 ] || [ -z "$last_pos" ]; then
+            warn "bench_fill_events failed (exit $rc)"; STATUS=1
+        else
+            say
+            CU_PORT=$(free_port)
+            URL=http://127.0.0.1:$CU_PORT
+            SERVER_LOG=$TMP/server-catchup.log
+            start_server "$TMP/catchup" "$CU_PORT" $((CU_TIMEOUT + STOP_TIMEOUT + 60))
+            say "-- catch-up: bench_catchup until order_summaries has applied position" \
+                "$last_pos (GET /queries/order_summary?order_id=$last_order&min_position=$last_pos)"
+            bounded $((CU_TIMEOUT + 30)) "$CU" --port "$CU_PORT" \
+                --order-id "$last_order" --probe-order "$first_order" \
+                --position "$last_pos" --timeout "$CU_TIMEOUT" \
+                --pid "$SERVER_PID" >"$TMP/catchup.out" 2>&1
+            rc=$?
+            cat "$TMP/catchup.out"
+            [ $rc -eq 0 ] || { warn "bench_catchup failed (exit $rc)"; STATUS=1; }
+            say
+            if server_up "the catch-up"; then
+                stop_server
+            else
+                STATUS=1
+            fi
+        fi
+        rm -rf "$TMP/catchup"
+    else
+        warn "could not build bench_fill_events or bench_catchup"; STATUS=1
+    fi
+fi
+
+# --- 8. summary ---------------------------------------------------------------
 h_rps=$(field healthz rps "$TMP/healthz.out")
 h_p50=$(field healthz p50_us "$TMP/healthz.out")
 h_p99=$(field healthz p99_us "$TMP/healthz.out")
@@ -328,17 +500,55 @@ c_bad=$(field placeorder non202 "$TMP/placeorder.out")
 c_err=$(field placeorder sockerr "$TMP/placeorder.out")
 r_rps=$(field raw_sqlite rows_per_sec "$TMP/raw.out")
 r_p50=$(field raw_sqlite commit_p50_us "$TMP/raw.out")
+# consistency window
+w_n=$(field window commands "$TMP/window.out")
+w_cfail=$(field window cmd_fail "$TMP/window.out")
+w_qfail=$(field window query_fail "$TMP/window.out")
+w_iofail=$(field window io_fail "$TMP/window.out")
+w_rate=$(field window cmd_per_sec "$TMP/window.out")
+w_p50=$(field window p50_us "$TMP/window.out")
+w_p90=$(field window p90_us "$TMP/window.out")
+w_p99=$(field window p99_us "$TMP/window.out")
+w_max=$(field window max_us "$TMP/window.out")
+w_c50=$(field window cmd_p50_us "$TMP/window.out")
+w_c99=$(field window cmd_p99_us "$TMP/window.out")
+t_p50=$(field rtt p50_us "$TMP/window.out")
+t_p99=$(field rtt p99_us "$TMP/window.out")
+# catch-up
+u_rate=$(field raw_upsert events_per_sec "$TMP/upsert.out")
+u_secs=$(field raw_upsert seconds "$TMP/upsert.out")
+ub_rate=$(field raw_upsert_both events_per_sec "$TMP/upsert-both.out")
+f_secs=$(field fill seconds "$TMP/fill.out")
+f_events=$(field fill events "$TMP/fill.out")
+k_up=$(field catchup up_s "$TMP/catchup.out")
+k_os=$(field catchup os_s "$TMP/catchup.out")
+k_rate=$(field catchup os_events_per_sec "$TMP/catchup.out")
+k_all=$(field catchup all_events_per_sec "$TMP/catchup.out")
+k_sd=$(field catchup sd_s "$TMP/catchup.out")
+k_last=$(field catchup last_ok "$TMP/catchup.out")
 
-pct_h=$(calc 'if (b > 0) printf "%.1f %%", 100 * a / b; else print "n/a"' "$c_rps" "$h_rps")
-pct_r=$(calc 'if (b > 0) printf "%.1f %%", 100 * a / b; else print "n/a"' "$c_rps" "$r_rps")
+pct() { calc 'if (b > 0) printf "%.1f %%", 100 * a / b; else print "n/a"' "$@"; }
+pct_h=$(pct "$c_rps" "$h_rps")
+pct_r=$(pct "$c_rps" "$r_rps")
 met=$(calc "if (b <= 0) print \"n/a\"; else if (100 * a / b >= $TARGET_PCT) print \"met\"; else print \"NOT MET\"" "$c_rps" "$h_rps")
 if [ -z "$c_bad" ]; then all202="n/a"
 elif [ "$c_bad" = 0 ] && [ "${c_err:-0}" = 0 ]; then all202="met"
 else all202="NOT MET"; fi
+w_met=$(calc "if (a <= $TARGET_WINDOW_P99_US) print \"met\"; else print \"NOT MET\"" "$w_p99")
+if [ -z "$w_n" ]; then w_allfresh="n/a"
+elif [ "${w_qfail:-1}${w_cfail:-1}${w_iofail:-1}" = 000 ]; then w_allfresh="met"
+else w_allfresh="NOT MET"; fi
+k_pct=$(pct "$k_rate" "$u_rate")
+k_met=$(calc "if (b <= 0) print \"n/a\"; else if (100 * a / b >= $TARGET_CATCHUP_PCT) print \"met\"; else print \"NOT MET\"" "$k_rate" "$u_rate")
+# both async projections: each event is applied twice, by each projection
+kb_pct=$(calc 'if (b > 0) printf "%.1f %%", 100 * (a / 2) / b; else print "n/a"' "$k_all" "$ub_rate")
 num() { calc 'printf "%.0f", a' "${1:-}"; }
+us() { calc 'printf "%.0f us", a' "${1:-}"; }
+sec() { calc 'printf "%.1f s", a' "${1:-}"; }
 
 line() { printf '  %-38s %14s   %-10s %-10s\n' "$@"; }
 say "================================ summary ================================"
+if step write; then
 line "" "rate" "p50" "p99"
 line "GET /healthz" "$(num "$h_rps") req/s" "$(ms "$h_p50")" "$(ms "$h_p99")"
 line "PlaceOrder, 202 answers" "$(num "$c_rps") cmd/s" "$(ms "$c_p50")" "$(ms "$c_p99")"
@@ -359,6 +569,36 @@ printf '  %-38s %14s   target >= %s %%: %s\n' "commands/s as % of healthz rate" 
     "$pct_h" "$TARGET_PCT" "$met"
 printf '  %-38s %14s   target every answer 202: %s\n' "" "" "$all202"
 printf '  %-38s %14s   (reference, no target)\n' "commands/s as % of raw SQLite" "$pct_r"
+say
+fi
+if step window; then
+wline() { printf '  %-38s %9s %9s %9s %9s\n' "$@"; }
+wline "consistency window, $WIN_WORKERS connections" "p50" "p90" "p99" "max"
+wline "202 -> fresh order_summary" "$(us "$w_p50")" "$(us "$w_p90")" "$(us "$w_p99")" "$(us "$w_max")"
+wline "GET /healthz round trip (floor)" "$(us "$t_p50")" "" "$(us "$t_p99")" ""
+wline "PlaceOrder latency in that run" "$(us "$w_c50")" "" "$(us "$w_c99")" ""
+printf '  %-38s %14s   target p99 <= %s us: %s\n' "window p99" "$(us "$w_p99")" \
+    "$TARGET_WINDOW_P99_US" "$w_met"
+printf '  %-38s %14s   target every answer fresh: %s\n' \
+    "answers not 200/fresh (of $(num "${w_n:-}"))" \
+    "$(calc 'printf "%d", a + b + c' "${w_qfail:-}" "${w_cfail:-}" "${w_iofail:-}")" \
+    "$w_allfresh"
+printf '  %-38s %14s\n' "commands/s in that run" "$(num "$w_rate")"
+say
+fi
+if step catchup; then
+printf '  %-38s %14s   %s\n' "catch-up: order_summaries" "$(num "$k_rate") ev/s" \
+    "($(num "$f_events") events in $(sec "$k_os") after the server was up)"
+printf '  %-38s %14s   %s\n' "raw SQLite, order_summaries.sql" "$(num "$u_rate") ev/s" \
+    "(same events, 100/transaction, $(sec "$u_secs"))"
+printf '  %-38s %14s   target >= %s %%: %s\n' "catch-up as % of raw SQLite" "$k_pct" \
+    "$TARGET_CATCHUP_PCT" "$k_met"
+printf '  %-38s %14s   %s\n' "both async projections (info)" "$kb_pct" \
+    "of raw order_summaries+sales_dashboard ($(num "$ub_rate") ev/s); done $(sec "$k_sd")"
+printf '  %-38s %14s   %s\n' "fill $(num "$f_events") events / server start" "$(sec "$f_secs")" \
+    "/ $(sec "$k_up") (opening the store, inline catch-up of payment_confirmation)"
+say
+fi
 say "========================================================================="
 if [ -n "$c_bad" ] && [ "$c_bad" != 0 ]; then
     say "!!! $c_bad PlaceOrder answers were not 202 (see 'answers by status' above)"
@@ -374,9 +614,26 @@ fi
 if [ -n "$h_bad$h_err" ] && [ "${h_bad:-0}${h_err:-0}" != 00 ]; then
     say "!!! /healthz: ${h_bad:-0} non-2xx answers, ${h_err:-0} socket errors"
 fi
+if [ "$w_allfresh" = "NOT MET" ]; then
+    say "!!! window: ${w_qfail:-?} queries not 200/fresh, ${w_cfail:-?} commands not 202," \
+        "${w_iofail:-?} connection errors (the first ones are printed above)"
+fi
+if [ -n "$k_last" ] && [ "$k_last" != 1 ]; then
+    say "!!! catch-up: the last order's summary is not shipped and paid"
+fi
 
-[ -n "$h_rps" ] && [ -n "$c_rps" ] && [ -n "$r_rps" ] || STATUS=1
-if [ "$STRICT" = 1 ] && { [ "$met" != met ] || [ "$all202" != met ]; }; then
-    STATUS=1
+if step write; then
+    [ -n "$h_rps" ] && [ -n "$c_rps" ] && [ -n "$r_rps" ] || STATUS=1
+fi
+if step window; then
+    [ -n "$w_p99" ] && [ -n "$t_p99" ] || STATUS=1
+fi
+if step catchup; then
+    [ -n "$k_rate" ] && [ -n "$u_rate" ] || STATUS=1
+fi
+if [ "$STRICT" = 1 ]; then
+    for m in "$met" "$all202" "$w_met" "$w_allfresh" "$k_met"; do
+        case $m in "NOT MET") STATUS=1 ;; esac
+    done
 fi
 exit $STATUS

@@ -1,0 +1,246 @@
+/*
+ * bench_catchup — how fast the asynchronous projections catch up with a
+ * large event store. Started by bench/run.sh right after it starts cqrsd on
+ * a data dir that bench_fill_events filled (events.db only, no read.db):
+ *
+ *   1. polls GET /healthz every 2 ms until it answers 200 -> t_up. The
+ *      server listens only after it has opened the store and brought the
+ *      inline projections up to date (payment_confirmation, in events.db),
+ *      and its projector thread starts just before it listens, so t_up is
+ *      where the asynchronous catch-up begins;
+ *   2. GET /queries/order_summary?order_id=<--order-id>
+ *      &min_position=<--position>&wait_ms=1000, again and again, until an
+ *      answer is 200, "stale":false with meta.position >= --position ->
+ *      t_os (the server answers the moment the projection commits that
+ *      position). While it is not there, every second it prints how far
+ *      order_summaries is (meta.position of --probe-order, which exists
+ *      after the first batch);
+ *   3. the same for GET /queries/sales_dashboard (the other asynchronous
+ *      projection, applied by the same projector thread in turns) -> t_sd;
+ *   4. checks the last order's summary (shipped and paid).
+ *
+ * Usage: bench_catchup --port P --order-id ID --probe-order ID
+ *                      --position N [--timeout S] [--host H] [--pid PID]
+ * --pid: the server's process (or its timeout(1) wrapper); when it is gone
+ * the wait ends at once instead of at the timeout.
+ * The answer's body lives in the connection's buffer: read it before the
+ * next request.
+ *
+ * Prints the figures and one "BENCH kind=catchup ..." line for run.sh;
+ * order_summaries events/s = position / (t_os - t_up). Exit 1 when the
+ * server did not come up or the projection did not get there in time.
+ */
+#include <inttypes.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "minihttp.h"
+
+static pid_t server_pid; /* 0: not watched */
+
+/* The watched process has exited. It is run.sh's child, not ours, so it
+ * stays a zombie until run.sh reaps it: look at its state in /proc too. */
+static int server_gone(void)
+{
+    char path[64], buf[512];
+    if (server_pid <= 0)
+        return 0;
+    if (kill(server_pid, 0) != 0)
+        return 1;
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)server_pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    return p != NULL && (p[2] == 'Z' || p[2] == 'X');
+}
+
+static double secs_since(int64_t t0)
+{
+    return (double)(mh_now_ns() - t0) / 1e9;
+}
+
+/* GET path on c; 0 with r filled, -1 on a connection failure. */
+static int get(mh_conn *c, const char *path, mh_resp *r, int timeout_ms)
+{
+    char req[1024];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\n\r\n",
+                     path, c->host, c->port);
+    return mh_request(c, req, (size_t)n, r, timeout_ms);
+}
+
+/* Wait until GET path answers 200, not stale, meta.position >= target.
+ * Prints progress from probe (if not NULL) every second. Returns 0, or -1
+ * at the deadline. */
+static int wait_fresh(mh_conn *c, const char *name, const char *path,
+                      const char *probe, long long target, int64_t t0,
+                      int64_t deadline, mh_resp *out)
+{
+    mh_resp r;
+    double last_print = secs_since(t0);
+    while (mh_now_ns() < deadline && !server_gone()) {
+        int64_t a = mh_now_ns();
+        int rc = get(c, path, &r, 5000);
+        if (rc == 0 && r.status == 200 && strstr(r.body, "\"stale\":false") &&
+            mh_json_int(r.body, "position") >= target) {
+            *out = r;
+            return 0;
+        }
+        if (mh_now_ns() >= deadline)
+            break;
+        if (mh_now_ns() - a < 50 * 1000000) {
+            /* answered at once (an error, or 404 before the order is
+             * projected): do not spin on the server's CPU */
+            struct timespec ts = {0, 20 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+        if (secs_since(t0) - last_print >= 1.0 && probe) {
+            last_print = secs_since(t0);
+            long long pos = -1;
+            if (get(c, probe, &r, 5000) == 0 && r.status == 200)
+                pos = mh_json_int(r.body, "position");
+            printf("  %6.1f s  %s at position %lld\n", last_print, name, pos);
+            fflush(stdout);
+        }
+    }
+    return -1;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: bench_catchup --port P --order-id ID "
+                    "--probe-order ID --position N [--timeout S] "
+                    "[--host H] [--pid PID]\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *host = "127.0.0.1", *order = NULL, *probe_order = NULL;
+    int port = 0;
+    long long target = 0;
+    double timeout_s = 300;
+    char path[512], probe[512];
+    mh_resp r;
+    static mh_conn c;
+
+    for (int i = 1; i < argc; i += 2) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) {
+            usage();
+            return 2;
+        }
+        if (!strcmp(a, "--host"))
+            host = v;
+        else if (!strcmp(a, "--port"))
+            port = atoi(v);
+        else if (!strcmp(a, "--order-id"))
+            order = v;
+        else if (!strcmp(a, "--probe-order"))
+            probe_order = v;
+        else if (!strcmp(a, "--position"))
+            target = atoll(v);
+        else if (!strcmp(a, "--timeout"))
+            timeout_s = atof(v);
+        else if (!strcmp(a, "--pid"))
+            server_pid = (pid_t)atol(v);
+        else {
+            usage();
+            return 2;
+        }
+    }
+    if (port <= 0 || !order || !probe_order || target < 1 || timeout_s <= 0) {
+        usage();
+        return 2;
+    }
+    const int64_t t0 = mh_now_ns();
+    const int64_t deadline = t0 + (int64_t)(timeout_s * 1e9);
+
+    /* 1. up */
+    c.host = host;
+    c.port = port;
+    c.fd = -1;
+    int up = 0;
+    while (mh_now_ns() < deadline && !server_gone()) {
+        if (get(&c, "/healthz", &r, 1000) == 0 && r.status == 200) {
+            up = 1;
+            break;
+        }
+        mh_close(&c);
+        struct timespec ts = {0, 2 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    if (!up) {
+        fprintf(stderr, "bench_catchup: no 200 from /healthz within %.0f s%s\n",
+                timeout_s, server_gone() ? " (the server has exited)" : "");
+        return 1;
+    }
+    const int64_t t_up = mh_now_ns();
+    long long head = mh_json_int(r.body, "head_position");
+    printf("  %6.1f s  up (GET /healthz 200, head_position %lld): store "
+           "opened, inline projections caught up\n",
+           secs_since(t0), head);
+    fflush(stdout);
+
+    /* 2. order_summaries */
+    snprintf(path, sizeof path,
+             "/queries/order_summary?order_id=%s&min_position=%lld"
+             "&wait_ms=1000",
+             order, target);
+    snprintf(probe, sizeof probe,
+             "/queries/order_summary?order_id=%s&wait_ms=0", probe_order);
+    if (wait_fresh(&c, "order_summaries", path, probe, target, t0,
+                   deadline, &r) != 0) {
+        fprintf(stderr, "bench_catchup: order_summaries did not reach "
+                        "position %lld within %.0f s%s\n",
+                target, timeout_s,
+                server_gone() ? " (the server has exited)" : "");
+        return 1;
+    }
+    const int64_t t_os = mh_now_ns();
+    int shipped = strstr(r.body, "\"status\":\"shipped\"") &&
+                  strstr(r.body, "\"payment_status\":\"paid\"");
+    printf("  %6.1f s  order_summaries at position %lld; last order %s: "
+           "%s\n",
+           secs_since(t0), target, order,
+           shipped ? "shipped and paid, as it should be" : "WRONG");
+    if (!shipped)
+        printf("!!! last order's summary: %.400s\n", r.body);
+    fflush(stdout);
+
+    /* 3. sales_dashboard */
+    snprintf(path, sizeof path,
+             "/queries/sales_dashboard?min_position=%lld&wait_ms=1000",
+             target);
+    int sd = wait_fresh(&c, "sales_dashboard", path, NULL, target, t0,
+                        deadline, &r) == 0;
+    const int64_t t_sd = mh_now_ns();
+    if (sd)
+        printf("  %6.1f s  sales_dashboard at position %lld\n",
+               secs_since(t0), target);
+    else
+        printf("!!! sales_dashboard did not reach position %lld in time\n",
+               target);
+
+    double up_s = (double)(t_up - t0) / 1e9;
+    double os_s = (double)(t_os - t_up) / 1e9;
+    double sd_s = (double)(t_sd - t_up) / 1e9;
+    printf("order_summaries: %lld events in %.2f s after the server was up: "
+           "%.0f events/s\n",
+           target, os_s, (double)target / os_s);
+    if (sd)
+        printf("both async projections: %lld events each in %.2f s: "
+               "%.0f projected events/s in all\n",
+               target, sd_s, 2.0 * (double)target / sd_s);
+    printf("BENCH kind=catchup events=%lld up_s=%.3f os_s=%.3f "
+           "os_events_per_sec=%.1f sd_s=%.3f all_events_per_sec=%.1f "
+           "last_ok=%d\n",
+           target, up_s, os_s, (double)target / os_s, sd ? sd_s : -1.0,
+           sd ? 2.0 * (double)target / sd_s : -1.0, shipped);
+    return 0;
+}
