@@ -244,13 +244,20 @@ typedef struct pending {
 
 /* Hand the events just appended to the inline projections. */
 static int apply_inline(cq_writer *w, cq_write_req *r, const cq_new_event *evs,
-                        size_t n, int64_t now, int64_t first, int64_t base)
+                        const pending *p, size_t n, int64_t now,
+                        int64_t first, int64_t base)
 {
     cq_stored_event *se = calloc(n, sizeof *se);
+    const json_t **data = calloc(n, sizeof *data);
     int rc;
 
-    if (se == NULL)
+    if (se == NULL || data == NULL) {
+        free(se);
+        free(data);
         return CQ_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++)
+        data[i] = p[i].data;
     for (size_t i = 0; i < n; i++) {
         se[i].position = first + (int64_t)i;
         se[i].stream_id = r->stream_id;
@@ -261,8 +268,9 @@ static int apply_inline(cq_writer *w, cq_write_req *r, const cq_new_event *evs,
         se[i].metadata = evs[i].metadata;
         se[i].recorded_at = now;
     }
-    rc = w->cfg.hooks.apply_inline(w->cfg.hooks.arg, se, n);
+    rc = w->cfg.hooks.apply_inline(w->cfg.hooks.arg, se, data, n);
     free(se);
+    free(data);
     if (rc == CQ_OK)
         return CQ_OK;
     answer_problem(r, 500, "inline-projection-failed", "an inline projection "
@@ -300,7 +308,8 @@ static int append_events(cq_writer *w, cq_write_req *r, int64_t cur,
                          cur == 0 ? CQ_VERSION_NO_STREAM : cur, evs, n, now,
                          version, first);
     if (rc == CQ_OK && w->cfg.hooks.apply_inline != NULL)
-        rc = apply_inline(w, r, evs, n, now, *first, *version - (int64_t)n);
+        rc = apply_inline(w, r, evs, p, n, now, *first,
+                          *version - (int64_t)n);
 done:
     for (i = 0; i < made; i++) {
         free((char *)evs[i].data);
@@ -630,6 +639,12 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
     rc = cq_store_begin(w->store);
     for (r = batch; rc == CQ_OK && r != NULL; r = r->next)
         rc = run_one(w, r, now);
+    if (rc == CQ_OK && w->cfg.hooks.before_commit != NULL) {
+        int64_t head;
+        rc = cq_store_write_head(w->store, &head);
+        if (rc == CQ_OK)
+            rc = w->cfg.hooks.before_commit(w->cfg.hooks.arg, head);
+    }
     if (rc == CQ_OK)
         rc = cq_store_commit(w->store);
     if (rc == CQ_OK) {

@@ -70,15 +70,19 @@ struct cq_write_req {
 
 typedef struct cq_writer cq_writer;
 
-/* Hooks for the projection engine; both optional, both called on the
+/* Hooks for the projection engine; all optional, all called on the
  * writer thread. */
 typedef struct cq_writer_hooks {
     /* Inside the request's savepoint, right after its events were appended
      * (and so inside the batch's transaction on the store's write
      * connection): the inline projections apply them. `events` are as
-     * stored (borrowed). A non-OK return fails the request with 500 and
-     * undoes its writes. */
-    int (*apply_inline)(void *arg, const cq_stored_event *events, size_t n);
+     * stored and data[i] is events[i].data already parsed (all borrowed).
+     * A non-OK return fails the request with 500 and undoes its writes. */
+    int (*apply_inline)(void *arg, const cq_stored_event *events,
+                        const json_t *const *data, size_t n);
+    /* Inside the batch's transaction, just before COMMIT; head is the
+     * highest position in it. A non-OK return aborts the batch. */
+    int (*before_commit)(void *arg, int64_t head);
     /* After a batch committed, before any of its answers is released:
      * head is the new highest committed position. */
     void (*committed)(void *arg, int64_t head);

@@ -70,6 +70,8 @@ typedef struct proj {
     int index;
     int is_inline;
     int needs_metadata;     /* some statement reads :metadata.* */
+    int64_t saved;          /* inline: checkpoint written so far (writer
+                               thread only) */
     /* guarded by e->mu */
     int64_t position;
     int failed;
@@ -113,6 +115,12 @@ struct cq_engine {
     /* writer thread only (and cq_engine_start before it runs) */
     cq_exec *ix;
     sqlite3_stmt *i_save, *i_sp, *i_release, *i_rollback;
+
+    /* the read.db checkpointer (see checkpointer_main) */
+    pthread_t checkpointer;
+    pthread_cond_t ckpt_cv;     /* with mu: a checkpoint is due */
+    int ckpt_due;               /* guarded by mu */
+    int ckpt_started;
 
     pool reads;             /* read.db */
     pool events;            /* events.db */
@@ -258,34 +266,65 @@ typedef struct apply_ctx {
     char error_event[130];
 } apply_ctx;
 
-/* Apply one stored event to ctx->p through ctx->x. */
-static int apply_event(void *arg, const cq_stored_event *se)
-{
-    apply_ctx *c = arg;
-    json_t *data, *meta = NULL;
-    char when[32], day[11];
+/* One stored event decoded for handlers: parsed once, applied to every
+ * projection that needs it. */
+typedef struct parsed {
     cq_decl_event ev;
-    int rc;
+    json_t *data, *meta;        /* owned unless borrowed */
+    int borrowed;               /* data came from the writer: don't free */
+    char when[32], day[11];
+} parsed;
 
-    data = json_loads(se->data, JSON_REJECT_DUPLICATES, NULL);
-    if (c->p->needs_metadata)
-        meta = json_loads(se->metadata, JSON_REJECT_DUPLICATES, NULL);
-    if (!json_is_object(data) || (c->p->needs_metadata && !meta)) {
+/* Decode se (data, and metadata if need_meta) into pe. `data`, if not
+ * NULL, is se->data already parsed (borrowed). CQ_OK or CQ_ECORRUPT. */
+static int parse_event(const cq_stored_event *se, const json_t *data,
+                       int need_meta, parsed *pe)
+{
+    memset(pe, 0, sizeof *pe);
+    if (data != NULL) {
+        pe->data = (json_t *)data;
+        pe->borrowed = 1;
+    } else {
+        pe->data = json_loads(se->data, JSON_REJECT_DUPLICATES, NULL);
+    }
+    if (need_meta)
+        pe->meta = json_loads(se->metadata, JSON_REJECT_DUPLICATES, NULL);
+    cq_format_time(se->recorded_at, pe->when);
+    memcpy(pe->day, pe->when, 10);
+    pe->day[10] = '\0';
+    pe->ev.stream_id = se->stream_id;
+    pe->ev.version = se->version;
+    pe->ev.position = se->position;
+    pe->ev.type = se->type;
+    pe->ev.time = pe->when;
+    pe->ev.day = pe->day;
+    pe->ev.data = pe->data;
+    pe->ev.metadata = pe->meta;
+    if (!json_is_object(pe->data) || (need_meta && !json_is_object(pe->meta)))
+        return CQ_ECORRUPT;
+    return CQ_OK;
+}
+
+static void parsed_clear(parsed *pe)
+{
+    if (!pe->borrowed)
+        json_decref(pe->data);
+    json_decref(pe->meta);
+    pe->data = pe->meta = NULL;
+}
+
+/* Apply the decoded event pe (whose parse returned prc) to c->p through
+ * c->x, in a savepoint of its own if c->sp is set. 0 to go on, 1 when the
+ * projection failed (recorded in c). */
+static int apply_parsed(apply_ctx *c, const cq_stored_event *se,
+                        const parsed *pe, int prc)
+{
+    int rc = prc;
+
+    if (rc != CQ_OK) {
         snprintf(c->error, sizeof c->error, "stored event is not valid JSON");
-        rc = CQ_ECORRUPT;
         goto fail;
     }
-    cq_format_time(se->recorded_at, when);
-    memcpy(day, when, 10);
-    day[10] = '\0';
-    ev.stream_id = se->stream_id;
-    ev.version = se->version;
-    ev.position = se->position;
-    ev.type = se->type;
-    ev.time = when;
-    ev.day = day;
-    ev.data = data;
-    ev.metadata = meta;
     if (c->sp != NULL && step_done(c->sp) != CQ_OK) {
         snprintf(c->error, sizeof c->error, "savepoint: %s",
                  sqlite3_errmsg(cq_exec_db(c->x)));
@@ -293,16 +332,17 @@ static int apply_event(void *arg, const cq_stored_event *se)
         goto fail;
     }
     if (c->p->code.apply != NULL) {
-        cq_projection_event pe = {se->position, se->stream_id, se->version,
-                                  se->type, when, day, data, meta};
+        cq_projection_event ev = {se->position, se->stream_id, se->version,
+                                  se->type, pe->when, pe->day, pe->data,
+                                  pe->meta};
         cq_sql sql = {c->x, c->error, sizeof c->error};
         c->error[0] = '\0';
-        rc = c->p->code.apply(c->p->code.arg, &sql, &pe);
+        rc = c->p->code.apply(c->p->code.arg, &sql, &ev);
         if (rc != CQ_OK && c->error[0] == '\0')
             snprintf(c->error, sizeof c->error, "apply() returned %s",
                      cq_strerror(rc));
     } else {
-        rc = cq_exec_event(c->x, c->p->d, &ev, c->error, sizeof c->error);
+        rc = cq_exec_event(c->x, c->p->d, &pe->ev, c->error, sizeof c->error);
     }
     if (c->sp != NULL) {
         if (rc != CQ_OK)
@@ -311,17 +351,25 @@ static int apply_event(void *arg, const cq_stored_event *se)
     }
     if (rc != CQ_OK)
         goto fail;
-    json_decref(data);
-    json_decref(meta);
     c->last = se->position;
     return 0;
 fail:
-    json_decref(data);
-    json_decref(meta);
     c->failed = 1;
     c->error_position = se->position;
     snprintf(c->error_event, sizeof c->error_event, "%s", se->type);
     return 1;
+}
+
+/* Apply one stored event to ctx->p (a cq_event_cb). */
+static int apply_event(void *arg, const cq_stored_event *se)
+{
+    apply_ctx *c = arg;
+    parsed pe;
+    int prc = parse_event(se, NULL, c->p->needs_metadata, &pe);
+    int stop = apply_parsed(c, se, &pe, prc);
+
+    parsed_clear(&pe);
+    return stop;
 }
 
 /* Record p's failure in memory (the row is written by the caller). */
@@ -338,53 +386,164 @@ static void mark_failed(cq_engine *e, proj *p, const apply_ctx *c)
             c->error);
 }
 
-/* One micro-batch of asynchronous projection p (projector thread).
- * CQ_OK, or CQ_EIO when read.db or the store failed (nothing changed). */
-static int apply_batch(cq_engine *e, proj *p)
+/* The projections one micro-batch serves: every running asynchronous
+ * projection behind the head, each with its own context; the batch reads
+ * from the lowest checkpoint and each event is decoded once. */
+typedef struct round {
+    cq_engine *e;
+    apply_ctx *c;               /* one per projection of the batch */
+    int n;
+    int need_meta;
+} round;
+
+static int apply_round_event(void *arg, const cq_stored_event *se)
 {
-    apply_ctx c;
-    int64_t head, from;
+    round *r = arg;
+    parsed pe;
+    int prc, live = 0;
+
+    for (int i = 0; i < r->n; i++)
+        live += !r->c[i].failed && se->position > r->c[i].last;
+    if (live == 0)
+        return 0;
+    prc = parse_event(se, NULL, r->need_meta, &pe);
+    for (int i = 0; i < r->n; i++) {
+        apply_ctx *c = &r->c[i];
+        if (c->failed || se->position <= c->last)
+            continue; /* stopped, or already past this event */
+        apply_parsed(c, se, &pe, prc);
+    }
+    parsed_clear(&pe);
+    return 0;
+}
+
+/* One micro-batch of every asynchronous projection behind `head`
+ * (projector thread): one read of the store, one read.db transaction
+ * holding every projection's rows and checkpoint. Returns 1 if it did any
+ * work, 0 if none was due, -1 when read.db or the store failed (nothing
+ * changed; retried later). */
+static int apply_round(cq_engine *e)
+{
+    apply_ctx *c = calloc((size_t)e->nprojs, sizeof *c);
+    round r = {e, c, 0, 0};
+    int64_t from = INT64_MAX, head, store_head;
     char err[256] = "";
     int rc;
 
-    memset(&c, 0, sizeof c);
+    if (c == NULL)
+        return -1;
     pthread_mutex_lock(&e->mu);
-    from = p->position + 1;
+    head = e->head;
+    for (int i = 0; i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        if (p->is_inline || p->failed || p->position >= head)
+            continue;
+        c[r.n].e = e;
+        c[r.n].p = p;
+        c[r.n].x = e->rx;
+        c[r.n].sp = e->r_sp;
+        c[r.n].release = e->r_release;
+        c[r.n].rollback = e->r_rollback;
+        c[r.n].last = p->position;
+        r.need_meta |= p->needs_metadata;
+        if (p->position + 1 < from)
+            from = p->position + 1;
+        r.n++;
+    }
     pthread_mutex_unlock(&e->mu);
-    c.e = e;
-    c.p = p;
-    c.x = e->rx;
-    c.sp = e->r_sp;
-    c.release = e->r_release;
-    c.rollback = e->r_rollback;
-    c.last = from - 1;
+    if (r.n == 0) {
+        free(c);
+        return 0;
+    }
     if (cq_exec_sql(e->rx, "BEGIN", err, sizeof err) != CQ_OK)
         goto io;
-    rc = cq_store_read_all(e->store, from, e->batch, apply_event, &c, &head,
-                           err, sizeof err);
+    rc = cq_store_read_all(e->store, from, e->batch, apply_round_event, &r,
+                           &store_head, err, sizeof err);
     if (rc != CQ_OK)
         goto rollback;
-    if (save_checkpoint(e->r_save, p, c.last, c.failed, c.error,
-                        c.error_position, c.error_event) != CQ_OK) {
-        snprintf(err, sizeof err, "%s", sqlite3_errmsg(e->rdb));
-        goto rollback;
+    for (int i = 0; i < r.n; i++) {
+        if (save_checkpoint(e->r_save, c[i].p, c[i].last, c[i].failed,
+                            c[i].error, c[i].error_position,
+                            c[i].error_event) != CQ_OK) {
+            snprintf(err, sizeof err, "%s", sqlite3_errmsg(e->rdb));
+            goto rollback;
+        }
     }
     if (cq_exec_sql(e->rx, "COMMIT", err, sizeof err) != CQ_OK)
         goto rollback;
     pthread_mutex_lock(&e->mu);
-    p->position = c.last;
+    for (int i = 0; i < r.n; i++)
+        c[i].p->position = c[i].last;
     pthread_mutex_unlock(&e->mu);
-    if (c.failed)
-        mark_failed(e, p, &c);
-    cq_waiters_advance(e->waits, p->index, c.last);
-    return CQ_OK;
+    for (int i = 0; i < r.n; i++) {
+        if (c[i].failed)
+            mark_failed(e, c[i].p, &c[i]);
+        cq_waiters_advance(e->waits, c[i].p->index, c[i].last);
+    }
+    free(c);
+    return 1;
 rollback:
     cq_exec_sql(e->rx, "ROLLBACK", err + strlen(err),
                 sizeof err - strlen(err));
 io:
-    fprintf(stderr, "cqrsd: projection %s: batch from %lld not applied, will "
-            "retry: %s\n", p->d->name, (long long)from, err);
-    return CQ_EIO;
+    fprintf(stderr, "cqrsd: projections: batch from %lld not applied, will "
+            "retry: %s\n", (long long)from, err);
+    free(c);
+    return -1;
+}
+
+/* read.db's WAL is copied back into the database by this thread, not by
+ * the projector: a checkpoint fsyncs read.db, and on the projector's path
+ * that stall would delay every waiting query. The projector's connection
+ * has SQLite's automatic checkpoints replaced by wal_hook() below, which
+ * only signals this thread once the WAL holds 1000 pages. PASSIVE
+ * checkpoints never block the projector or readers. */
+static void *checkpointer_main(void *arg)
+{
+    cq_engine *e = arg;
+    char path[4200];
+    sqlite3 *db = NULL;
+    char err[256];
+
+    pthread_setname_np(pthread_self(), "cq-checkpoint");
+    snprintf(path, sizeof path, "%s/read.db", e->dir);
+    if (open_db(path, SQLITE_OPEN_READWRITE, &db, err, sizeof err) != CQ_OK) {
+        fprintf(stderr, "cqrsd: read.db checkpoints: %s\n", err);
+        return NULL;
+    }
+    pthread_mutex_lock(&e->mu);
+    while (!e->stopping) {
+        if (!e->ckpt_due) {
+            pthread_cond_wait(&e->ckpt_cv, &e->mu);
+            continue;
+        }
+        e->ckpt_due = 0;
+        pthread_mutex_unlock(&e->mu);
+        if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+                                      NULL, NULL) != SQLITE_OK)
+            fprintf(stderr, "cqrsd: read.db checkpoint: %s\n",
+                    sqlite3_errmsg(db));
+        pthread_mutex_lock(&e->mu);
+    }
+    pthread_mutex_unlock(&e->mu);
+    sqlite3_close(db);
+    return NULL;
+}
+
+/* sqlite3_wal_hook on the projector's connection, after each commit. */
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    cq_engine *e = arg;
+
+    (void)db;
+    (void)name;
+    if (pages >= 1000) {
+        pthread_mutex_lock(&e->mu);
+        e->ckpt_due = 1;
+        pthread_cond_signal(&e->ckpt_cv);
+        pthread_mutex_unlock(&e->mu);
+    }
+    return SQLITE_OK;
 }
 
 static void *projector_main(void *arg)
@@ -394,21 +553,14 @@ static void *projector_main(void *arg)
     pthread_setname_np(pthread_self(), "cq-projector");
     pthread_mutex_lock(&e->mu);
     while (!e->stopping) {
-        int busy = 0, trouble = 0;
+        int did;
 
-        for (int i = 0; i < e->nprojs; i++) {
-            proj *p = e->projs[i];
-            if (p->is_inline || p->failed || p->position >= e->head)
-                continue;
-            busy = 1;
-            pthread_mutex_unlock(&e->mu);
-            if (apply_batch(e, p) != CQ_OK)
-                trouble = 1;
-            pthread_mutex_lock(&e->mu);
-            if (e->stopping)
-                break;
-        }
-        if (trouble) {
+        pthread_mutex_unlock(&e->mu);
+        did = apply_round(e);
+        pthread_mutex_lock(&e->mu);
+        if (e->stopping)
+            break;
+        if (did < 0) {
             /* the store or read.db is failing: retry, but not in a spin */
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
@@ -418,8 +570,16 @@ static void *projector_main(void *arg)
                 ts.tv_nsec -= 1000000000;
             }
             pthread_cond_timedwait(&e->cv, &e->mu, &ts);
-        } else if (!busy) {
-            pthread_cond_wait(&e->cv, &e->mu);
+        } else if (did == 0) {
+            /* nothing due: sleep until the writer commits more (checked
+             * under the lock, so no wake-up is lost) */
+            int due = 0;
+            for (int i = 0; i < e->nprojs && !due; i++) {
+                proj *p = e->projs[i];
+                due = !p->is_inline && !p->failed && p->position < e->head;
+            }
+            if (!due)
+                pthread_cond_wait(&e->cv, &e->mu);
         }
     }
     pthread_mutex_unlock(&e->mu);
@@ -429,48 +589,83 @@ static void *projector_main(void *arg)
 /* ---- writer hooks ---------------------------------------------------------- */
 
 static int hook_apply_inline(void *arg, const cq_stored_event *events,
-                             size_t n)
+                             const json_t *const *data, size_t n)
 {
     cq_engine *e = arg;
+    int need_meta = 0, live = 0, rc = CQ_OK;
+    parsed *pe;
 
-    for (int i = 0; i < e->nprojs; i++) {
+    for (int i = 0; i < e->nprojs; i++)
+        if (e->projs[i]->is_inline && !e->projs[i]->failed) {
+            live = 1;
+            need_meta |= e->projs[i]->needs_metadata;
+        }
+    if (!live)
+        return CQ_OK;
+    pe = calloc(n, sizeof *pe);
+    if (pe == NULL)
+        return CQ_ENOMEM;
+    for (size_t k = 0; k < n; k++)
+        parse_event(&events[k], data[k], need_meta, &pe[k]);
+
+    for (int i = 0; i < e->nprojs && rc == CQ_OK; i++) {
         proj *p = e->projs[i];
         apply_ctx c;
-        int failed;
 
-        if (!p->is_inline)
-            continue;
-        pthread_mutex_lock(&e->mu);
-        failed = p->failed;
-        pthread_mutex_unlock(&e->mu);
-        if (failed)
+        /* p->failed is only ever set on this thread once the writer runs */
+        if (!p->is_inline || p->failed)
             continue;
         memset(&c, 0, sizeof c);
         c.e = e;
         c.p = p;
         c.x = e->ix;
         c.last = events[0].position - 1;
-        if (step_done(e->i_sp) != CQ_OK)
-            return CQ_EIO;
-        for (size_t k = 0; k < n && !c.failed; k++)
-            apply_event(&c, &events[k]);
+        if (step_done(e->i_sp) != CQ_OK) {
+            rc = CQ_EIO;
+            break;
+        }
+        for (size_t k = 0; k < n && !c.failed; k++) {
+            int prc = json_is_object(pe[k].data) &&
+                              (!p->needs_metadata ||
+                               json_is_object(pe[k].meta))
+                          ? CQ_OK
+                          : CQ_ECORRUPT;
+            apply_parsed(&c, &events[k], &pe[k], prc);
+        }
         if (c.failed) {
             /* Undo the projection's writes for this command (all of its
-             * events); the command stands. */
+             * events) and record the failure; the command stands. */
             step_done(e->i_rollback);
             c.last = events[0].position - 1;
             mark_failed(e, p, &c);
-            pthread_mutex_lock(&e->mu);
-            if (c.last > p->position)
-                p->position = c.last;
-            pthread_mutex_unlock(&e->mu);
+            if (save_checkpoint(e->i_save, p, c.last, 1, c.error,
+                                c.error_position, c.error_event) != CQ_OK)
+                rc = CQ_EIO;
         }
-        if (save_checkpoint(e->i_save, p, c.last, c.failed, c.error,
-                            c.error_position, c.error_event) != CQ_OK ||
-            step_done(e->i_release) != CQ_OK)
-            return CQ_EIO;
+        if (step_done(e->i_release) != CQ_OK)
+            rc = CQ_EIO;
         if (sqlite3_get_autocommit(cq_exec_db(e->ix)))
-            return CQ_EIO; /* SQLite rolled the whole transaction back */
+            rc = CQ_EIO; /* SQLite rolled the whole transaction back */
+    }
+    for (size_t k = 0; k < n; k++)
+        parsed_clear(&pe[k]);
+    free(pe);
+    return rc;
+}
+
+/* The inline projections have applied every event of the transaction, up
+ * to head: write their checkpoints once per batch, with the events. */
+static int hook_before_commit(void *arg, int64_t head)
+{
+    cq_engine *e = arg;
+
+    for (int i = 0; i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        if (!p->is_inline || p->failed || p->saved >= head)
+            continue;
+        if (save_checkpoint(e->i_save, p, head, 0, NULL, 0, NULL) != CQ_OK)
+            return CQ_EIO;
+        p->saved = head;
     }
     return CQ_OK;
 }
@@ -499,7 +694,8 @@ static void hook_committed(void *arg, int64_t head)
 
 cq_writer_hooks cq_engine_writer_hooks(cq_engine *e)
 {
-    cq_writer_hooks h = {hook_apply_inline, hook_committed, e};
+    cq_writer_hooks h = {hook_apply_inline, hook_before_commit,
+                         hook_committed, e};
     return h;
 }
 
@@ -521,6 +717,7 @@ int cq_engine_new(const cq_engine_config *cfg, cq_store *store,
     e->nreaders = cfg->readers > 0 ? cfg->readers : 4;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
+    pthread_cond_init(&e->ckpt_cv, NULL);
     *out = e;
     return CQ_OK;
 }
@@ -931,6 +1128,7 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         rc = catch_up_inline(e, p, head, err, errcap);
         if (rc != CQ_OK)
             return rc;
+        p->saved = p->position;
     }
     rc = pool_open(&e->reads, path, e->nreaders, err, errcap);
     if (rc == CQ_OK) {
@@ -948,6 +1146,12 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         cq_waiters_advance(e->waits, i, e->projs[i]->position);
     cq_waiters_advance(e->waits, e->nprojs, head);
     e->head = head;
+    sqlite3_wal_hook(e->rdb, on_wal_commit, e);
+    if (pthread_create(&e->checkpointer, NULL, checkpointer_main, e) != 0) {
+        snprintf(err, errcap, "cannot start the checkpoint thread");
+        return CQ_ENOMEM;
+    }
+    e->ckpt_started = 1;
     if (pthread_create(&e->projector, NULL, projector_main, e) != 0) {
         snprintf(err, errcap, "cannot start the projector thread");
         return CQ_ENOMEM;
@@ -966,9 +1170,12 @@ void cq_engine_stop(cq_engine *e)
     joined = e->stopping;
     e->stopping = 1;
     pthread_cond_broadcast(&e->cv);
+    pthread_cond_broadcast(&e->ckpt_cv);
     pthread_mutex_unlock(&e->mu);
     if (e->started && !joined)
         pthread_join(e->projector, NULL);
+    if (e->ckpt_started && !joined)
+        pthread_join(e->checkpointer, NULL);
     cq_waiters_shutdown(e->waits);
 }
 
@@ -998,6 +1205,7 @@ void cq_engine_free(cq_engine *e)
     free(e->projs);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
+    pthread_cond_destroy(&e->ckpt_cv);
     free(e);
 }
 
@@ -1059,16 +1267,17 @@ int cq_engine_wait(cq_engine *e, int projection, int64_t target,
     return cq_waiters_add(e->waits, queue, target, timeout_ms, cb, arg, out);
 }
 
-/* Run a statement returning one integer on db: ?1 is `text` (if not
- * NULL), ?2 is `a`. CQ_OK with *out, CQ_ENOTFOUND (no row or NULL), or
- * CQ_EIO. */
-static int query_int(sqlite3 *db, const char *sql, const char *text,
+/* Run a statement returning one integer through x (its prepared form is
+ * cached): ?1 is `text` (if not NULL), ?2 is `a`. CQ_OK with *out,
+ * CQ_ENOTFOUND (no row or NULL), or CQ_EIO. */
+static int query_int(cq_exec *x, const char *sql, const char *text,
                      int64_t a, int64_t *out)
 {
-    sqlite3_stmt *st;
+    char err[128];
+    sqlite3_stmt *st = cq_exec_stmt(x, sql, err, sizeof err);
     int rc = CQ_ENOTFOUND;
 
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+    if (st == NULL)
         return CQ_EIO;
     if (text != NULL)
         sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
@@ -1085,17 +1294,26 @@ static int query_int(sqlite3 *db, const char *sql, const char *text,
     default:
         rc = CQ_EIO;
     }
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
     return rc;
 }
+
+static const char SQL_VERSION_POSITION[] =
+    "SELECT position FROM events WHERE stream_id = ?1 AND version = ?2";
+static const char SQL_RECORDED_AT[] =
+    "SELECT recorded_at FROM events WHERE position = ?2";
+static const char SQL_VERSION_AT[] =
+    "SELECT max(version) FROM events WHERE stream_id = ?1 AND position <= ?2";
+static const char SQL_CHECKPOINT[] =
+    "SELECT position, status FROM cq_projections WHERE name = ?1";
 
 int cq_engine_version_position(cq_engine *e, const char *stream_id,
                                int64_t version, int64_t *position,
                                char *err, size_t errcap)
 {
     int i = pool_get(&e->events);
-    int rc = query_int(e->events.db[i], "SELECT position FROM events"
-                       " WHERE stream_id = ?1 AND version = ?2", stream_id,
+    int rc = query_int(e->events.x[i], SQL_VERSION_POSITION, stream_id,
                        version, position);
     if (rc == CQ_EIO)
         snprintf(err, errcap, "%s", sqlite3_errmsg(e->events.db[i]));
@@ -1184,8 +1402,8 @@ static double lag_ms(cq_engine *e, int64_t position, int64_t head)
     if (position >= head)
         return 0;
     i = pool_get(&e->events);
-    if (query_int(e->events.db[i], "SELECT recorded_at FROM events"
-                  " WHERE position = ?2", NULL, position + 1, &at) != CQ_OK)
+    if (query_int(e->events.x[i], SQL_RECORDED_AT, NULL, position + 1,
+                  &at) != CQ_OK)
         at = 0;
     pool_put(&e->events, i);
     if (at == 0)
@@ -1200,9 +1418,8 @@ static int64_t stream_version_at(cq_engine *e, const char *stream_id,
     int64_t v = 0;
     int i = pool_get(&e->events);
 
-    if (query_int(e->events.db[i], "SELECT max(version) FROM events"
-                  " WHERE stream_id = ?1 AND position <= ?2", stream_id,
-                  position, &v) != CQ_OK)
+    if (query_int(e->events.x[i], SQL_VERSION_AT, stream_id, position,
+                  &v) != CQ_OK)
         v = 0;
     pool_put(&e->events, i);
     return v;
@@ -1216,7 +1433,6 @@ int cq_engine_run_query(cq_engine *e, int projection, const cq_decl_query *q,
     proj *p = e->projs[projection];
     pool *pl = p->is_inline ? &e->events : &e->reads;
     int i = pool_get(pl);
-    sqlite3 *db = pl->db[i];
     sqlite3_stmt *st = NULL;
     int rc;
 
@@ -1226,9 +1442,8 @@ int cq_engine_run_query(cq_engine *e, int projection, const cq_decl_query *q,
     if (rc != CQ_OK)
         goto done;
     /* the checkpoint, from the same snapshot as the rows */
-    if (sqlite3_prepare_v2(db, "SELECT position, status FROM cq_projections"
-                           " WHERE name = ?1", -1, &st, NULL) != SQLITE_OK) {
-        snprintf(err, errcap, "%s", sqlite3_errmsg(db));
+    st = cq_exec_stmt(pl->x[i], SQL_CHECKPOINT, err, errcap);
+    if (st == NULL) {
         rc = CQ_EIO;
         goto rollback;
     }
@@ -1238,7 +1453,8 @@ int cq_engine_run_query(cq_engine *e, int projection, const cq_decl_query *q,
         fresh->position = sqlite3_column_int64(st, 0);
         fresh->failed = status && strcmp(status, "failed") == 0;
     }
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
     rc = shape(pl->x[i], q, values, data, err, errcap);
 rollback:
     {

@@ -114,6 +114,12 @@ static sqlite3_stmt *prepared(cq_exec *x, const cq_decl_stmt *st, char *err,
     return prepared_key(x, st, st->sqlite_sql, st->line, err, errcap);
 }
 
+sqlite3_stmt *cq_exec_stmt(cq_exec *x, const char *sql, char *err,
+                           size_t errcap)
+{
+    return prepared_key(x, sql, sql, 0, err, errcap);
+}
+
 int cq_exec_prepare(cq_exec *x, const cq_decl_stmt *st, char *err,
                     size_t errcap)
 {

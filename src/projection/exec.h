@@ -31,6 +31,12 @@ sqlite3 *cq_exec_db(cq_exec *x);
  * with a message in err. */
 int cq_exec_sql(cq_exec *x, const char *sql, char *err, size_t errcap);
 
+/* The statement for `sql` (a string that lives as long as x: its address
+ * is the cache key), prepared on first use; reset and without bindings on
+ * return. NULL on error (message in err). */
+sqlite3_stmt *cq_exec_stmt(cq_exec *x, const char *sql, char *err,
+                           size_t errcap);
+
 /* Prepare st now (it is cached for later use), to find errors at start.
  * CQ_OK or CQ_EIO with "statement at line N: <sqlite message>". */
 int cq_exec_prepare(cq_exec *x, const cq_decl_stmt *st, char *err,
