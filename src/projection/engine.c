@@ -16,26 +16,33 @@
  *   | error, error_position, error_event | why and where it failed       |
  *   | updated_at     | ms since the epoch                                |
  *
- * Protocol of one asynchronous micro-batch (projector thread):
+ * Protocol of one asynchronous micro-batch (projector thread), for every
+ * asynchronous projection behind the head at once:
  *   1. BEGIN on read.db;
- *   2. read up to `batch` events after the checkpoint from the event store
- *      (one read snapshot) and, for each, SAVEPOINT ev, run the handlers,
- *      RELEASE ev; a failing handler is rolled back to its savepoint and
- *      ends the batch;
- *   3. write the checkpoint (and the failure, if any) and COMMIT;
- *   4. publish the new position and wake the waiters it satisfies.
- * A crash anywhere before 3 loses the batch and its checkpoint together,
+ *   2. read up to `batch` events (10 x batch when far behind) after the
+ *      lowest checkpoint from the event store, in one read snapshot;
+ *      decode each event once and run the handlers of every projection
+ *      that has not applied it yet;
+ *   3. if a handler failed, ROLLBACK and run the same batch again with a
+ *      SAVEPOINT per event and projection, so that the failing event alone
+ *      is rolled back and ends that projection's part of the batch;
+ *   4. write every checkpoint (and failure) and COMMIT;
+ *   5. publish the new positions and wake the waiters they satisfy.
+ * A crash anywhere before 4 loses the batch and its checkpoints together,
  * and the batch is applied again after restart. Handlers are written to
  * be idempotent as well (docs/declared-sql.md), so a batch applied twice
- * changes nothing.
+ * changes nothing. read.db's WAL is checkpointed by its own thread.
  *
  * Inline projections run on the writer thread inside the command's
  * savepoint (hook apply_inline), under a nested SAVEPOINT inl so that a
- * failing handler undoes only the projection's own writes; their position
- * is published when the writer reports the commit (hook committed).
+ * failing handler undoes only the projection's own writes; their
+ * checkpoint is written once per batch just before the commit (hook
+ * before_commit) and their position published when the writer reports the
+ * commit (hook committed).
  *
- * Locks: `mu` guards head, stopping and every projection's position and
- * failure fields; `cv` wakes the projector. The connection pools have
+ * Locks: `mu` guards head, stopping, ckpt_due and every projection's
+ * position and failure fields; `cv` wakes the projector, `ckpt_cv` the
+ * checkpointer. The connection pools have
  * their own mutexes; waits have theirs (wait.c). Lock order: never hold
  * mu while taking a pool or the waiters' lock.
  */
