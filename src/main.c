@@ -10,8 +10,8 @@
  * signals are blocked in every thread and taken with sigwait() here, so
  * shutdown runs as ordinary code: let the writer commit and answer
  * everything queued (new writes meanwhile get 503), let MHD send those
- * answers and close its connections, then close the store. Nothing acknowledged is lost because nothing is
- * acknowledged before its commit.
+ * answers and close its connections, then close the store. Nothing acknowledged
+ * is lost because nothing is acknowledged before its commit.
  */
 #include <errno.h>
 #include <limits.h>
@@ -64,8 +64,8 @@ static void usage(FILE *f)
 }
 
 /* Strict decimal integer in [min, max]. */
-static int parse_num(const char *flag, const char *s, int64_t min,
-                     int64_t max, int64_t *out)
+static int parse_num(const char *flag, const char *s, int64_t min, int64_t max,
+                     int64_t *out)
 {
     char *end;
     long long v;
@@ -73,8 +73,10 @@ static int parse_num(const char *flag, const char *s, int64_t min,
     errno = 0;
     v = strtoll(s, &end, 10);
     if (errno != 0 || end == s || *end != '\0' || v < min || v > max) {
-        fprintf(stderr, "cqrsd: %s needs an integer from %lld to %lld, not "
-                "'%s'\n", flag, (long long)min, (long long)max, s);
+        fprintf(stderr,
+                "cqrsd: %s needs an integer from %lld to %lld, not "
+                "'%s'\n",
+                flag, (long long)min, (long long)max, s);
         return -1;
     }
     *out = v;
@@ -95,8 +97,7 @@ static int parse_args(int argc, char **argv, options *o)
         int rc = 0;
 
         if (v == NULL) {
-            fprintf(stderr, "cqrsd: %s: unknown option or missing value\n",
-                    a);
+            fprintf(stderr, "cqrsd: %s: unknown option or missing value\n", a);
             return -1;
         }
         if (strcmp(a, "--data") == 0)
@@ -163,8 +164,10 @@ static int parse_listen(const char *spec, cq_server_config *cfg)
     freeaddrinfo(res);
     return 0;
 bad:
-    fprintf(stderr, "cqrsd: --listen wants HOST:PORT or [IPV6]:PORT, not "
-            "'%s'\n", spec);
+    fprintf(stderr,
+            "cqrsd: --listen wants HOST:PORT or [IPV6]:PORT, not "
+            "'%s'\n",
+            spec);
     return -1;
 }
 
@@ -253,14 +256,16 @@ static int serve(const options *o)
                 cq_strerror(rc));
         goto done;
     }
-    rc = cq_server_start(&hcfg, store, writer, engine, orders_domain(),
-                         &server, err, sizeof err);
+    rc = cq_server_start(&hcfg, store, writer, engine, orders_domain(), &server,
+                         err, sizeof err);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: --listen %s: %s\n", o->listen, err);
         goto done;
     }
-    fprintf(stderr, "cqrsd: serving the orders example on %s (port %u), "
-            "data in %s\n", o->listen, cq_server_port(server), o->data);
+    fprintf(stderr,
+            "cqrsd: serving the orders example on %s (port %u), "
+            "data in %s\n",
+            o->listen, cq_server_port(server), o->data);
 
     while (sigwait(&sigs, &sig) != 0)
         ;
@@ -284,8 +289,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (strcmp(argv[1], "version") == 0 ||
-        strcmp(argv[1], "--version") == 0) {
+    if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
         printf("cqrsd %s\n", CQ_VERSION_STRING);
         return 0;
     }

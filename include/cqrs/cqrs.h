@@ -12,18 +12,18 @@
 
 enum {
     CQ_OK = 0,
-    CQ_EINVAL = -1,     /* input is malformed or out of range */
-    CQ_ENOTFOUND = -2,  /* stream, key, command type... does not exist */
-    CQ_ECONFLICT = -3,  /* expected version does not match the stream */
-    CQ_EEXIST = -4,     /* the stream (or key) exists already */
-    CQ_EREFUSED = -5,   /* a business rule refused the command */
-    CQ_EIO = -6,        /* the storage layer failed */
-    CQ_ENOMEM = -7,     /* out of memory */
-    CQ_ECORRUPT = -8,   /* stored bytes could not be decoded */
-    CQ_EVERSION = -9,   /* file written by a newer, unknown schema */
-    CQ_EBUSY = -10,     /* queue full; try again later */
-    CQ_ECLOSED = -11,   /* the component is shutting down */
-    CQ_EMISMATCH = -12  /* idempotency key reused with another command */
+    CQ_EINVAL = -1,    /* input is malformed or out of range */
+    CQ_ENOTFOUND = -2, /* stream, key, command type... does not exist */
+    CQ_ECONFLICT = -3, /* expected version does not match the stream */
+    CQ_EEXIST = -4,    /* the stream (or key) exists already */
+    CQ_EREFUSED = -5,  /* a business rule refused the command */
+    CQ_EIO = -6,       /* the storage layer failed */
+    CQ_ENOMEM = -7,    /* out of memory */
+    CQ_ECORRUPT = -8,  /* stored bytes could not be decoded */
+    CQ_EVERSION = -9,  /* file written by a newer, unknown schema */
+    CQ_EBUSY = -10,    /* queue full; try again later */
+    CQ_ECLOSED = -11,  /* the component is shutting down */
+    CQ_EMISMATCH = -12 /* idempotency key reused with another command */
 };
 
 /* Short static description of a code; never NULL. Thread-safe. */

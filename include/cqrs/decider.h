@@ -48,25 +48,26 @@ int cq_errors_count(const cq_errors *e);
 /* ---- declarative shape checks ------------------------------------------ */
 
 typedef enum cq_field_kind {
-    CQ_FIELD_END = 0,   /* terminates a field list */
-    CQ_FIELD_STRING,    /* min/max bound the length in characters */
-    CQ_FIELD_INTEGER,   /* min/max bound the value */
-    CQ_FIELD_ARRAY      /* of objects described by `items`; min/max bound the count */
+    CQ_FIELD_END = 0, /* terminates a field list */
+    CQ_FIELD_STRING,  /* min/max bound the length in characters */
+    CQ_FIELD_INTEGER, /* min/max bound the value */
+    CQ_FIELD_ARRAY /* of objects described by `items`; min/max bound the count
+                    */
 } cq_field_kind;
 
 typedef enum cq_charset {
-    CQ_CHARS_TEXT = 0,  /* any UTF-8 without control characters */
-    CQ_CHARS_ID,        /* [A-Za-z0-9_-] */
-    CQ_CHARS_UPPER      /* [A-Z] */
+    CQ_CHARS_TEXT = 0, /* any UTF-8 without control characters */
+    CQ_CHARS_ID,       /* [A-Za-z0-9_-] */
+    CQ_CHARS_UPPER     /* [A-Z] */
 } cq_charset;
 
 typedef struct cq_field {
     const char *name;
     cq_field_kind kind;
-    int optional;                  /* 0: required */
-    int64_t min, max;              /* inclusive bounds, see cq_field_kind */
-    cq_charset chars;              /* strings only */
-    const struct cq_field *items;  /* arrays only: fields of each item */
+    int optional;                 /* 0: required */
+    int64_t min, max;             /* inclusive bounds, see cq_field_kind */
+    cq_charset chars;             /* strings only */
+    const struct cq_field *items; /* arrays only: fields of each item */
 } cq_field;
 
 /* Check that `body` is an object whose members match `fields` (a list
@@ -84,8 +85,8 @@ int cq_schema_check(const cq_field *fields, const json_t *body,
 typedef struct cq_event {
     const char *type;
     int schema_version;
-    int64_t version;    /* version within its stream, from 1 */
-    int64_t position;   /* global position, from 1 */
+    int64_t version;  /* version within its stream, from 1 */
+    int64_t position; /* global position, from 1 */
     const json_t *data;
 } cq_event;
 
@@ -119,15 +120,15 @@ int cq_decision_refuse(cq_decision *d, const char *fmt, ...)
 
 /* What the stream must look like before decide() runs. */
 typedef enum cq_expect {
-    CQ_EXPECT_ANY = 0,   /* no check */
-    CQ_EXPECT_NEW,       /* stream must not exist: 409 otherwise */
-    CQ_EXPECT_EXISTS     /* stream must exist: 404 otherwise */
+    CQ_EXPECT_ANY = 0, /* no check */
+    CQ_EXPECT_NEW,     /* stream must not exist: 409 otherwise */
+    CQ_EXPECT_EXISTS   /* stream must exist: 404 otherwise */
 } cq_expect;
 
 typedef struct cq_command_def {
-    const char *type;                /* e.g. "PlaceOrder"; unique per domain */
+    const char *type; /* e.g. "PlaceOrder"; unique per domain */
     const cq_aggregate *aggregate;
-    const cq_field *schema;          /* shape of the body */
+    const cq_field *schema; /* shape of the body */
     cq_expect expect;
     /* Write the target stream id (NUL-terminated) into buf of cap bytes.
      * Called only after the schema check passed. CQ_OK or CQ_EINVAL. */

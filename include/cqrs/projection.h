@@ -39,7 +39,7 @@ typedef struct cq_sql_value {
     cq_sql_type type;
     int64_t i;
     double r;
-    const char *text;   /* NUL-terminated; borrowed for the call */
+    const char *text; /* NUL-terminated; borrowed for the call */
 } cq_sql_value;
 
 #define CQ_SQL_INT_VALUE(v) ((cq_sql_value){CQ_SQL_INT, (v), 0, NULL})
@@ -59,14 +59,14 @@ typedef struct cq_projection_event {
     const char *stream_id;
     int64_t version;
     const char *type;
-    const char *time;        /* RFC 3339, when it was recorded */
-    const char *day;         /* YYYY-MM-DD (UTC) of time */
+    const char *time; /* RFC 3339, when it was recorded */
+    const char *day;  /* YYYY-MM-DD (UTC) of time */
     const json_t *data;
     const json_t *metadata;
 } cq_projection_event;
 
 typedef struct cq_projection_code {
-    const char *name;        /* must equal the declared file's @projection */
+    const char *name; /* must equal the declared file's @projection */
     /* Apply one event. CQ_OK, or any error code to stop the projection
      * (status failed with this event). */
     int (*apply)(void *arg, cq_sql *sql, const cq_projection_event *ev);

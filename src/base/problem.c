@@ -54,8 +54,7 @@ char *cq_problem_text(int status, const char *slug, json_t *errors,
     }
 
     doc = json_pack("{s:s, s:s, s:i, s:s}", "type", type, "title",
-                    cq_http_reason(status), "status", status, "detail",
-                    detail);
+                    cq_http_reason(status), "status", status, "detail", detail);
     if (doc == NULL)
         goto done;
     if (errors != NULL) {

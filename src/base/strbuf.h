@@ -16,12 +16,15 @@
 #include <stdint.h>
 
 typedef struct cq_strbuf {
-    char *p;        /* NUL-terminated when len > 0 */
+    char *p; /* NUL-terminated when len > 0 */
     size_t len, cap;
     int oom;
 } cq_strbuf;
 
-#define CQ_STRBUF_INIT {NULL, 0, 0, 0}
+#define CQ_STRBUF_INIT                                                         \
+    {                                                                          \
+        NULL, 0, 0, 0                                                          \
+    }
 
 /* Append n bytes of s. */
 void cq_strbuf_add(cq_strbuf *b, const char *s, size_t n);

@@ -7,7 +7,7 @@
 #include <string.h>
 
 typedef struct entry {
-    char *stream_id;            /* NULL: empty slot */
+    char *stream_id; /* NULL: empty slot */
     const cq_aggregate *agg;
     void *state;
     int64_t version;
@@ -18,7 +18,7 @@ typedef struct entry {
 struct cq_cache {
     entry *slots;
     size_t mask;
-    size_t *dirty;              /* indexes of dirty slots */
+    size_t *dirty; /* indexes of dirty slots */
     size_t ndirty, capdirty;
 };
 

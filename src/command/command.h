@@ -14,8 +14,8 @@
 
 /* ---- cq_errors ---- */
 
-cq_errors *cq_errors_new(void);           /* NULL on out of memory */
-void cq_errors_free(cq_errors *e);         /* accepts NULL */
+cq_errors *cq_errors_new(void);    /* NULL on out of memory */
+void cq_errors_free(cq_errors *e); /* accepts NULL */
 
 /* A new JSON array [{"field": ..., "message": ...}, ...] (new reference),
  * or NULL on out of memory. */
@@ -24,13 +24,13 @@ json_t *cq_errors_to_json(const cq_errors *e);
 /* ---- cq_decision ---- */
 
 typedef struct cq_decided_event {
-    const char *type;          /* owned by the decision */
+    const char *type; /* owned by the decision */
     int schema_version;
-    json_t *data;              /* owned by the decision (one reference) */
+    json_t *data; /* owned by the decision (one reference) */
 } cq_decided_event;
 
-cq_decision *cq_decision_new(void);       /* NULL on out of memory */
-void cq_decision_free(cq_decision *d);     /* accepts NULL */
+cq_decision *cq_decision_new(void);    /* NULL on out of memory */
+void cq_decision_free(cq_decision *d); /* accepts NULL */
 
 /* Forget emitted events and refusal so the decision can be reused. */
 void cq_decision_reset(cq_decision *d);

@@ -336,17 +336,10 @@ int cq_schema_check(const cq_field *fields, const json_t *body,
             continue;
         }
         switch (f->kind) {
-        case CQ_FIELD_STRING:
-            check_string(f, v, p.s, errs);
-            break;
-        case CQ_FIELD_INTEGER:
-            check_integer(f, v, p.s, errs);
-            break;
-        case CQ_FIELD_ARRAY:
-            check_array(f, v, p.s, errs);
-            break;
-        default:
-            break;
+        case CQ_FIELD_STRING: check_string(f, v, p.s, errs); break;
+        case CQ_FIELD_INTEGER: check_integer(f, v, p.s, errs); break;
+        case CQ_FIELD_ARRAY: check_array(f, v, p.s, errs); break;
+        default: break;
         }
     }
 

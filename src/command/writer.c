@@ -46,9 +46,9 @@ struct cq_writer {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    cq_write_req *head, *tail;  /* guarded by mu */
-    int queued;                 /* guarded by mu */
-    int stopping;               /* guarded by mu */
+    cq_write_req *head, *tail; /* guarded by mu */
+    int queued;                /* guarded by mu */
+    int stopping;              /* guarded by mu */
     _Atomic int64_t head_position;
 
     /* writer thread only */
@@ -115,8 +115,10 @@ static int fold_event(void *arg, const cq_stored_event *se)
     }
     data = json_loads(se->data, JSON_REJECT_DUPLICATES, &jerr);
     if (data == NULL || !json_is_object(data)) {
-        snprintf(f->err, sizeof f->err, "event at position %lld: data is "
-                 "not a JSON object", (long long)se->position);
+        snprintf(f->err, sizeof f->err,
+                 "event at position %lld: data is "
+                 "not a JSON object",
+                 (long long)se->position);
         json_decref(data);
         f->rc = CQ_ECORRUPT;
         return 1;
@@ -129,9 +131,10 @@ static int fold_event(void *arg, const cq_stored_event *se)
     rc = f->agg->evolve(f->state, &ev);
     json_decref(data);
     if (rc != CQ_OK) {
-        snprintf(f->err, sizeof f->err, "event at position %lld (%s) could "
-                 "not be applied: %s", (long long)se->position, se->type,
-                 cq_strerror(rc));
+        snprintf(f->err, sizeof f->err,
+                 "event at position %lld (%s) could "
+                 "not be applied: %s",
+                 (long long)se->position, se->type, cq_strerror(rc));
         f->rc = rc;
         return 1;
     }
@@ -164,20 +167,24 @@ static int load_state(cq_writer *w, cq_write_req *r, int64_t cur, fold_ctx *f)
         return CQ_ENOMEM;
     if (f->version == cur)
         return CQ_OK;
-    rc = cq_store_fold_stream(w->store, r->stream_id, f->version, fold_event,
-                              f);
+    rc =
+        cq_store_fold_stream(w->store, r->stream_id, f->version, fold_event, f);
     if (rc != CQ_OK)
         return rc;
     if (f->rc == CQ_OK && f->version != cur) {
-        snprintf(f->err, sizeof f->err, "stream is at version %lld but its "
-                 "events end at %lld", (long long)cur, (long long)f->version);
+        snprintf(f->err, sizeof f->err,
+                 "stream is at version %lld but its "
+                 "events end at %lld",
+                 (long long)cur, (long long)f->version);
         f->rc = CQ_ECORRUPT;
     }
     if (f->rc == CQ_ENOMEM)
         return CQ_ENOMEM;
     if (f->rc != CQ_OK) {
-        answer_problem(r, 500, "corrupt-stream", "stream %s cannot be "
-                       "loaded: %s", r->stream_id, f->err);
+        answer_problem(r, 500, "corrupt-stream",
+                       "stream %s cannot be "
+                       "loaded: %s",
+                       r->stream_id, f->err);
         return CQ_ECORRUPT;
     }
     return CQ_OK;
@@ -194,8 +201,7 @@ static char *event_metadata(const cq_write_req *r, const json_t *user,
     char event_id[37];
     json_t *m;
     char *text = NULL;
-    const char *corr = r->correlation_id[0] ? r->correlation_id
-                                            : r->command_id;
+    const char *corr = r->correlation_id[0] ? r->correlation_id : r->command_id;
 
     if (cq_uuid7(event_id) != CQ_OK)
         return NULL;
@@ -244,8 +250,8 @@ typedef struct pending {
 
 /* Hand the events just appended to the inline projections. */
 static int apply_inline(cq_writer *w, cq_write_req *r, const cq_new_event *evs,
-                        const pending *p, size_t n, int64_t now,
-                        int64_t first, int64_t base)
+                        const pending *p, size_t n, int64_t now, int64_t first,
+                        int64_t base)
 {
     cq_stored_event *se = calloc(n, sizeof *se);
     const json_t **data = calloc(n, sizeof *data);
@@ -273,9 +279,11 @@ static int apply_inline(cq_writer *w, cq_write_req *r, const cq_new_event *evs,
     free(data);
     if (rc == CQ_OK)
         return CQ_OK;
-    answer_problem(r, 500, "inline-projection-failed", "an inline projection "
+    answer_problem(r, 500, "inline-projection-failed",
+                   "an inline projection "
                    "could not apply the events of stream %s; nothing was "
-                   "written", r->stream_id);
+                   "written",
+                   r->stream_id);
     return CQ_ECORRUPT; /* fails r alone, answer set */
 }
 
@@ -308,8 +316,7 @@ static int append_events(cq_writer *w, cq_write_req *r, int64_t cur,
                          cur == 0 ? CQ_VERSION_NO_STREAM : cur, evs, n, now,
                          version, first);
     if (rc == CQ_OK && w->cfg.hooks.apply_inline != NULL)
-        rc = apply_inline(w, r, evs, p, n, now, *first,
-                          *version - (int64_t)n);
+        rc = apply_inline(w, r, evs, p, n, now, *first, *version - (int64_t)n);
 done:
     for (i = 0; i < made; i++) {
         free((char *)evs[i].data);
@@ -328,8 +335,10 @@ static enum outcome fatal(cq_writer *w, cq_write_req *r, int rc)
 {
     if (rc == CQ_ECORRUPT) {
         if (r->response == NULL) /* load_state() explains itself */
-            answer_problem(r, 500, "corrupt-stream", "stream %s cannot be "
-                           "read: %s", r->stream_id, cq_store_errmsg(w->store));
+            answer_problem(r, 500, "corrupt-stream",
+                           "stream %s cannot be "
+                           "read: %s",
+                           r->stream_id, cq_store_errmsg(w->store));
         return UNDO;
     }
     if (rc == CQ_ENOMEM) {
@@ -356,8 +365,10 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
     if (rc != CQ_OK)
         return fatal(w, r, rc);
     if (def->expect == CQ_EXPECT_NEW && cur > 0) {
-        answer_problem(r, 409, "stream-exists", "stream %s already exists "
-                       "(version %lld)", r->stream_id, (long long)cur);
+        answer_problem(r, 409, "stream-exists",
+                       "stream %s already exists "
+                       "(version %lld)",
+                       r->stream_id, (long long)cur);
         return UNDO_STORE;
     }
     if (def->expect == CQ_EXPECT_EXISTS && cur == 0) {
@@ -366,7 +377,8 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
         return UNDO_STORE;
     }
     if (r->expected != CQ_VERSION_ANY && r->expected != cur) {
-        answer_problem(r, 412, "precondition-failed", "If-Match expects "
+        answer_problem(r, 412, "precondition-failed",
+                       "If-Match expects "
                        "version %lld but stream %s is at version %lld",
                        (long long)r->expected, r->stream_id, (long long)cur);
         return UNDO_STORE;
@@ -387,8 +399,8 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
         goto done;
     }
     if (rc != CQ_OK) {
-        answer_problem(r, 500, "internal", "%s decider failed: %s",
-                       def->type, cq_strerror(rc));
+        answer_problem(r, 500, "internal", "%s decider failed: %s", def->type,
+                       cq_strerror(rc));
         out = UNDO;
         goto done;
     }
@@ -412,8 +424,10 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
         }
         rc = append_events(w, r, cur, p, n, now, &version, &first);
         if (rc == CQ_ECONFLICT) {
-            answer_problem(r, 409, "conflict", "stream %s changed while the "
-                           "command ran", r->stream_id);
+            answer_problem(r, 409, "conflict",
+                           "stream %s changed while the "
+                           "command ran",
+                           r->stream_id);
             goto done;
         }
         if (rc != CQ_OK) {
@@ -425,9 +439,10 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
                            first + (int64_t)i, p[i].data};
             rc = agg->evolve(f.state, &ev);
             if (rc != CQ_OK) {
-                answer_problem(r, 500, "internal", "%s: its own event %s "
-                               "could not be applied: %s", def->type,
-                               ev.type, cq_strerror(rc));
+                answer_problem(r, 500, "internal",
+                               "%s: its own event %s "
+                               "could not be applied: %s",
+                               def->type, ev.type, cq_strerror(rc));
                 goto done;
             }
             cq_strbuf_puts(&events, i ? ",{\"type\":" : "{\"type\":");
@@ -500,11 +515,11 @@ static enum outcome run_append(cq_writer *w, cq_write_req *r, int64_t now)
         else if (r->expected == CQ_VERSION_EXISTS)
             snprintf(want, sizeof want, "an existing stream");
         else
-            snprintf(want, sizeof want, "version %lld",
-                     (long long)r->expected);
-        answer_problem(r, 412, "wrong-expected-version", "expected %s but "
-                       "stream %s is at version %lld", want, r->stream_id,
-                       (long long)cur);
+            snprintf(want, sizeof want, "version %lld", (long long)r->expected);
+        answer_problem(r, 412, "wrong-expected-version",
+                       "expected %s but "
+                       "stream %s is at version %lld",
+                       want, r->stream_id, (long long)cur);
         return UNDO_STORE;
     }
     p = calloc(n ? n : 1, sizeof *p);
@@ -524,9 +539,10 @@ static enum outcome run_append(cq_writer *w, cq_write_req *r, int64_t now)
     }
     r->version = version;
     r->position = first + (int64_t)n - 1;
-    if (answer_json(r, 201, json_pack("{s:s,s:I,s:I}", "stream_id",
-                    r->stream_id, "version", (json_int_t)version,
-                    "position", (json_int_t)r->position)) != CQ_OK)
+    if (answer_json(r, 201,
+                    json_pack("{s:s,s:I,s:I}", "stream_id", r->stream_id,
+                              "version", (json_int_t)version, "position",
+                              (json_int_t)r->position)) != CQ_OK)
         goto nomem;
     out = KEEP;
     goto done;
@@ -565,8 +581,10 @@ static enum outcome replay(cq_writer *w, cq_write_req *r, int64_t now,
         return ABORT;
     *done = 1;
     if (strcmp(e.command_hash, r->command_hash) != 0) {
-        answer_problem(r, 422, "idempotency-key-reused", "Idempotency-Key "
-                       "%s was used for a different request", r->idem_key);
+        answer_problem(r, 422, "idempotency-key-reused",
+                       "Idempotency-Key "
+                       "%s was used for a different request",
+                       r->idem_key);
         return UNDO;
     }
     free(r->response);
@@ -623,12 +641,12 @@ static int run_one(cq_writer *w, cq_write_req *r, int64_t now)
             return CQ_EIO;
         return CQ_OK;
     case ABORT:
-    default:
-        return CQ_EIO;
+    default: return CQ_EIO;
     }
 }
 
-/* ---- batches -------------------------------------------------------------- */
+/* ---- batches --------------------------------------------------------------
+ */
 
 static void run_batch(cq_writer *w, cq_write_req *batch)
 {
@@ -663,8 +681,10 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
         for (r = batch; r != NULL; r = r->next) {
             r->replayed = 0;
             r->version = 0;
-            answer_problem(r, 503, "store-unavailable", "the event store "
-                           "failed and nothing was written: %s", msg);
+            answer_problem(r, 503, "store-unavailable",
+                           "the event store "
+                           "failed and nothing was written: %s",
+                           msg);
         }
     }
     for (r = batch; r != NULL; r = next) {
@@ -727,7 +747,8 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-/* ---- public --------------------------------------------------------------- */
+/* ---- public ---------------------------------------------------------------
+ */
 
 int cq_writer_start(cq_store *store, const cq_writer_config *cfg,
                     cq_writer **out)
@@ -825,7 +846,6 @@ void cq_writer_stop(cq_writer *w)
     pthread_mutex_unlock(&w->mu);
     if (!joined)
         pthread_join(w->thread, NULL);
-
 }
 
 void cq_writer_free(cq_writer *w)

@@ -28,12 +28,12 @@
 #include "cqrs/decider.h"
 #include "store/store.h"
 
-#define CQ_STREAM_ID_MAX 256    /* bytes including the NUL */
-#define CQ_IDEM_KEY_MAX 256     /* bytes including the NUL */
+#define CQ_STREAM_ID_MAX 256 /* bytes including the NUL */
+#define CQ_IDEM_KEY_MAX 256  /* bytes including the NUL */
 
 typedef enum cq_write_kind {
-    CQ_WRITE_COMMAND,           /* run a domain command through its decider */
-    CQ_WRITE_APPEND             /* append client-given events (POST /streams) */
+    CQ_WRITE_COMMAND, /* run a domain command through its decider */
+    CQ_WRITE_APPEND   /* append client-given events (POST /streams) */
 } cq_write_kind;
 
 typedef struct cq_write_req cq_write_req;
@@ -41,31 +41,31 @@ typedef struct cq_write_req cq_write_req;
 struct cq_write_req {
     /* ---- filled by the submitter; owned by it ---- */
     cq_write_kind kind;
-    const cq_command_def *def;  /* COMMAND: which command */
-    json_t *body;               /* COMMAND: the validated body;
-                                   APPEND: the validated "events" array.
-                                   Reference owned by the request. */
+    const cq_command_def *def; /* COMMAND: which command */
+    json_t *body;              /* COMMAND: the validated body;
+                                  APPEND: the validated "events" array.
+                                  Reference owned by the request. */
     char stream_id[CQ_STREAM_ID_MAX];
-    int64_t expected;           /* COMMAND: If-Match version, or
-                                   CQ_VERSION_ANY; APPEND: expected_version */
-    char idem_key[CQ_IDEM_KEY_MAX]; /* "" when none */
-    char command_hash[65];      /* when idem_key is set */
-    char command_id[37];        /* UUIDv7 of this request */
+    int64_t expected;                     /* COMMAND: If-Match version, or
+                                             CQ_VERSION_ANY; APPEND: expected_version */
+    char idem_key[CQ_IDEM_KEY_MAX];       /* "" when none */
+    char command_hash[65];                /* when idem_key is set */
+    char command_id[37];                  /* UUIDv7 of this request */
     char correlation_id[CQ_IDEM_KEY_MAX]; /* "" means: use command_id */
     void (*done)(cq_write_req *r); /* called on the writer thread once the
                                       answer is final; after it returns
                                       the writer never touches r again */
-    void *user;                 /* for done() */
+    void *user;                    /* for done() */
 
     /* ---- filled by the writer before done() ---- */
-    int status;                 /* HTTP status */
-    char *response;             /* JSON body, malloc'd; the submitter frees */
-    int problem;                /* 1 if response is application/problem+json */
-    int replayed;               /* 1 if answered from the command log */
-    int64_t version;            /* stream version (for ETag), 0 if unknown */
-    int64_t position;           /* position of the answer's last event */
+    int status;       /* HTTP status */
+    char *response;   /* JSON body, malloc'd; the submitter frees */
+    int problem;      /* 1 if response is application/problem+json */
+    int replayed;     /* 1 if answered from the command log */
+    int64_t version;  /* stream version (for ETag), 0 if unknown */
+    int64_t position; /* position of the answer's last event */
 
-    cq_write_req *next;         /* queue link; writer-private */
+    cq_write_req *next; /* queue link; writer-private */
 };
 
 typedef struct cq_writer cq_writer;

@@ -20,21 +20,14 @@ struct cq_server {
     struct MHD_Daemon *daemon;
     cq_store *store;
     cq_writer *writer;
-    cq_engine *engine;          /* NULL: no projections, no queries */
+    cq_engine *engine; /* NULL: no projections, no queries */
     const cq_domain *domain;
     size_t body_limit;
-    atomic_int pending;         /* requests waiting for the writer */
-    atomic_int waiting;         /* requests waiting for a projection */
+    atomic_int pending; /* requests waiting for the writer */
+    atomic_int waiting; /* requests waiting for a projection */
 };
 
-enum route {
-    R_NOT_FOUND,
-    R_HEALTHZ,
-    R_COMMAND,
-    R_ALL,
-    R_STREAM,
-    R_QUERY
-};
+enum route { R_NOT_FOUND, R_HEALTHZ, R_COMMAND, R_ALL, R_STREAM, R_QUERY };
 
 #define CQ_QUERY_MAX_PARAMS 16
 
@@ -42,23 +35,23 @@ typedef struct request {
     cq_server *srv;
     struct MHD_Connection *conn;
     enum route route;
-    const char *target;     /* part of the URL after the route prefix */
+    const char *target; /* part of the URL after the route prefix */
     char *body;
     size_t len, cap;
     int too_large;
-    int queued;             /* handed to the writer */
-    atomic_int answered;    /* the writer has called done() */
+    int queued;          /* handed to the writer */
+    atomic_int answered; /* the writer has called done() */
     cq_write_req w;
 
     /* waiting for a projection (queries; commands with ?wait_for=) */
-    int projection;         /* engine index, -1 if none */
-    int waiting;            /* suspended until the waiter fires */
+    int projection; /* engine index, -1 if none */
+    int waiting;    /* suspended until the waiter fires */
     cq_wait *wait;
     int64_t wait_ms;
-    uint64_t deadline_ns;   /* monotonic */
-    int64_t wait_target;    /* position waited for */
+    uint64_t deadline_ns; /* monotonic */
+    int64_t wait_target;  /* position waited for */
     int timed_out;
-    int sent_written;       /* command answered by the writer, now waiting */
+    int sent_written; /* command answered by the writer, now waiting */
 
     /* queries */
     const cq_decl_query *query;

@@ -58,8 +58,7 @@ static enum MHD_Result start_wait(request *q)
     MHD_suspend_connection(q->conn);
     rc = cq_engine_wait(q->srv->engine,
                         q->strong ? CQ_ENGINE_HEAD : q->projection,
-                        q->wait_target, remaining_ms(q), on_ready, q,
-                        &q->wait);
+                        q->wait_target, remaining_ms(q), on_ready, q, &q->wait);
     if (rc != 0) {
         /* already there (1), or no waiting possible now (shutdown, no
          * memory): answer with what there is */
@@ -69,12 +68,13 @@ static enum MHD_Result start_wait(request *q)
     return MHD_YES;
 }
 
-/* ---- answering a query ---------------------------------------------------- */
+/* ---- answering a query ----------------------------------------------------
+ */
 
 static int etag_matches(struct MHD_Connection *c, const char *etag)
 {
-    const char *inm = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
-                                                  "If-None-Match");
+    const char *inm =
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, "If-None-Match");
     if (inm == NULL)
         return 0;
     if (strcmp(inm, "*") == 0)
@@ -103,13 +103,11 @@ static enum MHD_Result answer(request *q)
                                    &data, &f, &sv, err, sizeof err);
     if (rc != CQ_OK)
         return cq_http_send_problem(q->conn, 503, "read-model-unavailable",
-                                    NULL, "query %s failed: %s", qd->name,
-                                    err);
+                                    NULL, "query %s failed: %s", qd->name, err);
     if (data == NULL)
-        return cq_http_send_problem(q->conn, 404, "not-found", NULL,
-                                    "query %s found nothing%s%s", qd->name,
-                                    stream ? " for " : "",
-                                    stream ? stream : "");
+        return cq_http_send_problem(
+            q->conn, 404, "not-found", NULL, "query %s found nothing%s%s",
+            qd->name, stream ? " for " : "", stream ? stream : "");
     snprintf(etag, sizeof etag, "\"%s%lld\"", q->strong ? "s" : "",
              (long long)f.position);
     if (!q->timed_out && etag_matches(q->conn, etag)) {
@@ -125,8 +123,8 @@ static enum MHD_Result answer(request *q)
         MHD_destroy_response(r);
         return ret;
     }
-    stale = f.failed || q->timed_out || (!demanded && !q->strong &&
-                                         f.lag_events > 0);
+    stale = f.failed || q->timed_out ||
+            (!demanded && !q->strong && f.lag_events > 0);
     meta = json_pack("{s:s,s:I,s:I,s:f,s:b,s:s}", "projection",
                      cq_engine_projection_name(e, q->projection), "position",
                      (json_int_t)f.position, "lag_events",
@@ -135,12 +133,15 @@ static enum MHD_Result answer(request *q)
     if (meta != NULL && stream != NULL)
         json_object_set_new(meta, "stream_version", json_integer(sv));
     if (meta != NULL && q->timed_out)
-        json_object_set_new(meta, "warning", json_string(
-            "the read model did not reach the requested position within "
-            "wait_ms; this answer may be stale"));
+        json_object_set_new(
+            meta, "warning",
+            json_string(
+                "the read model did not reach the requested position within "
+                "wait_ms; this answer may be stale"));
     else if (meta != NULL && f.failed)
-        json_object_set_new(meta, "warning", json_string(
-            "the projection has failed and is not being updated"));
+        json_object_set_new(
+            meta, "warning",
+            json_string("the projection has failed and is not being updated"));
     doc = json_pack("{s:o,s:o}", "data", data, "meta", meta);
     {
         const char *const hdr[][2] = {
@@ -165,8 +166,8 @@ static int resolve_target(request *q, enum MHD_Result *ret)
 
     q->wait_target = q->min_position > 0 ? q->min_position : 0;
     if (q->min_version >= 1) {
-        rc = cq_engine_version_position(e, q->stream_id, q->min_version,
-                                        &pos, err, sizeof err);
+        rc = cq_engine_version_position(e, q->stream_id, q->min_version, &pos,
+                                        err, sizeof err);
         if (rc == CQ_OK) {
             if (pos > q->wait_target)
                 q->wait_target = pos;
@@ -176,16 +177,16 @@ static int resolve_target(request *q, enum MHD_Result *ret)
             if (pos > q->wait_target)
                 q->wait_target = pos;
         } else {
-            *ret = cq_http_send_problem(q->conn, 503, "store-unavailable",
-                                        NULL, "%s", err);
+            *ret = cq_http_send_problem(q->conn, 503, "store-unavailable", NULL,
+                                        "%s", err);
             return -1;
         }
     }
     /* a strong read replays the event store: wait for its head */
     return q->wait_target > 0 &&
-           (q->strong ? cq_engine_head(e)
-                      : cq_engine_position(e, q->projection, NULL)) <
-               q->wait_target;
+           (q->strong
+                ? cq_engine_head(e)
+                : cq_engine_position(e, q->projection, NULL)) < q->wait_target;
 }
 
 /* One declared parameter's rule in words, for a 400. */
@@ -237,8 +238,8 @@ enum MHD_Result cq_http_query(request *q)
                            &ret) ||
         !cq_http_param_int(q, "min_position", -1, 0, INT64_MAX,
                            &q->min_position, &ret) ||
-        !cq_http_param_int(q, "min_version", -1, 1, INT64_MAX,
-                           &q->min_version, &ret))
+        !cq_http_param_int(q, "min_version", -1, 1, INT64_MAX, &q->min_version,
+                           &ret))
         return ret;
     consistency = MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND,
                                               "consistency");
@@ -248,10 +249,11 @@ enum MHD_Result cq_http_query(request *q)
                                  "must be eventual or strong");
     q->strong = consistency != NULL && strcmp(consistency, "strong") == 0;
     if ((q->strong || q->min_version >= 1) && qd->stream == NULL)
-        return cq_http_bad_param(q->conn, q->strong ? "consistency"
-                                                    : "min_version",
+        return cq_http_bad_param(q->conn,
+                                 q->strong ? "consistency" : "min_version",
                                  "is only for queries about one stream; %s "
-                                 "is not", qd->name);
+                                 "is not",
+                                 qd->name);
 
     errs = cq_errors_new();
     if (errs == NULL)
@@ -284,9 +286,10 @@ enum MHD_Result cq_http_query(request *q)
     if (cq_errors_count(errs) > 0) {
         int k = cq_errors_count(errs);
         ret = cq_http_send_problem(q->conn, 400, "validation-failed",
-                                   cq_errors_to_json(errs), "the query has "
-                                   "%d invalid parameter%s", k,
-                                   k == 1 ? "" : "s");
+                                   cq_errors_to_json(errs),
+                                   "the query has "
+                                   "%d invalid parameter%s",
+                                   k, k == 1 ? "" : "s");
         cq_errors_free(errs);
         return ret;
     }
@@ -304,7 +307,8 @@ enum MHD_Result cq_http_query(request *q)
     return w ? start_wait(q) : answer(q);
 }
 
-/* ---- commands with ?wait_for= --------------------------------------------- */
+/* ---- commands with ?wait_for= ---------------------------------------------
+ */
 
 /* Send the writer's answer, marked with how the wait for the projection
  * ended. */
@@ -316,8 +320,9 @@ static enum MHD_Result send_command_answer(request *q)
     int stale = q->timed_out;
 
     if (doc != NULL) {
-        json_object_set_new(doc, "projection", json_string(
-            cq_engine_projection_name(q->srv->engine, q->projection)));
+        json_object_set_new(doc, "projection",
+                            json_string(cq_engine_projection_name(
+                                q->srv->engine, q->projection)));
         json_object_set_new(doc, "stale", json_boolean(stale));
     }
     text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
@@ -329,8 +334,8 @@ static enum MHD_Result send_command_answer(request *q)
             {q->w.replayed ? "Idempotency-Replayed" : NULL, "true"},
             {stale ? "Warning" : NULL, STALE_WARNING},
         };
-        return cq_http_send_with(q->conn, q->w.status, "application/json",
-                                 text, hdr, 3);
+        return cq_http_send_with(q->conn, q->w.status, "application/json", text,
+                                 hdr, 3);
     }
 }
 
@@ -339,12 +344,14 @@ enum MHD_Result cq_http_wait_for_command(request *q)
     q->sent_written = 1;
     q->wait_target = q->w.position;
     q->deadline_ns = cq_mono_ns() + (uint64_t)q->wait_ms * 1000000;
-    if (cq_engine_position(q->srv->engine, q->projection, NULL) >= q->wait_target)
+    if (cq_engine_position(q->srv->engine, q->projection, NULL) >=
+        q->wait_target)
         return send_command_answer(q);
     return start_wait(q);
 }
 
-/* ---- resuming -------------------------------------------------------------- */
+/* ---- resuming --------------------------------------------------------------
+ */
 
 enum MHD_Result cq_http_resumed(request *q)
 {

@@ -38,13 +38,12 @@
 #include "command/command.h"
 
 #define DEFAULT_BODY_LIMIT (1024 * 1024)
-#define HARD_BODY_LIMIT_FACTOR 16  /* discard up to this many limits, then close */
+#define HARD_BODY_LIMIT_FACTOR                                                 \
+    16 /* discard up to this many limits, then close */
 #define MAX_PAGE 1000
 #define DEFAULT_PAGE 100
 #define MAX_APPEND_EVENTS 100
 #define MAX_WAIT_MS 30000
-
-
 
 /* ---- answers ------------------------------------------------------------ */
 
@@ -52,8 +51,8 @@
  * given status and content type, plus nh extra headers given as
  * name/value pairs in hdr (a NULL name is skipped). */
 enum MHD_Result cq_http_send_with(struct MHD_Connection *c, int status,
-                                 const char *ctype, char *body,
-                                 const char *const (*hdr)[2], size_t nh)
+                                  const char *ctype, char *body,
+                                  const char *const (*hdr)[2], size_t nh)
 {
     static const char oom[] =
         "{\"type\":\"urn:cqrsd:problem:internal\",\"title\":\"Internal "
@@ -91,7 +90,7 @@ static enum MHD_Result send_body(struct MHD_Connection *c, int status,
 }
 
 enum MHD_Result cq_http_send_json(struct MHD_Connection *c, int status,
-                                 json_t *doc)
+                                  json_t *doc)
 {
     char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
     json_decref(doc);
@@ -99,8 +98,8 @@ enum MHD_Result cq_http_send_json(struct MHD_Connection *c, int status,
 }
 
 enum MHD_Result cq_http_send_problem(struct MHD_Connection *c, int status,
-                                    const char *slug, json_t *errors,
-                                    const char *fmt, ...)
+                                     const char *slug, json_t *errors,
+                                     const char *fmt, ...)
 {
     char detail[768];
     va_list ap;
@@ -116,9 +115,9 @@ static enum MHD_Result send_method_not_allowed(struct MHD_Connection *c,
                                                const char *method,
                                                const char *allow)
 {
-    char *text = cq_problem_text(405, "method-not-allowed", NULL,
-                                 "%s is not allowed here; use %s", method,
-                                 allow);
+    char *text =
+        cq_problem_text(405, "method-not-allowed", NULL,
+                        "%s is not allowed here; use %s", method, allow);
     const char *const hdr[][2] = {{MHD_HTTP_HEADER_ALLOW, allow}};
     return cq_http_send_with(c, 405, CQ_PROBLEM_CONTENT_TYPE, text, hdr, 1);
 }
@@ -144,9 +143,9 @@ enum MHD_Result cq_http_bad_param(struct MHD_Connection *c, const char *name,
 
 typedef struct param_check {
     const char *const *allowed;
-    unsigned seen;          /* bit i: allowed[i] seen */
-    char bad[160];          /* first problem, "" if none */
-    char key[72];           /* the parameter it is about */
+    unsigned seen; /* bit i: allowed[i] seen */
+    char bad[160]; /* first problem, "" if none */
+    char key[72];  /* the parameter it is about */
 } param_check;
 
 static enum MHD_Result check_param(void *cls, enum MHD_ValueKind kind,
@@ -176,12 +175,11 @@ static enum MHD_Result check_param(void *cls, enum MHD_ValueKind kind,
 /* 1 if every query parameter is in `allowed` (NULL-terminated) and none is
  * repeated; else answers 400 and returns 0. */
 int cq_http_params_ok(request *q, const char *const *allowed,
-                     enum MHD_Result *ret)
+                      enum MHD_Result *ret)
 {
     param_check pc = {allowed, 0, "", ""};
 
-    MHD_get_connection_values(q->conn, MHD_GET_ARGUMENT_KIND, check_param,
-                              &pc);
+    MHD_get_connection_values(q->conn, MHD_GET_ARGUMENT_KIND, check_param, &pc);
     if (pc.bad[0] == '\0')
         return 1;
     *ret = cq_http_bad_param(q->conn, pc.key, "%s", pc.bad);
@@ -209,10 +207,10 @@ int cq_http_parse_int(const char *s, int64_t *out)
 /* Query parameter `name` as an integer in [min, max], or `def` if absent.
  * On a bad value answers 400 and returns 0. */
 int cq_http_param_int(request *q, const char *name, int64_t def, int64_t min,
-                     int64_t max, int64_t *out, enum MHD_Result *ret)
+                      int64_t max, int64_t *out, enum MHD_Result *ret)
 {
-    const char *s = MHD_lookup_connection_value(q->conn,
-                                                MHD_GET_ARGUMENT_KIND, name);
+    const char *s =
+        MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND, name);
     int64_t v;
 
     if (s == NULL) {
@@ -220,9 +218,10 @@ int cq_http_param_int(request *q, const char *name, int64_t def, int64_t min,
         return 1;
     }
     if (cq_http_parse_int(s, &v) != CQ_OK || v < min || v > max) {
-        *ret = cq_http_bad_param(q->conn, name, "must be an integer from "
-                                 "%lld to %lld", (long long)min,
-                                 (long long)max);
+        *ret = cq_http_bad_param(q->conn, name,
+                                 "must be an integer from "
+                                 "%lld to %lld",
+                                 (long long)min, (long long)max);
         return 0;
     }
     *out = v;
@@ -285,8 +284,9 @@ static int idem_key_ok(request *q, enum MHD_Result *ret)
             return 1;
         }
     }
-    *ret = cq_http_send_problem(q->conn, 400, "bad-header", NULL, "Idempotency-Key "
-                        "must be 1 to 255 visible ASCII characters");
+    *ret = cq_http_send_problem(q->conn, 400, "bad-header", NULL,
+                                "Idempotency-Key "
+                                "must be 1 to 255 visible ASCII characters");
     return 0;
 }
 
@@ -313,8 +313,9 @@ static int if_match_ok(request *q, int64_t *expected, const char **raw,
         }
     }
     *expected = CQ_VERSION_ANY;
-    *ret = cq_http_send_problem(q->conn, 400, "bad-header", NULL, "If-Match must be "
-                        "a stream version in quotes, like \"3\"");
+    *ret = cq_http_send_problem(q->conn, 400, "bad-header", NULL,
+                                "If-Match must be "
+                                "a stream version in quotes, like \"3\"");
     return 0;
 }
 
@@ -327,22 +328,25 @@ static json_t *parse_body(request *q, enum MHD_Result *ret)
     json_t *doc;
 
     if (q->len == 0) {
-        *ret = cq_http_send_problem(q->conn, 400, "malformed-json", NULL,
-                            "the request body is empty; a JSON object is "
-                            "required");
+        *ret =
+            cq_http_send_problem(q->conn, 400, "malformed-json", NULL,
+                                 "the request body is empty; a JSON object is "
+                                 "required");
         return NULL;
     }
     doc = json_loadb(q->body, q->len, JSON_REJECT_DUPLICATES, &jerr);
     if (doc == NULL) {
-        *ret = cq_http_send_problem(q->conn, 400, "malformed-json", NULL,
-                            "the body is not valid JSON: %s (line %d, column "
-                            "%d)", jerr.text, jerr.line, jerr.column);
+        *ret = cq_http_send_problem(
+            q->conn, 400, "malformed-json", NULL,
+            "the body is not valid JSON: %s (line %d, column "
+            "%d)",
+            jerr.text, jerr.line, jerr.column);
         return NULL;
     }
     if (!json_is_object(doc)) {
         json_decref(doc);
         *ret = cq_http_send_problem(q->conn, 400, "validation-failed", NULL,
-                            "the body must be a JSON object");
+                                    "the body must be a JSON object");
         return NULL;
     }
     return doc;
@@ -353,8 +357,10 @@ static enum MHD_Result send_validation(request *q, const cq_errors *errs)
 {
     int n = cq_errors_count(errs);
     return cq_http_send_problem(q->conn, 400, "validation-failed",
-                        cq_errors_to_json(errs), "the request has %d invalid "
-                        "field%s", n, n == 1 ? "" : "s");
+                                cq_errors_to_json(errs),
+                                "the request has %d invalid "
+                                "field%s",
+                                n, n == 1 ? "" : "s");
 }
 
 /* Canonical hash of a write request (what, where, preconditions, body)
@@ -401,7 +407,7 @@ static enum MHD_Result submit(request *q)
 
     if (cq_uuid7(q->w.command_id) != CQ_OK)
         return cq_http_send_problem(q->conn, 500, "internal", NULL,
-                            "no random bytes for a command id");
+                                    "no random bytes for a command id");
     q->w.done = on_written;
     q->w.user = q;
     q->queued = 1;
@@ -411,10 +417,10 @@ static enum MHD_Result submit(request *q)
     if (rc != CQ_OK) {
         q->w.status = 503;
         q->w.problem = 1;
-        q->w.response = cq_problem_text(503, "unavailable", NULL, "%s",
-                                        rc == CQ_EBUSY
-                                            ? "too many commands are queued"
-                                            : "the server is shutting down");
+        q->w.response =
+            cq_problem_text(503, "unavailable", NULL, "%s",
+                            rc == CQ_EBUSY ? "too many commands are queued"
+                                           : "the server is shutting down");
         atomic_store(&q->answered, 1);
         MHD_resume_connection(q->conn);
     }
@@ -431,7 +437,7 @@ static enum MHD_Result send_written(request *q)
     atomic_fetch_sub(&q->srv->pending, 1);
     if (q->projection >= 0 && status >= 200 && status < 300)
         return cq_http_wait_for_command(q); /* ?wait_for= */
-    q->w.response = NULL; /* MHD frees it now */
+    q->w.response = NULL;                   /* MHD frees it now */
     if (status >= 200 && status < 300 && q->w.version > 0)
         snprintf(etag, sizeof etag, "\"%lld\"", (long long)q->w.version);
     {
@@ -441,9 +447,9 @@ static enum MHD_Result send_written(request *q)
             {status == 503 ? MHD_HTTP_HEADER_RETRY_AFTER : NULL, "1"},
         };
         return cq_http_send_with(q->conn, status,
-                         q->w.problem ? CQ_PROBLEM_CONTENT_TYPE
-                                      : "application/json",
-                         body, hdr, 3);
+                                 q->w.problem ? CQ_PROBLEM_CONTENT_TYPE
+                                              : "application/json",
+                                 body, hdr, 3);
     }
 }
 
@@ -461,22 +467,23 @@ static enum MHD_Result handle_command(request *q)
     if (!cq_http_params_ok(q, allowed, &ret) ||
         !cq_http_param_int(q, "wait_ms", 500, 0, MAX_WAIT_MS, &wait_ms, &ret))
         return ret;
-    wait_for = MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND,
-                                           "wait_for");
+    wait_for =
+        MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND, "wait_for");
     if (wait_for != NULL) {
         q->projection = q->srv->engine
                             ? cq_engine_projection(q->srv->engine, wait_for)
                             : -1;
         if (q->projection < 0)
             return cq_http_send_problem(q->conn, 404, "not-found", NULL,
-                                "there is no projection named '%.64s'",
-                                wait_for);
+                                        "there is no projection named '%.64s'",
+                                        wait_for);
         q->wait_ms = wait_ms;
     }
     def = cq_domain_command(q->srv->domain, q->target);
     if (def == NULL)
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
-                            "there is no command type '%.64s'", q->target);
+                                    "there is no command type '%.64s'",
+                                    q->target);
     if (!idem_key_ok(q, &ret) ||
         !if_match_ok(q, &q->w.expected, &precond, &ret))
         return ret;
@@ -493,10 +500,9 @@ static enum MHD_Result handle_command(request *q)
         ret = send_validation(q, errs);
         goto done;
     }
-    if (def->stream_id(body, q->w.stream_id, sizeof q->w.stream_id) !=
-        CQ_OK) {
+    if (def->stream_id(body, q->w.stream_id, sizeof q->w.stream_id) != CQ_OK) {
         ret = cq_http_send_problem(q->conn, 400, "validation-failed", NULL,
-                           "no stream id can be derived from the body");
+                                   "no stream id can be derived from the body");
         goto done;
     }
     snprintf(what, sizeof what, "command %s", def->type);
@@ -540,8 +546,8 @@ static int event_type_ok(const char *t)
     for (size_t i = 0; i < n; i++) {
         char ch = t[i];
         if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-              (ch >= '0' && ch <= '9') || ch == '_' || ch == '-' ||
-              ch == '.' || ch == ':'))
+              (ch >= '0' && ch <= '9') || ch == '_' || ch == '-' || ch == '.' ||
+              ch == ':'))
             return 0;
     }
     return 1;
@@ -557,7 +563,7 @@ static void check_append_body(const json_t *body, int64_t *expected,
     json_t *val;
     size_t i;
 
-    json_object_foreach((json_t *)body, key, val) {
+    json_object_foreach ((json_t *)body, key, val) {
         if (strcmp(key, "expected_version") != 0 && strcmp(key, "events"))
             cq_errors_add(errs, key, "unknown field");
     }
@@ -566,13 +572,13 @@ static void check_append_body(const json_t *body, int64_t *expected,
         cq_errors_add(errs, "expected_version", "is required");
     else if (json_is_string(ev) && !strcmp(json_string_value(ev), "any"))
         *expected = CQ_VERSION_ANY;
-    else if (json_is_string(ev) &&
-             !strcmp(json_string_value(ev), "no_stream"))
+    else if (json_is_string(ev) && !strcmp(json_string_value(ev), "no_stream"))
         *expected = CQ_VERSION_NO_STREAM;
     else if (json_is_integer(ev) && json_integer_value(ev) >= 0)
         *expected = json_integer_value(ev);
     else
-        cq_errors_add(errs, "expected_version", "must be \"any\", "
+        cq_errors_add(errs, "expected_version",
+                      "must be \"any\", "
                       "\"no_stream\" or a version number >= 0");
 
     if (!json_is_array(events) || json_array_size(events) < 1 ||
@@ -581,7 +587,7 @@ static void check_append_body(const json_t *body, int64_t *expected,
                       MAX_APPEND_EVENTS);
         return;
     }
-    json_array_foreach(events, i, val) {
+    json_array_foreach (events, i, val) {
         char path[48];
         const json_t *type = json_object_get(val, "type");
         const json_t *meta = json_object_get(val, "metadata");
@@ -591,7 +597,7 @@ static void check_append_body(const json_t *body, int64_t *expected,
             continue;
         }
         json_t *member;
-        json_object_foreach(val, key, member) {
+        json_object_foreach (val, key, member) {
             if (strcmp(key, "type") && strcmp(key, "data") &&
                 strcmp(key, "metadata")) {
                 snprintf(path, sizeof path, "events[%zu].%.16s", i, key);
@@ -600,7 +606,8 @@ static void check_append_body(const json_t *body, int64_t *expected,
         }
         if (!json_is_string(type) || !event_type_ok(json_string_value(type))) {
             snprintf(path, sizeof path, "events[%zu].type", i);
-            cq_errors_add(errs, path, "must be 1 to 128 characters of "
+            cq_errors_add(errs, path,
+                          "must be 1 to 128 characters of "
                           "[A-Za-z0-9_.:-]");
         }
         if (!json_is_object(json_object_get(val, "data"))) {
@@ -625,9 +632,10 @@ static enum MHD_Result handle_append(request *q)
     if (!cq_http_params_ok(q, allowed, &ret) || !idem_key_ok(q, &ret))
         return ret;
     if (!stream_id_ok(q->target))
-        return cq_http_send_problem(q->conn, 400, "bad-stream-id", NULL,
-                            "a stream id is 1 to 255 bytes of UTF-8 without "
-                            "control characters and must not start with $");
+        return cq_http_send_problem(
+            q->conn, 400, "bad-stream-id", NULL,
+            "a stream id is 1 to 255 bytes of UTF-8 without "
+            "control characters and must not start with $");
     body = parse_body(q, &ret);
     if (body == NULL)
         return ret;
@@ -698,12 +706,13 @@ static enum MHD_Result read_failed(request *q, int rc, const page *pg,
                                    const char *err)
 {
     if (pg->corrupt)
-        return cq_http_send_problem(q->conn, 500, "corrupt-event", NULL, "the event "
-                            "at position %lld cannot be decoded",
-                            (long long)pg->corrupt_at);
+        return cq_http_send_problem(q->conn, 500, "corrupt-event", NULL,
+                                    "the event "
+                                    "at position %lld cannot be decoded",
+                                    (long long)pg->corrupt_at);
     return cq_http_send_problem(q->conn, 503, "store-unavailable", NULL,
-                        "reading the event store failed: %s (%s)",
-                        cq_strerror(rc), err);
+                                "reading the event store failed: %s (%s)",
+                                cq_strerror(rc), err);
 }
 
 static enum MHD_Result handle_read_stream(request *q)
@@ -721,24 +730,26 @@ static enum MHD_Result handle_read_stream(request *q)
         return ret;
     if (q->target[0] == '\0' || strlen(q->target) >= CQ_STREAM_ID_MAX)
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
-                            "no such stream");
+                                    "no such stream");
     pg.events = json_array();
     if (pg.events == NULL)
-        return cq_http_send_problem(q->conn, 500, "internal", NULL, "out of memory");
+        return cq_http_send_problem(q->conn, 500, "internal", NULL,
+                                    "out of memory");
     rc = cq_store_read_stream(q->srv->store, q->target, from, (int)limit,
                               add_event, &pg, &version, err, sizeof err);
     if (rc == CQ_ENOTFOUND) {
         json_decref(pg.events);
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
-                            "stream %s does not exist", q->target);
+                                    "stream %s does not exist", q->target);
     }
     if (rc != CQ_OK || pg.corrupt) {
         json_decref(pg.events);
         return read_failed(q, rc, &pg, err);
     }
-    return cq_http_send_json(q->conn, 200, json_pack("{s:s,s:I,s:o}", "stream_id",
-                     q->target, "version", (json_int_t)version, "events",
-                     pg.events));
+    return cq_http_send_json(q->conn, 200,
+                             json_pack("{s:s,s:I,s:o}", "stream_id", q->target,
+                                       "version", (json_int_t)version, "events",
+                                       pg.events));
 }
 
 static enum MHD_Result handle_read_all(request *q)
@@ -758,17 +769,19 @@ static enum MHD_Result handle_read_all(request *q)
         from = 1;
     pg.events = json_array();
     if (pg.events == NULL)
-        return cq_http_send_problem(q->conn, 500, "internal", NULL, "out of memory");
+        return cq_http_send_problem(q->conn, 500, "internal", NULL,
+                                    "out of memory");
     rc = cq_store_read_all(q->srv->store, from, (int)limit, add_event, &pg,
                            &head, err, sizeof err);
     if (rc != CQ_OK || pg.corrupt) {
         json_decref(pg.events);
         return read_failed(q, rc, &pg, err);
     }
-    return cq_http_send_json(q->conn, 200, json_pack("{s:o,s:I,s:I}", "events",
-                     pg.events, "next_position",
-                     (json_int_t)(pg.last ? pg.last + 1 : from),
-                     "head_position", (json_int_t)head));
+    return cq_http_send_json(
+        q->conn, 200,
+        json_pack("{s:o,s:I,s:I}", "events", pg.events, "next_position",
+                  (json_int_t)(pg.last ? pg.last + 1 : from), "head_position",
+                  (json_int_t)head));
 }
 
 static enum MHD_Result handle_healthz(request *q)
@@ -778,9 +791,10 @@ static enum MHD_Result handle_healthz(request *q)
 
     if (!cq_http_params_ok(q, allowed, &ret))
         return ret;
-    return cq_http_send_json(q->conn, 200, json_pack("{s:s,s:I}", "status", "ok",
-                     "head_position",
-                     (json_int_t)cq_writer_head(q->srv->writer)));
+    return cq_http_send_json(
+        q->conn, 200,
+        json_pack("{s:s,s:I}", "status", "ok", "head_position",
+                  (json_int_t)cq_writer_head(q->srv->writer)));
 }
 
 /* ---- MHD callbacks ------------------------------------------------------- */
@@ -821,7 +835,7 @@ static enum MHD_Result first_call(request *q, const char *url,
     switch (q->route) {
     case R_NOT_FOUND:
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
-                            "no resource at this path");
+                                    "no resource at this path");
     case R_HEALTHZ:
     case R_ALL:
     case R_QUERY:
@@ -845,11 +859,12 @@ static enum MHD_Result first_call(request *q, const char *url,
     if (cl != NULL && (cq_http_parse_int(cl, &len) != CQ_OK ||
                        (uint64_t)len > q->srv->body_limit))
         return cq_http_send_problem(q->conn, 413, "body-too-large", NULL,
-                            "the body may be at most %zu bytes",
-                            q->srv->body_limit);
+                                    "the body may be at most %zu bytes",
+                                    q->srv->body_limit);
     if (!content_type_ok(q->conn))
-        return cq_http_send_problem(q->conn, 415, "unsupported-media-type", NULL,
-                            "the body must be sent as application/json");
+        return cq_http_send_problem(
+            q->conn, 415, "unsupported-media-type", NULL,
+            "the body must be sent as application/json");
     return MHD_YES;
 }
 
@@ -883,8 +898,7 @@ static enum MHD_Result on_body(request *q, const char *data, size_t size)
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
                                   const char *url, const char *method,
-                                  const char *version,
-                                  const char *upload_data,
+                                  const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
 {
     cq_server *srv = cls;
@@ -913,30 +927,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         return atomic_load(&q->answered) ? send_written(q) : MHD_YES;
     if (q->too_large)
         return cq_http_send_problem(conn, 413, "body-too-large", NULL,
-                            "the body may be at most %zu bytes",
-                            srv->body_limit);
+                                    "the body may be at most %zu bytes",
+                                    srv->body_limit);
     switch (q->route) {
-    case R_HEALTHZ:
-        return handle_healthz(q);
-    case R_COMMAND:
-        return handle_command(q);
-    case R_ALL:
-        return handle_read_all(q);
-    case R_QUERY:
-        return cq_http_query(q);
+    case R_HEALTHZ: return handle_healthz(q);
+    case R_COMMAND: return handle_command(q);
+    case R_ALL: return handle_read_all(q);
+    case R_QUERY: return cq_http_query(q);
     case R_STREAM:
-        return strcmp(method, MHD_HTTP_METHOD_GET) == 0
-                   ? handle_read_stream(q)
-                   : handle_append(q);
+        return strcmp(method, MHD_HTTP_METHOD_GET) == 0 ? handle_read_stream(q)
+                                                        : handle_append(q);
     case R_NOT_FOUND:
     default:
         return cq_http_send_problem(conn, 404, "not-found", NULL,
-                            "no resource at this path");
+                                    "no resource at this path");
     }
 }
 
-static void on_completed(void *cls, struct MHD_Connection *conn,
-                         void **con_cls, enum MHD_RequestTerminationCode toe)
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
 {
     request *q = *con_cls;
 
@@ -962,7 +971,8 @@ static void on_mhd_error(void *cls, const char *fmt, va_list ap)
     vfprintf(stderr, fmt, ap);
 }
 
-/* ---- public --------------------------------------------------------------- */
+/* ---- public ---------------------------------------------------------------
+ */
 
 int cq_server_start(const cq_server_config *cfg, cq_store *store,
                     cq_writer *writer, cq_engine *engine,
@@ -990,19 +1000,17 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
     if (cfg->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     s->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, s,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_error, s,
-        MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)&cfg->addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads,
-        MHD_OPTION_CONNECTION_TIMEOUT,
+        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+        on_mhd_error, s, MHD_OPTION_SOCK_ADDR,
+        (const struct sockaddr *)&cfg->addr, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)threads, MHD_OPTION_CONNECTION_TIMEOUT,
         cfg->idle_timeout_s ? cfg->idle_timeout_s : 30u,
-        MHD_OPTION_CONNECTION_LIMIT, 8192u,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_LIMIT, 8192u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)64 * 1024, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
     if (s->daemon == NULL) {
-        snprintf(err, errcap, "cannot listen (address in use, or not "
+        snprintf(err, errcap,
+                 "cannot listen (address in use, or not "
                  "allowed?)");
         free(s);
         return CQ_EIO;
@@ -1027,9 +1035,8 @@ void cq_server_stop(cq_server *s, int timeout_ms)
     /* Let MHD's threads send the answers the writer and the waiters have
      * just given (a connection MHD has not resumed yet would otherwise be
      * closed without its answer). */
-    for (int waited = 0;
-         waited < timeout_ms && (atomic_load(&s->pending) > 0 ||
-                                 atomic_load(&s->waiting) > 0);
+    for (int waited = 0; waited < timeout_ms && (atomic_load(&s->pending) > 0 ||
+                                                 atomic_load(&s->waiting) > 0);
          waited += 10)
         nanosleep(&ts, NULL);
     MHD_stop_daemon(s->daemon);

@@ -28,11 +28,11 @@
 typedef struct cq_server cq_server;
 
 typedef struct cq_server_config {
-    struct sockaddr_storage addr;  /* where to listen */
+    struct sockaddr_storage addr; /* where to listen */
     socklen_t addrlen;
-    int threads;                   /* MHD thread pool; 0 → 2 */
-    size_t body_limit;             /* bytes; 0 → 1 MiB */
-    unsigned idle_timeout_s;       /* close idle connections; 0 → 30 */
+    int threads;             /* MHD thread pool; 0 → 2 */
+    size_t body_limit;       /* bytes; 0 → 1 MiB */
+    unsigned idle_timeout_s; /* close idle connections; 0 → 30 */
 } cq_server_config;
 
 /* Start serving. store, writer, engine (NULL: no queries) and domain are

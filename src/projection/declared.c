@@ -614,9 +614,7 @@ static int lex_next(parser *p, item *it)
             return fail(p, p->line,
                         "'$' is not portable: parameters must be named "
                         "(:name), and dollar quoting is PostgreSQL-only");
-        default:
-            p->pos++;
-            break;
+        default: p->pos++; break;
         }
         last_end = p->pos;
     }
@@ -688,8 +686,7 @@ static int check_statement_kind(parser *p, const item *it)
         if (word_is(w1, n1, "select") || word_is(w1, n1, "with"))
             return 0;
         return fail(p, it->line, "a query statement must be a SELECT");
-    default:
-        return 0;
+    default: return 0;
     }
 }
 
@@ -728,8 +725,7 @@ static int check_param(parser *p, const occurrence *o)
                         "unknown parameter :%.*s (declare it with @param)",
                         QUOTE(name, n));
         break;
-    default:
-        break;
+    default: break;
     }
     if (!ok)
         return fail(p, o->line, "unknown parameter :%.*s", QUOTE(name, n));
@@ -1293,9 +1289,7 @@ static int statement(parser *p, const item *it)
     if (end_header(p) < 0 || check_statement_kind(p, it) < 0)
         return -1;
     switch (p->sec) {
-    case SEC_DDL:
-        st = append(p, &p->d->ddl, &p->d->nddl, sizeof *st);
-        break;
+    case SEC_DDL: st = append(p, &p->d->ddl, &p->d->nddl, sizeof *st); break;
     case SEC_HANDLER: {
         cq_decl_handler *h = &p->d->handlers[p->d->nhandlers - 1];
         st = append(p, &h->stmts, &h->nstmts, sizeof *st);
@@ -1590,8 +1584,7 @@ static void value_text(cq_decl_value *out, const char *s, size_t len)
 static int value_json(const json_t *v, cq_decl_value *out)
 {
     switch (json_typeof(v)) {
-    case JSON_NULL:
-        return CQ_OK;
+    case JSON_NULL: return CQ_OK;
     case JSON_TRUE:
     case JSON_FALSE:
         out->type = CQ_VALUE_INT;

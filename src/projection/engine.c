@@ -59,26 +59,26 @@
 #include "base/base.h"
 #include "projection/exec.h"
 
-#define CHECKPOINT_DDL                                                        \
-    "CREATE TABLE IF NOT EXISTS cq_projections ("                            \
-    " name TEXT PRIMARY KEY, version INTEGER NOT NULL,"                       \
-    " source_hash TEXT NOT NULL, position INTEGER NOT NULL,"                 \
-    " status TEXT NOT NULL, error TEXT, error_position INTEGER,"             \
+#define CHECKPOINT_DDL                                                         \
+    "CREATE TABLE IF NOT EXISTS cq_projections ("                              \
+    " name TEXT PRIMARY KEY, version INTEGER NOT NULL,"                        \
+    " source_hash TEXT NOT NULL, position INTEGER NOT NULL,"                   \
+    " status TEXT NOT NULL, error TEXT, error_position INTEGER,"               \
     " error_event TEXT, updated_at INTEGER NOT NULL)"
 
-#define SQL_SAVE_CHECKPOINT                                                   \
-    "UPDATE cq_projections SET position = ?2, status = ?3, error = ?4,"      \
+#define SQL_SAVE_CHECKPOINT                                                    \
+    "UPDATE cq_projections SET position = ?2, status = ?3, error = ?4,"        \
     " error_position = ?5, error_event = ?6, updated_at = ?7 WHERE name = ?1"
 
 typedef struct proj {
     cq_declared *d;
-    char source[256];       /* file name, for messages */
+    char source[256];        /* file name, for messages */
     cq_projection_code code; /* code.apply set: events go to C, not @on */
     int index;
     int is_inline;
-    int needs_metadata;     /* some statement reads :metadata.* */
-    int64_t saved;          /* inline: checkpoint written so far (writer
-                               thread only) */
+    int needs_metadata; /* some statement reads :metadata.* */
+    int64_t saved;      /* inline: checkpoint written so far (writer
+                           thread only) */
     /* guarded by e->mu */
     int64_t position;
     int failed;
@@ -109,8 +109,8 @@ struct cq_engine {
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int64_t head;           /* guarded by mu */
-    int stopping;           /* guarded by mu */
+    int64_t head; /* guarded by mu */
+    int stopping; /* guarded by mu */
     int started;
     pthread_t projector;
 
@@ -125,12 +125,12 @@ struct cq_engine {
 
     /* the read.db checkpointer (see checkpointer_main) */
     pthread_t checkpointer;
-    pthread_cond_t ckpt_cv;     /* with mu: a checkpoint is due */
-    int ckpt_due;               /* guarded by mu */
+    pthread_cond_t ckpt_cv; /* with mu: a checkpoint is due */
+    int ckpt_due;           /* guarded by mu */
     int ckpt_started;
 
-    pool reads;             /* read.db */
-    pool events;            /* events.db */
+    pool reads;  /* read.db */
+    pool events; /* events.db */
     cq_waiters *waits;
 };
 
@@ -143,11 +143,11 @@ static int step_done(sqlite3_stmt *st)
     return rc == SQLITE_DONE || rc == SQLITE_ROW ? CQ_OK : CQ_EIO;
 }
 
-static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st,
-                   char *err, size_t errcap)
+static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err,
+                   size_t errcap)
 {
-    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, st,
-                           NULL) == SQLITE_OK)
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) ==
+        SQLITE_OK)
         return CQ_OK;
     snprintf(err, errcap, "%s: %s", sql, sqlite3_errmsg(db));
     return CQ_EIO;
@@ -176,8 +176,7 @@ static int save_checkpoint(sqlite3_stmt *st, const proj *p, int64_t position,
 {
     sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, position);
-    sqlite3_bind_text(st, 3, failed ? "failed" : "running", -1,
-                      SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, failed ? "failed" : "running", -1, SQLITE_STATIC);
     if (failed) {
         sqlite3_bind_text(st, 4, error, -1, SQLITE_TRANSIENT);
         sqlite3_bind_int64(st, 5, error_pos);
@@ -266,8 +265,8 @@ typedef struct apply_ctx {
     proj *p;
     cq_exec *x;
     sqlite3_stmt *sp, *release, *rollback; /* NULL: no per-event savepoint */
-    int64_t last;           /* last position applied */
-    int failed;             /* a handler failed: stop */
+    int64_t last;                          /* last position applied */
+    int failed;                            /* a handler failed: stop */
     int64_t error_position;
     char error[512];
     char error_event[130];
@@ -277,8 +276,8 @@ typedef struct apply_ctx {
  * projection that needs it. */
 typedef struct parsed {
     cq_decl_event ev;
-    json_t *data, *meta;        /* owned unless borrowed */
-    int borrowed;               /* data came from the writer: don't free */
+    json_t *data, *meta; /* owned unless borrowed */
+    int borrowed;        /* data came from the writer: don't free */
     char when[32], day[11];
 } parsed;
 
@@ -340,8 +339,8 @@ static int apply_parsed(apply_ctx *c, const cq_stored_event *se,
     }
     if (c->p->code.apply != NULL) {
         cq_projection_event ev = {se->position, se->stream_id, se->version,
-                                  se->type, pe->when, pe->day, pe->data,
-                                  pe->meta};
+                                  se->type,     pe->when,      pe->day,
+                                  pe->data,     pe->meta};
         cq_sql sql = {c->x, c->error, sizeof c->error};
         c->error[0] = '\0';
         rc = c->p->code.apply(c->p->code.arg, &sql, &ev);
@@ -389,8 +388,7 @@ static void mark_failed(cq_engine *e, proj *p, const apply_ctx *c)
     snprintf(p->error_event, sizeof p->error_event, "%s", c->error_event);
     pthread_mutex_unlock(&e->mu);
     fprintf(stderr, "cqrsd: projection %s failed at position %lld (%s): %s\n",
-            p->d->name, (long long)c->error_position, c->error_event,
-            c->error);
+            p->d->name, (long long)c->error_position, c->error_event, c->error);
 }
 
 /* The projections one micro-batch serves: every running asynchronous
@@ -398,7 +396,7 @@ static void mark_failed(cq_engine *e, proj *p, const apply_ctx *c)
  * from the lowest checkpoint and each event is decoded once. */
 typedef struct round {
     cq_engine *e;
-    apply_ctx *c;               /* one per projection of the batch */
+    apply_ctx *c; /* one per projection of the batch */
     int n;
     int need_meta;
 } round;
@@ -515,11 +513,12 @@ again:
     free(c);
     return 1;
 rollback:
-    cq_exec_sql(e->rx, "ROLLBACK", err + strlen(err),
-                sizeof err - strlen(err));
+    cq_exec_sql(e->rx, "ROLLBACK", err + strlen(err), sizeof err - strlen(err));
 io:
-    fprintf(stderr, "cqrsd: projections: batch from %lld not applied, will "
-            "retry: %s\n", (long long)from, err);
+    fprintf(stderr,
+            "cqrsd: projections: batch from %lld not applied, will "
+            "retry: %s\n",
+            (long long)from, err);
     free(c);
     return -1;
 }
@@ -551,8 +550,8 @@ static void *checkpointer_main(void *arg)
         }
         e->ckpt_due = 0;
         pthread_mutex_unlock(&e->mu);
-        if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE,
-                                      NULL, NULL) != SQLITE_OK)
+        if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL,
+                                      NULL) != SQLITE_OK)
             fprintf(stderr, "cqrsd: read.db checkpoint: %s\n",
                     sqlite3_errmsg(db));
         pthread_mutex_lock(&e->mu);
@@ -618,7 +617,8 @@ static void *projector_main(void *arg)
     return NULL;
 }
 
-/* ---- writer hooks ---------------------------------------------------------- */
+/* ---- writer hooks ----------------------------------------------------------
+ */
 
 static int hook_apply_inline(void *arg, const cq_stored_event *events,
                              const json_t *const *data, size_t n)
@@ -658,8 +658,7 @@ static int hook_apply_inline(void *arg, const cq_stored_event *events,
         }
         for (size_t k = 0; k < n && !c.failed; k++) {
             int prc = json_is_object(pe[k].data) &&
-                              (!p->needs_metadata ||
-                               json_is_object(pe[k].meta))
+                              (!p->needs_metadata || json_is_object(pe[k].meta))
                           ? CQ_OK
                           : CQ_ECORRUPT;
             apply_parsed(&c, &events[k], &pe[k], prc);
@@ -726,15 +725,15 @@ static void hook_committed(void *arg, int64_t head)
 
 cq_writer_hooks cq_engine_writer_hooks(cq_engine *e)
 {
-    cq_writer_hooks h = {hook_apply_inline, hook_before_commit,
-                         hook_committed, e};
+    cq_writer_hooks h = {hook_apply_inline, hook_before_commit, hook_committed,
+                         e};
     return h;
 }
 
 /* ---- setup --------------------------------------------------------------- */
 
-int cq_engine_new(const cq_engine_config *cfg, cq_store *store,
-                  cq_engine **out, char *err, size_t errcap)
+int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
+                  char *err, size_t errcap)
 {
     cq_engine *e = calloc(1, sizeof *e);
 
@@ -760,16 +759,16 @@ int cq_engine_add(cq_engine *e, cq_declared *d, char *err, size_t errcap)
 
     for (int i = 0; i < e->nprojs; i++) {
         if (strcmp(e->projs[i]->d->name, d->name) == 0) {
-            snprintf(err, errcap, "projection %s is declared twice",
-                     d->name);
+            snprintf(err, errcap, "projection %s is declared twice", d->name);
             goto fail;
         }
         for (size_t k = 0; k < d->nqueries; k++)
-            if (cq_declared_find_query(e->projs[i]->d,
-                                       d->queries[k].name) != NULL) {
-                snprintf(err, errcap, "query %s is declared by projections "
-                         "%s and %s", d->queries[k].name,
-                         e->projs[i]->d->name, d->name);
+            if (cq_declared_find_query(e->projs[i]->d, d->queries[k].name) !=
+                NULL) {
+                snprintf(err, errcap,
+                         "query %s is declared by projections "
+                         "%s and %s",
+                         d->queries[k].name, e->projs[i]->d->name, d->name);
                 goto fail;
             }
     }
@@ -789,8 +788,8 @@ int cq_engine_add(cq_engine *e, cq_declared *d, char *err, size_t errcap)
     for (size_t h = 0; h < d->nhandlers; h++)
         for (size_t s = 0; s < d->handlers[h].nstmts; s++)
             for (size_t k = 0; k < d->handlers[h].stmts[s].nparams; k++)
-                if (strncmp(d->handlers[h].stmts[s].params[k], "metadata",
-                            8) == 0)
+                if (strncmp(d->handlers[h].stmts[s].params[k], "metadata", 8) ==
+                    0)
                     p->needs_metadata = 1;
     e->projs = v;
     e->projs[e->nprojs++] = p;
@@ -801,8 +800,7 @@ fail:
 }
 
 int cq_engine_add_code(cq_engine *e, const char *text, size_t len,
-                       const cq_projection_code *code, char *err,
-                       size_t errcap)
+                       const cq_projection_code *code, char *err, size_t errcap)
 {
     cq_declared *d = NULL;
     char msg[512];
@@ -814,9 +812,10 @@ int cq_engine_add_code(cq_engine *e, const char *text, size_t len,
         return rc;
     }
     if (strcmp(d->name, code->name) != 0 || d->nhandlers > 0) {
-        snprintf(err, errcap, "%s: the declared part must be @projection %s "
-                 "with no @on blocks (events go to apply())", code->name,
-                 code->name);
+        snprintf(err, errcap,
+                 "%s: the declared part must be @projection %s "
+                 "with no @on blocks (events go to apply())",
+                 code->name, code->name);
         cq_declared_free(d);
         return CQ_EINVAL;
     }
@@ -910,9 +909,9 @@ static int created_table(const char *sql, char *name, size_t cap)
         p++;
     if (*p == '"')
         p++;
-    for (n = 0; n + 1 < cap && (p[n] == '_' || (p[n] >= 'a' && p[n] <= 'z') ||
-                               (p[n] >= 'A' && p[n] <= 'Z') ||
-                               (p[n] >= '0' && p[n] <= '9'));
+    for (n = 0; n + 1 < cap &&
+                (p[n] == '_' || (p[n] >= 'a' && p[n] <= 'z') ||
+                 (p[n] >= 'A' && p[n] <= 'Z') || (p[n] >= '0' && p[n] <= '9'));
          n++)
         name[n] = p[n];
     name[n] = '\0';
@@ -933,9 +932,11 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, char *err,
     rc = cq_exec_sql(x, CHECKPOINT_DDL, err, errcap);
     if (rc != CQ_OK)
         return rc;
-    if (prepare(db, "SELECT version, source_hash, position, status, error,"
+    if (prepare(db,
+                "SELECT version, source_hash, position, status, error,"
                 " error_position, error_event FROM cq_projections"
-                " WHERE name = ?1", &st, err, errcap) != CQ_OK)
+                " WHERE name = ?1",
+                &st, err, errcap) != CQ_OK)
         return CQ_EIO;
     sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW) {
@@ -962,7 +963,8 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, char *err,
         return CQ_OK;
 
     if (found)
-        fprintf(stderr, "cqrsd: projection %s changed (version or source); "
+        fprintf(stderr,
+                "cqrsd: projection %s changed (version or source); "
                 "dropping its tables and replaying it from position 0\n",
                 p->d->name);
     rc = cq_exec_sql(x, "BEGIN IMMEDIATE", err, errcap);
@@ -981,14 +983,15 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, char *err,
                      msg);
     }
     if (rc == CQ_OK) {
-        rc = prepare(db, "INSERT INTO cq_projections (name, version,"
+        rc = prepare(db,
+                     "INSERT INTO cq_projections (name, version,"
                      " source_hash, position, status, updated_at)"
                      " VALUES (?1, ?2, ?3, 0, 'running', ?4)"
                      " ON CONFLICT (name) DO UPDATE SET version = ?2,"
                      " source_hash = ?3, position = 0, status = 'running',"
                      " error = NULL, error_position = NULL,"
-                     " error_event = NULL, updated_at = ?4", &st, err,
-                     errcap);
+                     " error_event = NULL, updated_at = ?4",
+                     &st, err, errcap);
     }
     if (rc == CQ_OK) {
         sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
@@ -1068,8 +1071,8 @@ static int catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
         c.last = p->position;
         rc = cq_exec_sql(e->ix, "BEGIN IMMEDIATE", err, errcap);
         if (rc == CQ_OK)
-            rc = cq_store_read_all(e->store, p->position + 1, 1000,
-                                   apply_event, &c, &h, err, errcap);
+            rc = cq_store_read_all(e->store, p->position + 1, 1000, apply_event,
+                                   &c, &h, err, errcap);
         if (rc == CQ_OK)
             rc = save_checkpoint(e->i_save, p, c.last, c.failed, c.error,
                                  c.error_position, c.error_event);
@@ -1087,10 +1090,9 @@ static int catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
     return CQ_OK;
 }
 
-static int prepare_savepoints(sqlite3 *db, const char *name,
-                              sqlite3_stmt **sp, sqlite3_stmt **release,
-                              sqlite3_stmt **rollback, char *err,
-                              size_t errcap)
+static int prepare_savepoints(sqlite3 *db, const char *name, sqlite3_stmt **sp,
+                              sqlite3_stmt **release, sqlite3_stmt **rollback,
+                              char *err, size_t errcap)
 {
     char sql[3][64];
 
@@ -1116,8 +1118,8 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         return CQ_EINVAL;
     }
     snprintf(path, sizeof path, "%s/read.db", e->dir);
-    rc = open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &e->rdb,
-                 err, errcap);
+    rc = open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &e->rdb, err,
+                 errcap);
     if (rc != CQ_OK)
         return rc;
     e->rx = cq_exec_new(e->rdb);
@@ -1150,8 +1152,8 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         prepare(wdb, SQL_SAVE_CHECKPOINT, &e->i_save, err, errcap) ||
         prepare_savepoints(e->rdb, "ev", &e->r_sp, &e->r_release,
                            &e->r_rollback, err, errcap) ||
-        prepare_savepoints(wdb, "inl", &e->i_sp, &e->i_release,
-                           &e->i_rollback, err, errcap))
+        prepare_savepoints(wdb, "inl", &e->i_sp, &e->i_release, &e->i_rollback,
+                           err, errcap))
         return CQ_EIO;
     for (int i = 0; i < e->nprojs; i++) {
         proj *p = e->projs[i];
@@ -1241,7 +1243,8 @@ void cq_engine_free(cq_engine *e)
     free(e);
 }
 
-/* ---- queries --------------------------------------------------------------- */
+/* ---- queries ---------------------------------------------------------------
+ */
 
 int cq_engine_projection(cq_engine *e, const char *name)
 {
@@ -1292,8 +1295,7 @@ int64_t cq_engine_head(cq_engine *e)
 }
 
 int cq_engine_wait(cq_engine *e, int projection, int64_t target,
-                   int64_t timeout_ms, cq_wait_cb cb, void *arg,
-                   cq_wait **out)
+                   int64_t timeout_ms, cq_wait_cb cb, void *arg, cq_wait **out)
 {
     int queue = projection == CQ_ENGINE_HEAD ? e->nprojs : projection;
     return cq_waiters_add(e->waits, queue, target, timeout_ms, cb, arg, out);
@@ -1302,8 +1304,8 @@ int cq_engine_wait(cq_engine *e, int projection, int64_t target,
 /* Run a statement returning one integer through x (its prepared form is
  * cached): ?1 is `text` (if not NULL), ?2 is `a`. CQ_OK with *out,
  * CQ_ENOTFOUND (no row or NULL), or CQ_EIO. */
-static int query_int(cq_exec *x, const char *sql, const char *text,
-                     int64_t a, int64_t *out)
+static int query_int(cq_exec *x, const char *sql, const char *text, int64_t a,
+                     int64_t *out)
 {
     char err[128];
     sqlite3_stmt *st = cq_exec_stmt(x, sql, err, sizeof err);
@@ -1321,10 +1323,8 @@ static int query_int(cq_exec *x, const char *sql, const char *text,
             rc = CQ_OK;
         }
         break;
-    case SQLITE_DONE:
-        break;
-    default:
-        rc = CQ_EIO;
+    case SQLITE_DONE: break;
+    default: rc = CQ_EIO;
     }
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
@@ -1341,12 +1341,12 @@ static const char SQL_CHECKPOINT[] =
     "SELECT position, status FROM cq_projections WHERE name = ?1";
 
 int cq_engine_version_position(cq_engine *e, const char *stream_id,
-                               int64_t version, int64_t *position,
-                               char *err, size_t errcap)
+                               int64_t version, int64_t *position, char *err,
+                               size_t errcap)
 {
     int i = pool_get(&e->events);
-    int rc = query_int(e->events.x[i], SQL_VERSION_POSITION, stream_id,
-                       version, position);
+    int rc = query_int(e->events.x[i], SQL_VERSION_POSITION, stream_id, version,
+                       position);
     if (rc == CQ_EIO)
         snprintf(err, errcap, "%s", sqlite3_errmsg(e->events.db[i]));
     pool_put(&e->events, i);
@@ -1391,12 +1391,10 @@ static int shape(cq_exec *x, const cq_decl_query *q, const char *const *values,
         goto done;
     switch (q->result) {
     case CQ_RESULT_ONE:
-        out = json_array_size(rows) ? json_incref(json_array_get(rows, 0))
-                                    : NULL;
+        out =
+            json_array_size(rows) ? json_incref(json_array_get(rows, 0)) : NULL;
         break;
-    case CQ_RESULT_LIST:
-        out = json_incref(rows);
-        break;
+    case CQ_RESULT_LIST: out = json_incref(rows); break;
     case CQ_RESULT_PAGE: {
         int64_t limit = 0;
         json_t *next = json_null();
@@ -1412,8 +1410,7 @@ static int shape(cq_exec *x, const cq_decl_query *q, const char *const *values,
         out = json_pack("{s:O,s:o}", q->page_field, rows, "next", next);
         break;
     }
-    default:
-        break;
+    default: break;
     }
 done:
     json_decref(rows);
@@ -1434,8 +1431,8 @@ static double lag_ms(cq_engine *e, int64_t position, int64_t head)
     if (position >= head)
         return 0;
     i = pool_get(&e->events);
-    if (query_int(e->events.x[i], SQL_RECORDED_AT, NULL, position + 1,
-                  &at) != CQ_OK)
+    if (query_int(e->events.x[i], SQL_RECORDED_AT, NULL, position + 1, &at) !=
+        CQ_OK)
         at = 0;
     pool_put(&e->events, i);
     if (at == 0)
@@ -1450,8 +1447,8 @@ static int64_t stream_version_at(cq_engine *e, const char *stream_id,
     int64_t v = 0;
     int i = pool_get(&e->events);
 
-    if (query_int(e->events.x[i], SQL_VERSION_AT, stream_id, position,
-                  &v) != CQ_OK)
+    if (query_int(e->events.x[i], SQL_VERSION_AT, stream_id, position, &v) !=
+        CQ_OK)
         v = 0;
     pool_put(&e->events, i);
     return v;
@@ -1488,11 +1485,10 @@ int cq_engine_run_query(cq_engine *e, int projection, const cq_decl_query *q,
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     rc = shape(pl->x[i], q, values, data, err, errcap);
-rollback:
-    {
-        char ignore[64];
-        cq_exec_sql(pl->x[i], "COMMIT", ignore, sizeof ignore);
-    }
+rollback : {
+    char ignore[64];
+    cq_exec_sql(pl->x[i], "COMMIT", ignore, sizeof ignore);
+}
 done:
     pool_put(pl, i);
     if (rc != CQ_OK)
@@ -1506,9 +1502,8 @@ done:
     fresh->lag_events = fresh->head - fresh->position;
     fresh->lag_ms = lag_ms(e, fresh->position, fresh->head);
     if (stream_version != NULL)
-        *stream_version = stream_id ? stream_version_at(e, stream_id,
-                                                        fresh->position)
-                                    : 0;
+        *stream_version =
+            stream_id ? stream_version_at(e, stream_id, fresh->position) : 0;
     return CQ_OK;
 }
 
@@ -1558,8 +1553,8 @@ int cq_engine_run_strong(cq_engine *e, int projection, const cq_decl_query *q,
     r.c.x = x;
     do {
         r.count = 0;
-        rc = cq_store_read_stream(e->store, stream_id, from, 1000,
-                                  replay_event, &r, &version, err, errcap);
+        rc = cq_store_read_stream(e->store, stream_id, from, 1000, replay_event,
+                                  &r, &version, err, errcap);
         from += r.count;
     } while (rc == CQ_OK && !r.c.failed && r.count == 1000);
     if (rc == CQ_ENOTFOUND) {
@@ -1569,9 +1564,11 @@ int cq_engine_run_strong(cq_engine *e, int projection, const cq_decl_query *q,
     if (rc != CQ_OK)
         goto done;
     if (r.c.failed) {
-        snprintf(err, errcap, "replaying %s through %s failed at position "
-                 "%lld: %s", stream_id, p->d->name,
-                 (long long)r.c.error_position, r.c.error);
+        snprintf(err, errcap,
+                 "replaying %s through %s failed at position "
+                 "%lld: %s",
+                 stream_id, p->d->name, (long long)r.c.error_position,
+                 r.c.error);
         rc = CQ_EIO;
         goto done;
     }

@@ -34,29 +34,26 @@
 typedef struct cq_engine cq_engine;
 
 typedef struct cq_engine_config {
-    const char *dir;        /* directory of read.db (the store's directory) */
-    int batch;              /* events per micro-batch; 0 -> 100 */
-    int readers;            /* query connections per database; 0 -> 4 */
+    const char *dir; /* directory of read.db (the store's directory) */
+    int batch;       /* events per micro-batch; 0 -> 100 */
+    int readers;     /* query connections per database; 0 -> 4 */
 } cq_engine_config;
 
-typedef enum cq_proj_status {
-    CQ_PROJ_RUNNING,
-    CQ_PROJ_FAILED
-} cq_proj_status;
+typedef enum cq_proj_status { CQ_PROJ_RUNNING, CQ_PROJ_FAILED } cq_proj_status;
 
 /* What a query answer needs to say about freshness. */
 typedef struct cq_freshness {
-    int64_t position;       /* what the answer reflects */
-    int64_t head;           /* committed head of the event store */
-    int64_t lag_events;     /* head - position */
-    double lag_ms;          /* age of the oldest event not yet applied */
-    int failed;             /* the projection is stopped by an error */
+    int64_t position;   /* what the answer reflects */
+    int64_t head;       /* committed head of the event store */
+    int64_t lag_events; /* head - position */
+    double lag_ms;      /* age of the oldest event not yet applied */
+    int failed;         /* the projection is stopped by an error */
 } cq_freshness;
 
 /* A new engine for `store` (borrowed; must outlive the engine). Nothing
  * runs until cq_engine_start. */
-int cq_engine_new(const cq_engine_config *cfg, cq_store *store,
-                  cq_engine **out, char *err, size_t errcap);
+int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
+                  char *err, size_t errcap);
 
 /* Add the declared projection in file `path`; errors name the file and
  * line. Before cq_engine_start only. */
@@ -116,14 +113,13 @@ int64_t cq_engine_head(cq_engine *e);
  * committed head) to reach `target` (see cq_waiters_add). */
 #define CQ_ENGINE_HEAD (-1)
 int cq_engine_wait(cq_engine *e, int projection, int64_t target,
-                   int64_t timeout_ms, cq_wait_cb cb, void *arg,
-                   cq_wait **out);
+                   int64_t timeout_ms, cq_wait_cb cb, void *arg, cq_wait **out);
 
 /* Position of stream_id's event at `version`: CQ_OK, CQ_ENOTFOUND (the
  * stream is shorter) or CQ_EIO. */
 int cq_engine_version_position(cq_engine *e, const char *stream_id,
-                               int64_t version, int64_t *position,
-                               char *err, size_t errcap);
+                               int64_t version, int64_t *position, char *err,
+                               size_t errcap);
 
 /* Run query q of `projection` with values (in q->params order; NULL = not
  * given) against the read model. *data gets the answer's data (new

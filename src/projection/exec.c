@@ -24,7 +24,7 @@ typedef struct slot {
 struct cq_exec {
     sqlite3 *db;
     slot *slots;
-    size_t cap, count;          /* cap is 0 or a power of two */
+    size_t cap, count; /* cap is 0 or a power of two */
 };
 
 cq_exec *cq_exec_new(sqlite3 *db)
@@ -76,9 +76,8 @@ static int grow(cq_exec *x)
 
 /* The prepared statement for `key`, preparing `sql` on first use; line
  * (if > 0) names the statement in messages. */
-static sqlite3_stmt *prepared_key(cq_exec *x, const void *key,
-                                  const char *sql, int line, char *err,
-                                  size_t errcap)
+static sqlite3_stmt *prepared_key(cq_exec *x, const void *key, const char *sql,
+                                  int line, char *err, size_t errcap)
 {
     sqlite3_stmt *ps = NULL;
     size_t i;
@@ -138,8 +137,8 @@ int cq_exec_sql(cq_exec *x, const char *sql, char *err, size_t errcap)
 }
 
 /* Step ps to completion, then reset it for the next use. */
-static int run(cq_exec *x, sqlite3_stmt *ps, const cq_decl_stmt *st,
-               char *err, size_t errcap)
+static int run(cq_exec *x, sqlite3_stmt *ps, const cq_decl_stmt *st, char *err,
+               size_t errcap)
 {
     int rc;
 
@@ -160,17 +159,13 @@ static int run(cq_exec *x, sqlite3_stmt *ps, const cq_decl_stmt *st,
 static int bind_value(sqlite3_stmt *ps, int i, const cq_decl_value *v)
 {
     switch (v->type) {
-    case CQ_VALUE_INT:
-        return sqlite3_bind_int64(ps, i, v->i);
-    case CQ_VALUE_REAL:
-        return sqlite3_bind_double(ps, i, v->r);
+    case CQ_VALUE_INT: return sqlite3_bind_int64(ps, i, v->i);
+    case CQ_VALUE_REAL: return sqlite3_bind_double(ps, i, v->r);
     case CQ_VALUE_TEXT:
     case CQ_VALUE_JSON:
-        return sqlite3_bind_text(ps, i, v->text, (int)v->len,
-                                 SQLITE_TRANSIENT);
+        return sqlite3_bind_text(ps, i, v->text, (int)v->len, SQLITE_TRANSIENT);
     case CQ_VALUE_NULL:
-    default:
-        return sqlite3_bind_null(ps, i);
+    default: return sqlite3_bind_null(ps, i);
     }
 }
 
@@ -260,8 +255,8 @@ int cq_exec_event(cq_exec *x, const cq_declared *d, const cq_decl_event *ev,
         for (size_t k = 0; k < n; k++) {
             const json_t *item = arr ? json_array_get(arr, k) : NULL;
             for (size_t s = 0; s < hd->nstmts; s++) {
-                int rc = run_handler_stmt(x, &hd->stmts[s], ev, item, err,
-                                          errcap);
+                int rc =
+                    run_handler_stmt(x, &hd->stmts[s], ev, item, err, errcap);
                 if (rc != CQ_OK)
                     return rc;
             }
@@ -274,17 +269,14 @@ int cq_exec_event(cq_exec *x, const cq_declared *d, const cq_decl_event *ev,
 static json_t *column_json(sqlite3_stmt *ps, int c)
 {
     switch (sqlite3_column_type(ps, c)) {
-    case SQLITE_INTEGER:
-        return json_integer(sqlite3_column_int64(ps, c));
-    case SQLITE_FLOAT:
-        return json_real(sqlite3_column_double(ps, c));
+    case SQLITE_INTEGER: return json_integer(sqlite3_column_int64(ps, c));
+    case SQLITE_FLOAT: return json_real(sqlite3_column_double(ps, c));
     case SQLITE_TEXT: {
         const char *t = (const char *)sqlite3_column_text(ps, c);
         json_t *s = json_stringn(t, (size_t)sqlite3_column_bytes(ps, c));
         return s ? s : json_null(); /* not UTF-8: no value rather than junk */
     }
-    default:
-        return json_null();
+    default: return json_null();
     }
 }
 
@@ -342,30 +334,25 @@ int cq_exec_query(cq_exec *x, const cq_decl_query *q, const cq_decl_stmt *st,
 int cq_sql_exec(cq_sql *sql, const char *stmt, const cq_sql_value *params,
                 int n)
 {
-    sqlite3_stmt *ps = prepared_key(sql->x, stmt, stmt, 0, sql->err,
-                                    sql->errcap);
+    sqlite3_stmt *ps =
+        prepared_key(sql->x, stmt, stmt, 0, sql->err, sql->errcap);
     int rc = SQLITE_OK;
 
     if (ps == NULL)
         return CQ_EIO;
     for (int i = 0; rc == SQLITE_OK && i < n; i++) {
         switch (params[i].type) {
-        case CQ_SQL_INT:
-            rc = sqlite3_bind_int64(ps, i + 1, params[i].i);
-            break;
+        case CQ_SQL_INT: rc = sqlite3_bind_int64(ps, i + 1, params[i].i); break;
         case CQ_SQL_REAL:
             rc = sqlite3_bind_double(ps, i + 1, params[i].r);
             break;
         case CQ_SQL_TEXT:
-            rc = params[i].text
-                     ? sqlite3_bind_text(ps, i + 1, params[i].text, -1,
-                                         SQLITE_TRANSIENT)
-                     : sqlite3_bind_null(ps, i + 1);
+            rc = params[i].text ? sqlite3_bind_text(ps, i + 1, params[i].text,
+                                                    -1, SQLITE_TRANSIENT)
+                                : sqlite3_bind_null(ps, i + 1);
             break;
         case CQ_SQL_NULL:
-        default:
-            rc = sqlite3_bind_null(ps, i + 1);
-            break;
+        default: rc = sqlite3_bind_null(ps, i + 1); break;
         }
     }
     if (rc == SQLITE_OK) {

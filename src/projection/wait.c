@@ -20,11 +20,11 @@ enum { W_WAITING, W_REACHED, W_TIMED_OUT };
 
 struct cq_wait {
     int64_t target;
-    int64_t deadline_ns;        /* monotonic */
+    int64_t deadline_ns; /* monotonic */
     int queue;
-    int state;                  /* guarded by ws->mu */
-    int refs;                   /* guarded by ws->mu */
-    size_t at[2];               /* index in the target heap, deadline heap */
+    int state;    /* guarded by ws->mu */
+    int refs;     /* guarded by ws->mu */
+    size_t at[2]; /* index in the target heap, deadline heap */
     cq_wait_cb cb;
     void *arg;
     cq_waiters *ws;
@@ -37,13 +37,13 @@ typedef struct heap {
 
 struct cq_waiters {
     pthread_mutex_t mu;
-    pthread_cond_t cv;          /* timer thread: the earliest deadline changed */
+    pthread_cond_t cv; /* timer thread: the earliest deadline changed */
     pthread_t timer;
     int stopping;
     int nqueues;
-    int64_t *position;          /* per queue */
-    heap *targets;              /* per queue; heap kind 0 */
-    heap deadlines;             /* heap kind 1 */
+    int64_t *position; /* per queue */
+    heap *targets;     /* per queue; heap kind 0 */
+    heap deadlines;    /* heap kind 1 */
     int pending;
 };
 
@@ -207,10 +207,10 @@ cq_waiters *cq_waiters_new(int nqueues)
     if (ws == NULL)
         return NULL;
     ws->nqueues = nqueues;
-    ws->position = calloc((size_t)(nqueues > 0 ? nqueues : 1),
-                          sizeof *ws->position);
-    ws->targets = calloc((size_t)(nqueues > 0 ? nqueues : 1),
-                         sizeof *ws->targets);
+    ws->position =
+        calloc((size_t)(nqueues > 0 ? nqueues : 1), sizeof *ws->position);
+    ws->targets =
+        calloc((size_t)(nqueues > 0 ? nqueues : 1), sizeof *ws->targets);
     if (ws->position == NULL || ws->targets == NULL)
         goto fail;
     pthread_mutex_init(&ws->mu, NULL);
@@ -290,8 +290,7 @@ int64_t cq_waiters_position(cq_waiters *ws, int queue)
 }
 
 int cq_waiters_add(cq_waiters *ws, int queue, int64_t target,
-                   int64_t timeout_ms, cq_wait_cb cb, void *arg,
-                   cq_wait **out)
+                   int64_t timeout_ms, cq_wait_cb cb, void *arg, cq_wait **out)
 {
     cq_wait *w;
     int earliest;

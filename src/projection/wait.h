@@ -55,8 +55,7 @@ int64_t cq_waiters_position(cq_waiters *ws, int queue);
  * reference to it and gives it back with cq_wait_release(). Returns -1 on
  * out of memory, -2 after cq_waiters_shutdown(). Any thread. */
 int cq_waiters_add(cq_waiters *ws, int queue, int64_t target,
-                   int64_t timeout_ms, cq_wait_cb cb, void *arg,
-                   cq_wait **out);
+                   int64_t timeout_ms, cq_wait_cb cb, void *arg, cq_wait **out);
 
 /* After the callback: 1 if the target was reached, 0 if it timed out. */
 int cq_wait_reached(cq_wait *w);

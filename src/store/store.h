@@ -34,16 +34,16 @@
 #define CQ_STORE_SCHEMA_VERSION 1
 
 /* Expected-version values for cq_store_append besides an exact N >= 1. */
-#define CQ_VERSION_ANY (-1)      /* no check */
-#define CQ_VERSION_NO_STREAM 0   /* the stream must not exist */
-#define CQ_VERSION_EXISTS (-2)   /* the stream must exist (any version) */
+#define CQ_VERSION_ANY (-1)    /* no check */
+#define CQ_VERSION_NO_STREAM 0 /* the stream must not exist */
+#define CQ_VERSION_EXISTS (-2) /* the stream must exist (any version) */
 
 typedef struct cq_store cq_store;
 
 typedef struct cq_store_config {
-    const char *dir;        /* directory holding events.db; created if absent */
-    int sync_full;          /* 1: synchronous=FULL (default); 0: NORMAL (tests) */
-    int read_connections;   /* size of the read pool; 0 means 4 */
+    const char *dir;      /* directory holding events.db; created if absent */
+    int sync_full;        /* 1: synchronous=FULL (default); 0: NORMAL (tests) */
+    int read_connections; /* size of the read pool; 0 means 4 */
 } cq_store_config;
 
 /* An event to append. Strings borrowed for the duration of the call;
@@ -75,11 +75,11 @@ typedef int (*cq_event_cb)(void *arg, const cq_stored_event *ev);
  * write-side call on the same store. */
 typedef struct cq_cmdlog_entry {
     const char *key;
-    const char *command_hash;   /* hex digest of type + body + preconditions */
-    int status;                 /* HTTP status that was answered */
-    const char *response;       /* full JSON body that was answered */
-    int64_t created_at;         /* ms since epoch */
-    int64_t expires_at;         /* ms since epoch */
+    const char *command_hash; /* hex digest of type + body + preconditions */
+    int status;               /* HTTP status that was answered */
+    const char *response;     /* full JSON body that was answered */
+    int64_t created_at;       /* ms since epoch */
+    int64_t expires_at;       /* ms since epoch */
 } cq_cmdlog_entry;
 
 /* Open (creating if needed) the store described by cfg. On failure returns
@@ -96,11 +96,11 @@ const char *cq_store_errmsg(cq_store *s);
 
 /* ---- write side: the writer thread only ---- */
 
-int cq_store_begin(cq_store *s);            /* BEGIN IMMEDIATE */
-int cq_store_commit(cq_store *s);           /* COMMIT; durable on CQ_OK */
-int cq_store_rollback(cq_store *s);         /* ROLLBACK the whole batch */
-int cq_store_savepoint(cq_store *s);        /* SAVEPOINT for one command */
-int cq_store_release(cq_store *s);          /* keep the command's writes */
+int cq_store_begin(cq_store *s);              /* BEGIN IMMEDIATE */
+int cq_store_commit(cq_store *s);             /* COMMIT; durable on CQ_OK */
+int cq_store_rollback(cq_store *s);           /* ROLLBACK the whole batch */
+int cq_store_savepoint(cq_store *s);          /* SAVEPOINT for one command */
+int cq_store_release(cq_store *s);            /* keep the command's writes */
 int cq_store_rollback_savepoint(cq_store *s); /* undo them (and release) */
 
 /* Current version of stream_id inside the open transaction, 0 if the
@@ -173,7 +173,8 @@ int cq_store_head_position(cq_store *s, int64_t *head);
  * backend's own handle. Semantics as for the functions above. */
 typedef struct cq_store_ops {
     const char *name;
-    int (*open)(const cq_store_config *cfg, void **impl, char *err, size_t errcap);
+    int (*open)(const cq_store_config *cfg, void **impl, char *err,
+                size_t errcap);
     void (*close)(void *impl);
     const char *(*errmsg)(void *impl);
     int (*exec_tx)(void *impl, int op); /* CQ_TX_BEGIN ... */
@@ -184,20 +185,28 @@ typedef struct cq_store_ops {
     int (*fold_stream)(void *impl, const char *stream_id, int64_t after_version,
                        cq_event_cb cb, void *arg);
     int (*write_head)(void *impl, int64_t *position);
-    int (*cmdlog_get)(void *impl, const char *key, int64_t now_ms, cq_cmdlog_entry *out);
+    int (*cmdlog_get)(void *impl, const char *key, int64_t now_ms,
+                      cq_cmdlog_entry *out);
     int (*cmdlog_put)(void *impl, const cq_cmdlog_entry *e);
     int (*cmdlog_prune)(void *impl, int64_t now_ms, int64_t *deleted);
     int (*read_stream)(void *impl, const char *stream_id, int64_t from_version,
                        int limit, cq_event_cb cb, void *arg,
                        int64_t *stream_version, char *err, size_t errcap);
-    int (*read_all)(void *impl, int64_t from_position, int limit, cq_event_cb cb,
-                    void *arg, int64_t *head, char *err, size_t errcap);
+    int (*read_all)(void *impl, int64_t from_position, int limit,
+                    cq_event_cb cb, void *arg, int64_t *head, char *err,
+                    size_t errcap);
     int (*head_position)(void *impl, int64_t *head);
     void *(*write_handle)(void *impl);
 } cq_store_ops;
 
-enum { CQ_TX_BEGIN, CQ_TX_COMMIT, CQ_TX_ROLLBACK, CQ_TX_SAVEPOINT,
-       CQ_TX_RELEASE, CQ_TX_ROLLBACK_SAVEPOINT };
+enum {
+    CQ_TX_BEGIN,
+    CQ_TX_COMMIT,
+    CQ_TX_ROLLBACK,
+    CQ_TX_SAVEPOINT,
+    CQ_TX_RELEASE,
+    CQ_TX_ROLLBACK_SAVEPOINT
+};
 
 extern const cq_store_ops cq_store_sqlite_ops;
 

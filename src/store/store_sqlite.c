@@ -230,13 +230,10 @@ static void put_err(char *err, size_t cap, const char *fmt, ...)
 static int map_rc(int rc)
 {
     switch (rc & 0xff) {
-    case SQLITE_NOMEM:
-        return CQ_ENOMEM;
+    case SQLITE_NOMEM: return CQ_ENOMEM;
     case SQLITE_CORRUPT:
-    case SQLITE_NOTADB:
-        return CQ_ECORRUPT;
-    default:
-        return CQ_EIO;
+    case SQLITE_NOTADB: return CQ_ECORRUPT;
+    default: return CQ_EIO;
     }
 }
 
@@ -681,20 +678,13 @@ static int sq_exec_tx(void *impl, int op)
 {
     sq_store *w = impl;
     switch (op) {
-    case CQ_TX_BEGIN:
-        return tx_begin(w);
-    case CQ_TX_COMMIT:
-        return tx_commit(w);
-    case CQ_TX_ROLLBACK:
-        return tx_rollback(w);
-    case CQ_TX_SAVEPOINT:
-        return tx_savepoint(w);
-    case CQ_TX_RELEASE:
-        return tx_release(w);
-    case CQ_TX_ROLLBACK_SAVEPOINT:
-        return tx_rollback_savepoint(w);
-    default:
-        return w_misuse(w, CQ_EINVAL, "exec_tx: unknown operation %d", op);
+    case CQ_TX_BEGIN: return tx_begin(w);
+    case CQ_TX_COMMIT: return tx_commit(w);
+    case CQ_TX_ROLLBACK: return tx_rollback(w);
+    case CQ_TX_SAVEPOINT: return tx_savepoint(w);
+    case CQ_TX_RELEASE: return tx_release(w);
+    case CQ_TX_ROLLBACK_SAVEPOINT: return tx_rollback_savepoint(w);
+    default: return w_misuse(w, CQ_EINVAL, "exec_tx: unknown operation %d", op);
     }
 }
 
@@ -749,8 +739,7 @@ static int check_expected(sq_store *w, const char *stream_id, int64_t expected,
     int ok;
     char want[32];
     switch (expected) {
-    case CQ_VERSION_ANY:
-        return CQ_OK;
+    case CQ_VERSION_ANY: return CQ_OK;
     case CQ_VERSION_NO_STREAM:
         ok = current == 0;
         snprintf(want, sizeof want, "no stream");

@@ -5,7 +5,7 @@
  * for bodies that pass, decide() on an empty and on a placed order.
  *
  * Built two ways (tests/CMakeLists.txt):
- *   - always, as a plain program whose main() replays every file of the
+ *   - always, with replay.c's main(), which replays every file of the
  *     corpus directories given on the command line (ctest runs it over
  *     tests/fuzz/corpus/command_body, under ASan+UBSan in make test);
  *   - with clang and -DCQ_FUZZ=ON, linked with libFuzzer (-fsanitize=fuzzer)
@@ -13,7 +13,6 @@
  * It asserts nothing but the absence of crashes, leaks and UB, which the
  * sanitizers check.
  */
-#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,8 +42,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const cq_domain *dom = orders_domain();
-    json_t *body = json_loadb((const char *)data, size,
-                              JSON_REJECT_DUPLICATES, NULL);
+    json_t *body =
+        json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, NULL);
 
     if (body == NULL)
         return 0;
@@ -78,47 +77,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_decref(body);
     return 0;
 }
-
-#ifndef CQ_LIBFUZZER
-/* Replay every regular file in the directories given as arguments. */
-int main(int argc, char **argv)
-{
-    int files = 0;
-
-    for (int a = 1; a < argc; a++) {
-        DIR *dir = opendir(argv[a]);
-        struct dirent *de;
-
-        if (dir == NULL) {
-            perror(argv[a]);
-            return 1;
-        }
-        while ((de = readdir(dir)) != NULL) {
-            char path[4096];
-            FILE *f;
-            char *buf;
-            long n;
-
-            if (de->d_name[0] == '.')
-                continue;
-            snprintf(path, sizeof path, "%s/%s", argv[a], de->d_name);
-            f = fopen(path, "rb");
-            if (f == NULL)
-                continue;
-            fseek(f, 0, SEEK_END);
-            n = ftell(f);
-            fseek(f, 0, SEEK_SET);
-            buf = malloc(n > 0 ? (size_t)n : 1);
-            if (buf != NULL && fread(buf, 1, (size_t)n, f) == (size_t)n) {
-                LLVMFuzzerTestOneInput((const uint8_t *)buf, (size_t)n);
-                files++;
-            }
-            free(buf);
-            fclose(f);
-        }
-        closedir(dir);
-    }
-    printf("replayed %d inputs\n", files);
-    return files > 0 ? 0 : 1;
-}
-#endif

@@ -7,7 +7,7 @@
  * the fuzzer invents).
  *
  * Built two ways (tests/CMakeLists.txt):
- *   - always, as a plain program whose main() replays every file of the
+ *   - always, with replay.c's main(), which replays every file of the
  *     corpus directories given on the command line (ctest runs it over
  *     tests/fuzz/corpus/declared, under ASan+UBSan in make test);
  *   - with clang and -DCQ_FUZZ=ON, linked with libFuzzer (-fsanitize=fuzzer)
@@ -15,7 +15,6 @@
  * Beyond the sanitizers it checks the parser's own promises with abort():
  * an error message is "LINE: ..." in valid UTF-8, a success has none.
  */
-#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,48 +99,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     return 0;
 }
-
-#ifndef CQ_LIBFUZZER
-/* Replay every regular file in the directories given as arguments. */
-int main(int argc, char **argv)
-{
-    int files = 0;
-
-    for (int a = 1; a < argc; a++) {
-        DIR *dir = opendir(argv[a]);
-        struct dirent *de;
-
-        if (dir == NULL) {
-            perror(argv[a]);
-            return 1;
-        }
-        while ((de = readdir(dir)) != NULL) {
-            char path[4096];
-            FILE *f;
-            char *buf;
-            long n;
-
-            if (de->d_name[0] == '.')
-                continue;
-            snprintf(path, sizeof path, "%s/%s", argv[a], de->d_name);
-            f = fopen(path, "rb");
-            if (f == NULL)
-                continue;
-            fseek(f, 0, SEEK_END);
-            n = ftell(f);
-            fseek(f, 0, SEEK_SET);
-            buf = malloc(n > 0 ? (size_t)n : 1);
-            if (buf != NULL && fread(buf, 1, (size_t)n, f) == (size_t)n) {
-                LLVMFuzzerTestOneInput((const uint8_t *)buf, (size_t)n);
-                files++;
-            }
-            free(buf);
-            fclose(f);
-        }
-        closedir(dir);
-    }
-    json_decref(sample_data);
-    printf("replayed %d inputs\n", files);
-    return files > 0 ? 0 : 1;
-}
-#endif

@@ -84,9 +84,8 @@ static void start(fixture *f)
     char err[512];
 
     assert_int_equal(cq_store_open(&scfg, &f->store, err, sizeof err), CQ_OK);
-    assert_int_equal(cq_engine_new(&ecfg, f->store, &f->engine, err,
-                                   sizeof err),
-                     CQ_OK);
+    assert_int_equal(
+        cq_engine_new(&ecfg, f->store, &f->engine, err, sizeof err), CQ_OK);
     for (const orders_sql_file *o = orders_projection_files; o->name; o++)
         assert_int_equal(cq_engine_load_text(f->engine, o->name, o->text,
                                              o->len, err, sizeof err),
@@ -202,15 +201,15 @@ static json_t *query(fixture *f, const char *name, const char *order_id,
 
     assert_non_null(q);
     snprintf(stream, sizeof stream, "order-%s", order_id);
-    if ((strong ? cq_engine_run_strong : cq_engine_run_query)(
-            f->engine, p, q, values, stream, &data, fr, &sv, err,
-            sizeof err) != CQ_OK)
+    if ((strong ? cq_engine_run_strong
+                : cq_engine_run_query)(f->engine, p, q, values, stream, &data,
+                                       fr, &sv, err, sizeof err) != CQ_OK)
         fail_msg("query %s: %s", name, err);
     return data;
 }
 
-#define PLACE(id)                                                             \
-    "{\"order_id\":\"" id "\",\"customer_id\":\"c\",\"currency\":\"EUR\","    \
+#define PLACE(id)                                                              \
+    "{\"order_id\":\"" id "\",\"customer_id\":\"c\",\"currency\":\"EUR\","     \
     "\"items\":[{\"sku\":\"A\",\"quantity\":1,\"unit_price_cents\":500}]}"
 
 static void test_async_inline_and_strong(void **state)
@@ -222,7 +221,8 @@ static void test_async_inline_and_strong(void **state)
     assert_int_equal(command(f, "PlaceOrder", PLACE("o-1")), 202);
     /* the inline projection had the events before the answer was given */
     assert_int_equal(f->inline_seen, 1);
-    assert_int_equal(command(f, "RecordPayment", "{\"order_id\":\"o-1\","
+    assert_int_equal(command(f, "RecordPayment",
+                             "{\"order_id\":\"o-1\","
                              "\"payment_id\":\"p\",\"amount_cents\":500}"),
                      202);
     assert_int_equal(f->inline_seen, 3);
@@ -258,7 +258,8 @@ static void test_failure_is_isolated(void **state)
     json_t *a;
 
     assert_int_equal(command(f, "PlaceOrder", PLACE("o-1")), 202);
-    assert_int_equal(command(f, "CancelOrder", "{\"order_id\":\"o-1\","
+    assert_int_equal(command(f, "CancelOrder",
+                             "{\"order_id\":\"o-1\","
                              "\"reason\":\"r\"}"),
                      202);
     assert_int_equal(command(f, "PlaceOrder", PLACE("o-2")), 202);
@@ -312,12 +313,15 @@ static void test_applied_twice(void **state)
 
     for (int i = 0; i < 3; i++) {
         char json[256];
-        snprintf(json, sizeof json, "{\"order_id\":\"%s\",\"customer_id\":"
+        snprintf(json, sizeof json,
+                 "{\"order_id\":\"%s\",\"customer_id\":"
                  "\"c\",\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\","
-                 "\"quantity\":1,\"unit_price_cents\":500}]}", orders[i]);
+                 "\"quantity\":1,\"unit_price_cents\":500}]}",
+                 orders[i]);
         assert_int_equal(command(f, "PlaceOrder", json), 202);
     }
-    assert_int_equal(command(f, "RecordPayment", "{\"order_id\":\"o-2\","
+    assert_int_equal(command(f, "RecordPayment",
+                             "{\"order_id\":\"o-2\","
                              "\"payment_id\":\"p\",\"amount_cents\":200}"),
                      202);
     catch_up(f, "sales_dashboard");
@@ -326,8 +330,8 @@ static void test_applied_twice(void **state)
     before[1] = NULL;
     {
         int p;
-        const cq_decl_query *q = cq_engine_query(f->engine, "sales_dashboard",
-                                                 &p);
+        const cq_decl_query *q =
+            cq_engine_query(f->engine, "sales_dashboard", &p);
         char err[256];
         int64_t sv;
         assert_int_equal(cq_engine_run_query(f->engine, p, q, NULL, NULL,
@@ -355,14 +359,13 @@ static void test_applied_twice(void **state)
     }
     {
         int p;
-        const cq_decl_query *q = cq_engine_query(f->engine, "sales_dashboard",
-                                                 &p);
+        const cq_decl_query *q =
+            cq_engine_query(f->engine, "sales_dashboard", &p);
         char err[256];
         int64_t sv;
         json_t *after = NULL;
         assert_int_equal(cq_engine_run_query(f->engine, p, q, NULL, NULL,
-                                             &after, &fr, &sv, err,
-                                             sizeof err),
+                                             &after, &fr, &sv, err, sizeof err),
                          CQ_OK);
         assert_true(json_equal(before[1], after));
         json_decref(after);

@@ -96,9 +96,8 @@ static void test_many_in_any_order(void **state)
         /* odd ones can never be reached and time out quickly */
         int64_t target = i % 2 ? 1000000 : 1 + rand() % 500;
         int64_t timeout = i % 2 ? 10 + rand() % 40 : 60000;
-        assert_int_equal(cq_waiters_add(ws, 0, target, timeout, on_fire, &c,
-                                         &w[i]),
-                         0);
+        assert_int_equal(
+            cq_waiters_add(ws, 0, target, timeout, on_fire, &c, &w[i]), 0);
     }
     /* (the first odd ones may already have timed out: no count here) */
     for (int p = 1; p <= 500; p += 7)
@@ -147,8 +146,7 @@ static void *add_many(void *arg)
 {
     adder *a = arg;
     for (int i = 0; i < 200; i++)
-        if (cq_waiters_add(a->ws, 0, 1 + i, 30000, on_fire, a->c, &a->w[i]) <
-            0)
+        if (cq_waiters_add(a->ws, 0, 1 + i, 30000, on_fire, a->c, &a->w[i]) < 0)
             abort();
     return NULL;
 }

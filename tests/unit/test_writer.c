@@ -124,9 +124,11 @@ static void release(cq_write_req *r, size_t n)
 
 static const char *place(int i, char *buf, size_t cap)
 {
-    snprintf(buf, cap, "{\"order_id\":\"o-%d\",\"customer_id\":\"c-1\","
+    snprintf(buf, cap,
+             "{\"order_id\":\"o-%d\",\"customer_id\":\"c-1\","
              "\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"quantity\":1,"
-             "\"unit_price_cents\":1000}]}", i);
+             "\"unit_price_cents\":1000}]}",
+             i);
     return buf;
 }
 
@@ -141,8 +143,7 @@ static void test_batch_positions(void **state)
     char json[256];
 
     for (int i = 0; i < N; i++) {
-        make_command(f, &r[i], "PlaceOrder", place(i, json, sizeof json),
-                     NULL);
+        make_command(f, &r[i], "PlaceOrder", place(i, json, sizeof json), NULL);
         assert_int_equal(cq_writer_submit(f->writer, &r[i]), CQ_OK);
     }
     wait_for(&f->wt, N);
@@ -168,13 +169,19 @@ static void test_refusal_isolated(void **state)
     char json[256];
 
     make_command(f, &r[0], "PlaceOrder", place(1, json, sizeof json), NULL);
-    make_command(f, &r[1], "RecordPayment", "{\"order_id\":\"o-1\","
-                 "\"payment_id\":\"p1\",\"amount_cents\":5000}", NULL);
-    make_command(f, &r[2], "RecordPayment", "{\"order_id\":\"o-1\","
-                 "\"payment_id\":\"p2\",\"amount_cents\":400}", NULL);
+    make_command(f, &r[1], "RecordPayment",
+                 "{\"order_id\":\"o-1\","
+                 "\"payment_id\":\"p1\",\"amount_cents\":5000}",
+                 NULL);
+    make_command(f, &r[2], "RecordPayment",
+                 "{\"order_id\":\"o-1\","
+                 "\"payment_id\":\"p2\",\"amount_cents\":400}",
+                 NULL);
     make_command(f, &r[3], "PlaceOrder", place(1, json, sizeof json), NULL);
-    make_command(f, &r[4], "RecordPayment", "{\"order_id\":\"o-1\","
-                 "\"payment_id\":\"p3\",\"amount_cents\":600}", NULL);
+    make_command(f, &r[4], "RecordPayment",
+                 "{\"order_id\":\"o-1\","
+                 "\"payment_id\":\"p3\",\"amount_cents\":600}",
+                 NULL);
     for (int i = 0; i < 5; i++)
         assert_int_equal(cq_writer_submit(f->writer, &r[i]), CQ_OK);
     wait_for(&f->wt, 5);
@@ -225,10 +232,14 @@ static void test_no_event_command(void **state)
     char json[256];
 
     make_command(f, &r[0], "PlaceOrder", place(1, json, sizeof json), NULL);
-    make_command(f, &r[1], "RecordPayment", "{\"order_id\":\"o-1\","
-                 "\"payment_id\":\"p1\",\"amount_cents\":10}", NULL);
-    make_command(f, &r[2], "RecordPayment", "{\"order_id\":\"o-1\","
-                 "\"payment_id\":\"p1\",\"amount_cents\":10}", NULL);
+    make_command(f, &r[1], "RecordPayment",
+                 "{\"order_id\":\"o-1\","
+                 "\"payment_id\":\"p1\",\"amount_cents\":10}",
+                 NULL);
+    make_command(f, &r[2], "RecordPayment",
+                 "{\"order_id\":\"o-1\","
+                 "\"payment_id\":\"p1\",\"amount_cents\":10}",
+                 NULL);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(cq_writer_submit(f->writer, &r[i]), CQ_OK);
         wait_for(&f->wt, i + 1); /* separate batches: exercises the cache */
@@ -263,32 +274,39 @@ static void test_corrupt_stream(void **state)
     snprintf(path, sizeof path, "%s/events.db", f->dir);
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     sqlite3_busy_timeout(db, 5000);
-    assert_int_equal(sqlite3_exec(db, "UPDATE events SET data = '{\"order_'"
-                                  " WHERE position = 1", NULL, NULL, NULL),
+    assert_int_equal(sqlite3_exec(db,
+                                  "UPDATE events SET data = '{\"order_'"
+                                  " WHERE position = 1",
+                                  NULL, NULL, NULL),
                      SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "UPDATE streams SET version = 'x'"
-                                  " WHERE stream_id = 'order-o-3'", NULL,
-                                  NULL, NULL),
+    assert_int_equal(sqlite3_exec(db,
+                                  "UPDATE streams SET version = 'x'"
+                                  " WHERE stream_id = 'order-o-3'",
+                                  NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(db);
 
     /* a fresh writer, so the state is not in its cache */
     cq_writer_free(f->writer);
     assert_int_equal(cq_writer_start(f->store, NULL, &f->writer), CQ_OK);
-    make_command(f, &r[1], "RecordPayment", "{\"order_id\":\"o-1\","
-                 "\"payment_id\":\"p1\",\"amount_cents\":10}", NULL);
+    make_command(f, &r[1], "RecordPayment",
+                 "{\"order_id\":\"o-1\","
+                 "\"payment_id\":\"p1\",\"amount_cents\":10}",
+                 NULL);
     make_command(f, &r[2], "PlaceOrder", place(2, json, sizeof json), NULL);
-    make_command(f, &r[3], "CancelOrder", "{\"order_id\":\"o-3\","
-                 "\"reason\":\"r\"}", NULL);
+    make_command(f, &r[3], "CancelOrder",
+                 "{\"order_id\":\"o-3\","
+                 "\"reason\":\"r\"}",
+                 NULL);
     for (int i = 1; i < 4; i++)
         assert_int_equal(cq_writer_submit(f->writer, &r[i]), CQ_OK);
     wait_for(&f->wt, 5);
-    assert_int_equal(r[1].status, 500);  /* undecodable event data */
+    assert_int_equal(r[1].status, 500); /* undecodable event data */
     assert_true(r[1].problem);
     assert_non_null(strstr(r[1].response, "corrupt-stream"));
     assert_int_equal(r[2].status, 202);
     assert_int_equal(r[2].position, 3);
-    assert_int_equal(r[3].status, 500);  /* undecodable stream version */
+    assert_int_equal(r[3].status, 500); /* undecodable stream version */
     assert_non_null(r[3].response);
     assert_non_null(strstr(r[3].response, "corrupt-stream"));
     release(r + 1, 3);
@@ -342,18 +360,14 @@ static void test_concurrent_submitters(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_batch_positions, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_refusal_isolated, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_batch_positions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refusal_isolated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idempotency_in_batch, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_no_event_command, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_no_event_command, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_submitters, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_corrupt_stream, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_corrupt_stream, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
