@@ -17,21 +17,22 @@
  *   | updated_at     | ms since the epoch                                |
  *
  * Protocol of one asynchronous micro-batch (projector thread), for every
- * asynchronous projection behind the head at once:
- *   1. BEGIN on read.db;
- *   2. read up to `batch` events (10 x batch when far behind) after the
- *      lowest checkpoint from the event store, in one read snapshot;
- *      decode each event once and run the handlers of every projection
- *      that has not applied it yet;
- *   3. if a handler failed, ROLLBACK and run the same batch again with a
- *      SAVEPOINT per event and projection, so that the failing event alone
- *      is rolled back and ends that projection's part of the batch;
- *   4. write every checkpoint (and failure) and COMMIT;
- *   5. publish the new positions and wake the waiters they satisfy.
- * A crash anywhere before 4 loses the batch and its checkpoints together,
- * and the batch is applied again after restart. Handlers are written to
- * be idempotent as well (docs/declared-sql.md), so a batch applied twice
- * changes nothing. read.db's WAL is checkpointed by its own thread.
+ * asynchronous projection behind the head:
+ *   1. read up to `batch` events (10 x batch when far behind) after the
+ *      lowest checkpoint from the event store, in one read snapshot, and
+ *      decode each once;
+ *   2. for each projection, in declaration order: BEGIN on read.db, run
+ *      its handlers on the events it has not applied yet, write its
+ *      checkpoint (and failure), COMMIT, publish its position and wake
+ *      the waiters it satisfies;
+ *   3. if a handler failed in 2, that projection's transaction is undone
+ *      and run again with a SAVEPOINT per event, so that the failing event
+ *      alone is rolled back and ends the projection's part of the batch.
+ * A crash anywhere before a COMMIT loses that projection's part of the
+ * batch and its checkpoint together, and it is applied again after
+ * restart. Handlers are written to be idempotent as well
+ * (docs/declared-sql.md), so a batch applied twice changes nothing.
+ * read.db's WAL is checkpointed by its own thread.
  *
  * Inline projections run on the writer thread inside the command's
  * savepoint (hook apply_inline), under a nested SAVEPOINT inl so that a
@@ -391,136 +392,173 @@ static void mark_failed(cq_engine *e, proj *p, const apply_ctx *c)
             p->d->name, (long long)c->error_position, c->error_event, c->error);
 }
 
-/* The projections one micro-batch serves: every running asynchronous
- * projection behind the head, each with its own context; the batch reads
- * from the lowest checkpoint and each event is decoded once. */
-typedef struct round {
-    cq_engine *e;
-    apply_ctx *c; /* one per projection of the batch */
-    int n;
+/* A micro-batch of events read from the store, each decoded once and then
+ * applied to every projection that needs it. */
+typedef struct batch {
+    cq_stored_event *se;    /* strings owned (copied out of the read) */
+    parsed *pe;             /* decoded data and metadata */
+    int *prc;               /* parse result per event */
+    int n, cap;
     int need_meta;
-} round;
+} batch;
 
-static int apply_round_event(void *arg, const cq_stored_event *se)
+static int batch_add(void *arg, const cq_stored_event *se)
 {
-    round *r = arg;
-    parsed pe;
-    int prc, live = 0;
+    batch *b = arg;
+    cq_stored_event *d = &b->se[b->n];
+    parsed *pe = &b->pe[b->n];
 
-    for (int i = 0; i < r->n; i++)
-        live += !r->c[i].failed && se->position > r->c[i].last;
-    if (live == 0)
-        return 0;
-    prc = parse_event(se, NULL, r->need_meta, &pe);
-    for (int i = 0; i < r->n; i++) {
-        apply_ctx *c = &r->c[i];
-        if (c->failed || se->position <= c->last)
-            continue; /* stopped, or already past this event */
-        apply_parsed(c, se, &pe, prc);
+    *d = *se;
+    d->stream_id = strdup(se->stream_id);
+    d->type = strdup(se->type);
+    d->data = d->metadata = NULL; /* decoded below; the texts are not kept */
+    if (d->stream_id == NULL || d->type == NULL) {
+        free((char *)d->stream_id);
+        free((char *)d->type);
+        return 1; /* out of memory: stop; the batch is shorter */
     }
-    parsed_clear(&pe);
-    return 0;
+    b->prc[b->n] = parse_event(se, NULL, b->need_meta, pe);
+    pe->ev.stream_id = d->stream_id;
+    pe->ev.type = d->type;
+    b->n++;
+    return b->n == b->cap;
 }
 
-/* One micro-batch of every asynchronous projection behind `head`
- * (projector thread): one read of the store, one read.db transaction
- * holding every projection's rows and checkpoint. Returns 1 if it did any
- * work, 0 if none was due, -1 when read.db or the store failed (nothing
- * changed; retried later). */
+static void batch_free(batch *b)
+{
+    for (int k = 0; k < b->n; k++) {
+        free((char *)b->se[k].stream_id);
+        free((char *)b->se[k].type);
+        parsed_clear(&b->pe[k]);
+    }
+    free(b->se);
+    free(b->pe);
+    free(b->prc);
+}
+
+/* Apply the events of b that p has not applied yet, and its checkpoint,
+ * in one read.db transaction; then publish. The fast path runs handlers
+ * without a savepoint per event; if one fails, its partial writes cannot
+ * be told apart from the good ones, so the transaction is undone and run
+ * again with one savepoint per event, keeping exactly the events before
+ * the failing one. CQ_OK or CQ_EIO (nothing changed). */
+static int apply_batch(cq_engine *e, proj *p, int64_t from, const batch *b)
+{
+    apply_ctx c;
+    char err[256] = "";
+    int careful = 0;
+
+again:
+    memset(&c, 0, sizeof c);
+    c.e = e;
+    c.p = p;
+    c.x = e->rx;
+    c.last = from - 1;
+    if (careful) {
+        c.sp = e->r_sp;
+        c.release = e->r_release;
+        c.rollback = e->r_rollback;
+    }
+    if (cq_exec_sql(e->rx, "BEGIN", err, sizeof err) != CQ_OK)
+        goto io;
+    for (int k = 0; k < b->n && !c.failed; k++)
+        if (b->se[k].position >= from)
+            apply_parsed(&c, &b->se[k], &b->pe[k], b->prc[k]);
+    if (c.failed && !careful) {
+        cq_exec_sql(e->rx, "ROLLBACK", err, sizeof err);
+        careful = 1;
+        goto again;
+    }
+    if (save_checkpoint(e->r_save, p, c.last, c.failed, c.error,
+                        c.error_position, c.error_event) != CQ_OK) {
+        snprintf(err, sizeof err, "%s", sqlite3_errmsg(e->rdb));
+        goto rollback;
+    }
+    if (cq_exec_sql(e->rx, "COMMIT", err, sizeof err) != CQ_OK)
+        goto rollback;
+    pthread_mutex_lock(&e->mu);
+    p->position = c.last;
+    pthread_mutex_unlock(&e->mu);
+    if (c.failed)
+        mark_failed(e, p, &c);
+    cq_waiters_advance(e->waits, p->index, c.last);
+    return CQ_OK;
+rollback:
+    cq_exec_sql(e->rx, "ROLLBACK", err + strlen(err), sizeof err - strlen(err));
+io:
+    fprintf(stderr,
+            "cqrsd: projection %s: batch from %lld not applied, will retry: "
+            "%s\n",
+            p->d->name, (long long)from, err);
+    return CQ_EIO;
+}
+
+/* One micro-batch for every asynchronous projection behind the head
+ * (projector thread): the events after the lowest checkpoint are read from
+ * the store once and decoded once, then each projection applies its part
+ * in a transaction of its own, in declaration order, and is published as
+ * soon as it commits (so a fast projection's waiters do not wait for a
+ * slow one). Returns 1 if it did any work, 0 if none was due, -1 when
+ * read.db or the store failed (retried later). */
 static int apply_round(cq_engine *e)
 {
-    apply_ctx *c = calloc((size_t)e->nprojs, sizeof *c);
-    round r = {e, c, 0, 0};
-    int64_t from = INT64_MAX, head, store_head;
+    proj **due = calloc((size_t)e->nprojs, sizeof *due);
+    int64_t *from = calloc((size_t)e->nprojs, sizeof *from);
+    int64_t lowest = INT64_MAX, head, store_head;
+    batch b;
     char err[256] = "";
-    int rc, careful = 0, limit;
+    int n = 0, status = 1;
 
-    if (c == NULL)
-        return -1;
-again:
-    r.n = 0;
-    r.need_meta = 0;
+    memset(&b, 0, sizeof b);
+    if (due == NULL || from == NULL) {
+        status = -1;
+        goto done;
+    }
     pthread_mutex_lock(&e->mu);
     head = e->head;
     for (int i = 0; i < e->nprojs; i++) {
         proj *p = e->projs[i];
         if (p->is_inline || p->failed || p->position >= head)
             continue;
-        memset(&c[r.n], 0, sizeof c[r.n]);
-        c[r.n].e = e;
-        c[r.n].p = p;
-        c[r.n].x = e->rx;
-        if (careful) {
-            c[r.n].sp = e->r_sp;
-            c[r.n].release = e->r_release;
-            c[r.n].rollback = e->r_rollback;
-        }
-        c[r.n].last = p->position;
-        r.need_meta |= p->needs_metadata;
-        if (p->position + 1 < from)
-            from = p->position + 1;
-        r.n++;
+        due[n] = p;
+        from[n] = p->position + 1;
+        if (from[n] < lowest)
+            lowest = from[n];
+        b.need_meta |= p->needs_metadata;
+        n++;
     }
     pthread_mutex_unlock(&e->mu);
-    if (r.n == 0) {
-        free(c);
-        return 0;
+    if (n == 0) {
+        status = 0;
+        goto done;
     }
-    if (cq_exec_sql(e->rx, "BEGIN", err, sizeof err) != CQ_OK)
-        goto io;
     /* Micro-batches of `batch` events keep the gap between the writer and
      * the read model small; a projection far behind (catching up after a
      * restart or a rebuild) takes ten times as many per transaction, which
      * saves most of the per-transaction cost and changes nothing else. */
-    limit = head - from >= 10 * e->batch ? 10 * e->batch : e->batch;
-    rc = cq_store_read_all(e->store, from, limit, apply_round_event, &r,
-                           &store_head, err, sizeof err);
-    if (rc != CQ_OK)
-        goto rollback;
-    if (!careful) {
-        /* The fast path runs handlers without a savepoint per event. If one
-         * failed, its partial writes cannot be told apart from the good
-         * ones: undo the batch and run it again, carefully, with one
-         * savepoint per event, so that exactly the events before the
-         * failing one are kept. */
-        for (int i = 0; i < r.n && !careful; i++)
-            careful = c[i].failed;
-        if (careful) {
-            cq_exec_sql(e->rx, "ROLLBACK", err, sizeof err);
-            from = INT64_MAX;
-            goto again;
-        }
+    b.cap = head - lowest >= 10 * e->batch ? 10 * e->batch : e->batch;
+    b.se = calloc((size_t)b.cap, sizeof *b.se);
+    b.pe = calloc((size_t)b.cap, sizeof *b.pe);
+    b.prc = calloc((size_t)b.cap, sizeof *b.prc);
+    if (b.se == NULL || b.pe == NULL || b.prc == NULL) {
+        status = -1;
+        goto done;
     }
-    for (int i = 0; i < r.n; i++) {
-        if (save_checkpoint(e->r_save, c[i].p, c[i].last, c[i].failed,
-                            c[i].error, c[i].error_position,
-                            c[i].error_event) != CQ_OK) {
-            snprintf(err, sizeof err, "%s", sqlite3_errmsg(e->rdb));
-            goto rollback;
-        }
+    if (cq_store_read_all(e->store, lowest, b.cap, batch_add, &b, &store_head,
+                          err, sizeof err) != CQ_OK) {
+        fprintf(stderr, "cqrsd: projections: reading events from %lld: %s\n",
+                (long long)lowest, err);
+        status = -1;
+        goto done;
     }
-    if (cq_exec_sql(e->rx, "COMMIT", err, sizeof err) != CQ_OK)
-        goto rollback;
-    pthread_mutex_lock(&e->mu);
-    for (int i = 0; i < r.n; i++)
-        c[i].p->position = c[i].last;
-    pthread_mutex_unlock(&e->mu);
-    for (int i = 0; i < r.n; i++) {
-        if (c[i].failed)
-            mark_failed(e, c[i].p, &c[i]);
-        cq_waiters_advance(e->waits, c[i].p->index, c[i].last);
-    }
-    free(c);
-    return 1;
-rollback:
-    cq_exec_sql(e->rx, "ROLLBACK", err + strlen(err), sizeof err - strlen(err));
-io:
-    fprintf(stderr,
-            "cqrsd: projections: batch from %lld not applied, will "
-            "retry: %s\n",
-            (long long)from, err);
-    free(c);
-    return -1;
+    for (int i = 0; i < n; i++)
+        if (apply_batch(e, due[i], from[i], &b) != CQ_OK)
+            status = -1;
+done:
+    batch_free(&b);
+    free(due);
+    free(from);
+    return status;
 }
 
 /* read.db's WAL is copied back into the database by this thread, not by
