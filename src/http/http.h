@@ -23,11 +23,21 @@ struct cq_server {
     cq_engine *engine; /* NULL: no projections, no queries */
     const cq_domain *domain;
     size_t body_limit;
+    double ready_max_lag_s; /* /readyz: lag above this is not ready */
     atomic_int pending; /* requests waiting for the writer */
     atomic_int waiting; /* requests waiting for a projection */
 };
 
-enum route { R_NOT_FOUND, R_HEALTHZ, R_COMMAND, R_ALL, R_STREAM, R_QUERY };
+enum route {
+    R_NOT_FOUND,
+    R_HEALTHZ,
+    R_COMMAND,
+    R_ALL,
+    R_STREAM,
+    R_QUERY,
+    R_PROJECTIONS,
+    R_READYZ
+};
 
 #define CQ_QUERY_MAX_PARAMS 16
 
@@ -108,6 +118,15 @@ enum MHD_Result cq_http_resumed(request *q);
 /* After the writer answered a command with ?wait_for=P: wait until
  * projection P has applied position q->w.position, then answer. */
 enum MHD_Result cq_http_wait_for_command(request *q);
+
+/* ---- ops.c ---- */
+
+/* /projections, /projections/{name}, /projections/{name}/{operation}
+ * (q->target is what follows "/projections/", "" for the list). */
+enum MHD_Result cq_http_projections(request *q, const char *method);
+
+/* GET /readyz. */
+enum MHD_Result cq_http_readyz(request *q);
 
 /* Free what the query side of q owns (completion). */
 void cq_http_query_free(request *q);

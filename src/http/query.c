@@ -148,7 +148,7 @@ static enum MHD_Result answer(request *q)
             {MHD_HTTP_HEADER_ETAG, etag},
             {stale ? "Warning" : NULL, STALE_WARNING},
         };
-        char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+        char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
         json_decref(doc);
         return cq_http_send_with(q->conn, 200, "application/json", text, hdr,
                                  2);
@@ -325,7 +325,7 @@ static enum MHD_Result send_command_answer(request *q)
                                 q->srv->engine, q->projection)));
         json_object_set_new(doc, "stale", json_boolean(stale));
     }
-    text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    text = doc ? json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     json_decref(doc);
     snprintf(etag, sizeof etag, "\"%lld\"", (long long)q->w.version);
     {

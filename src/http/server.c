@@ -92,7 +92,8 @@ static enum MHD_Result send_body(struct MHD_Connection *c, int status,
 enum MHD_Result cq_http_send_json(struct MHD_Connection *c, int status,
                                   json_t *doc)
 {
-    char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    char *text =
+        doc ? json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     json_decref(doc);
     return send_body(c, status, "application/json", text);
 }
@@ -810,6 +811,16 @@ static enum route route_of(const char *url, const char **target)
     }
     if (strcmp(url, "/streams/$all") == 0)
         return R_ALL;
+    if (strcmp(url, "/readyz") == 0)
+        return R_READYZ;
+    if (strcmp(url, "/projections") == 0) {
+        *target = "";
+        return R_PROJECTIONS;
+    }
+    if (strncmp(url, "/projections/", 13) == 0 && url[13] != '\0') {
+        *target = url + 13;
+        return R_PROJECTIONS;
+    }
     if (strncmp(url, "/queries/", 9) == 0 && url[9] != '\0') {
         *target = url + 9;
         return R_QUERY;
@@ -836,7 +847,10 @@ static enum MHD_Result first_call(request *q, const char *url,
     case R_NOT_FOUND:
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
                                     "no resource at this path");
+    case R_PROJECTIONS:
+        return MHD_YES; /* the methods depend on the path: ops.c */
     case R_HEALTHZ:
+    case R_READYZ:
     case R_ALL:
     case R_QUERY:
         if (!get)
@@ -934,6 +948,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     case R_COMMAND: return handle_command(q);
     case R_ALL: return handle_read_all(q);
     case R_QUERY: return cq_http_query(q);
+    case R_READYZ: return cq_http_readyz(q);
+    case R_PROJECTIONS: return cq_http_projections(q, method);
     case R_STREAM:
         return strcmp(method, MHD_HTTP_METHOD_GET) == 0 ? handle_read_stream(q)
                                                         : handle_append(q);
@@ -995,6 +1011,7 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
     s->engine = engine;
     s->domain = domain;
     s->body_limit = cfg->body_limit ? cfg->body_limit : DEFAULT_BODY_LIMIT;
+    s->ready_max_lag_s = cfg->ready_max_lag_s > 0 ? cfg->ready_max_lag_s : 30;
     atomic_init(&s->pending, 0);
     atomic_init(&s->waiting, 0);
     if (cfg->addr.ss_family == AF_INET6)

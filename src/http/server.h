@@ -33,6 +33,7 @@ typedef struct cq_server_config {
     int threads;             /* MHD thread pool; 0 → 2 */
     size_t body_limit;       /* bytes; 0 → 1 MiB */
     unsigned idle_timeout_s; /* close idle connections; 0 → 30 */
+    double ready_max_lag_s;  /* /readyz lag bound in seconds; 0 → 30 */
 } cq_server_config;
 
 /* Start serving. store, writer, engine (NULL: no queries) and domain are

@@ -82,11 +82,19 @@ typedef struct proj {
                            thread only) */
     /* guarded by e->mu */
     int64_t position;
+    int paused;
+    int control;            /* OP_*: asked of the projector thread */
+    int control_rc;         /* its result, once control is back to OP_NONE */
+    char control_msg[256];
     int failed;
     int64_t error_position;
     char error[512];
     char error_event[130];
 } proj;
+
+/* Operations on an asynchronous projection, carried out by the projector
+ * thread (which owns read.db's write connection). */
+enum { OP_NONE, OP_PAUSE, OP_RESUME, OP_RESET, OP_RETRY, OP_SKIP };
 
 /* A pool of read connections to one database, each with its executor. */
 typedef struct pool {
@@ -126,7 +134,8 @@ struct cq_engine {
 
     /* the read.db checkpointer (see checkpointer_main) */
     pthread_t checkpointer;
-    pthread_cond_t ckpt_cv; /* with mu: a checkpoint is due */
+    pthread_cond_t ckpt_cv;    /* with mu: a checkpoint is due */
+    pthread_cond_t control_cv; /* with mu: a control operation is done */
     int ckpt_due;           /* guarded by mu */
     int ckpt_started;
 
@@ -518,7 +527,7 @@ static int apply_round(cq_engine *e)
     head = e->head;
     for (int i = 0; i < e->nprojs; i++) {
         proj *p = e->projs[i];
-        if (p->is_inline || p->failed || p->position >= head)
+        if (p->is_inline || p->failed || p->paused || p->position >= head)
             continue;
         due[n] = p;
         from[n] = p->position + 1;
@@ -559,6 +568,121 @@ done:
     free(due);
     free(from);
     return status;
+}
+
+static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, int reset,
+                              char *err, size_t errcap);
+
+/* Carry out p->control on the projector thread and publish the result. */
+static void run_control(cq_engine *e, proj *p)
+{
+    static const char skip_ddl[] =
+        "CREATE TABLE IF NOT EXISTS cq_skipped_events (projection TEXT NOT NULL,"
+        " position INTEGER NOT NULL, event_type TEXT, error TEXT,"
+        " skipped_at INTEGER NOT NULL, PRIMARY KEY (projection, position))";
+    char err[256] = "", sql[512];
+    int op, rc = CQ_OK, paused, failed;
+    int64_t epos, position;
+
+    pthread_mutex_lock(&e->mu);
+    op = p->control;
+    paused = p->paused;
+    failed = p->failed;
+    epos = p->error_position;
+    position = p->position;
+    pthread_mutex_unlock(&e->mu);
+
+    switch (op) {
+    case OP_PAUSE:
+    case OP_RESUME:
+    case OP_RETRY:
+        if (op == OP_RETRY && !failed) {
+            rc = CQ_ECONFLICT;
+            snprintf(err, sizeof err, "%s has not failed", p->d->name);
+            break;
+        }
+        if (op != OP_RETRY)
+            paused = op == OP_PAUSE;
+        else
+            failed = 0;
+        snprintf(sql, sizeof sql,
+                 "UPDATE cq_projections SET status = '%s'%s WHERE name = '%s'",
+                 failed ? "failed" : paused ? "paused" : "running",
+                 op == OP_RETRY ? ", error = NULL, error_position = NULL,"
+                                  " error_event = NULL"
+                                : "",
+                 p->d->name);
+        rc = cq_exec_sql(e->rx, sql, err, sizeof err);
+        break;
+    case OP_SKIP:
+        if (!failed) {
+            rc = CQ_ECONFLICT;
+            snprintf(err, sizeof err, "%s has not failed", p->d->name);
+            break;
+        }
+        rc = cq_exec_sql(e->rx, "BEGIN", err, sizeof err);
+        if (rc == CQ_OK)
+            rc = cq_exec_sql(e->rx, skip_ddl, err, sizeof err);
+        if (rc == CQ_OK) {
+            snprintf(sql, sizeof sql,
+                     "INSERT INTO cq_skipped_events SELECT name, error_position,"
+                     " error_event, error, %lld FROM cq_projections"
+                     " WHERE name = '%s' ON CONFLICT DO NOTHING",
+                     (long long)cq_now_ms(), p->d->name);
+            rc = cq_exec_sql(e->rx, sql, err, sizeof err);
+        }
+        if (rc == CQ_OK) {
+            snprintf(sql, sizeof sql,
+                     "UPDATE cq_projections SET position = %lld, status = '%s',"
+                     " error = NULL, error_position = NULL, error_event = NULL"
+                     " WHERE name = '%s'",
+                     (long long)epos, paused ? "paused" : "running",
+                     p->d->name);
+            rc = cq_exec_sql(e->rx, sql, err, sizeof err);
+        }
+        if (rc == CQ_OK)
+            rc = cq_exec_sql(e->rx, "COMMIT", err, sizeof err);
+        if (rc != CQ_OK) {
+            char ignore[64];
+            cq_exec_sql(e->rx, "ROLLBACK", ignore, sizeof ignore);
+        } else {
+            fprintf(stderr,
+                    "cqrsd: projection %s: event at position %lld skipped "
+                    "(recorded in cq_skipped_events)\n",
+                    p->d->name, (long long)epos);
+            position = epos;
+            failed = 0;
+        }
+        break;
+    case OP_RESET:
+        rc = prepare_projection(e, p, e->rx, 1, err, sizeof err);
+        if (rc == CQ_OK) {
+            position = 0;
+            failed = 0;
+            paused = 0;
+        }
+        break;
+    default:
+        rc = CQ_EINVAL;
+        break;
+    }
+    pthread_mutex_lock(&e->mu);
+    if (rc == CQ_OK) {
+        p->paused = paused;
+        p->failed = failed;
+        p->position = position;
+        if (!failed)
+            p->error[0] = p->error_event[0] = '\0';
+    }
+    p->control_rc = rc;
+    snprintf(p->control_msg, sizeof p->control_msg, "%s", err);
+    p->control = OP_NONE;
+    pthread_cond_broadcast(&e->control_cv);
+    pthread_mutex_unlock(&e->mu);
+    if (rc == CQ_OK && op == OP_RESET)
+        cq_waiters_rewind(e->waits, p->index, 0);
+    else if (rc == CQ_OK && op == OP_SKIP)
+        cq_waiters_advance(e->waits, p->index, position);
 }
 
 /* read.db's WAL is copied back into the database by this thread, not by
@@ -624,6 +748,14 @@ static void *projector_main(void *arg)
     while (!e->stopping) {
         int did;
 
+        for (int i = 0; i < e->nprojs; i++) {
+            proj *p = e->projs[i];
+            if (p->control == OP_NONE)
+                continue;
+            pthread_mutex_unlock(&e->mu);
+            run_control(e, p); /* takes mu itself to publish */
+            pthread_mutex_lock(&e->mu);
+        }
         pthread_mutex_unlock(&e->mu);
         did = apply_round(e);
         pthread_mutex_lock(&e->mu);
@@ -645,7 +777,9 @@ static void *projector_main(void *arg)
             int due = 0;
             for (int i = 0; i < e->nprojs && !due; i++) {
                 proj *p = e->projs[i];
-                due = !p->is_inline && !p->failed && p->position < e->head;
+                due = (!p->is_inline && !p->failed && !p->paused &&
+                       p->position < e->head) ||
+                      p->control != OP_NONE;
             }
             if (!due)
                 pthread_cond_wait(&e->cv, &e->mu);
@@ -787,6 +921,7 @@ int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     pthread_cond_init(&e->ckpt_cv, NULL);
+    pthread_cond_init(&e->control_cv, NULL);
     *out = e;
     return CQ_OK;
 }
@@ -959,8 +1094,8 @@ static int created_table(const char *sql, char *name, size_t cap)
 /* Bring p's tables and checkpoint row in db (through x) to its declared
  * version: create them, or drop and recreate them when the version or the
  * source changed (the projection is then replayed from position 0). */
-static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, char *err,
-                              size_t errcap)
+static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, int reset,
+                              char *err, size_t errcap)
 {
     sqlite3 *db = cq_exec_db(x);
     sqlite3_stmt *st = NULL;
@@ -970,6 +1105,13 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, char *err,
     rc = cq_exec_sql(x, CHECKPOINT_DDL, err, errcap);
     if (rc != CQ_OK)
         return rc;
+    if (reset) {
+        /* asked for (projector thread): the caller publishes the result */
+        fprintf(stderr, "cqrsd: projection %s: reset; dropping its tables "
+                "and replaying it from position 0\n", p->d->name);
+        found = 1;
+        goto rebuild;
+    }
     if (prepare(db,
                 "SELECT version, source_hash, position, status, error,"
                 " error_position, error_event FROM cq_projections"
@@ -985,6 +1127,7 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, char *err,
                strcmp(hash, p->d->source_hash) == 0;
         if (same) {
             p->position = sqlite3_column_int64(st, 2);
+            p->paused = status && strcmp(status, "paused") == 0;
             p->failed = status && strcmp(status, "failed") == 0;
             if (p->failed) {
                 const char *m = (const char *)sqlite3_column_text(st, 4);
@@ -1005,6 +1148,7 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, char *err,
                 "cqrsd: projection %s changed (version or source); "
                 "dropping its tables and replaying it from position 0\n",
                 p->d->name);
+rebuild:
     rc = cq_exec_sql(x, "BEGIN IMMEDIATE", err, errcap);
     for (size_t i = 0; rc == CQ_OK && found && i < p->d->nddl; i++) {
         char name[128];
@@ -1048,8 +1192,11 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, char *err,
         cq_exec_sql(x, "ROLLBACK", ignore, sizeof ignore);
         return rc;
     }
-    p->position = 0;
-    p->failed = 0;
+    if (!reset) {
+        p->position = 0;
+        p->failed = 0;
+        p->paused = 0;
+    }
     return CQ_OK;
 }
 
@@ -1180,7 +1327,7 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
     for (int i = 0; rc == CQ_OK && i < e->nprojs; i++) {
         proj *p = e->projs[i];
         cq_exec *x = p->is_inline ? e->ix : e->rx;
-        rc = prepare_projection(e, p, x, err, errcap);
+        rc = prepare_projection(e, p, x, 0, err, errcap);
         if (rc == CQ_OK)
             rc = check_statements(p, x, err, errcap);
     }
@@ -1278,6 +1425,7 @@ void cq_engine_free(cq_engine *e)
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     pthread_cond_destroy(&e->ckpt_cv);
+    pthread_cond_destroy(&e->control_cv);
     free(e);
 }
 
@@ -1619,5 +1767,88 @@ int cq_engine_run_strong(cq_engine *e, int projection, const cq_decl_query *q,
 done:
     cq_exec_free(x);
     sqlite3_close(mem);
+    return rc;
+}
+
+/* ---- control and status ---------------------------------------------------- */
+
+int cq_engine_count(cq_engine *e)
+{
+    return e->nprojs;
+}
+
+int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
+{
+    proj *p = e->projs[projection];
+
+    memset(out, 0, sizeof *out);
+    out->name = p->d->name;
+    out->version = p->d->version;
+    out->is_inline = p->is_inline;
+    pthread_mutex_lock(&e->mu);
+    out->position = p->position;
+    out->head = e->head;
+    out->failed = p->failed;
+    out->paused = p->paused;
+    if (p->failed) {
+        out->error_position = p->error_position;
+        snprintf(out->error, sizeof out->error, "%s", p->error);
+        snprintf(out->error_event, sizeof out->error_event, "%s",
+                 p->error_event);
+    }
+    pthread_mutex_unlock(&e->mu);
+    out->status = out->failed ? "failed" : out->paused ? "paused" : "running";
+    if (out->head < out->position)
+        out->head = out->position;
+    out->lag_events = out->head - out->position;
+    out->lag_seconds = lag_ms(e, out->position, out->head) / 1000.0;
+    return CQ_OK;
+}
+
+int cq_engine_control(cq_engine *e, int projection, const char *op,
+                      char *err, size_t errcap)
+{
+    static const char *const names[] = {"", "pause", "resume", "reset",
+                                        "retry", "skip"};
+    proj *p = e->projs[projection];
+    struct timespec ts;
+    int code = OP_NONE, rc;
+
+    for (int i = OP_PAUSE; i <= OP_SKIP; i++)
+        if (strcmp(op, names[i]) == 0)
+            code = i;
+    if (code == OP_NONE) {
+        snprintf(err, errcap, "unknown operation '%.32s'", op);
+        return CQ_EINVAL;
+    }
+    if (p->is_inline) {
+        snprintf(err, errcap, "%s is an inline projection: it moves with the "
+                 "writer, and '%s' is only for asynchronous projections",
+                 p->d->name, op);
+        return CQ_ECONFLICT;
+    }
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 30;
+    pthread_mutex_lock(&e->mu);
+    while (p->control != OP_NONE && !e->stopping)
+        pthread_cond_timedwait(&e->control_cv, &e->mu, &ts);
+    if (e->stopping) {
+        pthread_mutex_unlock(&e->mu);
+        snprintf(err, errcap, "the server is stopping");
+        return CQ_ECLOSED;
+    }
+    p->control = code;
+    pthread_cond_signal(&e->cv);
+    rc = 0;
+    while (p->control != OP_NONE && !e->stopping && rc != ETIMEDOUT)
+        rc = pthread_cond_timedwait(&e->control_cv, &e->mu, &ts);
+    if (p->control != OP_NONE) {
+        pthread_mutex_unlock(&e->mu);
+        snprintf(err, errcap, "the projector did not answer in time");
+        return CQ_EBUSY;
+    }
+    rc = p->control_rc;
+    snprintf(err, errcap, "%s", p->control_msg);
+    pthread_mutex_unlock(&e->mu);
     return rc;
 }

@@ -141,4 +141,36 @@ int cq_engine_run_strong(cq_engine *e, int projection, const cq_decl_query *q,
                          json_t **data, cq_freshness *fresh,
                          int64_t *stream_version, char *err, size_t errcap);
 
+/* ---- control ---- */
+
+typedef struct cq_projection_status {
+    const char *name;           /* borrowed from the engine */
+    int64_t version;
+    int is_inline;
+    const char *status;         /* running, paused, failed */
+    int paused, failed;
+    int64_t position, head, lag_events;
+    double lag_seconds;
+    int64_t error_position;     /* failed only */
+    char error[512];
+    char error_event[130];
+} cq_projection_status;
+
+/* Number of projections; they are numbered 0..count-1. */
+int cq_engine_count(cq_engine *e);
+
+/* A snapshot of projection's state. Any thread. */
+int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out);
+
+/* Ask the projector thread to "pause", "resume", "reset" (drop the tables,
+ * replay from 0), "retry" (a failed projection, from its failing event) or
+ * "skip" (a failed projection: record the failing event in
+ * cq_skipped_events and go on after it) an asynchronous projection, and
+ * wait for it to be done. CQ_OK; CQ_EINVAL (unknown operation);
+ * CQ_ECONFLICT (not applicable: inline projection, retry/skip of one that
+ * has not failed); CQ_EIO; CQ_EBUSY/CQ_ECLOSED. A message goes to err.
+ * Blocks the calling thread for as long as the operation takes. */
+int cq_engine_control(cq_engine *e, int projection, const char *op,
+                      char *err, size_t errcap);
+
 #endif

@@ -279,6 +279,13 @@ void cq_waiters_advance(cq_waiters *ws, int queue, int64_t position)
     run_fired(ws, &f);
 }
 
+void cq_waiters_rewind(cq_waiters *ws, int queue, int64_t position)
+{
+    pthread_mutex_lock(&ws->mu);
+    ws->position[queue] = position;
+    pthread_mutex_unlock(&ws->mu);
+}
+
 int64_t cq_waiters_position(cq_waiters *ws, int queue)
 {
     int64_t p;

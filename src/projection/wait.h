@@ -46,6 +46,10 @@ void cq_waiters_free(cq_waiters *ws);
  * target it reached. Any thread. */
 void cq_waiters_advance(cq_waiters *ws, int queue, int64_t position);
 
+/* Move queue back to `position` (a projection replayed from the start),
+ * firing nothing: waiters registered later wait for it again. */
+void cq_waiters_rewind(cq_waiters *ws, int queue, int64_t position);
+
 /* The queue's current position. Any thread. */
 int64_t cq_waiters_position(cq_waiters *ws, int queue);
 

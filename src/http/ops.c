@@ -1,0 +1,148 @@
+/*
+ * ops.c -- operations routes: projection status and control, readiness.
+ *
+ *   GET  /projections                      every projection's status
+ *   GET  /projections/{name}               one projection's status
+ *   POST /projections/{name}/{operation}   pause, resume, reset, retry, skip
+ *   GET  /readyz                           200 ready / 503 not ready
+ *
+ * Control operations are carried out by the projector thread (engine.c);
+ * the MHD thread waits for them, which is fine for rare operator calls.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/problem.h"
+#include "http/http.h"
+
+/* One projection's status as JSON (new reference, NULL on no memory). */
+static json_t *status_json(cq_engine *e, int i)
+{
+    cq_projection_status st;
+    json_t *err = json_null();
+
+    cq_engine_status(e, i, &st);
+    if (st.failed)
+        err = json_pack("{s:I,s:s,s:s}", "position",
+                        (json_int_t)st.error_position, "event_type",
+                        st.error_event, "message", st.error);
+    return json_pack("{s:s,s:I,s:s,s:s,s:I,s:I,s:I,s:f,s:o}", "name", st.name,
+                     "version", (json_int_t)st.version, "mode",
+                     st.is_inline ? "inline" : "async", "status", st.status,
+                     "position", (json_int_t)st.position, "head",
+                     (json_int_t)st.head, "lag_events",
+                     (json_int_t)st.lag_events, "lag_seconds", st.lag_seconds,
+                     "last_error", err);
+}
+
+enum MHD_Result cq_http_projections(request *q, const char *method)
+{
+    static const char *const allowed[] = {NULL};
+    cq_engine *e = q->srv->engine;
+    enum MHD_Result ret = MHD_NO;
+    char name[80], op[32] = "", err[512];
+    const char *slash;
+    int i, rc;
+
+    if (!cq_http_params_ok(q, allowed, &ret))
+        return ret;
+    if (q->target[0] == '\0') { /* GET /projections */
+        json_t *list = json_array();
+        for (i = 0; e != NULL && list != NULL && i < cq_engine_count(e); i++)
+            json_array_append_new(list, status_json(e, i));
+        return cq_http_send_json(q->conn, 200,
+                                 list ? json_pack("{s:o}", "projections", list)
+                                      : NULL);
+    }
+    slash = strchr(q->target, '/');
+    if (slash == NULL) {
+        snprintf(name, sizeof name, "%.64s", q->target);
+    } else {
+        snprintf(name, sizeof name, "%.*s",
+                 (int)(slash - q->target < 64 ? slash - q->target : 64),
+                 q->target);
+        snprintf(op, sizeof op, "%.31s", slash + 1);
+    }
+    i = e ? cq_engine_projection(e, name) : -1;
+    if (i < 0)
+        return cq_http_send_problem(q->conn, 404, "not-found", NULL,
+                                    "there is no projection named '%s'",
+                                    name);
+    if (slash == NULL) {
+        if (strcmp(method, MHD_HTTP_METHOD_GET) != 0) {
+            const char *const hdr[][2] = {{MHD_HTTP_HEADER_ALLOW, "GET"}};
+            return cq_http_send_with(
+                q->conn, 405, CQ_PROBLEM_CONTENT_TYPE,
+                cq_problem_text(405, "method-not-allowed", NULL,
+                                "%s is not allowed here; use GET", method),
+                hdr, 1);
+        }
+        return cq_http_send_json(q->conn, 200, status_json(e, i));
+    }
+    if (strcmp(method, MHD_HTTP_METHOD_POST) != 0) {
+        const char *const hdr[][2] = {{MHD_HTTP_HEADER_ALLOW, "POST"}};
+        return cq_http_send_with(
+            q->conn, 405, CQ_PROBLEM_CONTENT_TYPE,
+            cq_problem_text(405, "method-not-allowed", NULL,
+                            "%s is not allowed here; use POST", method),
+            hdr, 1);
+    }
+    rc = cq_engine_control(e, i, op, err, sizeof err);
+    switch (rc) {
+    case CQ_OK: return cq_http_send_json(q->conn, 200, status_json(e, i));
+    case CQ_EINVAL:
+        return cq_http_send_problem(q->conn, 404, "not-found", NULL,
+                                    "%s; projections know pause, resume, "
+                                    "reset, retry and skip",
+                                    err);
+    case CQ_ECONFLICT:
+        return cq_http_send_problem(q->conn, 409, "conflict", NULL, "%s", err);
+    default:
+        return cq_http_send_problem(q->conn, 503, "unavailable", NULL,
+                                    "%s: %s", op, err);
+    }
+}
+
+enum MHD_Result cq_http_readyz(request *q)
+{
+    static const char *const allowed[] = {NULL};
+    cq_engine *e = q->srv->engine;
+    enum MHD_Result ret = MHD_NO;
+    json_t *reasons = json_array(), *doc;
+    int64_t head = 0;
+    double max_lag = 0;
+    int ready;
+
+    if (!cq_http_params_ok(q, allowed, &ret))
+        return ret;
+    if (reasons == NULL)
+        return cq_http_send_json(q->conn, 500, NULL);
+    if (cq_store_head_position(q->srv->store, &head) != CQ_OK)
+        json_array_append_new(reasons,
+                              json_string("the event store cannot be read"));
+    for (int i = 0; e != NULL && i < cq_engine_count(e); i++) {
+        cq_projection_status st;
+        char why[600];
+        cq_engine_status(e, i, &st);
+        if (st.lag_seconds > max_lag)
+            max_lag = st.lag_seconds;
+        if (st.failed) {
+            snprintf(why, sizeof why, "projection %s failed at position %lld",
+                     st.name, (long long)st.error_position);
+            json_array_append_new(reasons, json_string(why));
+        } else if (st.lag_seconds > q->srv->ready_max_lag_s) {
+            snprintf(why, sizeof why,
+                     "projection %s is %.1f s behind (more than %g s)", st.name,
+                     st.lag_seconds, q->srv->ready_max_lag_s);
+            json_array_append_new(reasons, json_string(why));
+        }
+    }
+    ready = json_array_size(reasons) == 0;
+    doc = json_pack("{s:s,s:I,s:f,s:f,s:o}", "status",
+                    ready ? "ready" : "not_ready", "head_position",
+                    (json_int_t)head, "max_lag_seconds", max_lag,
+                    "lag_bound_seconds", q->srv->ready_max_lag_s, "reasons",
+                    reasons);
+    return cq_http_send_json(q->conn, ready ? 200 : 503, doc);
+}
