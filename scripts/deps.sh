@@ -17,6 +17,18 @@ done
 if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
 echo "deps: installing$missing"
 export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
+# Packages that ship a service (prometheus, for promtool) must not start it
+# here: a policy-rc.d that says "no" keeps invoke-rc.d quiet during the
+# install, and is removed again if we put it there.
+policy=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    policy=1
+fi
+status=0
+$sudo apt-get update -qq || status=$?
 # shellcheck disable=SC2086
-$sudo apt-get install -y -qq --no-install-recommends $missing
+[ $status -eq 0 ] && { $sudo apt-get install -y -qq --no-install-recommends $missing || status=$?; }
+[ -n "$policy" ] && $sudo rm -f /usr/sbin/policy-rc.d
+exit $status
