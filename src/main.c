@@ -3,6 +3,7 @@
  *
  *   cqrsd serve [--data DIR] [--listen HOST:PORT] [--threads N]
  *               [--idempotency-ttl SECONDS] [--body-limit BYTES]
+ *   cqrsd verify [--data DIR] [--projections DIR]
  *   cqrsd version | help
  *
  * `serve` opens the event store, starts the writer thread and the HTTP
@@ -12,6 +13,12 @@
  * everything queued (new writes meanwhile get 503), let MHD send those
  * answers and close its connections, then close the store. Nothing acknowledged
  * is lost because nothing is acknowledged before its commit.
+ *
+ * `verify` replays the events into a scratch database and compares every
+ * declared projection's live tables with it (src/projection/verify.h,
+ * docs/verify.md). It opens read-only connections only, so it may run
+ * beside a server on the same directory. Exit 0: all match; 1: differences
+ * (listed on stdout); 2: bad usage or a directory it cannot read.
  */
 #include <errno.h>
 #include <limits.h>
@@ -25,6 +32,7 @@
 
 #include "command/writer.h"
 #include "projection/engine.h"
+#include "projection/verify.h"
 #include "cqrs/cqrs.h"
 #include "http/server.h"
 #include "orders/orders.h"
@@ -46,6 +54,7 @@ static void usage(FILE *f)
           "                   [--idempotency-ttl SECONDS] "
           "[--body-limit BYTES]\n"
           "                   [--projections DIR]\n"
+          "       cqrsd verify [--data DIR] [--projections DIR]\n"
           "       cqrsd version\n"
           "\n"
           "  --data DIR              where events.db lives (default ./data)\n"
@@ -59,7 +68,12 @@ static void usage(FILE *f)
           "  --body-limit BYTES      largest request body, 1024-67108864\n"
           "                          (default 1048576)\n"
           "  --projections DIR       also load every *.sql projection in DIR\n"
-          "                          (the orders read models are built in)\n",
+          "                          (the orders read models are built in)\n"
+          "\n"
+          "  verify replays the events into a scratch database and compares\n"
+          "  each projection's tables with it (safe while a server runs);\n"
+          "  exit 0: all match, 1: differences (listed), 2: usage or I/O "
+          "error\n",
           f);
 }
 
@@ -281,6 +295,61 @@ done:
     return rc == CQ_OK ? 0 : 1;
 }
 
+/* cqrsd verify [--data DIR] [--projections DIR]: the same projections as
+ * serve, checked against the events (projection/verify.h). */
+static int verify(int argc, char **argv)
+{
+    const char *data = "./data", *projections = NULL;
+    cq_verify *v = NULL;
+    char err[1024];
+    int64_t diffs = 0;
+    int rc;
+
+    for (int i = 2; i < argc; i += 2) {
+        if (i + 1 >= argc) {
+            fprintf(stderr, "cqrsd: %s: unknown option or missing value\n",
+                    argv[i]);
+            return 2;
+        }
+        if (strcmp(argv[i], "--data") == 0)
+            data = argv[i + 1];
+        else if (strcmp(argv[i], "--projections") == 0)
+            projections = argv[i + 1];
+        else {
+            fprintf(stderr, "cqrsd: verify: unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (cq_verify_new(&v) != CQ_OK) {
+        fprintf(stderr, "cqrsd: out of memory\n");
+        return 2;
+    }
+    rc = CQ_OK;
+    for (const orders_sql_file *f = orders_projection_files;
+         rc == CQ_OK && f->name; f++)
+        rc = cq_verify_load_text(v, f->name, f->text, f->len, err, sizeof err);
+    if (rc == CQ_OK && projections != NULL)
+        rc = cq_verify_load_dir(v, projections, err, sizeof err);
+    if (rc != CQ_OK) {
+        fprintf(stderr, "cqrsd: projections: %s\n", err);
+        cq_verify_free(v);
+        return 2;
+    }
+    rc = cq_verify_run(v, data, stdout, &diffs, err, sizeof err);
+    cq_verify_free(v);
+    if (rc != CQ_OK) {
+        fprintf(stderr, "cqrsd: verify: %s\n", err);
+        return 2;
+    }
+    if (diffs > 0) {
+        printf("verify: %lld difference%s\n", (long long)diffs,
+               diffs == 1 ? "" : "s");
+        return 1;
+    }
+    printf("verify: every projection matches its events\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     options o;
@@ -297,6 +366,8 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
+    if (strcmp(argv[1], "verify") == 0)
+        return verify(argc, argv);
     if (strcmp(argv[1], "serve") != 0) {
         fprintf(stderr, "cqrsd: unknown command '%s'\n", argv[1]);
         usage(stderr);

@@ -49,8 +49,7 @@ int cq_verify_load_file(cq_verify *v, const char *path, char *err,
 
 /* Every *.sql file in dir, in name order (alphasort): what `cqrsd serve
  * --projections DIR` loads. */
-int cq_verify_load_dir(cq_verify *v, const char *dir, char *err,
-                       size_t errcap);
+int cq_verify_load_dir(cq_verify *v, const char *dir, char *err, size_t errcap);
 
 /* A projection whose handler is C code (cq_engine_add_code): its declared
  * part is parsed for the name, and the run reports it as skipped (its

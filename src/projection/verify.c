@@ -1,0 +1,960 @@
+/*
+ * verify.c -- do the read models equal a fresh replay of the events? (see
+ * verify.h; the user's view is docs/verify.md).
+ *
+ * Protocol, for each declared projection, in the order added:
+ *   1. BEGIN a read transaction on the projection's live database (read.db
+ *      for @mode async, events.db for @mode inline) and read its
+ *      checkpoint row from cq_projections. The snapshot starts with that
+ *      read, so the tables compared in 4 are exactly what the checkpoint
+ *      says they contain, even while a server keeps writing.
+ *   2. Judge the row: none (never built), another @version or source hash
+ *      (built from another file: the server rebuilds it at start; nothing
+ *      to compare), or status failed (reported, and its tables are still
+ *      compared up to the checkpoint).
+ *   3. Run the DDL on a scratch in-memory database and replay events
+ *      1..checkpoint through the handlers (cq_exec_event), decoded as the
+ *      engine decodes them (engine.c, parse_event). Events <= a checkpoint
+ *      are committed and never change, so they may be read outside the
+ *      snapshot of 1 (for inline projections they are read inside it).
+ *   4. For every table in the scratch database, compare it with the live
+ *      table: same column names in the same order, then both sides read
+ *      ORDER BY (typeof(c), c COLLATE BINARY) over the key columns (the
+ *      primary key, or every column when there is none) and then the
+ *      others, and merged: a key only in the replay is "missing in live",
+ *      a key only in the live table is "unexpected in live", the same key
+ *      with other values "differs". Ordering by typeof first makes the
+ *      SQL order and compare_cell() below the same total order, so
+ *      values are equal only when their SQLite type and value are.
+ *   5. COMMIT (end the read transaction); print the summary line.
+ *
+ * The tables come from the scratch database's own schema after the DDL
+ * ran, not from parsing CREATE TABLE texts (engine.c's created_table()):
+ * the scratch database holds nothing else, so the list is exact whatever
+ * the statement's spelling (quoted names, comments, "main." prefixes).
+ *
+ * Connections are all read-only (SQLITE_OPEN_READONLY, query_only): the
+ * store's write side and the engine are never opened, and WAL lets this
+ * run beside a live server. A long replay keeps a read transaction open,
+ * which only delays the server's WAL checkpoints until it ends.
+ *
+ * Thread: everything here runs on the caller's thread; no shared state.
+ */
+#include "projection/verify.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "base/base.h"
+#include "cqrs/cqrs.h"
+#include "projection/declared.h"
+#include "projection/exec.h"
+
+typedef struct vproj {
+    cq_declared *d;     /* NULL: a C projection, reported as skipped */
+    char name[64];      /* @projection names are at most 63 bytes */
+    char source[256];   /* file name, for messages */
+    int needs_metadata; /* some handler reads :metadata (as engine.c) */
+} vproj;
+
+struct cq_verify {
+    vproj *projs;
+    int n;
+};
+
+/* What one run works with. */
+typedef struct run {
+    const char *dir;
+    FILE *out;
+    sqlite3 *events; /* DIR/events.db, read-only */
+    sqlite3 *reads;  /* DIR/read.db, read-only; NULL if it does not exist */
+    int reads_tried;
+    char *err;
+    size_t errcap;
+} run;
+
+/* ---- loading ------------------------------------------------------------ */
+
+int cq_verify_new(cq_verify **out)
+{
+    *out = calloc(1, sizeof **out);
+    return *out ? CQ_OK : CQ_ENOMEM;
+}
+
+void cq_verify_free(cq_verify *v)
+{
+    if (v == NULL)
+        return;
+    for (int i = 0; i < v->n; i++)
+        cq_declared_free(v->projs[i].d);
+    free(v->projs);
+    free(v);
+}
+
+/* Add d (taken over, even on failure) or, with d NULL, a C projection
+ * called `name`. */
+static int add(cq_verify *v, cq_declared *d, const char *name,
+               const char *source, char *err, size_t errcap)
+{
+    vproj *p, *nv;
+
+    for (int i = 0; i < v->n; i++)
+        if (strcmp(v->projs[i].name, name) == 0) {
+            snprintf(err, errcap, "%s: projection %s is declared twice", source,
+                     name);
+            cq_declared_free(d);
+            return CQ_EINVAL;
+        }
+    nv = realloc(v->projs, (size_t)(v->n + 1) * sizeof *nv);
+    if (nv == NULL) {
+        snprintf(err, errcap, "out of memory");
+        cq_declared_free(d);
+        return CQ_ENOMEM;
+    }
+    v->projs = nv;
+    p = &v->projs[v->n++];
+    memset(p, 0, sizeof *p);
+    p->d = d;
+    snprintf(p->name, sizeof p->name, "%s", name);
+    snprintf(p->source, sizeof p->source, "%s", source);
+    for (size_t h = 0; d != NULL && h < d->nhandlers; h++)
+        for (size_t s = 0; s < d->handlers[h].nstmts; s++)
+            for (size_t k = 0; k < d->handlers[h].stmts[s].nparams; k++)
+                if (strncmp(d->handlers[h].stmts[s].params[k], "metadata", 8) ==
+                    0)
+                    p->needs_metadata = 1;
+    return CQ_OK;
+}
+
+int cq_verify_load_text(cq_verify *v, const char *name, const char *text,
+                        size_t len, char *err, size_t errcap)
+{
+    cq_declared *d = NULL;
+    char msg[512];
+    int rc = cq_declared_parse(text, len, &d, msg, sizeof msg);
+
+    if (rc != CQ_OK) {
+        snprintf(err, errcap, "%s:%s", name, msg);
+        return rc;
+    }
+    return add(v, d, d->name, name, err, errcap);
+}
+
+int cq_verify_load_file(cq_verify *v, const char *path, char *err,
+                        size_t errcap)
+{
+    FILE *f = fopen(path, "rb");
+    char *text = NULL;
+    long n;
+    int rc = CQ_EIO;
+
+    if (f == NULL) {
+        snprintf(err, errcap, "%s: %s", path, strerror(errno));
+        return CQ_EIO;
+    }
+    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 ||
+        fseek(f, 0, SEEK_SET) != 0) {
+        snprintf(err, errcap, "%s: cannot read", path);
+        goto done;
+    }
+    if (n > CQ_DECL_MAX_FILE) {
+        snprintf(err, errcap, "%s: larger than %d bytes", path,
+                 CQ_DECL_MAX_FILE);
+        rc = CQ_EINVAL;
+        goto done;
+    }
+    text = malloc((size_t)n + 1);
+    if (text == NULL || fread(text, 1, (size_t)n, f) != (size_t)n) {
+        snprintf(err, errcap, "%s: cannot read", path);
+        goto done;
+    }
+    rc = cq_verify_load_text(v, path, text, (size_t)n, err, errcap);
+done:
+    free(text);
+    fclose(f);
+    return rc;
+}
+
+int cq_verify_load_dir(cq_verify *v, const char *dir, char *err, size_t errcap)
+{
+    struct dirent **names = NULL;
+    int n, rc = CQ_OK;
+
+    n = scandir(dir, &names, NULL, alphasort);
+    if (n < 0) {
+        snprintf(err, errcap, "--projections %s: %s", dir, strerror(errno));
+        return CQ_EIO;
+    }
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(names[i]->d_name);
+        if (rc == CQ_OK && len > 4 &&
+            strcmp(names[i]->d_name + len - 4, ".sql") == 0) {
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s", dir, names[i]->d_name);
+            rc = cq_verify_load_file(v, path, err, errcap);
+        }
+        free(names[i]);
+    }
+    free(names);
+    return rc;
+}
+
+int cq_verify_add_code(cq_verify *v, const char *text, size_t len,
+                       const cq_projection_code *code, char *err, size_t errcap)
+{
+    cq_declared *d = NULL;
+    char msg[512];
+    int rc = cq_declared_parse(text, len, &d, msg, sizeof msg);
+
+    if (rc != CQ_OK) {
+        snprintf(err, errcap, "%s:%s", code->name, msg);
+        return rc;
+    }
+    if (strcmp(d->name, code->name) != 0) {
+        snprintf(err, errcap, "%s: the declared part must be @projection %s",
+                 code->name, code->name);
+        cq_declared_free(d);
+        return CQ_EINVAL;
+    }
+    cq_declared_free(d);
+    return add(v, NULL, code->name, code->name, err, errcap);
+}
+
+/* ---- values and rows ------------------------------------------------------
+ */
+
+/* Rank of a column's type in `ORDER BY typeof(c)`: the names sort as blob <
+ * integer < null < real < text. */
+static int type_rank(int t)
+{
+    switch (t) {
+    case SQLITE_BLOB: return 0;
+    case SQLITE_INTEGER: return 1;
+    case SQLITE_NULL: return 2;
+    case SQLITE_FLOAT: return 3;
+    default: return 4; /* SQLITE_TEXT */
+    }
+}
+
+/* Compare column ia of row a with column ib of row b in the order of
+ * `ORDER BY typeof(c), c COLLATE BINARY`: <0, 0 (same type and value), >0. */
+static int compare_cell(sqlite3_stmt *a, int ia, sqlite3_stmt *b, int ib)
+{
+    int ta = sqlite3_column_type(a, ia), tb = sqlite3_column_type(b, ib);
+    int ra = type_rank(ta), rb = type_rank(tb);
+
+    if (ra != rb)
+        return ra < rb ? -1 : 1;
+    switch (ta) {
+    case SQLITE_NULL: return 0;
+    case SQLITE_INTEGER: {
+        sqlite3_int64 x = sqlite3_column_int64(a, ia);
+        sqlite3_int64 y = sqlite3_column_int64(b, ib);
+        return x < y ? -1 : x > y;
+    }
+    case SQLITE_FLOAT: {
+        double x = sqlite3_column_double(a, ia);
+        double y = sqlite3_column_double(b, ib);
+        return x < y ? -1 : x > y;
+    }
+    default: { /* TEXT and BLOB: memcmp, then the shorter first (BINARY) */
+        const void *x = ta == SQLITE_TEXT
+                            ? (const void *)sqlite3_column_text(a, ia)
+                            : sqlite3_column_blob(a, ia);
+        int nx = sqlite3_column_bytes(a, ia);
+        const void *y = ta == SQLITE_TEXT
+                            ? (const void *)sqlite3_column_text(b, ib)
+                            : sqlite3_column_blob(b, ib);
+        int ny = sqlite3_column_bytes(b, ib);
+        int c = nx && ny ? memcmp(x, y, (size_t)(nx < ny ? nx : ny)) : 0;
+        if (c != 0)
+            return c;
+        return nx < ny ? -1 : nx > ny;
+    }
+    }
+}
+
+/* Columns [from, to) of rows a and b, compared in order. */
+static int compare_cols(sqlite3_stmt *a, sqlite3_stmt *b, int from, int to)
+{
+    for (int i = from; i < to; i++) {
+        int c = compare_cell(a, i, b, i);
+        if (c != 0)
+            return c;
+    }
+    return 0;
+}
+
+/* Append column i of st, readable on one line: NULL, 42, 1.5, 'text'
+ * (quotes doubled, control bytes as \xNN, cut after 60 bytes), X'0a0b'. */
+static void put_value(sqlite3_str *s, sqlite3_stmt *st, int i)
+{
+    switch (sqlite3_column_type(st, i)) {
+    case SQLITE_NULL: sqlite3_str_appendall(s, "NULL"); break;
+    case SQLITE_INTEGER:
+        sqlite3_str_appendf(s, "%lld", sqlite3_column_int64(st, i));
+        break;
+    case SQLITE_FLOAT:
+        sqlite3_str_appendf(s, "%!.17g", sqlite3_column_double(st, i));
+        break;
+    case SQLITE_TEXT: {
+        const unsigned char *t = sqlite3_column_text(st, i);
+        int n = sqlite3_column_bytes(st, i);
+        sqlite3_str_appendchar(s, 1, '\'');
+        for (int k = 0; k < n && k < 60; k++) {
+            if (t[k] == '\'')
+                sqlite3_str_appendall(s, "''");
+            else if (t[k] < 0x20 || t[k] == 0x7f)
+                sqlite3_str_appendf(s, "\\x%02x", t[k]);
+            else
+                sqlite3_str_appendchar(s, 1, (char)t[k]);
+        }
+        sqlite3_str_appendchar(s, 1, '\'');
+        if (n > 60)
+            sqlite3_str_appendf(s, "...(%d bytes)", n);
+        break;
+    }
+    default: {
+        const unsigned char *b = sqlite3_column_blob(st, i);
+        int n = sqlite3_column_bytes(st, i);
+        sqlite3_str_appendall(s, "X'");
+        for (int k = 0; k < n && k < 32; k++)
+            sqlite3_str_appendf(s, "%02x", b[k]);
+        sqlite3_str_appendchar(s, 1, '\'');
+        if (n > 32)
+            sqlite3_str_appendf(s, "...(%d bytes)", n);
+    }
+    }
+}
+
+/* ---- one table -------------------------------------------------------------
+ */
+
+/* A table's columns as `SELECT name, pk FROM pragma_table_info`. */
+typedef struct columns {
+    char **name;
+    int *pk; /* 1-based position in the primary key, 0 if not in it */
+    int n;
+} columns;
+
+static void columns_free(columns *c)
+{
+    for (int i = 0; i < c->n; i++)
+        sqlite3_free(c->name[i]);
+    free(c->name);
+    free(c->pk);
+    memset(c, 0, sizeof *c);
+}
+
+/* Read the columns of `table` in db (none if it does not exist). */
+static int columns_read(sqlite3 *db, const char *table, columns *c, char *err,
+                        size_t errcap)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    memset(c, 0, sizeof *c);
+    if (sqlite3_prepare_v2(db,
+                           "SELECT name, pk FROM pragma_table_info(?1)"
+                           " ORDER BY cid",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto io;
+    sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        char **nn = realloc(c->name, (size_t)(c->n + 1) * sizeof *nn);
+        int *np;
+        if (nn == NULL)
+            goto oom;
+        c->name = nn;
+        np = realloc(c->pk, (size_t)(c->n + 1) * sizeof *np);
+        if (np == NULL)
+            goto oom;
+        c->pk = np;
+        c->name[c->n] =
+            sqlite3_mprintf("%s", (const char *)sqlite3_column_text(st, 0));
+        if (c->name[c->n] == NULL)
+            goto oom;
+        c->pk[c->n] = sqlite3_column_int(st, 1);
+        c->n++;
+    }
+    if (rc != SQLITE_DONE)
+        goto io;
+    sqlite3_finalize(st);
+    return CQ_OK;
+io:
+    snprintf(err, errcap, "columns of %s: %s", table, sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    columns_free(c);
+    return CQ_EIO;
+oom:
+    snprintf(err, errcap, "out of memory");
+    sqlite3_finalize(st);
+    columns_free(c);
+    return CQ_ENOMEM;
+}
+
+/* Where one table's differences are reported, and how many so far. */
+typedef struct table_report {
+    FILE *out;
+    const char *proj, *table;
+    const columns *cols;
+    const int *order; /* select position -> column index in cols */
+    int nkey;         /* the first nkey select positions are the key */
+    int64_t found;    /* differences in this table */
+} table_report;
+
+/* Report a row of st present on one side only (kind: "missing in live",
+ * "unexpected in live"), or, with other != NULL, a key whose other
+ * columns differ (st: live, other: replay). */
+static void report_row(table_report *t, sqlite3_stmt *st, sqlite3_stmt *other,
+                       const char *kind)
+{
+    sqlite3_str *s;
+    char *line;
+
+    t->found++;
+    if (t->found > CQ_VERIFY_MAX_LINES)
+        return;
+    s = sqlite3_str_new(NULL);
+    sqlite3_str_appendf(s, "%s/%s: ", t->proj, t->table);
+    for (int i = 0; i < t->nkey; i++) {
+        sqlite3_str_appendf(s, "%s%s=", i ? ", " : "",
+                            t->cols->name[t->order[i]]);
+        put_value(s, st, i);
+    }
+    sqlite3_str_appendf(s, ": %s", kind);
+    if (other != NULL) {
+        int first = 1;
+        for (int i = t->nkey; i < t->cols->n; i++) {
+            if (compare_cell(st, i, other, i) == 0)
+                continue;
+            sqlite3_str_appendf(s, "%s %s live ", first ? ":" : ";",
+                                t->cols->name[t->order[i]]);
+            put_value(s, st, i);
+            sqlite3_str_appendall(s, ", replay ");
+            put_value(s, other, i);
+            first = 0;
+        }
+    }
+    line = sqlite3_str_finish(s);
+    if (line != NULL)
+        fprintf(t->out, "%s\n", line);
+    sqlite3_free(line);
+}
+
+/* `SELECT cols FROM table ORDER BY ...` for the merge (see step 4). */
+static char *select_sql(const char *table, const columns *c, const int *order)
+{
+    sqlite3_str *s = sqlite3_str_new(NULL);
+
+    sqlite3_str_appendall(s, "SELECT ");
+    for (int i = 0; i < c->n; i++)
+        sqlite3_str_appendf(s, "%s\"%w\"", i ? ", " : "", c->name[order[i]]);
+    sqlite3_str_appendf(s, " FROM \"%w\" ORDER BY ", table);
+    for (int i = 0; i < c->n; i++)
+        sqlite3_str_appendf(s, "%stypeof(\"%w\"), \"%w\" COLLATE BINARY",
+                            i ? ", " : "", c->name[order[i]],
+                            c->name[order[i]]);
+    return sqlite3_str_finish(s);
+}
+
+/* Compare `table` in live with the replay in scratch; adds to *diffs and
+ * *rows (rows of the replay). CQ_OK (whatever was found), or CQ_EIO /
+ * CQ_ENOMEM when a side cannot be read. */
+static int compare_table(run *r, const char *proj, sqlite3 *live,
+                         sqlite3 *scratch, const char *table, int64_t *diffs,
+                         int64_t *rows)
+{
+    columns want, have;
+    int *order = NULL;
+    char *sql = NULL;
+    sqlite3_stmt *ls = NULL, *rs = NULL;
+    table_report t;
+    int lrc, rrc, nkey = 0, rc;
+
+    memset(&have, 0, sizeof have);
+    rc = columns_read(scratch, table, &want, r->err, r->errcap);
+    if (rc != CQ_OK)
+        return rc;
+    rc = columns_read(live, table, &have, r->err, r->errcap);
+    if (rc != CQ_OK)
+        goto done;
+    if (have.n == 0) {
+        fprintf(r->out, "%s/%s: table missing in live\n", proj, table);
+        (*diffs)++;
+        goto done;
+    }
+    if (have.n != want.n) {
+        fprintf(r->out, "%s/%s: columns differ: live has %d, replay %d\n", proj,
+                table, have.n, want.n);
+        (*diffs)++;
+        goto done;
+    }
+    for (int i = 0; i < want.n; i++)
+        if (strcmp(want.name[i], have.name[i]) != 0) {
+            fprintf(r->out,
+                    "%s/%s: columns differ: live column %d is %s, "
+                    "replay %s\n",
+                    proj, table, i + 1, have.name[i], want.name[i]);
+            (*diffs)++;
+            goto done;
+        }
+
+    /* key columns first, in primary-key order; then the others */
+    order = want.n > 0 ? calloc((size_t)want.n, sizeof *order) : NULL;
+    if (order == NULL) {
+        snprintf(r->err, r->errcap, "out of memory");
+        rc = CQ_ENOMEM;
+        goto done;
+    }
+    for (int k = 1; k <= want.n; k++)
+        for (int i = 0; i < want.n; i++)
+            if (want.pk[i] == k)
+                order[nkey++] = i;
+    for (int i = 0, j = nkey; i < want.n; i++)
+        if (want.pk[i] == 0)
+            order[j++] = i;
+    if (nkey == 0)
+        nkey = want.n; /* no primary key: a row is its own key */
+
+    sql = select_sql(table, &want, order);
+    if (sql == NULL) {
+        snprintf(r->err, r->errcap, "out of memory");
+        rc = CQ_ENOMEM;
+        goto done;
+    }
+    if (sqlite3_prepare_v2(live, sql, -1, &ls, NULL) != SQLITE_OK) {
+        snprintf(r->err, r->errcap, "%s/%s: live: %s", proj, table,
+                 sqlite3_errmsg(live));
+        rc = CQ_EIO;
+        goto done;
+    }
+    if (sqlite3_prepare_v2(scratch, sql, -1, &rs, NULL) != SQLITE_OK) {
+        snprintf(r->err, r->errcap, "%s/%s: replay: %s", proj, table,
+                 sqlite3_errmsg(scratch));
+        rc = CQ_EIO;
+        goto done;
+    }
+
+    memset(&t, 0, sizeof t);
+    t.out = r->out;
+    t.proj = proj;
+    t.table = table;
+    t.cols = &want;
+    t.order = order;
+    t.nkey = nkey;
+    lrc = sqlite3_step(ls);
+    rrc = sqlite3_step(rs);
+    while (lrc == SQLITE_ROW || rrc == SQLITE_ROW) {
+        int c = lrc != SQLITE_ROW   ? 1
+                : rrc != SQLITE_ROW ? -1
+                                    : compare_cols(ls, rs, 0, nkey);
+        if (c < 0) {
+            report_row(&t, ls, NULL, "unexpected in live");
+            lrc = sqlite3_step(ls);
+            continue;
+        }
+        if (c > 0)
+            report_row(&t, rs, NULL, "missing in live");
+        else if (compare_cols(ls, rs, nkey, want.n) != 0)
+            report_row(&t, ls, rs, "differs");
+        if (c == 0)
+            lrc = sqlite3_step(ls);
+        rrc = sqlite3_step(rs);
+        (*rows)++;
+    }
+    if (lrc != SQLITE_DONE || rrc != SQLITE_DONE) {
+        sqlite3 *db = lrc != SQLITE_DONE ? live : scratch;
+        snprintf(r->err, r->errcap, "%s/%s: reading %s: %s", proj, table,
+                 db == live ? "live rows" : "replayed rows",
+                 sqlite3_errmsg(db));
+        rc = CQ_EIO;
+        goto done;
+    }
+    if (t.found > CQ_VERIFY_MAX_LINES)
+        fprintf(r->out, "%s/%s: ... and %lld more differences\n", proj, table,
+                (long long)(t.found - CQ_VERIFY_MAX_LINES));
+    *diffs += t.found;
+done:
+    sqlite3_finalize(ls);
+    sqlite3_finalize(rs);
+    sqlite3_free(sql);
+    free(order);
+    columns_free(&want);
+    columns_free(&have);
+    return rc;
+}
+
+/* ---- one projection ----------------------------------------------------- */
+
+/* The checkpoint row of a projection, as read in step 1. */
+typedef struct checkpoint {
+    int found;
+    int64_t version, position, error_position;
+    char source_hash[65];
+    int failed;
+    char error[512], error_event[130];
+} checkpoint;
+
+static int read_checkpoint(sqlite3 *db, const char *name, checkpoint *cp,
+                           char *err, size_t errcap)
+{
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    memset(cp, 0, sizeof *cp);
+    /* first read of the snapshot: does the table exist at all? */
+    if (sqlite3_prepare_v2(db,
+                           "SELECT count(*) FROM sqlite_schema"
+                           " WHERE type = 'table' AND name = 'cq_projections'",
+                           -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW)
+        goto io;
+    rc = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    st = NULL;
+    if (rc == 0)
+        return CQ_OK;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT version, source_hash, position, status,"
+                           " error, error_position, error_event"
+                           " FROM cq_projections WHERE name = ?1",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto io;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *h = (const char *)sqlite3_column_text(st, 1);
+        const char *s = (const char *)sqlite3_column_text(st, 3);
+        const char *m = (const char *)sqlite3_column_text(st, 4);
+        const char *t = (const char *)sqlite3_column_text(st, 6);
+        cp->found = 1;
+        cp->version = sqlite3_column_int64(st, 0);
+        snprintf(cp->source_hash, sizeof cp->source_hash, "%s", h ? h : "");
+        cp->position = sqlite3_column_int64(st, 2);
+        cp->failed = s != NULL && strcmp(s, "failed") == 0;
+        snprintf(cp->error, sizeof cp->error, "%s", m ? m : "");
+        cp->error_position = sqlite3_column_int64(st, 5);
+        snprintf(cp->error_event, sizeof cp->error_event, "%s", t ? t : "");
+    } else if (rc != SQLITE_DONE) {
+        goto io;
+    }
+    sqlite3_finalize(st);
+    return CQ_OK;
+io:
+    snprintf(err, errcap, "reading the checkpoint of %s: %s", name,
+             sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    return CQ_EIO;
+}
+
+/* Replay events 1..upto of r->events through p's handlers on x. *applied
+ * gets how many were applied; if one could not be (undecodable, a handler
+ * failed) *failed is set and why[] says where. CQ_OK or CQ_EIO (events.db
+ * cannot be read). */
+static int replay(run *r, const vproj *p, cq_exec *x, int64_t upto,
+                  int64_t *applied, int *failed, char *why, size_t whycap)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = CQ_OK, src = SQLITE_DONE;
+
+    *applied = 0;
+    *failed = 0;
+    if (sqlite3_prepare_v2(r->events,
+                           "SELECT position, stream_id, version, type, data,"
+                           " metadata, recorded_at FROM events"
+                           " WHERE position <= ?1 ORDER BY position",
+                           -1, &st, NULL) != SQLITE_OK) {
+        snprintf(r->err, r->errcap, "events.db: %s", sqlite3_errmsg(r->events));
+        return CQ_EIO;
+    }
+    sqlite3_bind_int64(st, 1, upto);
+    while (!*failed && (src = sqlite3_step(st)) == SQLITE_ROW) {
+        /* decoded as engine.c's parse_event does */
+        const char *data = (const char *)sqlite3_column_text(st, 4);
+        const char *meta = (const char *)sqlite3_column_text(st, 5);
+        char when[32], day[11], msg[512] = "";
+        cq_decl_event ev;
+        json_t *jd, *jm = NULL;
+
+        memset(&ev, 0, sizeof ev);
+        ev.position = sqlite3_column_int64(st, 0);
+        ev.stream_id = (const char *)sqlite3_column_text(st, 1);
+        ev.version = sqlite3_column_int64(st, 2);
+        ev.type = (const char *)sqlite3_column_text(st, 3);
+        cq_format_time(sqlite3_column_int64(st, 6), when);
+        memcpy(day, when, 10);
+        day[10] = '\0';
+        ev.time = when;
+        ev.day = day;
+        jd = data ? json_loads(data, JSON_REJECT_DUPLICATES, NULL) : NULL;
+        if (p->needs_metadata && meta != NULL)
+            jm = json_loads(meta, JSON_REJECT_DUPLICATES, NULL);
+        ev.data = jd;
+        ev.metadata = jm;
+        if (ev.stream_id == NULL || ev.type == NULL || !json_is_object(jd) ||
+            (p->needs_metadata && !json_is_object(jm)))
+            snprintf(msg, sizeof msg, "stored event is not valid JSON");
+        else if (cq_exec_event(x, p->d, &ev, msg, sizeof msg) != CQ_OK &&
+                 msg[0] == '\0')
+            snprintf(msg, sizeof msg, "handler failed");
+        json_decref(jd);
+        json_decref(jm);
+        if (msg[0] != '\0') {
+            *failed = 1;
+            snprintf(why, whycap, "position %lld (%s): %s",
+                     (long long)ev.position, ev.type ? ev.type : "?", msg);
+            break;
+        }
+        (*applied)++;
+    }
+    if (!*failed && src != SQLITE_DONE) {
+        snprintf(r->err, r->errcap, "events.db: reading events: %s",
+                 sqlite3_errmsg(r->events));
+        rc = CQ_EIO;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Open DIR/file read-only into *db; *db stays NULL (and CQ_OK) if the file
+ * does not exist and `optional`. */
+static int open_ro(run *r, const char *file, int optional, sqlite3 **db)
+{
+    char path[4200];
+
+    *db = NULL;
+    snprintf(path, sizeof path, "%s/%s", r->dir, file);
+    if (access(path, F_OK) != 0) {
+        int e = errno;
+        if (optional && e == ENOENT)
+            return CQ_OK;
+        snprintf(r->err, r->errcap, "%s: %s", path, strerror(e));
+        return e == ENOENT ? CQ_ENOTFOUND : CQ_EIO;
+    }
+    if (sqlite3_open_v2(path, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        snprintf(r->err, r->errcap, "%s: %s", path,
+                 *db ? sqlite3_errmsg(*db) : "cannot open");
+        sqlite3_close(*db);
+        *db = NULL;
+        return CQ_EIO;
+    }
+    sqlite3_busy_timeout(*db, 5000);
+    /* belt and braces: this connection never writes */
+    sqlite3_exec(*db, "PRAGMA query_only = 1", NULL, NULL, NULL);
+    return CQ_OK;
+}
+
+/* Steps 1-5 for p; adds its differences to *total. CQ_OK, or an error
+ * that stops the run. */
+static int verify_one(run *r, const vproj *p, int64_t *total)
+{
+    const int is_inline = p->d->mode == CQ_DECL_INLINE;
+    sqlite3 *live, *scratch = NULL;
+    sqlite3_stmt *st = NULL;
+    cq_exec *x = NULL;
+    checkpoint cp;
+    char **tables = NULL, why[700] = "";
+    int ntables = 0, failed = 0, in_tx = 0, rc;
+    int64_t diffs = 0, rows = 0, applied = 0;
+
+    memset(&cp, 0, sizeof cp);
+    if (!is_inline && !r->reads_tried) {
+        r->reads_tried = 1;
+        rc = open_ro(r, "read.db", 1, &r->reads);
+        if (rc != CQ_OK)
+            return rc;
+    }
+    live = is_inline ? r->events : r->reads;
+    if (live == NULL) {
+        fprintf(r->out, "%s: not built: %s/read.db does not exist\n", p->name,
+                r->dir);
+        diffs = 1;
+        goto summary;
+    }
+
+    /* 1. one snapshot for the checkpoint and the tables */
+    if (sqlite3_exec(live, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(r->err, r->errcap, "%s: BEGIN: %s", p->name,
+                 sqlite3_errmsg(live));
+        return CQ_EIO;
+    }
+    in_tx = 1;
+    rc = read_checkpoint(live, p->name, &cp, r->err, r->errcap);
+    if (rc != CQ_OK)
+        goto done;
+
+    /* 2. judge the checkpoint */
+    if (!cp.found) {
+        fprintf(r->out,
+                "%s: not built: no checkpoint in %s (the server "
+                "builds it when it starts with this projection)\n",
+                p->name, is_inline ? "events.db" : "read.db");
+        diffs = 1;
+        goto summary;
+    }
+    if (cp.version != p->d->version ||
+        strcmp(cp.source_hash, p->d->source_hash) != 0) {
+        fprintf(r->out,
+                "%s: built from another file (version %lld, source "
+                "%.12s; %s is version %lld, source %.12s); the server "
+                "rebuilds it at its next start\n",
+                p->name, (long long)cp.version, cp.source_hash, p->source,
+                (long long)p->d->version, p->d->source_hash);
+        diffs = 1;
+        goto summary;
+    }
+    if (cp.failed) {
+        fprintf(r->out, "%s: failed at position %lld (%s): %s\n", p->name,
+                (long long)cp.error_position, cp.error_event, cp.error);
+        diffs++;
+    }
+
+    /* 3. replay 1..checkpoint into a scratch database */
+    if (sqlite3_open_v2(":memory:", &scratch,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                            SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK ||
+        (x = cq_exec_new(scratch)) == NULL) {
+        snprintf(r->err, r->errcap, "cannot open a scratch database");
+        rc = CQ_ENOMEM;
+        goto done;
+    }
+    for (size_t i = 0; i < p->d->nddl; i++) {
+        char msg[384];
+        if (cq_exec_sql(x, p->d->ddl[i].sqlite_sql, msg, sizeof msg) != CQ_OK) {
+            snprintf(r->err, r->errcap, "%s:%d: %s", p->source,
+                     p->d->ddl[i].line, msg);
+            rc = CQ_EINVAL;
+            goto done;
+        }
+    }
+    rc = cq_exec_sql(x, "BEGIN", r->err, r->errcap);
+    if (rc == CQ_OK)
+        rc = replay(r, p, x, cp.position, &applied, &failed, why, sizeof why);
+    if (rc == CQ_OK)
+        rc = cq_exec_sql(x, "COMMIT", r->err, r->errcap);
+    if (rc != CQ_OK)
+        goto done;
+    if (failed) {
+        fprintf(r->out,
+                "%s: replay failed at %s, before the checkpoint "
+                "(position %lld)\n",
+                p->name, why, (long long)cp.position);
+        diffs++;
+        goto summary;
+    }
+    if (applied != cp.position) {
+        fprintf(r->out,
+                "%s: checkpoint at position %lld but events.db has "
+                "%lld events up to it\n",
+                p->name, (long long)cp.position, (long long)applied);
+        diffs++;
+        goto summary;
+    }
+
+    /* 4. every table the DDL made, compared with the live one */
+    if (sqlite3_prepare_v2(scratch,
+                           "SELECT name FROM sqlite_schema WHERE type = 'table'"
+                           " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+                           " ORDER BY rowid",
+                           -1, &st, NULL) != SQLITE_OK) {
+        snprintf(r->err, r->errcap, "scratch schema: %s",
+                 sqlite3_errmsg(scratch));
+        rc = CQ_EIO;
+        goto done;
+    }
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        char **nt = realloc(tables, (size_t)(ntables + 1) * sizeof *nt);
+        if (nt == NULL ||
+            (nt[ntables] = strdup((const char *)sqlite3_column_text(st, 0))) ==
+                NULL) {
+            if (nt != NULL)
+                tables = nt;
+            snprintf(r->err, r->errcap, "out of memory");
+            rc = CQ_ENOMEM;
+            goto done;
+        }
+        tables = nt;
+        ntables++;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    for (int i = 0; i < ntables; i++) {
+        rc = compare_table(r, p->name, live, scratch, tables[i], &diffs, &rows);
+        if (rc != CQ_OK)
+            goto done;
+    }
+
+summary:
+    /* 5. */
+    if (diffs == 0)
+        fprintf(r->out, "%s: OK (position %lld, %d table%s, %lld row%s)\n",
+                p->name, (long long)cp.position, ntables,
+                ntables == 1 ? "" : "s", (long long)rows, rows == 1 ? "" : "s");
+    else
+        fprintf(r->out, "%s: %lld difference%s\n", p->name, (long long)diffs,
+                diffs == 1 ? "" : "s");
+    *total += diffs;
+    rc = CQ_OK;
+done:
+    if (in_tx)
+        sqlite3_exec(live, "COMMIT", NULL, NULL, NULL);
+    sqlite3_finalize(st);
+    for (int i = 0; i < ntables; i++)
+        free(tables[i]);
+    free(tables);
+    cq_exec_free(x);
+    sqlite3_close(scratch);
+    return rc;
+}
+
+int cq_verify_run(cq_verify *v, const char *dir, FILE *out,
+                  int64_t *differences, char *err, size_t errcap)
+{
+    run r;
+    struct stat sb;
+    int rc = CQ_OK;
+
+    *differences = 0;
+    memset(&r, 0, sizeof r);
+    r.dir = dir;
+    r.out = out;
+    r.err = err;
+    r.errcap = errcap;
+    if (stat(dir, &sb) != 0) {
+        int e = errno;
+        snprintf(err, errcap, "%s: %s", dir,
+                 e == ENOENT ? "no such data directory" : strerror(e));
+        return e == ENOENT ? CQ_ENOTFOUND : CQ_EIO;
+    }
+    if (!S_ISDIR(sb.st_mode)) {
+        snprintf(err, errcap, "%s: not a directory", dir);
+        return CQ_ENOTFOUND;
+    }
+    rc = open_ro(&r, "events.db", 0, &r.events);
+    if (rc == CQ_ENOTFOUND)
+        snprintf(err, errcap, "%s/events.db: no event store here", dir);
+    for (int i = 0; rc == CQ_OK && i < v->n; i++) {
+        if (v->projs[i].d == NULL) {
+            fprintf(out,
+                    "%s: skipped (a C projection: verify replays declared "
+                    "projections only)\n",
+                    v->projs[i].name);
+            continue;
+        }
+        rc = verify_one(&r, &v->projs[i], differences);
+    }
+    fflush(out);
+    sqlite3_close(r.reads);
+    sqlite3_close(r.events);
+    return rc;
+}
