@@ -14,6 +14,7 @@
 #include <stdatomic.h>
 
 #include "http/server.h"
+#include "base/metrics.h"
 #include "projection/engine.h"
 
 struct cq_server {
@@ -24,6 +25,12 @@ struct cq_server {
     const cq_domain *domain;
     size_t body_limit;
     double ready_max_lag_s; /* /readyz: lag above this is not ready */
+    cq_metrics *metrics;    /* GET /metrics; updated from any thread */
+    int ntypes;             /* command types of the domain */
+    cq_counter **commands;  /* [type * outcomes + outcome] */
+    cq_histogram *command_duration;
+    cq_histogram *query_wait;
+    cq_counter *wait_timeouts;
     atomic_int pending; /* requests waiting for the writer */
     atomic_int waiting; /* requests waiting for a projection */
 };
@@ -36,7 +43,8 @@ enum route {
     R_STREAM,
     R_QUERY,
     R_PROJECTIONS,
-    R_READYZ
+    R_READYZ,
+    R_METRICS
 };
 
 #define CQ_QUERY_MAX_PARAMS 16
@@ -61,7 +69,9 @@ typedef struct request {
     uint64_t deadline_ns; /* monotonic */
     int64_t wait_target;  /* position waited for */
     int timed_out;
-    int sent_written; /* command answered by the writer, now waiting */
+    int sent_written;       /* command answered by the writer, now waiting */
+    uint64_t t0;            /* monotonic ns: command request complete */
+    uint64_t wait_t0;       /* monotonic ns: started waiting */
 
     /* queries */
     const cq_decl_query *query;

@@ -54,6 +54,8 @@ static enum MHD_Result start_wait(request *q)
     int rc;
 
     q->waiting = 1;
+    if (q->wait_t0 == 0)
+        q->wait_t0 = cq_mono_ns();
     atomic_fetch_add(&q->srv->waiting, 1);
     MHD_suspend_connection(q->conn);
     rc = cq_engine_wait(q->srv->engine,
@@ -364,6 +366,13 @@ enum MHD_Result cq_http_resumed(request *q)
             q->timed_out = 1;
         cq_wait_release(q->wait);
         q->wait = NULL;
+    }
+    if (q->timed_out || !(q->min_version >= 1 && !q->sent_written)) {
+        /* the wait is over (a min_version wait may go round again) */
+        cq_histogram_observe(q->srv->query_wait,
+                             (double)(cq_mono_ns() - q->wait_t0) / 1e9);
+        if (q->timed_out)
+            cq_counter_add(q->srv->wait_timeouts, 1);
     }
     if (q->sent_written)
         return send_command_answer(q);

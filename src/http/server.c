@@ -22,6 +22,7 @@
  */
 #include "http/server.h"
 #include "http/http.h"
+#include "base/metrics.h"
 
 #include <microhttpd.h>
 #include <stdarg.h>
@@ -50,6 +51,12 @@
 /* Send `body` (malloc'd, taken over; NULL means out of memory) with the
  * given status and content type, plus nh extra headers given as
  * name/value pairs in hdr (a NULL name is skipped). */
+/* The status of the last answer queued by this thread: MHD runs a
+ * request's callback and the answer it queues on one thread, so the
+ * command counters (count_command) can learn how a request ended without
+ * every error path reporting it. */
+static _Thread_local int last_status;
+
 enum MHD_Result cq_http_send_with(struct MHD_Connection *c, int status,
                                   const char *ctype, char *body,
                                   const char *const (*hdr)[2], size_t nh)
@@ -74,6 +81,7 @@ enum MHD_Result cq_http_send_with(struct MHD_Connection *c, int status,
     }
     if (resp == NULL)
         return MHD_NO;
+    last_status = status;
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     for (size_t i = 0; i < nh; i++)
         if (hdr[i][0] != NULL)
@@ -391,6 +399,151 @@ static int hash_request(request *q, const char *what, const char *precond,
     return CQ_OK;
 }
 
+/* ---- metrics -------------------------------------------------------------- */
+
+enum { OUT_ACCEPTED, OUT_REFUSED, OUT_CONFLICT, OUT_NOT_FOUND, OUT_INVALID,
+       OUT_FAILED, OUT_COUNT };
+static const char *const outcome_names[OUT_COUNT] = {
+    "accepted", "refused", "conflict", "not_found", "invalid", "failed"};
+
+static int outcome_of(int status)
+{
+    if (status >= 200 && status < 300)
+        return OUT_ACCEPTED;
+    switch (status) {
+    case 400:
+    case 413:
+    case 415: return OUT_INVALID;
+    case 404: return OUT_NOT_FOUND;
+    case 409:
+    case 412: return OUT_CONFLICT;
+    case 422: return OUT_REFUSED;
+    default: return OUT_FAILED;
+    }
+}
+
+/* Count how command request q ended (status), under its command type;
+ * requests for unknown types are not counted (their name would become a
+ * label value that clients could multiply at will). */
+static void count_command(request *q, int status)
+{
+    const cq_command_def *def = q->w.def;
+    cq_server *s = q->srv;
+    int t;
+
+    if (def == NULL)
+        def = cq_domain_command(s->domain, q->target);
+    for (t = 0; def != NULL && t < s->ntypes; t++)
+        if (s->domain->commands[t] == def)
+            break;
+    if (def == NULL || t == s->ntypes || status == 0)
+        return;
+    cq_counter_add(s->commands[t * OUT_COUNT + outcome_of(status)], 1);
+    if (q->t0 != 0)
+        cq_histogram_observe(s->command_duration,
+                             (double)(cq_mono_ns() - q->t0) / 1e9);
+}
+
+/* Gauges computed at scrape time: the store's head and each projection. */
+static void collect(void *arg, cq_strbuf *out)
+{
+    cq_server *s = arg;
+    static const struct {
+        const char *name, *help;
+    } fam[] = {
+        {"projection_position", "Last event position applied by the projection."},
+        {"projection_lag_events", "Committed events the projection has not applied."},
+        {"projection_lag_seconds", "Age of the oldest event the projection has not applied."},
+        {"projection_failed", "1 if the projection stopped on an error."},
+    };
+    int64_t head = 0;
+    int n = s->engine ? cq_engine_count(s->engine) : 0;
+    cq_projection_status *st = n ? calloc((size_t)n, sizeof *st) : NULL;
+
+    cq_store_head_position(s->store, &head);
+    cq_metrics_gauge_family(out, "event_store_head_position",
+                            "Highest committed event position.");
+    cq_metrics_gauge(out, "event_store_head_position", NULL, (double)head);
+    if (st == NULL)
+        return;
+    for (int i = 0; i < n; i++)
+        cq_engine_status(s->engine, i, &st[i]);
+    for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
+        cq_metrics_gauge_family(out, fam[f].name, fam[f].help);
+        for (int i = 0; i < n; i++) {
+            char label[160], esc[128];
+            double v = f == 0   ? (double)st[i].position
+                       : f == 1 ? (double)st[i].lag_events
+                       : f == 2 ? st[i].lag_seconds
+                                : (double)st[i].failed;
+            cq_metrics_label_escape(st[i].name, esc, sizeof esc);
+            snprintf(label, sizeof label, "projection=\"%s\"", esc);
+            cq_metrics_gauge(out, fam[f].name, label, v);
+        }
+    }
+    free(st);
+}
+
+/* Register every series the server updates, so each shows from the start
+ * (at zero). */
+static int metrics_init(cq_server *s)
+{
+    static const double seconds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                     0.025,  0.05,  0.1,    0.25,  0.5,
+                                     1,      2.5,   5,      10,    30};
+    const int nb = (int)(sizeof seconds / sizeof seconds[0]);
+
+    s->metrics = cq_metrics_new();
+    if (s->metrics == NULL)
+        return CQ_ENOMEM;
+    while (s->domain->commands[s->ntypes] != NULL)
+        s->ntypes++;
+    s->commands = calloc((size_t)(s->ntypes * OUT_COUNT), sizeof *s->commands);
+    if (s->commands == NULL)
+        return CQ_ENOMEM;
+    for (int t = 0; t < s->ntypes; t++)
+        for (int o = 0; o < OUT_COUNT; o++) {
+            char labels[160], esc[128];
+            cq_metrics_label_escape(s->domain->commands[t]->type, esc,
+                                    sizeof esc);
+            snprintf(labels, sizeof labels, "type=\"%s\",outcome=\"%s\"",
+                     esc, outcome_names[o]);
+            s->commands[t * OUT_COUNT + o] = cq_metrics_counter(
+                s->metrics, "cqrsd_commands_total",
+                "Commands answered, by type and outcome.", labels);
+            if (s->commands[t * OUT_COUNT + o] == NULL)
+                return CQ_ENOMEM;
+        }
+    s->command_duration = cq_metrics_histogram(
+        s->metrics, "cqrsd_command_duration_seconds",
+        "Time from a complete command request to its answer.", NULL, seconds,
+        nb);
+    s->query_wait = cq_metrics_histogram(
+        s->metrics, "cqrsd_query_wait_seconds",
+        "Time queries and ?wait_for= commands waited for a projection.", NULL,
+        seconds, nb);
+    s->wait_timeouts = cq_metrics_counter(
+        s->metrics, "cqrsd_query_wait_timeouts_total",
+        "Waits for a projection that ended at wait_ms (answered stale).",
+        NULL);
+    if (s->command_duration == NULL || s->query_wait == NULL ||
+        s->wait_timeouts == NULL)
+        return CQ_ENOMEM;
+    return cq_metrics_collect(s->metrics, collect, s);
+}
+
+static enum MHD_Result handle_metrics(request *q)
+{
+    static const char *const allowed[] = {NULL};
+    enum MHD_Result ret = MHD_NO;
+
+    if (!cq_http_params_ok(q, allowed, &ret))
+        return ret;
+    return cq_http_send_with(q->conn, 200,
+                             "text/plain; version=0.0.4; charset=utf-8",
+                             cq_metrics_render(q->srv->metrics), NULL, 0);
+}
+
 /* ---- writes ------------------------------------------------------------- */
 
 /* Writer thread: the answer is final. Must not touch q after resuming. */
@@ -436,6 +589,7 @@ static enum MHD_Result send_written(request *q)
     int status = q->w.status;
 
     atomic_fetch_sub(&q->srv->pending, 1);
+    count_command(q, status);
     if (q->projection >= 0 && status >= 200 && status < 300)
         return cq_http_wait_for_command(q); /* ?wait_for= */
     q->w.response = NULL;                   /* MHD frees it now */
@@ -813,6 +967,8 @@ static enum route route_of(const char *url, const char **target)
         return R_ALL;
     if (strcmp(url, "/readyz") == 0)
         return R_READYZ;
+    if (strcmp(url, "/metrics") == 0)
+        return R_METRICS;
     if (strcmp(url, "/projections") == 0) {
         *target = "";
         return R_PROJECTIONS;
@@ -850,6 +1006,7 @@ static enum MHD_Result first_call(request *q, const char *url,
     case R_PROJECTIONS:
         return MHD_YES; /* the methods depend on the path: ops.c */
     case R_HEALTHZ:
+    case R_METRICS:
     case R_READYZ:
     case R_ALL:
     case R_QUERY:
@@ -928,7 +1085,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         q->projection = -1;
         atomic_init(&q->answered, 0);
         *con_cls = q;
-        return first_call(q, url, method);
+        last_status = 0;
+        {
+            enum MHD_Result r = first_call(q, url, method);
+            if (q->route == R_COMMAND && last_status != 0)
+                count_command(q, last_status); /* 413, 415 */
+            return r;
+        }
     }
     if (*upload_data_size > 0) {
         enum MHD_Result r = on_body(q, upload_data, *upload_data_size);
@@ -945,7 +1108,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
                                     srv->body_limit);
     switch (q->route) {
     case R_HEALTHZ: return handle_healthz(q);
-    case R_COMMAND: return handle_command(q);
+    case R_COMMAND: {
+        enum MHD_Result r;
+        last_status = 0;
+        q->t0 = cq_mono_ns();
+        r = handle_command(q);
+        if (!q->queued)
+            count_command(q, last_status); /* answered without the writer */
+        return r;
+    }
+    case R_METRICS: return handle_metrics(q);
     case R_ALL: return handle_read_all(q);
     case R_QUERY: return cq_http_query(q);
     case R_READYZ: return cq_http_readyz(q);
@@ -1012,6 +1184,13 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
     s->domain = domain;
     s->body_limit = cfg->body_limit ? cfg->body_limit : DEFAULT_BODY_LIMIT;
     s->ready_max_lag_s = cfg->ready_max_lag_s > 0 ? cfg->ready_max_lag_s : 30;
+    if (metrics_init(s) != CQ_OK) {
+        snprintf(err, errcap, "out of memory");
+        cq_metrics_free(s->metrics);
+        free(s->commands);
+        free(s);
+        return CQ_ENOMEM;
+    }
     atomic_init(&s->pending, 0);
     atomic_init(&s->waiting, 0);
     if (cfg->addr.ss_family == AF_INET6)
@@ -1057,5 +1236,7 @@ void cq_server_stop(cq_server *s, int timeout_ms)
          waited += 10)
         nanosleep(&ts, NULL);
     MHD_stop_daemon(s->daemon);
+    cq_metrics_free(s->metrics);
+    free(s->commands);
     free(s);
 }
