@@ -4,6 +4,8 @@
  *   cqrsd serve [--data DIR] [--listen HOST:PORT] [--threads N]
  *               [--idempotency-ttl SECONDS] [--body-limit BYTES]
  *   cqrsd verify [--data DIR] [--projections DIR]
+ *   cqrsd projections [--server HOST:PORT] list | status NAME |
+ *                     pause | resume | reset | retry | skip NAME
  *   cqrsd version | help
  *
  * `serve` opens the event store, starts the writer thread and the HTTP
@@ -30,6 +32,7 @@
 
 #include <dirent.h>
 
+#include "cli/cli.h"
 #include "command/writer.h"
 #include "projection/engine.h"
 #include "projection/verify.h"
@@ -55,6 +58,9 @@ static void usage(FILE *f)
           "[--body-limit BYTES]\n"
           "                   [--projections DIR]\n"
           "       cqrsd verify [--data DIR] [--projections DIR]\n"
+          "       cqrsd projections [--server HOST:PORT] list | status NAME |\n"
+          "                         pause | resume | reset | retry | skip "
+          "NAME\n"
           "       cqrsd version\n"
           "\n"
           "  --data DIR              where events.db lives (default ./data)\n"
@@ -368,6 +374,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(argv[1], "verify") == 0)
         return verify(argc, argv);
+    if (strcmp(argv[1], "projections") == 0)
+        return cq_cli_projections(argc, argv);
     if (strcmp(argv[1], "serve") != 0) {
         fprintf(stderr, "cqrsd: unknown command '%s'\n", argv[1]);
         usage(stderr);
