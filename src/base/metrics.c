@@ -228,8 +228,8 @@ static series *series_find(family *f, const char *labels)
 /* Under the lock: link the fully built s into family f, or, when f is NULL,
  * build and link a new family for it. Returns CQ_OK or CQ_ENOMEM (s is
  * then not linked; the caller frees it). */
-static int series_publish(cq_metrics *m, family *f, series *s,
-                          const char *name, const char *help, enum kind kind)
+static int series_publish(cq_metrics *m, family *f, series *s, const char *name,
+                          const char *help, enum kind kind)
 {
     if (f != NULL) {
         s->family = f;
@@ -257,8 +257,7 @@ static int series_publish(cq_metrics *m, family *f, series *s,
     if (m->families_last == NULL)
         atomic_store_explicit(&m->families, f, memory_order_release);
     else
-        atomic_store_explicit(&m->families_last->next, f,
-                              memory_order_release);
+        atomic_store_explicit(&m->families_last->next, f, memory_order_release);
     m->families_last = f;
     return CQ_OK;
 }
@@ -526,8 +525,8 @@ static void render_histogram(cq_strbuf *out, const char *name, series *s)
         put_u64(out, total);
     }
     sample_start(out, name, "_sum", s->labels, NULL);
-    put_double(out, bits_double(atomic_load_explicit(&s->value,
-                                                     memory_order_relaxed)));
+    put_double(out, bits_double(
+                        atomic_load_explicit(&s->value, memory_order_relaxed)));
     sample_start(out, name, "_count", s->labels, NULL);
     put_u64(out, total);
 }
@@ -550,8 +549,8 @@ char *cq_metrics_render(cq_metrics *m)
                 continue;
             }
             sample_start(&out, f->name, NULL, s->labels, NULL);
-            put_u64(&out, atomic_load_explicit(&s->value,
-                                               memory_order_relaxed));
+            put_u64(&out,
+                    atomic_load_explicit(&s->value, memory_order_relaxed));
         }
     }
     for (collector *c =
@@ -561,8 +560,7 @@ char *cq_metrics_render(cq_metrics *m)
     return cq_strbuf_take(&out);
 }
 
-void cq_metrics_gauge_family(cq_strbuf *out, const char *name,
-                             const char *help)
+void cq_metrics_gauge_family(cq_strbuf *out, const char *name, const char *help)
 {
     family_header(out, name, help != NULL ? help : "", "gauge");
 }

@@ -460,10 +460,14 @@ static void collect(void *arg, cq_strbuf *out)
     int n = s->engine ? cq_engine_count(s->engine) : 0;
     cq_projection_status *st = n ? calloc((size_t)n, sizeof *st) : NULL;
 
-    cq_store_head_position(s->store, &head);
-    cq_metrics_gauge_family(out, "event_store_head_position",
-                            "Highest committed event position.");
-    cq_metrics_gauge(out, "event_store_head_position", NULL, (double)head);
+    /* left out when the store cannot be read: the EventStoreUnreachable
+     * alert (ops/prometheus/alerts.yml) looks for its absence */
+    if (cq_store_head_position(s->store, &head) == CQ_OK) {
+        cq_metrics_gauge_family(out, "event_store_head_position",
+                                "Highest committed event position.");
+        cq_metrics_gauge(out, "event_store_head_position", NULL,
+                         (double)head);
+    }
     if (st == NULL)
         return;
     for (int i = 0; i < n; i++)
