@@ -30,8 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <dirent.h>
-
 #include "cli/cli.h"
 #include "command/writer.h"
 #include "projection/engine.h"
@@ -196,33 +194,14 @@ bad:
 static int load_projections(cq_engine *e, const char *dir, char *err,
                             size_t errcap)
 {
-    struct dirent **names = NULL;
-    int n, rc = CQ_OK;
-
     for (const orders_sql_file *f = orders_projection_files; f->name; f++) {
-        rc = cq_engine_load_text(e, f->name, f->text, f->len, err, errcap);
+        int rc = cq_engine_load_text(e, f->name, f->text, f->len, err, errcap);
         if (rc != CQ_OK)
             return rc;
     }
     if (dir == NULL)
         return CQ_OK;
-    n = scandir(dir, &names, NULL, alphasort);
-    if (n < 0) {
-        snprintf(err, errcap, "--projections %s: %s", dir, strerror(errno));
-        return CQ_EIO;
-    }
-    for (int i = 0; i < n; i++) {
-        size_t len = strlen(names[i]->d_name);
-        if (rc == CQ_OK && len > 4 &&
-            strcmp(names[i]->d_name + len - 4, ".sql") == 0) {
-            char path[4096];
-            snprintf(path, sizeof path, "%s/%s", dir, names[i]->d_name);
-            rc = cq_engine_load_file(e, path, err, errcap);
-        }
-        free(names[i]);
-    }
-    free(names);
-    return rc;
+    return cq_engine_load_dir(e, dir, err, errcap);
 }
 
 static int serve(const options *o)

@@ -399,10 +399,18 @@ static int hash_request(request *q, const char *what, const char *precond,
     return CQ_OK;
 }
 
-/* ---- metrics -------------------------------------------------------------- */
+/* ---- metrics --------------------------------------------------------------
+ */
 
-enum { OUT_ACCEPTED, OUT_REFUSED, OUT_CONFLICT, OUT_NOT_FOUND, OUT_INVALID,
-       OUT_FAILED, OUT_COUNT };
+enum {
+    OUT_ACCEPTED,
+    OUT_REFUSED,
+    OUT_CONFLICT,
+    OUT_NOT_FOUND,
+    OUT_INVALID,
+    OUT_FAILED,
+    OUT_COUNT
+};
 static const char *const outcome_names[OUT_COUNT] = {
     "accepted", "refused", "conflict", "not_found", "invalid", "failed"};
 
@@ -412,6 +420,7 @@ static int outcome_of(int status)
         return OUT_ACCEPTED;
     switch (status) {
     case 400:
+    case 405:
     case 413:
     case 415: return OUT_INVALID;
     case 404: return OUT_NOT_FOUND;
@@ -451,9 +460,12 @@ static void collect(void *arg, cq_strbuf *out)
     static const struct {
         const char *name, *help;
     } fam[] = {
-        {"projection_position", "Last event position applied by the projection."},
-        {"projection_lag_events", "Committed events the projection has not applied."},
-        {"projection_lag_seconds", "Age of the oldest event the projection has not applied."},
+        {"projection_position",
+         "Last event position applied by the projection."},
+        {"projection_lag_events",
+         "Committed events the projection has not applied."},
+        {"projection_lag_seconds",
+         "Age of the oldest event the projection has not applied."},
         {"projection_failed", "1 if the projection stopped on an error."},
     };
     int64_t head = 0;
@@ -465,8 +477,7 @@ static void collect(void *arg, cq_strbuf *out)
     if (cq_store_head_position(s->store, &head) == CQ_OK) {
         cq_metrics_gauge_family(out, "event_store_head_position",
                                 "Highest committed event position.");
-        cq_metrics_gauge(out, "event_store_head_position", NULL,
-                         (double)head);
+        cq_metrics_gauge(out, "event_store_head_position", NULL, (double)head);
     }
     if (st == NULL)
         return;
@@ -510,8 +521,8 @@ static int metrics_init(cq_server *s)
             char labels[160], esc[128];
             cq_metrics_label_escape(s->domain->commands[t]->type, esc,
                                     sizeof esc);
-            snprintf(labels, sizeof labels, "type=\"%s\",outcome=\"%s\"",
-                     esc, outcome_names[o]);
+            snprintf(labels, sizeof labels, "type=\"%s\",outcome=\"%s\"", esc,
+                     outcome_names[o]);
             s->commands[t * OUT_COUNT + o] = cq_metrics_counter(
                 s->metrics, "cqrsd_commands_total",
                 "Commands answered, by type and outcome.", labels);
@@ -528,8 +539,7 @@ static int metrics_init(cq_server *s)
         seconds, nb);
     s->wait_timeouts = cq_metrics_counter(
         s->metrics, "cqrsd_query_wait_timeouts_total",
-        "Waits for a projection that ended at wait_ms (answered stale).",
-        NULL);
+        "Waits for a projection that ended at wait_ms (answered stale).", NULL);
     if (s->command_duration == NULL || s->query_wait == NULL ||
         s->wait_timeouts == NULL)
         return CQ_ENOMEM;

@@ -182,4 +182,21 @@ int cq_declared_bind_value(const char *param, const cq_decl_event *ev,
 /* Free what a bound value owns and set it to CQ_VALUE_NULL; accepts NULL. */
 void cq_declared_value_clear(cq_decl_value *v);
 
+/* ---- files (files.c) ----------------------------------------------------- */
+
+/* What to do with one file's text: name is its path (for messages). */
+typedef int (*cq_declared_text_cb)(void *arg, const char *name,
+                                   const char *text, size_t len, char *err,
+                                   size_t errcap);
+
+/* Read the file at path whole (CQ_EINVAL if larger than CQ_DECL_MAX_FILE)
+ * and hand it to fn; returns fn's result, or CQ_EIO with a message. */
+int cq_declared_read_file(const char *path, cq_declared_text_cb fn, void *arg,
+                          char *err, size_t errcap);
+
+/* The same for every *.sql file in dir, in name order; stops at the first
+ * failure. */
+int cq_declared_read_dir(const char *dir, cq_declared_text_cb fn, void *arg,
+                         char *err, size_t errcap);
+
 #endif

@@ -83,8 +83,8 @@ typedef struct proj {
     /* guarded by e->mu */
     int64_t position;
     int paused;
-    int control;            /* OP_*: asked of the projector thread */
-    int control_rc;         /* its result, once control is back to OP_NONE */
+    int control;    /* OP_*: asked of the projector thread */
+    int control_rc; /* its result, once control is back to OP_NONE */
     char control_msg[256];
     int failed;
     int64_t error_position;
@@ -136,7 +136,7 @@ struct cq_engine {
     pthread_t checkpointer;
     pthread_cond_t ckpt_cv;    /* with mu: a checkpoint is due */
     pthread_cond_t control_cv; /* with mu: a control operation is done */
-    int ckpt_due;           /* guarded by mu */
+    int ckpt_due;              /* guarded by mu */
     int ckpt_started;
 
     pool reads;  /* read.db */
@@ -404,9 +404,9 @@ static void mark_failed(cq_engine *e, proj *p, const apply_ctx *c)
 /* A micro-batch of events read from the store, each decoded once and then
  * applied to every projection that needs it. */
 typedef struct batch {
-    cq_stored_event *se;    /* strings owned (copied out of the read) */
-    parsed *pe;             /* decoded data and metadata */
-    int *prc;               /* parse result per event */
+    cq_stored_event *se; /* strings owned (copied out of the read) */
+    parsed *pe;          /* decoded data and metadata */
+    int *prc;            /* parse result per event */
     int n, cap;
     int need_meta;
 } batch;
@@ -577,7 +577,8 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, int reset,
 static void run_control(cq_engine *e, proj *p)
 {
     static const char skip_ddl[] =
-        "CREATE TABLE IF NOT EXISTS cq_skipped_events (projection TEXT NOT NULL,"
+        "CREATE TABLE IF NOT EXISTS cq_skipped_events (projection TEXT NOT "
+        "NULL,"
         " position INTEGER NOT NULL, event_type TEXT, error TEXT,"
         " skipped_at INTEGER NOT NULL, PRIMARY KEY (projection, position))";
     char err[256] = "", sql[512];
@@ -607,7 +608,9 @@ static void run_control(cq_engine *e, proj *p)
             failed = 0;
         snprintf(sql, sizeof sql,
                  "UPDATE cq_projections SET status = '%s'%s WHERE name = '%s'",
-                 failed ? "failed" : paused ? "paused" : "running",
+                 failed   ? "failed"
+                 : paused ? "paused"
+                          : "running",
                  op == OP_RETRY ? ", error = NULL, error_position = NULL,"
                                   " error_event = NULL"
                                 : "",
@@ -624,11 +627,12 @@ static void run_control(cq_engine *e, proj *p)
         if (rc == CQ_OK)
             rc = cq_exec_sql(e->rx, skip_ddl, err, sizeof err);
         if (rc == CQ_OK) {
-            snprintf(sql, sizeof sql,
-                     "INSERT INTO cq_skipped_events SELECT name, error_position,"
-                     " error_event, error, %lld FROM cq_projections"
-                     " WHERE name = '%s' ON CONFLICT DO NOTHING",
-                     (long long)cq_now_ms(), p->d->name);
+            snprintf(
+                sql, sizeof sql,
+                "INSERT INTO cq_skipped_events SELECT name, error_position,"
+                " error_event, error, %lld FROM cq_projections"
+                " WHERE name = '%s' ON CONFLICT DO NOTHING",
+                (long long)cq_now_ms(), p->d->name);
             rc = cq_exec_sql(e->rx, sql, err, sizeof err);
         }
         if (rc == CQ_OK) {
@@ -662,9 +666,7 @@ static void run_control(cq_engine *e, proj *p)
             paused = 0;
         }
         break;
-    default:
-        rc = CQ_EINVAL;
-        break;
+    default: rc = CQ_EINVAL; break;
     }
     pthread_mutex_lock(&e->mu);
     if (rc == CQ_OK) {
@@ -1023,39 +1025,21 @@ int cq_engine_load_text(cq_engine *e, const char *name, const char *text,
     return rc;
 }
 
+static int load_text_cb(void *arg, const char *name, const char *text,
+                        size_t len, char *err, size_t errcap)
+{
+    return cq_engine_load_text(arg, name, text, len, err, errcap);
+}
+
 int cq_engine_load_file(cq_engine *e, const char *path, char *err,
                         size_t errcap)
 {
-    FILE *f = fopen(path, "rb");
-    char *text = NULL;
-    long n;
-    int rc = CQ_EIO;
+    return cq_declared_read_file(path, load_text_cb, e, err, errcap);
+}
 
-    if (f == NULL) {
-        snprintf(err, errcap, "%s: %s", path, strerror(errno));
-        return CQ_EIO;
-    }
-    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 ||
-        fseek(f, 0, SEEK_SET) != 0) {
-        snprintf(err, errcap, "%s: cannot read", path);
-        goto done;
-    }
-    if (n > CQ_DECL_MAX_FILE) {
-        snprintf(err, errcap, "%s: larger than %d bytes", path,
-                 CQ_DECL_MAX_FILE);
-        rc = CQ_EINVAL;
-        goto done;
-    }
-    text = malloc((size_t)n + 1);
-    if (text == NULL || fread(text, 1, (size_t)n, f) != (size_t)n) {
-        snprintf(err, errcap, "%s: cannot read", path);
-        goto done;
-    }
-    rc = cq_engine_load_text(e, path, text, (size_t)n, err, errcap);
-done:
-    free(text);
-    fclose(f);
-    return rc;
+int cq_engine_load_dir(cq_engine *e, const char *dir, char *err, size_t errcap)
+{
+    return cq_declared_read_dir(dir, load_text_cb, e, err, errcap);
 }
 
 /* Copy the name of the table a CREATE TABLE statement creates into name
@@ -1107,8 +1091,10 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, int reset,
         return rc;
     if (reset) {
         /* asked for (projector thread): the caller publishes the result */
-        fprintf(stderr, "cqrsd: projection %s: reset; dropping its tables "
-                "and replaying it from position 0\n", p->d->name);
+        fprintf(stderr,
+                "cqrsd: projection %s: reset; dropping its tables "
+                "and replaying it from position 0\n",
+                p->d->name);
         found = 1;
         goto rebuild;
     }
@@ -1770,7 +1756,8 @@ done:
     return rc;
 }
 
-/* ---- control and status ---------------------------------------------------- */
+/* ---- control and status ----------------------------------------------------
+ */
 
 int cq_engine_count(cq_engine *e)
 {
@@ -1805,11 +1792,11 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
     return CQ_OK;
 }
 
-int cq_engine_control(cq_engine *e, int projection, const char *op,
-                      char *err, size_t errcap)
+int cq_engine_control(cq_engine *e, int projection, const char *op, char *err,
+                      size_t errcap)
 {
-    static const char *const names[] = {"", "pause", "resume", "reset",
-                                        "retry", "skip"};
+    static const char *const names[] = {"",      "pause", "resume",
+                                        "reset", "retry", "skip"};
     proj *p = e->projs[projection];
     struct timespec ts;
     int code = OP_NONE, rc;
@@ -1822,7 +1809,8 @@ int cq_engine_control(cq_engine *e, int projection, const char *op,
         return CQ_EINVAL;
     }
     if (p->is_inline) {
-        snprintf(err, errcap, "%s is an inline projection: it moves with the "
+        snprintf(err, errcap,
+                 "%s is an inline projection: it moves with the "
                  "writer, and '%s' is only for asynchronous projections",
                  p->d->name, op);
         return CQ_ECONFLICT;

@@ -60,6 +60,9 @@ int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
 int cq_engine_load_file(cq_engine *e, const char *path, char *err,
                         size_t errcap);
 
+/* The same for every *.sql file in dir, in name order. */
+int cq_engine_load_dir(cq_engine *e, const char *dir, char *err, size_t errcap);
+
 /* The same for a file's text already in memory; `name` prefixes errors. */
 int cq_engine_load_text(cq_engine *e, const char *name, const char *text,
                         size_t len, char *err, size_t errcap);
@@ -144,14 +147,14 @@ int cq_engine_run_strong(cq_engine *e, int projection, const cq_decl_query *q,
 /* ---- control ---- */
 
 typedef struct cq_projection_status {
-    const char *name;           /* borrowed from the engine */
+    const char *name; /* borrowed from the engine */
     int64_t version;
     int is_inline;
-    const char *status;         /* running, paused, failed */
+    const char *status; /* running, paused, failed */
     int paused, failed;
     int64_t position, head, lag_events;
     double lag_seconds;
-    int64_t error_position;     /* failed only */
+    int64_t error_position; /* failed only */
     char error[512];
     char error_event[130];
 } cq_projection_status;
@@ -170,7 +173,7 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out);
  * CQ_ECONFLICT (not applicable: inline projection, retry/skip of one that
  * has not failed); CQ_EIO; CQ_EBUSY/CQ_ECLOSED. A message goes to err.
  * Blocks the calling thread for as long as the operation takes. */
-int cq_engine_control(cq_engine *e, int projection, const char *op,
-                      char *err, size_t errcap);
+int cq_engine_control(cq_engine *e, int projection, const char *op, char *err,
+                      size_t errcap);
 
 #endif

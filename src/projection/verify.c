@@ -42,7 +42,6 @@
  */
 #include "projection/verify.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <sqlite3.h>
 #include <stdlib.h>
@@ -147,63 +146,21 @@ int cq_verify_load_text(cq_verify *v, const char *name, const char *text,
     return add(v, d, d->name, name, err, errcap);
 }
 
+static int load_text_cb(void *arg, const char *name, const char *text,
+                        size_t len, char *err, size_t errcap)
+{
+    return cq_verify_load_text(arg, name, text, len, err, errcap);
+}
+
 int cq_verify_load_file(cq_verify *v, const char *path, char *err,
                         size_t errcap)
 {
-    FILE *f = fopen(path, "rb");
-    char *text = NULL;
-    long n;
-    int rc = CQ_EIO;
-
-    if (f == NULL) {
-        snprintf(err, errcap, "%s: %s", path, strerror(errno));
-        return CQ_EIO;
-    }
-    if (fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) < 0 ||
-        fseek(f, 0, SEEK_SET) != 0) {
-        snprintf(err, errcap, "%s: cannot read", path);
-        goto done;
-    }
-    if (n > CQ_DECL_MAX_FILE) {
-        snprintf(err, errcap, "%s: larger than %d bytes", path,
-                 CQ_DECL_MAX_FILE);
-        rc = CQ_EINVAL;
-        goto done;
-    }
-    text = malloc((size_t)n + 1);
-    if (text == NULL || fread(text, 1, (size_t)n, f) != (size_t)n) {
-        snprintf(err, errcap, "%s: cannot read", path);
-        goto done;
-    }
-    rc = cq_verify_load_text(v, path, text, (size_t)n, err, errcap);
-done:
-    free(text);
-    fclose(f);
-    return rc;
+    return cq_declared_read_file(path, load_text_cb, v, err, errcap);
 }
 
 int cq_verify_load_dir(cq_verify *v, const char *dir, char *err, size_t errcap)
 {
-    struct dirent **names = NULL;
-    int n, rc = CQ_OK;
-
-    n = scandir(dir, &names, NULL, alphasort);
-    if (n < 0) {
-        snprintf(err, errcap, "--projections %s: %s", dir, strerror(errno));
-        return CQ_EIO;
-    }
-    for (int i = 0; i < n; i++) {
-        size_t len = strlen(names[i]->d_name);
-        if (rc == CQ_OK && len > 4 &&
-            strcmp(names[i]->d_name + len - 4, ".sql") == 0) {
-            char path[4096];
-            snprintf(path, sizeof path, "%s/%s", dir, names[i]->d_name);
-            rc = cq_verify_load_file(v, path, err, errcap);
-        }
-        free(names[i]);
-    }
-    free(names);
-    return rc;
+    return cq_declared_read_dir(dir, load_text_cb, v, err, errcap);
 }
 
 int cq_verify_add_code(cq_verify *v, const char *text, size_t len,
