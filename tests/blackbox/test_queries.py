@@ -622,11 +622,14 @@ class ConsistencyTest(QueryTestBase):
 
     def test_strong_with_min_version(self):
         oid, b = self.place()
+        placed_at = b["position"]
         data, meta, _ = self.ok("order_summary", {"order_id": oid, "consistency": "strong",
                                                   "min_version": 1},
                                 consistency="strong")
         self.assertEqual(data["version"], 1)
-        st, h, b = self.q("order_summary", {"order_id": oid, "consistency": "eventual"})
+        # the asynchronous read model may not have the order yet: wait for it
+        st, h, b = self.q("order_summary", {"order_id": oid, "consistency": "eventual",
+                                            "min_position": placed_at, "wait_ms": 10000})
         self.assertEqual(st, 200)
         self.assertEqual(b["meta"]["consistency"], "eventual")
 
@@ -716,6 +719,7 @@ class ConsistencyTest(QueryTestBase):
     def test_etag_if_none_match(self):
         oid, b = self.place()
         self.caught_up("order_summary", {"order_id": oid}, b["position"])
+        self.caught_up("sales_dashboard", {}, b["position"])
         for name, params in (("order_summary", {"order_id": oid}),
                              ("payment_confirmation", {"order_id": oid}),
                              ("customer_orders", {"customer_id": "c-1"}),
