@@ -212,7 +212,7 @@ static int serve(const options *o)
     cq_store *store = NULL;
     cq_writer *writer = NULL;
     cq_engine *engine = NULL;
-    cq_engine_config ecfg = {o->data, 0, 0};
+    cq_engine_config ecfg = {o->data, 0, 0, orders_domain()};
     cq_server *server = NULL;
     sigset_t sigs;
     char err[512];
@@ -249,6 +249,7 @@ static int serve(const options *o)
         goto done;
     }
     wcfg.hooks = cq_engine_writer_hooks(engine);
+    wcfg.domain = orders_domain();
     rc = cq_writer_start(store, &wcfg, &writer);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: cannot start the writer: %s\n",
@@ -305,7 +306,9 @@ static int verify(int argc, char **argv)
             return 2;
         }
     }
-    if (cq_verify_new(&v) != CQ_OK) {
+    if (cq_verify_new(&v) == CQ_OK)
+        cq_verify_set_domain(v, orders_domain());
+    if (v == NULL) {
         fprintf(stderr, "cqrsd: out of memory\n");
         return 2;
     }

@@ -33,8 +33,43 @@
 #include "cqrs/decider.h"
 #include "orders/orders.h"
 
-#define EVENT_SCHEMA_VERSION 1
+#define EVENT_SCHEMA_VERSION 1 /* of every event but OrderPlaced */
+#define ORDER_PLACED_VERSION 2 /* v2 added item_count; see upcast_placed */
 #define STREAM_PREFIX "order-"
+
+/* The schema version this code writes and reads for an event type. */
+static int schema_of(const char *type)
+{
+    return strcmp(type, "OrderPlaced") == 0 ? ORDER_PLACED_VERSION
+                                            : EVENT_SCHEMA_VERSION;
+}
+
+/* OrderPlaced v1 -> v2: v1 did not carry item_count; it is the sum of the
+ * items' quantities, which v1 has. */
+static int upcast_placed(json_t *data)
+{
+    const json_t *items = json_object_get(data, "items");
+    const json_t *item;
+    json_int_t count = 0;
+    size_t i;
+
+    if (!json_is_array(items))
+        return CQ_ECORRUPT;
+    json_array_foreach (items, i, item) {
+        const json_t *q = json_object_get(item, "quantity");
+        if (!json_is_integer(q) || json_integer_value(q) < 0 ||
+            __builtin_add_overflow(count, json_integer_value(q), &count))
+            return CQ_ECORRUPT;
+    }
+    return json_object_set_new(data, "item_count", json_integer(count)) == 0
+               ? CQ_OK
+               : CQ_ENOMEM;
+}
+
+static const cq_upcaster order_upcasters[] = {
+    {"OrderPlaced", 1, upcast_placed},
+    {NULL, 0, NULL},
+};
 
 /* ---- the set of payment ids ---------------------------------------------- */
 
@@ -320,7 +355,7 @@ static int order_evolve(void *p, const cq_event *ev)
     for (size_t i = 0; i < sizeof handlers / sizeof handlers[0]; i++) {
         if (strcmp(ev->type, handlers[i].type) != 0)
             continue;
-        if (ev->schema_version != EVENT_SCHEMA_VERSION ||
+        if (ev->schema_version != schema_of(ev->type) ||
             !json_is_object(ev->data))
             return CQ_ECORRUPT;
         /* Only OrderPlaced may start a stream. */
@@ -419,7 +454,7 @@ static int emit(cq_decision *d, const char *type, json_t *data)
 {
     if (data == NULL)
         return CQ_ENOMEM;
-    return cq_decision_emit(d, type, EVENT_SCHEMA_VERSION, data);
+    return cq_decision_emit(d, type, schema_of(type), data);
 }
 
 static int order_stream_id(const json_t *body, char *buf, size_t cap)
@@ -610,6 +645,7 @@ static const cq_command_def *const order_commands[] = {
 static const cq_domain orders = {
     .name = "orders",
     .commands = order_commands,
+    .upcasters = order_upcasters,
 };
 
 /* See orders.h. */

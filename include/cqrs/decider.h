@@ -142,10 +142,32 @@ typedef struct cq_command_def {
     int (*decide)(const void *state, const json_t *body, cq_decision *d);
 } cq_command_def;
 
+/* ---- schema evolution ---------------------------------------------------- */
+
+/* Turns the data of a `type` event stored at schema version `from` into the
+ * shape of version from + 1, in place (`data` is a JSON object the engine
+ * owns). Pure. Returns CQ_OK, CQ_ECORRUPT (the old data cannot be read) or
+ * CQ_ENOMEM. Old events stay as they were written; upcasters run wherever
+ * events are read: folding aggregates, the streams API, projections,
+ * strong reads and verify. */
+typedef struct cq_upcaster {
+    const char *type;                /* NULL ends a list */
+    int from;
+    int (*upcast)(json_t *data);
+} cq_upcaster;
+
 typedef struct cq_domain {
     const char *name;
     const cq_command_def *const *commands; /* NULL-terminated */
+    const cq_upcaster *upcasters;          /* ended by type NULL; may be NULL */
 } cq_domain;
+
+/* Bring `data` (a `type` event at *schema_version) to the newest shape the
+ * domain's upcasters know, applying them one version at a time; updates
+ * *schema_version. A NULL domain, or one without upcasters, changes
+ * nothing. Returns CQ_OK or the first upcaster's error. Thread-safe. */
+int cq_domain_upcast(const cq_domain *domain, const char *type,
+                     int *schema_version, json_t *data);
 
 /* The command definition named `type` in `domain`, or NULL. */
 const cq_command_def *cq_domain_command(const cq_domain *domain,

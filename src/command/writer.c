@@ -93,6 +93,7 @@ static int answer_json(cq_write_req *r, int status, json_t *doc)
 
 typedef struct fold_ctx {
     const cq_aggregate *agg;
+    const cq_domain *domain; /* upcasters for old events */
     void *state;
     int64_t version, position;
     int rc;
@@ -128,7 +129,9 @@ static int fold_event(void *arg, const cq_stored_event *se)
     ev.version = se->version;
     ev.position = se->position;
     ev.data = data;
-    rc = f->agg->evolve(f->state, &ev);
+    rc = cq_domain_upcast(f->domain, se->type, &ev.schema_version, data);
+    if (rc == CQ_OK)
+        rc = f->agg->evolve(f->state, &ev);
     json_decref(data);
     if (rc != CQ_OK) {
         snprintf(f->err, sizeof f->err,
@@ -155,6 +158,7 @@ static int load_state(cq_writer *w, cq_write_req *r, int64_t cur, fold_ctx *f)
 
     memset(f, 0, sizeof *f);
     f->agg = agg;
+    f->domain = w->cfg.domain;
     cached = cq_cache_get(w->cache, agg, r->stream_id, &cv, &cp);
     if (cached != NULL && cv <= cur) {
         f->state = agg->clone(cached);

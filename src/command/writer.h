@@ -95,6 +95,8 @@ typedef struct cq_writer_config {
     int max_queue;              /* queued requests before EBUSY; 0 → 16384 */
     size_t cache_slots;         /* aggregate cache size; 0 → 4096 */
     cq_writer_hooks hooks;
+    const cq_domain *domain;    /* its upcasters bring old events to the
+                                   shape evolve() expects; may be NULL */
 } cq_writer_config;
 
 /* Start the writer thread on `store` (borrowed; must outlive the writer).

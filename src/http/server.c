@@ -835,6 +835,7 @@ done:
 /* ---- reads -------------------------------------------------------------- */
 
 typedef struct page {
+    const cq_domain *domain; /* upcasts old events to the current shape */
     json_t *events;
     int64_t last;
     int corrupt;
@@ -846,10 +847,12 @@ static int add_event(void *arg, const cq_stored_event *se)
     page *pg = arg;
     char when[32];
     json_t *data, *meta, *ev;
+    int sv = se->schema_version;
 
     data = json_loads(se->data, JSON_REJECT_DUPLICATES, NULL);
     meta = json_loads(se->metadata, JSON_REJECT_DUPLICATES, NULL);
-    if (!json_is_object(data) || !json_is_object(meta)) {
+    if (!json_is_object(data) || !json_is_object(meta) ||
+        cq_domain_upcast(pg->domain, se->type, &sv, data) != CQ_OK) {
         json_decref(data);
         json_decref(meta);
         pg->corrupt = 1;
@@ -860,7 +863,7 @@ static int add_event(void *arg, const cq_stored_event *se)
     ev = json_pack("{s:I,s:s,s:I,s:s,s:i,s:o,s:o,s:s}", "position",
                    (json_int_t)se->position, "stream_id", se->stream_id,
                    "version", (json_int_t)se->version, "type", se->type,
-                   "schema_version", se->schema_version, "data", data,
+                   "schema_version", sv, "data", data,
                    "metadata", meta, "recorded_at", when);
     if (ev == NULL || json_array_append_new(pg->events, ev) != 0) {
         pg->corrupt = 1; /* a stored string that is not UTF-8, or no memory */
@@ -889,7 +892,7 @@ static enum MHD_Result handle_read_stream(request *q)
     static const char *const allowed[] = {"from_version", "limit", NULL};
     enum MHD_Result ret = MHD_NO;
     int64_t from, limit, version = 0;
-    page pg = {0};
+    page pg = {q->srv->domain, NULL, 0, 0, 0};
     char err[256] = "";
     int rc;
 
@@ -926,7 +929,7 @@ static enum MHD_Result handle_read_all(request *q)
     static const char *const allowed[] = {"from_position", "limit", NULL};
     enum MHD_Result ret = MHD_NO;
     int64_t from, limit, head = 0;
-    page pg = {0};
+    page pg = {q->srv->domain, NULL, 0, 0, 0};
     char err[256] = "";
     int rc;
 

@@ -110,6 +110,7 @@ typedef struct pool {
 
 struct cq_engine {
     cq_store *store;
+    const cq_domain *domain; /* upcasters for old events; may be NULL */
     char dir[4096];
     int batch;
     int nreaders;
@@ -282,6 +283,17 @@ typedef struct apply_ctx {
     char error_event[130];
 } apply_ctx;
 
+/* 1 if dom has an upcaster for (type, schema_version). */
+static int has_upcaster(const cq_domain *dom, const char *type, int version)
+{
+    if (dom == NULL || dom->upcasters == NULL)
+        return 0;
+    for (const cq_upcaster *u = dom->upcasters; u->type != NULL; u++)
+        if (u->from == version && strcmp(u->type, type) == 0)
+            return 1;
+    return 0;
+}
+
 /* One stored event decoded for handlers: parsed once, applied to every
  * projection that needs it. */
 typedef struct parsed {
@@ -293,15 +305,24 @@ typedef struct parsed {
 
 /* Decode se (data, and metadata if need_meta) into pe. `data`, if not
  * NULL, is se->data already parsed (borrowed). CQ_OK or CQ_ECORRUPT. */
-static int parse_event(const cq_stored_event *se, const json_t *data,
-                       int need_meta, parsed *pe)
+static int parse_event(const cq_domain *dom, const cq_stored_event *se,
+                       const json_t *data, int need_meta, parsed *pe)
 {
+    int sv = se->schema_version;
+
     memset(pe, 0, sizeof *pe);
-    if (data != NULL) {
+    if (data != NULL && !has_upcaster(dom, se->type, sv)) {
         pe->data = (json_t *)data;
         pe->borrowed = 1;
     } else {
-        pe->data = json_loads(se->data, JSON_REJECT_DUPLICATES, NULL);
+        /* an old shape is upcast in place: on our own copy */
+        pe->data = data ? json_deep_copy(data)
+                        : json_loads(se->data, JSON_REJECT_DUPLICATES, NULL);
+        if (json_is_object(pe->data) &&
+            cq_domain_upcast(dom, se->type, &sv, pe->data) != CQ_OK) {
+            json_decref(pe->data);
+            pe->data = NULL; /* reported as undecodable below */
+        }
     }
     if (need_meta)
         pe->meta = json_loads(se->metadata, JSON_REJECT_DUPLICATES, NULL);
@@ -381,7 +402,7 @@ static int apply_event(void *arg, const cq_stored_event *se)
 {
     apply_ctx *c = arg;
     parsed pe;
-    int prc = parse_event(se, NULL, c->p->needs_metadata, &pe);
+    int prc = parse_event(c->e->domain, se, NULL, c->p->needs_metadata, &pe);
     int stop = apply_parsed(c, se, &pe, prc);
 
     parsed_clear(&pe);
@@ -409,6 +430,7 @@ typedef struct batch {
     int *prc;            /* parse result per event */
     int n, cap;
     int need_meta;
+    const cq_domain *domain;
 } batch;
 
 static int batch_add(void *arg, const cq_stored_event *se)
@@ -426,7 +448,7 @@ static int batch_add(void *arg, const cq_stored_event *se)
         free((char *)d->type);
         return 1; /* out of memory: stop; the batch is shorter */
     }
-    b->prc[b->n] = parse_event(se, NULL, b->need_meta, pe);
+    b->prc[b->n] = parse_event(b->domain, se, NULL, b->need_meta, pe);
     pe->ev.stream_id = d->stream_id;
     pe->ev.type = d->type;
     b->n++;
@@ -519,6 +541,7 @@ static int apply_round(cq_engine *e)
     int n = 0, status = 1;
 
     memset(&b, 0, sizeof b);
+    b.domain = e->domain;
     if (due == NULL || from == NULL) {
         status = -1;
         goto done;
@@ -812,7 +835,7 @@ static int hook_apply_inline(void *arg, const cq_stored_event *events,
     if (pe == NULL)
         return CQ_ENOMEM;
     for (size_t k = 0; k < n; k++)
-        parse_event(&events[k], data[k], need_meta, &pe[k]);
+        parse_event(e->domain, &events[k], data[k], need_meta, &pe[k]);
 
     for (int i = 0; i < e->nprojs && rc == CQ_OK; i++) {
         proj *p = e->projs[i];
@@ -919,6 +942,7 @@ int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
     e->store = store;
     snprintf(e->dir, sizeof e->dir, "%s", cfg->dir);
     e->batch = cfg->batch > 0 ? cfg->batch : 100;
+    e->domain = cfg->domain;
     e->nreaders = cfg->readers > 0 ? cfg->readers : 4;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);

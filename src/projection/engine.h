@@ -37,6 +37,8 @@ typedef struct cq_engine_config {
     const char *dir; /* directory of read.db (the store's directory) */
     int batch;       /* events per micro-batch; 0 -> 100 */
     int readers;     /* query connections per database; 0 -> 4 */
+    const cq_domain *domain; /* its upcasters decode old events; may be
+                                NULL */
 } cq_engine_config;
 
 typedef enum cq_proj_status { CQ_PROJ_RUNNING, CQ_PROJ_FAILED } cq_proj_status;

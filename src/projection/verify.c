@@ -66,6 +66,7 @@ typedef struct vproj {
 struct cq_verify {
     vproj *projs;
     int n;
+    const cq_domain *domain; /* its upcasters decode old events */
 };
 
 /* What one run works with. */
@@ -75,6 +76,7 @@ typedef struct run {
     sqlite3 *events; /* DIR/events.db, read-only */
     sqlite3 *reads;  /* DIR/read.db, read-only; NULL if it does not exist */
     int reads_tried;
+    const cq_domain *domain;
     char *err;
     size_t errcap;
 } run;
@@ -85,6 +87,11 @@ int cq_verify_new(cq_verify **out)
 {
     *out = calloc(1, sizeof **out);
     return *out ? CQ_OK : CQ_ENOMEM;
+}
+
+void cq_verify_set_domain(cq_verify *v, const cq_domain *domain)
+{
+    v->domain = domain;
 }
 
 void cq_verify_free(cq_verify *v)
@@ -626,7 +633,7 @@ static int replay(run *r, const vproj *p, cq_exec *x, int64_t upto,
     *failed = 0;
     if (sqlite3_prepare_v2(r->events,
                            "SELECT position, stream_id, version, type, data,"
-                           " metadata, recorded_at FROM events"
+                           " metadata, recorded_at, schema_version FROM events"
                            " WHERE position <= ?1 ORDER BY position",
                            -1, &st, NULL) != SQLITE_OK) {
         snprintf(r->err, r->errcap, "events.db: %s", sqlite3_errmsg(r->events));
@@ -659,6 +666,10 @@ static int replay(run *r, const vproj *p, cq_exec *x, int64_t upto,
         if (ev.stream_id == NULL || ev.type == NULL || !json_is_object(jd) ||
             (p->needs_metadata && !json_is_object(jm)))
             snprintf(msg, sizeof msg, "stored event is not valid JSON");
+        else if (cq_domain_upcast(r->domain, ev.type,
+                                  &(int){sqlite3_column_int(st, 7)},
+                                  jd) != CQ_OK)
+            snprintf(msg, sizeof msg, "stored event cannot be upcast");
         else if (cq_exec_event(x, p->d, &ev, msg, sizeof msg) != CQ_OK &&
                  msg[0] == '\0')
             snprintf(msg, sizeof msg, "handler failed");
@@ -884,6 +895,7 @@ int cq_verify_run(cq_verify *v, const char *dir, FILE *out,
     *differences = 0;
     memset(&r, 0, sizeof r);
     r.dir = dir;
+    r.domain = v->domain;
     r.out = out;
     r.err = err;
     r.errcap = errcap;

@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "cqrs/decider.h"
 #include "cqrs/projection.h"
 
 typedef struct cq_verify cq_verify;
@@ -33,6 +34,10 @@ typedef struct cq_verify cq_verify;
 
 /* A new, empty verifier (*out), or CQ_ENOMEM. Free with cq_verify_free. */
 int cq_verify_new(cq_verify **out);
+
+/* Decode old events with this domain's upcasters (see decider.h), as the
+ * server does; borrowed. Without it events are replayed as stored. */
+void cq_verify_set_domain(cq_verify *v, const cq_domain *domain);
 
 /* Free v and the projections it holds; accepts NULL. */
 void cq_verify_free(cq_verify *v);

@@ -29,7 +29,7 @@ static void *placed_order(const cq_aggregate *agg)
         "\"total_cents\":100}";
     void *state = agg->initial();
     json_t *d = json_loads(data, 0, NULL);
-    cq_event ev = {"OrderPlaced", 1, 1, 1, d};
+    cq_event ev = {"OrderPlaced", 2, 1, 1, d};
 
     if (state != NULL && d != NULL)
         agg->evolve(state, &ev);

@@ -110,7 +110,8 @@ static void commit(order_fx *fx)
         const cq_decided_event *de = cq_decision_event(fx->d, i);
         cq_event ev = {de->type, de->schema_version, ++fx->version, fx->version,
                        de->data};
-        assert_int_equal(de->schema_version, 1);
+        assert_int_equal(de->schema_version,
+                         strcmp(de->type, "OrderPlaced") == 0 ? 2 : 1);
         assert_int_equal(fx->agg->evolve(fx->state, &ev), CQ_OK);
     }
 }
@@ -345,7 +346,7 @@ static void test_place_order(void **st)
 
     assert_int_equal(accept(fx, "PlaceOrder", PLACE_1000), 1);
     assert_string_equal(event(fx, 0)->type, "OrderPlaced");
-    assert_int_equal(event(fx, 0)->schema_version, 1);
+    assert_int_equal(event(fx, 0)->schema_version, 2);
     assert_string_equal(ev_str(fx, 0, "order_id"), "o-1");
     assert_string_equal(ev_str(fx, 0, "customer_id"), "c-7");
     assert_string_equal(ev_str(fx, 0, "currency"), "EUR");
@@ -706,7 +707,7 @@ static int evolve_text(order_fx *fx, int placed, const char *type,
         json_t *pd = parse("{\"order_id\":\"o-1\",\"customer_id\":\"c\","
                            "\"currency\":\"EUR\",\"items\":[],"
                            "\"total_cents\":1000}");
-        cq_event pe = {"OrderPlaced", 1, 1, 1, pd};
+        cq_event pe = {"OrderPlaced", 2, 1, 1, pd};
         assert_int_equal(fx->agg->evolve(s, &pe), CQ_OK);
         json_decref(pd);
     }
@@ -715,6 +716,45 @@ static int evolve_text(order_fx *fx, int placed, const char *type,
     json_decref(data);
     fx->agg->free(s);
     return rc;
+}
+
+/* OrderPlaced v1 (before item_count) is upcast to v2 wherever it is read;
+ * v2 and other types are left alone; v1 that cannot be read is an error. */
+static void test_upcast_order_placed(void **st)
+{
+    const cq_domain *dom = orders_domain();
+    json_t *d = parse("{\"order_id\":\"o\",\"customer_id\":\"c\","
+                      "\"currency\":\"EUR\",\"items\":[{\"sku\":\"a\","
+                      "\"quantity\":2,\"unit_price_cents\":1},{\"sku\":\"b\","
+                      "\"quantity\":5,\"unit_price_cents\":1}],"
+                      "\"total_cents\":7}");
+    int v = 1;
+
+    (void)st;
+    assert_int_equal(cq_domain_upcast(dom, "OrderPlaced", &v, d), CQ_OK);
+    assert_int_equal(v, 2);
+    assert_int_equal(json_integer_value(json_object_get(d, "item_count")), 7);
+    /* already current: unchanged */
+    json_object_set_new(d, "item_count", json_integer(99));
+    assert_int_equal(cq_domain_upcast(dom, "OrderPlaced", &v, d), CQ_OK);
+    assert_int_equal(v, 2);
+    assert_int_equal(json_integer_value(json_object_get(d, "item_count")), 99);
+    /* other types have no upcaster */
+    v = 1;
+    assert_int_equal(cq_domain_upcast(dom, "PaymentReceived", &v, d), CQ_OK);
+    assert_int_equal(v, 1);
+    json_decref(d);
+    /* v1 whose items cannot be counted */
+    d = parse("{\"order_id\":\"o\",\"items\":[{\"quantity\":\"2\"}]}");
+    v = 1;
+    assert_int_equal(cq_domain_upcast(dom, "OrderPlaced", &v, d),
+                     CQ_ECORRUPT);
+    assert_int_equal(v, 1);
+    json_decref(d);
+    d = parse("{\"order_id\":\"o\"}");
+    assert_int_equal(cq_domain_upcast(dom, "OrderPlaced", &v, d),
+                     CQ_ECORRUPT);
+    json_decref(d);
 }
 
 static void test_evolve_corrupt(void **st)
@@ -727,36 +767,36 @@ static void test_evolve_corrupt(void **st)
         const char *data;
     } bad[] = {
         /* OrderPlaced with missing or wrong-typed fields */
-        {0, "OrderPlaced", 1, NULL},
-        {0, "OrderPlaced", 1, "[]"},
-        {0, "OrderPlaced", 1, "{}"},
-        {0, "OrderPlaced", 1,
+        {0, "OrderPlaced", 2, NULL},
+        {0, "OrderPlaced", 2, "[]"},
+        {0, "OrderPlaced", 2, "{}"},
+        {0, "OrderPlaced", 2,
          "{\"order_id\":\"o\",\"customer_id\":\"c\",\"currency\":\"EUR\","
          "\"items\":[]}"},
-        {0, "OrderPlaced", 1,
+        {0, "OrderPlaced", 2,
          "{\"order_id\":\"o\",\"customer_id\":\"c\",\"currency\":\"EUR\","
          "\"items\":[],\"total_cents\":\"1000\"}"},
-        {0, "OrderPlaced", 1,
+        {0, "OrderPlaced", 2,
          "{\"order_id\":\"o\",\"customer_id\":\"c\",\"currency\":\"EUR\","
          "\"items\":[],\"total_cents\":10.5}"},
-        {0, "OrderPlaced", 1,
+        {0, "OrderPlaced", 2,
          "{\"order_id\":\"o\",\"customer_id\":\"c\",\"currency\":\"EUR\","
          "\"items\":[],\"total_cents\":-1}"},
-        {0, "OrderPlaced", 1,
+        {0, "OrderPlaced", 2,
          "{\"order_id\":\"o\",\"customer_id\":7,\"currency\":\"EUR\","
          "\"items\":[],\"total_cents\":1}"},
-        {0, "OrderPlaced", 1,
+        {0, "OrderPlaced", 2,
          "{\"order_id\":\"o\",\"customer_id\":\"c\",\"currency\":null,"
          "\"items\":[],\"total_cents\":1}"},
-        {0, "OrderPlaced", 1,
+        {0, "OrderPlaced", 2,
          "{\"order_id\":\"o\",\"customer_id\":\"c\",\"currency\":\"EUR\","
          "\"items\":{},\"total_cents\":1}"},
         /* a newer schema version this code does not know */
-        {0, "OrderPlaced", 2,
+        {0, "OrderPlaced", 3,
          "{\"order_id\":\"o\",\"customer_id\":\"c\",\"currency\":\"EUR\","
          "\"items\":[],\"total_cents\":1}"},
         /* placed twice */
-        {1, "OrderPlaced", 1,
+        {1, "OrderPlaced", 2,
          "{\"order_id\":\"o\",\"customer_id\":\"c\",\"currency\":\"EUR\","
          "\"items\":[],\"total_cents\":1}"},
         /* events before OrderPlaced */
@@ -857,6 +897,7 @@ int main(void)
         T(test_clone_independent),
         T(test_many_payments),
         T(test_decide_is_pure),
+        T(test_upcast_order_placed),
         T(test_evolve_corrupt),
         T(test_evolve_corrupt_then_free),
     };

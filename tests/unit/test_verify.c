@@ -80,7 +80,7 @@ static void on_done(cq_write_req *r)
 static void start(fixture *f)
 {
     cq_store_config scfg = {f->dir, 0, 2};
-    cq_engine_config ecfg = {f->dir, 0, 2};
+    cq_engine_config ecfg = {f->dir, 0, 2, orders_domain()};
     cq_writer_config wcfg;
     char err[512];
 
@@ -103,6 +103,7 @@ static void start(fixture *f)
         fail_msg("start: %s", err);
     memset(&wcfg, 0, sizeof wcfg);
     wcfg.hooks = cq_engine_writer_hooks(f->engine);
+    wcfg.domain = orders_domain();
     assert_int_equal(cq_writer_start(f->store, &wcfg, &f->writer), CQ_OK);
     f->running = 1;
 }
