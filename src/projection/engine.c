@@ -893,7 +893,7 @@ static int hook_before_commit(void *arg, int64_t head)
             continue;
         if (save_checkpoint(e->i_save, p, head, 0, NULL, 0, NULL) != CQ_OK)
             return CQ_EIO;
-        p->saved = head;
+        /* p->saved moves in hook_committed: this batch may still fail */
     }
     return CQ_OK;
 }
@@ -907,8 +907,10 @@ static void hook_committed(void *arg, int64_t head)
         e->head = head;
     for (int i = 0; i < e->nprojs; i++) {
         proj *p = e->projs[i];
-        if (p->is_inline && !p->failed)
+        if (p->is_inline && !p->failed) {
             p->position = head;
+            p->saved = head; /* before_commit wrote it in this batch */
+        }
     }
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
