@@ -355,6 +355,15 @@ enum MHD_Result cq_http_wait_for_command(request *q)
 /* ---- resuming --------------------------------------------------------------
  */
 
+/* The wait is over: count it in the metrics. */
+static void waited(request *q)
+{
+    cq_histogram_observe(q->srv->query_wait,
+                         (double)(cq_mono_ns() - q->wait_t0) / 1e9);
+    if (q->timed_out)
+        cq_counter_add(q->srv->wait_timeouts, 1);
+}
+
 enum MHD_Result cq_http_resumed(request *q)
 {
     enum MHD_Result ret = MHD_NO;
@@ -367,15 +376,10 @@ enum MHD_Result cq_http_resumed(request *q)
         cq_wait_release(q->wait);
         q->wait = NULL;
     }
-    if (q->timed_out || !(q->min_version >= 1 && !q->sent_written)) {
-        /* the wait is over (a min_version wait may go round again) */
-        cq_histogram_observe(q->srv->query_wait,
-                             (double)(cq_mono_ns() - q->wait_t0) / 1e9);
-        if (q->timed_out)
-            cq_counter_add(q->srv->wait_timeouts, 1);
-    }
-    if (q->sent_written)
+    if (q->sent_written) {
+        waited(q);
         return send_command_answer(q);
+    }
     if (!q->timed_out && q->min_version >= 1) {
         /* the stream may have been too short: look again */
         int w = resolve_target(q, &ret);
@@ -388,6 +392,7 @@ enum MHD_Result cq_http_resumed(request *q)
                 return start_wait(q);
         }
     }
+    waited(q);
     return answer(q);
 }
 
