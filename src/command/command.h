@@ -41,4 +41,11 @@ const cq_decided_event *cq_decision_event(const cq_decision *d, size_t i);
 /* The refusal message, or NULL if decide() did not refuse. */
 const char *cq_decision_refusal(const cq_decision *d);
 
+/* ---- upcasting ---- */
+
+/* The first upcaster of domain for (type, schema_version), or NULL; see
+ * cq_domain_upcast() in decider.h. Thread-safe. */
+const cq_upcaster *cq_domain_upcaster(const cq_domain *domain, const char *type,
+                                      int schema_version);
+
 #endif

@@ -146,19 +146,26 @@ const cq_command_def *cq_domain_command(const cq_domain *domain,
 
 /* See decider.h. At most one upcaster per (type, from) is used: the first
  * listed. The loop ends because each step raises the version. */
+const cq_upcaster *cq_domain_upcaster(const cq_domain *domain, const char *type,
+                                      int schema_version)
+{
+    if (domain == NULL || domain->upcasters == NULL || type == NULL)
+        return NULL;
+    for (const cq_upcaster *u = domain->upcasters; u->type != NULL; u++)
+        if (u->from == schema_version && strcmp(u->type, type) == 0)
+            return u;
+    return NULL;
+}
+
 int cq_domain_upcast(const cq_domain *domain, const char *type,
                      int *schema_version, json_t *data)
 {
-    if (domain == NULL || domain->upcasters == NULL || type == NULL)
-        return CQ_OK;
     for (;;) {
-        const cq_upcaster *u;
+        const cq_upcaster *u =
+            cq_domain_upcaster(domain, type, *schema_version);
         int rc;
 
-        for (u = domain->upcasters; u->type != NULL; u++)
-            if (u->from == *schema_version && strcmp(u->type, type) == 0)
-                break;
-        if (u->type == NULL)
+        if (u == NULL)
             return CQ_OK;
         rc = u->upcast(data);
         if (rc != CQ_OK)

@@ -7,6 +7,8 @@
  *   GET  /streams/$all
  *   GET  /streams/{id}      POST /streams/{id}
  *   GET  /queries/{name}    (query.c)
+ *   GET  /projections[/{name}]   POST /projections/{name}/{op}   (ops.c)
+ *   GET  /readyz (ops.c)    GET  /metrics
  *
  * Requests are parsed and validated on MHD's threads; anything that writes
  * is handed to the writer and the connection is suspended until the writer

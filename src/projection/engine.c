@@ -58,6 +58,7 @@
 #include <time.h>
 
 #include "base/base.h"
+#include "command/command.h"
 #include "projection/exec.h"
 
 #define CHECKPOINT_DDL                                                         \
@@ -283,17 +284,6 @@ typedef struct apply_ctx {
     char error_event[130];
 } apply_ctx;
 
-/* 1 if dom has an upcaster for (type, schema_version). */
-static int has_upcaster(const cq_domain *dom, const char *type, int version)
-{
-    if (dom == NULL || dom->upcasters == NULL)
-        return 0;
-    for (const cq_upcaster *u = dom->upcasters; u->type != NULL; u++)
-        if (u->from == version && strcmp(u->type, type) == 0)
-            return 1;
-    return 0;
-}
-
 /* One stored event decoded for handlers: parsed once, applied to every
  * projection that needs it. */
 typedef struct parsed {
@@ -311,7 +301,7 @@ static int parse_event(const cq_domain *dom, const cq_stored_event *se,
     int sv = se->schema_version;
 
     memset(pe, 0, sizeof *pe);
-    if (data != NULL && !has_upcaster(dom, se->type, sv)) {
+    if (data != NULL && !cq_domain_upcaster(dom, se->type, sv)) {
         pe->data = (json_t *)data;
         pe->borrowed = 1;
     } else {
@@ -1055,12 +1045,6 @@ static int load_text_cb(void *arg, const char *name, const char *text,
                         size_t len, char *err, size_t errcap)
 {
     return cq_engine_load_text(arg, name, text, len, err, errcap);
-}
-
-int cq_engine_load_file(cq_engine *e, const char *path, char *err,
-                        size_t errcap)
-{
-    return cq_declared_read_file(path, load_text_cb, e, err, errcap);
 }
 
 int cq_engine_load_dir(cq_engine *e, const char *dir, char *err, size_t errcap)

@@ -34,9 +34,9 @@
 typedef struct cq_engine cq_engine;
 
 typedef struct cq_engine_config {
-    const char *dir; /* directory of read.db (the store's directory) */
-    int batch;       /* events per micro-batch; 0 -> 100 */
-    int readers;     /* query connections per database; 0 -> 4 */
+    const char *dir;         /* directory of read.db (the store's directory) */
+    int batch;               /* events per micro-batch; 0 -> 100 */
+    int readers;             /* query connections per database; 0 -> 4 */
     const cq_domain *domain; /* its upcasters decode old events; may be
                                 NULL */
 } cq_engine_config;
@@ -57,12 +57,8 @@ typedef struct cq_freshness {
 int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
                   char *err, size_t errcap);
 
-/* Add the declared projection in file `path`; errors name the file and
- * line. Before cq_engine_start only. */
-int cq_engine_load_file(cq_engine *e, const char *path, char *err,
-                        size_t errcap);
-
-/* The same for every *.sql file in dir, in name order. */
+/* Add the declared projection of every *.sql file in dir, in name order;
+ * errors name the file and line. Before cq_engine_start only. */
 int cq_engine_load_dir(cq_engine *e, const char *dir, char *err, size_t errcap);
 
 /* The same for a file's text already in memory; `name` prefixes errors. */

@@ -4,7 +4,9 @@
  *
  * A cq_exec wraps one connection (borrowed) and caches a prepared
  * statement per declared statement, keyed by the statement's address (a
- * cq_declared is immutable once parsed). The projection engine has one for
+ * cq_declared is immutable once parsed), or per SQL text a C projection or
+ * the engine passes (cq_sql_exec, cq_exec_stmt), keyed by the text's
+ * address. The projection engine has one for
  * read.db (the projector thread), one for events.db (inline projections,
  * on the writer thread), one per query connection and a throw-away one per
  * strong read (an in-memory database).

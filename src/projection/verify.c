@@ -159,12 +159,6 @@ static int load_text_cb(void *arg, const char *name, const char *text,
     return cq_verify_load_text(arg, name, text, len, err, errcap);
 }
 
-int cq_verify_load_file(cq_verify *v, const char *path, char *err,
-                        size_t errcap)
-{
-    return cq_declared_read_file(path, load_text_cb, v, err, errcap);
-}
-
 int cq_verify_load_dir(cq_verify *v, const char *dir, char *err, size_t errcap)
 {
     return cq_declared_read_dir(dir, load_text_cb, v, err, errcap);

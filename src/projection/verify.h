@@ -48,10 +48,6 @@ void cq_verify_free(cq_verify *v);
 int cq_verify_load_text(cq_verify *v, const char *name, const char *text,
                         size_t len, char *err, size_t errcap);
 
-/* The same for the file at `path`. CQ_EIO if it cannot be read. */
-int cq_verify_load_file(cq_verify *v, const char *path, char *err,
-                        size_t errcap);
-
 /* Every *.sql file in dir, in name order (alphasort): what `cqrsd serve
  * --projections DIR` loads. */
 int cq_verify_load_dir(cq_verify *v, const char *dir, char *err, size_t errcap);

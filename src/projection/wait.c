@@ -286,16 +286,6 @@ void cq_waiters_rewind(cq_waiters *ws, int queue, int64_t position)
     pthread_mutex_unlock(&ws->mu);
 }
 
-int64_t cq_waiters_position(cq_waiters *ws, int queue)
-{
-    int64_t p;
-
-    pthread_mutex_lock(&ws->mu);
-    p = ws->position[queue];
-    pthread_mutex_unlock(&ws->mu);
-    return p;
-}
-
 int cq_waiters_add(cq_waiters *ws, int queue, int64_t target,
                    int64_t timeout_ms, cq_wait_cb cb, void *arg, cq_wait **out)
 {

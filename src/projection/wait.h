@@ -50,9 +50,6 @@ void cq_waiters_advance(cq_waiters *ws, int queue, int64_t position);
  * firing nothing: waiters registered later wait for it again. */
 void cq_waiters_rewind(cq_waiters *ws, int queue, int64_t position);
 
-/* The queue's current position. Any thread. */
-int64_t cq_waiters_position(cq_waiters *ws, int queue);
-
 /* Wait until `queue` reaches `target` or timeout_ms pass. If it already
  * has, returns 1 and registers nothing. Otherwise returns 0 and *out is a
  * waiter whose cb(arg) will be called exactly once; the caller owns one
