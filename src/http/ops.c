@@ -3,7 +3,8 @@
  *
  *   GET  /projections                      every projection's status
  *   GET  /projections/{name}               one projection's status
- *   POST /projections/{name}/{operation}   pause, resume, reset, retry, skip
+ *   POST /projections/{name}/{operation}   pause, resume, reset, retry, skip,
+ *                                          rebuild (202: it runs on)
  *   GET  /readyz                           200 ready / 503 not ready
  *
  * Control operations are carried out by the projector thread (engine.c);
@@ -13,27 +14,68 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/base.h"
 #include "base/problem.h"
 #include "http/http.h"
+
+/* Milliseconds since the epoch as RFC 3339 text (new reference). */
+static json_t *time_json(int64_t ms)
+{
+    char buf[32];
+
+    cq_format_time(ms, buf);
+    return json_string(buf);
+}
 
 /* One projection's status as JSON (new reference, NULL on no memory). */
 static json_t *status_json(cq_engine *e, int i)
 {
     cq_projection_status st;
-    json_t *err = json_null();
+    json_t *err = json_null(), *rb = json_null(), *last = json_null(), *doc;
 
     cq_engine_status(e, i, &st);
     if (st.failed)
         err = json_pack("{s:I,s:s,s:s}", "position",
                         (json_int_t)st.error_position, "event_type",
                         st.error_event, "message", st.error);
-    return json_pack("{s:s,s:I,s:s,s:s,s:I,s:I,s:I,s:f,s:o}", "name", st.name,
-                     "version", (json_int_t)st.version, "mode",
-                     st.is_inline ? "inline" : "async", "status", st.status,
-                     "position", (json_int_t)st.position, "head",
-                     (json_int_t)st.head, "lag_events",
-                     (json_int_t)st.lag_events, "lag_seconds", st.lag_seconds,
-                     "last_error", err);
+    if (st.rebuilding)
+        rb = json_pack(
+            "{s:s,s:o,s:I,s:I,s:f,s:o}", "reason", st.rebuild.reason,
+            "started_at", time_json(st.rebuild.started_ms), "events_done",
+            (json_int_t)st.rebuild.done, "events_total",
+            (json_int_t)st.rebuild.total, "events_per_second",
+            st.rebuild.events_per_second, "eta_seconds",
+            st.rebuild.eta_seconds >= 0 ? json_real(st.rebuild.eta_seconds)
+                                        : json_null());
+    if (st.last_rebuild.outcome[0] != '\0')
+        last = json_pack("{s:s,s:I,s:o,s:o,s:I,s:s?}", "outcome",
+                         st.last_rebuild.outcome, "version",
+                         (json_int_t)st.last_rebuild.version, "started_at",
+                         time_json(st.last_rebuild.started_ms), "finished_at",
+                         time_json(st.last_rebuild.finished_ms),
+                         "events_replayed", (json_int_t)st.last_rebuild.events,
+                         "error",
+                         st.last_rebuild.error[0] ? st.last_rebuild.error
+                                                  : NULL);
+    doc = json_pack("{s:s,s:I,s:s,s:s,s:I,s:I,s:I,s:f,s:o}", "name", st.name,
+                    "version", (json_int_t)st.version, "mode",
+                    st.is_inline ? "inline" : "async", "status", st.status,
+                    "position", (json_int_t)st.position, "head",
+                    (json_int_t)st.head, "lag_events",
+                    (json_int_t)st.lag_events, "lag_seconds", st.lag_seconds,
+                    "last_error", err);
+    if (doc != NULL) {
+        /* the tables being served: the previous definition's (0 when it
+         * is not known) until a rebuild to a new one swaps */
+        json_object_set_new(doc, "serving_version",
+                            json_integer(st.serving_version));
+        json_object_set_new(doc, "rebuild", rb);
+        json_object_set_new(doc, "last_rebuild", last);
+    } else {
+        json_decref(rb);
+        json_decref(last);
+    }
+    return doc;
 }
 
 enum MHD_Result cq_http_projections(request *q, const char *method)
@@ -90,11 +132,14 @@ enum MHD_Result cq_http_projections(request *q, const char *method)
     }
     rc = cq_engine_control(e, i, op, err, sizeof err);
     switch (rc) {
-    case CQ_OK: return cq_http_send_json(q->conn, 200, status_json(e, i));
+    case CQ_OK:
+        /* a rebuild goes on in the background: watch its status */
+        return cq_http_send_json(q->conn, strcmp(op, "rebuild") == 0 ? 202 : 200,
+                                 status_json(e, i));
     case CQ_EINVAL:
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
                                     "%s; projections know pause, resume, "
-                                    "reset, retry and skip",
+                                    "reset, retry, skip and rebuild",
                                     err);
     case CQ_ECONFLICT:
         return cq_http_send_problem(q->conn, 409, "conflict", NULL, "%s", err);

@@ -467,6 +467,15 @@ static void collect(void *arg, cq_strbuf *out)
         {"projection_lag_seconds",
          "Age of the oldest event the projection has not applied."},
         {"projection_failed", "1 if the projection stopped on an error."},
+        {"projection_rebuilding",
+         "1 while a blue/green rebuild replaces the projection's tables."},
+        {"projection_rebuild_position",
+         "Last event position the rebuild in progress has replayed (0 when "
+         "none)."},
+        {"projection_rebuild_target_position",
+         "Head position the rebuild in progress must reach (0 when none)."},
+        {"projection_rebuild_events_per_second",
+         "Replay rate of the rebuild in progress (0 when none)."},
     };
     int64_t head = 0;
     int n = s->engine ? cq_engine_count(s->engine) : 0;
@@ -487,10 +496,15 @@ static void collect(void *arg, cq_strbuf *out)
         cq_metrics_gauge_family(out, fam[f].name, fam[f].help);
         for (int i = 0; i < n; i++) {
             char label[160], esc[128];
-            double v = f == 0   ? (double)st[i].position
-                       : f == 1 ? (double)st[i].lag_events
-                       : f == 2 ? st[i].lag_seconds
-                                : (double)st[i].failed;
+            const cq_projection_status *p = &st[i];
+            double v = f == 0   ? (double)p->position
+                       : f == 1 ? (double)p->lag_events
+                       : f == 2 ? p->lag_seconds
+                       : f == 3 ? (double)p->failed
+                       : f == 4 ? (double)p->rebuilding
+                       : f == 5 ? (double)p->rebuild.done
+                       : f == 6 ? (double)p->rebuild.total
+                                : p->rebuild.events_per_second;
             cq_metrics_label_escape(st[i].name, esc, sizeof esc);
             snprintf(label, sizeof label, "projection=\"%s\"", esc);
             cq_metrics_gauge(out, fam[f].name, label, v);

@@ -59,7 +59,7 @@
 
 #include "base/base.h"
 #include "command/command.h"
-#include "projection/exec.h"
+#include "projection/engine_int.h"
 
 #define CHECKPOINT_DDL                                                         \
     "CREATE TABLE IF NOT EXISTS cq_projections ("                              \
@@ -71,80 +71,6 @@
 #define SQL_SAVE_CHECKPOINT                                                    \
     "UPDATE cq_projections SET position = ?2, status = ?3, error = ?4,"        \
     " error_position = ?5, error_event = ?6, updated_at = ?7 WHERE name = ?1"
-
-typedef struct proj {
-    cq_declared *d;
-    char source[256];        /* file name, for messages */
-    cq_projection_code code; /* code.apply set: events go to C, not @on */
-    int index;
-    int is_inline;
-    int needs_metadata; /* some statement reads :metadata.* */
-    int64_t saved;      /* inline: checkpoint written so far (writer
-                           thread only) */
-    /* guarded by e->mu */
-    int64_t position;
-    int paused;
-    int control;    /* OP_*: asked of the projector thread */
-    int control_rc; /* its result, once control is back to OP_NONE */
-    char control_msg[256];
-    int failed;
-    int64_t error_position;
-    char error[512];
-    char error_event[130];
-} proj;
-
-/* Operations on an asynchronous projection, carried out by the projector
- * thread (which owns read.db's write connection). */
-enum { OP_NONE, OP_PAUSE, OP_RESUME, OP_RESET, OP_RETRY, OP_SKIP };
-
-/* A pool of read connections to one database, each with its executor. */
-typedef struct pool {
-    sqlite3 **db;
-    cq_exec **x;
-    int n;
-    int *idle;
-    int nidle;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int init;
-} pool;
-
-struct cq_engine {
-    cq_store *store;
-    const cq_domain *domain; /* upcasters for old events; may be NULL */
-    char dir[4096];
-    int batch;
-    int nreaders;
-    proj **projs;
-    int nprojs;
-
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int64_t head; /* guarded by mu */
-    int stopping; /* guarded by mu */
-    int started;
-    pthread_t projector;
-
-    /* projector thread only (and cq_engine_start before it runs) */
-    sqlite3 *rdb;
-    cq_exec *rx;
-    sqlite3_stmt *r_save, *r_sp, *r_release, *r_rollback;
-
-    /* writer thread only (and cq_engine_start before it runs) */
-    cq_exec *ix;
-    sqlite3_stmt *i_save, *i_sp, *i_release, *i_rollback;
-
-    /* the read.db checkpointer (see checkpointer_main) */
-    pthread_t checkpointer;
-    pthread_cond_t ckpt_cv;    /* with mu: a checkpoint is due */
-    pthread_cond_t control_cv; /* with mu: a control operation is done */
-    int ckpt_due;              /* guarded by mu */
-    int ckpt_started;
-
-    pool reads;  /* read.db */
-    pool events; /* events.db */
-    cq_waiters *waits;
-};
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -163,6 +89,17 @@ static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err,
         return CQ_OK;
     snprintf(err, errcap, "%s: %s", sql, sqlite3_errmsg(db));
     return CQ_EIO;
+}
+
+int cq_eng_step_done(sqlite3_stmt *st)
+{
+    return step_done(st);
+}
+
+int cq_eng_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err,
+                   size_t errcap)
+{
+    return prepare(db, sql, st, err, errcap);
 }
 
 static int open_db(const char *path, int flags, sqlite3 **db, char *err,
@@ -272,26 +209,7 @@ static void pool_put(pool *pl, int i)
 
 /* ---- applying events ----------------------------------------------------- */
 
-typedef struct apply_ctx {
-    cq_engine *e;
-    proj *p;
-    cq_exec *x;
-    sqlite3_stmt *sp, *release, *rollback; /* NULL: no per-event savepoint */
-    int64_t last;                          /* last position applied */
-    int failed;                            /* a handler failed: stop */
-    int64_t error_position;
-    char error[512];
-    char error_event[130];
-} apply_ctx;
 
-/* One stored event decoded for handlers: parsed once, applied to every
- * projection that needs it. */
-typedef struct parsed {
-    cq_decl_event ev;
-    json_t *data, *meta; /* owned unless borrowed */
-    int borrowed;        /* data came from the writer: don't free */
-    char when[32], day[11];
-} parsed;
 
 /* Decode se (data, and metadata if need_meta) into pe. `data`, if not
  * NULL, is se->data already parsed (borrowed). CQ_OK or CQ_ECORRUPT. */
@@ -369,7 +287,7 @@ static int apply_parsed(apply_ctx *c, const cq_stored_event *se,
             snprintf(c->error, sizeof c->error, "apply() returned %s",
                      cq_strerror(rc));
     } else {
-        rc = cq_exec_event(c->x, c->p->d, &pe->ev, c->error, sizeof c->error);
+        rc = cq_exec_event(c->x, c->d, &pe->ev, c->error, sizeof c->error);
     }
     if (c->sp != NULL) {
         if (rc != CQ_OK)
@@ -412,16 +330,6 @@ static void mark_failed(cq_engine *e, proj *p, const apply_ctx *c)
             p->d->name, (long long)c->error_position, c->error_event, c->error);
 }
 
-/* A micro-batch of events read from the store, each decoded once and then
- * applied to every projection that needs it. */
-typedef struct batch {
-    cq_stored_event *se; /* strings owned (copied out of the read) */
-    parsed *pe;          /* decoded data and metadata */
-    int *prc;            /* parse result per event */
-    int n, cap;
-    int need_meta;
-    const cq_domain *domain;
-} batch;
 
 static int batch_add(void *arg, const cq_stored_event *se)
 {
@@ -445,7 +353,24 @@ static int batch_add(void *arg, const cq_stored_event *se)
     return b->n == b->cap;
 }
 
-static void batch_free(batch *b)
+int cq_eng_batch_read(cq_engine *e, batch *b, int64_t from, char *err,
+                      size_t errcap)
+{
+    int64_t store_head;
+
+    b->domain = e->domain;
+    b->se = calloc((size_t)b->cap, sizeof *b->se);
+    b->pe = calloc((size_t)b->cap, sizeof *b->pe);
+    b->prc = calloc((size_t)b->cap, sizeof *b->prc);
+    if (b->se == NULL || b->pe == NULL || b->prc == NULL) {
+        snprintf(err, errcap, "out of memory");
+        return CQ_ENOMEM;
+    }
+    return cq_store_read_all(e->store, from, b->cap, batch_add, b, &store_head,
+                             err, errcap);
+}
+
+void cq_eng_batch_free(batch *b)
 {
     for (int k = 0; k < b->n; k++) {
         free((char *)b->se[k].stream_id);
@@ -457,13 +382,22 @@ static void batch_free(batch *b)
     free(b->prc);
 }
 
-/* Apply the events of b that p has not applied yet, and its checkpoint,
- * in one read.db transaction; then publish. The fast path runs handlers
- * without a savepoint per event; if one fails, its partial writes cannot
- * be told apart from the good ones, so the transaction is undone and run
- * again with one savepoint per event, keeping exactly the events before
- * the failing one. CQ_OK or CQ_EIO (nothing changed). */
-static int apply_batch(cq_engine *e, proj *p, int64_t from, const batch *b)
+void cq_eng_apply_events(apply_ctx *c, const batch *b, int64_t from)
+{
+    for (int k = 0; k < b->n && !c->failed; k++)
+        if (b->se[k].position >= from)
+            apply_parsed(c, &b->se[k], &b->pe[k], b->prc[k]);
+}
+
+/* Apply the events of b that p has not applied yet to its live tables
+ * (with the handlers of d, the definition they were built with), and its
+ * checkpoint, in one read.db transaction; then publish. The fast path runs
+ * handlers without a savepoint per event; if one fails, its partial writes
+ * cannot be told apart from the good ones, so the transaction is undone
+ * and run again with one savepoint per event, keeping exactly the events
+ * before the failing one. CQ_OK or CQ_EIO (nothing changed). */
+static int apply_batch(cq_engine *e, proj *p, const cq_declared *d,
+                       int64_t from, const batch *b)
 {
     apply_ctx c;
     char err[256] = "";
@@ -473,6 +407,7 @@ again:
     memset(&c, 0, sizeof c);
     c.e = e;
     c.p = p;
+    c.d = d;
     c.x = e->rx;
     c.last = from - 1;
     if (careful) {
@@ -482,9 +417,7 @@ again:
     }
     if (cq_exec_sql(e->rx, "BEGIN", err, sizeof err) != CQ_OK)
         goto io;
-    for (int k = 0; k < b->n && !c.failed; k++)
-        if (b->se[k].position >= from)
-            apply_parsed(&c, &b->se[k], &b->pe[k], b->prc[k]);
+    cq_eng_apply_events(&c, b, from);
     if (c.failed && !careful) {
         cq_exec_sql(e->rx, "ROLLBACK", err, sizeof err);
         careful = 1;
@@ -524,15 +457,15 @@ io:
 static int apply_round(cq_engine *e)
 {
     proj **due = calloc((size_t)e->nprojs, sizeof *due);
+    const cq_declared **decl = calloc((size_t)e->nprojs, sizeof *decl);
     int64_t *from = calloc((size_t)e->nprojs, sizeof *from);
-    int64_t lowest = INT64_MAX, head, store_head;
+    int64_t lowest = INT64_MAX, head;
     batch b;
     char err[256] = "";
     int n = 0, status = 1;
 
     memset(&b, 0, sizeof b);
-    b.domain = e->domain;
-    if (due == NULL || from == NULL) {
+    if (due == NULL || from == NULL || decl == NULL) {
         status = -1;
         goto done;
     }
@@ -540,9 +473,11 @@ static int apply_round(cq_engine *e)
     head = e->head;
     for (int i = 0; i < e->nprojs; i++) {
         proj *p = e->projs[i];
-        if (p->is_inline || p->failed || p->paused || p->position >= head)
+        if (p->is_inline || p->failed || p->paused || p->frozen ||
+            p->position >= head)
             continue;
         due[n] = p;
+        decl[n] = p->serving;
         from[n] = p->position + 1;
         if (from[n] < lowest)
             lowest = from[n];
@@ -559,32 +494,26 @@ static int apply_round(cq_engine *e)
      * restart or a rebuild) takes ten times as many per transaction, which
      * saves most of the per-transaction cost and changes nothing else. */
     b.cap = head - lowest >= 10 * e->batch ? 10 * e->batch : e->batch;
-    b.se = calloc((size_t)b.cap, sizeof *b.se);
-    b.pe = calloc((size_t)b.cap, sizeof *b.pe);
-    b.prc = calloc((size_t)b.cap, sizeof *b.prc);
-    if (b.se == NULL || b.pe == NULL || b.prc == NULL) {
-        status = -1;
-        goto done;
-    }
-    if (cq_store_read_all(e->store, lowest, b.cap, batch_add, &b, &store_head,
-                          err, sizeof err) != CQ_OK) {
+    if (cq_eng_batch_read(e, &b, lowest, err, sizeof err) != CQ_OK) {
         fprintf(stderr, "cqrsd: projections: reading events from %lld: %s\n",
                 (long long)lowest, err);
         status = -1;
         goto done;
     }
     for (int i = 0; i < n; i++)
-        if (apply_batch(e, due[i], from[i], &b) != CQ_OK)
+        if (apply_batch(e, due[i], decl[i], from[i], &b) != CQ_OK)
             status = -1;
 done:
-    batch_free(&b);
+    cq_eng_batch_free(&b);
     free(due);
+    free(decl);
     free(from);
     return status;
 }
 
 static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, int reset,
-                              char *err, size_t errcap);
+                              char *changed, size_t changedcap, char *err,
+                              size_t errcap);
 
 /* Carry out p->control on the projector thread and publish the result. */
 static void run_control(cq_engine *e, proj *p)
@@ -671,8 +600,20 @@ static void run_control(cq_engine *e, proj *p)
             failed = 0;
         }
         break;
+    case OP_REBUILD:
+        pthread_mutex_lock(&e->mu);
+        rc = p->rb.active ? CQ_ECONFLICT : CQ_OK;
+        pthread_mutex_unlock(&e->mu);
+        if (rc != CQ_OK)
+            snprintf(err, sizeof err, "%s is already being rebuilt",
+                     p->d->name);
+        else
+            rc = cq_rebuild_begin(e, p, "requested", err, sizeof err);
+        break;
     case OP_RESET:
-        rc = prepare_projection(e, p, e->rx, 1, err, sizeof err);
+        if (p->rb.active)
+            cq_rebuild_abort(e, p, "the projection was reset");
+        rc = prepare_projection(e, p, e->rx, 1, NULL, 0, err, sizeof err);
         if (rc == CQ_OK) {
             position = 0;
             failed = 0;
@@ -682,10 +623,14 @@ static void run_control(cq_engine *e, proj *p)
     default: rc = CQ_EINVAL; break;
     }
     pthread_mutex_lock(&e->mu);
-    if (rc == CQ_OK) {
+    if (rc == CQ_OK && op != OP_REBUILD) {
         p->paused = paused;
         p->failed = failed;
         p->position = position;
+        if (op == OP_RESET) {
+            p->serving = p->d;
+            p->frozen = 0;
+        }
         if (!failed)
             p->error[0] = p->error_event[0] = '\0';
     }
@@ -773,6 +718,16 @@ static void *projector_main(void *arg)
         }
         pthread_mutex_unlock(&e->mu);
         did = apply_round(e);
+        /* then one step of each rebuild, so that live projections wait
+         * for at most one rebuild batch */
+        for (int i = 0; i < e->nprojs; i++) {
+            int r = e->projs[i]->rb.active ? cq_rebuild_step(e, e->projs[i])
+                                           : 0;
+            if (r < 0)
+                did = -1;
+            else if (r > 0 && did == 0)
+                did = 1;
+        }
         pthread_mutex_lock(&e->mu);
         if (e->stopping)
             break;
@@ -793,8 +748,8 @@ static void *projector_main(void *arg)
             for (int i = 0; i < e->nprojs && !due; i++) {
                 proj *p = e->projs[i];
                 due = (!p->is_inline && !p->failed && !p->paused &&
-                       p->position < e->head) ||
-                      p->control != OP_NONE;
+                       !p->frozen && p->position < e->head) ||
+                      (p->rb.active && !p->paused) || p->control != OP_NONE;
             }
             if (!due)
                 pthread_cond_wait(&e->cv, &e->mu);
@@ -837,6 +792,7 @@ static int hook_apply_inline(void *arg, const cq_stored_event *events,
         memset(&c, 0, sizeof c);
         c.e = e;
         c.p = p;
+        c.d = p->d;
         c.x = e->ix;
         c.last = events[0].position - 1;
         if (step_done(e->i_sp) != CQ_OK) {
@@ -974,6 +930,7 @@ int cq_engine_add(cq_engine *e, cq_declared *d, char *err, size_t errcap)
         return CQ_ENOMEM;
     }
     p->d = d;
+    p->serving = d;
     p->index = e->nprojs;
     p->is_inline = d->mode == CQ_DECL_INLINE;
     for (size_t h = 0; h < d->nhandlers; h++)
@@ -1016,6 +973,7 @@ int cq_engine_add_code(cq_engine *e, const char *text, size_t len,
         p->code = *code;
         p->needs_metadata = 1;
         snprintf(p->source, sizeof p->source, "%s", code->name);
+        p->text = strndup(text, len);
     }
     return rc;
 }
@@ -1035,9 +993,11 @@ int cq_engine_load_text(cq_engine *e, const char *name, const char *text,
     rc = cq_engine_add(e, d, msg, sizeof msg);
     if (rc != CQ_OK)
         snprintf(err, errcap, "%s: %s", name, msg);
-    else
-        snprintf(e->projs[e->nprojs - 1]->source,
-                 sizeof e->projs[e->nprojs - 1]->source, "%s", name);
+    else {
+        proj *p = e->projs[e->nprojs - 1];
+        snprintf(p->source, sizeof p->source, "%s", name);
+        p->text = strndup(text, len);
+    }
     return rc;
 }
 
@@ -1052,28 +1012,46 @@ int cq_engine_load_dir(cq_engine *e, const char *dir, char *err, size_t errcap)
     return cq_declared_read_dir(dir, load_text_cb, e, err, errcap);
 }
 
-/* Copy the name of the table a CREATE TABLE statement creates into name
- * (NUL-terminated), or return 0 for other statements. */
-static int created_table(const char *sql, char *name, size_t cap)
+static const char *skip_blanks(const char *p)
 {
-    const char *words[] = {"CREATE", "TABLE"};
-    const char *p = sql;
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
+    return p;
+}
+
+/* If p starts with the word w (any case, then a blank), the text after
+ * it and its blanks; else NULL. */
+static const char *word(const char *p, const char *w)
+{
+    size_t n = strlen(w);
+
+    if (strncasecmp(p, w, n) != 0 ||
+        !(p[n] == ' ' || p[n] == '\t' || p[n] == '\n' || p[n] == '\r'))
+        return NULL;
+    return skip_blanks(p + n);
+}
+
+int cq_eng_created(const char *sql, char *name, size_t cap)
+{
+    const char *p = word(skip_blanks(sql), "CREATE"), *q;
+    int kind = 1;
     size_t n;
 
-    for (int w = 0; w < 2; w++) {
-        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-            p++;
-        n = strlen(words[w]);
-        if (strncasecmp(p, words[w], n) != 0)
-            return 0;
-        p += n;
+    if (p == NULL)
+        return 0;
+    if ((q = word(p, "UNIQUE")) != NULL)
+        p = q;
+    if ((q = word(p, "TABLE")) != NULL) {
+        p = q;
+    } else if ((q = word(p, "INDEX")) != NULL) {
+        p = q;
+        kind = 2;
+    } else {
+        return 0;
     }
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-        p++;
-    if (strncasecmp(p, "IF NOT EXISTS", 13) == 0)
-        p += 13;
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
-        p++;
+    if ((q = word(p, "IF")) != NULL && (q = word(q, "NOT")) != NULL &&
+        (q = word(q, "EXISTS")) != NULL)
+        p = q;
     if (*p == '"')
         p++;
     for (n = 0; n + 1 < cap &&
@@ -1082,23 +1060,78 @@ static int created_table(const char *sql, char *name, size_t cap)
          n++)
         name[n] = p[n];
     name[n] = '\0';
-    return n > 0;
+    return n > 0 ? kind : 0;
+}
+
+/* Give cq_projections (created before it was added) its source column. */
+static int add_source_column(cq_exec *x, char *err, size_t errcap)
+{
+    sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(cq_exec_db(x), "SELECT source FROM cq_projections",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_finalize(st);
+        return CQ_OK;
+    }
+    return cq_exec_sql(x, "ALTER TABLE cq_projections ADD COLUMN source TEXT",
+                       err, errcap);
+}
+
+/* Drop the tables of d (if it is not NULL) in x's open transaction. */
+static int drop_tables(cq_exec *x, const cq_declared *d, char *err,
+                       size_t errcap)
+{
+    char name[128], sql[256];
+    int rc = CQ_OK;
+
+    for (size_t i = 0; rc == CQ_OK && d != NULL && i < d->nddl; i++) {
+        if (cq_eng_created(d->ddl[i].sqlite_sql, name, sizeof name) != 1)
+            continue;
+        snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS \"%s\"", name);
+        rc = cq_exec_sql(x, sql, err, errcap);
+    }
+    return rc;
+}
+
+/* The definition p's live tables were built with, parsed from the source
+ * text stored with their checkpoint, if it is usable for answering
+ * queries and applying events to them (same name, asynchronous). */
+static cq_declared *previous_definition(const proj *p, const char *text)
+{
+    cq_declared *d = NULL;
+    char msg[256];
+
+    if (text == NULL ||
+        cq_declared_parse(text, strlen(text), &d, msg, sizeof msg) != CQ_OK)
+        return NULL;
+    if (strcmp(d->name, p->d->name) != 0 || d->mode != CQ_DECL_ASYNC) {
+        cq_declared_free(d);
+        return NULL;
+    }
+    return d;
 }
 
 /* Bring p's tables and checkpoint row in db (through x) to its declared
- * version: create them, or drop and recreate them when the version or the
- * source changed (the projection is then replayed from position 0). */
+ * definition. New projections get their tables. When the version or the
+ * source changed, an asynchronous projection keeps serving its live tables
+ * (applying events with the definition they were built with, if read.db
+ * holds its text) and `changed` gets the reason for the blue/green rebuild
+ * the caller starts; an inline one (whose tables commit with the events,
+ * before the server serves) is dropped and replayed in place, as is any
+ * projection on `reset`. */
 static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, int reset,
-                              char *err, size_t errcap)
+                              char *changed, size_t changedcap, char *err,
+                              size_t errcap)
 {
     sqlite3 *db = cq_exec_db(x);
     sqlite3_stmt *st = NULL;
     int found = 0, same = 0, rc;
-    char sql[512];
+    int64_t version = 0;
+    char *text = NULL;
 
-    rc = cq_exec_sql(x, CHECKPOINT_DDL, err, errcap);
-    if (rc != CQ_OK)
-        return rc;
+    (void)e;
+    if (changed != NULL && changedcap > 0)
+        changed[0] = '\0';
     if (reset) {
         /* asked for (projector thread): the caller publishes the result */
         fprintf(stderr,
@@ -1110,7 +1143,7 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, int reset,
     }
     if (prepare(db,
                 "SELECT version, source_hash, position, status, error,"
-                " error_position, error_event FROM cq_projections"
+                " error_position, error_event, source FROM cq_projections"
                 " WHERE name = ?1",
                 &st, err, errcap) != CQ_OK)
         return CQ_EIO;
@@ -1118,10 +1151,12 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, int reset,
     if (sqlite3_step(st) == SQLITE_ROW) {
         const char *hash = (const char *)sqlite3_column_text(st, 1);
         const char *status = (const char *)sqlite3_column_text(st, 3);
+        const char *src = (const char *)sqlite3_column_text(st, 7);
         found = 1;
-        same = sqlite3_column_int64(st, 0) == p->d->version && hash &&
+        version = sqlite3_column_int64(st, 0);
+        same = version == p->d->version && hash &&
                strcmp(hash, p->d->source_hash) == 0;
-        if (same) {
+        if (same || !p->is_inline) {
             p->position = sqlite3_column_int64(st, 2);
             p->paused = status && strcmp(status, "paused") == 0;
             p->failed = status && strcmp(status, "failed") == 0;
@@ -1134,25 +1169,58 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, int reset,
                          t ? t : "");
             }
         }
+        if (src == NULL && same && p->text != NULL)
+            text = strdup(p->text); /* written below, for later rebuilds */
+        else if (!same && !p->is_inline && src != NULL)
+            p->prev = previous_definition(p, src);
     }
     sqlite3_finalize(st);
-    if (same)
+    if (same) {
+        p->serving = p->d;
+        if (text != NULL) {
+            char sql[160];
+            snprintf(sql, sizeof sql,
+                     "UPDATE cq_projections SET source = ?1 WHERE name = '%s'",
+                     p->d->name);
+            rc = prepare(db, sql, &st, err, errcap);
+            if (rc == CQ_OK) {
+                sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+                rc = step_done(st);
+                sqlite3_finalize(st);
+            }
+            free(text);
+            return rc;
+        }
         return CQ_OK;
-
+    }
+    if (found && !p->is_inline) {
+        /* blue/green: the live tables serve until the rebuild swaps */
+        p->serving = p->prev;
+        p->frozen = p->prev == NULL || p->code.apply != NULL;
+        if (version != p->d->version)
+            snprintf(changed, changedcap, "version %lld -> %lld",
+                     (long long)version, (long long)p->d->version);
+        else
+            snprintf(changed, changedcap, "source of version %lld changed",
+                     (long long)version);
+        fprintf(stderr,
+                "cqrsd: projection %s changed (%s); its tables keep serving%s "
+                "while a rebuild replays the new definition\n",
+                p->d->name, changed,
+                p->frozen ? " (without new events)" : "");
+        return CQ_OK;
+    }
     if (found)
         fprintf(stderr,
-                "cqrsd: projection %s changed (version or source); "
+                "cqrsd: inline projection %s changed (version or source); "
                 "dropping its tables and replaying it from position 0\n",
                 p->d->name);
 rebuild:
     rc = cq_exec_sql(x, "BEGIN IMMEDIATE", err, errcap);
-    for (size_t i = 0; rc == CQ_OK && found && i < p->d->nddl; i++) {
-        char name[128];
-        if (!created_table(p->d->ddl[i].sqlite_sql, name, sizeof name))
-            continue;
-        snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS \"%s\"", name);
-        rc = cq_exec_sql(x, sql, err, errcap);
-    }
+    if (rc == CQ_OK && found)
+        rc = drop_tables(x, p->d, err, errcap);
+    if (rc == CQ_OK && found && p->prev != NULL)
+        rc = drop_tables(x, p->prev, err, errcap);
     for (size_t i = 0; rc == CQ_OK && i < p->d->nddl; i++) {
         char msg[384];
         rc = cq_exec_sql(x, p->d->ddl[i].sqlite_sql, msg, sizeof msg);
@@ -1163,12 +1231,12 @@ rebuild:
     if (rc == CQ_OK) {
         rc = prepare(db,
                      "INSERT INTO cq_projections (name, version,"
-                     " source_hash, position, status, updated_at)"
-                     " VALUES (?1, ?2, ?3, 0, 'running', ?4)"
+                     " source_hash, position, status, updated_at, source)"
+                     " VALUES (?1, ?2, ?3, 0, 'running', ?4, ?5)"
                      " ON CONFLICT (name) DO UPDATE SET version = ?2,"
                      " source_hash = ?3, position = 0, status = 'running',"
                      " error = NULL, error_position = NULL,"
-                     " error_event = NULL, updated_at = ?4",
+                     " error_event = NULL, updated_at = ?4, source = ?5",
                      &st, err, errcap);
     }
     if (rc == CQ_OK) {
@@ -1176,6 +1244,7 @@ rebuild:
         sqlite3_bind_int64(st, 2, p->d->version);
         sqlite3_bind_text(st, 3, p->d->source_hash, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 4, cq_now_ms());
+        sqlite3_bind_text(st, 5, p->text, -1, SQLITE_STATIC);
         rc = step_done(st);
         if (rc != CQ_OK)
             snprintf(err, errcap, "%s", sqlite3_errmsg(db));
@@ -1192,6 +1261,8 @@ rebuild:
         p->position = 0;
         p->failed = 0;
         p->paused = 0;
+        p->serving = p->d;
+        p->frozen = 0;
     }
     return CQ_OK;
 }
@@ -1218,16 +1289,11 @@ static int check_statements(proj *p, cq_exec *x, char *err, size_t errcap)
     for (size_t q = 0; q < p->d->nqueries; q++)
         for (size_t k = 0; k < p->d->queries[q].nstmts; k++) {
             const cq_decl_stmt *st = &p->d->queries[q].stmts[k];
-            sqlite3_stmt *ps = NULL;
-            if (sqlite3_prepare_v2(cq_exec_db(x), st->sqlite_sql, -1, &ps,
-                                   NULL) != SQLITE_OK) {
+            if (cq_exec_check(x, st->sqlite_sql, msg, sizeof msg) != CQ_OK) {
                 snprintf(err, errcap, "%s:%d: query %s: %s", p->source,
-                         st->line, p->d->queries[q].name,
-                         sqlite3_errmsg(cq_exec_db(x)));
-                sqlite3_finalize(ps);
+                         st->line, p->d->queries[q].name, msg);
                 return CQ_EINVAL;
             }
-            sqlite3_finalize(ps);
         }
     return CQ_OK;
 }
@@ -1245,6 +1311,7 @@ static int catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
         memset(&c, 0, sizeof c);
         c.e = e;
         c.p = p;
+        c.d = p->d;
         c.x = e->ix;
         c.sp = e->i_sp;
         c.release = e->i_release;
@@ -1319,13 +1386,29 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
     if (rc == CQ_OK)
         rc = cq_exec_sql(e->ix, CHECKPOINT_DDL, err, errcap);
     if (rc == CQ_OK)
+        rc = add_source_column(e->rx, err, errcap);
+    if (rc == CQ_OK)
+        rc = add_source_column(e->ix, err, errcap);
+    if (rc == CQ_OK)
+        rc = cq_rebuild_init(e, err, errcap);
+    if (rc == CQ_OK)
         rc = cq_store_head_position(e->store, &head);
+    e->head = head; /* a rebuild's progress is measured against it */
     for (int i = 0; rc == CQ_OK && i < e->nprojs; i++) {
         proj *p = e->projs[i];
         cq_exec *x = p->is_inline ? e->ix : e->rx;
-        rc = prepare_projection(e, p, x, 0, err, errcap);
+        char changed[96];
+        int resumable = 0;
+        rc = prepare_projection(e, p, x, 0, changed, sizeof changed, err,
+                                errcap);
+        if (rc == CQ_OK && !p->is_inline)
+            rc = cq_rebuild_load(e, p, &resumable, err, errcap);
+        if (rc == CQ_OK && (changed[0] != '\0' || resumable))
+            rc = cq_rebuild_begin(e, p, changed[0] ? changed : "resumed", err,
+                                  errcap);
+        /* the new definition's statements run on the tables it builds */
         if (rc == CQ_OK)
-            rc = check_statements(p, x, err, errcap);
+            rc = check_statements(p, p->rb.active ? p->rb.x : x, err, errcap);
     }
     if (rc != CQ_OK)
         return rc;
@@ -1403,6 +1486,7 @@ void cq_engine_free(cq_engine *e)
     pool_close(&e->reads);
     pool_close(&e->events);
     sqlite3_finalize(e->r_save);
+    sqlite3_finalize(e->r_rb_save);
     sqlite3_finalize(e->r_sp);
     sqlite3_finalize(e->r_release);
     sqlite3_finalize(e->r_rollback);
@@ -1410,11 +1494,15 @@ void cq_engine_free(cq_engine *e)
     sqlite3_finalize(e->i_sp);
     sqlite3_finalize(e->i_release);
     sqlite3_finalize(e->i_rollback);
+    for (int i = 0; i < e->nprojs; i++)
+        cq_rebuild_free(e->projs[i]); /* statements on read.db */
     cq_exec_free(e->rx);
     cq_exec_free(e->ix);
     sqlite3_close(e->rdb);
     for (int i = 0; i < e->nprojs; i++) {
         cq_declared_free(e->projs[i]->d);
+        cq_declared_free(e->projs[i]->prev);
+        free(e->projs[i]->text);
         free(e->projs[i]);
     }
     free(e->projs);
@@ -1636,19 +1724,62 @@ static int64_t stream_version_at(cq_engine *e, const char *stream_id,
     return v;
 }
 
-int cq_engine_run_query(cq_engine *e, int projection, const cq_decl_query *q,
-                        const char *const *values, const char *stream_id,
-                        json_t **data, cq_freshness *fresh,
-                        int64_t *stream_version, char *err, size_t errcap)
+/* q's values for query oq of another definition of the same projection,
+ * matched by parameter name (oq's default where q has no such
+ * parameter). A new array of borrowed strings, or NULL when oq needs a
+ * value it cannot be given (*ok = 0) or on no memory (*ok = 1). */
+static const char **map_values(const cq_decl_query *q,
+                               const char *const *values,
+                               const cq_decl_query *oq, int *ok)
 {
-    proj *p = e->projs[projection];
-    pool *pl = p->is_inline ? &e->events : &e->reads;
-    int i = pool_get(pl);
-    sqlite3_stmt *st = NULL;
-    int rc;
+    const char **v = calloc(oq->nparams + 1, sizeof *v);
 
-    memset(fresh, 0, sizeof *fresh);
-    *data = NULL;
+    *ok = 1;
+    for (size_t j = 0; v != NULL && j < oq->nparams; j++) {
+        for (size_t i = 0; i < q->nparams; i++)
+            if (strcmp(q->params[i].name, oq->params[j].name) == 0)
+                v[j] = values[i];
+        if (v[j] == NULL)
+            v[j] = oq->params[j].def;
+        if (v[j] == NULL && oq->params[j].required) {
+            *ok = 0;
+            free(v);
+            return NULL;
+        }
+    }
+    return v;
+}
+
+/* Run q (or, while the live tables are those of an older definition, its
+ * namesake there) in one read snapshot with the checkpoint. */
+static int run_query(cq_engine *e, proj *p, const cq_declared *serving,
+                     const cq_decl_query *q, const char *const *values,
+                     json_t **data, cq_freshness *fresh, char *err,
+                     size_t errcap)
+{
+    pool *pl = p->is_inline ? &e->events : &e->reads;
+    const char **mapped = NULL;
+    sqlite3_stmt *st = NULL;
+    int i, rc, ok;
+
+    if (serving != NULL && serving != p->d) {
+        const cq_decl_query *oq = cq_declared_find_query(serving, q->name);
+        mapped = oq ? map_values(q, values, oq, &ok) : NULL;
+        if (mapped == NULL) {
+            snprintf(err, errcap,
+                     oq == NULL || !ok
+                         ? "projection %s is being rebuilt to version %lld;"
+                           " until it is done its tables are those of version"
+                           " %lld, which cannot answer query %s"
+                         : "out of memory",
+                     p->d->name, (long long)p->d->version,
+                     (long long)serving->version, q->name);
+            return oq == NULL || !ok ? CQ_EBUSY : CQ_ENOMEM;
+        }
+        q = oq;
+        values = mapped;
+    }
+    i = pool_get(pl);
     rc = cq_exec_sql(pl->x[i], "BEGIN", err, errcap);
     if (rc != CQ_OK)
         goto done;
@@ -1673,6 +1804,37 @@ rollback : {
 }
 done:
     pool_put(pl, i);
+    free(mapped);
+    return rc;
+}
+
+int cq_engine_run_query(cq_engine *e, int projection, const cq_decl_query *q,
+                        const char *const *values, const char *stream_id,
+                        json_t **data, cq_freshness *fresh,
+                        int64_t *stream_version, char *err, size_t errcap)
+{
+    proj *p = e->projs[projection];
+    const cq_declared *serving, *now;
+    int rc;
+
+    memset(fresh, 0, sizeof *fresh);
+    *data = NULL;
+    pthread_mutex_lock(&e->mu);
+    serving = p->serving;
+    pthread_mutex_unlock(&e->mu);
+    rc = run_query(e, p, serving, q, values, data, fresh, err, errcap);
+    if (rc == CQ_EIO && serving != p->d) {
+        /* A rebuild to a new definition may have swapped its tables in
+         * between: then ask again, of them. Else the old tables do not
+         * answer the new query (their definition is unknown). */
+        pthread_mutex_lock(&e->mu);
+        now = p->serving;
+        pthread_mutex_unlock(&e->mu);
+        if (now != serving)
+            rc = run_query(e, p, now, q, values, data, fresh, err, errcap);
+        else
+            rc = CQ_EBUSY;
+    }
     if (rc != CQ_OK)
         return rc;
     pthread_mutex_lock(&e->mu);
@@ -1732,6 +1894,7 @@ int cq_engine_run_strong(cq_engine *e, int projection, const cq_decl_query *q,
     memset(&r, 0, sizeof r);
     r.c.e = e;
     r.c.p = p;
+    r.c.d = p->d;
     r.c.x = x;
     do {
         r.count = 0;
@@ -1793,8 +1956,41 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
         snprintf(out->error_event, sizeof out->error_event, "%s",
                  p->error_event);
     }
+    out->serving_version = p->serving ? p->serving->version : 0;
+    out->frozen = p->frozen;
+    out->rebuilding = p->rb.active;
+    if (p->rb.active) {
+        int64_t now = cq_now_ms(), took = now - p->rb.taken_ms;
+        int64_t replayed = p->rb.position - p->rb.resumed_from;
+        snprintf(out->rebuild.reason, sizeof out->rebuild.reason, "%s",
+                 p->rb.reason);
+        out->rebuild.started_ms = p->rb.started_ms;
+        out->rebuild.done = p->rb.position;
+        out->rebuild.total = e->head > p->rb.position ? e->head
+                                                      : p->rb.position;
+        out->rebuild.events_per_second =
+            took > 0 ? (double)replayed * 1000.0 / (double)took : 0;
+        out->rebuild.eta_seconds =
+            out->rebuild.events_per_second > 0
+                ? (double)(out->rebuild.total - out->rebuild.done) /
+                      out->rebuild.events_per_second
+                : -1;
+    }
+    if (p->last.outcome[0] != '\0') {
+        snprintf(out->last_rebuild.outcome, sizeof out->last_rebuild.outcome,
+                 "%s", p->last.outcome);
+        out->last_rebuild.started_ms = p->last.started_ms;
+        out->last_rebuild.finished_ms = p->last.finished_ms;
+        out->last_rebuild.events = p->last.events;
+        out->last_rebuild.version = p->last.version;
+        snprintf(out->last_rebuild.error, sizeof out->last_rebuild.error, "%s",
+                 p->last.error);
+    }
     pthread_mutex_unlock(&e->mu);
-    out->status = out->failed ? "failed" : out->paused ? "paused" : "running";
+    out->status = out->failed       ? "failed"
+                  : out->paused     ? "paused"
+                  : out->rebuilding ? "rebuilding"
+                                    : "running";
     if (out->head < out->position)
         out->head = out->position;
     out->lag_events = out->head - out->position;
@@ -1805,13 +2001,13 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
 int cq_engine_control(cq_engine *e, int projection, const char *op, char *err,
                       size_t errcap)
 {
-    static const char *const names[] = {"",      "pause", "resume",
-                                        "reset", "retry", "skip"};
+    static const char *const names[] = {"",      "pause", "resume", "reset",
+                                        "retry", "skip",  "rebuild"};
     proj *p = e->projs[projection];
     struct timespec ts;
     int code = OP_NONE, rc;
 
-    for (int i = OP_PAUSE; i <= OP_SKIP; i++)
+    for (int i = OP_PAUSE; i <= OP_REBUILD; i++)
         if (strcmp(op, names[i]) == 0)
             code = i;
     if (code == OP_NONE) {

@@ -133,6 +133,9 @@ int cq_engine_run_query(cq_engine *e, int projection, const cq_decl_query *q,
                         json_t **data, cq_freshness *fresh,
                         int64_t *stream_version, char *err, size_t errcap);
 
+/* (cq_engine_run_query answers CQ_EBUSY when a rebuild replaces the
+ * tables with a new definition and the old one cannot answer q.) */
+
 /* The same query answered from the event store: the one stream is
  * replayed through the projection's handlers into a private in-memory
  * database and the query runs there. fresh->position is the stream's last
@@ -148,13 +151,32 @@ typedef struct cq_projection_status {
     const char *name; /* borrowed from the engine */
     int64_t version;
     int is_inline;
-    const char *status; /* running, paused, failed */
+    const char *status; /* running, paused, failed, rebuilding */
     int paused, failed;
     int64_t position, head, lag_events;
     double lag_seconds;
     int64_t error_position; /* failed only */
     char error[512];
     char error_event[130];
+    int64_t serving_version; /* @version of the live tables: differs from
+                                version while a rebuild replaces them; 0
+                                when unknown */
+    int frozen;              /* the live tables are not being applied */
+    /* a blue/green rebuild in progress (rebuilding = 1) */
+    int rebuilding;
+    struct {
+        char reason[96];
+        int64_t started_ms;
+        int64_t done, total; /* events replayed; the head to reach */
+        double events_per_second;
+        double eta_seconds; /* -1 when not known yet */
+    } rebuild;
+    /* the last rebuild that ended (last_rebuild.outcome[0] != 0) */
+    struct {
+        char outcome[8]; /* done, failed */
+        int64_t started_ms, finished_ms, events, version;
+        char error[512];
+    } last_rebuild;
 } cq_projection_status;
 
 /* Number of projections; they are numbered 0..count-1. */
@@ -164,13 +186,15 @@ int cq_engine_count(cq_engine *e);
 int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out);
 
 /* Ask the projector thread to "pause", "resume", "reset" (drop the tables,
- * replay from 0), "retry" (a failed projection, from its failing event) or
- * "skip" (a failed projection: record the failing event in
- * cq_skipped_events and go on after it) an asynchronous projection, and
- * wait for it to be done. CQ_OK; CQ_EINVAL (unknown operation);
- * CQ_ECONFLICT (not applicable: inline projection, retry/skip of one that
- * has not failed); CQ_EIO; CQ_EBUSY/CQ_ECLOSED. A message goes to err.
- * Blocks the calling thread for as long as the operation takes. */
+ * replay from 0 in place), "retry" (a failed projection, from its failing
+ * event), "skip" (a failed projection: record the failing event in
+ * cq_skipped_events and go on after it) or "rebuild" (start a blue/green
+ * rebuild: it goes on in the background, see cq_projection_status) an
+ * asynchronous projection, and wait for it to be done. CQ_OK; CQ_EINVAL
+ * (unknown operation); CQ_ECONFLICT (not applicable: inline projection,
+ * retry/skip of one that has not failed, rebuild of one being rebuilt);
+ * CQ_EIO; CQ_EBUSY/CQ_ECLOSED. A message goes to err. Blocks the calling
+ * thread for as long as the operation takes. */
 int cq_engine_control(cq_engine *e, int projection, const char *op, char *err,
                       size_t errcap);
 

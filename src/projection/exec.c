@@ -23,6 +23,8 @@ typedef struct slot {
 
 struct cq_exec {
     sqlite3 *db;
+    const cq_rename *map; /* names rewritten in every SQL text; or NULL */
+    size_t nmap;
     slot *slots;
     size_t cap, count; /* cap is 0 or a power of two */
 };
@@ -43,6 +45,43 @@ void cq_exec_free(cq_exec *x)
         sqlite3_finalize(x->slots[i].st);
     free(x->slots);
     free(x);
+}
+
+cq_exec *cq_exec_new_renamed(sqlite3 *db, const cq_rename *map, size_t n)
+{
+    cq_exec *x = cq_exec_new(db);
+    if (x != NULL) {
+        x->map = map;
+        x->nmap = n;
+    }
+    return x;
+}
+
+/* sqlite3_prepare_v3 of sql as x runs it (renamed). */
+static int prepare_as(cq_exec *x, const char *sql, unsigned flags,
+                      sqlite3_stmt **ps)
+{
+    char *renamed = NULL;
+    int rc;
+
+    if (x->map != NULL && (renamed = cq_sql_rename(sql, x->map, x->nmap)) ==
+                              NULL)
+        return SQLITE_NOMEM;
+    rc = sqlite3_prepare_v3(x->db, renamed ? renamed : sql, -1, flags, ps,
+                            NULL);
+    free(renamed);
+    return rc;
+}
+
+int cq_exec_check(cq_exec *x, const char *sql, char *err, size_t errcap)
+{
+    sqlite3_stmt *ps = NULL;
+    int rc = prepare_as(x, sql, 0, &ps);
+
+    if (rc != SQLITE_OK)
+        snprintf(err, errcap, "%s", sqlite3_errmsg(x->db));
+    sqlite3_finalize(ps);
+    return rc == SQLITE_OK ? CQ_OK : CQ_EIO;
 }
 
 sqlite3 *cq_exec_db(cq_exec *x)
@@ -91,8 +130,7 @@ static sqlite3_stmt *prepared_key(cq_exec *x, const void *key, const char *sql,
         snprintf(err, errcap, "out of memory");
         return NULL;
     }
-    if (sqlite3_prepare_v3(x->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &ps,
-                           NULL) != SQLITE_OK) {
+    if (prepare_as(x, sql, SQLITE_PREPARE_PERSISTENT, &ps) != SQLITE_OK) {
         if (line > 0)
             snprintf(err, errcap, "statement at line %d: %s", line,
                      sqlite3_errmsg(x->db));
@@ -127,9 +165,17 @@ int cq_exec_prepare(cq_exec *x, const cq_decl_stmt *st, char *err,
 
 int cq_exec_sql(cq_exec *x, const char *sql, char *err, size_t errcap)
 {
-    char *msg = NULL;
+    char *msg = NULL, *renamed = NULL;
+    int rc;
 
-    if (sqlite3_exec(x->db, sql, NULL, NULL, &msg) == SQLITE_OK)
+    if (x->map != NULL && (renamed = cq_sql_rename(sql, x->map, x->nmap)) ==
+                              NULL) {
+        snprintf(err, errcap, "out of memory");
+        return CQ_ENOMEM;
+    }
+    rc = sqlite3_exec(x->db, renamed ? renamed : sql, NULL, NULL, &msg);
+    free(renamed);
+    if (rc == SQLITE_OK)
         return CQ_OK;
     snprintf(err, errcap, "%s", msg ? msg : sqlite3_errmsg(x->db));
     sqlite3_free(msg);

@@ -20,6 +20,7 @@
 
 #include "cqrs/projection.h"
 #include "projection/declared.h"
+#include "projection/rename.h"
 
 typedef struct cq_exec cq_exec;
 
@@ -27,7 +28,16 @@ typedef struct cq_exec cq_exec;
 cq_exec *cq_exec_new(sqlite3 *db);
 void cq_exec_free(cq_exec *x); /* finalizes its statements; accepts NULL */
 
+/* The same, but every SQL text it runs or prepares is first rewritten by
+ * cq_sql_rename with map[0..n) (borrowed; must outlive it): a rebuild's
+ * shadow tables are written with the projection's own statements. */
+cq_exec *cq_exec_new_renamed(sqlite3 *db, const cq_rename *map, size_t n);
+
 sqlite3 *cq_exec_db(cq_exec *x);
+
+/* Prepare sql as x would run it, only to see that it compiles (nothing is
+ * cached). CQ_OK, or CQ_EIO with SQLite's message. */
+int cq_exec_check(cq_exec *x, const char *sql, char *err, size_t errcap);
 
 /* Run one SQL text with no parameters (DDL, BEGIN, ...). CQ_OK or CQ_EIO
  * with a message in err. */

@@ -105,12 +105,13 @@ def run_workload(server, n_orders, threads=1, seed=1, customers=("c-a", "c-b")):
 
 def db_tables(path, only=None):
     """{table: sorted rows} for every table of the SQLite file at path
-    (except cq_projections and sqlite_*), or only those named."""
+    (except the engine's own cq_* tables and sqlite_*), or only those
+    named."""
     con = sqlite3.connect(path)
     try:
         names = [r[0] for r in con.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'"
-            " AND name NOT LIKE 'sqlite_%' AND name <> 'cq_projections'")]
+            " AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'cq_%'")]
         if only is not None:
             names = [n for n in names if n in only]
         out = {}

@@ -1,0 +1,657 @@
+/*
+ * rebuild.c -- blue/green rebuilds of asynchronous projections.
+ *
+ * A rebuild builds a projection's tables a second time, from position 0,
+ * under shadow names in read.db, while the live tables keep answering
+ * queries and following new events; once the shadow tables have caught up
+ * with the head, ONE transaction swaps them in:
+ *
+ *   1. begin: the projection's DDL runs through an executor that renames
+ *      (rename.h) every table T to T__cq_shadow and every index I to a name
+ *      no index has yet (I, or I__cqN: see shadow_map); a row in
+ *      cq_rebuilds records the shadow's checkpoint;
+ *   2. step (projector thread, after each round of live batches): up to
+ *      10 x batch events go into the shadow tables with the projection's
+ *      own handlers, and the shadow checkpoint moves in the same
+ *      transaction. A handler error gives the rebuild up (step 4);
+ *   3. swap, once the shadow has reached the head: in one transaction
+ *      every live table T becomes T__cq_old, every T__cq_shadow becomes T,
+ *      and the checkpoint takes the shadow's position and the new
+ *      definition; the rebuild is logged in cq_rebuild_log. The old tables
+ *      are dropped in a transaction of their own just after;
+ *   4. abort: the shadow tables are dropped and the failure is logged.
+ *
+ * Queries read the live tables until the swap commits and the new ones
+ * right after (each query reads its rows and checkpoint in one snapshot),
+ * so none sees partial tables. A crash loses nothing either: an unfinished
+ * rebuild of the same definition resumes from its checkpoint at start,
+ * any other is dropped, and old tables left between swap and drop are
+ * dropped at start.
+ *
+ *   | table          | holds                                            |
+ *   |----------------|--------------------------------------------------|
+ *   | cq_rebuilds    | the rebuild in progress per projection: the      |
+ *   |                | definition it builds, shadow index generation,   |
+ *   |                | position, reason, started_at                     |
+ *   | cq_rebuild_log | every rebuild that ended: started_at,            |
+ *   |                | finished_at, events, outcome, error              |
+ *
+ * Threads: everything here runs on the projector thread (or in
+ * cq_engine_start before it runs) on read.db's write connection; fields
+ * of proj.rb that other threads read are published under e->mu.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "projection/engine_int.h"
+
+#define SHADOW_SUFFIX "__cq_shadow"
+#define OLD_SUFFIX "__cq_old"
+
+static const char REBUILD_DDL[] =
+    "CREATE TABLE IF NOT EXISTS cq_rebuilds ("
+    " name TEXT PRIMARY KEY, version INTEGER NOT NULL,"
+    " source_hash TEXT NOT NULL, index_gen INTEGER NOT NULL,"
+    " position INTEGER NOT NULL, reason TEXT NOT NULL,"
+    " started_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS cq_rebuild_log ("
+    " name TEXT NOT NULL, version INTEGER NOT NULL,"
+    " started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL,"
+    " events INTEGER NOT NULL, outcome TEXT NOT NULL, reason TEXT,"
+    " error TEXT)";
+
+static const char SQL_RB_SAVE[] =
+    "UPDATE cq_rebuilds SET position = ?2, updated_at = ?3 WHERE name = ?1";
+
+/* Run sql (printf-style) on read.db's write connection, unrenamed. */
+static int exec_f(cq_engine *e, char *err, size_t errcap, const char *fmt,
+                  ...) __attribute__((format(printf, 4, 5)));
+
+static int exec_f(cq_engine *e, char *err, size_t errcap, const char *fmt, ...)
+{
+    char sql[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    va_end(ap);
+    return cq_exec_sql(e->rx, sql, err, errcap);
+}
+
+static void rollback(cq_engine *e)
+{
+    char ignore[64];
+    cq_exec_sql(e->rx, "ROLLBACK", ignore, sizeof ignore);
+}
+
+/* Is there a schema object called name (SQLite names are
+ * case-insensitive)? */
+static int object_exists(cq_engine *e, const char *name)
+{
+    sqlite3_stmt *st = NULL;
+    int found = 0;
+
+    if (sqlite3_prepare_v2(e->rdb,
+                           "SELECT 1 FROM sqlite_master WHERE name = ?1"
+                           " COLLATE NOCASE",
+                           -1, &st, NULL) != SQLITE_OK)
+        return 0;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    found = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return found;
+}
+
+int cq_rebuild_init(cq_engine *e, char *err, size_t errcap)
+{
+    sqlite3_stmt *st = NULL;
+    char **old = NULL;
+    size_t nold = 0;
+    int rc = cq_exec_sql(e->rx, REBUILD_DDL, err, errcap);
+
+    if (rc == CQ_OK)
+        rc = cq_eng_prepare(e->rdb, SQL_RB_SAVE, &e->r_rb_save, err, errcap);
+    if (rc != CQ_OK)
+        return rc;
+    /* old tables a crash left between a swap and their drop: nothing can
+     * use them any more */
+    if (sqlite3_prepare_v2(e->rdb,
+                           "SELECT name FROM sqlite_master WHERE type = 'table'"
+                           " AND name LIKE '%\\_\\_cq\\_old' ESCAPE '\\'",
+                           -1, &st, NULL) != SQLITE_OK)
+        return CQ_OK;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        char **v = realloc(old, (nold + 1) * sizeof *v);
+        if (v == NULL)
+            break;
+        old = v;
+        old[nold] = strdup((const char *)sqlite3_column_text(st, 0));
+        if (old[nold] != NULL)
+            nold++;
+    }
+    sqlite3_finalize(st);
+    for (size_t i = 0; i < nold; i++) {
+        if (rc == CQ_OK) {
+            rc = exec_f(e, err, errcap, "DROP TABLE IF EXISTS \"%s\"", old[i]);
+            fprintf(stderr, "cqrsd: dropped %s, left by an earlier swap\n",
+                    old[i]);
+        }
+        free(old[i]);
+    }
+    free(old);
+    return rc;
+}
+
+void cq_rebuild_free(proj *p)
+{
+    cq_exec_free(p->rb.x);
+    p->rb.x = NULL;
+    for (size_t i = 0; i < p->rb.nmap; i++) {
+        free((char *)p->rb.map[i].from);
+        free((char *)p->rb.map[i].to);
+    }
+    free(p->rb.map);
+    p->rb.map = NULL;
+    p->rb.nmap = p->rb.ntables = 0;
+}
+
+/* The name index `name` gets in generation gen: the declared name in
+ * generation 0, name__cqGEN after. */
+static void index_name(const char *name, int64_t gen, char *out, size_t cap)
+{
+    if (gen == 0)
+        snprintf(out, cap, "%s", name);
+    else
+        snprintf(out, cap, "%s__cq%lld", name, (long long)gen);
+}
+
+/* p->rb.map for generation gen: every table T of p->d to T__cq_shadow
+ * (first), every index to its generation-gen name. Shadow indexes cannot
+ * keep the declared names, which the live tables' indexes may hold; as
+ * SQLite cannot rename an index, a swapped-in table keeps its shadow index
+ * names, and the next rebuild takes the first generation (0, 1, 2, ...)
+ * whose names are all free. */
+static int shadow_map(proj *p, int64_t gen)
+{
+    char name[128], to[160];
+    size_t n = p->d->nddl;
+
+    cq_rebuild_free(p);
+    p->rb.map = calloc(n ? n : 1, sizeof *p->rb.map);
+    if (p->rb.map == NULL)
+        return CQ_ENOMEM;
+    for (int kind = 1; kind <= 2; kind++)
+        for (size_t i = 0; i < n; i++) {
+            cq_rename *r = &p->rb.map[p->rb.nmap];
+            if (cq_eng_created(p->d->ddl[i].sqlite_sql, name, sizeof name) !=
+                kind)
+                continue;
+            if (kind == 1)
+                snprintf(to, sizeof to, "%s" SHADOW_SUFFIX, name);
+            else
+                index_name(name, gen, to, sizeof to);
+            r->from = strdup(name);
+            r->to = strdup(to);
+            if (r->from == NULL || r->to == NULL) {
+                free((char *)r->from);
+                free((char *)r->to);
+                return CQ_ENOMEM;
+            }
+            p->rb.nmap++;
+            if (kind == 1)
+                p->rb.ntables++;
+        }
+    p->rb.gen = gen;
+    return CQ_OK;
+}
+
+/* The first index generation whose names are all free. */
+static int64_t free_generation(cq_engine *e, proj *p)
+{
+    char name[128], cand[160];
+
+    for (int64_t gen = 0;; gen++) {
+        int taken = 0;
+        for (size_t i = 0; i < p->d->nddl && !taken; i++) {
+            if (cq_eng_created(p->d->ddl[i].sqlite_sql, name, sizeof name) !=
+                2)
+                continue;
+            index_name(name, gen, cand, sizeof cand);
+            taken = object_exists(e, cand);
+        }
+        if (!taken)
+            return gen;
+    }
+}
+
+/* Drop p's shadow tables (and so their indexes) in the open transaction. */
+static int drop_shadow(cq_engine *e, proj *p, char *err, size_t errcap)
+{
+    char name[128];
+    int rc = CQ_OK;
+
+    for (size_t i = 0; rc == CQ_OK && i < p->d->nddl; i++)
+        if (cq_eng_created(p->d->ddl[i].sqlite_sql, name, sizeof name) == 1)
+            rc = exec_f(e, err, errcap,
+                        "DROP TABLE IF EXISTS \"%s" SHADOW_SUFFIX "\"", name);
+    return rc;
+}
+
+int cq_rebuild_load(cq_engine *e, proj *p, int *resumable, char *err,
+                    size_t errcap)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = CQ_OK;
+
+    *resumable = 0;
+    if (sqlite3_prepare_v2(e->rdb,
+                           "SELECT started_at, finished_at, events, version,"
+                           " outcome, error FROM cq_rebuild_log"
+                           " WHERE name = ?1 ORDER BY rowid DESC LIMIT 1",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            const char *o = (const char *)sqlite3_column_text(st, 4);
+            const char *m = (const char *)sqlite3_column_text(st, 5);
+            p->last.started_ms = sqlite3_column_int64(st, 0);
+            p->last.finished_ms = sqlite3_column_int64(st, 1);
+            p->last.events = sqlite3_column_int64(st, 2);
+            p->last.version = sqlite3_column_int64(st, 3);
+            snprintf(p->last.outcome, sizeof p->last.outcome, "%s",
+                     o ? o : "done");
+            snprintf(p->last.error, sizeof p->last.error, "%s", m ? m : "");
+        }
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(e->rdb,
+                           "SELECT version, source_hash, index_gen, position,"
+                           " reason, started_at FROM cq_rebuilds"
+                           " WHERE name = ?1",
+                           -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errcap, "%s", sqlite3_errmsg(e->rdb));
+        return CQ_EIO;
+    }
+    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        const char *hash = (const char *)sqlite3_column_text(st, 1);
+        const char *why = (const char *)sqlite3_column_text(st, 4);
+        if (sqlite3_column_int64(st, 0) == p->d->version && hash != NULL &&
+            strcmp(hash, p->d->source_hash) == 0) {
+            *resumable = 1;
+            p->rb.resume = 1;
+            p->rb.gen = sqlite3_column_int64(st, 2);
+            p->rb.position = sqlite3_column_int64(st, 3);
+            snprintf(p->rb.reason, sizeof p->rb.reason, "%s", why ? why : "");
+            p->rb.started_ms = sqlite3_column_int64(st, 5);
+        }
+    }
+    sqlite3_finalize(st);
+    if (*resumable)
+        return CQ_OK;
+    /* a rebuild of another definition, or none: drop what may be left */
+    rc = cq_exec_sql(e->rx, "BEGIN IMMEDIATE", err, errcap);
+    if (rc == CQ_OK)
+        rc = drop_shadow(e, p, err, errcap);
+    if (rc == CQ_OK)
+        rc = exec_f(e, err, errcap, "DELETE FROM cq_rebuilds WHERE name = '%s'",
+                    p->d->name);
+    if (rc == CQ_OK)
+        rc = cq_exec_sql(e->rx, "COMMIT", err, errcap);
+    if (rc != CQ_OK)
+        rollback(e);
+    return rc;
+}
+
+int cq_rebuild_begin(cq_engine *e, proj *p, const char *reason, char *err,
+                     size_t errcap)
+{
+    int64_t now = cq_now_ms(), position = 0, started = now;
+    int resume = p->rb.resume;
+    int rc;
+
+    p->rb.resume = 0;
+    if (resume) {
+        position = p->rb.position;
+        started = p->rb.started_ms;
+        rc = shadow_map(p, p->rb.gen);
+    } else {
+        rc = cq_exec_sql(e->rx, "BEGIN IMMEDIATE", err, errcap);
+        if (rc == CQ_OK)
+            rc = drop_shadow(e, p, err, errcap);
+        if (rc == CQ_OK)
+            rc = shadow_map(p, free_generation(e, p));
+    }
+    if (rc == CQ_OK) {
+        p->rb.x = cq_exec_new_renamed(e->rdb, p->rb.map, p->rb.nmap);
+        if (p->rb.x == NULL)
+            rc = CQ_ENOMEM;
+    }
+    if (rc == CQ_ENOMEM)
+        snprintf(err, errcap, "out of memory");
+    for (size_t i = 0; rc == CQ_OK && !resume && i < p->d->nddl; i++) {
+        char msg[384];
+        rc = cq_exec_sql(p->rb.x, p->d->ddl[i].sqlite_sql, msg, sizeof msg);
+        if (rc != CQ_OK)
+            snprintf(err, errcap, "%s:%d: shadow table: %s", p->source,
+                     p->d->ddl[i].line, msg);
+    }
+    if (rc == CQ_OK && !resume) {
+        sqlite3_stmt *st = NULL;
+        rc = cq_eng_prepare(e->rdb,
+                            "INSERT OR REPLACE INTO cq_rebuilds (name,"
+                            " version, source_hash, index_gen, position,"
+                            " reason, started_at, updated_at)"
+                            " VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?6)",
+                            &st, err, errcap);
+        if (rc == CQ_OK) {
+            sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 2, p->d->version);
+            sqlite3_bind_text(st, 3, p->d->source_hash, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 4, p->rb.gen);
+            sqlite3_bind_text(st, 5, reason, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 6, now);
+            rc = cq_eng_step_done(st);
+            if (rc != CQ_OK)
+                snprintf(err, errcap, "%s", sqlite3_errmsg(e->rdb));
+            sqlite3_finalize(st);
+        }
+        if (rc == CQ_OK)
+            rc = cq_exec_sql(e->rx, "COMMIT", err, errcap);
+    }
+    if (rc != CQ_OK) {
+        if (!resume)
+            rollback(e);
+        cq_rebuild_free(p);
+        return rc;
+    }
+    p->rb.resumed_from = position;
+    p->rb.taken_ms = now;
+    pthread_mutex_lock(&e->mu);
+    p->rb.active = 1;
+    p->rb.position = position;
+    p->rb.started_ms = started;
+    if (!resume)
+        snprintf(p->rb.reason, sizeof p->rb.reason, "%s", reason);
+    pthread_mutex_unlock(&e->mu);
+    fprintf(stderr,
+            "cqrsd: projection %s: rebuild %s (%s) at position %lld; "
+            "its live tables keep serving until the swap\n",
+            p->d->name, resume ? "resumed" : "started", p->rb.reason,
+            (long long)position);
+    return CQ_OK;
+}
+
+/* Log the end of p's rebuild in the open transaction; *rec gets the
+ * record, for the caller to publish once it commits. */
+static int log_end(cq_engine *e, proj *p, const char *outcome,
+                   const char *error, rebuild_record *rec, char *err,
+                   size_t errcap)
+{
+    sqlite3_stmt *st = NULL;
+    rebuild_record r;
+    int rc;
+
+    memset(&r, 0, sizeof r);
+    pthread_mutex_lock(&e->mu);
+    r.started_ms = p->rb.started_ms;
+    r.events = p->rb.position;
+    pthread_mutex_unlock(&e->mu);
+    r.finished_ms = cq_now_ms();
+    r.version = p->d->version;
+    snprintf(r.outcome, sizeof r.outcome, "%s", outcome);
+    snprintf(r.error, sizeof r.error, "%s", error ? error : "");
+    rc = cq_eng_prepare(e->rdb,
+                        "INSERT INTO cq_rebuild_log (name, version,"
+                        " started_at, finished_at, events, outcome, reason,"
+                        " error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        &st, err, errcap);
+    if (rc != CQ_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, r.version);
+    sqlite3_bind_int64(st, 3, r.started_ms);
+    sqlite3_bind_int64(st, 4, r.finished_ms);
+    sqlite3_bind_int64(st, 5, r.events);
+    sqlite3_bind_text(st, 6, outcome, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, p->rb.reason, -1, SQLITE_STATIC);
+    if (error != NULL)
+        sqlite3_bind_text(st, 8, error, -1, SQLITE_STATIC);
+    rc = cq_eng_step_done(st);
+    if (rc != CQ_OK)
+        snprintf(err, errcap, "%s", sqlite3_errmsg(e->rdb));
+    sqlite3_finalize(st);
+    if (rc == CQ_OK)
+        rc = exec_f(e, err, errcap, "DELETE FROM cq_rebuilds WHERE name = '%s'",
+                    p->d->name);
+    *rec = r;
+    return rc;
+}
+
+void cq_rebuild_abort(cq_engine *e, proj *p, const char *why)
+{
+    char err[256] = "";
+    rebuild_record rec;
+    int rc = cq_exec_sql(e->rx, "BEGIN IMMEDIATE", err, sizeof err);
+
+    if (rc == CQ_OK)
+        rc = drop_shadow(e, p, err, sizeof err);
+    if (rc == CQ_OK)
+        rc = log_end(e, p, "failed", why, &rec, err, sizeof err);
+    if (rc == CQ_OK)
+        rc = cq_exec_sql(e->rx, "COMMIT", err, sizeof err);
+    if (rc != CQ_OK) {
+        /* the shadow stays behind; dropped at the next start */
+        rollback(e);
+        fprintf(stderr, "cqrsd: projection %s: dropping the rebuild: %s\n",
+                p->d->name, err);
+    }
+    fprintf(stderr, "cqrsd: projection %s: rebuild given up: %s\n",
+            p->d->name, why);
+    cq_rebuild_free(p);
+    pthread_mutex_lock(&e->mu);
+    p->rb.active = 0;
+    if (rc == CQ_OK)
+        p->last = rec;
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* The tables of d that exist, renamed to their old names in the open
+ * transaction. */
+static int retire_tables(cq_engine *e, const cq_declared *d, char *err,
+                         size_t errcap)
+{
+    char name[128];
+    int rc = CQ_OK;
+
+    for (size_t i = 0; rc == CQ_OK && d != NULL && i < d->nddl; i++) {
+        if (cq_eng_created(d->ddl[i].sqlite_sql, name, sizeof name) != 1 ||
+            !object_exists(e, name))
+            continue;
+        rc = exec_f(e, err, errcap,
+                    "DROP TABLE IF EXISTS \"%s" OLD_SUFFIX "\";"
+                    " ALTER TABLE \"%s\" RENAME TO \"%s" OLD_SUFFIX "\"",
+                    name, name, name);
+    }
+    return rc;
+}
+
+/* Swap p's shadow tables in (see the top of the file). */
+static int swap(cq_engine *e, proj *p, char *err, size_t errcap)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t position, t0 = cq_now_ms(), replayed;
+    rebuild_record rec;
+    int paused, rc;
+
+    pthread_mutex_lock(&e->mu);
+    position = p->rb.position;
+    paused = p->paused;
+    pthread_mutex_unlock(&e->mu);
+    rc = cq_exec_sql(e->rx, "BEGIN IMMEDIATE", err, errcap);
+    if (rc != CQ_OK)
+        return rc;
+    rc = retire_tables(e, p->d, err, errcap);
+    if (rc == CQ_OK && p->prev != NULL)
+        rc = retire_tables(e, p->prev, err, errcap);
+    for (size_t i = 0; rc == CQ_OK && i < p->rb.ntables; i++)
+        rc = exec_f(e, err, errcap,
+                    "ALTER TABLE \"%s\" RENAME TO \"%s\"", p->rb.map[i].to,
+                    p->rb.map[i].from);
+    if (rc == CQ_OK)
+        rc = cq_eng_prepare(e->rdb,
+                            "UPDATE cq_projections SET version = ?2,"
+                            " source_hash = ?3, source = ?4, position = ?5,"
+                            " status = ?6, error = NULL, error_position = NULL,"
+                            " error_event = NULL, updated_at = ?7"
+                            " WHERE name = ?1",
+                            &st, err, errcap);
+    if (rc == CQ_OK) {
+        sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, p->d->version);
+        sqlite3_bind_text(st, 3, p->d->source_hash, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, p->text, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 5, position);
+        sqlite3_bind_text(st, 6, paused ? "paused" : "running", -1,
+                          SQLITE_STATIC);
+        sqlite3_bind_int64(st, 7, cq_now_ms());
+        rc = cq_eng_step_done(st);
+        if (rc != CQ_OK)
+            snprintf(err, errcap, "%s", sqlite3_errmsg(e->rdb));
+        sqlite3_finalize(st);
+    }
+    if (rc == CQ_OK)
+        rc = log_end(e, p, "done", NULL, &rec, err, errcap);
+    if (rc == CQ_OK)
+        rc = cq_exec_sql(e->rx, "COMMIT", err, errcap);
+    if (rc != CQ_OK) {
+        rollback(e);
+        return rc;
+    }
+    replayed = position - p->rb.resumed_from;
+    pthread_mutex_lock(&e->mu);
+    p->position = position;
+    p->failed = 0;
+    p->error[0] = p->error_event[0] = '\0';
+    p->serving = p->d;
+    p->frozen = 0;
+    p->rb.active = 0;
+    p->last = rec;
+    pthread_mutex_unlock(&e->mu);
+    cq_waiters_advance(e->waits, p->index, position);
+    cq_rebuild_free(p);
+    fprintf(stderr,
+            "cqrsd: projection %s: rebuild done: %lld events in %.1f s "
+            "(%.0f events/s), swapped in at position %lld\n",
+            p->d->name, (long long)replayed,
+            (double)(t0 - p->rb.taken_ms) / 1000.0,
+            t0 > p->rb.taken_ms ? (double)replayed * 1000.0 /
+                                      (double)(t0 - p->rb.taken_ms)
+                                : 0.0,
+            (long long)position);
+    /* the old tables, in a transaction of their own (a crash before it
+     * leaves them to cq_rebuild_init) */
+    rc = cq_exec_sql(e->rx, "BEGIN IMMEDIATE", err, errcap);
+    for (int pass = 0; pass < 2 && rc == CQ_OK; pass++) {
+        const cq_declared *d = pass == 0 ? p->d : p->prev;
+        char name[128];
+        for (size_t i = 0; rc == CQ_OK && d != NULL && i < d->nddl; i++)
+            if (cq_eng_created(d->ddl[i].sqlite_sql, name, sizeof name) == 1)
+                rc = exec_f(e, err, errcap,
+                            "DROP TABLE IF EXISTS \"%s" OLD_SUFFIX "\"", name);
+    }
+    if (rc == CQ_OK)
+        rc = cq_exec_sql(e->rx, "COMMIT", err, errcap);
+    if (rc != CQ_OK) {
+        rollback(e);
+        fprintf(stderr, "cqrsd: projection %s: dropping the old tables: %s\n",
+                p->d->name, err);
+    }
+    return CQ_OK;
+}
+
+int cq_rebuild_step(cq_engine *e, proj *p)
+{
+    int64_t head, from;
+    batch b;
+    apply_ctx c;
+    char err[256] = "";
+    int paused, status = 1;
+
+    pthread_mutex_lock(&e->mu);
+    head = e->head;
+    paused = p->paused;
+    from = p->rb.position + 1;
+    pthread_mutex_unlock(&e->mu);
+    if (paused)
+        return 0;
+    if (from <= head) {
+        memset(&b, 0, sizeof b);
+        b.cap = 10 * e->batch;
+        b.need_meta = p->needs_metadata;
+        if (cq_eng_batch_read(e, &b, from, err, sizeof err) != CQ_OK) {
+            fprintf(stderr, "cqrsd: rebuild of %s: reading events: %s\n",
+                    p->d->name, err);
+            cq_eng_batch_free(&b);
+            return -1;
+        }
+        memset(&c, 0, sizeof c);
+        c.e = e;
+        c.p = p;
+        c.d = p->d;
+        c.x = p->rb.x;
+        c.last = from - 1;
+        if (cq_exec_sql(e->rx, "BEGIN", err, sizeof err) != CQ_OK)
+            status = -1;
+        if (status > 0)
+            cq_eng_apply_events(&c, &b, from);
+        if (b.n == 0 && status > 0) {
+            /* the head said there was more: not yet readable */
+            cq_eng_batch_free(&b);
+            rollback(e);
+            return -1;
+        }
+        cq_eng_batch_free(&b);
+        if (status > 0 && c.failed) {
+            char why[700];
+            rollback(e);
+            snprintf(why, sizeof why, "%s at position %lld: %s",
+                     c.error_event, (long long)c.error_position, c.error);
+            cq_rebuild_abort(e, p, why);
+            return 1;
+        }
+        if (status > 0) {
+            sqlite3_bind_text(e->r_rb_save, 1, p->d->name, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(e->r_rb_save, 2, c.last);
+            sqlite3_bind_int64(e->r_rb_save, 3, cq_now_ms());
+            if (cq_eng_step_done(e->r_rb_save) != CQ_OK ||
+                cq_exec_sql(e->rx, "COMMIT", err, sizeof err) != CQ_OK)
+                status = -1;
+            sqlite3_clear_bindings(e->r_rb_save);
+        }
+        if (status < 0) {
+            if (err[0] == '\0')
+                snprintf(err, sizeof err, "%s", sqlite3_errmsg(e->rdb));
+            rollback(e);
+            fprintf(stderr, "cqrsd: rebuild of %s: batch from %lld: %s\n",
+                    p->d->name, (long long)from, err);
+            return -1;
+        }
+        pthread_mutex_lock(&e->mu);
+        p->rb.position = c.last;
+        pthread_mutex_unlock(&e->mu);
+        if (c.last < head)
+            return 1;
+    }
+    /* caught up with the head this round: the live tables are not ahead
+     * of it either, so the swap never moves a checkpoint back */
+    if (swap(e, p, err, sizeof err) != CQ_OK) {
+        fprintf(stderr, "cqrsd: rebuild of %s: swap: %s (tried again)\n",
+                p->d->name, err);
+        return -1;
+    }
+    return 1;
+}
