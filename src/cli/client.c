@@ -5,11 +5,35 @@
  *   cqrsd projections [--server HOST:PORT] list
  *   cqrsd projections [--server HOST:PORT] status NAME
  *   cqrsd projections [--server HOST:PORT] pause|resume|reset|retry|skip NAME
+ *   cqrsd projections [--server HOST:PORT] rebuild NAME [--no-wait]
  *
- * It speaks plain HTTP/1.1 over one TCP connection (Connection: close) to
- * the server's /projections routes and prints the answer as a table, so
- * scripts can rely on the exit code: 0 done, 1 the server refused (the
- * problem's detail is printed), 2 usage or connection errors.
+ * It speaks plain HTTP/1.1 over one TCP connection per request
+ * (Connection: close) to the server's /projections routes and prints the
+ * answer as a table, so scripts can rely on the exit code: 0 done, 1 the
+ * server refused (the problem's detail is printed) or the rebuild failed,
+ * 2 usage or connection errors.
+ *
+ * `rebuild` starts a blue/green rebuild (202) and then follows it:
+ *
+ *   1. POST /projections/NAME/rebuild; its answer's rebuild.started_at
+ *      names this rebuild (if the rebuild was so short that it ended before
+ *      the answer was made, rebuild is null and last_rebuild is this one);
+ *   2. every 200 ms GET /projections/NAME and show rebuild's progress: on a
+ *      terminal one line redrawn in place (\r, clear to end of line),
+ *      otherwise a line at most once a second, so logs stay readable;
+ *   3. it ended once last_rebuild.started_at is this rebuild's started_at
+ *      (an older last_rebuild is not mistaken for it): outcome "done" exits
+ *      0, "failed" prints the error and exits 1. If the rebuild is gone but
+ *      no record of it is (the server could not log it), that is exit 1
+ *      too; a server that goes away is exit 2 (the rebuild goes on, or
+ *      resumes at the server's next start, without us).
+ *
+ * Time stamps are compared as milliseconds, parsed from the RFC 3339 UTC
+ * text the server writes ("2026-11-23T16:31:35.876Z"). The server's answer
+ * is not trusted: a field of the wrong type prints as "?" and an unreadable
+ * time stamp ends the command with exit 2, never a crash.
+ *
+ * Single-threaded; no state outside the call.
  */
 #include "cli/cli.h"
 

@@ -797,6 +797,16 @@ class ChangedProjectionTest(ProjectionTestBase):
         srv.start()
         c = Client(srv)
         try:
+            # version 1's tables serve until the blue/green rebuild swaps
+            # version 2's in (test_rebuild.py looks at the time before)
+            deadline = time.monotonic() + 60
+            while True:
+                st, _, s = c.get("/projections/order_index")
+                self.assertEqual(st, 200, s)
+                if s["serving_version"] == 2 and s["rebuild"] is None:
+                    break
+                self.assertLess(time.monotonic(), deadline, s)
+                time.sleep(0.02)
             # one more order after the change
             oid = uid("o")
             st, _, b = c.command("PlaceOrder", {
