@@ -48,22 +48,19 @@ static json_t *status_json(cq_engine *e, int i)
             st.rebuild.eta_seconds >= 0 ? json_real(st.rebuild.eta_seconds)
                                         : json_null());
     if (st.last_rebuild.outcome[0] != '\0')
-        last = json_pack("{s:s,s:I,s:o,s:o,s:I,s:s?}", "outcome",
-                         st.last_rebuild.outcome, "version",
-                         (json_int_t)st.last_rebuild.version, "started_at",
-                         time_json(st.last_rebuild.started_ms), "finished_at",
-                         time_json(st.last_rebuild.finished_ms),
-                         "events_replayed", (json_int_t)st.last_rebuild.events,
-                         "error",
-                         st.last_rebuild.error[0] ? st.last_rebuild.error
-                                                  : NULL);
-    doc = json_pack("{s:s,s:I,s:s,s:s,s:I,s:I,s:I,s:f,s:o}", "name", st.name,
-                    "version", (json_int_t)st.version, "mode",
-                    st.is_inline ? "inline" : "async", "status", st.status,
-                    "position", (json_int_t)st.position, "head",
-                    (json_int_t)st.head, "lag_events",
-                    (json_int_t)st.lag_events, "lag_seconds", st.lag_seconds,
-                    "last_error", err);
+        last = json_pack(
+            "{s:s,s:I,s:o,s:o,s:I,s:s?}", "outcome", st.last_rebuild.outcome,
+            "version", (json_int_t)st.last_rebuild.version, "started_at",
+            time_json(st.last_rebuild.started_ms), "finished_at",
+            time_json(st.last_rebuild.finished_ms), "events_replayed",
+            (json_int_t)st.last_rebuild.events, "error",
+            st.last_rebuild.error[0] ? st.last_rebuild.error : NULL);
+    doc = json_pack(
+        "{s:s,s:I,s:s,s:s,s:I,s:I,s:I,s:f,s:o}", "name", st.name, "version",
+        (json_int_t)st.version, "mode", st.is_inline ? "inline" : "async",
+        "status", st.status, "position", (json_int_t)st.position, "head",
+        (json_int_t)st.head, "lag_events", (json_int_t)st.lag_events,
+        "lag_seconds", st.lag_seconds, "last_error", err);
     if (doc != NULL) {
         /* the tables being served: the previous definition's (0 when it
          * is not known) until a rebuild to a new one swaps */
@@ -109,8 +106,7 @@ enum MHD_Result cq_http_projections(request *q, const char *method)
     i = e ? cq_engine_projection(e, name) : -1;
     if (i < 0)
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
-                                    "there is no projection named '%s'",
-                                    name);
+                                    "there is no projection named '%s'", name);
     if (slash == NULL) {
         if (strcmp(method, MHD_HTTP_METHOD_GET) != 0) {
             const char *const hdr[][2] = {{MHD_HTTP_HEADER_ALLOW, "GET"}};
@@ -134,8 +130,8 @@ enum MHD_Result cq_http_projections(request *q, const char *method)
     switch (rc) {
     case CQ_OK:
         /* a rebuild goes on in the background: watch its status */
-        return cq_http_send_json(q->conn, strcmp(op, "rebuild") == 0 ? 202 : 200,
-                                 status_json(e, i));
+        return cq_http_send_json(
+            q->conn, strcmp(op, "rebuild") == 0 ? 202 : 200, status_json(e, i));
     case CQ_EINVAL:
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
                                     "%s; projections know pause, resume, "
@@ -144,8 +140,8 @@ enum MHD_Result cq_http_projections(request *q, const char *method)
     case CQ_ECONFLICT:
         return cq_http_send_problem(q->conn, 409, "conflict", NULL, "%s", err);
     default:
-        return cq_http_send_problem(q->conn, 503, "unavailable", NULL,
-                                    "%s: %s", op, err);
+        return cq_http_send_problem(q->conn, 503, "unavailable", NULL, "%s: %s",
+                                    op, err);
     }
 }
 
@@ -184,10 +180,9 @@ enum MHD_Result cq_http_readyz(request *q)
         }
     }
     ready = json_array_size(reasons) == 0;
-    doc = json_pack("{s:s,s:I,s:f,s:f,s:o}", "status",
-                    ready ? "ready" : "not_ready", "head_position",
-                    (json_int_t)head, "max_lag_seconds", max_lag,
-                    "lag_bound_seconds", q->srv->ready_max_lag_s, "reasons",
-                    reasons);
+    doc = json_pack(
+        "{s:s,s:I,s:f,s:f,s:o}", "status", ready ? "ready" : "not_ready",
+        "head_position", (json_int_t)head, "max_lag_seconds", max_lag,
+        "lag_bound_seconds", q->srv->ready_max_lag_s, "reasons", reasons);
     return cq_http_send_json(q->conn, ready ? 200 : 503, doc);
 }

@@ -877,8 +877,8 @@ static int add_event(void *arg, const cq_stored_event *se)
     ev = json_pack("{s:I,s:s,s:I,s:s,s:i,s:o,s:o,s:s}", "position",
                    (json_int_t)se->position, "stream_id", se->stream_id,
                    "version", (json_int_t)se->version, "type", se->type,
-                   "schema_version", sv, "data", data,
-                   "metadata", meta, "recorded_at", when);
+                   "schema_version", sv, "data", data, "metadata", meta,
+                   "recorded_at", when);
     if (ev == NULL || json_array_append_new(pg->events, ev) != 0) {
         pg->corrupt = 1; /* a stored string that is not UTF-8, or no memory */
         pg->corrupt_at = se->position;

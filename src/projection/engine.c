@@ -209,8 +209,6 @@ static void pool_put(pool *pl, int i)
 
 /* ---- applying events ----------------------------------------------------- */
 
-
-
 /* Decode se (data, and metadata if need_meta) into pe. `data`, if not
  * NULL, is se->data already parsed (borrowed). CQ_OK or CQ_ECORRUPT. */
 static int parse_event(const cq_domain *dom, const cq_stored_event *se,
@@ -329,7 +327,6 @@ static void mark_failed(cq_engine *e, proj *p, const apply_ctx *c)
     fprintf(stderr, "cqrsd: projection %s failed at position %lld (%s): %s\n",
             p->d->name, (long long)c->error_position, c->error_event, c->error);
 }
-
 
 static int batch_add(void *arg, const cq_stored_event *se)
 {
@@ -721,8 +718,8 @@ static void *projector_main(void *arg)
         /* then one step of each rebuild, so that live projections wait
          * for at most one rebuild batch */
         for (int i = 0; i < e->nprojs; i++) {
-            int r = e->projs[i]->rb.active ? cq_rebuild_step(e, e->projs[i])
-                                           : 0;
+            int r =
+                e->projs[i]->rb.active ? cq_rebuild_step(e, e->projs[i]) : 0;
             if (r < 0)
                 did = -1;
             else if (r > 0 && did == 0)
@@ -1206,8 +1203,7 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, int reset,
         fprintf(stderr,
                 "cqrsd: projection %s changed (%s); its tables keep serving%s "
                 "while a rebuild replays the new definition\n",
-                p->d->name, changed,
-                p->frozen ? " (without new events)" : "");
+                p->d->name, changed, p->frozen ? " (without new events)" : "");
         return CQ_OK;
     }
     if (found)
@@ -1966,8 +1962,8 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
                  p->rb.reason);
         out->rebuild.started_ms = p->rb.started_ms;
         out->rebuild.done = p->rb.position;
-        out->rebuild.total = e->head > p->rb.position ? e->head
-                                                      : p->rb.position;
+        out->rebuild.total =
+            e->head > p->rb.position ? e->head : p->rb.position;
         out->rebuild.events_per_second =
             took > 0 ? (double)replayed * 1000.0 / (double)took : 0;
         out->rebuild.eta_seconds =

@@ -17,15 +17,16 @@
  * projector thread, and swapped in when they have caught up. */
 typedef struct rebuild {
     /* projector thread only (and cq_engine_start before it runs) */
-    cq_exec *x;       /* on read.db, renaming live names to shadow ones */
-    cq_rename *map;   /* table -> table__cq_shadow, index -> its new name */
+    cq_exec *x;     /* on read.db, renaming live names to shadow ones */
+    cq_rename *map; /* table -> table__cq_shadow, index -> its new name */
     size_t nmap;
-    size_t ntables;   /* map[0..ntables) are the tables */
-    int64_t gen;          /* shadow index names: see rebuild.c */
-    int resume;           /* cq_rebuild_load found it unfinished */
+    size_t ntables; /* map[0..ntables) are the tables */
+    int64_t gen;    /* shadow index names: see rebuild.c */
+    int resume;     /* cq_rebuild_load found it unfinished */
+    /* written under e->mu (by the projector thread, which may read them
+     * without it); read by status under it */
     int64_t resumed_from; /* position when this process took it up */
     int64_t taken_ms;     /* when this process took it up */
-    /* guarded by e->mu */
     int active;
     int64_t position; /* the shadow tables' checkpoint */
     int64_t started_ms;
@@ -41,11 +42,11 @@ typedef struct rebuild_record {
 } rebuild_record;
 
 typedef struct proj {
-    cq_declared *d;   /* as declared: what a rebuild builds */
-    cq_declared *prev; /* the definition the live tables were built with,
-                          read back from cq_projections, when it differs
-                          from d (until a rebuild swaps); else NULL */
-    char *text;       /* d's source text (stored with the checkpoint) */
+    cq_declared *d;          /* as declared: what a rebuild builds */
+    cq_declared *prev;       /* the definition the live tables were built with,
+                                read back from cq_projections, when it differs
+                                from d (until a rebuild swaps); else NULL */
+    char *text;              /* d's source text (stored with the checkpoint) */
     char source[256];        /* file name, for messages */
     cq_projection_code code; /* code.apply set: events go to C, not @on */
     int index;
@@ -66,7 +67,7 @@ typedef struct proj {
     /* guarded by e->mu: what the live tables are */
     const cq_declared *serving; /* their definition (d or prev); NULL
                                    when it is unknown */
-    int frozen; /* not being applied: a rebuild replaces them */
+    int frozen;                 /* not being applied: a rebuild replaces them */
     rebuild rb;
     rebuild_record last;
 } proj;
@@ -124,7 +125,6 @@ struct cq_engine {
     pool events; /* events.db */
     cq_waiters *waits;
 };
-
 
 /* Applying events to one projection's tables through one executor. */
 typedef struct apply_ctx {

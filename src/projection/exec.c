@@ -64,11 +64,11 @@ static int prepare_as(cq_exec *x, const char *sql, unsigned flags,
     char *renamed = NULL;
     int rc;
 
-    if (x->map != NULL && (renamed = cq_sql_rename(sql, x->map, x->nmap)) ==
-                              NULL)
+    if (x->map != NULL &&
+        (renamed = cq_sql_rename(sql, x->map, x->nmap)) == NULL)
         return SQLITE_NOMEM;
-    rc = sqlite3_prepare_v3(x->db, renamed ? renamed : sql, -1, flags, ps,
-                            NULL);
+    rc =
+        sqlite3_prepare_v3(x->db, renamed ? renamed : sql, -1, flags, ps, NULL);
     free(renamed);
     return rc;
 }
@@ -168,8 +168,8 @@ int cq_exec_sql(cq_exec *x, const char *sql, char *err, size_t errcap)
     char *msg = NULL, *renamed = NULL;
     int rc;
 
-    if (x->map != NULL && (renamed = cq_sql_rename(sql, x->map, x->nmap)) ==
-                              NULL) {
+    if (x->map != NULL &&
+        (renamed = cq_sql_rename(sql, x->map, x->nmap)) == NULL) {
         snprintf(err, errcap, "out of memory");
         return CQ_ENOMEM;
     }

@@ -67,8 +67,8 @@ static const char SQL_RB_SAVE[] =
     "UPDATE cq_rebuilds SET position = ?2, updated_at = ?3 WHERE name = ?1";
 
 /* Run sql (printf-style) on read.db's write connection, unrenamed. */
-static int exec_f(cq_engine *e, char *err, size_t errcap, const char *fmt,
-                  ...) __attribute__((format(printf, 4, 5)));
+static int exec_f(cq_engine *e, char *err, size_t errcap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 static int exec_f(cq_engine *e, char *err, size_t errcap, const char *fmt, ...)
 {
@@ -216,8 +216,7 @@ static int64_t free_generation(cq_engine *e, proj *p)
     for (int64_t gen = 0;; gen++) {
         int taken = 0;
         for (size_t i = 0; i < p->d->nddl && !taken; i++) {
-            if (cq_eng_created(p->d->ddl[i].sqlite_sql, name, sizeof name) !=
-                2)
+            if (cq_eng_created(p->d->ddl[i].sqlite_sql, name, sizeof name) != 2)
                 continue;
             index_name(name, gen, cand, sizeof cand);
             taken = object_exists(e, cand);
@@ -368,9 +367,9 @@ int cq_rebuild_begin(cq_engine *e, proj *p, const char *reason, char *err,
         cq_rebuild_free(p);
         return rc;
     }
+    pthread_mutex_lock(&e->mu);
     p->rb.resumed_from = position;
     p->rb.taken_ms = now;
-    pthread_mutex_lock(&e->mu);
     p->rb.active = 1;
     p->rb.position = position;
     p->rb.started_ms = started;
@@ -449,8 +448,8 @@ void cq_rebuild_abort(cq_engine *e, proj *p, const char *why)
         fprintf(stderr, "cqrsd: projection %s: dropping the rebuild: %s\n",
                 p->d->name, err);
     }
-    fprintf(stderr, "cqrsd: projection %s: rebuild given up: %s\n",
-            p->d->name, why);
+    fprintf(stderr, "cqrsd: projection %s: rebuild given up: %s\n", p->d->name,
+            why);
     cq_rebuild_free(p);
     pthread_mutex_lock(&e->mu);
     p->rb.active = 0;
@@ -498,9 +497,8 @@ static int swap(cq_engine *e, proj *p, char *err, size_t errcap)
     if (rc == CQ_OK && p->prev != NULL)
         rc = retire_tables(e, p->prev, err, errcap);
     for (size_t i = 0; rc == CQ_OK && i < p->rb.ntables; i++)
-        rc = exec_f(e, err, errcap,
-                    "ALTER TABLE \"%s\" RENAME TO \"%s\"", p->rb.map[i].to,
-                    p->rb.map[i].from);
+        rc = exec_f(e, err, errcap, "ALTER TABLE \"%s\" RENAME TO \"%s\"",
+                    p->rb.map[i].to, p->rb.map[i].from);
     if (rc == CQ_OK)
         rc = cq_eng_prepare(e->rdb,
                             "UPDATE cq_projections SET version = ?2,"
@@ -548,9 +546,9 @@ static int swap(cq_engine *e, proj *p, char *err, size_t errcap)
             "(%.0f events/s), swapped in at position %lld\n",
             p->d->name, (long long)replayed,
             (double)(t0 - p->rb.taken_ms) / 1000.0,
-            t0 > p->rb.taken_ms ? (double)replayed * 1000.0 /
-                                      (double)(t0 - p->rb.taken_ms)
-                                : 0.0,
+            t0 > p->rb.taken_ms
+                ? (double)replayed * 1000.0 / (double)(t0 - p->rb.taken_ms)
+                : 0.0,
             (long long)position);
     /* the old tables, in a transaction of their own (a crash before it
      * leaves them to cq_rebuild_init) */
@@ -618,8 +616,8 @@ int cq_rebuild_step(cq_engine *e, proj *p)
         if (status > 0 && c.failed) {
             char why[700];
             rollback(e);
-            snprintf(why, sizeof why, "%s at position %lld: %s",
-                     c.error_event, (long long)c.error_position, c.error);
+            snprintf(why, sizeof why, "%s at position %lld: %s", c.error_event,
+                     (long long)c.error_position, c.error);
             cq_rebuild_abort(e, p, why);
             return 1;
         }
