@@ -40,14 +40,20 @@
 #include <errno.h>
 #include <jansson.h>
 #include <netdb.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "base/base.h"
+
 #define MAX_ANSWER (4 * 1024 * 1024)
+#define POLL_NS 200000000L        /* rebuild progress: 200 ms */
+#define LOG_LINE_NS 1000000000ULL /* not a terminal: 1 line/s */
 
 /* Send one request and read the whole answer. *status and *body (malloc'd,
  * NUL-terminated) on success; -1 with a message on stderr otherwise. */
@@ -85,7 +91,9 @@ static int http(const char *server, const char *method, const char *path,
              "%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n"
              "Connection: close\r\n\r\n",
              method, path, server);
-    if (write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
+    /* send(), not write(): a server that has just gone away is an error
+     * message, not a SIGPIPE that ends us without one */
+    if (send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t)strlen(req)) {
         fprintf(stderr, "cqrsd: %s: %s\n", server, strerror(errno));
         goto fail;
     }
@@ -134,6 +142,42 @@ fail:
     return -1;
 }
 
+/* One request whose answer is JSON. 0 with *doc (new reference) on a 2xx
+ * answer; 1 when the server refused (its problem's detail is printed); 2
+ * when it cannot be reached or does not answer JSON. */
+static int request(const char *server, const char *method, const char *path,
+                   json_t **doc)
+{
+    const char *detail;
+    char *body = NULL;
+    int status = 0;
+
+    *doc = NULL;
+    if (http(server, method, path, &status, &body) != 0)
+        return 2;
+    *doc = json_loads(body, 0, NULL);
+    free(body);
+    if (*doc == NULL) {
+        fprintf(stderr, "cqrsd: the server's answer (%d) is not JSON\n",
+                status);
+        return 2;
+    }
+    if (status >= 200 && status < 300)
+        return 0;
+    detail = json_string_value(json_object_get(*doc, "detail"));
+    fprintf(stderr, "cqrsd: %s\n", detail ? detail : "refused");
+    json_decref(*doc);
+    *doc = NULL;
+    return 1;
+}
+
+/* o[key] as text, "?" when it is missing or not a string (borrowed). */
+static const char *text_of(const json_t *o, const char *key)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+    return s ? s : "?";
+}
+
 static void print_header(void)
 {
     printf("%-24s %-7s %-8s %12s %12s %10s  %s\n", "PROJECTION", "MODE",
@@ -146,17 +190,232 @@ static void print_status(const json_t *st)
     char last[400] = "-";
 
     if (json_is_object(err))
-        snprintf(last, sizeof last, "at %lld (%s): %s",
-                 (long long)json_integer_value(json_object_get(err, "position")),
-                 json_string_value(json_object_get(err, "event_type")),
-                 json_string_value(json_object_get(err, "message")));
-    printf("%-24s %-7s %-8s %12lld %12lld %10.1f  %s\n",
-           json_string_value(json_object_get(st, "name")),
-           json_string_value(json_object_get(st, "mode")),
-           json_string_value(json_object_get(st, "status")),
+        snprintf(
+            last, sizeof last, "at %lld (%s): %s",
+            (long long)json_integer_value(json_object_get(err, "position")),
+            text_of(err, "event_type"), text_of(err, "message"));
+    printf("%-24s %-7s %-8s %12lld %12lld %10.1f  %s\n", text_of(st, "name"),
+           text_of(st, "mode"), text_of(st, "status"),
            (long long)json_integer_value(json_object_get(st, "position")),
            (long long)json_integer_value(json_object_get(st, "lag_events")),
            json_number_value(json_object_get(st, "lag_seconds")), last);
+}
+
+/* n decimal digits at s into *out; -1 if one is not a digit. */
+static int digits(const char *s, int n, int *out)
+{
+    int v = 0;
+
+    for (int k = 0; k < n; k++) {
+        if (s[k] < '0' || s[k] > '9')
+            return -1;
+        v = v * 10 + (s[k] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar
+ * (H. Hinnant's days_from_civil: whole 400-year eras, then the day of the
+ * era counted from March so that the leap day comes last). */
+static int64_t days_from_civil(int64_t y, int m, int d)
+{
+    int64_t era, yoe, doy, doe;
+
+    y -= m <= 2;
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = y - era * 400;
+    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/* RFC 3339 UTC time, "YYYY-MM-DDTHH:MM:SS[.fraction]Z" as the server writes
+ * it, to milliseconds since the epoch (the fraction is cut to ms). 0, or
+ * -1 when s is NULL or anything else. */
+static int parse_time_ms(const char *s, int64_t *ms)
+{
+    int y, mo, d, h, mi, sec, milli = 0, k;
+
+    if (s == NULL || strlen(s) < 20 || digits(s, 4, &y) || s[4] != '-' ||
+        digits(s + 5, 2, &mo) || s[7] != '-' || digits(s + 8, 2, &d) ||
+        (s[10] != 'T' && s[10] != 't') || digits(s + 11, 2, &h) ||
+        s[13] != ':' || digits(s + 14, 2, &mi) || s[16] != ':' ||
+        digits(s + 17, 2, &sec))
+        return -1;
+    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+        return -1;
+    s += 19;
+    if (*s == '.') {
+        for (k = 0, s++; *s >= '0' && *s <= '9'; k++, s++)
+            if (k < 3)
+                milli = milli * 10 + (*s - '0');
+        if (k == 0)
+            return -1;
+        for (; k < 3; k++)
+            milli *= 10;
+    }
+    if ((*s != 'Z' && *s != 'z') || s[1] != '\0')
+        return -1;
+    *ms = ((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60000 +
+          (int64_t)sec * 1000 + milli;
+    return 0;
+}
+
+/* o[key] as milliseconds since the epoch: 0, or -1 when it is not an
+ * RFC 3339 UTC time stamp (o may be NULL or not an object). */
+static int time_of(const json_t *o, const char *key, int64_t *ms)
+{
+    return parse_time_ms(json_string_value(json_object_get(o, key)), ms);
+}
+
+/* How rebuild progress is shown: redrawn in place on a terminal, else a
+ * line at most once per LOG_LINE_NS. */
+typedef struct meter {
+    int tty;
+    int shown;         /* a progress line is on stdout */
+    uint64_t shown_ns; /* when the last one was printed (not a tty) */
+} meter;
+
+static void meter_show(meter *m, const char *name, const json_t *rb)
+{
+    long long done = (long long)json_integer_value(
+                  json_object_get(rb, "events_done")),
+              total = (long long)json_integer_value(
+                  json_object_get(rb, "events_total"));
+    const json_t *eta = json_object_get(rb, "eta_seconds");
+    char line[256], when[32] = "unknown";
+    uint64_t now = cq_mono_ns();
+    /* in double: the figures come from the network and may be anything */
+    int pct = done <= 0 ? 0
+              : total > 0 && done < total
+                  ? (int)(100.0 * (double)done / (double)total)
+                  : 100;
+
+    if (json_is_number(eta))
+        snprintf(when, sizeof when, "%.1f s", json_number_value(eta));
+    snprintf(line, sizeof line,
+             "rebuilding %s: %lld/%lld events (%d%%), %.0f events/s, ETA %s",
+             name, done, total, pct,
+             json_number_value(json_object_get(rb, "events_per_second")), when);
+    if (m->tty) {
+        printf("\r%s\033[K", line);
+    } else {
+        if (m->shown && now - m->shown_ns < LOG_LINE_NS)
+            return;
+        printf("%s\n", line);
+        m->shown_ns = now;
+    }
+    m->shown = 1;
+    fflush(stdout);
+}
+
+/* Before a message of our own: end a progress line left open on a tty. */
+static void meter_end(meter *m)
+{
+    if (m->tty && m->shown)
+        putchar('\n');
+    m->shown = 0;
+    fflush(stdout);
+}
+
+/* The outcome of the rebuild that started at `started`, from its
+ * last_rebuild record; the exit code. */
+static int report(meter *m, const char *name, int64_t started,
+                  const json_t *last)
+{
+    const char *outcome = text_of(last, "outcome");
+    int64_t finished;
+
+    if (strcmp(outcome, "done") == 0) {
+        if (time_of(last, "finished_at", &finished) != 0)
+            finished = started;
+        if (m->tty)
+            printf("\r\033[K");
+        printf("rebuilt %s: %lld events in %.1f s\n", name,
+               (long long)json_integer_value(
+                   json_object_get(last, "events_replayed")),
+               (double)(finished - started) / 1000.0);
+        fflush(stdout);
+        return 0;
+    }
+    meter_end(m);
+    fprintf(stderr, "cqrsd: the rebuild of %s %s: %s\n", name,
+            strcmp(outcome, "failed") == 0 ? "failed" : outcome,
+            json_is_string(json_object_get(last, "error"))
+                ? text_of(last, "error")
+                : "no reason given");
+    return 1;
+}
+
+/* `rebuild NAME [--no-wait]`: see the file comment. */
+static int rebuild(const char *server, const char *name, int no_wait)
+{
+    meter m = {isatty(STDOUT_FILENO), 0, 0};
+    struct timespec pause = {0, POLL_NS};
+    char path[256];
+    json_t *doc = NULL;
+    const json_t *ours;
+    int64_t started, t;
+    int rc;
+
+    snprintf(path, sizeof path, "/projections/%s/rebuild", name);
+    rc = request(server, "POST", path, &doc);
+    if (rc != 0)
+        return rc;
+    if (no_wait) {
+        print_header();
+        print_status(doc);
+        rc = 0;
+        goto out;
+    }
+    /* which rebuild is ours: the one the answer shows running or, if it
+     * ended before the answer was made, the one it shows ended */
+    ours = json_object_get(doc, "rebuild");
+    if (!json_is_object(ours))
+        ours = json_object_get(doc, "last_rebuild");
+    if (time_of(ours, "started_at", &started) != 0) {
+        fprintf(stderr, "cqrsd: the server's answer shows no rebuild\n");
+        rc = 2;
+        goto out;
+    }
+    snprintf(path, sizeof path, "/projections/%s", name);
+    for (;;) {
+        const json_t *rb = json_object_get(doc, "rebuild"),
+                     *last = json_object_get(doc, "last_rebuild");
+        int running = json_is_object(rb) &&
+                      time_of(rb, "started_at", &t) == 0 && t == started;
+
+        if (!running && time_of(last, "started_at", &t) == 0 && t == started) {
+            rc = report(&m, name, started, last);
+            goto out;
+        }
+        if (!running) {
+            meter_end(&m);
+            fprintf(stderr,
+                    "cqrsd: the rebuild of %s ended, but the server keeps "
+                    "no outcome for it (see its log)\n",
+                    name);
+            rc = 1;
+            goto out;
+        }
+        meter_show(&m, name, rb);
+        nanosleep(&pause, NULL);
+        json_decref(doc);
+        rc = request(server, "GET", path, &doc);
+        if (rc != 0) {
+            meter_end(&m);
+            fprintf(stderr,
+                    "cqrsd: stopped following the rebuild of %s (the "
+                    "server goes on with it): see `cqrsd projections "
+                    "status %s`\n",
+                    name, name);
+            goto out;
+        }
+    }
+out:
+    json_decref(doc);
+    return rc;
 }
 
 static void usage(FILE *f)
@@ -165,16 +424,20 @@ static void usage(FILE *f)
           "       cqrsd projections [--server HOST:PORT] status NAME\n"
           "       cqrsd projections [--server HOST:PORT] "
           "pause|resume|reset|retry|skip NAME\n"
-          "  --server HOST:PORT   the running server (default 127.0.0.1:8080)\n",
+          "       cqrsd projections [--server HOST:PORT] "
+          "rebuild NAME [--no-wait]\n"
+          "  --server HOST:PORT   the running server (default 127.0.0.1:8080)\n"
+          "  --no-wait            start the rebuild and return; otherwise\n"
+          "                       follow it to its end (exit 1 if it fails)\n",
           f);
 }
 
 int cq_cli_projections(int argc, char **argv)
 {
     const char *server = "127.0.0.1:8080", *cmd, *name = NULL;
-    char path[256], *body = NULL;
+    char path[256];
     json_t *doc;
-    int i = 2, status = 0, rc;
+    int i = 2, no_wait = 0, rc;
 
     if (argc > 3 && strcmp(argv[2], "--server") == 0) {
         server = argv[3];
@@ -185,12 +448,22 @@ int cq_cli_projections(int argc, char **argv)
         return 2;
     }
     cmd = argv[i++];
+    if (strcmp(cmd, "rebuild") == 0 && i < argc &&
+        strcmp(argv[i], "--no-wait") == 0) {
+        no_wait = 1;
+        i++;
+    }
     if (strcmp(cmd, "list") != 0) {
         if (i >= argc || strlen(argv[i]) > 64) {
             usage(stderr);
             return 2;
         }
         name = argv[i++];
+    }
+    if (strcmp(cmd, "rebuild") == 0 && !no_wait && i < argc &&
+        strcmp(argv[i], "--no-wait") == 0) {
+        no_wait = 1;
+        i++;
     }
     if (i != argc) {
         usage(stderr);
@@ -200,10 +473,11 @@ int cq_cli_projections(int argc, char **argv)
         for (const char *c = name; *c; c++)
             if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
                   *c == '_')) {
-                fprintf(stderr, "cqrsd: '%s' is not a projection name\n",
-                        name);
+                fprintf(stderr, "cqrsd: '%s' is not a projection name\n", name);
                 return 2;
             }
+    if (strcmp(cmd, "rebuild") == 0)
+        return rebuild(server, name, no_wait);
     if (strcmp(cmd, "list") == 0)
         snprintf(path, sizeof path, "/projections");
     else if (strcmp(cmd, "status") == 0)
@@ -216,24 +490,10 @@ int cq_cli_projections(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (http(server, strcmp(cmd, "list") && strcmp(cmd, "status") ? "POST"
-                                                                    : "GET",
-             path, &status, &body) != 0)
-        return 2;
-    doc = json_loads(body, 0, NULL);
-    free(body);
-    if (doc == NULL) {
-        fprintf(stderr, "cqrsd: the server's answer (%d) is not JSON\n",
-                status);
-        return 2;
-    }
-    if (status != 200) {
-        fprintf(stderr, "cqrsd: %s\n",
-                json_string_value(json_object_get(doc, "detail"))
-                    ? json_string_value(json_object_get(doc, "detail"))
-                    : "refused");
-        rc = 1;
-    } else {
+    rc = request(server,
+                 strcmp(cmd, "list") && strcmp(cmd, "status") ? "POST" : "GET",
+                 path, &doc);
+    if (rc == 0) {
         const json_t *list = json_object_get(doc, "projections");
         size_t k;
         json_t *st;
@@ -243,8 +503,7 @@ int cq_cli_projections(int argc, char **argv)
                 print_status(st);
         else
             print_status(doc);
-        rc = 0;
+        json_decref(doc);
     }
-    json_decref(doc);
     return rc;
 }

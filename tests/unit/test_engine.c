@@ -104,11 +104,16 @@ static void start(fixture *f)
 
 static void stop(fixture *f)
 {
+    if (f->writer == NULL)
+        return; /* stopped by the test already */
     cq_writer_stop(f->writer);
     cq_engine_stop(f->engine);
     cq_writer_free(f->writer);
     cq_engine_free(f->engine);
     cq_store_close(f->store);
+    f->writer = NULL;
+    f->engine = NULL;
+    f->store = NULL;
 }
 
 static int setup(void **state)
@@ -247,6 +252,97 @@ static void test_async_inline_and_strong(void **state)
     a = query(f, "event_count", "o-1", 0, &fr);
     assert_int_equal(json_integer_value(json_object_get(a, "events")), 3);
     json_decref(a);
+}
+
+/* Wait (bounded) until no rebuild of projection p runs; its status. */
+static cq_projection_status rebuilt(fixture *f, int p)
+{
+    cq_projection_status st;
+
+    for (int i = 0; i < 5000; i++) {
+        struct timespec ts = {0, 1000000};
+        cq_engine_status(f->engine, p, &st);
+        if (!st.rebuilding)
+            return st;
+        nanosleep(&ts, NULL);
+    }
+    fail_msg("the rebuild did not end");
+    return st;
+}
+
+/* A C projection is rebuilt blue/green too: its cq_sql_exec statements
+ * write the shadow tables through the renaming executor, and the swap
+ * leaves the same rows, at the head, with the rebuild recorded. */
+static void test_rebuild_code_projection(void **state)
+{
+    fixture *f = *state;
+    int counts = cq_engine_projection(f->engine, "event_counts");
+    cq_projection_status st;
+    cq_freshness fr;
+    char err[256];
+    json_t *before, *after;
+
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-1")), 202);
+    assert_int_equal(command(f, "RecordPayment",
+                             "{\"order_id\":\"o-1\","
+                             "\"payment_id\":\"p\",\"amount_cents\":100}"),
+                     202);
+    catch_up(f, "event_counts");
+    before = query(f, "event_count", "o-1", 0, &fr);
+    assert_int_equal(json_integer_value(json_object_get(before, "events")), 2);
+
+    assert_int_equal(
+        cq_engine_control(f->engine, counts, "rebuild", err, sizeof err),
+        CQ_OK);
+    /* a command during the rebuild reaches the new tables too */
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-2")), 202);
+    st = rebuilt(f, counts);
+    assert_string_equal(st.last_rebuild.outcome, "done");
+    assert_true(st.last_rebuild.events >= 2);
+    catch_up(f, "event_counts");
+    after = query(f, "event_count", "o-1", 0, &fr);
+    assert_true(json_equal(before, after));
+    assert_int_equal(fr.position, 3);
+    json_decref(after);
+    after = query(f, "event_count", "o-2", 0, &fr);
+    assert_int_equal(json_integer_value(json_object_get(after, "events")), 1);
+    json_decref(after);
+    json_decref(before);
+
+    /* the shadow and old tables are gone; a second rebuild works too */
+    stop(f);
+    {
+        char path[300];
+        sqlite3 *db;
+        sqlite3_stmt *q;
+        snprintf(path, sizeof path, "%s/read.db", f->dir);
+        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(db,
+                                            "SELECT count(*) FROM sqlite_master"
+                                            " WHERE name GLOB '*__cq_*'",
+                                            -1, &q, NULL),
+                         SQLITE_OK);
+        assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+        assert_int_equal(sqlite3_column_int(q, 0), 0);
+        sqlite3_finalize(q);
+        sqlite3_close(db);
+    }
+    start(f);
+    counts = cq_engine_projection(f->engine, "event_counts");
+    cq_engine_status(f->engine, counts, &st);
+    assert_string_equal(st.last_rebuild.outcome, "done"); /* kept */
+    assert_int_equal(
+        cq_engine_control(f->engine, counts, "rebuild", err, sizeof err),
+        CQ_OK);
+    st = rebuilt(f, counts);
+    assert_string_equal(st.last_rebuild.outcome, "done");
+    assert_int_equal(st.position, 3);
+    /* an inline projection is not rebuilt blue/green */
+    assert_int_equal(
+        cq_engine_control(
+            f->engine, cq_engine_projection(f->engine, "payment_confirmation"),
+            "rebuild", err, sizeof err),
+        CQ_ECONFLICT);
 }
 
 /* A failing handler stops its own projection only. */
@@ -388,6 +484,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failure_is_isolated, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_wait, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rebuild_code_projection, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_applied_twice, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
