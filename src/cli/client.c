@@ -359,6 +359,8 @@ static int rebuild(const char *server, const char *name, int no_wait)
     int64_t started, t;
     int rc;
 
+    if (name == NULL)
+        return 2;
     snprintf(path, sizeof path, "/projections/%s/rebuild", name);
     rc = request(server, "POST", path, &doc);
     if (rc != 0)
