@@ -14,15 +14,20 @@
  *     to explore: ./fuzz_declared tests/fuzz/corpus/declared
  * Beyond the sanitizers it checks the parser's own promises with abort():
  * an error message is "LINE: ..." in valid UTF-8, a success has none.
+ * The same bytes also go through the shadow-table renamer (rename.h),
+ * which must give the text back unchanged (but for the case of the names)
+ * when every name maps to itself.
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "base/base.h"
 #include "cqrs/cqrs.h"
 #include "projection/declared.h"
+#include "projection/rename.h"
 
 static json_t *sample_data;
 
@@ -85,6 +90,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             "\"items\":[{\"sku\":\"A\",\"quantity\":2},3,\"s\"],"
             "\"o\":{\"a\":[[1,2],{\"b\":\"c\"}]}}",
             0, NULL);
+    {
+        static const cq_rename same[] = {{"order_summaries", "order_summaries"},
+                                         {"t", "t"}};
+        static const cq_rename other[] = {{"order_summaries", "o__cq_shadow"},
+                                          {"t", "t__cq1"}};
+        char *text = malloc(size + 1), *a, *b;
+        if (text == NULL)
+            return 0;
+        memcpy(text, data, size);
+        text[size] = '\0';
+        a = cq_sql_rename(text, same, 2);
+        b = cq_sql_rename(text, other, 2);
+        if (a == NULL || b == NULL || strcasecmp(a, text) != 0)
+            abort();
+        free(a);
+        free(b);
+        free(text);
+    }
     rc = cq_declared_parse((const char *)data, size, &d, err, sizeof err);
     if (rc == CQ_OK) {
         if (d == NULL || err[0] != '\0')
