@@ -18,6 +18,10 @@
 #      reference); bench_fill_events (bench/fill_events.c) writes 1M events
 #      straight into a new events.db; cqrsd starts on it and bench_catchup
 #      (bench/catchup.c) times order_summaries up to the last position;
+#   7b. blue/green rebuild, on that server once caught up: bench_rebuild
+#      (bench/rebuild.c) POSTs /projections/order_summaries/rebuild, polls
+#      GET /projections/order_summaries until it has swapped in, and queries
+#      an order all along (every answer must be 200); then the server stops;
 #   8. prints a summary table.
 #
 # Everything is bounded in time; temp dirs and the server go away on exit
@@ -45,7 +49,9 @@
 #   BENCH_RTT=5000             GET /healthz round trips (the floor)
 #   BENCH_CATCHUP_ORDERS=250000  orders of 4 events in the catch-up store
 #   BENCH_CATCHUP_TIMEOUT=300  seconds for the server to start and catch up
-#   BENCH_STEPS="write window catchup"  which parts to run
+#   BENCH_REBUILD_TIMEOUT=300  seconds for the rebuild to finish
+#   BENCH_STEPS="write window catchup rebuild"  which parts to run (rebuild
+#                              needs catchup: it rebuilds over its store)
 #   BENCH_STRICT=0             1: exit 1 when a target is missed
 set -u
 
@@ -71,7 +77,8 @@ WIN_SECONDS=${BENCH_WINDOW_SECONDS:-20}
 RTT_N=${BENCH_RTT:-5000}
 CU_ORDERS=${BENCH_CATCHUP_ORDERS:-250000}
 CU_TIMEOUT=${BENCH_CATCHUP_TIMEOUT:-300}
-STEPS=${BENCH_STEPS:-write window catchup}
+RB_TIMEOUT=${BENCH_REBUILD_TIMEOUT:-300}
+STEPS=${BENCH_STEPS:-write window catchup rebuild}
 TARGET_WINDOW_P99_US=1000   # consistency window p99 <= 1 ms on loopback
 TARGET_CATCHUP_PCT=70       # catch-up >= 70 % of raw SQLite
 
@@ -91,7 +98,8 @@ for v in DUR:BENCH_SECONDS WARMUP:BENCH_WARMUP CONNS:BENCH_CONNECTIONS \
          START_TIMEOUT:BENCH_START_TIMEOUT STOP_TIMEOUT:BENCH_STOP_TIMEOUT \
          WIN_WORKERS:BENCH_WINDOW_WORKERS WIN_COMMANDS:BENCH_WINDOW_COMMANDS \
          WIN_SECONDS:BENCH_WINDOW_SECONDS RTT_N:BENCH_RTT \
-         CU_ORDERS:BENCH_CATCHUP_ORDERS CU_TIMEOUT:BENCH_CATCHUP_TIMEOUT; do
+         CU_ORDERS:BENCH_CATCHUP_ORDERS CU_TIMEOUT:BENCH_CATCHUP_TIMEOUT \
+         RB_TIMEOUT:BENCH_REBUILD_TIMEOUT; do
     eval "val=\$${v%%:*}"
     case $val in '' | *[!0-9]*) die "${v#*:} must be a whole number, got '$val'" ;; esac
 done
@@ -100,14 +108,18 @@ if [ "$THREADS" -lt 1 ] || [ "$CONNS" -lt "$THREADS" ]; then
     die "need BENCH_CONNECTIONS >= BENCH_THREADS >= 1"
 fi
 if [ "$WIN_WORKERS" -lt 1 ] || [ "$WIN_COMMANDS" -lt 1 ] ||
-   [ "$WIN_SECONDS" -lt 1 ] || [ "$CU_ORDERS" -lt 1 ] || [ "$CU_TIMEOUT" -lt 1 ]; then
-    die "BENCH_WINDOW_* and BENCH_CATCHUP_* must be at least 1"
+   [ "$WIN_SECONDS" -lt 1 ] || [ "$CU_ORDERS" -lt 1 ] || [ "$CU_TIMEOUT" -lt 1 ] ||
+   [ "$RB_TIMEOUT" -lt 1 ]; then
+    die "BENCH_WINDOW_*, BENCH_CATCHUP_* and BENCH_REBUILD_TIMEOUT must be at least 1"
 fi
 for st in $STEPS; do
-    case $st in write | window | catchup) ;;
-        *) die "BENCH_STEPS: unknown step '$st' (write, window, catchup)" ;; esac
+    case $st in write | window | catchup | rebuild) ;;
+        *) die "BENCH_STEPS: unknown step '$st' (write, window, catchup, rebuild)" ;; esac
 done
 step() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
+if step rebuild && ! step catchup; then
+    die "BENCH_STEPS: rebuild needs catchup (it rebuilds over the catch-up's store)"
+fi
 
 # --- tools ----------------------------------------------------------------
 if step write; then
@@ -330,7 +342,7 @@ run_wrk() {
 }
 
 for f in healthz healthz-warm placeorder placeorder-warm window window1 catchup \
-         upsert upsert-both fill; do
+         upsert upsert-both fill rebuild; do
     : >"$TMP/$f.out"
 done
 probe_ok=0 w_ok=0 head_pos=
@@ -435,6 +447,8 @@ if step catchup; then
     UPS=$(tool bench_raw_upsert raw_upsert.c sqlite3)
     FILL=$(tool bench_fill_events fill_events.c sqlite3)
     CU=$(tool bench_catchup catchup.c none)
+    RB=
+    step rebuild && RB=$(tool bench_rebuild rebuild.c pthread)
     cu_events=$((CU_ORDERS * 4))
     say "-- raw SQLite reference: order_summaries.sql's statements on the values" \
         "of the same $cu_events events, WAL + synchronous=NORMAL, 1000 per transaction (as the engine when catching up)"
@@ -470,7 +484,9 @@ if step catchup; then
             CU_PORT=$(free_port)
             URL=http://127.0.0.1:$CU_PORT
             SERVER_LOG=$TMP/server-catchup.log
-            start_server "$TMP/catchup" "$CU_PORT" $((CU_TIMEOUT + STOP_TIMEOUT + 60))
+            budget=$((CU_TIMEOUT + STOP_TIMEOUT + 60))
+            step rebuild && budget=$((budget + RB_TIMEOUT + 90))
+            start_server "$TMP/catchup" "$CU_PORT" "$budget"
             say "-- catch-up: bench_catchup until order_summaries has applied position" \
                 "$last_pos (GET /queries/order_summary?order_id=$last_order&min_position=$last_pos)"
             bounded $((CU_TIMEOUT + 30)) "$CU" --port "$CU_PORT" \
@@ -481,7 +497,30 @@ if step catchup; then
             cat "$TMP/catchup.out"
             [ $rc -eq 0 ] || { warn "bench_catchup failed (exit $rc)"; STATUS=1; }
             say
-            if server_up "the catch-up"; then
+            # --- 7b. blue/green rebuild, on the caught-up server ----------
+            if ! step rebuild; then
+                :
+            elif [ $rc -ne 0 ]; then
+                warn "rebuild: skipped, the catch-up did not finish"; STATUS=1
+            elif [ -z "$RB" ]; then
+                warn "could not build bench_rebuild"; STATUS=1
+            elif server_up "the catch-up"; then
+                say "-- blue/green rebuild: POST /projections/order_summaries/rebuild on the" \
+                    "same $cu_events events, GET /projections/order_summaries until swapped in;" \
+                    "GET /queries/order_summary?order_id=$last_order all along (1000 before" \
+                    "as the reference, then one every ms)"
+                bounded $((RB_TIMEOUT + 60)) "$RB" --port "$CU_PORT" \
+                    --projection order_summaries --order-id "$last_order" \
+                    --timeout "$RB_TIMEOUT" --baseline 1000 --gap-us 1000 \
+                    --pid "$SERVER_PID" >"$TMP/rebuild.out" 2>&1
+                rb_rc=$?
+                cat "$TMP/rebuild.out"
+                [ $rb_rc -eq 0 ] || { warn "bench_rebuild failed (exit $rb_rc)"; STATUS=1; }
+                rb_log=$(grep 'rebuild done' "$SERVER_LOG" | tail -n 1)
+                [ -n "$rb_log" ] && say "   server log: $rb_log"
+                say
+            fi
+            if server_up "the catch-up${RB:+ and the rebuild}"; then
                 stop_server
             else
                 STATUS=1
@@ -533,6 +572,21 @@ k_rate=$(field catchup os_events_per_sec "$TMP/catchup.out")
 k_all=$(field catchup all_events_per_sec "$TMP/catchup.out")
 k_sd=$(field catchup sd_s "$TMP/catchup.out")
 k_last=$(field catchup last_ok "$TMP/catchup.out")
+# rebuild
+b_rate=$(field rebuild events_per_sec "$TMP/rebuild.out")
+b_events=$(field rebuild events "$TMP/rebuild.out")
+b_secs=$(field rebuild seconds "$TMP/rebuild.out")
+b_wall=$(field rebuild wall_s "$TMP/rebuild.out")
+b_q=$(field rebuild_queries queries "$TMP/rebuild.out")
+b_non200=$(field rebuild_queries non200 "$TMP/rebuild.out")
+b_wrong=$(field rebuild_queries wrong "$TMP/rebuild.out")
+b_io=$(field rebuild_queries io_fail "$TMP/rebuild.out")
+b_back=$(field rebuild_queries back "$TMP/rebuild.out")
+b_p50=$(field rebuild_queries p50_us "$TMP/rebuild.out")
+b_p99=$(field rebuild_queries p99_us "$TMP/rebuild.out")
+b_max=$(field rebuild_queries max_us "$TMP/rebuild.out")
+b_bp50=$(field rebuild_queries base_p50_us "$TMP/rebuild.out")
+b_bp99=$(field rebuild_queries base_p99_us "$TMP/rebuild.out")
 
 pct() { calc 'if (b > 0) printf "%.1f %%", 100 * a / b; else print "n/a"' "$@"; }
 pct_h=$(pct "$c_rps" "$h_rps")
@@ -549,6 +603,12 @@ k_pct=$(pct "$k_rate" "$u_rate")
 k_met=$(calc "if (b <= 0) print \"n/a\"; else if (100 * a / b >= $TARGET_CATCHUP_PCT) print \"met\"; else print \"NOT MET\"" "$k_rate" "$u_rate")
 # both async projections: each event is applied twice, by each projection
 kb_pct=$(calc 'if (b > 0) printf "%.1f %%", 100 * (a / 2) / b; else print "n/a"' "$k_all" "$ub_rate")
+b_pct_k=$(pct "$b_rate" "$k_rate")
+b_pct_u=$(pct "$b_rate" "$u_rate")
+b_bad=$(calc 'printf "%d", a + b + c' "$b_non200" "$b_wrong" "$b_io")
+if [ -z "$b_q" ]; then b_all200="n/a"
+elif [ "$b_bad" = 0 ] && [ "${b_back:-1}" = 0 ]; then b_all200="met"
+else b_all200="NOT MET"; fi
 num() { calc 'printf "%.0f", a' "${1:-}"; }
 us() { calc 'printf "%.0f us", a' "${1:-}"; }
 sec() { calc 'printf "%.1f s", a' "${1:-}"; }
@@ -611,6 +671,21 @@ printf '  %-38s %14s   %s\n' "fill $(num "$f_events") events / server start" "$(
     "/ $(sec "$k_up") (opening the store, inline catch-up of payment_confirmation)"
 say
 fi
+if step rebuild; then
+printf '  %-38s %14s   %s\n' "rebuild: order_summaries" "$(num "$b_rate") ev/s" \
+    "($(num "$b_events") events in $(calc 'printf "%.2f s", a' "$b_secs"), server clock; $(calc 'printf "%.2f s", a' "$b_wall") POST -> seen)"
+printf '  %-38s %14s   %s\n' "rebuild as % of catch-up" "$b_pct_k" \
+    "(order_summaries catch-up above, $(num "$k_rate") ev/s)"
+printf '  %-38s %14s   %s\n' "rebuild as % of raw SQLite" "$b_pct_u" \
+    "(order_summaries.sql, 1000/transaction as the rebuild; reference, no target)"
+qline() { printf '  %-38s %9s %9s %9s\n' "$@"; }
+qline "GET /queries/order_summary" "p50" "p99" "max"
+qline "  during the rebuild ($(num "$b_q"))" "$(us "$b_p50")" "$(us "$b_p99")" "$(us "$b_max")"
+qline "  before it (reference)" "$(us "$b_bp50")" "$(us "$b_bp99")" ""
+printf '  %-38s %14s   target every answer 200 with the order: %s\n' \
+    "answers not 200/right during rebuild" "$b_bad" "$b_all200"
+say
+fi
 say "========================================================================="
 if [ -n "$c_bad" ] && [ "$c_bad" != 0 ]; then
     say "!!! $c_bad PlaceOrder answers were not 202 (see 'answers by status' above)"
@@ -633,6 +708,11 @@ fi
 if [ -n "$k_last" ] && [ "$k_last" != 1 ]; then
     say "!!! catch-up: the last order's summary is not shipped and paid"
 fi
+if [ "$b_all200" = "NOT MET" ]; then
+    say "!!! rebuild: ${b_non200:-?} queries not 200, ${b_wrong:-?} without the order" \
+        "shipped and paid, ${b_io:-?} connection errors, ${b_back:-?} going back" \
+        "(the first ones are printed above)"
+fi
 
 if step write; then
     [ -n "$h_rps" ] && [ -n "$c_rps" ] && [ -n "$r_rps" ] || STATUS=1
@@ -643,8 +723,11 @@ fi
 if step catchup; then
     [ -n "$k_rate" ] && [ -n "$u_rate" ] || STATUS=1
 fi
+if step rebuild; then
+    [ -n "$b_rate" ] && [ -n "$b_q" ] || STATUS=1
+fi
 if [ "$STRICT" = 1 ]; then
-    for m in "$met" "$all202" "$w_met" "$w_allfresh" "$k_met"; do
+    for m in "$met" "$all202" "$w_met" "$w_allfresh" "$k_met" "$b_all200"; do
         case $m in "NOT MET") STATUS=1 ;; esac
     done
 fi
