@@ -5,7 +5,8 @@
  *               [--idempotency-ttl SECONDS] [--body-limit BYTES]
  *   cqrsd verify [--data DIR] [--projections DIR]
  *   cqrsd projections [--server HOST:PORT] list | status NAME |
- *                     pause | resume | reset | retry | skip NAME
+ *                     pause | resume | reset | retry | skip NAME |
+ *                     rebuild NAME [--no-wait]
  *   cqrsd version | help
  *
  * `serve` opens the event store, starts the writer thread and the HTTP
