@@ -41,38 +41,9 @@
 
 static pid_t server_pid; /* 0: not watched */
 
-/* The watched process has exited. It is run.sh's child, not ours, so it
- * stays a zombie until run.sh reaps it: look at its state in /proc too. */
-static int server_gone(void)
-{
-    char path[64], buf[512];
-    if (server_pid <= 0)
-        return 0;
-    if (kill(server_pid, 0) != 0)
-        return 1;
-    snprintf(path, sizeof path, "/proc/%ld/stat", (long)server_pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    return p != NULL && (p[2] == 'Z' || p[2] == 'X');
-}
-
 static double secs_since(int64_t t0)
 {
     return (double)(mh_now_ns() - t0) / 1e9;
-}
-
-/* GET path on c; 0 with r filled, -1 on a connection failure. */
-static int get(mh_conn *c, const char *path, mh_resp *r, int timeout_ms)
-{
-    char req[1024];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\n\r\n",
-                     path, c->host, c->port);
-    return mh_request(c, req, (size_t)n, r, timeout_ms);
 }
 
 /* Wait until GET path answers 200, not stale, meta.position >= target.
@@ -84,9 +55,9 @@ static int wait_fresh(mh_conn *c, const char *name, const char *path,
 {
     mh_resp r;
     double last_print = secs_since(t0);
-    while (mh_now_ns() < deadline && !server_gone()) {
+    while (mh_now_ns() < deadline && !mh_pid_gone(server_pid)) {
         int64_t a = mh_now_ns();
-        int rc = get(c, path, &r, 5000);
+        int rc = mh_get(c, path, &r, 5000);
         if (rc == 0 && r.status == 200 && strstr(r.body, "\"stale\":false") &&
             mh_json_int(r.body, "position") >= target) {
             *out = r;
@@ -103,7 +74,7 @@ static int wait_fresh(mh_conn *c, const char *name, const char *path,
         if (secs_since(t0) - last_print >= 1.0 && probe) {
             last_print = secs_since(t0);
             long long pos = -1;
-            if (get(c, probe, &r, 5000) == 0 && r.status == 200)
+            if (mh_get(c, probe, &r, 5000) == 0 && r.status == 200)
                 pos = mh_json_int(r.body, "position");
             printf("  %6.1f s  %s at position %lld\n", last_print, name, pos);
             fflush(stdout);
@@ -166,8 +137,8 @@ int main(int argc, char **argv)
     c.port = port;
     c.fd = -1;
     int up = 0;
-    while (mh_now_ns() < deadline && !server_gone()) {
-        if (get(&c, "/healthz", &r, 1000) == 0 && r.status == 200) {
+    while (mh_now_ns() < deadline && !mh_pid_gone(server_pid)) {
+        if (mh_get(&c, "/healthz", &r, 1000) == 0 && r.status == 200) {
             up = 1;
             break;
         }
@@ -177,7 +148,8 @@ int main(int argc, char **argv)
     }
     if (!up) {
         fprintf(stderr, "bench_catchup: no 200 from /healthz within %.0f s%s\n",
-                timeout_s, server_gone() ? " (the server has exited)" : "");
+                timeout_s,
+                mh_pid_gone(server_pid) ? " (the server has exited)" : "");
         return 1;
     }
     const int64_t t_up = mh_now_ns();
@@ -194,12 +166,13 @@ int main(int argc, char **argv)
              order, target);
     snprintf(probe, sizeof probe,
              "/queries/order_summary?order_id=%s&wait_ms=0", probe_order);
-    if (wait_fresh(&c, "order_summaries", path, probe, target, t0,
-                   deadline, &r) != 0) {
-        fprintf(stderr, "bench_catchup: order_summaries did not reach "
-                        "position %lld within %.0f s%s\n",
+    if (wait_fresh(&c, "order_summaries", path, probe, target, t0, deadline,
+                   &r) != 0) {
+        fprintf(stderr,
+                "bench_catchup: order_summaries did not reach "
+                "position %lld within %.0f s%s\n",
                 target, timeout_s,
-                server_gone() ? " (the server has exited)" : "");
+                mh_pid_gone(server_pid) ? " (the server has exited)" : "");
         return 1;
     }
     const int64_t t_os = mh_now_ns();
@@ -215,14 +188,13 @@ int main(int argc, char **argv)
 
     /* 3. sales_dashboard */
     snprintf(path, sizeof path,
-             "/queries/sales_dashboard?min_position=%lld&wait_ms=1000",
-             target);
-    int sd = wait_fresh(&c, "sales_dashboard", path, NULL, target, t0,
-                        deadline, &r) == 0;
+             "/queries/sales_dashboard?min_position=%lld&wait_ms=1000", target);
+    int sd = wait_fresh(&c, "sales_dashboard", path, NULL, target, t0, deadline,
+                        &r) == 0;
     const int64_t t_sd = mh_now_ns();
     if (sd)
-        printf("  %6.1f s  sales_dashboard at position %lld\n",
-               secs_since(t0), target);
+        printf("  %6.1f s  sales_dashboard at position %lld\n", secs_since(t0),
+               target);
     else
         printf("!!! sales_dashboard did not reach position %lld in time\n",
                target);

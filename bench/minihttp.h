@@ -13,6 +13,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,15 +29,15 @@ typedef struct mh_conn {
     int fd;
     const char *host;
     int port;
-    size_t len;             /* bytes in buf */
+    size_t len; /* bytes in buf */
     char buf[MH_BUF + 1];
 } mh_conn;
 
 typedef struct mh_resp {
     int status;
-    const char *body;       /* NUL-terminated, inside the connection's buf */
+    const char *body; /* NUL-terminated, inside the connection's buf */
     size_t body_len;
-    const char *head;       /* status line and headers */
+    const char *head; /* status line and headers */
 } mh_resp;
 
 static inline int64_t mh_now_ns(void)
@@ -169,6 +170,37 @@ static inline int mh_request(mh_conn *c, const char *req, size_t len,
 fail:
     mh_close(c);
     return -1;
+}
+
+/* GET path on c; 0 with r filled, or -1 (see mh_request). */
+static inline int mh_get(mh_conn *c, const char *path, mh_resp *r,
+                         int timeout_ms)
+{
+    char req[1024];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\n\r\n",
+                     path, c->host, c->port);
+    return mh_request(c, req, (size_t)n, r, timeout_ms);
+}
+
+/* Has process pid (0: none watched) exited? It is run.sh's child, not
+ * ours, so it stays a zombie until run.sh reaps it: its state in /proc
+ * counts too. */
+static inline int mh_pid_gone(pid_t pid)
+{
+    char path[64], buf[512];
+    if (pid <= 0)
+        return 0;
+    if (kill(pid, 0) != 0)
+        return 1;
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    return p != NULL && (p[2] == 'Z' || p[2] == 'X');
 }
 
 /* The integer after "key": in s (first occurrence), or -1. */

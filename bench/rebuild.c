@@ -76,26 +76,6 @@ static atomic_int phase = PH_BASE;
 static atomic_long base_done; /* baseline answers so far */
 static pid_t server_pid;      /* 0: not watched */
 
-/* The watched process has exited (see bench/catchup.c: it is run.sh's
- * child, so it may linger as a zombie). */
-static int server_gone(void)
-{
-    char path[64], buf[512];
-    if (server_pid <= 0)
-        return 0;
-    if (kill(server_pid, 0) != 0)
-        return 1;
-    snprintf(path, sizeof path, "/proc/%ld/stat", (long)server_pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *p = strrchr(buf, ')');
-    return p != NULL && (p[2] == 'Z' || p[2] == 'X');
-}
-
 static void sleep_us(long us)
 {
     struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
@@ -115,14 +95,6 @@ static int samples_add(samples *s, int64_t v)
     }
     s->ns[s->n++] = v;
     return 0;
-}
-
-static int get(mh_conn *c, const char *path, mh_resp *r, int timeout_ms)
-{
-    char req[1024];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\n\r\n",
-                     path, c->host, c->port);
-    return mh_request(c, req, (size_t)n, r, timeout_ms);
 }
 
 static void show(querier *q, const char *what, int status, const char *body)
@@ -150,7 +122,7 @@ static void *querier_main(void *arg)
     q->last_position = -1;
     while ((ph = atomic_load(&phase)) != PH_STOP) {
         int64_t a = mh_now_ns();
-        if (get(&c, path, &r, QUERY_TIMEOUT_MS) != 0) {
+        if (mh_get(&c, path, &r, QUERY_TIMEOUT_MS) != 0) {
             if (ph == PH_DURING) {
                 q->io_fail++;
                 show(q, "connection failed or timed out", 0, NULL);
@@ -362,7 +334,7 @@ int main(int argc, char **argv)
 
     /* 1. the projection, idle */
     snprintf(path, sizeof path, "/projections/%s", name);
-    if (get(&c, path, &r, 5000) != 0 || r.status != 200) {
+    if (mh_get(&c, path, &r, 5000) != 0 || r.status != 200) {
         fprintf(stderr, "bench_rebuild: GET %s: %s%.300s\n", path,
                 r.status ? "" : "no answer", r.status ? r.body : "");
         goto done;
@@ -383,7 +355,7 @@ int main(int argc, char **argv)
     }
     started_thread = 1;
     while (atomic_load(&base_done) < baseline && mh_now_ns() < deadline &&
-           !server_gone())
+           !mh_pid_gone(server_pid))
         sleep_us(10000);
 
     /* 3. start it */
@@ -415,9 +387,9 @@ int main(int argc, char **argv)
     /* 4. until it is over */
     int over = 0;
     int64_t last_print = mh_now_ns();
-    while (!over && mh_now_ns() < deadline && !server_gone()) {
+    while (!over && mh_now_ns() < deadline && !mh_pid_gone(server_pid)) {
         sleep_us(50000);
-        if (get(&c, path, &r, 5000) != 0 || r.status != 200)
+        if (mh_get(&c, path, &r, 5000) != 0 || r.status != 200)
             continue;
         if (section(r.body, "rebuild", rb, sizeof rb)) {
             if (mh_now_ns() - last_print >= 1000000000) {
@@ -446,7 +418,8 @@ int main(int argc, char **argv)
         fprintf(stderr,
                 "bench_rebuild: the rebuild did not end within "
                 "%.0f s%s\n",
-                timeout_s, server_gone() ? " (the server has exited)" : "");
+                timeout_s,
+                mh_pid_gone(server_pid) ? " (the server has exited)" : "");
         goto report_queries;
     }
 

@@ -32,7 +32,9 @@
  * batch and its checkpoint together, and it is applied again after
  * restart. Handlers are written to be idempotent as well
  * (docs/declared-sql.md), so a batch applied twice changes nothing.
- * read.db's WAL is checkpointed by its own thread.
+ * read.db's WAL is checkpointed by its own thread. After each round the
+ * projector also advances every blue/green rebuild by one batch
+ * (rebuild.c).
  *
  * Inline projections run on the writer thread inside the command's
  * savepoint (hook apply_inline), under a nested SAVEPOINT inl so that a
@@ -508,9 +510,8 @@ done:
     return status;
 }
 
-static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, int reset,
-                              char *changed, size_t changedcap, char *err,
-                              size_t errcap);
+static int prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
+                              size_t changedcap, char *err, size_t errcap);
 
 /* Carry out p->control on the projector thread and publish the result. */
 static void run_control(cq_engine *e, proj *p)
@@ -610,7 +611,7 @@ static void run_control(cq_engine *e, proj *p)
     case OP_RESET:
         if (p->rb.active)
             cq_rebuild_abort(e, p, "the projection was reset");
-        rc = prepare_projection(e, p, e->rx, 1, NULL, 0, err, sizeof err);
+        rc = prepare_projection(p, e->rx, 1, NULL, 0, err, sizeof err);
         if (rc == CQ_OK) {
             position = 0;
             failed = 0;
@@ -1116,9 +1117,8 @@ static cq_declared *previous_definition(const proj *p, const char *text)
  * the caller starts; an inline one (whose tables commit with the events,
  * before the server serves) is dropped and replayed in place, as is any
  * projection on `reset`. */
-static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, int reset,
-                              char *changed, size_t changedcap, char *err,
-                              size_t errcap)
+static int prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
+                              size_t changedcap, char *err, size_t errcap)
 {
     sqlite3 *db = cq_exec_db(x);
     sqlite3_stmt *st = NULL;
@@ -1126,7 +1126,6 @@ static int prepare_projection(cq_engine *e, proj *p, cq_exec *x, int reset,
     int64_t version = 0;
     char *text = NULL;
 
-    (void)e;
     if (changed != NULL && changedcap > 0)
         changed[0] = '\0';
     if (reset) {
@@ -1395,8 +1394,7 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         cq_exec *x = p->is_inline ? e->ix : e->rx;
         char changed[96];
         int resumable = 0;
-        rc = prepare_projection(e, p, x, 0, changed, sizeof changed, err,
-                                errcap);
+        rc = prepare_projection(p, x, 0, changed, sizeof changed, err, errcap);
         if (rc == CQ_OK && !p->is_inline)
             rc = cq_rebuild_load(e, p, &resumable, err, errcap);
         if (rc == CQ_OK && (changed[0] != '\0' || resumable))

@@ -76,11 +76,12 @@ int cq_engine_add_code(cq_engine *e, const char *text, size_t len,
 /* Add a parsed declared projection (taken over, even on failure). */
 int cq_engine_add(cq_engine *e, cq_declared *d, char *err, size_t errcap);
 
-/* Create tables and checkpoints (a projection whose version or source
- * changed is dropped and replayed from position 0), bring inline
- * projections up to the store's head, start the projector and the wait
- * timer. Call before the writer starts: it uses the store's write
- * connection. */
+/* Create tables and checkpoints (an asynchronous projection whose version
+ * or source changed starts a blue/green rebuild, its old tables serving
+ * meanwhile; an inline one is dropped and replayed from position 0),
+ * bring inline projections up to the store's head, start the projector
+ * and the wait timer. Call before the writer starts: it uses the store's
+ * write connection. */
 int cq_engine_start(cq_engine *e, char *err, size_t errcap);
 
 /* Hooks for cq_writer_config.hooks. */

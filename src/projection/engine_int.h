@@ -166,8 +166,9 @@ int cq_eng_step_done(sqlite3_stmt *st);
 int cq_eng_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err,
                    size_t errcap);
 
-/* Read up to b->cap events after `from` - 1 into b (b->se, b->pe, b->prc
- * allocated by the caller); CQ_OK or an error with a message. */
+/* Read up to b->cap events from position `from` on into b, decoded for
+ * handlers (b's arrays are allocated here; cq_eng_batch_free releases
+ * them, also after a failure). CQ_OK or an error with a message. */
 int cq_eng_batch_read(cq_engine *e, batch *b, int64_t from, char *err,
                       size_t errcap);
 void cq_eng_batch_free(batch *b);
@@ -183,7 +184,8 @@ int cq_eng_created(const char *sql, char *name, size_t cap);
 
 /* ---- rebuild.c ---- */
 
-/* The DDL of rebuild.c's tables in read.db. */
+/* Create rebuild.c's tables in read.db, prepare its checkpoint statement
+ * and drop old tables an earlier swap left. cq_engine_start only. */
 int cq_rebuild_init(cq_engine *e, char *err, size_t errcap);
 
 /* Start (or, when read.db holds an unfinished one for the same definition,
@@ -192,9 +194,11 @@ int cq_rebuild_init(cq_engine *e, char *err, size_t errcap);
 int cq_rebuild_begin(cq_engine *e, proj *p, const char *reason, char *err,
                      size_t errcap);
 
-/* Drop shadow or old tables a crash may have left behind, unless they
- * belong to an unfinished rebuild of p->d (resumed by cq_rebuild_begin):
- * sets *resumable. Load p->last. cq_engine_start only. */
+/* Load p->last from cq_rebuild_log. Drop the shadow tables a crash left
+ * behind, unless they belong to an unfinished rebuild of p->d: then
+ * *resumable is set and cq_rebuild_begin resumes it. (Old tables left
+ * between a swap and their drop go in cq_rebuild_init.) cq_engine_start
+ * only. */
 int cq_rebuild_load(cq_engine *e, proj *p, int *resumable, char *err,
                     size_t errcap);
 

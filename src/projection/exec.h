@@ -8,8 +8,9 @@
  * the engine passes (cq_sql_exec, cq_exec_stmt), keyed by the text's
  * address. The projection engine has one for
  * read.db (the projector thread), one for events.db (inline projections,
- * on the writer thread), one per query connection and a throw-away one per
- * strong read (an in-memory database).
+ * on the writer thread), one per query connection, a throw-away one per
+ * strong read (an in-memory database), and a renaming one on read.db per
+ * rebuild in progress (cq_exec_new_renamed).
  *
  * Thread: a cq_exec belongs to the thread that uses its connection.
  */

@@ -226,17 +226,25 @@ static int64_t free_generation(cq_engine *e, proj *p)
     }
 }
 
-/* Drop p's shadow tables (and so their indexes) in the open transaction. */
-static int drop_shadow(cq_engine *e, proj *p, char *err, size_t errcap)
+/* Drop the tables of d (if not NULL) named with `suffix`, and so their
+ * indexes, in the open transaction. */
+static int drop_suffixed(cq_engine *e, const cq_declared *d, const char *suffix,
+                         char *err, size_t errcap)
 {
     char name[128];
     int rc = CQ_OK;
 
-    for (size_t i = 0; rc == CQ_OK && i < p->d->nddl; i++)
-        if (cq_eng_created(p->d->ddl[i].sqlite_sql, name, sizeof name) == 1)
-            rc = exec_f(e, err, errcap,
-                        "DROP TABLE IF EXISTS \"%s" SHADOW_SUFFIX "\"", name);
+    for (size_t i = 0; rc == CQ_OK && d != NULL && i < d->nddl; i++)
+        if (cq_eng_created(d->ddl[i].sqlite_sql, name, sizeof name) == 1)
+            rc = exec_f(e, err, errcap, "DROP TABLE IF EXISTS \"%s%s\"", name,
+                        suffix);
     return rc;
+}
+
+/* Drop p's shadow tables in the open transaction. */
+static int drop_shadow(cq_engine *e, proj *p, char *err, size_t errcap)
+{
+    return drop_suffixed(e, p->d, SHADOW_SUFFIX, err, errcap);
 }
 
 int cq_rebuild_load(cq_engine *e, proj *p, int *resumable, char *err,
@@ -553,14 +561,10 @@ static int swap(cq_engine *e, proj *p, char *err, size_t errcap)
     /* the old tables, in a transaction of their own (a crash before it
      * leaves them to cq_rebuild_init) */
     rc = cq_exec_sql(e->rx, "BEGIN IMMEDIATE", err, errcap);
-    for (int pass = 0; pass < 2 && rc == CQ_OK; pass++) {
-        const cq_declared *d = pass == 0 ? p->d : p->prev;
-        char name[128];
-        for (size_t i = 0; rc == CQ_OK && d != NULL && i < d->nddl; i++)
-            if (cq_eng_created(d->ddl[i].sqlite_sql, name, sizeof name) == 1)
-                rc = exec_f(e, err, errcap,
-                            "DROP TABLE IF EXISTS \"%s" OLD_SUFFIX "\"", name);
-    }
+    if (rc == CQ_OK)
+        rc = drop_suffixed(e, p->d, OLD_SUFFIX, err, errcap);
+    if (rc == CQ_OK)
+        rc = drop_suffixed(e, p->prev, OLD_SUFFIX, err, errcap);
     if (rc == CQ_OK)
         rc = cq_exec_sql(e->rx, "COMMIT", err, errcap);
     if (rc != CQ_OK) {
