@@ -642,10 +642,20 @@ static const cq_command_def *const order_commands[] = {
     &place_order, &record_payment, &ship_order, &cancel_order, NULL,
 };
 
+/* "order-{order_id}": see STREAM_PREFIX */
+static const char *const order_categories[] = {"order", NULL};
+
+static const char *const order_event_types[] = {
+    "OrderPlaced", "PaymentReceived", "OrderPaid", "OrderShipped",
+    "OrderCancelled", NULL,
+};
+
 static const cq_domain orders = {
     .name = "orders",
     .commands = order_commands,
     .upcasters = order_upcasters,
+    .categories = order_categories,
+    .event_types = order_event_types,
 };
 
 /* See orders.h. */

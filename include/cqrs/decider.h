@@ -156,10 +156,22 @@ typedef struct cq_upcaster {
     int (*upcast)(json_t *data);
 } cq_upcaster;
 
+/* What a domain owns. A stream's category is the part of its id before the
+ * first '-' (the whole id when it has none): "order" for "order-o-1". The
+ * streams of a category the domain owns, and the events of a type it owns,
+ * are written only through its commands: a raw append (POST /streams/{id})
+ * to such a stream, or of such a type to any stream, is refused. So its
+ * deciders and projections see only events its own rules produced, in its
+ * own streams (projections key rows on fields of the data, such as
+ * data.order_id, which a foreign stream could otherwise forge). */
 typedef struct cq_domain {
     const char *name;
     const cq_command_def *const *commands; /* NULL-terminated */
     const cq_upcaster *upcasters;          /* ended by type NULL; may be NULL */
+    const char *const *categories;  /* stream categories owned by the domain,
+                                       NULL-terminated; may be NULL */
+    const char *const *event_types; /* event types its commands emit,
+                                       NULL-terminated; may be NULL */
 } cq_domain;
 
 /* Bring `data` (a `type` event at *schema_version) to the newest shape the
@@ -168,6 +180,15 @@ typedef struct cq_domain {
  * nothing. Returns CQ_OK or the first upcaster's error. Thread-safe. */
 int cq_domain_upcast(const cq_domain *domain, const char *type,
                      int *schema_version, json_t *data);
+
+/* The domain's name if it owns the category of `stream_id` (see
+ * cq_domain), else NULL. A NULL domain owns nothing. Thread-safe. */
+const char *cq_domain_stream_owner(const cq_domain *domain,
+                                   const char *stream_id);
+
+/* The domain's name if it owns the event type `type`, else NULL. A NULL
+ * domain owns nothing. Thread-safe. */
+const char *cq_domain_type_owner(const cq_domain *domain, const char *type);
 
 /* The command definition named `type` in `domain`, or NULL. */
 const cq_command_def *cq_domain_command(const cq_domain *domain,

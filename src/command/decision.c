@@ -144,6 +144,32 @@ const cq_command_def *cq_domain_command(const cq_domain *domain,
     return NULL;
 }
 
+/* See decider.h. */
+const char *cq_domain_stream_owner(const cq_domain *domain,
+                                   const char *stream_id)
+{
+    size_t len;
+
+    if (domain == NULL || domain->categories == NULL || stream_id == NULL)
+        return NULL;
+    len = strcspn(stream_id, "-");
+    for (const char *const *c = domain->categories; *c != NULL; c++)
+        if (strlen(*c) == len && strncmp(*c, stream_id, len) == 0)
+            return domain->name;
+    return NULL;
+}
+
+/* See decider.h. */
+const char *cq_domain_type_owner(const cq_domain *domain, const char *type)
+{
+    if (domain == NULL || domain->event_types == NULL || type == NULL)
+        return NULL;
+    for (const char *const *t = domain->event_types; *t != NULL; t++)
+        if (strcmp(*t, type) == 0)
+            return domain->name;
+    return NULL;
+}
+
 /* See decider.h. At most one upcaster per (type, from) is used: the first
  * listed. The loop ends because each step raises the version. */
 const cq_upcaster *cq_domain_upcaster(const cq_domain *domain, const char *type,

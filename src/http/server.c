@@ -804,6 +804,43 @@ static void check_append_body(const json_t *body, int64_t *expected,
     }
 }
 
+/* Streams of a category a domain owns, and event types it owns, are
+ * written only through its commands (see cq_domain): 1 if the raw append
+ * of `events` to q->target may go on, else queues a 422 into *ret. */
+static int append_allowed(request *q, const json_t *events,
+                          enum MHD_Result *ret)
+{
+    const char *owner = cq_domain_stream_owner(q->srv->domain, q->target);
+    const json_t *ev;
+    size_t i;
+
+    if (owner != NULL) {
+        *ret = cq_http_send_problem(
+            q->conn, 422, "stream-owned-by-domain", NULL,
+            "stream %.255s belongs to the %s domain (category '%.*s'): it "
+            "changes only through that domain's commands",
+            q->target, owner, (int)strcspn(q->target, "-"), q->target);
+        return 0;
+    }
+    json_array_foreach (events, i, ev) {
+        const char *type = json_string_value(json_object_get(ev, "type"));
+        char field[48];
+        owner = cq_domain_type_owner(q->srv->domain, type);
+        if (owner == NULL)
+            continue;
+        snprintf(field, sizeof field, "events[%zu].type", i);
+        *ret = cq_http_send_problem(
+            q->conn, 422, "event-type-owned-by-domain",
+            json_pack("[{s:s,s:s}]", "field", field, "message",
+                      "is an event type of a domain"),
+            "event type %s belongs to the %s domain: only that domain's "
+            "commands append it",
+            type, owner);
+        return 0;
+    }
+    return 1;
+}
+
 static enum MHD_Result handle_append(request *q)
 {
     static const char *const allowed[] = {NULL};
@@ -830,6 +867,8 @@ static enum MHD_Result handle_append(request *q)
         ret = send_validation(q, errs);
         goto done;
     }
+    if (!append_allowed(q, json_object_get(body, "events"), &ret))
+        goto done;
     snprintf(q->w.stream_id, sizeof q->w.stream_id, "%s", q->target);
     snprintf(what, sizeof what, "append %s", q->target);
     if (hash_request(q, what, "", body) != CQ_OK)

@@ -3,8 +3,10 @@ upcast to v2 wherever events are read -- the streams API, the aggregate the
 writer folds, the asynchronous and inline projections, strong reads and
 `cqrsd verify` -- while the stored event stays exactly as it was written.
 
-The v1 events are written as old code wrote them: appended raw through
-POST /streams, which stores schema version 1 and the data as given."""
+The v1 events are written as old code wrote them, straight into events.db
+while the server is stopped (POST /streams refuses the orders domain's
+streams and event types, so it cannot make them)."""
+import json
 import os
 import sqlite3
 import subprocess
@@ -18,14 +20,26 @@ V1_ITEMS = [{"sku": "a", "quantity": 2, "unit_price_cents": 100},
 
 class UpcastTest(cqtest.ServerTestCase):
     def place_v1(self, oid):
-        body = {"expected_version": "no_stream",
-                "events": [{"type": "OrderPlaced",
-                            "data": {"order_id": oid, "customer_id": "c-old",
-                                     "currency": "EUR", "items": V1_ITEMS,
-                                     "total_cents": 230}}]}
-        st, _, b = self.c.post("/streams/order-" + oid, body)
-        self.assertEqual(st, 201, b)
-        return b["position"]
+        data = {"order_id": oid, "customer_id": "c-old", "currency": "EUR",
+                "items": V1_ITEMS, "total_cents": 230}
+        meta = {"event_id": "0190a5b6-0000-7000-8000-000000000001",
+                "command_id": "0190a5b6-0000-7000-8000-000000000002",
+                "time": "2024-07-01T00:00:00.000Z"}
+        self.server.stop()
+        db = sqlite3.connect(os.path.join(self.server.data_dir, "events.db"),
+                             timeout=10)
+        try:
+            pos = db.execute("SELECT coalesce(max(position), 0) + 1"
+                             " FROM events").fetchone()[0]
+            db.execute("INSERT INTO events VALUES (?, ?, 1, 'OrderPlaced', 1,"
+                       " ?, ?, 1719792000000)",
+                       (pos, "order-" + oid, json.dumps(data), json.dumps(meta)))
+            db.execute("INSERT INTO streams VALUES (?, 1, ?)", ("order-" + oid, pos))
+            db.commit()
+        finally:
+            db.close()
+        self.server.start()
+        return pos
 
     def stored(self, oid):
         db = sqlite3.connect("file:%s?mode=ro" % os.path.join(
