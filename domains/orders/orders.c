@@ -646,8 +646,8 @@ static const cq_command_def *const order_commands[] = {
 static const char *const order_categories[] = {"order", NULL};
 
 static const char *const order_event_types[] = {
-    "OrderPlaced", "PaymentReceived", "OrderPaid", "OrderShipped",
-    "OrderCancelled", NULL,
+    "OrderPlaced",  "PaymentReceived", "OrderPaid",
+    "OrderShipped", "OrderCancelled",  NULL,
 };
 
 static const cq_domain orders = {

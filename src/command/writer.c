@@ -130,8 +130,17 @@ static int fold_event(void *arg, const cq_stored_event *se)
     ev.position = se->position;
     ev.data = data;
     rc = cq_domain_upcast(f->domain, se->type, &ev.schema_version, data);
-    if (rc == CQ_OK)
-        rc = f->agg->evolve(f->state, &ev);
+    if (rc != CQ_OK) {
+        snprintf(f->err, sizeof f->err,
+                 "event at position %lld: upcasting %s from schema version "
+                 "%d failed: %s",
+                 (long long)se->position, se->type, ev.schema_version,
+                 cq_strerror(rc));
+        json_decref(data);
+        f->rc = rc;
+        return 1;
+    }
+    rc = f->agg->evolve(f->state, &ev);
     json_decref(data);
     if (rc != CQ_OK) {
         snprintf(f->err, sizeof f->err,
@@ -259,6 +268,7 @@ static int apply_inline(cq_writer *w, cq_write_req *r, const cq_new_event *evs,
 {
     cq_stored_event *se = calloc(n, sizeof *se);
     const json_t **data = calloc(n, sizeof *data);
+    char err[512] = "";
     int rc;
 
     if (se == NULL || data == NULL) {
@@ -278,16 +288,21 @@ static int apply_inline(cq_writer *w, cq_write_req *r, const cq_new_event *evs,
         se[i].metadata = evs[i].metadata;
         se[i].recorded_at = now;
     }
-    rc = w->cfg.hooks.apply_inline(w->cfg.hooks.arg, se, data, n);
+    rc = w->cfg.hooks.apply_inline(w->cfg.hooks.arg, se, data, n, err,
+                                   sizeof err);
     free(se);
     free(data);
-    if (rc == CQ_OK)
-        return CQ_OK;
-    answer_problem(r, 500, "inline-projection-failed",
-                   "an inline projection "
-                   "could not apply the events of stream %s; nothing was "
-                   "written",
-                   r->stream_id);
+    if (rc == CQ_OK || rc == CQ_EIO) /* EIO: the batch is rolled back */
+        return rc;
+    if (rc == CQ_EREFUSED)
+        answer_problem(r, 422, "inline-projection-refused",
+                       "%s; nothing was written to stream %s", err,
+                       r->stream_id);
+    else
+        answer_problem(r, 500, "inline-projection-failed",
+                       "an inline projection could not apply the events of "
+                       "stream %s (%s); nothing was written",
+                       r->stream_id, err[0] ? err : cq_strerror(rc));
     return CQ_ECORRUPT; /* fails r alone, answer set */
 }
 

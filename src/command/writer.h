@@ -77,9 +77,14 @@ typedef struct cq_writer_hooks {
      * (and so inside the batch's transaction on the store's write
      * connection): the inline projections apply them. `events` are as
      * stored and data[i] is events[i].data already parsed (all borrowed).
-     * A non-OK return fails the request with 500 and undoes its writes. */
+     * CQ_EREFUSED: an inline projection cannot apply one of the events
+     * (why in err): the request is answered 422 and its writes undone, so
+     * an inline read model never falls behind the events. CQ_EIO: the
+     * transaction is unusable and the batch is rolled back (503). Any
+     * other non-OK return fails the request alone with 500. */
     int (*apply_inline)(void *arg, const cq_stored_event *events,
-                        const json_t *const *data, size_t n);
+                        const json_t *const *data, size_t n, char *err,
+                        size_t errcap);
     /* Inside the batch's transaction, just before COMMIT; head is the
      * highest position in it. A non-OK return aborts the batch. */
     int (*before_commit)(void *arg, int64_t head);

@@ -66,6 +66,8 @@ static json_t *status_json(cq_engine *e, int i)
          * is not known) until a rebuild to a new one swaps */
         json_object_set_new(doc, "serving_version",
                             json_integer(st.serving_version));
+        /* events skipped so far: rows of cq_skipped_events */
+        json_object_set_new(doc, "skipped_events", json_integer(st.skipped));
         json_object_set_new(doc, "rebuild", rb);
         json_object_set_new(doc, "last_rebuild", last);
     } else {

@@ -43,6 +43,9 @@
     16 /* discard up to this many limits, then close */
 #define MAX_PAGE 1000
 #define DEFAULT_PAGE 100
+#define DEFAULT_PAGE_BYTES (4 * 1024 * 1024) /* ?max_bytes= of event reads */
+#define MIN_PAGE_BYTES 1024
+#define MAX_PAGE_BYTES (16 * 1024 * 1024)
 #define MAX_APPEND_EVENTS 100
 #define MAX_WAIT_MS 30000
 
@@ -510,6 +513,19 @@ static void collect(void *arg, cq_strbuf *out)
             cq_metrics_gauge(out, fam[f].name, label, v);
         }
     }
+    /* events skipped per projection: the rows of cq_skipped_events, so the
+     * count survives restarts */
+    cq_strbuf_puts(out, "# HELP projection_skipped_events_total Events the "
+                        "projection skipped (recorded in "
+                        "cq_skipped_events).\n"
+                        "# TYPE projection_skipped_events_total counter\n");
+    for (int i = 0; i < n; i++) {
+        char label[160], esc[128];
+        cq_metrics_label_escape(st[i].name, esc, sizeof esc);
+        snprintf(label, sizeof label, "projection=\"%s\"", esc);
+        cq_metrics_gauge(out, "projection_skipped_events_total", label,
+                         (double)st[i].skipped);
+    }
     free(st);
 }
 
@@ -887,43 +903,109 @@ done:
 
 /* ---- reads -------------------------------------------------------------- */
 
+/* A page of events being built. Pages are bounded by bytes as well as by
+ * events: an event is counted by the stored texts it brings (data,
+ * metadata, stream id, type) plus EVENT_OVERHEAD for the rest of its item,
+ * and the read stops before the event that would take the page past
+ * `budget` -- but never before the first, so a page always progresses.
+ * What a page holds at once (the decoded events, then their JSON text) is
+ * a small multiple of the budget, so concurrent readers together hold at
+ * most that times the number of HTTP threads. */
 typedef struct page {
     const cq_domain *domain; /* upcasts old events to the current shape */
     json_t *events;
-    int64_t last;
+    int64_t last;         /* position of the last event added */
+    int64_t last_version; /* its stream version */
+    size_t bytes, budget;
     int corrupt;
     int64_t corrupt_at;
 } page;
 
+#define EVENT_OVERHEAD 256
+
+/* The item for an event whose data cannot be brought to the current shape:
+ * as stored, with why. Data or metadata that is not a JSON object at all
+ * is given as null. */
+static json_t *event_as_stored(json_t **data, json_t **meta, const char *key,
+                               const char *why)
+{
+    json_t *ev = json_object();
+
+    if (!json_is_object(*data)) {
+        json_decref(*data);
+        *data = json_null();
+    }
+    if (!json_is_object(*meta)) {
+        json_decref(*meta);
+        *meta = json_null();
+    }
+    if (ev != NULL && json_object_set_new(ev, key, json_string(why)) != 0) {
+        json_decref(ev);
+        ev = NULL;
+    }
+    return ev;
+}
+
 static int add_event(void *arg, const cq_stored_event *se)
 {
     page *pg = arg;
-    char when[32];
-    json_t *data, *meta, *ev;
-    int sv = se->schema_version;
+    char when[32], why[192] = "";
+    json_t *data, *meta, *ev, *extra = NULL;
+    size_t size = strlen(se->data) + strlen(se->metadata) +
+                  strlen(se->stream_id) + strlen(se->type) + EVENT_OVERHEAD;
+    int sv = se->schema_version, rc;
 
+    if (json_array_size(pg->events) > 0 && pg->bytes + size > pg->budget)
+        return 1; /* the page is full: `next` continues here */
     data = json_loads(se->data, JSON_REJECT_DUPLICATES, NULL);
     meta = json_loads(se->metadata, JSON_REJECT_DUPLICATES, NULL);
-    if (!json_is_object(data) || !json_is_object(meta) ||
-        cq_domain_upcast(pg->domain, se->type, &sv, data) != CQ_OK) {
-        json_decref(data);
-        json_decref(meta);
-        pg->corrupt = 1;
-        pg->corrupt_at = se->position;
-        return 1;
+    if (!json_is_object(data) || !json_is_object(meta)) {
+        snprintf(why, sizeof why, "stored %s is not a JSON object",
+                 json_is_object(data) ? "metadata" : "data");
+        extra = event_as_stored(&data, &meta, "decode_error", why);
+    } else {
+        /* upcast a copy: on failure the item shows the data as stored */
+        json_t *copy = cq_domain_upcaster(pg->domain, se->type, sv)
+                           ? json_deep_copy(data)
+                           : json_incref(data);
+        rc = copy ? cq_domain_upcast(pg->domain, se->type, &sv, copy)
+                  : CQ_ENOMEM;
+        if (rc == CQ_OK) {
+            json_decref(data);
+            data = copy;
+        } else {
+            json_decref(copy);
+            snprintf(why, sizeof why,
+                     "upcasting %.64s from schema version %d failed: %s",
+                     se->type, sv, cq_strerror(rc));
+            sv = se->schema_version;
+            extra = event_as_stored(&data, &meta, "upcast_error", why);
+        }
     }
     cq_format_time(se->recorded_at, when);
-    ev = json_pack("{s:I,s:s,s:I,s:s,s:i,s:o,s:o,s:s}", "position",
-                   (json_int_t)se->position, "stream_id", se->stream_id,
-                   "version", (json_int_t)se->version, "type", se->type,
-                   "schema_version", sv, "data", data, "metadata", meta,
-                   "recorded_at", when);
+    if (why[0] != '\0' && extra == NULL) { /* out of memory */
+        json_decref(data);
+        json_decref(meta);
+        ev = NULL;
+    } else
+        ev = json_pack("{s:I,s:s,s:I,s:s,s:i,s:o,s:o,s:s}", "position",
+                       (json_int_t)se->position, "stream_id", se->stream_id,
+                       "version", (json_int_t)se->version, "type", se->type,
+                       "schema_version", sv, "data", data, "metadata", meta,
+                       "recorded_at", when);
+    if (ev != NULL && extra != NULL && json_object_update(ev, extra) != 0) {
+        json_decref(ev);
+        ev = NULL;
+    }
+    json_decref(extra);
     if (ev == NULL || json_array_append_new(pg->events, ev) != 0) {
         pg->corrupt = 1; /* a stored string that is not UTF-8, or no memory */
         pg->corrupt_at = se->position;
         return 1;
     }
+    pg->bytes += size;
     pg->last = se->position;
+    pg->last_version = se->version;
     return 0;
 }
 
@@ -940,18 +1022,33 @@ static enum MHD_Result read_failed(request *q, int rc, const page *pg,
                                 cq_strerror(rc), err);
 }
 
+/* ?max_bytes= into pg->budget; 0 and a 400 queued into *ret when bad. */
+static int page_budget(request *q, page *pg, enum MHD_Result *ret)
+{
+    int64_t budget;
+
+    if (!cq_http_param_int(q, "max_bytes", DEFAULT_PAGE_BYTES, MIN_PAGE_BYTES,
+                           MAX_PAGE_BYTES, &budget, ret))
+        return 0;
+    pg->budget = (size_t)budget;
+    return 1;
+}
+
 static enum MHD_Result handle_read_stream(request *q)
 {
-    static const char *const allowed[] = {"from_version", "limit", NULL};
+    static const char *const allowed[] = {"from_version", "limit", "max_bytes",
+                                          NULL};
     enum MHD_Result ret = MHD_NO;
     int64_t from, limit, version = 0;
-    page pg = {q->srv->domain, NULL, 0, 0, 0};
+    page pg = {q->srv->domain, NULL, 0, 0, 0, 0, 0, 0};
     char err[256] = "";
     int rc;
 
     if (!cq_http_params_ok(q, allowed, &ret) ||
         !cq_http_param_int(q, "from_version", 1, 1, INT64_MAX, &from, &ret) ||
-        !cq_http_param_int(q, "limit", DEFAULT_PAGE, 1, MAX_PAGE, &limit, &ret))
+        !cq_http_param_int(q, "limit", DEFAULT_PAGE, 1, MAX_PAGE, &limit,
+                           &ret) ||
+        !page_budget(q, &pg, &ret))
         return ret;
     if (q->target[0] == '\0' || strlen(q->target) >= CQ_STREAM_ID_MAX)
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
@@ -971,24 +1068,28 @@ static enum MHD_Result handle_read_stream(request *q)
         json_decref(pg.events);
         return read_failed(q, rc, &pg, err);
     }
-    return cq_http_send_json(q->conn, 200,
-                             json_pack("{s:s,s:I,s:o}", "stream_id", q->target,
-                                       "version", (json_int_t)version, "events",
-                                       pg.events));
+    return cq_http_send_json(
+        q->conn, 200,
+        json_pack("{s:s,s:I,s:o,s:I}", "stream_id", q->target, "version",
+                  (json_int_t)version, "events", pg.events, "next_version",
+                  (json_int_t)(pg.last_version ? pg.last_version + 1 : from)));
 }
 
 static enum MHD_Result handle_read_all(request *q)
 {
-    static const char *const allowed[] = {"from_position", "limit", NULL};
+    static const char *const allowed[] = {"from_position", "limit", "max_bytes",
+                                          NULL};
     enum MHD_Result ret = MHD_NO;
     int64_t from, limit, head = 0;
-    page pg = {q->srv->domain, NULL, 0, 0, 0};
+    page pg = {q->srv->domain, NULL, 0, 0, 0, 0, 0, 0};
     char err[256] = "";
     int rc;
 
     if (!cq_http_params_ok(q, allowed, &ret) ||
         !cq_http_param_int(q, "from_position", 1, 0, INT64_MAX, &from, &ret) ||
-        !cq_http_param_int(q, "limit", DEFAULT_PAGE, 1, MAX_PAGE, &limit, &ret))
+        !cq_http_param_int(q, "limit", DEFAULT_PAGE, 1, MAX_PAGE, &limit,
+                           &ret) ||
+        !page_budget(q, &pg, &ret))
         return ret;
     if (from == 0)
         from = 1;

@@ -37,8 +37,9 @@
  * (rebuild.c).
  *
  * Inline projections run on the writer thread inside the command's
- * savepoint (hook apply_inline), under a nested SAVEPOINT inl so that a
- * failing handler undoes only the projection's own writes; their
+ * savepoint (hook apply_inline), under a nested SAVEPOINT inl; a handler
+ * that fails refuses the command (CQ_EREFUSED: the writer undoes its
+ * savepoint), so an inline read model never falls behind the events; their
  * checkpoint is written once per batch just before the commit (hook
  * before_commit) and their position published when the writer reports the
  * commit (hook committed).
@@ -224,16 +225,27 @@ static int parse_event(const cq_domain *dom, const cq_stored_event *se,
         pe->borrowed = 1;
     } else {
         /* an old shape is upcast in place: on our own copy */
+        int rc = CQ_OK;
         pe->data = data ? json_deep_copy(data)
                         : json_loads(se->data, JSON_REJECT_DUPLICATES, NULL);
-        if (json_is_object(pe->data) &&
-            cq_domain_upcast(dom, se->type, &sv, pe->data) != CQ_OK) {
+        if (!json_is_object(pe->data))
+            snprintf(pe->why, sizeof pe->why,
+                     "stored data is not a JSON object");
+        else if ((rc = cq_domain_upcast(dom, se->type, &sv, pe->data)) !=
+                 CQ_OK) {
+            snprintf(pe->why, sizeof pe->why,
+                     "upcasting %.64s from schema version %d failed: %s",
+                     se->type, sv, cq_strerror(rc));
             json_decref(pe->data);
             pe->data = NULL; /* reported as undecodable below */
         }
     }
-    if (need_meta)
+    if (need_meta) {
         pe->meta = json_loads(se->metadata, JSON_REJECT_DUPLICATES, NULL);
+        if (!json_is_object(pe->meta) && pe->why[0] == '\0')
+            snprintf(pe->why, sizeof pe->why,
+                     "stored metadata is not a JSON object");
+    }
     cq_format_time(se->recorded_at, pe->when);
     memcpy(pe->day, pe->when, 10);
     pe->day[10] = '\0';
@@ -267,7 +279,8 @@ static int apply_parsed(apply_ctx *c, const cq_stored_event *se,
     int rc = prc;
 
     if (rc != CQ_OK) {
-        snprintf(c->error, sizeof c->error, "stored event is not valid JSON");
+        snprintf(c->error, sizeof c->error, "%s",
+                 pe->why[0] ? pe->why : "stored event cannot be decoded");
         goto fail;
     }
     if (c->sp != NULL && step_done(c->sp) != CQ_OK) {
@@ -631,6 +644,8 @@ static void run_control(cq_engine *e, proj *p)
         }
         if (!failed)
             p->error[0] = p->error_event[0] = '\0';
+        if (op == OP_SKIP)
+            p->skipped++;
     }
     p->control_rc = rc;
     snprintf(p->control_msg, sizeof p->control_msg, "%s", err);
@@ -760,10 +775,36 @@ static void *projector_main(void *arg)
 /* ---- writer hooks ----------------------------------------------------------
  */
 
+/* Whether the error SQLite last reported on db leaves the transaction
+ * unusable or says nothing about the event (a full disk, an I/O error, no
+ * memory, a lock): then the batch must be rolled back rather than the
+ * event refused. */
+static int store_trouble(sqlite3 *db)
+{
+    switch (sqlite3_errcode(db) & 0xff) {
+    case SQLITE_IOERR:
+    case SQLITE_FULL:
+    case SQLITE_NOMEM:
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+    case SQLITE_CANTOPEN:
+    case SQLITE_READONLY:
+    case SQLITE_INTERRUPT: return 1;
+    default: return sqlite3_get_autocommit(db);
+    }
+}
+
+/* An inline read model must never fall behind the events: an event one of
+ * them cannot apply is refused with its command (CQ_EREFUSED, why in err),
+ * and the writer undoes the command's savepoint. */
 static int hook_apply_inline(void *arg, const cq_stored_event *events,
-                             const json_t *const *data, size_t n)
+                             const json_t *const *data, size_t n, char *err,
+                             size_t errcap)
 {
     cq_engine *e = arg;
+    sqlite3 *db = cq_exec_db(e->ix);
     int need_meta = 0, live = 0, rc = CQ_OK;
     parsed *pe;
 
@@ -805,18 +846,17 @@ static int hook_apply_inline(void *arg, const cq_stored_event *events,
             apply_parsed(&c, &events[k], &pe[k], prc);
         }
         if (c.failed) {
-            /* Undo the projection's writes for this command (all of its
-             * events) and record the failure; the command stands. */
-            step_done(e->i_rollback);
-            c.last = events[0].position - 1;
-            mark_failed(e, p, &c);
-            if (save_checkpoint(e->i_save, p, c.last, 1, c.error,
-                                c.error_position, c.error_event) != CQ_OK)
-                rc = CQ_EIO;
+            rc = store_trouble(db) ? CQ_EIO : CQ_EREFUSED;
+            snprintf(err, errcap,
+                     "inline projection %s cannot apply event %s at "
+                     "position %lld: %s",
+                     p->d->name, c.error_event, (long long)c.error_position,
+                     c.error);
+            step_done(e->i_rollback); /* the writer undoes the rest */
         }
         if (step_done(e->i_release) != CQ_OK)
             rc = CQ_EIO;
-        if (sqlite3_get_autocommit(cq_exec_db(e->ix)))
+        if (sqlite3_get_autocommit(db))
             rc = CQ_EIO; /* SQLite rolled the whole transaction back */
     }
     for (size_t k = 0; k < n; k++)
@@ -1293,12 +1333,76 @@ static int check_statements(proj *p, cq_exec *x, char *err, size_t errcap)
     return CQ_OK;
 }
 
+/* The table of skipped events, in read.db (asynchronous projections, by
+ * `skip`) and in events.db (inline projections, at start). */
+#define SKIPPED_DDL                                                            \
+    "CREATE TABLE IF NOT EXISTS cq_skipped_events (projection TEXT NOT NULL,"  \
+    " position INTEGER NOT NULL, event_type TEXT, error TEXT,"                 \
+    " skipped_at INTEGER NOT NULL, PRIMARY KEY (projection, position))"
+
+/* p->skipped from the rows of cq_skipped_events in db (start). */
+static int count_skipped(sqlite3 *db, proj *p, char *err, size_t errcap)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = prepare(db,
+                     "SELECT count(*) FROM cq_skipped_events"
+                     " WHERE projection = ?1",
+                     &st, err, errcap);
+
+    if (rc != CQ_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        p->skipped = sqlite3_column_int64(st, 0);
+    else {
+        snprintf(err, errcap, "counting skipped events: %s",
+                 sqlite3_errmsg(db));
+        rc = CQ_EIO;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Record in events.db, in the open transaction, that inline projection p
+ * skipped the event c failed on. */
+static int record_inline_skip(cq_engine *e, proj *p, const apply_ctx *c,
+                              char *err, size_t errcap)
+{
+    sqlite3 *db = cq_exec_db(e->ix);
+    sqlite3_stmt *st = NULL;
+    int rc = prepare(db,
+                     "INSERT INTO cq_skipped_events (projection, position,"
+                     " event_type, error, skipped_at) VALUES (?1, ?2, ?3, ?4,"
+                     " ?5) ON CONFLICT DO NOTHING",
+                     &st, err, errcap);
+
+    if (rc != CQ_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, c->error_position);
+    sqlite3_bind_text(st, 3, c->error_event, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, c->error, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, cq_now_ms());
+    rc = step_done(st);
+    if (rc != CQ_OK)
+        snprintf(err, errcap, "recording a skipped event: %s",
+                 sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    return rc;
+}
+
 /* Apply every event after p's checkpoint to inline projection p, in
- * transactions of 1000 events, before the writer starts. */
+ * transactions of 1000 events, before the writer starts. Since the writer
+ * refuses what an inline projection cannot apply, only events stored
+ * before that rule (or a changed definition replaying old events) can
+ * fail here; an inline read model must not stay behind its events, so
+ * such an event is skipped: recorded in events.db's cq_skipped_events
+ * (with the checkpoint that passes it, in one transaction), logged and
+ * counted. */
 static int catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
                            size_t errcap)
 {
-    while (!p->failed && p->position < head) {
+    while (p->position < head) {
         apply_ctx c;
         int64_t h;
         int rc;
@@ -1316,9 +1420,12 @@ static int catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
         if (rc == CQ_OK)
             rc = cq_store_read_all(e->store, p->position + 1, 1000, apply_event,
                                    &c, &h, err, errcap);
+        if (rc == CQ_OK && c.failed) {
+            rc = record_inline_skip(e, p, &c, err, errcap);
+            c.last = c.error_position;
+        }
         if (rc == CQ_OK)
-            rc = save_checkpoint(e->i_save, p, c.last, c.failed, c.error,
-                                 c.error_position, c.error_event);
+            rc = save_checkpoint(e->i_save, p, c.last, 0, NULL, 0, NULL);
         if (rc == CQ_OK)
             rc = cq_exec_sql(e->ix, "COMMIT", err, errcap);
         if (rc != CQ_OK) {
@@ -1327,8 +1434,15 @@ static int catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
             return rc;
         }
         p->position = c.last;
-        if (c.failed)
-            mark_failed(e, p, &c);
+        if (c.failed) {
+            p->skipped++;
+            fprintf(stderr,
+                    "cqrsd: inline projection %s cannot apply event %s at "
+                    "position %lld (%s): skipped, recorded in events.db's "
+                    "cq_skipped_events\n",
+                    p->d->name, c.error_event, (long long)c.error_position,
+                    c.error);
+        }
     }
     return CQ_OK;
 }
@@ -1413,10 +1527,26 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         prepare_savepoints(wdb, "inl", &e->i_sp, &e->i_release, &e->i_rollback,
                            err, errcap))
         return CQ_EIO;
+    if (cq_exec_sql(e->rx, SKIPPED_DDL, err, errcap) != CQ_OK ||
+        cq_exec_sql(e->ix, SKIPPED_DDL, err, errcap) != CQ_OK)
+        return CQ_EIO;
     for (int i = 0; i < e->nprojs; i++) {
         proj *p = e->projs[i];
+        rc = count_skipped(p->is_inline ? wdb : e->rdb, p, err, errcap);
+        if (rc != CQ_OK)
+            return rc;
         if (!p->is_inline)
             continue;
+        if (p->failed) {
+            /* stopped by an older version, which let the command commit:
+             * try again from the checkpoint (see catch_up_inline) */
+            fprintf(stderr,
+                    "cqrsd: inline projection %s was stopped at position "
+                    "%lld (%s): applying it again from its checkpoint\n",
+                    p->d->name, (long long)p->error_position, p->error);
+            p->failed = 0;
+            p->error[0] = p->error_event[0] = '\0';
+        }
         rc = catch_up_inline(e, p, head, err, errcap);
         if (rc != CQ_OK)
             return rc;
@@ -1944,6 +2074,7 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
     out->head = e->head;
     out->failed = p->failed;
     out->paused = p->paused;
+    out->skipped = p->skipped;
     if (p->failed) {
         out->error_position = p->error_position;
         snprintf(out->error, sizeof out->error, "%s", p->error);

@@ -159,6 +159,7 @@ typedef struct cq_projection_status {
     int64_t error_position; /* failed only */
     char error[512];
     char error_event[130];
+    int64_t skipped;         /* events skipped (rows of cq_skipped_events) */
     int64_t serving_version; /* @version of the live tables: differs from
                                 version while a rebuild replaces them; 0
                                 when unknown */

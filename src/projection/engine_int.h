@@ -64,6 +64,7 @@ typedef struct proj {
     int64_t error_position;
     char error[512];
     char error_event[130];
+    int64_t skipped; /* rows of cq_skipped_events for this projection */
     /* guarded by e->mu: what the live tables are */
     const cq_declared *serving; /* their definition (d or prev); NULL
                                    when it is unknown */
@@ -147,6 +148,7 @@ typedef struct parsed {
     json_t *data, *meta; /* owned unless borrowed */
     int borrowed;        /* data came from the writer: don't free */
     char when[32], day[11];
+    char why[160]; /* why data or metadata could not be decoded, or "" */
 } parsed;
 
 /* A micro-batch of events read from the store, each decoded once and then

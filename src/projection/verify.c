@@ -641,6 +641,7 @@ static int replay(run *r, const vproj *p, cq_exec *x, int64_t upto,
         char when[32], day[11], msg[512] = "";
         cq_decl_event ev;
         json_t *jd, *jm = NULL;
+        int sv = sqlite3_column_int(st, 7), urc;
 
         memset(&ev, 0, sizeof ev);
         ev.position = sqlite3_column_int64(st, 0);
@@ -660,10 +661,10 @@ static int replay(run *r, const vproj *p, cq_exec *x, int64_t upto,
         if (ev.stream_id == NULL || ev.type == NULL || !json_is_object(jd) ||
             (p->needs_metadata && !json_is_object(jm)))
             snprintf(msg, sizeof msg, "stored event is not valid JSON");
-        else if (cq_domain_upcast(r->domain, ev.type,
-                                  &(int){sqlite3_column_int(st, 7)},
-                                  jd) != CQ_OK)
-            snprintf(msg, sizeof msg, "stored event cannot be upcast");
+        else if ((urc = cq_domain_upcast(r->domain, ev.type, &sv, jd)) != CQ_OK)
+            snprintf(msg, sizeof msg,
+                     "upcasting %.64s from schema version %d failed: %s",
+                     ev.type, sv, cq_strerror(urc));
         else if (cq_exec_event(x, p->d, &ev, msg, sizeof msg) != CQ_OK &&
                  msg[0] == '\0')
             snprintf(msg, sizeof msg, "handler failed");

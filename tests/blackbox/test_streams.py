@@ -3,6 +3,7 @@ GET /streams/$all and POST /streams/{id}.
 
     python3 tests/blackbox/test_streams.py /path/to/cqrsd
 """
+import json
 import sys
 import threading
 
@@ -371,6 +372,81 @@ class AppendTest(StreamTestBase):
                 self.assertTrue(400 <= st < 500, "POST /streams/%s -> %s %r" % (sid, st, b))
                 self.assertProblem(st, h, b, st)
         self.assertEqual(self.c.head(), before)
+
+
+class PageBytesTest(StreamTestBase):
+    """Pages are bounded by bytes as well as by events (max_bytes, default
+    4 MiB): a page of big events stops at the budget, with at least one
+    event, and next_version / next_position continue it."""
+
+    server_args = ("--body-limit", 2 * 1024 * 1024)
+    BUDGET = 4 * 1024 * 1024
+    N = 10
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.sid = uid("blob")
+        cls.first = None
+        for i in range(cls.N):
+            st, _, b = cls.c.post("/streams/" + cls.sid, {
+                "expected_version": "any",
+                "events": [{"type": "Blob", "data": {"i": i, "pad": "x" * 1000000}}]})
+            if st != 201:
+                raise AssertionError("append %d -> %s %r" % (i, st, b))
+            if cls.first is None:
+                cls.first = b["position"]
+
+    def test_stream_pages_stop_at_the_byte_budget(self):
+        for query, per_page in (("", None), ("&max_bytes=1024", 1),
+                                ("&max_bytes=2500000", 2)):
+            with self.subTest(query=query):
+                seen, v, pages = [], 1, 0
+                while True:
+                    st, _, raw = self.c.req("GET", "/streams/%s?from_version=%d"
+                                            "&limit=1000%s" % (self.sid, v, query))
+                    self.assertEqual(st, 200, raw)
+                    b = raw
+                    evs = b["events"]
+                    if not evs:
+                        self.assertEqual(b["next_version"], v)
+                        break
+                    self.assertLessEqual(len(json.dumps(evs)), self.BUDGET + 65536)
+                    self.assertLess(len(evs), self.N)
+                    if per_page is not None:
+                        self.assertLessEqual(len(evs), per_page)
+                    self.assertEqual(b["next_version"], evs[-1]["version"] + 1, b.keys())
+                    seen.extend(e["data"]["i"] for e in evs)
+                    v = b["next_version"]
+                    pages += 1
+                    self.assertLess(pages, 2 * self.N + 2)
+                self.assertEqual(seen, list(range(self.N)))
+                self.assertGreater(pages, 1)
+
+    def test_all_pages_stop_at_the_byte_budget(self):
+        seen, pos, pages = [], self.first, 0
+        while True:
+            st, _, b = self.c.get("/streams/$all?from_position=%d&limit=1000" % pos)
+            self.assertEqual(st, 200)
+            evs = b["events"]
+            if not evs:
+                break
+            self.assertLessEqual(len(json.dumps(evs)), self.BUDGET + 65536)
+            self.assertLess(len(evs), self.N)
+            self.assertEqual(b["next_position"], evs[-1]["position"] + 1)
+            seen.extend(e["data"]["i"] for e in evs if e["stream_id"] == self.sid)
+            pos = b["next_position"]
+            pages += 1
+            self.assertLess(pages, 2 * self.N + 2)
+        self.assertEqual(seen, list(range(self.N)))
+
+    def test_max_bytes_bounds(self):
+        for q in ("max_bytes=1023", "max_bytes=16777217", "max_bytes=x"):
+            with self.subTest(q=q):
+                st, h, b = self.c.get("/streams/%s?%s" % (self.sid, q))
+                self.assertProblem(st, h, b, 400)
+                st, h, b = self.c.get("/streams/$all?" + q)
+                self.assertProblem(st, h, b, 400)
 
 
 if __name__ == "__main__":

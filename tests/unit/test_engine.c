@@ -51,6 +51,18 @@ static int count_apply(void *arg, cq_sql *sql, const cq_projection_event *ev)
     return cq_sql_exec(sql, upsert, v, 2);
 }
 
+/* An inline projection that cannot apply an order of customer "bad". */
+static const char guard_sql[] =
+    "-- @projection guard\n"
+    "-- @version 1\n"
+    "-- @mode inline\n"
+    "CREATE TABLE IF NOT EXISTS guard_orders (order_id TEXT PRIMARY KEY,\n"
+    "    customer_id TEXT NOT NULL CHECK (customer_id <> 'bad'));\n"
+    "-- @on OrderPlaced\n"
+    "INSERT INTO guard_orders (order_id, customer_id)\n"
+    "VALUES (:data.order_id, :data.customer_id)\n"
+    "ON CONFLICT (order_id) DO NOTHING;\n";
+
 typedef struct fixture {
     char dir[256];
     cq_store *store;
@@ -90,6 +102,9 @@ static void start(fixture *f)
         assert_int_equal(cq_engine_load_text(f->engine, o->name, o->text,
                                              o->len, err, sizeof err),
                          CQ_OK);
+    assert_int_equal(cq_engine_load_text(f->engine, "guard.sql", guard_sql,
+                                         sizeof guard_sql - 1, err, sizeof err),
+                     CQ_OK);
     assert_int_equal(cq_engine_add_code(f->engine, counts_sql,
                                         sizeof counts_sql - 1, &code, err,
                                         sizeof err),
@@ -378,6 +393,55 @@ static void test_failure_is_isolated(void **state)
     json_decref(a);
 }
 
+/* An inline projection that cannot apply an event refuses the command
+ * (422, nothing written) and stays running; one stopped by an older
+ * version (which let the command commit) recovers at the next start,
+ * skipping the event and recording it in events.db. */
+static void test_inline_refusal(void **state)
+{
+    fixture *f = *state;
+    int guard = cq_engine_projection(f->engine, "guard");
+    int failed = 1;
+    cq_projection_status st;
+    char path[300], sql[512];
+    sqlite3 *db;
+
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-1")), 202);
+    assert_int_equal(command(f, "PlaceOrder",
+                             "{\"order_id\":\"o-2\",\"customer_id\":"
+                             "\"bad\",\"currency\":\"EUR\",\"items\":"
+                             "[{\"sku\":\"A\",\"quantity\":1,"
+                             "\"unit_price_cents\":5}]}"),
+                     422);
+    assert_int_equal(cq_engine_head(f->engine), 1);
+    assert_int_equal(cq_engine_position(f->engine, guard, &failed), 1);
+    assert_false(failed);
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-3")), 202);
+    assert_int_equal(cq_engine_position(f->engine, guard, &failed), 2);
+
+    /* as an older version left it: the event committed, the guard failed */
+    stop(f);
+    snprintf(path, sizeof path, "%s/events.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    snprintf(sql, sizeof sql,
+             "INSERT INTO events VALUES (3, 'order-o-4', 1, 'OrderPlaced', 2,"
+             " '{\"order_id\":\"o-4\",\"customer_id\":\"bad\"}', '{}', 0);"
+             "INSERT INTO streams VALUES ('order-o-4', 1, 3);"
+             "UPDATE cq_projections SET status = 'failed', position = 2,"
+             " error = 'x', error_position = 3, error_event = 'OrderPlaced'"
+             " WHERE name = 'guard'");
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    start(f);
+    cq_engine_status(f->engine, guard, &st);
+    assert_false(st.failed);
+    assert_int_equal(st.position, 3);
+    assert_int_equal(st.skipped, 1);
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-5")), 202);
+    assert_int_equal(cq_engine_position(f->engine, guard, &failed), 4);
+    assert_false(failed);
+}
+
 /* Waiters fire when the projection gets there. */
 static void test_wait(void **state)
 {
@@ -483,6 +547,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_failure_is_isolated, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_inline_refusal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wait, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rebuild_code_projection, setup,
                                         teardown),

@@ -200,6 +200,24 @@ static void test_domain(void **unused)
     assert_null(cq_domain_command(dom, "DeleteOrder"));
     assert_null(cq_domain_command(dom, NULL));
     assert_null(cq_domain_command(NULL, "PlaceOrder"));
+
+    /* what it owns: category "order" and its five event types */
+    assert_string_equal(cq_domain_stream_owner(dom, "order-o-1"), "orders");
+    assert_string_equal(cq_domain_stream_owner(dom, "order"), "orders");
+    assert_string_equal(cq_domain_stream_owner(dom, "order-"), "orders");
+    assert_null(cq_domain_stream_owner(dom, "orders-1"));
+    assert_null(cq_domain_stream_owner(dom, "orde-1"));
+    assert_null(cq_domain_stream_owner(dom, "evil3"));
+    assert_null(cq_domain_stream_owner(dom, ""));
+    assert_null(cq_domain_stream_owner(dom, NULL));
+    assert_null(cq_domain_stream_owner(NULL, "order-o-1"));
+    for (const char *const *t = dom->event_types; *t != NULL; t++)
+        assert_string_equal(cq_domain_type_owner(dom, *t), "orders");
+    assert_string_equal(cq_domain_type_owner(dom, "OrderShipped"), "orders");
+    assert_null(cq_domain_type_owner(dom, "orderShipped"));
+    assert_null(cq_domain_type_owner(dom, "Note"));
+    assert_null(cq_domain_type_owner(dom, NULL));
+    assert_null(cq_domain_type_owner(NULL, "OrderPlaced"));
 }
 
 static void test_stream_id(void **unused)
