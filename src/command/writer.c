@@ -695,7 +695,9 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
     }
 }
 
-/* Pruning the command log: a pass starts every prune_interval_ms and
+/* Pruning the command log: a pass starts every prune_interval_ms (1 s: keys
+ * are deleted about as fast as they expire, not in a burst once a minute;
+ * a pass that finds nothing is one transaction that writes nothing) and
  * deletes expired keys in steps, one short transaction each, oldest first.
  * A step runs after a batch (one step, however many keys remain) or while
  * nothing is queued (step after step, looking at the queue in between), so
@@ -832,7 +834,7 @@ int cq_writer_start(cq_store *store, const cq_writer_config *cfg,
     if (w->cfg.max_queue <= 0)
         w->cfg.max_queue = 16384;
     if (w->cfg.prune_interval_ms <= 0)
-        w->cfg.prune_interval_ms = 60000;
+        w->cfg.prune_interval_ms = 1000;
     w->cache = cq_cache_new(w->cfg.cache_slots ? w->cfg.cache_slots : 4096);
     w->decision = cq_decision_new();
     if (w->cache == NULL || w->decision == NULL)

@@ -100,7 +100,7 @@ typedef struct cq_writer_config {
     int max_queue;              /* queued requests before EBUSY; 0 → 16384 */
     size_t cache_slots;         /* aggregate cache size; 0 → 4096 */
     int64_t prune_interval_ms;  /* a pass over expired idempotency keys
-                                   starts this often; 0 → 60 s */
+                                   starts this often; 0 → 1 s */
     cq_writer_hooks hooks;
     const cq_domain *domain;    /* its upcasters bring old events to the
                                    shape evolve() expects; may be NULL */
