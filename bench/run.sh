@@ -22,6 +22,9 @@
 #      (bench/rebuild.c) POSTs /projections/order_summaries/rebuild, polls
 #      GET /projections/order_summaries until it has swapped in, and queries
 #      an order all along (every answer must be 200); then the server stops;
+#   7c. idempotency-key prune: bench_prune (bench/prune.c) fills a store
+#      with expired command-log keys and times keyed commands through the
+#      writer while it prunes them, against the same with nothing to prune;
 #   8. prints a summary table.
 #
 # Everything is bounded in time; temp dirs and the server go away on exit
@@ -50,8 +53,11 @@
 #   BENCH_CATCHUP_ORDERS=250000  orders of 4 events in the catch-up store
 #   BENCH_CATCHUP_TIMEOUT=300  seconds for the server to start and catch up
 #   BENCH_REBUILD_TIMEOUT=300  seconds for the rebuild to finish
-#   BENCH_STEPS="write window catchup rebuild"  which parts to run (rebuild
-#                              needs catchup: it rebuilds over its store)
+#   BENCH_PRUNE_KEYS=275000    expired idempotency keys to prune ...
+#   BENCH_PRUNE_COMMANDS=3000  ... while this many keyed commands run
+#   BENCH_STEPS="write window catchup rebuild prune"  which parts to run
+#                              (rebuild needs catchup: it rebuilds over its
+#                              store)
 #   BENCH_STRICT=0             1: exit 1 when a target is missed
 set -u
 
@@ -78,7 +84,9 @@ RTT_N=${BENCH_RTT:-5000}
 CU_ORDERS=${BENCH_CATCHUP_ORDERS:-250000}
 CU_TIMEOUT=${BENCH_CATCHUP_TIMEOUT:-300}
 RB_TIMEOUT=${BENCH_REBUILD_TIMEOUT:-300}
-STEPS=${BENCH_STEPS:-write window catchup rebuild}
+PR_KEYS=${BENCH_PRUNE_KEYS:-275000}
+PR_COMMANDS=${BENCH_PRUNE_COMMANDS:-3000}
+STEPS=${BENCH_STEPS:-write window catchup rebuild prune}
 TARGET_WINDOW_P99_US=1000   # consistency window p99 <= 1 ms on loopback
 TARGET_CATCHUP_PCT=70       # catch-up >= 70 % of raw SQLite
 
@@ -99,11 +107,13 @@ for v in DUR:BENCH_SECONDS WARMUP:BENCH_WARMUP CONNS:BENCH_CONNECTIONS \
          WIN_WORKERS:BENCH_WINDOW_WORKERS WIN_COMMANDS:BENCH_WINDOW_COMMANDS \
          WIN_SECONDS:BENCH_WINDOW_SECONDS RTT_N:BENCH_RTT \
          CU_ORDERS:BENCH_CATCHUP_ORDERS CU_TIMEOUT:BENCH_CATCHUP_TIMEOUT \
-         RB_TIMEOUT:BENCH_REBUILD_TIMEOUT; do
+         RB_TIMEOUT:BENCH_REBUILD_TIMEOUT PR_KEYS:BENCH_PRUNE_KEYS \
+         PR_COMMANDS:BENCH_PRUNE_COMMANDS; do
     eval "val=\$${v%%:*}"
     case $val in '' | *[!0-9]*) die "${v#*:} must be a whole number, got '$val'" ;; esac
 done
 [ "$DUR" -ge 1 ] || die "BENCH_SECONDS must be at least 1"
+[ "$PR_COMMANDS" -ge 1 ] || die "BENCH_PRUNE_COMMANDS must be at least 1"
 if [ "$THREADS" -lt 1 ] || [ "$CONNS" -lt "$THREADS" ]; then
     die "need BENCH_CONNECTIONS >= BENCH_THREADS >= 1"
 fi
@@ -113,8 +123,8 @@ if [ "$WIN_WORKERS" -lt 1 ] || [ "$WIN_COMMANDS" -lt 1 ] ||
     die "BENCH_WINDOW_*, BENCH_CATCHUP_* and BENCH_REBUILD_TIMEOUT must be at least 1"
 fi
 for st in $STEPS; do
-    case $st in write | window | catchup | rebuild) ;;
-        *) die "BENCH_STEPS: unknown step '$st' (write, window, catchup, rebuild)" ;; esac
+    case $st in write | window | catchup | rebuild | prune) ;;
+        *) die "BENCH_STEPS: unknown step '$st' (write, window, catchup, rebuild, prune)" ;; esac
 done
 step() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 if step rebuild && ! step catchup; then
@@ -342,7 +352,7 @@ run_wrk() {
 }
 
 for f in healthz healthz-warm placeorder placeorder-warm window window1 catchup \
-         upsert upsert-both fill rebuild; do
+         upsert upsert-both fill rebuild prune prune-ref; do
     : >"$TMP/$f.out"
 done
 probe_ok=0 w_ok=0 head_pos=
@@ -532,6 +542,29 @@ if step catchup; then
     fi
 fi
 
+# --- 7c. idempotency-key prune ------------------------------------------------
+# In process (the writer alone, no server): it links the engine, so it is
+# not compiled here when the build has no bench tools.
+if step prune; then
+    PR=$BUILD_DIR/bench/bench_prune
+    if [ -x "$PR" ]; then
+        say "-- idempotency-key prune: bench_prune, $PR_KEYS expired keys in the" \
+            "command log, $PR_COMMANDS keyed PlaceOrders through the writer while it prunes"
+        bounded 300 "$PR" --keys "$PR_KEYS" --commands "$PR_COMMANDS" \
+            --dir "$TMP" >"$TMP/prune.out" 2>&1
+        rc=$?
+        cat "$TMP/prune.out"
+        [ $rc -eq 0 ] || { warn "bench_prune failed (exit $rc)"; STATUS=1; }
+        say "-- the same with nothing to prune (reference)"
+        bounded 120 "$PR" --keys 0 --commands "$PR_COMMANDS" --dir "$TMP" \
+            --tag ref >"$TMP/prune-ref.out" 2>&1
+        cat "$TMP/prune-ref.out"
+    else
+        warn "no $PR (built with CQ_BENCH=OFF?)"; STATUS=1
+    fi
+    say
+fi
+
 # --- 8. summary ---------------------------------------------------------------
 h_rps=$(field healthz rps "$TMP/healthz.out")
 h_p50=$(field healthz p50_us "$TMP/healthz.out")
@@ -587,6 +620,15 @@ b_p99=$(field rebuild_queries p99_us "$TMP/rebuild.out")
 b_max=$(field rebuild_queries max_us "$TMP/rebuild.out")
 b_bp50=$(field rebuild_queries base_p50_us "$TMP/rebuild.out")
 b_bp99=$(field rebuild_queries base_p99_us "$TMP/rebuild.out")
+# prune
+p_p50=$(field prune p50_us "$TMP/prune.out")
+p_p99=$(field prune p99_us "$TMP/prune.out")
+p_max=$(field prune max_us "$TMP/prune.out")
+p_left=$(field prune left "$TMP/prune.out")
+p_drain=$(field prune drain_s "$TMP/prune.out")
+p_r50=$(field prune_ref p50_us "$TMP/prune-ref.out")
+p_r99=$(field prune_ref p99_us "$TMP/prune-ref.out")
+p_rmax=$(field prune_ref max_us "$TMP/prune-ref.out")
 
 pct() { calc 'if (b > 0) printf "%.1f %%", 100 * a / b; else print "n/a"' "$@"; }
 pct_h=$(pct "$c_rps" "$h_rps")
@@ -686,6 +728,15 @@ printf '  %-38s %14s   target every answer 200 with the order: %s\n' \
     "answers not 200/right during rebuild" "$b_bad" "$b_all200"
 say
 fi
+if step prune; then
+qline() { printf '  %-38s %9s %9s %9s\n' "$@"; }
+qline "keyed PlaceOrder, writer in process" "p50" "p99" "max"
+qline "  pruning $(num "$PR_KEYS") expired keys" "$(us "$p_p50")" "$(us "$p_p99")" "$(us "$p_max")"
+qline "  nothing to prune (reference)" "$(us "$p_r50")" "$(us "$p_r99")" "$(us "$p_rmax")"
+printf '  %-38s %14s   %s\n' "expired keys left after the commands" "${p_left:-n/a}" \
+    "(the idle writer removed them in $(sec "$p_drain"))"
+say
+fi
 say "========================================================================="
 if [ -n "$c_bad" ] && [ "$c_bad" != 0 ]; then
     say "!!! $c_bad PlaceOrder answers were not 202 (see 'answers by status' above)"
@@ -725,6 +776,9 @@ if step catchup; then
 fi
 if step rebuild; then
     [ -n "$b_rate" ] && [ -n "$b_q" ] || STATUS=1
+fi
+if step prune; then
+    [ -n "$p_max" ] && [ -n "$p_rmax" ] || STATUS=1
 fi
 if [ "$STRICT" = 1 ]; then
     for m in "$met" "$all202" "$w_met" "$w_allfresh" "$k_met" "$b_all200"; do

@@ -21,7 +21,6 @@
  */
 #include "command/writer.h"
 
-#include <errno.h>
 #include <stdarg.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -35,8 +34,6 @@
 #include "base/strbuf.h"
 #include "command/cache.h"
 #include "command/command.h"
-
-#define PRUNE_INTERVAL_MS 60000
 
 enum outcome { KEEP, UNDO_STORE, UNDO, ABORT };
 
@@ -54,7 +51,8 @@ struct cq_writer {
     /* writer thread only */
     cq_cache *cache;
     cq_decision *decision;
-    int64_t last_prune_ms;
+    int64_t last_prune_ms; /* when the last prune pass started (monotonic) */
+    int prune_pending;     /* a pass is under way: expired keys may remain */
 };
 
 /* ---- answers ------------------------------------------------------------ */
@@ -712,16 +710,56 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
     }
 }
 
-static void maybe_prune(cq_writer *w)
+/* Pruning the command log: a pass starts every prune_interval_ms (1 s: keys
+ * are deleted about as fast as they expire, not in a burst once a minute;
+ * a pass that finds nothing is one transaction that writes nothing) and
+ * deletes expired keys in steps, one short transaction each, oldest first.
+ * A step runs after a batch (one step, however many keys remain) or while
+ * nothing is queued (step after step, looking at the queue in between), so
+ * a command never waits behind more than one step. A step deletes
+ * CQ_WRITER_PRUNE_CHUNK keys, or after a batch of n > CHUNK requests up to
+ * n: deleting as many keys as the batch could have added costs about what
+ * adding them did, and lets the pass keep up under load, when the writer is
+ * never idle. An expired key not yet pruned is already absent to
+ * cmdlog_get, so a late pass costs disk space, never a wrong replay. */
+static int64_t mono_ms(void)
 {
-    int64_t now = cq_now_ms();
+    return (int64_t)(cq_mono_ns() / 1000000);
+}
 
-    if (now - w->last_prune_ms < PRUNE_INTERVAL_MS)
-        return;
-    w->last_prune_ms = now;
-    if (cq_store_cmdlog_prune(w->store, now, NULL) != CQ_OK)
+static void prune_start_if_due(cq_writer *w, int64_t now)
+{
+    if (!w->prune_pending &&
+        now - w->last_prune_ms >= w->cfg.prune_interval_ms) {
+        w->prune_pending = 1;
+        w->last_prune_ms = now;
+    }
+}
+
+/* One step of the pass under way, of at most `rows` keys; ends the pass
+ * once no expired key is left (or the store failed: the next pass tries
+ * again). */
+static void prune_step(cq_writer *w, int rows)
+{
+    int64_t deleted = 0;
+
+    if (cq_store_cmdlog_prune(w->store, cq_now_ms(), rows, &deleted) != CQ_OK) {
         fprintf(stderr, "cqrsd: pruning the command log failed: %s\n",
                 cq_store_errmsg(w->store));
+        w->prune_pending = 0;
+    } else if (deleted < rows) {
+        w->prune_pending = 0;
+    }
+}
+
+/* Milliseconds until the next pass is due, for the idle wait. */
+static int64_t prune_wait_ms(const cq_writer *w)
+{
+    int64_t ms = w->last_prune_ms + w->cfg.prune_interval_ms - mono_ms();
+
+    if (ms < 1)
+        return 1;
+    return ms > w->cfg.prune_interval_ms ? w->cfg.prune_interval_ms : ms;
 }
 
 static void *writer_main(void *arg)
@@ -736,10 +774,26 @@ static void *writer_main(void *arg)
         pthread_mutex_lock(&w->mu);
         while (w->head == NULL && !w->stopping) {
             struct timespec ts;
+            int64_t ms;
+
+            /* prune_start_if_due touches writer-only fields, never the
+             * store, so it may run under mu; a step runs without it. */
+            prune_start_if_due(w, mono_ms());
+            if (w->prune_pending) {
+                pthread_mutex_unlock(&w->mu);
+                prune_step(w, CQ_WRITER_PRUNE_CHUNK);
+                pthread_mutex_lock(&w->mu);
+                continue;
+            }
+            ms = prune_wait_ms(w);
             clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += PRUNE_INTERVAL_MS / 1000;
-            if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT)
-                break;
+            ts.tv_sec += ms / 1000;
+            ts.tv_nsec += (ms % 1000) * 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&w->cv, &w->mu, &ts);
         }
         if (w->head == NULL && w->stopping) {
             pthread_mutex_unlock(&w->mu);
@@ -761,7 +815,11 @@ static void *writer_main(void *arg)
 
         if (batch != NULL)
             run_batch(w, batch);
-        maybe_prune(w);
+        /* At most one step between two batches, however many remain. */
+        prune_start_if_due(w, mono_ms());
+        if (w->prune_pending)
+            prune_step(w,
+                       n > CQ_WRITER_PRUNE_CHUNK ? n : CQ_WRITER_PRUNE_CHUNK);
     }
     return NULL;
 }
@@ -790,6 +848,8 @@ int cq_writer_start(cq_store *store, const cq_writer_config *cfg,
         w->cfg.max_batch = 512;
     if (w->cfg.max_queue <= 0)
         w->cfg.max_queue = 16384;
+    if (w->cfg.prune_interval_ms <= 0)
+        w->cfg.prune_interval_ms = 1000;
     w->cache = cq_cache_new(w->cfg.cache_slots ? w->cfg.cache_slots : 4096);
     w->decision = cq_decision_new();
     if (w->cache == NULL || w->decision == NULL)
@@ -798,7 +858,8 @@ int cq_writer_start(cq_store *store, const cq_writer_config *cfg,
     if (rc != CQ_OK)
         goto fail;
     atomic_init(&w->head_position, head);
-    w->last_prune_ms = 0; /* prune once right at start */
+    w->last_prune_ms = mono_ms();
+    w->prune_pending = 1; /* the first pass runs right at start */
 
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);

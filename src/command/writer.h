@@ -30,6 +30,11 @@
 
 #define CQ_STREAM_ID_MAX 256 /* bytes including the NUL */
 #define CQ_IDEM_KEY_MAX 256  /* bytes including the NUL */
+/* Expired idempotency keys deleted per pruning step (more after a batch of
+ * more requests, up to its size): a command waits behind one step at most.
+ * Keys are random, so each costs an index page write; 128 is ~1-2 ms. See
+ * writer.c, "Pruning the command log". */
+#define CQ_WRITER_PRUNE_CHUNK 128
 
 typedef enum cq_write_kind {
     CQ_WRITE_COMMAND, /* run a domain command through its decider */
@@ -99,6 +104,8 @@ typedef struct cq_writer_config {
     int max_batch;              /* requests per transaction; 0 → 512 */
     int max_queue;              /* queued requests before EBUSY; 0 → 16384 */
     size_t cache_slots;         /* aggregate cache size; 0 → 4096 */
+    int64_t prune_interval_ms;  /* a pass over expired idempotency keys
+                                   starts this often; 0 → 1 s */
     cq_writer_hooks hooks;
     const cq_domain *domain;    /* its upcasters bring old events to the
                                    shape evolve() expects; may be NULL */

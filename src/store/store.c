@@ -146,11 +146,12 @@ int cq_store_cmdlog_put(cq_store *s, const cq_cmdlog_entry *e)
     return s->ops->cmdlog_put(s->impl, e);
 }
 
-int cq_store_cmdlog_prune(cq_store *s, int64_t now_ms, int64_t *deleted)
+int cq_store_cmdlog_prune(cq_store *s, int64_t now_ms, int max_rows,
+                          int64_t *deleted)
 {
     if (s == NULL)
         return CQ_EINVAL;
-    return s->ops->cmdlog_prune(s->impl, now_ms, deleted);
+    return s->ops->cmdlog_prune(s->impl, now_ms, max_rows, deleted);
 }
 
 int cq_store_read_stream(cq_store *s, const char *stream_id,

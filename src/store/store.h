@@ -133,9 +133,15 @@ int cq_store_cmdlog_get(cq_store *s, const char *key, int64_t now_ms,
 /* Insert or replace the entry for e->key. */
 int cq_store_cmdlog_put(cq_store *s, const cq_cmdlog_entry *e);
 
-/* Delete entries whose expires_at <= now_ms, in its own small transaction
- * (must be called outside a batch). *deleted may be NULL. */
-int cq_store_cmdlog_prune(cq_store *s, int64_t now_ms, int64_t *deleted);
+/* Delete at most max_rows (>= 1) entries whose expires_at <= now_ms,
+ * those that expired first, in one short transaction of its own; must be
+ * called outside a batch (else CQ_EINVAL). One call is one bounded step:
+ * *deleted (may be NULL; 0 on error) gets how many went, and fewer than
+ * max_rows means no expired entry is left. Whoever calls it decides when
+ * the next step runs (the writer interleaves them with its batches). An
+ * expired entry still present is absent to cq_store_cmdlog_get anyway. */
+int cq_store_cmdlog_prune(cq_store *s, int64_t now_ms, int max_rows,
+                          int64_t *deleted);
 
 /* The backend's own write connection (a sqlite3 * for the SQLite backend),
  * for inline projections, whose rows must commit in the writer's
@@ -188,7 +194,8 @@ typedef struct cq_store_ops {
     int (*cmdlog_get)(void *impl, const char *key, int64_t now_ms,
                       cq_cmdlog_entry *out);
     int (*cmdlog_put)(void *impl, const cq_cmdlog_entry *e);
-    int (*cmdlog_prune)(void *impl, int64_t now_ms, int64_t *deleted);
+    int (*cmdlog_prune)(void *impl, int64_t now_ms, int max_rows,
+                        int64_t *deleted);
     int (*read_stream)(void *impl, const char *stream_id, int64_t from_version,
                        int limit, cq_event_cb cb, void *arg,
                        int64_t *stream_version, char *err, size_t errcap);

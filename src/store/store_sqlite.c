@@ -61,7 +61,6 @@
 #define SQ_FILE "events.db"
 #define SQ_BUSY_TIMEOUT_MS 5000
 #define SQ_DEFAULT_READERS 4
-#define SQ_PRUNE_CHUNK 1000
 #define SQ_MSG_CAP 512
 
 /* The schema of version 1, created in one transaction on an empty file. */
@@ -155,7 +154,7 @@ static const char *const W_SQL[W_COUNT] = {
         " expires_at = excluded.expires_at",
     [W_CMD_PRUNE] = "DELETE FROM command_log WHERE rowid IN"
                     " (SELECT rowid FROM command_log WHERE expires_at <= ?1"
-                    " LIMIT ?2)",
+                    " ORDER BY expires_at LIMIT ?2)",
 };
 
 /* Read-connection statements, prepared once per connection. */
@@ -1030,46 +1029,50 @@ static int sq_cmdlog_put(void *impl, const cq_cmdlog_entry *e)
     return rc;
 }
 
-static int sq_cmdlog_prune(void *impl, int64_t now_ms, int64_t *deleted)
+static int sq_cmdlog_prune(void *impl, int64_t now_ms, int max_rows,
+                           int64_t *deleted)
 {
     sq_store *w = impl;
     sqlite3_stmt *st = w->st[W_CMD_PRUNE];
-    int64_t total = 0;
-    int changed = 0;
+    int64_t changed = 0;
     int rc = w_check(w, "cmdlog_prune");
+    if (deleted != NULL)
+        *deleted = 0;
     if (rc != CQ_OK)
         return rc;
     if (w->in_tx)
         return w_misuse(w, CQ_EINVAL,
                         "cmdlog_prune: must be called outside a batch");
-    /* One small transaction per chunk: the write lock is never held for
-     * long, and a crash loses at most the chunk in flight. */
-    do {
-        rc = tx_begin(w);
-        if (rc != CQ_OK)
-            goto fail;
-        rc = sqlite3_bind_int64(st, 1, now_ms);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int(st, 2, SQ_PRUNE_CHUNK);
-        if (rc == SQLITE_OK) {
-            rc = sqlite3_step(st);
-            rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
-        }
-        if (rc != SQLITE_OK) {
-            rc = sql_err(w->db, rc, w->msg, sizeof w->msg, "cmdlog_prune");
-            done_stmt(st);
-            w_mark_failed(w);
-            goto fail;
-        }
-        changed = sqlite3_changes(w->db);
+    if (max_rows < 1)
+        return w_misuse(w, CQ_EINVAL, "cmdlog_prune: max_rows must be >= 1");
+    /* One chunk in one short transaction: the caller (the writer) decides
+     * when the next one runs, so commands never wait behind more than one
+     * chunk. The rows come from the expires_at index, oldest first; a
+     * crash loses at most this chunk's deletion, which the next prune
+     * redoes. */
+    rc = tx_begin(w);
+    if (rc != CQ_OK)
+        goto fail;
+    rc = sqlite3_bind_int64(st, 1, now_ms);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int(st, 2, max_rows);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
+    if (rc != SQLITE_OK) {
+        rc = sql_err(w->db, rc, w->msg, sizeof w->msg, "cmdlog_prune");
         done_stmt(st);
-        rc = tx_commit(w);
-        if (rc != CQ_OK)
-            goto fail;
-        total += changed;
-    } while (changed == SQ_PRUNE_CHUNK);
+        w_mark_failed(w);
+        goto fail;
+    }
+    changed = sqlite3_changes(w->db);
+    done_stmt(st);
+    rc = tx_commit(w);
+    if (rc != CQ_OK)
+        goto fail;
     if (deleted != NULL)
-        *deleted = total;
+        *deleted = changed;
     return CQ_OK;
 
 fail:
@@ -1079,8 +1082,6 @@ fail:
         tx_rollback(w);
         memcpy(w->msg, keep, sizeof keep);
     }
-    if (deleted != NULL)
-        *deleted = total;
     return rc;
 }
 

@@ -749,22 +749,72 @@ static void test_cmdlog(void **state)
     assert_int_equal(cq_store_rollback(s), CQ_OK);
     assert_int_equal(cq_store_cmdlog_get(s, "k2", 2, &out), CQ_ENOTFOUND);
 
-    /* Prune in chunks: 2500 expired, 10 live. */
+    /* Prune: only outside a batch, and only with a positive chunk. */
     assert_int_equal(cq_store_begin(s), CQ_OK);
-    for (int i = 0; i < 2510; i++) {
-        char key[32];
-        snprintf(key, sizeof key, "p%d", i);
-        cq_cmdlog_entry p = {key, "h", 202, "{}", 0, i < 2500 ? 6000 : 20000};
+    assert_int_equal(cq_store_cmdlog_prune(s, 10000, 100, &deleted), CQ_EINVAL);
+    assert_int_equal(cq_store_rollback(s), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_prune(s, 10000, 0, &deleted), CQ_EINVAL);
+    assert_int_equal(cq_store_cmdlog_prune(s, 10000, 100, NULL), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_get(s, "k1", 9999, &out), CQ_ENOTFOUND);
+    assert_int_equal(cq_store_cmdlog_prune(s, 10000, 100, &deleted), CQ_OK);
+    assert_int_equal(deleted, 0);
+}
+
+/* Pruning is one bounded step per call: 10,000 expired keys and a few live
+ * ones; each call deletes at most max_rows, those that expired first, and
+ * says by a short count when none is left. Expired keys still present are
+ * absent to cmdlog_get all along. */
+static void test_cmdlog_prune_step(void **state)
+{
+    fixture *f = *state;
+    cq_store *s = f->s;
+    enum { EXPIRED = 10000, LIVE = 10, CHUNK = 256 };
+    const int64_t now = 50000;
+    cq_cmdlog_entry out;
+    int64_t deleted = -1, total = 0;
+    int calls = 0;
+    char key[32];
+
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    for (int i = 0; i < EXPIRED + LIVE; i++) {
+        /* Keys in no particular order of expiry. */
+        int j = (i * 7919) % (EXPIRED + LIVE);
+        snprintf(key, sizeof key, "p%d", j);
+        cq_cmdlog_entry p = {.key = key,
+                             .command_hash = "h",
+                             .status = 202,
+                             .response = "{}",
+                             .expires_at = j < EXPIRED ? 1 + j : now + 1 + j};
         assert_int_equal(cq_store_cmdlog_put(s, &p), CQ_OK);
     }
-    assert_int_equal(cq_store_cmdlog_prune(s, 10000, &deleted), CQ_EINVAL);
     assert_int_equal(cq_store_commit(s), CQ_OK);
-    assert_int_equal(cq_store_cmdlog_prune(s, 10000, &deleted), CQ_OK);
-    assert_int_equal(deleted, 2501); /* p0..p2499 and k1 */
-    assert_int_equal(cq_store_cmdlog_get(s, "p2505", 10000, &out), CQ_OK);
-    assert_int_equal(cq_store_cmdlog_get(s, "p1", 0, &out), CQ_ENOTFOUND);
-    assert_int_equal(cq_store_cmdlog_prune(s, 10000, NULL), CQ_OK);
-    assert_int_equal(cq_store_cmdlog_prune(s, 10000, &deleted), CQ_OK);
+
+    /* One step: CHUNK rows, the first to expire; more remain. */
+    assert_int_equal(cq_store_cmdlog_prune(s, now, CHUNK, &deleted), CQ_OK);
+    assert_int_equal(deleted, CHUNK);
+    total += deleted;
+    calls++;
+    snprintf(key, sizeof key, "p%d", CHUNK - 1);
+    assert_int_equal(cq_store_cmdlog_get(s, key, 0, &out), CQ_ENOTFOUND);
+    snprintf(key, sizeof key, "p%d", CHUNK);
+    assert_int_equal(cq_store_cmdlog_get(s, key, 0, &out), CQ_OK);
+    /* Not pruned yet, but expired: absent. */
+    assert_int_equal(cq_store_cmdlog_get(s, key, now, &out), CQ_ENOTFOUND);
+
+    while (deleted == CHUNK) {
+        assert_int_equal(cq_store_cmdlog_prune(s, now, CHUNK, &deleted), CQ_OK);
+        assert_true(deleted >= 0 && deleted <= CHUNK);
+        total += deleted;
+        calls++;
+        assert_true(calls <= EXPIRED / CHUNK + 1);
+    }
+    assert_int_equal(total, EXPIRED);
+    assert_int_equal(calls, EXPIRED / CHUNK + 1);
+    for (int j = EXPIRED; j < EXPIRED + LIVE; j++) {
+        snprintf(key, sizeof key, "p%d", j);
+        assert_int_equal(cq_store_cmdlog_get(s, key, now, &out), CQ_OK);
+    }
+    assert_int_equal(cq_store_cmdlog_prune(s, now, CHUNK, &deleted), CQ_OK);
     assert_int_equal(deleted, 0);
 }
 
@@ -924,6 +974,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_untrusted_rows, setup_open,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_cmdlog, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_cmdlog_prune_step, setup_open,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_readers_see_gap_free_prefix,
                                         setup_open, teardown),
     };

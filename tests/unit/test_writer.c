@@ -5,7 +5,9 @@
  * and checks what the protocol in writer.h promises: answers only after
  * commit, one savepoint per request (a refusal leaves its batch-mates
  * alone), gap-free positions, idempotent replays (also within one batch),
- * and that the state cache never serves a rolled-back state.
+ * that the state cache never serves a rolled-back state, that expired
+ * idempotency keys are absent before they are pruned, and that pruning
+ * never puts more than one chunk between two batches.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/base.h"
 #include "command/writer.h"
@@ -357,6 +360,301 @@ static void test_concurrent_submitters(void **state)
     free(s);
 }
 
+/* ---- the command log's expired keys ---- */
+
+/* Hooks that hold the writer inside its first batch (before_commit) until
+ * the test has queued what it wants behind it, plant command-log entries
+ * from inside a batch (the writer's own transaction, on its thread), and
+ * count the expired keys after every commit through a connection of
+ * their own. Fields under mu, except the counts: written by the writer
+ * thread, read by the test after the writer has answered everything. */
+typedef struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int calls;      /* before_commit calls */
+    int held, open; /* the writer waits in the first before_commit */
+    int fill;       /* expired keys to put in the first batch */
+    int plant;      /* put "k-old"/"k-other", expired, on next inline */
+    const char *plant_hash;
+    cq_store *store;
+    sqlite3 *probe;
+    int batches;
+    long long expired[64]; /* expired keys after each commit */
+    int64_t head[64];      /* and the head it committed */
+} gate;
+
+static long long count_expired(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    long long n = -1;
+
+    if (sqlite3_prepare_v2(db,
+                           "SELECT count(*) FROM command_log"
+                           " WHERE expires_at <= ?1",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_bind_int64(st, 1, cq_now_ms()) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return n;
+}
+
+static int gate_before_commit(void *arg, int64_t head)
+{
+    gate *g = arg;
+    int first;
+    char key[32];
+
+    pthread_mutex_lock(&g->mu);
+    first = g->calls++ == 0;
+    pthread_mutex_unlock(&g->mu);
+    if (!first)
+        return CQ_OK;
+    for (int i = 0; i < g->fill; i++) {
+        snprintf(key, sizeof key, "old-%d", i);
+        cq_cmdlog_entry e = {key, "h", 202, "{}", 0, 1 + i};
+        if (cq_store_cmdlog_put(g->store, &e) != CQ_OK)
+            return CQ_EIO;
+    }
+    pthread_mutex_lock(&g->mu);
+    g->held = 1;
+    pthread_cond_broadcast(&g->cv);
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+    return CQ_OK;
+}
+
+static int gate_inline(void *arg, const cq_stored_event *events,
+                       const json_t *const *data, size_t n)
+{
+    gate *g = arg;
+    int plant;
+
+    pthread_mutex_lock(&g->mu);
+    plant = g->plant;
+    g->plant = 0;
+    pthread_mutex_unlock(&g->mu);
+    if (!plant)
+        return CQ_OK;
+    const char *resp = "{\"from\":\"the expired entry\"}";
+    cq_cmdlog_entry same = {.key = "k-old",
+                            .command_hash = g->plant_hash,
+                            .status = 202,
+                            .response = resp,
+                            .expires_at = 1};
+    cq_cmdlog_entry other = same;
+
+    other.key = "k-other";
+    other.command_hash = "not-its-hash";
+    if (cq_store_cmdlog_put(g->store, &same) != CQ_OK ||
+        cq_store_cmdlog_put(g->store, &other) != CQ_OK)
+        return CQ_EIO;
+    return CQ_OK;
+}
+
+static void gate_committed(void *arg, int64_t head)
+{
+    gate *g = arg;
+
+    if (g->probe != NULL && g->batches < 64) {
+        g->head[g->batches] = head;
+        g->expired[g->batches++] = count_expired(g->probe);
+    }
+}
+
+static void gate_init(fixture *f, gate *g)
+{
+    char path[300];
+
+    memset(g, 0, sizeof *g);
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    g->store = f->store;
+    snprintf(path, sizeof path, "%s/events.db", f->dir);
+    assert_int_equal(
+        sqlite3_open_v2(path, &g->probe, SQLITE_OPEN_READONLY, NULL),
+        SQLITE_OK);
+}
+
+static void gate_wait_held_then_open(gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    while (!g->held)
+        pthread_cond_wait(&g->cv, &g->mu);
+    g->open = 1;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void gate_destroy(gate *g)
+{
+    sqlite3_close(g->probe);
+    pthread_mutex_destroy(&g->mu);
+    pthread_cond_destroy(&g->cv);
+}
+
+/* `expired` expired keys and n keyed commands queued behind one another
+ * in batches of at most max_batch: the writer prunes while it works, but
+ * between two batches never more than one step, of CQ_WRITER_PRUNE_CHUNK
+ * keys or as many as the batch before held (each command here appends one
+ * event, so a batch's size is the head's advance). Once idle it removes
+ * the rest. Returns the most keys deleted between two batches. */
+static long long prune_stream(fixture *f, int max_batch, int n, int expired)
+{
+    cq_write_req *r = calloc((size_t)n, sizeof *r);
+    cq_writer_config cfg = {0};
+    gate g;
+    char json[256], key[32];
+    long long left = -1, most = 0;
+
+    gate_init(f, &g);
+    g.fill = expired;
+    cfg.max_batch = max_batch;
+    cfg.prune_interval_ms = 1; /* a pass is due whenever one is not running */
+    cfg.hooks.before_commit = gate_before_commit;
+    cfg.hooks.committed = gate_committed;
+    cfg.hooks.arg = &g;
+    cq_writer_free(f->writer);
+    assert_int_equal(cq_writer_start(f->store, &cfg, &f->writer), CQ_OK);
+
+    /* The first batch puts the expired keys in; the gate holds it while
+     * the rest is queued behind it. */
+    for (int i = 0; i < n; i++) {
+        snprintf(key, sizeof key, "new-%d", i);
+        make_command(f, &r[i], "PlaceOrder", place(i, json, sizeof json), key);
+        assert_int_equal(cq_writer_submit(f->writer, &r[i]), CQ_OK);
+    }
+    gate_wait_held_then_open(&g);
+    wait_for(&f->wt, n);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(r[i].status, 202);
+
+    assert_true(g.batches >= (n + max_batch - 1) / max_batch);
+    assert_true(g.batches < 64);
+    assert_int_equal(g.expired[0], expired);
+    assert_int_equal(g.head[g.batches - 1], n);
+    for (int k = 0; k + 1 < g.batches; k++) {
+        long long gone = g.expired[k] - g.expired[k + 1];
+        long long size = g.head[k] - (k > 0 ? g.head[k - 1] : 0);
+        long long allowed =
+            size > CQ_WRITER_PRUNE_CHUNK ? size : CQ_WRITER_PRUNE_CHUNK;
+        if (gone < 0 || gone > allowed)
+            fail_msg("between batch %d (%lld requests) and %d: %lld expired "
+                     "keys deleted (at most %lld allowed)",
+                     k + 1, size, k + 2, gone, allowed);
+        most = gone > most ? gone : most;
+    }
+    /* It did prune while the commands ran. */
+    assert_true(g.expired[g.batches - 1] < expired);
+
+    /* Idle: the rest goes, step after step (bounded wait). */
+    for (int i = 0; i < 4000; i++) {
+        left = count_expired(g.probe);
+        if (left == 0)
+            break;
+        usleep(5000);
+    }
+    assert_int_equal(left, 0);
+    /* The commands' own keys are live and still replay. */
+    release(r, 1);
+    make_command(f, &r[0], "PlaceOrder", place(0, json, sizeof json), "new-0");
+    assert_int_equal(cq_writer_submit(f->writer, &r[0]), CQ_OK);
+    wait_for(&f->wt, n + 1);
+    assert_int_equal(r[0].status, 202);
+    assert_true(r[0].replayed);
+
+    cq_writer_free(f->writer); /* before the gate goes */
+    f->writer = NULL;
+    release(r, (size_t)n);
+    free(r);
+    gate_destroy(&g);
+    return most;
+}
+
+/* One command per batch, 10,000 expired keys: one chunk between batches. */
+static void test_prune_interleaves_with_batches(void **state)
+{
+    long long most = prune_stream(*state, 1, 30, 10000);
+    assert_int_equal(most, CQ_WRITER_PRUNE_CHUNK);
+}
+
+/* Batches larger than a chunk: the step after each may delete as many
+ * keys as the batch held (so pruning keeps up with a writer that is never
+ * idle), and no more. */
+static void test_prune_keeps_up_with_large_batches(void **state)
+{
+    long long most = prune_stream(*state, 300, 900, 2000);
+    assert_true(most > CQ_WRITER_PRUNE_CHUNK);
+    assert_true(most <= 300);
+}
+
+/* An expired key still in the command log (not pruned yet) is absent: the
+ * same request runs again instead of being replayed, and another request
+ * under the key is not refused as a reuse. The entries are put in the same
+ * batch just before, so no prune can have removed them. */
+static void test_expired_key_not_replayed(void **state)
+{
+    fixture *f = *state;
+    cq_write_req r[5];
+    cq_writer_config cfg = {0};
+    gate g;
+    char json[256];
+
+    gate_init(f, &g);
+    cfg.hooks.before_commit = gate_before_commit;
+    cfg.hooks.apply_inline = gate_inline;
+    cfg.hooks.arg = &g;
+    cq_writer_free(f->writer);
+    assert_int_equal(cq_writer_start(f->store, &cfg, &f->writer), CQ_OK);
+
+    make_command(f, &r[0], "PlaceOrder", place(900, json, sizeof json), NULL);
+    make_command(f, &r[1], "PlaceOrder", place(901, json, sizeof json), NULL);
+    make_command(f, &r[2], "PlaceOrder", place(902, json, sizeof json),
+                 "k-old");
+    make_command(f, &r[3], "PlaceOrder", place(903, json, sizeof json),
+                 "k-other");
+    g.plant_hash = r[2].command_hash;
+    /* r[0] alone in the first batch, held; then r[1..3] in one batch:
+     * r[1]'s inline hook plants the expired entries, r[2] and r[3] look
+     * them up. */
+    assert_int_equal(cq_writer_submit(f->writer, &r[0]), CQ_OK);
+    pthread_mutex_lock(&g.mu);
+    while (!g.held)
+        pthread_cond_wait(&g.cv, &g.mu);
+    g.plant = 1;
+    pthread_mutex_unlock(&g.mu);
+    for (int i = 1; i < 4; i++)
+        assert_int_equal(cq_writer_submit(f->writer, &r[i]), CQ_OK);
+    gate_wait_held_then_open(&g);
+    wait_for(&f->wt, 4);
+
+    assert_int_equal(g.plant, 0); /* planted */
+    assert_int_equal(r[2].status, 202);
+    assert_false(r[2].replayed);
+    assert_int_equal(r[2].version, 1);
+    assert_null(strstr(r[2].response, "the expired entry"));
+    assert_non_null(strstr(r[2].response, "OrderPlaced"));
+    assert_int_equal(r[3].status, 202); /* not 422 */
+    assert_false(r[3].replayed);
+    assert_null(strstr(r[3].response, "the expired entry"));
+    assert_int_equal(cq_writer_head(f->writer), 4);
+
+    /* The key now holds the new answer: the same request replays it. */
+    make_command(f, &r[4], "PlaceOrder", place(902, json, sizeof json),
+                 "k-old");
+    assert_int_equal(cq_writer_submit(f->writer, &r[4]), CQ_OK);
+    wait_for(&f->wt, 5);
+    assert_int_equal(r[4].status, 202);
+    assert_true(r[4].replayed);
+    assert_string_equal(r[4].response, r[2].response);
+
+    cq_writer_free(f->writer);
+    f->writer = NULL;
+    release(r, 5);
+    gate_destroy(&g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -368,6 +666,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_concurrent_submitters, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_stream, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prune_interleaves_with_batches,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prune_keeps_up_with_large_batches,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_expired_key_not_replayed, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
