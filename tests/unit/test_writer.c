@@ -426,10 +426,14 @@ static int gate_before_commit(void *arg, int64_t head)
 }
 
 static int gate_inline(void *arg, const cq_stored_event *events,
-                       const json_t *const *data, size_t n)
+                       const json_t *const *data, size_t n, char *err,
+                       size_t errcap)
 {
     gate *g = arg;
     int plant;
+
+    (void)err;
+    (void)errcap;
 
     pthread_mutex_lock(&g->mu);
     plant = g->plant;
