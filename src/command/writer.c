@@ -6,6 +6,8 @@
  *     signalled when a request is queued or the writer is told to stop.
  *   - head_position is atomic: written by the writer after each commit,
  *     read by anyone.
+ *   - `writable` is atomic, written by the writer thread only; `why` (the
+ *     failure that made the store unwritable) is guarded by `mu`.
  *   - everything else (cache, decision, the store's write side) belongs to
  *     the writer thread alone.
  *
@@ -18,6 +20,16 @@
  *               writes undone, nothing remembered
  *   ABORT       the store failed: the whole batch is rolled back and
  *               every request in it is answered 503; nothing is durable
+ *
+ * Whether the store takes writes (cq_writer_writable, for /readyz and the
+ * metrics) is what the last transaction showed: a failed batch makes it
+ * unwritable (a full disk, an I/O error), the next commit that succeeds
+ * writable again. So that an idle server (which a load balancer may have
+ * stopped sending writes to because it was not ready) finds out that the
+ * disk has room again, the writer, while unwritable and idle, commits a
+ * probe every PROBE_INTERVAL_MS: a command-log entry under a key no client
+ * can send (it has spaces), already expired, so it is never read and the
+ * next prune deletes it.
  */
 #include "command/writer.h"
 
@@ -37,6 +49,8 @@
 #include "command/command.h"
 
 #define PRUNE_INTERVAL_MS 60000
+#define PROBE_INTERVAL_MS 1000
+#define PROBE_KEY "cqrsd write probe"
 
 enum outcome { KEEP, UNDO_STORE, UNDO, ABORT };
 
@@ -50,6 +64,8 @@ struct cq_writer {
     int queued;                /* guarded by mu */
     int stopping;              /* guarded by mu */
     _Atomic int64_t head_position;
+    atomic_int writable; /* written by the writer thread only */
+    char why[512];       /* guarded by mu: why it is not writable */
 
     /* writer thread only */
     cq_cache *cache;
@@ -652,6 +668,46 @@ static int run_one(cq_writer *w, cq_write_req *r, int64_t now)
 /* ---- batches --------------------------------------------------------------
  */
 
+/* Record whether the last transaction committed (writer thread); log the
+ * changes only, not every failed batch. */
+static void set_writable(cq_writer *w, int ok, const char *why)
+{
+    int was = atomic_load(&w->writable);
+
+    if (!ok) {
+        pthread_mutex_lock(&w->mu);
+        snprintf(w->why, sizeof w->why, "%s", why);
+        pthread_mutex_unlock(&w->mu);
+    }
+    atomic_store(&w->writable, ok);
+    if (was && !ok)
+        fprintf(stderr, "cqrsd: the event store refuses writes: %s\n", why);
+    else if (!was && ok)
+        fprintf(stderr, "cqrsd: the event store accepts writes again\n");
+}
+
+/* While unwritable and idle: try one small real write (see the file
+ * comment). */
+static void probe(cq_writer *w)
+{
+    int64_t now = cq_now_ms();
+    cq_cmdlog_entry e = {PROBE_KEY, "", 0, "", now, now};
+    int rc = cq_store_begin(w->store);
+
+    if (rc == CQ_OK)
+        rc = cq_store_cmdlog_put(w->store, &e);
+    if (rc == CQ_OK)
+        rc = cq_store_commit(w->store);
+    if (rc == CQ_OK) {
+        set_writable(w, 1, NULL);
+    } else {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", cq_store_errmsg(w->store));
+        cq_store_rollback(w->store);
+        set_writable(w, 0, msg);
+    }
+}
+
 static void run_batch(cq_writer *w, cq_write_req *batch)
 {
     int64_t now = cq_now_ms();
@@ -672,6 +728,7 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
     if (rc == CQ_OK) {
         int64_t head;
         cq_cache_commit(w->cache);
+        set_writable(w, 1, NULL);
         if (cq_store_write_head(w->store, &head) == CQ_OK) {
             atomic_store(&w->head_position, head);
             if (w->cfg.hooks.committed != NULL)
@@ -682,6 +739,7 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
         snprintf(msg, sizeof msg, "%s", cq_store_errmsg(w->store));
         cq_store_rollback(w->store);
         cq_cache_drop_dirty(w->cache);
+        set_writable(w, 0, msg);
         for (r = batch; r != NULL; r = r->next) {
             r->replayed = 0;
             r->version = 0;
@@ -722,7 +780,9 @@ static void *writer_main(void *arg)
         while (w->head == NULL && !w->stopping) {
             struct timespec ts;
             clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += PRUNE_INTERVAL_MS / 1000;
+            ts.tv_sec += (atomic_load(&w->writable) ? PRUNE_INTERVAL_MS
+                                                    : PROBE_INTERVAL_MS) /
+                         1000;
             if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT)
                 break;
         }
@@ -746,6 +806,8 @@ static void *writer_main(void *arg)
 
         if (batch != NULL)
             run_batch(w, batch);
+        else if (!atomic_load(&w->writable))
+            probe(w);
         maybe_prune(w);
     }
     return NULL;
@@ -783,6 +845,7 @@ int cq_writer_start(cq_store *store, const cq_writer_config *cfg,
     if (rc != CQ_OK)
         goto fail;
     atomic_init(&w->head_position, head);
+    atomic_init(&w->writable, 1);
     w->last_prune_ms = 0; /* prune once right at start */
 
     pthread_condattr_init(&ca);
@@ -835,6 +898,18 @@ int cq_writer_submit(cq_writer *w, cq_write_req *r)
 int64_t cq_writer_head(cq_writer *w)
 {
     return atomic_load(&w->head_position);
+}
+
+int cq_writer_writable(cq_writer *w, char *why, size_t cap)
+{
+    int ok = atomic_load(&w->writable);
+
+    if (why != NULL && cap > 0) {
+        pthread_mutex_lock(&w->mu);
+        snprintf(why, cap, "%s", ok ? "" : w->why);
+        pthread_mutex_unlock(&w->mu);
+    }
+    return ok;
 }
 
 void cq_writer_stop(cq_writer *w)
