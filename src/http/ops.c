@@ -193,10 +193,10 @@ enum MHD_Result cq_http_readyz(request *q)
         }
     }
     ready = json_array_size(reasons) == 0;
-    doc = json_pack(
-        "{s:s,s:I,s:b,s:f,s:f,s:o}", "status", ready ? "ready" : "not_ready",
-        "head_position", (json_int_t)head, "store_writable", writable,
-        "max_lag_seconds", max_lag, "lag_bound_seconds",
-        q->srv->ready_max_lag_s, "reasons", reasons);
+    doc = json_pack("{s:s,s:I,s:b,s:f,s:f,s:o}", "status",
+                    ready ? "ready" : "not_ready", "head_position",
+                    (json_int_t)head, "store_writable", writable,
+                    "max_lag_seconds", max_lag, "lag_bound_seconds",
+                    q->srv->ready_max_lag_s, "reasons", reasons);
     return cq_http_send_json(q->conn, ready ? 200 : 503, doc);
 }

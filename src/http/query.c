@@ -133,7 +133,7 @@ static enum MHD_Result answer(request *q)
                      (json_int_t)f.position, "lag_events",
                      (json_int_t)f.lag_events, "lag_ms", f.lag_ms, "stale",
                      stale, "consistency",
-                     q->strong ? "strong"
+                     q->strong                               ? "strong"
                      : cq_engine_is_inline(e, q->projection) ? "inline"
                                                              : "eventual");
     if (meta != NULL && stream != NULL)

@@ -60,13 +60,13 @@ struct cq_wal {
     int started;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int due;      /* guarded by mu: a PASSIVE checkpoint is wanted */
-    int stopping; /* guarded by mu */
+    int due;                 /* guarded by mu: a PASSIVE checkpoint is wanted */
+    int stopping;            /* guarded by mu */
     pthread_mutex_t ckpt_mu; /* held while any checkpoint runs */
 
     int next_truncate; /* writing thread only */
     _Atomic int64_t truncations;
-    int last_error;    /* checkpoint thread only: logged once per change */
+    int last_error; /* checkpoint thread only: logged once per change */
 };
 
 /* Make db a WAL connection: read the schema once (see the file comment). */

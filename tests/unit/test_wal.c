@@ -71,9 +71,8 @@ static int setup(void **state)
     exec_ok(f->writer, "PRAGMA journal_mode = WAL");
     exec_ok(f->writer, "PRAGMA synchronous = NORMAL");
     exec_ok(f->writer, "CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)");
-    if (sqlite3_prepare_v2(f->writer,
-                           "INSERT INTO t (b) VALUES (zeroblob(?1))", -1,
-                           &f->insert, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(f->writer, "INSERT INTO t (b) VALUES (zeroblob(?1))",
+                           -1, &f->insert, NULL) != SQLITE_OK)
         return -1;
     if (sqlite3_open_v2(f->path, &f->reader, SQLITE_OPEN_READONLY, NULL) !=
         SQLITE_OK)
@@ -214,8 +213,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_log_bounded_with_overlapping_readers, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_stuck_reader_then_truncated,
-                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stuck_reader_then_truncated, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_bytes_and_free_null, setup,
                                         teardown),
     };
