@@ -30,7 +30,7 @@ FILES = ("events.db", "events.db-wal", "read.db", "read.db-wal")
 # The server empties a log once it holds 4000 frames of 4 KiB pages
 # (src/store/wal.h), about 16 MiB; allow for the commit that crosses it.
 WAL_BOUND = 32 * 1024 * 1024
-COMMANDS = 4000
+COMMANDS = 3000
 WRITERS = 4
 
 
@@ -114,7 +114,7 @@ class WalBoundTest(unittest.TestCase):
                 self.assertLessEqual(most[f], WAL_BOUND,
                                      "%s reached %d bytes (sizes seen: %r)"
                                      % (f, most[f], most))
-            # the rows were copied back into read.db (4000 orders in two
+            # the rows were copied back into read.db (3000 orders in two
             # asynchronous projections: well over 256 KiB)
             self.assertGreaterEqual(size(os.path.join(srv.data_dir, "read.db")),
                                     256 * 1024, "read.db did not grow: %r" % most)
@@ -167,7 +167,7 @@ class FullDiskTest(unittest.TestCase):
         c = Client(srv)
         try:
             st, b = self.readyz(c)
-            self.assertEqual((st, b["store_writable"]), (200, True), b)
+            self.assertEqual((st, b.get("store_writable")), (200, True), b)
             self.assertEqual(self.writable_metric(c), 1.0)
             # fill it: large orders until the store refuses
             items = [{"sku": "sku-%d-%s" % (i, "x" * 40), "quantity": 1,
