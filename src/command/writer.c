@@ -6,6 +6,8 @@
  *     signalled when a request is queued or the writer is told to stop.
  *   - head_position is atomic: written by the writer after each commit,
  *     read by anyone.
+ *   - `writable` is atomic, written by the writer thread only; `why` (the
+ *     failure that made the store unwritable) is guarded by `mu`.
  *   - everything else (cache, decision, the store's write side) belongs to
  *     the writer thread alone.
  *
@@ -18,10 +20,21 @@
  *               writes undone, nothing remembered
  *   ABORT       the store failed: the whole batch is rolled back and
  *               every request in it is answered 503; nothing is durable
+ *
+ * Whether the store takes writes (cq_writer_writable, for /readyz and the
+ * metrics) is what the last transaction showed: a failed batch makes it
+ * unwritable (a full disk, an I/O error), the next commit that succeeds
+ * writable again. So that an idle server (which a load balancer may have
+ * stopped sending writes to because it was not ready) finds out that the
+ * disk has room again, the writer, while unwritable and idle, commits a
+ * probe every PROBE_INTERVAL_MS: a command-log entry under a key no client
+ * can send (it has spaces), already expired, so it is never read and the
+ * next prune deletes it.
  */
 #include "command/writer.h"
 
 #include <stdarg.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -35,6 +48,9 @@
 #include "command/cache.h"
 #include "command/command.h"
 
+#define PROBE_INTERVAL_MS 1000
+#define PROBE_KEY "cqrsd write probe"
+
 enum outcome { KEEP, UNDO_STORE, UNDO, ABORT };
 
 struct cq_writer {
@@ -47,6 +63,8 @@ struct cq_writer {
     int queued;                /* guarded by mu */
     int stopping;              /* guarded by mu */
     _Atomic int64_t head_position;
+    atomic_int writable; /* written by the writer thread only */
+    char why[512];       /* guarded by mu: why it is not writable */
 
     /* writer thread only */
     cq_cache *cache;
@@ -665,6 +683,46 @@ static int run_one(cq_writer *w, cq_write_req *r, int64_t now)
 /* ---- batches --------------------------------------------------------------
  */
 
+/* Record whether the last transaction committed (writer thread); log the
+ * changes only, not every failed batch. */
+static void set_writable(cq_writer *w, int ok, const char *why)
+{
+    int was = atomic_load(&w->writable);
+
+    if (!ok) {
+        pthread_mutex_lock(&w->mu);
+        snprintf(w->why, sizeof w->why, "%s", why);
+        pthread_mutex_unlock(&w->mu);
+    }
+    atomic_store(&w->writable, ok);
+    if (was && !ok)
+        fprintf(stderr, "cqrsd: the event store refuses writes: %s\n", why);
+    else if (!was && ok)
+        fprintf(stderr, "cqrsd: the event store accepts writes again\n");
+}
+
+/* While unwritable and idle: try one small real write (see the file
+ * comment). */
+static void probe(cq_writer *w)
+{
+    int64_t now = cq_now_ms();
+    cq_cmdlog_entry e = {PROBE_KEY, "", 0, "", now, now};
+    int rc = cq_store_begin(w->store);
+
+    if (rc == CQ_OK)
+        rc = cq_store_cmdlog_put(w->store, &e);
+    if (rc == CQ_OK)
+        rc = cq_store_commit(w->store);
+    if (rc == CQ_OK) {
+        set_writable(w, 1, NULL);
+    } else {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", cq_store_errmsg(w->store));
+        cq_store_rollback(w->store);
+        set_writable(w, 0, msg);
+    }
+}
+
 static void run_batch(cq_writer *w, cq_write_req *batch)
 {
     int64_t now = cq_now_ms();
@@ -685,6 +743,7 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
     if (rc == CQ_OK) {
         int64_t head;
         cq_cache_commit(w->cache);
+        set_writable(w, 1, NULL);
         if (cq_store_write_head(w->store, &head) == CQ_OK) {
             atomic_store(&w->head_position, head);
             if (w->cfg.hooks.committed != NULL)
@@ -695,6 +754,7 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
         snprintf(msg, sizeof msg, "%s", cq_store_errmsg(w->store));
         cq_store_rollback(w->store);
         cq_cache_drop_dirty(w->cache);
+        set_writable(w, 0, msg);
         for (r = batch; r != NULL; r = r->next) {
             r->replayed = 0;
             r->version = 0;
@@ -786,6 +846,8 @@ static void *writer_main(void *arg)
                 continue;
             }
             ms = prune_wait_ms(w);
+            if (!atomic_load(&w->writable) && ms > PROBE_INTERVAL_MS)
+                ms = PROBE_INTERVAL_MS;
             clock_gettime(CLOCK_MONOTONIC, &ts);
             ts.tv_sec += ms / 1000;
             ts.tv_nsec += (ms % 1000) * 1000000;
@@ -793,7 +855,10 @@ static void *writer_main(void *arg)
                 ts.tv_sec++;
                 ts.tv_nsec -= 1000000000;
             }
-            pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+            /* an unwritable writer wakes up to probe (see probe()) */
+            if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT &&
+                !atomic_load(&w->writable))
+                break;
         }
         if (w->head == NULL && w->stopping) {
             pthread_mutex_unlock(&w->mu);
@@ -815,6 +880,8 @@ static void *writer_main(void *arg)
 
         if (batch != NULL)
             run_batch(w, batch);
+        else if (!atomic_load(&w->writable))
+            probe(w);
         /* At most one step between two batches, however many remain. */
         prune_start_if_due(w, mono_ms());
         if (w->prune_pending)
@@ -858,6 +925,7 @@ int cq_writer_start(cq_store *store, const cq_writer_config *cfg,
     if (rc != CQ_OK)
         goto fail;
     atomic_init(&w->head_position, head);
+    atomic_init(&w->writable, 1);
     w->last_prune_ms = mono_ms();
     w->prune_pending = 1; /* the first pass runs right at start */
 
@@ -911,6 +979,18 @@ int cq_writer_submit(cq_writer *w, cq_write_req *r)
 int64_t cq_writer_head(cq_writer *w)
 {
     return atomic_load(&w->head_position);
+}
+
+int cq_writer_writable(cq_writer *w, char *why, size_t cap)
+{
+    int ok = atomic_load(&w->writable);
+
+    if (why != NULL && cap > 0) {
+        pthread_mutex_lock(&w->mu);
+        snprintf(why, cap, "%s", ok ? "" : w->why);
+        pthread_mutex_unlock(&w->mu);
+    }
+    return ok;
 }
 
 void cq_writer_stop(cq_writer *w)

@@ -16,8 +16,9 @@
  *   4. decide(); append; evolve the state; cache it (dirty until commit);
  *   5. store the answer in the command log under the key, if any.
  *
- * Thread-safety: cq_writer_submit and cq_writer_head may be called from any
- * thread; everything else from the thread that started the writer.
+ * Thread-safety: cq_writer_submit, cq_writer_head and cq_writer_writable may
+ * be called from any thread; everything else from the thread that started
+ * the writer.
  */
 #ifndef CQ_WRITER_H
 #define CQ_WRITER_H
@@ -123,6 +124,12 @@ int cq_writer_submit(cq_writer *w, cq_write_req *r);
 
 /* Highest committed position. Any thread. */
 int64_t cq_writer_head(cq_writer *w);
+
+/* 1 while the store takes writes: the last transaction the writer tried
+ * (a batch, or while idle and unwritable a probe once a second) committed;
+ * 0 when it failed, with the store's message in why[cap] (if not NULL;
+ * "" when writable). Any thread. */
+int cq_writer_writable(cq_writer *w, char *why, size_t cap);
 
 /* Refuse new requests (CQ_ECLOSED), finish and answer every queued one,
  * and join the thread. cq_writer_head() keeps working. Call once, from the

@@ -5,7 +5,10 @@
  *   GET  /projections/{name}               one projection's status
  *   POST /projections/{name}/{operation}   pause, resume, reset, retry, skip,
  *                                          rebuild (202: it runs on)
- *   GET  /readyz                           200 ready / 503 not ready
+ *   GET  /readyz                           200 ready / 503 not ready (the
+ *                                          store cannot be read or refuses
+ *                                          writes, a projection failed or
+ *                                          lags)
  *
  * Control operations are carried out by the projector thread (engine.c);
  * the MHD thread waits for them, which is fine for rare operator calls.
@@ -155,7 +158,8 @@ enum MHD_Result cq_http_readyz(request *q)
     json_t *reasons = json_array(), *doc;
     int64_t head = 0;
     double max_lag = 0;
-    int ready;
+    char refused[512] = "";
+    int ready, writable;
 
     if (!cq_http_params_ok(q, allowed, &ret))
         return ret;
@@ -164,6 +168,15 @@ enum MHD_Result cq_http_readyz(request *q)
     if (cq_store_head_position(q->srv->store, &head) != CQ_OK)
         json_array_append_new(reasons,
                               json_string("the event store cannot be read"));
+    writable = q->srv->writer == NULL ||
+               cq_writer_writable(q->srv->writer, refused, sizeof refused);
+    if (!writable) {
+        char reason[600];
+        snprintf(reason, sizeof reason,
+                 "the event store refuses writes (last write failed: %s)",
+                 refused);
+        json_array_append_new(reasons, json_string(reason));
+    }
     for (int i = 0; e != NULL && i < cq_engine_count(e); i++) {
         cq_projection_status st;
         char why[600];
@@ -182,9 +195,10 @@ enum MHD_Result cq_http_readyz(request *q)
         }
     }
     ready = json_array_size(reasons) == 0;
-    doc = json_pack(
-        "{s:s,s:I,s:f,s:f,s:o}", "status", ready ? "ready" : "not_ready",
-        "head_position", (json_int_t)head, "max_lag_seconds", max_lag,
-        "lag_bound_seconds", q->srv->ready_max_lag_s, "reasons", reasons);
+    doc = json_pack("{s:s,s:I,s:b,s:f,s:f,s:o}", "status",
+                    ready ? "ready" : "not_ready", "head_position",
+                    (json_int_t)head, "store_writable", writable,
+                    "max_lag_seconds", max_lag, "lag_bound_seconds",
+                    q->srv->ready_max_lag_s, "reasons", reasons);
     return cq_http_send_json(q->conn, ready ? 200 : 503, doc);
 }

@@ -7,7 +7,8 @@
  *   1. find the declared query; check its parameters (declared types and
  *      bounds) and the consistency parameters: min_position, min_version
  *      (keyed queries), wait_ms (0-30000, default 500), consistency
- *      (eventual | strong; strong for keyed queries only);
+ *      (eventual | strong; strong for keyed queries only); an inline
+ *      projection's answer says "inline" (its rows commit with the events);
  *   2. work out the position to wait for: min_position, and the position
  *      of the stream's event at min_version (if the stream is not that
  *      long yet: the next position, re-checked each time it moves);
@@ -131,7 +132,10 @@ static enum MHD_Result answer(request *q)
                      cq_engine_projection_name(e, q->projection), "position",
                      (json_int_t)f.position, "lag_events",
                      (json_int_t)f.lag_events, "lag_ms", f.lag_ms, "stale",
-                     stale, "consistency", q->strong ? "strong" : "eventual");
+                     stale, "consistency",
+                     q->strong                               ? "strong"
+                     : cq_engine_is_inline(e, q->projection) ? "inline"
+                                                             : "eventual");
     if (meta != NULL && stream != NULL)
         json_object_set_new(meta, "stream_version", json_integer(sv));
     if (meta != NULL && q->timed_out)

@@ -456,7 +456,8 @@ static void count_command(request *q, int status)
                              (double)(cq_mono_ns() - q->t0) / 1e9);
 }
 
-/* Gauges computed at scrape time: the store's head and each projection. */
+/* Gauges computed at scrape time: the store's head, the sizes of the
+ * write-ahead logs, whether the store takes writes, and each projection. */
 static void collect(void *arg, cq_strbuf *out)
 {
     cq_server *s = arg;
@@ -480,7 +481,7 @@ static void collect(void *arg, cq_strbuf *out)
         {"projection_rebuild_events_per_second",
          "Replay rate of the rebuild in progress (0 when none)."},
     };
-    int64_t head = 0;
+    int64_t head = 0, wal_events;
     int n = s->engine ? cq_engine_count(s->engine) : 0;
     cq_projection_status *st = n ? calloc((size_t)n, sizeof *st) : NULL;
 
@@ -490,6 +491,25 @@ static void collect(void *arg, cq_strbuf *out)
         cq_metrics_gauge_family(out, "event_store_head_position",
                                 "Highest committed event position.");
         cq_metrics_gauge(out, "event_store_head_position", NULL, (double)head);
+    }
+    wal_events = cq_store_wal_bytes(s->store);
+    if (wal_events >= 0 || s->engine != NULL) {
+        cq_metrics_gauge_family(out, "cqrsd_wal_bytes",
+                                "Size of the database's write-ahead log file.");
+        if (wal_events >= 0)
+            cq_metrics_gauge(out, "cqrsd_wal_bytes", "database=\"events.db\"",
+                             (double)wal_events);
+        if (s->engine != NULL)
+            cq_metrics_gauge(out, "cqrsd_wal_bytes", "database=\"read.db\"",
+                             (double)cq_engine_wal_bytes(s->engine));
+    }
+    if (s->writer != NULL) {
+        cq_metrics_gauge_family(
+            out, "cqrsd_store_writable",
+            "1 if the event store's last write transaction committed; 0 "
+            "after one failed (e.g. a full disk), until one commits.");
+        cq_metrics_gauge(out, "cqrsd_store_writable", NULL,
+                         (double)cq_writer_writable(s->writer, NULL, 0));
     }
     if (st == NULL)
         return;

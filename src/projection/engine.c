@@ -32,7 +32,10 @@
  * batch and its checkpoint together, and it is applied again after
  * restart. Handlers are written to be idempotent as well
  * (docs/declared-sql.md), so a batch applied twice changes nothing.
- * read.db's WAL is checkpointed by its own thread. After each round the
+ * read.db's WAL is kept bounded by src/store/wal.c: a thread of its own
+ * copies it back into read.db (that fsync would otherwise stall every
+ * waiting query), and the projector, right after a commit, empties it
+ * when it has grown too far (see wal.h). After each round the
  * projector also advances every blue/green rebuild by one batch
  * (rebuild.c).
  *
@@ -44,9 +47,8 @@
  * before_commit) and their position published when the writer reports the
  * commit (hook committed).
  *
- * Locks: `mu` guards head, stopping, ckpt_due and every projection's
- * position and failure fields; `cv` wakes the projector, `ckpt_cv` the
- * checkpointer. The connection pools have
+ * Locks: `mu` guards head, stopping and every projection's position and
+ * failure fields; `cv` wakes the projector. The connection pools have
  * their own mutexes; waits have theirs (wait.c). Lock order: never hold
  * mu while taking a pool or the waiters' lock.
  */
@@ -63,6 +65,9 @@
 #include "base/base.h"
 #include "command/command.h"
 #include "projection/engine_int.h"
+#include "store/wal.h"
+
+#define ENGINE_BUSY_TIMEOUT_MS 5000
 
 #define CHECKPOINT_DDL                                                         \
     "CREATE TABLE IF NOT EXISTS cq_projections ("                              \
@@ -116,7 +121,7 @@ static int open_db(const char *path, int flags, sqlite3 **db, char *err,
         *db = NULL;
         return CQ_EIO;
     }
-    sqlite3_busy_timeout(*db, 5000);
+    sqlite3_busy_timeout(*db, ENGINE_BUSY_TIMEOUT_MS);
     return CQ_OK;
 }
 
@@ -450,7 +455,13 @@ again:
     cq_waiters_advance(e->waits, p->index, c.last);
     return CQ_OK;
 rollback:
-    cq_exec_sql(e->rx, "ROLLBACK", err + strlen(err), sizeof err - strlen(err));
+    /* SQLite may have rolled back already (a full disk, an I/O error) */
+    if (!sqlite3_get_autocommit(e->rdb)) {
+        char why[128];
+        if (cq_exec_sql(e->rx, "ROLLBACK", why, sizeof why) != CQ_OK)
+            snprintf(err + strlen(err), sizeof err - strlen(err),
+                     "; rollback: %s", why);
+    }
 io:
     fprintf(stderr,
             "cqrsd: projection %s: batch from %lld not applied, will retry: "
@@ -656,60 +667,6 @@ static void run_control(cq_engine *e, proj *p)
         cq_waiters_rewind(e->waits, p->index, 0);
     else if (rc == CQ_OK && op == OP_SKIP)
         cq_waiters_advance(e->waits, p->index, position);
-}
-
-/* read.db's WAL is copied back into the database by this thread, not by
- * the projector: a checkpoint fsyncs read.db, and on the projector's path
- * that stall would delay every waiting query. The projector's connection
- * has SQLite's automatic checkpoints replaced by wal_hook() below, which
- * only signals this thread once the WAL holds 1000 pages. PASSIVE
- * checkpoints never block the projector or readers. */
-static void *checkpointer_main(void *arg)
-{
-    cq_engine *e = arg;
-    char path[4200];
-    sqlite3 *db = NULL;
-    char err[256];
-
-    pthread_setname_np(pthread_self(), "cq-checkpoint");
-    snprintf(path, sizeof path, "%s/read.db", e->dir);
-    if (open_db(path, SQLITE_OPEN_READWRITE, &db, err, sizeof err) != CQ_OK) {
-        fprintf(stderr, "cqrsd: read.db checkpoints: %s\n", err);
-        return NULL;
-    }
-    pthread_mutex_lock(&e->mu);
-    while (!e->stopping) {
-        if (!e->ckpt_due) {
-            pthread_cond_wait(&e->ckpt_cv, &e->mu);
-            continue;
-        }
-        e->ckpt_due = 0;
-        pthread_mutex_unlock(&e->mu);
-        if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL,
-                                      NULL) != SQLITE_OK)
-            fprintf(stderr, "cqrsd: read.db checkpoint: %s\n",
-                    sqlite3_errmsg(db));
-        pthread_mutex_lock(&e->mu);
-    }
-    pthread_mutex_unlock(&e->mu);
-    sqlite3_close(db);
-    return NULL;
-}
-
-/* sqlite3_wal_hook on the projector's connection, after each commit. */
-static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
-{
-    cq_engine *e = arg;
-
-    (void)db;
-    (void)name;
-    if (pages >= 1000) {
-        pthread_mutex_lock(&e->mu);
-        e->ckpt_due = 1;
-        pthread_cond_signal(&e->ckpt_cv);
-        pthread_mutex_unlock(&e->mu);
-    }
-    return SQLITE_OK;
 }
 
 static void *projector_main(void *arg)
@@ -932,7 +889,6 @@ int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
     e->nreaders = cfg->readers > 0 ? cfg->readers : 4;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
-    pthread_cond_init(&e->ckpt_cv, NULL);
     pthread_cond_init(&e->control_cv, NULL);
     *out = e;
     return CQ_OK;
@@ -1568,12 +1524,11 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         cq_waiters_advance(e->waits, i, e->projs[i]->position);
     cq_waiters_advance(e->waits, e->nprojs, head);
     e->head = head;
-    sqlite3_wal_hook(e->rdb, on_wal_commit, e);
-    if (pthread_create(&e->checkpointer, NULL, checkpointer_main, e) != 0) {
-        snprintf(err, errcap, "cannot start the checkpoint thread");
-        return CQ_ENOMEM;
-    }
-    e->ckpt_started = 1;
+    snprintf(path, sizeof path, "%s/read.db", e->dir);
+    rc = cq_wal_start(e->rdb, ENGINE_BUSY_TIMEOUT_MS, path, "cq-ckpt-read",
+                      &e->wal, err, errcap);
+    if (rc != CQ_OK)
+        return rc;
     if (pthread_create(&e->projector, NULL, projector_main, e) != 0) {
         snprintf(err, errcap, "cannot start the projector thread");
         return CQ_ENOMEM;
@@ -1592,12 +1547,9 @@ void cq_engine_stop(cq_engine *e)
     joined = e->stopping;
     e->stopping = 1;
     pthread_cond_broadcast(&e->cv);
-    pthread_cond_broadcast(&e->ckpt_cv);
     pthread_mutex_unlock(&e->mu);
     if (e->started && !joined)
         pthread_join(e->projector, NULL);
-    if (e->ckpt_started && !joined)
-        pthread_join(e->checkpointer, NULL);
     cq_waiters_shutdown(e->waits);
 }
 
@@ -1622,6 +1574,7 @@ void cq_engine_free(cq_engine *e)
         cq_rebuild_free(e->projs[i]); /* statements on read.db */
     cq_exec_free(e->rx);
     cq_exec_free(e->ix);
+    cq_wal_free(e->wal); /* before read.db's writing connection closes */
     sqlite3_close(e->rdb);
     for (int i = 0; i < e->nprojs; i++) {
         cq_declared_free(e->projs[i]->d);
@@ -1632,7 +1585,6 @@ void cq_engine_free(cq_engine *e)
     free(e->projs);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
-    pthread_cond_destroy(&e->ckpt_cv);
     pthread_cond_destroy(&e->control_cv);
     free(e);
 }
@@ -1686,6 +1638,16 @@ int64_t cq_engine_head(cq_engine *e)
     h = e->head;
     pthread_mutex_unlock(&e->mu);
     return h;
+}
+
+int64_t cq_engine_wal_bytes(cq_engine *e)
+{
+    return cq_wal_bytes(e->wal);
+}
+
+int cq_engine_is_inline(cq_engine *e, int projection)
+{
+    return e->projs[projection]->is_inline;
 }
 
 int cq_engine_wait(cq_engine *e, int projection, int64_t target,

@@ -111,6 +111,13 @@ int64_t cq_engine_position(cq_engine *e, int projection, int *failed);
 /* Committed head of the event store, as last told by the writer. */
 int64_t cq_engine_head(cq_engine *e);
 
+/* Bytes of read.db's write-ahead log on disk (read.db-wal). Any thread. */
+int64_t cq_engine_wal_bytes(cq_engine *e);
+
+/* 1 if the projection is inline (its tables commit with the events in
+ * events.db), 0 if asynchronous. Any thread. */
+int cq_engine_is_inline(cq_engine *e, int projection);
+
 /* Wait for `projection` (or, with CQ_ENGINE_HEAD, the event store's
  * committed head) to reach `target` (see cq_waiters_add). */
 #define CQ_ENGINE_HEAD (-1)

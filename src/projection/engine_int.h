@@ -115,12 +115,8 @@ struct cq_engine {
     cq_exec *ix;
     sqlite3_stmt *i_save, *i_sp, *i_release, *i_rollback;
 
-    /* the read.db checkpointer (see checkpointer_main) */
-    pthread_t checkpointer;
-    pthread_cond_t ckpt_cv;    /* with mu: a checkpoint is due */
+    struct cq_wal *wal;        /* read.db's checkpoints (store/wal.h) */
     pthread_cond_t control_cv; /* with mu: a control operation is done */
-    int ckpt_due;              /* guarded by mu */
-    int ckpt_started;
 
     pool reads;  /* read.db */
     pool events; /* events.db */

@@ -318,6 +318,7 @@ int cq_rebuild_begin(cq_engine *e, proj *p, const char *reason, char *err,
 {
     int64_t now = cq_now_ms(), position = 0, started = now;
     int resume = p->rb.resume;
+    char why[sizeof p->rb.reason];
     int rc;
 
     p->rb.resume = 0;
@@ -381,13 +382,16 @@ int cq_rebuild_begin(cq_engine *e, proj *p, const char *reason, char *err,
     p->rb.active = 1;
     p->rb.position = position;
     p->rb.started_ms = started;
-    if (!resume)
-        snprintf(p->rb.reason, sizeof p->rb.reason, "%s", reason);
+    /* a resumed one says so (docs/api.md); the log line keeps why it
+     * was started */
+    snprintf(why, sizeof why, "%s", resume ? p->rb.reason : reason);
+    snprintf(p->rb.reason, sizeof p->rb.reason, "%s",
+             resume ? "resumed" : reason);
     pthread_mutex_unlock(&e->mu);
     fprintf(stderr,
             "cqrsd: projection %s: rebuild %s (%s) at position %lld; "
             "its live tables keep serving until the swap\n",
-            p->d->name, resume ? "resumed" : "started", p->rb.reason,
+            p->d->name, resume ? "resumed" : "started", why,
             (long long)position);
     return CQ_OK;
 }

@@ -191,3 +191,8 @@ const char *cq_store_backend(cq_store *s)
 {
     return s->ops->name;
 }
+
+int64_t cq_store_wal_bytes(cq_store *s)
+{
+    return s->ops->wal_bytes != NULL ? s->ops->wal_bytes(s->impl) : -1;
+}

@@ -153,6 +153,10 @@ void *cq_store_write_handle(cq_store *s);
 /* The backend's name ("sqlite"), to pick matching executors. */
 const char *cq_store_backend(cq_store *s);
 
+/* Bytes of write-ahead log on disk (events.db-wal), or -1 for a backend
+ * without one. Any thread. */
+int64_t cq_store_wal_bytes(cq_store *s);
+
 /* ---- read side: any thread ---- */
 
 /* Events of stream_id with version >= from_version (>= 1), at most limit
@@ -204,6 +208,7 @@ typedef struct cq_store_ops {
                     size_t errcap);
     int (*head_position)(void *impl, int64_t *head);
     void *(*write_handle)(void *impl);
+    int64_t (*wal_bytes)(void *impl); /* optional */
 } cq_store_ops;
 
 enum {

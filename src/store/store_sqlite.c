@@ -57,6 +57,7 @@
 #include <sqlite3.h>
 
 #include "store/store.h"
+#include "store/wal.h"
 
 #define SQ_FILE "events.db"
 #define SQ_BUSY_TIMEOUT_MS 5000
@@ -209,6 +210,8 @@ typedef struct sq_store {
     int sync_init;
     sq_reader **idle; /* readers not lent out */
     int nidle;
+    /* ---- checkpoints (wal.c): its own thread and the writer's hook ---- */
+    cq_wal *wal;
 } sq_store;
 
 /* ---- small helpers ---- */
@@ -1245,7 +1248,9 @@ static void sq_close(void *impl)
     sq_store *w = impl;
     if (w == NULL)
         return;
-    /* Readers first: the writer, closing last, checkpoints the WAL. */
+    /* Readers and the checkpoint thread first: the writer, closing last,
+     * checkpoints the WAL and removes it. */
+    cq_wal_free(w->wal);
     for (int i = 0; i < w->nreaders; i++) {
         finalize_all(w->readers[i].st, R_COUNT);
         sqlite3_close(w->readers[i].db);
@@ -1491,6 +1496,10 @@ static int sq_open(const cq_store_config *cfg, void **impl, char *err,
             goto fail;
         w->idle[w->nidle++] = &w->readers[i];
     }
+    rc = cq_wal_start(w->db, SQ_BUSY_TIMEOUT_MS, path, "cq-ckpt-events",
+                      &w->wal, err, errcap);
+    if (rc != CQ_OK)
+        goto fail;
     free(path);
     *impl = w;
     return CQ_OK;
@@ -1504,6 +1513,11 @@ fail:
 static void *sq_write_handle(void *impl)
 {
     return ((sq_store *)impl)->db;
+}
+
+static int64_t sq_wal_bytes(void *impl)
+{
+    return cq_wal_bytes(((sq_store *)impl)->wal);
 }
 
 const cq_store_ops cq_store_sqlite_ops = {
@@ -1523,4 +1537,5 @@ const cq_store_ops cq_store_sqlite_ops = {
     .read_all = sq_read_all,
     .head_position = sq_head_position,
     .write_handle = sq_write_handle,
+    .wal_bytes = sq_wal_bytes,
 };

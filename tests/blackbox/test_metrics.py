@@ -294,7 +294,9 @@ class MetricsTest(ServerTestCase):
                           ("projection_position", "gauge"),
                           ("projection_lag_events", "gauge"),
                           ("projection_lag_seconds", "gauge"),
-                          ("projection_failed", "gauge")):
+                          ("projection_failed", "gauge"),
+                          ("cqrsd_wal_bytes", "gauge"),
+                          ("cqrsd_store_writable", "gauge")):
             self.assertEqual(x.types.get(name), typ,
                              "# TYPE of %s (families: %r)" % (name, sorted(x.types)))
             self.assertTrue(x.helps.get(name), "%s has no # HELP text" % name)
@@ -327,6 +329,11 @@ class MetricsTest(ServerTestCase):
 
         # ---- the store and the projections
         self.assertEqual(x.value("event_store_head_position"), head)
+        self.assertEqual(x.value("cqrsd_store_writable"), 1)
+        wal = x.by_label("cqrsd_wal_bytes", "database")
+        self.assertEqual(set(wal), {"events.db", "read.db"}, "wal sizes %r" % wal)
+        for db, v in wal.items():
+            self.assertGreaterEqual(v, 0, "cqrsd_wal_bytes of %s" % db)
         positions = x.by_label("projection_position", "projection")
         lag_events = x.by_label("projection_lag_events", "projection")
         lag_seconds = x.by_label("projection_lag_seconds", "projection")

@@ -24,6 +24,10 @@ META_KEYS = ("projection", "position", "lag_events", "lag_ms", "stale",
              "consistency")
 
 
+# queries answered by inline projections, whose meta says so
+INLINE_QUERIES = {"payment_confirmation": "inline"}
+
+
 def qpath(name, params=None):
     """/queries/NAME?params (params: dict or list of pairs)."""
     if not params:
@@ -68,8 +72,13 @@ class QueryTestBase(ServerTestCase):
         return (client or self.c).get(qpath(name, params), headers=headers)
 
     def ok(self, name, params=None, headers=None, client=None,
-           projection=None, consistency="eventual"):
-        """A 200 query answer, with its meta checked; returns (data, meta, h)."""
+           projection=None, consistency=None):
+        """A 200 query answer, with its meta checked; returns (data, meta, h).
+        consistency defaults to what the query's projection gives: "inline"
+        for payment_confirmation (applied with the events), else
+        "eventual"."""
+        if consistency is None:
+            consistency = INLINE_QUERIES.get(name, "eventual")
         st, h, b = self.q(name, params, headers, client)
         self.assertEqual(st, 200, "GET %s -> %s %r" % (qpath(name, params), st, b))
         self.assertTrue(h.get("content-type", "").startswith("application/json"),

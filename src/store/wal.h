@@ -1,0 +1,63 @@
+/*
+ * wal.h -- keeping a SQLite database's write-ahead log bounded.
+ *
+ * Both databases of the server (events.db, written by the writer thread,
+ * and read.db, written by the projector thread) are in WAL mode with one
+ * writing connection each. A cq_wal takes over the checkpoints of one of
+ * them (protocol in wal.c and src/store/README.md):
+ *
+ *   - after a commit that leaves CQ_WAL_CHECKPOINT_FRAMES or more frames
+ *     in the log, a thread of its own copies them into the database with
+ *     a PASSIVE checkpoint, on its own connection (the database fsync
+ *     stays off the writing thread; readers and the writer never wait);
+ *   - when the log has grown to CQ_WAL_LIMIT_FRAMES without being reset
+ *     (under continuous writes it rarely is), the writing thread itself
+ *     runs a TRUNCATE checkpoint right after its commit, waiting at most
+ *     CQ_WAL_TRUNCATE_BUSY_MS for readers of older snapshots, which
+ *     empties the -wal file; if readers hold on, it tries again after
+ *     another CQ_WAL_CHECKPOINT_FRAMES frames.
+ *
+ * So the -wal file stays below about CQ_WAL_LIMIT_FRAMES frames (16 MiB
+ * with 4 KiB pages) under any load, unless one read transaction stays
+ * open for longer than the log takes to grow by that much.
+ */
+#ifndef CQ_STORE_WAL_H
+#define CQ_STORE_WAL_H
+
+#include <sqlite3.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CQ_WAL_CHECKPOINT_FRAMES 1000 /* as SQLite's own autocheckpoint */
+#define CQ_WAL_LIMIT_FRAMES 4000
+#define CQ_WAL_TRUNCATE_BUSY_MS 50
+/* the -wal file is cut back to this after a reset (journal_size_limit) */
+#define CQ_WAL_SIZE_LIMIT_BYTES (4 * 1024 * 1024)
+
+typedef struct cq_wal cq_wal;
+
+/* Take over the checkpoints of the database at `path` (a WAL database),
+ * whose only writing connection is `writer`: installs a wal hook on it
+ * (which turns SQLite's automatic checkpoints off), sets its
+ * journal_size_limit, opens a connection of its own and starts a thread
+ * named `thread_name` (at most 15 bytes). `writer` is borrowed and must
+ * stay open until cq_wal_free; `busy_ms` is its busy timeout, restored
+ * after each TRUNCATE attempt. Call while `writer` is idle. CQ_OK, or
+ * CQ_EIO / CQ_ENOMEM with a message in err; *out is NULL then. */
+int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
+                 const char *thread_name, cq_wal **out, char *err,
+                 size_t errcap);
+
+/* Stop the thread, remove the hook from the writing connection and free.
+ * Call while the writing connection is idle and before it is closed.
+ * Accepts NULL. */
+void cq_wal_free(cq_wal *w);
+
+/* Size of the -wal file in bytes (0 when there is none). Any thread. */
+int64_t cq_wal_bytes(const cq_wal *w);
+
+/* How many TRUNCATE checkpoints have emptied the log so far. Any
+ * thread. */
+int64_t cq_wal_truncations(const cq_wal *w);
+
+#endif

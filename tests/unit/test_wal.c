@@ -1,0 +1,222 @@
+/*
+ * test_wal.c -- unit tests of src/store/wal.c: a WAL database whose log is
+ * kept bounded by cq_wal, driven by this thread as the writer, with a
+ * second connection as a reader holding snapshots the way queries do.
+ *
+ * What is asserted are file sizes (the -wal file and the database), never
+ * times. Each test gets a fresh directory under $TMPDIR.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "cqrs/cqrs.h"
+#include "store/wal.h"
+
+#define FRAME_BYTES (4096 + 24) /* default page size + frame header */
+#define ROW_BYTES 6000          /* each commit writes a few frames */
+
+typedef struct fixture {
+    char dir[512];
+    char path[600];
+    char wal_path[620];
+    sqlite3 *writer, *reader;
+    sqlite3_stmt *insert;
+    cq_wal *wal;
+} fixture;
+
+static int64_t file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (int64_t)st.st_size : 0;
+}
+
+static void exec_ok(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        fail_msg("%s: %s", sql, msg ? msg : sqlite3_errstr(rc));
+}
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    const char *tmp = getenv("TMPDIR");
+    char err[256];
+
+    if (f == NULL)
+        return -1;
+    snprintf(f->dir, sizeof f->dir, "%s/test_wal-XXXXXX",
+             tmp && *tmp ? tmp : "/tmp");
+    if (mkdtemp(f->dir) == NULL)
+        return -1;
+    snprintf(f->path, sizeof f->path, "%s/t.db", f->dir);
+    snprintf(f->wal_path, sizeof f->wal_path, "%s-wal", f->path);
+    if (sqlite3_open(f->path, &f->writer) != SQLITE_OK)
+        return -1;
+    sqlite3_busy_timeout(f->writer, 5000);
+    exec_ok(f->writer, "PRAGMA journal_mode = WAL");
+    exec_ok(f->writer, "PRAGMA synchronous = NORMAL");
+    exec_ok(f->writer, "CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)");
+    if (sqlite3_prepare_v2(f->writer, "INSERT INTO t (b) VALUES (zeroblob(?1))",
+                           -1, &f->insert, NULL) != SQLITE_OK)
+        return -1;
+    if (sqlite3_open_v2(f->path, &f->reader, SQLITE_OPEN_READONLY, NULL) !=
+        SQLITE_OK)
+        return -1;
+    if (cq_wal_start(f->writer, 5000, f->path, "test-ckpt", &f->wal, err,
+                     sizeof err) != CQ_OK) {
+        fprintf(stderr, "cq_wal_start: %s\n", err);
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    char path[700];
+
+    cq_wal_free(f->wal);
+    sqlite3_finalize(f->insert);
+    sqlite3_close(f->reader);
+    sqlite3_close(f->writer);
+    remove(f->path);
+    remove(f->wal_path);
+    snprintf(path, sizeof path, "%s-shm", f->path);
+    remove(path);
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+/* One row in a transaction of its own; the commit must succeed whatever
+ * the checkpoints do. */
+static void commit_row(fixture *f)
+{
+    sqlite3_bind_int(f->insert, 1, ROW_BYTES);
+    assert_int_equal(sqlite3_step(f->insert), SQLITE_DONE);
+    sqlite3_reset(f->insert);
+}
+
+/* A read transaction on the reader connection, left open. */
+static void reader_begin(fixture *f)
+{
+    exec_ok(f->reader, "BEGIN");
+    exec_ok(f->reader, "SELECT max(id) FROM t"); /* takes the snapshot */
+}
+
+static void reader_end(fixture *f)
+{
+    exec_ok(f->reader, "COMMIT");
+}
+
+/* The checkpoint thread copies the log back into the database on its own
+ * (a connection that had never read the database used to make this a
+ * no-op): with nobody else checkpointing, the database file grows. */
+static void test_checkpoints_copy_the_log_back(void **state)
+{
+    fixture *f = *state;
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    int64_t db = 0;
+
+    for (int i = 0; i < 600; i++) /* ~1200 frames */
+        commit_row(f);
+    /* the thread works on its own time: wait for it, up to 30 s */
+    for (int i = 0; i < 3000 && db < 400 * ROW_BYTES; i++) {
+        nanosleep(&pause, NULL);
+        db = file_size(f->path);
+    }
+    assert_true(db >= 400 * ROW_BYTES);
+}
+
+/* Readers that always overlap the writer's next transaction (each starts
+ * right after a commit, before those frames are copied back): between the
+ * resets SQLite manages on its own and the TRUNCATE after a commit, the
+ * -wal file stays under the limit. */
+static void test_log_bounded_with_overlapping_readers(void **state)
+{
+    fixture *f = *state;
+    int64_t most = 0;
+
+    reader_begin(f);
+    for (int i = 0; i < 3000; i++) { /* ~6000 frames */
+        int64_t n;
+        exec_ok(f->writer, "BEGIN IMMEDIATE");
+        sqlite3_bind_int(f->insert, 1, ROW_BYTES);
+        assert_int_equal(sqlite3_step(f->insert), SQLITE_DONE);
+        sqlite3_reset(f->insert);
+        reader_end(f);
+        exec_ok(f->writer, "COMMIT"); /* the hook runs here */
+        reader_begin(f);
+        n = file_size(f->wal_path);
+        if (n > most)
+            most = n;
+    }
+    reader_end(f);
+    assert_true(most <= (int64_t)(CQ_WAL_LIMIT_FRAMES + 16) * FRAME_BYTES);
+    assert_true(file_size(f->path) >= 2000 * ROW_BYTES);
+}
+
+/* A reader that keeps one snapshot through many commits holds the log up
+ * (nothing can be done about it), but costs only a short wait per
+ * CQ_WAL_CHECKPOINT_FRAMES frames; once it is gone, the log is emptied. */
+static void test_stuck_reader_then_truncated(void **state)
+{
+    fixture *f = *state;
+    int64_t most = 0;
+
+    reader_begin(f);
+    commit_row(f);
+    for (int i = 0; i < 2500; i++) /* ~5000 frames */
+        commit_row(f);
+    most = file_size(f->wal_path);
+    assert_true(most > (int64_t)CQ_WAL_LIMIT_FRAMES * FRAME_BYTES);
+    reader_end(f);
+    for (int i = 0; i < 600 && file_size(f->wal_path) >= most; i++)
+        commit_row(f);
+    assert_true(file_size(f->wal_path) < most);
+    assert_true(cq_wal_truncations(f->wal) > 0);
+    assert_true(file_size(f->wal_path) <=
+                (int64_t)CQ_WAL_CHECKPOINT_FRAMES * 2 * FRAME_BYTES);
+}
+
+static void test_bytes_and_free_null(void **state)
+{
+    fixture *f = *state;
+
+    commit_row(f);
+    assert_int_equal(cq_wal_bytes(f->wal), file_size(f->wal_path));
+    assert_true(cq_wal_bytes(f->wal) > 0);
+    assert_int_equal(cq_wal_bytes(NULL), 0);
+    cq_wal_free(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_checkpoints_copy_the_log_back,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_log_bounded_with_overlapping_readers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stuck_reader_then_truncated, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_bytes_and_free_null, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
