@@ -79,6 +79,8 @@ typedef struct request {
     char stream_id[CQ_STREAM_ID_MAX];  /* keyed queries */
     int64_t min_position, min_version; /* -1: not asked */
     int strong;
+    int version_missing;  /* the stream has no event min_version yet */
+    int64_t version_seen; /* the position read before looking for it */
 } request;
 
 /* Queue an answer: body (malloc'd, taken over; NULL = out of memory) with

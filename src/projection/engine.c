@@ -24,7 +24,9 @@
  *   2. for each projection, in declaration order: BEGIN on read.db, run
  *      its handlers on the events it has not applied yet, write its
  *      checkpoint (and failure), COMMIT, publish its position and wake
- *      the waiters it satisfies;
+ *      the waiters it satisfies: those of a position it reached, and those
+ *      of a stream version it applied (only the batch's streams are
+ *      looked up, see wait.h);
  *   3. if a handler failed in 2, that projection's transaction is undone
  *      and run again with a SAVEPOINT per event, so that the failing event
  *      alone is rolled back and ends the projection's part of the batch.
@@ -388,6 +390,29 @@ void cq_eng_apply_events(apply_ctx *c, const batch *b, int64_t from)
             apply_parsed(c, &b->se[k], &b->pe[k], b->prc[k]);
 }
 
+/* Tell p's waiters it has applied b's events from `from` to `last`: the
+ * position waiters it reached and the stream waiters of those events'
+ * streams fire. */
+static void publish_applied(cq_engine *e, proj *p, const batch *b, int64_t from,
+                            int64_t last)
+{
+    cq_stream_applied *applied =
+        b->n ? malloc((size_t)b->n * sizeof *applied) : NULL;
+    size_t n = 0;
+
+    if (applied == NULL && b->n > 0) {
+        /* no memory for the list: every stream waiter looks again */
+        cq_waiters_advance(e->waits, p->index, last);
+        return;
+    }
+    for (int k = 0; k < b->n; k++)
+        if (b->se[k].position >= from && b->se[k].position <= last)
+            applied[n++] =
+                (cq_stream_applied){b->se[k].stream_id, b->se[k].version};
+    cq_waiters_advance_streams(e->waits, p->index, last, applied, n);
+    free(applied);
+}
+
 /* Apply the events of b that p has not applied yet to its live tables
  * (with the handlers of d, the definition they were built with), and its
  * checkpoint, in one read.db transaction; then publish. The fast path runs
@@ -434,7 +459,7 @@ again:
     pthread_mutex_unlock(&e->mu);
     if (c.failed)
         mark_failed(e, p, &c);
-    cq_waiters_advance(e->waits, p->index, c.last);
+    publish_applied(e, p, b, from, c.last);
     return CQ_OK;
 rollback:
     cq_exec_sql(e->rx, "ROLLBACK", err + strlen(err), sizeof err - strlen(err));
@@ -842,9 +867,12 @@ static int hook_before_commit(void *arg, int64_t head)
     return CQ_OK;
 }
 
-static void hook_committed(void *arg, int64_t head)
+static void hook_committed(void *arg, int64_t head,
+                           const cq_write_req *requests)
 {
     cq_engine *e = arg;
+    cq_stream_applied *applied = NULL;
+    size_t n = 0, cap = 0;
 
     pthread_mutex_lock(&e->mu);
     if (head > e->head)
@@ -858,12 +886,24 @@ static void hook_committed(void *arg, int64_t head)
     }
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
-    for (int i = 0; i < e->nprojs; i++) {
-        proj *p = e->projs[i];
-        if (p->is_inline && !p->failed)
-            cq_waiters_advance(e->waits, p->index, head);
+    /* the streams the batch wrote: only their stream waiters look again */
+    for (const cq_write_req *r = requests; r != NULL; r = r->next)
+        cap += r->status >= 200 && r->status < 300 && r->version > 0;
+    applied = cap ? malloc(cap * sizeof *applied) : NULL;
+    for (const cq_write_req *r = requests; applied != NULL && r != NULL;
+         r = r->next)
+        if (r->status >= 200 && r->status < 300 && r->version > 0)
+            applied[n++] = (cq_stream_applied){r->stream_id, r->version};
+    for (int i = 0; i <= e->nprojs; i++) {
+        proj *p = i < e->nprojs ? e->projs[i] : NULL;
+        if (p != NULL && (!p->is_inline || p->failed))
+            continue;
+        if (applied != NULL || cap == 0)
+            cq_waiters_advance_streams(e->waits, i, head, applied, n);
+        else /* no memory for the list: every stream waiter looks again */
+            cq_waiters_advance(e->waits, i, head);
     }
-    cq_waiters_advance(e->waits, e->nprojs, head);
+    free(applied);
 }
 
 cq_writer_hooks cq_engine_writer_hooks(cq_engine *e)
@@ -1563,6 +1603,15 @@ int cq_engine_wait(cq_engine *e, int projection, int64_t target,
 {
     int queue = projection == CQ_ENGINE_HEAD ? e->nprojs : projection;
     return cq_waiters_add(e->waits, queue, target, timeout_ms, cb, arg, out);
+}
+
+int cq_engine_wait_stream(cq_engine *e, int projection, const char *stream_id,
+                          int64_t version, int64_t seen, int64_t timeout_ms,
+                          cq_wait_cb cb, void *arg, cq_wait **out)
+{
+    int queue = projection == CQ_ENGINE_HEAD ? e->nprojs : projection;
+    return cq_waiters_add_stream(e->waits, queue, stream_id, version, seen,
+                                 timeout_ms, cb, arg, out);
 }
 
 /* Run a statement returning one integer through x (its prepared form is

@@ -117,6 +117,15 @@ int64_t cq_engine_head(cq_engine *e);
 int cq_engine_wait(cq_engine *e, int projection, int64_t target,
                    int64_t timeout_ms, cq_wait_cb cb, void *arg, cq_wait **out);
 
+/* Wait for `projection` (or CQ_ENGINE_HEAD) to apply stream_id's event at
+ * `version`, which the event store did not have when the caller looked;
+ * `seen` is cq_engine_position (cq_engine_head) read before it looked
+ * (see cq_waiters_add_stream: 1 means look again). Only commits that
+ * write stream_id wake it. */
+int cq_engine_wait_stream(cq_engine *e, int projection, const char *stream_id,
+                          int64_t version, int64_t seen, int64_t timeout_ms,
+                          cq_wait_cb cb, void *arg, cq_wait **out);
+
 /* Position of stream_id's event at `version`: CQ_OK, CQ_ENOTFOUND (the
  * stream is shorter) or CQ_EIO. */
 int cq_engine_version_position(cq_engine *e, const char *stream_id,
