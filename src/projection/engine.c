@@ -1605,6 +1605,12 @@ int cq_engine_wait(cq_engine *e, int projection, int64_t target,
     return cq_waiters_add(e->waits, queue, target, timeout_ms, cb, arg, out);
 }
 
+void cq_engine_wait_stats(cq_engine *e, int *pending, int64_t *checked)
+{
+    *pending = cq_waiters_pending(e->waits);
+    *checked = cq_waiters_checked(e->waits);
+}
+
 int cq_engine_wait_stream(cq_engine *e, int projection, const char *stream_id,
                           int64_t version, int64_t seen, int64_t timeout_ms,
                           cq_wait_cb cb, void *arg, cq_wait **out)

@@ -126,6 +126,10 @@ int cq_engine_wait_stream(cq_engine *e, int projection, const char *stream_id,
                           int64_t version, int64_t seen, int64_t timeout_ms,
                           cq_wait_cb cb, void *arg, cq_wait **out);
 
+/* Waiters registered and not fired, and the waiters commits have looked
+ * at one by one since the start (cq_waiters_checked). Any thread. */
+void cq_engine_wait_stats(cq_engine *e, int *pending, int64_t *checked);
+
 /* Position of stream_id's event at `version`: CQ_OK, CQ_ENOTFOUND (the
  * stream is shorter) or CQ_EIO. */
 int cq_engine_version_position(cq_engine *e, const char *stream_id,
