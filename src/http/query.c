@@ -383,6 +383,8 @@ enum MHD_Result cq_http_resumed(request *q)
 
     q->waiting = 0;
     atomic_fetch_sub(&q->srv->waiting, 1);
+    if (q->route == R_PROJECTIONS)
+        return cq_http_control_resumed(q);
     if (q->wait != NULL) {
         if (!cq_wait_reached(q->wait))
             q->timed_out = 1;
@@ -414,4 +416,5 @@ void cq_http_query_free(request *q)
     for (int i = 0; i < CQ_QUERY_MAX_PARAMS; i++)
         free(q->values[i]);
     cq_wait_release(q->wait);
+    cq_control_release(q->control);
 }

@@ -45,11 +45,12 @@
  * before_commit) and their position published when the writer reports the
  * commit (hook committed).
  *
- * Locks: `mu` guards head, stopping, ckpt_due and every projection's
- * position and failure fields; `cv` wakes the projector, `ckpt_cv` the
- * checkpointer. The connection pools have
- * their own mutexes; waits have theirs (wait.c). Lock order: never hold
- * mu while taking a pool or the waiters' lock.
+ * Locks: `mu` guards head, stopping, ckpt_due, every projection's
+ * position and failure fields, and the control operations' queue and
+ * states (a caller's operation is its own object, see run_controls); `cv` wakes
+ * the projector, `ckpt_cv` the checkpointer. The connection pools have their
+ * own mutexes; waits have theirs (wait.c). Lock order: never hold mu while
+ * taking a pool or the waiters' lock.
  */
 #include "projection/engine.h"
 
@@ -538,9 +539,14 @@ done:
 static int prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
                               size_t changedcap, char *err, size_t errcap);
 
-/* Carry out p->control on the projector thread and publish the result. */
-static void run_control(cq_engine *e, proj *p)
+/* States of a control operation (cq_control.state). */
+enum { CTL_QUEUED, CTL_CANCELLED, CTL_RUNNING, CTL_DONE };
+
+/* Carry out control operation ctl on the projector thread and publish
+ * the projection's new state and the operation's result. */
+static void run_control(cq_engine *e, cq_control *ctl)
 {
+    proj *p = ctl->p;
     static const char skip_ddl[] =
         "CREATE TABLE IF NOT EXISTS cq_skipped_events (projection TEXT NOT "
         "NULL,"
@@ -551,7 +557,7 @@ static void run_control(cq_engine *e, proj *p)
     int64_t epos, position;
 
     pthread_mutex_lock(&e->mu);
-    op = p->control;
+    op = ctl->op;
     paused = p->paused;
     failed = p->failed;
     epos = p->error_position;
@@ -657,15 +663,53 @@ static void run_control(cq_engine *e, proj *p)
         if (!failed)
             p->error[0] = p->error_event[0] = '\0';
     }
-    p->control_rc = rc;
-    snprintf(p->control_msg, sizeof p->control_msg, "%s", err);
-    p->control = OP_NONE;
-    pthread_cond_broadcast(&e->control_cv);
+    ctl->rc = rc;
+    snprintf(ctl->msg, sizeof ctl->msg, "%s", err);
+    ctl->state = CTL_DONE;
     pthread_mutex_unlock(&e->mu);
     if (rc == CQ_OK && op == OP_RESET)
         cq_waiters_rewind(e->waits, p->index, 0);
     else if (rc == CQ_OK && op == OP_SKIP)
         cq_waiters_advance(e->waits, p->index, position);
+}
+
+/* Drop one reference to ctl (e->mu held); 1 when it is to be freed. */
+static int control_unref(cq_control *ctl)
+{
+    return --ctl->refs == 0;
+}
+
+/* Carry out the control operations queued so far, oldest first, each
+ * handed back to its caller with its own result; at stop, hand them back
+ * not carried out (CQ_ECLOSED). Called and returns with e->mu held. */
+static void run_controls(cq_engine *e, int stopping)
+{
+    cq_control *list = e->controls;
+
+    e->controls = e->controls_tail = NULL;
+    while (list != NULL) {
+        cq_control *ctl = list;
+        int run = ctl->state == CTL_QUEUED, gone;
+
+        list = ctl->next;
+        ctl->next = NULL;
+        if (run && stopping) {
+            ctl->rc = CQ_ECLOSED;
+            snprintf(ctl->msg, sizeof ctl->msg, "the server is stopping");
+            ctl->state = CTL_DONE;
+        } else if (run) {
+            ctl->state = CTL_RUNNING; /* cancelling is too late now */
+        }
+        pthread_mutex_unlock(&e->mu);
+        if (run && !stopping)
+            run_control(e, ctl); /* takes mu itself to publish */
+        if (run)
+            ctl->cb(ctl->arg);
+        pthread_mutex_lock(&e->mu);
+        gone = control_unref(ctl);
+        if (gone)
+            free(ctl);
+    }
 }
 
 /* read.db's WAL is copied back into the database by this thread, not by
@@ -731,14 +775,7 @@ static void *projector_main(void *arg)
     while (!e->stopping) {
         int did;
 
-        for (int i = 0; i < e->nprojs; i++) {
-            proj *p = e->projs[i];
-            if (p->control == OP_NONE)
-                continue;
-            pthread_mutex_unlock(&e->mu);
-            run_control(e, p); /* takes mu itself to publish */
-            pthread_mutex_lock(&e->mu);
-        }
+        run_controls(e, 0);
         pthread_mutex_unlock(&e->mu);
         did = apply_round(e);
         /* then one step of each rebuild, so that live projections wait
@@ -772,12 +809,14 @@ static void *projector_main(void *arg)
                 proj *p = e->projs[i];
                 due = (!p->is_inline && !p->failed && !p->paused &&
                        !p->frozen && p->position < e->head) ||
-                      (p->rb.active && !p->paused) || p->control != OP_NONE;
+                      (p->rb.active && !p->paused);
             }
-            if (!due)
+            if (!due && e->controls == NULL)
                 pthread_cond_wait(&e->cv, &e->mu);
         }
     }
+    /* e->stopping is set: nothing is queued after this */
+    run_controls(e, 1);
     pthread_mutex_unlock(&e->mu);
     return NULL;
 }
@@ -933,7 +972,6 @@ int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     pthread_cond_init(&e->ckpt_cv, NULL);
-    pthread_cond_init(&e->control_cv, NULL);
     *out = e;
     return CQ_OK;
 }
@@ -1543,7 +1581,6 @@ void cq_engine_free(cq_engine *e)
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     pthread_cond_destroy(&e->ckpt_cv);
-    pthread_cond_destroy(&e->control_cv);
     free(e);
 }
 
@@ -2047,15 +2084,17 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
     return CQ_OK;
 }
 
-int cq_engine_control(cq_engine *e, int projection, const char *op, char *err,
-                      size_t errcap)
+int cq_engine_control_start(cq_engine *e, int projection, const char *op,
+                            cq_control_cb cb, void *arg, cq_control **out,
+                            char *err, size_t errcap)
 {
     static const char *const names[] = {"",      "pause", "resume", "reset",
                                         "retry", "skip",  "rebuild"};
     proj *p = e->projs[projection];
-    struct timespec ts;
-    int code = OP_NONE, rc;
+    cq_control *ctl;
+    int code = OP_NONE;
 
+    *out = NULL;
     for (int i = OP_PAUSE; i <= OP_REBUILD; i++)
         if (strcmp(op, names[i]) == 0)
             code = i;
@@ -2070,28 +2109,101 @@ int cq_engine_control(cq_engine *e, int projection, const char *op, char *err,
                  p->d->name, op);
         return CQ_ECONFLICT;
     }
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 30;
+    ctl = calloc(1, sizeof *ctl);
+    if (ctl == NULL) {
+        snprintf(err, errcap, "out of memory");
+        return CQ_ENOMEM;
+    }
+    ctl->e = e;
+    ctl->p = p;
+    ctl->op = code;
+    ctl->cb = cb;
+    ctl->arg = arg;
+    ctl->state = CTL_QUEUED;
+    ctl->refs = 2;
     pthread_mutex_lock(&e->mu);
-    while (p->control != OP_NONE && !e->stopping)
-        pthread_cond_timedwait(&e->control_cv, &e->mu, &ts);
-    if (e->stopping) {
+    if (e->stopping || !e->started) {
         pthread_mutex_unlock(&e->mu);
+        free(ctl);
         snprintf(err, errcap, "the server is stopping");
         return CQ_ECLOSED;
     }
-    p->control = code;
+    if (e->controls_tail != NULL)
+        e->controls_tail->next = ctl;
+    else
+        e->controls = ctl;
+    e->controls_tail = ctl;
     pthread_cond_signal(&e->cv);
-    rc = 0;
-    while (p->control != OP_NONE && !e->stopping && rc != ETIMEDOUT)
-        rc = pthread_cond_timedwait(&e->control_cv, &e->mu, &ts);
-    if (p->control != OP_NONE) {
-        pthread_mutex_unlock(&e->mu);
-        snprintf(err, errcap, "the projector did not answer in time");
-        return CQ_EBUSY;
-    }
-    rc = p->control_rc;
-    snprintf(err, errcap, "%s", p->control_msg);
     pthread_mutex_unlock(&e->mu);
+    *out = ctl;
+    return CQ_OK;
+}
+
+int cq_control_result(cq_control *c, char *err, size_t errcap)
+{
+    int rc;
+
+    pthread_mutex_lock(&c->e->mu);
+    rc = c->state == CTL_DONE ? c->rc : CQ_EBUSY;
+    snprintf(err, errcap, "%s",
+             c->state == CTL_DONE ? c->msg : "the operation has not run yet");
+    pthread_mutex_unlock(&c->e->mu);
+    return rc;
+}
+
+void cq_control_release(cq_control *c)
+{
+    cq_engine *e;
+    int gone;
+
+    if (c == NULL)
+        return;
+    e = c->e;
+    pthread_mutex_lock(&e->mu);
+    if (c->state == CTL_QUEUED)
+        c->state = CTL_CANCELLED; /* the projector drops it unrun */
+    gone = control_unref(c);
+    pthread_mutex_unlock(&e->mu);
+    if (gone)
+        free(c);
+}
+
+/* cq_engine_control's wait for its own operation. */
+typedef struct control_sync {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+} control_sync;
+
+static void control_synced(void *arg)
+{
+    control_sync *s = arg;
+
+    pthread_mutex_lock(&s->mu);
+    s->done = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+int cq_engine_control(cq_engine *e, int projection, const char *op, char *err,
+                      size_t errcap)
+{
+    control_sync s = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    cq_control *ctl;
+    int rc;
+
+    rc = cq_engine_control_start(e, projection, op, control_synced, &s, &ctl,
+                                 err, errcap);
+    if (rc != CQ_OK)
+        return rc;
+    /* it always ends: run, or handed back when the engine stops */
+    pthread_mutex_lock(&s.mu);
+    while (!s.done)
+        pthread_cond_wait(&s.cv, &s.mu);
+    pthread_mutex_unlock(&s.mu);
+    rc = cq_control_result(ctl, err, errcap);
+    cq_control_release(ctl);
+    pthread_mutex_destroy(&s.mu);
+    pthread_cond_destroy(&s.cv);
     return rc;
 }
