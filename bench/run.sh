@@ -483,9 +483,10 @@ if step waiters; then
         grep -E 'Requests/sec|accepted|non202' "$TMP/waiters-base1.out"
         say "-- bench_waiters: $WAITERS queries waiting (half min_position far ahead," \
             "half min_version=1 of streams that do not exist, wait_ms=30000, asked again when answered)"
-        bounded $((3 * WAITERS_SECONDS + 150)) "$WT" --port "$PORT" \
-            --waiters "$WAITERS" --seconds $((3 * WAITERS_SECONDS + 120)) \
-            >"$TMP/waiters.out" 2>&1 &
+        # bounded by its own --seconds; not under timeout(1), so that the
+        # SIGTERM below reaches it
+        "$WT" --port "$PORT" --waiters "$WAITERS" \
+            --seconds $((3 * WAITERS_SECONDS + 120)) >"$TMP/waiters.out" 2>&1 &
         WT_PID=$!
         i=0
         while ! grep -q waiters_ready "$TMP/waiters.out" && [ $i -lt 600 ] &&

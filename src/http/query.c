@@ -415,6 +415,12 @@ void cq_http_query_free(request *q)
 {
     for (int i = 0; i < CQ_QUERY_MAX_PARAMS; i++)
         free(q->values[i]);
+    if (q->waiting) {
+        /* resumed, but its client had gone: MHD closed it without
+         * calling back, and shutdown must not wait for its answer */
+        q->waiting = 0;
+        atomic_fetch_sub(&q->srv->waiting, 1);
+    }
     cq_wait_release(q->wait);
     cq_control_release(q->control);
 }
