@@ -13,6 +13,11 @@
 #      fresh GET /queries/order_summary), with GET /healthz round trips on
 #      the same connections as its reference floor;
 #   6. stops the server with SIGTERM;
+#   6b. commands under pending waits: a fresh server, wrk PlaceOrder without
+#      waiters, then while bench_waiters (bench/waiters.c) holds thousands
+#      of waiting queries (min_position far ahead, min_version of streams
+#      that do not exist), then without again; prints both rates and the
+#      ratio, and how many waiters the commits looked at (/metrics);
 #   7. projection catch-up: bench_raw_upsert (bench/raw_upsert.c) applies
 #      order_summaries.sql to 1M events' values with plain SQLite (the
 #      reference); bench_fill_events (bench/fill_events.c) writes 1M events
@@ -55,9 +60,12 @@
 #   BENCH_REBUILD_TIMEOUT=300  seconds for the rebuild to finish
 #   BENCH_PRUNE_KEYS=275000    expired idempotency keys to prune ...
 #   BENCH_PRUNE_COMMANDS=3000  ... while this many keyed commands run
-#   BENCH_STEPS="write window catchup rebuild prune"  which parts to run
-#                              (rebuild needs catchup: it rebuilds over its
-#                              store)
+#   BENCH_WAITERS=8000         waiting queries held in step 6b (the server
+#                              takes at most 8192 connections, wrk's included)
+#   BENCH_WAITERS_SECONDS=5    length of each wrk run of step 6b
+#   BENCH_STEPS="write window waiters catchup rebuild prune"  which parts
+#                              to run (rebuild needs catchup: it rebuilds over
+#                              its store)
 #   BENCH_STRICT=0             1: exit 1 when a target is missed
 set -u
 
@@ -86,7 +94,9 @@ CU_TIMEOUT=${BENCH_CATCHUP_TIMEOUT:-300}
 RB_TIMEOUT=${BENCH_REBUILD_TIMEOUT:-300}
 PR_KEYS=${BENCH_PRUNE_KEYS:-275000}
 PR_COMMANDS=${BENCH_PRUNE_COMMANDS:-3000}
-STEPS=${BENCH_STEPS:-write window catchup rebuild prune}
+STEPS=${BENCH_STEPS:-write window waiters catchup rebuild prune}
+WAITERS=${BENCH_WAITERS:-8000}
+WAITERS_SECONDS=${BENCH_WAITERS_SECONDS:-5}
 TARGET_WINDOW_P99_US=1000   # consistency window p99 <= 1 ms on loopback
 TARGET_CATCHUP_PCT=70       # catch-up >= 70 % of raw SQLite
 
@@ -108,7 +118,8 @@ for v in DUR:BENCH_SECONDS WARMUP:BENCH_WARMUP CONNS:BENCH_CONNECTIONS \
          WIN_SECONDS:BENCH_WINDOW_SECONDS RTT_N:BENCH_RTT \
          CU_ORDERS:BENCH_CATCHUP_ORDERS CU_TIMEOUT:BENCH_CATCHUP_TIMEOUT \
          RB_TIMEOUT:BENCH_REBUILD_TIMEOUT PR_KEYS:BENCH_PRUNE_KEYS \
-         PR_COMMANDS:BENCH_PRUNE_COMMANDS; do
+         PR_COMMANDS:BENCH_PRUNE_COMMANDS WAITERS:BENCH_WAITERS \
+         WAITERS_SECONDS:BENCH_WAITERS_SECONDS; do
     eval "val=\$${v%%:*}"
     case $val in '' | *[!0-9]*) die "${v#*:} must be a whole number, got '$val'" ;; esac
 done
@@ -123,8 +134,8 @@ if [ "$WIN_WORKERS" -lt 1 ] || [ "$WIN_COMMANDS" -lt 1 ] ||
     die "BENCH_WINDOW_*, BENCH_CATCHUP_* and BENCH_REBUILD_TIMEOUT must be at least 1"
 fi
 for st in $STEPS; do
-    case $st in write | window | catchup | rebuild | prune) ;;
-        *) die "BENCH_STEPS: unknown step '$st' (write, window, catchup, rebuild, prune)" ;; esac
+    case $st in write | window | waiters | catchup | rebuild | prune) ;;
+        *) die "BENCH_STEPS: unknown step '$st' (write, window, waiters, catchup, rebuild, prune)" ;; esac
 done
 step() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 if step rebuild && ! step catchup; then
@@ -132,7 +143,7 @@ if step rebuild && ! step catchup; then
 fi
 
 # --- tools ----------------------------------------------------------------
-if step write; then
+if step write || step waiters; then
     command -v wrk >/dev/null 2>&1 || die "wrk not found: run 'sh scripts/deps.sh wrk'"
 fi
 command -v curl >/dev/null 2>&1 || die "curl not found: run 'sh scripts/deps.sh'"
@@ -150,6 +161,7 @@ fi
 mkdir -p "$TMP_PARENT" || die "cannot create $TMP_PARENT"
 TMP=$(mktemp -d "$TMP_PARENT/cqrsd-bench.XXXXXX") || die "mktemp failed"
 SERVER_PID=
+WT_PID=
 # SIGKILL the server; under timeout(1) it leads its own process group, so
 # kill the group too (a SIGKILLed timeout would leave the server behind).
 kill_server_hard() {
@@ -159,6 +171,7 @@ kill_server_hard() {
 }
 # shellcheck disable=SC2317  # called from the EXIT trap
 cleanup() {
+    [ -n "$WT_PID" ] && kill -TERM "$WT_PID" 2>/dev/null
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill -TERM "$SERVER_PID" 2>/dev/null
         i=0
@@ -352,7 +365,8 @@ run_wrk() {
 }
 
 for f in healthz healthz-warm placeorder placeorder-warm window window1 catchup \
-         upsert upsert-both fill rebuild prune prune-ref; do
+         upsert upsert-both fill rebuild prune prune-ref waiters waiters-base1 \
+         waiters-with waiters-base2 waiters-warm; do
     : >"$TMP/$f.out"
 done
 probe_ok=0 w_ok=0 head_pos=
@@ -450,6 +464,68 @@ fi
 if server_up "the runs"; then
     stop_server
 fi
+fi
+
+# --- 6b. commands while thousands of waits are pending ---------------------
+# /metrics figure $1 (a bare sample line), or empty.
+metric() {
+    curl -s --max-time 5 "$URL/metrics" 2>/dev/null |
+        awk -v n="$1" '$1 == n { printf "%.0f", $2 }'
+}
+wm_p0= wm_p1= wm_c0= wm_c1=
+if step waiters; then
+    WT=$(tool bench_waiters waiters.c none)
+    # the server holds one connection per waiting query
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    PORT=$(free_port)
+    URL=http://127.0.0.1:$PORT
+    mkdir -p "$TMP/wdata"
+    SERVER_LOG=$TMP/server-waiters.log
+    start_server "$TMP/wdata" "$PORT" $((START_TIMEOUT + 3 * WAITERS_SECONDS + WARMUP + 300))
+    if [ -z "$WT" ]; then
+        warn "could not build bench_waiters"; STATUS=1
+    elif wait_up; then
+        wp=w$(date +%s)
+        [ "$WARMUP" -gt 0 ] &&
+            run_wrk waiters-warm "$WARMUP" placeorder.lua "$URL" -- "${wp}w" >/dev/null
+        say "-- PlaceOrder without waiters: wrk -t$THREADS -c$CONNS -d${WAITERS_SECONDS}s"
+        run_wrk waiters-base1 "$WAITERS_SECONDS" placeorder.lua "$URL" -- "${wp}a" || STATUS=1
+        grep -E 'Requests/sec|accepted|non202' "$TMP/waiters-base1.out"
+        say "-- bench_waiters: $WAITERS queries waiting (half min_position far ahead," \
+            "half min_version=1 of streams that do not exist, wait_ms=30000, asked again when answered)"
+        # bounded by its own --seconds; not under timeout(1), so that the
+        # SIGTERM below reaches it
+        "$WT" --port "$PORT" --waiters "$WAITERS" \
+            --seconds $((3 * WAITERS_SECONDS + 120)) >"$TMP/waiters.out" 2>&1 &
+        WT_PID=$!
+        i=0
+        while ! grep -q waiters_ready "$TMP/waiters.out" && [ $i -lt 600 ] &&
+              kill -0 "$WT_PID" 2>/dev/null; do
+            sleep 0.1; i=$((i + 1))
+        done
+        cat "$TMP/waiters.out"
+        wm_p0=$(metric cqrsd_waiters_pending)
+        wm_c0=$(metric cqrsd_waiters_checked)
+        say "   the server has ${wm_p0:-?} waiters pending"
+        say "-- PlaceOrder with them: wrk -t$THREADS -c$CONNS -d${WAITERS_SECONDS}s"
+        run_wrk waiters-with "$WAITERS_SECONDS" placeorder.lua "$URL" -- "${wp}b" || STATUS=1
+        grep -E 'Requests/sec|accepted|non202' "$TMP/waiters-with.out"
+        wm_p1=$(metric cqrsd_waiters_pending)
+        wm_c1=$(metric cqrsd_waiters_checked)
+        say "   the server has ${wm_p1:-?} waiters pending; commits looked at" \
+            "$(calc 'printf "%d", a - b' "$wm_c1" "$wm_c0") of them one by one"
+        kill -TERM "$WT_PID" 2>/dev/null
+        wait "$WT_PID" 2>/dev/null
+        WT_PID=
+        grep 'kind=waiters ' "$TMP/waiters.out"
+        say "-- PlaceOrder without waiters again: wrk -t$THREADS -c$CONNS -d${WAITERS_SECONDS}s"
+        run_wrk waiters-base2 "$WAITERS_SECONDS" placeorder.lua "$URL" -- "${wp}c" || STATUS=1
+        grep -E 'Requests/sec|accepted|non202' "$TMP/waiters-base2.out"
+        say
+    else
+        STATUS=1
+    fi
+    server_up "the waiters runs" && stop_server
 fi
 
 # --- 7. projection catch-up --------------------------------------------------
@@ -630,6 +706,15 @@ p_r50=$(field prune_ref p50_us "$TMP/prune-ref.out")
 p_r99=$(field prune_ref p99_us "$TMP/prune-ref.out")
 p_rmax=$(field prune_ref max_us "$TMP/prune-ref.out")
 
+# waiters
+wb1=$(field placeorder accepted_per_sec "$TMP/waiters-base1.out")
+wb2=$(field placeorder accepted_per_sec "$TMP/waiters-base2.out")
+ww=$(field placeorder accepted_per_sec "$TMP/waiters-with.out")
+wb1_p50=$(field placeorder p50_us "$TMP/waiters-base1.out")
+wb2_p50=$(field placeorder p50_us "$TMP/waiters-base2.out")
+ww_p50=$(field placeorder p50_us "$TMP/waiters-with.out")
+wok=$(field placeorder accepted "$TMP/waiters-with.out")
+
 pct() { calc 'if (b > 0) printf "%.1f %%", 100 * a / b; else print "n/a"' "$@"; }
 pct_h=$(pct "$c_rps" "$h_rps")
 pct_r=$(pct "$c_rps" "$r_rps")
@@ -698,6 +783,18 @@ printf '  %-38s %14s   target every answer fresh: %s\n' \
     "$(calc 'printf "%d", a + b + c' "${w_qfail:-}" "${w_cfail:-}" "${w_iofail:-}")" \
     "$w_allfresh"
 printf '  %-38s %14s\n' "commands/s in that run" "$(num "$w_rate")"
+say
+fi
+if step waiters; then
+line "" "rate" "p50" ""
+line "PlaceOrder, no waiters" "$(num "$wb1") cmd/s" "$(ms "$wb1_p50")" ""
+line "PlaceOrder, ${wm_p0:-?} waiters pending" "$(num "$ww") cmd/s" "$(ms "$ww_p50")" ""
+line "PlaceOrder, no waiters again" "$(num "$wb2") cmd/s" "$(ms "$wb2_p50")" ""
+wratio=$(calc 'if (a + b > 0) printf "%.1f %%", 200 * c / (a + b); else print "n/a"' "$wb1" "$wb2" "$ww")
+wt_met=$(calc 'if (a + b <= 0) print "n/a"; else if (200 * c / (a + b) >= 90) print "met"; else print "NOT MET"' "$wb1" "$wb2" "$ww")
+printf '  %-38s %14s   target >= 90 %%: %s\n' "with waiters / without (mean)" "$wratio" "$wt_met"
+printf '  %-38s %14s   (%s commands)\n' "waiters looked at by those commits" \
+    "$(calc 'printf "%d", a - b' "$wm_c1" "$wm_c0")" "$(num "$wok")"
 say
 fi
 if step catchup; then
@@ -781,7 +878,8 @@ if step prune; then
     [ -n "$p_max" ] && [ -n "$p_rmax" ] || STATUS=1
 fi
 if [ "$STRICT" = 1 ]; then
-    for m in "$met" "$all202" "$w_met" "$w_allfresh" "$k_met" "$b_all200"; do
+    for m in "$met" "$all202" "$w_met" "$w_allfresh" "$k_met" "$b_all200" \
+             "${wt_met:-}"; do
         case $m in "NOT MET") STATUS=1 ;; esac
     done
 fi

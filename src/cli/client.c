@@ -111,6 +111,16 @@ static int http(const char *server, const char *method, const char *path,
         n = read(fd, buf + len, cap - len - 1);
         if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            /* the server answers a control operation once the projector
+             * has carried it out; it stays queued without us */
+            fprintf(stderr,
+                    "cqrsd: %s did not answer %s %s within %ld s; an "
+                    "operation may still be carried out: see "
+                    "'cqrsd projections status'\n",
+                    server, method, path, (long)tv.tv_sec);
+            goto fail;
+        }
         if (n < 0) {
             fprintf(stderr, "cqrsd: %s: %s\n", server, strerror(errno));
             goto fail;

@@ -747,7 +747,7 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
         if (cq_store_write_head(w->store, &head) == CQ_OK) {
             atomic_store(&w->head_position, head);
             if (w->cfg.hooks.committed != NULL)
-                w->cfg.hooks.committed(w->cfg.hooks.arg, head);
+                w->cfg.hooks.committed(w->cfg.hooks.arg, head, batch);
         }
     } else {
         char msg[512];

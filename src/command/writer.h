@@ -95,8 +95,10 @@ typedef struct cq_writer_hooks {
      * highest position in it. A non-OK return aborts the batch. */
     int (*before_commit)(void *arg, int64_t head);
     /* After a batch committed, before any of its answers is released:
-     * head is the new highest committed position. */
-    void (*committed)(void *arg, int64_t head);
+     * head is the new highest committed position; batch is the batch's
+     * requests, linked by next (borrowed for the call): each answered 2xx
+     * wrote its stream_id up to its version (or found it there). */
+    void (*committed)(void *arg, int64_t head, const cq_write_req *batch);
     void *arg;
 } cq_writer_hooks;
 

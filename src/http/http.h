@@ -79,6 +79,16 @@ typedef struct request {
     char stream_id[CQ_STREAM_ID_MAX];  /* keyed queries */
     int64_t min_position, min_version; /* -1: not asked */
     int strong;
+    int version_missing;  /* the stream has no event min_version yet */
+    int64_t version_seen; /* the position read before looking for it */
+
+    /* POST /projections/{name}/{operation}, suspended (waiting = 1) until
+     * the projector has carried it out */
+    cq_control *control; /* NULL when refused at once */
+    int control_index;   /* the projection */
+    int control_rc;      /* refused at once: why */
+    char control_op[32];
+    char control_err[512];
 } request;
 
 /* Queue an answer: body (malloc'd, taken over; NULL = out of memory) with
@@ -137,6 +147,10 @@ enum MHD_Result cq_http_projections(request *q, const char *method);
 
 /* GET /readyz. */
 enum MHD_Result cq_http_readyz(request *q);
+
+/* MHD called back for a control operation the projector has carried out
+ * (from cq_http_resumed). */
+enum MHD_Result cq_http_control_resumed(request *q);
 
 /* Free what the query side of q owns (completion). */
 void cq_http_query_free(request *q);

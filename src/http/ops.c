@@ -10,8 +10,12 @@
  *                                          writes, a projection failed or
  *                                          lags)
  *
- * Control operations are carried out by the projector thread (engine.c);
- * the MHD thread waits for them, which is fine for rare operator calls.
+ * Control operations are carried out by the projector thread (engine.c),
+ * one at a time in the order asked. Each request is an operation of its
+ * own: its connection is suspended (like a waiting query's) until the
+ * projector has carried out that operation and resumes it, and it is
+ * answered with that operation's result. No MHD thread waits for the
+ * projector meanwhile.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,14 +84,21 @@ static json_t *status_json(cq_engine *e, int i)
     return doc;
 }
 
+/* The projector has carried out q's operation (projector thread). */
+static void on_control_done(void *arg)
+{
+    request *q = arg;
+    MHD_resume_connection(q->conn);
+}
+
 enum MHD_Result cq_http_projections(request *q, const char *method)
 {
     static const char *const allowed[] = {NULL};
     cq_engine *e = q->srv->engine;
     enum MHD_Result ret = MHD_NO;
-    char name[80], op[32] = "", err[512];
+    char name[80], op[32] = "";
     const char *slash;
-    int i, rc;
+    int i;
 
     if (!cq_http_params_ok(q, allowed, &ret))
         return ret;
@@ -131,7 +142,35 @@ enum MHD_Result cq_http_projections(request *q, const char *method)
                             "%s is not allowed here; use POST", method),
             hdr, 1);
     }
-    rc = cq_engine_control(e, i, op, err, sizeof err);
+    /* suspend first: the projector may resume it before start returns */
+    q->control_index = i;
+    snprintf(q->control_op, sizeof q->control_op, "%s", op);
+    q->waiting = 1;
+    atomic_fetch_add(&q->srv->waiting, 1);
+    MHD_suspend_connection(q->conn);
+    q->control_rc =
+        cq_engine_control_start(e, i, op, on_control_done, q, &q->control,
+                                q->control_err, sizeof q->control_err);
+    if (q->control_rc != CQ_OK)
+        MHD_resume_connection(q->conn); /* refused at once */
+    return MHD_YES;
+}
+
+enum MHD_Result cq_http_control_resumed(request *q)
+{
+    cq_engine *e = q->srv->engine;
+    const char *op = q->control_op;
+    char err[512];
+    int i = q->control_index, rc;
+
+    if (q->control != NULL) {
+        rc = cq_control_result(q->control, err, sizeof err);
+        cq_control_release(q->control);
+        q->control = NULL;
+    } else {
+        rc = q->control_rc;
+        snprintf(err, sizeof err, "%s", q->control_err);
+    }
     switch (rc) {
     case CQ_OK:
         /* a rebuild goes on in the background: watch its status */

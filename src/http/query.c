@@ -11,7 +11,8 @@
  *      projection's answer says "inline" (its rows commit with the events);
  *   2. work out the position to wait for: min_position, and the position
  *      of the stream's event at min_version (if the stream is not that
- *      long yet: the next position, re-checked each time it moves);
+ *      long yet: wait for a commit that writes the stream, and look
+ *      again; commits of other streams do not wake it);
  *   3. if the projection (for consistency=strong: the event store's head)
  *      is there, answer; else suspend the connection and register a
  *      waiter (wait.h), woken by the projection's (the writer's) commit or
@@ -59,12 +60,19 @@ static enum MHD_Result start_wait(request *q)
         q->wait_t0 = cq_mono_ns();
     atomic_fetch_add(&q->srv->waiting, 1);
     MHD_suspend_connection(q->conn);
-    rc = cq_engine_wait(q->srv->engine,
-                        q->strong ? CQ_ENGINE_HEAD : q->projection,
-                        q->wait_target, remaining_ms(q), on_ready, q, &q->wait);
+    if (q->version_missing)
+        rc = cq_engine_wait_stream(
+            q->srv->engine, q->strong ? CQ_ENGINE_HEAD : q->projection,
+            q->stream_id, q->min_version, q->version_seen, remaining_ms(q),
+            on_ready, q, &q->wait);
+    else
+        rc = cq_engine_wait(
+            q->srv->engine, q->strong ? CQ_ENGINE_HEAD : q->projection,
+            q->wait_target, remaining_ms(q), on_ready, q, &q->wait);
     if (rc != 0) {
-        /* already there (1), or no waiting possible now (shutdown, no
-         * memory): answer with what there is */
+        /* already there (1; for a missing version: look again), or no
+         * waiting possible now (shutdown, no memory): answer with what
+         * there is */
         q->timed_out = rc < 0;
         MHD_resume_connection(q->conn);
     }
@@ -171,17 +179,22 @@ static int resolve_target(request *q, enum MHD_Result *ret)
     int rc;
 
     q->wait_target = q->min_position > 0 ? q->min_position : 0;
+    q->version_missing = 0;
     if (q->min_version >= 1) {
+        /* read before looking: a commit after it may hold the version */
+        int64_t seen = q->strong ? cq_engine_head(e)
+                                 : cq_engine_position(e, q->projection, NULL);
         rc = cq_engine_version_position(e, q->stream_id, q->min_version, &pos,
                                         err, sizeof err);
         if (rc == CQ_OK) {
             if (pos > q->wait_target)
                 q->wait_target = pos;
         } else if (rc == CQ_ENOTFOUND) {
-            /* not written yet: wait for the next event, then look again */
-            pos = cq_engine_head(e) + 1;
-            if (pos > q->wait_target)
-                q->wait_target = pos;
+            /* not written yet: wait for a commit of this stream, then
+             * look again (min_position too) */
+            q->version_missing = 1;
+            q->version_seen = seen;
+            return 1;
         } else {
             *ret = cq_http_send_problem(q->conn, 503, "store-unavailable", NULL,
                                         "%s", err);
@@ -374,6 +387,8 @@ enum MHD_Result cq_http_resumed(request *q)
 
     q->waiting = 0;
     atomic_fetch_sub(&q->srv->waiting, 1);
+    if (q->route == R_PROJECTIONS)
+        return cq_http_control_resumed(q);
     if (q->wait != NULL) {
         if (!cq_wait_reached(q->wait))
             q->timed_out = 1;
@@ -404,5 +419,12 @@ void cq_http_query_free(request *q)
 {
     for (int i = 0; i < CQ_QUERY_MAX_PARAMS; i++)
         free(q->values[i]);
+    if (q->waiting) {
+        /* resumed, but its client had gone: MHD closed it without
+         * calling back, and shutdown must not wait for its answer */
+        q->waiting = 0;
+        atomic_fetch_sub(&q->srv->waiting, 1);
+    }
     cq_wait_release(q->wait);
+    cq_control_release(q->control);
 }

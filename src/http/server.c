@@ -511,6 +511,21 @@ static void collect(void *arg, cq_strbuf *out)
         cq_metrics_gauge(out, "cqrsd_store_writable", NULL,
                          (double)cq_writer_writable(s->writer, NULL, 0));
     }
+    if (s->engine != NULL) {
+        int pending;
+        int64_t checked;
+        cq_engine_wait_stats(s->engine, &pending, &checked);
+        cq_metrics_gauge_family(out, "cqrsd_waiters_pending",
+                                "Queries and ?wait_for= commands waiting for "
+                                "a projection or the event store.");
+        cq_metrics_gauge(out, "cqrsd_waiters_pending", NULL, (double)pending);
+        cq_metrics_gauge_family(out, "cqrsd_waiters_checked",
+                                "Waiters that commits have looked at one by "
+                                "one since the start (only grows): those "
+                                "they woke, and those of the streams they "
+                                "wrote.");
+        cq_metrics_gauge(out, "cqrsd_waiters_checked", NULL, (double)checked);
+    }
     if (st == NULL)
         return;
     for (int i = 0; i < n; i++)

@@ -24,7 +24,9 @@
  *   2. for each projection, in declaration order: BEGIN on read.db, run
  *      its handlers on the events it has not applied yet, write its
  *      checkpoint (and failure), COMMIT, publish its position and wake
- *      the waiters it satisfies;
+ *      the waiters it satisfies: those of a position it reached, and those
+ *      of a stream version it applied (only the batch's streams are
+ *      looked up, see wait.h);
  *   3. if a handler failed in 2, that projection's transaction is undone
  *      and run again with a SAVEPOINT per event, so that the failing event
  *      alone is rolled back and ends the projection's part of the batch.
@@ -47,10 +49,12 @@
  * before_commit) and their position published when the writer reports the
  * commit (hook committed).
  *
- * Locks: `mu` guards head, stopping and every projection's position and
- * failure fields; `cv` wakes the projector. The connection pools have
- * their own mutexes; waits have theirs (wait.c). Lock order: never hold
- * mu while taking a pool or the waiters' lock.
+ * Locks: `mu` guards head, stopping, every projection's position and
+ * failure fields, and the control operations' queue and states (a
+ * caller's operation is its own object, see run_controls); `cv` wakes the
+ * projector. The connection pools have their own mutexes; waits have
+ * theirs (wait.c). Lock order: never hold mu while taking a pool or the
+ * waiters' lock.
  */
 #include "projection/engine.h"
 
@@ -406,6 +410,29 @@ void cq_eng_apply_events(apply_ctx *c, const batch *b, int64_t from)
             apply_parsed(c, &b->se[k], &b->pe[k], b->prc[k]);
 }
 
+/* Tell p's waiters it has applied b's events from `from` to `last`: the
+ * position waiters it reached and the stream waiters of those events'
+ * streams fire. */
+static void publish_applied(cq_engine *e, proj *p, const batch *b, int64_t from,
+                            int64_t last)
+{
+    cq_stream_applied *applied =
+        b->n ? malloc((size_t)b->n * sizeof *applied) : NULL;
+    size_t n = 0;
+
+    if (applied == NULL && b->n > 0) {
+        /* no memory for the list: every stream waiter looks again */
+        cq_waiters_advance(e->waits, p->index, last);
+        return;
+    }
+    for (int k = 0; k < b->n; k++)
+        if (b->se[k].position >= from && b->se[k].position <= last)
+            applied[n++] =
+                (cq_stream_applied){b->se[k].stream_id, b->se[k].version};
+    cq_waiters_advance_streams(e->waits, p->index, last, applied, n);
+    free(applied);
+}
+
 /* Apply the events of b that p has not applied yet to its live tables
  * (with the handlers of d, the definition they were built with), and its
  * checkpoint, in one read.db transaction; then publish. The fast path runs
@@ -452,7 +479,7 @@ again:
     pthread_mutex_unlock(&e->mu);
     if (c.failed)
         mark_failed(e, p, &c);
-    cq_waiters_advance(e->waits, p->index, c.last);
+    publish_applied(e, p, b, from, c.last);
     return CQ_OK;
 rollback:
     /* SQLite may have rolled back already (a full disk, an I/O error) */
@@ -537,9 +564,14 @@ done:
 static int prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
                               size_t changedcap, char *err, size_t errcap);
 
-/* Carry out p->control on the projector thread and publish the result. */
-static void run_control(cq_engine *e, proj *p)
+/* States of a control operation (cq_control.state). */
+enum { CTL_QUEUED, CTL_CANCELLED, CTL_RUNNING, CTL_DONE };
+
+/* Carry out control operation ctl on the projector thread and publish
+ * the projection's new state and the operation's result. */
+static void run_control(cq_engine *e, cq_control *ctl)
 {
+    proj *p = ctl->p;
     static const char skip_ddl[] =
         "CREATE TABLE IF NOT EXISTS cq_skipped_events (projection TEXT NOT "
         "NULL,"
@@ -550,7 +582,7 @@ static void run_control(cq_engine *e, proj *p)
     int64_t epos, position;
 
     pthread_mutex_lock(&e->mu);
-    op = p->control;
+    op = ctl->op;
     paused = p->paused;
     failed = p->failed;
     epos = p->error_position;
@@ -658,15 +690,53 @@ static void run_control(cq_engine *e, proj *p)
         if (op == OP_SKIP)
             p->skipped++;
     }
-    p->control_rc = rc;
-    snprintf(p->control_msg, sizeof p->control_msg, "%s", err);
-    p->control = OP_NONE;
-    pthread_cond_broadcast(&e->control_cv);
+    ctl->rc = rc;
+    snprintf(ctl->msg, sizeof ctl->msg, "%s", err);
+    ctl->state = CTL_DONE;
     pthread_mutex_unlock(&e->mu);
     if (rc == CQ_OK && op == OP_RESET)
         cq_waiters_rewind(e->waits, p->index, 0);
     else if (rc == CQ_OK && op == OP_SKIP)
         cq_waiters_advance(e->waits, p->index, position);
+}
+
+/* Drop one reference to ctl (e->mu held); 1 when it is to be freed. */
+static int control_unref(cq_control *ctl)
+{
+    return --ctl->refs == 0;
+}
+
+/* Carry out the control operations queued so far, oldest first, each
+ * handed back to its caller with its own result; at stop, hand them back
+ * not carried out (CQ_ECLOSED). Called and returns with e->mu held. */
+static void run_controls(cq_engine *e, int stopping)
+{
+    cq_control *list = e->controls;
+
+    e->controls = e->controls_tail = NULL;
+    while (list != NULL) {
+        cq_control *ctl = list;
+        int run = ctl->state == CTL_QUEUED, gone;
+
+        list = ctl->next;
+        ctl->next = NULL;
+        if (run && stopping) {
+            ctl->rc = CQ_ECLOSED;
+            snprintf(ctl->msg, sizeof ctl->msg, "the server is stopping");
+            ctl->state = CTL_DONE;
+        } else if (run) {
+            ctl->state = CTL_RUNNING; /* cancelling is too late now */
+        }
+        pthread_mutex_unlock(&e->mu);
+        if (run && !stopping)
+            run_control(e, ctl); /* takes mu itself to publish */
+        if (run)
+            ctl->cb(ctl->arg);
+        pthread_mutex_lock(&e->mu);
+        gone = control_unref(ctl);
+        if (gone)
+            free(ctl);
+    }
 }
 
 static void *projector_main(void *arg)
@@ -678,14 +748,7 @@ static void *projector_main(void *arg)
     while (!e->stopping) {
         int did;
 
-        for (int i = 0; i < e->nprojs; i++) {
-            proj *p = e->projs[i];
-            if (p->control == OP_NONE)
-                continue;
-            pthread_mutex_unlock(&e->mu);
-            run_control(e, p); /* takes mu itself to publish */
-            pthread_mutex_lock(&e->mu);
-        }
+        run_controls(e, 0);
         pthread_mutex_unlock(&e->mu);
         did = apply_round(e);
         /* then one step of each rebuild, so that live projections wait
@@ -719,12 +782,14 @@ static void *projector_main(void *arg)
                 proj *p = e->projs[i];
                 due = (!p->is_inline && !p->failed && !p->paused &&
                        !p->frozen && p->position < e->head) ||
-                      (p->rb.active && !p->paused) || p->control != OP_NONE;
+                      (p->rb.active && !p->paused);
             }
-            if (!due)
+            if (!due && e->controls == NULL)
                 pthread_cond_wait(&e->cv, &e->mu);
         }
     }
+    /* e->stopping is set: nothing is queued after this */
+    run_controls(e, 1);
     pthread_mutex_unlock(&e->mu);
     return NULL;
 }
@@ -839,9 +904,12 @@ static int hook_before_commit(void *arg, int64_t head)
     return CQ_OK;
 }
 
-static void hook_committed(void *arg, int64_t head)
+static void hook_committed(void *arg, int64_t head,
+                           const cq_write_req *requests)
 {
     cq_engine *e = arg;
+    cq_stream_applied *applied = NULL;
+    size_t n = 0, cap = 0;
 
     pthread_mutex_lock(&e->mu);
     if (head > e->head)
@@ -855,12 +923,24 @@ static void hook_committed(void *arg, int64_t head)
     }
     pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
-    for (int i = 0; i < e->nprojs; i++) {
-        proj *p = e->projs[i];
-        if (p->is_inline && !p->failed)
-            cq_waiters_advance(e->waits, p->index, head);
+    /* the streams the batch wrote: only their stream waiters look again */
+    for (const cq_write_req *r = requests; r != NULL; r = r->next)
+        cap += r->status >= 200 && r->status < 300 && r->version > 0;
+    applied = cap ? malloc(cap * sizeof *applied) : NULL;
+    for (const cq_write_req *r = requests; applied != NULL && r != NULL;
+         r = r->next)
+        if (r->status >= 200 && r->status < 300 && r->version > 0)
+            applied[n++] = (cq_stream_applied){r->stream_id, r->version};
+    for (int i = 0; i <= e->nprojs; i++) {
+        proj *p = i < e->nprojs ? e->projs[i] : NULL;
+        if (p != NULL && (!p->is_inline || p->failed))
+            continue;
+        if (applied != NULL || cap == 0)
+            cq_waiters_advance_streams(e->waits, i, head, applied, n);
+        else /* no memory for the list: every stream waiter looks again */
+            cq_waiters_advance(e->waits, i, head);
     }
-    cq_waiters_advance(e->waits, e->nprojs, head);
+    free(applied);
 }
 
 cq_writer_hooks cq_engine_writer_hooks(cq_engine *e)
@@ -889,7 +969,6 @@ int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
     e->nreaders = cfg->readers > 0 ? cfg->readers : 4;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
-    pthread_cond_init(&e->control_cv, NULL);
     *out = e;
     return CQ_OK;
 }
@@ -1585,7 +1664,6 @@ void cq_engine_free(cq_engine *e)
     free(e->projs);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
-    pthread_cond_destroy(&e->control_cv);
     free(e);
 }
 
@@ -1655,6 +1733,21 @@ int cq_engine_wait(cq_engine *e, int projection, int64_t target,
 {
     int queue = projection == CQ_ENGINE_HEAD ? e->nprojs : projection;
     return cq_waiters_add(e->waits, queue, target, timeout_ms, cb, arg, out);
+}
+
+void cq_engine_wait_stats(cq_engine *e, int *pending, int64_t *checked)
+{
+    *pending = cq_waiters_pending(e->waits);
+    *checked = cq_waiters_checked(e->waits);
+}
+
+int cq_engine_wait_stream(cq_engine *e, int projection, const char *stream_id,
+                          int64_t version, int64_t seen, int64_t timeout_ms,
+                          cq_wait_cb cb, void *arg, cq_wait **out)
+{
+    int queue = projection == CQ_ENGINE_HEAD ? e->nprojs : projection;
+    return cq_waiters_add_stream(e->waits, queue, stream_id, version, seen,
+                                 timeout_ms, cb, arg, out);
 }
 
 /* Run a statement returning one integer through x (its prepared form is
@@ -2085,15 +2178,17 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
     return CQ_OK;
 }
 
-int cq_engine_control(cq_engine *e, int projection, const char *op, char *err,
-                      size_t errcap)
+int cq_engine_control_start(cq_engine *e, int projection, const char *op,
+                            cq_control_cb cb, void *arg, cq_control **out,
+                            char *err, size_t errcap)
 {
     static const char *const names[] = {"",      "pause", "resume", "reset",
                                         "retry", "skip",  "rebuild"};
     proj *p = e->projs[projection];
-    struct timespec ts;
-    int code = OP_NONE, rc;
+    cq_control *ctl;
+    int code = OP_NONE;
 
+    *out = NULL;
     for (int i = OP_PAUSE; i <= OP_REBUILD; i++)
         if (strcmp(op, names[i]) == 0)
             code = i;
@@ -2108,28 +2203,101 @@ int cq_engine_control(cq_engine *e, int projection, const char *op, char *err,
                  p->d->name, op);
         return CQ_ECONFLICT;
     }
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 30;
+    ctl = calloc(1, sizeof *ctl);
+    if (ctl == NULL) {
+        snprintf(err, errcap, "out of memory");
+        return CQ_ENOMEM;
+    }
+    ctl->e = e;
+    ctl->p = p;
+    ctl->op = code;
+    ctl->cb = cb;
+    ctl->arg = arg;
+    ctl->state = CTL_QUEUED;
+    ctl->refs = 2;
     pthread_mutex_lock(&e->mu);
-    while (p->control != OP_NONE && !e->stopping)
-        pthread_cond_timedwait(&e->control_cv, &e->mu, &ts);
-    if (e->stopping) {
+    if (e->stopping || !e->started) {
         pthread_mutex_unlock(&e->mu);
+        free(ctl);
         snprintf(err, errcap, "the server is stopping");
         return CQ_ECLOSED;
     }
-    p->control = code;
+    if (e->controls_tail != NULL)
+        e->controls_tail->next = ctl;
+    else
+        e->controls = ctl;
+    e->controls_tail = ctl;
     pthread_cond_signal(&e->cv);
-    rc = 0;
-    while (p->control != OP_NONE && !e->stopping && rc != ETIMEDOUT)
-        rc = pthread_cond_timedwait(&e->control_cv, &e->mu, &ts);
-    if (p->control != OP_NONE) {
-        pthread_mutex_unlock(&e->mu);
-        snprintf(err, errcap, "the projector did not answer in time");
-        return CQ_EBUSY;
-    }
-    rc = p->control_rc;
-    snprintf(err, errcap, "%s", p->control_msg);
     pthread_mutex_unlock(&e->mu);
+    *out = ctl;
+    return CQ_OK;
+}
+
+int cq_control_result(cq_control *c, char *err, size_t errcap)
+{
+    int rc;
+
+    pthread_mutex_lock(&c->e->mu);
+    rc = c->state == CTL_DONE ? c->rc : CQ_EBUSY;
+    snprintf(err, errcap, "%s",
+             c->state == CTL_DONE ? c->msg : "the operation has not run yet");
+    pthread_mutex_unlock(&c->e->mu);
+    return rc;
+}
+
+void cq_control_release(cq_control *c)
+{
+    cq_engine *e;
+    int gone;
+
+    if (c == NULL)
+        return;
+    e = c->e;
+    pthread_mutex_lock(&e->mu);
+    if (c->state == CTL_QUEUED)
+        c->state = CTL_CANCELLED; /* the projector drops it unrun */
+    gone = control_unref(c);
+    pthread_mutex_unlock(&e->mu);
+    if (gone)
+        free(c);
+}
+
+/* cq_engine_control's wait for its own operation. */
+typedef struct control_sync {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+} control_sync;
+
+static void control_synced(void *arg)
+{
+    control_sync *s = arg;
+
+    pthread_mutex_lock(&s->mu);
+    s->done = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+int cq_engine_control(cq_engine *e, int projection, const char *op, char *err,
+                      size_t errcap)
+{
+    control_sync s = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    cq_control *ctl;
+    int rc;
+
+    rc = cq_engine_control_start(e, projection, op, control_synced, &s, &ctl,
+                                 err, errcap);
+    if (rc != CQ_OK)
+        return rc;
+    /* it always ends: run, or handed back when the engine stops */
+    pthread_mutex_lock(&s.mu);
+    while (!s.done)
+        pthread_cond_wait(&s.cv, &s.mu);
+    pthread_mutex_unlock(&s.mu);
+    rc = cq_control_result(ctl, err, errcap);
+    cq_control_release(ctl);
+    pthread_mutex_destroy(&s.mu);
+    pthread_cond_destroy(&s.cv);
     return rc;
 }

@@ -124,6 +124,19 @@ int cq_engine_is_inline(cq_engine *e, int projection);
 int cq_engine_wait(cq_engine *e, int projection, int64_t target,
                    int64_t timeout_ms, cq_wait_cb cb, void *arg, cq_wait **out);
 
+/* Wait for `projection` (or CQ_ENGINE_HEAD) to apply stream_id's event at
+ * `version`, which the event store did not have when the caller looked;
+ * `seen` is cq_engine_position (cq_engine_head) read before it looked
+ * (see cq_waiters_add_stream: 1 means look again). Only commits that
+ * write stream_id wake it. */
+int cq_engine_wait_stream(cq_engine *e, int projection, const char *stream_id,
+                          int64_t version, int64_t seen, int64_t timeout_ms,
+                          cq_wait_cb cb, void *arg, cq_wait **out);
+
+/* Waiters registered and not fired, and the waiters commits have looked
+ * at one by one since the start (cq_waiters_checked). Any thread. */
+void cq_engine_wait_stats(cq_engine *e, int *pending, int64_t *checked);
+
 /* Position of stream_id's event at `version`: CQ_OK, CQ_ENOTFOUND (the
  * stream is shorter) or CQ_EIO. */
 int cq_engine_version_position(cq_engine *e, const char *stream_id,
@@ -194,16 +207,47 @@ int cq_engine_count(cq_engine *e);
 /* A snapshot of projection's state. Any thread. */
 int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out);
 
+/* One control operation of one caller. */
+typedef struct cq_control cq_control;
+typedef void (*cq_control_cb)(void *arg);
+
 /* Ask the projector thread to "pause", "resume", "reset" (drop the tables,
  * replay from 0 in place), "retry" (a failed projection, from its failing
  * event), "skip" (a failed projection: record the failing event in
  * cq_skipped_events and go on after it) or "rebuild" (start a blue/green
  * rebuild: it goes on in the background, see cq_projection_status) an
- * asynchronous projection, and wait for it to be done. CQ_OK; CQ_EINVAL
- * (unknown operation); CQ_ECONFLICT (not applicable: inline projection,
- * retry/skip of one that has not failed, rebuild of one being rebuilt);
- * CQ_EIO; CQ_EBUSY/CQ_ECLOSED. A message goes to err. Blocks the calling
- * thread for as long as the operation takes. */
+ * asynchronous projection, without waiting for it.
+ *
+ * Each call is an operation of its own: operations are carried out one at
+ * a time, in the order asked, and each gets its own result, whatever
+ * other callers ask meanwhile. On CQ_OK, *out is the operation: cb(arg)
+ * is called exactly once, on the projector thread, when it has been
+ * carried out (or refused by the engine stopping before it ran); then
+ * cq_control_result() tells how it went. The caller owns *out and gives
+ * it back with cq_control_release(). Refused at once, with a message in
+ * err and *out NULL: CQ_EINVAL (unknown operation), CQ_ECONFLICT (an
+ * inline projection), CQ_ECLOSED (the engine is stopping or not started),
+ * CQ_ENOMEM. Any thread; cb must be short (resume a connection). */
+int cq_engine_control_start(cq_engine *e, int projection, const char *op,
+                            cq_control_cb cb, void *arg, cq_control **out,
+                            char *err, size_t errcap);
+
+/* After the callback: the operation's result and its message (into err):
+ * CQ_OK; CQ_ECONFLICT (retry/skip of a projection that has not failed,
+ * rebuild of one being rebuilt); CQ_EIO; CQ_ECLOSED (the engine stopped
+ * before it ran: it was not carried out). Any thread. */
+int cq_control_result(cq_control *c, char *err, size_t errcap);
+
+/* Give back the caller's operation. One that has not started running yet
+ * is cancelled: it will never run and cb is not called; one already
+ * running still calls cb once (arg must stay valid until then). Accepts
+ * NULL. */
+void cq_control_release(cq_control *c);
+
+/* cq_engine_control_start, then wait for that operation to be carried out
+ * and return its result (cq_control_result). Blocks the calling thread
+ * for as long as the operations queued before it and itself take: not
+ * for HTTP threads. */
 int cq_engine_control(cq_engine *e, int projection, const char *op, char *err,
                       size_t errcap);
 

@@ -57,9 +57,6 @@ typedef struct proj {
     /* guarded by e->mu */
     int64_t position;
     int paused;
-    int control;    /* OP_*: asked of the projector thread */
-    int control_rc; /* its result, once control is back to OP_NONE */
-    char control_msg[256];
     int failed;
     int64_t error_position;
     char error[512];
@@ -76,6 +73,23 @@ typedef struct proj {
 /* Operations on an asynchronous projection, carried out by the projector
  * thread (which owns read.db's write connection). */
 enum { OP_NONE, OP_PAUSE, OP_RESUME, OP_RESET, OP_RETRY, OP_SKIP, OP_REBUILD };
+
+/* One caller's control operation (see cq_engine_control_start): queued
+ * to the projector thread, which runs it and hands it back with its own
+ * result. */
+struct cq_control {
+    cq_engine *e;
+    proj *p;
+    int op;           /* OP_* */
+    cq_control_cb cb; /* called once it ran (or at stop) */
+    void *arg;
+    /* guarded by e->mu */
+    int state; /* CTL_* in engine.c */
+    int refs;  /* the caller's, and the queue's until run */
+    int rc;    /* once CTL_DONE */
+    char msg[256];
+    struct cq_control *next; /* e->controls queue */
+};
 
 /* A pool of read connections to one database, each with its executor. */
 typedef struct pool {
@@ -115,8 +129,11 @@ struct cq_engine {
     cq_exec *ix;
     sqlite3_stmt *i_save, *i_sp, *i_release, *i_rollback;
 
-    struct cq_wal *wal;        /* read.db's checkpoints (store/wal.h) */
-    pthread_cond_t control_cv; /* with mu: a control operation is done */
+    struct cq_wal *wal; /* read.db's checkpoints (store/wal.h) */
+
+    /* control operations queued for the projector, oldest first;
+     * guarded by mu */
+    struct cq_control *controls, *controls_tail;
 
     pool reads;  /* read.db */
     pool events; /* events.db */

@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import unittest
@@ -682,6 +683,160 @@ class FailedProjectionTest(OpsBase):
         srv.start()
         s = self.status(c, "ops_fragile")
         self.assertEqual((s["status"], s["position"]), ("running", head2), s)
+        srv.stop()
+
+
+class ConcurrentControlTest(OpsBase):
+    """Control operations asked by several clients at once: each is its own
+    operation and gets its own answer, and none holds an HTTP thread while
+    the projector carries it out."""
+
+    def run_threads(self, srv, workers):
+        """Run each worker(client) on a thread of its own with its own
+        connection; re-raise the first failure."""
+        errors = []
+
+        def body(fn):
+            cl = Client(srv)
+            try:
+                fn(cl)
+            except BaseException as ex:  # noqa: B902 -- reported below
+                errors.append(ex)
+            finally:
+                cl.close()
+
+        threads = [threading.Thread(target=body, args=(fn,)) for fn in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+            self.assertFalse(t.is_alive(), "a control client did not finish")
+        if errors:
+            raise errors[0]
+
+    def test_each_answer_is_its_own(self):
+        """skip/pause/skip/resume at once on a projection that has not
+        failed: a skip is always 409 "has not failed", a pause or resume
+        always 200, and nothing is skipped."""
+        srv, c = self.start()
+        self.place(c, uid("o"), 1000)
+        self.wait_position(c, "sales_dashboard", c.head())
+        rounds = 40
+        seen = {"pause": {}, "resume": {}, "skip": {}}
+        lock = threading.Lock()
+
+        def worker(op):
+            def fn(cl):
+                for _ in range(rounds):
+                    st, _, b = cl.post("/projections/sales_dashboard/" + op,
+                                       retry=False)
+                    detail = b.get("detail", "") if isinstance(b, dict) else b
+                    with lock:
+                        key = (st, "has not failed" in str(detail))
+                        seen[op][key] = seen[op].get(key, 0) + 1
+            return fn
+
+        self.run_threads(srv, [worker(op) for op in ("skip", "pause", "skip", "resume")])
+        self.assertEqual(seen["pause"], {(200, False): rounds}, seen)
+        self.assertEqual(seen["resume"], {(200, False): rounds}, seen)
+        self.assertEqual(seen["skip"], {(409, True): 2 * rounds}, seen)
+        con = sqlite3.connect(os.path.join(srv.data_dir, "read.db"))
+        try:
+            if con.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                           " AND name = 'cq_skipped_events'").fetchone()[0]:
+                self.assertEqual(con.execute(
+                    "SELECT count(*) FROM cq_skipped_events").fetchone()[0], 0)
+        finally:
+            con.close()
+        # the last operation was a resume or a pause: it ends running after
+        # one more resume
+        self.control(c, "sales_dashboard", "resume")
+        self.assertEqual(self.wait_position(c, "sales_dashboard", c.head())["status"],
+                         "running")
+        srv.stop()
+
+    def test_skips_answered_200_are_the_skips_recorded(self):
+        """Several clients skip the failing events of a projection while
+        another pauses and resumes it: every skip answered 200 recorded
+        exactly one skipped event, every other skip was 409 "has not
+        failed", and no pause or resume was refused."""
+        srv, c = self.start(fragile=True)
+        oid = uid("o")
+        self.place(c, oid, 900000)
+        bad = [self.pay(c, oid, uid("pb"), 6000 + i) for i in range(8)]
+        self.wait_status(c, "ops_fragile",
+                         lambda s: s["status"] == "failed"
+                         and s["last_error"]["position"] == bad[0],
+                         "failed at %d" % bad[0])
+        out = {"skip200": 0, "skip409": 0, "other": []}
+        lock = threading.Lock()
+
+        def skipper(cl):
+            for _ in range(12):
+                st, _, b = cl.post("/projections/ops_fragile/skip", retry=False)
+                with lock:
+                    if st == 200:
+                        out["skip200"] += 1
+                    elif st == 409 and "has not failed" in str(b.get("detail")):
+                        out["skip409"] += 1
+                    else:
+                        out["other"].append(("skip", st, b))
+
+        def pauser(cl):
+            for i in range(12):
+                op = "pause" if i % 2 == 0 else "resume"
+                st, _, b = cl.post("/projections/ops_fragile/" + op, retry=False)
+                if st != 200:
+                    with lock:
+                        out["other"].append((op, st, b))
+
+        self.run_threads(srv, [skipper, skipper, skipper, pauser])
+        self.assertEqual(out["other"], [], out)
+        rows = sql(os.path.join(srv.data_dir, "read.db"),
+                   "SELECT position FROM cq_skipped_events"
+                   " WHERE projection = 'ops_fragile' ORDER BY position")
+        self.assertEqual(len(rows), out["skip200"], (rows, out))
+        self.assertEqual([r[0] for r in rows], bad[:len(rows)], rows)
+        self.assertEqual(out["skip200"] + out["skip409"], 36, out)
+        srv.stop()
+
+    def test_healthz_answers_while_controls_wait(self):
+        """Eight control operations held up behind a lock on read.db (the
+        projector cannot carry them out) leave the HTTP threads free:
+        /healthz answers before any of them is, and then they all are."""
+        srv, c = self.start()
+        self.place(c, uid("o"), 1000)
+        self.wait_position(c, "sales_dashboard", c.head())
+        lockcon = sqlite3.connect(os.path.join(srv.data_dir, "read.db"),
+                                  timeout=10, isolation_level=None)
+        answered = []
+        lock = threading.Lock()
+
+        def pauser(cl):
+            st, _, b = cl.post("/projections/sales_dashboard/pause", retry=False)
+            with lock:
+                answered.append((st, b))
+
+        lockcon.execute("BEGIN IMMEDIATE")
+        try:
+            runner = threading.Thread(
+                target=self.run_threads, args=(srv, [pauser] * 8))
+            runner.start()
+            time.sleep(0.3)  # let the eight reach the server
+            hc = Client(srv, timeout=4)
+            self.clients.append(hc)
+            st, _, b = hc.get("/healthz", retry=False)
+            self.assertEqual(st, 200, b)
+            with lock:
+                early = list(answered)
+        finally:
+            lockcon.execute("ROLLBACK")
+            lockcon.close()
+        runner.join(60)
+        self.assertFalse(runner.is_alive())
+        self.assertEqual(early, [], "control calls answered while read.db was locked")
+        self.assertEqual([st for st, _ in answered], [200] * 8, answered)
+        self.control(c, "sales_dashboard", "resume")
         srv.stop()
 
 

@@ -1,7 +1,8 @@
 /*
- * test_wait.c -- position waiters (src/projection/wait.c): fired exactly
- * once, by the position or by the deadline, in any order, from several
- * threads at once; also run under ThreadSanitizer.
+ * test_wait.c -- position and stream waiters (src/projection/wait.c):
+ * fired exactly once, by the position, the stream or the deadline, in any
+ * order, from several threads at once; an advance looks only at the
+ * waiters it can satisfy; also run under ThreadSanitizer.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +11,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -185,6 +187,167 @@ static void test_concurrent(void **state)
     free(a);
 }
 
+/* 10,000 waiters on streams that get no event and 10,000 on a position far
+ * ahead: a commit of other streams looks at none of them; a commit of one
+ * waited-for stream looks at that stream's waiters only. */
+static void test_unrelated_commit_checks_nothing(void **state)
+{
+    enum { N = 10000 };
+    cq_waiters *ws = cq_waiters_new(2);
+    cq_wait **sw = calloc(N, sizeof *sw), **pw = calloc(N, sizeof *pw);
+    counter c = {0};
+    char id[32];
+    int64_t before;
+
+    (void)state;
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "missing-%d", i);
+        assert_int_equal(cq_waiters_add_stream(ws, 0, id, 1 + i % 3, 0, 60000,
+                                               on_fire, &c, &sw[i]),
+                         0);
+        assert_int_equal(
+            cq_waiters_add(ws, 0, 1000000000, 60000, on_fire, &c, &pw[i]), 0);
+    }
+    assert_int_equal(cq_waiters_pending(ws), 2 * N);
+
+    /* commits of other streams, and of the same names on the other queue */
+    before = cq_waiters_checked(ws);
+    for (int64_t pos = 1; pos <= 100; pos++) {
+        char other[32];
+        cq_stream_applied a[2] = {{other, 1}, {"missing-7", 5}};
+        snprintf(other, sizeof other, "order-%lld", (long long)pos);
+        cq_waiters_advance_streams(ws, 0, pos, a, 1);
+        cq_waiters_advance_streams(ws, 1, pos, a, 2);
+    }
+    assert_int_equal(cq_waiters_checked(ws) - before, 0);
+    assert_int_equal(atomic_load(&c.fired), 0);
+    assert_int_equal(cq_waiters_pending(ws), 2 * N);
+
+    /* missing-4 waits for version 2: version 1 does not do, 2 does */
+    {
+        cq_stream_applied a = {"missing-4", 1};
+        before = cq_waiters_checked(ws);
+        cq_waiters_advance_streams(ws, 0, 101, &a, 1);
+        assert_int_equal(cq_waiters_checked(ws) - before, 1);
+        assert_int_equal(atomic_load(&c.fired), 0);
+        a.version = 2;
+        cq_waiters_advance_streams(ws, 0, 102, &a, 1);
+        assert_int_equal(cq_waiters_checked(ws) - before, 2);
+        await_n(&c, 1);
+        assert_true(cq_wait_reached(sw[4]));
+    }
+
+    /* a move that does not say what it applied wakes every stream waiter
+     * of the queue (to look again), and no position waiter */
+    cq_waiters_advance(ws, 0, 103);
+    await_n(&c, N);
+    for (int i = 0; i < N; i++)
+        assert_true(cq_wait_reached(sw[i]));
+    assert_int_equal(cq_waiters_pending(ws), N);
+    cq_waiters_shutdown(ws);
+    await_n(&c, 2 * N);
+    for (int i = 0; i < N; i++) {
+        assert_false(cq_wait_reached(pw[i]));
+        cq_wait_release(sw[i]);
+        cq_wait_release(pw[i]);
+    }
+    cq_waiters_free(ws);
+    free(sw);
+    free(pw);
+}
+
+/* A stream waiter is not registered when the queue moved after the caller
+ * looked (the event may be in that move); it times out like any other. */
+static void test_stream_seen_and_deadline(void **state)
+{
+    cq_waiters *ws = cq_waiters_new(1);
+    counter c = {0};
+    cq_wait *w = NULL;
+
+    (void)state;
+    cq_waiters_advance(ws, 0, 5);
+    assert_int_equal(
+        cq_waiters_add_stream(ws, 0, "s", 1, 4, 1000, on_fire, &c, &w), 1);
+    assert_null(w);
+    assert_int_equal(
+        cq_waiters_add_stream(ws, 0, "s", 1, 5, 20, on_fire, &c, &w), 0);
+    assert_non_null(w);
+    await_n(&c, 1);
+    assert_false(cq_wait_reached(w));
+    assert_int_equal(cq_waiters_pending(ws), 0);
+    /* applying the stream later fires nothing more */
+    {
+        cq_stream_applied a = {"s", 1};
+        cq_waiters_advance_streams(ws, 0, 6, &a, 1);
+    }
+    sleep_ms(5);
+    assert_int_equal(atomic_load(&c.fired), 1);
+    cq_wait_release(w);
+    cq_waiters_free(ws);
+}
+
+typedef struct stream_adder {
+    cq_waiters *ws;
+    counter *c;
+    int t;
+    cq_wait *w[300];
+} stream_adder;
+
+static void *add_streams(void *arg)
+{
+    stream_adder *a = arg;
+    char id[32];
+
+    for (int i = 0; i < 300; i++) {
+        snprintf(id, sizeof id, "s%d-%d", a->t, i % 30);
+        /* short deadlines for some: they race the advances */
+        if (cq_waiters_add_stream(a->ws, 0, id, 1, 0, i % 5 ? 30000 : 1,
+                                  on_fire, a->c, &a->w[i]) < 0)
+            abort();
+    }
+    return NULL;
+}
+
+/* Stream waiters added on several threads (the table grows meanwhile)
+ * race advances naming their streams and the timer; each fires once. */
+static void test_streams_concurrent(void **state)
+{
+    enum { T = 4 };
+    cq_waiters *ws = cq_waiters_new(1);
+    stream_adder *a = calloc(T, sizeof *a);
+    pthread_t th[T];
+    counter c = {0};
+    int expected = 0;
+
+    (void)state;
+    for (int t = 0; t < T; t++) {
+        a[t].ws = ws;
+        a[t].c = &c;
+        a[t].t = t;
+        assert_int_equal(pthread_create(&th[t], NULL, add_streams, &a[t]), 0);
+    }
+    for (int k = 0; k < 200; k++) {
+        char id[32];
+        cq_stream_applied ap = {id, 1};
+        snprintf(id, sizeof id, "s%d-%d", k % T, k % 30);
+        cq_waiters_advance_streams(ws, 0, 0, &ap, 1);
+    }
+    for (int t = 0; t < T; t++)
+        pthread_join(th[t], NULL);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < 300; i++)
+            expected += a[t].w[i] != NULL;
+    assert_int_equal(expected, T * 300); /* the queue never moved */
+    cq_waiters_advance(ws, 0, 1);        /* the rest look again */
+    await_n(&c, expected);
+    assert_int_equal(cq_waiters_pending(ws), 0);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < 300; i++)
+            cq_wait_release(a[t].w[i]);
+    cq_waiters_free(ws);
+    free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -193,6 +356,9 @@ int main(void)
         cmocka_unit_test(test_many_in_any_order),
         cmocka_unit_test(test_shutdown),
         cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_unrelated_commit_checks_nothing),
+        cmocka_unit_test(test_stream_seen_and_deadline),
+        cmocka_unit_test(test_streams_concurrent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -457,8 +457,9 @@ static int gate_inline(void *arg, const cq_stored_event *events,
     return CQ_OK;
 }
 
-static void gate_committed(void *arg, int64_t head)
+static void gate_committed(void *arg, int64_t head, const cq_write_req *batch)
 {
+    (void)batch;
     gate *g = arg;
 
     if (g->probe != NULL && g->batches < 64) {
