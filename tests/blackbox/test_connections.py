@@ -23,7 +23,10 @@ from cqtest import ServerTestCase  # noqa: E402
 
 ATTACKER = "127.0.0.2"
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 4000
-HEALTHZ_BOUND = 5.0  # a fresh client must be answered within this
+# A fresh client must be answered within this (the defect: not at all
+# while the slow connections last; generous for sanitizer builds on a
+# loaded machine, where the listen queue drains slowly).
+HEALTHZ_BOUND = 10.0
 
 
 def raise_nofile(want):
@@ -136,10 +139,8 @@ class ExhaustionTest(ServerTestCase):
             # a client from another address is answered at all, promptly
             self.assertEqual(healthz_from_fresh_client(self.server.port), 200)
             self.assertHealthy()
-            # the per-address limit: most of the attacker's connections
-            # were closed at once, some are still held
-            self.assertGreater(slow.open_count(), 0)
-            self.assertLess(slow.open_count(), self.n)
+            # (how many the attacker holds meanwhile is up to the
+            # per-address limit: PerAddressLimitTest checks it)
             # and every one of them is gone soon after the head deadline
             deadline = time.monotonic() + 3 + 10
             while slow.open_count() and time.monotonic() < deadline:
@@ -159,7 +160,7 @@ class HeadDeadlineTest(ServerTestCase):
     timeout)."""
 
     TIMEOUT = 2
-    server_args = ("--header-timeout", str(TIMEOUT), "--max-connections-per-ip", "40")
+    server_args = ("--header-timeout", str(TIMEOUT))
 
     def test_trickled_head_is_closed_at_the_deadline(self):
         slow = Slow(self.server.port, 20)
@@ -222,26 +223,39 @@ class HeadDeadlineTest(ServerTestCase):
         finally:
             s.close()
 
+
+class PerAddressLimitTest(ServerTestCase):
+
+    LIMIT = 40
+    server_args = ("--max-connections-per-ip", str(LIMIT))
+
     def test_per_address_limit(self):
         idle = []
         try:
-            for _ in range(60):
+            for _ in range(self.LIMIT + 20):
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 s.bind((ATTACKER, 0))
                 s.connect(("127.0.0.1", self.server.port))
-                idle.append(s)
-            time.sleep(0.5)
-            open_ = 0
-            for s in idle:
                 s.setblocking(False)
-                try:
-                    if s.recv(1) != b"":
-                        open_ += 1
-                except BlockingIOError:
-                    open_ += 1
-                except OSError:
-                    pass
-            self.assertEqual(open_, 40, "connections held from one address")
+                idle.append(s)
+            # the server closes the excess as it accepts them; the rest
+            # stay open (well within the 10 s head deadline)
+            gone = set()
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                for s in idle:
+                    try:
+                        if s not in gone and s.recv(1) == b"":
+                            gone.add(s)
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        gone.add(s)
+                if len(idle) - len(gone) <= self.LIMIT:
+                    break
+                time.sleep(0.1)
+            self.assertEqual(len(idle) - len(gone), self.LIMIT,
+                             "connections held from one address")
             self.assertEqual(healthz_from_fresh_client(self.server.port), 200)
         finally:
             for s in idle:
