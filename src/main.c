@@ -3,6 +3,8 @@
  *
  *   cqrsd serve [--data DIR] [--listen HOST:PORT] [--threads N]
  *               [--idempotency-ttl SECONDS] [--body-limit BYTES]
+ *               [--max-connections N] [--max-connections-per-ip N]
+ *               [--header-timeout SECONDS]
  *   cqrsd verify [--data DIR] [--projections DIR]
  *   cqrsd projections [--server HOST:PORT] list | status NAME |
  *                     pause | resume | reset | retry | skip NAME |
@@ -47,6 +49,7 @@ typedef struct options {
     int64_t threads;
     int64_t ttl_s;
     int64_t body_limit;
+    int64_t max_conns, max_per_ip, header_timeout_s;
 } options;
 
 static void usage(FILE *f)
@@ -55,7 +58,9 @@ static void usage(FILE *f)
           "[--threads N]\n"
           "                   [--idempotency-ttl SECONDS] "
           "[--body-limit BYTES]\n"
-          "                   [--projections DIR]\n"
+          "                   [--max-connections N] "
+          "[--max-connections-per-ip N]\n"
+          "                   [--header-timeout SECONDS] [--projections DIR]\n"
           "       cqrsd verify [--data DIR] [--projections DIR]\n"
           "       cqrsd projections [--server HOST:PORT] list | status NAME |\n"
           "                         pause | resume | reset | retry | skip "
@@ -73,6 +78,14 @@ static void usage(FILE *f)
           "                          60-31536000 seconds (default 86400)\n"
           "  --body-limit BYTES      largest request body, 1024-67108864\n"
           "                          (default 1048576)\n"
+          "  --max-connections N     open HTTP connections, 16-1000000 "
+          "(default 8192)\n"
+          "  --max-connections-per-ip N\n"
+          "                          of them from one client address "
+          "(default 1024)\n"
+          "  --header-timeout S      a request head must arrive within S "
+          "seconds,\n"
+          "                          1-3600 (default 10)\n"
           "  --projections DIR       also load every *.sql projection in DIR\n"
           "                          (the orders read models are built in)\n"
           "\n"
@@ -111,6 +124,9 @@ static int parse_args(int argc, char **argv, options *o)
     o->threads = 2;
     o->ttl_s = 86400;
     o->body_limit = 1024 * 1024;
+    o->max_conns = 8192;
+    o->max_per_ip = 1024;
+    o->header_timeout_s = 10;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -132,6 +148,12 @@ static int parse_args(int argc, char **argv, options *o)
             rc = parse_num(a, v, 60, 31536000, &o->ttl_s);
         else if (strcmp(a, "--body-limit") == 0)
             rc = parse_num(a, v, 1024, 64 * 1024 * 1024, &o->body_limit);
+        else if (strcmp(a, "--max-connections") == 0)
+            rc = parse_num(a, v, 16, 1000000, &o->max_conns);
+        else if (strcmp(a, "--max-connections-per-ip") == 0)
+            rc = parse_num(a, v, 1, 1000000, &o->max_per_ip);
+        else if (strcmp(a, "--header-timeout") == 0)
+            rc = parse_num(a, v, 1, 3600, &o->header_timeout_s);
         else {
             fprintf(stderr, "cqrsd: unknown option %s\n", a);
             return -1;
@@ -225,6 +247,9 @@ static int serve(const options *o)
         return 2;
     hcfg.threads = (int)o->threads;
     hcfg.body_limit = (size_t)o->body_limit;
+    hcfg.max_connections = (unsigned)o->max_conns;
+    hcfg.max_connections_per_ip = (unsigned)o->max_per_ip;
+    hcfg.header_timeout_s = (unsigned)o->header_timeout_s;
     wcfg.idempotency_ttl_ms = o->ttl_s * 1000;
 
     /* Block the signals before any thread exists so every thread inherits

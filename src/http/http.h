@@ -33,6 +33,13 @@ struct cq_server {
     cq_counter *wait_timeouts;
     atomic_int pending; /* requests waiting for the writer */
     atomic_int waiting; /* requests waiting for a projection */
+
+    /* open connections and the request-head deadline (conns.c) */
+    struct cq_conns *conns;
+    /* libmicrohttpd's messages (on_mhd_error): the current second, the
+     * lines written in it and those left out */
+    atomic_llong log_second;
+    atomic_int log_lines, log_dropped;
 };
 
 enum route {
@@ -49,11 +56,21 @@ enum route {
 
 #define CQ_QUERY_MAX_PARAMS 16
 
+/* Query parameters read per request; more is 431 (no route takes more
+ * than CQ_QUERY_MAX_PARAMS and the consistency parameters). */
+#define CQ_HTTP_MAX_PARAMS 64
+
 typedef struct request {
     cq_server *srv;
     struct MHD_Connection *conn;
     enum route route;
     const char *target; /* part of the URL after the route prefix */
+
+    /* noted before the first call (on_uri) */
+    int started;         /* the handler has seen the request head */
+    int nul_in_path;     /* the raw path had %00 (MHD cuts the URL there) */
+    int too_many_params; /* query string cut: more than CQ_HTTP_MAX_PARAMS */
+
     char *body;
     size_t len, cap;
     int too_large;

@@ -2,9 +2,15 @@
  * server.c -- HTTP routing, request validation and answers (see server.h).
  *
  * Life of one request (struct request, MHD's per-request pointer):
- *   1. first call (headers read): route and method are checked, and so are
+ *   0. request line read: on_uri() makes the request and notes what MHD
+ *      would hide from us (an encoded NUL that cuts the URL, more query
+ *      parameters than any route takes: those are dropped before MHD
+ *      stores them, as storing them can exhaust the connection's memory);
+ *   1. first call (headers read): framing (Content-Length against
+ *      Transfer-Encoding), route and method are checked, and so are
  *      Content-Length and Content-Type for routes that take a body, so a
- *      hopeless request is answered before its body is read;
+ *      hopeless request is answered before its body is read; HEAD is
+ *      answered as GET (MHD leaves the body out);
  *   2. body chunks are copied into q->body up to the body limit; beyond it
  *      they are discarded (and past HARD_BODY_LIMIT the connection is
  *      closed) and the answer is 413;
@@ -21,6 +27,7 @@
  * requests handed to the writer and not yet answered, for shutdown.
  */
 #include "http/server.h"
+#include "http/conns.h"
 #include "http/http.h"
 #include "base/metrics.h"
 
@@ -31,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -302,7 +310,8 @@ static int idem_key_ok(request *q, enum MHD_Result *ret)
     return 0;
 }
 
-/* If-Match: absent (CQ_VERSION_ANY) or "N" with N >= 1. */
+/* If-Match: absent (CQ_VERSION_ANY) or "N" with N >= 1, written as the
+ * server writes it in ETag: "01" is no version (400), not version 1. */
 static int if_match_ok(request *q, int64_t *expected, const char **raw,
                        enum MHD_Result *ret)
 {
@@ -319,7 +328,8 @@ static int if_match_ok(request *q, int64_t *expected, const char **raw,
     if (n >= 3 && n - 2 < sizeof digits && v[0] == '"' && v[n - 1] == '"') {
         memcpy(digits, v + 1, n - 2);
         digits[n - 2] = '\0';
-        if (cq_http_parse_int(digits, expected) == CQ_OK && *expected >= 1) {
+        if (digits[0] != '0' && cq_http_parse_int(digits, expected) == CQ_OK &&
+            *expected >= 1) {
             *raw = v;
             return 1;
         }
@@ -1194,30 +1204,179 @@ static enum route route_of(const char *url, const char **target)
     return R_NOT_FOUND;
 }
 
+static request *request_new(cq_server *srv, struct MHD_Connection *conn)
+{
+    request *q = calloc(1, sizeof *q);
+
+    if (q == NULL)
+        return NULL;
+    q->srv = srv;
+    q->conn = conn;
+    q->projection = -1;
+    atomic_init(&q->answered, 0);
+    return q;
+}
+
+/* MHD_OPTION_URI_LOG_CALLBACK: the request line has been read and `uri`
+ * is still as the client sent it; after this returns MHD decodes the path
+ * (a %00 ends the C string it hands us) and stores each query parameter
+ * in the connection's 64 KiB memory pool. Too many parameters exhaust the
+ * pool mid-parse, and libmicrohttpd 0.9.75 then queues a 431 that it never
+ * sends (the request waits for the idle timeout), so beyond
+ * CQ_HTTP_MAX_PARAMS the query string is cut here, in MHD's own buffer
+ * (not const: it is the read buffer MHD splits in place; MHD has already
+ * found the '?', and parses what follows it once we return), and
+ * first_call() answers 431. The request made here becomes MHD's
+ * per-request pointer; NULL (no memory) leaves it to on_request(). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    request *q = request_new(cls, conn);
+    char *query = strchr(uri, '?');
+    size_t n = query ? (size_t)(query - uri) : strlen(uri), params = 1;
+
+    if (q == NULL)
+        return NULL;
+    /* MHD_http_unescape() decodes every %XY with two hex digits in one
+     * pass and a '%' is never part of an earlier escape, so the decoded
+     * path has a NUL exactly when the raw one has "%00" */
+    for (size_t i = 0; i + 2 < n; i++)
+        if (uri[i] == '%' && uri[i + 1] == '0' && uri[i + 2] == '0')
+            q->nul_in_path = 1;
+    if (query == NULL)
+        return q;
+    for (const char *p = query + 1; *p != '\0'; p++)
+        params += *p == '&';
+    if (params > CQ_HTTP_MAX_PARAMS) {
+        q->too_many_params = 1;
+        query[1] = '\0';
+    }
+    return q;
+}
+
+static enum MHD_Result find_nul(void *cls, enum MHD_ValueKind kind,
+                                const char *key, size_t key_size,
+                                const char *value, size_t value_size)
+{
+    const char **bad = cls;
+
+    (void)kind;
+    if (strlen(key) != key_size ||
+        (value != NULL && strlen(value) != value_size)) {
+        *bad = key;
+        return MHD_NO;
+    }
+    return MHD_YES;
+}
+
+typedef struct framing {
+    int lengths, codings; /* Content-Length, Transfer-Encoding headers */
+    const char *coding;
+} framing;
+
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind,
+                                     const char *key, const char *value)
+{
+    framing *f = cls;
+
+    (void)kind;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+        f->lengths++;
+    else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->codings++;
+        f->coding = value;
+    }
+    return MHD_YES;
+}
+
+/* Answer a problem and close the connection after it: the rest of what
+ * the client sent cannot be framed, so it must not be read as a next
+ * request (request smuggling). */
+static enum MHD_Result send_and_close(struct MHD_Connection *c, int status,
+                                      const char *slug, const char *detail)
+{
+    const char *const hdr[][2] = {{MHD_HTTP_HEADER_CONNECTION, "close"}};
+    return cq_http_send_with(c, status, CQ_PROBLEM_CONTENT_TYPE,
+                             cq_problem_text(status, slug, NULL, "%s", detail),
+                             hdr, 1);
+}
+
+/* What is wrong with the request as a whole, before its route: framing
+ * that a proxy could read differently (RFC 9112 6.1, 6.3), cut or
+ * NUL-carrying URLs. MHD_YES with nothing queued if nothing is. (A
+ * Content-Length that is not a number never gets here: MHD answers it.) */
+static enum MHD_Result check_request(request *q, int *done)
+{
+    framing f = {0, 0, NULL};
+    const char *bad = NULL;
+
+    *done = 1;
+    MHD_get_connection_values(q->conn, MHD_HEADER_KIND, count_framing, &f);
+    if (f.lengths > 0 && f.codings > 0)
+        return send_and_close(q->conn, 400, "bad-framing",
+                              "Content-Length and Transfer-Encoding must not "
+                              "both be given");
+    if (f.lengths > 1 || f.codings > 1)
+        return send_and_close(q->conn, 400, "bad-framing",
+                              "Content-Length and Transfer-Encoding may each "
+                              "be given once");
+    if (f.codings == 1 && strcasecmp(f.coding, "chunked") != 0)
+        return send_and_close(q->conn, 501, "not-implemented",
+                              "the only transfer coding understood is "
+                              "chunked");
+    if (q->too_many_params)
+        return cq_http_send_problem(q->conn, 431, "too-many-parameters", NULL,
+                                    "at most %d query parameters are read",
+                                    CQ_HTTP_MAX_PARAMS);
+    if (q->nul_in_path)
+        return q->route == R_STREAM
+                   ? cq_http_send_problem(
+                         q->conn, 400, "bad-stream-id", NULL,
+                         "a stream id must not contain a NUL byte (%%00)")
+                   : cq_http_send_problem(
+                         q->conn, 400, "bad-path", NULL,
+                         "the path must not contain a NUL byte (%%00)");
+    MHD_get_connection_values_n(q->conn, MHD_GET_ARGUMENT_KIND, find_nul, &bad);
+    if (bad != NULL)
+        return cq_http_bad_param(q->conn, bad,
+                                 "must not contain a NUL byte (%%00)");
+    *done = 0;
+    return MHD_YES;
+}
+
 /* First call for a request: route, method and what can be judged from the
  * headers alone. Returns MHD_YES with nothing queued to go on reading. */
 static enum MHD_Result first_call(request *q, const char *url,
                                   const char *method)
 {
     int post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
-    int get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
+    int head = strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+    int get = head || strcmp(method, MHD_HTTP_METHOD_GET) == 0;
     const char *cl;
     int64_t len;
+    int done;
+    enum MHD_Result r;
 
     q->route = route_of(url, &q->target);
+    r = check_request(q, &done);
+    if (done)
+        return r;
     switch (q->route) {
     case R_NOT_FOUND:
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
                                     "no resource at this path");
     case R_PROJECTIONS:
-        return MHD_YES; /* the methods depend on the path: ops.c */
+        /* the methods depend on the path (ops.c, which is given HEAD as
+         * GET): only the operations take none of GET and HEAD */
+        if (head && strchr(q->target, '/') != NULL)
+            return send_method_not_allowed(q->conn, method, "POST");
+        return MHD_YES;
     case R_HEALTHZ:
     case R_METRICS:
     case R_READYZ:
     case R_ALL:
     case R_QUERY:
         if (!get)
-            return send_method_not_allowed(q->conn, method, "GET");
+            return send_method_not_allowed(q->conn, method, "GET, HEAD");
         return MHD_YES;
     case R_COMMAND:
         if (!post)
@@ -1227,7 +1386,7 @@ static enum MHD_Result first_call(request *q, const char *url,
         if (get)
             return MHD_YES;
         if (!post)
-            return send_method_not_allowed(q->conn, method, "GET, POST");
+            return send_method_not_allowed(q->conn, method, "GET, HEAD, POST");
         break;
     }
     /* a POST with a body */
@@ -1280,17 +1439,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 {
     cq_server *srv = cls;
     request *q = *con_cls;
+    int get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
+              strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
 
     (void)version;
-    if (q == NULL) {
-        q = calloc(1, sizeof *q);
+    if (q == NULL) { /* on_uri() had no memory */
+        q = request_new(srv, conn);
         if (q == NULL)
             return MHD_NO;
-        q->srv = srv;
-        q->conn = conn;
-        q->projection = -1;
-        atomic_init(&q->answered, 0);
         *con_cls = q;
+    }
+    if (!q->started) {
+        q->started = 1;
+        cq_conns_head_done(conn);
         last_status = 0;
         {
             enum MHD_Result r = first_call(q, url, method);
@@ -1327,10 +1488,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     case R_ALL: return handle_read_all(q);
     case R_QUERY: return cq_http_query(q);
     case R_READYZ: return cq_http_readyz(q);
-    case R_PROJECTIONS: return cq_http_projections(q, method);
-    case R_STREAM:
-        return strcmp(method, MHD_HTTP_METHOD_GET) == 0 ? handle_read_stream(q)
-                                                        : handle_append(q);
+    case R_PROJECTIONS:
+        return cq_http_projections(q, get ? MHD_HTTP_METHOD_GET : method);
+    case R_STREAM: return get ? handle_read_stream(q) : handle_append(q);
     case R_NOT_FOUND:
     default:
         return cq_http_send_problem(conn, 404, "not-found", NULL,
@@ -1344,8 +1504,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     request *q = *con_cls;
 
     (void)cls;
-    (void)conn;
     (void)toe;
+    cq_conns_head_wait(conn); /* a keep-alive connection waits for a head */
     if (q == NULL)
         return;
     if (q->queued && q->w.response != NULL && !q->sent_written)
@@ -1358,15 +1518,76 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
+#define LOG_LINES_PER_SECOND 20
+
+/* libmicrohttpd's messages, one write per line so threads do not mix
+ * them, and at most LOG_LINES_PER_SECOND a second: it writes one for
+ * every refused or cut connection, which a client could otherwise turn
+ * into a flood of log lines. */
 static void on_mhd_error(void *cls, const char *fmt, va_list ap)
 {
-    (void)cls;
-    fputs("cqrsd: http: ", stderr);
-    vfprintf(stderr, fmt, ap);
+    cq_server *s = cls;
+    long long second = (long long)(cq_mono_ns() / 1000000000u);
+    long long was = atomic_load(&s->log_second);
+    char line[512];
+    int n;
+
+    if (was != second &&
+        atomic_compare_exchange_strong(&s->log_second, &was, second)) {
+        int dropped = atomic_exchange(&s->log_dropped, 0);
+        atomic_store(&s->log_lines, 0);
+        if (dropped > 0)
+            fprintf(stderr, "cqrsd: http: %d more messages left out\n",
+                    dropped);
+    }
+    if (atomic_fetch_add(&s->log_lines, 1) >= LOG_LINES_PER_SECOND) {
+        atomic_fetch_add(&s->log_dropped, 1);
+        return;
+    }
+    n = snprintf(line, sizeof line, "cqrsd: http: ");
+    vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    n = (int)strlen(line);
+    if (line[n - 1] != '\n') { /* cut short */
+        if (n == (int)sizeof line - 1)
+            n--;
+        line[n] = '\n';
+        line[n + 1] = '\0';
+    }
+    fputs(line, stderr);
 }
 
 /* ---- public ---------------------------------------------------------------
  */
+
+#define DEFAULT_MAX_CONNECTIONS 8192
+#define DEFAULT_MAX_PER_IP 1024
+#define DEFAULT_HEADER_TIMEOUT_S 10
+#define FD_RESERVE 512 /* descriptors kept for SQLite, epoll, pipes, logs */
+
+/* How many connections the process can hold, up to `want`: raises the
+ * soft RLIMIT_NOFILE to the hard one when `want` needs it, and says so on
+ * stderr when even that is too few. */
+static unsigned connection_room(unsigned want)
+{
+    struct rlimit rl;
+    rlim_t need = (rlim_t)want + FD_RESERVE;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+        rl.rlim_cur >= need)
+        return want;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || getrlimit(RLIMIT_NOFILE, &rl))
+        return want;
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
+        return want;
+    want = rl.rlim_cur > FD_RESERVE + 16 ? (unsigned)(rl.rlim_cur - FD_RESERVE)
+                                         : 16;
+    fprintf(stderr,
+            "cqrsd: http: at most %u connections (the open-files limit "
+            "is %llu)\n",
+            want, (unsigned long long)rl.rlim_cur);
+    return want;
+}
 
 int cq_server_start(const cq_server_config *cfg, cq_store *store,
                     cq_writer *writer, cq_engine *engine,
@@ -1377,6 +1598,12 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
                      MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     int threads = cfg->threads > 0 ? cfg->threads : 2;
+    unsigned max_conns = connection_room(
+        cfg->max_connections ? cfg->max_connections : DEFAULT_MAX_CONNECTIONS);
+    unsigned per_ip = cfg->max_connections_per_ip ? cfg->max_connections_per_ip
+                                                  : DEFAULT_MAX_PER_IP;
+    unsigned head_s = cfg->header_timeout_s ? cfg->header_timeout_s
+                                            : DEFAULT_HEADER_TIMEOUT_S;
 
     *out = NULL;
     s = calloc(1, sizeof *s);
@@ -1399,6 +1626,16 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
     }
     atomic_init(&s->pending, 0);
     atomic_init(&s->waiting, 0);
+    atomic_init(&s->log_second, 0);
+    atomic_init(&s->log_lines, 0);
+    atomic_init(&s->log_dropped, 0);
+    if (cq_conns_start(head_s * 1000u, &s->conns) != CQ_OK) {
+        snprintf(err, errcap, "cannot start the connection sweeper");
+        cq_metrics_free(s->metrics);
+        free(s->commands);
+        free(s);
+        return CQ_EIO;
+    }
     if (cfg->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     s->daemon = MHD_start_daemon(
@@ -1407,13 +1644,17 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
         (const struct sockaddr *)&cfg->addr, MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned)threads, MHD_OPTION_CONNECTION_TIMEOUT,
         cfg->idle_timeout_s ? cfg->idle_timeout_s : 30u,
-        MHD_OPTION_CONNECTION_LIMIT, 8192u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)64 * 1024, MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+        MHD_OPTION_CONNECTION_LIMIT, max_conns,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_ip,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_URI_LOG_CALLBACK,
+        on_uri, s, MHD_OPTION_NOTIFY_CONNECTION, cq_conns_notify, s->conns,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
     if (s->daemon == NULL) {
         snprintf(err, errcap,
                  "cannot listen (address in use, or not "
                  "allowed?)");
+        cq_conns_free(s->conns);
         free(s);
         return CQ_EIO;
     }
@@ -1442,6 +1683,7 @@ void cq_server_stop(cq_server *s, int timeout_ms)
          waited += 10)
         nanosleep(&ts, NULL);
     MHD_stop_daemon(s->daemon);
+    cq_conns_free(s->conns); /* after: MHD has reported every close */
     cq_metrics_free(s->metrics);
     free(s->commands);
     free(s);

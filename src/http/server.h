@@ -9,6 +9,7 @@
  *   GET  /queries/{name}    (query.c)
  *   GET  /projections[/{name}]   POST /projections/{name}/{op}   (ops.c)
  *   GET  /readyz (ops.c)    GET  /metrics
+ *   HEAD wherever GET (the same answer without its body)
  *
  * Requests are parsed and validated on MHD's threads; anything that writes
  * is handed to the writer and the connection is suspended until the writer
@@ -36,6 +37,14 @@ typedef struct cq_server_config {
     size_t body_limit;       /* bytes; 0 → 1 MiB */
     unsigned idle_timeout_s; /* close idle connections; 0 → 30 */
     double ready_max_lag_s;  /* /readyz lag bound in seconds; 0 → 30 */
+
+    /* Connections: at most max_connections (0 → 8192), of them at most
+     * max_connections_per_ip (0 → 1024) from one client address; a request
+     * head must be complete within header_timeout_s (0 → 10) of the
+     * connection, or the previous answer on it. */
+    unsigned max_connections;
+    unsigned max_connections_per_ip;
+    unsigned header_timeout_s;
 } cq_server_config;
 
 /* Start serving. store, writer, engine (NULL: no queries) and domain are

@@ -1,0 +1,41 @@
+/*
+ * conns.h -- the table of open HTTP connections and the deadline for a
+ * complete request head (conns.c).
+ *
+ * libmicrohttpd's connection timeout is an idle timeout: every byte
+ * received starts it again, so a client that trickles a request head one
+ * byte at a time holds its connection for ever. This table bounds the
+ * time from "waiting for a request head" (a new connection, or the
+ * previous answer on a keep-alive one) to "head complete" (the first
+ * call of the request handler): a sweeper thread shuts down every
+ * connection past the deadline, and libmicrohttpd then closes it.
+ */
+#ifndef CQ_HTTP_CONNS_H
+#define CQ_HTTP_CONNS_H
+
+#include <microhttpd.h>
+
+typedef struct cq_conns cq_conns;
+
+/* Create the table and start its sweeper: a request head must be
+ * complete within head_timeout_ms. CQ_OK, CQ_ENOMEM or CQ_EIO (no
+ * thread). */
+int cq_conns_start(unsigned head_timeout_ms, cq_conns **out);
+
+/* Stop the sweeper and free the table. Call after MHD_stop_daemon() (which
+ * reports every connection closed). Accepts NULL. */
+void cq_conns_free(cq_conns *t);
+
+/* MHD_OPTION_NOTIFY_CONNECTION callback, cls = the table: STARTED adds
+ * the connection (waiting for its first head), CLOSED removes it before
+ * libmicrohttpd closes its socket. */
+void cq_conns_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+                     enum MHD_ConnectionNotificationCode code);
+
+/* The request head on c is complete: no deadline until the next one. */
+void cq_conns_head_done(struct MHD_Connection *c);
+
+/* The request on c is over: the deadline runs for the next head. */
+void cq_conns_head_wait(struct MHD_Connection *c);
+
+#endif
