@@ -55,7 +55,7 @@ static int value_json(const json_t *v, cq_decl_value *out)
 int cq_declared_bind_value(const char *param, const cq_decl_event *ev,
                            const json_t *element, cq_decl_value *out)
 {
-    size_t n = strlen(param), root = path_root(param, n);
+    size_t n = strlen(param), root = decl_path_root(param, n);
     const json_t *doc;
 
     memset(out, 0, sizeof *out);
@@ -79,7 +79,8 @@ int cq_declared_bind_value(const char *param, const cq_decl_event *ev,
             return CQ_OK;
         }
     }
-    if (!valid_path(param, n, event_roots) && !valid_path(param, n, item_roots))
+    if (!decl_valid_path(param, n, decl_event_roots) &&
+        !decl_valid_path(param, n, decl_item_roots))
         return CQ_EINVAL;
     if (param[0] == 'i') {
         if (element == NULL)
@@ -88,7 +89,7 @@ int cq_declared_bind_value(const char *param, const cq_decl_event *ev,
     } else {
         doc = param[0] == 'd' ? ev->data : ev->metadata;
     }
-    doc = walk(doc, param + root, n - root);
+    doc = decl_walk(doc, param + root, n - root);
     return doc != NULL ? value_json(doc, out) : CQ_OK;
 }
 

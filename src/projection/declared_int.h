@@ -95,7 +95,7 @@ static inline int clip(const char *s, size_t n, size_t max)
 /* ---- the parser's state -------------------------------------------------- */
 
 /* A path is a root name followed by steps ".name" or "[N]":
- * "data.items[0].sku". path_step() reads the step at s[*pos], if any. */
+ * "data.items[0].sku". decl_path_step() reads the step at s[*pos], if any. */
 typedef struct step {
     const char *key; /* ".name": the name, keylen bytes; "[N]": NULL */
     size_t keylen;
@@ -117,7 +117,7 @@ typedef struct occurrence {
 
 typedef enum item_kind { ITEM_EOF, ITEM_DIRECTIVE, ITEM_STMT } item_kind;
 
-/* What lex_next() found. DIRECTIVE: src[start..end) is the line after its
+/* What decl_lex_next() found. DIRECTIVE: src[start..end) is the line after its
  * '@', trimmed. STMT: src[start..end) runs from the first token to the
  * end of the last one before ';', with nocc parameter occurrences. */
 typedef struct item {
@@ -160,30 +160,30 @@ typedef struct parser {
 
 /* declared_parse.c: the first error as "LINE: message" (always -1); out of
  * memory (always -1); grow an array by one zeroed element; strndup. */
-__attribute__((format(printf, 3, 4))) int fail(parser *p, int line,
-                                               const char *fmt, ...);
-int oom(parser *p);
-void *append(parser *p, void *arr, size_t *n, size_t size);
-char *dup_n(parser *p, const char *s, size_t n);
+__attribute__((format(printf, 3, 4))) int decl_fail(parser *p, int line,
+                                                    const char *fmt, ...);
+int decl_oom(parser *p);
+void *decl_append(parser *p, void *arr, size_t *n, size_t size);
+char *decl_dup(parser *p, const char *s, size_t n);
 
 /* declared_lex.c */
-int parse_int64(const char *s, size_t n, int64_t *out);
-int check_bytes(parser *p);
-int lex_next(parser *p, item *it);
+int decl_parse_int64(const char *s, size_t n, int64_t *out);
+int decl_check_bytes(parser *p);
+int decl_lex_next(parser *p, item *it);
 
 /* declared_stmt.c */
-int check_statement_kind(parser *p, const item *it);
-const cq_decl_param *find_param(const cq_decl_query *q, const char *name,
-                                size_t n);
-int build_stmt(parser *p, const item *it, cq_decl_stmt *st);
+int decl_check_statement_kind(parser *p, const item *it);
+const cq_decl_param *decl_find_param(const cq_decl_query *q, const char *name,
+                                     size_t n);
+int decl_build_stmt(parser *p, const item *it, cq_decl_stmt *st);
 
 /* declared_path.c */
-extern const char *const event_roots[];
-extern const char *const item_roots[];
-int path_step(const char *s, size_t n, size_t *pos, step *st);
-size_t path_root(const char *s, size_t n);
-int valid_path(const char *s, size_t n, const char *const *roots);
-int valid_handler_param(const char *name, size_t n, int in_each);
-const json_t *walk(const json_t *v, const char *path, size_t n);
+extern const char *const decl_event_roots[];
+extern const char *const decl_item_roots[];
+int decl_path_step(const char *s, size_t n, size_t *pos, step *st);
+size_t decl_path_root(const char *s, size_t n);
+int decl_valid_path(const char *s, size_t n, const char *const *roots);
+int decl_valid_handler_param(const char *name, size_t n, int in_each);
+const json_t *decl_walk(const json_t *v, const char *path, size_t n);
 
 #endif

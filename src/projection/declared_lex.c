@@ -3,7 +3,7 @@
  * raw bytes (size, NUL, UTF-8), decimals, and the lexer that cuts the
  * text into items.
  *
- * lex_next() cuts the text into items: a DIRECTIVE (a line whose first
+ * decl_lex_next() cuts the text into items: a DIRECTIVE (a line whose first
  * non-blank characters are `--`, blanks, `@`) or a STATEMENT (from its
  * first token up to its `;`, with the positions of its `:name`
  * parameters). It knows SQL's lexical rules -- '...' strings with ''
@@ -19,7 +19,7 @@
 
 /* Decimal int64 with an optional '-': 0, or -1 if malformed or out of
  * range. */
-int parse_int64(const char *s, size_t n, int64_t *out)
+int decl_parse_int64(const char *s, size_t n, int64_t *out)
 {
     size_t i = 0;
     int neg = 0;
@@ -48,20 +48,20 @@ int parse_int64(const char *s, size_t n, int64_t *out)
 
 /* Check the raw bytes: size, then line by line no NUL and valid UTF-8
  * (no character spans a '\n', so lines can be checked apart). */
-int check_bytes(parser *p)
+int decl_check_bytes(parser *p)
 {
     const char *s = p->src, *end = p->src + p->len;
     int line = 1;
 
     if (p->len > CQ_DECL_MAX_FILE)
-        return fail(p, 1, "file is larger than 1 MiB");
+        return decl_fail(p, 1, "file is larger than 1 MiB");
     while (s < end) {
         const char *nl = memchr(s, '\n', (size_t)(end - s));
         size_t n = nl != NULL ? (size_t)(nl - s) : (size_t)(end - s);
         if (memchr(s, '\0', n) != NULL)
-            return fail(p, line, "NUL byte");
+            return decl_fail(p, line, "NUL byte");
         if (!cq_utf8_valid(s, n))
-            return fail(p, line, "invalid UTF-8");
+            return decl_fail(p, line, "invalid UTF-8");
         s += n + 1;
         line++;
     }
@@ -85,14 +85,15 @@ static int skip_block_comment(parser *p)
             return 0;
         }
         if (c == '/' && p->pos + 1 < p->len && p->src[p->pos + 1] == '*')
-            return fail(p, p->line,
-                        "nested block comment ('/*' inside '/* ... */'): "
-                        "SQLite and PostgreSQL end it in different places");
+            return decl_fail(
+                p, p->line,
+                "nested block comment ('/*' inside '/* ... */'): "
+                "SQLite and PostgreSQL end it in different places");
         if (c == '\n')
             p->line++;
         p->pos++;
     }
-    return fail(p, start_line, "block comment '/*' is not closed");
+    return decl_fail(p, start_line, "block comment '/*' is not closed");
 }
 
 /* Skip a '...' string or "..." identifier starting at src[pos]; a doubled
@@ -115,9 +116,9 @@ static int skip_quoted(parser *p)
         p->pos++;
         return 0;
     }
-    return fail(p, start_line,
-                q == '\'' ? "string literal is not closed"
-                          : "quoted identifier is not closed");
+    return decl_fail(p, start_line,
+                     q == '\'' ? "string literal is not closed"
+                               : "quoted identifier is not closed");
 }
 
 /* Read the parameter whose ':' is at src[pos]; record it in it->occ. */
@@ -131,7 +132,7 @@ static int lex_param(parser *p, item *it)
     for (;;) {
         size_t at = i;
         step st;
-        int r = path_step(p->src, p->len, &at, &st);
+        int r = decl_path_step(p->src, p->len, &at, &st);
         if (r == 1) {
             i = at;
             continue;
@@ -140,26 +141,26 @@ static int lex_param(parser *p, item *it)
          * but "[1234567890]" is a bad index, not SQL. */
         if (i < p->len && p->src[i] == '[' && i + 1 < p->len &&
             is_digit(p->src[i + 1]))
-            return fail(p, p->line,
-                        "bad array index in parameter :%.*s (at most %d "
-                        "digits, then ']')",
-                        QUOTE(p->src + start + 1, i - start - 1),
-                        INDEX_MAX_DIGITS);
+            return decl_fail(p, p->line,
+                             "bad array index in parameter :%.*s (at most %d "
+                             "digits, then ']')",
+                             QUOTE(p->src + start + 1, i - start - 1),
+                             INDEX_MAX_DIGITS);
         break;
     }
     /* "?1" followed by "5" would read as "?15": a parameter must end
      * where a name would (this can only happen after "]"). */
     if (i < p->len && is_ident(p->src[i]))
-        return fail(p, p->line, "parameter :%.*s runs into '%c'",
-                    QUOTE(p->src + start + 1, i - start - 1), p->src[i]);
+        return decl_fail(p, p->line, "parameter :%.*s runs into '%c'",
+                         QUOTE(p->src + start + 1, i - start - 1), p->src[i]);
     if (i - start - 1 > PARAM_MAX_LEN)
-        return fail(p, p->line, "parameter name longer than %d characters",
-                    PARAM_MAX_LEN);
+        return decl_fail(p, p->line, "parameter name longer than %d characters",
+                         PARAM_MAX_LEN);
     if (it->nocc == it->occcap) {
         size_t cap = it->occcap ? it->occcap * 2 : 16;
         occurrence *grown = realloc(it->occ, cap * sizeof *grown);
         if (grown == NULL)
-            return oom(p);
+            return decl_oom(p);
         it->occ = grown;
         it->occcap = cap;
     }
@@ -187,7 +188,7 @@ static size_t directive_at(const parser *p)
 }
 
 /* The next item of the text, see `item`. -1 on a lexical error. */
-int lex_next(parser *p, item *it)
+int decl_lex_next(parser *p, item *it)
 {
     int significant = 0, start_line = 0;
     size_t start = 0, last_end = 0;
@@ -201,10 +202,10 @@ int lex_next(parser *p, item *it)
         if (line_start && (at = directive_at(p)) != 0) {
             size_t end = at;
             if (significant)
-                return fail(p, start_line,
-                            "statement does not end with ';' (a directive "
-                            "follows on line %d)",
-                            p->line);
+                return decl_fail(p, start_line,
+                                 "statement does not end with ';' (a directive "
+                                 "follows on line %d)",
+                                 p->line);
             while (end < p->len && p->src[end] != '\n')
                 end++;
             it->kind = ITEM_DIRECTIVE;
@@ -233,9 +234,10 @@ int lex_next(parser *p, item *it)
             while (i < p->len && (p->src[i] == ' ' || p->src[i] == '\t'))
                 i++;
             if (i < p->len && p->src[i] == '@')
-                return fail(p, p->line,
-                            "a directive ('-- @') must be on a line of its "
-                            "own");
+                return decl_fail(
+                    p, p->line,
+                    "a directive ('-- @') must be on a line of its "
+                    "own");
             while (p->pos < p->len && p->src[p->pos] != '\n')
                 p->pos++;
             continue;
@@ -267,9 +269,9 @@ int lex_next(parser *p, item *it)
             if (p->pos > 0 &&
                 (p->src[p->pos - 1] == 'E' || p->src[p->pos - 1] == 'e') &&
                 (p->pos < 2 || !is_ident(p->src[p->pos - 2])))
-                return fail(p, p->line,
-                            "E'...' strings are PostgreSQL-only; write "
-                            "'...' (a quote is written '')");
+                return decl_fail(p, p->line,
+                                 "E'...' strings are PostgreSQL-only; write "
+                                 "'...' (a quote is written '')");
             if (skip_quoted(p) < 0)
                 return -1;
             break;
@@ -285,27 +287,28 @@ int lex_next(parser *p, item *it)
                 if (lex_param(p, it) < 0)
                     return -1;
             } else {
-                return fail(p, p->line,
-                            "':' must start a named parameter (:name)");
+                return decl_fail(p, p->line,
+                                 "':' must start a named parameter (:name)");
             }
             break;
         case '?':
-            return fail(p, p->line,
-                        "'?' placeholder: parameters must be named (:name)");
+            return decl_fail(
+                p, p->line,
+                "'?' placeholder: parameters must be named (:name)");
         case '@':
-            return fail(p, p->line,
-                        "'@' is not portable: SQLite reads @name as a "
-                        "parameter; use :name");
+            return decl_fail(p, p->line,
+                             "'@' is not portable: SQLite reads @name as a "
+                             "parameter; use :name");
         case '$':
-            return fail(p, p->line,
-                        "'$' is not portable: parameters must be named "
-                        "(:name), and dollar quoting is PostgreSQL-only");
+            return decl_fail(p, p->line,
+                             "'$' is not portable: parameters must be named "
+                             "(:name), and dollar quoting is PostgreSQL-only");
         default: p->pos++; break;
         }
         last_end = p->pos;
     }
     if (significant)
-        return fail(p, start_line, "statement does not end with ';'");
+        return decl_fail(p, start_line, "statement does not end with ';'");
     it->kind = ITEM_EOF;
     it->line = p->line;
     return 0;

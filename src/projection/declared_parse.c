@@ -7,7 +7,7 @@
  *
  * The parser runs in two layers, one pass over the text:
  *
- *   1. lex_next() cuts the text into items: a DIRECTIVE (a line whose
+ *   1. decl_lex_next() cuts the text into items: a DIRECTIVE (a line whose
  *      first non-blank characters are `--`, blanks, `@`) or a STATEMENT
  *      (from its first token up to its `;`, with the positions of its
  *      `:name` parameters). It knows SQL's lexical rules -- '...' strings
@@ -80,7 +80,7 @@ static int valid_column(const char *s, size_t n)
 
 /* Record the first error as "LINE: message"; always returns -1. The
  * message is cut, if it must be, on a character boundary. */
-int fail(parser *p, int line, const char *fmt, ...)
+int decl_fail(parser *p, int line, const char *fmt, ...)
 {
     va_list ap;
     int n;
@@ -108,7 +108,7 @@ int fail(parser *p, int line, const char *fmt, ...)
     return -1;
 }
 
-int oom(parser *p)
+int decl_oom(parser *p)
 {
     if (!p->failed) {
         p->oom = 1;
@@ -123,7 +123,7 @@ int oom(parser *p)
  * element and return it (then counted in *n), or NULL on out of memory.
  * Arrays here hold at most a few thousand elements, so growing one at a
  * time costs nothing that matters. */
-void *append(parser *p, void *arr, size_t *n, size_t size)
+void *decl_append(parser *p, void *arr, size_t *n, size_t size)
 {
     void *old;
     char *grown;
@@ -133,7 +133,7 @@ void *append(parser *p, void *arr, size_t *n, size_t size)
     memcpy(&old, arr, sizeof old);
     grown = realloc(old, (*n + 1) * size);
     if (grown == NULL) {
-        oom(p);
+        decl_oom(p);
         return NULL;
     }
     memcpy(arr, &grown, sizeof grown);
@@ -141,12 +141,12 @@ void *append(parser *p, void *arr, size_t *n, size_t size)
     return grown + (*n)++ * size;
 }
 
-char *dup_n(parser *p, const char *s, size_t n)
+char *decl_dup(parser *p, const char *s, size_t n)
 {
     char *c = strndup(s, n);
 
     if (c == NULL)
-        oom(p);
+        decl_oom(p);
     return c;
 }
 
@@ -158,7 +158,7 @@ static int end_header(parser *p)
     if (p->sec != SEC_HEADER)
         return 0;
     if (!p->have_version)
-        return fail(p, p->projection_line, "missing @version");
+        return decl_fail(p, p->projection_line, "missing @version");
     p->sec = SEC_DDL;
     return 0;
 }
@@ -169,31 +169,32 @@ static int end_block(parser *p)
     if (p->sec == SEC_HANDLER) {
         const cq_decl_handler *h = &p->d->handlers[p->d->nhandlers - 1];
         if (h->nstmts == 0)
-            return fail(p, h->line, "@on %s has no statement", h->event_type);
+            return decl_fail(p, h->line, "@on %s has no statement",
+                             h->event_type);
     } else if (p->sec == SEC_QUERY) {
         const cq_decl_query *q = &p->d->queries[p->d->nqueries - 1];
         if (p->section_line != 0)
-            return fail(p, p->section_line, "@section has no statement");
+            return decl_fail(p, p->section_line, "@section has no statement");
         if (q->nstmts == 0)
-            return fail(p, q->line, "query %s has no statement", q->name);
+            return decl_fail(p, q->line, "query %s has no statement", q->name);
         if (q->stream != NULL) {
             for (const char *s = q->stream; (s = strchr(s, '{')) != NULL;) {
                 const char *close = strchr(s, '}');
-                if (find_param(q, s + 1, (size_t)(close - s - 1)) == NULL)
-                    return fail(p, p->stream_line,
-                                "@stream names {%.*s}, which is not a "
-                                "declared @param",
-                                QUOTE(s + 1, (size_t)(close - s - 1)));
+                if (decl_find_param(q, s + 1, (size_t)(close - s - 1)) == NULL)
+                    return decl_fail(p, p->stream_line,
+                                     "@stream names {%.*s}, which is not a "
+                                     "declared @param",
+                                     QUOTE(s + 1, (size_t)(close - s - 1)));
                 s = close + 1;
             }
         }
         /* The statement uses :limit and :after (statement()), so both
          * are declared; the answer's size must come from an int. */
         if (q->result == CQ_RESULT_PAGE) {
-            const cq_decl_param *limit = find_param(q, "limit", 5);
+            const cq_decl_param *limit = decl_find_param(q, "limit", 5);
             if (limit->type != CQ_PARAM_INT)
-                return fail(p, p->result_line,
-                            "@result page: @param limit must be an int");
+                return decl_fail(p, p->result_line,
+                                 "@result page: @param limit must be an int");
         }
     }
     return 0;
@@ -229,7 +230,7 @@ static int split_words(parser *p, const item *it, word *w)
         if (p->src[i] == '\'') {
             for (i++;; i++) {
                 if (i >= it->end)
-                    return fail(p, it->line, "quoted value is not closed");
+                    return decl_fail(p, it->line, "quoted value is not closed");
                 if (p->src[i] == '\'') {
                     if (i + 1 < it->end && p->src[i + 1] == '\'')
                         i++;
@@ -254,25 +255,26 @@ static int expect_words(parser *p, const item *it, const word *w, int n,
                         int want, const char *usage)
 {
     if (n < want)
-        return fail(p, it->line, "usage: -- @%s", usage);
+        return decl_fail(p, it->line, "usage: -- @%s", usage);
     if (n > want)
-        return fail(p, it->line, "unexpected '%.*s' after @%.*s",
-                    QUOTE(w[want].s, w[want].len), (int)w[0].len, w[0].s);
+        return decl_fail(p, it->line, "unexpected '%.*s' after @%.*s",
+                         QUOTE(w[want].s, w[want].len), (int)w[0].len, w[0].s);
     return 0;
 }
 
 static int dir_projection(parser *p, const item *it, const word *w, int n)
 {
     if (p->projection_line != 0)
-        return fail(p, it->line, "duplicate @projection");
+        return decl_fail(p, it->line, "duplicate @projection");
     if (expect_words(p, it, w, n, 2, "projection NAME") < 0)
         return -1;
     if (!valid_name(w[1].s, w[1].len))
-        return fail(p, it->line,
-                    "bad projection name '%.*s' (want [a-z][a-z0-9_]{0,62})",
-                    QUOTE(w[1].s, w[1].len));
+        return decl_fail(
+            p, it->line,
+            "bad projection name '%.*s' (want [a-z][a-z0-9_]{0,62})",
+            QUOTE(w[1].s, w[1].len));
     p->projection_line = it->line;
-    p->d->name = dup_n(p, w[1].s, w[1].len);
+    p->d->name = decl_dup(p, w[1].s, w[1].len);
     return p->d->name != NULL ? 0 : -1;
 }
 
@@ -281,14 +283,14 @@ static int dir_version(parser *p, const item *it, const word *w, int n)
     int64_t v;
 
     if (p->have_version)
-        return fail(p, it->line, "duplicate @version");
+        return decl_fail(p, it->line, "duplicate @version");
     if (expect_words(p, it, w, n, 2, "version N") < 0)
         return -1;
-    if (w[1].s[0] == '-' || parse_int64(w[1].s, w[1].len, &v) < 0 || v < 1 ||
-        v > INT32_MAX)
-        return fail(p, it->line,
-                    "bad @version '%.*s' (want an integer 1..2147483647)",
-                    QUOTE(w[1].s, w[1].len));
+    if (w[1].s[0] == '-' || decl_parse_int64(w[1].s, w[1].len, &v) < 0 ||
+        v < 1 || v > INT32_MAX)
+        return decl_fail(p, it->line,
+                         "bad @version '%.*s' (want an integer 1..2147483647)",
+                         QUOTE(w[1].s, w[1].len));
     p->d->version = v;
     p->have_version = 1;
     return 0;
@@ -297,7 +299,7 @@ static int dir_version(parser *p, const item *it, const word *w, int n)
 static int dir_mode(parser *p, const item *it, const word *w, int n)
 {
     if (p->have_mode)
-        return fail(p, it->line, "duplicate @mode");
+        return decl_fail(p, it->line, "duplicate @mode");
     if (expect_words(p, it, w, n, 2, "mode async|inline") < 0)
         return -1;
     if (same("async", w[1].s, w[1].len))
@@ -305,8 +307,8 @@ static int dir_mode(parser *p, const item *it, const word *w, int n)
     else if (same("inline", w[1].s, w[1].len))
         p->d->mode = CQ_DECL_INLINE;
     else
-        return fail(p, it->line, "bad @mode '%.*s' (want async or inline)",
-                    QUOTE(w[1].s, w[1].len));
+        return decl_fail(p, it->line, "bad @mode '%.*s' (want async or inline)",
+                         QUOTE(w[1].s, w[1].len));
     p->have_mode = 1;
     return 0;
 }
@@ -316,31 +318,32 @@ static int dir_on(parser *p, const item *it, const word *w, int n)
     cq_decl_handler *h;
 
     if (n == 3 || (n == 4 && !same("@each", w[2].s, w[2].len)))
-        return fail(p, it->line, "usage: -- @on TYPE [@each PATH]");
+        return decl_fail(p, it->line, "usage: -- @on TYPE [@each PATH]");
     if (n != 4 && expect_words(p, it, w, n, 2, "on TYPE [@each PATH]") < 0)
         return -1;
     if (w[1].len > TYPE_MAX_LEN)
-        return fail(p, it->line, "event type longer than %d characters",
-                    TYPE_MAX_LEN);
+        return decl_fail(p, it->line, "event type longer than %d characters",
+                         TYPE_MAX_LEN);
     for (size_t i = 0; i < w[1].len; i++)
         if (!is_type_char(w[1].s[i]))
-            return fail(p, it->line,
-                        "bad event type '%.*s' (want [A-Za-z0-9_.:-])",
-                        QUOTE(w[1].s, w[1].len));
+            return decl_fail(p, it->line,
+                             "bad event type '%.*s' (want [A-Za-z0-9_.:-])",
+                             QUOTE(w[1].s, w[1].len));
     if (n == 4 && (w[3].len > PARAM_MAX_LEN ||
-                   !valid_path(w[3].s, w[3].len, event_roots)))
-        return fail(p, it->line,
-                    "bad @each path '%.*s' (want data.PATH or metadata.PATH)",
-                    QUOTE(w[3].s, w[3].len));
+                   !decl_valid_path(w[3].s, w[3].len, decl_event_roots)))
+        return decl_fail(
+            p, it->line,
+            "bad @each path '%.*s' (want data.PATH or metadata.PATH)",
+            QUOTE(w[3].s, w[3].len));
     if (begin_block(p, SEC_HANDLER) < 0)
         return -1;
-    h = append(p, &p->d->handlers, &p->d->nhandlers, sizeof *h);
+    h = decl_append(p, &p->d->handlers, &p->d->nhandlers, sizeof *h);
     if (h == NULL)
         return -1;
     h->line = it->line;
-    if ((h->event_type = dup_n(p, w[1].s, w[1].len)) == NULL)
+    if ((h->event_type = decl_dup(p, w[1].s, w[1].len)) == NULL)
         return -1;
-    if (n == 4 && (h->each = dup_n(p, w[3].s, w[3].len)) == NULL)
+    if (n == 4 && (h->each = decl_dup(p, w[3].s, w[3].len)) == NULL)
         return -1;
     return 0;
 }
@@ -352,21 +355,22 @@ static int dir_query(parser *p, const item *it, const word *w, int n)
     if (expect_words(p, it, w, n, 2, "query NAME") < 0)
         return -1;
     if (!valid_name(w[1].s, w[1].len))
-        return fail(p, it->line,
-                    "bad query name '%.*s' (want [a-z][a-z0-9_]{0,62})",
-                    QUOTE(w[1].s, w[1].len));
+        return decl_fail(p, it->line,
+                         "bad query name '%.*s' (want [a-z][a-z0-9_]{0,62})",
+                         QUOTE(w[1].s, w[1].len));
     for (size_t i = 0; i < p->d->nqueries; i++)
         if (same(p->d->queries[i].name, w[1].s, w[1].len))
-            return fail(p, it->line, "duplicate query %.*s (first on line %d)",
-                        (int)w[1].len, w[1].s, p->d->queries[i].line);
+            return decl_fail(p, it->line,
+                             "duplicate query %.*s (first on line %d)",
+                             (int)w[1].len, w[1].s, p->d->queries[i].line);
     if (begin_block(p, SEC_QUERY) < 0)
         return -1;
-    q = append(p, &p->d->queries, &p->d->nqueries, sizeof *q);
+    q = decl_append(p, &p->d->queries, &p->d->nqueries, sizeof *q);
     if (q == NULL)
         return -1;
     q->line = it->line;
     q->result = CQ_RESULT_LIST;
-    q->name = dup_n(p, w[1].s, w[1].len);
+    q->name = decl_dup(p, w[1].s, w[1].len);
     return q->name != NULL ? 0 : -1;
 }
 
@@ -377,13 +381,13 @@ static cq_decl_query *query_directive(parser *p, const item *it, const word *w)
     cq_decl_query *q;
 
     if (p->sec != SEC_QUERY) {
-        fail(p, it->line, "@%.*s outside a @query", (int)w[0].len, w[0].s);
+        decl_fail(p, it->line, "@%.*s outside a @query", (int)w[0].len, w[0].s);
         return NULL;
     }
     q = &p->d->queries[p->d->nqueries - 1];
     if (q->nstmts > 0 || p->section_line != 0) {
-        fail(p, it->line, "@%.*s must come before the query's statements",
-             (int)w[0].len, w[0].s);
+        decl_fail(p, it->line, "@%.*s must come before the query's statements",
+                  (int)w[0].len, w[0].s);
         return NULL;
     }
     return q;
@@ -399,8 +403,8 @@ static int parse_bounds(const word *b, int64_t *min, int64_t *max)
             dots = b->s + i;
     if (dots == NULL)
         return -1;
-    if (parse_int64(b->s, (size_t)(dots - b->s), min) < 0 ||
-        parse_int64(dots + 2, (size_t)(b->s + b->len - dots - 2), max) < 0)
+    if (decl_parse_int64(b->s, (size_t)(dots - b->s), min) < 0 ||
+        decl_parse_int64(dots + 2, (size_t)(b->s + b->len - dots - 2), max) < 0)
         return -1;
     return 0;
 }
@@ -420,43 +424,46 @@ static int dir_param(parser *p, const item *it, const word *w, int n)
     if (q == NULL)
         return -1;
     if (n < 4)
-        return fail(p, it->line, "usage: -- @%s", usage);
+        return decl_fail(p, it->line, "usage: -- @%s", usage);
     if (!valid_name(w[1].s, w[1].len))
-        return fail(p, it->line,
-                    "bad param name '%.*s' (want [a-z][a-z0-9_]{0,62})",
-                    QUOTE(w[1].s, w[1].len));
+        return decl_fail(p, it->line,
+                         "bad param name '%.*s' (want [a-z][a-z0-9_]{0,62})",
+                         QUOTE(w[1].s, w[1].len));
     for (int i = 0; reserved[i] != NULL; i++)
         if (same(reserved[i], w[1].s, w[1].len))
-            return fail(p, it->line,
-                        "param name %s is reserved for the consistency "
-                        "parameters of every query",
-                        reserved[i]);
-    if (find_param(q, w[1].s, w[1].len) != NULL)
-        return fail(p, it->line, "duplicate @param %.*s", (int)w[1].len,
-                    w[1].s);
+            return decl_fail(p, it->line,
+                             "param name %s is reserved for the consistency "
+                             "parameters of every query",
+                             reserved[i]);
+    if (decl_find_param(q, w[1].s, w[1].len) != NULL)
+        return decl_fail(p, it->line, "duplicate @param %.*s", (int)w[1].len,
+                         w[1].s);
     if (same("id", w[2].s, w[2].len)) {
         type = CQ_PARAM_ID;
     } else if (same("text", w[2].s, w[2].len) ||
                same("int", w[2].s, w[2].len)) {
         type = w[2].s[0] == 't' ? CQ_PARAM_TEXT : CQ_PARAM_INT;
         if (parse_bounds(&w[3], &min, &max) < 0)
-            return fail(p, it->line,
-                        "bad bounds '%.*s' for %s (want MIN..MAX, integers)",
-                        QUOTE(w[3].s, w[3].len),
-                        type == CQ_PARAM_TEXT ? "text" : "int");
+            return decl_fail(
+                p, it->line,
+                "bad bounds '%.*s' for %s (want MIN..MAX, integers)",
+                QUOTE(w[3].s, w[3].len),
+                type == CQ_PARAM_TEXT ? "text" : "int");
         if (min > max)
-            return fail(p, it->line,
-                        "bad bounds: min %" PRId64 " > max %" PRId64, min, max);
+            return decl_fail(p, it->line,
+                             "bad bounds: min %" PRId64 " > max %" PRId64, min,
+                             max);
         if (type == CQ_PARAM_TEXT && min < 0)
-            return fail(p, it->line, "bad bounds: text length min < 0");
+            return decl_fail(p, it->line, "bad bounds: text length min < 0");
         k = 4;
     } else {
-        return fail(p, it->line, "bad param type '%.*s' (want id, text, int)",
-                    QUOTE(w[2].s, w[2].len));
+        return decl_fail(p, it->line,
+                         "bad param type '%.*s' (want id, text, int)",
+                         QUOTE(w[2].s, w[2].len));
     }
 
-    prm = append(p, &q->params, &q->nparams, sizeof *prm);
-    if (prm == NULL || (prm->name = dup_n(p, w[1].s, w[1].len)) == NULL)
+    prm = decl_append(p, &q->params, &q->nparams, sizeof *prm);
+    if (prm == NULL || (prm->name = decl_dup(p, w[1].s, w[1].len)) == NULL)
         return -1;
     prm->type = type;
     prm->min = min;
@@ -475,25 +482,27 @@ static int dir_param(parser *p, const item *it, const word *w, int n)
             cq_strbuf_add(&b, v->s, v->len);
         }
         if ((prm->def = cq_strbuf_take(&b)) == NULL)
-            return oom(p);
+            return decl_oom(p);
         if (cq_declared_param_check(prm, prm->def, strlen(prm->def), NULL) !=
             CQ_OK)
-            return fail(p, it->line,
-                        "default %.*s is not a valid value of %s (%s %" PRId64
-                        "..%" PRId64 ")",
-                        QUOTE(v->s, v->len), prm->name,
-                        type == CQ_PARAM_ID     ? "id"
-                        : type == CQ_PARAM_TEXT ? "text"
-                                                : "int",
-                        min, max);
+            return decl_fail(
+                p, it->line,
+                "default %.*s is not a valid value of %s (%s %" PRId64
+                "..%" PRId64 ")",
+                QUOTE(v->s, v->len), prm->name,
+                type == CQ_PARAM_ID     ? "id"
+                : type == CQ_PARAM_TEXT ? "text"
+                                        : "int",
+                min, max);
         k += 2;
     } else {
-        return fail(p, it->line,
-                    "@param %s needs 'required' or 'default VALUE'", prm->name);
+        return decl_fail(p, it->line,
+                         "@param %s needs 'required' or 'default VALUE'",
+                         prm->name);
     }
     if (k < n)
-        return fail(p, it->line, "unexpected '%.*s' after @param",
-                    QUOTE(w[k].s, w[k].len));
+        return decl_fail(p, it->line, "unexpected '%.*s' after @param",
+                         QUOTE(w[k].s, w[k].len));
     return 0;
 }
 
@@ -504,28 +513,29 @@ static int dir_stream(parser *p, const item *it, const word *w, int n)
     if (q == NULL || expect_words(p, it, w, n, 2, "stream TEMPLATE") < 0)
         return -1;
     if (p->stream_line != 0)
-        return fail(p, it->line, "duplicate @stream");
+        return decl_fail(p, it->line, "duplicate @stream");
     if (w[1].len > CQ_DECL_MAX_STREAM)
-        return fail(p, it->line, "@stream longer than %d characters",
-                    CQ_DECL_MAX_STREAM);
+        return decl_fail(p, it->line, "@stream longer than %d characters",
+                         CQ_DECL_MAX_STREAM);
     for (size_t i = 0; i < w[1].len; i++) {
         if (w[1].s[i] == '{') {
             size_t s = ++i;
             while (i < w[1].len && w[1].s[i] != '}')
                 i++;
             if (i == w[1].len || !valid_name(w[1].s + s, i - s))
-                return fail(p, it->line,
-                            "bad @stream '%.*s': want {param} placeholders",
-                            QUOTE(w[1].s, w[1].len));
+                return decl_fail(
+                    p, it->line,
+                    "bad @stream '%.*s': want {param} placeholders",
+                    QUOTE(w[1].s, w[1].len));
         } else if (!is_type_char(w[1].s[i])) {
-            return fail(p, it->line,
-                        "bad @stream '%.*s': literal part must be "
-                        "[A-Za-z0-9_.:-]",
-                        QUOTE(w[1].s, w[1].len));
+            return decl_fail(p, it->line,
+                             "bad @stream '%.*s': literal part must be "
+                             "[A-Za-z0-9_.:-]",
+                             QUOTE(w[1].s, w[1].len));
         }
     }
     p->stream_line = it->line;
-    q->stream = dup_n(p, w[1].s, w[1].len);
+    q->stream = decl_dup(p, w[1].s, w[1].len);
     return q->stream != NULL ? 0 : -1;
 }
 
@@ -538,23 +548,24 @@ static int dir_result(parser *p, const item *it, const word *w, int n)
     if (q == NULL)
         return -1;
     if (p->result_line != 0)
-        return fail(p, it->line, "duplicate @result");
+        return decl_fail(p, it->line, "duplicate @result");
     if (n < 2)
-        return fail(p, it->line, "usage: -- @%s", usage);
+        return decl_fail(p, it->line, "usage: -- @%s", usage);
     if (same("page", w[1].s, w[1].len)) {
         if (expect_words(p, it, w, n, 4, usage) < 0)
             return -1;
         if (!valid_name(w[2].s, w[2].len) || same("next", w[2].s, w[2].len))
-            return fail(p, it->line,
-                        "bad page field '%.*s' (want [a-z][a-z0-9_]{0,62}, "
-                        "not 'next')",
-                        QUOTE(w[2].s, w[2].len));
+            return decl_fail(
+                p, it->line,
+                "bad page field '%.*s' (want [a-z][a-z0-9_]{0,62}, "
+                "not 'next')",
+                QUOTE(w[2].s, w[2].len));
         if (!valid_column(w[3].s, w[3].len))
-            return fail(p, it->line, "bad cursor column '%.*s'",
-                        QUOTE(w[3].s, w[3].len));
+            return decl_fail(p, it->line, "bad cursor column '%.*s'",
+                             QUOTE(w[3].s, w[3].len));
         q->result = CQ_RESULT_PAGE;
-        if ((q->page_field = dup_n(p, w[2].s, w[2].len)) == NULL ||
-            (q->cursor_column = dup_n(p, w[3].s, w[3].len)) == NULL)
+        if ((q->page_field = decl_dup(p, w[2].s, w[2].len)) == NULL ||
+            (q->cursor_column = decl_dup(p, w[3].s, w[3].len)) == NULL)
             return -1;
     } else {
         if (expect_words(p, it, w, n, 2, usage) < 0)
@@ -566,8 +577,9 @@ static int dir_result(parser *p, const item *it, const word *w, int n)
         else if (same("sections", w[1].s, w[1].len))
             q->result = CQ_RESULT_SECTIONS;
         else
-            return fail(p, it->line, "bad @result '%.*s' (want %s)",
-                        QUOTE(w[1].s, w[1].len), "one, list, page or sections");
+            return decl_fail(p, it->line, "bad @result '%.*s' (want %s)",
+                             QUOTE(w[1].s, w[1].len),
+                             "one, list, page or sections");
     }
     p->result_line = it->line;
     return 0;
@@ -579,22 +591,23 @@ static int dir_section(parser *p, const item *it, const word *w, int n)
 
     if (p->sec != SEC_QUERY || p->result_line == 0 ||
         p->d->queries[p->d->nqueries - 1].result != CQ_RESULT_SECTIONS)
-        return fail(p, it->line,
-                    "@section outside a sections query (@result sections)");
+        return decl_fail(
+            p, it->line,
+            "@section outside a sections query (@result sections)");
     q = &p->d->queries[p->d->nqueries - 1];
     if (p->section_line != 0)
-        return fail(p, p->section_line, "@section has no statement");
+        return decl_fail(p, p->section_line, "@section has no statement");
     if (expect_words(p, it, w, n, 2, "section NAME") < 0)
         return -1;
     if (!valid_name(w[1].s, w[1].len))
-        return fail(p, it->line,
-                    "bad section name '%.*s' (want [a-z][a-z0-9_]{0,62})",
-                    QUOTE(w[1].s, w[1].len));
+        return decl_fail(p, it->line,
+                         "bad section name '%.*s' (want [a-z][a-z0-9_]{0,62})",
+                         QUOTE(w[1].s, w[1].len));
     for (size_t i = 0; i < q->nstmts; i++)
         if (same(q->section_names[i], w[1].s, w[1].len))
-            return fail(p, it->line, "duplicate @section %.*s", (int)w[1].len,
-                        w[1].s);
-    if ((p->section_name = dup_n(p, w[1].s, w[1].len)) == NULL)
+            return decl_fail(p, it->line, "duplicate @section %.*s",
+                             (int)w[1].len, w[1].s);
+    if ((p->section_name = decl_dup(p, w[1].s, w[1].len)) == NULL)
         return -1;
     p->section_line = it->line;
     return 0;
@@ -622,25 +635,26 @@ static int directive(parser *p, const item *it)
     if (n < 0)
         return -1;
     if (n == 0 || is_blank(p->src[it->start]))
-        return fail(p, it->line, "empty directive '@'");
+        return decl_fail(p, it->line, "empty directive '@'");
     if (n > MAX_WORDS)
-        return fail(p, it->line, "too many words in directive");
+        return decl_fail(p, it->line, "too many words in directive");
     if (p->projection_line == 0 && !same("projection", w[0].s, w[0].len))
-        return fail(p, it->line, "the first directive must be @projection");
+        return decl_fail(p, it->line,
+                         "the first directive must be @projection");
     if ((same("version", w[0].s, w[0].len) || same("mode", w[0].s, w[0].len)) &&
         p->sec != SEC_HEADER)
-        return fail(p, it->line,
-                    "@%.*s must come before the first statement, @on or "
-                    "@query",
-                    (int)w[0].len, w[0].s);
+        return decl_fail(p, it->line,
+                         "@%.*s must come before the first statement, @on or "
+                         "@query",
+                         (int)w[0].len, w[0].s);
     if (same("each", w[0].s, w[0].len))
-        return fail(p, it->line,
-                    "@each without @on (write '-- @on TYPE @each PATH')");
+        return decl_fail(p, it->line,
+                         "@each without @on (write '-- @on TYPE @each PATH')");
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
         if (same(table[i].name, w[0].s, w[0].len))
             return table[i].fn(p, it, w, n);
-    return fail(p, it->line, "unknown directive @%.*s",
-                QUOTE(w[0].s, w[0].len));
+    return decl_fail(p, it->line, "unknown directive @%.*s",
+                     QUOTE(w[0].s, w[0].len));
 }
 
 static int statement(parser *p, const item *it)
@@ -648,16 +662,19 @@ static int statement(parser *p, const item *it)
     cq_decl_stmt *st;
 
     if (p->projection_line == 0)
-        return fail(p, it->line, "statement before @projection");
+        return decl_fail(p, it->line, "statement before @projection");
     if (++p->nstatements > CQ_DECL_MAX_STMTS)
-        return fail(p, it->line, "more than %d statements", CQ_DECL_MAX_STMTS);
-    if (end_header(p) < 0 || check_statement_kind(p, it) < 0)
+        return decl_fail(p, it->line, "more than %d statements",
+                         CQ_DECL_MAX_STMTS);
+    if (end_header(p) < 0 || decl_check_statement_kind(p, it) < 0)
         return -1;
     switch (p->sec) {
-    case SEC_DDL: st = append(p, &p->d->ddl, &p->d->nddl, sizeof *st); break;
+    case SEC_DDL:
+        st = decl_append(p, &p->d->ddl, &p->d->nddl, sizeof *st);
+        break;
     case SEC_HANDLER: {
         cq_decl_handler *h = &p->d->handlers[p->d->nhandlers - 1];
-        st = append(p, &h->stmts, &h->nstmts, sizeof *st);
+        st = decl_append(p, &h->stmts, &h->nstmts, sizeof *st);
         break;
     }
     default: { /* SEC_QUERY */
@@ -666,24 +683,25 @@ static int statement(parser *p, const item *it)
         static const char *const kinds[] = {"one", "list", "page"};
 
         if (p->result_line == 0)
-            return fail(p, q->line,
-                        "query %s has no @result before its statement",
-                        q->name);
+            return decl_fail(p, q->line,
+                             "query %s has no @result before its statement",
+                             q->name);
         if (q->result == CQ_RESULT_SECTIONS) {
             char **names;
             if (p->section_line == 0)
-                return fail(p, it->line,
-                            "each statement of a sections query needs a "
-                            "'-- @section NAME' before it");
+                return decl_fail(p, it->line,
+                                 "each statement of a sections query needs a "
+                                 "'-- @section NAME' before it");
             /* Room for the name first; it moves in once the statement is
              * counted, so section_names always has nstmts set entries. */
             names = realloc(q->section_names, (q->nstmts + 1) * sizeof *names);
             if (names == NULL)
-                return oom(p);
+                return decl_oom(p);
             q->section_names = names;
         } else if (q->nstmts > 0) {
-            return fail(p, it->line, "@result %s takes exactly one statement",
-                        kinds[q->result]);
+            return decl_fail(p, it->line,
+                             "@result %s takes exactly one statement",
+                             kinds[q->result]);
         }
         for (size_t k = 0; k < it->nocc; k++) {
             const char *name = p->src + it->occ[k].off + 1;
@@ -691,8 +709,9 @@ static int statement(parser *p, const item *it)
             uses_after |= same("after", name, it->occ[k].len - 1);
         }
         if (q->result == CQ_RESULT_PAGE && !(uses_limit && uses_after))
-            return fail(p, it->line, "a page query must use :limit and :after");
-        st = append(p, &q->stmts, &q->nstmts, sizeof *st);
+            return decl_fail(p, it->line,
+                             "a page query must use :limit and :after");
+        st = decl_append(p, &q->stmts, &q->nstmts, sizeof *st);
         if (st != NULL && q->result == CQ_RESULT_SECTIONS) {
             q->section_names[q->nstmts - 1] = p->section_name; /* taken */
             p->section_name = NULL;
@@ -703,7 +722,7 @@ static int statement(parser *p, const item *it)
     }
     if (st == NULL)
         return -1;
-    return build_stmt(p, it, st);
+    return decl_build_stmt(p, it, st);
 }
 
 /* The whole file, item by item; -1 on the first error. */
@@ -712,12 +731,12 @@ static int parse(parser *p)
     item it = {0};
     int rc = -1;
 
-    if (check_bytes(p) < 0)
+    if (decl_check_bytes(p) < 0)
         return -1;
     if (p->len >= 3 && memcmp(p->src, "\xef\xbb\xbf", 3) == 0)
         p->pos = p->begin = 3; /* a byte-order mark some editors write */
     for (;;) {
-        if (lex_next(p, &it) < 0)
+        if (decl_lex_next(p, &it) < 0)
             goto done;
         if (it.kind == ITEM_EOF)
             break;
@@ -726,7 +745,7 @@ static int parse(parser *p)
             goto done;
     }
     if (p->projection_line == 0) {
-        fail(p, 1, "missing @projection");
+        decl_fail(p, 1, "missing @projection");
         goto done;
     }
     if (end_header(p) < 0 || end_block(p) < 0)
@@ -750,11 +769,11 @@ int cq_declared_parse(const char *text, size_t len, cq_declared **out,
     if (errcap > 0)
         err[0] = '\0';
     if (text == NULL && len > 0) {
-        fail(&p, 1, "no text");
+        decl_fail(&p, 1, "no text");
         return CQ_EINVAL;
     }
     if ((p.d = calloc(1, sizeof *p.d)) == NULL) {
-        oom(&p);
+        decl_oom(&p);
         return CQ_ENOMEM;
     }
     p.d->mode = CQ_DECL_ASYNC;

@@ -10,7 +10,7 @@
 
 /* 1 and *st filled if a well-formed step starts at s[*pos] (advanced past
  * it), 0 if s[*pos..n) is empty, -1 if anything else is there. */
-int path_step(const char *s, size_t n, size_t *pos, step *st)
+int decl_path_step(const char *s, size_t n, size_t *pos, step *st)
 {
     size_t i = *pos;
 
@@ -38,7 +38,7 @@ int path_step(const char *s, size_t n, size_t *pos, step *st)
 }
 
 /* The length of the root name of path s[0..n) ("data" in "data.x[1]"). */
-size_t path_root(const char *s, size_t n)
+size_t decl_path_root(const char *s, size_t n)
 {
     size_t i = 0;
 
@@ -49,9 +49,9 @@ size_t path_root(const char *s, size_t n)
 
 /* 1 if s[0..n) is a root from `roots` (NULL-terminated) followed by
  * zero or more well-formed steps. */
-int valid_path(const char *s, size_t n, const char *const *roots)
+int decl_valid_path(const char *s, size_t n, const char *const *roots)
 {
-    size_t root = path_root(s, n), pos = root;
+    size_t root = decl_path_root(s, n), pos = root;
     int found = 0;
     step st;
     int r;
@@ -60,37 +60,37 @@ int valid_path(const char *s, size_t n, const char *const *roots)
         found = same(roots[i], s, root);
     if (!found)
         return 0;
-    while ((r = path_step(s, n, &pos, &st)) == 1)
+    while ((r = decl_path_step(s, n, &pos, &st)) == 1)
         ;
     return r == 0;
 }
 
 static const char *const scalar_roots[] = {
     "stream_id", "version", "position", "type", "time", "day", NULL};
-const char *const event_roots[] = {"data", "metadata", NULL};
-const char *const item_roots[] = {"item", NULL};
+const char *const decl_event_roots[] = {"data", "metadata", NULL};
+const char *const decl_item_roots[] = {"item", NULL};
 
 /* 1 if `name` (n bytes) may be used in an @on block (`in_each`: an @each
  * block, where :item is also defined). */
-int valid_handler_param(const char *name, size_t n, int in_each)
+int decl_valid_handler_param(const char *name, size_t n, int in_each)
 {
-    if (path_root(name, n) == n)
+    if (decl_path_root(name, n) == n)
         for (size_t i = 0; scalar_roots[i] != NULL; i++)
             if (same(scalar_roots[i], name, n))
                 return 1;
-    return valid_path(name, n, event_roots) ||
-           (in_each && valid_path(name, n, item_roots));
+    return decl_valid_path(name, n, decl_event_roots) ||
+           (in_each && decl_valid_path(name, n, decl_item_roots));
 }
 
 /* Follow the steps of path[0..n) from `v`; NULL where the path leaves the
  * document (missing member, index out of range, wrong kind of value). */
-const json_t *walk(const json_t *v, const char *path, size_t n)
+const json_t *decl_walk(const json_t *v, const char *path, size_t n)
 {
     size_t pos = 0;
     step st;
     int r;
 
-    while (v != NULL && (r = path_step(path, n, &pos, &st)) == 1) {
+    while (v != NULL && (r = decl_path_step(path, n, &pos, &st)) == 1) {
         if (st.key != NULL)
             v = json_is_object(v) ? json_object_getn(v, st.key, st.keylen)
                                   : NULL;

@@ -46,7 +46,7 @@ int cq_declared_param_check(const cq_decl_param *p, const char *value,
         }
         return chars >= p->min && chars <= p->max ? CQ_OK : CQ_EINVAL;
     case CQ_PARAM_INT:
-        if (parse_int64(value, len, &v) < 0 || v < p->min || v > p->max)
+        if (decl_parse_int64(value, len, &v) < 0 || v < p->min || v > p->max)
             return CQ_EINVAL;
         if (ival != NULL)
             *ival = v;

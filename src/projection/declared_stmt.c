@@ -48,7 +48,7 @@ static size_t next_word(const char *s, size_t end, size_t *pos, const char **w)
 }
 
 /* The kind of statement a section allows, by its first words. */
-int check_statement_kind(parser *p, const item *it)
+int decl_check_statement_kind(parser *p, const item *it)
 {
     const char *w1, *w2, *w3;
     size_t pos = it->start, n1, n2, n3;
@@ -62,30 +62,31 @@ int check_statement_kind(parser *p, const item *it)
             (word_is(w2, n2, "table") || word_is(w2, n2, "index") ||
              (word_is(w2, n2, "unique") && word_is(w3, n3, "index"))))
             return 0;
-        return fail(p, it->line,
-                    "only CREATE TABLE, CREATE INDEX and CREATE UNIQUE "
-                    "INDEX may come before the first @on or @query");
+        return decl_fail(p, it->line,
+                         "only CREATE TABLE, CREATE INDEX and CREATE UNIQUE "
+                         "INDEX may come before the first @on or @query");
     case SEC_HANDLER:
         if (word_is(w1, n1, "insert") && word_is(w2, n2, "or"))
-            return fail(p, it->line,
-                        "INSERT OR ... is SQLite-only; write INSERT ... ON "
-                        "CONFLICT (...) DO UPDATE/NOTHING");
+            return decl_fail(
+                p, it->line,
+                "INSERT OR ... is SQLite-only; write INSERT ... ON "
+                "CONFLICT (...) DO UPDATE/NOTHING");
         if (word_is(w1, n1, "insert") || word_is(w1, n1, "update") ||
             word_is(w1, n1, "delete") || word_is(w1, n1, "with"))
             return 0;
-        return fail(p, it->line,
-                    "an @on statement must be INSERT, UPDATE or DELETE");
+        return decl_fail(p, it->line,
+                         "an @on statement must be INSERT, UPDATE or DELETE");
     case SEC_QUERY:
         if (word_is(w1, n1, "select") || word_is(w1, n1, "with"))
             return 0;
-        return fail(p, it->line, "a query statement must be a SELECT");
+        return decl_fail(p, it->line, "a query statement must be a SELECT");
     default: return 0;
     }
 }
 
 /* The @param of q called name[0..n), or NULL. */
-const cq_decl_param *find_param(const cq_decl_query *q, const char *name,
-                                size_t n)
+const cq_decl_param *decl_find_param(const cq_decl_query *q, const char *name,
+                                     size_t n)
 {
     for (size_t i = 0; i < q->nparams; i++)
         if (same(q->params[i].name, name, n))
@@ -102,32 +103,35 @@ static int check_param(parser *p, const occurrence *o)
 
     switch (p->sec) {
     case SEC_DDL:
-        return fail(p, o->line, "DDL statements take no parameters (:%.*s)",
-                    QUOTE(name, n));
+        return decl_fail(p, o->line,
+                         "DDL statements take no parameters (:%.*s)",
+                         QUOTE(name, n));
     case SEC_HANDLER: {
         const cq_decl_handler *h = &p->d->handlers[p->d->nhandlers - 1];
-        ok = valid_handler_param(name, n, h->each != NULL);
-        if (!ok && path_root(name, n) == 4 && memcmp(name, "item", 4) == 0)
-            return fail(p, o->line, ":item is defined only in an @each block");
+        ok = decl_valid_handler_param(name, n, h->each != NULL);
+        if (!ok && decl_path_root(name, n) == 4 && memcmp(name, "item", 4) == 0)
+            return decl_fail(p, o->line,
+                             ":item is defined only in an @each block");
         break;
     }
     case SEC_QUERY:
-        ok = find_param(&p->d->queries[p->d->nqueries - 1], name, n) != NULL;
+        ok = decl_find_param(&p->d->queries[p->d->nqueries - 1], name, n) !=
+             NULL;
         if (!ok)
-            return fail(p, o->line,
-                        "unknown parameter :%.*s (declare it with @param)",
-                        QUOTE(name, n));
+            return decl_fail(p, o->line,
+                             "unknown parameter :%.*s (declare it with @param)",
+                             QUOTE(name, n));
         break;
     default: break;
     }
     if (!ok)
-        return fail(p, o->line, "unknown parameter :%.*s", QUOTE(name, n));
+        return decl_fail(p, o->line, "unknown parameter :%.*s", QUOTE(name, n));
     return 0;
 }
 
 /* Fill `st` from statement item `it`: numbered parameters and the text for
  * each dialect. */
-int build_stmt(parser *p, const item *it, cq_decl_stmt *st)
+int decl_build_stmt(parser *p, const item *it, cq_decl_stmt *st)
 {
     cq_strbuf lite = CQ_STRBUF_INIT, pg = CQ_STRBUF_INIT;
     size_t at = it->start;
@@ -147,12 +151,13 @@ int build_stmt(parser *p, const item *it, cq_decl_stmt *st)
         if (idx == st->nparams) {
             char **slot;
             if (st->nparams == CQ_DECL_MAX_PARAMS) {
-                fail(p, o->line, "more than %d parameters in one statement",
-                     CQ_DECL_MAX_PARAMS);
+                decl_fail(p, o->line,
+                          "more than %d parameters in one statement",
+                          CQ_DECL_MAX_PARAMS);
                 goto done;
             }
-            slot = append(p, &st->params, &st->nparams, sizeof *slot);
-            if (slot == NULL || (*slot = dup_n(p, name, n)) == NULL)
+            slot = decl_append(p, &st->params, &st->nparams, sizeof *slot);
+            if (slot == NULL || (*slot = decl_dup(p, name, n)) == NULL)
                 goto done;
         }
         cq_strbuf_add(&lite, p->src + at, o->off - at);
@@ -168,7 +173,7 @@ int build_stmt(parser *p, const item *it, cq_decl_stmt *st)
     st->sqlite_sql = cq_strbuf_take(&lite);
     st->pg_sql = cq_strbuf_take(&pg);
     if (st->sqlite_sql == NULL || st->pg_sql == NULL) {
-        oom(p);
+        decl_oom(p);
         goto done;
     }
     rc = 0;
