@@ -179,6 +179,18 @@ typedef struct cq_decl_value {
 int cq_declared_bind_value(const char *param, const cq_decl_event *ev,
                            const json_t *item, cq_decl_value *out);
 
+/* The JSON value at `path`, a data., metadata. or item. path as the parser
+ * accepts them in handler statements and after @each
+ * (cq_decl_stmt.params, cq_decl_handler.each): in ev->data or
+ * ev->metadata, or in `item` for an :item path. On CQ_OK *out is the
+ * value, borrowed from ev or item (valid as long as they are), or NULL
+ * where the path leaves the document (a missing member, an index out of
+ * range, a value of the wrong kind): not an error. Returns CQ_OK, or
+ * CQ_EINVAL with *out NULL if path is not such a path or is an :item path
+ * and item is NULL. Thread-safe (reads ev and item only). */
+int cq_declared_path_json(const char *path, const cq_decl_event *ev,
+                          const json_t *item, const json_t **out);
+
 /* Free what a bound value owns and set it to CQ_VALUE_NULL; accepts NULL. */
 void cq_declared_value_clear(cq_decl_value *v);
 

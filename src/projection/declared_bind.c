@@ -57,6 +57,7 @@ int cq_declared_bind_value(const char *param, const cq_decl_event *ev,
 {
     size_t n = strlen(param), root = decl_path_root(param, n);
     const json_t *doc;
+    int rc;
 
     memset(out, 0, sizeof *out);
     if (root == n) {
@@ -79,17 +80,9 @@ int cq_declared_bind_value(const char *param, const cq_decl_event *ev,
             return CQ_OK;
         }
     }
-    if (!decl_valid_path(param, n, decl_event_roots) &&
-        !decl_valid_path(param, n, decl_item_roots))
-        return CQ_EINVAL;
-    if (param[0] == 'i') {
-        if (element == NULL)
-            return CQ_EINVAL;
-        doc = element;
-    } else {
-        doc = param[0] == 'd' ? ev->data : ev->metadata;
-    }
-    doc = decl_walk(doc, param + root, n - root);
+    rc = cq_declared_path_json(param, ev, element, &doc);
+    if (rc != CQ_OK)
+        return rc;
     return doc != NULL ? value_json(doc, out) : CQ_OK;
 }
 

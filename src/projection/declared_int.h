@@ -184,6 +184,5 @@ int decl_path_step(const char *s, size_t n, size_t *pos, step *st);
 size_t decl_path_root(const char *s, size_t n);
 int decl_valid_path(const char *s, size_t n, const char *const *roots);
 int decl_valid_handler_param(const char *name, size_t n, int in_each);
-const json_t *decl_walk(const json_t *v, const char *path, size_t n);
 
 #endif

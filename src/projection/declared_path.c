@@ -8,6 +8,8 @@
  */
 #include "projection/declared_int.h"
 
+#include "cqrs/cqrs.h"
+
 /* 1 and *st filled if a well-formed step starts at s[*pos] (advanced past
  * it), 0 if s[*pos..n) is empty, -1 if anything else is there. */
 int decl_path_step(const char *s, size_t n, size_t *pos, step *st)
@@ -84,7 +86,7 @@ int decl_valid_handler_param(const char *name, size_t n, int in_each)
 
 /* Follow the steps of path[0..n) from `v`; NULL where the path leaves the
  * document (missing member, index out of range, wrong kind of value). */
-const json_t *decl_walk(const json_t *v, const char *path, size_t n)
+static const json_t *walk(const json_t *v, const char *path, size_t n)
 {
     size_t pos = 0;
     step st;
@@ -98,4 +100,25 @@ const json_t *decl_walk(const json_t *v, const char *path, size_t n)
             v = json_is_array(v) ? json_array_get(v, st.index) : NULL;
     }
     return v;
+}
+
+/* See declared.h. */
+int cq_declared_path_json(const char *path, const cq_decl_event *ev,
+                          const json_t *element, const json_t **out)
+{
+    size_t n = strlen(path), root = decl_path_root(path, n);
+    const json_t *doc;
+
+    *out = NULL;
+    if (decl_valid_path(path, n, decl_item_roots)) {
+        if (element == NULL)
+            return CQ_EINVAL;
+        doc = element;
+    } else if (decl_valid_path(path, n, decl_event_roots)) {
+        doc = path[0] == 'd' ? ev->data : ev->metadata;
+    } else {
+        return CQ_EINVAL;
+    }
+    *out = walk(doc, path + root, n - root);
+    return CQ_OK;
 }
