@@ -92,7 +92,8 @@ static inline int clip(const char *s, size_t n, size_t max)
 
 /* Arguments for "%.*s" quoting input s[0..n) in a message. */
 #define QUOTE(s, n) clip((s), (n), 64), (s)
-/* ---- the parser's state -------------------------------------------------- */
+
+/* ---- parameter paths (declared_path.c) ----------------------------------- */
 
 /* A path is a root name followed by steps ".name" or "[N]":
  * "data.items[0].sku". decl_path_step() reads the step at s[*pos], if any. */
@@ -101,6 +102,8 @@ typedef struct step {
     size_t keylen;
     size_t index;
 } step;
+
+/* ---- the parser's state -------------------------------------------------- */
 
 typedef enum section {
     SEC_HEADER,  /* @projection, @version, @mode */
@@ -158,26 +161,50 @@ typedef struct parser {
 
 /* ---- shared between the declared_*.c files ------------------------------- */
 
-/* declared_parse.c: the first error as "LINE: message" (always -1); out of
- * memory (always -1); grow an array by one zeroed element; strndup. */
+/* The decl_ prefix marks functions with external linkage that only the
+ * declared_*.c files call. Those that take a parser follow its error rule:
+ * -1 once an error is recorded in it (the first one wins), 0 otherwise. */
+
+/* declared_parse.c. decl_fail: record "LINE: message" (cut on a character
+ * boundary); -1. decl_oom: record "out of memory" and set p->oom; -1.
+ * decl_append: grow the array *arr (a T **, *n elements of `size` bytes)
+ * by one zeroed element and return it, counted in *n; NULL (recorded) when
+ * out of memory, *arr then unchanged. decl_dup: strndup, the copy owned by
+ * the caller; NULL (recorded) when out of memory. */
 __attribute__((format(printf, 3, 4))) int decl_fail(parser *p, int line,
                                                     const char *fmt, ...);
 int decl_oom(parser *p);
 void *decl_append(parser *p, void *arr, size_t *n, size_t size);
 char *decl_dup(parser *p, const char *s, size_t n);
 
-/* declared_lex.c */
+/* declared_lex.c. decl_parse_int64: s[0..n) as a decimal int64 with an
+ * optional '-' into *out; 0, or -1 if malformed or out of range (no
+ * parser: nothing recorded). decl_check_bytes: size, NUL bytes, UTF-8.
+ * decl_lex_next: the next item of p's text into it (it->occ is grown as
+ * needed and owned by the caller, who frees it once at the end). */
 int decl_parse_int64(const char *s, size_t n, int64_t *out);
 int decl_check_bytes(parser *p);
 int decl_lex_next(parser *p, item *it);
 
-/* declared_stmt.c */
+/* declared_stmt.c. decl_check_statement_kind: the statement's first words
+ * suit p->sec. decl_find_param: the @param of q called name[0..n)
+ * (borrowed from q), or NULL. decl_build_stmt: fill st (zeroed, owned by
+ * p->d) from statement item `it`: its parameters checked and numbered,
+ * its SQLite and PostgreSQL texts. */
 int decl_check_statement_kind(parser *p, const item *it);
 const cq_decl_param *decl_find_param(const cq_decl_query *q, const char *name,
                                      size_t n);
 int decl_build_stmt(parser *p, const item *it, cq_decl_stmt *st);
 
-/* declared_path.c */
+/* declared_path.c. The roots a path may start with: decl_event_roots
+ * (data, metadata), decl_item_roots (item); NULL-terminated.
+ * decl_path_step: 1 and *st filled if a well-formed step starts at s[*pos]
+ * (*pos advanced past it), 0 at the end of s[0..n), -1 if anything else is
+ * there. decl_path_root: the length of the root name of s[0..n).
+ * decl_valid_path: 1 if s[0..n) is one of `roots` followed by zero or more
+ * well-formed steps, else 0. decl_valid_handler_param: 1 if name[0..n) may
+ * be used in an @on block (in_each: an @each block, where :item is also
+ * defined), else 0. No state; thread-safe. */
 extern const char *const decl_event_roots[];
 extern const char *const decl_item_roots[];
 int decl_path_step(const char *s, size_t n, size_t *pos, step *st);

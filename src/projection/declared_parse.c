@@ -1,18 +1,14 @@
 /*
  * declared_parse.c -- the parser of declared projections (`.sql` files):
- * text in, cq_declared out. The helpers that bind event fields and
- * request values to its statements are declared_bind.c and
- * declared_query.c; declared_int.h lists the files.
- * The user's reference is docs/declared-sql.md; this file holds the rules.
+ * text in, cq_declared out. The user's reference is docs/declared-sql.md;
+ * this file and the ones beside it hold the rules (declared_int.h lists
+ * them).
  *
  * The parser runs in two layers, one pass over the text:
  *
- *   1. decl_lex_next() cuts the text into items: a DIRECTIVE (a line whose
- *      first non-blank characters are `--`, blanks, `@`) or a STATEMENT
- *      (from its first token up to its `;`, with the positions of its
- *      `:name` parameters). It knows SQL's lexical rules -- '...' strings
- *      with '' escapes, "..." identifiers, -- and block comments, `::`
- *      casts -- so a `;`, `:` or `-- @` inside them means nothing.
+ *   1. decl_lex_next() (declared_lex.c) cuts the text into items: a
+ *      DIRECTIVE line or a STATEMENT up to its `;`, with the positions of
+ *      its `:name` parameters.
  *   2. parse() feeds the items to a small state machine over the parts
  *      of the file:
  *
@@ -44,6 +40,10 @@
  *
  * Threads: no global state. A parse touches only its arguments; a parsed
  * cq_declared is never written again and may be shared by readers.
+ *
+ * Size: over 800 lines, because the nine directives, the section machine
+ * and the error helpers all work on one parser state; statements,
+ * paths and the lexer, which need less of it, live in their own files.
  */
 #include "projection/declared_int.h"
 

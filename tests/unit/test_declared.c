@@ -1,9 +1,10 @@
 /*
- * test_declared.c -- unit tests of src/projection/declared.c: a complete
+ * test_declared.c -- unit tests of src/projection/declared_*.c: a complete
  * file with every field, placeholder numbering in both dialects, the
  * lexer's literals/comments/casts, every error with its line, @each,
  * every @result kind, stream templates, request value checks, and binding
- * event fields (nested paths, arrays, missing paths, every JSON type).
+ * event fields (nested paths, arrays, missing paths, every JSON type) and
+ * following a path (cq_declared_path_json).
  */
 #include <setjmp.h>
 #include <stdarg.h>
