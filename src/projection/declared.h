@@ -20,6 +20,16 @@
  * string and array reachable from it; cq_declared_free() releases it all.
  * Nothing here keeps state between calls: a parsed cq_declared is
  * immutable and may be read by any number of threads at once.
+ *
+ * Errors: functions that can fail return CQ_OK or a negative CQ_* code
+ * (cqrs/cqrs.h); where they take err[errcap], a human message is left
+ * there, NUL-terminated and cut to fit (errcap may be 0).
+ *
+ * Implementation, one concept per file (declared_int.h says more):
+ * declared_lex.c (bytes and tokens), declared_parse.c (directives and
+ * sections), declared_stmt.c (one statement, both dialects),
+ * declared_path.c (parameter paths), declared_bind.c (values from
+ * events), declared_query.c (named queries), files.c (reading files).
  */
 #ifndef CQ_PROJECTION_DECLARED_H
 #define CQ_PROJECTION_DECLARED_H
@@ -104,32 +114,40 @@ typedef struct cq_declared {
 } cq_declared;
 
 /* Parse a declared projection from text[0..len) (need not be
- * NUL-terminated). On CQ_OK, *out is a new object the caller frees with
- * cq_declared_free(). On failure *out is NULL and err (if errcap > 0)
- * holds "LINE: message" for the first problem found, LINE 1-based; the
- * caller prefixes the file name. Returns CQ_OK, CQ_EINVAL (malformed
- * file) or CQ_ENOMEM (err then says "out of memory"). Thread-safe. */
+ * NUL-terminated; borrowed for the call: nothing in *out points into it).
+ * On CQ_OK, *out is a new object the caller owns and frees with
+ * cq_declared_free(), and err is "". On failure *out is NULL and err (if
+ * errcap > 0) holds "LINE: message" for the first problem found, LINE
+ * 1-based; the caller prefixes the file name. Returns CQ_OK, CQ_EINVAL
+ * (malformed file, or text NULL with len > 0) or CQ_ENOMEM (err then says
+ * "out of memory"). Thread-safe: touches only its arguments. */
 int cq_declared_parse(const char *text, size_t len, cq_declared **out,
                       char *err, size_t errcap);
 
-/* Free `d` and everything it owns; accepts NULL. */
+/* Free `d` and everything it owns; accepts NULL. Everything borrowed from
+ * d (queries, statements, names) is gone after it, so no other thread may
+ * still read d, and every executor that cached d's statements (exec.h:
+ * they are keyed by address) must be freed first. */
 void cq_declared_free(cq_declared *d);
 
-/* The query called `name` (borrowed from d; valid until cq_declared_free),
- * or NULL if there is none. Thread-safe. */
+/* The query called `name` (NUL-terminated, borrowed for the call), as a
+ * pointer borrowed from d and valid until cq_declared_free(d); NULL if
+ * there is none or d is NULL. Cannot fail otherwise. Thread-safe. */
 const cq_decl_query *cq_declared_find_query(const cq_declared *d,
                                             const char *name);
 
 /* Check one request value against its declaration: ID charset and length,
  * TEXT length in characters (valid UTF-8, no control characters), INT a
- * decimal in [min, max] (stored in *ival if ival is not NULL). `value` is
- * borrowed; len bytes. Returns CQ_OK or CQ_EINVAL. Thread-safe. */
+ * decimal in [min, max] (stored in *ival if ival is not NULL). p and
+ * value (len bytes, need not be NUL-terminated) are borrowed for the call.
+ * Returns CQ_OK or CQ_EINVAL. Thread-safe. */
 int cq_declared_param_check(const cq_decl_param *p, const char *value,
                             size_t len, int64_t *ival);
 
 /* Expand a keyed query's @stream template into buf[cap] (NUL-terminated):
  * "order-{order_id}" with values {"o-1"} gives "order-o-1". values[i] is
- * the value of q->params[i] (borrowed). Returns CQ_OK, or CQ_EINVAL if the
+ * the value of q->params[i] (borrowed for the call, NUL-terminated); buf
+ * is the caller's. Returns CQ_OK, or CQ_EINVAL if the
  * query has no @stream, a value it names is NULL, or the result does not
  * fit in cap or exceeds CQ_DECL_MAX_STREAM. Thread-safe. */
 int cq_declared_stream(const cq_decl_query *q, const char *const *values,
@@ -179,23 +197,44 @@ typedef struct cq_decl_value {
 int cq_declared_bind_value(const char *param, const cq_decl_event *ev,
                            const json_t *item, cq_decl_value *out);
 
-/* Free what a bound value owns and set it to CQ_VALUE_NULL; accepts NULL. */
+/* The JSON value at `path`, a data., metadata. or item. path as the parser
+ * accepts them in handler statements and after @each
+ * (cq_decl_stmt.params, cq_decl_handler.each): in ev->data or
+ * ev->metadata, or in `item` for an :item path. On CQ_OK *out is the
+ * value, borrowed from ev or item (valid as long as they are), or NULL
+ * where the path leaves the document (a missing member, an index out of
+ * range, a value of the wrong kind): not an error. Returns CQ_OK, or
+ * CQ_EINVAL with *out NULL if path is not such a path or is an :item path
+ * and item is NULL. Thread-safe (reads ev and item only). */
+int cq_declared_path_json(const char *path, const cq_decl_event *ev,
+                          const json_t *item, const json_t **out);
+
+/* Free what a bound value owns and set it to CQ_VALUE_NULL; accepts NULL.
+ * v belongs to the caller's thread. */
 void cq_declared_value_clear(cq_decl_value *v);
 
 /* ---- files (files.c) ----------------------------------------------------- */
 
-/* What to do with one file's text: name is its path (for messages). */
+/* What to do with one file's text: name is its path (for messages), text
+ * its len bytes (not NUL-terminated). Both are borrowed for the call only:
+ * the text is freed when the callback returns. Returns CQ_OK to go on, or
+ * a CQ_* code with a message in err[errcap], which the reader returns. */
 typedef int (*cq_declared_text_cb)(void *arg, const char *name,
                                    const char *text, size_t len, char *err,
                                    size_t errcap);
 
-/* Read the file at path whole (CQ_EINVAL if larger than CQ_DECL_MAX_FILE)
- * and hand it to fn; returns fn's result, or CQ_EIO with a message. */
+/* Read the file at path (borrowed) whole and hand it to fn, with arg, on
+ * the calling thread. Returns fn's result; CQ_EINVAL if the file is larger
+ * than CQ_DECL_MAX_FILE; CQ_EIO if it cannot be opened or read (also when
+ * out of memory); err then says "PATH: reason". No state: thread-safe
+ * as far as fn is. */
 int cq_declared_read_file(const char *path, cq_declared_text_cb fn, void *arg,
                           char *err, size_t errcap);
 
-/* The same for every *.sql file in dir, in name order; stops at the first
- * failure. */
+/* The same for every *.sql file in dir (borrowed), in name order. Returns
+ * CQ_OK (also when there is none), CQ_EIO with "DIR: reason" if dir cannot
+ * be listed (also when out of memory), or the first failure of a file,
+ * after which no further file is read. */
 int cq_declared_read_dir(const char *dir, cq_declared_text_cb fn, void *arg,
                          char *err, size_t errcap);
 

@@ -3,8 +3,10 @@
  *
  * Statements are prepared once (SQLITE_PREPARE_PERSISTENT) and found again
  * through a small open-addressing table keyed by the cq_decl_stmt address.
- * Values are bound from the event with cq_declared_bind_value(), so the
- * rules for what a :parameter means live in one place (declared.c).
+ * Values are bound from the event with cq_declared_bind_value() and @each
+ * arrays found with cq_declared_path_json(), so the rules for what a
+ * :parameter or a path means live in one place (declared_bind.c,
+ * declared_path.c).
  */
 #include "projection/exec.h"
 
@@ -245,45 +247,6 @@ static int run_handler_stmt(cq_exec *x, const cq_decl_stmt *st,
     return run(x, ps, st, err, errcap);
 }
 
-/* The JSON value at an @each path ("data.items", "metadata.x[2].y"), or
- * NULL. The parser has checked the path's syntax. */
-static const json_t *each_array(const char *path, const cq_decl_event *ev)
-{
-    const json_t *v;
-    char key[256];
-
-    if (strncmp(path, "data", 4) == 0) {
-        v = ev->data;
-        path += 4;
-    } else if (strncmp(path, "metadata", 8) == 0) {
-        v = ev->metadata;
-        path += 8;
-    } else {
-        return NULL;
-    }
-    while (v != NULL && *path != '\0') {
-        if (*path == '.') {
-            size_t n = strcspn(path + 1, ".[");
-            if (n >= sizeof key)
-                return NULL;
-            memcpy(key, path + 1, n);
-            key[n] = '\0';
-            v = json_object_get(v, key);
-            path += 1 + n;
-        } else if (*path == '[') {
-            char *end;
-            unsigned long long k = strtoull(path + 1, &end, 10);
-            if (*end != ']')
-                return NULL;
-            v = json_array_get(v, (size_t)k);
-            path = end + 1;
-        } else {
-            return NULL;
-        }
-    }
-    return v;
-}
-
 int cq_exec_event(cq_exec *x, const cq_declared *d, const cq_decl_event *ev,
                   char *err, size_t errcap)
 {
@@ -295,7 +258,9 @@ int cq_exec_event(cq_exec *x, const cq_declared *d, const cq_decl_event *ev,
         if (strcmp(hd->event_type, ev->type) != 0)
             continue;
         if (hd->each != NULL) {
-            arr = each_array(hd->each, ev);
+            /* The parser allows only data. and metadata. paths here, so
+             * this cannot fail; a path that leads nowhere gives NULL. */
+            cq_declared_path_json(hd->each, ev, NULL, &arr);
             n = json_is_array(arr) ? json_array_size(arr) : 0;
         }
         for (size_t k = 0; k < n; k++) {

@@ -1,10 +1,10 @@
 /*
  * fuzz_declared.c -- fuzz target for the parser of declared projections
- * (src/projection/declared.c): bytes of a `.sql` file -> cq_declared_parse
+ * (src/projection/declared_*.c): bytes of a `.sql` file -> cq_declared_parse
  * -> for a file that parses, every statement's text and parameters are
- * read, every stream template is expanded, and every handler parameter is
- * bound against a sample event (so the path walker meets whatever paths
- * the fuzzer invents).
+ * read, every stream template is expanded, every handler parameter is
+ * bound against a sample event and every @each path followed in it (so the
+ * path walker meets whatever paths the fuzzer invents).
  *
  * Built two ways (tests/CMakeLists.txt):
  *   - always, with replay.c's main(), which replays every file of the
@@ -31,7 +31,7 @@
 
 static json_t *sample_data;
 
-static void touch_stmts(const cq_decl_stmt *st, size_t n, const json_t *item)
+static cq_decl_event sample_event(void)
 {
     static const cq_decl_event ev_template = {
         "order-o-1",  3,    42,  "OrderPlaced", "2026-11-23T14:18:26.123Z",
@@ -40,6 +40,13 @@ static void touch_stmts(const cq_decl_stmt *st, size_t n, const json_t *item)
 
     ev.data = sample_data;
     ev.metadata = sample_data;
+    return ev;
+}
+
+static void touch_stmts(const cq_decl_stmt *st, size_t n, const json_t *item)
+{
+    cq_decl_event ev = sample_event();
+
     for (size_t i = 0; i < n; i++) {
         if (strlen(st[i].sqlite_sql) == 0 || strlen(st[i].pg_sql) == 0)
             abort();
@@ -55,12 +62,21 @@ static void touch(const cq_declared *d)
 {
     json_t *items = json_object_get(sample_data, "items");
     char buf[CQ_DECL_MAX_STREAM + 1];
+    cq_decl_event ev = sample_event();
 
     touch_stmts(d->ddl, d->nddl, NULL);
-    for (size_t i = 0; i < d->nhandlers; i++)
+    for (size_t i = 0; i < d->nhandlers; i++) {
+        const json_t *arr;
+        /* The executor follows @each paths with the same walker; the
+         * parser accepts only paths it can follow. */
+        if (d->handlers[i].each != NULL &&
+            cq_declared_path_json(d->handlers[i].each, &ev, NULL, &arr) !=
+                CQ_OK)
+            abort();
         touch_stmts(d->handlers[i].stmts, d->handlers[i].nstmts,
                     d->handlers[i].each != NULL ? json_array_get(items, 0)
                                                 : NULL);
+    }
     for (size_t i = 0; i < d->nqueries; i++) {
         const cq_decl_query *q = &d->queries[i];
         const char *values[64];

@@ -1,9 +1,10 @@
 /*
- * test_declared.c -- unit tests of src/projection/declared.c: a complete
+ * test_declared.c -- unit tests of src/projection/declared_*.c: a complete
  * file with every field, placeholder numbering in both dialects, the
  * lexer's literals/comments/casts, every error with its line, @each,
  * every @result kind, stream templates, request value checks, and binding
- * event fields (nested paths, arrays, missing paths, every JSON type).
+ * event fields (nested paths, arrays, missing paths, every JSON type) and
+ * following a path (cq_declared_path_json).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -789,6 +790,48 @@ static void test_bind_value(void **state)
     json_decref((json_t *)sample_event()->metadata);
 }
 
+static void test_path_json(void **state)
+{
+    const json_t *items = json_object_get(sample_event()->data, "items");
+    const json_t *v = (const json_t *)1;
+
+    (void)state;
+    assert_int_equal(
+        cq_declared_path_json("data.items", sample_event(), NULL, &v), CQ_OK);
+    assert_ptr_equal(v, items);
+    assert_int_equal(
+        cq_declared_path_json("data.o.deep.x[1].y", sample_event(), NULL, &v),
+        CQ_OK);
+    assert_string_equal(json_string_value(v), "z");
+    assert_int_equal(
+        cq_declared_path_json("metadata", sample_event(), NULL, &v), CQ_OK);
+    assert_ptr_equal(v, sample_event()->metadata);
+    assert_int_equal(cq_declared_path_json("item.sku", sample_event(),
+                                           json_array_get(items, 0), &v),
+                     CQ_OK);
+    assert_string_equal(json_string_value(v), "A");
+
+    /* Leaves the document: CQ_OK and NULL. */
+    assert_int_equal(
+        cq_declared_path_json("data.items[7]", sample_event(), NULL, &v),
+        CQ_OK);
+    assert_null(v);
+    assert_int_equal(
+        cq_declared_path_json("data.order_id.x", sample_event(), NULL, &v),
+        CQ_OK);
+    assert_null(v);
+
+    /* Not a path into a document, or :item without an item. */
+    v = (const json_t *)1;
+    assert_int_equal(cq_declared_path_json("version", sample_event(), NULL, &v),
+                     CQ_EINVAL);
+    assert_null(v);
+    assert_int_equal(
+        cq_declared_path_json("item.sku", sample_event(), NULL, &v), CQ_EINVAL);
+    assert_int_equal(cq_declared_path_json("data.", sample_event(), NULL, &v),
+                     CQ_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -804,6 +847,7 @@ int main(void)
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_error_buffer),
+        cmocka_unit_test(test_path_json),
         cmocka_unit_test(test_bind_value),
     };
 
