@@ -1,25 +1,22 @@
 /*
- * command.h -- engine-side access to what deciders produce and what
- * validation finds (the public half is include/cqrs/decider.h).
+ * command.h -- engine-side access to what deciders produce (the public
+ * half is include/cqrs/decider.h).
  *
- * cq_errors and cq_decision are plain heap objects owned by whoever called
- * *_new; they are not shared between threads.
+ * cq_decision is a plain heap object owned by whoever called
+ * cq_decision_new; it is not shared between threads.
+ *
+ * The field-error list (cq_errors) is base/errors.h's and the domain
+ * registry domain/domain.h's; both are included here for the files that
+ * still reach them through this header.
  */
 #ifndef CQ_COMMAND_H
 #define CQ_COMMAND_H
 
 #include <stddef.h>
 
+#include "base/errors.h"
 #include "cqrs/decider.h"
-
-/* ---- cq_errors ---- */
-
-cq_errors *cq_errors_new(void);    /* NULL on out of memory */
-void cq_errors_free(cq_errors *e); /* accepts NULL */
-
-/* A new JSON array [{"field": ..., "message": ...}, ...] (new reference),
- * or NULL on out of memory. */
-json_t *cq_errors_to_json(const cq_errors *e);
+#include "domain/domain.h"
 
 /* ---- cq_decision ---- */
 
@@ -40,12 +37,5 @@ size_t cq_decision_count(const cq_decision *d);
 const cq_decided_event *cq_decision_event(const cq_decision *d, size_t i);
 /* The refusal message, or NULL if decide() did not refuse. */
 const char *cq_decision_refusal(const cq_decision *d);
-
-/* ---- upcasting ---- */
-
-/* The first upcaster of domain for (type, schema_version), or NULL; see
- * cq_domain_upcast() in decider.h. Thread-safe. */
-const cq_upcaster *cq_domain_upcaster(const cq_domain *domain, const char *type,
-                                      int schema_version);
 
 #endif

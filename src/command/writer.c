@@ -47,6 +47,7 @@
 #include "base/strbuf.h"
 #include "command/cache.h"
 #include "command/command.h"
+#include "domain/domain.h"
 
 #define PROBE_INTERVAL_MS 1000
 #define PROBE_KEY "cqrsd write probe"
@@ -119,9 +120,9 @@ typedef struct fold_ctx {
 static int fold_event(void *arg, const cq_stored_event *se)
 {
     fold_ctx *f = arg;
-    json_error_t jerr;
-    json_t *data;
+    cq_decoded dec;
     cq_event ev;
+    char why[192];
     int rc;
 
     if (se->version != f->version + 1) {
@@ -130,34 +131,21 @@ static int fold_event(void *arg, const cq_stored_event *se)
         f->rc = CQ_ECORRUPT;
         return 1;
     }
-    data = json_loads(se->data, JSON_REJECT_DUPLICATES, &jerr);
-    if (data == NULL || !json_is_object(data)) {
-        snprintf(f->err, sizeof f->err,
-                 "event at position %lld: data is "
-                 "not a JSON object",
-                 (long long)se->position);
-        json_decref(data);
-        f->rc = CQ_ECORRUPT;
-        return 1;
-    }
-    ev.type = se->type;
-    ev.schema_version = se->schema_version;
-    ev.version = se->version;
-    ev.position = se->position;
-    ev.data = data;
-    rc = cq_domain_upcast(f->domain, se->type, &ev.schema_version, data);
+    rc = cq_event_decode(f->domain, se, NULL, 0, &dec, why, sizeof why);
     if (rc != CQ_OK) {
-        snprintf(f->err, sizeof f->err,
-                 "event at position %lld: upcasting %s from schema version "
-                 "%d failed: %s",
-                 (long long)se->position, se->type, ev.schema_version,
-                 cq_strerror(rc));
-        json_decref(data);
+        snprintf(f->err, sizeof f->err, "event at position %lld: %s",
+                 (long long)se->position, why);
+        cq_decoded_clear(&dec);
         f->rc = rc;
         return 1;
     }
+    ev.type = se->type;
+    ev.schema_version = dec.schema_version;
+    ev.version = se->version;
+    ev.position = se->position;
+    ev.data = dec.data;
     rc = f->agg->evolve(f->state, &ev);
-    json_decref(data);
+    cq_decoded_clear(&dec);
     if (rc != CQ_OK) {
         snprintf(f->err, sizeof f->err,
                  "event at position %lld (%s) could "

@@ -30,7 +30,7 @@
 
 #include "base/base.h"
 #include "base/problem.h"
-#include "command/command.h"
+#include "base/errors.h"
 #include "http/http.h"
 
 #define MAX_WAIT_MS 30000

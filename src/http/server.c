@@ -968,81 +968,41 @@ typedef struct page {
 
 #define EVENT_OVERHEAD 256
 
-/* The item for an event whose data cannot be brought to the current shape:
- * as stored, with why. Data or metadata that is not a JSON object at all
- * is given as null. */
-static json_t *event_as_stored(json_t **data, json_t **meta, const char *key,
-                               const char *why)
-{
-    json_t *ev = json_object();
-
-    if (!json_is_object(*data)) {
-        json_decref(*data);
-        *data = json_null();
-    }
-    if (!json_is_object(*meta)) {
-        json_decref(*meta);
-        *meta = json_null();
-    }
-    if (ev != NULL && json_object_set_new(ev, key, json_string(why)) != 0) {
-        json_decref(ev);
-        ev = NULL;
-    }
-    return ev;
-}
-
+/* One event as an item of the page. An event whose data cannot be brought
+ * to the current shape is answered as stored, with "upcast_error" naming
+ * why; one whose data or metadata is not a JSON object at all (a damaged
+ * file) has that member null and "decode_error" (see CQ_DECODE_AS_STORED). */
 static int add_event(void *arg, const cq_stored_event *se)
 {
     page *pg = arg;
-    char when[32], why[192] = "";
-    json_t *data, *meta, *ev, *extra = NULL;
+    char when[32], why[192];
+    cq_decoded dec;
+    json_t *ev;
     size_t size = strlen(se->data) + strlen(se->metadata) +
                   strlen(se->stream_id) + strlen(se->type) + EVENT_OVERHEAD;
-    int sv = se->schema_version, rc;
+    int rc;
 
     if (json_array_size(pg->events) > 0 && pg->bytes + size > pg->budget)
         return 1; /* the page is full: `next` continues here */
-    data = json_loads(se->data, JSON_REJECT_DUPLICATES, NULL);
-    meta = json_loads(se->metadata, JSON_REJECT_DUPLICATES, NULL);
-    if (!json_is_object(data) || !json_is_object(meta)) {
-        snprintf(why, sizeof why, "stored %s is not a JSON object",
-                 json_is_object(data) ? "metadata" : "data");
-        extra = event_as_stored(&data, &meta, "decode_error", why);
-    } else {
-        /* upcast a copy: on failure the item shows the data as stored */
-        json_t *copy = cq_domain_upcaster(pg->domain, se->type, sv)
-                           ? json_deep_copy(data)
-                           : json_incref(data);
-        rc = copy ? cq_domain_upcast(pg->domain, se->type, &sv, copy)
-                  : CQ_ENOMEM;
-        if (rc == CQ_OK) {
-            json_decref(data);
-            data = copy;
-        } else {
-            json_decref(copy);
-            snprintf(why, sizeof why,
-                     "upcasting %.64s from schema version %d failed: %s",
-                     se->type, sv, cq_strerror(rc));
-            sv = se->schema_version;
-            extra = event_as_stored(&data, &meta, "upcast_error", why);
-        }
-    }
+    rc = cq_event_decode(pg->domain, se, NULL,
+                         CQ_DECODE_METADATA | CQ_DECODE_AS_STORED, &dec, why,
+                         sizeof why);
     cq_format_time(se->recorded_at, when);
-    if (why[0] != '\0' && extra == NULL) { /* out of memory */
-        json_decref(data);
-        json_decref(meta);
-        ev = NULL;
-    } else
-        ev = json_pack("{s:I,s:s,s:I,s:s,s:i,s:o,s:o,s:s}", "position",
-                       (json_int_t)se->position, "stream_id", se->stream_id,
-                       "version", (json_int_t)se->version, "type", se->type,
-                       "schema_version", sv, "data", data, "metadata", meta,
-                       "recorded_at", when);
-    if (ev != NULL && extra != NULL && json_object_update(ev, extra) != 0) {
-        json_decref(ev);
+    ev = json_pack("{s:I,s:s,s:I,s:s,s:i,s:O?,s:O?,s:s}", "position",
+                   (json_int_t)se->position, "stream_id", se->stream_id,
+                   "version", (json_int_t)se->version, "type", se->type,
+                   "schema_version", dec.schema_version, "data", dec.data,
+                   "metadata", dec.metadata, "recorded_at", when);
+    if (ev != NULL && rc != CQ_OK &&
+        json_object_set_new(ev,
+                            dec.cause == CQ_DECODE_UPCAST_FAILED
+                                ? "upcast_error"
+                                : "decode_error",
+                            json_string(why)) != 0) {
+        json_decref(ev); /* out of memory */
         ev = NULL;
     }
-    json_decref(extra);
+    cq_decoded_clear(&dec);
     if (ev == NULL || json_array_append_new(pg->events, ev) != 0) {
         pg->corrupt = 1; /* a stored string that is not UTF-8, or no memory */
         pg->corrupt_at = se->position;

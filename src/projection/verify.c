@@ -53,6 +53,7 @@
 
 #include "base/base.h"
 #include "cqrs/cqrs.h"
+#include "domain/domain.h"
 #include "projection/declared.h"
 #include "projection/exec.h"
 
@@ -635,41 +636,42 @@ static int replay(run *r, const vproj *p, cq_exec *x, int64_t upto,
     }
     sqlite3_bind_int64(st, 1, upto);
     while (!*failed && (src = sqlite3_step(st)) == SQLITE_ROW) {
-        /* decoded as engine.c's parse_event does */
-        const char *data = (const char *)sqlite3_column_text(st, 4);
-        const char *meta = (const char *)sqlite3_column_text(st, 5);
+        cq_stored_event se;
+        cq_decoded dec = {0};
         char when[32], day[11], msg[512] = "";
         cq_decl_event ev;
-        json_t *jd, *jm = NULL;
-        int sv = sqlite3_column_int(st, 7), urc;
 
+        se.position = sqlite3_column_int64(st, 0);
+        se.stream_id = (const char *)sqlite3_column_text(st, 1);
+        se.version = sqlite3_column_int64(st, 2);
+        se.type = (const char *)sqlite3_column_text(st, 3);
+        se.data = (const char *)sqlite3_column_text(st, 4);
+        se.metadata = (const char *)sqlite3_column_text(st, 5);
+        se.recorded_at = sqlite3_column_int64(st, 6);
+        se.schema_version = sqlite3_column_int(st, 7);
         memset(&ev, 0, sizeof ev);
-        ev.position = sqlite3_column_int64(st, 0);
-        ev.stream_id = (const char *)sqlite3_column_text(st, 1);
-        ev.version = sqlite3_column_int64(st, 2);
-        ev.type = (const char *)sqlite3_column_text(st, 3);
-        cq_format_time(sqlite3_column_int64(st, 6), when);
+        ev.position = se.position;
+        ev.stream_id = se.stream_id;
+        ev.version = se.version;
+        ev.type = se.type;
+        cq_format_time(se.recorded_at, when);
         memcpy(day, when, 10);
         day[10] = '\0';
         ev.time = when;
         ev.day = day;
-        jd = data ? json_loads(data, JSON_REJECT_DUPLICATES, NULL) : NULL;
-        if (p->needs_metadata && meta != NULL)
-            jm = json_loads(meta, JSON_REJECT_DUPLICATES, NULL);
-        ev.data = jd;
-        ev.metadata = jm;
-        if (ev.stream_id == NULL || ev.type == NULL || !json_is_object(jd) ||
-            (p->needs_metadata && !json_is_object(jm)))
-            snprintf(msg, sizeof msg, "stored event is not valid JSON");
-        else if ((urc = cq_domain_upcast(r->domain, ev.type, &sv, jd)) != CQ_OK)
-            snprintf(msg, sizeof msg,
-                     "upcasting %.64s from schema version %d failed: %s",
-                     ev.type, sv, cq_strerror(urc));
-        else if (cq_exec_event(x, p->d, &ev, msg, sizeof msg) != CQ_OK &&
-                 msg[0] == '\0')
-            snprintf(msg, sizeof msg, "handler failed");
-        json_decref(jd);
-        json_decref(jm);
+        /* decoded as the projector decodes it (domain/domain.h) */
+        if (se.stream_id == NULL || se.type == NULL)
+            snprintf(msg, sizeof msg, "stored event has no stream id or type");
+        else if (cq_event_decode(r->domain, &se, NULL,
+                                 p->needs_metadata ? CQ_DECODE_METADATA : 0,
+                                 &dec, msg, sizeof msg) == CQ_OK) {
+            ev.data = dec.data;
+            ev.metadata = dec.metadata;
+            if (cq_exec_event(x, p->d, &ev, msg, sizeof msg) != CQ_OK &&
+                msg[0] == '\0')
+                snprintf(msg, sizeof msg, "handler failed");
+        }
+        cq_decoded_clear(&dec);
         if (msg[0] != '\0') {
             *failed = 1;
             snprintf(why, whycap, "position %lld (%s): %s",

@@ -1,0 +1,32 @@
+/*
+ * errors.h -- the engine side of the field-error list (cq_errors), whose
+ * public half (cq_errors_add, cq_errors_count) is in include/cqrs/decider.h.
+ * A request check collects every {field, message} it finds; the HTTP layer
+ * answers them as the problem+json "errors" array.
+ *
+ * The first 50 errors are stored, later ones only counted (so a hostile
+ * body costs no memory per error).
+ *
+ * A cq_errors is a plain heap object owned by whoever called
+ * cq_errors_new(); it is not shared between threads.
+ */
+#ifndef CQ_BASE_ERRORS_H
+#define CQ_BASE_ERRORS_H
+
+#include <jansson.h>
+
+#include "cqrs/decider.h"
+
+/* A new, empty list; NULL on out of memory. Free with cq_errors_free(). */
+cq_errors *cq_errors_new(void);
+
+/* Free `e` and everything it recorded; accepts NULL. */
+void cq_errors_free(cq_errors *e);
+
+/* A new JSON array [{"field": ..., "message": ...}, ...] (new reference,
+ * owned by the caller), in the order the errors were added; when some were
+ * only counted it ends with {"field": "", "message": "N more errors not
+ * shown"}. NULL on out of memory; an empty array for a NULL `e`. */
+json_t *cq_errors_to_json(const cq_errors *e);
+
+#endif
