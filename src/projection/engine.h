@@ -28,7 +28,7 @@
 #include "command/writer.h"
 #include "cqrs/projection.h"
 #include "projection/declared.h"
-#include "projection/wait.h"
+#include "query/wait.h"
 #include "store/store.h"
 
 typedef struct cq_engine cq_engine;

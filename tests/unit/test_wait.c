@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "projection/wait.h"
+#include "query/wait.h"
 
 typedef struct counter {
     atomic_int fired;

@@ -12,7 +12,7 @@
  * fired and its owner has released it (refs: 1 for the owner, 1 while
  * registered).
  */
-#include "projection/wait.h"
+#include "query/wait.h"
 
 #include <errno.h>
 #include <pthread.h>

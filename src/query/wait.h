@@ -28,8 +28,8 @@
  * they must be short (resume a connection) and must not call back into
  * this module except cq_wait_reached/cq_wait_release.
  */
-#ifndef CQ_PROJECTION_WAIT_H
-#define CQ_PROJECTION_WAIT_H
+#ifndef CQ_QUERY_WAIT_H
+#define CQ_QUERY_WAIT_H
 
 #include <stddef.h>
 #include <stdint.h>
