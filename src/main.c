@@ -34,6 +34,7 @@
 #include "cli/cli.h"
 #include "command/writer.h"
 #include "projection/engine.h"
+#include "query/query.h"
 #include "projection/verify.h"
 #include "cqrs/cqrs.h"
 #include "http/server.h"
@@ -244,6 +245,8 @@ static int serve(const options *o)
     rc = cq_engine_new(&ecfg, store, &engine, err, sizeof err);
     if (rc == CQ_OK)
         rc = load_projections(engine, o->projections, err, sizeof err);
+    if (rc == CQ_OK)
+        rc = cq_query_attach(engine, err, sizeof err);
     if (rc == CQ_OK)
         rc = cq_engine_start(engine, err, sizeof err);
     if (rc != CQ_OK) {

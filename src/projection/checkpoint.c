@@ -281,3 +281,25 @@ int cq_eng_count_skipped(sqlite3 *db, proj *p, char *err, size_t errcap)
     return rc;
 }
 
+
+int cq_engine_checkpoint_read(cq_engine *e, int projection, cq_exec *x,
+                              int64_t *position, int *failed, char *err,
+                              size_t errcap)
+{
+    static const char sql[] =
+        "SELECT position, status FROM cq_projections WHERE name = ?1";
+    sqlite3_stmt *st = cq_exec_stmt(x, sql, err, errcap);
+
+    if (st == NULL)
+        return CQ_EIO;
+    sqlite3_bind_text(st, 1, e->projs[projection]->d->name, -1,
+                      SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        const char *status = (const char *)sqlite3_column_text(st, 1);
+        *position = sqlite3_column_int64(st, 0);
+        *failed = status && strcmp(status, "failed") == 0;
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return CQ_OK;
+}

@@ -150,9 +150,9 @@ static void run_control(cq_engine *e, cq_control *ctl)
     ctl->state = CTL_DONE;
     pthread_mutex_unlock(&e->mu);
     if (rc == CQ_OK && op == OP_RESET)
-        cq_waiters_rewind(e->waits, p->index, 0);
+        cq_eng_rewind(e, p->index, 0);
     else if (rc == CQ_OK && op == OP_SKIP)
-        cq_waiters_advance(e->waits, p->index, position);
+        cq_eng_advance(e, p->index, position);
 }
 
 /* Drop one reference to ctl (e->mu held); 1 when it is to be freed. */

@@ -216,14 +216,9 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
     }
     if (rc != CQ_OK)
         return rc;
-    e->waits = cq_waiters_new(e->nprojs + 1); /* + the store's head */
-    if (e->waits == NULL) {
-        snprintf(err, errcap, "cannot start the wait timer");
-        return CQ_ENOMEM;
-    }
     for (int i = 0; i < e->nprojs; i++)
-        cq_waiters_advance(e->waits, i, e->projs[i]->position);
-    cq_waiters_advance(e->waits, e->nprojs, head);
+        cq_eng_advance(e, i, e->projs[i]->position);
+    cq_eng_advance(e, e->nprojs, head);
     e->head = head;
     snprintf(path, sizeof path, "%s/read.db", e->dir);
     rc = cq_wal_start(e->rdb, ENGINE_BUSY_TIMEOUT_MS, path, "cq-ckpt-read",
@@ -251,7 +246,8 @@ void cq_engine_stop(cq_engine *e)
     pthread_mutex_unlock(&e->mu);
     if (e->started && !joined)
         pthread_join(e->projector, NULL);
-    cq_waiters_shutdown(e->waits);
+    if (e->progress.shutdown != NULL)
+        e->progress.shutdown(e->progress.arg);
 }
 
 void cq_engine_free(cq_engine *e)
@@ -259,7 +255,8 @@ void cq_engine_free(cq_engine *e)
     if (e == NULL)
         return;
     cq_engine_stop(e);
-    cq_waiters_free(e->waits);
+    if (e->progress.free != NULL)
+        e->progress.free(e->progress.arg);
     cq_pool_close(&e->reads);
     cq_pool_close(&e->events);
     sqlite3_finalize(e->r_save);
@@ -350,6 +347,31 @@ int cq_engine_is_inline(cq_engine *e, int projection)
     return e->projs[projection]->is_inline;
 }
 
+void cq_engine_set_progress(cq_engine *e, const cq_engine_progress *progress)
+{
+    e->progress = *progress;
+}
+
+void *cq_engine_progress_arg(cq_engine *e)
+{
+    return e->progress.arg;
+}
+
+const cq_declared *cq_engine_declared(cq_engine *e, int projection)
+{
+    return e->projs[projection]->d;
+}
+
+const cq_declared *cq_engine_serving(cq_engine *e, int projection)
+{
+    const cq_declared *d;
+
+    pthread_mutex_lock(&e->mu);
+    d = e->projs[projection]->serving;
+    pthread_mutex_unlock(&e->mu);
+    return d;
+}
+
 /* ---- control and status ----------------------------------------------------
  */
 
@@ -416,7 +438,13 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
     if (out->head < out->position)
         out->head = out->position;
     out->lag_events = out->head - out->position;
-    out->lag_seconds = cq_eng_lag_ms(e, out->position, out->head) / 1000.0;
-    return CQ_OK;
+    {
+        double lag = 0;
+        char why[128];
+        int rc = cq_engine_lag_ms(e, out->position, out->head, &lag, why,
+                                  sizeof why);
+        out->lag_seconds = lag / 1000.0;
+        return rc;
+    }
 }
 

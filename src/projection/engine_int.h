@@ -153,8 +153,35 @@ struct cq_engine {
 
     pool reads;  /* read.db */
     pool events; /* events.db */
-    cq_waiters *waits;
+
+    /* who is told when positions move (progress.h): set before start,
+     * read-only after; its operations may be NULL (nobody listens) */
+    cq_engine_progress progress;
 };
+
+/* Tell the progress listener (progress.h), if any. Any thread, without
+ * e->mu. */
+static inline void cq_eng_advance(cq_engine *e, int queue, int64_t position)
+{
+    if (e->progress.advance != NULL)
+        e->progress.advance(e->progress.arg, queue, position);
+}
+
+static inline void cq_eng_advance_streams(cq_engine *e, int queue,
+                                          int64_t position,
+                                          const cq_stream_applied *applied,
+                                          size_t n)
+{
+    if (e->progress.advance_streams != NULL)
+        e->progress.advance_streams(e->progress.arg, queue, position, applied,
+                                    n);
+}
+
+static inline void cq_eng_rewind(cq_engine *e, int queue, int64_t position)
+{
+    if (e->progress.rewind != NULL)
+        e->progress.rewind(e->progress.arg, queue, position);
+}
 
 /* Applying events to one projection's tables through one executor. */
 typedef struct apply_ctx {
@@ -292,15 +319,6 @@ void cq_eng_run_controls(cq_engine *e, int stopping);
 /* Bring inline projection p up to head before the writer starts. */
 int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
                            size_t errcap);
-
-/* ---- lookup.c ---- */
-
-/* Age in ms of the first event after position (0 if none). */
-double cq_eng_lag_ms(cq_engine *e, int64_t position, int64_t head);
-
-/* stream_id's version as of position (0 if none). */
-int64_t cq_eng_stream_version_at(cq_engine *e, const char *stream_id,
-                                 int64_t position);
 
 /* ---- rebuild.c ---- */
 

@@ -166,9 +166,9 @@ static void hook_committed(void *arg, int64_t head,
         if (p != NULL && (!p->is_inline || p->failed))
             continue;
         if (applied != NULL || cap == 0)
-            cq_waiters_advance_streams(e->waits, i, head, applied, n);
+            cq_eng_advance_streams(e, i, head, applied, n);
         else /* no memory for the list: every stream waiter looks again */
-            cq_waiters_advance(e->waits, i, head);
+            cq_eng_advance(e, i, head);
     }
     free(applied);
 }

@@ -64,35 +64,43 @@ int cq_engine_version_position(cq_engine *e, const char *stream_id,
     return rc;
 }
 
-/* lag_ms: age of the first event the projection has not applied. */
-double cq_eng_lag_ms(cq_engine *e, int64_t position, int64_t head)
+int cq_engine_lag_ms(cq_engine *e, int64_t position, int64_t head,
+                     double *lag_ms, char *err, size_t errcap)
 {
     int64_t at = 0;
-    int i;
+    int i, rc;
 
+    *lag_ms = 0;
     if (position >= head)
-        return 0;
+        return CQ_OK;
     i = cq_pool_get(&e->events);
-    if (query_int(e->events.x[i], SQL_RECORDED_AT, NULL, position + 1, &at) !=
-        CQ_OK)
-        at = 0;
+    rc = query_int(e->events.x[i], SQL_RECORDED_AT, NULL, position + 1, &at);
+    if (rc == CQ_EIO)
+        snprintf(err, errcap, "%s", sqlite3_errmsg(e->events.db[i]));
     cq_pool_put(&e->events, i);
-    if (at == 0)
-        return 0;
+    if (rc == CQ_ENOTFOUND)
+        return CQ_OK; /* pruned or not there: no age to tell */
+    if (rc != CQ_OK)
+        return rc;
     int64_t now = cq_now_ms();
-    return now > at ? (double)(now - at) : 0;
+    *lag_ms = now > at && at != 0 ? (double)(now - at) : 0;
+    return CQ_OK;
 }
 
-int64_t cq_eng_stream_version_at(cq_engine *e, const char *stream_id,
-                                 int64_t position)
+int cq_engine_stream_version_at(cq_engine *e, const char *stream_id,
+                                int64_t position, int64_t *version, char *err,
+                                size_t errcap)
 {
-    int64_t v = 0;
     int i = cq_pool_get(&e->events);
+    int rc = query_int(e->events.x[i], SQL_VERSION_AT, stream_id, position,
+                       version);
 
-    if (query_int(e->events.x[i], SQL_VERSION_AT, stream_id, position, &v) !=
-        CQ_OK)
-        v = 0;
+    if (rc == CQ_EIO)
+        snprintf(err, errcap, "%s", sqlite3_errmsg(e->events.db[i]));
     cq_pool_put(&e->events, i);
-    return v;
+    if (rc == CQ_ENOTFOUND) {
+        *version = 0; /* no event of the stream up to there */
+        rc = CQ_OK;
+    }
+    return rc;
 }
-

@@ -116,3 +116,27 @@ void cq_pool_put(pool *pl, int i)
     pthread_mutex_unlock(&pl->mu);
 }
 
+
+/* The pool holding projection's tables. */
+static pool *pool_of(cq_engine *e, int projection)
+{
+    return e->projs[projection]->is_inline ? &e->events : &e->reads;
+}
+
+cq_exec *cq_engine_reader_get(cq_engine *e, int projection)
+{
+    pool *pl = pool_of(e, projection);
+
+    return pl->x[cq_pool_get(pl)];
+}
+
+void cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x)
+{
+    pool *pl = pool_of(e, projection);
+
+    for (int i = 0; i < pl->n; i++)
+        if (pl->x[i] == x) {
+            cq_pool_put(pl, i);
+            return;
+        }
+}

@@ -186,14 +186,14 @@ static void publish_applied(cq_engine *e, proj *p, const batch *b, int64_t from,
 
     if (applied == NULL && b->n > 0) {
         /* no memory for the list: every stream waiter looks again */
-        cq_waiters_advance(e->waits, p->index, last);
+        cq_eng_advance(e, p->index, last);
         return;
     }
     for (int k = 0; k < b->n; k++)
         if (b->se[k].position >= from && b->se[k].position <= last)
             applied[n++] =
                 (cq_stream_applied){b->se[k].stream_id, b->se[k].version};
-    cq_waiters_advance_streams(e->waits, p->index, last, applied, n);
+    cq_eng_advance_streams(e, p->index, last, applied, n);
     free(applied);
 }
 

@@ -551,7 +551,7 @@ static int swap(cq_engine *e, proj *p, char *err, size_t errcap)
     p->rb.active = 0;
     p->last = rec;
     pthread_mutex_unlock(&e->mu);
-    cq_waiters_advance(e->waits, p->index, position);
+    cq_eng_advance(e, p->index, position);
     cq_rebuild_free(p);
     fprintf(stderr,
             "cqrsd: projection %s: rebuild done: %lld events in %.1f s "

@@ -12,11 +12,8 @@
 #include <string.h>
 
 #include "base/base.h"
-#include "projection/engine_int.h"
+#include "query/query.h"
 #include "query/query_int.h"
-
-static const char SQL_CHECKPOINT[] =
-    "SELECT position, status FROM cq_projections WHERE name = ?1";
 
 /* Collects rows into an array. */
 static int collect_row(void *arg, json_t *row)
@@ -115,17 +112,17 @@ static const char **map_values(const cq_decl_query *q,
 
 /* Run q (or, while the live tables are those of an older definition, its
  * namesake there) in one read snapshot with the checkpoint. */
-static int run_query(cq_engine *e, proj *p, const cq_declared *serving,
+static int run_query(cq_engine *e, int projection, const cq_declared *serving,
                      const cq_decl_query *q, const char *const *values,
                      json_t **data, cq_freshness *fresh, char *err,
                      size_t errcap)
 {
-    pool *pl = p->is_inline ? &e->events : &e->reads;
+    const cq_declared *d = cq_engine_declared(e, projection);
     const char **mapped = NULL;
-    sqlite3_stmt *st = NULL;
-    int i, rc, ok;
+    cq_exec *x;
+    int rc, ok;
 
-    if (serving != NULL && serving != p->d) {
+    if (serving != NULL && serving != d) {
         const cq_decl_query *oq = cq_declared_find_query(serving, q->name);
         mapped = oq ? map_values(q, values, oq, &ok) : NULL;
         if (mapped == NULL) {
@@ -135,82 +132,74 @@ static int run_query(cq_engine *e, proj *p, const cq_declared *serving,
                            " until it is done its tables are those of version"
                            " %lld, which cannot answer query %s"
                          : "out of memory",
-                     p->d->name, (long long)p->d->version,
+                     d->name, (long long)d->version,
                      (long long)serving->version, q->name);
             return oq == NULL || !ok ? CQ_EBUSY : CQ_ENOMEM;
         }
         q = oq;
         values = mapped;
     }
-    i = cq_pool_get(pl);
-    rc = cq_exec_sql(pl->x[i], "BEGIN", err, errcap);
+    x = cq_engine_reader_get(e, projection);
+    rc = cq_exec_sql(x, "BEGIN", err, errcap);
     if (rc != CQ_OK)
         goto done;
     /* the checkpoint, from the same snapshot as the rows */
-    st = cq_exec_stmt(pl->x[i], SQL_CHECKPOINT, err, errcap);
-    if (st == NULL) {
-        rc = CQ_EIO;
-        goto rollback;
+    rc = cq_engine_checkpoint_read(e, projection, x, &fresh->position,
+                                   &fresh->failed, err, errcap);
+    if (rc == CQ_OK)
+        rc = cq_query_shape(x, q, values, data, err, errcap);
+    {
+        char ignore[64];
+        cq_exec_sql(x, "COMMIT", ignore, sizeof ignore);
     }
-    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        const char *status = (const char *)sqlite3_column_text(st, 1);
-        fresh->position = sqlite3_column_int64(st, 0);
-        fresh->failed = status && strcmp(status, "failed") == 0;
-    }
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    rc = cq_query_shape(pl->x[i], q, values, data, err, errcap);
-rollback : {
-    char ignore[64];
-    cq_exec_sql(pl->x[i], "COMMIT", ignore, sizeof ignore);
-}
 done:
-    cq_pool_put(pl, i);
+    cq_engine_reader_put(e, projection, x);
     free(mapped);
     return rc;
 }
 
-int cq_engine_run_query(cq_engine *e, int projection, const cq_decl_query *q,
-                        const char *const *values, const char *stream_id,
-                        json_t **data, cq_freshness *fresh,
-                        int64_t *stream_version, char *err, size_t errcap)
+int cq_query_run(cq_engine *e, int projection, const cq_decl_query *q,
+                 const char *const *values, const char *stream_id,
+                 json_t **data, cq_freshness *fresh, int64_t *stream_version,
+                 char *err, size_t errcap)
 {
-    proj *p = e->projs[projection];
+    const cq_declared *d = cq_engine_declared(e, projection);
     const cq_declared *serving, *now;
-    int rc;
+    int rc, failed = 0;
 
     memset(fresh, 0, sizeof *fresh);
     *data = NULL;
-    pthread_mutex_lock(&e->mu);
-    serving = p->serving;
-    pthread_mutex_unlock(&e->mu);
-    rc = run_query(e, p, serving, q, values, data, fresh, err, errcap);
-    if (rc == CQ_EIO && serving != p->d) {
+    serving = cq_engine_serving(e, projection);
+    rc = run_query(e, projection, serving, q, values, data, fresh, err, errcap);
+    if (rc == CQ_EIO && serving != d) {
         /* A rebuild to a new definition may have swapped its tables in
          * between: then ask again, of them. Else the old tables do not
          * answer the new query (their definition is unknown). */
-        pthread_mutex_lock(&e->mu);
-        now = p->serving;
-        pthread_mutex_unlock(&e->mu);
+        now = cq_engine_serving(e, projection);
         if (now != serving)
-            rc = run_query(e, p, now, q, values, data, fresh, err, errcap);
+            rc = run_query(e, projection, now, q, values, data, fresh, err,
+                           errcap);
         else
             rc = CQ_EBUSY;
     }
     if (rc != CQ_OK)
         return rc;
-    pthread_mutex_lock(&e->mu);
-    fresh->head = e->head;
-    fresh->failed |= p->failed;
-    pthread_mutex_unlock(&e->mu);
+    fresh->head = cq_engine_head(e);
+    cq_engine_position(e, projection, &failed);
+    fresh->failed |= failed;
     if (fresh->head < fresh->position)
         fresh->head = fresh->position;
     fresh->lag_events = fresh->head - fresh->position;
-    fresh->lag_ms = cq_eng_lag_ms(e, fresh->position, fresh->head);
-    if (stream_version != NULL)
-        *stream_version =
-            stream_id ? cq_eng_stream_version_at(e, stream_id, fresh->position) : 0;
+    if (cq_engine_lag_ms(e, fresh->position, fresh->head, &fresh->lag_ms, err,
+                         errcap) != CQ_OK)
+        fresh->lag_ms = 0;
+    if (stream_version != NULL) {
+        *stream_version = 0;
+        if (stream_id != NULL &&
+            cq_engine_stream_version_at(e, stream_id, fresh->position,
+                                        stream_version, err,
+                                        errcap) != CQ_OK)
+            *stream_version = 0;
+    }
     return CQ_OK;
 }
-

@@ -1,94 +1,40 @@
 /*
  * strong.c -- strong reads: a keyed query answered from the event store
  * itself. The one stream is replayed through the projection's handlers
- * into a private in-memory database and the query runs there, so the
- * answer reflects every event of the stream committed before it started.
+ * into a private in-memory database (cq_engine_replay_stream) and the
+ * query runs there, so the answer reflects every event of the stream
+ * committed before it started.
  *
  * Threads: any thread; each read has its own database.
  */
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "base/base.h"
-#include "projection/engine_int.h"
+#include "query/query.h"
 #include "query/query_int.h"
 
-/* Replay context for strong reads. */
-typedef struct replay_ctx {
-    apply_ctx c;
-    int64_t count;
-} replay_ctx;
-
-static int replay_event(void *arg, const cq_stored_event *se)
+int cq_query_run_strong(cq_engine *e, int projection, const cq_decl_query *q,
+                        const char *const *values, const char *stream_id,
+                        json_t **data, cq_freshness *fresh,
+                        int64_t *stream_version, char *err, size_t errcap)
 {
-    replay_ctx *r = arg;
-    r->count++;
-    return cq_eng_apply_event(&r->c, se);
-}
-
-int cq_engine_run_strong(cq_engine *e, int projection, const cq_decl_query *q,
-                         const char *const *values, const char *stream_id,
-                         json_t **data, cq_freshness *fresh,
-                         int64_t *stream_version, char *err, size_t errcap)
-{
-    proj *p = e->projs[projection];
-    sqlite3 *mem = NULL;
     cq_exec *x = NULL;
-    replay_ctx r;
-    int64_t from = 1, version = 0;
+    int64_t last = 0, version = 0;
     int rc;
 
     memset(fresh, 0, sizeof *fresh);
     *data = NULL;
-    rc = cq_eng_open_db(":memory:", SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &mem,
-                 err, errcap);
+    rc = cq_engine_replay_stream(e, projection, stream_id, &x, &last, &version,
+                                 err, errcap);
     if (rc != CQ_OK)
         return rc;
-    x = cq_exec_new(mem);
-    if (x == NULL) {
-        rc = CQ_ENOMEM;
-        goto done;
-    }
-    for (size_t i = 0; rc == CQ_OK && i < p->d->nddl; i++)
-        rc = cq_exec_sql(x, p->d->ddl[i].sqlite_sql, err, errcap);
-    if (rc != CQ_OK)
-        goto done;
-    memset(&r, 0, sizeof r);
-    r.c.e = e;
-    r.c.p = p;
-    r.c.d = p->d;
-    r.c.x = x;
-    do {
-        r.count = 0;
-        rc = cq_store_read_stream(e->store, stream_id, from, 1000, replay_event,
-                                  &r, &version, err, errcap);
-        from += r.count;
-    } while (rc == CQ_OK && !r.c.failed && r.count == 1000);
-    if (rc == CQ_ENOTFOUND) {
-        rc = CQ_OK; /* no stream: the projection of nothing */
-        version = 0;
-    }
-    if (rc != CQ_OK)
-        goto done;
-    if (r.c.failed) {
-        snprintf(err, errcap,
-                 "replaying %s through %s failed at position "
-                 "%lld: %s",
-                 stream_id, p->d->name, (long long)r.c.error_position,
-                 r.c.error);
-        rc = CQ_EIO;
-        goto done;
-    }
     rc = cq_query_shape(x, q, values, data, err, errcap);
     if (rc != CQ_OK)
         goto done;
-    fresh->position = r.c.last;
+    fresh->position = last;
     fresh->head = cq_engine_head(e);
     *stream_version = version;
 done:
-    cq_exec_free(x);
-    sqlite3_close(mem);
+    cq_engine_replay_free(x);
     return rc;
 }
-

@@ -19,6 +19,7 @@
 #include "command/writer.h"
 #include "orders/orders.h"
 #include "projection/engine.h"
+#include "query/query.h"
 
 /* A C projection: events per stream, guarded by version so that an event
  * applied twice is not counted twice; it refuses OrderCancelled so the
@@ -109,6 +110,7 @@ static void start(fixture *f)
                                         sizeof counts_sql - 1, &code, err,
                                         sizeof err),
                      CQ_OK);
+    assert_int_equal(cq_query_attach(f->engine, err, sizeof err), CQ_OK);
     if (cq_engine_start(f->engine, err, sizeof err) != CQ_OK)
         fail_msg("start: %s", err);
     memset(&wcfg, 0, sizeof wcfg);
@@ -222,8 +224,8 @@ static json_t *query(fixture *f, const char *name, const char *order_id,
 
     assert_non_null(q);
     snprintf(stream, sizeof stream, "order-%s", order_id);
-    if ((strong ? cq_engine_run_strong
-                : cq_engine_run_query)(f->engine, p, q, values, stream, &data,
+    if ((strong ? cq_query_run_strong
+                : cq_query_run)(f->engine, p, q, values, stream, &data,
                                        fr, &sv, err, sizeof err) != CQ_OK)
         fail_msg("query %s: %s", name, err);
     return data;
@@ -450,7 +452,7 @@ static void test_wait(void **state)
     cq_wait *w = NULL;
     int rc;
 
-    rc = cq_engine_wait(f->engine, p, 1, 10000, on_reached, NULL, &w);
+    rc = cq_query_wait(f->engine, p, 1, 10000, on_reached, NULL, &w);
     assert_int_equal(rc, 0);
     assert_int_equal(command(f, "PlaceOrder", PLACE("o-9")), 202);
     for (int i = 0; i < 5000 && !cq_wait_reached(w); i++) {
@@ -495,7 +497,7 @@ static void test_applied_twice(void **state)
             cq_engine_query(f->engine, "sales_dashboard", &p);
         char err[256];
         int64_t sv;
-        assert_int_equal(cq_engine_run_query(f->engine, p, q, NULL, NULL,
+        assert_int_equal(cq_query_run(f->engine, p, q, NULL, NULL,
                                              &before[1], &fr, &sv, err,
                                              sizeof err),
                          CQ_OK);
@@ -525,7 +527,7 @@ static void test_applied_twice(void **state)
         char err[256];
         int64_t sv;
         json_t *after = NULL;
-        assert_int_equal(cq_engine_run_query(f->engine, p, q, NULL, NULL,
+        assert_int_equal(cq_query_run(f->engine, p, q, NULL, NULL,
                                              &after, &fr, &sv, err, sizeof err),
                          CQ_OK);
         assert_true(json_equal(before[1], after));
