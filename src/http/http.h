@@ -77,7 +77,7 @@ typedef struct request {
     /* queries */
     const cq_decl_query *query;
     char *values[CQ_QUERY_MAX_PARAMS]; /* in query->params order; owned */
-    char stream_id[CQ_STREAM_ID_MAX]; /* keyed queries */
+    char stream_id[CQ_STREAM_ID_MAX];  /* keyed queries */
     cq_query_target t; /* what it waits for (query.h); for a command with
                           ?wait_for=, t.position */
 

@@ -96,10 +96,10 @@ static enum MHD_Result answer(request *q)
         return cq_http_send_problem(q->conn, 503, "read-model-unavailable",
                                     NULL, "query %s failed: %s", qd->name, err);
     if (data == NULL)
-        return cq_http_send_problem(
-            q->conn, 404, "not-found", NULL, "query %s found nothing%s%s",
-            qd->name, q->t.stream_id ? " for " : "",
-            q->t.stream_id ? q->t.stream_id : "");
+        return cq_http_send_problem(q->conn, 404, "not-found", NULL,
+                                    "query %s found nothing%s%s", qd->name,
+                                    q->t.stream_id ? " for " : "",
+                                    q->t.stream_id ? q->t.stream_id : "");
     snprintf(etag, sizeof etag, "\"%s%lld\"", q->t.strong ? "s" : "",
              (long long)position);
     if (!q->timed_out && etag_matches(q->conn, etag)) {
@@ -122,7 +122,8 @@ static enum MHD_Result answer(request *q)
             {MHD_HTTP_HEADER_ETAG, etag},
             {stale ? "Warning" : NULL, STALE_WARNING},
         };
-        char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
+        char *text =
+            doc ? json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
         json_decref(doc);
         return cq_http_send_with(q->conn, 200, "application/json", text, hdr,
                                  2);
@@ -228,6 +229,8 @@ enum MHD_Result cq_http_query(request *q)
         }
         if (v == NULL) {
             q->values[i] = p->def ? strdup(p->def) : NULL;
+            if (p->def != NULL && q->values[i] == NULL)
+                cq_errors_add(errs, p->name, "out of memory");
             continue;
         }
         if (cq_declared_param_check(p, v, strlen(v), &iv) != CQ_OK) {

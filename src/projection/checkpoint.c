@@ -120,7 +120,7 @@ int cq_eng_prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
     sqlite3_stmt *st = NULL;
     int found = 0, same = 0, rc;
     int64_t version = 0;
-    char *text = NULL;
+    const char *text = NULL; /* borrowed from p */
 
     if (changed != NULL && changedcap > 0)
         changed[0] = '\0';
@@ -133,11 +133,12 @@ int cq_eng_prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
         found = 1;
         goto rebuild;
     }
-    if (cq_eng_prepare(db,
-                "SELECT version, source_hash, position, status, error,"
-                " error_position, error_event, source FROM cq_projections"
-                " WHERE name = ?1",
-                &st, err, errcap) != CQ_OK)
+    if (cq_eng_prepare(
+            db,
+            "SELECT version, source_hash, position, status, error,"
+            " error_position, error_event, source FROM cq_projections"
+            " WHERE name = ?1",
+            &st, err, errcap) != CQ_OK)
         return CQ_EIO;
     sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW) {
@@ -162,7 +163,7 @@ int cq_eng_prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
             }
         }
         if (src == NULL && same && p->text != NULL)
-            text = strdup(p->text); /* written below, for later rebuilds */
+            text = p->text; /* written below, for later rebuilds */
         else if (!same && !p->is_inline && src != NULL)
             p->prev = previous_definition(p, src);
     }
@@ -170,17 +171,16 @@ int cq_eng_prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
     if (same) {
         p->serving = p->d;
         if (text != NULL) {
-            char sql[160];
-            snprintf(sql, sizeof sql,
-                     "UPDATE cq_projections SET source = ?1 WHERE name = '%s'",
-                     p->d->name);
-            rc = cq_eng_prepare(db, sql, &st, err, errcap);
+            rc = cq_eng_prepare(db,
+                                "UPDATE cq_projections SET source = ?1"
+                                " WHERE name = ?2",
+                                &st, err, errcap);
             if (rc == CQ_OK) {
                 sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+                sqlite3_bind_text(st, 2, p->d->name, -1, SQLITE_STATIC);
                 rc = cq_eng_step_done(st);
                 sqlite3_finalize(st);
             }
-            free(text);
             return rc;
         }
         return CQ_OK;
@@ -220,15 +220,16 @@ rebuild:
                      msg);
     }
     if (rc == CQ_OK) {
-        rc = cq_eng_prepare(db,
-                     "INSERT INTO cq_projections (name, version,"
-                     " source_hash, position, status, updated_at, source)"
-                     " VALUES (?1, ?2, ?3, 0, 'running', ?4, ?5)"
-                     " ON CONFLICT (name) DO UPDATE SET version = ?2,"
-                     " source_hash = ?3, position = 0, status = 'running',"
-                     " error = NULL, error_position = NULL,"
-                     " error_event = NULL, updated_at = ?4, source = ?5",
-                     &st, err, errcap);
+        rc = cq_eng_prepare(
+            db,
+            "INSERT INTO cq_projections (name, version,"
+            " source_hash, position, status, updated_at, source)"
+            " VALUES (?1, ?2, ?3, 0, 'running', ?4, ?5)"
+            " ON CONFLICT (name) DO UPDATE SET version = ?2,"
+            " source_hash = ?3, position = 0, status = 'running',"
+            " error = NULL, error_position = NULL,"
+            " error_event = NULL, updated_at = ?4, source = ?5",
+            &st, err, errcap);
     }
     if (rc == CQ_OK) {
         sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
@@ -263,9 +264,9 @@ int cq_eng_count_skipped(sqlite3 *db, proj *p, char *err, size_t errcap)
 {
     sqlite3_stmt *st = NULL;
     int rc = cq_eng_prepare(db,
-                     "SELECT count(*) FROM cq_skipped_events"
-                     " WHERE projection = ?1",
-                     &st, err, errcap);
+                            "SELECT count(*) FROM cq_skipped_events"
+                            " WHERE projection = ?1",
+                            &st, err, errcap);
 
     if (rc != CQ_OK)
         return rc;
@@ -281,7 +282,6 @@ int cq_eng_count_skipped(sqlite3 *db, proj *p, char *err, size_t errcap)
     return rc;
 }
 
-
 int cq_engine_checkpoint_read(cq_engine *e, int projection, cq_exec *x,
                               int64_t *position, int *failed, char *err,
                               size_t errcap)
@@ -292,8 +292,7 @@ int cq_engine_checkpoint_read(cq_engine *e, int projection, cq_exec *x,
 
     if (st == NULL)
         return CQ_EIO;
-    sqlite3_bind_text(st, 1, e->projs[projection]->d->name, -1,
-                      SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, e->projs[projection]->d->name, -1, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW) {
         const char *status = (const char *)sqlite3_column_text(st, 1);
         *position = sqlite3_column_int64(st, 0);

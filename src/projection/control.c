@@ -22,6 +22,26 @@
 /* States of a control operation (cq_control.state). */
 enum { CTL_QUEUED, CTL_CANCELLED, CTL_RUNNING, CTL_DONE };
 
+/* Run sql on read.db (projector thread) with ?1 the projection's name,
+ * ?2 an integer and ?3 a status: bound, never formatted into the SQL. */
+static int exec_bound(cq_engine *e, const char *sql, const char *name,
+                      int64_t n, const char *status, char *err, size_t errcap)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = cq_eng_prepare(e->rdb, sql, &st, err, errcap);
+
+    if (rc != CQ_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, n);
+    sqlite3_bind_text(st, 3, status, -1, SQLITE_STATIC);
+    rc = cq_eng_step_done(st);
+    if (rc != CQ_OK)
+        snprintf(err, errcap, "%s", sqlite3_errmsg(e->rdb));
+    sqlite3_finalize(st);
+    return rc;
+}
+
 /* Carry out control operation ctl on the projector thread and publish
  * the projection's new state and the operation's result. */
 static void run_control(cq_engine *e, cq_control *ctl)
@@ -32,7 +52,7 @@ static void run_control(cq_engine *e, cq_control *ctl)
         "NULL,"
         " position INTEGER NOT NULL, event_type TEXT, error TEXT,"
         " skipped_at INTEGER NOT NULL, PRIMARY KEY (projection, position))";
-    char err[256] = "", sql[512];
+    char err[256] = "";
     int op, rc = CQ_OK, paused, failed;
     int64_t epos, position;
 
@@ -57,16 +77,18 @@ static void run_control(cq_engine *e, cq_control *ctl)
             paused = op == OP_PAUSE;
         else
             failed = 0;
-        snprintf(sql, sizeof sql,
-                 "UPDATE cq_projections SET status = '%s'%s WHERE name = '%s'",
-                 failed   ? "failed"
-                 : paused ? "paused"
-                          : "running",
-                 op == OP_RETRY ? ", error = NULL, error_position = NULL,"
-                                  " error_event = NULL"
-                                : "",
-                 p->d->name);
-        rc = cq_exec_sql(e->rx, sql, err, sizeof err);
+        rc =
+            exec_bound(e,
+                       op == OP_RETRY ? "UPDATE cq_projections SET status = ?3,"
+                                        " error = NULL, error_position = NULL,"
+                                        " error_event = NULL WHERE name = ?1"
+                                      : "UPDATE cq_projections SET status = ?3"
+                                        " WHERE name = ?1",
+                       p->d->name, 0,
+                       failed   ? "failed"
+                       : paused ? "paused"
+                                : "running",
+                       err, sizeof err);
         break;
     case OP_SKIP:
         if (!failed) {
@@ -77,24 +99,20 @@ static void run_control(cq_engine *e, cq_control *ctl)
         rc = cq_exec_sql(e->rx, "BEGIN", err, sizeof err);
         if (rc == CQ_OK)
             rc = cq_exec_sql(e->rx, skip_ddl, err, sizeof err);
-        if (rc == CQ_OK) {
-            snprintf(
-                sql, sizeof sql,
-                "INSERT INTO cq_skipped_events SELECT name, error_position,"
-                " error_event, error, %lld FROM cq_projections"
-                " WHERE name = '%s' ON CONFLICT DO NOTHING",
-                (long long)cq_now_ms(), p->d->name);
-            rc = cq_exec_sql(e->rx, sql, err, sizeof err);
-        }
-        if (rc == CQ_OK) {
-            snprintf(sql, sizeof sql,
-                     "UPDATE cq_projections SET position = %lld, status = '%s',"
-                     " error = NULL, error_position = NULL, error_event = NULL"
-                     " WHERE name = '%s'",
-                     (long long)epos, paused ? "paused" : "running",
-                     p->d->name);
-            rc = cq_exec_sql(e->rx, sql, err, sizeof err);
-        }
+        if (rc == CQ_OK)
+            rc = exec_bound(e,
+                            "INSERT INTO cq_skipped_events SELECT name,"
+                            " error_position, error_event, error, ?2 FROM"
+                            " cq_projections WHERE name = ?1"
+                            " ON CONFLICT DO NOTHING",
+                            p->d->name, cq_now_ms(), NULL, err, sizeof err);
+        if (rc == CQ_OK)
+            rc = exec_bound(e,
+                            "UPDATE cq_projections SET position = ?2,"
+                            " status = ?3, error = NULL, error_position = NULL,"
+                            " error_event = NULL WHERE name = ?1",
+                            p->d->name, epos, paused ? "paused" : "running",
+                            err, sizeof err);
         if (rc == CQ_OK)
             rc = cq_exec_sql(e->rx, "COMMIT", err, sizeof err);
         if (rc != CQ_OK) {
@@ -317,4 +335,3 @@ int cq_engine_control(cq_engine *e, int projection, const char *op, char *err,
     pthread_cond_destroy(&s.cv);
     return rc;
 }
-

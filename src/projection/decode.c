@@ -74,4 +74,3 @@ void cq_eng_parsed_clear(parsed *pe)
     json_decref(pe->meta);
     pe->data = pe->meta = NULL;
 }
-

@@ -132,8 +132,8 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         return CQ_EINVAL;
     }
     snprintf(path, sizeof path, "%s/read.db", e->dir);
-    rc = cq_eng_open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &e->rdb, err,
-                 errcap);
+    rc = cq_eng_open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                        &e->rdb, err, errcap);
     if (rc != CQ_OK)
         return rc;
     e->rx = cq_exec_new(e->rdb);
@@ -165,7 +165,8 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         cq_exec *x = p->is_inline ? e->ix : e->rx;
         char changed[96];
         int resumable = 0;
-        rc = cq_eng_prepare_projection(p, x, 0, changed, sizeof changed, err, errcap);
+        rc = cq_eng_prepare_projection(p, x, 0, changed, sizeof changed, err,
+                                       errcap);
         if (rc == CQ_OK && !p->is_inline)
             rc = cq_rebuild_load(e, p, &resumable, err, errcap);
         if (rc == CQ_OK && (changed[0] != '\0' || resumable))
@@ -447,4 +448,3 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
         return rc;
     }
 }
-

@@ -177,9 +177,9 @@ int cq_engine_checkpoint_read(cq_engine *e, int projection, cq_exec *x,
  * last event applied (0: none) and *stream_version the stream's version
  * (0: no such stream). CQ_EIO (a handler failed, or the store could not
  * be read; err says which), CQ_ENOMEM. Any thread. */
-int cq_engine_replay_stream(cq_engine *e, int projection,
-                            const char *stream_id, cq_exec **x, int64_t *last,
-                            int64_t *stream_version, char *err, size_t errcap);
+int cq_engine_replay_stream(cq_engine *e, int projection, const char *stream_id,
+                            cq_exec **x, int64_t *last, int64_t *stream_version,
+                            char *err, size_t errcap);
 
 /* Free a replay's database. Accepts NULL. */
 void cq_engine_replay_free(cq_exec *x);

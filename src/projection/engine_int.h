@@ -218,6 +218,14 @@ typedef struct batch {
     const cq_domain *domain;
 } batch;
 
+/* What one step of the projector's work did (a round of micro-batches,
+ * a rebuild step). */
+enum cq_step {
+    CQ_STEP_FAILED = -1, /* the store or read.db failed: retried later */
+    CQ_STEP_IDLE = 0,    /* nothing was due */
+    CQ_STEP_WORKED = 1
+};
+
 /* ---- pool.c ---- */
 
 /* Step st once and reset it: CQ_OK if it ran (a row or done), else
@@ -342,7 +350,8 @@ int cq_rebuild_load(cq_engine *e, proj *p, int *resumable, char *err,
 
 /* One step of p's rebuild (projector thread): a batch of events into the
  * shadow tables, and the swap once they have caught up with the head.
- * 1 if it did work, 0 if none was due, -1 on an I/O error. */
+ * CQ_STEP_WORKED, CQ_STEP_IDLE (none was due) or CQ_STEP_FAILED (an I/O
+ * error: retried later). */
 int cq_rebuild_step(cq_engine *e, proj *p);
 
 /* Give up p's rebuild (its shadow tables are dropped) and record why. */

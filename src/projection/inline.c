@@ -127,7 +127,8 @@ static int hook_before_commit(void *arg, int64_t head)
         proj *p = e->projs[i];
         if (!p->is_inline || p->failed || p->saved >= head)
             continue;
-        if (cq_eng_save_checkpoint(e->i_save, p, head, 0, NULL, 0, NULL) != CQ_OK)
+        if (cq_eng_save_checkpoint(e->i_save, p, head, 0, NULL, 0, NULL) !=
+            CQ_OK)
             return CQ_EIO;
         /* p->saved moves in hook_committed: this batch may still fail */
     }
@@ -187,11 +188,12 @@ static int record_inline_skip(cq_engine *e, proj *p, const apply_ctx *c,
 {
     sqlite3 *db = cq_exec_db(e->ix);
     sqlite3_stmt *st = NULL;
-    int rc = cq_eng_prepare(db,
-                     "INSERT INTO cq_skipped_events (projection, position,"
-                     " event_type, error, skipped_at) VALUES (?1, ?2, ?3, ?4,"
-                     " ?5) ON CONFLICT DO NOTHING",
-                     &st, err, errcap);
+    int rc =
+        cq_eng_prepare(db,
+                       "INSERT INTO cq_skipped_events (projection, position,"
+                       " event_type, error, skipped_at) VALUES (?1, ?2, ?3, ?4,"
+                       " ?5) ON CONFLICT DO NOTHING",
+                       &st, err, errcap);
 
     if (rc != CQ_OK)
         return rc;
@@ -235,8 +237,8 @@ int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
         c.last = p->position;
         rc = cq_exec_sql(e->ix, "BEGIN IMMEDIATE", err, errcap);
         if (rc == CQ_OK)
-            rc = cq_store_read_all(e->store, p->position + 1, 1000, cq_eng_apply_event,
-                                   &c, &h, err, errcap);
+            rc = cq_store_read_all(e->store, p->position + 1, 1000,
+                                   cq_eng_apply_event, &c, &h, err, errcap);
         if (rc == CQ_OK && c.failed) {
             rc = record_inline_skip(e, p, &c, err, errcap);
             c.last = c.error_position;
@@ -263,4 +265,3 @@ int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
     }
     return CQ_OK;
 }
-

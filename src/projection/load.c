@@ -89,6 +89,10 @@ int cq_engine_add_code(cq_engine *e, const char *text, size_t len,
         p->needs_metadata = 1;
         snprintf(p->source, sizeof p->source, "%s", code->name);
         p->text = strndup(text, len);
+        if (p->text == NULL) {
+            snprintf(err, errcap, "%s: out of memory", code->name);
+            rc = CQ_ENOMEM;
+        }
     }
     return rc;
 }
@@ -112,6 +116,10 @@ int cq_engine_load_text(cq_engine *e, const char *name, const char *text,
         proj *p = e->projs[e->nprojs - 1];
         snprintf(p->source, sizeof p->source, "%s", name);
         p->text = strndup(text, len);
+        if (p->text == NULL) {
+            snprintf(err, errcap, "%s: out of memory", name);
+            rc = CQ_ENOMEM;
+        }
     }
     return rc;
 }
@@ -177,4 +185,3 @@ int cq_eng_created(const char *sql, char *name, size_t cap)
     name[n] = '\0';
     return n > 0 ? kind : 0;
 }
-

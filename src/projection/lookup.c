@@ -92,8 +92,8 @@ int cq_engine_stream_version_at(cq_engine *e, const char *stream_id,
                                 size_t errcap)
 {
     int i = cq_pool_get(&e->events);
-    int rc = query_int(e->events.x[i], SQL_VERSION_AT, stream_id, position,
-                       version);
+    int rc =
+        query_int(e->events.x[i], SQL_VERSION_AT, stream_id, position, version);
 
     if (rc == CQ_EIO)
         snprintf(err, errcap, "%s", sqlite3_errmsg(e->events.db[i]));

@@ -52,8 +52,7 @@ int cq_eng_open_db(const char *path, int flags, sqlite3 **db, char *err,
 
 /* ---- pools ------------------------------------------------------------ */
 
-int cq_pool_open(pool *pl, const char *path, int n, char *err,
-                     size_t errcap)
+int cq_pool_open(pool *pl, const char *path, int n, char *err, size_t errcap)
 {
     pl->db = calloc((size_t)n, sizeof *pl->db);
     pl->x = calloc((size_t)n, sizeof *pl->x);
@@ -66,7 +65,8 @@ int cq_pool_open(pool *pl, const char *path, int n, char *err,
     pthread_cond_init(&pl->cv, NULL);
     pl->init = 1;
     for (int i = 0; i < n; i++) {
-        int rc = cq_eng_open_db(path, SQLITE_OPEN_READONLY, &pl->db[i], err, errcap);
+        int rc =
+            cq_eng_open_db(path, SQLITE_OPEN_READONLY, &pl->db[i], err, errcap);
         if (rc != CQ_OK)
             return rc;
         pl->n++;
@@ -115,7 +115,6 @@ void cq_pool_put(pool *pl, int i)
     pthread_cond_signal(&pl->cv);
     pthread_mutex_unlock(&pl->mu);
 }
-
 
 /* The pool holding projection's tables. */
 static pool *pool_of(cq_engine *e, int projection)

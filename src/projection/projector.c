@@ -96,7 +96,8 @@ int cq_eng_apply_event(void *arg, const cq_stored_event *se)
 {
     apply_ctx *c = arg;
     parsed pe;
-    int prc = cq_eng_parse_event(c->e->domain, se, NULL, c->p->needs_metadata, &pe);
+    int prc =
+        cq_eng_parse_event(c->e->domain, se, NULL, c->p->needs_metadata, &pe);
     int stop = cq_eng_apply_parsed(c, se, &pe, prc);
 
     cq_eng_parsed_clear(&pe);
@@ -232,7 +233,7 @@ again:
         goto again;
     }
     if (cq_eng_save_checkpoint(e->r_save, p, c.last, c.failed, c.error,
-                        c.error_position, c.error_event) != CQ_OK) {
+                               c.error_position, c.error_event) != CQ_OK) {
         snprintf(err, sizeof err, "%s", sqlite3_errmsg(e->rdb));
         goto rollback;
     }
@@ -266,8 +267,8 @@ io:
  * the store once and decoded once, then each projection applies its part
  * in a transaction of its own, in declaration order, and is published as
  * soon as it commits (so a fast projection's waiters do not wait for a
- * slow one). Returns 1 if it did any work, 0 if none was due, -1 when
- * read.db or the store failed (retried later). */
+ * slow one). Returns CQ_STEP_WORKED, CQ_STEP_IDLE (none was due) or
+ * CQ_STEP_FAILED when read.db or the store failed (retried later). */
 static int apply_round(cq_engine *e)
 {
     proj **due = calloc((size_t)e->nprojs, sizeof *due);
@@ -276,11 +277,11 @@ static int apply_round(cq_engine *e)
     int64_t lowest = INT64_MAX, head;
     batch b;
     char err[256] = "";
-    int n = 0, status = 1;
+    int n = 0, status = CQ_STEP_WORKED;
 
     memset(&b, 0, sizeof b);
     if (due == NULL || from == NULL || decl == NULL) {
-        status = -1;
+        status = CQ_STEP_FAILED;
         goto done;
     }
     pthread_mutex_lock(&e->mu);
@@ -300,7 +301,7 @@ static int apply_round(cq_engine *e)
     }
     pthread_mutex_unlock(&e->mu);
     if (n == 0) {
-        status = 0;
+        status = CQ_STEP_IDLE;
         goto done;
     }
     /* Micro-batches of `batch` events keep the gap between the writer and
@@ -311,12 +312,12 @@ static int apply_round(cq_engine *e)
     if (cq_eng_batch_read(e, &b, lowest, err, sizeof err) != CQ_OK) {
         fprintf(stderr, "cqrsd: projections: reading events from %lld: %s\n",
                 (long long)lowest, err);
-        status = -1;
+        status = CQ_STEP_FAILED;
         goto done;
     }
     for (int i = 0; i < n; i++)
         if (apply_batch(e, due[i], decl[i], from[i], &b) != CQ_OK)
-            status = -1;
+            status = CQ_STEP_FAILED;
 done:
     cq_eng_batch_free(&b);
     free(due);
@@ -340,17 +341,17 @@ void *cq_eng_projector_main(void *arg)
         /* then one step of each rebuild, so that live projections wait
          * for at most one rebuild batch */
         for (int i = 0; i < e->nprojs; i++) {
-            int r =
-                e->projs[i]->rb.active ? cq_rebuild_step(e, e->projs[i]) : 0;
-            if (r < 0)
-                did = -1;
-            else if (r > 0 && did == 0)
-                did = 1;
+            int r = e->projs[i]->rb.active ? cq_rebuild_step(e, e->projs[i])
+                                           : CQ_STEP_IDLE;
+            if (r == CQ_STEP_FAILED)
+                did = CQ_STEP_FAILED;
+            else if (r == CQ_STEP_WORKED && did == CQ_STEP_IDLE)
+                did = CQ_STEP_WORKED;
         }
         pthread_mutex_lock(&e->mu);
         if (e->stopping)
             break;
-        if (did < 0) {
+        if (did == CQ_STEP_FAILED) {
             /* the store or read.db is failing: retry, but not in a spin */
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
@@ -360,7 +361,7 @@ void *cq_eng_projector_main(void *arg)
                 ts.tv_nsec -= 1000000000;
             }
             pthread_cond_timedwait(&e->cv, &e->mu, &ts);
-        } else if (did == 0) {
+        } else if (did == CQ_STEP_IDLE) {
             /* nothing due: sleep until the writer commits more (checked
              * under the lock, so no wake-up is lost) */
             int due = 0;
@@ -379,4 +380,3 @@ void *cq_eng_projector_main(void *arg)
     pthread_mutex_unlock(&e->mu);
     return NULL;
 }
-

@@ -26,10 +26,9 @@ static int replay_event(void *arg, const cq_stored_event *se)
     return cq_eng_apply_event(&r->c, se);
 }
 
-int cq_engine_replay_stream(cq_engine *e, int projection,
-                            const char *stream_id, cq_exec **out,
-                            int64_t *last, int64_t *stream_version, char *err,
-                            size_t errcap)
+int cq_engine_replay_stream(cq_engine *e, int projection, const char *stream_id,
+                            cq_exec **out, int64_t *last,
+                            int64_t *stream_version, char *err, size_t errcap)
 {
     proj *p = e->projs[projection];
     sqlite3 *mem = NULL;

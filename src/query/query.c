@@ -170,24 +170,24 @@ int cq_query_answer(cq_engine *e, const cq_query_target *t,
     int rc;
 
     *meta = NULL;
-    rc = t->strong ? cq_query_run_strong(e, t->projection, q, values,
-                                         t->stream_id, data, &f, &sv, err,
-                                         errcap)
-                   : cq_query_run(e, t->projection, q, values, t->stream_id,
-                                  data, &f, &sv, err, errcap);
+    rc = t->strong
+             ? cq_query_run_strong(e, t->projection, q, values, t->stream_id,
+                                   data, &f, &sv, err, errcap)
+             : cq_query_run(e, t->projection, q, values, t->stream_id, data, &f,
+                            &sv, err, errcap);
     if (rc != CQ_OK || *data == NULL)
         return rc;
     *position = f.position;
-    *stale = f.failed || timed_out ||
-             (!demanded && !t->strong && f.lag_events > 0);
-    *meta = json_pack(
-        "{s:s,s:I,s:I,s:f,s:b,s:s}", "projection",
-        cq_engine_projection_name(e, t->projection), "position",
-        (json_int_t)f.position, "lag_events", (json_int_t)f.lag_events,
-        "lag_ms", f.lag_ms, "stale", *stale, "consistency",
-        t->strong                               ? "strong"
-        : cq_engine_is_inline(e, t->projection) ? "inline"
-                                                : "eventual");
+    *stale =
+        f.failed || timed_out || (!demanded && !t->strong && f.lag_events > 0);
+    *meta = json_pack("{s:s,s:I,s:I,s:f,s:b,s:s}", "projection",
+                      cq_engine_projection_name(e, t->projection), "position",
+                      (json_int_t)f.position, "lag_events",
+                      (json_int_t)f.lag_events, "lag_ms", f.lag_ms, "stale",
+                      *stale, "consistency",
+                      t->strong                               ? "strong"
+                      : cq_engine_is_inline(e, t->projection) ? "inline"
+                                                              : "eventual");
     if (*meta != NULL && t->stream_id != NULL)
         json_object_set_new(*meta, "stream_version", json_integer(sv));
     if (*meta != NULL && timed_out)

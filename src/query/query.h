@@ -93,15 +93,15 @@ void cq_engine_wait_stats(cq_engine *e, int *pending, int64_t *checked);
 /* What one query asks about freshness, and the position it waits for. */
 typedef struct cq_query_target {
     /* given */
-    int projection;       /* engine index */
-    int strong;           /* a strong read: wait for the store's head */
+    int projection;        /* engine index */
+    int strong;            /* a strong read: wait for the store's head */
     const char *stream_id; /* a keyed query's stream (borrowed), or NULL */
     int64_t min_position;  /* -1: not asked */
     int64_t min_version;   /* -1: not asked (keyed queries only) */
     /* worked out by cq_query_resolve */
-    int64_t position;      /* to wait for (0: nothing) */
-    int version_missing;   /* the stream has no event min_version yet */
-    int64_t version_seen;  /* the position read before looking for it */
+    int64_t position;     /* to wait for (0: nothing) */
+    int version_missing;  /* the stream has no event min_version yet */
+    int64_t version_seen; /* the position read before looking for it */
 } cq_query_target;
 
 /* Work out t->position from min_position and min_version: *wait is 1

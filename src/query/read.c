@@ -22,8 +22,9 @@ static int collect_row(void *arg, json_t *row)
 }
 
 /* Run q on x and shape its answer (see cq_decl_result). */
-int cq_query_shape(cq_exec *x, const cq_decl_query *q, const char *const *values,
-                 json_t **data, char *err, size_t errcap)
+int cq_query_shape(cq_exec *x, const cq_decl_query *q,
+                   const char *const *values, json_t **data, char *err,
+                   size_t errcap)
 {
     json_t *out = NULL, *rows = NULL;
     int rc = CQ_OK;
@@ -190,16 +191,20 @@ int cq_query_run(cq_engine *e, int projection, const cq_decl_query *q,
     if (fresh->head < fresh->position)
         fresh->head = fresh->position;
     fresh->lag_events = fresh->head - fresh->position;
-    if (cq_engine_lag_ms(e, fresh->position, fresh->head, &fresh->lag_ms, err,
-                         errcap) != CQ_OK)
-        fresh->lag_ms = 0;
-    if (stream_version != NULL) {
+    /* what the answer says of its freshness is part of it: when the
+     * event store cannot tell it, the query fails (503) rather than
+     * claiming lag 0 or a stream without events */
+    rc = cq_engine_lag_ms(e, fresh->position, fresh->head, &fresh->lag_ms, err,
+                          errcap);
+    if (rc == CQ_OK && stream_version != NULL) {
         *stream_version = 0;
-        if (stream_id != NULL &&
-            cq_engine_stream_version_at(e, stream_id, fresh->position,
-                                        stream_version, err,
-                                        errcap) != CQ_OK)
-            *stream_version = 0;
+        if (stream_id != NULL)
+            rc = cq_engine_stream_version_at(e, stream_id, fresh->position,
+                                             stream_version, err, errcap);
     }
-    return CQ_OK;
+    if (rc != CQ_OK) {
+        json_decref(*data);
+        *data = NULL;
+    }
+    return rc;
 }

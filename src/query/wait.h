@@ -34,7 +34,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "cqrs/cqrs.h"                /* CQ_ENOMEM, CQ_ECLOSED */
+#include "cqrs/cqrs.h"           /* CQ_ENOMEM, CQ_ECLOSED */
 #include "projection/progress.h" /* cq_stream_applied */
 
 typedef struct cq_waiters cq_waiters;
