@@ -36,11 +36,13 @@
 #include "cli/cli.h"
 #include "command/writer.h"
 #include "projection/engine.h"
+#include "query/query.h"
 #include "projection/verify.h"
 #include "cqrs/cqrs.h"
 #include "http/server.h"
 #include "orders/orders.h"
 #include "store/store.h"
+#include "wiring.h"
 
 typedef struct options {
     const char *data;
@@ -270,12 +272,14 @@ static int serve(const options *o)
     if (rc == CQ_OK)
         rc = load_projections(engine, o->projections, err, sizeof err);
     if (rc == CQ_OK)
+        rc = cq_query_attach(engine, err, sizeof err);
+    if (rc == CQ_OK)
         rc = cq_engine_start(engine, err, sizeof err);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: projections: %s\n", err);
         goto done;
     }
-    wcfg.hooks = cq_engine_writer_hooks(engine);
+    wcfg.hooks = cq_wiring_writer_hooks(engine);
     wcfg.domain = orders_domain();
     rc = cq_writer_start(store, &wcfg, &writer);
     if (rc != CQ_OK) {

@@ -5,7 +5,8 @@
  *
  * A request lives from the first MHD callback for it until MHD's
  * completion callback; see server.c for its life and which thread touches
- * which field.
+ * which field. What a query means (freshness, waits, strong reads) is
+ * src/query; these files only parse, route and answer.
  */
 #ifndef CQ_HTTP_H
 #define CQ_HTTP_H
@@ -16,6 +17,7 @@
 #include "http/server.h"
 #include "base/metrics.h"
 #include "projection/engine.h"
+#include "query/query.h"
 
 struct cq_server {
     struct MHD_Daemon *daemon;
@@ -84,7 +86,6 @@ typedef struct request {
     cq_wait *wait;
     int64_t wait_ms;
     uint64_t deadline_ns; /* monotonic */
-    int64_t wait_target;  /* position waited for */
     int timed_out;
     int sent_written;       /* command answered by the writer, now waiting */
     uint64_t t0;            /* monotonic ns: command request complete */
@@ -94,10 +95,8 @@ typedef struct request {
     const cq_decl_query *query;
     char *values[CQ_QUERY_MAX_PARAMS]; /* in query->params order; owned */
     char stream_id[CQ_STREAM_ID_MAX];  /* keyed queries */
-    int64_t min_position, min_version; /* -1: not asked */
-    int strong;
-    int version_missing;  /* the stream has no event min_version yet */
-    int64_t version_seen; /* the position read before looking for it */
+    cq_query_target t; /* what it waits for (query.h); for a command with
+                          ?wait_for=, t.position */
 
     /* POST /projections/{name}/{operation}, suspended (waiting = 1) until
      * the projector has carried it out */

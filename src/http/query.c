@@ -1,26 +1,21 @@
 /*
- * query.c -- GET /queries/{name} and ?wait_for= on commands: answers from
- * read models that say how fresh they are, and waits for freshness without
- * blocking a thread.
+ * query.c -- the HTTP routes of the query side: GET /queries/{name} and
+ * ?wait_for= on commands. Parameters are parsed and checked here and
+ * answers sent (ETag, 304, Warning: 110); what a query means -- the
+ * position it waits for, the waits, running it, its meta -- is
+ * src/query (query.h, and its README for the protocol).
  *
  * Protocol of one query (MHD threads):
  *   1. find the declared query; check its parameters (declared types and
  *      bounds) and the consistency parameters: min_position, min_version
  *      (keyed queries), wait_ms (0-30000, default 500), consistency
- *      (eventual | strong; strong for keyed queries only); an inline
- *      projection's answer says "inline" (its rows commit with the events);
- *   2. work out the position to wait for: min_position, and the position
- *      of the stream's event at min_version (if the stream is not that
- *      long yet: wait for a commit that writes the stream, and look
- *      again; commits of other streams do not wake it);
- *   3. if the projection (for consistency=strong: the event store's head)
- *      is there, answer; else suspend the connection and register a
- *      waiter (wait.h), woken by the projection's (the writer's) commit or
- *      by the deadline;
- *   4. answer from the read model, or for consistency=strong replay the
- *      stream into a private database and answer from it (engine.c); after
- *      a timeout with "stale": true, a warning in meta and a
- *      `Warning: 110` header.
+ *      (eventual | strong; strong for keyed queries only);
+ *   2. cq_query_resolve works out the position to wait for;
+ *   3. if there is one not reached yet, suspend the connection and
+ *      register a waiter (cq_query_wait_target), whose callback resumes
+ *      it, on a commit or at the deadline;
+ *   4. answer (cq_query_answer); after a timeout with "stale": true, a
+ *      warning in meta and a `Warning: 110` header.
  * Answers carry ETag "<position>" ("s<position>" for strong reads); a
  * matching If-None-Match gets 304.
  */
@@ -50,7 +45,7 @@ static int64_t remaining_ms(const request *q)
                                  : (int64_t)((q->deadline_ns - now) / 1000000);
 }
 
-/* Suspend q until its projection reaches q->target or the deadline. */
+/* Suspend q until its target is reached or the deadline. */
 static enum MHD_Result start_wait(request *q)
 {
     int rc;
@@ -60,17 +55,10 @@ static enum MHD_Result start_wait(request *q)
         q->wait_t0 = cq_mono_ns();
     atomic_fetch_add(&q->srv->waiting, 1);
     MHD_suspend_connection(q->conn);
-    if (q->version_missing)
-        rc = cq_engine_wait_stream(
-            q->srv->engine, q->strong ? CQ_ENGINE_HEAD : q->projection,
-            q->stream_id, q->min_version, q->version_seen, remaining_ms(q),
-            on_ready, q, &q->wait);
-    else
-        rc = cq_engine_wait(
-            q->srv->engine, q->strong ? CQ_ENGINE_HEAD : q->projection,
-            q->wait_target, remaining_ms(q), on_ready, q, &q->wait);
-    if (rc != 0) {
-        /* already there (1; for a missing version: look again), or no
+    rc = cq_query_wait_target(q->srv->engine, &q->t, remaining_ms(q), on_ready,
+                              q, &q->wait);
+    if (rc != CQ_WAIT_PENDING) {
+        /* already there (for a missing version: look again), or no
          * waiting possible now (shutdown, no memory): answer with what
          * there is */
         q->timed_out = rc < 0;
@@ -95,35 +83,29 @@ static int etag_matches(struct MHD_Connection *c, const char *etag)
 
 static enum MHD_Result answer(request *q)
 {
-    cq_engine *e = q->srv->engine;
     const cq_decl_query *qd = q->query;
-    const char *stream = qd->stream ? q->stream_id : NULL;
-    cq_freshness f;
-    json_t *data = NULL, *meta, *doc;
-    int64_t sv = 0;
+    json_t *data = NULL, *meta = NULL, *doc;
+    int64_t position = 0;
     char err[512] = "", etag[40];
-    int demanded = q->min_position >= 0 || q->min_version >= 1;
-    int rc, stale;
+    int rc, stale = 0;
 
-    rc = q->strong
-             ? cq_engine_run_strong(e, q->projection, qd,
-                                    (const char *const *)q->values, stream,
-                                    &data, &f, &sv, err, sizeof err)
-             : cq_engine_run_query(e, q->projection, qd,
-                                   (const char *const *)q->values, stream,
-                                   &data, &f, &sv, err, sizeof err);
+    rc = cq_query_answer(q->srv->engine, &q->t, qd,
+                         (const char *const *)q->values, q->timed_out, &data,
+                         &meta, &position, &stale, err, sizeof err);
     if (rc != CQ_OK)
         return cq_http_send_problem(q->conn, 503, "read-model-unavailable",
                                     NULL, "query %s failed: %s", qd->name, err);
     if (data == NULL)
-        return cq_http_send_problem(
-            q->conn, 404, "not-found", NULL, "query %s found nothing%s%s",
-            qd->name, stream ? " for " : "", stream ? stream : "");
-    snprintf(etag, sizeof etag, "\"%s%lld\"", q->strong ? "s" : "",
-             (long long)f.position);
+        return cq_http_send_problem(q->conn, 404, "not-found", NULL,
+                                    "query %s found nothing%s%s", qd->name,
+                                    q->t.stream_id ? " for " : "",
+                                    q->t.stream_id ? q->t.stream_id : "");
+    snprintf(etag, sizeof etag, "\"%s%lld\"", q->t.strong ? "s" : "",
+             (long long)position);
     if (!q->timed_out && etag_matches(q->conn, etag)) {
         const char *const hdr[][2] = {{MHD_HTTP_HEADER_ETAG, etag}};
         json_decref(data);
+        json_decref(meta);
         struct MHD_Response *r = MHD_create_response_from_buffer(
             0, (void *)"", MHD_RESPMEM_PERSISTENT);
         enum MHD_Result ret;
@@ -134,78 +116,34 @@ static enum MHD_Result answer(request *q)
         MHD_destroy_response(r);
         return ret;
     }
-    stale = f.failed || q->timed_out ||
-            (!demanded && !q->strong && f.lag_events > 0);
-    meta = json_pack("{s:s,s:I,s:I,s:f,s:b,s:s}", "projection",
-                     cq_engine_projection_name(e, q->projection), "position",
-                     (json_int_t)f.position, "lag_events",
-                     (json_int_t)f.lag_events, "lag_ms", f.lag_ms, "stale",
-                     stale, "consistency",
-                     q->strong                               ? "strong"
-                     : cq_engine_is_inline(e, q->projection) ? "inline"
-                                                             : "eventual");
-    if (meta != NULL && stream != NULL)
-        json_object_set_new(meta, "stream_version", json_integer(sv));
-    if (meta != NULL && q->timed_out)
-        json_object_set_new(
-            meta, "warning",
-            json_string(
-                "the read model did not reach the requested position within "
-                "wait_ms; this answer may be stale"));
-    else if (meta != NULL && f.failed)
-        json_object_set_new(
-            meta, "warning",
-            json_string("the projection has failed and is not being updated"));
     doc = json_pack("{s:o,s:o}", "data", data, "meta", meta);
     {
         const char *const hdr[][2] = {
             {MHD_HTTP_HEADER_ETAG, etag},
             {stale ? "Warning" : NULL, STALE_WARNING},
         };
-        char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
+        char *text =
+            doc ? json_dumps(doc, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
         json_decref(doc);
         return cq_http_send_with(q->conn, 200, "application/json", text, hdr,
                                  2);
     }
 }
 
-/* Work out q->target from min_position/min_version. 1: wait for it; 0:
- * nothing to wait for; -1: answered (error queued in *ret). */
+/* Work out q->t.position (cq_query_resolve). 1: wait for it; 0: nothing
+ * to wait for; -1: answered (error queued in *ret). */
 static int resolve_target(request *q, enum MHD_Result *ret)
 {
-    cq_engine *e = q->srv->engine;
-    int64_t pos;
     char err[256] = "";
-    int rc;
+    int wait = 0;
 
-    q->wait_target = q->min_position > 0 ? q->min_position : 0;
-    q->version_missing = 0;
-    if (q->min_version >= 1) {
-        /* read before looking: a commit after it may hold the version */
-        int64_t seen = q->strong ? cq_engine_head(e)
-                                 : cq_engine_position(e, q->projection, NULL);
-        rc = cq_engine_version_position(e, q->stream_id, q->min_version, &pos,
-                                        err, sizeof err);
-        if (rc == CQ_OK) {
-            if (pos > q->wait_target)
-                q->wait_target = pos;
-        } else if (rc == CQ_ENOTFOUND) {
-            /* not written yet: wait for a commit of this stream, then
-             * look again (min_position too) */
-            q->version_missing = 1;
-            q->version_seen = seen;
-            return 1;
-        } else {
-            *ret = cq_http_send_problem(q->conn, 503, "store-unavailable", NULL,
-                                        "%s", err);
-            return -1;
-        }
+    if (cq_query_resolve(q->srv->engine, &q->t, &wait, err, sizeof err) !=
+        CQ_OK) {
+        *ret = cq_http_send_problem(q->conn, 503, "store-unavailable", NULL,
+                                    "%s", err);
+        return -1;
     }
-    /* a strong read replays the event store: wait for its head */
-    return q->wait_target > 0 &&
-           (q->strong
-                ? cq_engine_head(e)
-                : cq_engine_position(e, q->projection, NULL)) < q->wait_target;
+    return wait;
 }
 
 /* One declared parameter's rule in words, for a 400. */
@@ -238,7 +176,7 @@ enum MHD_Result cq_http_query(request *q)
     size_t n = 0;
     int w;
 
-    q->min_position = q->min_version = -1;
+    q->t.min_position = q->t.min_version = -1;
     qd = e ? cq_engine_query(e, q->target, &q->projection) : NULL;
     if (qd == NULL || qd->nparams > CQ_QUERY_MAX_PARAMS)
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
@@ -256,9 +194,9 @@ enum MHD_Result cq_http_query(request *q)
         !cq_http_param_int(q, "wait_ms", 500, 0, MAX_WAIT_MS, &q->wait_ms,
                            &ret) ||
         !cq_http_param_int(q, "min_position", -1, 0, INT64_MAX,
-                           &q->min_position, &ret) ||
-        !cq_http_param_int(q, "min_version", -1, 1, INT64_MAX, &q->min_version,
-                           &ret))
+                           &q->t.min_position, &ret) ||
+        !cq_http_param_int(q, "min_version", -1, 1, INT64_MAX,
+                           &q->t.min_version, &ret))
         return ret;
     consistency = MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND,
                                               "consistency");
@@ -266,10 +204,10 @@ enum MHD_Result cq_http_query(request *q)
         strcmp(consistency, "strong") != 0)
         return cq_http_bad_param(q->conn, "consistency",
                                  "must be eventual or strong");
-    q->strong = consistency != NULL && strcmp(consistency, "strong") == 0;
-    if ((q->strong || q->min_version >= 1) && qd->stream == NULL)
+    q->t.strong = consistency != NULL && strcmp(consistency, "strong") == 0;
+    if ((q->t.strong || q->t.min_version >= 1) && qd->stream == NULL)
         return cq_http_bad_param(q->conn,
-                                 q->strong ? "consistency" : "min_version",
+                                 q->t.strong ? "consistency" : "min_version",
                                  "is only for queries about one stream; %s "
                                  "is not",
                                  qd->name);
@@ -291,6 +229,8 @@ enum MHD_Result cq_http_query(request *q)
         }
         if (v == NULL) {
             q->values[i] = p->def ? strdup(p->def) : NULL;
+            if (p->def != NULL && q->values[i] == NULL)
+                cq_errors_add(errs, p->name, "out of memory");
             continue;
         }
         if (cq_declared_param_check(p, v, strlen(v), &iv) != CQ_OK) {
@@ -319,6 +259,8 @@ enum MHD_Result cq_http_query(request *q)
         return cq_http_send_problem(q->conn, 400, "bad-parameter", NULL,
                                     "the parameters do not make a valid "
                                     "stream id");
+    q->t.projection = q->projection;
+    q->t.stream_id = qd->stream != NULL ? q->stream_id : NULL;
     q->deadline_ns = cq_mono_ns() + (uint64_t)q->wait_ms * 1000000;
     w = resolve_target(q, &ret);
     if (w < 0)
@@ -361,10 +303,13 @@ static enum MHD_Result send_command_answer(request *q)
 enum MHD_Result cq_http_wait_for_command(request *q)
 {
     q->sent_written = 1;
-    q->wait_target = q->w.position;
+    memset(&q->t, 0, sizeof q->t);
+    q->t.projection = q->projection;
+    q->t.min_position = q->t.min_version = -1;
+    q->t.position = q->w.position;
     q->deadline_ns = cq_mono_ns() + (uint64_t)q->wait_ms * 1000000;
     if (cq_engine_position(q->srv->engine, q->projection, NULL) >=
-        q->wait_target)
+        q->t.position)
         return send_command_answer(q);
     return start_wait(q);
 }
@@ -399,7 +344,7 @@ enum MHD_Result cq_http_resumed(request *q)
         waited(q);
         return send_command_answer(q);
     }
-    if (!q->timed_out && q->min_version >= 1) {
+    if (!q->timed_out && q->t.min_version >= 1) {
         /* the stream may have been too short: look again */
         int w = resolve_target(q, &ret);
         if (w < 0)

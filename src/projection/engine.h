@@ -16,8 +16,10 @@
  * kept, the others go on.
  *
  * Threads: the projector thread owns read.db's write connection; the
- * writer thread calls the hooks; any thread may run queries (connections
- * come from small pools) and wait for positions (wait.h).
+ * writer thread calls the hooks; any thread may borrow a read connection
+ * (small pools) and read positions. Queries and waits are src/query/
+ * (query.h): the engine tells it that positions moved through the
+ * progress listener (progress.h), and knows nothing of it.
  */
 #ifndef CQ_PROJECTION_ENGINE_H
 #define CQ_PROJECTION_ENGINE_H
@@ -25,10 +27,11 @@
 #include <jansson.h>
 #include <stdint.h>
 
-#include "command/writer.h"
+#include "cqrs/decider.h"
 #include "cqrs/projection.h"
 #include "projection/declared.h"
-#include "projection/wait.h"
+#include "projection/exec.h"
+#include "projection/progress.h"
 #include "store/store.h"
 
 typedef struct cq_engine cq_engine;
@@ -43,17 +46,11 @@ typedef struct cq_engine_config {
 
 typedef enum cq_proj_status { CQ_PROJ_RUNNING, CQ_PROJ_FAILED } cq_proj_status;
 
-/* What a query answer needs to say about freshness. */
-typedef struct cq_freshness {
-    int64_t position;   /* what the answer reflects */
-    int64_t head;       /* committed head of the event store */
-    int64_t lag_events; /* head - position */
-    double lag_ms;      /* age of the oldest event not yet applied */
-    int failed;         /* the projection is stopped by an error */
-} cq_freshness;
-
-/* A new engine for `store` (borrowed; must outlive the engine). Nothing
- * runs until cq_engine_start. */
+/* A new engine for `store` (borrowed; must outlive the engine) with the
+ * settings of cfg (read during the call; cfg->domain is borrowed for the
+ * engine's life). Nothing runs until cq_engine_start. On CQ_OK *out is
+ * the engine, owned by the caller (cq_engine_free); CQ_ENOMEM with a
+ * message in err. Any thread. */
 int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
                   char *err, size_t errcap);
 
@@ -79,19 +76,45 @@ int cq_engine_add(cq_engine *e, cq_declared *d, char *err, size_t errcap);
 /* Create tables and checkpoints (an asynchronous projection whose version
  * or source changed starts a blue/green rebuild, its old tables serving
  * meanwhile; an inline one is dropped and replayed from position 0),
- * bring inline projections up to the store's head, start the projector
- * and the wait timer. Call before the writer starts: it uses the store's
- * write connection. */
+ * bring inline projections up to the store's head, open the read pools,
+ * tell the progress listener every starting position and start the
+ * projector. Call before the writer starts: it uses the store's write
+ * connection. CQ_OK, or CQ_EIO / CQ_EINVAL (a projection's SQL) /
+ * CQ_ENOMEM with a message naming the file and line; after a failure only
+ * cq_engine_free. */
 int cq_engine_start(cq_engine *e, char *err, size_t errcap);
 
-/* Hooks for cq_writer_config.hooks. */
-cq_writer_hooks cq_engine_writer_hooks(cq_engine *e);
+/* The writer's inline hooks (the application wires them into
+ * cq_writer_config.hooks: see src/wiring.c). All three run on the writer
+ * thread, inside its write transaction on the store's write connection.
+ *
+ * cq_engine_apply_inline: apply the n events about to be appended by one
+ * command (`events` and `data`, its parsed data, borrowed for the call) to
+ * every running inline projection, under a savepoint of its own. CQ_OK;
+ * CQ_EREFUSED when a projection cannot apply one of them (why in err: the
+ * command is to be refused, its savepoint undone); CQ_EIO when the
+ * transaction failed (the batch is to be rolled back).
+ *
+ * cq_engine_before_commit: write the inline checkpoints at `head`, in the
+ * batch's transaction. CQ_OK or CQ_EIO.
+ *
+ * cq_engine_committed: the batch up to `head` is durable. Publishes the
+ * inline positions and wakes the projector; the stream waiters of the n
+ * streams listed (borrowed for the call) look again, or every stream
+ * waiter when `all` (the list could not be built). */
+int cq_engine_apply_inline(cq_engine *e, const cq_stored_event *events,
+                           const json_t *const *data, size_t n, char *err,
+                           size_t errcap);
+int cq_engine_before_commit(cq_engine *e, int64_t head);
+void cq_engine_committed(cq_engine *e, int64_t head,
+                         const cq_stream_applied *streams, size_t n, int all);
 
-/* Stop the projector and fire every waiter as timed out. Queries keep
- * working. Idempotent. */
+/* Stop the projector and tell the progress listener (the query side then
+ * fires every waiter as timed out). Queries keep working. Idempotent. */
 void cq_engine_stop(cq_engine *e);
 
-/* Stop and free. No other thread may use the engine. Accepts NULL. */
+/* Stop and free (the progress listener's arg too). No other thread may
+ * use the engine. Accepts NULL. */
 void cq_engine_free(cq_engine *e);
 
 /* ---- for the query side ---- */
@@ -103,6 +126,8 @@ int cq_engine_projection(cq_engine *e, const char *name);
 const cq_decl_query *cq_engine_query(cq_engine *e, const char *name,
                                      int *projection);
 
+/* projection's name: borrowed, valid for the engine's life. Any
+ * thread. */
 const char *cq_engine_projection_name(cq_engine *e, int projection);
 
 /* The projection's applied position (committed), and its status. */
@@ -118,53 +143,68 @@ int64_t cq_engine_wal_bytes(cq_engine *e);
  * events.db), 0 if asynchronous. Any thread. */
 int cq_engine_is_inline(cq_engine *e, int projection);
 
-/* Wait for `projection` (or, with CQ_ENGINE_HEAD, the event store's
- * committed head) to reach `target` (see cq_waiters_add). */
-#define CQ_ENGINE_HEAD (-1)
-int cq_engine_wait(cq_engine *e, int projection, int64_t target,
-                   int64_t timeout_ms, cq_wait_cb cb, void *arg, cq_wait **out);
-
-/* Wait for `projection` (or CQ_ENGINE_HEAD) to apply stream_id's event at
- * `version`, which the event store did not have when the caller looked;
- * `seen` is cq_engine_position (cq_engine_head) read before it looked
- * (see cq_waiters_add_stream: 1 means look again). Only commits that
- * write stream_id wake it. */
-int cq_engine_wait_stream(cq_engine *e, int projection, const char *stream_id,
-                          int64_t version, int64_t seen, int64_t timeout_ms,
-                          cq_wait_cb cb, void *arg, cq_wait **out);
-
-/* Waiters registered and not fired, and the waiters commits have looked
- * at one by one since the start (cq_waiters_checked). Any thread. */
-void cq_engine_wait_stats(cq_engine *e, int *pending, int64_t *checked);
-
 /* Position of stream_id's event at `version`: CQ_OK, CQ_ENOTFOUND (the
  * stream is shorter) or CQ_EIO. */
 int cq_engine_version_position(cq_engine *e, const char *stream_id,
                                int64_t version, int64_t *position, char *err,
                                size_t errcap);
 
-/* Run query q of `projection` with values (in q->params order; NULL = not
- * given) against the read model. *data gets the answer's data (new
- * reference; NULL for a CQ_RESULT_ONE query that found no row); fresh
- * says what it reflects, read in the same snapshot. For keyed queries
- * *stream_version gets the stream's version as the answer reflects it
- * (0 if none). CQ_OK or CQ_EIO. */
-int cq_engine_run_query(cq_engine *e, int projection, const cq_decl_query *q,
-                        const char *const *values, const char *stream_id,
-                        json_t **data, cq_freshness *fresh,
-                        int64_t *stream_version, char *err, size_t errcap);
+/* How long ago the first event after `position` was recorded (0 when
+ * position >= head, or the store has no such event): *lag_ms. CQ_OK or
+ * CQ_EIO with a message (the store could not be read). Any thread. */
+int cq_engine_lag_ms(cq_engine *e, int64_t position, int64_t head,
+                     double *lag_ms, char *err, size_t errcap);
 
-/* (cq_engine_run_query answers CQ_EBUSY when a rebuild replaces the
- * tables with a new definition and the old one cannot answer q.) */
+/* stream_id's version as of `position` (0 if the stream has no event up
+ * to there) into *version: CQ_OK or CQ_EIO. Any thread. */
+int cq_engine_stream_version_at(cq_engine *e, const char *stream_id,
+                                int64_t position, int64_t *version, char *err,
+                                size_t errcap);
 
-/* The same query answered from the event store: the one stream is
- * replayed through the projection's handlers into a private in-memory
- * database and the query runs there. fresh->position is the stream's last
- * event. CQ_OK, CQ_ENOTFOUND (no such stream), CQ_EIO. */
-int cq_engine_run_strong(cq_engine *e, int projection, const cq_decl_query *q,
-                         const char *const *values, const char *stream_id,
-                         json_t **data, cq_freshness *fresh,
-                         int64_t *stream_version, char *err, size_t errcap);
+/* ---- for the query side (src/query) ---- */
+
+/* Set the listener told when positions move (progress.h; copied; arg is
+ * the listener's to free in its `free`). Before cq_engine_start, which
+ * tells it every starting position; never while the engine runs. */
+void cq_engine_set_progress(cq_engine *e, const cq_engine_progress *progress);
+
+/* The listener's arg set above, or NULL. Any thread. */
+void *cq_engine_progress_arg(cq_engine *e);
+
+/* projection's definition as declared (borrowed for the engine's life). */
+const cq_declared *cq_engine_declared(cq_engine *e, int projection);
+
+/* The definition projection's live tables were built with: the declared
+ * one, an older one while a rebuild replaces them, or NULL when it is
+ * unknown. Borrowed: valid for the engine's life. Any thread. */
+const cq_declared *cq_engine_serving(cq_engine *e, int projection);
+
+/* Borrow a read-only connection to the database holding projection's
+ * tables (read.db; events.db for an inline projection), waiting for an
+ * idle one; give it back with cq_engine_reader_put on any thread. The
+ * borrower alone uses it meanwhile. After cq_engine_start. */
+cq_exec *cq_engine_reader_get(cq_engine *e, int projection);
+void cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x);
+
+/* projection's checkpoint read through x (a reader, in the caller's open
+ * transaction, so that it matches the rows read with it): *position and
+ * *failed, left as they are when there is no row. CQ_OK or CQ_EIO. */
+int cq_engine_checkpoint_read(cq_engine *e, int projection, cq_exec *x,
+                              int64_t *position, int *failed, char *err,
+                              size_t errcap);
+
+/* Replay stream_id's events through projection's handlers into a private
+ * in-memory database holding its tables. On CQ_OK *x is an executor on
+ * it (the caller's: cq_engine_replay_free), *last the position of the
+ * last event applied (0: none) and *stream_version the stream's version
+ * (0: no such stream). CQ_EIO (a handler failed, or the store could not
+ * be read; err says which), CQ_ENOMEM. Any thread. */
+int cq_engine_replay_stream(cq_engine *e, int projection, const char *stream_id,
+                            cq_exec **x, int64_t *last, int64_t *stream_version,
+                            char *err, size_t errcap);
+
+/* Free a replay's database. Accepts NULL. */
+void cq_engine_replay_free(cq_exec *x);
 
 /* ---- control ---- */
 
@@ -204,7 +244,9 @@ typedef struct cq_projection_status {
 /* Number of projections; they are numbered 0..count-1. */
 int cq_engine_count(cq_engine *e);
 
-/* A snapshot of projection's state. Any thread. */
+/* A snapshot of projection's state. CQ_OK, or CQ_EIO when its lag could
+ * not be read from the event store (out is filled, lag_seconds 0). Any
+ * thread. */
 int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out);
 
 /* One control operation of one caller. */

@@ -1,6 +1,8 @@
 /*
- * engine_int.h -- what engine.c and rebuild.c share: the engine's state
- * and the helpers that apply events. Not an interface: see engine.h.
+ * engine_int.h -- what the files of the projection engine share: the
+ * engine's state and the helpers each file gives the others. Not an
+ * interface: see engine.h. Which thread owns which field is said at the
+ * field; which file does what, in engine.c.
  */
 #ifndef CQ_PROJECTION_ENGINE_INT_H
 #define CQ_PROJECTION_ENGINE_INT_H
@@ -8,9 +10,24 @@
 #include <pthread.h>
 #include <sqlite3.h>
 
+#include "domain/domain.h"
 #include "projection/engine.h"
 #include "projection/exec.h"
 #include "projection/rename.h"
+
+#define ENGINE_BUSY_TIMEOUT_MS 5000
+
+/* The checkpoint table (checkpoint.c), in read.db and in events.db. */
+#define CHECKPOINT_DDL                                                         \
+    "CREATE TABLE IF NOT EXISTS cq_projections ("                              \
+    " name TEXT PRIMARY KEY, version INTEGER NOT NULL,"                        \
+    " source_hash TEXT NOT NULL, position INTEGER NOT NULL,"                   \
+    " status TEXT NOT NULL, error TEXT, error_position INTEGER,"               \
+    " error_event TEXT, updated_at INTEGER NOT NULL)"
+
+#define SQL_SAVE_CHECKPOINT                                                    \
+    "UPDATE cq_projections SET position = ?2, status = ?3, error = ?4,"        \
+    " error_position = ?5, error_event = ?6, updated_at = ?7 WHERE name = ?1"
 
 /* A blue/green rebuild of one asynchronous projection (rebuild.c): its
  * tables are built under shadow names next to the live ones, by the
@@ -137,8 +154,35 @@ struct cq_engine {
 
     pool reads;  /* read.db */
     pool events; /* events.db */
-    cq_waiters *waits;
+
+    /* who is told when positions move (progress.h): set before start,
+     * read-only after; its operations may be NULL (nobody listens) */
+    cq_engine_progress progress;
 };
+
+/* Tell the progress listener (progress.h), if any. Any thread, without
+ * e->mu. */
+static inline void cq_eng_advance(cq_engine *e, int queue, int64_t position)
+{
+    if (e->progress.advance != NULL)
+        e->progress.advance(e->progress.arg, queue, position);
+}
+
+static inline void cq_eng_advance_streams(cq_engine *e, int queue,
+                                          int64_t position,
+                                          const cq_stream_applied *applied,
+                                          size_t n)
+{
+    if (e->progress.advance_streams != NULL)
+        e->progress.advance_streams(e->progress.arg, queue, position, applied,
+                                    n);
+}
+
+static inline void cq_eng_rewind(cq_engine *e, int queue, int64_t position)
+{
+    if (e->progress.rewind != NULL)
+        e->progress.rewind(e->progress.arg, queue, position);
+}
 
 /* Applying events to one projection's tables through one executor. */
 typedef struct apply_ctx {
@@ -158,10 +202,9 @@ typedef struct apply_ctx {
  * projection that needs it. */
 typedef struct parsed {
     cq_decl_event ev;
-    json_t *data, *meta; /* owned unless borrowed */
-    int borrowed;        /* data came from the writer: don't free */
+    cq_decoded dec; /* data and metadata (domain/domain.h) */
     char when[32], day[11];
-    char why[160]; /* why data or metadata could not be decoded, or "" */
+    char why[192]; /* why data or metadata could not be decoded, or "" */
 } parsed;
 
 /* A micro-batch of events read from the store, each decoded once and then
@@ -175,11 +218,86 @@ typedef struct batch {
     const cq_domain *domain;
 } batch;
 
-/* ---- engine.c helpers used by rebuild.c ---- */
+/* What one step of the projector's work did (a round of micro-batches,
+ * a rebuild step). */
+enum cq_step {
+    CQ_STEP_FAILED = -1, /* the store or read.db failed: retried later */
+    CQ_STEP_IDLE = 0,    /* nothing was due */
+    CQ_STEP_WORKED = 1
+};
 
+/* ---- pool.c ---- */
+
+/* Step st once and reset it: CQ_OK if it ran (a row or done), else
+ * CQ_EIO. */
 int cq_eng_step_done(sqlite3_stmt *st);
+
+/* Prepare a persistent statement; CQ_OK or CQ_EIO with the SQL and
+ * SQLite's message in err. */
 int cq_eng_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err,
                    size_t errcap);
+
+/* Open a connection (flags as sqlite3_open_v2, no mutex) with the
+ * engine's busy timeout; CQ_OK, or CQ_EIO with *db NULL. */
+int cq_eng_open_db(const char *path, int flags, sqlite3 **db, char *err,
+                   size_t errcap);
+
+/* Open n read-only connections to path, each with its executor (a
+ * failure leaves what was opened for cq_pool_close). CQ_OK, CQ_EIO,
+ * CQ_ENOMEM. */
+int cq_pool_open(pool *pl, const char *path, int n, char *err, size_t errcap);
+
+/* Close every connection; accepts a pool never opened (zeroed). */
+void cq_pool_close(pool *pl);
+
+/* Borrow an idle connection's index, waiting for one; give it back with
+ * cq_pool_put. Any thread. */
+int cq_pool_get(pool *pl);
+void cq_pool_put(pool *pl, int i);
+
+/* ---- checkpoint.c ---- */
+
+/* Save p's checkpoint with `st` (SQL_SAVE_CHECKPOINT) in the open
+ * transaction. CQ_OK or CQ_EIO. */
+int cq_eng_save_checkpoint(sqlite3_stmt *st, const proj *p, int64_t position,
+                           int failed, const char *error, int64_t error_pos,
+                           const char *error_event);
+
+/* Give cq_projections (created before it was added) its source column. */
+int cq_eng_add_source_column(cq_exec *x, char *err, size_t errcap);
+
+/* Bring p's tables and checkpoint row (through x) to its declared
+ * definition, or with `reset` drop and recreate them; see checkpoint.c.
+ * `changed` gets why a blue/green rebuild is due ("" if none). */
+int cq_eng_prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
+                              size_t changedcap, char *err, size_t errcap);
+
+/* p->skipped from the rows of cq_skipped_events in db (start). */
+int cq_eng_count_skipped(sqlite3 *db, proj *p, char *err, size_t errcap);
+
+/* ---- decode.c ---- */
+
+/* Decode se (data, and metadata if need_meta) into pe. `data`, if not
+ * NULL, is se->data already parsed (borrowed). CQ_OK or CQ_ECORRUPT (pe
+ * is filled as far as it goes, with why). Release with
+ * cq_eng_parsed_clear. */
+int cq_eng_parse_event(const cq_domain *dom, const cq_stored_event *se,
+                       const json_t *data, int need_meta, parsed *pe);
+void cq_eng_parsed_clear(parsed *pe);
+
+/* ---- projector.c ---- */
+
+/* Apply the decoded event pe (whose parse returned prc) to c->p through
+ * c->x, in a savepoint of its own if c->sp is set. 0 to go on, 1 when the
+ * projection failed (recorded in c). */
+int cq_eng_apply_parsed(apply_ctx *c, const cq_stored_event *se,
+                        const parsed *pe, int prc);
+
+/* Decode and apply one stored event to c->p (a cq_event_cb). */
+int cq_eng_apply_event(void *arg, const cq_stored_event *se);
+
+/* The projector thread's body (arg: the engine). */
+void *cq_eng_projector_main(void *arg);
 
 /* Read up to b->cap events from position `from` on into b, decoded for
  * handlers (b's arrays are allocated here; cq_eng_batch_free releases
@@ -196,6 +314,19 @@ void cq_eng_apply_events(apply_ctx *c, const batch *b, int64_t from);
  * INDEX one does, into name[cap]: 1 for a table, 2 for an index, 0 for
  * neither. */
 int cq_eng_created(const char *sql, char *name, size_t cap);
+
+/* ---- control.c ---- */
+
+/* Carry out the control operations queued so far (at stop: hand them back
+ * not carried out). Projector thread; called and returns with e->mu
+ * held. */
+void cq_eng_run_controls(cq_engine *e, int stopping);
+
+/* ---- inline.c ---- */
+
+/* Bring inline projection p up to head before the writer starts. */
+int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
+                           size_t errcap);
 
 /* ---- rebuild.c ---- */
 
@@ -219,7 +350,8 @@ int cq_rebuild_load(cq_engine *e, proj *p, int *resumable, char *err,
 
 /* One step of p's rebuild (projector thread): a batch of events into the
  * shadow tables, and the swap once they have caught up with the head.
- * 1 if it did work, 0 if none was due, -1 on an I/O error. */
+ * CQ_STEP_WORKED, CQ_STEP_IDLE (none was due) or CQ_STEP_FAILED (an I/O
+ * error: retried later). */
 int cq_rebuild_step(cq_engine *e, proj *p);
 
 /* Give up p's rebuild (its shadow tables are dropped) and record why. */

@@ -121,8 +121,11 @@ int cq_rebuild_init(cq_engine *e, char *err, size_t errcap)
     if (sqlite3_prepare_v2(e->rdb,
                            "SELECT name FROM sqlite_master WHERE type = 'table'"
                            " AND name LIKE '%\\_\\_cq\\_old' ESCAPE '\\'",
-                           -1, &st, NULL) != SQLITE_OK)
-        return CQ_OK;
+                           -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errcap, "looking for old tables: %s",
+                 sqlite3_errmsg(e->rdb));
+        return CQ_EIO;
+    }
     while (sqlite3_step(st) == SQLITE_ROW) {
         char **v = realloc(old, (nold + 1) * sizeof *v);
         if (v == NULL)
@@ -551,7 +554,7 @@ static int swap(cq_engine *e, proj *p, char *err, size_t errcap)
     p->rb.active = 0;
     p->last = rec;
     pthread_mutex_unlock(&e->mu);
-    cq_waiters_advance(e->waits, p->index, position);
+    cq_eng_advance(e, p->index, position);
     cq_rebuild_free(p);
     fprintf(stderr,
             "cqrsd: projection %s: rebuild done: %lld events in %.1f s "
@@ -593,7 +596,7 @@ int cq_rebuild_step(cq_engine *e, proj *p)
     from = p->rb.position + 1;
     pthread_mutex_unlock(&e->mu);
     if (paused)
-        return 0;
+        return CQ_STEP_IDLE;
     if (from <= head) {
         memset(&b, 0, sizeof b);
         b.cap = 10 * e->batch;
@@ -602,7 +605,7 @@ int cq_rebuild_step(cq_engine *e, proj *p)
             fprintf(stderr, "cqrsd: rebuild of %s: reading events: %s\n",
                     p->d->name, err);
             cq_eng_batch_free(&b);
-            return -1;
+            return CQ_STEP_FAILED;
         }
         memset(&c, 0, sizeof c);
         c.e = e;
@@ -618,7 +621,7 @@ int cq_rebuild_step(cq_engine *e, proj *p)
             /* the head said there was more: not yet readable */
             cq_eng_batch_free(&b);
             rollback(e);
-            return -1;
+            return CQ_STEP_FAILED;
         }
         cq_eng_batch_free(&b);
         if (status > 0 && c.failed) {
@@ -627,7 +630,7 @@ int cq_rebuild_step(cq_engine *e, proj *p)
             snprintf(why, sizeof why, "%s at position %lld: %s", c.error_event,
                      (long long)c.error_position, c.error);
             cq_rebuild_abort(e, p, why);
-            return 1;
+            return CQ_STEP_WORKED;
         }
         if (status > 0) {
             sqlite3_bind_text(e->r_rb_save, 1, p->d->name, -1, SQLITE_STATIC);
@@ -644,20 +647,20 @@ int cq_rebuild_step(cq_engine *e, proj *p)
             rollback(e);
             fprintf(stderr, "cqrsd: rebuild of %s: batch from %lld: %s\n",
                     p->d->name, (long long)from, err);
-            return -1;
+            return CQ_STEP_FAILED;
         }
         pthread_mutex_lock(&e->mu);
         p->rb.position = c.last;
         pthread_mutex_unlock(&e->mu);
         if (c.last < head)
-            return 1;
+            return CQ_STEP_WORKED;
     }
     /* caught up with the head this round: the live tables are not ahead
      * of it either, so the swap never moves a checkpoint back */
     if (swap(e, p, err, sizeof err) != CQ_OK) {
         fprintf(stderr, "cqrsd: rebuild of %s: swap: %s (tried again)\n",
                 p->d->name, err);
-        return -1;
+        return CQ_STEP_FAILED;
     }
-    return 1;
+    return CQ_STEP_WORKED;
 }

@@ -19,6 +19,8 @@
 #include "command/writer.h"
 #include "orders/orders.h"
 #include "projection/engine.h"
+#include "query/query.h"
+#include "wiring.h"
 
 /* A C projection: events per stream, guarded by version so that an event
  * applied twice is not counted twice; it refuses OrderCancelled so the
@@ -109,10 +111,11 @@ static void start(fixture *f)
                                         sizeof counts_sql - 1, &code, err,
                                         sizeof err),
                      CQ_OK);
+    assert_int_equal(cq_query_attach(f->engine, err, sizeof err), CQ_OK);
     if (cq_engine_start(f->engine, err, sizeof err) != CQ_OK)
         fail_msg("start: %s", err);
     memset(&wcfg, 0, sizeof wcfg);
-    wcfg.hooks = cq_engine_writer_hooks(f->engine);
+    wcfg.hooks = cq_wiring_writer_hooks(f->engine);
     wcfg.domain = orders_domain();
     assert_int_equal(cq_writer_start(f->store, &wcfg, &f->writer), CQ_OK);
 }
@@ -222,9 +225,9 @@ static json_t *query(fixture *f, const char *name, const char *order_id,
 
     assert_non_null(q);
     snprintf(stream, sizeof stream, "order-%s", order_id);
-    if ((strong ? cq_engine_run_strong
-                : cq_engine_run_query)(f->engine, p, q, values, stream, &data,
-                                       fr, &sv, err, sizeof err) != CQ_OK)
+    if ((strong ? cq_query_run_strong : cq_query_run)(f->engine, p, q, values,
+                                                      stream, &data, fr, &sv,
+                                                      err, sizeof err) != CQ_OK)
         fail_msg("query %s: %s", name, err);
     return data;
 }
@@ -267,6 +270,47 @@ static void test_async_inline_and_strong(void **state)
     a = query(f, "event_count", "o-1", 0, &fr);
     assert_int_equal(json_integer_value(json_object_get(a, "events")), 3);
     json_decref(a);
+}
+
+/* When the event store cannot be read, a query's stream version (and
+ * lag) is an error, not 0: the client gets a 503, not a stale answer
+ * that says the stream has no events. */
+static void test_lookup_errors_surface(void **state)
+{
+    fixture *f = *state;
+    const cq_decl_query *q;
+    const char *values[1] = {"o-1"};
+    cq_freshness fr;
+    json_t *data = NULL;
+    sqlite3 *db = NULL;
+    char path[300], err[512] = "";
+    int64_t sv = -1;
+    int p;
+
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-1")), 202);
+    catch_up(f, "order_summaries");
+    q = cq_engine_query(f->engine, "order_summary", &p);
+    assert_non_null(q);
+    assert_int_equal(cq_query_run(f->engine, p, q, values, "order-o-1", &data,
+                                  &fr, &sv, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(sv, 1);
+    json_decref(data);
+    data = NULL;
+
+    /* the event store's table goes away under the read pool */
+    snprintf(path, sizeof path, "%s/events.db", f->dir);
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    assert_int_equal(
+        sqlite3_exec(db, "ALTER TABLE events RENAME TO gone", NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(cq_query_run(f->engine, p, q, values, "order-o-1", &data,
+                                  &fr, &sv, err, sizeof err),
+                     CQ_EIO);
+    assert_null(data);
+    assert_true(strstr(err, "events") != NULL);
 }
 
 /* Wait (bounded) until no rebuild of projection p runs; its status. */
@@ -450,7 +494,7 @@ static void test_wait(void **state)
     cq_wait *w = NULL;
     int rc;
 
-    rc = cq_engine_wait(f->engine, p, 1, 10000, on_reached, NULL, &w);
+    rc = cq_query_wait(f->engine, p, 1, 10000, on_reached, NULL, &w);
     assert_int_equal(rc, 0);
     assert_int_equal(command(f, "PlaceOrder", PLACE("o-9")), 202);
     for (int i = 0; i < 5000 && !cq_wait_reached(w); i++) {
@@ -495,9 +539,8 @@ static void test_applied_twice(void **state)
             cq_engine_query(f->engine, "sales_dashboard", &p);
         char err[256];
         int64_t sv;
-        assert_int_equal(cq_engine_run_query(f->engine, p, q, NULL, NULL,
-                                             &before[1], &fr, &sv, err,
-                                             sizeof err),
+        assert_int_equal(cq_query_run(f->engine, p, q, NULL, NULL, &before[1],
+                                      &fr, &sv, err, sizeof err),
                          CQ_OK);
     }
     before[2] = query(f, "order_summary", "o-2", 0, &fr);
@@ -525,8 +568,8 @@ static void test_applied_twice(void **state)
         char err[256];
         int64_t sv;
         json_t *after = NULL;
-        assert_int_equal(cq_engine_run_query(f->engine, p, q, NULL, NULL,
-                                             &after, &fr, &sv, err, sizeof err),
+        assert_int_equal(cq_query_run(f->engine, p, q, NULL, NULL, &after, &fr,
+                                      &sv, err, sizeof err),
                          CQ_OK);
         assert_true(json_equal(before[1], after));
         json_decref(after);
@@ -549,6 +592,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_inline_refusal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wait, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lookup_errors_surface, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_rebuild_code_projection, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_applied_twice, setup, teardown),

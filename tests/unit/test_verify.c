@@ -23,6 +23,7 @@
 #include "orders/orders.h"
 #include "projection/engine.h"
 #include "projection/verify.h"
+#include "wiring.h"
 
 /* A declared projection that fails on OrderCancelled (NOT NULL). */
 static const char fragile_sql[] =
@@ -102,7 +103,7 @@ static void start(fixture *f)
     if (cq_engine_start(f->engine, err, sizeof err) != CQ_OK)
         fail_msg("start: %s", err);
     memset(&wcfg, 0, sizeof wcfg);
-    wcfg.hooks = cq_engine_writer_hooks(f->engine);
+    wcfg.hooks = cq_wiring_writer_hooks(f->engine);
     wcfg.domain = orders_domain();
     assert_int_equal(cq_writer_start(f->store, &wcfg, &f->writer), CQ_OK);
     f->running = 1;

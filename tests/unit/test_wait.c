@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "projection/wait.h"
+#include "query/wait.h"
 
 typedef struct counter {
     atomic_int fired;
@@ -48,11 +48,14 @@ static void test_already_reached(void **state)
 
     (void)state;
     cq_waiters_advance(ws, 1, 10);
-    assert_int_equal(cq_waiters_add(ws, 1, 10, 1000, on_fire, &c, &w), 1);
+    assert_int_equal(cq_waiters_add(ws, 1, 10, 1000, on_fire, &c, &w),
+                     CQ_WAIT_READY);
     assert_null(w);
-    assert_int_equal(cq_waiters_add(ws, 1, 5, 1000, on_fire, &c, &w), 1);
+    assert_int_equal(cq_waiters_add(ws, 1, 5, 1000, on_fire, &c, &w),
+                     CQ_WAIT_READY);
     /* queue 0 is separate */
-    assert_int_equal(cq_waiters_add(ws, 0, 5, 1000, on_fire, &c, &w), 0);
+    assert_int_equal(cq_waiters_add(ws, 0, 5, 1000, on_fire, &c, &w),
+                     CQ_WAIT_PENDING);
     assert_non_null(w);
     cq_waiters_advance(ws, 0, 4);
     assert_int_equal(atomic_load(&c.fired), 0);
@@ -71,7 +74,8 @@ static void test_timeout(void **state)
     cq_wait *w = NULL;
 
     (void)state;
-    assert_int_equal(cq_waiters_add(ws, 0, 100, 20, on_fire, &c, &w), 0);
+    assert_int_equal(cq_waiters_add(ws, 0, 100, 20, on_fire, &c, &w),
+                     CQ_WAIT_PENDING);
     await_n(&c, 1);
     assert_false(cq_wait_reached(w));
     /* advancing past it later fires nothing more */
@@ -99,7 +103,8 @@ static void test_many_in_any_order(void **state)
         int64_t target = i % 2 ? 1000000 : 1 + rand() % 500;
         int64_t timeout = i % 2 ? 10 + rand() % 40 : 60000;
         assert_int_equal(
-            cq_waiters_add(ws, 0, target, timeout, on_fire, &c, &w[i]), 0);
+            cq_waiters_add(ws, 0, target, timeout, on_fire, &c, &w[i]),
+            CQ_WAIT_PENDING);
     }
     /* (the first odd ones may already have timed out: no count here) */
     for (int p = 1; p <= 500; p += 7)
@@ -134,7 +139,8 @@ static void test_shutdown(void **state)
         assert_false(cq_wait_reached(w[i]));
         cq_wait_release(w[i]);
     }
-    assert_int_equal(cq_waiters_add(ws, 0, 60, 100, on_fire, &c, &w[0]), -2);
+    assert_int_equal(cq_waiters_add(ws, 0, 60, 100, on_fire, &c, &w[0]),
+                     CQ_ECLOSED);
     cq_waiters_free(ws);
 }
 
@@ -206,7 +212,8 @@ static void test_unrelated_commit_checks_nothing(void **state)
                                                on_fire, &c, &sw[i]),
                          0);
         assert_int_equal(
-            cq_waiters_add(ws, 0, 1000000000, 60000, on_fire, &c, &pw[i]), 0);
+            cq_waiters_add(ws, 0, 1000000000, 60000, on_fire, &c, &pw[i]),
+            CQ_WAIT_PENDING);
     }
     assert_int_equal(cq_waiters_pending(ws), 2 * N);
 
@@ -267,10 +274,12 @@ static void test_stream_seen_and_deadline(void **state)
     (void)state;
     cq_waiters_advance(ws, 0, 5);
     assert_int_equal(
-        cq_waiters_add_stream(ws, 0, "s", 1, 4, 1000, on_fire, &c, &w), 1);
+        cq_waiters_add_stream(ws, 0, "s", 1, 4, 1000, on_fire, &c, &w),
+        CQ_WAIT_READY);
     assert_null(w);
     assert_int_equal(
-        cq_waiters_add_stream(ws, 0, "s", 1, 5, 20, on_fire, &c, &w), 0);
+        cq_waiters_add_stream(ws, 0, "s", 1, 5, 20, on_fire, &c, &w),
+        CQ_WAIT_PENDING);
     assert_non_null(w);
     await_n(&c, 1);
     assert_false(cq_wait_reached(w));

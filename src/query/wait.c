@@ -12,7 +12,7 @@
  * fired and its owner has released it (refs: 1 for the owner, 1 while
  * registered).
  */
-#include "projection/wait.h"
+#include "query/wait.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -428,8 +428,8 @@ void cq_waiters_rewind(cq_waiters *ws, int queue, int64_t position)
 }
 
 /* Register a waiter on queue: by position (stream NULL), or on stream
- * (copied) by version. Called with ws->mu held, not stopping. 0 and *out,
- * or -1 out of memory (nothing registered). */
+ * (copied) by version. Called with ws->mu held, not stopping.
+ * CQ_WAIT_PENDING and *out, or CQ_ENOMEM (nothing registered). */
 static int register_locked(cq_waiters *ws, int queue, const char *stream,
                            int64_t target, int64_t timeout_ms, cq_wait_cb cb,
                            void *arg, cq_wait **out)
@@ -437,7 +437,7 @@ static int register_locked(cq_waiters *ws, int queue, const char *stream,
     cq_wait *w = calloc(1, sizeof *w);
 
     if (w == NULL)
-        return -1;
+        return CQ_ENOMEM;
     w->target = target;
     w->deadline_ns = (int64_t)cq_mono_ns() + timeout_ms * 1000000;
     w->queue = queue;
@@ -468,10 +468,10 @@ static int register_locked(cq_waiters *ws, int queue, const char *stream,
     if (ws->deadlines.v[0] == w) /* the earliest deadline now */
         pthread_cond_signal(&ws->cv);
     *out = w;
-    return 0;
+    return CQ_WAIT_PENDING;
 fail:
     wait_free(w);
-    return -1;
+    return CQ_ENOMEM;
 }
 
 int cq_waiters_add(cq_waiters *ws, int queue, int64_t target,
@@ -482,9 +482,9 @@ int cq_waiters_add(cq_waiters *ws, int queue, int64_t target,
     *out = NULL;
     pthread_mutex_lock(&ws->mu);
     if (ws->position[queue] >= target)
-        rc = 1;
+        rc = CQ_WAIT_READY;
     else if (ws->stopping)
-        rc = -2;
+        rc = CQ_ECLOSED;
     else
         rc = register_locked(ws, queue, NULL, target, timeout_ms, cb, arg, out);
     pthread_mutex_unlock(&ws->mu);
@@ -500,9 +500,9 @@ int cq_waiters_add_stream(cq_waiters *ws, int queue, const char *stream_id,
     *out = NULL;
     pthread_mutex_lock(&ws->mu);
     if (ws->position[queue] > seen)
-        rc = 1;
+        rc = CQ_WAIT_READY;
     else if (ws->stopping)
-        rc = -2;
+        rc = CQ_ECLOSED;
     else
         rc = register_locked(ws, queue, stream_id, version, timeout_ms, cb, arg,
                              out);

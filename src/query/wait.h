@@ -28,23 +28,34 @@
  * they must be short (resume a connection) and must not call back into
  * this module except cq_wait_reached/cq_wait_release.
  */
-#ifndef CQ_PROJECTION_WAIT_H
-#define CQ_PROJECTION_WAIT_H
+#ifndef CQ_QUERY_WAIT_H
+#define CQ_QUERY_WAIT_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "cqrs/cqrs.h"           /* CQ_ENOMEM, CQ_ECLOSED */
+#include "projection/progress.h" /* cq_stream_applied */
 
 typedef struct cq_waiters cq_waiters;
 typedef struct cq_wait cq_wait;
 
 typedef void (*cq_wait_cb)(void *arg);
 
+/* What cq_waiters_add and cq_waiters_add_stream return besides the
+ * errors CQ_ENOMEM and CQ_ECLOSED. */
+enum cq_wait_added {
+    CQ_WAIT_PENDING = 0, /* registered: *out fires once, later */
+    CQ_WAIT_READY = 1    /* nothing registered: already there (for a
+                            stream waiter: look again) */
+};
+
 /* A set of nqueues queues, all at position 0, and its timer thread. NULL
  * on failure. */
 cq_waiters *cq_waiters_new(int nqueues);
 
 /* Fire every remaining waiter as timed out and stop the timer thread;
- * later cq_waiters_add calls return -2. Waiters may still be released.
+ * later cq_waiters_add calls return CQ_ECLOSED. Waiters may still be released.
  * Idempotent; accepts NULL. */
 void cq_waiters_shutdown(cq_waiters *ws);
 
@@ -60,12 +71,6 @@ void cq_waiters_free(cq_waiters *ws);
  * Any thread. */
 void cq_waiters_advance(cq_waiters *ws, int queue, int64_t position);
 
-/* A stream and the highest version of it an advance applied. */
-typedef struct cq_stream_applied {
-    const char *stream_id; /* borrowed for the call */
-    int64_t version;
-} cq_stream_applied;
-
 /* cq_waiters_advance for a queue that has applied everything up to
  * `position` and, in (its old position, position], exactly the events
  * listed (more is harmless: a stream waiter fired early looks again):
@@ -80,10 +85,11 @@ void cq_waiters_advance_streams(cq_waiters *ws, int queue, int64_t position,
 void cq_waiters_rewind(cq_waiters *ws, int queue, int64_t position);
 
 /* Wait until `queue` reaches `target` or timeout_ms pass. If it already
- * has, returns 1 and registers nothing. Otherwise returns 0 and *out is a
- * waiter whose cb(arg) will be called exactly once; the caller owns one
- * reference to it and gives it back with cq_wait_release(). Returns -1 on
- * out of memory, -2 after cq_waiters_shutdown(). Any thread. */
+ * has, returns CQ_WAIT_READY and registers nothing. Otherwise returns
+ * CQ_WAIT_PENDING and *out is a waiter whose cb(arg) will be called
+ * exactly once; the caller owns one reference to it and gives it back
+ * with cq_wait_release(). Returns CQ_ENOMEM on out of memory, CQ_ECLOSED
+ * after cq_waiters_shutdown() (*out NULL). Any thread. */
 int cq_waiters_add(cq_waiters *ws, int queue, int64_t target,
                    int64_t timeout_ms, cq_wait_cb cb, void *arg, cq_wait **out);
 
@@ -91,8 +97,9 @@ int cq_waiters_add(cq_waiters *ws, int queue, int64_t target,
  * >= `version`, or timeout_ms pass. `seen` is the queue's position the
  * caller read before it found that the stream has no such event yet: if
  * the queue has moved past it since, the event may have been applied in
- * between, and 1 is returned with nothing registered (look again).
- * Otherwise as cq_waiters_add: 0 and *out, -1, -2. Any thread. */
+ * between, and CQ_WAIT_READY is returned with nothing registered (look
+ * again). Otherwise as cq_waiters_add: CQ_WAIT_PENDING and *out,
+ * CQ_ENOMEM, CQ_ECLOSED. Any thread. */
 int cq_waiters_add_stream(cq_waiters *ws, int queue, const char *stream_id,
                           int64_t version, int64_t seen, int64_t timeout_ms,
                           cq_wait_cb cb, void *arg, cq_wait **out);

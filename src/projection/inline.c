@@ -1,0 +1,245 @@
+/*
+ * inline.c -- inline projections: applied by the writer inside each
+ * command's transaction, so their rows commit with the events.
+ *
+ * Inline projections run on the writer thread inside the command's
+ * savepoint (hook apply_inline), under a nested SAVEPOINT inl; a handler
+ * that fails refuses the command (CQ_EREFUSED: the writer undoes its
+ * savepoint), so an inline read model never falls behind the events; their
+ * checkpoint is written once per batch just before the commit (hook
+ * before_commit) and their position published when the writer reports the
+ * commit (hook committed). At start, before the writer runs, each is
+ * brought up to the store's head (cq_eng_catch_up_inline).
+ *
+ * Threads and locks: the writer thread (and cq_engine_start before it
+ * runs) owns e->ix and the i_* statements, and each inline projection's
+ * `saved`; it publishes positions and the head under e->mu and wakes the
+ * waiters without it.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "projection/engine_int.h"
+
+/* ---- writer hooks ----------------------------------------------------------
+ */
+
+/* Whether the error SQLite last reported on db leaves the transaction
+ * unusable or says nothing about the event (a full disk, an I/O error, no
+ * memory, a lock): then the batch must be rolled back rather than the
+ * event refused. */
+static int store_trouble(sqlite3 *db)
+{
+    switch (sqlite3_errcode(db) & 0xff) {
+    case SQLITE_IOERR:
+    case SQLITE_FULL:
+    case SQLITE_NOMEM:
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+    case SQLITE_CANTOPEN:
+    case SQLITE_READONLY:
+    case SQLITE_INTERRUPT: return 1;
+    default: return sqlite3_get_autocommit(db);
+    }
+}
+
+/* An inline read model must never fall behind the events: an event one of
+ * them cannot apply is refused with its command (CQ_EREFUSED, why in err),
+ * and the writer undoes the command's savepoint. */
+int cq_engine_apply_inline(cq_engine *e, const cq_stored_event *events,
+                           const json_t *const *data, size_t n, char *err,
+                           size_t errcap)
+{
+    sqlite3 *db = cq_exec_db(e->ix);
+    int need_meta = 0, live = 0, rc = CQ_OK;
+    parsed *pe;
+
+    for (int i = 0; i < e->nprojs; i++)
+        if (e->projs[i]->is_inline && !e->projs[i]->failed) {
+            live = 1;
+            need_meta |= e->projs[i]->needs_metadata;
+        }
+    if (!live)
+        return CQ_OK;
+    pe = calloc(n, sizeof *pe);
+    if (pe == NULL)
+        return CQ_ENOMEM;
+    for (size_t k = 0; k < n; k++)
+        cq_eng_parse_event(e->domain, &events[k], data[k], need_meta, &pe[k]);
+
+    for (int i = 0; i < e->nprojs && rc == CQ_OK; i++) {
+        proj *p = e->projs[i];
+        apply_ctx c;
+
+        /* p->failed is only ever set on this thread once the writer runs */
+        if (!p->is_inline || p->failed)
+            continue;
+        memset(&c, 0, sizeof c);
+        c.e = e;
+        c.p = p;
+        c.d = p->d;
+        c.x = e->ix;
+        c.last = events[0].position - 1;
+        if (cq_eng_step_done(e->i_sp) != CQ_OK) {
+            rc = CQ_EIO;
+            break;
+        }
+        for (size_t k = 0; k < n && !c.failed; k++) {
+            int prc = pe[k].dec.data != NULL &&
+                              (!p->needs_metadata || pe[k].dec.metadata != NULL)
+                          ? CQ_OK
+                          : CQ_ECORRUPT;
+            cq_eng_apply_parsed(&c, &events[k], &pe[k], prc);
+        }
+        if (c.failed) {
+            rc = store_trouble(db) ? CQ_EIO : CQ_EREFUSED;
+            snprintf(err, errcap,
+                     "inline projection %s cannot apply event %s at "
+                     "position %lld: %s",
+                     p->d->name, c.error_event, (long long)c.error_position,
+                     c.error);
+            cq_eng_step_done(e->i_rollback); /* the writer undoes the rest */
+        }
+        if (cq_eng_step_done(e->i_release) != CQ_OK)
+            rc = CQ_EIO;
+        if (sqlite3_get_autocommit(db))
+            rc = CQ_EIO; /* SQLite rolled the whole transaction back */
+    }
+    for (size_t k = 0; k < n; k++)
+        cq_eng_parsed_clear(&pe[k]);
+    free(pe);
+    return rc;
+}
+
+/* The inline projections have applied every event of the transaction, up
+ * to head: write their checkpoints once per batch, with the events. */
+int cq_engine_before_commit(cq_engine *e, int64_t head)
+{
+    for (int i = 0; i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        if (!p->is_inline || p->failed || p->saved >= head)
+            continue;
+        if (cq_eng_save_checkpoint(e->i_save, p, head, 0, NULL, 0, NULL) !=
+            CQ_OK)
+            return CQ_EIO;
+        /* p->saved moves in cq_engine_committed: this batch may still fail */
+    }
+    return CQ_OK;
+}
+
+void cq_engine_committed(cq_engine *e, int64_t head,
+                         const cq_stream_applied *streams, size_t n, int all)
+{
+    pthread_mutex_lock(&e->mu);
+    if (head > e->head)
+        e->head = head;
+    for (int i = 0; i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        if (p->is_inline && !p->failed) {
+            p->position = head;
+            p->saved = head; /* before_commit wrote it in this batch */
+        }
+    }
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    /* the streams the batch wrote: only their stream waiters look again */
+    for (int i = 0; i <= e->nprojs; i++) {
+        proj *p = i < e->nprojs ? e->projs[i] : NULL;
+        if (p != NULL && (!p->is_inline || p->failed))
+            continue;
+        if (all)
+            cq_eng_advance(e, i, head);
+        else
+            cq_eng_advance_streams(e, i, head, streams, n);
+    }
+}
+
+/* Record in events.db, in the open transaction, that inline projection p
+ * skipped the event c failed on. */
+static int record_inline_skip(cq_engine *e, proj *p, const apply_ctx *c,
+                              char *err, size_t errcap)
+{
+    sqlite3 *db = cq_exec_db(e->ix);
+    sqlite3_stmt *st = NULL;
+    int rc =
+        cq_eng_prepare(db,
+                       "INSERT INTO cq_skipped_events (projection, position,"
+                       " event_type, error, skipped_at) VALUES (?1, ?2, ?3, ?4,"
+                       " ?5) ON CONFLICT DO NOTHING",
+                       &st, err, errcap);
+
+    if (rc != CQ_OK)
+        return rc;
+    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, c->error_position);
+    sqlite3_bind_text(st, 3, c->error_event, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, c->error, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, cq_now_ms());
+    rc = cq_eng_step_done(st);
+    if (rc != CQ_OK)
+        snprintf(err, errcap, "recording a skipped event: %s",
+                 sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Apply every event after p's checkpoint to inline projection p, in
+ * transactions of 1000 events, before the writer starts. Since the writer
+ * refuses what an inline projection cannot apply, only events stored
+ * before that rule (or a changed definition replaying old events) can
+ * fail here; an inline read model must not stay behind its events, so
+ * such an event is skipped: recorded in events.db's cq_skipped_events
+ * (with the checkpoint that passes it, in one transaction), logged and
+ * counted. */
+int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
+                           size_t errcap)
+{
+    while (p->position < head) {
+        apply_ctx c;
+        int64_t h;
+        int rc;
+
+        memset(&c, 0, sizeof c);
+        c.e = e;
+        c.p = p;
+        c.d = p->d;
+        c.x = e->ix;
+        c.sp = e->i_sp;
+        c.release = e->i_release;
+        c.rollback = e->i_rollback;
+        c.last = p->position;
+        rc = cq_exec_sql(e->ix, "BEGIN IMMEDIATE", err, errcap);
+        if (rc == CQ_OK)
+            rc = cq_store_read_all(e->store, p->position + 1, 1000,
+                                   cq_eng_apply_event, &c, &h, err, errcap);
+        if (rc == CQ_OK && c.failed) {
+            rc = record_inline_skip(e, p, &c, err, errcap);
+            c.last = c.error_position;
+        }
+        if (rc == CQ_OK)
+            rc = cq_eng_save_checkpoint(e->i_save, p, c.last, 0, NULL, 0, NULL);
+        if (rc == CQ_OK)
+            rc = cq_exec_sql(e->ix, "COMMIT", err, errcap);
+        if (rc != CQ_OK) {
+            char ignore[64];
+            cq_exec_sql(e->ix, "ROLLBACK", ignore, sizeof ignore);
+            return rc;
+        }
+        p->position = c.last;
+        if (c.failed) {
+            p->skipped++;
+            fprintf(stderr,
+                    "cqrsd: inline projection %s cannot apply event %s at "
+                    "position %lld (%s): skipped, recorded in events.db's "
+                    "cq_skipped_events\n",
+                    p->d->name, c.error_event, (long long)c.error_position,
+                    c.error);
+        }
+    }
+    return CQ_OK;
+}

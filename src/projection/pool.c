@@ -1,0 +1,141 @@
+/*
+ * pool.c -- the engine's SQLite connections: opening one, the small
+ * statement helpers every file of the engine uses, and the pools of
+ * read-only connections that queries borrow (one pool on read.db, one on
+ * events.db). The pools will move behind the read-store interface in
+ * src/store.
+ *
+ * Threads and locks: a pool's mutex guards its idle list; a borrowed
+ * connection (and its executor) belongs to the borrowing thread until it
+ * is put back. pool_open and pool_close run on the thread that starts
+ * and frees the engine, when no other thread uses the pool.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/base.h"
+#include "projection/engine_int.h"
+
+int cq_eng_step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? CQ_OK : CQ_EIO;
+}
+
+int cq_eng_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err,
+                   size_t errcap)
+{
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) ==
+        SQLITE_OK)
+        return CQ_OK;
+    snprintf(err, errcap, "%s: %s", sql, sqlite3_errmsg(db));
+    return CQ_EIO;
+}
+
+int cq_eng_open_db(const char *path, int flags, sqlite3 **db, char *err,
+                   size_t errcap)
+{
+    if (sqlite3_open_v2(path, db, flags | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        snprintf(err, errcap, "%s: %s", path,
+                 *db ? sqlite3_errmsg(*db) : "cannot open");
+        sqlite3_close(*db);
+        *db = NULL;
+        return CQ_EIO;
+    }
+    sqlite3_busy_timeout(*db, ENGINE_BUSY_TIMEOUT_MS);
+    return CQ_OK;
+}
+
+/* ---- pools ------------------------------------------------------------ */
+
+int cq_pool_open(pool *pl, const char *path, int n, char *err, size_t errcap)
+{
+    pl->db = calloc((size_t)n, sizeof *pl->db);
+    pl->x = calloc((size_t)n, sizeof *pl->x);
+    pl->idle = calloc((size_t)n, sizeof *pl->idle);
+    if (pl->db == NULL || pl->x == NULL || pl->idle == NULL) {
+        snprintf(err, errcap, "out of memory");
+        return CQ_ENOMEM;
+    }
+    pthread_mutex_init(&pl->mu, NULL);
+    pthread_cond_init(&pl->cv, NULL);
+    pl->init = 1;
+    for (int i = 0; i < n; i++) {
+        int rc =
+            cq_eng_open_db(path, SQLITE_OPEN_READONLY, &pl->db[i], err, errcap);
+        if (rc != CQ_OK)
+            return rc;
+        pl->n++;
+        pl->x[i] = cq_exec_new(pl->db[i]);
+        if (pl->x[i] == NULL) {
+            snprintf(err, errcap, "out of memory");
+            return CQ_ENOMEM;
+        }
+        pl->idle[pl->nidle++] = i;
+    }
+    return CQ_OK;
+}
+
+void cq_pool_close(pool *pl)
+{
+    for (int i = 0; i < pl->n; i++) {
+        cq_exec_free(pl->x[i]);
+        sqlite3_close(pl->db[i]);
+    }
+    free(pl->db);
+    free(pl->x);
+    free(pl->idle);
+    if (pl->init) {
+        pthread_mutex_destroy(&pl->mu);
+        pthread_cond_destroy(&pl->cv);
+    }
+    memset(pl, 0, sizeof *pl);
+}
+
+int cq_pool_get(pool *pl)
+{
+    int i;
+
+    pthread_mutex_lock(&pl->mu);
+    while (pl->nidle == 0)
+        pthread_cond_wait(&pl->cv, &pl->mu);
+    i = pl->idle[--pl->nidle];
+    pthread_mutex_unlock(&pl->mu);
+    return i;
+}
+
+void cq_pool_put(pool *pl, int i)
+{
+    pthread_mutex_lock(&pl->mu);
+    pl->idle[pl->nidle++] = i;
+    pthread_cond_signal(&pl->cv);
+    pthread_mutex_unlock(&pl->mu);
+}
+
+/* The pool holding projection's tables. */
+static pool *pool_of(cq_engine *e, int projection)
+{
+    return e->projs[projection]->is_inline ? &e->events : &e->reads;
+}
+
+cq_exec *cq_engine_reader_get(cq_engine *e, int projection)
+{
+    pool *pl = pool_of(e, projection);
+
+    return pl->x[cq_pool_get(pl)];
+}
+
+void cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x)
+{
+    pool *pl = pool_of(e, projection);
+
+    for (int i = 0; i < pl->n; i++)
+        if (pl->x[i] == x) {
+            cq_pool_put(pl, i);
+            return;
+        }
+}

@@ -1,0 +1,44 @@
+/*
+ * wiring.c -- the writer's hooks, built from the projection engine's
+ * inline functions (see wiring.h). Runs on the writer thread.
+ */
+#include "wiring.h"
+
+#include <stdlib.h>
+
+static int apply_inline(void *arg, const cq_stored_event *events,
+                        const json_t *const *data, size_t n, char *err,
+                        size_t errcap)
+{
+    return cq_engine_apply_inline(arg, events, data, n, err, errcap);
+}
+
+static int before_commit(void *arg, int64_t head)
+{
+    return cq_engine_before_commit(arg, head);
+}
+
+/* The streams the batch's accepted requests wrote, for the stream waiters. */
+static void committed(void *arg, int64_t head, const cq_write_req *batch)
+{
+    cq_stream_applied *streams = NULL;
+    size_t n = 0, cap = 0;
+
+    for (const cq_write_req *r = batch; r != NULL; r = r->next)
+        cap += r->status >= 200 && r->status < 300 && r->version > 0;
+    if (cap > 0 && (streams = malloc(cap * sizeof *streams)) == NULL) {
+        cq_engine_committed(arg, head, NULL, 0, 1); /* all look again */
+        return;
+    }
+    for (const cq_write_req *r = batch; r != NULL && n < cap; r = r->next)
+        if (r->status >= 200 && r->status < 300 && r->version > 0)
+            streams[n++] = (cq_stream_applied){r->stream_id, r->version};
+    cq_engine_committed(arg, head, streams, n, 0);
+    free(streams);
+}
+
+cq_writer_hooks cq_wiring_writer_hooks(cq_engine *e)
+{
+    cq_writer_hooks h = {apply_inline, before_commit, committed, e};
+    return h;
+}
