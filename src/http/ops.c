@@ -1,10 +1,13 @@
 /*
- * ops.c -- operations routes: projection status and control, readiness.
+ * ops.c -- operations routes: projection status and control, liveness,
+ * readiness.
  *
  *   GET  /projections                      every projection's status
  *   GET  /projections/{name}               one projection's status
  *   POST /projections/{name}/{operation}   pause, resume, reset, retry, skip,
  *                                          rebuild (202: it runs on)
+ *   GET  /healthz                          200 while the server answers,
+ *                                          with the writer's head position
  *   GET  /readyz                           200 ready / 503 not ready (the
  *                                          store cannot be read or refuses
  *                                          writes, a projection failed or
@@ -240,4 +243,17 @@ enum MHD_Result cq_http_readyz(request *q)
                     "max_lag_seconds", max_lag, "lag_bound_seconds",
                     q->srv->ready_max_lag_s, "reasons", reasons);
     return cq_http_send_json(q->conn, ready ? 200 : 503, doc);
+}
+
+enum MHD_Result cq_http_healthz(request *q)
+{
+    static const char *const allowed[] = {NULL};
+    enum MHD_Result ret = MHD_NO;
+
+    if (!cq_http_params_ok(q, allowed, &ret))
+        return ret;
+    return cq_http_send_json(
+        q->conn, 200,
+        json_pack("{s:s,s:I}", "status", "ok", "head_position",
+                  (json_int_t)cq_writer_head(q->srv->writer)));
 }

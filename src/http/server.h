@@ -2,13 +2,13 @@
  * server.h -- the HTTP front end (libmicrohttpd, epoll, internal threads).
  *
  * Routes (API.md is the contract; docs/api.md documents the details):
- *   GET  /healthz
- *   POST /commands/{type}
- *   GET  /streams/$all
- *   GET  /streams/{id}      POST /streams/{id}
+ *   GET  /healthz           (ops.c)
+ *   POST /commands/{type}   (commands.c)
+ *   GET  /streams/$all      (streams.c)
+ *   GET  /streams/{id}      POST /streams/{id}   (streams.c)
  *   GET  /queries/{name}    (query.c)
  *   GET  /projections[/{name}]   POST /projections/{name}/{op}   (ops.c)
- *   GET  /readyz (ops.c)    GET  /metrics
+ *   GET  /readyz (ops.c)    GET  /metrics (metrics.c)
  *   HEAD wherever GET (the same answer without its body)
  *
  * Requests are parsed and validated on MHD's threads; anything that writes
