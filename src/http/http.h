@@ -233,8 +233,13 @@ enum MHD_Result cq_http_send_written(request *q);
 
 /* Make s->metrics and register every series the server updates, so each
  * shows from the start (at zero). Needs s->domain, s->store, s->writer
- * and s->engine set. CQ_OK or CQ_ENOMEM. Before the daemon starts. */
+ * and s->engine set. CQ_OK or CQ_ENOMEM; on failure what was made is left
+ * in s for cq_http_metrics_free(). Before the daemon starts. */
 int cq_http_metrics_init(cq_server *s);
+
+/* Free what cq_http_metrics_init() made (also after it failed halfway).
+ * After the daemon has stopped. */
+void cq_http_metrics_free(cq_server *s);
 
 /* Count how command request q ended (the status of its answer; 0 counts
  * nothing) under its command type, and its duration when q->t0 is set.

@@ -229,6 +229,14 @@ int cq_http_metrics_init(cq_server *s)
     return cq_metrics_collect(s->metrics, collect, s);
 }
 
+void cq_http_metrics_free(cq_server *s)
+{
+    cq_metrics_free(s->metrics); /* and every series registered in it */
+    free(s->commands);
+    s->metrics = NULL;
+    s->commands = NULL;
+}
+
 enum MHD_Result cq_http_metrics(request *q)
 {
     static const char *const allowed[] = {NULL};

@@ -494,6 +494,7 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
                                                   : DEFAULT_MAX_PER_IP;
     unsigned head_s = cfg->header_timeout_s ? cfg->header_timeout_s
                                             : DEFAULT_HEADER_TIMEOUT_S;
+    int rc;
 
     *out = NULL;
     s = calloc(1, sizeof *s);
@@ -507,24 +508,20 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
     s->domain = domain;
     s->body_limit = cfg->body_limit ? cfg->body_limit : DEFAULT_BODY_LIMIT;
     s->ready_max_lag_s = cfg->ready_max_lag_s > 0 ? cfg->ready_max_lag_s : 30;
-    if (cq_http_metrics_init(s) != CQ_OK) {
-        snprintf(err, errcap, "out of memory");
-        cq_metrics_free(s->metrics);
-        free(s->commands);
-        free(s);
-        return CQ_ENOMEM;
-    }
     atomic_init(&s->pending, 0);
     atomic_init(&s->waiting, 0);
     atomic_init(&s->log_second, 0);
     atomic_init(&s->log_lines, 0);
     atomic_init(&s->log_dropped, 0);
-    if (cq_conns_start(head_s * 1000u, &s->conns) != CQ_OK) {
+    rc = cq_http_metrics_init(s);
+    if (rc != CQ_OK) {
+        snprintf(err, errcap, "out of memory");
+        goto fail;
+    }
+    rc = cq_conns_start(head_s * 1000u, &s->conns);
+    if (rc != CQ_OK) {
         snprintf(err, errcap, "cannot start the connection sweeper");
-        cq_metrics_free(s->metrics);
-        free(s->commands);
-        free(s);
-        return CQ_EIO;
+        goto fail;
     }
     if (cfg->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
@@ -544,12 +541,16 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
         snprintf(err, errcap,
                  "cannot listen (address in use, or not "
                  "allowed?)");
-        cq_conns_free(s->conns);
-        free(s);
-        return CQ_EIO;
+        rc = CQ_EIO;
+        goto fail;
     }
     *out = s;
     return CQ_OK;
+fail:
+    cq_conns_free(s->conns);
+    cq_http_metrics_free(s);
+    free(s);
+    return rc;
 }
 
 unsigned cq_server_port(cq_server *s)
@@ -574,7 +575,6 @@ void cq_server_stop(cq_server *s, int timeout_ms)
         nanosleep(&ts, NULL);
     MHD_stop_daemon(s->daemon);
     cq_conns_free(s->conns); /* after: MHD has reported every close */
-    cq_metrics_free(s->metrics);
-    free(s->commands);
+    cq_http_metrics_free(s);
     free(s);
 }
