@@ -4,19 +4,14 @@
  *
  * cq_decision is a plain heap object owned by whoever called
  * cq_decision_new; it is not shared between threads.
- *
- * The field-error list (cq_errors) is base/errors.h's and the domain
- * registry domain/domain.h's; both are included here for the files that
- * still reach them through this header.
  */
 #ifndef CQ_COMMAND_H
 #define CQ_COMMAND_H
 
 #include <stddef.h>
 
-#include "base/errors.h"
+#include "base/errors.h" /* the schema check fills a cq_errors */
 #include "cqrs/decider.h"
-#include "domain/domain.h"
 
 /* ---- cq_decision ---- */
 

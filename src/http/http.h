@@ -1,12 +1,29 @@
 /*
- * http.h -- what the files of src/http share: the server and request
- * structs and the answer and parameter helpers (server.c), used by the
- * query routes (query.c).
+ * http.h -- the internal interface of src/http: the server and request
+ * structs, the helpers every route uses (answer.c, params.c, write.c,
+ * metrics.c) and the route handlers server.c dispatches to (commands.c,
+ * streams.c, query.c, ops.c, metrics.c).
  *
  * A request lives from the first MHD callback for it until MHD's
  * completion callback; see server.c for its life and which thread touches
- * which field. What a query means (freshness, waits, strong reads) is
- * src/query; these files only parse, route and answer.
+ * which field.
+ *
+ * Rules for every function below unless it says otherwise:
+ * - It runs on the MHD thread calling back for q (or for connection c)
+ *   and touches no other request; the server's shared state it updates is
+ *   atomic or thread-safe (metrics).
+ * - "Queues an answer" means it calls MHD_queue_response() on q->conn
+ *   (through cq_http_send_with) and returns what that returned: MHD_YES,
+ *   or MHD_NO when MHD could not take it (MHD then closes the
+ *   connection). A route handler returns MHD_YES without queueing only
+ *   when it has suspended the connection (MHD calls back once resumed).
+ * - A check of the form `int f(..., enum MHD_Result *ret)` returns 1 when
+ *   the input is good (nothing queued) and 0 when it has queued a 4xx (or
+ *   500) answer, whose MHD result it stores into *ret for the caller to
+ *   return.
+ *
+ * What a query means (freshness, waits, strong reads) is src/query;
+ * these files only parse, route and answer.
  */
 #ifndef CQ_HTTP_H
 #define CQ_HTTP_H
@@ -107,42 +124,154 @@ typedef struct request {
     char control_err[512];
 } request;
 
-/* Queue an answer: body (malloc'd, taken over; NULL = out of memory) with
- * content type and nh extra headers {name, value} (NULL names skipped). */
+/* ---- answer.c: queueing answers ----------------------------------------- */
+
+/* Queue an answer with `status`, content type ctype (borrowed) and nh
+ * extra headers hdr {name, value} (borrowed; a NULL name is skipped).
+ * body is a NUL-terminated malloc'd text, taken over in every case (MHD
+ * frees it after sending); NULL means out of memory and queues a 500
+ * problem instead. Notes the status for cq_http_last_status(). */
 enum MHD_Result cq_http_send_with(struct MHD_Connection *c, int status,
                                   const char *ctype, char *body,
                                   const char *const (*hdr)[2], size_t nh);
 
-/* Queue doc (taken over) as application/json. */
+/* Queue doc as application/json. doc is taken over (NULL: out of memory,
+ * a 500). */
 enum MHD_Result cq_http_send_json(struct MHD_Connection *c, int status,
                                   json_t *doc);
 
-/* Queue a problem+json answer; errors (may be NULL) is taken over. */
+/* Queue a problem+json answer with type urn:cqrsd:problem:<slug> and the
+ * detail formatted from fmt (cut at 767 bytes). errors (may be NULL) is
+ * taken over and becomes the `errors` member. */
 enum MHD_Result cq_http_send_problem(struct MHD_Connection *c, int status,
                                      const char *slug, json_t *errors,
                                      const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
-/* Queue a 400 bad-parameter problem about query parameter `name`, with
- * errors [{field: name, message}]. */
+/* Queue a 405 problem about `method` with `Allow: allow` (both
+ * borrowed). */
+enum MHD_Result cq_http_send_method_not_allowed(struct MHD_Connection *c,
+                                                const char *method,
+                                                const char *allow);
+
+/* The status of the last answer the calling thread queued through
+ * cq_http_send_with() since cq_http_last_status_reset() (0: none). MHD
+ * queues a request's answer on the thread that runs its callback, so the
+ * caller of a route handler learns how the request ended. */
+int cq_http_last_status(void);
+void cq_http_last_status_reset(void);
+
+/* ---- params.c: query parameters ----------------------------------------- */
+
+/* Queue a 400 bad-parameter problem about query parameter `name`
+ * (borrowed), with errors [{field: name, message}]. */
 enum MHD_Result cq_http_bad_param(struct MHD_Connection *c, const char *name,
                                   const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* 1 if every query parameter is in allowed (NULL-terminated, at most 32)
- * and none repeats; else queues a 400 into *ret and returns 0. */
+/* Check that every query parameter of q is in allowed (NULL-terminated, at
+ * most 32 names, borrowed) and none repeats. 1, or 0 with a 400 queued
+ * into *ret. */
 int cq_http_params_ok(request *q, const char *const *allowed,
                       enum MHD_Result *ret);
 
-/* Query parameter as an integer in [min, max] or def if absent; else
- * queues a 400 into *ret and returns 0. */
+/* Query parameter `name` of q into *out: an integer in [min, max], or def
+ * if absent. 1, or 0 with a 400 queued into *ret. */
 int cq_http_param_int(request *q, const char *name, int64_t def, int64_t min,
                       int64_t max, int64_t *out, enum MHD_Result *ret);
 
-/* Strict non-negative decimal; CQ_OK or CQ_EINVAL. */
+/* Parse s as a strict non-negative decimal (no sign, spaces or excess;
+ * within int64) into *out. CQ_OK, or CQ_EINVAL (*out untouched). Any
+ * thread. */
 int cq_http_parse_int(const char *s, int64_t *out);
 
-/* ---- query.c ---- */
+/* ---- write.c: what commands and appends share ---------------------------- */
+
+/* 1 if c's Content-Type is application/json (a charset, if any, utf-8),
+ * else 0; queues nothing. */
+int cq_http_content_type_ok(struct MHD_Connection *c);
+
+/* Idempotency-Key of q: absent, or 1-255 visible ASCII characters, copied
+ * into q->w.idem_key ("" when absent). 1, or 0 with a 400 queued into
+ * *ret. */
+int cq_http_idem_key_ok(request *q, enum MHD_Result *ret);
+
+/* If-Match of q into *expected: absent (CQ_VERSION_ANY, *raw "") or "N"
+ * with N >= 1 written as ETag writes it (*raw then points at the header,
+ * borrowed from MHD until the request completes). 1, or 0 with a 400
+ * queued into *ret. */
+int cq_http_if_match_ok(request *q, int64_t *expected, const char **raw,
+                        enum MHD_Result *ret);
+
+/* q's body as a JSON object (new reference; duplicates rejected). NULL
+ * with a 400 queued into *ret when it is empty, not JSON or not an
+ * object. */
+json_t *cq_http_parse_body(request *q, enum MHD_Result *ret);
+
+/* Queue a 400 validation-failed problem listing errs (borrowed). */
+enum MHD_Result cq_http_send_validation(request *q, const cq_errors *errs);
+
+/* With an Idempotency-Key, write the canonical hash of the write (what,
+ * precond and body, all borrowed) into q->w.command_hash; without one do
+ * nothing. CQ_OK or CQ_ENOMEM. */
+int cq_http_hash_request(request *q, const char *what, const char *precond,
+                         const json_t *body);
+
+/* Hand q->w (filled in: kind, stream, body taken over by q) to the writer
+ * with a new command id. Suspends q's connection and returns MHD_YES; the
+ * writer's answer (or a 503 when its queue is full or it has stopped)
+ * resumes it, and the next callback sends it with cq_http_send_written().
+ * A 500 is queued at once when no command id can be made. */
+enum MHD_Result cq_http_submit(request *q);
+
+/* Send the writer's answer to q (taking over q->w.response), with its
+ * ETag, Idempotency-Replayed and Retry-After headers, and count it; a
+ * command with ?wait_for= goes on waiting (cq_http_wait_for_command).
+ * Call once, after q->answered is set. */
+enum MHD_Result cq_http_send_written(request *q);
+
+/* ---- metrics.c: the server's metrics ------------------------------------- */
+
+/* Make s->metrics and register every series the server updates, so each
+ * shows from the start (at zero). Needs s->domain, s->store, s->writer
+ * and s->engine set. CQ_OK or CQ_ENOMEM; on failure what was made is left
+ * in s for cq_http_metrics_free(). Before the daemon starts. */
+int cq_http_metrics_init(cq_server *s);
+
+/* Free what cq_http_metrics_init() made (also after it failed halfway).
+ * After the daemon has stopped. */
+void cq_http_metrics_free(cq_server *s);
+
+/* Count how command request q ended (the status of its answer; 0 counts
+ * nothing) under its command type, and its duration when q->t0 is set.
+ * Requests for a type the domain does not have are not counted. */
+void cq_http_count_command(request *q, int status);
+
+/* GET /metrics: queues the Prometheus text. */
+enum MHD_Result cq_http_metrics(request *q);
+
+/* ---- commands.c ---------------------------------------------------------- */
+
+/* POST /commands/{type} (q->target: the type), body complete: queues a
+ * 4xx, or hands the command to the writer (cq_http_submit). */
+enum MHD_Result cq_http_command(request *q);
+
+/* ---- streams.c ----------------------------------------------------------- */
+
+/* POST /streams/{id} (q->target: the id), body complete: queues a 4xx, or
+ * hands the append to the writer (cq_http_submit). */
+enum MHD_Result cq_http_append(request *q);
+
+/* GET /streams/{id} (q->target: the id): queues a page of the stream's
+ * events, or 404 / 4xx / 5xx. Reads through the store's read pool on the
+ * calling thread. */
+enum MHD_Result cq_http_read_stream(request *q);
+
+/* GET /streams/$all: queues a page of every stream's events in position
+ * order, or 4xx / 5xx. Like cq_http_read_stream. */
+enum MHD_Result cq_http_read_all(request *q);
+
+/* ---- query.c ------------------------------------------------------------- */
 
 /* GET /queries/{name}: validate, then answer now or suspend until the
  * read model is fresh enough (or the wait times out). */
@@ -155,11 +284,17 @@ enum MHD_Result cq_http_resumed(request *q);
  * projection P has applied position q->w.position, then answer. */
 enum MHD_Result cq_http_wait_for_command(request *q);
 
-/* ---- ops.c ---- */
+/* Free what the query side of q owns (completion). Any request, once. */
+void cq_http_query_free(request *q);
+
+/* ---- ops.c --------------------------------------------------------------- */
 
 /* /projections, /projections/{name}, /projections/{name}/{operation}
  * (q->target is what follows "/projections/", "" for the list). */
 enum MHD_Result cq_http_projections(request *q, const char *method);
+
+/* GET /healthz: queues 200 with the writer's head position. */
+enum MHD_Result cq_http_healthz(request *q);
 
 /* GET /readyz. */
 enum MHD_Result cq_http_readyz(request *q);
@@ -167,8 +302,5 @@ enum MHD_Result cq_http_readyz(request *q);
 /* MHD called back for a control operation the projector has carried out
  * (from cq_http_resumed). */
 enum MHD_Result cq_http_control_resumed(request *q);
-
-/* Free what the query side of q owns (completion). */
-void cq_http_query_free(request *q);
 
 #endif

@@ -1,10 +1,13 @@
 /*
- * ops.c -- operations routes: projection status and control, readiness.
+ * ops.c -- operations routes: projection status and control, liveness,
+ * readiness.
  *
  *   GET  /projections                      every projection's status
  *   GET  /projections/{name}               one projection's status
  *   POST /projections/{name}/{operation}   pause, resume, reset, retry, skip,
  *                                          rebuild (202: it runs on)
+ *   GET  /healthz                          200 while the server answers,
+ *                                          with the writer's head position
  *   GET  /readyz                           200 ready / 503 not ready (the
  *                                          store cannot be read or refuses
  *                                          writes, a projection failed or
@@ -22,7 +25,6 @@
 #include <string.h>
 
 #include "base/base.h"
-#include "base/problem.h"
 #include "http/http.h"
 
 /* Milliseconds since the epoch as RFC 3339 text (new reference). */
@@ -103,7 +105,11 @@ enum MHD_Result cq_http_projections(request *q, const char *method)
     if (!cq_http_params_ok(q, allowed, &ret))
         return ret;
     if (q->target[0] == '\0') { /* GET /projections */
-        json_t *list = json_array();
+        json_t *list;
+        if (strcmp(method, MHD_HTTP_METHOD_GET) != 0)
+            return cq_http_send_method_not_allowed(q->conn, method,
+                                                   "GET, HEAD");
+        list = json_array();
         for (i = 0; e != NULL && list != NULL && i < cq_engine_count(e); i++)
             json_array_append_new(list, status_json(e, i));
         return cq_http_send_json(q->conn, 200,
@@ -124,24 +130,13 @@ enum MHD_Result cq_http_projections(request *q, const char *method)
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
                                     "there is no projection named '%s'", name);
     if (slash == NULL) {
-        if (strcmp(method, MHD_HTTP_METHOD_GET) != 0) {
-            const char *const hdr[][2] = {{MHD_HTTP_HEADER_ALLOW, "GET"}};
-            return cq_http_send_with(
-                q->conn, 405, CQ_PROBLEM_CONTENT_TYPE,
-                cq_problem_text(405, "method-not-allowed", NULL,
-                                "%s is not allowed here; use GET", method),
-                hdr, 1);
-        }
+        if (strcmp(method, MHD_HTTP_METHOD_GET) != 0)
+            return cq_http_send_method_not_allowed(q->conn, method,
+                                                   "GET, HEAD");
         return cq_http_send_json(q->conn, 200, status_json(e, i));
     }
-    if (strcmp(method, MHD_HTTP_METHOD_POST) != 0) {
-        const char *const hdr[][2] = {{MHD_HTTP_HEADER_ALLOW, "POST"}};
-        return cq_http_send_with(
-            q->conn, 405, CQ_PROBLEM_CONTENT_TYPE,
-            cq_problem_text(405, "method-not-allowed", NULL,
-                            "%s is not allowed here; use POST", method),
-            hdr, 1);
-    }
+    if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+        return cq_http_send_method_not_allowed(q->conn, method, "POST");
     /* suspend first: the projector may resume it before start returns */
     q->control_index = i;
     snprintf(q->control_op, sizeof q->control_op, "%s", op);
@@ -240,4 +235,17 @@ enum MHD_Result cq_http_readyz(request *q)
                     "max_lag_seconds", max_lag, "lag_bound_seconds",
                     q->srv->ready_max_lag_s, "reasons", reasons);
     return cq_http_send_json(q->conn, ready ? 200 : 503, doc);
+}
+
+enum MHD_Result cq_http_healthz(request *q)
+{
+    static const char *const allowed[] = {NULL};
+    enum MHD_Result ret = MHD_NO;
+
+    if (!cq_http_params_ok(q, allowed, &ret))
+        return ret;
+    return cq_http_send_json(
+        q->conn, 200,
+        json_pack("{s:s,s:I}", "status", "ok", "head_position",
+                  (json_int_t)cq_writer_head(q->srv->writer)));
 }

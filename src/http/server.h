@@ -2,13 +2,13 @@
  * server.h -- the HTTP front end (libmicrohttpd, epoll, internal threads).
  *
  * Routes (API.md is the contract; docs/api.md documents the details):
- *   GET  /healthz
- *   POST /commands/{type}
- *   GET  /streams/$all
- *   GET  /streams/{id}      POST /streams/{id}
+ *   GET  /healthz           (ops.c)
+ *   POST /commands/{type}   (commands.c)
+ *   GET  /streams/$all      (streams.c)
+ *   GET  /streams/{id}      POST /streams/{id}   (streams.c)
  *   GET  /queries/{name}    (query.c)
  *   GET  /projections[/{name}]   POST /projections/{name}/{op}   (ops.c)
- *   GET  /readyz (ops.c)    GET  /metrics
+ *   GET  /readyz (ops.c)    GET  /metrics (metrics.c)
  *   HEAD wherever GET (the same answer without its body)
  *
  * Requests are parsed and validated on MHD's threads; anything that writes
@@ -47,23 +47,34 @@ typedef struct cq_server_config {
     unsigned header_timeout_s;
 } cq_server_config;
 
-/* Start serving. store, writer, engine (NULL: no queries) and domain are
- * borrowed and must outlive the server. On failure writes a message into
- * err. */
+/* Start serving: listen on cfg->addr and answer on cfg->threads MHD
+ * threads until cq_server_stop().
+ *
+ * cfg is read during the call only. store, writer, engine (NULL: no
+ * projections, queries or ?wait_for=) and domain are borrowed and must
+ * outlive the server; the writer and engine must be running (they answer
+ * the requests handed to them).
+ *
+ * Returns CQ_OK with *out the server (the caller frees it with
+ * cq_server_stop()), or with *out NULL and a message in err (errcap bytes,
+ * NUL-terminated): CQ_ENOMEM, or CQ_EIO when the connection sweeper's
+ * thread cannot start or the address cannot be listened on (in use, not
+ * allowed). On failure nothing it made is left (no thread, no socket, no
+ * memory). Call from one thread, before the server is used. */
 int cq_server_start(const cq_server_config *cfg, cq_store *store,
                     cq_writer *writer, cq_engine *engine,
                     const cq_domain *domain, cq_server **out, char *err,
                     size_t errcap);
 
-/* The port actually bound (useful with port 0). */
+/* The port actually bound (useful with port 0); 0 if MHD cannot say. Any
+ * thread while the server runs. */
 unsigned cq_server_port(cq_server *s);
 
 /* Wait up to timeout_ms until no request is waiting for the writer or a
- * projection, then
- * stop every thread, close every connection and free. Call after
- * cq_writer_stop() and cq_engine_stop(), which answer every queued
- * request and waiting query (new writes answer 503 meanwhile). Accepts
- * NULL.
+ * projection, then stop every thread, close every connection and free s.
+ * Call after cq_writer_stop() and cq_engine_stop(), which answer every
+ * queued request and waiting query (new writes answer 503 meanwhile), and
+ * from one thread, once: s is invalid afterwards. Accepts NULL.
  *
  * There is deliberately no "stop accepting" step: libmicrohttpd's
  * MHD_quiesce_daemon() races with its own worker threads in epoll mode

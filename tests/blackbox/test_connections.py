@@ -1,6 +1,7 @@
 """Black-box tests of connection exhaustion: slow clients that trickle a
 request head byte by byte must neither keep their connections past the
-head deadline nor take every connection from other clients.
+head deadline nor take every connection from other clients. And a server
+that cannot listen says so and exits cleanly.
 
 The attackers connect from 127.0.0.2 (all of 127/8 is loopback on Linux),
 the fresh client from 127.0.0.1, so the per-address limit can tell them
@@ -12,9 +13,13 @@ import errno
 import http.client
 import resource
 import selectors
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import time
+import unittest
 
 sys.dont_write_bytecode = True
 
@@ -260,6 +265,31 @@ class PerAddressLimitTest(ServerTestCase):
         finally:
             for s in idle:
                 s.close()
+
+
+class ListenFailureTest(unittest.TestCase):
+    """The port is taken: cqrsd must refuse to start with a message and
+    exit 1, having freed all it made (under AddressSanitizer the leak
+    check at exit reports anything left, e.g. the server's metrics)."""
+
+    def test_port_in_use(self):
+        data = tempfile.mkdtemp(prefix="cqrsd-bb-")
+        taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            p = subprocess.run(
+                [cqtest.BINARY, "serve", "--data", data, "--listen",
+                 "127.0.0.1:%d" % port], stdin=subprocess.DEVNULL,
+                capture_output=True, text=True, timeout=cqtest.START_TIMEOUT)
+        finally:
+            taken.close()
+            shutil.rmtree(data, ignore_errors=True)
+        for pattern in cqtest.SANITIZER_PATTERNS:
+            self.assertNotIn(pattern, p.stderr, p.stderr[:3000])
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("cannot listen", p.stderr)
 
 
 if __name__ == "__main__":

@@ -313,6 +313,10 @@ class HeadTest(EdgeBase):
         st, h, _ = self.c.req("DELETE", "/streams/x")
         self.assertEqual(st, 405)
         self.assertEqual(h.get("allow"), "GET, HEAD, POST")
+        for path in ("/projections", "/projections/order_summaries"):
+            st, h, _ = self.c.req("DELETE", path)
+            self.assertEqual(st, 405, path)
+            self.assertEqual(h.get("allow"), "GET, HEAD", path)
 
 
 class IfMatchTest(EdgeBase):

@@ -282,7 +282,7 @@ class RoutesTest(OpsBase):
             for method in ("POST", "PUT", "DELETE", "PATCH"):
                 st, h, b = c.req(method, "/projections/order_summaries")
                 cqtest.problem_errors(self, st, h, b, 405)
-                self.assertEqual(h.get("allow"), "GET", "%s: %r" % (method, h))
+                self.assertEqual(h.get("allow"), "GET, HEAD", "%s: %r" % (method, h))
         with self.subTest("methods on /projections/{name}/{op}"):
             for method, op in (("GET", "pause"), ("GET", "retry"), ("GET", "skip"),
                                ("PUT", "reset"), ("DELETE", "resume")):
