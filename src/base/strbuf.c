@@ -4,6 +4,7 @@
 #include "base/strbuf.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +76,26 @@ void cq_strbuf_json_string(cq_strbuf *b, const char *s)
     }
     cq_strbuf_add(b, run, (size_t)(s - run));
     cq_strbuf_add(b, "\"", 1);
+}
+
+void cq_strbuf_printf(cq_strbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        b->oom = 1;
+        return;
+    }
+    if (!grow(b, (size_t)n))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
 }
 
 char *cq_strbuf_take(cq_strbuf *b)

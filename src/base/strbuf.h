@@ -39,6 +39,11 @@ void cq_strbuf_int(cq_strbuf *b, int64_t v);
  * quotes, backslashes and control characters. */
 void cq_strbuf_json_string(cq_strbuf *b, const char *s);
 
+/* Append printf(fmt, ...)'s text; an encoding error counts as out of
+ * memory (sticky, as above). */
+void cq_strbuf_printf(cq_strbuf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 /* The built string (malloc'd; the caller frees), or NULL if memory ran out
  * at any point. The buffer is empty afterwards. */
 char *cq_strbuf_take(cq_strbuf *b);
