@@ -41,6 +41,7 @@
 
 #include "base/base.h"
 #include "projection/engine_int.h"
+#include "store/rdb.h"
 #include "store/wal.h"
 
 /* ---- setup --------------------------------------------------------------- */
@@ -123,7 +124,7 @@ static int prepare_savepoints(sqlite3 *db, const char *name, sqlite3_stmt **sp,
 int cq_engine_start(cq_engine *e, char *err, size_t errcap)
 {
     char path[4200];
-    sqlite3 *wdb = cq_store_write_handle(e->store);
+    sqlite3 *wdb = cq_rdb_impl(cq_store_write_rdb(e->store));
     int64_t head = 0;
     int rc;
 

@@ -182,9 +182,15 @@ int cq_store_head_position(cq_store *s, int64_t *head)
     return s->ops->head_position(s->impl, head);
 }
 
-void *cq_store_write_handle(cq_store *s)
+struct cq_rdb *cq_store_write_rdb(cq_store *s)
 {
-    return s->ops->write_handle(s->impl);
+    return s->ops->write_rdb(s->impl);
+}
+
+int cq_store_open_rdb(cq_store *s, struct cq_rdb **out, char *err,
+                      size_t errcap)
+{
+    return s->ops->open_rdb(s->impl, out, err, errcap);
 }
 
 const char *cq_store_backend(cq_store *s)

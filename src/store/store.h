@@ -143,12 +143,20 @@ int cq_store_cmdlog_put(cq_store *s, const cq_cmdlog_entry *e);
 int cq_store_cmdlog_prune(cq_store *s, int64_t now_ms, int max_rows,
                           int64_t *deleted);
 
-/* The backend's own write connection (a sqlite3 * for the SQLite backend),
- * for inline projections, whose rows must commit in the writer's
- * transaction. Writer thread only; valid until cq_store_close. Statements
- * run on it must leave the transaction and the "cmd" savepoint as they
- * found them. */
-void *cq_store_write_handle(cq_store *s);
+/* The store's write connection seen through the read-store interface
+ * (store/rdb.h), for inline projections, whose rows must commit in the
+ * writer's transaction. Borrowed: valid until cq_store_close, which closes
+ * it (cq_rdb_close on it does nothing). Writer thread only (and the thread
+ * that starts the engine, before the writer runs). Statements run on it
+ * must leave the transaction and the "cmd" savepoint as they found them. */
+struct cq_rdb *cq_store_write_rdb(cq_store *s);
+
+/* Open a new read-only connection to the store's database through the
+ * read-store interface, for reading the tables of inline projections.
+ * CQ_OK with *out (the caller's: cq_rdb_close), or CQ_EIO / CQ_ENOMEM with
+ * a message in err. Any thread. */
+int cq_store_open_rdb(cq_store *s, struct cq_rdb **out, char *err,
+                      size_t errcap);
 
 /* The backend's name ("sqlite"), to pick matching executors. */
 const char *cq_store_backend(cq_store *s);
@@ -207,7 +215,9 @@ typedef struct cq_store_ops {
                     cq_event_cb cb, void *arg, int64_t *head, char *err,
                     size_t errcap);
     int (*head_position)(void *impl, int64_t *head);
-    void *(*write_handle)(void *impl);
+    struct cq_rdb *(*write_rdb)(void *impl);
+    int (*open_rdb)(void *impl, struct cq_rdb **out, char *err,
+                    size_t errcap);
     int64_t (*wal_bytes)(void *impl); /* optional */
 } cq_store_ops;
 

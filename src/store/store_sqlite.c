@@ -56,6 +56,7 @@
 
 #include <sqlite3.h>
 
+#include "store/rdb.h"
 #include "store/store.h"
 #include "store/wal.h"
 
@@ -212,6 +213,8 @@ typedef struct sq_store {
     int nidle;
     /* ---- checkpoints (wal.c): its own thread and the writer's hook ---- */
     cq_wal *wal;
+    /* ---- the write connection as a cq_rdb, for inline projections ---- */
+    cq_rdb *view;
 } sq_store;
 
 /* ---- small helpers ---- */
@@ -1256,6 +1259,7 @@ static void sq_close(void *impl)
         sqlite3_close(w->readers[i].db);
     }
     finalize_all(w->st, W_COUNT);
+    cq_rdb_close(w->view);
     sqlite3_close(w->db);
     if (w->sync_init) {
         pthread_cond_destroy(&w->cv);
@@ -1500,6 +1504,12 @@ static int sq_open(const cq_store_config *cfg, void **impl, char *err,
                       &w->wal, err, errcap);
     if (rc != CQ_OK)
         goto fail;
+    w->view = cq_rdb_wrap(&cq_rdb_sqlite_ops, w->db, 0);
+    if (w->view == NULL) {
+        snprintf(err, errcap, "out of memory");
+        rc = CQ_ENOMEM;
+        goto fail;
+    }
     free(path);
     *impl = w;
     return CQ_OK;
@@ -1510,9 +1520,17 @@ fail:
     return rc;
 }
 
-static void *sq_write_handle(void *impl)
+static cq_rdb *sq_write_rdb(void *impl)
 {
-    return ((sq_store *)impl)->db;
+    return ((sq_store *)impl)->view;
+}
+
+static int sq_open_rdb(void *impl, cq_rdb **out, char *err, size_t errcap)
+{
+    const char *path = sqlite3_db_filename(((sq_store *)impl)->db, "main");
+
+    return cq_rdb_open(path, CQ_RDB_READONLY, SQ_BUSY_TIMEOUT_MS, out, err,
+                       errcap);
 }
 
 static int64_t sq_wal_bytes(void *impl)
@@ -1536,6 +1554,7 @@ const cq_store_ops cq_store_sqlite_ops = {
     .read_stream = sq_read_stream,
     .read_all = sq_read_all,
     .head_position = sq_head_position,
-    .write_handle = sq_write_handle,
+    .write_rdb = sq_write_rdb,
+    .open_rdb = sq_open_rdb,
     .wal_bytes = sq_wal_bytes,
 };
