@@ -10,8 +10,13 @@
 #include "projection/engine.h"
 
 /* Hooks for cq_writer_config.hooks that run e's inline projections in the
- * writer's transactions and tell e about every commit. `e` is borrowed and
- * must outlive the writer. */
+ * writer's transactions and tell e about every commit (see the
+ * cq_engine_apply_inline family in engine.h for what each returns). `e`
+ * is borrowed and must outlive the writer. Cannot fail (no allocation;
+ * the `committed` hook allocates per batch and, out of memory, wakes
+ * every stream waiter instead of those of the batch's streams). Call on
+ * the thread that starts the writer, before cq_writer_start; the hooks
+ * then run on the writer thread. */
 cq_writer_hooks cq_wiring_writer_hooks(cq_engine *e);
 
 #endif

@@ -38,11 +38,13 @@ typedef struct cq_errors cq_errors; /* opaque list of {field, message} */
 /* Record that `field` (a path such as "items[0].quantity", or "" for the
  * body itself) is wrong, with a printf-style message. Copies everything.
  * Out of memory is remembered and reported by cq_errors_count() as at least
- * one error, so callers need not check. */
+ * one error, so callers need not check. A NULL e does nothing. e belongs
+ * to the thread that was handed it (a validate() call). */
 void cq_errors_add(cq_errors *e, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Number of errors recorded so far. */
+/* Number of errors recorded so far (a count, not a CQ_* code; 0 for a
+ * NULL e). */
 int cq_errors_count(const cq_errors *e);
 
 /* ---- declarative shape checks ------------------------------------------ */
@@ -107,14 +109,17 @@ typedef struct cq_aggregate {
 
 typedef struct cq_decision cq_decision; /* opaque: what decide() produced */
 
-/* Emit an event. `type` is copied; `data` must be a JSON object and its
- * reference is taken over (stolen) even on failure. Returns CQ_OK,
- * CQ_EINVAL (data not an object) or CQ_ENOMEM. */
+/* Emit an event. `d` is the decision decide() was given (valid for that
+ * call only). `type` (not empty) is copied; `data` must be a JSON object
+ * and its reference is taken over (stolen) even on failure. Returns CQ_OK,
+ * CQ_EINVAL (data not an object, type NULL or empty) or CQ_ENOMEM. */
 int cq_decision_emit(cq_decision *d, const char *type, int schema_version,
                      json_t *data);
 
 /* Refuse the command for a business reason (answered as 422 with this
- * message as detail). Returns CQ_EREFUSED so decide() can `return` it. */
+ * message as detail; the message is copied, and a generic one is used if
+ * it cannot be). `d` as for cq_decision_emit. Always returns CQ_EREFUSED,
+ * so decide() can `return` it. */
 int cq_decision_refuse(cq_decision *d, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
@@ -190,7 +195,9 @@ const char *cq_domain_stream_owner(const cq_domain *domain,
  * domain owns nothing. Thread-safe. */
 const char *cq_domain_type_owner(const cq_domain *domain, const char *type);
 
-/* The command definition named `type` in `domain`, or NULL. */
+/* The command definition named `type` (borrowed for the call) in
+ * `domain`, borrowed from the domain; NULL when there is none or domain
+ * or type is NULL. Thread-safe. */
 const cq_command_def *cq_domain_command(const cq_domain *domain,
                                         const char *type);
 

@@ -46,10 +46,12 @@ typedef struct cq_sql_value {
 #define CQ_SQL_TEXT_VALUE(s) ((cq_sql_value){CQ_SQL_TEXT, 0, 0, (s)})
 
 /* Run one statement with positional parameters ?1..?n (portable SQL; see
- * docs/declared-sql.md). `sql` should be a string that lives as long as
- * the projection (a literal): its prepared form is cached by address.
- * Returns CQ_OK or CQ_EIO (the message is kept for the projection's
- * error). */
+ * docs/declared-sql.md). `sql` is the handle apply() was given, valid
+ * during that call only and on its thread. `stmt` should be a string that
+ * lives as long as the projection (a literal): its prepared form is cached
+ * by address. params[0..n) and the texts they point to are borrowed for
+ * the call. Returns CQ_OK or CQ_EIO (the message is kept for the
+ * projection's error); apply() should return the code it got. */
 int cq_sql_exec(cq_sql *sql, const char *stmt, const cq_sql_value *params,
                 int n);
 

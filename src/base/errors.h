@@ -26,7 +26,8 @@ void cq_errors_free(cq_errors *e);
 /* A new JSON array [{"field": ..., "message": ...}, ...] (new reference,
  * owned by the caller), in the order the errors were added; when some were
  * only counted it ends with {"field": "", "message": "N more errors not
- * shown"}. NULL on out of memory; an empty array for a NULL `e`. */
+ * shown"}. NULL on out of memory; an empty array for a NULL `e`. `e` is
+ * only read (borrowed for the call). */
 json_t *cq_errors_to_json(const cq_errors *e);
 
 #endif

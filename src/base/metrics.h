@@ -67,7 +67,8 @@ cq_counter *cq_metrics_counter(cq_metrics *m, const char *name,
 /* Add n to the counter. Lock-free; any thread. NULL c does nothing. */
 void cq_counter_add(cq_counter *c, uint64_t n);
 
-/* The counter's current value (for tests and status pages). Any thread. */
+/* The counter's current value (for tests and status pages); 0 for a NULL
+ * c. Any thread. */
 uint64_t cq_counter_value(const cq_counter *c);
 
 /* The histogram series name{labels} with upper bounds bounds[0..nbounds)
@@ -95,14 +96,16 @@ void cq_histogram_observe(cq_histogram *h, double value);
 int cq_metrics_collect(cq_metrics *m, cq_metrics_collector cb, void *arg);
 
 /* For collectors: append "# HELP name help" and "# TYPE name gauge" lines
- * (help escaped as the format requires). Call once per family, then
- * cq_metrics_gauge once per series. */
+ * (help escaped as the format requires) to out, the buffer the collector
+ * was given (its OOM rule applies). name and help are borrowed for the
+ * call. Call once per family, then cq_metrics_gauge once per series. */
 void cq_metrics_gauge_family(cq_strbuf *out, const char *name,
                              const char *help);
 
 /* For collectors: append the sample line "name{labels} value" (no braces
- * when labels is NULL or ""). value is printed exactly (shortest form that
- * reads back equal; NaN, +Inf, -Inf as Prometheus spells them). */
+ * when labels is NULL or "") to out. value is printed exactly (shortest
+ * form that reads back equal; NaN, +Inf, -Inf as Prometheus spells them).
+ * name and labels (values already escaped) are borrowed for the call. */
 void cq_metrics_gauge(cq_strbuf *out, const char *name, const char *labels,
                       double value);
 

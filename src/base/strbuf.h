@@ -26,6 +26,11 @@ typedef struct cq_strbuf {
         NULL, 0, 0, 0                                                          \
     }
 
+/* Every function below takes b (the caller's, not NULL) and returns
+ * nothing: a failed allocation sets b->oom, after which appends do
+ * nothing and cq_strbuf_take() returns NULL. Strings passed in are
+ * borrowed for the call (copied). */
+
 /* Append n bytes of s. */
 void cq_strbuf_add(cq_strbuf *b, const char *s, size_t n);
 
@@ -35,8 +40,9 @@ void cq_strbuf_puts(cq_strbuf *b, const char *s);
 /* Append a decimal integer. */
 void cq_strbuf_int(cq_strbuf *b, int64_t v);
 
-/* Append s (valid UTF-8, NUL-terminated) as a quoted JSON string, escaping
- * quotes, backslashes and control characters. */
+/* Append s (valid UTF-8, NUL-terminated: the caller checks, e.g. with
+ * cq_utf8_valid) as a quoted JSON string, escaping quotes, backslashes and
+ * control characters. */
 void cq_strbuf_json_string(cq_strbuf *b, const char *s);
 
 /* Append printf(fmt, ...)'s text; an encoding error counts as out of

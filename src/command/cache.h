@@ -23,13 +23,18 @@
 
 typedef struct cq_cache cq_cache;
 
-/* A cache of `slots` entries (rounded up to a power of two; 0 → 1024).
- * NULL on out of memory. */
+/* A cache of `slots` entries (rounded up to a power of two; 0 → 1024),
+ * owned by the caller. NULL on out of memory. */
 cq_cache *cq_cache_new(size_t slots);
-void cq_cache_free(cq_cache *c); /* accepts NULL */
+/* Free c and every state in it (with its aggregate's free); accepts
+ * NULL. */
+void cq_cache_free(cq_cache *c);
 
-/* The cached state for stream_id of aggregate `agg`, or NULL. Borrowed:
- * valid until the next put/drop on this cache. */
+/* The cached state for stream_id (borrowed for the call) of aggregate
+ * `agg`, with the stream version and position it was folded up to in
+ * *version and *position; NULL when there is none (a miss, not an error).
+ * The state is borrowed: valid until the next put/drop on this cache;
+ * clone it before changing it. */
 const void *cq_cache_get(cq_cache *c, const cq_aggregate *agg,
                          const char *stream_id, int64_t *version,
                          int64_t *position);
@@ -40,10 +45,11 @@ const void *cq_cache_get(cq_cache *c, const cq_aggregate *agg,
 int cq_cache_put(cq_cache *c, const cq_aggregate *agg, const char *stream_id,
                  void *state, int64_t version, int64_t position);
 
-/* The batch committed: dirty entries become clean. */
+/* The batch committed: dirty entries become clean. Cannot fail. */
 void cq_cache_commit(cq_cache *c);
 
-/* The batch was rolled back: evict every dirty entry. */
+/* The batch was rolled back: evict (and free) every dirty entry. Cannot
+ * fail. */
 void cq_cache_drop_dirty(cq_cache *c);
 
 #endif

@@ -21,16 +21,23 @@ typedef struct cq_decided_event {
     json_t *data; /* owned by the decision (one reference) */
 } cq_decided_event;
 
-cq_decision *cq_decision_new(void);    /* NULL on out of memory */
-void cq_decision_free(cq_decision *d); /* accepts NULL */
+/* A new, empty decision, owned by the caller (cq_decision_free); NULL on
+ * out of memory. */
+cq_decision *cq_decision_new(void);
+/* Free d and the events it holds; accepts NULL. */
+void cq_decision_free(cq_decision *d);
 
-/* Forget emitted events and refusal so the decision can be reused. */
+/* Forget emitted events and refusal so the decision can be reused (the
+ * writer keeps one per thread). Cannot fail; accepts NULL. */
 void cq_decision_reset(cq_decision *d);
 
+/* Number of events emitted since the last reset; 0 for NULL. */
 size_t cq_decision_count(const cq_decision *d);
-/* The i-th emitted event (borrowed; valid until reset/free). */
+/* The i-th emitted event, or NULL if i >= cq_decision_count(d). Borrowed:
+ * valid until reset/free. */
 const cq_decided_event *cq_decision_event(const cq_decision *d, size_t i);
-/* The refusal message, or NULL if decide() did not refuse. */
+/* The refusal message (borrowed: valid until reset/free), or NULL if
+ * decide() did not refuse (or d is NULL). */
 const char *cq_decision_refusal(const cq_decision *d);
 
 #endif

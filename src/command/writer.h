@@ -127,10 +127,10 @@ int cq_writer_submit(cq_writer *w, cq_write_req *r);
 /* Highest committed position. Any thread. */
 int64_t cq_writer_head(cq_writer *w);
 
-/* 1 while the store takes writes: the last transaction the writer tried
- * (a batch, or while idle and unwritable a probe once a second) committed;
- * 0 when it failed, with the store's message in why[cap] (if not NULL;
- * "" when writable). Any thread. */
+/* A predicate (not a CQ_* code): 1 while the store takes writes: the last
+ * transaction the writer tried (a batch, or while idle and unwritable a
+ * probe once a second) committed; 0 when it failed, with the store's
+ * message in why[cap] (if not NULL; "" when writable). Any thread. */
 int cq_writer_writable(cq_writer *w, char *why, size_t cap);
 
 /* Refuse new requests (CQ_ECLOSED), finish and answer every queued one,

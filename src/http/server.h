@@ -1,7 +1,7 @@
 /*
  * server.h -- the HTTP front end (libmicrohttpd, epoll, internal threads).
  *
- * Routes (API.md is the contract; docs/api.md documents the details):
+ * Routes (docs/api.md is the contract and documents the details):
  *   GET  /healthz           (ops.c)
  *   POST /commands/{type}   (commands.c)
  *   GET  /streams/$all      (streams.c)

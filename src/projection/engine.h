@@ -54,23 +54,35 @@ typedef enum cq_proj_status { CQ_PROJ_RUNNING, CQ_PROJ_FAILED } cq_proj_status;
 int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
                   char *err, size_t errcap);
 
-/* Add the declared projection of every *.sql file in dir, in name order;
- * errors name the file and line. Before cq_engine_start only. */
+/* The four loaders below add projections, numbered in the order added.
+ * They run before cq_engine_start only, on the thread that made the
+ * engine. Each returns CQ_OK, or with a message in err[errcap] naming the
+ * file (and line, for a parse error): CQ_EINVAL (malformed, or a
+ * projection or query name already taken), CQ_EIO (a file cannot be
+ * read, cq_engine_load_dir only) or CQ_ENOMEM. After a failure the engine
+ * is still whole (what was added stays added); the caller usually frees
+ * it. */
+
+/* Add the declared projection of every *.sql file in dir (borrowed), in
+ * name order; the first failure stops the loading. */
 int cq_engine_load_dir(cq_engine *e, const char *dir, char *err, size_t errcap);
 
-/* The same for a file's text already in memory; `name` prefixes errors. */
+/* The same for a file's text already in memory (text[0..len), copied);
+ * `name` (borrowed) prefixes errors and names the projection's source. */
 int cq_engine_load_text(cq_engine *e, const char *name, const char *text,
                         size_t len, char *err, size_t errcap);
 
 /* Add a projection whose handler is C code (include/cqrs/projection.h):
- * text declares its @projection (named code->name), @version, @mode, DDL
- * and queries, and has no @on blocks. code is copied; code->arg is
- * borrowed for the engine's life. */
+ * text (copied) declares its @projection (named code->name), @version,
+ * @mode, DDL and queries, and has no @on blocks (else CQ_EINVAL). code is
+ * copied; code->name and code->arg are borrowed for the engine's life. */
 int cq_engine_add_code(cq_engine *e, const char *text, size_t len,
                        const cq_projection_code *code, char *err,
                        size_t errcap);
 
-/* Add a parsed declared projection (taken over, even on failure). */
+/* Add a parsed declared projection (taken over, even on failure). CQ_OK,
+ * CQ_EINVAL (its name or one of its query names is taken) or
+ * CQ_ENOMEM. */
 int cq_engine_add(cq_engine *e, cq_declared *d, char *err, size_t errcap);
 
 /* Create tables and checkpoints (an asynchronous projection whose version
@@ -110,7 +122,9 @@ void cq_engine_committed(cq_engine *e, int64_t head,
                          const cq_stream_applied *streams, size_t n, int all);
 
 /* Stop the projector and tell the progress listener (the query side then
- * fires every waiter as timed out). Queries keep working. Idempotent. */
+ * fires every waiter as timed out). Queries keep working. Idempotent;
+ * accepts NULL. Call from the thread that started the engine (main.c
+ * stops the writer first, so every queued command is answered). */
 void cq_engine_stop(cq_engine *e);
 
 /* Stop and free (the progress listener's arg too). No other thread may
@@ -119,10 +133,15 @@ void cq_engine_free(cq_engine *e);
 
 /* ---- for the query side ---- */
 
-/* Index of the projection called `name`, or -1. */
+/* Index of the projection called `name` (borrowed for the call), or -1
+ * when there is none (an index, not a CQ_* code). Any thread once loading
+ * is over (the list no longer changes). */
 int cq_engine_projection(cq_engine *e, const char *name);
 
-/* The query called `name` and the index of its projection, or NULL. */
+/* The query called `name` (borrowed for the call), borrowed from the
+ * engine for its life, with the index of its projection in *projection;
+ * NULL (*projection untouched) when no projection declares it. Any thread
+ * once loading is over. */
 const cq_decl_query *cq_engine_query(cq_engine *e, const char *name,
                                      int *projection);
 
@@ -130,21 +149,25 @@ const cq_decl_query *cq_engine_query(cq_engine *e, const char *name,
  * thread. */
 const char *cq_engine_projection_name(cq_engine *e, int projection);
 
-/* The projection's applied position (committed), and its status. */
+/* The projection's applied position (committed), and in *failed (if not
+ * NULL) 1 when it is stopped by an error, else 0. Cannot fail. Any
+ * thread (takes the engine's lock). */
 int64_t cq_engine_position(cq_engine *e, int projection, int *failed);
 
-/* Committed head of the event store, as last told by the writer. */
+/* Committed head of the event store, as last told by the writer (or read
+ * at start). Cannot fail. Any thread. */
 int64_t cq_engine_head(cq_engine *e);
 
 /* Bytes of read.db's write-ahead log on disk (read.db-wal). Any thread. */
 int64_t cq_engine_wal_bytes(cq_engine *e);
 
-/* 1 if the projection is inline (its tables commit with the events in
- * events.db), 0 if asynchronous. Any thread. */
+/* A predicate: 1 if the projection is inline (its tables commit with the
+ * events in events.db), 0 if asynchronous. Any thread. */
 int cq_engine_is_inline(cq_engine *e, int projection);
 
-/* Position of stream_id's event at `version`: CQ_OK, CQ_ENOTFOUND (the
- * stream is shorter) or CQ_EIO. */
+/* Position of stream_id's event at `version` into *position: CQ_OK,
+ * CQ_ENOTFOUND (the stream is shorter) or CQ_EIO with a message. Reads
+ * the event store through its read pool. Any thread. */
 int cq_engine_version_position(cq_engine *e, const char *stream_id,
                                int64_t version, int64_t *position, char *err,
                                size_t errcap);
@@ -171,7 +194,8 @@ void cq_engine_set_progress(cq_engine *e, const cq_engine_progress *progress);
 /* The listener's arg set above, or NULL. Any thread. */
 void *cq_engine_progress_arg(cq_engine *e);
 
-/* projection's definition as declared (borrowed for the engine's life). */
+/* projection's definition as declared (borrowed for the engine's life).
+ * Any thread. */
 const cq_declared *cq_engine_declared(cq_engine *e, int projection);
 
 /* The definition projection's live tables were built with: the declared
@@ -184,6 +208,8 @@ const cq_declared *cq_engine_serving(cq_engine *e, int projection);
  * idle one; give it back with cq_engine_reader_put on any thread. The
  * borrower alone uses it meanwhile. After cq_engine_start. */
 cq_exec *cq_engine_reader_get(cq_engine *e, int projection);
+/* Give back a reader borrowed with cq_engine_reader_get for the same
+ * projection, outside any transaction. Cannot fail. Any thread. */
 void cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x);
 
 /* projection's checkpoint read through x (a reader, in the caller's open
@@ -203,7 +229,7 @@ int cq_engine_replay_stream(cq_engine *e, int projection, const char *stream_id,
                             cq_exec **x, int64_t *last, int64_t *stream_version,
                             char *err, size_t errcap);
 
-/* Free a replay's database. Accepts NULL. */
+/* Free a replay's database, on the thread that made it. Accepts NULL. */
 void cq_engine_replay_free(cq_exec *x);
 
 /* ---- control ---- */
@@ -241,7 +267,8 @@ typedef struct cq_projection_status {
     } last_rebuild;
 } cq_projection_status;
 
-/* Number of projections; they are numbered 0..count-1. */
+/* Number of projections; they are numbered 0..count-1 (a count, not a
+ * CQ_* code). Any thread once loading is over. */
 int cq_engine_count(cq_engine *e);
 
 /* A snapshot of projection's state. CQ_OK, or CQ_EIO when its lag could
@@ -287,9 +314,10 @@ int cq_control_result(cq_control *c, char *err, size_t errcap);
 void cq_control_release(cq_control *c);
 
 /* cq_engine_control_start, then wait for that operation to be carried out
- * and return its result (cq_control_result). Blocks the calling thread
- * for as long as the operations queued before it and itself take: not
- * for HTTP threads. */
+ * and return its result (cq_control_result; a refusal at once as
+ * cq_engine_control_start), with its message in err. Blocks the calling
+ * thread for as long as the operations queued before it and itself take:
+ * not for HTTP threads, nor the projector thread. */
 int cq_engine_control(cq_engine *e, int projection, const char *op, char *err,
                       size_t errcap);
 

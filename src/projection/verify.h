@@ -36,7 +36,8 @@ typedef struct cq_verify cq_verify;
 int cq_verify_new(cq_verify **out);
 
 /* Decode old events with this domain's upcasters (see decider.h), as the
- * server does; borrowed. Without it events are replayed as stored. */
+ * server does; borrowed until cq_verify_free. Without it events are
+ * replayed as stored. Cannot fail. */
 void cq_verify_set_domain(cq_verify *v, const cq_domain *domain);
 
 /* Free v and the projections it holds; accepts NULL. */
@@ -48,13 +49,18 @@ void cq_verify_free(cq_verify *v);
 int cq_verify_load_text(cq_verify *v, const char *name, const char *text,
                         size_t len, char *err, size_t errcap);
 
-/* Every *.sql file in dir, in name order (alphasort): what `cqrsd serve
- * --projections DIR` loads. */
+/* Every *.sql file in dir (borrowed), in name order (alphasort): what
+ * `cqrsd serve --projections DIR` loads. CQ_OK (also for none), or the
+ * first failure, after which no further file is read: CQ_EIO (dir or a
+ * file cannot be read), CQ_EINVAL (a file too large or malformed, a
+ * name already added) or CQ_ENOMEM, with "PATH: reason" in err. */
 int cq_verify_load_dir(cq_verify *v, const char *dir, char *err, size_t errcap);
 
 /* A projection whose handler is C code (cq_engine_add_code): its declared
  * part is parsed for the name, and the run reports it as skipped (its
- * apply() is not replayed). code is borrowed for the call only. */
+ * apply() is not replayed). text and code are borrowed for the call only.
+ * CQ_OK, CQ_EINVAL (malformed, not @projection code->name, or the name
+ * is already added) or CQ_ENOMEM, with a message in err. */
 int cq_verify_add_code(cq_verify *v, const char *text, size_t len,
                        const cq_projection_code *code, char *err,
                        size_t errcap);

@@ -50,8 +50,9 @@ enum cq_wait_added {
                             stream waiter: look again) */
 };
 
-/* A set of nqueues queues, all at position 0, and its timer thread. NULL
- * on failure. */
+/* A set of nqueues queues, all at position 0, and its timer thread; owned
+ * by the caller (cq_waiters_free). NULL on failure (out of memory, or the
+ * thread could not start). Any thread. */
 cq_waiters *cq_waiters_new(int nqueues);
 
 /* Fire every remaining waiter as timed out and stop the timer thread;
@@ -81,7 +82,8 @@ void cq_waiters_advance_streams(cq_waiters *ws, int queue, int64_t position,
                                 const cq_stream_applied *applied, size_t n);
 
 /* Move queue back to `position` (a projection replayed from the start),
- * firing nothing: waiters registered later wait for it again. */
+ * firing nothing: waiters registered later wait for it again. Any
+ * thread. */
 void cq_waiters_rewind(cq_waiters *ws, int queue, int64_t position);
 
 /* Wait until `queue` reaches `target` or timeout_ms pass. If it already
@@ -104,19 +106,24 @@ int cq_waiters_add_stream(cq_waiters *ws, int queue, const char *stream_id,
                           int64_t version, int64_t seen, int64_t timeout_ms,
                           cq_wait_cb cb, void *arg, cq_wait **out);
 
-/* After the callback: 1 if the target was reached, 0 if it timed out. */
+/* After the callback: 1 if the target was reached, 0 if it timed out (or
+ * the waiters were shut down). A predicate, not a CQ_* code. Any thread
+ * holding a reference to w. */
 int cq_wait_reached(cq_wait *w);
 
-/* Give back the caller's reference. Accepts NULL. */
+/* Give back the caller's reference; w is freed once the waiters let go
+ * of it too. Any thread, also from the callback. Accepts NULL. */
 void cq_wait_release(cq_wait *w);
 
-/* Number of waiters registered and not fired (for metrics and tests). */
+/* Number of waiters registered and not fired (for metrics and tests). Any
+ * thread. */
 int cq_waiters_pending(cq_waiters *ws);
 
 /* Waiters the advances have looked at one by one since the start: each
  * position waiter fired, and each stream waiter of a stream an advance
  * named (whether its version was reached or not). An advance that fires
- * nothing and names no waited-for stream adds 0, however many wait. */
+ * nothing and names no waited-for stream adds 0, however many wait. Any
+ * thread. */
 int64_t cq_waiters_checked(cq_waiters *ws);
 
 #endif

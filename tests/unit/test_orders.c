@@ -2,8 +2,9 @@
  * test_orders.c -- unit tests of the orders domain (domains/orders/), with
  * no database: each test folds initial() -> evolve() -> decide() by hand,
  * the way the engine does, and checks the events or refusal for every row
- * of API.md's command table, the command schemas, clone independence, and
- * that evolve() answers CQ_ECORRUPT to damaged stored events.
+ * of docs/api.md's command table, the command schemas, clone
+ * independence, and that evolve() answers CQ_ECORRUPT to damaged stored
+ * events.
  */
 #include <setjmp.h>
 #include <stdarg.h>
