@@ -426,7 +426,8 @@ static int gate_before_commit(void *arg, int64_t head)
 }
 
 static int gate_inline(void *arg, const cq_stored_event *events,
-                       const json_t *const *data, size_t n)
+                       const json_t *const *data, size_t n, char *err,
+                       size_t errcap)
 {
     gate *g = arg;
     int plant;
