@@ -51,8 +51,9 @@ struct cq_writer {
     /* writer thread only */
     cq_cache *cache;
     cq_decision *decision;
-    int64_t last_prune_ms; /* when the last prune pass started (monotonic) */
-    int prune_pending;     /* a pass is under way: expired keys may remain */
+    int64_t last_prune_ms;  /* when the last prune pass started (monotonic) */
+    int prune_pending;      /* a pass is under way: expired keys may remain */
+    uint64_t last_batch_ns; /* when the last batch ended (monotonic) */
 };
 
 /* ---- answers ------------------------------------------------------------ */
@@ -732,18 +733,29 @@ static void run_batch(cq_writer *w, cq_write_req *batch, int prune_rows)
 /* Pruning the command log: a pass starts every prune_interval_ms (1 s: keys
  * are deleted about as fast as they expire, not in a burst once a minute;
  * a pass that finds nothing is one transaction that writes nothing) and
- * deletes expired keys in steps, oldest first. While requests come, each
- * batch runs one step inside its own transaction, just before its COMMIT:
- * the deletion rides on the fsync the batch pays anyway. While nothing is
- * queued, steps run one after the other, each a short transaction of its
- * own, looking at the queue in between. So a command never waits behind
- * more than one step, and a step costs no fsync of its own unless the
- * writer is idle. A step deletes CQ_WRITER_PRUNE_CHUNK keys, or in a batch
- * of n > CHUNK requests up to n: deleting as many keys as the batch could
- * have added costs about what adding them did, and lets the pass keep up
- * under load, when the writer is never idle. An expired key not yet pruned
- * is already absent to cmdlog_get, so a late pass costs disk space, never
- * a wrong replay. */
+ * deletes expired keys in steps, oldest first.
+ *
+ * While requests come, each batch runs one step inside its own
+ * transaction, just before its COMMIT: the deletion rides on the fsync the
+ * batch pays anyway. The step deletes PRUNE_PER_REQUEST keys per request
+ * of the batch, at most CHUNK (or n, for a batch of n > CHUNK requests),
+ * never fewer than n: at least as many keys as the batch could have added,
+ * so the pass keeps up under load, when the writer is never idle; and as
+ * much work per command whether commands come in few large batches or many
+ * small ones (a fixed step per batch would charge a batch of one request
+ * what it charges a batch of four).
+ *
+ * While nothing is queued, steps of CHUNK run one after the other, each a
+ * short transaction of its own, looking at the queue in between. Right
+ * after a batch, though, an idle step first waits PRUNE_GRACE_NS for
+ * requests: the submitters just answered are about to send their next
+ * one, which should go into a batch rather than wait behind a step that
+ * pays an fsync of its own.
+ *
+ * So a command never waits behind more than one step, and a step costs no
+ * fsync of its own unless the writer is idle. An expired key not yet
+ * pruned is already absent to cmdlog_get, so a late pass costs disk space,
+ * never a wrong replay. */
 static int64_t mono_ms(void)
 {
     return (int64_t)(cq_mono_ns() / 1000000);
@@ -801,6 +813,16 @@ static int prune_in_batch(cq_writer *w, int64_t now, int rows, int64_t *deleted,
     return CQ_EIO;
 }
 
+/* Keys the step in a batch of n requests may delete: PER_REQUEST per
+ * request, at most CHUNK or n if n is more, and at least n. */
+static int batch_prune_rows(int n)
+{
+    int64_t rows = (int64_t)n * CQ_WRITER_PRUNE_PER_REQUEST;
+    int most = n > CQ_WRITER_PRUNE_CHUNK ? n : CQ_WRITER_PRUNE_CHUNK;
+
+    return rows < most ? (int)rows : most;
+}
+
 /* Milliseconds until the next pass is due, for the idle wait. */
 static int64_t prune_wait_ms(const cq_writer *w)
 {
@@ -823,21 +845,24 @@ static void *writer_main(void *arg)
         pthread_mutex_lock(&w->mu);
         while (w->head == NULL && !w->stopping) {
             struct timespec ts;
-            int64_t ms;
+            int64_t ns;
 
             /* prune_start_if_due touches writer-only fields, never the
              * store, so it may run under mu; a step runs without it. */
             prune_start_if_due(w, mono_ms());
-            if (w->prune_pending) {
+            ns = (int64_t)(w->last_batch_ns + CQ_WRITER_PRUNE_GRACE_NS -
+                           cq_mono_ns());
+            if (w->prune_pending && ns <= 0) {
                 pthread_mutex_unlock(&w->mu);
                 prune_step(w, CQ_WRITER_PRUNE_CHUNK);
                 pthread_mutex_lock(&w->mu);
                 continue;
             }
-            ms = prune_wait_ms(w);
+            if (!w->prune_pending) /* else wait out the grace */
+                ns = prune_wait_ms(w) * 1000000;
             clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += ms / 1000;
-            ts.tv_nsec += (ms % 1000) * 1000000;
+            ts.tv_sec += ns / 1000000000;
+            ts.tv_nsec += ns % 1000000000;
             if (ts.tv_nsec >= 1000000000) {
                 ts.tv_sec++;
                 ts.tv_nsec -= 1000000000;
@@ -863,8 +888,8 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&w->mu);
 
         if (batch != NULL)
-            run_batch(w, batch,
-                      n > CQ_WRITER_PRUNE_CHUNK ? n : CQ_WRITER_PRUNE_CHUNK);
+            run_batch(w, batch, batch_prune_rows(n));
+        w->last_batch_ns = cq_mono_ns();
     }
     return NULL;
 }

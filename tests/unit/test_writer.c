@@ -512,9 +512,10 @@ static void gate_destroy(gate *g)
 }
 
 /* `expired` expired keys and n keyed commands queued behind one another
- * in batches of at most max_batch: the writer prunes while it works, but
- * each batch deletes one step at most, of CQ_WRITER_PRUNE_CHUNK keys or as
- * many as the batch held (each command here appends one event, so a
+ * in batches of at most max_batch: the writer prunes while it works, each
+ * batch exactly one step (while keys remain), of CQ_WRITER_PRUNE_PER_REQUEST
+ * keys per request of the batch, at most CQ_WRITER_PRUNE_CHUNK or the
+ * batch's size if larger (each command here appends one event, so a
  * batch's size is the head's advance), and in its own transaction: while
  * commands are queued there is no COMMIT (no fsync) but the batches'.
  * Once idle it removes the rest. Returns the most keys a batch deleted. */
@@ -554,14 +555,20 @@ static long long prune_stream(fixture *f, int max_batch, int n, int expired)
     assert_true(g.batches < 64);
     assert_int_equal(g.head[g.batches - 1], n);
     for (int k = 0; k < g.batches; k++) {
-        long long gone = (k > 0 ? g.expired[k - 1] : expired) - g.expired[k];
+        long long before = k > 0 ? g.expired[k - 1] : expired;
+        long long gone = before - g.expired[k];
         long long size = g.head[k] - (k > 0 ? g.head[k - 1] : 0);
-        long long allowed =
+        long long cap =
             size > CQ_WRITER_PRUNE_CHUNK ? size : CQ_WRITER_PRUNE_CHUNK;
-        if (gone < 0 || gone > allowed)
+        long long step = size * CQ_WRITER_PRUNE_PER_REQUEST;
+        long long want;
+
+        step = step < cap ? step : cap;
+        want = step < before ? step : before;
+        if (gone != want)
             fail_msg("batch %d (%lld requests) deleted %lld expired keys "
-                     "(at most %lld allowed)",
-                     k + 1, size, gone, allowed);
+                     "(%lld expected: a step of %lld, %lld were left)",
+                     k + 1, size, gone, want, step, before);
         /* Queued commands: the step rode on the batch's COMMIT. */
         if (k > 0 && g.commits_at[k] - g.commits_at[k - 1] != 1)
             fail_msg("%d COMMITs from batch %d to batch %d (1 expected: "
@@ -598,11 +605,12 @@ static long long prune_stream(fixture *f, int max_batch, int n, int expired)
     return most;
 }
 
-/* One command per batch, 10,000 expired keys: one chunk per batch. */
+/* One command per batch, 10,000 expired keys: a step of
+ * CQ_WRITER_PRUNE_PER_REQUEST keys per batch. */
 static void test_prune_interleaves_with_batches(void **state)
 {
     long long most = prune_stream(*state, 1, 30, 10000);
-    assert_int_equal(most, CQ_WRITER_PRUNE_CHUNK);
+    assert_int_equal(most, CQ_WRITER_PRUNE_PER_REQUEST);
 }
 
 /* Batches larger than a chunk: the step after each may delete as many
