@@ -70,8 +70,9 @@ struct cq_writer {
     /* writer thread only */
     cq_cache *cache;
     cq_decision *decision;
-    int64_t last_prune_ms; /* when the last prune pass started (monotonic) */
-    int prune_pending;     /* a pass is under way: expired keys may remain */
+    int64_t last_prune_ms;  /* when the last prune pass started (monotonic) */
+    int prune_pending;      /* a pass is under way: expired keys may remain */
+    uint64_t last_batch_ns; /* when the last batch ended (monotonic) */
 };
 
 /* ---- answers ------------------------------------------------------------ */
@@ -711,10 +712,20 @@ static void probe(cq_writer *w)
     }
 }
 
-static void run_batch(cq_writer *w, cq_write_req *batch)
+static int64_t mono_ms(void);
+static void prune_start_if_due(cq_writer *w, int64_t now);
+static int prune_in_batch(cq_writer *w, int64_t now, int rows, int64_t *deleted,
+                          char *msg, size_t msgcap);
+
+/* Run the requests of `batch` in one transaction; if a prune pass is due
+ * or under way, one step of it (of prune_rows keys at most) commits with
+ * them. */
+static void run_batch(cq_writer *w, cq_write_req *batch, int prune_rows)
 {
     int64_t now = cq_now_ms();
+    int64_t pruned = 0;
     cq_write_req *r, *next;
+    char msg[512] = "";
     int rc;
 
     rc = cq_store_begin(w->store);
@@ -726,10 +737,19 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
         if (rc == CQ_OK)
             rc = w->cfg.hooks.before_commit(w->cfg.hooks.arg, head);
     }
+    /* At most one step per batch, however many keys remain. */
+    prune_start_if_due(w, mono_ms());
+    if (rc == CQ_OK && w->prune_pending)
+        rc = prune_in_batch(w, now, prune_rows, &pruned, msg, sizeof msg);
     if (rc == CQ_OK)
         rc = cq_store_commit(w->store);
     if (rc == CQ_OK) {
         int64_t head;
+        /* The step's keys are gone now; fewer than allowed ends the pass
+         * (a rolled-back step leaves it under way: the next batch or idle
+         * step redoes it). */
+        if (w->prune_pending && pruned < prune_rows)
+            w->prune_pending = 0;
         cq_cache_commit(w->cache);
         set_writable(w, 1, NULL);
         if (cq_store_write_head(w->store, &head) == CQ_OK) {
@@ -738,8 +758,8 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
                 w->cfg.hooks.committed(w->cfg.hooks.arg, head, batch);
         }
     } else {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", cq_store_errmsg(w->store));
+        if (msg[0] == '\0') /* else the prune step lost the transaction */
+            snprintf(msg, sizeof msg, "%s", cq_store_errmsg(w->store));
         cq_store_rollback(w->store);
         cq_cache_drop_dirty(w->cache);
         set_writable(w, 0, msg);
@@ -761,15 +781,29 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
 /* Pruning the command log: a pass starts every prune_interval_ms (1 s: keys
  * are deleted about as fast as they expire, not in a burst once a minute;
  * a pass that finds nothing is one transaction that writes nothing) and
- * deletes expired keys in steps, one short transaction each, oldest first.
- * A step runs after a batch (one step, however many keys remain) or while
- * nothing is queued (step after step, looking at the queue in between), so
- * a command never waits behind more than one step. A step deletes
- * CQ_WRITER_PRUNE_CHUNK keys, or after a batch of n > CHUNK requests up to
- * n: deleting as many keys as the batch could have added costs about what
- * adding them did, and lets the pass keep up under load, when the writer is
- * never idle. An expired key not yet pruned is already absent to
- * cmdlog_get, so a late pass costs disk space, never a wrong replay. */
+ * deletes expired keys in steps, oldest first.
+ *
+ * While requests come, each batch runs one step inside its own
+ * transaction, just before its COMMIT: the deletion rides on the fsync the
+ * batch pays anyway. The step deletes PRUNE_PER_REQUEST keys per request
+ * of the batch, at most CHUNK (or n, for a batch of n > CHUNK requests),
+ * never fewer than n: at least as many keys as the batch could have added,
+ * so the pass keeps up under load, when the writer is never idle; and as
+ * much work per command whether commands come in few large batches or many
+ * small ones (a fixed step per batch would charge a batch of one request
+ * what it charges a batch of four).
+ *
+ * While nothing is queued, steps of CHUNK run one after the other, each a
+ * short transaction of its own, looking at the queue in between. Right
+ * after a batch, though, an idle step first waits PRUNE_GRACE_NS for
+ * requests: the submitters just answered are about to send their next
+ * one, which should go into a batch rather than wait behind a step that
+ * pays an fsync of its own.
+ *
+ * So a command never waits behind more than one step, and a step costs no
+ * fsync of its own unless the writer is idle. An expired key not yet
+ * pruned is already absent to cmdlog_get, so a late pass costs disk space,
+ * never a wrong replay. */
 static int64_t mono_ms(void)
 {
     return (int64_t)(cq_mono_ns() / 1000000);
@@ -784,20 +818,57 @@ static void prune_start_if_due(cq_writer *w, int64_t now)
     }
 }
 
-/* One step of the pass under way, of at most `rows` keys; ends the pass
- * once no expired key is left (or the store failed: the next pass tries
- * again). */
+static void prune_failed(cq_writer *w, const char *msg)
+{
+    fprintf(stderr, "cqrsd: pruning the command log failed: %s\n", msg);
+    w->prune_pending = 0; /* the next pass tries again */
+}
+
+/* One idle step, a transaction of its own, of at most `rows` keys; ends
+ * the pass once no expired key is left (or the store failed). */
 static void prune_step(cq_writer *w, int rows)
 {
     int64_t deleted = 0;
 
-    if (cq_store_cmdlog_prune(w->store, cq_now_ms(), rows, &deleted) != CQ_OK) {
-        fprintf(stderr, "cqrsd: pruning the command log failed: %s\n",
-                cq_store_errmsg(w->store));
+    if (cq_store_cmdlog_prune(w->store, cq_now_ms(), rows, &deleted) != CQ_OK)
+        prune_failed(w, cq_store_errmsg(w->store));
+    else if (deleted < rows)
         w->prune_pending = 0;
-    } else if (deleted < rows) {
-        w->prune_pending = 0;
-    }
+}
+
+/* One step inside the batch's open transaction, under a savepoint of its
+ * own: a failing step (SQLITE_FULL, say) is logged and undone alone, and
+ * the batch commits its requests. *deleted gets how many keys the step
+ * deleted (they are gone once the batch commits). CQ_OK, or CQ_EIO if the
+ * transaction itself is lost: the batch must be rolled back (503, as for
+ * any store failure), with the reason in msg. */
+static int prune_in_batch(cq_writer *w, int64_t now, int rows, int64_t *deleted,
+                          char *msg, size_t msgcap)
+{
+    char why[512];
+
+    *deleted = 0;
+    if (cq_store_savepoint(w->store) != CQ_OK)
+        return CQ_EIO;
+    if (cq_store_cmdlog_prune(w->store, now, rows, deleted) == CQ_OK)
+        return cq_store_release(w->store) == CQ_OK ? CQ_OK : CQ_EIO;
+    *deleted = 0;
+    snprintf(why, sizeof why, "%s", cq_store_errmsg(w->store));
+    prune_failed(w, why);
+    if (cq_store_rollback_savepoint(w->store) == CQ_OK)
+        return CQ_OK;
+    snprintf(msg, msgcap, "%s", why);
+    return CQ_EIO;
+}
+
+/* Keys the step in a batch of n requests may delete: PER_REQUEST per
+ * request, at most CHUNK or n if n is more, and at least n. */
+static int batch_prune_rows(int n)
+{
+    int64_t rows = (int64_t)n * CQ_WRITER_PRUNE_PER_REQUEST;
+    int most = n > CQ_WRITER_PRUNE_CHUNK ? n : CQ_WRITER_PRUNE_CHUNK;
+
+    return rows < most ? (int)rows : most;
 }
 
 /* Milliseconds until the next pass is due, for the idle wait. */
@@ -822,23 +893,27 @@ static void *writer_main(void *arg)
         pthread_mutex_lock(&w->mu);
         while (w->head == NULL && !w->stopping) {
             struct timespec ts;
-            int64_t ms;
+            int64_t ns;
 
             /* prune_start_if_due touches writer-only fields, never the
              * store, so it may run under mu; a step runs without it. */
             prune_start_if_due(w, mono_ms());
-            if (w->prune_pending) {
+            ns = (int64_t)(w->last_batch_ns + CQ_WRITER_PRUNE_GRACE_NS -
+                           cq_mono_ns());
+            if (w->prune_pending && ns <= 0) {
                 pthread_mutex_unlock(&w->mu);
                 prune_step(w, CQ_WRITER_PRUNE_CHUNK);
                 pthread_mutex_lock(&w->mu);
                 continue;
             }
-            ms = prune_wait_ms(w);
-            if (!atomic_load(&w->writable) && ms > PROBE_INTERVAL_MS)
-                ms = PROBE_INTERVAL_MS;
+            if (!w->prune_pending) /* else wait out the grace */
+                ns = prune_wait_ms(w) * 1000000;
+            if (!atomic_load(&w->writable) &&
+                ns > (int64_t)PROBE_INTERVAL_MS * 1000000)
+                ns = (int64_t)PROBE_INTERVAL_MS * 1000000;
             clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += ms / 1000;
-            ts.tv_nsec += (ms % 1000) * 1000000;
+            ts.tv_sec += ns / 1000000000;
+            ts.tv_nsec += ns % 1000000000;
             if (ts.tv_nsec >= 1000000000) {
                 ts.tv_sec++;
                 ts.tv_nsec -= 1000000000;
@@ -867,14 +942,10 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&w->mu);
 
         if (batch != NULL)
-            run_batch(w, batch);
+            run_batch(w, batch, batch_prune_rows(n));
         else if (!atomic_load(&w->writable))
             probe(w);
-        /* At most one step between two batches, however many remain. */
-        prune_start_if_due(w, mono_ms());
-        if (w->prune_pending)
-            prune_step(w,
-                       n > CQ_WRITER_PRUNE_CHUNK ? n : CQ_WRITER_PRUNE_CHUNK);
+        w->last_batch_ns = cq_mono_ns();
     }
     return NULL;
 }

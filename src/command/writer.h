@@ -31,11 +31,23 @@
 
 #define CQ_STREAM_ID_MAX 256 /* bytes including the NUL */
 #define CQ_IDEM_KEY_MAX 256  /* bytes including the NUL */
-/* Expired idempotency keys deleted per pruning step (more after a batch of
- * more requests, up to its size): a command waits behind one step at most.
- * Keys are random, so each costs an index page write; 128 is ~1-2 ms. See
- * writer.c, "Pruning the command log". */
+/* Expired idempotency keys deleted per idle pruning step, and at most per
+ * batch unless the batch held more requests (then up to its size): a
+ * command waits behind one step at most. Keys are random, so each costs an
+ * index page write; 128 is ~1-2 ms. See writer.c, "Pruning the command
+ * log". */
 #define CQ_WRITER_PRUNE_CHUNK 128
+/* The step in a batch deletes this many keys per request of the batch
+ * (within the bound above, and never fewer than the batch's size): the
+ * pruning work per command stays the same whether requests come in few
+ * large batches or many small ones. */
+#define CQ_WRITER_PRUNE_PER_REQUEST 32
+/* After a batch, an idle pruning step (a transaction and an fsync of its
+ * own) waits this long for requests first, about one step: the submitters
+ * just answered have time to send their next request, which then goes
+ * into a batch (whose own step rides on its fsync) instead of queueing
+ * behind an idle step. */
+#define CQ_WRITER_PRUNE_GRACE_NS 2000000
 
 typedef enum cq_write_kind {
     CQ_WRITE_COMMAND, /* run a domain command through its decider */
