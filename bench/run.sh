@@ -60,8 +60,8 @@
 #   BENCH_REBUILD_TIMEOUT=300  seconds for the rebuild to finish
 #   BENCH_PRUNE_KEYS=275000    expired idempotency keys to prune ...
 #   BENCH_PRUNE_COMMANDS=3000  ... while this many keyed commands run
-#   BENCH_WAITERS=8000         waiting queries held in step 6b (the server
-#                              takes at most 8192 connections, wrk's included)
+#   BENCH_WAITERS=10000        waiting queries held in step 6b (the server is
+#                              started with room for that many connections)
 #   BENCH_WAITERS_SECONDS=5    length of each wrk run of step 6b
 #   BENCH_STEPS="write window waiters catchup rebuild prune"  which parts
 #                              to run (rebuild needs catchup: it rebuilds over
@@ -95,7 +95,7 @@ RB_TIMEOUT=${BENCH_REBUILD_TIMEOUT:-300}
 PR_KEYS=${BENCH_PRUNE_KEYS:-275000}
 PR_COMMANDS=${BENCH_PRUNE_COMMANDS:-3000}
 STEPS=${BENCH_STEPS:-write window waiters catchup rebuild prune}
-WAITERS=${BENCH_WAITERS:-8000}
+WAITERS=${BENCH_WAITERS:-10000}
 WAITERS_SECONDS=${BENCH_WAITERS_SECONDS:-5}
 TARGET_WINDOW_P99_US=1000   # consistency window p99 <= 1 ms on loopback
 TARGET_CATCHUP_PCT=70       # catch-up >= 70 % of raw SQLite
@@ -279,10 +279,12 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' \
 start_server() {
     say "-- starting: $CQRSD serve --data $1 --listen 127.0.0.1:$2"
     if [ $HAVE_TIMEOUT -eq 1 ]; then
+        # shellcheck disable=SC2086
         timeout -k 10 "$3" "$CQRSD" serve --data "$1" \
-            --listen "127.0.0.1:$2" >"$SERVER_LOG" 2>&1 &
+            --listen "127.0.0.1:$2" ${SERVER_EXTRA:-} >"$SERVER_LOG" 2>&1 &
     else
-        "$CQRSD" serve --data "$1" --listen "127.0.0.1:$2" \
+        # shellcheck disable=SC2086
+        "$CQRSD" serve --data "$1" --listen "127.0.0.1:$2" ${SERVER_EXTRA:-} \
             >"$SERVER_LOG" 2>&1 &
     fi
     SERVER_PID=$!
@@ -481,7 +483,11 @@ if step waiters; then
     URL=http://127.0.0.1:$PORT
     mkdir -p "$TMP/wdata"
     SERVER_LOG=$TMP/server-waiters.log
+    # every waiting query holds a connection, all from 127.0.0.1: room for
+    # them beside wrk's (the defaults are 8192 in all, 1024 per address)
+    SERVER_EXTRA="--max-connections $((WAITERS + 2048)) --max-connections-per-ip $((WAITERS + 1024))"
     start_server "$TMP/wdata" "$PORT" $((START_TIMEOUT + 3 * WAITERS_SECONDS + WARMUP + 300))
+    SERVER_EXTRA=
     if [ -z "$WT" ]; then
         warn "could not build bench_waiters"; STATUS=1
     elif wait_up; then
