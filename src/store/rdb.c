@@ -46,6 +46,11 @@ void *cq_rdb_impl(cq_rdb *db)
     return db->impl;
 }
 
+void *cq_rstmt_impl(cq_rstmt *st)
+{
+    return st != NULL ? st->impl : NULL;
+}
+
 int cq_rdb_open(const char *where, unsigned flags, int busy_ms, cq_rdb **out,
                 char *err, size_t errcap)
 {
@@ -116,6 +121,16 @@ int cq_rdb_columns(cq_rdb *db, const char *table,
 int64_t cq_rdb_wal_bytes(cq_rdb *db)
 {
     return db->ops->wal_bytes ? db->ops->wal_bytes(db->impl) : -1;
+}
+
+const char *cq_rdb_backend(cq_rdb *db)
+{
+    return db->ops->name;
+}
+
+void cq_rdb_format_real(cq_rdb *db, double v, char *buf, size_t cap)
+{
+    db->ops->format_real(v, buf, cap);
 }
 
 int cq_rdb_prepare(cq_rdb *db, const char *sql, unsigned flags, cq_rstmt **out,

@@ -115,6 +115,16 @@ int cq_rdb_columns(cq_rdb *db, const char *table,
  * told (SQLite: the -wal file). */
 int64_t cq_rdb_wal_bytes(cq_rdb *db);
 
+/* The name of db's backend ("sqlite"), for code that works only with one
+ * (store/wal.c). Static storage. */
+const char *cq_rdb_backend(cq_rdb *db);
+
+/* Write v into buf[cap] (NUL-terminated, cut to fit) as db's backend
+ * shows a REAL value to people (SQLite: printf's "%!.17g", so 2.0 is
+ * "2.0", infinity "Inf"): reports that show values read from db (verify)
+ * show them as the database does. */
+void cq_rdb_format_real(cq_rdb *db, double v, char *buf, size_t cap);
+
 /* ---- statements ---- */
 
 /* Prepare one statement of sql. CQ_OK with *out, or the failure's code
@@ -180,7 +190,8 @@ typedef struct cq_rdb_ops {
     int (*columns)(void *impl, const char *table,
                    int (*cb)(void *arg, const char *column, int pk), void *arg,
                    char *err, size_t errcap);
-    int64_t (*wal_bytes)(void *impl);
+    int64_t (*wal_bytes)(void *impl); /* optional: NULL gives -1 */
+    void (*format_real)(double v, char *buf, size_t cap);
     int (*prepare)(void *impl, const char *sql, unsigned flags, void **st,
                    char *err, size_t errcap);
     void (*finalize)(void *st);
@@ -207,8 +218,13 @@ typedef struct cq_rdb_ops {
  * memory. For backends and the event store. */
 cq_rdb *cq_rdb_wrap(const cq_rdb_ops *ops, void *impl, int owned);
 
-/* The backend connection behind db (borrowed). For backends only. */
+/* The backend connection behind db (borrowed). For backends only (and
+ * store/wal.c, which checkpoints SQLite's log). */
 void *cq_rdb_impl(cq_rdb *db);
+
+/* The backend statement behind st (borrowed), NULL when st is NULL. For
+ * backends only. */
+void *cq_rstmt_impl(cq_rstmt *st);
 
 /* The SQLite backend (rdb_sqlite.c). */
 extern const cq_rdb_ops cq_rdb_sqlite_ops;
