@@ -188,6 +188,29 @@ static void sq_format_real(double v, char *buf, size_t cap)
         sqlite3_snprintf(cap > INT_MAX ? INT_MAX : (int)cap, buf, "%!.17g", v);
 }
 
+/* A function no SQL calls, whose destructor SQLite runs when the
+ * connection closes: how a view learns that its connection went away. */
+static void sq_no_function(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    (void)argv;
+    sqlite3_result_null(ctx);
+}
+
+static int sq_on_close(void *impl, void (*fn)(void *), void *arg)
+{
+    char name[64];
+    int rc;
+
+    /* a name of its own per arg: registering a name again would run the
+     * earlier destructor */
+    snprintf(name, sizeof name, "cq_on_close_%p", arg);
+    /* on failure SQLite runs fn(arg) itself */
+    rc = sqlite3_create_function_v2(impl, name, 0, SQLITE_UTF8, arg,
+                                    sq_no_function, NULL, NULL, fn);
+    return rc == SQLITE_OK ? CQ_OK : code_of(rc);
+}
+
 static int sq_prepare(void *impl, const char *sql, unsigned flags, void **out,
                       char *err, size_t errcap)
 {
@@ -321,6 +344,7 @@ const cq_rdb_ops cq_rdb_sqlite_ops = {
     .tables = sq_tables,
     .columns = sq_columns,
     .wal_bytes = sq_wal_bytes,
+    .on_close = sq_on_close,
     .format_real = sq_format_real,
     .prepare = sq_prepare,
     .finalize = sq_finalize,
