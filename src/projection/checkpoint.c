@@ -35,36 +35,37 @@
 
 /* Save p's checkpoint with `st` (SQL_SAVE_CHECKPOINT) in the open
  * transaction. */
-int cq_eng_save_checkpoint(sqlite3_stmt *st, const proj *p, int64_t position,
+int cq_eng_save_checkpoint(cq_rstmt *st, const proj *p, int64_t position,
                            int failed, const char *error, int64_t error_pos,
                            const char *error_event)
 {
-    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, position);
-    sqlite3_bind_text(st, 3, failed ? "failed" : "running", -1, SQLITE_STATIC);
+    cq_rstmt_bind_text(st, 1, p->d->name, -1);
+    cq_rstmt_bind_int(st, 2, position);
+    cq_rstmt_bind_text(st, 3, failed ? "failed" : "running", -1);
     if (failed) {
-        sqlite3_bind_text(st, 4, error, -1, SQLITE_TRANSIENT);
-        sqlite3_bind_int64(st, 5, error_pos);
-        sqlite3_bind_text(st, 6, error_event, -1, SQLITE_TRANSIENT);
+        cq_rstmt_bind_text_copy(st, 4, error, -1);
+        cq_rstmt_bind_int(st, 5, error_pos);
+        cq_rstmt_bind_text_copy(st, 6, error_event, -1);
     } else {
-        sqlite3_bind_null(st, 4);
-        sqlite3_bind_null(st, 5);
-        sqlite3_bind_null(st, 6);
+        cq_rstmt_bind_null(st, 4);
+        cq_rstmt_bind_null(st, 5);
+        cq_rstmt_bind_null(st, 6);
     }
-    sqlite3_bind_int64(st, 7, cq_now_ms());
+    cq_rstmt_bind_int(st, 7, cq_now_ms());
     int rc = cq_eng_step_done(st);
-    sqlite3_clear_bindings(st);
+    cq_rstmt_clear(st);
     return rc;
 }
 
 /* Give cq_projections (created before it was added) its source column. */
 int cq_eng_add_source_column(cq_exec *x, char *err, size_t errcap)
 {
-    sqlite3_stmt *st = NULL;
+    cq_rstmt *st = NULL;
+    char ignore[128];
 
-    if (sqlite3_prepare_v2(cq_exec_db(x), "SELECT source FROM cq_projections",
-                           -1, &st, NULL) == SQLITE_OK) {
-        sqlite3_finalize(st);
+    if (cq_rdb_prepare(cq_exec_db(x), "SELECT source FROM cq_projections", 0,
+                       &st, ignore, sizeof ignore) == CQ_OK) {
+        cq_rstmt_finalize(st);
         return CQ_OK;
     }
     return cq_exec_sql(x, "ALTER TABLE cq_projections ADD COLUMN source TEXT",
@@ -116,8 +117,8 @@ static cq_declared *previous_definition(const proj *p, const char *text)
 int cq_eng_prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
                               size_t changedcap, char *err, size_t errcap)
 {
-    sqlite3 *db = cq_exec_db(x);
-    sqlite3_stmt *st = NULL;
+    cq_rdb *db = cq_exec_db(x);
+    cq_rstmt *st = NULL;
     int found = 0, same = 0, rc;
     int64_t version = 0;
     const char *text = NULL; /* borrowed from p */
@@ -140,23 +141,23 @@ int cq_eng_prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
             " WHERE name = ?1",
             &st, err, errcap) != CQ_OK)
         return CQ_EIO;
-    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        const char *hash = (const char *)sqlite3_column_text(st, 1);
-        const char *status = (const char *)sqlite3_column_text(st, 3);
-        const char *src = (const char *)sqlite3_column_text(st, 7);
+    cq_rstmt_bind_text(st, 1, p->d->name, -1);
+    if (cq_rstmt_step(st) == CQ_RSTEP_ROW) {
+        const char *hash = cq_rstmt_column_text(st, 1);
+        const char *status = cq_rstmt_column_text(st, 3);
+        const char *src = cq_rstmt_column_text(st, 7);
         found = 1;
-        version = sqlite3_column_int64(st, 0);
+        version = cq_rstmt_column_int(st, 0);
         same = version == p->d->version && hash &&
                strcmp(hash, p->d->source_hash) == 0;
         if (same || !p->is_inline) {
-            p->position = sqlite3_column_int64(st, 2);
+            p->position = cq_rstmt_column_int(st, 2);
             p->paused = status && strcmp(status, "paused") == 0;
             p->failed = status && strcmp(status, "failed") == 0;
             if (p->failed) {
-                const char *m = (const char *)sqlite3_column_text(st, 4);
-                const char *t = (const char *)sqlite3_column_text(st, 6);
-                p->error_position = sqlite3_column_int64(st, 5);
+                const char *m = cq_rstmt_column_text(st, 4);
+                const char *t = cq_rstmt_column_text(st, 6);
+                p->error_position = cq_rstmt_column_int(st, 5);
                 snprintf(p->error, sizeof p->error, "%s", m ? m : "");
                 snprintf(p->error_event, sizeof p->error_event, "%s",
                          t ? t : "");
@@ -167,7 +168,7 @@ int cq_eng_prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
         else if (!same && !p->is_inline && src != NULL)
             p->prev = previous_definition(p, src);
     }
-    sqlite3_finalize(st);
+    cq_rstmt_finalize(st);
     if (same) {
         p->serving = p->d;
         if (text != NULL) {
@@ -176,10 +177,10 @@ int cq_eng_prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
                                 " WHERE name = ?2",
                                 &st, err, errcap);
             if (rc == CQ_OK) {
-                sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
-                sqlite3_bind_text(st, 2, p->d->name, -1, SQLITE_STATIC);
+                cq_rstmt_bind_text(st, 1, text, -1);
+                cq_rstmt_bind_text(st, 2, p->d->name, -1);
                 rc = cq_eng_step_done(st);
-                sqlite3_finalize(st);
+                cq_rstmt_finalize(st);
             }
             return rc;
         }
@@ -232,15 +233,15 @@ rebuild:
             &st, err, errcap);
     }
     if (rc == CQ_OK) {
-        sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, p->d->version);
-        sqlite3_bind_text(st, 3, p->d->source_hash, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 4, cq_now_ms());
-        sqlite3_bind_text(st, 5, p->text, -1, SQLITE_STATIC);
+        cq_rstmt_bind_text(st, 1, p->d->name, -1);
+        cq_rstmt_bind_int(st, 2, p->d->version);
+        cq_rstmt_bind_text(st, 3, p->d->source_hash, -1);
+        cq_rstmt_bind_int(st, 4, cq_now_ms());
+        cq_rstmt_bind_text(st, 5, p->text, -1);
         rc = cq_eng_step_done(st);
         if (rc != CQ_OK)
-            snprintf(err, errcap, "%s", sqlite3_errmsg(db));
-        sqlite3_finalize(st);
+            snprintf(err, errcap, "%s", cq_rdb_errmsg(db));
+        cq_rstmt_finalize(st);
     }
     if (rc == CQ_OK)
         rc = cq_exec_sql(x, "COMMIT", err, errcap);
@@ -260,9 +261,9 @@ rebuild:
 }
 
 /* p->skipped from the rows of cq_skipped_events in db (start). */
-int cq_eng_count_skipped(sqlite3 *db, proj *p, char *err, size_t errcap)
+int cq_eng_count_skipped(cq_rdb *db, proj *p, char *err, size_t errcap)
 {
-    sqlite3_stmt *st = NULL;
+    cq_rstmt *st = NULL;
     int rc = cq_eng_prepare(db,
                             "SELECT count(*) FROM cq_skipped_events"
                             " WHERE projection = ?1",
@@ -270,15 +271,14 @@ int cq_eng_count_skipped(sqlite3 *db, proj *p, char *err, size_t errcap)
 
     if (rc != CQ_OK)
         return rc;
-    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        p->skipped = sqlite3_column_int64(st, 0);
+    cq_rstmt_bind_text(st, 1, p->d->name, -1);
+    if (cq_rstmt_step(st) == CQ_RSTEP_ROW)
+        p->skipped = cq_rstmt_column_int(st, 0);
     else {
-        snprintf(err, errcap, "counting skipped events: %s",
-                 sqlite3_errmsg(db));
+        snprintf(err, errcap, "counting skipped events: %s", cq_rdb_errmsg(db));
         rc = CQ_EIO;
     }
-    sqlite3_finalize(st);
+    cq_rstmt_finalize(st);
     return rc;
 }
 
@@ -288,17 +288,17 @@ int cq_engine_checkpoint_read(cq_engine *e, int projection, cq_exec *x,
 {
     static const char sql[] =
         "SELECT position, status FROM cq_projections WHERE name = ?1";
-    sqlite3_stmt *st = cq_exec_stmt(x, sql, err, errcap);
+    cq_rstmt *st = cq_exec_stmt(x, sql, err, errcap);
 
     if (st == NULL)
         return CQ_EIO;
-    sqlite3_bind_text(st, 1, e->projs[projection]->d->name, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        const char *status = (const char *)sqlite3_column_text(st, 1);
-        *position = sqlite3_column_int64(st, 0);
+    cq_rstmt_bind_text(st, 1, e->projs[projection]->d->name, -1);
+    if (cq_rstmt_step(st) == CQ_RSTEP_ROW) {
+        const char *status = cq_rstmt_column_text(st, 1);
+        *position = cq_rstmt_column_int(st, 0);
         *failed = status && strcmp(status, "failed") == 0;
     }
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
+    cq_rstmt_reset(st);
+    cq_rstmt_clear(st);
     return CQ_OK;
 }

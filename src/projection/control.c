@@ -27,18 +27,18 @@ enum { CTL_QUEUED, CTL_CANCELLED, CTL_RUNNING, CTL_DONE };
 static int exec_bound(cq_engine *e, const char *sql, const char *name,
                       int64_t n, const char *status, char *err, size_t errcap)
 {
-    sqlite3_stmt *st = NULL;
+    cq_rstmt *st = NULL;
     int rc = cq_eng_prepare(e->rdb, sql, &st, err, errcap);
 
     if (rc != CQ_OK)
         return rc;
-    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, n);
-    sqlite3_bind_text(st, 3, status, -1, SQLITE_STATIC);
+    cq_rstmt_bind_text(st, 1, name, -1);
+    cq_rstmt_bind_int(st, 2, n);
+    cq_rstmt_bind_text(st, 3, status, -1);
     rc = cq_eng_step_done(st);
     if (rc != CQ_OK)
-        snprintf(err, errcap, "%s", sqlite3_errmsg(e->rdb));
-    sqlite3_finalize(st);
+        snprintf(err, errcap, "%s", cq_rdb_errmsg(e->rdb));
+    cq_rstmt_finalize(st);
     return rc;
 }
 

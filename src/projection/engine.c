@@ -83,7 +83,7 @@ static int check_statements(proj *p, cq_exec *x, char *err, size_t errcap)
                 snprintf(err, errcap, "%s:%d: @on %s: %s", p->source,
                          p->d->handlers[h].stmts[k].line,
                          p->d->handlers[h].event_type,
-                         sqlite3_errmsg(cq_exec_db(x)));
+                         cq_rdb_errmsg(cq_exec_db(x)));
                 return CQ_EINVAL;
             }
     for (size_t q = 0; q < p->d->nqueries; q++)
@@ -105,8 +105,8 @@ static int check_statements(proj *p, cq_exec *x, char *err, size_t errcap)
     " position INTEGER NOT NULL, event_type TEXT, error TEXT,"                 \
     " skipped_at INTEGER NOT NULL, PRIMARY KEY (projection, position))"
 
-static int prepare_savepoints(sqlite3 *db, const char *name, sqlite3_stmt **sp,
-                              sqlite3_stmt **release, sqlite3_stmt **rollback,
+static int prepare_savepoints(cq_rdb *db, const char *name, cq_rstmt **sp,
+                              cq_rstmt **release, cq_rstmt **rollback,
                               char *err, size_t errcap)
 {
     char sql[3][64];
@@ -121,20 +121,28 @@ static int prepare_savepoints(sqlite3 *db, const char *name, sqlite3_stmt **sp,
     return CQ_OK;
 }
 
+/* A pool's connection to read.db (a cq_pool_opener; arg: its path). */
+static int open_read_db(void *arg, cq_rdb **db, char *err, size_t errcap)
+{
+    return cq_eng_open_db(arg, CQ_RDB_READONLY, db, err, errcap);
+}
+
+/* A pool's connection to the event store's database, which holds the
+ * inline projections' tables (a cq_pool_opener; arg: the store). */
+static int open_store_db(void *arg, cq_rdb **db, char *err, size_t errcap)
+{
+    return cq_store_open_rdb(arg, db, err, errcap);
+}
+
 int cq_engine_start(cq_engine *e, char *err, size_t errcap)
 {
     char path[4200];
-    sqlite3 *wdb = cq_rdb_impl(cq_store_write_rdb(e->store));
+    cq_rdb *wdb = cq_store_write_rdb(e->store);
     int64_t head = 0;
     int rc;
 
-    if (strcmp(cq_store_backend(e->store), "sqlite") != 0) {
-        snprintf(err, errcap, "projections need the sqlite store");
-        return CQ_EINVAL;
-    }
     snprintf(path, sizeof path, "%s/read.db", e->dir);
-    rc = cq_eng_open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-                        &e->rdb, err, errcap);
+    rc = cq_eng_open_db(path, CQ_RDB_CREATE, &e->rdb, err, errcap);
     if (rc != CQ_OK)
         return rc;
     e->rx = cq_exec_new(e->rdb);
@@ -211,20 +219,18 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
             return rc;
         p->saved = p->position;
     }
-    rc = cq_pool_open(&e->reads, path, e->nreaders, err, errcap);
-    if (rc == CQ_OK) {
-        snprintf(path, sizeof path, "%s/events.db", e->dir);
-        rc = cq_pool_open(&e->events, path, e->nreaders, err, errcap);
-    }
+    rc = cq_pool_open(&e->reads, open_read_db, path, e->nreaders, err, errcap);
+    if (rc == CQ_OK)
+        rc = cq_pool_open(&e->events, open_store_db, e->store, e->nreaders, err,
+                          errcap);
     if (rc != CQ_OK)
         return rc;
     for (int i = 0; i < e->nprojs; i++)
         cq_eng_advance(e, i, e->projs[i]->position);
     cq_eng_advance(e, e->nprojs, head);
     e->head = head;
-    snprintf(path, sizeof path, "%s/read.db", e->dir);
-    rc = cq_wal_start(e->rdb, ENGINE_BUSY_TIMEOUT_MS, path, "cq-ckpt-read",
-                      &e->wal, err, errcap);
+    rc = cq_wal_start_rdb(e->rdb, ENGINE_BUSY_TIMEOUT_MS, path, "cq-ckpt-read",
+                          &e->wal, err, errcap);
     if (rc != CQ_OK)
         return rc;
     if (pthread_create(&e->projector, NULL, cq_eng_projector_main, e) != 0) {
@@ -261,21 +267,21 @@ void cq_engine_free(cq_engine *e)
         e->progress.free(e->progress.arg);
     cq_pool_close(&e->reads);
     cq_pool_close(&e->events);
-    sqlite3_finalize(e->r_save);
-    sqlite3_finalize(e->r_rb_save);
-    sqlite3_finalize(e->r_sp);
-    sqlite3_finalize(e->r_release);
-    sqlite3_finalize(e->r_rollback);
-    sqlite3_finalize(e->i_save);
-    sqlite3_finalize(e->i_sp);
-    sqlite3_finalize(e->i_release);
-    sqlite3_finalize(e->i_rollback);
+    cq_rstmt_finalize(e->r_save);
+    cq_rstmt_finalize(e->r_rb_save);
+    cq_rstmt_finalize(e->r_sp);
+    cq_rstmt_finalize(e->r_release);
+    cq_rstmt_finalize(e->r_rollback);
+    cq_rstmt_finalize(e->i_save);
+    cq_rstmt_finalize(e->i_sp);
+    cq_rstmt_finalize(e->i_release);
+    cq_rstmt_finalize(e->i_rollback);
     for (int i = 0; i < e->nprojs; i++)
         cq_rebuild_free(e->projs[i]); /* statements on read.db */
     cq_exec_free(e->rx);
     cq_exec_free(e->ix);
     cq_wal_free(e->wal); /* before read.db's writing connection closes */
-    sqlite3_close(e->rdb);
+    cq_rdb_close(e->rdb);
     for (int i = 0; i < e->nprojs; i++) {
         cq_declared_free(e->projs[i]->d);
         cq_declared_free(e->projs[i]->prev);

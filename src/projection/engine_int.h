@@ -8,12 +8,12 @@
 #define CQ_PROJECTION_ENGINE_INT_H
 
 #include <pthread.h>
-#include <sqlite3.h>
 
 #include "domain/domain.h"
 #include "projection/engine.h"
 #include "projection/exec.h"
 #include "projection/rename.h"
+#include "store/rdb.h"
 
 #define ENGINE_BUSY_TIMEOUT_MS 5000
 
@@ -108,9 +108,13 @@ struct cq_control {
     struct cq_control *next; /* e->controls queue */
 };
 
+/* Opens one read-only connection of a pool (pool.c): CQ_OK with *db (the
+ * pool's), or an error with a message in err. */
+typedef int (*cq_pool_opener)(void *arg, cq_rdb **db, char *err, size_t errcap);
+
 /* A pool of read connections to one database, each with its executor. */
 typedef struct pool {
-    sqlite3 **db;
+    cq_rdb **db;
     cq_exec **x;
     int n;
     int *idle;
@@ -137,14 +141,14 @@ struct cq_engine {
     pthread_t projector;
 
     /* projector thread only (and cq_engine_start before it runs) */
-    sqlite3 *rdb;
+    cq_rdb *rdb; /* read.db's writing connection */
     cq_exec *rx;
-    sqlite3_stmt *r_save, *r_sp, *r_release, *r_rollback;
-    sqlite3_stmt *r_rb_save; /* a rebuild's checkpoint (rebuild.c) */
+    cq_rstmt *r_save, *r_sp, *r_release, *r_rollback;
+    cq_rstmt *r_rb_save; /* a rebuild's checkpoint (rebuild.c) */
 
     /* writer thread only (and cq_engine_start before it runs) */
-    cq_exec *ix;
-    sqlite3_stmt *i_save, *i_sp, *i_release, *i_rollback;
+    cq_exec *ix; /* on the store's write connection (cq_store_write_rdb) */
+    cq_rstmt *i_save, *i_sp, *i_release, *i_rollback;
 
     struct cq_wal *wal; /* read.db's checkpoints (store/wal.h) */
 
@@ -190,9 +194,9 @@ typedef struct apply_ctx {
     proj *p;
     const cq_declared *d; /* whose handlers */
     cq_exec *x;
-    sqlite3_stmt *sp, *release, *rollback; /* NULL: no per-event savepoint */
-    int64_t last;                          /* last position applied */
-    int failed;                            /* a handler failed: stop */
+    cq_rstmt *sp, *release, *rollback; /* NULL: no per-event savepoint */
+    int64_t last;                      /* last position applied */
+    int failed;                        /* a handler failed: stop */
     int64_t error_position;
     char error[512];
     char error_event[130];
@@ -229,23 +233,25 @@ enum cq_step {
 /* ---- pool.c ---- */
 
 /* Step st once and reset it: CQ_OK if it ran (a row or done), else
- * CQ_EIO. */
-int cq_eng_step_done(sqlite3_stmt *st);
+ * CQ_EIO (cq_rdb_errmsg on its connection tells why). */
+int cq_eng_step_done(cq_rstmt *st);
 
-/* Prepare a persistent statement; CQ_OK or CQ_EIO with the SQL and
- * SQLite's message in err. */
-int cq_eng_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err,
+/* Prepare a persistent statement (the caller's: cq_rstmt_finalize);
+ * CQ_OK or CQ_EIO with the SQL and the read store's message in err. */
+int cq_eng_prepare(cq_rdb *db, const char *sql, cq_rstmt **st, char *err,
                    size_t errcap);
 
-/* Open a connection (flags as sqlite3_open_v2, no mutex) with the
- * engine's busy timeout; CQ_OK, or CQ_EIO with *db NULL. */
-int cq_eng_open_db(const char *path, int flags, sqlite3 **db, char *err,
+/* Open a connection to the read store at path (flags CQ_RDB_*) with the
+ * engine's busy timeout: CQ_OK with *db (the caller's: cq_rdb_close), or
+ * CQ_EIO with *db NULL and "<path>: <why>" in err. */
+int cq_eng_open_db(const char *path, unsigned flags, cq_rdb **db, char *err,
                    size_t errcap);
 
-/* Open n read-only connections to path, each with its executor (a
- * failure leaves what was opened for cq_pool_close). CQ_OK, CQ_EIO,
- * CQ_ENOMEM. */
-int cq_pool_open(pool *pl, const char *path, int n, char *err, size_t errcap);
+/* Open n read-only connections with open(arg, ...), each with its
+ * executor (a failure leaves what was opened for cq_pool_close). CQ_OK,
+ * or open's error, or CQ_ENOMEM. */
+int cq_pool_open(pool *pl, cq_pool_opener open, void *arg, int n, char *err,
+                 size_t errcap);
 
 /* Close every connection; accepts a pool never opened (zeroed). */
 void cq_pool_close(pool *pl);
@@ -259,7 +265,7 @@ void cq_pool_put(pool *pl, int i);
 
 /* Save p's checkpoint with `st` (SQL_SAVE_CHECKPOINT) in the open
  * transaction. CQ_OK or CQ_EIO. */
-int cq_eng_save_checkpoint(sqlite3_stmt *st, const proj *p, int64_t position,
+int cq_eng_save_checkpoint(cq_rstmt *st, const proj *p, int64_t position,
                            int failed, const char *error, int64_t error_pos,
                            const char *error_event);
 
@@ -273,7 +279,7 @@ int cq_eng_prepare_projection(proj *p, cq_exec *x, int reset, char *changed,
                               size_t changedcap, char *err, size_t errcap);
 
 /* p->skipped from the rows of cq_skipped_events in db (start). */
-int cq_eng_count_skipped(sqlite3 *db, proj *p, char *err, size_t errcap);
+int cq_eng_count_skipped(cq_rdb *db, proj *p, char *err, size_t errcap);
 
 /* ---- decode.c ---- */
 

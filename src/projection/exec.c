@@ -1,7 +1,8 @@
 /*
- * exec.c -- declared statements on a SQLite connection (see exec.h).
+ * exec.c -- declared statements on a connection of the read store (see
+ * exec.h).
  *
- * Statements are prepared once (SQLITE_PREPARE_PERSISTENT) and found again
+ * Statements are prepared once (CQ_RDB_PERSISTENT) and found again
  * through a small open-addressing table keyed by the cq_decl_stmt address.
  * Values are bound from the event with cq_declared_bind_value() and @each
  * arrays found with cq_declared_path_json(), so the rules for what a
@@ -20,18 +21,18 @@
  * (a cq_decl_stmt, or the SQL text a C projection passed). */
 typedef struct slot {
     const void *key;
-    sqlite3_stmt *st;
+    cq_rstmt *st;
 } slot;
 
 struct cq_exec {
-    sqlite3 *db;
+    cq_rdb *db;
     const cq_rename *map; /* names rewritten in every SQL text; or NULL */
     size_t nmap;
     slot *slots;
     size_t cap, count; /* cap is 0 or a power of two */
 };
 
-cq_exec *cq_exec_new(sqlite3 *db)
+cq_exec *cq_exec_new(cq_rdb *db)
 {
     cq_exec *x = calloc(1, sizeof *x);
     if (x != NULL)
@@ -44,12 +45,12 @@ void cq_exec_free(cq_exec *x)
     if (x == NULL)
         return;
     for (size_t i = 0; i < x->cap; i++)
-        sqlite3_finalize(x->slots[i].st);
+        cq_rstmt_finalize(x->slots[i].st);
     free(x->slots);
     free(x);
 }
 
-cq_exec *cq_exec_new_renamed(sqlite3 *db, const cq_rename *map, size_t n)
+cq_exec *cq_exec_new_renamed(cq_rdb *db, const cq_rename *map, size_t n)
 {
     cq_exec *x = cq_exec_new(db);
     if (x != NULL) {
@@ -59,34 +60,43 @@ cq_exec *cq_exec_new_renamed(sqlite3 *db, const cq_rename *map, size_t n)
     return x;
 }
 
-/* sqlite3_prepare_v3 of sql as x runs it (renamed). */
+/* Prepare sql as x runs it (renamed) into *ps. CQ_OK, or CQ_ENOMEM /
+ * CQ_EIO with the read store's message (without the SQL text) in err. */
 static int prepare_as(cq_exec *x, const char *sql, unsigned flags,
-                      sqlite3_stmt **ps)
+                      cq_rstmt **ps, char *err, size_t errcap)
 {
-    char *renamed = NULL;
+    char *renamed = NULL, msg[64];
     int rc;
 
     if (x->map != NULL &&
-        (renamed = cq_sql_rename(sql, x->map, x->nmap)) == NULL)
-        return SQLITE_NOMEM;
-    rc =
-        sqlite3_prepare_v3(x->db, renamed ? renamed : sql, -1, flags, ps, NULL);
+        (renamed = cq_sql_rename(sql, x->map, x->nmap)) == NULL) {
+        snprintf(err, errcap, "out of memory");
+        return CQ_ENOMEM;
+    }
+    /* cq_rdb_prepare's message starts with the SQL text; ours is the
+     * store's message alone (unless the failure is not the store's: no
+     * statement in sql, no memory for the handle) */
+    rc = cq_rdb_prepare(x->db, renamed ? renamed : sql, flags, ps, msg,
+                        sizeof msg);
     free(renamed);
+    if (rc != CQ_OK)
+        snprintf(err, errcap, "%s",
+                 cq_rdb_errcode(x->db) != CQ_OK ? cq_rdb_errmsg(x->db)
+                 : rc == CQ_ENOMEM              ? "out of memory"
+                                                : "no statement");
     return rc;
 }
 
 int cq_exec_check(cq_exec *x, const char *sql, char *err, size_t errcap)
 {
-    sqlite3_stmt *ps = NULL;
-    int rc = prepare_as(x, sql, 0, &ps);
+    cq_rstmt *ps = NULL;
+    int rc = prepare_as(x, sql, 0, &ps, err, errcap);
 
-    if (rc != SQLITE_OK)
-        snprintf(err, errcap, "%s", sqlite3_errmsg(x->db));
-    sqlite3_finalize(ps);
-    return rc == SQLITE_OK ? CQ_OK : CQ_EIO;
+    cq_rstmt_finalize(ps);
+    return rc == CQ_OK ? CQ_OK : CQ_EIO;
 }
 
-sqlite3 *cq_exec_db(cq_exec *x)
+cq_rdb *cq_exec_db(cq_exec *x)
 {
     return x->db;
 }
@@ -117,10 +127,11 @@ static int grow(cq_exec *x)
 
 /* The prepared statement for `key`, preparing `sql` on first use; line
  * (if > 0) names the statement in messages. */
-static sqlite3_stmt *prepared_key(cq_exec *x, const void *key, const char *sql,
-                                  int line, char *err, size_t errcap)
+static cq_rstmt *prepared_key(cq_exec *x, const void *key, const char *sql,
+                              int line, char *err, size_t errcap)
 {
-    sqlite3_stmt *ps = NULL;
+    cq_rstmt *ps = NULL;
+    char msg[512];
     size_t i;
 
     if (x->cap > 0) {
@@ -132,12 +143,11 @@ static sqlite3_stmt *prepared_key(cq_exec *x, const void *key, const char *sql,
         snprintf(err, errcap, "out of memory");
         return NULL;
     }
-    if (prepare_as(x, sql, SQLITE_PREPARE_PERSISTENT, &ps) != SQLITE_OK) {
+    if (prepare_as(x, sql, CQ_RDB_PERSISTENT, &ps, msg, sizeof msg) != CQ_OK) {
         if (line > 0)
-            snprintf(err, errcap, "statement at line %d: %s", line,
-                     sqlite3_errmsg(x->db));
+            snprintf(err, errcap, "statement at line %d: %s", line, msg);
         else
-            snprintf(err, errcap, "%s", sqlite3_errmsg(x->db));
+            snprintf(err, errcap, "%s", msg);
         return NULL;
     }
     i = slot_of(x->slots, x->cap, key);
@@ -147,14 +157,13 @@ static sqlite3_stmt *prepared_key(cq_exec *x, const void *key, const char *sql,
     return ps;
 }
 
-static sqlite3_stmt *prepared(cq_exec *x, const cq_decl_stmt *st, char *err,
-                              size_t errcap)
+static cq_rstmt *prepared(cq_exec *x, const cq_decl_stmt *st, char *err,
+                          size_t errcap)
 {
     return prepared_key(x, st, st->sqlite_sql, st->line, err, errcap);
 }
 
-sqlite3_stmt *cq_exec_stmt(cq_exec *x, const char *sql, char *err,
-                           size_t errcap)
+cq_rstmt *cq_exec_stmt(cq_exec *x, const char *sql, char *err, size_t errcap)
 {
     return prepared_key(x, sql, sql, 0, err, errcap);
 }
@@ -167,7 +176,7 @@ int cq_exec_prepare(cq_exec *x, const cq_decl_stmt *st, char *err,
 
 int cq_exec_sql(cq_exec *x, const char *sql, char *err, size_t errcap)
 {
-    char *msg = NULL, *renamed = NULL;
+    char *renamed = NULL;
     int rc;
 
     if (x->map != NULL &&
@@ -175,45 +184,42 @@ int cq_exec_sql(cq_exec *x, const char *sql, char *err, size_t errcap)
         snprintf(err, errcap, "out of memory");
         return CQ_ENOMEM;
     }
-    rc = sqlite3_exec(x->db, renamed ? renamed : sql, NULL, NULL, &msg);
+    rc = cq_rdb_exec(x->db, renamed ? renamed : sql, err, errcap);
     free(renamed);
-    if (rc == SQLITE_OK)
-        return CQ_OK;
-    snprintf(err, errcap, "%s", msg ? msg : sqlite3_errmsg(x->db));
-    sqlite3_free(msg);
-    return CQ_EIO;
+    return rc == CQ_OK ? CQ_OK : CQ_EIO;
 }
 
 /* Step ps to completion, then reset it for the next use. */
-static int run(cq_exec *x, sqlite3_stmt *ps, const cq_decl_stmt *st, char *err,
+static int run(cq_exec *x, cq_rstmt *ps, const cq_decl_stmt *st, char *err,
                size_t errcap)
 {
     int rc;
 
-    while ((rc = sqlite3_step(ps)) == SQLITE_ROW)
+    while ((rc = cq_rstmt_step(ps)) == CQ_RSTEP_ROW)
         ;
-    if (rc != SQLITE_DONE) {
+    if (rc != CQ_RSTEP_DONE) {
         snprintf(err, errcap, "statement at line %d: %s", st->line,
-                 sqlite3_errmsg(x->db));
-        sqlite3_reset(ps);
-        sqlite3_clear_bindings(ps);
+                 cq_rdb_errmsg(x->db));
+        cq_rstmt_reset(ps);
+        cq_rstmt_clear(ps);
         return CQ_EIO;
     }
-    sqlite3_reset(ps);
-    sqlite3_clear_bindings(ps);
+    cq_rstmt_reset(ps);
+    cq_rstmt_clear(ps);
     return CQ_OK;
 }
 
-static int bind_value(sqlite3_stmt *ps, int i, const cq_decl_value *v)
+/* v is freed right after: text is copied */
+static int bind_value(cq_rstmt *ps, int i, const cq_decl_value *v)
 {
     switch (v->type) {
-    case CQ_VALUE_INT: return sqlite3_bind_int64(ps, i, v->i);
-    case CQ_VALUE_REAL: return sqlite3_bind_double(ps, i, v->r);
+    case CQ_VALUE_INT: return cq_rstmt_bind_int(ps, i, v->i);
+    case CQ_VALUE_REAL: return cq_rstmt_bind_double(ps, i, v->r);
     case CQ_VALUE_TEXT:
     case CQ_VALUE_JSON:
-        return sqlite3_bind_text(ps, i, v->text, (int)v->len, SQLITE_TRANSIENT);
+        return cq_rstmt_bind_text_copy(ps, i, v->text, (int)v->len);
     case CQ_VALUE_NULL:
-    default: return sqlite3_bind_null(ps, i);
+    default: return cq_rstmt_bind_null(ps, i);
     }
 }
 
@@ -222,7 +228,7 @@ static int run_handler_stmt(cq_exec *x, const cq_decl_stmt *st,
                             const cq_decl_event *ev, const json_t *item,
                             char *err, size_t errcap)
 {
-    sqlite3_stmt *ps = prepared(x, st, err, errcap);
+    cq_rstmt *ps = prepared(x, st, err, errcap);
 
     if (ps == NULL)
         return CQ_EIO;
@@ -232,15 +238,15 @@ static int run_handler_stmt(cq_exec *x, const cq_decl_stmt *st,
         if (rc != CQ_OK) {
             snprintf(err, errcap, "statement at line %d: cannot bind :%s: %s",
                      st->line, st->params[i], cq_strerror(rc));
-            sqlite3_clear_bindings(ps);
+            cq_rstmt_clear(ps);
             return CQ_EIO;
         }
         rc = bind_value(ps, (int)i + 1, &v);
         cq_declared_value_clear(&v);
-        if (rc != SQLITE_OK) {
+        if (rc != CQ_OK) {
             snprintf(err, errcap, "statement at line %d: %s", st->line,
-                     sqlite3_errmsg(x->db));
-            sqlite3_clear_bindings(ps);
+                     cq_rdb_errmsg(x->db));
+            cq_rstmt_clear(ps);
             return CQ_EIO;
         }
     }
@@ -277,14 +283,14 @@ int cq_exec_event(cq_exec *x, const cq_declared *d, const cq_decl_event *ev,
 }
 
 /* A column as JSON (new reference; NULL on no memory). */
-static json_t *column_json(sqlite3_stmt *ps, int c)
+static json_t *column_json(cq_rstmt *ps, int c)
 {
-    switch (sqlite3_column_type(ps, c)) {
-    case SQLITE_INTEGER: return json_integer(sqlite3_column_int64(ps, c));
-    case SQLITE_FLOAT: return json_real(sqlite3_column_double(ps, c));
-    case SQLITE_TEXT: {
-        const char *t = (const char *)sqlite3_column_text(ps, c);
-        json_t *s = json_stringn(t, (size_t)sqlite3_column_bytes(ps, c));
+    switch (cq_rstmt_column_type(ps, c)) {
+    case CQ_RTYPE_INT: return json_integer(cq_rstmt_column_int(ps, c));
+    case CQ_RTYPE_REAL: return json_real(cq_rstmt_column_double(ps, c));
+    case CQ_RTYPE_TEXT: {
+        const char *t = cq_rstmt_column_text(ps, c);
+        json_t *s = json_stringn(t, (size_t)cq_rstmt_column_bytes(ps, c));
         return s ? s : json_null(); /* not UTF-8: no value rather than junk */
     }
     default: return json_null();
@@ -295,7 +301,7 @@ int cq_exec_query(cq_exec *x, const cq_decl_query *q, const cq_decl_stmt *st,
                   const char *const *values, cq_exec_row_cb cb, void *arg,
                   char *err, size_t errcap)
 {
-    sqlite3_stmt *ps = prepared(x, st, err, errcap);
+    cq_rstmt *ps = prepared(x, st, err, errcap);
     int rc = CQ_OK, src;
 
     if (ps == NULL)
@@ -306,75 +312,73 @@ int cq_exec_query(cq_exec *x, const cq_decl_query *q, const cq_decl_stmt *st,
             if (strcmp(q->params[p].name, st->params[i]) == 0)
                 break;
         if (p == q->nparams || values[p] == NULL)
-            src = sqlite3_bind_null(ps, (int)i + 1);
+            src = cq_rstmt_bind_null(ps, (int)i + 1);
         else if (q->params[p].type == CQ_PARAM_INT)
-            src = sqlite3_bind_int64(ps, (int)i + 1,
-                                     strtoll(values[p], NULL, 10));
+            src =
+                cq_rstmt_bind_int(ps, (int)i + 1, strtoll(values[p], NULL, 10));
         else
-            src = sqlite3_bind_text(ps, (int)i + 1, values[p], -1,
-                                    SQLITE_TRANSIENT);
-        if (src != SQLITE_OK) {
-            snprintf(err, errcap, "%s", sqlite3_errmsg(x->db));
-            sqlite3_clear_bindings(ps);
+            src = cq_rstmt_bind_text_copy(ps, (int)i + 1, values[p], -1);
+        if (src != CQ_OK) {
+            snprintf(err, errcap, "%s", cq_rdb_errmsg(x->db));
+            cq_rstmt_clear(ps);
             return CQ_EIO;
         }
     }
-    while ((src = sqlite3_step(ps)) == SQLITE_ROW) {
-        int ncol = sqlite3_column_count(ps);
+    while ((src = cq_rstmt_step(ps)) == CQ_RSTEP_ROW) {
+        int ncol = cq_rstmt_column_count(ps);
         json_t *row = json_object();
         if (row == NULL) {
             rc = CQ_ENOMEM;
             break;
         }
         for (int c = 0; c < ncol; c++)
-            json_object_set_new(row, sqlite3_column_name(ps, c),
+            json_object_set_new(row, cq_rstmt_column_name(ps, c),
                                 column_json(ps, c));
         if (cb(arg, row) != 0)
             break;
     }
-    if (src != SQLITE_ROW && src != SQLITE_DONE) {
+    if (src < 0) {
         snprintf(err, errcap, "query %s, line %d: %s", q->name, st->line,
-                 sqlite3_errmsg(x->db));
+                 cq_rdb_errmsg(x->db));
         rc = CQ_EIO;
     }
-    sqlite3_reset(ps);
-    sqlite3_clear_bindings(ps);
+    cq_rstmt_reset(ps);
+    cq_rstmt_clear(ps);
     return rc;
 }
 
 int cq_sql_exec(cq_sql *sql, const char *stmt, const cq_sql_value *params,
                 int n)
 {
-    sqlite3_stmt *ps =
-        prepared_key(sql->x, stmt, stmt, 0, sql->err, sql->errcap);
-    int rc = SQLITE_OK;
+    cq_rstmt *ps = prepared_key(sql->x, stmt, stmt, 0, sql->err, sql->errcap);
+    int rc = CQ_OK;
 
     if (ps == NULL)
         return CQ_EIO;
-    for (int i = 0; rc == SQLITE_OK && i < n; i++) {
+    for (int i = 0; rc == CQ_OK && i < n; i++) {
         switch (params[i].type) {
-        case CQ_SQL_INT: rc = sqlite3_bind_int64(ps, i + 1, params[i].i); break;
+        case CQ_SQL_INT: rc = cq_rstmt_bind_int(ps, i + 1, params[i].i); break;
         case CQ_SQL_REAL:
-            rc = sqlite3_bind_double(ps, i + 1, params[i].r);
+            rc = cq_rstmt_bind_double(ps, i + 1, params[i].r);
             break;
         case CQ_SQL_TEXT:
-            rc = params[i].text ? sqlite3_bind_text(ps, i + 1, params[i].text,
-                                                    -1, SQLITE_TRANSIENT)
-                                : sqlite3_bind_null(ps, i + 1);
+            rc = params[i].text
+                     ? cq_rstmt_bind_text_copy(ps, i + 1, params[i].text, -1)
+                     : cq_rstmt_bind_null(ps, i + 1);
             break;
         case CQ_SQL_NULL:
-        default: rc = sqlite3_bind_null(ps, i + 1); break;
+        default: rc = cq_rstmt_bind_null(ps, i + 1); break;
         }
     }
-    if (rc == SQLITE_OK) {
-        while ((rc = sqlite3_step(ps)) == SQLITE_ROW)
+    if (rc == CQ_OK) {
+        while ((rc = cq_rstmt_step(ps)) == CQ_RSTEP_ROW)
             ;
-        if (rc == SQLITE_DONE)
-            rc = SQLITE_OK;
+        if (rc == CQ_RSTEP_DONE)
+            rc = CQ_OK;
     }
-    if (rc != SQLITE_OK)
-        snprintf(sql->err, sql->errcap, "%s", sqlite3_errmsg(sql->x->db));
-    sqlite3_reset(ps);
-    sqlite3_clear_bindings(ps);
-    return rc == SQLITE_OK ? CQ_OK : CQ_EIO;
+    if (rc != CQ_OK)
+        snprintf(sql->err, sql->errcap, "%s", cq_rdb_errmsg(sql->x->db));
+    cq_rstmt_reset(ps);
+    cq_rstmt_clear(ps);
+    return rc == CQ_OK ? CQ_OK : CQ_EIO;
 }

@@ -1,6 +1,6 @@
 /*
- * exec.h -- running declared projection statements on one SQLite
- * connection.
+ * exec.h -- running declared projection statements on one connection of
+ * the read store (store/rdb.h).
  *
  * A cq_exec wraps one connection (borrowed) and caches a prepared
  * statement per declared statement, keyed by the statement's address (a
@@ -14,7 +14,7 @@
  *
  * Errors: every function that can fail returns CQ_OK or a negative CQ_*
  * code and leaves a message in err[errcap] (NUL-terminated, cut to fit;
- * errcap may be 0). SQLite's own result codes never leave this file.
+ * errcap may be 0): the read store's message for its failures.
  *
  * Thread: a cq_exec belongs to the thread that uses its connection; none
  * of these functions may be called on one x from two threads at once, and
@@ -23,11 +23,10 @@
 #ifndef CQ_PROJECTION_EXEC_H
 #define CQ_PROJECTION_EXEC_H
 
-#include <sqlite3.h>
-
 #include "cqrs/projection.h"
 #include "projection/declared.h"
 #include "projection/rename.h"
+#include "store/rdb.h"
 
 typedef struct cq_exec cq_exec;
 
@@ -35,7 +34,7 @@ typedef struct cq_exec cq_exec;
  * after cq_exec_free(x). Returns the executor (the caller frees it with
  * cq_exec_free), or NULL when out of memory. The calling thread is the one
  * that will use db. */
-cq_exec *cq_exec_new(sqlite3 *db);
+cq_exec *cq_exec_new(cq_rdb *db);
 
 /* Finalize every statement x prepared and free x; accepts NULL. Call it
  * before closing x's connection, on the thread that owns it. The
@@ -46,40 +45,41 @@ void cq_exec_free(cq_exec *x);
  * by cq_sql_rename with map[0..n): a rebuild's shadow tables are written
  * with the projection's own statements. map is borrowed and must stay
  * valid, unchanged, until cq_exec_free(x). NULL when out of memory. */
-cq_exec *cq_exec_new_renamed(sqlite3 *db, const cq_rename *map, size_t n);
+cq_exec *cq_exec_new_renamed(cq_rdb *db, const cq_rename *map, size_t n);
 
 /* The connection x was made on, borrowed (x does not own it; it is valid
  * as long as its owner keeps it open). Cannot fail; x must not be NULL.
  * Thread: the connection belongs to x's thread like x itself, so only that
  * thread may use what this returns, and statements run on it directly
  * share x's transaction. */
-sqlite3 *cq_exec_db(cq_exec *x);
+cq_rdb *cq_exec_db(cq_exec *x);
 
 /* Prepare sql (borrowed, NUL-terminated) as x would run it, renamed, only
  * to see that it compiles; nothing is cached or run. Returns CQ_OK, or
- * CQ_EIO with SQLite's message (also when renaming ran out of memory). */
+ * CQ_EIO with the read store's message (or "out of memory" when renaming
+ * ran out of it). */
 int cq_exec_check(cq_exec *x, const char *sql, char *err, size_t errcap);
 
 /* Run one SQL text (borrowed) with no parameters: DDL, BEGIN, COMMIT, ...
  * (several statements separated by ';' are allowed). Returns CQ_OK,
- * CQ_ENOMEM (renaming ran out of memory) or CQ_EIO with SQLite's message. */
+ * CQ_ENOMEM (renaming ran out of memory) or CQ_EIO with the read store's
+ * message. */
 int cq_exec_sql(cq_exec *x, const char *sql, char *err, size_t errcap);
 
 /* The prepared statement for `sql`, prepared on first use and cached: the
  * string's address is the cache key, so sql must live, unchanged, as long
  * as x (a string literal or a declared statement's text). The statement
  * is owned by x (finalized by cq_exec_free) and borrowed by the caller,
- * who binds, steps, and then calls sqlite3_reset and
- * sqlite3_clear_bindings on it before anyone else asks for the same sql:
- * so it is always found reset and without bindings. Returns NULL on error,
- * with SQLite's message or "out of memory" in err. */
-sqlite3_stmt *cq_exec_stmt(cq_exec *x, const char *sql, char *err,
-                           size_t errcap);
+ * who binds, steps, and then calls cq_rstmt_reset and cq_rstmt_clear on
+ * it before anyone else asks for the same sql: so it is always found
+ * reset and without bindings. Returns NULL on error, with the read
+ * store's message or "out of memory" in err. */
+cq_rstmt *cq_exec_stmt(cq_exec *x, const char *sql, char *err, size_t errcap);
 
 /* Prepare declared statement st (borrowed; its address is the cache key,
  * so it must outlive x, as a parsed cq_declared does) now, to find errors
  * at start; it stays cached for later use. Returns CQ_OK or CQ_EIO with
- * "statement at line N: <sqlite message>" (or "out of memory"). */
+ * "statement at line N: <message>" (or "out of memory"). */
 int cq_exec_prepare(cq_exec *x, const cq_decl_stmt *st, char *err,
                     size_t errcap);
 
@@ -114,7 +114,7 @@ typedef int (*cq_exec_row_cb)(void *arg, json_t *row);
  * as text. Columns come back as integers, reals, strings or null (a BLOB,
  * or text that is not UTF-8, is null). Runs in whatever transaction x's
  * connection is in. Returns CQ_OK, CQ_ENOMEM (a row could not be built)
- * or CQ_EIO with "query NAME, line N: <sqlite message>" or SQLite's
+ * or CQ_EIO with "query NAME, line N: <message>" or the read store's
  * message. */
 int cq_exec_query(cq_exec *x, const cq_decl_query *q, const cq_decl_stmt *st,
                   const char *const *values, cq_exec_row_cb cb, void *arg,

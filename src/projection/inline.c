@@ -27,24 +27,17 @@
 /* ---- writer hooks ----------------------------------------------------------
  */
 
-/* Whether the error SQLite last reported on db leaves the transaction
+/* Whether the error the store last reported on db leaves the transaction
  * unusable or says nothing about the event (a full disk, an I/O error, no
- * memory, a lock): then the batch must be rolled back rather than the
- * event refused. */
-static int store_trouble(sqlite3 *db)
+ * memory, a lock), or ended the transaction: then the batch must be
+ * rolled back rather than the event refused. */
+static int store_trouble(cq_rdb *db)
 {
-    switch (sqlite3_errcode(db) & 0xff) {
-    case SQLITE_IOERR:
-    case SQLITE_FULL:
-    case SQLITE_NOMEM:
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-    case SQLITE_CORRUPT:
-    case SQLITE_NOTADB:
-    case SQLITE_CANTOPEN:
-    case SQLITE_READONLY:
-    case SQLITE_INTERRUPT: return 1;
-    default: return sqlite3_get_autocommit(db);
+    switch (cq_rdb_errcode(db)) {
+    case CQ_EIO:
+    case CQ_ENOMEM:
+    case CQ_EBUSY: return 1;
+    default: return !cq_rdb_in_transaction(db);
     }
 }
 
@@ -55,7 +48,7 @@ int cq_engine_apply_inline(cq_engine *e, const cq_stored_event *events,
                            const json_t *const *data, size_t n, char *err,
                            size_t errcap)
 {
-    sqlite3 *db = cq_exec_db(e->ix);
+    cq_rdb *db = cq_exec_db(e->ix);
     int need_meta = 0, live = 0, rc = CQ_OK;
     parsed *pe;
 
@@ -107,8 +100,8 @@ int cq_engine_apply_inline(cq_engine *e, const cq_stored_event *events,
         }
         if (cq_eng_step_done(e->i_release) != CQ_OK)
             rc = CQ_EIO;
-        if (sqlite3_get_autocommit(db))
-            rc = CQ_EIO; /* SQLite rolled the whole transaction back */
+        if (!cq_rdb_in_transaction(db))
+            rc = CQ_EIO; /* the store rolled the whole transaction back */
     }
     for (size_t k = 0; k < n; k++)
         cq_eng_parsed_clear(&pe[k]);
@@ -164,8 +157,8 @@ void cq_engine_committed(cq_engine *e, int64_t head,
 static int record_inline_skip(cq_engine *e, proj *p, const apply_ctx *c,
                               char *err, size_t errcap)
 {
-    sqlite3 *db = cq_exec_db(e->ix);
-    sqlite3_stmt *st = NULL;
+    cq_rdb *db = cq_exec_db(e->ix);
+    cq_rstmt *st = NULL;
     int rc =
         cq_eng_prepare(db,
                        "INSERT INTO cq_skipped_events (projection, position,"
@@ -175,16 +168,16 @@ static int record_inline_skip(cq_engine *e, proj *p, const apply_ctx *c,
 
     if (rc != CQ_OK)
         return rc;
-    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, c->error_position);
-    sqlite3_bind_text(st, 3, c->error_event, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, c->error, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, cq_now_ms());
+    cq_rstmt_bind_text(st, 1, p->d->name, -1);
+    cq_rstmt_bind_int(st, 2, c->error_position);
+    cq_rstmt_bind_text(st, 3, c->error_event, -1);
+    cq_rstmt_bind_text(st, 4, c->error, -1);
+    cq_rstmt_bind_int(st, 5, cq_now_ms());
     rc = cq_eng_step_done(st);
     if (rc != CQ_OK)
         snprintf(err, errcap, "recording a skipped event: %s",
-                 sqlite3_errmsg(db));
-    sqlite3_finalize(st);
+                 cq_rdb_errmsg(db));
+    cq_rstmt_finalize(st);
     return rc;
 }
 

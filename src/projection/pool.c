@@ -1,9 +1,9 @@
 /*
- * pool.c -- the engine's SQLite connections: opening one, the small
- * statement helpers every file of the engine uses, and the pools of
- * read-only connections that queries borrow (one pool on read.db, one on
- * events.db). The pools will move behind the read-store interface in
- * src/store.
+ * pool.c -- the engine's connections to the read store (store/rdb.h):
+ * opening one, the small statement helpers every file of the engine uses,
+ * and the pools of read-only connections that queries borrow (one pool on
+ * read.db, one on the event store's database, which holds the inline
+ * projections' tables: its connections come from cq_store_open_rdb).
  *
  * Threads and locks: a pool's mutex guards its idle list; a borrowed
  * connection (and its executor) belongs to the borrowing thread until it
@@ -18,41 +18,32 @@
 #include "base/base.h"
 #include "projection/engine_int.h"
 
-int cq_eng_step_done(sqlite3_stmt *st)
+int cq_eng_step_done(cq_rstmt *st)
 {
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    return rc == SQLITE_DONE || rc == SQLITE_ROW ? CQ_OK : CQ_EIO;
+    return cq_rstmt_run(st) == CQ_OK ? CQ_OK : CQ_EIO;
 }
 
-int cq_eng_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st, char *err,
+int cq_eng_prepare(cq_rdb *db, const char *sql, cq_rstmt **st, char *err,
                    size_t errcap)
 {
-    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) ==
-        SQLITE_OK)
-        return CQ_OK;
-    snprintf(err, errcap, "%s: %s", sql, sqlite3_errmsg(db));
-    return CQ_EIO;
+    return cq_rdb_prepare(db, sql, CQ_RDB_PERSISTENT, st, err, errcap) == CQ_OK
+               ? CQ_OK
+               : CQ_EIO;
 }
 
-int cq_eng_open_db(const char *path, int flags, sqlite3 **db, char *err,
+int cq_eng_open_db(const char *path, unsigned flags, cq_rdb **db, char *err,
                    size_t errcap)
 {
-    if (sqlite3_open_v2(path, db, flags | SQLITE_OPEN_NOMUTEX, NULL) !=
-        SQLITE_OK) {
-        snprintf(err, errcap, "%s: %s", path,
-                 *db ? sqlite3_errmsg(*db) : "cannot open");
-        sqlite3_close(*db);
-        *db = NULL;
-        return CQ_EIO;
-    }
-    sqlite3_busy_timeout(*db, ENGINE_BUSY_TIMEOUT_MS);
-    return CQ_OK;
+    return cq_rdb_open(path, flags, ENGINE_BUSY_TIMEOUT_MS, db, err, errcap) ==
+                   CQ_OK
+               ? CQ_OK
+               : CQ_EIO;
 }
 
 /* ---- pools ------------------------------------------------------------ */
 
-int cq_pool_open(pool *pl, const char *path, int n, char *err, size_t errcap)
+int cq_pool_open(pool *pl, cq_pool_opener open, void *arg, int n, char *err,
+                 size_t errcap)
 {
     pl->db = calloc((size_t)n, sizeof *pl->db);
     pl->x = calloc((size_t)n, sizeof *pl->x);
@@ -65,8 +56,7 @@ int cq_pool_open(pool *pl, const char *path, int n, char *err, size_t errcap)
     pthread_cond_init(&pl->cv, NULL);
     pl->init = 1;
     for (int i = 0; i < n; i++) {
-        int rc =
-            cq_eng_open_db(path, SQLITE_OPEN_READONLY, &pl->db[i], err, errcap);
+        int rc = open(arg, &pl->db[i], err, errcap);
         if (rc != CQ_OK)
             return rc;
         pl->n++;
@@ -84,7 +74,7 @@ void cq_pool_close(pool *pl)
 {
     for (int i = 0; i < pl->n; i++) {
         cq_exec_free(pl->x[i]);
-        sqlite3_close(pl->db[i]);
+        cq_rdb_close(pl->db[i]);
     }
     free(pl->db);
     free(pl->x);

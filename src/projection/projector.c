@@ -58,7 +58,7 @@ int cq_eng_apply_parsed(apply_ctx *c, const cq_stored_event *se,
     }
     if (c->sp != NULL && cq_eng_step_done(c->sp) != CQ_OK) {
         snprintf(c->error, sizeof c->error, "savepoint: %s",
-                 sqlite3_errmsg(cq_exec_db(c->x)));
+                 cq_rdb_errmsg(cq_exec_db(c->x)));
         rc = CQ_EIO;
         goto fail;
     }
@@ -234,7 +234,7 @@ again:
     }
     if (cq_eng_save_checkpoint(e->r_save, p, c.last, c.failed, c.error,
                                c.error_position, c.error_event) != CQ_OK) {
-        snprintf(err, sizeof err, "%s", sqlite3_errmsg(e->rdb));
+        snprintf(err, sizeof err, "%s", cq_rdb_errmsg(e->rdb));
         goto rollback;
     }
     if (cq_exec_sql(e->rx, "COMMIT", err, sizeof err) != CQ_OK)
@@ -247,8 +247,8 @@ again:
     publish_applied(e, p, b, from, c.last);
     return CQ_OK;
 rollback:
-    /* SQLite may have rolled back already (a full disk, an I/O error) */
-    if (!sqlite3_get_autocommit(e->rdb)) {
+    /* the store may have rolled back already (a full disk, an I/O error) */
+    if (cq_rdb_in_transaction(e->rdb)) {
         char why[128];
         if (cq_exec_sql(e->rx, "ROLLBACK", why, sizeof why) != CQ_OK)
             snprintf(err + strlen(err), sizeof err - strlen(err),

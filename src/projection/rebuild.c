@@ -87,29 +87,37 @@ static void rollback(cq_engine *e)
     cq_exec_sql(e->rx, "ROLLBACK", ignore, sizeof ignore);
 }
 
-/* Is there a schema object called name (SQLite names are
- * case-insensitive)? */
+/* Is there a schema object called name (names compare without regard
+ * to case)? 0 also when it cannot be told. */
 static int object_exists(cq_engine *e, const char *name)
 {
-    sqlite3_stmt *st = NULL;
     int found = 0;
 
-    if (sqlite3_prepare_v2(e->rdb,
-                           "SELECT 1 FROM sqlite_master WHERE name = ?1"
-                           " COLLATE NOCASE",
-                           -1, &st, NULL) != SQLITE_OK)
-        return 0;
-    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-    found = sqlite3_step(st) == SQLITE_ROW;
-    sqlite3_finalize(st);
-    return found;
+    return cq_rdb_object_exists(e->rdb, name, &found) == CQ_OK && found;
+}
+
+/* Keep a copy of each table name in the string list arg (old tables). */
+typedef struct names {
+    char **v;
+    size_t n;
+} names;
+
+static int collect_name(void *arg, const char *name)
+{
+    names *l = arg;
+    char **v = realloc(l->v, (l->n + 1) * sizeof *v);
+
+    if (v == NULL)
+        return 1;
+    l->v = v;
+    if ((v[l->n] = strdup(name)) != NULL)
+        l->n++;
+    return 0;
 }
 
 int cq_rebuild_init(cq_engine *e, char *err, size_t errcap)
 {
-    sqlite3_stmt *st = NULL;
-    char **old = NULL;
-    size_t nold = 0;
+    names old = {NULL, 0};
     int rc = cq_exec_sql(e->rx, REBUILD_DDL, err, errcap);
 
     if (rc == CQ_OK)
@@ -118,33 +126,22 @@ int cq_rebuild_init(cq_engine *e, char *err, size_t errcap)
         return rc;
     /* old tables a crash left between a swap and their drop: nothing can
      * use them any more */
-    if (sqlite3_prepare_v2(e->rdb,
-                           "SELECT name FROM sqlite_master WHERE type = 'table'"
-                           " AND name LIKE '%\\_\\_cq\\_old' ESCAPE '\\'",
-                           -1, &st, NULL) != SQLITE_OK) {
+    if (cq_rdb_tables(e->rdb, OLD_SUFFIX, collect_name, &old, err, errcap) !=
+        CQ_OK) {
         snprintf(err, errcap, "looking for old tables: %s",
-                 sqlite3_errmsg(e->rdb));
-        return CQ_EIO;
+                 cq_rdb_errmsg(e->rdb));
+        rc = CQ_EIO; /* what was collected is freed below */
     }
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        char **v = realloc(old, (nold + 1) * sizeof *v);
-        if (v == NULL)
-            break;
-        old = v;
-        old[nold] = strdup((const char *)sqlite3_column_text(st, 0));
-        if (old[nold] != NULL)
-            nold++;
-    }
-    sqlite3_finalize(st);
-    for (size_t i = 0; i < nold; i++) {
+    for (size_t i = 0; i < old.n; i++) {
         if (rc == CQ_OK) {
-            rc = exec_f(e, err, errcap, "DROP TABLE IF EXISTS \"%s\"", old[i]);
+            rc =
+                exec_f(e, err, errcap, "DROP TABLE IF EXISTS \"%s\"", old.v[i]);
             fprintf(stderr, "cqrsd: dropped %s, left by an earlier swap\n",
-                    old[i]);
+                    old.v[i]);
         }
-        free(old[i]);
+        free(old.v[i]);
     }
-    free(old);
+    free(old.v);
     return rc;
 }
 
@@ -253,53 +250,54 @@ static int drop_shadow(cq_engine *e, proj *p, char *err, size_t errcap)
 int cq_rebuild_load(cq_engine *e, proj *p, int *resumable, char *err,
                     size_t errcap)
 {
-    sqlite3_stmt *st = NULL;
+    cq_rstmt *st = NULL;
+    char ignore[128];
     int rc = CQ_OK;
 
     *resumable = 0;
-    if (sqlite3_prepare_v2(e->rdb,
-                           "SELECT started_at, finished_at, events, version,"
-                           " outcome, error FROM cq_rebuild_log"
-                           " WHERE name = ?1 ORDER BY rowid DESC LIMIT 1",
-                           -1, &st, NULL) == SQLITE_OK) {
-        sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
-        if (sqlite3_step(st) == SQLITE_ROW) {
-            const char *o = (const char *)sqlite3_column_text(st, 4);
-            const char *m = (const char *)sqlite3_column_text(st, 5);
-            p->last.started_ms = sqlite3_column_int64(st, 0);
-            p->last.finished_ms = sqlite3_column_int64(st, 1);
-            p->last.events = sqlite3_column_int64(st, 2);
-            p->last.version = sqlite3_column_int64(st, 3);
+    if (cq_rdb_prepare(e->rdb,
+                       "SELECT started_at, finished_at, events, version,"
+                       " outcome, error FROM cq_rebuild_log"
+                       " WHERE name = ?1 ORDER BY rowid DESC LIMIT 1",
+                       0, &st, ignore, sizeof ignore) == CQ_OK) {
+        cq_rstmt_bind_text(st, 1, p->d->name, -1);
+        if (cq_rstmt_step(st) == CQ_RSTEP_ROW) {
+            const char *o = cq_rstmt_column_text(st, 4);
+            const char *m = cq_rstmt_column_text(st, 5);
+            p->last.started_ms = cq_rstmt_column_int(st, 0);
+            p->last.finished_ms = cq_rstmt_column_int(st, 1);
+            p->last.events = cq_rstmt_column_int(st, 2);
+            p->last.version = cq_rstmt_column_int(st, 3);
             snprintf(p->last.outcome, sizeof p->last.outcome, "%s",
                      o ? o : "done");
             snprintf(p->last.error, sizeof p->last.error, "%s", m ? m : "");
         }
     }
-    sqlite3_finalize(st);
+    cq_rstmt_finalize(st);
     st = NULL;
-    if (sqlite3_prepare_v2(e->rdb,
-                           "SELECT version, source_hash, index_gen, position,"
-                           " reason, started_at FROM cq_rebuilds"
-                           " WHERE name = ?1",
-                           -1, &st, NULL) != SQLITE_OK) {
-        snprintf(err, errcap, "%s", sqlite3_errmsg(e->rdb));
+    if (cq_rdb_prepare(e->rdb,
+                       "SELECT version, source_hash, index_gen, position,"
+                       " reason, started_at FROM cq_rebuilds"
+                       " WHERE name = ?1",
+                       0, &st, err, errcap) != CQ_OK) {
+        snprintf(err, errcap, "%s", cq_rdb_errmsg(e->rdb));
         return CQ_EIO;
     }
-    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        const char *hash = (const char *)sqlite3_column_text(st, 1);
-        const char *why = (const char *)sqlite3_column_text(st, 4);
-        if (sqlite3_column_int64(st, 0) == p->d->version && hash != NULL &&
+    cq_rstmt_bind_text(st, 1, p->d->name, -1);
+    if (cq_rstmt_step(st) == CQ_RSTEP_ROW) {
+        const char *hash = cq_rstmt_column_text(st, 1);
+        const char *why = cq_rstmt_column_text(st, 4);
+        if (cq_rstmt_column_int(st, 0) == p->d->version && hash != NULL &&
             strcmp(hash, p->d->source_hash) == 0) {
             *resumable = 1;
             p->rb.resume = 1;
-            p->rb.gen = sqlite3_column_int64(st, 2);
-            p->rb.position = sqlite3_column_int64(st, 3);
+            p->rb.gen = cq_rstmt_column_int(st, 2);
+            p->rb.position = cq_rstmt_column_int(st, 3);
             snprintf(p->rb.reason, sizeof p->rb.reason, "%s", why ? why : "");
-            p->rb.started_ms = sqlite3_column_int64(st, 5);
+            p->rb.started_ms = cq_rstmt_column_int(st, 5);
         }
     }
-    sqlite3_finalize(st);
+    cq_rstmt_finalize(st);
     if (*resumable)
         return CQ_OK;
     /* a rebuild of another definition, or none: drop what may be left */
@@ -351,7 +349,7 @@ int cq_rebuild_begin(cq_engine *e, proj *p, const char *reason, char *err,
                      p->d->ddl[i].line, msg);
     }
     if (rc == CQ_OK && !resume) {
-        sqlite3_stmt *st = NULL;
+        cq_rstmt *st = NULL;
         rc = cq_eng_prepare(e->rdb,
                             "INSERT OR REPLACE INTO cq_rebuilds (name,"
                             " version, source_hash, index_gen, position,"
@@ -359,16 +357,16 @@ int cq_rebuild_begin(cq_engine *e, proj *p, const char *reason, char *err,
                             " VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?6)",
                             &st, err, errcap);
         if (rc == CQ_OK) {
-            sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 2, p->d->version);
-            sqlite3_bind_text(st, 3, p->d->source_hash, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 4, p->rb.gen);
-            sqlite3_bind_text(st, 5, reason, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 6, now);
+            cq_rstmt_bind_text(st, 1, p->d->name, -1);
+            cq_rstmt_bind_int(st, 2, p->d->version);
+            cq_rstmt_bind_text(st, 3, p->d->source_hash, -1);
+            cq_rstmt_bind_int(st, 4, p->rb.gen);
+            cq_rstmt_bind_text(st, 5, reason, -1);
+            cq_rstmt_bind_int(st, 6, now);
             rc = cq_eng_step_done(st);
             if (rc != CQ_OK)
-                snprintf(err, errcap, "%s", sqlite3_errmsg(e->rdb));
-            sqlite3_finalize(st);
+                snprintf(err, errcap, "%s", cq_rdb_errmsg(e->rdb));
+            cq_rstmt_finalize(st);
         }
         if (rc == CQ_OK)
             rc = cq_exec_sql(e->rx, "COMMIT", err, errcap);
@@ -405,7 +403,7 @@ static int log_end(cq_engine *e, proj *p, const char *outcome,
                    const char *error, rebuild_record *rec, char *err,
                    size_t errcap)
 {
-    sqlite3_stmt *st = NULL;
+    cq_rstmt *st = NULL;
     rebuild_record r;
     int rc;
 
@@ -425,19 +423,19 @@ static int log_end(cq_engine *e, proj *p, const char *outcome,
                         &st, err, errcap);
     if (rc != CQ_OK)
         return rc;
-    sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, r.version);
-    sqlite3_bind_int64(st, 3, r.started_ms);
-    sqlite3_bind_int64(st, 4, r.finished_ms);
-    sqlite3_bind_int64(st, 5, r.events);
-    sqlite3_bind_text(st, 6, outcome, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 7, p->rb.reason, -1, SQLITE_STATIC);
+    cq_rstmt_bind_text(st, 1, p->d->name, -1);
+    cq_rstmt_bind_int(st, 2, r.version);
+    cq_rstmt_bind_int(st, 3, r.started_ms);
+    cq_rstmt_bind_int(st, 4, r.finished_ms);
+    cq_rstmt_bind_int(st, 5, r.events);
+    cq_rstmt_bind_text(st, 6, outcome, -1);
+    cq_rstmt_bind_text(st, 7, p->rb.reason, -1);
     if (error != NULL)
-        sqlite3_bind_text(st, 8, error, -1, SQLITE_STATIC);
+        cq_rstmt_bind_text(st, 8, error, -1);
     rc = cq_eng_step_done(st);
     if (rc != CQ_OK)
-        snprintf(err, errcap, "%s", sqlite3_errmsg(e->rdb));
-    sqlite3_finalize(st);
+        snprintf(err, errcap, "%s", cq_rdb_errmsg(e->rdb));
+    cq_rstmt_finalize(st);
     if (rc == CQ_OK)
         rc = exec_f(e, err, errcap, "DELETE FROM cq_rebuilds WHERE name = '%s'",
                     p->d->name);
@@ -496,7 +494,7 @@ static int retire_tables(cq_engine *e, const cq_declared *d, char *err,
 /* Swap p's shadow tables in (see the top of the file). */
 static int swap(cq_engine *e, proj *p, char *err, size_t errcap)
 {
-    sqlite3_stmt *st = NULL;
+    cq_rstmt *st = NULL;
     int64_t position, t0 = cq_now_ms(), replayed;
     rebuild_record rec;
     int paused, rc;
@@ -523,18 +521,17 @@ static int swap(cq_engine *e, proj *p, char *err, size_t errcap)
                             " WHERE name = ?1",
                             &st, err, errcap);
     if (rc == CQ_OK) {
-        sqlite3_bind_text(st, 1, p->d->name, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, p->d->version);
-        sqlite3_bind_text(st, 3, p->d->source_hash, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 4, p->text, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 5, position);
-        sqlite3_bind_text(st, 6, paused ? "paused" : "running", -1,
-                          SQLITE_STATIC);
-        sqlite3_bind_int64(st, 7, cq_now_ms());
+        cq_rstmt_bind_text(st, 1, p->d->name, -1);
+        cq_rstmt_bind_int(st, 2, p->d->version);
+        cq_rstmt_bind_text(st, 3, p->d->source_hash, -1);
+        cq_rstmt_bind_text(st, 4, p->text, -1);
+        cq_rstmt_bind_int(st, 5, position);
+        cq_rstmt_bind_text(st, 6, paused ? "paused" : "running", -1);
+        cq_rstmt_bind_int(st, 7, cq_now_ms());
         rc = cq_eng_step_done(st);
         if (rc != CQ_OK)
-            snprintf(err, errcap, "%s", sqlite3_errmsg(e->rdb));
-        sqlite3_finalize(st);
+            snprintf(err, errcap, "%s", cq_rdb_errmsg(e->rdb));
+        cq_rstmt_finalize(st);
     }
     if (rc == CQ_OK)
         rc = log_end(e, p, "done", NULL, &rec, err, errcap);
@@ -633,17 +630,17 @@ int cq_rebuild_step(cq_engine *e, proj *p)
             return CQ_STEP_WORKED;
         }
         if (status > 0) {
-            sqlite3_bind_text(e->r_rb_save, 1, p->d->name, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(e->r_rb_save, 2, c.last);
-            sqlite3_bind_int64(e->r_rb_save, 3, cq_now_ms());
+            cq_rstmt_bind_text(e->r_rb_save, 1, p->d->name, -1);
+            cq_rstmt_bind_int(e->r_rb_save, 2, c.last);
+            cq_rstmt_bind_int(e->r_rb_save, 3, cq_now_ms());
             if (cq_eng_step_done(e->r_rb_save) != CQ_OK ||
                 cq_exec_sql(e->rx, "COMMIT", err, sizeof err) != CQ_OK)
                 status = -1;
-            sqlite3_clear_bindings(e->r_rb_save);
+            cq_rstmt_clear(e->r_rb_save);
         }
         if (status < 0) {
             if (err[0] == '\0')
-                snprintf(err, sizeof err, "%s", sqlite3_errmsg(e->rdb));
+                snprintf(err, sizeof err, "%s", cq_rdb_errmsg(e->rdb));
             rollback(e);
             fprintf(stderr, "cqrsd: rebuild of %s: batch from %lld: %s\n",
                     p->d->name, (long long)from, err);

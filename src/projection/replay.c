@@ -31,15 +31,14 @@ int cq_engine_replay_stream(cq_engine *e, int projection, const char *stream_id,
                             int64_t *stream_version, char *err, size_t errcap)
 {
     proj *p = e->projs[projection];
-    sqlite3 *mem = NULL;
+    cq_rdb *mem = NULL;
     cq_exec *x = NULL;
     replay_ctx r;
     int64_t from = 1, version = 0;
     int rc;
 
     *out = NULL;
-    rc = cq_eng_open_db(":memory:", SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-                        &mem, err, errcap);
+    rc = cq_eng_open_db(":memory:", CQ_RDB_CREATE, &mem, err, errcap);
     if (rc != CQ_OK)
         return rc;
     x = cq_exec_new(mem);
@@ -83,14 +82,14 @@ int cq_engine_replay_stream(cq_engine *e, int projection, const char *stream_id,
     return CQ_OK;
 done:
     cq_exec_free(x);
-    sqlite3_close(mem);
+    cq_rdb_close(mem);
     return rc;
 }
 
 void cq_engine_replay_free(cq_exec *x)
 {
-    sqlite3 *db = x ? cq_exec_db(x) : NULL;
+    cq_rdb *db = x ? cq_exec_db(x) : NULL;
 
     cq_exec_free(x);
-    sqlite3_close(db);
+    cq_rdb_close(db);
 }

@@ -33,7 +33,7 @@
  * the scratch database holds nothing else, so the list is exact whatever
  * the statement's spelling (quoted names, comments, "main." prefixes).
  *
- * Connections are all read-only (SQLITE_OPEN_READONLY, query_only): the
+ * Connections are all read-only (CQ_RDB_READONLY, query_only): the
  * store's write side and the engine are never opened, and WAL lets this
  * run beside a live server. A long replay keeps a read transaction open,
  * which only delays the server's WAL checkpoints until it ends.
@@ -43,7 +43,6 @@
 #include "projection/verify.h"
 
 #include <errno.h>
-#include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -52,10 +51,12 @@
 #include <jansson.h>
 
 #include "base/base.h"
+#include "base/strbuf.h"
 #include "cqrs/cqrs.h"
 #include "domain/domain.h"
 #include "projection/declared.h"
 #include "projection/exec.h"
+#include "store/rdb.h"
 
 typedef struct vproj {
     cq_declared *d;     /* NULL: a C projection, reported as skipped */
@@ -74,8 +75,8 @@ struct cq_verify {
 typedef struct run {
     const char *dir;
     FILE *out;
-    sqlite3 *events; /* DIR/events.db, read-only */
-    sqlite3 *reads;  /* DIR/read.db, read-only; NULL if it does not exist */
+    cq_rdb *events; /* DIR/events.db, read-only */
+    cq_rdb *reads;  /* DIR/read.db, read-only; NULL if it does not exist */
     int reads_tried;
     const cq_domain *domain;
     char *err;
@@ -191,47 +192,47 @@ int cq_verify_add_code(cq_verify *v, const char *text, size_t len,
 
 /* Rank of a column's type in `ORDER BY typeof(c)`: the names sort as blob <
  * integer < null < real < text. */
-static int type_rank(int t)
+static int type_rank(cq_rtype t)
 {
     switch (t) {
-    case SQLITE_BLOB: return 0;
-    case SQLITE_INTEGER: return 1;
-    case SQLITE_NULL: return 2;
-    case SQLITE_FLOAT: return 3;
-    default: return 4; /* SQLITE_TEXT */
+    case CQ_RTYPE_BLOB: return 0;
+    case CQ_RTYPE_INT: return 1;
+    case CQ_RTYPE_NULL: return 2;
+    case CQ_RTYPE_REAL: return 3;
+    default: return 4; /* CQ_RTYPE_TEXT */
     }
 }
 
 /* Compare column ia of row a with column ib of row b in the order of
  * `ORDER BY typeof(c), c COLLATE BINARY`: <0, 0 (same type and value), >0. */
-static int compare_cell(sqlite3_stmt *a, int ia, sqlite3_stmt *b, int ib)
+static int compare_cell(cq_rstmt *a, int ia, cq_rstmt *b, int ib)
 {
-    int ta = sqlite3_column_type(a, ia), tb = sqlite3_column_type(b, ib);
+    cq_rtype ta = cq_rstmt_column_type(a, ia), tb = cq_rstmt_column_type(b, ib);
     int ra = type_rank(ta), rb = type_rank(tb);
 
     if (ra != rb)
         return ra < rb ? -1 : 1;
     switch (ta) {
-    case SQLITE_NULL: return 0;
-    case SQLITE_INTEGER: {
-        sqlite3_int64 x = sqlite3_column_int64(a, ia);
-        sqlite3_int64 y = sqlite3_column_int64(b, ib);
+    case CQ_RTYPE_NULL: return 0;
+    case CQ_RTYPE_INT: {
+        int64_t x = cq_rstmt_column_int(a, ia);
+        int64_t y = cq_rstmt_column_int(b, ib);
         return x < y ? -1 : x > y;
     }
-    case SQLITE_FLOAT: {
-        double x = sqlite3_column_double(a, ia);
-        double y = sqlite3_column_double(b, ib);
+    case CQ_RTYPE_REAL: {
+        double x = cq_rstmt_column_double(a, ia);
+        double y = cq_rstmt_column_double(b, ib);
         return x < y ? -1 : x > y;
     }
     default: { /* TEXT and BLOB: memcmp, then the shorter first (BINARY) */
-        const void *x = ta == SQLITE_TEXT
-                            ? (const void *)sqlite3_column_text(a, ia)
-                            : sqlite3_column_blob(a, ia);
-        int nx = sqlite3_column_bytes(a, ia);
-        const void *y = ta == SQLITE_TEXT
-                            ? (const void *)sqlite3_column_text(b, ib)
-                            : sqlite3_column_blob(b, ib);
-        int ny = sqlite3_column_bytes(b, ib);
+        const void *x = ta == CQ_RTYPE_TEXT
+                            ? (const void *)cq_rstmt_column_text(a, ia)
+                            : cq_rstmt_column_blob(a, ia);
+        int nx = cq_rstmt_column_bytes(a, ia);
+        const void *y = ta == CQ_RTYPE_TEXT
+                            ? (const void *)cq_rstmt_column_text(b, ib)
+                            : cq_rstmt_column_blob(b, ib);
+        int ny = cq_rstmt_column_bytes(b, ib);
         int c = nx && ny ? memcmp(x, y, (size_t)(nx < ny ? nx : ny)) : 0;
         if (c != 0)
             return c;
@@ -241,7 +242,7 @@ static int compare_cell(sqlite3_stmt *a, int ia, sqlite3_stmt *b, int ib)
 }
 
 /* Columns [from, to) of rows a and b, compared in order. */
-static int compare_cols(sqlite3_stmt *a, sqlite3_stmt *b, int from, int to)
+static int compare_cols(cq_rstmt *a, cq_rstmt *b, int from, int to)
 {
     for (int i = from; i < to; i++) {
         int c = compare_cell(a, i, b, i);
@@ -252,111 +253,129 @@ static int compare_cols(sqlite3_stmt *a, sqlite3_stmt *b, int from, int to)
 }
 
 /* Append column i of st, readable on one line: NULL, 42, 1.5, 'text'
- * (quotes doubled, control bytes as \xNN, cut after 60 bytes), X'0a0b'. */
-static void put_value(sqlite3_str *s, sqlite3_stmt *st, int i)
+ * (quotes doubled, control bytes as \xNN, cut after 60 bytes), X'0a0b'.
+ * A REAL is written as its database shows it (cq_rdb_format_real). */
+static void put_value(cq_strbuf *s, cq_rstmt *st, int i)
 {
-    switch (sqlite3_column_type(st, i)) {
-    case SQLITE_NULL: sqlite3_str_appendall(s, "NULL"); break;
-    case SQLITE_INTEGER:
-        sqlite3_str_appendf(s, "%lld", sqlite3_column_int64(st, i));
+    switch (cq_rstmt_column_type(st, i)) {
+    case CQ_RTYPE_NULL: cq_strbuf_puts(s, "NULL"); break;
+    case CQ_RTYPE_INT:
+        cq_strbuf_printf(s, "%lld", (long long)cq_rstmt_column_int(st, i));
         break;
-    case SQLITE_FLOAT:
-        sqlite3_str_appendf(s, "%!.17g", sqlite3_column_double(st, i));
+    case CQ_RTYPE_REAL: {
+        char num[64];
+        cq_rdb_format_real(cq_rstmt_db(st), cq_rstmt_column_double(st, i), num,
+                           sizeof num);
+        cq_strbuf_puts(s, num);
         break;
-    case SQLITE_TEXT: {
-        const unsigned char *t = sqlite3_column_text(st, i);
-        int n = sqlite3_column_bytes(st, i);
-        sqlite3_str_appendchar(s, 1, '\'');
+    }
+    case CQ_RTYPE_TEXT: {
+        const unsigned char *t =
+            (const unsigned char *)cq_rstmt_column_text(st, i);
+        int n = cq_rstmt_column_bytes(st, i);
+        cq_strbuf_add(s, "'", 1);
         for (int k = 0; k < n && k < 60; k++) {
             if (t[k] == '\'')
-                sqlite3_str_appendall(s, "''");
+                cq_strbuf_add(s, "''", 2);
             else if (t[k] < 0x20 || t[k] == 0x7f)
-                sqlite3_str_appendf(s, "\\x%02x", t[k]);
+                cq_strbuf_printf(s, "\\x%02x", t[k]);
             else
-                sqlite3_str_appendchar(s, 1, (char)t[k]);
+                cq_strbuf_add(s, (const char *)&t[k], 1);
         }
-        sqlite3_str_appendchar(s, 1, '\'');
+        cq_strbuf_add(s, "'", 1);
         if (n > 60)
-            sqlite3_str_appendf(s, "...(%d bytes)", n);
+            cq_strbuf_printf(s, "...(%d bytes)", n);
         break;
     }
     default: {
-        const unsigned char *b = sqlite3_column_blob(st, i);
-        int n = sqlite3_column_bytes(st, i);
-        sqlite3_str_appendall(s, "X'");
+        const unsigned char *b = cq_rstmt_column_blob(st, i);
+        int n = cq_rstmt_column_bytes(st, i);
+        cq_strbuf_puts(s, "X'");
         for (int k = 0; k < n && k < 32; k++)
-            sqlite3_str_appendf(s, "%02x", b[k]);
-        sqlite3_str_appendchar(s, 1, '\'');
+            cq_strbuf_printf(s, "%02x", b[k]);
+        cq_strbuf_add(s, "'", 1);
         if (n > 32)
-            sqlite3_str_appendf(s, "...(%d bytes)", n);
+            cq_strbuf_printf(s, "...(%d bytes)", n);
     }
     }
+}
+
+/* Append name as a quoted SQL identifier: "name", with " doubled. */
+static void put_ident(cq_strbuf *s, const char *name)
+{
+    cq_strbuf_add(s, "\"", 1);
+    for (const char *q; (q = strchr(name, '"')) != NULL; name = q + 1) {
+        cq_strbuf_add(s, name, (size_t)(q - name) + 1);
+        cq_strbuf_add(s, "\"", 1);
+    }
+    cq_strbuf_puts(s, name);
+    cq_strbuf_add(s, "\"", 1);
 }
 
 /* ---- one table -------------------------------------------------------------
  */
 
-/* A table's columns as `SELECT name, pk FROM pragma_table_info`. */
+/* A table's columns, as cq_rdb_columns tells them. */
 typedef struct columns {
     char **name;
     int *pk; /* 1-based position in the primary key, 0 if not in it */
     int n;
+    int oom; /* while reading: out of memory */
 } columns;
 
 static void columns_free(columns *c)
 {
     for (int i = 0; i < c->n; i++)
-        sqlite3_free(c->name[i]);
+        free(c->name[i]);
     free(c->name);
     free(c->pk);
     memset(c, 0, sizeof *c);
 }
 
+/* cq_rdb_columns' callback: one more column into arg (a columns). */
+static int add_column(void *arg, const char *name, int pk)
+{
+    columns *c = arg;
+    char **nn = realloc(c->name, (size_t)(c->n + 1) * sizeof *nn);
+    int *np;
+
+    if (nn == NULL)
+        goto oom;
+    c->name = nn;
+    np = realloc(c->pk, (size_t)(c->n + 1) * sizeof *np);
+    if (np == NULL)
+        goto oom;
+    c->pk = np;
+    if ((c->name[c->n] = strdup(name)) == NULL)
+        goto oom;
+    c->pk[c->n] = pk;
+    c->n++;
+    return 0;
+oom:
+    c->oom = 1;
+    return 1;
+}
+
 /* Read the columns of `table` in db (none if it does not exist). */
-static int columns_read(sqlite3 *db, const char *table, columns *c, char *err,
+static int columns_read(cq_rdb *db, const char *table, columns *c, char *err,
                         size_t errcap)
 {
-    sqlite3_stmt *st = NULL;
     int rc;
 
     memset(c, 0, sizeof *c);
-    if (sqlite3_prepare_v2(db,
-                           "SELECT name, pk FROM pragma_table_info(?1)"
-                           " ORDER BY cid",
-                           -1, &st, NULL) != SQLITE_OK)
-        goto io;
-    sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        char **nn = realloc(c->name, (size_t)(c->n + 1) * sizeof *nn);
-        int *np;
-        if (nn == NULL)
-            goto oom;
-        c->name = nn;
-        np = realloc(c->pk, (size_t)(c->n + 1) * sizeof *np);
-        if (np == NULL)
-            goto oom;
-        c->pk = np;
-        c->name[c->n] =
-            sqlite3_mprintf("%s", (const char *)sqlite3_column_text(st, 0));
-        if (c->name[c->n] == NULL)
-            goto oom;
-        c->pk[c->n] = sqlite3_column_int(st, 1);
-        c->n++;
+    rc = cq_rdb_columns(db, table, add_column, c, err, errcap);
+    if (c->oom) {
+        snprintf(err, errcap, "out of memory");
+        columns_free(c);
+        return CQ_ENOMEM;
     }
-    if (rc != SQLITE_DONE)
-        goto io;
-    sqlite3_finalize(st);
+    if (rc == CQ_ENOTFOUND)
+        return CQ_OK; /* no such table: no columns */
+    if (rc != CQ_OK) {
+        columns_free(c);
+        return CQ_EIO;
+    }
     return CQ_OK;
-io:
-    snprintf(err, errcap, "columns of %s: %s", table, sqlite3_errmsg(db));
-    sqlite3_finalize(st);
-    columns_free(c);
-    return CQ_EIO;
-oom:
-    snprintf(err, errcap, "out of memory");
-    sqlite3_finalize(st);
-    columns_free(c);
-    return CQ_ENOMEM;
 }
 
 /* Where one table's differences are reported, and how many so far. */
@@ -372,69 +391,74 @@ typedef struct table_report {
 /* Report a row of st present on one side only (kind: "missing in live",
  * "unexpected in live"), or, with other != NULL, a key whose other
  * columns differ (st: live, other: replay). */
-static void report_row(table_report *t, sqlite3_stmt *st, sqlite3_stmt *other,
+static void report_row(table_report *t, cq_rstmt *st, cq_rstmt *other,
                        const char *kind)
 {
-    sqlite3_str *s;
+    cq_strbuf b = CQ_STRBUF_INIT, *s = &b;
     char *line;
 
     t->found++;
     if (t->found > CQ_VERIFY_MAX_LINES)
         return;
-    s = sqlite3_str_new(NULL);
-    sqlite3_str_appendf(s, "%s/%s: ", t->proj, t->table);
+    cq_strbuf_printf(s, "%s/%s: ", t->proj, t->table);
     for (int i = 0; i < t->nkey; i++) {
-        sqlite3_str_appendf(s, "%s%s=", i ? ", " : "",
-                            t->cols->name[t->order[i]]);
+        cq_strbuf_printf(s, "%s%s=", i ? ", " : "", t->cols->name[t->order[i]]);
         put_value(s, st, i);
     }
-    sqlite3_str_appendf(s, ": %s", kind);
+    cq_strbuf_printf(s, ": %s", kind);
     if (other != NULL) {
         int first = 1;
         for (int i = t->nkey; i < t->cols->n; i++) {
             if (compare_cell(st, i, other, i) == 0)
                 continue;
-            sqlite3_str_appendf(s, "%s %s live ", first ? ":" : ";",
-                                t->cols->name[t->order[i]]);
+            cq_strbuf_printf(s, "%s %s live ", first ? ":" : ";",
+                             t->cols->name[t->order[i]]);
             put_value(s, st, i);
-            sqlite3_str_appendall(s, ", replay ");
+            cq_strbuf_puts(s, ", replay ");
             put_value(s, other, i);
             first = 0;
         }
     }
-    line = sqlite3_str_finish(s);
+    line = cq_strbuf_take(s);
     if (line != NULL)
         fprintf(t->out, "%s\n", line);
-    sqlite3_free(line);
+    free(line);
 }
 
 /* `SELECT cols FROM table ORDER BY ...` for the merge (see step 4). */
 static char *select_sql(const char *table, const columns *c, const int *order)
 {
-    sqlite3_str *s = sqlite3_str_new(NULL);
+    cq_strbuf b = CQ_STRBUF_INIT;
 
-    sqlite3_str_appendall(s, "SELECT ");
-    for (int i = 0; i < c->n; i++)
-        sqlite3_str_appendf(s, "%s\"%w\"", i ? ", " : "", c->name[order[i]]);
-    sqlite3_str_appendf(s, " FROM \"%w\" ORDER BY ", table);
-    for (int i = 0; i < c->n; i++)
-        sqlite3_str_appendf(s, "%stypeof(\"%w\"), \"%w\" COLLATE BINARY",
-                            i ? ", " : "", c->name[order[i]],
-                            c->name[order[i]]);
-    return sqlite3_str_finish(s);
+    cq_strbuf_puts(&b, "SELECT ");
+    for (int i = 0; i < c->n; i++) {
+        cq_strbuf_puts(&b, i ? ", " : "");
+        put_ident(&b, c->name[order[i]]);
+    }
+    cq_strbuf_puts(&b, " FROM ");
+    put_ident(&b, table);
+    cq_strbuf_puts(&b, " ORDER BY ");
+    for (int i = 0; i < c->n; i++) {
+        cq_strbuf_puts(&b, i ? ", typeof(" : "typeof(");
+        put_ident(&b, c->name[order[i]]);
+        cq_strbuf_puts(&b, "), ");
+        put_ident(&b, c->name[order[i]]);
+        cq_strbuf_puts(&b, " COLLATE BINARY");
+    }
+    return cq_strbuf_take(&b);
 }
 
 /* Compare `table` in live with the replay in scratch; adds to *diffs and
  * *rows (rows of the replay). CQ_OK (whatever was found), or CQ_EIO /
  * CQ_ENOMEM when a side cannot be read. */
-static int compare_table(run *r, const char *proj, sqlite3 *live,
-                         sqlite3 *scratch, const char *table, int64_t *diffs,
+static int compare_table(run *r, const char *proj, cq_rdb *live,
+                         cq_rdb *scratch, const char *table, int64_t *diffs,
                          int64_t *rows)
 {
     columns want, have;
     int *order = NULL;
-    char *sql = NULL;
-    sqlite3_stmt *ls = NULL, *rs = NULL;
+    char *sql = NULL, ignore[64];
+    cq_rstmt *ls = NULL, *rs = NULL;
     table_report t;
     int lrc, rrc, nkey = 0, rc;
 
@@ -489,15 +513,15 @@ static int compare_table(run *r, const char *proj, sqlite3 *live,
         rc = CQ_ENOMEM;
         goto done;
     }
-    if (sqlite3_prepare_v2(live, sql, -1, &ls, NULL) != SQLITE_OK) {
+    if (cq_rdb_prepare(live, sql, 0, &ls, ignore, sizeof ignore) != CQ_OK) {
         snprintf(r->err, r->errcap, "%s/%s: live: %s", proj, table,
-                 sqlite3_errmsg(live));
+                 cq_rdb_errmsg(live));
         rc = CQ_EIO;
         goto done;
     }
-    if (sqlite3_prepare_v2(scratch, sql, -1, &rs, NULL) != SQLITE_OK) {
+    if (cq_rdb_prepare(scratch, sql, 0, &rs, ignore, sizeof ignore) != CQ_OK) {
         snprintf(r->err, r->errcap, "%s/%s: replay: %s", proj, table,
-                 sqlite3_errmsg(scratch));
+                 cq_rdb_errmsg(scratch));
         rc = CQ_EIO;
         goto done;
     }
@@ -509,15 +533,15 @@ static int compare_table(run *r, const char *proj, sqlite3 *live,
     t.cols = &want;
     t.order = order;
     t.nkey = nkey;
-    lrc = sqlite3_step(ls);
-    rrc = sqlite3_step(rs);
-    while (lrc == SQLITE_ROW || rrc == SQLITE_ROW) {
-        int c = lrc != SQLITE_ROW   ? 1
-                : rrc != SQLITE_ROW ? -1
-                                    : compare_cols(ls, rs, 0, nkey);
+    lrc = cq_rstmt_step(ls);
+    rrc = cq_rstmt_step(rs);
+    while (lrc == CQ_RSTEP_ROW || rrc == CQ_RSTEP_ROW) {
+        int c = lrc != CQ_RSTEP_ROW   ? 1
+                : rrc != CQ_RSTEP_ROW ? -1
+                                      : compare_cols(ls, rs, 0, nkey);
         if (c < 0) {
             report_row(&t, ls, NULL, "unexpected in live");
-            lrc = sqlite3_step(ls);
+            lrc = cq_rstmt_step(ls);
             continue;
         }
         if (c > 0)
@@ -525,15 +549,14 @@ static int compare_table(run *r, const char *proj, sqlite3 *live,
         else if (compare_cols(ls, rs, nkey, want.n) != 0)
             report_row(&t, ls, rs, "differs");
         if (c == 0)
-            lrc = sqlite3_step(ls);
-        rrc = sqlite3_step(rs);
+            lrc = cq_rstmt_step(ls);
+        rrc = cq_rstmt_step(rs);
         (*rows)++;
     }
-    if (lrc != SQLITE_DONE || rrc != SQLITE_DONE) {
-        sqlite3 *db = lrc != SQLITE_DONE ? live : scratch;
+    if (lrc != CQ_RSTEP_DONE || rrc != CQ_RSTEP_DONE) {
+        cq_rdb *db = lrc != CQ_RSTEP_DONE ? live : scratch;
         snprintf(r->err, r->errcap, "%s/%s: reading %s: %s", proj, table,
-                 db == live ? "live rows" : "replayed rows",
-                 sqlite3_errmsg(db));
+                 db == live ? "live rows" : "replayed rows", cq_rdb_errmsg(db));
         rc = CQ_EIO;
         goto done;
     }
@@ -542,9 +565,9 @@ static int compare_table(run *r, const char *proj, sqlite3 *live,
                 (long long)(t.found - CQ_VERIFY_MAX_LINES));
     *diffs += t.found;
 done:
-    sqlite3_finalize(ls);
-    sqlite3_finalize(rs);
-    sqlite3_free(sql);
+    cq_rstmt_finalize(ls);
+    cq_rstmt_finalize(rs);
+    free(sql);
     free(order);
     columns_free(&want);
     columns_free(&have);
@@ -562,55 +585,49 @@ typedef struct checkpoint {
     char error[512], error_event[130];
 } checkpoint;
 
-static int read_checkpoint(sqlite3 *db, const char *name, checkpoint *cp,
+static int read_checkpoint(cq_rdb *db, const char *name, checkpoint *cp,
                            char *err, size_t errcap)
 {
-    sqlite3_stmt *st = NULL;
-    int rc;
+    cq_rstmt *st = NULL;
+    char ignore[64];
+    int rc, exists = 0;
 
     memset(cp, 0, sizeof *cp);
     /* first read of the snapshot: does the table exist at all? */
-    if (sqlite3_prepare_v2(db,
-                           "SELECT count(*) FROM sqlite_schema"
-                           " WHERE type = 'table' AND name = 'cq_projections'",
-                           -1, &st, NULL) != SQLITE_OK ||
-        sqlite3_step(st) != SQLITE_ROW)
+    if (cq_rdb_object_exists(db, "cq_projections", &exists) != CQ_OK)
         goto io;
-    rc = sqlite3_column_int(st, 0);
-    sqlite3_finalize(st);
-    st = NULL;
-    if (rc == 0)
+    if (!exists)
         return CQ_OK;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT version, source_hash, position, status,"
-                           " error, error_position, error_event"
-                           " FROM cq_projections WHERE name = ?1",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (cq_rdb_prepare(db,
+                       "SELECT version, source_hash, position, status,"
+                       " error, error_position, error_event"
+                       " FROM cq_projections WHERE name = ?1",
+                       0, &st, ignore, sizeof ignore) != CQ_OK)
         goto io;
-    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        const char *h = (const char *)sqlite3_column_text(st, 1);
-        const char *s = (const char *)sqlite3_column_text(st, 3);
-        const char *m = (const char *)sqlite3_column_text(st, 4);
-        const char *t = (const char *)sqlite3_column_text(st, 6);
+    cq_rstmt_bind_text(st, 1, name, -1);
+    rc = cq_rstmt_step(st);
+    if (rc == CQ_RSTEP_ROW) {
+        const char *h = cq_rstmt_column_text(st, 1);
+        const char *s = cq_rstmt_column_text(st, 3);
+        const char *m = cq_rstmt_column_text(st, 4);
+        const char *t = cq_rstmt_column_text(st, 6);
         cp->found = 1;
-        cp->version = sqlite3_column_int64(st, 0);
+        cp->version = cq_rstmt_column_int(st, 0);
         snprintf(cp->source_hash, sizeof cp->source_hash, "%s", h ? h : "");
-        cp->position = sqlite3_column_int64(st, 2);
+        cp->position = cq_rstmt_column_int(st, 2);
         cp->failed = s != NULL && strcmp(s, "failed") == 0;
         snprintf(cp->error, sizeof cp->error, "%s", m ? m : "");
-        cp->error_position = sqlite3_column_int64(st, 5);
+        cp->error_position = cq_rstmt_column_int(st, 5);
         snprintf(cp->error_event, sizeof cp->error_event, "%s", t ? t : "");
-    } else if (rc != SQLITE_DONE) {
+    } else if (rc != CQ_RSTEP_DONE) {
         goto io;
     }
-    sqlite3_finalize(st);
+    cq_rstmt_finalize(st);
     return CQ_OK;
 io:
     snprintf(err, errcap, "reading the checkpoint of %s: %s", name,
-             sqlite3_errmsg(db));
-    sqlite3_finalize(st);
+             cq_rdb_errmsg(db));
+    cq_rstmt_finalize(st);
     return CQ_EIO;
 }
 
@@ -621,34 +638,35 @@ io:
 static int replay(run *r, const vproj *p, cq_exec *x, int64_t upto,
                   int64_t *applied, int *failed, char *why, size_t whycap)
 {
-    sqlite3_stmt *st = NULL;
-    int rc = CQ_OK, src = SQLITE_DONE;
+    cq_rstmt *st = NULL;
+    char ignore[64];
+    int rc = CQ_OK, src = CQ_RSTEP_DONE;
 
     *applied = 0;
     *failed = 0;
-    if (sqlite3_prepare_v2(r->events,
-                           "SELECT position, stream_id, version, type, data,"
-                           " metadata, recorded_at, schema_version FROM events"
-                           " WHERE position <= ?1 ORDER BY position",
-                           -1, &st, NULL) != SQLITE_OK) {
-        snprintf(r->err, r->errcap, "events.db: %s", sqlite3_errmsg(r->events));
+    if (cq_rdb_prepare(r->events,
+                       "SELECT position, stream_id, version, type, data,"
+                       " metadata, recorded_at, schema_version FROM events"
+                       " WHERE position <= ?1 ORDER BY position",
+                       0, &st, ignore, sizeof ignore) != CQ_OK) {
+        snprintf(r->err, r->errcap, "events.db: %s", cq_rdb_errmsg(r->events));
         return CQ_EIO;
     }
-    sqlite3_bind_int64(st, 1, upto);
-    while (!*failed && (src = sqlite3_step(st)) == SQLITE_ROW) {
+    cq_rstmt_bind_int(st, 1, upto);
+    while (!*failed && (src = cq_rstmt_step(st)) == CQ_RSTEP_ROW) {
         cq_stored_event se;
         cq_decoded dec = {0};
         char when[32], day[11], msg[512] = "";
         cq_decl_event ev;
 
-        se.position = sqlite3_column_int64(st, 0);
-        se.stream_id = (const char *)sqlite3_column_text(st, 1);
-        se.version = sqlite3_column_int64(st, 2);
-        se.type = (const char *)sqlite3_column_text(st, 3);
-        se.data = (const char *)sqlite3_column_text(st, 4);
-        se.metadata = (const char *)sqlite3_column_text(st, 5);
-        se.recorded_at = sqlite3_column_int64(st, 6);
-        se.schema_version = sqlite3_column_int(st, 7);
+        se.position = cq_rstmt_column_int(st, 0);
+        se.stream_id = cq_rstmt_column_text(st, 1);
+        se.version = cq_rstmt_column_int(st, 2);
+        se.type = cq_rstmt_column_text(st, 3);
+        se.data = cq_rstmt_column_text(st, 4);
+        se.metadata = cq_rstmt_column_text(st, 5);
+        se.recorded_at = cq_rstmt_column_int(st, 6);
+        se.schema_version = (int)cq_rstmt_column_int(st, 7);
         memset(&ev, 0, sizeof ev);
         ev.position = se.position;
         ev.stream_id = se.stream_id;
@@ -680,18 +698,18 @@ static int replay(run *r, const vproj *p, cq_exec *x, int64_t upto,
         }
         (*applied)++;
     }
-    if (!*failed && src != SQLITE_DONE) {
+    if (!*failed && src != CQ_RSTEP_DONE) {
         snprintf(r->err, r->errcap, "events.db: reading events: %s",
-                 sqlite3_errmsg(r->events));
+                 cq_rdb_errmsg(r->events));
         rc = CQ_EIO;
     }
-    sqlite3_finalize(st);
+    cq_rstmt_finalize(st);
     return rc;
 }
 
 /* Open DIR/file read-only into *db; *db stays NULL (and CQ_OK) if the file
  * does not exist and `optional`. */
-static int open_ro(run *r, const char *file, int optional, sqlite3 **db)
+static int open_ro(run *r, const char *file, int optional, cq_rdb **db)
 {
     char path[4200];
 
@@ -704,18 +722,36 @@ static int open_ro(run *r, const char *file, int optional, sqlite3 **db)
         snprintf(r->err, r->errcap, "%s: %s", path, strerror(e));
         return e == ENOENT ? CQ_ENOTFOUND : CQ_EIO;
     }
-    if (sqlite3_open_v2(path, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
-                        NULL) != SQLITE_OK) {
-        snprintf(r->err, r->errcap, "%s: %s", path,
-                 *db ? sqlite3_errmsg(*db) : "cannot open");
-        sqlite3_close(*db);
-        *db = NULL;
+    if (cq_rdb_open(path, CQ_RDB_READONLY, 5000, db, r->err, r->errcap) !=
+        CQ_OK)
         return CQ_EIO;
-    }
-    sqlite3_busy_timeout(*db, 5000);
     /* belt and braces: this connection never writes */
-    sqlite3_exec(*db, "PRAGMA query_only = 1", NULL, NULL, NULL);
+    cq_rdb_exec(*db, "PRAGMA query_only = 1", NULL, 0);
     return CQ_OK;
+}
+
+/* Names of the tables a DDL made (step 4). */
+typedef struct names {
+    char **v;
+    size_t n;
+    int oom;
+} names;
+
+/* cq_rdb_tables' callback: one more table name into arg (a names). */
+static int add_name(void *arg, const char *name)
+{
+    names *l = arg;
+    char **v = realloc(l->v, (l->n + 1) * sizeof *v);
+
+    if (v == NULL || (v[l->n] = strdup(name)) == NULL) {
+        if (v != NULL)
+            l->v = v;
+        l->oom = 1;
+        return 1;
+    }
+    l->v = v;
+    l->n++;
+    return 0;
 }
 
 /* Steps 1-5 for p; adds its differences to *total. CQ_OK, or an error
@@ -723,12 +759,12 @@ static int open_ro(run *r, const char *file, int optional, sqlite3 **db)
 static int verify_one(run *r, const vproj *p, int64_t *total)
 {
     const int is_inline = p->d->mode == CQ_DECL_INLINE;
-    sqlite3 *live, *scratch = NULL;
-    sqlite3_stmt *st = NULL;
+    cq_rdb *live, *scratch = NULL;
     cq_exec *x = NULL;
     checkpoint cp;
-    char **tables = NULL, why[700] = "";
-    int ntables = 0, failed = 0, in_tx = 0, rc;
+    names tables = {NULL, 0, 0};
+    char why[700] = "";
+    int failed = 0, in_tx = 0, rc;
     int64_t diffs = 0, rows = 0, applied = 0;
 
     memset(&cp, 0, sizeof cp);
@@ -747,9 +783,9 @@ static int verify_one(run *r, const vproj *p, int64_t *total)
     }
 
     /* 1. one snapshot for the checkpoint and the tables */
-    if (sqlite3_exec(live, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+    if (cq_rdb_exec(live, "BEGIN", NULL, 0) != CQ_OK) {
         snprintf(r->err, r->errcap, "%s: BEGIN: %s", p->name,
-                 sqlite3_errmsg(live));
+                 cq_rdb_errmsg(live));
         return CQ_EIO;
     }
     in_tx = 1;
@@ -784,10 +820,8 @@ static int verify_one(run *r, const vproj *p, int64_t *total)
     }
 
     /* 3. replay 1..checkpoint into a scratch database */
-    if (sqlite3_open_v2(":memory:", &scratch,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                            SQLITE_OPEN_NOMUTEX,
-                        NULL) != SQLITE_OK ||
+    if (cq_rdb_open(":memory:", CQ_RDB_CREATE, 0, &scratch, r->err,
+                    r->errcap) != CQ_OK ||
         (x = cq_exec_new(scratch)) == NULL) {
         snprintf(r->err, r->errcap, "cannot open a scratch database");
         rc = CQ_ENOMEM;
@@ -827,34 +861,21 @@ static int verify_one(run *r, const vproj *p, int64_t *total)
     }
 
     /* 4. every table the DDL made, compared with the live one */
-    if (sqlite3_prepare_v2(scratch,
-                           "SELECT name FROM sqlite_schema WHERE type = 'table'"
-                           " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
-                           " ORDER BY rowid",
-                           -1, &st, NULL) != SQLITE_OK) {
+    rc = cq_rdb_tables(scratch, NULL, add_name, &tables, r->err, r->errcap);
+    if (tables.oom) {
+        snprintf(r->err, r->errcap, "out of memory");
+        rc = CQ_ENOMEM;
+        goto done;
+    }
+    if (rc != CQ_OK) {
         snprintf(r->err, r->errcap, "scratch schema: %s",
-                 sqlite3_errmsg(scratch));
+                 cq_rdb_errmsg(scratch));
         rc = CQ_EIO;
         goto done;
     }
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        char **nt = realloc(tables, (size_t)(ntables + 1) * sizeof *nt);
-        if (nt == NULL ||
-            (nt[ntables] = strdup((const char *)sqlite3_column_text(st, 0))) ==
-                NULL) {
-            if (nt != NULL)
-                tables = nt;
-            snprintf(r->err, r->errcap, "out of memory");
-            rc = CQ_ENOMEM;
-            goto done;
-        }
-        tables = nt;
-        ntables++;
-    }
-    sqlite3_finalize(st);
-    st = NULL;
-    for (int i = 0; i < ntables; i++) {
-        rc = compare_table(r, p->name, live, scratch, tables[i], &diffs, &rows);
+    for (size_t i = 0; i < tables.n; i++) {
+        rc = compare_table(r, p->name, live, scratch, tables.v[i], &diffs,
+                           &rows);
         if (rc != CQ_OK)
             goto done;
     }
@@ -863,8 +884,9 @@ summary:
     /* 5. */
     if (diffs == 0)
         fprintf(r->out, "%s: OK (position %lld, %d table%s, %lld row%s)\n",
-                p->name, (long long)cp.position, ntables,
-                ntables == 1 ? "" : "s", (long long)rows, rows == 1 ? "" : "s");
+                p->name, (long long)cp.position, (int)tables.n,
+                tables.n == 1 ? "" : "s", (long long)rows,
+                rows == 1 ? "" : "s");
     else
         fprintf(r->out, "%s: %lld difference%s\n", p->name, (long long)diffs,
                 diffs == 1 ? "" : "s");
@@ -872,13 +894,12 @@ summary:
     rc = CQ_OK;
 done:
     if (in_tx)
-        sqlite3_exec(live, "COMMIT", NULL, NULL, NULL);
-    sqlite3_finalize(st);
-    for (int i = 0; i < ntables; i++)
-        free(tables[i]);
-    free(tables);
+        cq_rdb_exec(live, "COMMIT", NULL, 0);
+    for (size_t i = 0; i < tables.n; i++)
+        free(tables.v[i]);
+    free(tables.v);
     cq_exec_free(x);
-    sqlite3_close(scratch);
+    cq_rdb_close(scratch);
     return rc;
 }
 
@@ -920,7 +941,7 @@ int cq_verify_run(cq_verify *v, const char *dir, FILE *out,
         rc = verify_one(&r, &v->projs[i], differences);
     }
     fflush(out);
-    sqlite3_close(r.reads);
-    sqlite3_close(r.events);
+    cq_rdb_close(r.reads);
+    cq_rdb_close(r.events);
     return rc;
 }

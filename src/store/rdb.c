@@ -33,10 +33,19 @@ cq_rdb *cq_rdb_wrap(const cq_rdb_ops *ops, void *impl, int owned)
 {
     cq_rdb *db = calloc(1, sizeof *db);
 
-    if (db != NULL) {
-        db->ops = ops;
-        db->impl = impl;
-        db->owned = owned;
+    if (db == NULL)
+        return NULL;
+    db->ops = ops;
+    db->impl = impl;
+    db->owned = owned;
+    /* a view lives as long as the connection it borrows: whoever owns that
+     * connection closes it, and cq_rdb_close on the view cannot free it
+     * under them */
+    if (!owned &&
+        (ops->on_close == NULL || ops->on_close(impl, free, db) != CQ_OK)) {
+        if (ops->on_close == NULL)
+            free(db);
+        return NULL;
     }
     return db;
 }
@@ -44,6 +53,11 @@ cq_rdb *cq_rdb_wrap(const cq_rdb_ops *ops, void *impl, int owned)
 void *cq_rdb_impl(cq_rdb *db)
 {
     return db->impl;
+}
+
+void *cq_rstmt_impl(cq_rstmt *st)
+{
+    return st != NULL ? st->impl : NULL;
 }
 
 int cq_rdb_open(const char *where, unsigned flags, int busy_ms, cq_rdb **out,
@@ -67,10 +81,9 @@ int cq_rdb_open(const char *where, unsigned flags, int busy_ms, cq_rdb **out,
 
 void cq_rdb_close(cq_rdb *db)
 {
-    if (db == NULL)
-        return;
-    if (db->owned)
-        db->ops->close(db->impl);
+    if (db == NULL || !db->owned)
+        return; /* a view: freed with its connection (cq_rdb_wrap) */
+    db->ops->close(db->impl);
     free(db);
 }
 
@@ -116,6 +129,16 @@ int cq_rdb_columns(cq_rdb *db, const char *table,
 int64_t cq_rdb_wal_bytes(cq_rdb *db)
 {
     return db->ops->wal_bytes ? db->ops->wal_bytes(db->impl) : -1;
+}
+
+const char *cq_rdb_backend(cq_rdb *db)
+{
+    return db->ops->name;
+}
+
+void cq_rdb_format_real(cq_rdb *db, double v, char *buf, size_t cap)
+{
+    db->ops->format_real(v, buf, cap);
 }
 
 int cq_rdb_prepare(cq_rdb *db, const char *sql, unsigned flags, cq_rstmt **out,

@@ -69,8 +69,10 @@ typedef enum cq_rtype {
 int cq_rdb_open(const char *where, unsigned flags, int busy_ms, cq_rdb **out,
                 char *err, size_t errcap);
 
-/* Close db (its statements must be finalized). Accepts NULL. A view
- * handed out by the event store is not closed by this: the store owns it. */
+/* Close db (its statements must be finalized). Accepts NULL. A view of a
+ * connection someone else owns (cq_rdb_wrap with owned 0, as the event
+ * store hands out its write connection) is left as it is: it goes away
+ * with that connection. */
 void cq_rdb_close(cq_rdb *db);
 
 /* The backend's message for the last failure on db (borrowed until the
@@ -114,6 +116,16 @@ int cq_rdb_columns(cq_rdb *db, const char *table,
 /* Bytes of db's write-ahead log, or -1 when it has none or it cannot be
  * told (SQLite: the -wal file). */
 int64_t cq_rdb_wal_bytes(cq_rdb *db);
+
+/* The name of db's backend ("sqlite"), for code that works only with one
+ * (store/wal.c). Static storage. */
+const char *cq_rdb_backend(cq_rdb *db);
+
+/* Write v into buf[cap] (NUL-terminated, cut to fit) as db's backend
+ * shows a REAL value to people (SQLite: printf's "%!.17g", so 2.0 is
+ * "2.0", infinity "Inf"): reports that show values read from db (verify)
+ * show them as the database does. */
+void cq_rdb_format_real(cq_rdb *db, double v, char *buf, size_t cap);
 
 /* ---- statements ---- */
 
@@ -180,7 +192,12 @@ typedef struct cq_rdb_ops {
     int (*columns)(void *impl, const char *table,
                    int (*cb)(void *arg, const char *column, int pk), void *arg,
                    char *err, size_t errcap);
-    int64_t (*wal_bytes)(void *impl);
+    int64_t (*wal_bytes)(void *impl); /* optional: NULL gives -1 */
+    /* run fn(arg) once impl is closed, by whoever closes it; CQ_OK, or a
+     * failure after which fn(arg) has already run. For views (cq_rdb_wrap
+     * with owned 0); optional: without it a backend has no views */
+    int (*on_close)(void *impl, void (*fn)(void *), void *arg);
+    void (*format_real)(double v, char *buf, size_t cap);
     int (*prepare)(void *impl, const char *sql, unsigned flags, void **st,
                    char *err, size_t errcap);
     void (*finalize)(void *st);
@@ -203,12 +220,20 @@ typedef struct cq_rdb_ops {
 } cq_rdb_ops;
 
 /* Wrap a backend connection: the cq_rdb owns impl when `owned` (closed by
- * cq_rdb_close through ops->close), else only borrows it. NULL when out of
- * memory. For backends and the event store. */
+ * cq_rdb_close through ops->close). Else it is a view that only borrows
+ * impl: cq_rdb_close on it does nothing, and it is freed when impl is
+ * closed (ops->on_close), so it is valid exactly as long as impl. NULL
+ * when out of memory (or ops cannot make views). For backends and the
+ * event store. */
 cq_rdb *cq_rdb_wrap(const cq_rdb_ops *ops, void *impl, int owned);
 
-/* The backend connection behind db (borrowed). For backends only. */
+/* The backend connection behind db (borrowed). For backends only (and
+ * store/wal.c, which checkpoints SQLite's log). */
 void *cq_rdb_impl(cq_rdb *db);
+
+/* The backend statement behind st (borrowed), NULL when st is NULL. For
+ * backends only. */
+void *cq_rstmt_impl(cq_rstmt *st);
 
 /* The SQLite backend (rdb_sqlite.c). */
 extern const cq_rdb_ops cq_rdb_sqlite_ops;

@@ -7,6 +7,7 @@
  * Threads: none of its own.
  */
 #include <sqlite3.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -181,6 +182,35 @@ static int64_t sq_wal_bytes(void *impl)
     return stat(path, &sb) == 0 ? (int64_t)sb.st_size : -1;
 }
 
+static void sq_format_real(double v, char *buf, size_t cap)
+{
+    if (cap > 0)
+        sqlite3_snprintf(cap > INT_MAX ? INT_MAX : (int)cap, buf, "%!.17g", v);
+}
+
+/* A function no SQL calls, whose destructor SQLite runs when the
+ * connection closes: how a view learns that its connection went away. */
+static void sq_no_function(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    (void)argv;
+    sqlite3_result_null(ctx);
+}
+
+static int sq_on_close(void *impl, void (*fn)(void *), void *arg)
+{
+    char name[64];
+    int rc;
+
+    /* a name of its own per arg: registering a name again would run the
+     * earlier destructor */
+    snprintf(name, sizeof name, "cq_on_close_%p", arg);
+    /* on failure SQLite runs fn(arg) itself */
+    rc = sqlite3_create_function_v2(impl, name, 0, SQLITE_UTF8, arg,
+                                    sq_no_function, NULL, NULL, fn);
+    return rc == SQLITE_OK ? CQ_OK : code_of(rc);
+}
+
 static int sq_prepare(void *impl, const char *sql, unsigned flags, void **out,
                       char *err, size_t errcap)
 {
@@ -304,11 +334,34 @@ static int sq_column_bytes(void *st, int i)
 }
 
 const cq_rdb_ops cq_rdb_sqlite_ops = {
-    "sqlite",         sq_close,          sq_errmsg,        sq_errcode,
-    sq_exec,          sq_in_transaction, sq_object_exists, sq_tables,
-    sq_columns,       sq_wal_bytes,      sq_prepare,       sq_finalize,
-    sq_bind_int,      sq_bind_double,    sq_bind_text,     sq_bind_blob,
-    sq_bind_null,     sq_step,           sq_reset,         sq_clear,
-    sq_column_count,  sq_column_name,    sq_column_type,   sq_column_int,
-    sq_column_double, sq_column_text,    sq_column_blob,   sq_column_bytes,
+    .name = "sqlite",
+    .close = sq_close,
+    .errmsg = sq_errmsg,
+    .errcode = sq_errcode,
+    .exec = sq_exec,
+    .in_transaction = sq_in_transaction,
+    .object_exists = sq_object_exists,
+    .tables = sq_tables,
+    .columns = sq_columns,
+    .wal_bytes = sq_wal_bytes,
+    .on_close = sq_on_close,
+    .format_real = sq_format_real,
+    .prepare = sq_prepare,
+    .finalize = sq_finalize,
+    .bind_int = sq_bind_int,
+    .bind_double = sq_bind_double,
+    .bind_text = sq_bind_text,
+    .bind_blob = sq_bind_blob,
+    .bind_null = sq_bind_null,
+    .step = sq_step,
+    .reset = sq_reset,
+    .clear = sq_clear,
+    .column_count = sq_column_count,
+    .column_name = sq_column_name,
+    .column_type = sq_column_type,
+    .column_int = sq_column_int,
+    .column_double = sq_column_double,
+    .column_text = sq_column_text,
+    .column_blob = sq_column_blob,
+    .column_bytes = sq_column_bytes,
 };

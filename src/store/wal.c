@@ -48,6 +48,7 @@
 #include <sys/stat.h>
 
 #include "cqrs/cqrs.h"
+#include "store/rdb.h"
 
 struct cq_wal {
     sqlite3 *writer; /* borrowed: the database's writing connection */
@@ -204,6 +205,20 @@ int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
 fail:
     cq_wal_free(w);
     return CQ_EIO;
+}
+
+int cq_wal_start_rdb(struct cq_rdb *writer, int busy_ms, const char *path,
+                     const char *thread_name, cq_wal **out, char *err,
+                     size_t errcap)
+{
+    *out = NULL;
+    if (strcmp(cq_rdb_backend(writer), cq_rdb_sqlite_ops.name) != 0) {
+        snprintf(err, errcap, "%s: write-ahead log checkpoints need SQLite",
+                 path);
+        return CQ_EINVAL;
+    }
+    return cq_wal_start(cq_rdb_impl(writer), busy_ms, path, thread_name, out,
+                        err, errcap);
 }
 
 void cq_wal_free(cq_wal *w)

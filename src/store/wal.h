@@ -48,6 +48,15 @@ int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
                  const char *thread_name, cq_wal **out, char *err,
                  size_t errcap);
 
+/* cq_wal_start on a connection of the read-store interface (store/rdb.h)
+ * whose backend is SQLite, as the projection engine holds read.db's:
+ * `writer` is borrowed as above. CQ_EINVAL (with a message) for another
+ * backend; otherwise as cq_wal_start. */
+struct cq_rdb;
+int cq_wal_start_rdb(struct cq_rdb *writer, int busy_ms, const char *path,
+                     const char *thread_name, cq_wal **out, char *err,
+                     size_t errcap);
+
 /* Stop the thread, remove the hook from the writing connection and free.
  * Call while the writing connection is idle and before it is closed.
  * Accepts NULL. */

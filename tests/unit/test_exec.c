@@ -1,8 +1,8 @@
 /*
  * test_exec.c -- unit tests of src/projection/exec.c: declared handlers run
- * on an in-memory SQLite database, with @each blocks over data and metadata
- * paths (nested members and indexes; a path that is missing or not an array
- * runs its block zero times).
+ * on an in-memory database of the read store (SQLite), with @each blocks over
+ * data and metadata paths (nested members and indexes; a path that is missing
+ * or not an array runs its block zero times).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -39,22 +39,23 @@ static const char each_file[] =
     "INSERT INTO lines VALUES ('other', :position, :item.sku);\n";
 
 /* The rows of `lines` as "src:val,src:val,..." in insertion order. */
-static void rows(sqlite3 *db, char *out, size_t cap)
+static void rows(cq_rdb *db, char *out, size_t cap)
 {
-    sqlite3_stmt *st = NULL;
+    cq_rstmt *st = NULL;
+    char err[256];
     size_t n = 0;
 
     out[0] = '\0';
-    assert_int_equal(sqlite3_prepare_v2(db,
-                                        "SELECT src, coalesce(val, 'NULL') "
-                                        "FROM lines ORDER BY rowid",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
-    while (sqlite3_step(st) == SQLITE_ROW)
+    assert_int_equal(cq_rdb_prepare(db,
+                                    "SELECT src, coalesce(val, 'NULL') "
+                                    "FROM lines ORDER BY rowid",
+                                    0, &st, err, sizeof err),
+                     CQ_OK);
+    while (cq_rstmt_step(st) == CQ_RSTEP_ROW)
         n += (size_t)snprintf(out + n, cap - n, "%s%s:%s", n ? "," : "",
-                              (const char *)sqlite3_column_text(st, 0),
-                              (const char *)sqlite3_column_text(st, 1));
-    sqlite3_finalize(st);
+                              cq_rstmt_column_text(st, 0),
+                              cq_rstmt_column_text(st, 1));
+    cq_rstmt_finalize(st);
 }
 
 static void test_each(void **state)
@@ -69,7 +70,7 @@ static void test_each(void **state)
         "order-o-1",  1,    7,       "Placed", "2026-11-23T14:18:26.123Z",
         "2026-11-23", data, metadata};
     cq_declared *d = NULL;
-    sqlite3 *db = NULL;
+    cq_rdb *db = NULL;
     cq_exec *x;
     char err[256] = "", got[512];
 
@@ -79,7 +80,8 @@ static void test_each(void **state)
     assert_int_equal(
         cq_declared_parse(each_file, strlen(each_file), &d, err, sizeof err),
         CQ_OK);
-    assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
+    assert_int_equal(
+        cq_rdb_open(":memory:", CQ_RDB_CREATE, 0, &db, err, sizeof err), CQ_OK);
     assert_non_null(x = cq_exec_new(db));
     assert_int_equal(cq_exec_sql(x, d->ddl[0].sqlite_sql, err, sizeof err),
                      CQ_OK);
@@ -99,7 +101,7 @@ static void test_each(void **state)
                              "deep:x,deep:y");
 
     cq_exec_free(x);
-    sqlite3_close(db);
+    cq_rdb_close(db);
     cq_declared_free(d);
     json_decref(data);
     json_decref(metadata);
