@@ -711,10 +711,20 @@ static void probe(cq_writer *w)
     }
 }
 
-static void run_batch(cq_writer *w, cq_write_req *batch)
+static int64_t mono_ms(void);
+static void prune_start_if_due(cq_writer *w, int64_t now);
+static int prune_in_batch(cq_writer *w, int64_t now, int rows, int64_t *deleted,
+                          char *msg, size_t msgcap);
+
+/* Run the requests of `batch` in one transaction; if a prune pass is due
+ * or under way, one step of it (of prune_rows keys at most) commits with
+ * them. */
+static void run_batch(cq_writer *w, cq_write_req *batch, int prune_rows)
 {
     int64_t now = cq_now_ms();
+    int64_t pruned = 0;
     cq_write_req *r, *next;
+    char msg[512] = "";
     int rc;
 
     rc = cq_store_begin(w->store);
@@ -726,10 +736,19 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
         if (rc == CQ_OK)
             rc = w->cfg.hooks.before_commit(w->cfg.hooks.arg, head);
     }
+    /* At most one step per batch, however many keys remain. */
+    prune_start_if_due(w, mono_ms());
+    if (rc == CQ_OK && w->prune_pending)
+        rc = prune_in_batch(w, now, prune_rows, &pruned, msg, sizeof msg);
     if (rc == CQ_OK)
         rc = cq_store_commit(w->store);
     if (rc == CQ_OK) {
         int64_t head;
+        /* The step's keys are gone now; fewer than allowed ends the pass
+         * (a rolled-back step leaves it under way: the next batch or idle
+         * step redoes it). */
+        if (w->prune_pending && pruned < prune_rows)
+            w->prune_pending = 0;
         cq_cache_commit(w->cache);
         set_writable(w, 1, NULL);
         if (cq_store_write_head(w->store, &head) == CQ_OK) {
@@ -738,8 +757,8 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
                 w->cfg.hooks.committed(w->cfg.hooks.arg, head, batch);
         }
     } else {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", cq_store_errmsg(w->store));
+        if (msg[0] == '\0') /* else the prune step lost the transaction */
+            snprintf(msg, sizeof msg, "%s", cq_store_errmsg(w->store));
         cq_store_rollback(w->store);
         cq_cache_drop_dirty(w->cache);
         set_writable(w, 0, msg);
@@ -761,15 +780,18 @@ static void run_batch(cq_writer *w, cq_write_req *batch)
 /* Pruning the command log: a pass starts every prune_interval_ms (1 s: keys
  * are deleted about as fast as they expire, not in a burst once a minute;
  * a pass that finds nothing is one transaction that writes nothing) and
- * deletes expired keys in steps, one short transaction each, oldest first.
- * A step runs after a batch (one step, however many keys remain) or while
- * nothing is queued (step after step, looking at the queue in between), so
- * a command never waits behind more than one step. A step deletes
- * CQ_WRITER_PRUNE_CHUNK keys, or after a batch of n > CHUNK requests up to
- * n: deleting as many keys as the batch could have added costs about what
- * adding them did, and lets the pass keep up under load, when the writer is
- * never idle. An expired key not yet pruned is already absent to
- * cmdlog_get, so a late pass costs disk space, never a wrong replay. */
+ * deletes expired keys in steps, oldest first. While requests come, each
+ * batch runs one step inside its own transaction, just before its COMMIT:
+ * the deletion rides on the fsync the batch pays anyway. While nothing is
+ * queued, steps run one after the other, each a short transaction of its
+ * own, looking at the queue in between. So a command never waits behind
+ * more than one step, and a step costs no fsync of its own unless the
+ * writer is idle. A step deletes CQ_WRITER_PRUNE_CHUNK keys, or in a batch
+ * of n > CHUNK requests up to n: deleting as many keys as the batch could
+ * have added costs about what adding them did, and lets the pass keep up
+ * under load, when the writer is never idle. An expired key not yet pruned
+ * is already absent to cmdlog_get, so a late pass costs disk space, never
+ * a wrong replay. */
 static int64_t mono_ms(void)
 {
     return (int64_t)(cq_mono_ns() / 1000000);
@@ -784,20 +806,47 @@ static void prune_start_if_due(cq_writer *w, int64_t now)
     }
 }
 
-/* One step of the pass under way, of at most `rows` keys; ends the pass
- * once no expired key is left (or the store failed: the next pass tries
- * again). */
+static void prune_failed(cq_writer *w, const char *msg)
+{
+    fprintf(stderr, "cqrsd: pruning the command log failed: %s\n", msg);
+    w->prune_pending = 0; /* the next pass tries again */
+}
+
+/* One idle step, a transaction of its own, of at most `rows` keys; ends
+ * the pass once no expired key is left (or the store failed). */
 static void prune_step(cq_writer *w, int rows)
 {
     int64_t deleted = 0;
 
-    if (cq_store_cmdlog_prune(w->store, cq_now_ms(), rows, &deleted) != CQ_OK) {
-        fprintf(stderr, "cqrsd: pruning the command log failed: %s\n",
-                cq_store_errmsg(w->store));
+    if (cq_store_cmdlog_prune(w->store, cq_now_ms(), rows, &deleted) != CQ_OK)
+        prune_failed(w, cq_store_errmsg(w->store));
+    else if (deleted < rows)
         w->prune_pending = 0;
-    } else if (deleted < rows) {
-        w->prune_pending = 0;
-    }
+}
+
+/* One step inside the batch's open transaction, under a savepoint of its
+ * own: a failing step (SQLITE_FULL, say) is logged and undone alone, and
+ * the batch commits its requests. *deleted gets how many keys the step
+ * deleted (they are gone once the batch commits). CQ_OK, or CQ_EIO if the
+ * transaction itself is lost: the batch must be rolled back (503, as for
+ * any store failure), with the reason in msg. */
+static int prune_in_batch(cq_writer *w, int64_t now, int rows, int64_t *deleted,
+                          char *msg, size_t msgcap)
+{
+    char why[512];
+
+    *deleted = 0;
+    if (cq_store_savepoint(w->store) != CQ_OK)
+        return CQ_EIO;
+    if (cq_store_cmdlog_prune(w->store, now, rows, deleted) == CQ_OK)
+        return cq_store_release(w->store) == CQ_OK ? CQ_OK : CQ_EIO;
+    *deleted = 0;
+    snprintf(why, sizeof why, "%s", cq_store_errmsg(w->store));
+    prune_failed(w, why);
+    if (cq_store_rollback_savepoint(w->store) == CQ_OK)
+        return CQ_OK;
+    snprintf(msg, msgcap, "%s", why);
+    return CQ_EIO;
 }
 
 /* Milliseconds until the next pass is due, for the idle wait. */
@@ -867,14 +916,10 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&w->mu);
 
         if (batch != NULL)
-            run_batch(w, batch);
+            run_batch(w, batch,
+                      n > CQ_WRITER_PRUNE_CHUNK ? n : CQ_WRITER_PRUNE_CHUNK);
         else if (!atomic_load(&w->writable))
             probe(w);
-        /* At most one step between two batches, however many remain. */
-        prune_start_if_due(w, mono_ms());
-        if (w->prune_pending)
-            prune_step(w,
-                       n > CQ_WRITER_PRUNE_CHUNK ? n : CQ_WRITER_PRUNE_CHUNK);
     }
     return NULL;
 }

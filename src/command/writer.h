@@ -31,10 +31,11 @@
 
 #define CQ_STREAM_ID_MAX 256 /* bytes including the NUL */
 #define CQ_IDEM_KEY_MAX 256  /* bytes including the NUL */
-/* Expired idempotency keys deleted per pruning step (more after a batch of
- * more requests, up to its size): a command waits behind one step at most.
- * Keys are random, so each costs an index page write; 128 is ~1-2 ms. See
- * writer.c, "Pruning the command log". */
+/* Expired idempotency keys deleted per pruning step (more in a batch of
+ * more requests, up to its size; the step commits with the batch): a
+ * command waits behind one step at most. Keys are random, so each costs an
+ * index page write; 128 is ~1-2 ms. See writer.c, "Pruning the command
+ * log". */
 #define CQ_WRITER_PRUNE_CHUNK 128
 
 typedef enum cq_write_kind {

@@ -134,12 +134,16 @@ int cq_store_cmdlog_get(cq_store *s, const char *key, int64_t now_ms,
 int cq_store_cmdlog_put(cq_store *s, const cq_cmdlog_entry *e);
 
 /* Delete at most max_rows (>= 1) entries whose expires_at <= now_ms,
- * those that expired first, in one short transaction of its own; must be
- * called outside a batch (else CQ_EINVAL). One call is one bounded step:
- * *deleted (may be NULL; 0 on error) gets how many went, and fewer than
- * max_rows means no expired entry is left. Whoever calls it decides when
- * the next step runs (the writer interleaves them with its batches). An
- * expired entry still present is absent to cq_store_cmdlog_get anyway. */
+ * those that expired first: one bounded step. *deleted (may be NULL; 0 on
+ * error) gets how many went, and fewer than max_rows means no expired
+ * entry is left. Inside a batch the step is one more write of the batch's
+ * transaction and is durable only with its COMMIT (it adds no commit and
+ * no fsync); on failure the batch (or the savepoint the caller opened
+ * around the step, to undo it alone) accepts only rollback, as after any
+ * failed write. Outside a batch it is one short transaction of its own.
+ * Whoever calls it decides when the next step runs (the writer runs one
+ * in each batch). An expired entry still present is absent to
+ * cq_store_cmdlog_get anyway. */
 int cq_store_cmdlog_prune(cq_store *s, int64_t now_ms, int max_rows,
                           int64_t *deleted);
 

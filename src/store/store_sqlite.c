@@ -1041,24 +1041,27 @@ static int sq_cmdlog_prune(void *impl, int64_t now_ms, int max_rows,
     sq_store *w = impl;
     sqlite3_stmt *st = w->st[W_CMD_PRUNE];
     int64_t changed = 0;
+    int own_tx = 0;
     int rc = w_check(w, "cmdlog_prune");
     if (deleted != NULL)
         *deleted = 0;
     if (rc != CQ_OK)
         return rc;
-    if (w->in_tx)
-        return w_misuse(w, CQ_EINVAL,
-                        "cmdlog_prune: must be called outside a batch");
     if (max_rows < 1)
         return w_misuse(w, CQ_EINVAL, "cmdlog_prune: max_rows must be >= 1");
-    /* One chunk in one short transaction: the caller (the writer) decides
-     * when the next one runs, so commands never wait behind more than one
-     * chunk. The rows come from the expires_at index, oldest first; a
-     * crash loses at most this chunk's deletion, which the next prune
+    /* One bounded step; the caller (the writer) decides when the next one
+     * runs, so commands never wait behind more than one. Inside a batch it
+     * is one more write of the batch and commits with it: no COMMIT and so
+     * no WAL fsync of its own. Outside a batch it is one short transaction
+     * of its own. The rows come from the expires_at index, oldest first; a
+     * crash loses at most this step's deletion, which the next prune
      * redoes. */
-    rc = tx_begin(w);
-    if (rc != CQ_OK)
-        goto fail;
+    if (!w->in_tx) {
+        rc = tx_begin(w);
+        if (rc != CQ_OK)
+            goto fail;
+        own_tx = 1;
+    }
     rc = sqlite3_bind_int64(st, 1, now_ms);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int(st, 2, max_rows);
@@ -1074,15 +1077,19 @@ static int sq_cmdlog_prune(void *impl, int64_t now_ms, int max_rows,
     }
     changed = sqlite3_changes(w->db);
     done_stmt(st);
-    rc = tx_commit(w);
-    if (rc != CQ_OK)
-        goto fail;
+    if (own_tx) {
+        rc = tx_commit(w);
+        if (rc != CQ_OK)
+            goto fail;
+    }
     if (deleted != NULL)
         *deleted = changed;
     return CQ_OK;
 
 fail:
-    if (w->in_tx) {
+    /* Inside a batch the failure is the caller's to roll back (the step's
+     * savepoint, or the batch), as after any failed write. */
+    if (own_tx && w->in_tx) {
         char keep[SQ_MSG_CAP];
         memcpy(keep, w->msg, sizeof keep);
         tx_rollback(w);

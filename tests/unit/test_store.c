@@ -27,6 +27,7 @@
 
 #include <sqlite3.h>
 
+#include "store/rdb.h"
 #include "store/store.h"
 
 /* ---- fixtures and helpers ---- */
@@ -37,6 +38,13 @@ typedef struct fixture {
     char file[640]; /* dir/events.db */
     cq_store *s;
 } fixture;
+
+/* The SQLite connection behind the store's write connection, for hooks
+ * and triggers on it (white-box: these tests know the backend). */
+static sqlite3 *write_db(cq_store *s)
+{
+    return cq_rdb_impl(cq_store_write_rdb(s));
+}
 
 static int rm_entry(const char *path, const struct stat *sb, int flag,
                     struct FTW *ftw)
@@ -749,9 +757,9 @@ static void test_cmdlog(void **state)
     assert_int_equal(cq_store_rollback(s), CQ_OK);
     assert_int_equal(cq_store_cmdlog_get(s, "k2", 2, &out), CQ_ENOTFOUND);
 
-    /* Prune: only outside a batch, and only with a positive chunk. */
+    /* Prune: only with a positive chunk (in or outside a batch). */
     assert_int_equal(cq_store_begin(s), CQ_OK);
-    assert_int_equal(cq_store_cmdlog_prune(s, 10000, 100, &deleted), CQ_EINVAL);
+    assert_int_equal(cq_store_cmdlog_prune(s, 10000, 0, &deleted), CQ_EINVAL);
     assert_int_equal(cq_store_rollback(s), CQ_OK);
     assert_int_equal(cq_store_cmdlog_prune(s, 10000, 0, &deleted), CQ_EINVAL);
     assert_int_equal(cq_store_cmdlog_prune(s, 10000, 100, NULL), CQ_OK);
@@ -760,10 +768,40 @@ static void test_cmdlog(void **state)
     assert_int_equal(deleted, 0);
 }
 
+static int count_commit(void *arg)
+{
+    (*(int *)arg)++;
+    return 0; /* let the COMMIT go on */
+}
+
+/* Entries with expires_at <= now as another connection sees them: what
+ * has committed. */
+static long long committed_expired(const char *file, int64_t now)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    long long n = -1;
+
+    if (sqlite3_open_v2(file, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db,
+                           "SELECT count(*) FROM command_log"
+                           " WHERE expires_at <= ?1",
+                           -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_bind_int64(st, 1, now) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
 /* Pruning is one bounded step per call: 10,000 expired keys and a few live
  * ones; each call deletes at most max_rows, those that expired first, and
  * says by a short count when none is left. Expired keys still present are
- * absent to cmdlog_get all along. */
+ * absent to cmdlog_get all along. Outside a batch a step is a transaction
+ * (one COMMIT) of its own; inside one it adds no COMMIT and goes (or is
+ * undone) with the batch, or alone with its savepoint, also when it
+ * fails. */
 static void test_cmdlog_prune_step(void **state)
 {
     fixture *f = *state;
@@ -772,8 +810,9 @@ static void test_cmdlog_prune_step(void **state)
     const int64_t now = 50000;
     cq_cmdlog_entry out;
     int64_t deleted = -1, total = 0;
-    int calls = 0;
+    int calls = 0, commits = 0;
     char key[32];
+    sqlite3 *wdb = write_db(s);
 
     assert_int_equal(cq_store_begin(s), CQ_OK);
     for (int i = 0; i < EXPIRED + LIVE; i++) {
@@ -801,6 +840,81 @@ static void test_cmdlog_prune_step(void **state)
     /* Not pruned yet, but expired: absent. */
     assert_int_equal(cq_store_cmdlog_get(s, key, now, &out), CQ_ENOTFOUND);
 
+    /* Outside a batch: one COMMIT per step. */
+    sqlite3_commit_hook(wdb, count_commit, &commits);
+    assert_int_equal(cq_store_cmdlog_prune(s, now, CHUNK, &deleted), CQ_OK);
+    assert_int_equal(deleted, CHUNK);
+    assert_int_equal(commits, 1);
+    total += deleted;
+    calls++;
+    assert_int_equal(committed_expired(f->file, now), EXPIRED - total);
+
+    /* Inside a batch, in a savepoint: the step is a write of the batch,
+     * not committed before the batch is, and without a COMMIT of its own. */
+    commits = 0;
+    cq_cmdlog_entry live = {"b-live", "h", 202, "{}", 1, now + 100000};
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_put(s, &live), CQ_OK);
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_prune(s, now, CHUNK, &deleted), CQ_OK);
+    assert_int_equal(deleted, CHUNK);
+    assert_int_equal(cq_store_release(s), CQ_OK);
+    assert_int_equal(commits, 0);
+    assert_int_equal(committed_expired(f->file, now), EXPIRED - total);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+    assert_int_equal(commits, 1);
+    total += deleted;
+    calls++;
+    assert_int_equal(committed_expired(f->file, now), EXPIRED - total);
+    assert_int_equal(cq_store_cmdlog_get(s, "b-live", now, &out), CQ_OK);
+
+    /* A step rolled back to its savepoint is undone alone: the batch's
+     * other write commits. So is a batch rolled back with its step. */
+    live.key = "b-kept";
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_put(s, &live), CQ_OK);
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_prune(s, now, CHUNK, &deleted), CQ_OK);
+    assert_int_equal(deleted, CHUNK);
+    assert_int_equal(cq_store_rollback_savepoint(s), CQ_OK);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_get(s, "b-kept", now, &out), CQ_OK);
+    assert_int_equal(committed_expired(f->file, now), EXPIRED - total);
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_prune(s, now, CHUNK, &deleted), CQ_OK);
+    assert_int_equal(deleted, CHUNK);
+    assert_int_equal(cq_store_rollback(s), CQ_OK);
+    assert_int_equal(committed_expired(f->file, now), EXPIRED - total);
+
+    /* A step that fails inside its savepoint (a trigger on this
+     * connection refuses the next key it would delete) leaves the
+     * savepoint accepting only rollback; rolled back, the batch goes on. */
+    snprintf(key, sizeof key, "p%lld", (long long)total);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "CREATE TEMP TRIGGER refuse BEFORE DELETE ON main.command_log"
+             " WHEN old.idem_key = '%s' BEGIN"
+             " SELECT RAISE(ABORT, 'refused'); END",
+             key);
+    assert_int_equal(sqlite3_exec(wdb, sql, NULL, NULL, NULL), SQLITE_OK);
+    live.key = "b-after";
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_put(s, &live), CQ_OK);
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_not_equal(cq_store_cmdlog_prune(s, now, CHUNK, &deleted), CQ_OK);
+    assert_int_equal(deleted, 0);
+    assert_non_null(strstr(cq_store_errmsg(s), "refused"));
+    assert_int_equal(cq_store_cmdlog_put(s, &live), CQ_EIO);
+    assert_int_equal(cq_store_rollback_savepoint(s), CQ_OK);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+    assert_int_equal(cq_store_cmdlog_get(s, "b-after", now, &out), CQ_OK);
+    assert_int_equal(committed_expired(f->file, now), EXPIRED - total);
+    assert_int_equal(
+        sqlite3_exec(wdb, "DROP TRIGGER temp.refuse", NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_commit_hook(wdb, NULL, NULL);
+
+    deleted = CHUNK;
     while (deleted == CHUNK) {
         assert_int_equal(cq_store_cmdlog_prune(s, now, CHUNK, &deleted), CQ_OK);
         assert_true(deleted >= 0 && deleted <= CHUNK);

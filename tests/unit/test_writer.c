@@ -7,7 +7,9 @@
  * alone), gap-free positions, idempotent replays (also within one batch),
  * that the state cache never serves a rolled-back state, that expired
  * idempotency keys are absent before they are pruned, and that pruning
- * never puts more than one chunk between two batches.
+ * deletes one bounded step per batch, inside the batch's transaction (no
+ * COMMIT of its own while commands are queued; a failing step undone
+ * alone).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +18,7 @@
 
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +27,14 @@
 #include "base/base.h"
 #include "command/writer.h"
 #include "orders/orders.h"
+#include "store/rdb.h"
+
+/* The SQLite connection behind the store's write connection, for hooks
+ * and triggers on it (white-box: these tests know the backend). */
+static sqlite3 *write_db(cq_store *s)
+{
+    return cq_rdb_impl(cq_store_write_rdb(s));
+}
 
 typedef struct waiter {
     pthread_mutex_t mu;
@@ -381,6 +392,8 @@ typedef struct gate {
     int batches;
     long long expired[64]; /* expired keys after each commit */
     int64_t head[64];      /* and the head it committed */
+    int commits;           /* COMMITs on the store's write connection */
+    int commits_at[64];    /* and how many there had been at each batch's */
 } gate;
 
 static long long count_expired(sqlite3 *db)
@@ -464,8 +477,19 @@ static void gate_committed(void *arg, int64_t head, const cq_write_req *batch)
 
     if (g->probe != NULL && g->batches < 64) {
         g->head[g->batches] = head;
+        g->commits_at[g->batches] = g->commits;
         g->expired[g->batches++] = count_expired(g->probe);
     }
+}
+
+/* sqlite3_commit_hook on the writer's connection: runs on the writer
+ * thread, at every COMMIT, the batches' and the idle prune steps'. */
+static int gate_count_commit(void *arg)
+{
+    gate *g = arg;
+
+    g->commits++;
+    return 0;
 }
 
 static void gate_init(fixture *f, gate *g)
@@ -501,10 +525,11 @@ static void gate_destroy(gate *g)
 
 /* `expired` expired keys and n keyed commands queued behind one another
  * in batches of at most max_batch: the writer prunes while it works, but
- * between two batches never more than one step, of CQ_WRITER_PRUNE_CHUNK
- * keys or as many as the batch before held (each command here appends one
- * event, so a batch's size is the head's advance). Once idle it removes
- * the rest. Returns the most keys deleted between two batches. */
+ * each batch deletes one step at most, of CQ_WRITER_PRUNE_CHUNK keys or as
+ * many as the batch held (each command here appends one event, so a
+ * batch's size is the head's advance), and in its own transaction: while
+ * commands are queued there is no COMMIT (no fsync) but the batches'.
+ * Once idle it removes the rest. Returns the most keys a batch deleted. */
 static long long prune_stream(fixture *f, int max_batch, int n, int expired)
 {
     cq_write_req *r = calloc((size_t)n, sizeof *r);
@@ -521,10 +546,12 @@ static long long prune_stream(fixture *f, int max_batch, int n, int expired)
     cfg.hooks.committed = gate_committed;
     cfg.hooks.arg = &g;
     cq_writer_free(f->writer);
+    /* No writer runs: its connection may be touched from here. */
+    sqlite3_commit_hook(write_db(f->store), gate_count_commit, &g);
     assert_int_equal(cq_writer_start(f->store, &cfg, &f->writer), CQ_OK);
 
-    /* The first batch puts the expired keys in; the gate holds it while
-     * the rest is queued behind it. */
+    /* The first batch puts the expired keys in (before its own step); the
+     * gate holds it while the rest is queued behind it. */
     for (int i = 0; i < n; i++) {
         snprintf(key, sizeof key, "new-%d", i);
         make_command(f, &r[i], "PlaceOrder", place(i, json, sizeof json), key);
@@ -537,17 +564,22 @@ static long long prune_stream(fixture *f, int max_batch, int n, int expired)
 
     assert_true(g.batches >= (n + max_batch - 1) / max_batch);
     assert_true(g.batches < 64);
-    assert_int_equal(g.expired[0], expired);
     assert_int_equal(g.head[g.batches - 1], n);
-    for (int k = 0; k + 1 < g.batches; k++) {
-        long long gone = g.expired[k] - g.expired[k + 1];
+    for (int k = 0; k < g.batches; k++) {
+        long long gone = (k > 0 ? g.expired[k - 1] : expired) - g.expired[k];
         long long size = g.head[k] - (k > 0 ? g.head[k - 1] : 0);
         long long allowed =
             size > CQ_WRITER_PRUNE_CHUNK ? size : CQ_WRITER_PRUNE_CHUNK;
         if (gone < 0 || gone > allowed)
-            fail_msg("between batch %d (%lld requests) and %d: %lld expired "
-                     "keys deleted (at most %lld allowed)",
-                     k + 1, size, k + 2, gone, allowed);
+            fail_msg("batch %d (%lld requests) deleted %lld expired keys "
+                     "(at most %lld allowed)",
+                     k + 1, size, gone, allowed);
+        /* Queued commands: the step rode on the batch's COMMIT. */
+        if (k > 0 && g.commits_at[k] - g.commits_at[k - 1] != 1)
+            fail_msg("%d COMMITs from batch %d to batch %d (1 expected: "
+                     "a prune step while commands are queued commits with "
+                     "the batch)",
+                     g.commits_at[k] - g.commits_at[k - 1], k, k + 1);
         most = gone > most ? gone : most;
     }
     /* It did prune while the commands ran. */
@@ -571,13 +603,14 @@ static long long prune_stream(fixture *f, int max_batch, int n, int expired)
 
     cq_writer_free(f->writer); /* before the gate goes */
     f->writer = NULL;
+    sqlite3_commit_hook(write_db(f->store), NULL, NULL);
     release(r, (size_t)n);
     free(r);
     gate_destroy(&g);
     return most;
 }
 
-/* One command per batch, 10,000 expired keys: one chunk between batches. */
+/* One command per batch, 10,000 expired keys: one chunk per batch. */
 static void test_prune_interleaves_with_batches(void **state)
 {
     long long most = prune_stream(*state, 1, 30, 10000);
@@ -592,6 +625,188 @@ static void test_prune_keeps_up_with_large_batches(void **state)
     long long most = prune_stream(*state, 300, 900, 2000);
     assert_true(most > CQ_WRITER_PRUNE_CHUNK);
     assert_true(most <= 300);
+}
+
+/* A prune step that fails inside a batch. The expired key "poison" is the
+ * first any step deletes; a trigger on the writer's connection calls
+ * refuse_probe() for it, which counts the steps that ran inside a batch
+ * (after before_commit, before the commit) and says what the trigger does:
+ * 0 let the key go, 1 RAISE(ABORT) (the statement fails, the transaction
+ * stays, as SQLITE_FULL mostly does), 2 RAISE(ROLLBACK) (the transaction
+ * is lost). before_commit sleeps longer than the prune interval, so a
+ * pass is due at every batch's step. */
+typedef struct refuse {
+    atomic_int mode;
+    atomic_int steps_in_batch;
+    int in_batch; /* writer thread only */
+    sqlite3 *probe;
+} refuse;
+
+static void refuse_probe(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    refuse *rf = sqlite3_user_data(ctx);
+
+    if (rf->in_batch)
+        atomic_fetch_add(&rf->steps_in_batch, 1);
+    rf->in_batch = 0;
+    sqlite3_result_int(ctx, atomic_load(&rf->mode));
+}
+
+static int refuse_before_commit(void *arg, int64_t head)
+{
+    refuse *rf = arg;
+
+    usleep(6000);
+    rf->in_batch = 1;
+    return CQ_OK;
+}
+
+static void refuse_committed(void *arg, int64_t head, const cq_write_req *batch)
+{
+    refuse *rf = arg;
+
+    rf->in_batch = 0;
+}
+
+static long long count_rows(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    long long n = -1;
+
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return n;
+}
+
+static void refuse_start(fixture *f, refuse *rf, int mode)
+{
+    sqlite3 *wdb;
+    cq_writer_config cfg = {0};
+    char path[300];
+
+    memset(rf, 0, sizeof *rf);
+    atomic_init(&rf->mode, mode);
+    atomic_init(&rf->steps_in_batch, 0);
+    snprintf(path, sizeof path, "%s/events.db", f->dir);
+    assert_int_equal(
+        sqlite3_open_v2(path, &rf->probe, SQLITE_OPEN_READONLY, NULL),
+        SQLITE_OK);
+    cq_writer_free(f->writer);
+    /* No writer runs: its connection may be touched from here. */
+    wdb = write_db(f->store);
+    assert_int_equal(sqlite3_create_function(wdb, "refuse_probe", 0,
+                                             SQLITE_UTF8, rf, refuse_probe,
+                                             NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(wdb,
+                     "CREATE TEMP TRIGGER refuse BEFORE DELETE ON"
+                     " main.command_log WHEN old.idem_key = 'poison' BEGIN"
+                     " SELECT CASE refuse_probe()"
+                     " WHEN 1 THEN RAISE(ABORT, 'prune step refused')"
+                     " WHEN 2 THEN RAISE(ROLLBACK, 'prune step lost the"
+                     " transaction') END; END;"
+                     "INSERT INTO command_log VALUES"
+                     " ('poison', 'h', 202, '{}', 0, 1)",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    cfg.max_batch = 1;
+    cfg.prune_interval_ms = 5;
+    cfg.hooks.before_commit = refuse_before_commit;
+    cfg.hooks.committed = refuse_committed;
+    cfg.hooks.arg = rf;
+    assert_int_equal(cq_writer_start(f->store, &cfg, &f->writer), CQ_OK);
+}
+
+static void refuse_stop(fixture *f, refuse *rf)
+{
+    cq_writer_free(f->writer); /* before rf goes */
+    f->writer = NULL;
+    sqlite3_close(rf->probe);
+}
+
+/* A step that fails inside the batch's transaction is undone alone: every
+ * command of the batch commits (202, its key remembered), and the key the
+ * step could not delete is still there. Once it can, a later pass deletes
+ * it. */
+static void test_prune_failure_spares_batch(void **state)
+{
+    fixture *f = *state;
+    cq_write_req r[3];
+    refuse rf;
+    char json[256], key[32];
+    long long left = -1;
+
+    refuse_start(f, &rf, 1);
+    for (int i = 0; i < 3; i++) {
+        snprintf(key, sizeof key, "spared-%d", i);
+        make_command(f, &r[i], "PlaceOrder", place(i, json, sizeof json), key);
+        assert_int_equal(cq_writer_submit(f->writer, &r[i]), CQ_OK);
+    }
+    wait_for(&f->wt, 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(r[i].status, 202);
+    assert_int_equal(cq_writer_head(f->writer), 3);
+    /* Each of the three batches ran its step, inside it. */
+    assert_int_equal(atomic_load(&rf.steps_in_batch), 3);
+    assert_int_equal(count_rows(rf.probe, "SELECT count(*) FROM command_log"
+                                          " WHERE idem_key LIKE 'spared-%'"),
+                     3);
+    assert_int_equal(count_rows(rf.probe, "SELECT count(*) FROM command_log"
+                                          " WHERE idem_key = 'poison'"),
+                     1);
+
+    atomic_store(&rf.mode, 0);
+    for (int i = 0; i < 2000; i++) {
+        left = count_rows(rf.probe, "SELECT count(*) FROM command_log"
+                                    " WHERE idem_key = 'poison'");
+        if (left == 0)
+            break;
+        usleep(5000);
+    }
+    assert_int_equal(left, 0);
+    refuse_stop(f, &rf);
+    release(r, 3);
+}
+
+/* A step that loses the batch's transaction fails the batch as any store
+ * failure does: 503 naming the cause, nothing written. The writer goes
+ * on: the same command in the next batch, whose step fails alone, 202. */
+static void test_prune_losing_transaction_fails_batch(void **state)
+{
+    fixture *f = *state;
+    cq_write_req r[2];
+    refuse rf;
+    char json[256];
+
+    refuse_start(f, &rf, 2);
+    make_command(f, &r[0], "PlaceOrder", place(1, json, sizeof json), "lost");
+    assert_int_equal(cq_writer_submit(f->writer, &r[0]), CQ_OK);
+    wait_for(&f->wt, 1);
+    assert_int_equal(r[0].status, 503);
+    assert_non_null(strstr(r[0].response, "store-unavailable"));
+    assert_non_null(strstr(r[0].response, "prune step lost the transaction"));
+    assert_int_equal(cq_writer_head(f->writer), 0);
+    assert_true(atomic_load(&rf.steps_in_batch) >= 1);
+    assert_int_equal(count_rows(rf.probe, "SELECT count(*) FROM events"), 0);
+    assert_int_equal(count_rows(rf.probe, "SELECT count(*) FROM command_log"
+                                          " WHERE idem_key = 'lost'"),
+                     0);
+
+    atomic_store(&rf.mode, 1);
+    make_command(f, &r[1], "PlaceOrder", place(1, json, sizeof json), "lost");
+    assert_int_equal(cq_writer_submit(f->writer, &r[1]), CQ_OK);
+    wait_for(&f->wt, 2);
+    assert_int_equal(r[1].status, 202);
+    assert_false(r[1].replayed);
+    assert_int_equal(cq_writer_head(f->writer), 1);
+    assert_int_equal(count_rows(rf.probe, "SELECT count(*) FROM command_log"
+                                          " WHERE idem_key = 'poison'"),
+                     1);
+    refuse_stop(f, &rf);
+    release(r, 2);
 }
 
 /* An expired key still in the command log (not pruned yet) is absent: the
@@ -675,6 +890,10 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_prune_keeps_up_with_large_batches,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prune_failure_spares_batch, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(
+            test_prune_losing_transaction_fails_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expired_key_not_replayed, setup,
                                         teardown),
     };
