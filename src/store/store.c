@@ -182,6 +182,32 @@ int cq_store_head_position(cq_store *s, int64_t *head)
     return s->ops->head_position(s->impl, head);
 }
 
+int cq_store_position_of(cq_store *s, const char *stream_id, int64_t version,
+                         int64_t *position, char *err, size_t errcap)
+{
+    if (s == NULL)
+        return CQ_EINVAL;
+    return s->ops->position_of(s->impl, stream_id, version, position, err,
+                               errcap);
+}
+
+int cq_store_recorded_at(cq_store *s, int64_t position, int64_t *ms, char *err,
+                         size_t errcap)
+{
+    if (s == NULL)
+        return CQ_EINVAL;
+    return s->ops->recorded_at(s->impl, position, ms, err, errcap);
+}
+
+int cq_store_version_at(cq_store *s, const char *stream_id, int64_t position,
+                        int64_t *version, char *err, size_t errcap)
+{
+    if (s == NULL)
+        return CQ_EINVAL;
+    return s->ops->version_at(s->impl, stream_id, position, version, err,
+                              errcap);
+}
+
 struct cq_rdb *cq_store_write_rdb(cq_store *s)
 {
     return s->ops->write_rdb(s->impl);

@@ -128,6 +128,9 @@ enum {
     R_STREAM_VERSION,
     R_READ_STREAM,
     R_READ_ALL,
+    R_POSITION_OF,
+    R_RECORDED_AT,
+    R_VERSION_AT,
     R_COUNT
 };
 
@@ -226,5 +229,11 @@ int sq_read_stream(void *impl, const char *stream_id, int64_t from_version,
 int sq_read_all(void *impl, int64_t from_position, int limit, cq_event_cb cb,
                 void *arg, int64_t *head, char *err, size_t errcap);
 int sq_head_position(void *impl, int64_t *head);
+int sq_position_of(void *impl, const char *stream_id, int64_t version,
+                   int64_t *position, char *err, size_t errcap);
+int sq_recorded_at(void *impl, int64_t position, int64_t *ms, char *err,
+                   size_t errcap);
+int sq_version_at(void *impl, const char *stream_id, int64_t position,
+                  int64_t *version, char *err, size_t errcap);
 
 #endif

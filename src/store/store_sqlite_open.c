@@ -91,6 +91,11 @@ static const char *const R_SQL[R_COUNT] = {
                       " ORDER BY version LIMIT ?3",
     [R_READ_ALL] = "SELECT " EVENT_COLS " FROM events WHERE position >= ?1"
                    " ORDER BY position LIMIT ?2",
+    [R_POSITION_OF] = "SELECT position FROM events"
+                      " WHERE stream_id = ?1 AND version = ?2",
+    [R_RECORDED_AT] = "SELECT recorded_at FROM events WHERE position = ?1",
+    [R_VERSION_AT] = "SELECT max(version) FROM events"
+                     " WHERE stream_id = ?1 AND position <= ?2",
 };
 
 static int prepare_all(sqlite3 *db, const char *const *sql, int n,

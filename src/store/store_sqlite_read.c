@@ -152,3 +152,109 @@ int sq_head_position(void *impl, int64_t *head)
     pool_return(w, r);
     return rc;
 }
+
+/* Run the lookup `which` (one integer column, at most one row) on a
+ * borrowed reader, with ?1 = text and ?2 = num, or ?1 = num when text is
+ * NULL. One statement is its own snapshot: no BEGIN. CQ_OK with *found 1
+ * and *out, or *found 0 (no row, or NULL); a stored value that is not an
+ * integer >= min is CQ_ECORRUPT. */
+static int lookup_int(sq_store *w, int which, const char *text, int64_t num,
+                      int64_t min, int64_t *out, int *found, char *err,
+                      size_t cap, const char *ctx)
+{
+    sq_reader *r = pool_borrow(w);
+    sqlite3_stmt *st = r->st[which];
+    int out_rc = CQ_OK;
+    int rc = SQLITE_OK;
+
+    *found = 0;
+    if (text != NULL)
+        rc = sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(st, text != NULL ? 2 : 1, num);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        int t = sqlite3_column_type(st, 0);
+        if (t == SQLITE_INTEGER && sqlite3_column_int64(st, 0) >= min) {
+            *out = sqlite3_column_int64(st, 0);
+            *found = 1;
+        } else if (t != SQLITE_NULL) {
+            sq_put_err(err, cap, "%s: a stored value is not %s", ctx,
+                       min > 0 ? "a positive integer" : "an integer");
+            out_rc = CQ_ECORRUPT;
+        }
+    } else if (rc != SQLITE_DONE) {
+        out_rc = sq_sql_err(r->db, rc, err, cap, ctx);
+    }
+    sq_done_stmt(st);
+    pool_return(w, r);
+    return out_rc;
+}
+
+int sq_position_of(void *impl, const char *stream_id, int64_t version,
+                   int64_t *position, char *err, size_t errcap)
+{
+    int64_t pos = 0;
+    int found = 0;
+    int rc;
+
+    if (stream_id == NULL || position == NULL) {
+        sq_put_err(err, errcap, "position_of: NULL argument");
+        return CQ_EINVAL;
+    }
+    rc = lookup_int(impl, R_POSITION_OF, stream_id, version, 1, &pos, &found,
+                    err, errcap, "position_of");
+    if (rc != CQ_OK)
+        return rc;
+    if (!found) {
+        sq_put_err(err, errcap, "stream '%s' has no version %lld", stream_id,
+                   (long long)version);
+        return CQ_ENOTFOUND;
+    }
+    *position = pos;
+    return CQ_OK;
+}
+
+int sq_recorded_at(void *impl, int64_t position, int64_t *ms, char *err,
+                   size_t errcap)
+{
+    int64_t at = 0;
+    int found = 0;
+    int rc;
+
+    if (ms == NULL) {
+        sq_put_err(err, errcap, "recorded_at: NULL argument");
+        return CQ_EINVAL;
+    }
+    rc = lookup_int(impl, R_RECORDED_AT, NULL, position, INT64_MIN, &at, &found,
+                    err, errcap, "recorded_at");
+    if (rc != CQ_OK)
+        return rc;
+    if (!found) {
+        sq_put_err(err, errcap, "no event at position %lld",
+                   (long long)position);
+        return CQ_ENOTFOUND;
+    }
+    *ms = at;
+    return CQ_OK;
+}
+
+int sq_version_at(void *impl, const char *stream_id, int64_t position,
+                  int64_t *version, char *err, size_t errcap)
+{
+    int64_t v = 0;
+    int found = 0;
+    int rc;
+
+    if (stream_id == NULL || version == NULL) {
+        sq_put_err(err, errcap, "version_at: NULL argument");
+        return CQ_EINVAL;
+    }
+    rc = lookup_int(impl, R_VERSION_AT, stream_id, position, 1, &v, &found, err,
+                    errcap, "version_at");
+    if (rc != CQ_OK)
+        return rc;
+    *version = found ? v : 0; /* no event of the stream up to there */
+    return CQ_OK;
+}
