@@ -1,10 +1,12 @@
 /*
  * store_sqlite_read.c -- the read side of the SQLite event store: the pool
- * of read-only connections and the reads served from it.
+ * of read-only connections and what is served from it: the reads of a
+ * stream and of everything in position order (one read transaction each),
+ * the head, and the lookups by position and version (one statement each).
  *
  * Threads: any thread. sq_store.mu guards the list of idle readers and
  * nothing else; a borrowed reader is its borrower's alone until given
- * back, and each read runs in one read transaction (one snapshot).
+ * back, and each call sees one snapshot.
  */
 #include <pthread.h>
 
