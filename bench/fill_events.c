@@ -2,10 +2,10 @@
  * bench_fill_events — write a large, realistic event store for the
  * projection catch-up benchmark without going through HTTP.
  *
- * Creates DIR/events.db with the schema cqrsd's SQLite store creates
- * (src/store/store_sqlite.c: tables events, streams, command_log, the
- * command_log index, PRAGMA user_version = 1) and fills it with the order
- * history of bench/orders_gen.h: ORDERS orders x 4 events (OrderPlaced,
+ * Creates DIR/events.db through the event store itself (cq_store_open,
+ * then cq_store_close: the schema is the store's own, whatever its
+ * version) and fills it, straight into SQLite, with the order history of
+ * bench/orders_gen.h: ORDERS orders x 4 events (OrderPlaced,
  * PaymentReceived + OrderPaid, OrderShipped), interleaved as a busy shop
  * records them. Every row is shaped as the server writes it: data as the
  * orders domain emits it (domains/orders/orders.c, jansson's compact
@@ -22,7 +22,6 @@
  * Prints the duration and one "BENCH kind=fill ..." line for bench/run.sh
  * (last_order is the order whose OrderShipped is the last event).
  */
-#include <errno.h>
 #include <inttypes.h>
 #include <sqlite3.h>
 #include <stdint.h>
@@ -34,33 +33,11 @@
 #include <unistd.h>
 
 #include "orders_gen.h"
+#include "store/store.h"
 
-/* src/store/store_sqlite.c, SQ_SCHEMA_V1 */
-static const char SCHEMA[] =
-    "CREATE TABLE events ("
-    " position INTEGER PRIMARY KEY,"
-    " stream_id TEXT NOT NULL,"
-    " version INTEGER NOT NULL,"
-    " type TEXT NOT NULL,"
-    " schema_version INTEGER NOT NULL,"
-    " data TEXT NOT NULL,"
-    " metadata TEXT NOT NULL,"
-    " recorded_at INTEGER NOT NULL,"
-    " UNIQUE (stream_id, version));"
-    "CREATE TABLE streams ("
-    " stream_id TEXT PRIMARY KEY,"
-    " version INTEGER NOT NULL,"
-    " position INTEGER NOT NULL) WITHOUT ROWID;"
-    "CREATE TABLE command_log ("
-    " idem_key TEXT PRIMARY KEY,"
-    " command_hash TEXT NOT NULL,"
-    " status INTEGER NOT NULL,"
-    " response TEXT NOT NULL,"
-    " created_at INTEGER NOT NULL,"
-    " expires_at INTEGER NOT NULL);"
-    "CREATE INDEX command_log_expires_at ON command_log (expires_at);"
-    "PRAGMA user_version = 1;";
-
+/* The rows the store's append writes (src/store/store_sqlite_open.c,
+ * W_INSERT_EVENT and W_UPSERT_STREAM), written here without its checks
+ * and at a bench's pace. */
 static const char INSERT_EVENT[] =
     "INSERT INTO events (position, stream_id, version, type, schema_version,"
     " data, metadata, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
@@ -222,13 +199,17 @@ int main(int argc, char **argv)
                 path);
         return 1;
     }
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        fprintf(stderr, "bench_fill_events: mkdir %s: %s\n", dir,
-                strerror(errno));
-        return 1;
-    }
 
     double t0 = now_s();
+    /* The store creates the directory, the file and its schema. */
+    cq_store_config cfg = {.dir = dir, .sync_full = 0, .read_connections = 1};
+    cq_store *store = NULL;
+    char err[512];
+    if (cq_store_open(&cfg, &store, err, sizeof err) != CQ_OK) {
+        fprintf(stderr, "bench_fill_events: %s\n", err);
+        return 1;
+    }
+    cq_store_close(store);
     if (sqlite3_open(path, &db) != SQLITE_OK) {
         fprintf(stderr, "bench_fill_events: open %s: %s\n", path,
                 sqlite3_errmsg(db));
@@ -236,9 +217,7 @@ int main(int argc, char **argv)
     }
     if (exec_sql(db, "PRAGMA journal_mode=OFF") ||
         exec_sql(db, "PRAGMA synchronous=OFF") ||
-        exec_sql(db, "PRAGMA cache_size=-131072") ||
-        exec_sql(db, "BEGIN") || exec_sql(db, SCHEMA) ||
-        exec_sql(db, "COMMIT"))
+        exec_sql(db, "PRAGMA cache_size=-131072"))
         goto done;
     if (sqlite3_prepare_v2(db, INSERT_EVENT, -1, &ins, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(db, UPSERT_STREAM, -1, &up, NULL) != SQLITE_OK) {

@@ -209,7 +209,7 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    cq_store_config scfg = {dir, 1, 2};
+    cq_store_config scfg = {.dir = dir, .sync_full = 1, .read_connections = 2};
     if (cq_store_open(&scfg, &store, err, sizeof err) != CQ_OK) {
         fprintf(stderr, "bench_prune: %s\n", err);
         goto out;

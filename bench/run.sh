@@ -537,7 +537,10 @@ fi
 # --- 7. projection catch-up --------------------------------------------------
 if step catchup; then
     UPS=$(tool bench_raw_upsert raw_upsert.c sqlite3)
-    FILL=$(tool bench_fill_events fill_events.c sqlite3)
+    # bench_fill_events links the engine (the store makes its file), so it
+    # comes from the build only
+    FILL=$BUILD_DIR/bench/bench_fill_events
+    [ -x "$FILL" ] || { warn "no $FILL (built with CQ_BENCH=OFF?)"; FILL=; }
     CU=$(tool bench_catchup catchup.c none)
     RB=
     step rebuild && RB=$(tool bench_rebuild rebuild.c pthread)

@@ -232,7 +232,8 @@ static int load_projections(cq_engine *e, const char *dir, char *err,
 
 static int serve(const options *o)
 {
-    cq_store_config scfg = {o->data, 1, 4};
+    cq_store_config scfg = {
+        .dir = o->data, .sync_full = 1, .read_connections = 4};
     cq_writer_config wcfg = {0};
     cq_server_config hcfg;
     cq_store *store = NULL;

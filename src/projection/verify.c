@@ -75,8 +75,9 @@ struct cq_verify {
 typedef struct run {
     const char *dir;
     FILE *out;
-    cq_rdb *events; /* DIR/events.db, read-only */
-    cq_rdb *reads;  /* DIR/read.db, read-only; NULL if it does not exist */
+    cq_rdb *events;  /* DIR/events.db, read-only: inline tables */
+    cq_store *store; /* the same, read-only: the events to replay */
+    cq_rdb *reads;   /* DIR/read.db, read-only; NULL if it does not exist */
     int reads_tried;
     const cq_domain *domain;
     char *err;
@@ -631,79 +632,88 @@ io:
     return CQ_EIO;
 }
 
-/* Replay events 1..upto of r->events through p's handlers on x. *applied
- * gets how many were applied; if one could not be (undecodable, a handler
- * failed) *failed is set and why[] says where. CQ_OK or CQ_EIO (events.db
- * cannot be read). */
+/* One replay of events through a projection's handlers (see replay()). */
+typedef struct replay_ctx {
+    run *r;
+    const vproj *p;
+    cq_exec *x;
+    int64_t applied, last, got;
+    int failed;
+    char *why;
+    size_t whycap;
+} replay_ctx;
+
+static int replay_event(void *arg, const cq_stored_event *se)
+{
+    replay_ctx *c = arg;
+    cq_decoded dec = {0};
+    char when[32], day[11], msg[512] = "";
+    cq_decl_event ev;
+
+    c->got++;
+    c->last = se->position;
+    memset(&ev, 0, sizeof ev);
+    ev.position = se->position;
+    ev.stream_id = se->stream_id;
+    ev.version = se->version;
+    ev.type = se->type;
+    cq_format_time(se->recorded_at, when);
+    memcpy(day, when, 10);
+    day[10] = '\0';
+    ev.time = when;
+    ev.day = day;
+    /* decoded as the projector decodes it (domain/domain.h) */
+    if (cq_event_decode(c->r->domain, se, NULL,
+                        c->p->needs_metadata ? CQ_DECODE_METADATA : 0, &dec,
+                        msg, sizeof msg) == CQ_OK) {
+        ev.data = dec.data;
+        ev.metadata = dec.metadata;
+        if (cq_exec_event(c->x, c->p->d, &ev, msg, sizeof msg) != CQ_OK &&
+            msg[0] == '\0')
+            snprintf(msg, sizeof msg, "handler failed");
+    }
+    cq_decoded_clear(&dec);
+    if (msg[0] != '\0') {
+        c->failed = 1;
+        snprintf(c->why, c->whycap, "position %lld (%s): %s",
+                 (long long)ev.position, ev.type, msg);
+        return 1;
+    }
+    c->applied++;
+    return 0;
+}
+
+/* Replay events 1..upto of the event store through p's handlers on x, a
+ * page of the store's own reads at a time (positions have no gaps, so the
+ * pages join up). *applied gets how many were applied; if one could not be
+ * (undecodable, a handler failed) *failed is set and why[] says where.
+ * CQ_OK or CQ_EIO (the event store cannot be read). */
 static int replay(run *r, const vproj *p, cq_exec *x, int64_t upto,
                   int64_t *applied, int *failed, char *why, size_t whycap)
 {
-    cq_rstmt *st = NULL;
-    char ignore[64];
-    int rc = CQ_OK, src = CQ_RSTEP_DONE;
+    replay_ctx c = {r, p, x, 0, 0, 0, 0, why, whycap};
+    int64_t from = 1, head;
+    int rc = CQ_OK;
 
-    *applied = 0;
-    *failed = 0;
-    if (cq_rdb_prepare(r->events,
-                       "SELECT position, stream_id, version, type, data,"
-                       " metadata, recorded_at, schema_version FROM events"
-                       " WHERE position <= ?1 ORDER BY position",
-                       0, &st, ignore, sizeof ignore) != CQ_OK) {
-        snprintf(r->err, r->errcap, "events.db: %s", cq_rdb_errmsg(r->events));
-        return CQ_EIO;
-    }
-    cq_rstmt_bind_int(st, 1, upto);
-    while (!*failed && (src = cq_rstmt_step(st)) == CQ_RSTEP_ROW) {
-        cq_stored_event se;
-        cq_decoded dec = {0};
-        char when[32], day[11], msg[512] = "";
-        cq_decl_event ev;
+    while (from <= upto && !c.failed) {
+        int limit = upto - from + 1 < 1000 ? (int)(upto - from + 1) : 1000;
+        char msg[256] = "";
 
-        se.position = cq_rstmt_column_int(st, 0);
-        se.stream_id = cq_rstmt_column_text(st, 1);
-        se.version = cq_rstmt_column_int(st, 2);
-        se.type = cq_rstmt_column_text(st, 3);
-        se.data = cq_rstmt_column_text(st, 4);
-        se.metadata = cq_rstmt_column_text(st, 5);
-        se.recorded_at = cq_rstmt_column_int(st, 6);
-        se.schema_version = (int)cq_rstmt_column_int(st, 7);
-        memset(&ev, 0, sizeof ev);
-        ev.position = se.position;
-        ev.stream_id = se.stream_id;
-        ev.version = se.version;
-        ev.type = se.type;
-        cq_format_time(se.recorded_at, when);
-        memcpy(day, when, 10);
-        day[10] = '\0';
-        ev.time = when;
-        ev.day = day;
-        /* decoded as the projector decodes it (domain/domain.h) */
-        if (se.stream_id == NULL || se.type == NULL)
-            snprintf(msg, sizeof msg, "stored event has no stream id or type");
-        else if (cq_event_decode(r->domain, &se, NULL,
-                                 p->needs_metadata ? CQ_DECODE_METADATA : 0,
-                                 &dec, msg, sizeof msg) == CQ_OK) {
-            ev.data = dec.data;
-            ev.metadata = dec.metadata;
-            if (cq_exec_event(x, p->d, &ev, msg, sizeof msg) != CQ_OK &&
-                msg[0] == '\0')
-                snprintf(msg, sizeof msg, "handler failed");
-        }
-        cq_decoded_clear(&dec);
-        if (msg[0] != '\0') {
-            *failed = 1;
-            snprintf(why, whycap, "position %lld (%s): %s",
-                     (long long)ev.position, ev.type ? ev.type : "?", msg);
+        c.got = 0;
+        rc = cq_store_read_all(r->store, from, limit, replay_event, &c, &head,
+                               msg, sizeof msg);
+        if (rc != CQ_OK) {
+            snprintf(r->err, r->errcap, "events.db: reading events: %s",
+                     msg[0] ? msg : cq_strerror(rc));
+            rc = CQ_EIO;
             break;
         }
-        (*applied)++;
+        if (c.got < limit && !c.failed)
+            break; /* the store ends before upto */
+        from = c.last + 1;
     }
-    if (!*failed && src != CQ_RSTEP_DONE) {
-        snprintf(r->err, r->errcap, "events.db: reading events: %s",
-                 cq_rdb_errmsg(r->events));
-        rc = CQ_EIO;
-    }
-    cq_rstmt_finalize(st);
+    *applied = c.applied;
+    *failed = c.failed;
     return rc;
 }
 
@@ -928,6 +938,11 @@ int cq_verify_run(cq_verify *v, const char *dir, FILE *out,
         return CQ_ENOTFOUND;
     }
     rc = open_ro(&r, "events.db", 0, &r.events);
+    if (rc == CQ_OK) {
+        cq_store_config sc = {
+            .dir = dir, .read_connections = 1, .read_only = 1};
+        rc = cq_store_open(&sc, &r.store, err, errcap);
+    }
     if (rc == CQ_ENOTFOUND)
         snprintf(err, errcap, "%s/events.db: no event store here", dir);
     for (int i = 0; rc == CQ_OK && i < v->n; i++) {
@@ -943,5 +958,6 @@ int cq_verify_run(cq_verify *v, const char *dir, FILE *out,
     fflush(out);
     cq_rdb_close(r.reads);
     cq_rdb_close(r.events);
+    cq_store_close(r.store);
     return rc;
 }

@@ -18,7 +18,15 @@
 struct cq_store {
     const cq_store_ops *ops;
     void *impl;
+    int read_only; /* cq_store_config.read_only: the write side refuses */
 };
+
+/* The write side of a store opened read-only (or of none) refuses. */
+#define WRITABLE_OR_EINVAL(s)                                                  \
+    do {                                                                       \
+        if ((s) == NULL || (s)->read_only)                                     \
+            return CQ_EINVAL;                                                  \
+    } while (0)
 
 int cq_store_open(const cq_store_config *cfg, cq_store **out, char *err,
                   size_t errcap)
@@ -38,6 +46,7 @@ int cq_store_open(const cq_store_config *cfg, cq_store **out, char *err,
     rc = s->ops->open(cfg, &s->impl, err, errcap);
     if (rc != CQ_OK)
         goto fail;
+    s->read_only = cfg->read_only;
     *out = s;
     return CQ_OK;
 
@@ -63,8 +72,7 @@ const char *cq_store_errmsg(cq_store *s)
 
 static int tx(cq_store *s, int op)
 {
-    if (s == NULL)
-        return CQ_EINVAL;
+    WRITABLE_OR_EINVAL(s);
     return s->ops->exec_tx(s->impl, op);
 }
 
@@ -101,8 +109,7 @@ int cq_store_rollback_savepoint(cq_store *s)
 int cq_store_stream_version(cq_store *s, const char *stream_id,
                             int64_t *version)
 {
-    if (s == NULL)
-        return CQ_EINVAL;
+    WRITABLE_OR_EINVAL(s);
     return s->ops->stream_version(s->impl, stream_id, version);
 }
 
@@ -110,8 +117,7 @@ int cq_store_append(cq_store *s, const char *stream_id, int64_t expected,
                     const cq_new_event *events, size_t n, int64_t now_ms,
                     int64_t *version, int64_t *first_position)
 {
-    if (s == NULL)
-        return CQ_EINVAL;
+    WRITABLE_OR_EINVAL(s);
     return s->ops->append(s->impl, stream_id, expected, events, n, now_ms,
                           version, first_position);
 }
@@ -119,38 +125,33 @@ int cq_store_append(cq_store *s, const char *stream_id, int64_t expected,
 int cq_store_fold_stream(cq_store *s, const char *stream_id,
                          int64_t after_version, cq_event_cb cb, void *arg)
 {
-    if (s == NULL)
-        return CQ_EINVAL;
+    WRITABLE_OR_EINVAL(s);
     return s->ops->fold_stream(s->impl, stream_id, after_version, cb, arg);
 }
 
 int cq_store_write_head(cq_store *s, int64_t *position)
 {
-    if (s == NULL)
-        return CQ_EINVAL;
+    WRITABLE_OR_EINVAL(s);
     return s->ops->write_head(s->impl, position);
 }
 
 int cq_store_cmdlog_get(cq_store *s, const char *key, int64_t now_ms,
                         cq_cmdlog_entry *out)
 {
-    if (s == NULL)
-        return CQ_EINVAL;
+    WRITABLE_OR_EINVAL(s);
     return s->ops->cmdlog_get(s->impl, key, now_ms, out);
 }
 
 int cq_store_cmdlog_put(cq_store *s, const cq_cmdlog_entry *e)
 {
-    if (s == NULL)
-        return CQ_EINVAL;
+    WRITABLE_OR_EINVAL(s);
     return s->ops->cmdlog_put(s->impl, e);
 }
 
 int cq_store_cmdlog_prune(cq_store *s, int64_t now_ms, int max_rows,
                           int64_t *deleted)
 {
-    if (s == NULL)
-        return CQ_EINVAL;
+    WRITABLE_OR_EINVAL(s);
     return s->ops->cmdlog_prune(s->impl, now_ms, max_rows, deleted);
 }
 
@@ -182,8 +183,36 @@ int cq_store_head_position(cq_store *s, int64_t *head)
     return s->ops->head_position(s->impl, head);
 }
 
+int cq_store_position_of(cq_store *s, const char *stream_id, int64_t version,
+                         int64_t *position, char *err, size_t errcap)
+{
+    if (s == NULL)
+        return CQ_EINVAL;
+    return s->ops->position_of(s->impl, stream_id, version, position, err,
+                               errcap);
+}
+
+int cq_store_recorded_at(cq_store *s, int64_t position, int64_t *ms, char *err,
+                         size_t errcap)
+{
+    if (s == NULL)
+        return CQ_EINVAL;
+    return s->ops->recorded_at(s->impl, position, ms, err, errcap);
+}
+
+int cq_store_version_at(cq_store *s, const char *stream_id, int64_t position,
+                        int64_t *version, char *err, size_t errcap)
+{
+    if (s == NULL)
+        return CQ_EINVAL;
+    return s->ops->version_at(s->impl, stream_id, position, version, err,
+                              errcap);
+}
+
 struct cq_rdb *cq_store_write_rdb(cq_store *s)
 {
+    if (s->read_only)
+        return NULL;
     return s->ops->write_rdb(s->impl);
 }
 

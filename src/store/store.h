@@ -10,11 +10,12 @@
  *    cq_store_commit() returns CQ_OK; with synchronous=FULL that return
  *    means the WAL has been fsynced.
  *  - the READ side (cq_store_read_stream, cq_store_read_all,
- *    cq_store_head_position) is thread-safe: each call borrows a read
- *    connection from a small pool, so readers see committed data only and
- *    never block the writer (WAL).
+ *    cq_store_head_position and the lookups cq_store_position_of,
+ *    cq_store_recorded_at, cq_store_version_at) is thread-safe: each
+ *    call borrows a read connection from a small pool, so readers see
+ *    committed data only and never block the writer (WAL).
  *
- * Backends sit behind cq_store_ops (store_sqlite.c today; PostgreSQL
+ * Backends sit behind cq_store_ops (store_sqlite*.c today; PostgreSQL
  * later); callers never know which one they talk to.
  *
  * Positions are global, start at 1, are assigned in commit order and are
@@ -44,6 +45,10 @@ typedef struct cq_store_config {
     const char *dir;      /* directory holding events.db; created if absent */
     int sync_full;        /* 1: synchronous=FULL (default); 0: NORMAL (tests) */
     int read_connections; /* size of the read pool; 0 means 4 */
+    /* 1: the read side only (verify, tools): nothing is created, migrated
+     * or written, the store must exist (else CQ_ENOTFOUND), and the write
+     * side's functions answer CQ_EINVAL (cq_store_write_rdb: NULL) */
+    int read_only;
 } cq_store_config;
 
 /* An event to append. Strings borrowed for the duration of the call;
@@ -91,46 +96,115 @@ int cq_store_open(const cq_store_config *cfg, cq_store **out, char *err,
 /* Close; accepts NULL. No other call may be running. */
 void cq_store_close(cq_store *s);
 
-/* Message for the last failed write-side call. Writer thread only. */
+/* Message for the last failed write-side call (borrowed: valid until the
+ * next write-side call). Writer thread only. Never NULL. */
 const char *cq_store_errmsg(cq_store *s);
 
 /* ---- write side: the writer thread only ---- */
 
-int cq_store_begin(cq_store *s);              /* BEGIN IMMEDIATE */
-int cq_store_commit(cq_store *s);             /* COMMIT; durable on CQ_OK */
-int cq_store_rollback(cq_store *s);           /* ROLLBACK the whole batch */
-int cq_store_savepoint(cq_store *s);          /* SAVEPOINT for one command */
-int cq_store_release(cq_store *s);            /* keep the command's writes */
-int cq_store_rollback_savepoint(cq_store *s); /* undo them (and release) */
+/*
+ * The batch and the command inside it. All six are for the writer thread
+ * only and own nothing the caller must free; called from inside a
+ * cq_store_fold_stream callback they are refused with CQ_EINVAL. On
+ * failure they leave a message for cq_store_errmsg. "A failure" below is
+ * CQ_EIO, CQ_ENOMEM or CQ_ECORRUPT (the backend's error mapped; a write
+ * lock still held by another process after the busy timeout is CQ_EIO).
+ * A write call that fails inside the store marks the batch failed: it then
+ * accepts only cq_store_rollback_savepoint (when the failure was inside
+ * the savepoint and the transaction survived) or cq_store_rollback, and
+ * refuses anything else with CQ_EIO. A misuse (CQ_EINVAL: begin inside a
+ * batch, commit with the savepoint open, ...) changes nothing. There is
+ * one savepoint level: a command's.
+ */
 
-/* Current version of stream_id inside the open transaction, 0 if the
- * stream does not exist. */
+/* Open a batch: BEGIN IMMEDIATE, which takes the write lock (waiting up to
+ * the busy timeout for another process). CQ_OK; CQ_EINVAL if a batch is
+ * open; a failure (no batch is open then). */
+int cq_store_begin(cq_store *s);
+
+/* Commit the batch. On CQ_OK everything it wrote is durable (with
+ * synchronous=FULL the WAL has been fsynced): the only point after which
+ * a command may be acknowledged. CQ_EINVAL if no batch is open or the
+ * savepoint is still open (nothing changes); a failure: nothing of the
+ * batch is durable and it accepts only cq_store_rollback. */
+int cq_store_commit(cq_store *s);
+
+/* Roll back the whole batch (and the savepoint, if open), failed or not;
+ * its positions go to the next append. CQ_OK, also when the backend had
+ * already rolled back on its own (after an I/O error) and when no batch
+ * is open (nothing to do); a failure if the rollback failed while the
+ * transaction is still open (it stays open and failed). */
+int cq_store_rollback(cq_store *s);
+
+/* Open the savepoint of one command inside the batch. CQ_OK; CQ_EINVAL if
+ * no batch is open or the savepoint already is; a failure (the batch then
+ * accepts only cq_store_rollback). */
+int cq_store_savepoint(cq_store *s);
+
+/* Keep the command's writes (RELEASE): they commit with the batch. CQ_OK;
+ * CQ_EINVAL if no savepoint is open; a failure (the batch then accepts
+ * only cq_store_rollback). */
+int cq_store_release(cq_store *s);
+
+/* Undo the command's writes and close its savepoint (ROLLBACK TO, then
+ * RELEASE): its positions go to the next append, and a batch that a
+ * failure inside the savepoint had marked failed is usable again. CQ_OK;
+ * CQ_EINVAL if no savepoint is open; CQ_EIO if the transaction itself was
+ * lost, or a failure of the rollback (either way the batch then accepts
+ * only cq_store_rollback). */
+int cq_store_rollback_savepoint(cq_store *s);
+
+/*
+ * The calls below, to cq_store_cmdlog_prune, are the rest of the write
+ * side: writer thread only, messages in cq_store_errmsg, failures as said
+ * above (a failure inside a batch marks it failed). Pointers passed in are
+ * borrowed for the call only.
+ */
+
+/* Current version of stream_id as the open transaction sees it (the
+ * committed one outside a batch) into *version, 0 if the stream does not
+ * exist. CQ_OK; CQ_EINVAL (NULL argument); a failure (CQ_ECORRUPT: the
+ * stored version is not a positive integer). */
 int cq_store_stream_version(cq_store *s, const char *stream_id,
                             int64_t *version);
 
 /* Append n >= 1 events to stream_id if its version matches `expected`
  * (CQ_VERSION_ANY, CQ_VERSION_NO_STREAM, CQ_VERSION_EXISTS or exact N).
  * Fills the new stream version and the position of the FIRST appended
- * event (the others follow contiguously). recorded_at is now_ms.
- * CQ_ECONFLICT on a version mismatch (nothing written), CQ_EIO. */
+ * event (the others follow contiguously); either pointer may be NULL.
+ * recorded_at is now_ms. Inside a batch the events commit with it;
+ * outside one the append is a transaction of its own. CQ_OK;
+ * CQ_ECONFLICT on a version mismatch and CQ_EINVAL on a missing stream id,
+ * event field or n == 0 (nothing written; the batch is not failed); a
+ * failure. */
 int cq_store_append(cq_store *s, const char *stream_id, int64_t expected,
                     const cq_new_event *events, size_t n, int64_t now_ms,
                     int64_t *version, int64_t *first_position);
 
-/* Read stream_id's events with version > after_version, in order, through
- * the write connection (sees the open transaction). For folding state. */
+/* Read stream_id's events with version > after_version (below 0 means 0),
+ * in order, through the write connection (sees the open transaction), and
+ * hand each to cb; a cb that returns non-zero stops the read (CQ_OK). For
+ * folding state. cb must not call the write side (refused with
+ * CQ_EINVAL). CQ_OK; CQ_EINVAL (NULL argument); a failure (CQ_ECORRUPT: a
+ * malformed row or a hole in the versions). */
 int cq_store_fold_stream(cq_store *s, const char *stream_id,
                          int64_t after_version, cq_event_cb cb, void *arg);
 
-/* Highest position inside the open transaction (0 if the store is empty). */
+/* Highest position inside the open transaction (outside one: the highest
+ * committed) into *position, 0 if the store is empty. CQ_OK; CQ_EINVAL
+ * (NULL); a failure. */
 int cq_store_write_head(cq_store *s, int64_t *position);
 
-/* Look up an idempotency key. CQ_OK and *out filled, or CQ_ENOTFOUND
- * (also for an entry past its expires_at, compared with now_ms). */
+/* Look up an idempotency key. CQ_OK and *out filled (its strings are the
+ * store's: valid until the next write-side call); CQ_ENOTFOUND (also for
+ * an entry past its expires_at, compared with now_ms); CQ_EINVAL (NULL
+ * argument); CQ_ECORRUPT (the stored entry is malformed; the batch is not
+ * failed); CQ_ENOMEM; a failure. */
 int cq_store_cmdlog_get(cq_store *s, const char *key, int64_t now_ms,
                         cq_cmdlog_entry *out);
 
-/* Insert or replace the entry for e->key. */
+/* Insert or replace the entry for e->key; inside a batch it commits with
+ * it. CQ_OK; CQ_EINVAL (NULL key, hash or response); a failure. */
 int cq_store_cmdlog_put(cq_store *s, const cq_cmdlog_entry *e);
 
 /* Delete at most max_rows (>= 1) entries whose expires_at <= now_ms,
@@ -162,7 +236,8 @@ struct cq_rdb *cq_store_write_rdb(cq_store *s);
 int cq_store_open_rdb(cq_store *s, struct cq_rdb **out, char *err,
                       size_t errcap);
 
-/* The backend's name ("sqlite"), to pick matching executors. */
+/* The backend's name ("sqlite"), to pick matching executors. Static
+ * text; any thread. */
 const char *cq_store_backend(cq_store *s);
 
 /* Bytes of write-ahead log on disk (events.db-wal), or -1 for a backend
@@ -171,23 +246,73 @@ int64_t cq_store_wal_bytes(cq_store *s);
 
 /* ---- read side: any thread ---- */
 
-/* Events of stream_id with version >= from_version (>= 1), at most limit
- * of them, in order. *stream_version gets the stream's current version
- * (0 = no such stream; then CQ_ENOTFOUND is returned and cb never runs).
- * err/errcap receive a message on CQ_EIO/CQ_ECORRUPT. */
+/*
+ * Each read borrows a connection of the pool for its duration (waiting
+ * when all are lent out) and sees committed data only. A callback runs
+ * while that connection is borrowed: it must not call the read side (a
+ * pool of one would deadlock) and should be quick (the snapshot it holds
+ * keeps the WAL from being reset). Events handed to it are borrowed for
+ * the callback only; one that returns non-zero stops the read early, and
+ * the call returns CQ_OK. err (may be NULL) gets a message on failure;
+ * events handed out before a failure stay handed out.
+ */
+
+/* Events of stream_id with version >= from_version (below 1 means 1), at
+ * most limit of them (0: none, but the version is still reported), in
+ * order, all from one snapshot. *stream_version (may be NULL) gets the
+ * stream's version in that snapshot (0 = no such stream; then
+ * CQ_ENOTFOUND is returned and cb never runs). CQ_OK; CQ_EINVAL (NULL
+ * stream or cb, negative limit); CQ_EIO, CQ_ENOMEM or CQ_ECORRUPT (a
+ * malformed row, a hole in the versions). */
 int cq_store_read_stream(cq_store *s, const char *stream_id,
                          int64_t from_version, int limit, cq_event_cb cb,
                          void *arg, int64_t *stream_version, char *err,
                          size_t errcap);
 
-/* Events with position >= from_position, at most limit, in position order.
- * *head gets the highest committed position seen by the same snapshot. */
+/* Events with position >= from_position (below 1 means 1), at most limit
+ * of them (0: none, but the head is still reported), in position order,
+ * all from one snapshot. *head (may be NULL) gets the highest committed
+ * position of that snapshot. Positions are gap-free, so a caller that
+ * reads a long range calls again from the last position it got + 1 and
+ * misses nothing (each call is a snapshot of its own; a prefix never
+ * changes); to stop at a position P, pass limit = P - from + 1 when that
+ * is smaller, or return non-zero from cb. CQ_OK; CQ_EINVAL (NULL cb,
+ * negative limit); CQ_EIO, CQ_ENOMEM or CQ_ECORRUPT (a malformed row, a
+ * hole in the positions). */
 int cq_store_read_all(cq_store *s, int64_t from_position, int limit,
                       cq_event_cb cb, void *arg, int64_t *head, char *err,
                       size_t errcap);
 
-/* Highest committed position (0 if empty). */
+/* Highest committed position (0 if empty). CQ_OK, CQ_EINVAL (head NULL),
+ * CQ_EIO or CQ_ECORRUPT. */
 int cq_store_head_position(cq_store *s, int64_t *head);
+
+/*
+ * Lookups by position and version, for the query side (waits for a
+ * stream version, lag, strong reads). Each runs one statement on a read
+ * connection borrowed from the pool for the call's duration: any thread,
+ * committed data only, never blocking the writer. Return codes: CQ_OK;
+ * CQ_EINVAL (a NULL pointer); CQ_EIO, CQ_ENOMEM or CQ_ECORRUPT (a stored
+ * value of the wrong type) with a message in err (err may be NULL); and
+ * CQ_ENOTFOUND as said. On anything but CQ_OK the output is untouched.
+ */
+
+/* The position of stream_id's event at `version`. CQ_ENOTFOUND if the
+ * stream has no such version (yet). */
+int cq_store_position_of(cq_store *s, const char *stream_id, int64_t version,
+                         int64_t *position, char *err, size_t errcap);
+
+/* When the event at `position` was recorded (*ms: milliseconds since the
+ * Unix epoch, as given to cq_store_append). CQ_ENOTFOUND if there is no
+ * event at `position`. */
+int cq_store_recorded_at(cq_store *s, int64_t position, int64_t *ms, char *err,
+                         size_t errcap);
+
+/* stream_id's version as of `position`: the version of its last event at a
+ * position <= `position`; *version is 0 (and CQ_OK) when it had none
+ * there, or does not exist. */
+int cq_store_version_at(cq_store *s, const char *stream_id, int64_t position,
+                        int64_t *version, char *err, size_t errcap);
 
 /* ---- backend interface ---- */
 
@@ -219,9 +344,14 @@ typedef struct cq_store_ops {
                     cq_event_cb cb, void *arg, int64_t *head, char *err,
                     size_t errcap);
     int (*head_position)(void *impl, int64_t *head);
+    int (*position_of)(void *impl, const char *stream_id, int64_t version,
+                       int64_t *position, char *err, size_t errcap);
+    int (*recorded_at)(void *impl, int64_t position, int64_t *ms, char *err,
+                       size_t errcap);
+    int (*version_at)(void *impl, const char *stream_id, int64_t position,
+                      int64_t *version, char *err, size_t errcap);
     struct cq_rdb *(*write_rdb)(void *impl);
-    int (*open_rdb)(void *impl, struct cq_rdb **out, char *err,
-                    size_t errcap);
+    int (*open_rdb)(void *impl, struct cq_rdb **out, char *err, size_t errcap);
     int64_t (*wal_bytes)(void *impl); /* optional */
 } cq_store_ops;
 

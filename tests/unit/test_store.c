@@ -39,6 +39,13 @@ typedef struct fixture {
     cq_store *s;
 } fixture;
 
+/* The SQLite connection behind the store's write connection, for hooks
+ * and triggers on it (white-box: these tests know the backend). */
+static sqlite3 *write_db(cq_store *s)
+{
+    return cq_rdb_impl(cq_store_write_rdb(s));
+}
+
 static int rm_entry(const char *path, const struct stat *sb, int flag,
                     struct FTW *ftw)
 {
@@ -707,6 +714,183 @@ static void test_untrusted_rows(void **state)
     assert_int_equal(append1(s, "b", CQ_VERSION_NO_STREAM, 1), 4);
 }
 
+/* ---- lookups by position and version ---- */
+
+/* Append n events to stream (any version) recorded at `at` ms; returns
+ * the first position. */
+static int64_t append_at(cq_store *s, const char *stream, size_t n, int64_t at)
+{
+    cq_new_event evs[4] = {EV, EV, EV, EV};
+    int64_t v = -1, p = -1;
+    assert_true(n <= 4);
+    assert_int_equal(
+        cq_store_append(s, stream, CQ_VERSION_ANY, evs, n, at, &v, &p), CQ_OK);
+    return p;
+}
+
+/* A store opened read-only (verify, tools): nothing is created for a
+ * missing one; an existing one is read, and its write side refuses. */
+static int count_event(void *arg, const cq_stored_event *ev)
+{
+    (void)ev;
+    ++*(int *)arg;
+    return 0;
+}
+
+static void test_read_only(void **state)
+{
+    fixture *f = *state;
+    cq_store_config ro = {.dir = f->dir, .read_connections = 1, .read_only = 1};
+    cq_store *r = NULL;
+    cq_new_event ev = {"Noted", 1, "{}", "{}"};
+    struct stat sb;
+    char err[256];
+    int64_t head = 0, version = 0, pos = 0;
+    int n = 0;
+
+    /* no store yet: refused, and the directory is not made */
+    assert_int_equal(cq_store_open(&ro, &r, err, sizeof err), CQ_ENOTFOUND);
+    assert_null(r);
+    assert_int_not_equal(stat(f->dir, &sb), 0);
+
+    assert_int_equal(open_store(f, 2, err, sizeof err), CQ_OK);
+    assert_int_equal(cq_store_append(f->s, "s-1", CQ_VERSION_NO_STREAM, &ev, 1,
+                                     1, &version, &pos),
+                     CQ_OK);
+    assert_int_equal(cq_store_open(&ro, &r, err, sizeof err), CQ_OK);
+    assert_int_equal(
+        cq_store_read_all(r, 1, 10, count_event, &n, &head, err, sizeof err),
+        CQ_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(head, 1);
+    assert_int_equal(
+        cq_store_version_at(r, "s-1", 1, &version, err, sizeof err), CQ_OK);
+    assert_int_equal(version, 1);
+    assert_int_equal(cq_store_begin(r), CQ_EINVAL);
+    assert_int_equal(cq_store_append(r, "s-1", CQ_VERSION_NO_STREAM, &ev, 1, 1,
+                                     &version, &pos),
+                     CQ_EINVAL);
+    assert_null(cq_store_write_rdb(r));
+    cq_store_close(r);
+}
+
+static void test_lookups(void **state)
+{
+    fixture *f = *state;
+    cq_store *s = f->s;
+    char err[256];
+    int64_t out;
+
+    /* a@1 = position 1 (t 100), b@1..2 = 2..3 (t 200), a@2 = 4 (t 300) */
+    assert_int_equal(append_at(s, "a", 1, 100), 1);
+    assert_int_equal(append_at(s, "b", 2, 200), 2);
+    assert_int_equal(append_at(s, "a", 1, 300), 4);
+
+    /* position_of: found, in either stream, after appends to the other */
+    assert_int_equal(cq_store_position_of(s, "a", 1, &out, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(out, 1);
+    assert_int_equal(cq_store_position_of(s, "a", 2, &out, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(out, 4);
+    assert_int_equal(cq_store_position_of(s, "b", 2, &out, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(out, 3);
+    /* not found: a version not written (yet), 0, an unknown stream; the
+     * output stays as it was */
+    out = -7;
+    assert_int_equal(cq_store_position_of(s, "a", 3, &out, err, sizeof err),
+                     CQ_ENOTFOUND);
+    assert_int_equal(cq_store_position_of(s, "a", 0, &out, err, sizeof err),
+                     CQ_ENOTFOUND);
+    assert_int_equal(cq_store_position_of(s, "nope", 1, &out, NULL, 0),
+                     CQ_ENOTFOUND);
+    assert_int_equal(out, -7);
+
+    /* recorded_at */
+    assert_int_equal(cq_store_recorded_at(s, 1, &out, err, sizeof err), CQ_OK);
+    assert_int_equal(out, 100);
+    assert_int_equal(cq_store_recorded_at(s, 3, &out, err, sizeof err), CQ_OK);
+    assert_int_equal(out, 200);
+    assert_int_equal(cq_store_recorded_at(s, 4, &out, err, sizeof err), CQ_OK);
+    assert_int_equal(out, 300);
+    out = -7;
+    assert_int_equal(cq_store_recorded_at(s, 5, &out, err, sizeof err),
+                     CQ_ENOTFOUND);
+    assert_int_equal(cq_store_recorded_at(s, 0, &out, err, sizeof err),
+                     CQ_ENOTFOUND);
+    assert_int_equal(out, -7);
+
+    /* version_at: the stream's last version at or before the position;
+     * appends to b in between do not move a; 0 before its first event or
+     * for an unknown stream */
+    assert_int_equal(cq_store_version_at(s, "a", 1, &out, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(out, 1);
+    assert_int_equal(cq_store_version_at(s, "a", 3, &out, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(out, 1);
+    assert_int_equal(cq_store_version_at(s, "a", 4, &out, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(out, 2);
+    assert_int_equal(cq_store_version_at(s, "a", 1000, &out, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(out, 2);
+    assert_int_equal(cq_store_version_at(s, "b", 1, &out, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(out, 0);
+    assert_int_equal(cq_store_version_at(s, "b", 2, &out, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(out, 1);
+    out = -7;
+    assert_int_equal(cq_store_version_at(s, "nope", 4, &out, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(out, 0);
+    assert_int_equal(cq_store_version_at(s, "a", 0, &out, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(out, 0);
+
+    /* committed data only: an open batch's events are not seen */
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(append_at(s, "a", 1, 400), 5);
+    assert_int_equal(cq_store_position_of(s, "a", 3, &out, err, sizeof err),
+                     CQ_ENOTFOUND);
+    assert_int_equal(cq_store_recorded_at(s, 5, &out, err, sizeof err),
+                     CQ_ENOTFOUND);
+    assert_int_equal(cq_store_version_at(s, "a", 5, &out, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(out, 2);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+    assert_int_equal(cq_store_position_of(s, "a", 3, &out, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(out, 5);
+    assert_int_equal(cq_store_recorded_at(s, 5, &out, err, sizeof err), CQ_OK);
+    assert_int_equal(out, 400);
+
+    /* NULL arguments */
+    assert_int_equal(cq_store_position_of(s, NULL, 1, &out, err, sizeof err),
+                     CQ_EINVAL);
+    assert_int_equal(cq_store_position_of(s, "a", 1, NULL, err, sizeof err),
+                     CQ_EINVAL);
+    assert_int_equal(cq_store_recorded_at(s, 1, NULL, err, sizeof err),
+                     CQ_EINVAL);
+    assert_int_equal(cq_store_version_at(s, NULL, 1, &out, err, sizeof err),
+                     CQ_EINVAL);
+    assert_int_equal(cq_store_version_at(s, "a", 1, NULL, err, sizeof err),
+                     CQ_EINVAL);
+
+    /* values read back are checked */
+    poke(f->file, "UPDATE events SET recorded_at = 'soon' WHERE position = 1;"
+                  "UPDATE events SET version = 'two' WHERE position = 4");
+    assert_int_equal(cq_store_recorded_at(s, 1, &out, err, sizeof err),
+                     CQ_ECORRUPT);
+    assert_int_equal(cq_store_version_at(s, "a", 4, &out, err, sizeof err),
+                     CQ_ECORRUPT);
+    assert_non_null(strstr(err, "version_at"));
+    assert_int_equal(cq_store_recorded_at(s, 3, &out, err, sizeof err), CQ_OK);
+    assert_int_equal(out, 200);
+}
+
 /* ---- command log ---- */
 
 static void test_cmdlog(void **state)
@@ -805,7 +989,7 @@ static void test_cmdlog_prune_step(void **state)
     int64_t deleted = -1, total = 0;
     int calls = 0, commits = 0;
     char key[32];
-    sqlite3 *wdb = (sqlite3 *)cq_rdb_impl(cq_store_write_rdb(s));
+    sqlite3 *wdb = write_db(s);
 
     assert_int_equal(cq_store_begin(s), CQ_OK);
     for (int i = 0; i < EXPIRED + LIVE; i++) {
@@ -984,6 +1168,14 @@ static void *reader_main(void *arg)
                      "head went back from %lld to %lld",
                      (long long)rr->last_head, (long long)head);
         rr->last_head = head;
+        /* A position a snapshot has seen stays there, for lookups too. */
+        if (head > 0) {
+            int64_t at = -1;
+            rc = cq_store_recorded_at(rr->r->s, head, &at, err, sizeof err);
+            if (rc != CQ_OK && rr->problem[0] == '\0')
+                snprintf(rr->problem, sizeof rr->problem,
+                         "recorded_at(%lld): %d %s", (long long)head, rc, err);
+        }
         /* Everything up to the snapshot's head must be there. */
         int64_t avail = head >= from ? head - from + 1 : 0;
         int64_t want = avail < 37 ? avail : 37;
@@ -1080,6 +1272,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_untrusted_rows, setup_open,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_lookups, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_read_only, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_cmdlog, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_cmdlog_prune_step, setup_open,
                                         teardown),

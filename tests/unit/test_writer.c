@@ -63,7 +63,7 @@ static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
     const char *tmp = getenv("TMPDIR");
-    cq_store_config cfg = {NULL, 0, 2};
+    cq_store_config cfg = {.dir = NULL, .read_connections = 2};
     char err[256];
 
     snprintf(f->dir, sizeof f->dir, "%s/writer-XXXXXX", tmp ? tmp : "/tmp");
