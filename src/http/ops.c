@@ -41,8 +41,9 @@ static json_t *status_json(cq_engine *e, int i)
 {
     cq_projection_status st;
     json_t *err = json_null(), *rb = json_null(), *last = json_null(), *doc;
+    /* a lag that cannot be read is null, never a made-up 0 */
+    int lag_known = cq_engine_status(e, i, &st) == CQ_OK;
 
-    cq_engine_status(e, i, &st);
     if (st.failed)
         err = json_pack("{s:I,s:s,s:s}", "position",
                         (json_int_t)st.error_position, "event_type",
@@ -65,11 +66,12 @@ static json_t *status_json(cq_engine *e, int i)
             (json_int_t)st.last_rebuild.events, "error",
             st.last_rebuild.error[0] ? st.last_rebuild.error : NULL);
     doc = json_pack(
-        "{s:s,s:I,s:s,s:s,s:I,s:I,s:I,s:f,s:o}", "name", st.name, "version",
+        "{s:s,s:I,s:s,s:s,s:I,s:I,s:I,s:o,s:o}", "name", st.name, "version",
         (json_int_t)st.version, "mode", st.is_inline ? "inline" : "async",
         "status", st.status, "position", (json_int_t)st.position, "head",
         (json_int_t)st.head, "lag_events", (json_int_t)st.lag_events,
-        "lag_seconds", st.lag_seconds, "last_error", err);
+        "lag_seconds", lag_known ? json_real(st.lag_seconds) : json_null(),
+        "last_error", err);
     if (doc != NULL) {
         /* the tables being served: the previous definition's (0 when it
          * is not known) until a rebuild to a new one swaps */
@@ -214,7 +216,13 @@ enum MHD_Result cq_http_readyz(request *q)
     for (int i = 0; e != NULL && i < cq_engine_count(e); i++) {
         cq_projection_status st;
         char why[600];
-        cq_engine_status(e, i, &st);
+        if (cq_engine_status(e, i, &st) != CQ_OK) {
+            snprintf(why, sizeof why,
+                     "the lag of projection %s cannot be read from the event "
+                     "store",
+                     st.name);
+            json_array_append_new(reasons, json_string(why));
+        }
         if (st.lag_seconds > max_lag)
             max_lag = st.lag_seconds;
         if (st.failed) {

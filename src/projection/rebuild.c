@@ -81,6 +81,24 @@ static int exec_f(cq_engine *e, char *err, size_t errcap, const char *fmt, ...)
     return cq_exec_sql(e->rx, sql, err, errcap);
 }
 
+/* Forget p's rebuild checkpoint (in the caller's transaction); the name
+ * is bound, never formatted into the SQL. */
+static int forget_rebuild(cq_engine *e, const proj *p, char *err, size_t errcap)
+{
+    cq_rstmt *st = NULL;
+    int rc = cq_eng_prepare(e->rdb, "DELETE FROM cq_rebuilds WHERE name = ?1",
+                            &st, err, errcap);
+
+    if (rc != CQ_OK)
+        return rc;
+    cq_rstmt_bind_text(st, 1, p->d->name, -1);
+    rc = cq_eng_step_done(st);
+    if (rc != CQ_OK)
+        snprintf(err, errcap, "%s", cq_rdb_errmsg(e->rdb));
+    cq_rstmt_finalize(st);
+    return rc;
+}
+
 static void rollback(cq_engine *e)
 {
     char ignore[64];
@@ -305,8 +323,7 @@ int cq_rebuild_load(cq_engine *e, proj *p, int *resumable, char *err,
     if (rc == CQ_OK)
         rc = drop_shadow(e, p, err, errcap);
     if (rc == CQ_OK)
-        rc = exec_f(e, err, errcap, "DELETE FROM cq_rebuilds WHERE name = '%s'",
-                    p->d->name);
+        rc = forget_rebuild(e, p, err, errcap);
     if (rc == CQ_OK)
         rc = cq_exec_sql(e->rx, "COMMIT", err, errcap);
     if (rc != CQ_OK)
@@ -437,8 +454,7 @@ static int log_end(cq_engine *e, proj *p, const char *outcome,
         snprintf(err, errcap, "%s", cq_rdb_errmsg(e->rdb));
     cq_rstmt_finalize(st);
     if (rc == CQ_OK)
-        rc = exec_f(e, err, errcap, "DELETE FROM cq_rebuilds WHERE name = '%s'",
-                    p->d->name);
+        rc = forget_rebuild(e, p, err, errcap);
     *rec = r;
     return rc;
 }
