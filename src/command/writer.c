@@ -1,9 +1,18 @@
 /*
- * writer.c -- the single writer thread (see writer.h for the protocol).
+ * writer.c -- the single writer thread (see writer.h for the protocol):
+ * the queue it drains, a batch of requests in one transaction (group
+ * commit), each request in its savepoint (the replay of an idempotency
+ * key, a command through its decider, a raw append) and the answers.
+ * Loading an aggregate's state is writer_state.c's, appending events and
+ * the inline projections' call-out writer_append.c's, whether the store
+ * takes writes and the pacing of prunes writer_upkeep.c's (the layout is
+ * in writer_int.h).
  *
  * Threads and locks:
  *   - `mu` guards the queue (head, tail, queued) and `stopping`; `cv` is
  *     signalled when a request is queued or the writer is told to stop.
+ *     Submitters (any thread) take it in cq_writer_submit; the writer
+ *     thread takes it to dequeue a batch and to wait while idle.
  *   - head_position is atomic: written by the writer after each commit,
  *     read by anyone.
  *   - `writable` is atomic, written by the writer thread only; `why` (the
@@ -21,15 +30,9 @@
  *   ABORT       the store failed: the whole batch is rolled back and
  *               every request in it is answered 503; nothing is durable
  *
- * Whether the store takes writes (cq_writer_writable, for /readyz and the
- * metrics) is what the last transaction showed: a failed batch makes it
- * unwritable (a full disk, an I/O error), the next commit that succeeds
- * writable again. So that an idle server (which a load balancer may have
- * stopped sending writes to because it was not ready) finds out that the
- * disk has room again, the writer, while unwritable and idle, commits a
- * probe every PROBE_INTERVAL_MS: a command-log entry under a key no client
- * can send (it has spaces), already expired, so it is never read and the
- * next prune deletes it.
+ * While idle, the thread also runs the prune steps and, while the store
+ * is unwritable, the write probe (writer_upkeep.c); its timed wait serves
+ * both.
  */
 #include "command/writer_int.h"
 

@@ -1,11 +1,22 @@
+/*
+ * writer_append.c -- appending a request's events: each event's metadata
+ * (the engine's event_id, command_id and time over the client's own
+ * fields; correlation_id and causation_id unless the client gave them),
+ * the append to the store at the expected version,
+ * then the call-out to the inline projections (the hook apply_inline),
+ * inside the request's savepoint: a projection that refuses the events
+ * fails the request alone (422 inline-projection-refused, or 500), and its
+ * I/O failure fails the batch.
+ *
+ * Thread: the writer thread only (the store's write side, the hooks); no
+ * lock is taken here.
+ */
 #include "command/writer_int.h"
 
 #include <stdlib.h>
 
 #include "base/base.h"
 #include "base/strbuf.h"
-
-/* ---- appending ---------------------------------------------------------- */
 
 /* Metadata for the i-th event of r: engine fields over the user's own
  * (`user` borrowed, may be NULL). Returns the JSON text (malloc'd) or NULL

@@ -1,9 +1,22 @@
+/*
+ * writer_state.c -- an aggregate's state for one request: a clone of the
+ * cached state when the cache holds the stream at a version <= the
+ * current one, else initial(); then the stream's missing events folded
+ * into it through evolve(), each decoded (and upcast) by the one decoder
+ * of stored events, cq_event_decode (src/domain). An event that cannot be
+ * decoded or applied, or a gap in the versions, fails the request alone
+ * (500 corrupt-stream, naming the event and the cause).
+ *
+ * Putting the new state back in the cache, and its commit or eviction
+ * with the batch, are writer.c's.
+ *
+ * Thread: the writer thread only (the cache, the store's write side); no
+ * lock is taken here.
+ */
 #include "command/writer_int.h"
 
 #include <stdio.h>
 #include <string.h>
-
-/* ---- folding ------------------------------------------------------------ */
 
 static int fold_event(void *arg, const cq_stored_event *se)
 {

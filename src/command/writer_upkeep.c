@@ -1,3 +1,52 @@
+/*
+ * writer_upkeep.c -- what the writer does besides requests: knowing
+ * whether the store takes writes, and pruning expired idempotency keys
+ * from the command log at a pace that never holds up a command.
+ *
+ * Whether the store takes writes (cq_writer_writable, for /readyz and the
+ * metrics) is what the last transaction showed: a failed batch makes it
+ * unwritable (a full disk, an I/O error), the next commit that succeeds
+ * writable again. So that an idle server (which a load balancer may have
+ * stopped sending writes to because it was not ready) finds out that the
+ * disk has room again, the writer, while unwritable and idle, commits a
+ * probe every PROBE_INTERVAL_MS: a command-log entry under a key no client
+ * can send (it has spaces), already expired, so it is never read and the
+ * next prune deletes it.
+ *
+ * Pruning the command log: a pass starts every prune_interval_ms (1 s: keys
+ * are deleted about as fast as they expire, not in a burst once a minute;
+ * a pass that finds nothing is one transaction that writes nothing) and
+ * deletes expired keys in steps, oldest first.
+ *
+ * While requests come, each batch runs one step inside its own
+ * transaction, just before its COMMIT: the deletion rides on the fsync the
+ * batch pays anyway. The step deletes PRUNE_PER_REQUEST keys per request
+ * of the batch, at most CHUNK (or n, for a batch of n > CHUNK requests),
+ * never fewer than n: at least as many keys as the batch could have added,
+ * so the pass keeps up under load, when the writer is never idle; and as
+ * much work per command whether commands come in few large batches or many
+ * small ones (a fixed step per batch would charge a batch of one request
+ * what it charges a batch of four).
+ *
+ * While nothing is queued, steps of CHUNK run one after the other, each a
+ * short transaction of its own, looking at the queue in between. Right
+ * after a batch, though, an idle step first waits PRUNE_GRACE_NS for
+ * requests: the submitters just answered are about to send their next
+ * one, which should go into a batch rather than wait behind a step that
+ * pays an fsync of its own.
+ *
+ * So a command never waits behind more than one step, and a step costs no
+ * fsync of its own unless the writer is idle. An expired key not yet
+ * pruned is already absent to cmdlog_get, so a late pass costs disk space,
+ * never a wrong replay.
+ *
+ * Threads and locks: everything here runs on the writer thread, which
+ * alone writes `writable` (atomic, read by any thread) and the prune
+ * fields (last_prune_ms, prune_pending); `why` is written under `mu`.
+ * writer_prune_start_if_due touches writer-only fields and never the
+ * store, so the thread may call it while it holds `mu`; the prune steps
+ * and the probe run without it.
+ */
 #include "command/writer_int.h"
 
 #include <pthread.h>
@@ -46,32 +95,7 @@ void writer_probe(cq_writer *w)
     }
 }
 
-/* Pruning the command log: a pass starts every prune_interval_ms (1 s: keys
- * are deleted about as fast as they expire, not in a burst once a minute;
- * a pass that finds nothing is one transaction that writes nothing) and
- * deletes expired keys in steps, oldest first.
- *
- * While requests come, each batch runs one step inside its own
- * transaction, just before its COMMIT: the deletion rides on the fsync the
- * batch pays anyway. The step deletes PRUNE_PER_REQUEST keys per request
- * of the batch, at most CHUNK (or n, for a batch of n > CHUNK requests),
- * never fewer than n: at least as many keys as the batch could have added,
- * so the pass keeps up under load, when the writer is never idle; and as
- * much work per command whether commands come in few large batches or many
- * small ones (a fixed step per batch would charge a batch of one request
- * what it charges a batch of four).
- *
- * While nothing is queued, steps of CHUNK run one after the other, each a
- * short transaction of its own, looking at the queue in between. Right
- * after a batch, though, an idle step first waits PRUNE_GRACE_NS for
- * requests: the submitters just answered are about to send their next
- * one, which should go into a batch rather than wait behind a step that
- * pays an fsync of its own.
- *
- * So a command never waits behind more than one step, and a step costs no
- * fsync of its own unless the writer is idle. An expired key not yet
- * pruned is already absent to cmdlog_get, so a late pass costs disk space,
- * never a wrong replay. */
+/* The clock the prune pacing counts in. */
 int64_t writer_mono_ms(void)
 {
     return (int64_t)(cq_mono_ns() / 1000000);

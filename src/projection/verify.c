@@ -14,9 +14,12 @@
  *      compared up to the checkpoint).
  *   3. Run the DDL on a scratch in-memory database and replay events
  *      1..checkpoint through the handlers (cq_exec_event), decoded as the
- *      engine decodes them (engine.c, parse_event). Events <= a checkpoint
- *      are committed and never change, so they may be read outside the
- *      snapshot of 1 (for inline projections they are read inside it).
+ *      projector decodes them: by the one decoder of stored events,
+ *      cq_event_decode (src/domain; the projector reaches it through
+ *      decode.c's cq_eng_parse_event), with the metadata when a handler
+ *      reads it. Events <= a checkpoint are committed and never change,
+ *      so they may be read outside the snapshot of 1 (for inline
+ *      projections they are read inside it).
  *   4. For every table in the scratch database, compare it with the live
  *      table: same column names in the same order, then both sides read
  *      ORDER BY (typeof(c), c COLLATE BINARY) over the key columns (the
@@ -24,12 +27,13 @@
  *      others, and merged: a key only in the replay is "missing in live",
  *      a key only in the live table is "unexpected in live", the same key
  *      with other values "differs". Ordering by typeof first makes the
- *      SQL order and compare_cell() below the same total order, so
- *      values are equal only when their SQLite type and value are.
+ *      SQL order and verify_table.c's compare_cell() the same total
+ *      order, so values are equal only when their SQLite type and value
+ *      are. This step is verify_table.c's (verify_compare_table).
  *   5. COMMIT (end the read transaction); print the summary line.
  *
  * The tables come from the scratch database's own schema after the DDL
- * ran, not from parsing CREATE TABLE texts (engine.c's created_table()):
+ * ran, not from parsing CREATE TABLE texts (load.c's cq_eng_created()):
  * the scratch database holds nothing else, so the list is exact whatever
  * the statement's spelling (quoted names, comments, "main." prefixes).
  *
@@ -62,7 +66,7 @@ typedef struct vproj {
     cq_declared *d;     /* NULL: a C projection, reported as skipped */
     char name[64];      /* @projection names are at most 63 bytes */
     char source[256];   /* file name, for messages */
-    int needs_metadata; /* some handler reads :metadata (as engine.c) */
+    int needs_metadata; /* some handler reads :metadata (as load.c) */
 } vproj;
 
 struct cq_verify {
@@ -70,6 +74,19 @@ struct cq_verify {
     int n;
     const cq_domain *domain; /* its upcasters decode old events */
 };
+
+/* What one run works with. */
+typedef struct run {
+    const char *dir;
+    FILE *out;
+    cq_rdb *events;  /* DIR/events.db, read-only: inline tables */
+    cq_store *store; /* the same, read-only: the events to replay */
+    cq_rdb *reads;   /* DIR/read.db, read-only; NULL if it does not exist */
+    int reads_tried;
+    const cq_domain *domain;
+    char *err;
+    size_t errcap;
+} run;
 
 /* ---- loading ------------------------------------------------------------ */
 
@@ -484,8 +501,8 @@ static int verify_one(run *r, const vproj *p, int64_t *total)
         goto done;
     }
     for (size_t i = 0; i < tables.n; i++) {
-        rc = verify_compare_table(r, p->name, live, scratch, tables.v[i],
-                                  &diffs, &rows);
+        rc = verify_compare_table(r->out, p->name, live, scratch, tables.v[i],
+                                  &diffs, &rows, r->err, r->errcap);
         if (rc != CQ_OK)
             goto done;
     }

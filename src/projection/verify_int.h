@@ -14,29 +14,17 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "cqrs/decider.h"
 #include "projection/verify.h"
 #include "store/rdb.h"
-#include "store/store.h"
 
-/* What one run works with. */
-typedef struct run {
-    const char *dir;
-    FILE *out;
-    cq_rdb *events;  /* DIR/events.db, read-only: inline tables */
-    cq_store *store; /* the same, read-only: the events to replay */
-    cq_rdb *reads;   /* DIR/read.db, read-only; NULL if it does not exist */
-    int reads_tried;
-    const cq_domain *domain;
-    char *err;
-    size_t errcap;
-} run;
-
-/* Compare `table` in live with the replay in scratch; adds to *diffs and
- * *rows (rows of the replay). CQ_OK (whatever was found), or CQ_EIO /
- * CQ_ENOMEM when a side cannot be read. */
-int verify_compare_table(run *r, const char *proj, cq_rdb *live,
+/* Compare `table` in live (read inside the caller's read transaction)
+ * with the replay in scratch, step 4 of verify.c: each difference is one
+ * line on `out`, prefixed "proj/table: " (at most CQ_VERIFY_MAX_LINES,
+ * then a count). Adds the differences to *diffs and the replay's rows to
+ * *rows. CQ_OK (whatever was found), or CQ_EIO / CQ_ENOMEM when a side
+ * cannot be read, with the reason in err. All arguments borrowed. */
+int verify_compare_table(FILE *out, const char *proj, cq_rdb *live,
                          cq_rdb *scratch, const char *table, int64_t *diffs,
-                         int64_t *rows);
+                         int64_t *rows, char *err, size_t errcap);
 
 #endif

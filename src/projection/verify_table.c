@@ -1,3 +1,27 @@
+/*
+ * verify_table.c -- step 4 of `cqrsd verify` (see verify.c): one table of
+ * the replay compared with the live table of the same name, and each
+ * difference written as one readable line.
+ *
+ * First the columns (cq_rdb_columns): the live table must exist and have
+ * the same column names in the same order. Then both sides are read
+ * ORDER BY (typeof(c), c COLLATE BINARY) over the key columns (the
+ * primary key in its order, or every column when there is none) and then
+ * the others, and the two ordered streams are merged: a key only in the
+ * replay is "missing in live", a key only in the live table is
+ * "unexpected in live", the same key with other values "differs" (each
+ * differing column named, live and replay values side by side). Because
+ * compare_cell() ranks types as `ORDER BY typeof(c)` does and compares
+ * values as BINARY does, the merge and the SQL agree on one total order,
+ * and two values are equal only when their SQLite type and value are.
+ *
+ * Values are printed on one line (put_value): NULL, integers, reals as
+ * the database shows them, texts quoted with control bytes escaped and
+ * long ones cut, blobs as X'..'. At most CQ_VERIFY_MAX_LINES differences
+ * are printed per table, then a count.
+ *
+ * Thread: the caller's; no state outside the call.
+ */
 #include "projection/verify_int.h"
 
 #include <stdlib.h>
@@ -271,9 +295,9 @@ static char *select_sql(const char *table, const columns *c, const int *order)
 /* Compare `table` in live with the replay in scratch; adds to *diffs and
  * *rows (rows of the replay). CQ_OK (whatever was found), or CQ_EIO /
  * CQ_ENOMEM when a side cannot be read. */
-int verify_compare_table(run *r, const char *proj, cq_rdb *live,
+int verify_compare_table(FILE *out, const char *proj, cq_rdb *live,
                          cq_rdb *scratch, const char *table, int64_t *diffs,
-                         int64_t *rows)
+                         int64_t *rows, char *err, size_t errcap)
 {
     columns want, have;
     int *order = NULL;
@@ -283,26 +307,26 @@ int verify_compare_table(run *r, const char *proj, cq_rdb *live,
     int lrc, rrc, nkey = 0, rc;
 
     memset(&have, 0, sizeof have);
-    rc = columns_read(scratch, table, &want, r->err, r->errcap);
+    rc = columns_read(scratch, table, &want, err, errcap);
     if (rc != CQ_OK)
         return rc;
-    rc = columns_read(live, table, &have, r->err, r->errcap);
+    rc = columns_read(live, table, &have, err, errcap);
     if (rc != CQ_OK)
         goto done;
     if (have.n == 0) {
-        fprintf(r->out, "%s/%s: table missing in live\n", proj, table);
+        fprintf(out, "%s/%s: table missing in live\n", proj, table);
         (*diffs)++;
         goto done;
     }
     if (have.n != want.n) {
-        fprintf(r->out, "%s/%s: columns differ: live has %d, replay %d\n", proj,
+        fprintf(out, "%s/%s: columns differ: live has %d, replay %d\n", proj,
                 table, have.n, want.n);
         (*diffs)++;
         goto done;
     }
     for (int i = 0; i < want.n; i++)
         if (strcmp(want.name[i], have.name[i]) != 0) {
-            fprintf(r->out,
+            fprintf(out,
                     "%s/%s: columns differ: live column %d is %s, "
                     "replay %s\n",
                     proj, table, i + 1, have.name[i], want.name[i]);
@@ -313,7 +337,7 @@ int verify_compare_table(run *r, const char *proj, cq_rdb *live,
     /* key columns first, in primary-key order; then the others */
     order = want.n > 0 ? calloc((size_t)want.n, sizeof *order) : NULL;
     if (order == NULL) {
-        snprintf(r->err, r->errcap, "out of memory");
+        snprintf(err, errcap, "out of memory");
         rc = CQ_ENOMEM;
         goto done;
     }
@@ -329,25 +353,25 @@ int verify_compare_table(run *r, const char *proj, cq_rdb *live,
 
     sql = select_sql(table, &want, order);
     if (sql == NULL) {
-        snprintf(r->err, r->errcap, "out of memory");
+        snprintf(err, errcap, "out of memory");
         rc = CQ_ENOMEM;
         goto done;
     }
     if (cq_rdb_prepare(live, sql, 0, &ls, ignore, sizeof ignore) != CQ_OK) {
-        snprintf(r->err, r->errcap, "%s/%s: live: %s", proj, table,
+        snprintf(err, errcap, "%s/%s: live: %s", proj, table,
                  cq_rdb_errmsg(live));
         rc = CQ_EIO;
         goto done;
     }
     if (cq_rdb_prepare(scratch, sql, 0, &rs, ignore, sizeof ignore) != CQ_OK) {
-        snprintf(r->err, r->errcap, "%s/%s: replay: %s", proj, table,
+        snprintf(err, errcap, "%s/%s: replay: %s", proj, table,
                  cq_rdb_errmsg(scratch));
         rc = CQ_EIO;
         goto done;
     }
 
     memset(&t, 0, sizeof t);
-    t.out = r->out;
+    t.out = out;
     t.proj = proj;
     t.table = table;
     t.cols = &want;
@@ -375,13 +399,13 @@ int verify_compare_table(run *r, const char *proj, cq_rdb *live,
     }
     if (lrc != CQ_RSTEP_DONE || rrc != CQ_RSTEP_DONE) {
         cq_rdb *db = lrc != CQ_RSTEP_DONE ? live : scratch;
-        snprintf(r->err, r->errcap, "%s/%s: reading %s: %s", proj, table,
+        snprintf(err, errcap, "%s/%s: reading %s: %s", proj, table,
                  db == live ? "live rows" : "replayed rows", cq_rdb_errmsg(db));
         rc = CQ_EIO;
         goto done;
     }
     if (t.found > CQ_VERIFY_MAX_LINES)
-        fprintf(r->out, "%s/%s: ... and %lld more differences\n", proj, table,
+        fprintf(out, "%s/%s: ... and %lld more differences\n", proj, table,
                 (long long)(t.found - CQ_VERIFY_MAX_LINES));
     *diffs += t.found;
 done:
