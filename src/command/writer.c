@@ -1,9 +1,18 @@
 /*
- * writer.c -- the single writer thread (see writer.h for the protocol).
+ * writer.c -- the single writer thread (see writer.h for the protocol):
+ * the queue it drains, a batch of requests in one transaction (group
+ * commit), each request in its savepoint (the replay of an idempotency
+ * key, a command through its decider, a raw append) and the answers.
+ * Loading an aggregate's state is writer_state.c's, appending events and
+ * the inline projections' call-out writer_append.c's, whether the store
+ * takes writes and the pacing of prunes writer_upkeep.c's (the layout is
+ * in writer_int.h).
  *
  * Threads and locks:
  *   - `mu` guards the queue (head, tail, queued) and `stopping`; `cv` is
  *     signalled when a request is queued or the writer is told to stop.
+ *     Submitters (any thread) take it in cq_writer_submit; the writer
+ *     thread takes it to dequeue a batch and to wait while idle.
  *   - head_position is atomic: written by the writer after each commit,
  *     read by anyone.
  *   - `writable` is atomic, written by the writer thread only; `why` (the
@@ -21,22 +30,14 @@
  *   ABORT       the store failed: the whole batch is rolled back and
  *               every request in it is answered 503; nothing is durable
  *
- * Whether the store takes writes (cq_writer_writable, for /readyz and the
- * metrics) is what the last transaction showed: a failed batch makes it
- * unwritable (a full disk, an I/O error), the next commit that succeeds
- * writable again. So that an idle server (which a load balancer may have
- * stopped sending writes to because it was not ready) finds out that the
- * disk has room again, the writer, while unwritable and idle, commits a
- * probe every PROBE_INTERVAL_MS: a command-log entry under a key no client
- * can send (it has spaces), already expired, so it is never read and the
- * next prune deletes it.
+ * While idle, the thread also runs the prune steps and, while the store
+ * is unwritable, the write probe (writer_upkeep.c); its timed wait serves
+ * both.
  */
-#include "command/writer.h"
+#include "command/writer_int.h"
 
-#include <stdarg.h>
 #include <errno.h>
-#include <pthread.h>
-#include <stdatomic.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,43 +46,12 @@
 #include "base/base.h"
 #include "base/problem.h"
 #include "base/strbuf.h"
-#include "command/cache.h"
-#include "command/command.h"
-#include "domain/domain.h"
-
-#define PROBE_INTERVAL_MS 1000
-#define PROBE_KEY "cqrsd write probe"
 
 enum outcome { KEEP, UNDO_STORE, UNDO, ABORT };
 
-struct cq_writer {
-    cq_store *store;
-    cq_writer_config cfg;
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    cq_write_req *head, *tail; /* guarded by mu */
-    int queued;                /* guarded by mu */
-    int stopping;              /* guarded by mu */
-    _Atomic int64_t head_position;
-    atomic_int writable; /* written by the writer thread only */
-    char why[512];       /* guarded by mu: why it is not writable */
-
-    /* writer thread only */
-    cq_cache *cache;
-    cq_decision *decision;
-    int64_t last_prune_ms;  /* when the last prune pass started (monotonic) */
-    int prune_pending;      /* a pass is under way: expired keys may remain */
-    uint64_t last_batch_ns; /* when the last batch ended (monotonic) */
-};
-
 /* ---- answers ------------------------------------------------------------ */
 
-static void answer_problem(cq_write_req *r, int status, const char *slug,
-                           const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void answer_problem(cq_write_req *r, int status, const char *slug,
+void writer_answer_problem(cq_write_req *r, int status, const char *slug,
                            const char *fmt, ...)
 {
     char detail[768];
@@ -107,249 +77,6 @@ static int answer_json(cq_write_req *r, int status, json_t *doc)
     return r->response ? CQ_OK : CQ_ENOMEM;
 }
 
-/* ---- folding ------------------------------------------------------------ */
-
-typedef struct fold_ctx {
-    const cq_aggregate *agg;
-    const cq_domain *domain; /* upcasters for old events */
-    void *state;
-    int64_t version, position;
-    int rc;
-    char err[256];
-} fold_ctx;
-
-static int fold_event(void *arg, const cq_stored_event *se)
-{
-    fold_ctx *f = arg;
-    cq_decoded dec;
-    cq_event ev;
-    char why[192];
-    int rc;
-
-    if (se->version != f->version + 1) {
-        snprintf(f->err, sizeof f->err, "stream version %lld follows %lld",
-                 (long long)se->version, (long long)f->version);
-        f->rc = CQ_ECORRUPT;
-        return 1;
-    }
-    rc = cq_event_decode(f->domain, se, NULL, 0, &dec, why, sizeof why);
-    if (rc != CQ_OK) {
-        snprintf(f->err, sizeof f->err, "event at position %lld: %s",
-                 (long long)se->position, why);
-        cq_decoded_clear(&dec);
-        f->rc = rc;
-        return 1;
-    }
-    ev.type = se->type;
-    ev.schema_version = dec.schema_version;
-    ev.version = se->version;
-    ev.position = se->position;
-    ev.data = dec.data;
-    rc = f->agg->evolve(f->state, &ev);
-    cq_decoded_clear(&dec);
-    if (rc != CQ_OK) {
-        snprintf(f->err, sizeof f->err,
-                 "event at position %lld (%s) could "
-                 "not be applied: %s",
-                 (long long)se->position, se->type, cq_strerror(rc));
-        f->rc = rc;
-        return 1;
-    }
-    f->version = se->version;
-    f->position = se->position;
-    return 0;
-}
-
-/* Load the state of r's stream at version `cur` into f (f->state owned by
- * the caller afterwards). CQ_OK, CQ_ECORRUPT (answer set), CQ_EIO,
- * CQ_ENOMEM. */
-static int load_state(cq_writer *w, cq_write_req *r, int64_t cur, fold_ctx *f)
-{
-    const cq_aggregate *agg = r->def->aggregate;
-    const void *cached;
-    int64_t cv = 0, cp = 0;
-    int rc;
-
-    memset(f, 0, sizeof *f);
-    f->agg = agg;
-    f->domain = w->cfg.domain;
-    cached = cq_cache_get(w->cache, agg, r->stream_id, &cv, &cp);
-    if (cached != NULL && cv <= cur) {
-        f->state = agg->clone(cached);
-        f->version = cv;
-        f->position = cp;
-    } else {
-        f->state = agg->initial();
-    }
-    if (f->state == NULL)
-        return CQ_ENOMEM;
-    if (f->version == cur)
-        return CQ_OK;
-    rc =
-        cq_store_fold_stream(w->store, r->stream_id, f->version, fold_event, f);
-    if (rc != CQ_OK)
-        return rc;
-    if (f->rc == CQ_OK && f->version != cur) {
-        snprintf(f->err, sizeof f->err,
-                 "stream is at version %lld but its "
-                 "events end at %lld",
-                 (long long)cur, (long long)f->version);
-        f->rc = CQ_ECORRUPT;
-    }
-    if (f->rc == CQ_ENOMEM)
-        return CQ_ENOMEM;
-    if (f->rc != CQ_OK) {
-        answer_problem(r, 500, "corrupt-stream",
-                       "stream %s cannot be "
-                       "loaded: %s",
-                       r->stream_id, f->err);
-        return CQ_ECORRUPT;
-    }
-    return CQ_OK;
-}
-
-/* ---- appending ---------------------------------------------------------- */
-
-/* Metadata for the i-th event of r: engine fields over the user's own
- * (`user` borrowed, may be NULL). Returns the JSON text (malloc'd) or NULL
- * on out of memory. */
-static char *event_metadata(const cq_write_req *r, const json_t *user,
-                            const char *time)
-{
-    char event_id[37];
-    json_t *m;
-    char *text = NULL;
-    const char *corr = r->correlation_id[0] ? r->correlation_id : r->command_id;
-
-    if (cq_uuid7(event_id) != CQ_OK)
-        return NULL;
-    if (user == NULL) {
-        /* the common case, printed directly (see strbuf.h) */
-        cq_strbuf b = CQ_STRBUF_INIT;
-        cq_strbuf_puts(&b, "{\"event_id\":\"");
-        cq_strbuf_puts(&b, event_id);
-        cq_strbuf_puts(&b, "\",\"command_id\":\"");
-        cq_strbuf_puts(&b, r->command_id);
-        cq_strbuf_puts(&b, "\",\"time\":\"");
-        cq_strbuf_puts(&b, time);
-        cq_strbuf_puts(&b, "\",\"correlation_id\":");
-        cq_strbuf_json_string(&b, corr);
-        cq_strbuf_puts(&b, ",\"causation_id\":\"");
-        cq_strbuf_puts(&b, r->command_id);
-        cq_strbuf_puts(&b, "\"}");
-        return cq_strbuf_take(&b);
-    }
-    m = json_deep_copy(user);
-    if (m == NULL)
-        return NULL;
-    if (json_object_set_new(m, "event_id", json_string(event_id)) ||
-        json_object_set_new(m, "command_id", json_string(r->command_id)) ||
-        json_object_set_new(m, "time", json_string(time)))
-        goto done;
-    if (!json_is_string(json_object_get(m, "correlation_id")) &&
-        json_object_set_new(m, "correlation_id", json_string(corr)))
-        goto done;
-    if (!json_is_string(json_object_get(m, "causation_id")) &&
-        json_object_set_new(m, "causation_id", json_string(r->command_id)))
-        goto done;
-    text = json_dumps(m, JSON_COMPACT);
-done:
-    json_decref(m);
-    return text;
-}
-
-/* One event to append, before it has texts. */
-typedef struct pending {
-    const char *type;
-    int schema_version;
-    const json_t *data;
-    const json_t *user_metadata;
-} pending;
-
-/* Hand the events just appended to the inline projections. */
-static int apply_inline(cq_writer *w, cq_write_req *r, const cq_new_event *evs,
-                        const pending *p, size_t n, int64_t now, int64_t first,
-                        int64_t base)
-{
-    cq_stored_event *se = calloc(n, sizeof *se);
-    const json_t **data = calloc(n, sizeof *data);
-    char err[512] = "";
-    int rc;
-
-    if (se == NULL || data == NULL) {
-        free(se);
-        free(data);
-        return CQ_ENOMEM;
-    }
-    for (size_t i = 0; i < n; i++)
-        data[i] = p[i].data;
-    for (size_t i = 0; i < n; i++) {
-        se[i].position = first + (int64_t)i;
-        se[i].stream_id = r->stream_id;
-        se[i].version = base + 1 + (int64_t)i;
-        se[i].type = evs[i].type;
-        se[i].schema_version = evs[i].schema_version;
-        se[i].data = evs[i].data;
-        se[i].metadata = evs[i].metadata;
-        se[i].recorded_at = now;
-    }
-    rc = w->cfg.hooks.apply_inline(w->cfg.hooks.arg, se, data, n, err,
-                                   sizeof err);
-    free(se);
-    free(data);
-    if (rc == CQ_OK || rc == CQ_EIO) /* EIO: the batch is rolled back */
-        return rc;
-    if (rc == CQ_EREFUSED)
-        answer_problem(r, 422, "inline-projection-refused",
-                       "%s; nothing was written to stream %s", err,
-                       r->stream_id);
-    else
-        answer_problem(r, 500, "inline-projection-failed",
-                       "an inline projection could not apply the events of "
-                       "stream %s (%s); nothing was written",
-                       r->stream_id, err[0] ? err : cq_strerror(rc));
-    return CQ_ECORRUPT; /* fails r alone, answer set */
-}
-
-/* Append n pending events to r's stream at version cur. Fills the new
- * version and first position. CQ_OK, CQ_ECONFLICT, CQ_EIO, CQ_ENOMEM. */
-static int append_events(cq_writer *w, cq_write_req *r, int64_t cur,
-                         const pending *p, size_t n, int64_t now,
-                         int64_t *version, int64_t *first)
-{
-    cq_new_event *evs;
-    char time[32];
-    size_t i, made = 0;
-    int rc = CQ_ENOMEM;
-
-    evs = calloc(n, sizeof *evs);
-    if (evs == NULL)
-        return CQ_ENOMEM;
-    cq_format_time(now, time);
-    for (i = 0; i < n; i++, made++) {
-        evs[i].type = p[i].type;
-        evs[i].schema_version = p[i].schema_version;
-        evs[i].data = json_dumps(p[i].data, JSON_COMPACT);
-        evs[i].metadata = event_metadata(r, p[i].user_metadata, time);
-        if (evs[i].data == NULL || evs[i].metadata == NULL) {
-            made++;
-            goto done;
-        }
-    }
-    rc = cq_store_append(w->store, r->stream_id,
-                         cur == 0 ? CQ_VERSION_NO_STREAM : cur, evs, n, now,
-                         version, first);
-    if (rc == CQ_OK && w->cfg.hooks.apply_inline != NULL)
-        rc = apply_inline(w, r, evs, p, n, now, *first, *version - (int64_t)n);
-done:
-    for (i = 0; i < made; i++) {
-        free((char *)evs[i].data);
-        free((char *)evs[i].metadata);
-    }
-    free(evs);
-    return rc;
-}
-
 /* ---- the two kinds of request ------------------------------------------- */
 
 /* What a failed store or state call means for request r: undecodable
@@ -358,15 +85,15 @@ done:
 static enum outcome fatal(cq_writer *w, cq_write_req *r, int rc)
 {
     if (rc == CQ_ECORRUPT) {
-        if (r->response == NULL) /* load_state() explains itself */
-            answer_problem(r, 500, "corrupt-stream",
-                           "stream %s cannot be "
-                           "read: %s",
-                           r->stream_id, cq_store_errmsg(w->store));
+        if (r->response == NULL) /* writer_load_state() explains itself */
+            writer_answer_problem(r, 500, "corrupt-stream",
+                                  "stream %s cannot be "
+                                  "read: %s",
+                                  r->stream_id, cq_store_errmsg(w->store));
         return UNDO;
     }
     if (rc == CQ_ENOMEM) {
-        answer_problem(r, 500, "internal", "out of memory");
+        writer_answer_problem(r, 500, "internal", "out of memory");
         return UNDO;
     }
     return ABORT;
@@ -389,26 +116,27 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
     if (rc != CQ_OK)
         return fatal(w, r, rc);
     if (def->expect == CQ_EXPECT_NEW && cur > 0) {
-        answer_problem(r, 409, "stream-exists",
-                       "stream %s already exists "
-                       "(version %lld)",
-                       r->stream_id, (long long)cur);
+        writer_answer_problem(r, 409, "stream-exists",
+                              "stream %s already exists "
+                              "(version %lld)",
+                              r->stream_id, (long long)cur);
         return UNDO_STORE;
     }
     if (def->expect == CQ_EXPECT_EXISTS && cur == 0) {
-        answer_problem(r, 404, "not-found", "stream %s does not exist",
-                       r->stream_id);
+        writer_answer_problem(r, 404, "not-found", "stream %s does not exist",
+                              r->stream_id);
         return UNDO_STORE;
     }
     if (r->expected != CQ_VERSION_ANY && r->expected != cur) {
-        answer_problem(r, 412, "precondition-failed",
-                       "If-Match expects "
-                       "version %lld but stream %s is at version %lld",
-                       (long long)r->expected, r->stream_id, (long long)cur);
+        writer_answer_problem(r, 412, "precondition-failed",
+                              "If-Match expects "
+                              "version %lld but stream %s is at version %lld",
+                              (long long)r->expected, r->stream_id,
+                              (long long)cur);
         return UNDO_STORE;
     }
 
-    rc = load_state(w, r, cur, &f);
+    rc = writer_load_state(w, r, cur, &f);
     if (rc != CQ_OK) {
         out = fatal(w, r, rc);
         goto done;
@@ -417,14 +145,14 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
     rc = def->decide(f.state, r->body, w->decision);
     if (rc == CQ_EREFUSED) {
         const char *why = cq_decision_refusal(w->decision);
-        answer_problem(r, 422, "refused", "%s refused: %s", def->type,
-                       why ? why : "refused by a business rule");
+        writer_answer_problem(r, 422, "refused", "%s refused: %s", def->type,
+                              why ? why : "refused by a business rule");
         out = UNDO_STORE;
         goto done;
     }
     if (rc != CQ_OK) {
-        answer_problem(r, 500, "internal", "%s decider failed: %s", def->type,
-                       cq_strerror(rc));
+        writer_answer_problem(r, 500, "internal", "%s decider failed: %s",
+                              def->type, cq_strerror(rc));
         out = UNDO;
         goto done;
     }
@@ -446,12 +174,12 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
             p[i].schema_version = de->schema_version;
             p[i].data = de->data;
         }
-        rc = append_events(w, r, cur, p, n, now, &version, &first);
+        rc = writer_append_events(w, r, cur, p, n, now, &version, &first);
         if (rc == CQ_ECONFLICT) {
-            answer_problem(r, 409, "conflict",
-                           "stream %s changed while the "
-                           "command ran",
-                           r->stream_id);
+            writer_answer_problem(r, 409, "conflict",
+                                  "stream %s changed while the "
+                                  "command ran",
+                                  r->stream_id);
             goto done;
         }
         if (rc != CQ_OK) {
@@ -463,10 +191,10 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
                            first + (int64_t)i, p[i].data};
             rc = agg->evolve(f.state, &ev);
             if (rc != CQ_OK) {
-                answer_problem(r, 500, "internal",
-                               "%s: its own event %s "
-                               "could not be applied: %s",
-                               def->type, ev.type, cq_strerror(rc));
+                writer_answer_problem(r, 500, "internal",
+                                      "%s: its own event %s "
+                                      "could not be applied: %s",
+                                      def->type, ev.type, cq_strerror(rc));
                 goto done;
             }
             cq_strbuf_puts(&events, i ? ",{\"type\":" : "{\"type\":");
@@ -508,7 +236,7 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
     out = KEEP;
     goto done;
 nomem:
-    answer_problem(r, 500, "internal", "out of memory");
+    writer_answer_problem(r, 500, "internal", "out of memory");
     out = UNDO;
 done:
     cq_strbuf_reset(&events);
@@ -540,10 +268,10 @@ static enum outcome run_append(cq_writer *w, cq_write_req *r, int64_t now)
             snprintf(want, sizeof want, "an existing stream");
         else
             snprintf(want, sizeof want, "version %lld", (long long)r->expected);
-        answer_problem(r, 412, "wrong-expected-version",
-                       "expected %s but "
-                       "stream %s is at version %lld",
-                       want, r->stream_id, (long long)cur);
+        writer_answer_problem(r, 412, "wrong-expected-version",
+                              "expected %s but "
+                              "stream %s is at version %lld",
+                              want, r->stream_id, (long long)cur);
         return UNDO_STORE;
     }
     p = calloc(n ? n : 1, sizeof *p);
@@ -556,7 +284,7 @@ static enum outcome run_append(cq_writer *w, cq_write_req *r, int64_t now)
         p[i].data = json_object_get(e, "data");
         p[i].user_metadata = json_object_get(e, "metadata");
     }
-    rc = append_events(w, r, cur, p, n, now, &version, &first);
+    rc = writer_append_events(w, r, cur, p, n, now, &version, &first);
     if (rc != CQ_OK) {
         out = fatal(w, r, rc);
         goto done;
@@ -571,7 +299,7 @@ static enum outcome run_append(cq_writer *w, cq_write_req *r, int64_t now)
     out = KEEP;
     goto done;
 nomem:
-    answer_problem(r, 500, "internal", "out of memory");
+    writer_answer_problem(r, 500, "internal", "out of memory");
     out = UNDO;
 done:
     free(p);
@@ -605,16 +333,16 @@ static enum outcome replay(cq_writer *w, cq_write_req *r, int64_t now,
         return ABORT;
     *done = 1;
     if (strcmp(e.command_hash, r->command_hash) != 0) {
-        answer_problem(r, 422, "idempotency-key-reused",
-                       "Idempotency-Key "
-                       "%s was used for a different request",
-                       r->idem_key);
+        writer_answer_problem(r, 422, "idempotency-key-reused",
+                              "Idempotency-Key "
+                              "%s was used for a different request",
+                              r->idem_key);
         return UNDO;
     }
     free(r->response);
     r->response = strdup(e.response);
     if (r->response == NULL) {
-        answer_problem(r, 500, "internal", "out of memory");
+        writer_answer_problem(r, 500, "internal", "out of memory");
         return UNDO;
     }
     r->status = e.status;
@@ -672,51 +400,6 @@ static int run_one(cq_writer *w, cq_write_req *r, int64_t now)
 /* ---- batches --------------------------------------------------------------
  */
 
-/* Record whether the last transaction committed (writer thread); log the
- * changes only, not every failed batch. */
-static void set_writable(cq_writer *w, int ok, const char *why)
-{
-    int was = atomic_load(&w->writable);
-
-    if (!ok) {
-        pthread_mutex_lock(&w->mu);
-        snprintf(w->why, sizeof w->why, "%s", why);
-        pthread_mutex_unlock(&w->mu);
-    }
-    atomic_store(&w->writable, ok);
-    if (was && !ok)
-        fprintf(stderr, "cqrsd: the event store refuses writes: %s\n", why);
-    else if (!was && ok)
-        fprintf(stderr, "cqrsd: the event store accepts writes again\n");
-}
-
-/* While unwritable and idle: try one small real write (see the file
- * comment). */
-static void probe(cq_writer *w)
-{
-    int64_t now = cq_now_ms();
-    cq_cmdlog_entry e = {PROBE_KEY, "", 0, "", now, now};
-    int rc = cq_store_begin(w->store);
-
-    if (rc == CQ_OK)
-        rc = cq_store_cmdlog_put(w->store, &e);
-    if (rc == CQ_OK)
-        rc = cq_store_commit(w->store);
-    if (rc == CQ_OK) {
-        set_writable(w, 1, NULL);
-    } else {
-        char msg[512];
-        snprintf(msg, sizeof msg, "%s", cq_store_errmsg(w->store));
-        cq_store_rollback(w->store);
-        set_writable(w, 0, msg);
-    }
-}
-
-static int64_t mono_ms(void);
-static void prune_start_if_due(cq_writer *w, int64_t now);
-static int prune_in_batch(cq_writer *w, int64_t now, int rows, int64_t *deleted,
-                          char *msg, size_t msgcap);
-
 /* Run the requests of `batch` in one transaction; if a prune pass is due
  * or under way, one step of it (of prune_rows keys at most) commits with
  * them. */
@@ -738,9 +421,10 @@ static void run_batch(cq_writer *w, cq_write_req *batch, int prune_rows)
             rc = w->cfg.hooks.before_commit(w->cfg.hooks.arg, head);
     }
     /* At most one step per batch, however many keys remain. */
-    prune_start_if_due(w, mono_ms());
+    writer_prune_start_if_due(w, writer_mono_ms());
     if (rc == CQ_OK && w->prune_pending)
-        rc = prune_in_batch(w, now, prune_rows, &pruned, msg, sizeof msg);
+        rc =
+            writer_prune_in_batch(w, now, prune_rows, &pruned, msg, sizeof msg);
     if (rc == CQ_OK)
         rc = cq_store_commit(w->store);
     if (rc == CQ_OK) {
@@ -751,7 +435,7 @@ static void run_batch(cq_writer *w, cq_write_req *batch, int prune_rows)
         if (w->prune_pending && pruned < prune_rows)
             w->prune_pending = 0;
         cq_cache_commit(w->cache);
-        set_writable(w, 1, NULL);
+        writer_set_writable(w, 1, NULL);
         if (cq_store_write_head(w->store, &head) == CQ_OK) {
             atomic_store(&w->head_position, head);
             if (w->cfg.hooks.committed != NULL)
@@ -762,123 +446,20 @@ static void run_batch(cq_writer *w, cq_write_req *batch, int prune_rows)
             snprintf(msg, sizeof msg, "%s", cq_store_errmsg(w->store));
         cq_store_rollback(w->store);
         cq_cache_drop_dirty(w->cache);
-        set_writable(w, 0, msg);
+        writer_set_writable(w, 0, msg);
         for (r = batch; r != NULL; r = r->next) {
             r->replayed = 0;
             r->version = 0;
-            answer_problem(r, 503, "store-unavailable",
-                           "the event store "
-                           "failed and nothing was written: %s",
-                           msg);
+            writer_answer_problem(r, 503, "store-unavailable",
+                                  "the event store "
+                                  "failed and nothing was written: %s",
+                                  msg);
         }
     }
     for (r = batch; r != NULL; r = next) {
         next = r->next; /* r belongs to its submitter once done() runs */
         r->done(r);
     }
-}
-
-/* Pruning the command log: a pass starts every prune_interval_ms (1 s: keys
- * are deleted about as fast as they expire, not in a burst once a minute;
- * a pass that finds nothing is one transaction that writes nothing) and
- * deletes expired keys in steps, oldest first.
- *
- * While requests come, each batch runs one step inside its own
- * transaction, just before its COMMIT: the deletion rides on the fsync the
- * batch pays anyway. The step deletes PRUNE_PER_REQUEST keys per request
- * of the batch, at most CHUNK (or n, for a batch of n > CHUNK requests),
- * never fewer than n: at least as many keys as the batch could have added,
- * so the pass keeps up under load, when the writer is never idle; and as
- * much work per command whether commands come in few large batches or many
- * small ones (a fixed step per batch would charge a batch of one request
- * what it charges a batch of four).
- *
- * While nothing is queued, steps of CHUNK run one after the other, each a
- * short transaction of its own, looking at the queue in between. Right
- * after a batch, though, an idle step first waits PRUNE_GRACE_NS for
- * requests: the submitters just answered are about to send their next
- * one, which should go into a batch rather than wait behind a step that
- * pays an fsync of its own.
- *
- * So a command never waits behind more than one step, and a step costs no
- * fsync of its own unless the writer is idle. An expired key not yet
- * pruned is already absent to cmdlog_get, so a late pass costs disk space,
- * never a wrong replay. */
-static int64_t mono_ms(void)
-{
-    return (int64_t)(cq_mono_ns() / 1000000);
-}
-
-static void prune_start_if_due(cq_writer *w, int64_t now)
-{
-    if (!w->prune_pending &&
-        now - w->last_prune_ms >= w->cfg.prune_interval_ms) {
-        w->prune_pending = 1;
-        w->last_prune_ms = now;
-    }
-}
-
-static void prune_failed(cq_writer *w, const char *msg)
-{
-    fprintf(stderr, "cqrsd: pruning the command log failed: %s\n", msg);
-    w->prune_pending = 0; /* the next pass tries again */
-}
-
-/* One idle step, a transaction of its own, of at most `rows` keys; ends
- * the pass once no expired key is left (or the store failed). */
-static void prune_step(cq_writer *w, int rows)
-{
-    int64_t deleted = 0;
-
-    if (cq_store_cmdlog_prune(w->store, cq_now_ms(), rows, &deleted) != CQ_OK)
-        prune_failed(w, cq_store_errmsg(w->store));
-    else if (deleted < rows)
-        w->prune_pending = 0;
-}
-
-/* One step inside the batch's open transaction, under a savepoint of its
- * own: a failing step (SQLITE_FULL, say) is logged and undone alone, and
- * the batch commits its requests. *deleted gets how many keys the step
- * deleted (they are gone once the batch commits). CQ_OK, or CQ_EIO if the
- * transaction itself is lost: the batch must be rolled back (503, as for
- * any store failure), with the reason in msg. */
-static int prune_in_batch(cq_writer *w, int64_t now, int rows, int64_t *deleted,
-                          char *msg, size_t msgcap)
-{
-    char why[512];
-
-    *deleted = 0;
-    if (cq_store_savepoint(w->store) != CQ_OK)
-        return CQ_EIO;
-    if (cq_store_cmdlog_prune(w->store, now, rows, deleted) == CQ_OK)
-        return cq_store_release(w->store) == CQ_OK ? CQ_OK : CQ_EIO;
-    *deleted = 0;
-    snprintf(why, sizeof why, "%s", cq_store_errmsg(w->store));
-    prune_failed(w, why);
-    if (cq_store_rollback_savepoint(w->store) == CQ_OK)
-        return CQ_OK;
-    snprintf(msg, msgcap, "%s", why);
-    return CQ_EIO;
-}
-
-/* Keys the step in a batch of n requests may delete: PER_REQUEST per
- * request, at most CHUNK or n if n is more, and at least n. */
-static int batch_prune_rows(int n)
-{
-    int64_t rows = (int64_t)n * CQ_WRITER_PRUNE_PER_REQUEST;
-    int most = n > CQ_WRITER_PRUNE_CHUNK ? n : CQ_WRITER_PRUNE_CHUNK;
-
-    return rows < most ? (int)rows : most;
-}
-
-/* Milliseconds until the next pass is due, for the idle wait. */
-static int64_t prune_wait_ms(const cq_writer *w)
-{
-    int64_t ms = w->last_prune_ms + w->cfg.prune_interval_ms - mono_ms();
-
-    if (ms < 1)
-        return 1;
-    return ms > w->cfg.prune_interval_ms ? w->cfg.prune_interval_ms : ms;
 }
 
 static void *writer_main(void *arg)
@@ -895,19 +476,19 @@ static void *writer_main(void *arg)
             struct timespec ts;
             int64_t ns;
 
-            /* prune_start_if_due touches writer-only fields, never the
+            /* writer_prune_start_if_due touches writer-only fields, never the
              * store, so it may run under mu; a step runs without it. */
-            prune_start_if_due(w, mono_ms());
+            writer_prune_start_if_due(w, writer_mono_ms());
             ns = (int64_t)(w->last_batch_ns + CQ_WRITER_PRUNE_GRACE_NS -
                            cq_mono_ns());
             if (w->prune_pending && ns <= 0) {
                 pthread_mutex_unlock(&w->mu);
-                prune_step(w, CQ_WRITER_PRUNE_CHUNK);
+                writer_prune_step(w, CQ_WRITER_PRUNE_CHUNK);
                 pthread_mutex_lock(&w->mu);
                 continue;
             }
             if (!w->prune_pending) /* else wait out the grace */
-                ns = prune_wait_ms(w) * 1000000;
+                ns = writer_prune_wait_ms(w) * 1000000;
             if (!atomic_load(&w->writable) &&
                 ns > (int64_t)PROBE_INTERVAL_MS * 1000000)
                 ns = (int64_t)PROBE_INTERVAL_MS * 1000000;
@@ -918,7 +499,7 @@ static void *writer_main(void *arg)
                 ts.tv_sec++;
                 ts.tv_nsec -= 1000000000;
             }
-            /* an unwritable writer wakes up to probe (see probe()) */
+            /* an unwritable writer wakes up to probe (see writer_probe()) */
             if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT &&
                 !atomic_load(&w->writable))
                 break;
@@ -942,9 +523,9 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&w->mu);
 
         if (batch != NULL)
-            run_batch(w, batch, batch_prune_rows(n));
+            run_batch(w, batch, writer_batch_prune_rows(n));
         else if (!atomic_load(&w->writable))
-            probe(w);
+            writer_probe(w);
         w->last_batch_ns = cq_mono_ns();
     }
     return NULL;
@@ -985,7 +566,7 @@ int cq_writer_start(cq_store *store, const cq_writer_config *cfg,
         goto fail;
     atomic_init(&w->head_position, head);
     atomic_init(&w->writable, 1);
-    w->last_prune_ms = mono_ms();
+    w->last_prune_ms = writer_mono_ms();
     w->prune_pending = 1; /* the first pass runs right at start */
 
     pthread_condattr_init(&ca);

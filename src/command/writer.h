@@ -34,8 +34,8 @@
 /* Expired idempotency keys deleted per idle pruning step, and at most per
  * batch unless the batch held more requests (then up to its size): a
  * command waits behind one step at most. Keys are random, so each costs an
- * index page write; 128 is ~1-2 ms. See writer.c, "Pruning the command
- * log". */
+ * index page write; 128 is ~1-2 ms. See writer_upkeep.c, "Pruning the
+ * command log". */
 #define CQ_WRITER_PRUNE_CHUNK 128
 /* The step in a batch deletes this many keys per request of the batch
  * (within the bound above, and never fewer than the batch's size): the
