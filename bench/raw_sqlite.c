@@ -135,7 +135,7 @@ static int order_placed_json(char *out, size_t cap, const char *order_id)
     return (int)(len + (size_t)n);
 }
 
-/* Metadata as the command writer builds it (src/command/writer.c): event
+/* Metadata as the command writer builds it (src/command/writer_append.c): event
  * id, command id, time (RFC 3339, UTC, ms), correlation and causation ids
  * (a first command is its own cause). */
 static int metadata_json(char *out, size_t cap, int64_t unix_us)
