@@ -102,6 +102,9 @@ static void collect(void *arg, cq_strbuf *out)
     int64_t head = 0, wal_events;
     int n = s->engine ? cq_engine_count(s->engine) : 0;
     cq_projection_status *st = n ? calloc((size_t)n, sizeof *st) : NULL;
+    /* 1 where the lag could be read from the event store: an unknown lag
+     * is left out, never reported as 0 */
+    char *lag_known = n ? calloc((size_t)n, 1) : NULL;
 
     /* left out when the store cannot be read: the EventStoreUnreachable
      * alert (ops/prometheus/alerts.yml) looks for its absence */
@@ -144,10 +147,13 @@ static void collect(void *arg, cq_strbuf *out)
                                 "wrote.");
         cq_metrics_gauge(out, "cqrsd_waiters_checked", NULL, (double)checked);
     }
-    if (st == NULL)
+    if (st == NULL || lag_known == NULL) {
+        free(st);
+        free(lag_known);
         return;
+    }
     for (int i = 0; i < n; i++)
-        cq_engine_status(s->engine, i, &st[i]);
+        lag_known[i] = cq_engine_status(s->engine, i, &st[i]) == CQ_OK;
     for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
         cq_metrics_gauge_family(out, fam[f].name, fam[f].help);
         for (int i = 0; i < n; i++) {
@@ -161,6 +167,8 @@ static void collect(void *arg, cq_strbuf *out)
                        : f == 5 ? (double)p->rebuild.done
                        : f == 6 ? (double)p->rebuild.total
                                 : p->rebuild.events_per_second;
+            if (f == 2 && !lag_known[i])
+                continue;
             cq_metrics_label_escape(st[i].name, esc, sizeof esc);
             snprintf(label, sizeof label, "projection=\"%s\"", esc);
             cq_metrics_gauge(out, fam[f].name, label, v);
@@ -180,6 +188,7 @@ static void collect(void *arg, cq_strbuf *out)
                          (double)st[i].skipped);
     }
     free(st);
+    free(lag_known);
 }
 
 /* Register every series the server updates, so each shows from the start

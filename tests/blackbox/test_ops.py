@@ -344,6 +344,13 @@ class LagUnreadableTest(OpsBase):
             st, _, b = c.get("/readyz")
             self.assertEqual(st, 503, b)
             self.assertTrue(any("cannot be read" in r for r in b["reasons"]), b)
+            st, _, text = c.get("/metrics")
+            self.assertEqual(st, 200)
+            text = text.decode() if isinstance(text, bytes) else str(text)
+            self.assertNotIn('projection_lag_seconds{projection="order_summaries"}',
+                             text)
+            self.assertIn('projection_lag_events{projection="order_summaries"}',
+                          text)
         finally:
             db.execute("ALTER TABLE events_away RENAME TO events")
             db.commit()
