@@ -32,9 +32,17 @@ static int exec_bound(cq_engine *e, const char *sql, const char *name,
 
     if (rc != CQ_OK)
         return rc;
-    cq_rstmt_bind_text(st, 1, name, -1);
-    cq_rstmt_bind_int(st, 2, n);
-    cq_rstmt_bind_text(st, 3, status, -1);
+    /* ?1 is in every statement; a name not bound would match no row and
+     * "succeed" without writing anything */
+    rc = cq_rstmt_bind_text(st, 1, name, -1);
+    if (rc != CQ_OK) {
+        snprintf(err, errcap, "binding the projection name: %s",
+                 cq_strerror(rc));
+        cq_rstmt_finalize(st);
+        return rc;
+    }
+    cq_rstmt_bind_int(st, 2, n);           /* absent from some statements */
+    cq_rstmt_bind_text(st, 3, status, -1); /* likewise */
     rc = cq_eng_step_done(st);
     if (rc != CQ_OK)
         snprintf(err, errcap, "%s", cq_rdb_errmsg(e->rdb));

@@ -34,12 +34,17 @@ int cq_query_shape(cq_exec *x, const cq_decl_query *q,
         out = json_object();
         for (size_t i = 0; out != NULL && rc == CQ_OK && i < q->nstmts; i++) {
             rows = json_array();
-            if (rows == NULL)
+            if (rows == NULL) {
+                rc = CQ_ENOMEM;
                 break;
+            }
             rc = cq_exec_query(x, q, &q->stmts[i], values, collect_row, rows,
                                err, errcap);
-            json_object_set_new(out, q->section_names[i], rows);
-            rows = NULL; /* the object owns it now */
+            /* the object owns rows now, even when it could not take it */
+            if (json_object_set_new(out, q->section_names[i], rows) != 0 &&
+                rc == CQ_OK)
+                rc = CQ_ENOMEM;
+            rows = NULL;
         }
         if (out == NULL)
             rc = CQ_ENOMEM;
