@@ -55,11 +55,6 @@ static int exec_bound(cq_engine *e, const char *sql, const char *name,
 static void run_control(cq_engine *e, cq_control *ctl)
 {
     proj *p = ctl->p;
-    static const char skip_ddl[] =
-        "CREATE TABLE IF NOT EXISTS cq_skipped_events (projection TEXT NOT "
-        "NULL,"
-        " position INTEGER NOT NULL, event_type TEXT, error TEXT,"
-        " skipped_at INTEGER NOT NULL, PRIMARY KEY (projection, position))";
     char err[256] = "";
     int op, rc = CQ_OK, paused, failed;
     int64_t epos, position;
@@ -104,9 +99,8 @@ static void run_control(cq_engine *e, cq_control *ctl)
             snprintf(err, sizeof err, "%s has not failed", p->d->name);
             break;
         }
+        /* cq_skipped_events exists: cq_engine_start made it */
         rc = cq_exec_sql(e->rx, "BEGIN", err, sizeof err);
-        if (rc == CQ_OK)
-            rc = cq_exec_sql(e->rx, skip_ddl, err, sizeof err);
         if (rc == CQ_OK)
             rc = exec_bound(e,
                             "INSERT INTO cq_skipped_events SELECT name,"
