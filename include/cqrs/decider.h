@@ -123,6 +123,54 @@ int cq_decision_emit(cq_decision *d, const char *type, int schema_version,
 int cq_decision_refuse(cq_decision *d, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* ---- running a decider yourself: unit tests --------------------------- */
+
+/* The engine makes the cq_decision and cq_errors it hands to decide() and
+ * validate(). A unit test of a domain -- pure, no database -- makes its own
+ * with the functions below, folds initial() and evolve() and calls
+ * decide() the way the engine does (steps 1-5 above), then reads what was
+ * emitted. Each object belongs to the thread that made it. */
+
+/* One event a decision holds. */
+typedef struct cq_decided_event {
+    const char *type; /* owned by the decision */
+    int schema_version;
+    json_t *data; /* owned by the decision (one reference) */
+} cq_decided_event;
+
+/* A new, empty decision, owned by the caller (cq_decision_free); NULL on
+ * out of memory. */
+cq_decision *cq_decision_new(void);
+
+/* Free d and the events it holds; accepts NULL. */
+void cq_decision_free(cq_decision *d);
+
+/* Forget the emitted events and the refusal, so that d can be given to
+ * the next decide() (the writer keeps one per thread). Cannot fail;
+ * accepts NULL. */
+void cq_decision_reset(cq_decision *d);
+
+/* Number of events emitted since the last reset (a count, not a CQ_*
+ * code); 0 for NULL. */
+size_t cq_decision_count(const cq_decision *d);
+
+/* The i-th emitted event, in emission order, or NULL if i >=
+ * cq_decision_count(d). Borrowed: valid until d is reset or freed; its
+ * data must not be changed. */
+const cq_decided_event *cq_decision_event(const cq_decision *d, size_t i);
+
+/* The refusal's message (borrowed: valid until reset/free), or NULL if
+ * decide() did not refuse (or d is NULL). */
+const char *cq_decision_refusal(const cq_decision *d);
+
+/* A new, empty field-error list for validate() and cq_schema_check(),
+ * owned by the caller (cq_errors_free); NULL on out of memory. It keeps
+ * the first 50 errors and counts the rest. */
+cq_errors *cq_errors_new(void);
+
+/* Free e and everything it recorded; accepts NULL. */
+void cq_errors_free(cq_errors *e);
+
 /* What the stream must look like before decide() runs. */
 typedef enum cq_expect {
     CQ_EXPECT_ANY = 0, /* no check */
