@@ -1,7 +1,8 @@
 /*
  * decider.h -- the public API a domain implements to accept commands.
  *
- * A domain (see domains/orders/) is a set of command definitions. Each
+ * A domain (see domains/orders/, domains/bank/) is a set of command
+ * definitions, built into a module the server loads (module.h). Each
  * command belongs to an aggregate, whose state is folded from its stream's
  * events with evolve(). The engine:
  *
@@ -75,8 +76,11 @@ typedef struct cq_field {
 /* Check that `body` is an object whose members match `fields` (a list
  * ended by kind CQ_FIELD_END): right types, within bounds, required ones
  * present, no unknown members. Adds one error per problem to `errs`, with
- * the field's path, prefixed by `prefix` ("" at top level). Returns the
- * number of errors added. `body` is borrowed. Thread-safe. */
+ * the field's path, prefixed by `prefix` ("" at top level; NULL is taken
+ * as ""). Returns the number of errors added (a count, not a CQ_* code;
+ * with a NULL errs nothing is recorded and 0 is returned). `fields`,
+ * `body` and `prefix` are borrowed for the call. Thread-safe; errs belongs
+ * to the calling thread. */
 int cq_schema_check(const cq_field *fields, const json_t *body,
                     const char *prefix, cq_errors *errs);
 
@@ -92,12 +96,17 @@ typedef struct cq_event {
     const json_t *data;
 } cq_event;
 
+/* How one kind of stream's state is folded. A state belongs to the engine
+ * (or to a unit test) from initial() or clone() until free(); the engine
+ * hands it to one thread at a time. */
 typedef struct cq_aggregate {
     const char *name;
     /* A new state, as for a stream with no events; NULL on out of memory. */
     void *(*initial)(void);
-    /* Apply one event to `state` in place. Unknown event types must be
-     * ignored. Returns CQ_OK, or CQ_ECORRUPT/CQ_ENOMEM. */
+    /* Apply one event to `state` in place (`ev` borrowed for the call;
+     * stored bytes: check every field). Unknown event types must be
+     * ignored. Returns CQ_OK, or CQ_ECORRUPT/CQ_ENOMEM (the state may then
+     * be half changed: the engine drops it). */
     int (*evolve)(void *state, const cq_event *ev);
     /* A deep copy of `state`; NULL on out of memory. */
     void *(*clone)(const void *state);
@@ -209,7 +218,11 @@ typedef struct cq_upcaster {
     int (*upcast)(json_t *data);
 } cq_upcaster;
 
-/* What a domain owns. A stream's category is the part of its id before the
+/* A domain. The table and everything it points to are the module's,
+ * constant, and must stay valid and unchanged for as long as the engine
+ * runs; the engine only reads them, from any thread.
+ *
+ * What a domain owns. A stream's category is the part of its id before the
  * first '-' (the whole id when it has none): "order" for "order-o-1". The
  * streams of a category the domain owns, and the events of a type it owns,
  * are written only through its commands: a raw append (POST /streams/{id})
@@ -229,18 +242,24 @@ typedef struct cq_domain {
 
 /* Bring `data` (a `type` event at *schema_version) to the newest shape the
  * domain's upcasters know, applying them one version at a time; updates
- * *schema_version. A NULL domain, or one without upcasters, changes
- * nothing. Returns CQ_OK or the first upcaster's error. Thread-safe. */
+ * *schema_version. `data` is the caller's and is changed in place; `type`
+ * is borrowed for the call. A NULL domain, or one without upcasters,
+ * changes nothing. Returns CQ_OK or the first upcaster's error (then data
+ * may be half changed and *schema_version names the step that failed).
+ * Thread-safe (upcasters are pure). */
 int cq_domain_upcast(const cq_domain *domain, const char *type,
                      int *schema_version, json_t *data);
 
 /* The domain's name if it owns the category of `stream_id` (see
- * cq_domain), else NULL. A NULL domain owns nothing. Thread-safe. */
+ * cq_domain), else NULL; when the server serves several domains as one,
+ * the name of the one of them that owns it. Borrowed from the domain. A
+ * NULL domain or stream_id owns nothing. Thread-safe. */
 const char *cq_domain_stream_owner(const cq_domain *domain,
                                    const char *stream_id);
 
-/* The domain's name if it owns the event type `type`, else NULL. A NULL
- * domain owns nothing. Thread-safe. */
+/* The domain's name if it owns the event type `type`, else NULL (several
+ * domains: as cq_domain_stream_owner). Borrowed from the domain. A NULL
+ * domain or type owns nothing. Thread-safe. */
 const char *cq_domain_type_owner(const cq_domain *domain, const char *type);
 
 /* The command definition named `type` (borrowed for the call) in
