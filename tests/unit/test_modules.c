@@ -300,8 +300,50 @@ static int check(cq_proj_check *c, const char *source, const char *text,
     return cq_proj_check_add(c, source, text, strlen(text), code, err, errcap);
 }
 
+/* text with every `from` replaced by `to`: a new string (the caller's). */
+static char *replace(const char *text, const char *from, const char *to)
+{
+    size_t nf = strlen(from), nt = strlen(to), n = 0;
+    char *out = malloc(strlen(text) * (nt + 1) + 1), *o = out;
+
+    assert_non_null(out);
+    for (const char *p = text; *p;)
+        if (strncmp(p, from, nf) == 0) {
+            memcpy(o, to, nt);
+            o += nt;
+            p += nf;
+            n++;
+        } else
+            *o++ = *p++;
+    *o = '\0';
+    assert_true(n > 0);
+    return out;
+}
+
+/* good_sql with the projection, query and table renamed, then `from`
+ * replaced by `to` (NULL: nothing more). */
+static char *other_sql(const char *from, const char *to)
+{
+    char *a = replace(good_sql, "counts", "others");
+    char *b = replace(a, "projection others", "projection other1");
+    char *c = replace(b, "query count", "query other");
+    char *d = from != NULL ? replace(c, from, to) : strdup(c);
+
+    free(a);
+    free(b);
+    free(c);
+    return d;
+}
+
 static void test_projection_files(void **unused)
 {
+    static const struct {
+        const char *from, *to, *want;
+    } sql_errors[] = {
+        {"SET n =", "SET q =", "d.sql:5: @on Made: "},
+        {"SELECT id, n", "SELECT id, z", "d.sql:10: query other: "},
+        {"n BIGINT)", "n BIGINT,)", "d.sql:3: "},
+    };
     cq_proj_check *c = NULL;
     char err[512], *text;
 
@@ -313,39 +355,29 @@ static void test_projection_files(void **unused)
                      CQ_EINVAL);
     assert_string_equal(err, "b/counts.sql: projection counts is also "
                              "declared by a/counts.sql");
-    text = strdup(good_sql);
-    memcpy(strstr(text, "counts\n"), "county", 6); /* rename the projection */
+    text = replace(good_sql, "projection counts", "projection county");
     assert_int_equal(check(c, "c.sql", text, NULL, err, sizeof err), CQ_EINVAL);
     assert_string_equal(err, "c.sql: query count is also declared by "
                              "a/counts.sql");
-    memcpy(strstr(text, "query count"), "query cnt2x", 11);
+    free(text);
+    /* a table another file creates, in any case */
+    text = other_sql("CREATE TABLE IF NOT EXISTS others",
+                     "CREATE TABLE IF NOT EXISTS Counts");
     assert_int_equal(check(c, "c.sql", text, NULL, err, sizeof err), CQ_EINVAL);
-    assert_string_equal(err, "c.sql: table counts is also created by "
+    assert_string_equal(err, "c.sql: table Counts is also created by "
                              "a/counts.sql");
     free(text);
     /* SQL only a database rejects: in a handler, a query, the DDL */
-    text = strdup(good_sql);
-    memcpy(strstr(text, "counts\n"), "other1", 6);
-    memcpy(strstr(text, "query count"), "query other", 11);
-    {
-        char *p;
-        while ((p = strstr(text, "counts")) != NULL)
-            memcpy(p, "others", 6);
+    for (size_t i = 0; i < sizeof sql_errors / sizeof sql_errors[0]; i++) {
+        text = other_sql(sql_errors[i].from, sql_errors[i].to);
+        assert_int_equal(check(c, "d.sql", text, NULL, err, sizeof err),
+                         CQ_EINVAL);
+        if (strstr(err, sql_errors[i].want) != err)
+            fail_msg("%s does not start with %s", err, sql_errors[i].want);
+        free(text);
     }
-    memcpy(strstr(text, "SET n ="), "SET q =", 7);
-    assert_int_equal(check(c, "d.sql", text, NULL, err, sizeof err), CQ_EINVAL);
-    if (strstr(err, "d.sql:5: @on Made: ") != err || !strstr(err, "q"))
-        fail_msg("%s", err);
-    free(text);
-    /* a failed file left nothing behind: its names are free */
-    text = strdup(good_sql);
-    memcpy(strstr(text, "counts\n"), "other1", 6);
-    memcpy(strstr(text, "query count"), "query other", 11);
-    {
-        char *p;
-        while ((p = strstr(text, "counts")) != NULL)
-            memcpy(p, "others", 6);
-    }
+    /* the failed files left nothing behind: their names are free */
+    text = other_sql(NULL, NULL);
     assert_int_equal(check(c, "e.sql", text, NULL, err, sizeof err), CQ_OK);
     /* a code projection's file: the name must match, no @on */
     assert_int_equal(check(c, "f.sql", text, "other1", err, sizeof err),
