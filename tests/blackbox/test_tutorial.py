@@ -204,6 +204,14 @@ class Tutorial(unittest.TestCase):
                   "lib/cqrsd/orders/projections/order_summaries.sql"):
             self.assertTrue(os.path.exists(os.path.join(prefix, f)), f)
 
+        # the installed cqrsd finds the installed orders module by itself
+        with cqtest.Server(binary=os.path.join(prefix, "bin", "cqrsd")) as srv:
+            c = cqtest.Client(srv)
+            st, _, body = c.req("GET", "/queries/sales_dashboard")
+            self.assertEqual(st, 200, body)
+            c.close()
+            self.assertIn("serving orders on", srv.stderr_text())
+
         # bank is written against the installed headers: its own Makefile
         # builds and tests it outside the tree
         shutil.copytree(os.path.join(ROOT, "domains", "bank"),
