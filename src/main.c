@@ -15,12 +15,12 @@
  * `serve` loads the domain modules (--domain, else the orders example;
  * src/modules.h: a module that cannot be used stops the start with exit
  * code 2 before the data directory is touched), opens the event store,
- * starts the writer thread and the HTTP server, then waits for SIGTERM or SIGINT. Those
- * signals are blocked in every thread and taken with sigwait() here, so
- * shutdown runs as ordinary code: let the writer commit and answer
- * everything queued (new writes meanwhile get 503), let MHD send those
- * answers and close its connections, then close the store. Nothing acknowledged
- * is lost because nothing is acknowledged before its commit.
+ * starts the writer thread and the HTTP server, then waits for SIGTERM or
+ * SIGINT. Those signals are blocked in every thread and taken with
+ * sigwait() here, so shutdown runs as ordinary code: let the writer commit
+ * and answer everything queued (new writes meanwhile get 503), let MHD send
+ * those answers and close its connections, then close the store. Nothing
+ * acknowledged is lost because nothing is acknowledged before its commit.
  *
  * `verify` replays the events into a scratch database and compares every
  * declared projection's live tables with it (src/projection/verify.h,
@@ -69,7 +69,8 @@ static void usage(FILE *f)
           "[--max-connections-per-ip N]\n"
           "                   [--header-timeout SECONDS] [--projections DIR]\n"
           "                   [--domain PATH]...\n"
-          "       cqrsd verify [--data DIR] [--projections DIR] [--domain PATH]...\n"
+          "       cqrsd verify [--data DIR] [--projections DIR]\n"
+          "                    [--domain PATH]...\n"
           "       cqrsd new NAME [DIR]\n"
           "       cqrsd projections [--server HOST:PORT] list | status NAME |\n"
           "                         pause | resume | reset | retry | skip "
@@ -96,9 +97,10 @@ static void usage(FILE *f)
           "seconds,\n"
           "                          1-3600 (default 10)\n"
           "  --projections DIR       also load every *.sql projection in DIR\n"
-          "  --domain PATH           serve the domain module PATH (a .so built\n"
-          "                          against cqrs.pc); repeatable; default: the\n"
-          "                          orders example installed with cqrsd\n"
+          "  --domain PATH           serve the domain module PATH (a .so\n"
+          "                          built against cqrs.pc); repeatable;\n"
+          "                          default: the orders example installed\n"
+          "                          with cqrsd\n"
           "\n"
           "  new NAME [DIR] writes a domain project to build as a module\n"
           "  (DIR defaults to ./NAME; see its README.md)\n"
@@ -134,8 +136,7 @@ static int parse_num(const char *flag, const char *s, int64_t min, int64_t max,
 static int add_domain(const char **domains, size_t *n, const char *path)
 {
     if (*n == CQ_MODULES_MAX) {
-        fprintf(stderr, "cqrsd: at most %d --domain options\n",
-                CQ_MODULES_MAX);
+        fprintf(stderr, "cqrsd: at most %d --domain options\n", CQ_MODULES_MAX);
         return -1;
     }
     domains[(*n)++] = path;
@@ -327,8 +328,7 @@ static int serve(const options *o)
         goto done;
     }
     fprintf(stderr, "cqrsd: serving %s on %s (port %u), data in %s\n",
-            cq_modules_names(mods), o->listen, cq_server_port(server),
-            o->data);
+            cq_modules_names(mods), o->listen, cq_server_port(server), o->data);
 
     while (sigwait(&sigs, &sig) != 0)
         ;

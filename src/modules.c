@@ -65,8 +65,8 @@ typedef struct reading {
     const cq_projection_code *code; /* of the file being read, or NULL */
 } reading;
 
-static int keep_file(void *arg, const char *path, const char *text,
-                     size_t len, char *err, size_t errcap)
+static int keep_file(void *arg, const char *path, const char *text, size_t len,
+                     char *err, size_t errcap)
 {
     reading *r = arg;
     cq_modules *m = r->m;
@@ -74,8 +74,7 @@ static int keep_file(void *arg, const char *path, const char *text,
     int rc;
 
     rc = cq_proj_check_add(r->check, path, text, len,
-                           r->code != NULL ? r->code->name : NULL, err,
-                           errcap);
+                           r->code != NULL ? r->code->name : NULL, err, errcap);
     if (rc != CQ_OK)
         return rc;
     if (m->nfiles == m->cap) {
@@ -120,9 +119,8 @@ static int read_files(cq_modules *m, const cq_module_lib *lib,
         else
             rc = cq_declared_read_dir(path, keep_file, &r, msg, sizeof msg);
     }
-    for (size_t i = 0; rc == CQ_OK && mod->code != NULL &&
-                       mod->code[i].file != NULL;
-         i++) {
+    for (size_t i = 0;
+         rc == CQ_OK && mod->code != NULL && mod->code[i].file != NULL; i++) {
         r.code = &mod->code[i].code;
         rc = cq_module_lib_file(lib, mod->code[i].file, path, sizeof path);
         if (rc != CQ_OK)
@@ -210,8 +208,8 @@ int cq_modules_open(const char *const *paths, size_t n, cq_modules **out,
         goto fail;
     for (size_t i = 0; i < n; i++) {
         size_t used = strlen(m->names);
-        snprintf(m->names + used, sizeof m->names - used, "%s%s",
-                 i ? ", " : "", parts[i]->name);
+        snprintf(m->names + used, sizeof m->names - used, "%s%s", i ? ", " : "",
+                 parts[i]->name);
     }
     cq_proj_check_free(check);
     *out = m;
@@ -239,10 +237,10 @@ int cq_modules_load_engine(const cq_modules *m, cq_engine *e, char *err,
 
     for (size_t i = 0; rc == CQ_OK && i < m->nfiles; i++) {
         const proj_file *f = &m->files[i];
-        rc = f->code != NULL ? cq_engine_add_code(e, f->text, f->len, f->code,
-                                                  err, errcap)
-                             : cq_engine_load_text(e, f->path, f->text, f->len,
-                                                   err, errcap);
+        rc =
+            f->code != NULL
+                ? cq_engine_add_code(e, f->text, f->len, f->code, err, errcap)
+                : cq_engine_load_text(e, f->path, f->text, f->len, err, errcap);
     }
     return rc;
 }
@@ -254,10 +252,10 @@ int cq_modules_load_verify(const cq_modules *m, cq_verify *v, char *err,
 
     for (size_t i = 0; rc == CQ_OK && i < m->nfiles; i++) {
         const proj_file *f = &m->files[i];
-        rc = f->code != NULL ? cq_verify_add_code(v, f->text, f->len, f->code,
-                                                  err, errcap)
-                             : cq_verify_load_text(v, f->path, f->text, f->len,
-                                                   err, errcap);
+        rc =
+            f->code != NULL
+                ? cq_verify_add_code(v, f->text, f->len, f->code, err, errcap)
+                : cq_verify_load_text(v, f->path, f->text, f->len, err, errcap);
     }
     return rc;
 }

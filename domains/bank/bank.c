@@ -137,9 +137,8 @@ static int account_evolve(void *p, const cq_event *ev)
     if (ev->schema_version != SCHEMA || !json_is_object(ev->data))
         return CQ_ECORRUPT;
     if (strcmp(ev->type, "AccountOpened") == 0) {
-        if (a->status != NONE ||
-            !int_field(ev->data, "overdraft_limit_cents", 0, BANK_MAX_AMOUNT,
-                       &a->limit))
+        if (a->status != NONE || !int_field(ev->data, "overdraft_limit_cents",
+                                            0, BANK_MAX_AMOUNT, &a->limit))
             return CQ_ECORRUPT;
         a->status = OPEN;
         return CQ_OK;
@@ -161,32 +160,50 @@ static const cq_aggregate account_aggregate = {
 /* ---- commands ------------------------------------------------------------ */
 
 #define ACCOUNT_ID                                                             \
-    {.name = "account_id", .kind = CQ_FIELD_STRING, .min = 1, .max = 64,       \
-     .chars = CQ_CHARS_ID}
+    {                                                                          \
+        .name = "account_id", .kind = CQ_FIELD_STRING, .min = 1, .max = 64,    \
+        .chars = CQ_CHARS_ID                                                   \
+    }
 #define AMOUNT                                                                 \
-    {.name = "amount_cents", .kind = CQ_FIELD_INTEGER, .min = 1,               \
-     .max = BANK_MAX_AMOUNT}
+    {                                                                          \
+        .name = "amount_cents", .kind = CQ_FIELD_INTEGER, .min = 1,            \
+        .max = BANK_MAX_AMOUNT                                                 \
+    }
 #define OPTIONAL_ID(n)                                                         \
-    {.name = (n), .kind = CQ_FIELD_STRING, .optional = 1, .min = 1,            \
-     .max = 64, .chars = CQ_CHARS_ID}
+    {                                                                          \
+        .name = (n), .kind = CQ_FIELD_STRING, .optional = 1, .min = 1,         \
+        .max = 64, .chars = CQ_CHARS_ID                                        \
+    }
 
 static const cq_field open_fields[] = {
     ACCOUNT_ID,
     {.name = "owner", .kind = CQ_FIELD_STRING, .min = 1, .max = 100},
-    {.name = "currency", .kind = CQ_FIELD_STRING, .min = 3, .max = 3,
+    {.name = "currency",
+     .kind = CQ_FIELD_STRING,
+     .min = 3,
+     .max = 3,
      .chars = CQ_CHARS_UPPER},
-    {.name = "overdraft_limit_cents", .kind = CQ_FIELD_INTEGER,
-     .optional = 1, .min = 0, .max = BANK_MAX_AMOUNT},
+    {.name = "overdraft_limit_cents",
+     .kind = CQ_FIELD_INTEGER,
+     .optional = 1,
+     .min = 0,
+     .max = BANK_MAX_AMOUNT},
     {.kind = CQ_FIELD_END},
 };
 
 static const cq_field deposit_fields[] = {
-    ACCOUNT_ID, AMOUNT, OPTIONAL_ID("transfer_id"), OPTIONAL_ID("from_account"),
+    ACCOUNT_ID,
+    AMOUNT,
+    OPTIONAL_ID("transfer_id"),
+    OPTIONAL_ID("from_account"),
     {.kind = CQ_FIELD_END},
 };
 
 static const cq_field withdraw_fields[] = {
-    ACCOUNT_ID, AMOUNT, OPTIONAL_ID("transfer_id"), OPTIONAL_ID("to_account"),
+    ACCOUNT_ID,
+    AMOUNT,
+    OPTIONAL_ID("transfer_id"),
+    OPTIONAL_ID("to_account"),
     {.kind = CQ_FIELD_END},
 };
 
@@ -255,7 +272,8 @@ static int decide_move(const account *a, const json_t *body, cq_decision *d,
                        const char *other)
 {
     const char *acc = str(body, "account_id"), *tid = str(body, "transfer_id");
-    json_int_t amount = json_integer_value(json_object_get(body, "amount_cents"));
+    json_int_t amount =
+        json_integer_value(json_object_get(body, "amount_cents"));
     json_int_t balance = a->balance + sign * amount;
     json_t *data;
 
@@ -388,7 +406,8 @@ const cq_domain *bank_domain(void)
  * code/available_balances.sql; every event of the bank's streams comes
  * here, inside the command's transaction. Idempotent: each update is
  * guarded by the stream version. */
-static int available_apply(void *arg, cq_sql *sql, const cq_projection_event *ev)
+static int available_apply(void *arg, cq_sql *sql,
+                           const cq_projection_event *ev)
 {
     static const char opened[] =
         "INSERT INTO available_balances (account_id, currency, balance_cents,"
@@ -403,7 +422,8 @@ static int available_apply(void *arg, cq_sql *sql, const cq_projection_event *ev
         "UPDATE available_balances SET available_cents = 0,"
         " status = 'closed', version = ?2"
         " WHERE account_id = ?1 AND version < ?2";
-    const char *acc = json_string_value(json_object_get(ev->data, "account_id"));
+    const char *acc =
+        json_string_value(json_object_get(ev->data, "account_id"));
     json_int_t n;
 
     if (strncmp(ev->stream_id, "account-", 8) != 0)
@@ -414,7 +434,8 @@ static int available_apply(void *arg, cq_sql *sql, const cq_projection_event *ev
         const char *cur =
             json_string_value(json_object_get(ev->data, "currency"));
         cq_sql_value v[4] = {CQ_SQL_TEXT_VALUE(acc), CQ_SQL_TEXT_VALUE(cur),
-                             CQ_SQL_INT_VALUE(0), CQ_SQL_INT_VALUE(ev->version)};
+                             CQ_SQL_INT_VALUE(0),
+                             CQ_SQL_INT_VALUE(ev->version)};
         if (cur == NULL || !int_field(ev->data, "overdraft_limit_cents", 0,
                                       BANK_MAX_AMOUNT, &n))
             return CQ_ECORRUPT;
@@ -425,8 +446,8 @@ static int available_apply(void *arg, cq_sql *sql, const cq_projection_event *ev
         strcmp(ev->type, "MoneyWithdrawn") == 0) {
         cq_sql_value v[3] = {CQ_SQL_TEXT_VALUE(acc), CQ_SQL_INT_VALUE(0),
                              CQ_SQL_INT_VALUE(ev->version)};
-        if (!int_field(ev->data, "balance_cents", -BANK_MAX_AMOUNT,
-                       MAX_BALANCE, &n))
+        if (!int_field(ev->data, "balance_cents", -BANK_MAX_AMOUNT, MAX_BALANCE,
+                       &n))
             return CQ_ECORRUPT;
         v[1].i = n;
         return cq_sql_exec(sql, moved, v, 3);
@@ -439,12 +460,14 @@ static int available_apply(void *arg, cq_sql *sql, const cq_projection_event *ev
     return CQ_OK;
 }
 
-/* ---- the module ------------------------------------------------------------ */
+/* ---- the module ------------------------------------------------------------
+ */
 
 /* Declared projections in projections/ (account_balances, transfers); the
  * C-code one's declared part in code/, outside that folder. */
 static const cq_module_code bank_code[] = {
-    {"code/available_balances.sql", {"available_balances", available_apply, NULL}},
+    {"code/available_balances.sql",
+     {"available_balances", available_apply, NULL}},
     {NULL, {NULL, NULL, NULL}},
 };
 

@@ -148,8 +148,9 @@ static void test_close_needs_zero_balance(void **st)
 static void test_transfer_leg_is_idempotent(void **st)
 {
     fx *f = *st;
-    static const char leg[] = "{\"account_id\": \"a\", \"amount_cents\": 300,"
-                              " \"transfer_id\": \"t-1\", \"to_account\": \"b\"}";
+    static const char leg[] =
+        "{\"account_id\": \"a\", \"amount_cents\": 300,"
+        " \"transfer_id\": \"t-1\", \"to_account\": \"b\"}";
     const json_t *data;
 
     assert_int_equal(run(f, "OpenAccount", OPEN_A), CQ_OK);
@@ -157,8 +158,8 @@ static void test_transfer_leg_is_idempotent(void **st)
     data = cq_decision_event(f->d, 0)->data;
     assert_string_equal(json_string_value(json_object_get(data, "transfer_id")),
                         "t-1");
-    assert_string_equal(json_string_value(json_object_get(data, "counterparty")),
-                        "b");
+    assert_string_equal(
+        json_string_value(json_object_get(data, "counterparty")), "b");
     assert_int_equal(run(f, "Withdraw", leg), CQ_OK); /* a retry */
     assert_int_equal(cq_decision_count(f->d), 0);
     /* the money coming back under the same transfer id is the other leg */
@@ -183,14 +184,16 @@ static void test_bodies_checked(void **st)
                                   "{\"account_id\": \"a\", \"amount_cents\": 1,"
                                   " \"to_account\": \"b\"}"),
                      1);
-    assert_int_equal(field_errors("Withdraw",
-                                  "{\"account_id\": \"a\", \"amount_cents\": 1,"
-                                  " \"transfer_id\": \"t\", \"to_account\": \"a\"}"),
-                     1);
-    assert_int_equal(field_errors("Deposit",
-                                  "{\"account_id\": \"a\", \"amount_cents\": 1,"
-                                  " \"transfer_id\": \"t\", \"from_account\": \"b\"}"),
-                     0);
+    assert_int_equal(
+        field_errors("Withdraw",
+                     "{\"account_id\": \"a\", \"amount_cents\": 1,"
+                     " \"transfer_id\": \"t\", \"to_account\": \"a\"}"),
+        1);
+    assert_int_equal(
+        field_errors("Deposit",
+                     "{\"account_id\": \"a\", \"amount_cents\": 1,"
+                     " \"transfer_id\": \"t\", \"from_account\": \"b\"}"),
+        0);
 }
 
 static void test_evolve_rejects_damaged_events(void **st)

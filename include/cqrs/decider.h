@@ -213,7 +213,7 @@ typedef struct cq_command_def {
  * events are read: folding aggregates, the streams API, projections,
  * strong reads and verify. */
 typedef struct cq_upcaster {
-    const char *type;                /* NULL ends a list */
+    const char *type; /* NULL ends a list */
     int from;
     int (*upcast)(json_t *data);
 } cq_upcaster;

@@ -68,9 +68,9 @@ static void make_names(const char *name, names *nm)
             up = 1;
             continue;
         }
-        nm->pascal[p++] =
-            up && name[i] >= 'a' && name[i] <= 'z' ? (char)(name[i] & ~0x20)
-                                                   : name[i];
+        nm->pascal[p++] = up && name[i] >= 'a' && name[i] <= 'z'
+                              ? (char)(name[i] & ~0x20)
+                              : name[i];
         up = 0;
     }
     nm->pascal[p] = '\0';
@@ -185,8 +185,10 @@ int cq_cli_new(int argc, char **argv)
         return 2;
     }
     if (!usable_dir(dir)) {
-        fprintf(stderr, "cqrsd: new: %s exists and is not an empty "
-                        "directory\n", dir);
+        fprintf(stderr,
+                "cqrsd: new: %s exists and is not an empty "
+                "directory\n",
+                dir);
         return 1;
     }
     make_names(name, &nm);
@@ -201,8 +203,7 @@ int cq_cli_new(int argc, char **argv)
             sprintf(path, "%s/%s", dir, rel);
             ok = make_parents(path) == 0 && write_file(path, text, tlen) == 0;
             if (!ok)
-                fprintf(stderr, "cqrsd: new: %s: %s\n", path,
-                        strerror(errno));
+                fprintf(stderr, "cqrsd: new: %s: %s\n", path, strerror(errno));
         } else
             fprintf(stderr, "cqrsd: new: out of memory\n");
         if (ok)

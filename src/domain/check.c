@@ -17,9 +17,9 @@
 
 #include "domain/domain.h"
 
-#define MAX_LIST 4096   /* commands, upcasters, categories, event types */
-#define MAX_FIELDS 256  /* members of one schema level */
-#define MAX_DEPTH 8     /* nested arrays of objects */
+#define MAX_LIST 4096  /* commands, upcasters, categories, event types */
+#define MAX_FIELDS 256 /* members of one schema level */
+#define MAX_DEPTH 8    /* nested arrays of objects */
 #define MAX_FIELD_NAME 64
 
 static int fail(char *err, size_t errcap, const char *fmt, ...)
@@ -76,8 +76,8 @@ static int check_field(const cq_field *f, const char *cmd, const char *path,
         if (f->chars != CQ_CHARS_TEXT && f->chars != CQ_CHARS_ID &&
             f->chars != CQ_CHARS_UPPER)
             return fail(err, errcap,
-                        "command %s: schema: field %s: unknown charset %d",
-                        cmd, path, (int)f->chars);
+                        "command %s: schema: field %s: unknown charset %d", cmd,
+                        path, (int)f->chars);
         break;
     case CQ_FIELD_INTEGER: break;
     case CQ_FIELD_ARRAY:
@@ -93,8 +93,9 @@ static int check_field(const cq_field *f, const char *cmd, const char *path,
                         cmd, path);
         break;
     default:
-        return fail(err, errcap, "command %s: schema: field %s: unknown kind %d",
-                    cmd, path, (int)f->kind);
+        return fail(err, errcap,
+                    "command %s: schema: field %s: unknown kind %d", cmd, path,
+                    (int)f->kind);
     }
     if (f->min > f->max)
         return fail(err, errcap,
@@ -139,8 +140,10 @@ static int check_fields(const cq_field *fields, const char *cmd,
                         MAX_FIELD_NAME, SHOW(f->name));
         if (snprintf(path, sizeof path, "%s%s%s", prefix, prefix[0] ? "." : "",
                      f->name) >= (int)sizeof path)
-            return fail(err, errcap, "command %s: schema: field path %s.%s is "
-                        "too long", cmd, prefix, f->name);
+            return fail(err, errcap,
+                        "command %s: schema: field path %s.%s is "
+                        "too long",
+                        cmd, prefix, f->name);
         for (size_t k = 0; k < i; k++)
             if (strcmp(fields[k].name, f->name) == 0)
                 return fail(err, errcap,
@@ -207,8 +210,8 @@ static int check_names(const char *const *list, const char *what, size_t max,
                         "missing?)",
                         MAX_LIST, what);
         if (!name_ok(list[i], max, extra))
-            return fail(err, errcap, "%s '%.*s' is not %s", what,
-                        SHOW(list[i]), rule);
+            return fail(err, errcap, "%s '%.*s' is not %s", what, SHOW(list[i]),
+                        rule);
         for (size_t k = 0; k < i; k++)
             if (strcmp(list[k], list[i]) == 0)
                 return fail(err, errcap, "%s %s is listed twice", what,

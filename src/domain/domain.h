@@ -26,7 +26,8 @@
 const cq_upcaster *cq_domain_upcaster(const cq_domain *domain, const char *type,
                                       int schema_version);
 
-/* ---- checking a domain table ---------------------------------------------- */
+/* ---- checking a domain table ----------------------------------------------
+ */
 
 /* Whether `d` (borrowed) can be served: a valid name; every command with a
  * type that fits a URL, an aggregate with all four functions, stream_id()
@@ -39,7 +40,8 @@ const cq_upcaster *cq_domain_upcaster(const cq_domain *domain, const char *type,
  * Reads only: thread-safe. */
 int cq_domain_check(const cq_domain *d, char *err, size_t errcap);
 
-/* ---- several domains as one ------------------------------------------------ */
+/* ---- several domains as one ------------------------------------------------
+ */
 
 typedef struct cq_domain_set cq_domain_set;
 
@@ -50,9 +52,8 @@ typedef struct cq_domain_set cq_domain_set;
  * in err, two parts with the same name, command type, stream category,
  * owned event type or upcast event type. CQ_OK with *out (the caller's:
  * cq_domain_set_free), CQ_EINVAL or CQ_ENOMEM. */
-int cq_domain_set_new(const cq_domain *const *parts,
-                      const char *const *sources, size_t n,
-                      cq_domain_set **out, char *err, size_t errcap);
+int cq_domain_set_new(const cq_domain *const *parts, const char *const *sources,
+                      size_t n, cq_domain_set **out, char *err, size_t errcap);
 
 /* The set as one cq_domain, for the writer, the engine, the server and
  * verify: its commands, upcasters, categories and event types are the

@@ -37,8 +37,8 @@
 struct cq_module_lib {
     void *dl;
     const cq_module *m;
-    char *path;           /* as given */
-    char dir[PATH_MAX];   /* of the real file */
+    char *path;         /* as given */
+    char dir[PATH_MAX]; /* of the real file */
 };
 
 /* dlerror()'s text without a leading "REAL: " (it names the file itself). */
@@ -184,8 +184,7 @@ int cq_module_lib_open(const char *path, cq_module_lib **out, char *err,
     memcpy(&init, &sym, sizeof init);
     l->m = init();
     if (l->m == NULL) {
-        snprintf(err, errcap, "%s: %s() returned NULL", path,
-                 CQ_MODULE_ENTRY);
+        snprintf(err, errcap, "%s: %s() returned NULL", path, CQ_MODULE_ENTRY);
         rc = CQ_EINVAL;
         goto fail;
     }

@@ -57,8 +57,7 @@ const char *cq_domain_stream_owner(const cq_domain *domain,
 
     if (stream_id == NULL)
         return NULL;
-    for (size_t i = 0; owner == NULL && (part = cq_domain_part(domain, i));
-         i++)
+    for (size_t i = 0; owner == NULL && (part = cq_domain_part(domain, i)); i++)
         owner = owns_stream(part, stream_id);
     return owner;
 }
@@ -71,8 +70,7 @@ const char *cq_domain_type_owner(const cq_domain *domain, const char *type)
 
     if (type == NULL)
         return NULL;
-    for (size_t i = 0; owner == NULL && (part = cq_domain_part(domain, i));
-         i++)
+    for (size_t i = 0; owner == NULL && (part = cq_domain_part(domain, i)); i++)
         owner = owns_type(part, type);
     return owner;
 }

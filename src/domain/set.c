@@ -108,7 +108,8 @@ static int collide(const cq_domain *const *parts, const char *const *sources,
         long q = earlier_owner(parts, p, s, at);
         if (q < 0)
             continue;
-        snprintf(err, errcap, "%s: %s %s is %s both by domain %s (%s) and "
+        snprintf(err, errcap,
+                 "%s: %s %s is %s both by domain %s (%s) and "
                  "by domain %s",
                  sources[p], what, s, verb, parts[q]->name, sources[q],
                  parts[p]->name);
@@ -147,9 +148,8 @@ static int check_collisions(const cq_domain *const *parts,
     return CQ_OK;
 }
 
-int cq_domain_set_new(const cq_domain *const *parts,
-                      const char *const *sources, size_t n,
-                      cq_domain_set **out, char *err, size_t errcap)
+int cq_domain_set_new(const cq_domain *const *parts, const char *const *sources,
+                      size_t n, cq_domain_set **out, char *err, size_t errcap)
 {
     cq_domain_set *s;
     size_t nc = 0, nu = 0, ncat = 0, nev = 0;
@@ -175,8 +175,7 @@ int cq_domain_set_new(const cq_domain *const *parts,
     s->categories = calloc(ncat + 1, sizeof *s->categories);
     s->event_types = calloc(nev + 1, sizeof *s->event_types);
     if (s->parts == NULL || s->sources == NULL || s->commands == NULL ||
-        s->upcasters == NULL || s->categories == NULL ||
-        s->event_types == NULL)
+        s->upcasters == NULL || s->categories == NULL || s->event_types == NULL)
         goto nomem;
     nc = nu = ncat = nev = 0;
     for (size_t p = 0; p < n; p++) {

@@ -39,8 +39,8 @@ int cq_eng_check_statements(const cq_declared *d, const char *source,
 
     for (size_t h = 0; h < d->nhandlers; h++)
         for (size_t k = 0; k < d->handlers[h].nstmts; k++)
-            if (cq_exec_prepare(x, &d->handlers[h].stmts[k], msg,
-                                sizeof msg) != CQ_OK) {
+            if (cq_exec_prepare(x, &d->handlers[h].stmts[k], msg, sizeof msg) !=
+                CQ_OK) {
                 snprintf(err, errcap, "%s:%d: @on %s: %s", source,
                          d->handlers[h].stmts[k].line,
                          d->handlers[h].event_type,
@@ -86,8 +86,8 @@ static const name_entry *find(const cq_proj_check *c, const char *what,
 
     for (size_t i = 0; i < c->nnames; i++) {
         const name_entry *e = &c->names[i];
-        int e_sql = strcmp(e->what, "table") == 0 ||
-                    strcmp(e->what, "index") == 0;
+        int e_sql =
+            strcmp(e->what, "table") == 0 || strcmp(e->what, "index") == 0;
         if (sql ? e_sql && strcasecmp(e->name, name) == 0
                 : strcmp(e->what, what) == 0 && strcmp(e->name, name) == 0)
             return e;

@@ -152,9 +152,8 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
                                   errcap);
         /* the new definition's statements run on the tables it builds */
         if (rc == CQ_OK)
-            rc = cq_eng_check_statements(p->d, p->source,
-                                         p->rb.active ? p->rb.x : x, err,
-                                         errcap);
+            rc = cq_eng_check_statements(
+                p->d, p->source, p->rb.active ? p->rb.x : x, err, errcap);
     }
     if (rc != CQ_OK)
         return rc;

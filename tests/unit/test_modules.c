@@ -18,7 +18,8 @@
 #include "domain/domain.h"
 #include "projection/check.h"
 
-/* ---- a small valid domain, and ways to break it --------------------------- */
+/* ---- a small valid domain, and ways to break it ---------------------------
+ */
 
 static void *initial(void)
 {
@@ -56,10 +57,16 @@ static const cq_field line_fields[] = {
     {.kind = CQ_FIELD_END},
 };
 static const cq_field good_fields[] = {
-    {.name = "id", .kind = CQ_FIELD_STRING, .min = 1, .max = 64,
+    {.name = "id",
+     .kind = CQ_FIELD_STRING,
+     .min = 1,
+     .max = 64,
      .chars = CQ_CHARS_ID},
     {.name = "n", .kind = CQ_FIELD_INTEGER, .min = -5, .max = 5},
-    {.name = "lines", .kind = CQ_FIELD_ARRAY, .min = 0, .max = 3,
+    {.name = "lines",
+     .kind = CQ_FIELD_ARRAY,
+     .min = 0,
+     .max = 3,
      .items = line_fields},
     {.kind = CQ_FIELD_END},
 };
@@ -75,8 +82,10 @@ typedef struct variant {
 static void make(variant *v, const char *type, const cq_field *fields)
 {
     memset(v, 0, sizeof *v);
-    v->cmd = (cq_command_def){.type = type, .aggregate = &agg,
-                              .schema = fields, .stream_id = sid,
+    v->cmd = (cq_command_def){.type = type,
+                              .aggregate = &agg,
+                              .schema = fields,
+                              .stream_id = sid,
                               .decide = decide};
     v->cmds[0] = &v->cmd;
     v->d.name = "things";
@@ -131,16 +140,19 @@ static void test_check_refuses_broken_schemas(void **unused)
     static const cq_field neg_len[] = {
         {.name = "s", .kind = CQ_FIELD_STRING, .min = -1, .max = 5},
         {.kind = CQ_FIELD_END}};
-    static const cq_field bad_chars[] = {
-        {.name = "s", .kind = CQ_FIELD_STRING, .max = 5,
-         .chars = (cq_charset)9},
-        {.kind = CQ_FIELD_END}};
+    static const cq_field bad_chars[] = {{.name = "s",
+                                          .kind = CQ_FIELD_STRING,
+                                          .max = 5,
+                                          .chars = (cq_charset)9},
+                                         {.kind = CQ_FIELD_END}};
     static const cq_field nested_bad[] = {
         {.name = "sku", .kind = CQ_FIELD_STRING, .min = 3, .max = 1},
         {.kind = CQ_FIELD_END}};
-    static const cq_field outer[] = {
-        {.name = "lines", .kind = CQ_FIELD_ARRAY, .max = 3, .items = nested_bad},
-        {.kind = CQ_FIELD_END}};
+    static const cq_field outer[] = {{.name = "lines",
+                                      .kind = CQ_FIELD_ARRAY,
+                                      .max = 3,
+                                      .items = nested_bad},
+                                     {.kind = CQ_FIELD_END}};
     static const struct {
         const cq_field *fields;
         const char *want;
@@ -209,12 +221,14 @@ static void test_check_refuses_broken_tables(void **unused)
     refused(&v.d, "event type 'Made It'");
 }
 
-/* ---- several domains as one ------------------------------------------------ */
+/* ---- several domains as one ------------------------------------------------
+ */
 
 static void test_set_answers_as_its_parts(void **unused)
 {
     static const cq_upcaster ups_b[] = {{"Bmade", 1, upcast}, {NULL, 0, NULL}};
-    static const char *const cats_a[] = {"a", NULL}, *const cats_b[] = {"b", NULL};
+    static const char *const cats_a[] = {"a", NULL}, *const cats_b[] = {"b",
+                                                                        NULL};
     static const char *const types_a[] = {"Amade", NULL};
     static const char *const types_b[] = {"Bmade", NULL};
     variant a, b;
@@ -280,7 +294,8 @@ static void test_set_answers_as_its_parts(void **unused)
     assert_non_null(strstr(err, "event type Amade is owned both"));
 }
 
-/* ---- projection files ------------------------------------------------------ */
+/* ---- projection files ------------------------------------------------------
+ */
 
 static const char good_sql[] =
     "-- @projection counts\n"
@@ -384,9 +399,9 @@ static void test_projection_files(void **unused)
                      CQ_EINVAL);
     assert_non_null(strstr(err, "with no @on blocks"));
     free(text);
-    assert_int_equal(check(c, "g.sql", "-- @projection broken\n", NULL, err,
-                           sizeof err),
-                     CQ_EINVAL);
+    assert_int_equal(
+        check(c, "g.sql", "-- @projection broken\n", NULL, err, sizeof err),
+        CQ_EINVAL);
     assert_non_null(strstr(err, "g.sql:"));
     cq_proj_check_free(c);
 }
