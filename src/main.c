@@ -4,20 +4,23 @@
  *   cqrsd serve [--data DIR] [--listen HOST:PORT] [--threads N]
  *               [--idempotency-ttl SECONDS] [--body-limit BYTES]
  *               [--max-connections N] [--max-connections-per-ip N]
- *               [--header-timeout SECONDS]
- *   cqrsd verify [--data DIR] [--projections DIR]
+ *               [--header-timeout SECONDS] [--domain PATH]...
+ *   cqrsd verify [--data DIR] [--projections DIR] [--domain PATH]...
+ *   cqrsd new NAME [DIR]
  *   cqrsd projections [--server HOST:PORT] list | status NAME |
  *                     pause | resume | reset | retry | skip NAME |
  *                     rebuild NAME [--no-wait]
  *   cqrsd version | help
  *
- * `serve` opens the event store, starts the writer thread and the HTTP
- * server for the orders example, then waits for SIGTERM or SIGINT. Those
- * signals are blocked in every thread and taken with sigwait() here, so
- * shutdown runs as ordinary code: let the writer commit and answer
- * everything queued (new writes meanwhile get 503), let MHD send those
- * answers and close its connections, then close the store. Nothing acknowledged
- * is lost because nothing is acknowledged before its commit.
+ * `serve` loads the domain modules (--domain, else the orders example;
+ * src/modules.h: a module that cannot be used stops the start with exit
+ * code 2 before the data directory is touched), opens the event store,
+ * starts the writer thread and the HTTP server, then waits for SIGTERM or
+ * SIGINT. Those signals are blocked in every thread and taken with
+ * sigwait() here, so shutdown runs as ordinary code: let the writer commit
+ * and answer everything queued (new writes meanwhile get 503), let MHD send
+ * those answers and close its connections, then close the store. Nothing
+ * acknowledged is lost because nothing is acknowledged before its commit.
  *
  * `verify` replays the events into a scratch database and compares every
  * declared projection's live tables with it (src/projection/verify.h,
@@ -40,7 +43,7 @@
 #include "projection/verify.h"
 #include "cqrs/cqrs.h"
 #include "http/server.h"
-#include "orders/orders.h"
+#include "modules.h"
 #include "store/store.h"
 #include "wiring.h"
 
@@ -52,6 +55,8 @@ typedef struct options {
     int64_t ttl_s;
     int64_t body_limit;
     int64_t max_conns, max_per_ip, header_timeout_s;
+    const char *domains[CQ_MODULES_MAX]; /* --domain, in order */
+    size_t ndomains;
 } options;
 
 static void usage(FILE *f)
@@ -63,7 +68,10 @@ static void usage(FILE *f)
           "                   [--max-connections N] "
           "[--max-connections-per-ip N]\n"
           "                   [--header-timeout SECONDS] [--projections DIR]\n"
+          "                   [--domain PATH]...\n"
           "       cqrsd verify [--data DIR] [--projections DIR]\n"
+          "                    [--domain PATH]...\n"
+          "       cqrsd new NAME [DIR]\n"
           "       cqrsd projections [--server HOST:PORT] list | status NAME |\n"
           "                         pause | resume | reset | retry | skip "
           "NAME |\n"
@@ -89,7 +97,13 @@ static void usage(FILE *f)
           "seconds,\n"
           "                          1-3600 (default 10)\n"
           "  --projections DIR       also load every *.sql projection in DIR\n"
-          "                          (the orders read models are built in)\n"
+          "  --domain PATH           serve the domain module PATH (a .so\n"
+          "                          built against cqrs.pc); repeatable;\n"
+          "                          default: the orders example installed\n"
+          "                          with cqrsd\n"
+          "\n"
+          "  new NAME [DIR] writes a domain project to build as a module\n"
+          "  (DIR defaults to ./NAME; see its README.md)\n"
           "\n"
           "  verify replays the events into a scratch database and compares\n"
           "  each projection's tables with it (safe while a server runs);\n"
@@ -118,6 +132,17 @@ static int parse_num(const char *flag, const char *s, int64_t min, int64_t max,
     return 0;
 }
 
+/* One more --domain PATH. */
+static int add_domain(const char **domains, size_t *n, const char *path)
+{
+    if (*n == CQ_MODULES_MAX) {
+        fprintf(stderr, "cqrsd: at most %d --domain options\n", CQ_MODULES_MAX);
+        return -1;
+    }
+    domains[(*n)++] = path;
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, options *o)
 {
     o->data = "./data";
@@ -129,6 +154,7 @@ static int parse_args(int argc, char **argv, options *o)
     o->max_conns = 8192;
     o->max_per_ip = 1024;
     o->header_timeout_s = 10;
+    o->ndomains = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -144,6 +170,8 @@ static int parse_args(int argc, char **argv, options *o)
             o->listen = v;
         else if (strcmp(a, "--projections") == 0)
             o->projections = v;
+        else if (strcmp(a, "--domain") == 0)
+            rc = add_domain(o->domains, &o->ndomains, v);
         else if (strcmp(a, "--threads") == 0)
             rc = parse_num(a, v, 1, 64, &o->threads);
         else if (strcmp(a, "--idempotency-ttl") == 0)
@@ -215,18 +243,15 @@ bad:
     return -1;
 }
 
-/* Load the built-in orders read models, then every *.sql in dir (may be
- * NULL), in name order. */
-static int load_projections(cq_engine *e, const char *dir, char *err,
-                            size_t errcap)
+/* Load the modules' read models, then every *.sql in dir (may be NULL),
+ * in name order. */
+static int load_projections(cq_engine *e, const cq_modules *mods,
+                            const char *dir, char *err, size_t errcap)
 {
-    for (const orders_sql_file *f = orders_projection_files; f->name; f++) {
-        int rc = cq_engine_load_text(e, f->name, f->text, f->len, err, errcap);
-        if (rc != CQ_OK)
-            return rc;
-    }
-    if (dir == NULL)
-        return CQ_OK;
+    int rc = cq_modules_load_engine(mods, e, err, errcap);
+
+    if (rc != CQ_OK || dir == NULL)
+        return rc;
     return cq_engine_load_dir(e, dir, err, errcap);
 }
 
@@ -239,7 +264,8 @@ static int serve(const options *o)
     cq_store *store = NULL;
     cq_writer *writer = NULL;
     cq_engine *engine = NULL;
-    cq_engine_config ecfg = {o->data, 0, 0, orders_domain()};
+    cq_modules *mods = NULL;
+    cq_engine_config ecfg = {o->data, 0, 0, NULL};
     cq_server *server = NULL;
     sigset_t sigs;
     char err[512];
@@ -254,6 +280,12 @@ static int serve(const options *o)
     hcfg.max_connections_per_ip = (unsigned)o->max_per_ip;
     hcfg.header_timeout_s = (unsigned)o->header_timeout_s;
     wcfg.idempotency_ttl_ms = o->ttl_s * 1000;
+    if (cq_modules_open(o->domains, o->ndomains, &mods, err, sizeof err) !=
+        CQ_OK) {
+        fprintf(stderr, "cqrsd: %s\n", err);
+        return 2;
+    }
+    ecfg.domain = cq_modules_domain(mods);
 
     /* Block the signals before any thread exists so every thread inherits
      * the mask and only sigwait() below sees them. */
@@ -267,11 +299,12 @@ static int serve(const options *o)
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: cannot open the event store in %s: %s\n",
                 o->data, err);
+        cq_modules_close(mods);
         return 1;
     }
     rc = cq_engine_new(&ecfg, store, &engine, err, sizeof err);
     if (rc == CQ_OK)
-        rc = load_projections(engine, o->projections, err, sizeof err);
+        rc = load_projections(engine, mods, o->projections, err, sizeof err);
     if (rc == CQ_OK)
         rc = cq_query_attach(engine, err, sizeof err);
     if (rc == CQ_OK)
@@ -281,23 +314,21 @@ static int serve(const options *o)
         goto done;
     }
     wcfg.hooks = cq_wiring_writer_hooks(engine);
-    wcfg.domain = orders_domain();
+    wcfg.domain = cq_modules_domain(mods);
     rc = cq_writer_start(store, &wcfg, &writer);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: cannot start the writer: %s\n",
                 cq_strerror(rc));
         goto done;
     }
-    rc = cq_server_start(&hcfg, store, writer, engine, orders_domain(), &server,
-                         err, sizeof err);
+    rc = cq_server_start(&hcfg, store, writer, engine, cq_modules_domain(mods),
+                         &server, err, sizeof err);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: --listen %s: %s\n", o->listen, err);
         goto done;
     }
-    fprintf(stderr,
-            "cqrsd: serving the orders example on %s (port %u), "
-            "data in %s\n",
-            o->listen, cq_server_port(server), o->data);
+    fprintf(stderr, "cqrsd: serving %s on %s (port %u), data in %s\n",
+            cq_modules_names(mods), o->listen, cq_server_port(server), o->data);
 
     while (sigwait(&sigs, &sig) != 0)
         ;
@@ -310,14 +341,19 @@ done:
     cq_writer_free(writer);
     cq_engine_free(engine);
     cq_store_close(store);
+    cq_modules_close(mods); /* after everything that used its domain */
     return rc == CQ_OK ? 0 : 1;
 }
 
-/* cqrsd verify [--data DIR] [--projections DIR]: the same projections as
- * serve, checked against the events (projection/verify.h). */
+/* cqrsd verify [--data DIR] [--projections DIR] [--domain PATH]...: the
+ * same projections as serve, checked against the events
+ * (projection/verify.h). */
 static int verify(int argc, char **argv)
 {
     const char *data = "./data", *projections = NULL;
+    const char *domains[CQ_MODULES_MAX];
+    size_t ndomains = 0;
+    cq_modules *mods = NULL;
     cq_verify *v = NULL;
     char err[1024];
     int64_t diffs = 0;
@@ -333,30 +369,37 @@ static int verify(int argc, char **argv)
             data = argv[i + 1];
         else if (strcmp(argv[i], "--projections") == 0)
             projections = argv[i + 1];
-        else {
+        else if (strcmp(argv[i], "--domain") == 0) {
+            if (add_domain(domains, &ndomains, argv[i + 1]) != 0)
+                return 2;
+        } else {
             fprintf(stderr, "cqrsd: verify: unknown option %s\n", argv[i]);
             return 2;
         }
     }
-    if (cq_verify_new(&v) == CQ_OK)
-        cq_verify_set_domain(v, orders_domain());
-    if (v == NULL) {
-        fprintf(stderr, "cqrsd: out of memory\n");
+    if (cq_modules_open(domains, ndomains, &mods, err, sizeof err) != CQ_OK) {
+        fprintf(stderr, "cqrsd: %s\n", err);
         return 2;
     }
-    rc = CQ_OK;
-    for (const orders_sql_file *f = orders_projection_files;
-         rc == CQ_OK && f->name; f++)
-        rc = cq_verify_load_text(v, f->name, f->text, f->len, err, sizeof err);
+    if (cq_verify_new(&v) == CQ_OK)
+        cq_verify_set_domain(v, cq_modules_domain(mods));
+    if (v == NULL) {
+        fprintf(stderr, "cqrsd: out of memory\n");
+        cq_modules_close(mods);
+        return 2;
+    }
+    rc = cq_modules_load_verify(mods, v, err, sizeof err);
     if (rc == CQ_OK && projections != NULL)
         rc = cq_verify_load_dir(v, projections, err, sizeof err);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: projections: %s\n", err);
         cq_verify_free(v);
+        cq_modules_close(mods);
         return 2;
     }
     rc = cq_verify_run(v, data, stdout, &diffs, err, sizeof err);
     cq_verify_free(v);
+    cq_modules_close(mods);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: verify: %s\n", err);
         return 2;
@@ -390,6 +433,8 @@ int main(int argc, char **argv)
         return verify(argc, argv);
     if (strcmp(argv[1], "projections") == 0)
         return cq_cli_projections(argc, argv);
+    if (strcmp(argv[1], "new") == 0)
+        return cq_cli_new(argc, argv);
     if (strcmp(argv[1], "serve") != 0) {
         fprintf(stderr, "cqrsd: unknown command '%s'\n", argv[1]);
         usage(stderr);
