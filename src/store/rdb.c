@@ -12,6 +12,7 @@
 #include <stdlib.h>
 
 #include "cqrs/cqrs.h"
+#include "store/pg.h"
 
 struct cq_rdb {
     const cq_rdb_ops *ops;
@@ -25,9 +26,11 @@ struct cq_rstmt {
     cq_rdb *db;
 };
 
-/* the SQLite backend opens its connections itself (rdb_sqlite.c) */
+/* each backend opens its connections itself (rdb_sqlite.c, rdb_pg.c) */
 int cq_rdb_sqlite_open(const char *path, unsigned flags, int busy_ms,
                        void **impl, char *err, size_t errcap);
+int cq_rdb_pg_open(const char *uri, unsigned flags, int busy_ms, void **impl,
+                   char *err, size_t errcap);
 
 cq_rdb *cq_rdb_wrap(const cq_rdb_ops *ops, void *impl, int owned)
 {
@@ -63,16 +66,19 @@ void *cq_rstmt_impl(cq_rstmt *st)
 int cq_rdb_open(const char *where, unsigned flags, int busy_ms, cq_rdb **out,
                 char *err, size_t errcap)
 {
+    int pg = cq_pg_is_uri(where);
+    const cq_rdb_ops *ops = pg ? &cq_rdb_pg_ops : &cq_rdb_sqlite_ops;
     void *impl = NULL;
     int rc;
 
     *out = NULL;
-    rc = cq_rdb_sqlite_open(where, flags, busy_ms, &impl, err, errcap);
+    rc = pg ? cq_rdb_pg_open(where, flags, busy_ms, &impl, err, errcap)
+            : cq_rdb_sqlite_open(where, flags, busy_ms, &impl, err, errcap);
     if (rc != CQ_OK)
         return rc;
-    *out = cq_rdb_wrap(&cq_rdb_sqlite_ops, impl, 1);
+    *out = cq_rdb_wrap(ops, impl, 1);
     if (*out == NULL) {
-        cq_rdb_sqlite_ops.close(impl);
+        ops->close(impl);
         snprintf(err, errcap, "%s: out of memory", where);
         return CQ_ENOMEM;
     }

@@ -238,4 +238,7 @@ void *cq_rstmt_impl(cq_rstmt *st);
 /* The SQLite backend (rdb_sqlite.c). */
 extern const cq_rdb_ops cq_rdb_sqlite_ops;
 
+/* The PostgreSQL backend (rdb_pg.c; cq_rdb_pg_wrap in store/pg.h). */
+extern const cq_rdb_ops cq_rdb_pg_ops;
+
 #endif
