@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <libpq-events.h>
@@ -96,6 +97,20 @@ typedef struct pg_stmt {
 } pg_stmt;
 
 static atomic_uint next_name;
+
+/* ---- characters of SQL ---- */
+
+static int ident_char(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+           (ch >= '0' && ch <= '9') || ch == '_' || ch == '$' ||
+           (unsigned char)ch >= 0x80;
+}
+
+static int is_digit(char ch)
+{
+    return ch >= '0' && ch <= '9';
+}
 
 /* ---- the connection's life ---- */
 
@@ -176,7 +191,7 @@ int cq_rdb_pg_open(const char *uri, unsigned flags, int busy_ms, void **impl,
     /* a busy database: PostgreSQL waits on row and table locks itself;
      * lock_timeout bounds it as SQLite's busy timeout does */
     snprintf(sql, sizeof sql, "SET lock_timeout = %d%s",
-             busy_ms > 0 ? busy_ms : 0,
+             busy_ms > 0 ? busy_ms : 1, /* 0 would wait for ever */
              flags & CQ_RDB_READONLY
                  ? "; SET default_transaction_read_only = on"
                  : "");
@@ -227,13 +242,18 @@ static int pg_on_close(void *impl, void (*fn)(void *), void *arg)
 /* ---- failures ---- */
 
 /* Record r's failure (or the connection's, r NULL) on p; its code. A
- * unique violation is a constraint like any other here (rdb.h). */
+ * unique violation is a constraint like any other here, and a write in a
+ * read-only transaction the connection's trouble, as SQLite's READONLY
+ * (rdb.h). */
 static int fail(pg_conn *p, const PGresult *r)
 {
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     int rc = cq_pg_code(p->c, r, p->err, sizeof p->err);
 
-    if (rc == CQ_EEXIST || rc == CQ_OK)
-        rc = rc == CQ_OK ? CQ_EIO : CQ_EINVAL;
+    if (rc == CQ_EEXIST)
+        rc = CQ_EINVAL;
+    else if (rc == CQ_OK || (state != NULL && strcmp(state, "25006") == 0))
+        rc = CQ_EIO;
     p->code = rc;
     return rc;
 }
@@ -288,13 +308,43 @@ static void flush_dead(pg_conn *p)
     }
 }
 
+/* SQLite's `BEGIN IMMEDIATE` (or EXCLUSIVE, DEFERRED) at the start of
+ * sql, which the engine writes to take SQLite's write lock up front, as
+ * PostgreSQL's plain `BEGIN` (whose writers lock rows as they go): a copy
+ * of sql without the word, or NULL when sql does not start so (or out of
+ * memory: then PostgreSQL reports the word). */
+static char *plain_begin(const char *sql)
+{
+    static const char *const modes[] = {"IMMEDIATE", "EXCLUSIVE", "DEFERRED"};
+    const char *s = sql + strspn(sql, " \t\r\n");
+    char *out;
+
+    if (strncasecmp(s, "BEGIN", 5) != 0 || !strchr(" \t\r\n", s[5]) ||
+        s[5] == '\0')
+        return NULL;
+    s += 5;
+    s += strspn(s, " \t\r\n");
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        size_t n = strlen(modes[i]);
+        if (strncasecmp(s, modes[i], n) == 0 && !ident_char(s[n])) {
+            out = malloc(strlen(s + n) + 6);
+            if (out != NULL)
+                sprintf(out, "BEGIN%s", s + n);
+            return out;
+        }
+    }
+    return NULL;
+}
+
 static int pg_exec(void *impl, const char *sql, char *err, size_t errcap)
 {
     pg_conn *p = impl;
+    char *plain = plain_begin(sql);
     int rc;
 
     flush_dead(p);
-    rc = result_rc(p, PQexec(p->c, sql));
+    rc = result_rc(p, PQexec(p->c, plain ? plain : sql));
+    free(plain);
     if (rc != CQ_OK && err != NULL)
         snprintf(err, errcap, "%s", p->err);
     return rc;
@@ -306,6 +356,36 @@ static int pg_in_transaction(void *impl)
 
     return ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR ||
            ts == PQTRANS_ACTIVE;
+}
+
+/* ---- types ---- */
+
+/* The built-in types' oids (pg_type.dat; fixed across versions). */
+enum {
+    OID_BOOL = 16,
+    OID_BYTEA = 17,
+    OID_INT8 = 20,
+    OID_INT2 = 21,
+    OID_INT4 = 23,
+    OID_FLOAT4 = 700,
+    OID_FLOAT8 = 701,
+    OID_NUMERIC = 1700,
+};
+
+/* What values of type t come back as (when not NULL). */
+static cq_rtype type_of(Oid t)
+{
+    switch (t) {
+    case OID_INT2:
+    case OID_INT4:
+    case OID_INT8:
+    case OID_BOOL: return CQ_RTYPE_INT;
+    case OID_FLOAT4:
+    case OID_FLOAT8:
+    case OID_NUMERIC: return CQ_RTYPE_REAL;
+    case OID_BYTEA: return CQ_RTYPE_BLOB;
+    default: return CQ_RTYPE_TEXT;
+    }
 }
 
 /* ---- one-shot queries of the catalog ---- */
@@ -379,7 +459,8 @@ static int pg_tables(void *impl, const char *suffix,
 }
 
 static int pg_columns(void *impl, const char *table,
-                      int (*cb)(void *arg, const char *column, int pk),
+                      int (*cb)(void *arg, const char *column, int pk,
+                                cq_rtype type),
                       void *arg, char *err, size_t errcap)
 {
     pg_conn *p = impl;
@@ -393,7 +474,8 @@ static int pg_columns(void *impl, const char *table,
         " AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
         " ORDER BY c.relname = $1 DESC LIMIT 1)"
         " SELECT a.attname, COALESCE(array_position(i.indkey::int2[],"
-        " a.attnum), 0) FROM t JOIN pg_catalog.pg_attribute a"
+        " a.attnum) - array_lower(i.indkey::int2[], 1) + 1, 0), a.atttypid"
+        " FROM t JOIN pg_catalog.pg_attribute a"
         " ON a.attrelid = t.oid LEFT JOIN pg_catalog.pg_index i"
         " ON i.indrelid = t.oid AND i.indisprimary"
         " WHERE a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
@@ -409,7 +491,8 @@ static int pg_columns(void *impl, const char *table,
         return CQ_ENOTFOUND;
     }
     for (int i = 0; i < PQntuples(r); i++)
-        if (cb(arg, PQgetvalue(r, i, 0), atoi(PQgetvalue(r, i, 1))) != 0)
+        if (cb(arg, PQgetvalue(r, i, 0), atoi(PQgetvalue(r, i, 1)),
+               type_of((Oid)strtoul(PQgetvalue(r, i, 2), NULL, 10))) != 0)
             break;
     PQclear(r);
     return CQ_OK;
@@ -448,31 +531,25 @@ static void pg_format_real(double v, char *buf, size_t cap)
 
 /* ---- statements ---- */
 
-static int ident_char(char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-           (ch >= '0' && ch <= '9') || ch == '_' || ch == '$' ||
-           (unsigned char)ch >= 0x80;
-}
-
-static int is_digit(char ch)
-{
-    return ch >= '0' && ch <= '9';
-}
-
-/* sql with ?N written $N outside quotes and comments (see the top), and
- * in *nparams the highest N or $N seen; NULL when out of memory. */
-static char *rewrite(const char *sql, int *nparams)
+/* sql with ?N written $N outside quotes and comments (see the top), in
+ * *nparams the highest N or $N seen, and in *empty whether it holds
+ * nothing but blanks, `;` and comments; NULL when out of memory. */
+static char *rewrite(const char *sql, int *nparams, int *empty)
 {
     size_t n = strlen(sql), o = 0;
-    char *out = malloc(n + 1);
-    int maxp = 0;
+    char *out = malloc(2 * n + 1); /* a blank may come before each $N */
+    int maxp = 0, tokens = 0;
 
     if (out == NULL)
         return NULL;
     for (size_t i = 0; i < n;) {
         char ch = sql[i];
         int after_ident = i > 0 && ident_char(sql[i - 1]);
+
+        if (!strchr(" \t\r\n\f\v;", ch) &&
+            !(ch == '-' && i + 1 < n && sql[i + 1] == '-') &&
+            !(ch == '/' && i + 1 < n && sql[i + 1] == '*'))
+            tokens = 1;
 
         if (ch == '\'' ) {
             /* E'..' takes backslash escapes; '' is a quote either way */
@@ -555,6 +632,10 @@ static char *rewrite(const char *sql, int *nparams)
             long v = strtol(sql + i + 1, NULL, 10);
             if (v > maxp && v < 65536)
                 maxp = (int)v;
+            /* SQLite ends a word at `?` (`LIMIT?1`); PostgreSQL's words
+             * may hold `$` */
+            if (after_ident)
+                out[o++] = ' ';
             out[o++] = '$';
             i++;
             while (i < n && is_digit(sql[i]))
@@ -567,9 +648,33 @@ static char *rewrite(const char *sql, int *nparams)
         }
     }
     out[o] = '\0';
-    if (nparams != NULL)
-        *nparams = maxp;
+    *nparams = maxp;
+    *empty = !tokens;
     return out;
+}
+
+/* Did r fail because a prepared statement's result columns changed
+ * under it ("cached plan must not change result type"), or because the
+ * server forgot it? Then preparing it again helps. */
+static int plan_changed(const PGresult *r)
+{
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    const char *fn = r ? PQresultErrorField(r, PG_DIAG_SOURCE_FUNCTION) : NULL;
+
+    if (state != NULL && strcmp(state, "26000") == 0)
+        return 1; /* no such statement: a twin of st forgot it */
+    return state != NULL && strcmp(state, "0A000") == 0 && fn != NULL &&
+           strcmp(fn, "RevalidateCachedQuery") == 0;
+}
+
+static void forget_cached(pg_conn *p, const char *name)
+{
+    for (size_t i = 0; i < p->ncache; i++)
+        if (strcmp(p->cache[i].name, name) == 0) {
+            free(p->cache[i].sql);
+            p->cache[i] = p->cache[--p->ncache];
+            return;
+        }
 }
 
 static const char *find_cached(pg_conn *p, const char *sql)
@@ -603,23 +708,112 @@ static void add_cached(pg_conn *p, const char *sql, const char *name)
     p->ncache++;
 }
 
-/* Prepare st's text on the server under a new name. */
+/* Leave `name` to be deallocated once the transaction allows it. */
+static void bury(pg_conn *p, const char *name)
+{
+    if (p->ndead == p->capdead) {
+        size_t cap = p->capdead ? p->capdead * 2 : 8;
+        char(*d)[24] = realloc(p->dead, cap * sizeof *d);
+        if (d == NULL)
+            return; /* left to the session's end */
+        p->dead = d;
+        p->capdead = cap;
+    }
+    snprintf(p->dead[p->ndead++], sizeof p->dead[0], "%s", name);
+}
+
+/* Deallocate st's server-side statement now, or once the transaction
+ * allows it (not in a failed one). */
+static void deallocate(pg_stmt *st)
+{
+    pg_conn *p = st->db;
+    PGTransactionStatusType ts = PQtransactionStatus(p->c);
+
+    if (st->name[0] == '\0' || st->gen != p->gen)
+        return; /* none, or gone with the session */
+    if (ts == PQTRANS_IDLE || ts == PQTRANS_INTRANS) {
+        char sql[48];
+        snprintf(sql, sizeof sql, "DEALLOCATE %s", st->name);
+        PQclear(PQexec(p->c, sql));
+    } else if (PQstatus(p->c) == CONNECTION_OK) {
+        bury(p, st->name);
+    }
+    st->name[0] = '\0';
+}
+
+/* PQprepare st->sql as st->name with these parameter types (NULL: all
+ * left to the server). */
+static int prepare_as(pg_stmt *st, const Oid *types)
+{
+    pg_conn *p = st->db;
+    PGresult *r = PQprepare(p->c, st->name, st->sql, st->nparams, types);
+    int rc = CQ_OK;
+
+    if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK)
+        rc = fail(p, r);
+    PQclear(r);
+    return rc;
+}
+
+/* The parameter types PostgreSQL inferred for st, where one of them is a
+ * narrow number, with those widened: a `?N` that PostgreSQL read as an
+ * integer or float4 from its context (`COALESCE(?1, 0)`, `?1 > 0`) takes
+ * any 64-bit integer or double, as SQLite's would. NULL when nothing is
+ * to widen (or it cannot be told). Caller frees. */
+static Oid *widened(pg_stmt *st)
+{
+    PGresult *d = PQdescribePrepared(st->db->c, st->name);
+    Oid *types = NULL;
+    int n, wide = 0;
+
+    if (d == NULL || PQresultStatus(d) != PGRES_COMMAND_OK ||
+        (n = PQnparams(d)) != st->nparams || n == 0 ||
+        (types = calloc((size_t)n, sizeof *types)) == NULL) {
+        PQclear(d);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        types[i] = PQparamtype(d, i);
+        if (types[i] == OID_INT2 || types[i] == OID_INT4) {
+            types[i] = OID_INT8;
+            wide = 1;
+        } else if (types[i] == OID_FLOAT4) {
+            types[i] = OID_FLOAT8;
+            wide = 1;
+        }
+    }
+    PQclear(d);
+    if (!wide) {
+        free(types);
+        return NULL;
+    }
+    return types;
+}
+
+/* Prepare st's text on the server under a new name (a persistent
+ * statement with its narrow number parameters widened: see widened()). */
 static int server_prepare(pg_stmt *st)
 {
     pg_conn *p = st->db;
-    PGresult *r;
+    Oid *types;
+    int rc;
 
     snprintf(st->name, sizeof st->name, "cq_%u",
              atomic_fetch_add(&next_name, 1) + 1);
-    r = PQprepare(p->c, st->name, st->sql, 0, NULL);
-    if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK) {
-        int rc = fail(p, r);
-        PQclear(r);
+    st->gen = p->gen;
+    rc = prepare_as(st, NULL);
+    if (rc == CQ_OK && st->persistent && st->nparams > 0 &&
+        (types = widened(st)) != NULL) {
+        char sql[48];
+        snprintf(sql, sizeof sql, "DEALLOCATE %s", st->name);
+        PQclear(PQexec(p->c, sql));
+        rc = prepare_as(st, types);
+        free(types);
+    }
+    if (rc != CQ_OK) {
         st->name[0] = '\0';
         return rc;
     }
-    PQclear(r);
-    st->gen = p->gen;
     p->code = CQ_OK;
     if (st->persistent)
         add_cached(p, st->sql, st->name);
@@ -632,10 +826,22 @@ static int pg_prepare(void *impl, const char *sql, unsigned flags, void **out,
     pg_conn *p = impl;
     pg_stmt *st = calloc(1, sizeof *st);
     const char *name;
-    int rc = CQ_ENOMEM;
+    char *plain = plain_begin(sql);
+    int rc = CQ_ENOMEM, empty = 0;
 
-    if (st == NULL || (st->sql = rewrite(sql, &st->nparams)) == NULL)
+    if (st == NULL ||
+        (st->sql = rewrite(plain ? plain : sql, &st->nparams, &empty)) ==
+            NULL) {
+        free(plain);
         goto fail;
+    }
+    free(plain);
+    if (empty) {
+        /* as SQLite: a text without a statement does not prepare */
+        rc = fail_msg(p, CQ_EINVAL, "no statement");
+        snprintf(err, errcap, "%s: no statement", sql);
+        goto cleanup;
+    }
     st->db = p;
     st->row = -1;
     st->blob_col = -1;
@@ -708,35 +914,14 @@ static void pg_reset(void *vst)
 static void pg_finalize(void *vst)
 {
     pg_stmt *st = vst;
-    pg_conn *p;
-
     if (st == NULL)
         return;
-    p = st->db;
     pg_reset(st);
     PQclear(st->desc);
     for (int i = 0; i < st->nparams; i++)
         unbind(&st->params[i]);
-    if (!st->persistent && st->name[0] != '\0' && st->gen == p->gen) {
-        PGTransactionStatusType ts = PQtransactionStatus(p->c);
-        if (ts == PQTRANS_IDLE || ts == PQTRANS_INTRANS) {
-            char sql[48];
-            snprintf(sql, sizeof sql, "DEALLOCATE %s", st->name);
-            PQclear(PQexec(p->c, sql));
-        } else if (PQstatus(p->c) == CONNECTION_OK) {
-            if (p->ndead == p->capdead) {
-                size_t cap = p->capdead ? p->capdead * 2 : 8;
-                char(*d)[24] = realloc(p->dead, cap * sizeof *d);
-                if (d != NULL) {
-                    p->dead = d;
-                    p->capdead = cap;
-                }
-            }
-            if (p->ndead < p->capdead)
-                snprintf(p->dead[p->ndead++], sizeof p->dead[0], "%s",
-                         st->name);
-        }
-    }
+    if (!st->persistent)
+        deallocate(st);
     free(st->params);
     free(st->vals);
     free(st->lens);
@@ -868,6 +1053,17 @@ static int pg_step(void *vst)
         return CQ_RSTEP_DONE;
     }
     rc = fail(p, st->res);
+    if (plan_changed(st->res)) {
+        /* the server will not run this statement again (a table it reads
+         * was made anew with other columns): the next step prepares it
+         * anew */
+        forget_cached(p, st->name);
+        if (st->persistent)
+            bury(p, st->name);
+        else
+            deallocate(st);
+        st->name[0] = '\0';
+    }
     PQclear(st->res);
     st->res = NULL;
     return rc;
@@ -909,17 +1105,6 @@ static const char *pg_column_name(void *vst, int i)
     return r != NULL && i >= 0 && i < PQnfields(r) ? PQfname(r, i) : NULL;
 }
 
-enum {
-    OID_BOOL = 16,
-    OID_BYTEA = 17,
-    OID_INT8 = 20,
-    OID_INT2 = 21,
-    OID_INT4 = 23,
-    OID_FLOAT4 = 700,
-    OID_FLOAT8 = 701,
-    OID_NUMERIC = 1700,
-};
-
 /* The current row's value of column i, or NULL (no row, no column, SQL
  * NULL). */
 static const char *value(pg_stmt *st, int i)
@@ -934,19 +1119,7 @@ static cq_rtype pg_column_type(void *vst, int i)
 {
     pg_stmt *st = vst;
 
-    if (value(st, i) == NULL)
-        return CQ_RTYPE_NULL;
-    switch (PQftype(st->res, i)) {
-    case OID_INT2:
-    case OID_INT4:
-    case OID_INT8:
-    case OID_BOOL: return CQ_RTYPE_INT;
-    case OID_FLOAT4:
-    case OID_FLOAT8:
-    case OID_NUMERIC: return CQ_RTYPE_REAL;
-    case OID_BYTEA: return CQ_RTYPE_BLOB;
-    default: return CQ_RTYPE_TEXT;
-    }
+    return value(st, i) == NULL ? CQ_RTYPE_NULL : type_of(PQftype(st->res, i));
 }
 
 static int64_t pg_column_int(void *vst, int i)
@@ -1060,6 +1233,130 @@ static int pg_column_bytes(void *vst, int i)
     }
 }
 
+/* ---- across connections ---- */
+
+/* Run a one-row SELECT with text parameters; *t gets whether its one
+ * value is true. */
+static int select_bool(pg_conn *p, const char *sql, int n,
+                       const char *const *vals, int *t)
+{
+    PGresult *r = query(p, sql, n, vals);
+
+    *t = 0;
+    if (r == NULL)
+        return p->code;
+    *t = PQntuples(r) > 0 && !PQgetisnull(r, 0, 0) &&
+         PQgetvalue(r, 0, 0)[0] == 't';
+    PQclear(r);
+    return CQ_OK;
+}
+
+static int pg_try_lock(void *impl, const char *name, int *got)
+{
+    const char *v[1] = {name};
+
+    return select_bool(impl,
+                       "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                       1, v, got);
+}
+
+static int pg_unlock(void *impl, const char *name)
+{
+    const char *v[1] = {name};
+    int released;
+
+    /* only a lock this session holds: pg_advisory_unlock would warn (on
+     * stderr, through libpq's notice processor) about any other */
+    return select_bool(
+        impl,
+        "SELECT pg_advisory_unlock(k) FROM (SELECT hashtextextended($1, 0)"
+        " AS k) s WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_locks"
+        " WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        " AND granted AND objsubid = 1"
+        " AND ((classid::int8 << 32) | objid::int8) = s.k)",
+        1, v, &released);
+}
+
+static int pg_notify(void *impl, const char *channel, const char *payload)
+{
+    pg_conn *p = impl;
+    const char *v[2] = {channel, payload ? payload : ""};
+    PGresult *r = query(p, "SELECT pg_notify($1, $2)", 2, v);
+
+    PQclear(r);
+    return r != NULL ? CQ_OK : p->code;
+}
+
+static int pg_listen(void *impl, const char *channel)
+{
+    pg_conn *p = impl;
+    char *id = PQescapeIdentifier(p->c, channel, strlen(channel));
+    char *sql;
+    int rc;
+
+    if (id == NULL)
+        return fail(p, NULL);
+    sql = malloc(strlen(id) + 8);
+    if (sql == NULL) {
+        PQfreemem(id);
+        return fail_msg(p, CQ_ENOMEM, "out of memory");
+    }
+    sprintf(sql, "LISTEN %s", id);
+    PQfreemem(id);
+    rc = result_rc(p, PQexec(p->c, sql));
+    free(sql);
+    return rc;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int pg_wait_notify(void *impl, int timeout_ms, char *channel,
+                          size_t chcap, char *payload, size_t plcap)
+{
+    pg_conn *p = impl;
+    int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+
+    for (;;) {
+        PGnotify *n = PQnotifies(p->c);
+        struct pollfd pfd;
+        int64_t left;
+        int rc;
+
+        if (n != NULL) {
+            if (chcap > 0)
+                snprintf(channel, chcap, "%s", n->relname);
+            if (plcap > 0)
+                snprintf(payload, plcap, "%s", n->extra ? n->extra : "");
+            PQfreemem(n);
+            p->code = CQ_OK;
+            return 1;
+        }
+        if (PQstatus(p->c) != CONNECTION_OK || PQsocket(p->c) < 0)
+            return fail_msg(p, CQ_EIO, "the connection is closed");
+        left = deadline - now_ms();
+        pfd.fd = PQsocket(p->c);
+        pfd.events = POLLIN;
+        pfd.revents = 0;
+        rc = poll(&pfd, 1, left > 0 ? (int)left : 0);
+        if (rc < 0 && errno == EINTR)
+            continue;
+        if (rc < 0)
+            return fail_msg(p, CQ_EIO, strerror(errno));
+        if (rc == 0) {
+            p->code = CQ_OK;
+            return 0;
+        }
+        if (!PQconsumeInput(p->c))
+            return fail(p, NULL);
+    }
+}
+
 const cq_rdb_ops cq_rdb_pg_ops = {
     .name = "postgresql",
     .close = pg_close,
@@ -1091,4 +1388,9 @@ const cq_rdb_ops cq_rdb_pg_ops = {
     .column_text = pg_column_text,
     .column_blob = pg_column_blob,
     .column_bytes = pg_column_bytes,
+    .try_lock = pg_try_lock,
+    .unlock = pg_unlock,
+    .notify = pg_notify,
+    .listen = pg_listen,
+    .wait_notify = pg_wait_notify,
 };
