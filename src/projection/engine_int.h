@@ -18,13 +18,15 @@
 
 #define ENGINE_BUSY_TIMEOUT_MS 5000
 
-/* The checkpoint table (checkpoint.c), in read.db and in events.db. */
+/* The checkpoint table (checkpoint.c), in read.db and in events.db.
+ * BIGINT: 64-bit on PostgreSQL (INTEGER is 32), INTEGER affinity on
+ * SQLite, as every integer column the engine makes. */
 #define CHECKPOINT_DDL                                                         \
     "CREATE TABLE IF NOT EXISTS cq_projections ("                              \
-    " name TEXT PRIMARY KEY, version INTEGER NOT NULL,"                        \
-    " source_hash TEXT NOT NULL, position INTEGER NOT NULL,"                   \
-    " status TEXT NOT NULL, error TEXT, error_position INTEGER,"               \
-    " error_event TEXT, updated_at INTEGER NOT NULL)"
+    " name TEXT PRIMARY KEY, version BIGINT NOT NULL,"                         \
+    " source_hash TEXT NOT NULL, position BIGINT NOT NULL,"                    \
+    " status TEXT NOT NULL, error TEXT, error_position BIGINT,"                \
+    " error_event TEXT, updated_at BIGINT NOT NULL)"
 
 #define SQL_SAVE_CHECKPOINT                                                    \
     "UPDATE cq_projections SET position = ?2, status = ?3, error = ?4,"        \

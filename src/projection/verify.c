@@ -456,7 +456,8 @@ static int verify_one(run *r, const vproj *p, int64_t *total)
     }
     for (size_t i = 0; i < p->d->nddl; i++) {
         char msg[384];
-        if (cq_exec_sql(x, p->d->ddl[i].sqlite_sql, msg, sizeof msg) != CQ_OK) {
+        if (cq_exec_sql(x, cq_exec_text(scratch, &p->d->ddl[i]), msg,
+                        sizeof msg) != CQ_OK) {
             snprintf(r->err, r->errcap, "%s:%d: %s", p->source,
                      p->d->ddl[i].line, msg);
             rc = CQ_EINVAL;
