@@ -79,6 +79,9 @@ static json_t *status_json(cq_engine *e, int i)
                             json_integer(st.serving_version));
         /* events skipped so far: rows of cq_skipped_events */
         json_object_set_new(doc, "skipped_events", json_integer(st.skipped));
+        /* several nodes: whether this one applies it (the others answer
+         * its queries, and refuse its control operations) */
+        json_object_set_new(doc, "runs_here", json_boolean(st.runs_here));
         json_object_set_new(doc, "rebuild", rb);
         json_object_set_new(doc, "last_rebuild", last);
     } else {

@@ -4,6 +4,11 @@
  * one at a time, in order, by the projector thread, each handed back to
  * its caller with its own result (see cq_engine_control_start).
  *
+ * With several nodes on one read store, an operation is carried out by
+ * the node that runs the projection (engine.h); another answers
+ * CQ_ECONFLICT. The position it moves is told to the other nodes by the
+ * projector (cq_progress) right after.
+ *
  * Threads and locks: callers queue an operation and read its result
  * under e->mu; the projector thread runs the queue (cq_eng_run_controls,
  * called with e->mu held, which it drops while an operation runs) and
@@ -56,7 +61,7 @@ static void run_control(cq_engine *e, cq_control *ctl)
 {
     proj *p = ctl->p;
     char err[256] = "";
-    int op, rc = CQ_OK, paused, failed;
+    int op, rc = CQ_OK, paused, failed, owned;
     int64_t epos, position;
 
     pthread_mutex_lock(&e->mu);
@@ -65,9 +70,27 @@ static void run_control(cq_engine *e, cq_control *ctl)
     failed = p->failed;
     epos = p->error_position;
     position = p->position;
+    owned = p->owned;
     pthread_mutex_unlock(&e->mu);
 
+    if (!owned) {
+        /* several nodes: its state is the other node's, in memory as
+         * well as in its rows */
+        rc = CQ_ECONFLICT;
+        snprintf(err, sizeof err,
+                 "%s runs on another node, not this one: send '%s' to the "
+                 "node whose GET /projections/%s says runs_here",
+                 p->d->name, op == OP_PAUSE    ? "pause"
+                             : op == OP_RESUME ? "resume"
+                             : op == OP_RESET  ? "reset"
+                             : op == OP_RETRY  ? "retry"
+                             : op == OP_SKIP   ? "skip"
+                                               : "rebuild",
+                 p->d->name);
+        op = OP_NONE;
+    }
     switch (op) {
+    case OP_NONE: break;
     case OP_PAUSE:
     case OP_RESUME:
     case OP_RETRY:

@@ -5,10 +5,18 @@
  * read.db, one on the event store's database, which holds the inline
  * projections' tables: its connections come from cq_store_open_rdb).
  *
+ * A connection whose server went away (PostgreSQL restarted: its last
+ * statement failed with CQ_EIO outside a transaction) is closed when it
+ * is given back, and the next borrower connects again; while that fails,
+ * borrowing fails (the query answers 503) and the slot stays empty. One
+ * database that has its own read store (with several nodes, the event
+ * store's database) is served by one pool: see pool_of.
+ *
  * Threads and locks: a pool's mutex guards its idle list; a borrowed
  * connection (and its executor) belongs to the borrowing thread until it
- * is put back. pool_open and pool_close run on the thread that starts
- * and frees the engine, when no other thread uses the pool.
+ * is put back, and it alone reconnects it. pool_open and pool_close run
+ * on the thread that starts and frees the engine, when no other thread
+ * uses the pool.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -55,6 +63,8 @@ int cq_pool_open(pool *pl, cq_pool_opener open, void *arg, int n, char *err,
     pthread_mutex_init(&pl->mu, NULL);
     pthread_cond_init(&pl->cv, NULL);
     pl->init = 1;
+    pl->open = open;
+    pl->arg = arg;
     for (int i = 0; i < n; i++) {
         int rc = open(arg, &pl->db[i], err, errcap);
         if (rc != CQ_OK)
@@ -106,17 +116,45 @@ void cq_pool_put(pool *pl, int i)
     pthread_mutex_unlock(&pl->mu);
 }
 
-/* The pool holding projection's tables. */
+/* The pool holding projection's tables: read.db's, or the event store's
+ * database's for an inline projection, unless that is the read store
+ * itself (e->one_db). */
 static pool *pool_of(cq_engine *e, int projection)
 {
-    return e->projs[projection]->is_inline ? &e->events : &e->reads;
+    return e->projs[projection]->is_inline && !e->one_db ? &e->events
+                                                         : &e->reads;
 }
 
-cq_exec *cq_engine_reader_get(cq_engine *e, int projection)
+/* Connect slot i of pl again (its borrower's thread): CQ_OK, or the
+ * opener's failure with the slot left empty. */
+static int pool_reopen(pool *pl, int i, char *err, size_t errcap)
+{
+    cq_rdb *db = NULL;
+    int rc = pl->open(pl->arg, &db, err, errcap);
+
+    if (rc != CQ_OK)
+        return rc;
+    pl->x[i] = cq_exec_new(db);
+    if (pl->x[i] == NULL) {
+        cq_rdb_close(db);
+        snprintf(err, errcap, "out of memory");
+        return CQ_ENOMEM;
+    }
+    pl->db[i] = db;
+    return CQ_OK;
+}
+
+cq_exec *cq_engine_reader_get(cq_engine *e, int projection, char *err,
+                              size_t errcap)
 {
     pool *pl = pool_of(e, projection);
+    int i = cq_pool_get(pl);
 
-    return pl->x[cq_pool_get(pl)];
+    if (pl->db[i] == NULL && pool_reopen(pl, i, err, errcap) != CQ_OK) {
+        cq_pool_put(pl, i);
+        return NULL;
+    }
+    return pl->x[i];
 }
 
 void cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x)
@@ -125,6 +163,15 @@ void cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x)
 
     for (int i = 0; i < pl->n; i++)
         if (pl->x[i] == x) {
+            cq_rdb *db = pl->db[i];
+            if (cq_rdb_errcode(db) == CQ_EIO && !cq_rdb_in_transaction(db)) {
+                /* its server went away (or its file fails): the next
+                 * borrower connects again */
+                cq_exec_free(x);
+                cq_rdb_close(db);
+                pl->x[i] = NULL;
+                pl->db[i] = NULL;
+            }
             cq_pool_put(pl, i);
             return;
         }

@@ -145,7 +145,11 @@ static int run_query(cq_engine *e, int projection, const cq_declared *serving,
         q = oq;
         values = mapped;
     }
-    x = cq_engine_reader_get(e, projection);
+    x = cq_engine_reader_get(e, projection, err, errcap);
+    if (x == NULL) {
+        free(mapped);
+        return CQ_EIO; /* the read store cannot be reached */
+    }
     rc = cq_exec_sql(x, "BEGIN", err, errcap);
     if (rc != CQ_OK)
         goto done;

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdatomic.h>
@@ -878,6 +879,160 @@ static void test_expired_key_not_replayed(void **state)
     gate_destroy(&g);
 }
 
+/* ---- a stream that moves between the version read and the append ---- */
+
+/* Another node appending to the stream after this writer read its version
+ * (and so decided on a state that misses that event) is played by the
+ * decider itself: while `sneak` is positive, it first appends one event
+ * to its own stream through the store, on the writer's thread, inside the
+ * request's savepoint, as another writer's committed append would look.
+ * Its state counts the stream's events, and the event it emits says how
+ * many it saw: a decision made on a stale state is told by that number.
+ * Touched by the writer thread only while a test waits for its answers. */
+typedef struct tally {
+    int64_t events;
+} tally;
+
+static cq_store *sneak_store;
+static int sneak, decided;
+
+static void *tally_initial(void)
+{
+    return calloc(1, sizeof(tally));
+}
+
+static int tally_evolve(void *state, const cq_event *ev)
+{
+    (void)ev;
+    ((tally *)state)->events++;
+    return CQ_OK;
+}
+
+static void *tally_clone(const void *state)
+{
+    tally *t = malloc(sizeof *t);
+
+    if (t != NULL)
+        *t = *(const tally *)state;
+    return t;
+}
+
+static void tally_free(void *state)
+{
+    free(state);
+}
+
+static const cq_aggregate tally_agg = {"tally", tally_initial, tally_evolve,
+                                       tally_clone, tally_free};
+
+static int tally_stream(const json_t *body, char *buf, size_t cap)
+{
+    (void)body;
+    snprintf(buf, cap, "tally-1");
+    return CQ_OK;
+}
+
+static int tally_decide(const void *state, const json_t *body, cq_decision *d)
+{
+    (void)body;
+    decided++;
+    if (sneak > 0) {
+        cq_new_event ev = {"Counted", 1, "{\"seen\":-1}", "{}"};
+        sneak--;
+        if (cq_store_append(sneak_store, "tally-1", CQ_VERSION_ANY, &ev, 1,
+                            cq_now_ms(), NULL, NULL) != CQ_OK)
+            abort();
+    }
+    return cq_decision_emit(
+        d, "Counted", 1,
+        json_pack("{s:I}", "seen", (json_int_t)((const tally *)state)->events));
+}
+
+static const cq_field tally_fields[] = {{.kind = CQ_FIELD_END}};
+static const cq_command_def tally_count = {
+    "Count", &tally_agg, tally_fields, CQ_EXPECT_ANY, tally_stream, NULL,
+    tally_decide};
+
+static void make_count(fixture *f, cq_write_req *r, int64_t if_match)
+{
+    memset(r, 0, sizeof *r);
+    r->kind = CQ_WRITE_COMMAND;
+    r->def = &tally_count;
+    r->body = json_object();
+    r->expected = if_match;
+    snprintf(r->stream_id, sizeof r->stream_id, "tally-1");
+    assert_int_equal(cq_uuid7(r->command_id), CQ_OK);
+    r->done = on_done;
+    r->user = &f->wt;
+}
+
+/* Copy an event's data into arg (char[64]). */
+static int copy_data(void *arg, const cq_stored_event *se)
+{
+    snprintf(arg, 64, "%s", se->data);
+    return 0;
+}
+
+/* The "seen" of tally-1's event at version v. */
+static int64_t seen_at(fixture *f, int64_t v)
+{
+    char json[64] = "";
+    int64_t seen = -2;
+
+    assert_int_equal(cq_store_read_stream(f->store, "tally-1", v, 1,
+                                          copy_data, json, NULL, NULL, 0),
+                     CQ_OK);
+    sscanf(json, "{\"seen\":%" SCNd64 "}", &seen);
+    return seen;
+}
+
+/* A command without If-Match whose stream moved after its version was
+ * read (the append finds another version) drops its cached state and is
+ * decided once more, from the store: 202, on a state that counts the
+ * other event. With If-Match, or when the stream moves again, 409. */
+static void test_moved_stream_decided_again(void **state)
+{
+    fixture *f = *state;
+    cq_write_req r[4];
+
+    sneak_store = f->store;
+    sneak = 0;
+    decided = 0;
+    make_count(f, &r[0], CQ_VERSION_ANY); /* caches tally-1 at version 1 */
+    assert_int_equal(cq_writer_submit(f->writer, &r[0]), CQ_OK);
+    wait_for(&f->wt, 1);
+    assert_int_equal(r[0].status, 202);
+    assert_int_equal(seen_at(f, 1), 0);
+
+    sneak = 1; /* version 2 appears after the writer read version 1 */
+    make_count(f, &r[1], CQ_VERSION_ANY);
+    assert_int_equal(cq_writer_submit(f->writer, &r[1]), CQ_OK);
+    wait_for(&f->wt, 2);
+    assert_int_equal(r[1].status, 202);
+    assert_int_equal(r[1].version, 3);
+    assert_int_equal(decided, 3); /* once for r[0], twice for r[1] */
+    assert_int_equal(seen_at(f, 2), -1);
+    assert_int_equal(seen_at(f, 3), 2); /* decided on both earlier events */
+
+    sneak = 1; /* If-Match 3 held when read, not at the append: 409 */
+    make_count(f, &r[2], 3);
+    assert_int_equal(cq_writer_submit(f->writer, &r[2]), CQ_OK);
+    wait_for(&f->wt, 3);
+    assert_int_equal(r[2].status, 409);
+    assert_non_null(strstr(r[2].response, "conflict"));
+    assert_int_equal(decided, 4);
+
+    sneak = 2; /* moves before both attempts: the second is answered 409 */
+    make_count(f, &r[3], CQ_VERSION_ANY);
+    assert_int_equal(cq_writer_submit(f->writer, &r[3]), CQ_OK);
+    wait_for(&f->wt, 4);
+    assert_int_equal(r[3].status, 409);
+    assert_int_equal(decided, 6);
+    /* the sneaked events were in the refused requests' savepoints: gone */
+    assert_int_equal(cq_writer_head(f->writer), 3);
+    release(r, 4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -898,6 +1053,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_prune_losing_transaction_fails_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expired_key_not_replayed, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_moved_stream_decided_again, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
