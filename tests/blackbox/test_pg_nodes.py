@@ -166,6 +166,18 @@ def pg_port_of(uri):
     return urllib.parse.urlsplit(uri).port
 
 
+def runs_here(node, name):
+    """What the node's GET /projections/NAME says: does it apply NAME?"""
+    c = Client(node, timeout=10)
+    try:
+        st, _, b = c.get("/projections/" + name)
+    finally:
+        c.close()
+    if st != 200 or "runs_here" not in b:
+        raise AssertionError("GET /projections/%s -> %s %r (no runs_here)" % (name, st, b))
+    return b["runs_here"]
+
+
 def node_of_port(nodes, pg_port, client_port):
     table = _tcp_table()
     for n in nodes:
@@ -530,13 +542,22 @@ class ThreeNodesTest(NodesTestBase):
                             "%s: %r" % (name, v))
 
     def test_projections_run_on_one_node_each(self):
-        holders = lock_holders(self.uri, ("order_summaries", "sales_dashboard"))
-        self.assertEqual(set(holders), {"order_summaries", "sales_dashboard"},
+        names = ("order_summaries", "sales_dashboard")
+        deadline = time.monotonic() + 10
+        while True:
+            holders = lock_holders(self.uri, names)
+            if set(holders) == set(names) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(set(holders), set(names),
                          "no node holds the projection locks: %r" % holders)
         owners = {name: node_of_port(self.nodes, pg_port_of(self.uri), port)
                   for name, port in holders.items()}
         for name, n in owners.items():
             self.assertIsNotNone(n, "the lock of %s is held by no node" % name)
+            # /projections says the same: runs_here on the lock's node only
+            self.assertEqual([runs_here(x, name) for x in self.nodes],
+                             [x is n for x in self.nodes], name)
         log("projection owners: %r" % {k: self.nodes.index(v) for k, v in owners.items()})
         # every node answers /projections for them all, with the same view
         for c in self.clients:
@@ -805,15 +826,14 @@ class TakeoverTest(NodesTestBase):
                 break
             time.sleep(0.05)
         self.assertEqual(set(holders), set(ASYNC_PROJECTIONS), holders)
-        victim = node_of_port(nodes, pg_port, holders["order_summaries"])
-        self.assertIsNotNone(victim, "no node holds order_summaries' lock")
+        # the node that runs them, from /projections; PostgreSQL agrees
+        here = [n for n in nodes if runs_here(n, "order_summaries")]
+        self.assertEqual(len(here), 1, "nodes saying they run order_summaries: %d"
+                         % len(here))
+        victim = here[0]
+        self.assertIs(node_of_port(nodes, pg_port, holders["order_summaries"]), victim,
+                      "the lock of order_summaries is not the victim's")
         survivors = [n for n in nodes if n is not victim]
-        # /projections: every node lists the projections, the victim too
-        for n in nodes:
-            cl = Client(n)
-            st, _, b = cl.get("/projections/order_summaries")
-            cl.close()
-            self.assertEqual(st, 200, b)
 
         stop = threading.Event()
         lock = threading.Lock()
@@ -865,6 +885,15 @@ class TakeoverTest(NodesTestBase):
                 time.sleep(0.02)
             self.assertIsNotNone(took, "no surviving node took the projections within 5 s:"
                                  " %r" % lock_holders(uri, ASYNC_PROJECTIONS))
+            # and /projections says so (by 5 s after the kill)
+            for name, owner in owners.items():
+                while True:
+                    said = [runs_here(x, name) for x in survivors]
+                    if said == [x is owner for x in survivors] or \
+                            time.monotonic() - t_kill > 5.0:
+                        break
+                    time.sleep(0.02)
+                self.assertEqual(said, [x is owner for x in survivors], name)
             # and they move on: fresh at the head within 5 s of the kill
             head = c.head()
             for name in ("sales_dashboard", "apply_log_summary"):
