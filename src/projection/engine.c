@@ -98,7 +98,8 @@ static int check_statements(proj *p, cq_exec *x, char *err, size_t errcap)
     for (size_t q = 0; q < p->d->nqueries; q++)
         for (size_t k = 0; k < p->d->queries[q].nstmts; k++) {
             const cq_decl_stmt *st = &p->d->queries[q].stmts[k];
-            if (cq_exec_check(x, st->sqlite_sql, msg, sizeof msg) != CQ_OK) {
+            if (cq_exec_check(x, cq_exec_text(cq_exec_db(x), st), msg,
+                              sizeof msg) != CQ_OK) {
                 snprintf(err, errcap, "%s:%d: query %s: %s", p->source,
                          st->line, p->d->queries[q].name, msg);
                 return CQ_EINVAL;
@@ -111,8 +112,8 @@ static int check_statements(proj *p, cq_exec *x, char *err, size_t errcap)
  * `skip`) and in events.db (inline projections, at start). */
 #define SKIPPED_DDL                                                            \
     "CREATE TABLE IF NOT EXISTS cq_skipped_events (projection TEXT NOT NULL,"  \
-    " position INTEGER NOT NULL, event_type TEXT, error TEXT,"                 \
-    " skipped_at INTEGER NOT NULL, PRIMARY KEY (projection, position))"
+    " position BIGINT NOT NULL, event_type TEXT, error TEXT,"                  \
+    " skipped_at BIGINT NOT NULL, PRIMARY KEY (projection, position))"
 
 static int prepare_savepoints(cq_rdb *db, const char *name, cq_rstmt **sp,
                               cq_rstmt **release, cq_rstmt **rollback,
@@ -220,9 +221,9 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
     }
     /* read.db need not fsync each batch: its checkpoints commit with their
      * rows, so after a crash a projection resumes from its last one. */
-    rc = cq_exec_sql(e->rx, "PRAGMA journal_mode = WAL", err, errcap);
-    if (rc == CQ_OK)
-        rc = cq_exec_sql(e->rx, "PRAGMA synchronous = NORMAL", err, errcap);
+    if (strcmp(cq_rdb_backend(e->rdb), "sqlite") == 0) /* PostgreSQL: none */
+        rc = cq_exec_sql(e->rx, "PRAGMA journal_mode = WAL;"
+                         " PRAGMA synchronous = NORMAL", err, errcap);
     if (rc == CQ_OK && e->shared) {
         rc = lock_start(e, err, errcap);
         start_locked = rc == CQ_OK;

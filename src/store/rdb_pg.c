@@ -248,7 +248,14 @@ static int pg_on_close(void *impl, void (*fn)(void *), void *arg)
 static int fail(pg_conn *p, const PGresult *r)
 {
     const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    const char *primary =
+        r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
     int rc = cq_pg_code(p->c, r, p->err, sizeof p->err);
+
+    /* the message alone, as SQLite's: no "ERROR:" before it, no DETAIL
+     * after it (which may quote a row's values) */
+    if (primary != NULL && primary[0] != '\0')
+        snprintf(p->err, sizeof p->err, "%s", primary);
 
     if (rc == CQ_EEXIST)
         rc = CQ_EINVAL;

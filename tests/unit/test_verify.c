@@ -81,7 +81,8 @@ static void on_done(cq_write_req *r)
 static void start(fixture *f)
 {
     cq_store_config scfg = {.dir = f->dir, .read_connections = 2};
-    cq_engine_config ecfg = {f->dir, 0, 2, orders_domain(), NULL, NULL};
+    cq_engine_config ecfg = {
+        .dir = f->dir, .readers = 2, .domain = orders_domain()};
     cq_writer_config wcfg;
     char err[512];
 
