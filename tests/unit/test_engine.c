@@ -100,10 +100,6 @@ static void on_done(cq_write_req *r)
 
 static void start(fixture *f)
 {
-<<<<<<< HEAD
-    cq_store_config scfg = {.dir = f->dir, .read_connections = 2};
-    cq_engine_config ecfg = {f->dir, 0, 2, orders_domain(), NULL, NULL};
-=======
     cq_store_config scfg = {
         .uri = f->uri, .dir = f->dir, .read_connections = 2, .connections = 2};
     cq_engine_config ecfg = {.dir = f->dir,
@@ -111,7 +107,6 @@ static void start(fixture *f)
                              .domain = orders_domain(),
                              .read_store = f->uri,
                              .store_uri = f->uri};
->>>>>>> pg-rdb
     cq_projection_code code = {"event_counts", count_apply, NULL};
     cq_writer_config wcfg;
     char err[512];
