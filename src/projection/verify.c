@@ -78,6 +78,8 @@ struct cq_verify {
 /* What one run works with. */
 typedef struct run {
     const char *dir;
+    const char *read_uri; /* PostgreSQL: the read store (r->reads), or NULL
+                             for DIR/read.db */
     FILE *out;
     cq_rdb *events;  /* DIR/events.db, read-only: inline tables */
     cq_store *store; /* the same, read-only: the events to replay */
@@ -357,6 +359,15 @@ static int open_ro(run *r, const char *file, int optional, cq_rdb **db)
     return CQ_OK;
 }
 
+/* A read-only connection to the PostgreSQL database at uri. */
+static int open_uri(run *r, const char *uri, cq_rdb **db)
+{
+    return cq_rdb_open(uri, CQ_RDB_READONLY, 5000, db, r->err, r->errcap) ==
+                   CQ_OK
+               ? CQ_OK
+               : CQ_EIO;
+}
+
 /* Names of the tables a DDL made (step 4). */
 typedef struct names {
     char **v;
@@ -397,7 +408,8 @@ static int verify_one(run *r, const vproj *p, int64_t *total)
     memset(&cp, 0, sizeof cp);
     if (!is_inline && !r->reads_tried) {
         r->reads_tried = 1;
-        rc = open_ro(r, "read.db", 1, &r->reads);
+        rc = r->read_uri != NULL ? open_uri(r, r->read_uri, &r->reads)
+                                 : open_ro(r, "read.db", 1, &r->reads);
         if (rc != CQ_OK)
             return rc;
     }
@@ -409,8 +421,14 @@ static int verify_one(run *r, const vproj *p, int64_t *total)
         goto summary;
     }
 
-    /* 1. one snapshot for the checkpoint and the tables */
-    if (cq_rdb_exec(live, "BEGIN", NULL, 0) != CQ_OK) {
+    /* 1. one snapshot for the checkpoint and the tables (PostgreSQL
+     * takes a snapshot per statement unless asked for one per
+     * transaction) */
+    if (cq_rdb_exec(live,
+                    cq_exec_dialect(live, "BEGIN",
+                                    "BEGIN ISOLATION LEVEL REPEATABLE READ"
+                                    " READ ONLY"),
+                    NULL, 0) != CQ_OK) {
         snprintf(r->err, r->errcap, "%s: BEGIN: %s", p->name,
                  cq_rdb_errmsg(live));
         return CQ_EIO;
@@ -531,6 +549,8 @@ done:
     return rc;
 }
 
+static int run_all(cq_verify *v, run *r, int rc, int64_t *differences);
+
 int cq_verify_run(cq_verify *v, const char *dir, FILE *out,
                   int64_t *differences, char *err, size_t errcap)
 {
@@ -563,19 +583,48 @@ int cq_verify_run(cq_verify *v, const char *dir, FILE *out,
     }
     if (rc == CQ_ENOTFOUND)
         snprintf(err, errcap, "%s/events.db: no event store here", dir);
+    return run_all(v, &r, rc, differences);
+}
+
+int cq_verify_run_uri(cq_verify *v, const char *store_uri,
+                      const char *read_uri, FILE *out, int64_t *differences,
+                      char *err, size_t errcap)
+{
+    cq_store_config sc = {.uri = store_uri, .connections = 1, .read_only = 1};
+    run r;
+    int rc;
+
+    *differences = 0;
+    memset(&r, 0, sizeof r);
+    r.dir = "";
+    r.read_uri = read_uri != NULL ? read_uri : store_uri;
+    r.domain = v->domain;
+    r.out = out;
+    r.err = err;
+    r.errcap = errcap;
+    rc = open_uri(&r, store_uri, &r.events);
+    if (rc == CQ_OK)
+        rc = cq_store_open(&sc, &r.store, err, errcap);
+    return run_all(v, &r, rc, differences);
+}
+
+/* Verify each projection of v with r's connections (rc: how opening
+ * them went), then close them. */
+static int run_all(cq_verify *v, run *r, int rc, int64_t *differences)
+{
     for (int i = 0; rc == CQ_OK && i < v->n; i++) {
         if (v->projs[i].d == NULL) {
-            fprintf(out,
+            fprintf(r->out,
                     "%s: skipped (a C projection: verify replays declared "
                     "projections only)\n",
                     v->projs[i].name);
             continue;
         }
-        rc = verify_one(&r, &v->projs[i], differences);
+        rc = verify_one(r, &v->projs[i], differences);
     }
-    fflush(out);
-    cq_rdb_close(r.reads);
-    cq_rdb_close(r.events);
-    cq_store_close(r.store);
+    fflush(r->out);
+    cq_rdb_close(r->reads);
+    cq_rdb_close(r->events);
+    cq_store_close(r->store);
     return rc;
 }

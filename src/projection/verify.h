@@ -76,4 +76,14 @@ int cq_verify_add_code(cq_verify *v, const char *text, size_t len,
 int cq_verify_run(cq_verify *v, const char *dir, FILE *out,
                   int64_t *differences, char *err, size_t errcap);
 
+/* As cq_verify_run, for an event store on PostgreSQL: store_uri is its
+ * database (the events, the inline projections' tables), read_uri the
+ * read store's (NULL: the same database). Only read-only connections;
+ * each projection's checkpoint and tables are read in one REPEATABLE READ
+ * snapshot, so a server may run meanwhile. Returns as cq_verify_run
+ * (CQ_EIO also when a database cannot be reached). */
+int cq_verify_run_uri(cq_verify *v, const char *store_uri,
+                      const char *read_uri, FILE *out, int64_t *differences,
+                      char *err, size_t errcap);
+
 #endif
