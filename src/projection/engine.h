@@ -241,8 +241,10 @@ cq_exec *cq_engine_reader_get(cq_engine *e, int projection, char *err,
 /* Give back a reader borrowed with cq_engine_reader_get for the same
  * projection, outside any transaction. A connection whose last statement
  * failed with CQ_EIO (its server went away) is closed: the next borrower
- * connects again. Cannot fail. Any thread. */
-void cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x);
+ * connects again. A predicate, not a CQ_* code: 1 when it was closed so
+ * (a read that failed on it may be tried again on a new one), else 0.
+ * Any thread. */
+int cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x);
 
 /* projection's checkpoint read through x (a reader, in the caller's open
  * transaction, so that it matches the rows read with it): *position and

@@ -141,6 +141,11 @@ typedef struct pool {
     int init;
     cq_pool_opener open; /* and its arg: how a lost connection comes back */
     void *arg;
+    /* guarded by mu: bumped when a borrower found its connection's server
+     * gone (a restart takes every connection along): each connection made
+     * before (born[i] < lost) is replaced when next borrowed */
+    unsigned lost;
+    unsigned *born;
 } pool;
 
 /* The lock a node's projector holds while it runs an asynchronous
