@@ -10,7 +10,9 @@
  *   checkpoint.c  the cq_projections and cq_skipped_events tables, and
  *                 bringing a projection's tables to its definition
  *   decode.c      decoding a stored event for handlers
- *   projector.c   the projector thread: micro-batches into read.db
+ *   projector.c   the projector thread: micro-batches into read.db;
+ *                 with several nodes, which projections it runs
+ *   listen.c      several nodes: what the others commit, heard
  *   control.c     pause/resume/reset/retry/skip/rebuild, queued to it
  *   inline.c      inline projections: the writer's hooks, catch-up
  *   rebuild.c     blue/green rebuilds
@@ -450,7 +452,7 @@ int64_t cq_engine_head(cq_engine *e)
 
 int64_t cq_engine_wal_bytes(cq_engine *e)
 {
-    return cq_wal_bytes(e->wal);
+    return e->shared ? -1 : cq_wal_bytes(e->wal);
 }
 
 int cq_engine_is_inline(cq_engine *e, int projection)

@@ -185,7 +185,8 @@ int64_t cq_engine_position(cq_engine *e, int projection, int *failed);
  * at start). Cannot fail. Any thread. */
 int64_t cq_engine_head(cq_engine *e);
 
-/* Bytes of read.db's write-ahead log on disk (read.db-wal). Any thread. */
+/* Bytes of read.db's write-ahead log on disk (read.db-wal); -1 when the
+ * read store is not SQLite (a server keeps its own log). Any thread. */
 int64_t cq_engine_wal_bytes(cq_engine *e);
 
 /* A predicate: 1 if the projection is inline (its tables commit with the
