@@ -314,9 +314,10 @@ int cq_pool_open(pool *pl, cq_pool_opener open, void *arg, int n, char *err,
 /* Close every connection; accepts a pool never opened (zeroed). */
 void cq_pool_close(pool *pl);
 
-/* Borrow an idle connection's index, waiting for one; give it back with
- * cq_pool_put. Any thread. */
-int cq_pool_get(pool *pl);
+/* Borrow an idle connection's index, waiting for one, with the pool's
+ * count of losses in *lost (pool.lost); give it back with cq_pool_put.
+ * Any thread. */
+int cq_pool_get(pool *pl, unsigned *lost);
 void cq_pool_put(pool *pl, int i);
 
 /* ---- engine.c ---- */

@@ -102,7 +102,7 @@ void cq_pool_close(pool *pl)
     memset(pl, 0, sizeof *pl);
 }
 
-int cq_pool_get(pool *pl)
+int cq_pool_get(pool *pl, unsigned *lost)
 {
     int i;
 
@@ -110,6 +110,7 @@ int cq_pool_get(pool *pl)
     while (pl->nidle == 0)
         pthread_cond_wait(&pl->cv, &pl->mu);
     i = pl->idle[--pl->nidle];
+    *lost = pl->lost;
     pthread_mutex_unlock(&pl->mu);
     return i;
 }
@@ -162,12 +163,9 @@ cq_exec *cq_engine_reader_get(cq_engine *e, int projection, char *err,
                               size_t errcap)
 {
     pool *pl = pool_of(e, projection);
-    int i = cq_pool_get(pl);
     unsigned lost;
+    int i = cq_pool_get(pl, &lost);
 
-    pthread_mutex_lock(&pl->mu);
-    lost = pl->lost;
-    pthread_mutex_unlock(&pl->mu);
     if ((pl->db[i] == NULL || pl->born[i] != lost) &&
         pool_reopen(pl, i, lost, err, errcap) != CQ_OK) {
         cq_pool_put(pl, i);
