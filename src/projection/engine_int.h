@@ -322,6 +322,25 @@ void cq_pool_put(pool *pl, int i);
 
 /* ---- engine.c ---- */
 
+/* A projection's checkpoint row as another node may have written it:
+ * SQL_CHECKPOINT_ROW's columns. */
+#define SQL_CHECKPOINT_ROW                                                     \
+    "SELECT position, status, error, error_position, error_event"              \
+    " FROM cq_projections WHERE name = ?1"
+
+typedef struct checkpoint_row {
+    int64_t position;
+    int paused, failed;
+    int64_t error_position; /* failed only (else 0, and the texts "") */
+    char error[512];
+    char error_event[130];
+} checkpoint_row;
+
+/* Run st (SQL_CHECKPOINT_ROW, on any connection) for p into *row, then
+ * reset and clear st. CQ_OK, CQ_ENOTFOUND (no row), or the read store's
+ * failure (cq_rdb_errmsg says why). */
+int cq_eng_checkpoint_row(cq_rstmt *st, const proj *p, checkpoint_row *row);
+
 /* Prepare the projector's statements on e->rdb (r_save, r_sp, r_release,
  * r_rollback; r_cas with several nodes). CQ_OK or CQ_EIO. */
 int cq_eng_projector_statements(cq_engine *e, char *err, size_t errcap);
