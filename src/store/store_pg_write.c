@@ -531,8 +531,10 @@ static int append_in_tx(pgs_store *w, const char *stream_id, int64_t expected,
     snprintf(sfirst, sizeof sfirst, "%lld", (long long)(head + 1));
     snprintf(snow, sizeof snow, "%lld", (long long)now_ms);
     rc = pgs_w_run(w, q, 1, "appending events");
-    if (rc != CQ_OK)
+    if (rc != CQ_OK) {
+        pgs_clear(q, 1);
         return rc;
+    }
     const PGresult *r = q[0].res;
     if (PQntuples(r) != 1 || pgs_check_types(r, 0, want, 2) >= 0 ||
         (!PQgetisnull(r, 0, 0) && (pgs_int_col(r, 0, 0, &v) != CQ_OK ||
