@@ -184,6 +184,14 @@ int pgs_tx_commit(pgs_store *w)
         return pgs_w_misuse(w, CQ_EINVAL,
                             "commit: the command's savepoint is still open "
                             "(release or roll it back first)");
+    if (pgs_conn_bad(&w->w)) {
+        w->failed = PGS_FAIL_TX;
+        w->head_valid = 0;
+        return pgs_w_misuse(w, CQ_EIO,
+                            "COMMIT: the connection to %s was lost with the "
+                            "transaction; nothing of the batch committed",
+                            w->shown);
+    }
     memset(q, 0, sizeof q);
     if (w->head > w->begin_head) {
         /* delivered to listeners at COMMIT, dropped by a rollback */
