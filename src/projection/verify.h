@@ -76,4 +76,27 @@ int cq_verify_add_code(cq_verify *v, const char *text, size_t len,
 int cq_verify_run(cq_verify *v, const char *dir, FILE *out,
                   int64_t *differences, char *err, size_t errcap);
 
+/* Where cq_verify_run_at finds the databases (strings borrowed for the
+ * call). */
+typedef struct cq_verify_where {
+    const char *dir;   /* SQLite: the data directory (events.db, read.db);
+                          unused when both stores are on PostgreSQL */
+    const char *store; /* the event store: a PostgreSQL URI, or NULL / ""
+                          for DIR/events.db */
+    /* the read store: a PostgreSQL URI, or NULL / "" for the event
+     * store's database when that is PostgreSQL, else DIR/read.db */
+    const char *read_store;
+} cq_verify_where;
+
+/* cq_verify_run against the databases of w, as `cqrsd serve --store URI
+ * [--read-store URI]` has them (cqrsd verify --store ...). The same
+ * results; CQ_ENOTFOUND also when the PostgreSQL database holds no event
+ * store, and CQ_EIO when it cannot be reached (err names it, password
+ * hidden). On PostgreSQL the live tables are read in one REPEATABLE READ
+ * transaction per projection; the replay still goes into an in-memory
+ * SQLite database, and values compare across the two as rdb.h reads
+ * them (a BIGINT and SQLite's INTEGER alike; text bytewise). */
+int cq_verify_run_at(cq_verify *v, const cq_verify_where *w, FILE *out,
+                     int64_t *differences, char *err, size_t errcap);
+
 #endif

@@ -183,17 +183,21 @@ int cq_rdb_pg_open(const char *uri, unsigned flags, int busy_ms, void **impl,
 {
     PGconn *c = NULL;
     pg_conn *p;
-    char sql[128];
+    char sql[256];
     int rc = cq_pg_connect(uri, 0, &c, err, errcap);
 
     if (rc != CQ_OK)
         return rc;
     /* a busy database: PostgreSQL waits on row and table locks itself;
      * lock_timeout bounds it as SQLite's busy timeout does */
+    /* read-only: each transaction reads one snapshot, as SQLite's do
+     * (queries read a checkpoint and its rows together); such
+     * transactions never fail for serialization */
     snprintf(sql, sizeof sql, "SET lock_timeout = %d%s",
              busy_ms > 0 ? busy_ms : 1, /* 0 would wait for ever */
              flags & CQ_RDB_READONLY
                  ? "; SET default_transaction_read_only = on"
+                   "; SET default_transaction_isolation = 'repeatable read'"
                  : "");
     rc = cq_pg_exec(c, sql, err, errcap);
     if (rc != CQ_OK) {
