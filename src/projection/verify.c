@@ -37,10 +37,14 @@
  * the scratch database holds nothing else, so the list is exact whatever
  * the statement's spelling (quoted names, comments, "main." prefixes).
  *
- * Connections are all read-only (CQ_RDB_READONLY, query_only): the
- * store's write side and the engine are never opened, and WAL lets this
- * run beside a live server. A long replay keeps a read transaction open,
- * which only delays the server's WAL checkpoints until it ends.
+ * Connections are all read-only (CQ_RDB_READONLY; on SQLite also
+ * query_only; on PostgreSQL REPEATABLE READ, so step 1's snapshot holds
+ * for the whole transaction): the store's write side and the engine are
+ * never opened, and WAL (or PostgreSQL's MVCC) lets this run beside a
+ * live server. A long replay keeps a read transaction open, which only
+ * delays the server's WAL checkpoints (PostgreSQL: its vacuum) until it
+ * ends. The replay is always into SQLite; verify_table.c compares values
+ * across the two databases as rdb.h reads them.
  *
  * Thread: everything here runs on the caller's thread; no shared state.
  */

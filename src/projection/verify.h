@@ -10,10 +10,12 @@
  * difference is written to a report as one line; a summary line per
  * projection follows.
  *
- * Only read-only SQLite connections are opened: no write side of the
- * store, no engine. WAL lets it run beside a live server; the live tables
- * are compared as of their checkpoint, never as of the head, so a server
- * that is still catching up is not a difference.
+ * Only read-only connections are opened (SQLite files, or PostgreSQL by
+ * URI with cq_verify_run_at; the scratch database is SQLite in memory
+ * either way): no write side of the store, no engine. It runs beside a
+ * live server (WAL; PostgreSQL's snapshots); the live tables are compared
+ * as of their checkpoint, never as of the head, so a server that is still
+ * catching up is not a difference.
  *
  * Threads: a cq_verify belongs to the thread that made it.
  */
