@@ -193,8 +193,11 @@ int cq_rdb_pg_open(const char *uri, unsigned flags, int busy_ms, void **impl,
     /* read-only: each transaction reads one snapshot, as SQLite's do
      * (queries read a checkpoint and its rows together); such
      * transactions never fail for serialization */
+    /* 0 would wait for ever; SQLite's 0 (fail at once) is 100 ms here,
+     * for locks PostgreSQL takes briefly on its own (a COMMIT that
+     * notifies waits on the cluster's notification queue) */
     snprintf(sql, sizeof sql, "SET lock_timeout = %d%s",
-             busy_ms > 0 ? busy_ms : 1, /* 0 would wait for ever */
+             busy_ms >= 100 ? busy_ms : 100,
              flags & CQ_RDB_READONLY
                  ? "; SET default_transaction_read_only = on"
                    "; SET default_transaction_isolation = 'repeatable read'"
