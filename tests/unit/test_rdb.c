@@ -323,6 +323,40 @@ static void test_in_transaction(void **state)
     cq_rdb_close(db);
 }
 
+/* A read-only connection's transaction reads one snapshot: what another
+ * connection commits meanwhile shows only in its next transaction (on
+ * PostgreSQL a READ COMMITTED transaction would see it at once). */
+static void test_snapshot(void **state)
+{
+    char dir[4096], path[4200], *uri = NULL;
+    cq_rdb *w = NULL, *r = NULL;
+
+    (void)state;
+    temp_dir(dir, sizeof dir);
+    if (pg) {
+        w = open_db_uri(&uri);
+    } else {
+        snprintf(path, sizeof path, "%s/s.db", dir);
+        assert_int_equal(
+            cq_rdb_open(path, CQ_RDB_CREATE, 1000, &w, err, sizeof err), CQ_OK);
+        exec_ok(w, "PRAGMA journal_mode = WAL");
+    }
+    exec_ok(w, "CREATE TABLE s (a INTEGER); INSERT INTO s VALUES (1)");
+    assert_int_equal(cq_rdb_open(pg ? uri : path, CQ_RDB_READONLY, 1000, &r,
+                                 err, sizeof err),
+                     CQ_OK);
+    exec_ok(r, "BEGIN");
+    assert_int_equal(select_int(r, "SELECT count(*) FROM s"), 1);
+    exec_ok(w, "INSERT INTO s VALUES (2)");
+    assert_int_equal(select_int(r, "SELECT count(*) FROM s"), 1);
+    exec_ok(r, "COMMIT");
+    assert_int_equal(select_int(r, "SELECT count(*) FROM s"), 2);
+    cq_rdb_close(r);
+    cq_rdb_close(w);
+    remove_dir(dir);
+    free(uri);
+}
+
 static int count_cb(void *arg, const char *name)
 {
     char *out = arg;
@@ -1018,6 +1052,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_statements),
         cmocka_unit_test(test_errcodes),
         cmocka_unit_test(test_in_transaction),
+        cmocka_unit_test(test_snapshot),
         cmocka_unit_test(test_schema),
         cmocka_unit_test(test_wal_bytes),
         cmocka_unit_test(test_format_real),
