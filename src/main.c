@@ -443,11 +443,13 @@ done:
     return rc == CQ_OK ? 0 : 1;
 }
 
-/* cqrsd verify [--data DIR] [--projections DIR]: the same projections as
- * serve, checked against the events (projection/verify.h). */
+/* cqrsd verify [--data DIR | --store URI [--read-store URI]]
+ * [--projections DIR]: the same projections as serve, checked against the
+ * events (projection/verify.h). */
 static int verify(int argc, char **argv)
 {
-    const char *data = "./data", *projections = NULL;
+    const char *data = NULL, *projections = NULL, *store = NULL,
+               *read_store = NULL;
     cq_verify *v = NULL;
     char err[1024];
     int64_t diffs = 0;
@@ -461,6 +463,10 @@ static int verify(int argc, char **argv)
         }
         if (strcmp(argv[i], "--data") == 0)
             data = argv[i + 1];
+        else if (strcmp(argv[i], "--store") == 0)
+            store = argv[i + 1];
+        else if (strcmp(argv[i], "--read-store") == 0)
+            read_store = argv[i + 1];
         else if (strcmp(argv[i], "--projections") == 0)
             projections = argv[i + 1];
         else {
@@ -468,6 +474,15 @@ static int verify(int argc, char **argv)
             return 2;
         }
     }
+    if (check_stores(store, read_store, &data) != 0)
+        return 2;
+    if (read_store != NULL && store == NULL) {
+        fprintf(stderr, "cqrsd: verify: --read-store goes with --store\n");
+        return 2;
+    }
+    if ((store != NULL && reachable(store) != 0) ||
+        (read_store != NULL && reachable(read_store) != 0))
+        return 2;
     if (cq_verify_new(&v) == CQ_OK)
         cq_verify_set_domain(v, orders_domain());
     if (v == NULL) {
@@ -485,7 +500,10 @@ static int verify(int argc, char **argv)
         cq_verify_free(v);
         return 2;
     }
-    rc = cq_verify_run(v, data, stdout, &diffs, err, sizeof err);
+    rc = store != NULL ? cq_verify_run_uri(v, store, read_store, stdout,
+                                           &diffs, err, sizeof err)
+                       : cq_verify_run(v, data, stdout, &diffs, err,
+                                       sizeof err);
     cq_verify_free(v);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: verify: %s\n", err);

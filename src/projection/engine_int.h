@@ -190,6 +190,8 @@ struct cq_engine {
     cq_rstmt *r_cas;       /* a batch's checkpoint, if still where it was */
     int64_t next_claim_ms; /* when to try for the locks not held again */
     int reopen;            /* e->rdb lost its server: connect again */
+    int64_t next_reconnect_ms; /* and when, after a failed try */
+    int reconnect_failing;     /* tries failed in a row (logged once) */
     /* guarded by mu: the listener connected again, so the database may
      * have restarted: the projector checks that its connection (and so
      * its locks) survived */

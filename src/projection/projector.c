@@ -384,13 +384,15 @@ static int reconnect(cq_engine *e)
     if (rc == CQ_OK)
         rc = cq_eng_projector_statements(e, err, sizeof err);
     if (rc != CQ_OK) {
-        fprintf(stderr,
-                "cqrsd: projections: connecting to the read store again: "
-                "%s (tried again in 1 s)\n",
-                err);
+        if (!e->reconnect_failing++)
+            fprintf(stderr,
+                    "cqrsd: projections: connecting to the read store "
+                    "again: %s (tried again every second)\n",
+                    err);
         return rc;
     }
     fprintf(stderr, "cqrsd: projections: connected to the read store again\n");
+    e->reconnect_failing = 0;
     e->reopen = 0;
     e->next_claim_ms = 0; /* claim at once */
     return CQ_OK;
@@ -448,11 +450,13 @@ static void upkeep(cq_engine *e)
             e->reopen = 1;
     }
     if (e->reopen || e->rdb == NULL) {
-        if (cq_eng_mono_ms() < e->next_claim_ms)
+        /* at once; then once a second while the server cannot be had */
+        if (cq_eng_mono_ms() < e->next_reconnect_ms)
             return;
-        e->next_claim_ms = cq_eng_mono_ms() + 1000;
-        if (reconnect(e) != CQ_OK)
+        if (reconnect(e) != CQ_OK) {
+            e->next_reconnect_ms = cq_eng_mono_ms() + 1000;
             return;
+        }
     }
     if (cq_eng_mono_ms() < e->next_claim_ms)
         return;
@@ -696,7 +700,9 @@ void *cq_eng_projector_main(void *arg)
                 if (unowned || e->reopen) {
                     /* several nodes: the next try for the locks not held
                      * (or to connect again) is due then */
-                    int64_t ms = e->next_claim_ms - cq_eng_mono_ms();
+                    int64_t ms = (e->reopen ? e->next_reconnect_ms
+                                            : e->next_claim_ms) -
+                                 cq_eng_mono_ms();
                     struct timespec ts;
                     clock_gettime(CLOCK_REALTIME, &ts);
                     ms = ms < 1 ? 1 : ms > 1000 ? 1000 : ms;

@@ -426,8 +426,14 @@ static int verify_one(run *r, const vproj *p, int64_t *total)
         goto summary;
     }
 
-    /* 1. one snapshot for the checkpoint and the tables */
-    if (cq_rdb_exec(live, "BEGIN", NULL, 0) != CQ_OK) {
+    /* 1. one snapshot for the checkpoint and the tables (PostgreSQL
+     * takes a snapshot per statement unless asked for one per
+     * transaction) */
+    if (cq_rdb_exec(live,
+                    cq_exec_dialect(live, "BEGIN",
+                                    "BEGIN ISOLATION LEVEL REPEATABLE READ"
+                                    " READ ONLY"),
+                    NULL, 0) != CQ_OK) {
         snprintf(r->err, r->errcap, "%s: BEGIN: %s", p->name,
                  cq_rdb_errmsg(live));
         return CQ_EIO;
@@ -621,4 +627,13 @@ int cq_verify_run_at(cq_verify *v, const cq_verify_where *w, FILE *out,
     cq_rdb_close(r.events);
     cq_store_close(r.store);
     return rc;
+}
+
+int cq_verify_run_uri(cq_verify *v, const char *store_uri,
+                      const char *read_uri, FILE *out, int64_t *differences,
+                      char *err, size_t errcap)
+{
+    cq_verify_where w = {.store = store_uri, .read_store = read_uri};
+
+    return cq_verify_run_at(v, &w, out, differences, err, errcap);
 }

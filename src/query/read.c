@@ -150,7 +150,13 @@ static int run_query(cq_engine *e, int projection, const cq_declared *serving,
         free(mapped);
         return CQ_EIO; /* the read store cannot be reached */
     }
-    rc = cq_exec_sql(x, "BEGIN", err, errcap);
+    /* one snapshot for the rows and the checkpoint: PostgreSQL takes one
+     * per statement unless asked for one per transaction */
+    rc = cq_exec_sql(x,
+                     cq_exec_dialect(cq_exec_db(x), "BEGIN",
+                                     "BEGIN ISOLATION LEVEL REPEATABLE READ"
+                                     " READ ONLY"),
+                     err, errcap);
     if (rc != CQ_OK)
         goto done;
     /* the checkpoint, from the same snapshot as the rows */

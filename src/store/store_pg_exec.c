@@ -151,6 +151,18 @@ static int send_one(pgs_conn *pc, const pgs_q *q)
                                q->fmt, 0);
 }
 
+/* A prepared statement whose result columns changed type under it (ALTER
+ * TABLE) fails with 0A000 ("cached plan must not change result type")
+ * until it is prepared again: reset the connection, which prepares every
+ * statement anew. */
+static void note_failure(pgs_conn *pc, const PGresult *r)
+{
+    const char *state =
+        r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    if (state != NULL && strcmp(state, "0A000") == 0)
+        pc->broken = 1;
+}
+
 /* Take the results of a pipeline of `total` statements (the RELEASE first
  * when release_first) and its sync. CQ_OK, or the first failure. */
 static int take_results(pgs_conn *pc, int release_first, pgs_q *q, int n,
@@ -174,6 +186,7 @@ static int take_results(pgs_conn *pc, int release_first, pgs_q *q, int n,
             PQclear(r); /* did not run: an earlier one failed */
             r = NULL;
         } else if (!result_ok(r) && rc == CQ_OK) {
+            note_failure(pc, r);
             rc = pgs_fail(pc->c, r,
                           err, cap, i < 0 ? "RELEASE (of the last command)"
                                           : ctx);
@@ -220,7 +233,10 @@ int pgs_run(pgs_conn *pc, int release_first, pgs_q *q, int n, char *err,
                           : PQexecPrepared(pc->c, pc->names[q[0].stmt], q[0].n,
                                            q[0].val, q[0].len, q[0].fmt, 0);
         q[0].res = r;
-        return result_ok(r) ? CQ_OK : pgs_fail(pc->c, r, err, cap, ctx);
+        if (result_ok(r))
+            return CQ_OK;
+        note_failure(pc, r);
+        return pgs_fail(pc->c, r, err, cap, ctx);
     }
     if (PQenterPipelineMode(pc->c) != 1) {
         pc->broken = 1;

@@ -325,7 +325,10 @@ static int run_verify(fixture *f, const char *dir, const char *extra_sql,
     int rc;
 
     assert_non_null(out);
-    rc = cq_verify_run_at(v, &w, out, diffs, err, sizeof err);
+    /* what `cqrsd verify --store URI` runs, or `--data DIR` */
+    rc = f != NULL && f->uri != NULL
+             ? cq_verify_run_uri(v, f->uri, NULL, out, diffs, err, sizeof err)
+             : cq_verify_run_at(v, &w, out, diffs, err, sizeof err);
     fclose(out);
     cq_verify_free(v);
     if (rc != CQ_OK)
