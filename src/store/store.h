@@ -165,7 +165,9 @@ int cq_store_rollback(cq_store *s);
 
 /* Open the savepoint of one command inside the batch. CQ_OK; CQ_EINVAL if
  * no batch is open or the savepoint already is; a failure (the batch then
- * accepts only cq_store_rollback). */
+ * accepts only cq_store_rollback). PostgreSQL sends SAVEPOINT at once but
+ * takes its answer with the next write call, so a failure of it (a lost
+ * connection) may be reported by that call. */
 int cq_store_savepoint(cq_store *s);
 
 /* Keep the command's writes (RELEASE): they commit with the batch. CQ_OK;
@@ -252,9 +254,14 @@ int cq_store_cmdlog_prune(cq_store *s, int64_t now_ms, int max_rows,
 /* The store's write connection seen through the read-store interface
  * (store/rdb.h), for inline projections, whose rows must commit in the
  * writer's transaction. Borrowed: valid until cq_store_close, which closes
- * it (cq_rdb_close on it does nothing). Writer thread only (and the thread
- * that starts the engine, before the writer runs). Statements run on it
- * must leave the transaction and the "cmd" savepoint as they found them. */
+ * it (cq_rdb_close on it does nothing); on PostgreSQL it stays valid
+ * through a reconnect. Writer thread only (and the thread that starts the
+ * engine, before the writer runs). Statements run on it must leave the
+ * transaction and the "cmd" savepoint as they found them. PostgreSQL:
+ * between cq_store_savepoint and the next write-side call the SAVEPOINT
+ * is still in flight and a statement run on the view fails (it never runs
+ * outside the savepoint); the writer always makes a write-side call
+ * (cmdlog_get, stream_version, append) first. */
 struct cq_rdb *cq_store_write_rdb(cq_store *s);
 
 /* Open a new read-only connection to the store's database through the

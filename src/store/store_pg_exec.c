@@ -116,6 +116,7 @@ int pgs_ensure(pgs_conn *pc, char *err, size_t cap)
     if (pc->broken || PQstatus(pc->c) != CONNECTION_OK) {
         pc->ready = 0;
         pc->broken = 0;
+        pc->queued = 0; /* PQreset leaves pipeline mode */
         PQreset(pc->c);
         if (PQstatus(pc->c) != CONNECTION_OK) {
             pc->broken = 1;
@@ -163,17 +164,19 @@ static void note_failure(pgs_conn *pc, const PGresult *r)
         pc->broken = 1;
 }
 
-/* Take the results of a pipeline of `total` statements (the RELEASE first
- * when release_first) and its sync. CQ_OK, or the first failure. */
-static int take_results(pgs_conn *pc, int release_first, pgs_q *q, int n,
-                        char *err, size_t cap, const char *ctx)
+/* Take the results of the open pipeline: first those of the statements
+ * queued earlier (pgs_queue), then q[0..n)'s, then the sync. CQ_OK, or the
+ * first failure. */
+static int take_results(pgs_conn *pc, pgs_q *q, int n, char *err, size_t cap,
+                        const char *ctx)
 {
     int rc = CQ_OK;
-    int total = n + (release_first ? 1 : 0);
+    int pre = pc->queued;
     PGresult *r;
 
-    for (int k = 0; k < total; k++) {
-        int i = release_first ? k - 1 : k;
+    pc->queued = 0;
+    for (int k = 0; k < pre + n; k++) {
+        int i = k - pre; /* < 0: a queued statement */
         r = PQgetResult(pc->c);
         if (r == NULL) {
             /* the server went away mid-pipeline */
@@ -187,9 +190,7 @@ static int take_results(pgs_conn *pc, int release_first, pgs_q *q, int n,
             r = NULL;
         } else if (!result_ok(r) && rc == CQ_OK) {
             note_failure(pc, r);
-            rc = pgs_fail(pc->c, r,
-                          err, cap, i < 0 ? "RELEASE (of the last command)"
-                                          : ctx);
+            rc = pgs_fail(pc->c, r, err, cap, i < 0 ? pc->queued_what[k] : ctx);
         }
         if (i >= 0)
             q[i].res = r;
@@ -212,22 +213,67 @@ static int take_results(pgs_conn *pc, int release_first, pgs_q *q, int n,
             rc = pgs_fail(pc->c, r, err, cap, ctx);
     }
     PQclear(r);
+    if (!pc->broken && PQexitPipelineMode(pc->c) != 1) {
+        pc->broken = 1;
+        if (rc == CQ_OK)
+            rc = pgs_fail(pc->c, NULL, err, cap, ctx);
+    }
     return rc;
 }
 
-/* Run q[0..n) (and first "RELEASE cmd" when release_first) in one round
- * trip. Each q[i].res gets its result (NULL if it did not run). CQ_OK when
- * every one succeeded, else the first failure's code with its message in
- * err. A pipeline that went wrong in a way that leaves the connection's
- * state unknown marks it broken: it is reset before its next use. */
-int pgs_run(pgs_conn *pc, int release_first, pgs_q *q, int n, char *err,
-            size_t cap, const char *ctx)
+/* Send sql (no parameters, no rows wanted) now, in a pipeline left open:
+ * its result is taken by the next pgs_run or pgs_drain, which it thus
+ * costs no round trip of its own. While it is open, libpq refuses every
+ * synchronous call on the connection (PQexec...): a statement sent by
+ * someone else in between fails instead of running before it. `what`
+ * (static text) names it in a failure's message. CQ_OK or CQ_EIO (the
+ * connection is then reset before its next use). */
+int pgs_queue(pgs_conn *pc, const char *sql, const char *what, char *err,
+              size_t cap)
 {
-    int rc;
+    if (pc->queued >= PGS_MAX_QUEUED) {
+        int rc = pgs_drain(pc, err, cap);
+        if (rc != CQ_OK)
+            return rc;
+    }
+    if ((pc->queued == 0 && PQenterPipelineMode(pc->c) != 1) ||
+        PQsendQueryParams(pc->c, sql, 0, NULL, NULL, NULL, NULL, 0) != 1 ||
+        PQflush(pc->c) != 0) {
+        pc->broken = 1;
+        return pgs_fail(pc->c, NULL, err, cap, what);
+    }
+    pc->queued_what[pc->queued++] = what;
+    return CQ_OK;
+}
+
+/* Take the results of what pgs_queue sent and close the pipeline. CQ_OK,
+ * or the first failure's code with its message. */
+int pgs_drain(pgs_conn *pc, char *err, size_t cap)
+{
+    if (pc->queued == 0)
+        return CQ_OK;
+    if (pc->broken || PQpipelineSync(pc->c) != 1) {
+        pc->broken = 1;
+        pc->queued = 0;
+        return pgs_fail(pc->c, NULL, err, cap, pc->queued_what[0]);
+    }
+    return take_results(pc, NULL, 0, err, cap, pc->queued_what[0]);
+}
+
+/* Run q[0..n) in one round trip, after what pgs_queue sent. Each q[i].res
+ * gets its result (NULL if it did not run). CQ_OK when every one (the
+ * queued ones too) succeeded, else the first failure's code with its
+ * message in err. A pipeline that went wrong in a way that leaves the
+ * connection's state unknown marks it broken: it is reset before its next
+ * use. */
+int pgs_run(pgs_conn *pc, pgs_q *q, int n, char *err, size_t cap,
+            const char *ctx)
+{
+    int rc = CQ_OK;
 
     for (int i = 0; i < n; i++)
         q[i].res = NULL;
-    if (n == 1 && !release_first) {
+    if (n == 1 && pc->queued == 0) {
         PGresult *r = q[0].stmt < 0
                           ? PQexec(pc->c, q[0].sql)
                           : PQexecPrepared(pc->c, pc->names[q[0].stmt], q[0].n,
@@ -238,14 +284,7 @@ int pgs_run(pgs_conn *pc, int release_first, pgs_q *q, int n, char *err,
         note_failure(pc, r);
         return pgs_fail(pc->c, r, err, cap, ctx);
     }
-    if (PQenterPipelineMode(pc->c) != 1) {
-        pc->broken = 1;
-        return pgs_fail(pc->c, NULL, err, cap, ctx);
-    }
-    rc = CQ_OK;
-    if (release_first &&
-        PQsendQueryParams(pc->c, "RELEASE cmd", 0, NULL, NULL, NULL, NULL, 0) !=
-            1)
+    if (pc->queued == 0 && PQenterPipelineMode(pc->c) != 1)
         rc = CQ_EIO;
     for (int i = 0; i < n && rc == CQ_OK; i++)
         if (send_one(pc, &q[i]) != 1)
@@ -255,15 +294,10 @@ int pgs_run(pgs_conn *pc, int release_first, pgs_q *q, int n, char *err,
     if (rc != CQ_OK) {
         /* nothing sensible can be read back: start over next time */
         pc->broken = 1;
+        pc->queued = 0;
         return pgs_fail(pc->c, NULL, err, cap, ctx);
     }
-    rc = take_results(pc, release_first, q, n, err, cap, ctx);
-    if (!pc->broken && PQexitPipelineMode(pc->c) != 1) {
-        pc->broken = 1;
-        if (rc == CQ_OK)
-            rc = pgs_fail(pc->c, NULL, err, cap, ctx);
-    }
-    return rc;
+    return take_results(pc, q, n, err, cap, ctx);
 }
 
 /* The integer in row/col: CQ_OK with *out; CQ_ECORRUPT for NULL or text

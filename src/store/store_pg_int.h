@@ -35,11 +35,16 @@
  *    round trip) and kept in .head while the batch runs; a rolled-back
  *    savepoint reads it again. The PRIMARY KEY refuses a duplicate
  *    position; every read checks that positions are contiguous.
- *  - Round trips: statements whose result is of no interest at once are
- *    sent with the next one in a libpq pipeline: RELEASE of a command's
- *    savepoint waits for the next statement; BEGIN, the lock and the head
- *    travel together; so do pg_notify, COMMIT and the head after it. An
- *    append (version check, events, stream row) is one statement; its
+ *  - Round trips: statements whose result is of no interest at once share
+ *    a round trip with the next one, in a libpq pipeline. RELEASE of a
+ *    command's savepoint is held back until the next statement (the view
+ *    may still write inside the savepoint meanwhile: same outcome).
+ *    SAVEPOINT is sent at once and its answer taken with the next
+ *    statement (pgs_queue): the connection stays in pipeline mode until
+ *    then, so a statement run on the write view in between fails loudly
+ *    instead of running outside the savepoint. BEGIN, the lock and the
+ *    head travel together; so do pg_notify, COMMIT and the head after it.
+ *    An append (version check, events, stream row) is one statement; its
  *    events go as binary arrays.
  *  - Every statement is prepared (PQprepare) once per connection, after
  *    each (re)connect, under names starting "cq_store_".
@@ -94,6 +99,7 @@
 #define PGS_DEFAULT_READERS 4
 #define PGS_MSG_CAP 512
 #define PGS_CONNECT_TIMEOUT_S 10
+#define PGS_MAX_QUEUED 8 /* statements pgs_queue keeps in flight */
 /* the append lock and the schema lock (advisory, transaction level) */
 #define PGS_APPEND_LOCK "cqrsd:append"
 #define PGS_SCHEMA_LOCK "cqrsd:schema"
@@ -172,6 +178,8 @@ typedef struct pgs_conn {
     int writer;  /* 1: the write connection's session settings */
     int ready;   /* session set and statements prepared since connect */
     int broken;  /* reset before the next use (a pipeline went wrong) */
+    int queued;  /* statements sent by pgs_queue, results not yet taken */
+    const char *queued_what[PGS_MAX_QUEUED];
 } pgs_conn;
 
 typedef struct pgs_reader {
@@ -215,8 +223,11 @@ int pgs_fail(PGconn *c, const PGresult *r, char *err, size_t cap,
              const char *ctx);
 int pgs_session(pgs_conn *pc, char *err, size_t cap);
 int pgs_ensure(pgs_conn *pc, char *err, size_t cap);
-int pgs_run(pgs_conn *pc, int release_first, pgs_q *q, int n, char *err,
-            size_t cap, const char *ctx);
+int pgs_queue(pgs_conn *pc, const char *sql, const char *what, char *err,
+              size_t cap);
+int pgs_drain(pgs_conn *pc, char *err, size_t cap);
+int pgs_run(pgs_conn *pc, pgs_q *q, int n, char *err, size_t cap,
+            const char *ctx);
 void pgs_clear(pgs_q *q, int n);
 int pgs_conn_bad(const pgs_conn *pc);
 int pgs_int_col(const PGresult *r, int row, int col, int64_t *out);

@@ -55,7 +55,7 @@ static int r_exec(pgs_reader *r, int which, int n, const char *const *val,
         rc = pgs_ensure(&r->conn, err, cap);
         if (rc != CQ_OK)
             return rc;
-        rc = pgs_run(&r->conn, 0, q, 1, err, cap, ctx);
+        rc = pgs_run(&r->conn, q, 1, err, cap, ctx);
         if (rc == CQ_OK) {
             *res = q[0].res;
             return CQ_OK;

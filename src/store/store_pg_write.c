@@ -84,13 +84,21 @@ int pgs_w_run(pgs_store *w, pgs_q *q, int n, const char *ctx)
                             "transaction",
                             ctx, w->shown);
     }
-    rc = pgs_run(&w->w, rel, q, n, w->msg, sizeof w->msg, ctx);
+    if (rel) {
+        rc = pgs_queue(&w->w, "RELEASE cmd", "RELEASE (of the last command)",
+                       w->msg, sizeof w->msg);
+        if (rc != CQ_OK) {
+            pgs_w_mark_failed(w);
+            return rc;
+        }
+    }
+    rc = pgs_run(&w->w, q, n, w->msg, sizeof w->msg, ctx);
     if (rc != CQ_OK && !w->in_tx && n == 1 && reads_only(q[0].stmt) &&
         pgs_conn_bad(&w->w)) {
         pgs_clear(q, n);
         rc = pgs_ensure(&w->w, w->msg, sizeof w->msg);
         if (rc == CQ_OK)
-            rc = pgs_run(&w->w, 0, q, n, w->msg, sizeof w->msg, ctx);
+            rc = pgs_run(&w->w, q, n, w->msg, sizeof w->msg, ctx);
     }
     if (rc != CQ_OK)
         pgs_w_mark_failed(w);
@@ -119,7 +127,7 @@ static int begin_once(pgs_store *w)
 
     if (rc != CQ_OK)
         return rc;
-    rc = pgs_run(&w->w, 0, q, 3, w->msg, sizeof w->msg, "BEGIN");
+    rc = pgs_run(&w->w, q, 3, w->msg, sizeof w->msg, "BEGIN");
     if (rc == CQ_OK)
         rc = pgs_head_of(q[2].res, &head, w->msg, sizeof w->msg);
     pgs_clear(q, 3);
@@ -230,6 +238,9 @@ int pgs_tx_rollback(pgs_store *w)
             "rollback: called from inside a fold_stream callback");
     w->release_pending = 0;
     w->head_valid = 0;
+    /* what was queued (a SAVEPOINT) is rolled back with the rest */
+    if (!pgs_conn_bad(&w->w))
+        pgs_drain(&w->w, NULL, 0);
     /* A lost connection took the transaction with it: nothing to do. */
     if (!pgs_conn_bad(&w->w) && PQtransactionStatus(w->w.c) != PQTRANS_IDLE) {
         PGresult *r = PQexec(w->w.c, "ROLLBACK");
@@ -245,9 +256,13 @@ int pgs_tx_rollback(pgs_store *w)
     return rc;
 }
 
+/* SAVEPOINT (after the last command's RELEASE) is sent at once but its
+ * answer is taken with the next statement (pgs_queue): no round trip of
+ * its own. Until then the connection stays in pipeline mode, so a
+ * statement run on the write view before the next write-side call fails
+ * instead of running outside the savepoint. */
 static int tx_savepoint(pgs_store *w)
 {
-    pgs_q q[1] = {{.stmt = -1, .sql = "SAVEPOINT cmd"}};
     int rc = pgs_w_check(w, "savepoint");
     if (rc != CQ_OK)
         return rc;
@@ -255,11 +270,27 @@ static int tx_savepoint(pgs_store *w)
         return pgs_w_misuse(w, CQ_EINVAL, "savepoint: no transaction is open");
     if (w->in_sp)
         return pgs_w_misuse(w, CQ_EINVAL, "savepoint: one is already open");
-    rc = pgs_w_run(w, q, 1, "SAVEPOINT");
-    pgs_clear(q, 1);
+    if (pgs_conn_bad(&w->w)) {
+        pgs_w_mark_failed(w);
+        return pgs_w_misuse(w, CQ_EIO,
+                            "savepoint: the connection to %s was lost with "
+                            "the transaction",
+                            w->shown);
+    }
+    if (w->release_pending) {
+        w->release_pending = 0;
+        rc = pgs_queue(&w->w, "RELEASE cmd", "RELEASE (of the last command)",
+                       w->msg, sizeof w->msg);
+    }
     if (rc == CQ_OK)
-        w->in_sp = 1;
-    return rc;
+        rc = pgs_queue(&w->w, "SAVEPOINT cmd", "SAVEPOINT", w->msg,
+                       sizeof w->msg);
+    if (rc != CQ_OK) {
+        pgs_w_mark_failed(w);
+        return rc;
+    }
+    w->in_sp = 1;
+    return CQ_OK;
 }
 
 /* RELEASE goes with the next statement (store_pg_int.h): until then the
@@ -307,7 +338,7 @@ static int tx_rollback_savepoint(pgs_store *w)
                             w->shown);
     }
     /* The positions the savepoint used are free again: read the head. */
-    rc = pgs_run(&w->w, 0, q, 3, w->msg, sizeof w->msg, "ROLLBACK TO");
+    rc = pgs_run(&w->w, q, 3, w->msg, sizeof w->msg, "ROLLBACK TO");
     if (rc == CQ_OK)
         rc = pgs_head_of(q[2].res, &head, w->msg, sizeof w->msg);
     pgs_clear(q, 3);
@@ -531,8 +562,10 @@ static int append_in_tx(pgs_store *w, const char *stream_id, int64_t expected,
     snprintf(sfirst, sizeof sfirst, "%lld", (long long)(head + 1));
     snprintf(snow, sizeof snow, "%lld", (long long)now_ms);
     rc = pgs_w_run(w, q, 1, "appending events");
-    if (rc != CQ_OK)
+    if (rc != CQ_OK) {
+        pgs_clear(q, 1);
         return rc;
+    }
     const PGresult *r = q[0].res;
     if (PQntuples(r) != 1 || pgs_check_types(r, 0, want, 2) >= 0 ||
         (!PQgetisnull(r, 0, 0) && (pgs_int_col(r, 0, 0, &v) != CQ_OK ||

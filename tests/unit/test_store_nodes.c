@@ -711,6 +711,69 @@ static void test_commit_of_failed_transaction(void **state)
     free(uri);
 }
 
+/* The write view (inline projections) writes in the batch's transaction
+ * and the command's savepoint: RELEASE, sent late, does not move a
+ * command's rows out of it, and a rolled-back command takes its rows with
+ * it. */
+static void test_write_view_in_savepoints(void **state)
+{
+    char *uri = pgtest_database("view");
+    cq_store *s;
+    cq_rdb *v;
+    cq_rstmt *ins = NULL;
+    char err[256];
+
+    assert_non_null(uri);
+    s = open_node(uri, 1);
+    v = cq_store_write_rdb(s);
+    assert_non_null(v);
+    assert_string_equal(cq_rdb_backend(v), "postgresql");
+    assert_int_equal(cq_rdb_exec(v, "CREATE TABLE seen (cmd INT)", err,
+                                 sizeof err),
+                     CQ_OK);
+    assert_int_equal(cq_rdb_prepare(v, "INSERT INTO seen VALUES (?1)",
+                                    CQ_RDB_PERSISTENT, &ins, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    for (int cmd = 1; cmd <= 3; cmd++) {
+        assert_int_equal(cq_store_savepoint(s), CQ_OK);
+        assert_int_equal(
+            cq_store_append(s, "a", CQ_VERSION_ANY, &EV, 1, 1, NULL, NULL),
+            CQ_OK);
+        assert_int_equal(cq_rstmt_bind_int(ins, 1, cmd), CQ_OK);
+        assert_int_equal(cq_rstmt_run(ins), CQ_OK);
+        if (cmd == 2)
+            assert_int_equal(cq_store_rollback_savepoint(s), CQ_OK);
+        else
+            assert_int_equal(cq_store_release(s), CQ_OK);
+    }
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+    assert_int_equal(admin(uri, "SELECT count(*) FROM seen"), 2);
+    /* used right after cq_store_savepoint, before the store's next call
+     * (SAVEPOINT still in flight), the view fails instead of writing
+     * outside the savepoint; the batch goes on */
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_not_equal(
+        cq_rdb_exec(v, "INSERT INTO seen VALUES (100)", err, sizeof err),
+        CQ_OK);
+    assert_int_equal(cq_store_rollback_savepoint(s), CQ_OK);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+    assert_int_equal(admin(uri, "SELECT count(*) FROM seen"), 2);
+    assert_int_equal(admin(uri, "SELECT sum(cmd) FROM seen"), 4);
+    assert_int_equal(admin(uri, "SELECT max(position) FROM events"), 2);
+    /* the view's statement survives a reconnect of the store */
+    assert_true(drop_sessions(uri) >= 1);
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_rstmt_bind_int(ins, 1, 9), CQ_OK);
+    assert_int_equal(cq_rstmt_run(ins), CQ_OK);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
+    assert_int_equal(admin(uri, "SELECT max(cmd) FROM seen"), 9);
+    cq_rstmt_finalize(ins);
+    cq_store_close(s);
+    free(uri);
+}
+
 static int count_cb(void *arg, const cq_stored_event *ev)
 {
     (void)ev;
@@ -772,10 +835,17 @@ static void test_reconnect(void **state)
     assert_int_equal(cq_store_head_position(s, &head), CQ_OK);
     assert_int_equal(head, 2);
 
-    /* dropped between two statements of a batch */
+    /* dropped between two statements of a batch: SAVEPOINT is sent
+     * without waiting for its answer, so the loss shows there or at the
+     * next call */
     assert_int_equal(cq_store_begin(s), CQ_OK);
     assert_true(drop_sessions(uri) >= 1);
-    assert_int_equal(cq_store_savepoint(s), CQ_EIO);
+    int rc = cq_store_savepoint(s);
+    if (rc == CQ_OK)
+        rc = cq_store_append(s, "a", 3, &EV, 1, now_ms(), &v, &p);
+    assert_int_equal(rc, CQ_EIO);
+    assert_int_equal(cq_store_append(s, "a", 3, &EV, 1, now_ms(), &v, &p),
+                     CQ_EIO);
     assert_int_equal(cq_store_rollback(s), CQ_OK);
 
     /* and the next batch works, at the right positions */
@@ -805,6 +875,7 @@ int main(void)
         cmocka_unit_test(test_notify_on_commit),
         cmocka_unit_test(test_password_hidden),
         cmocka_unit_test(test_commit_of_failed_transaction),
+        cmocka_unit_test(test_write_view_in_savepoints),
         cmocka_unit_test(test_reconnect),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
