@@ -56,8 +56,10 @@ for t in wrk pgbench psql curl; do
 done
 if command -v timeout >/dev/null 2>&1; then
     bounded() { secs=$1; shift; timeout --foreground -k 5 "$secs" "$@"; }
+    TIMEOUT="timeout -k 10 $((SECS * 4 + WARMUP * 4 + 240))"
 else
     bounded() { shift; "$@"; }
+    TIMEOUT=
 fi
 
 mkdir -p "$TMP_PARENT" || die "cannot create $TMP_PARENT"
@@ -145,7 +147,7 @@ wrk_nodes() {
         t=2; [ "$c" -lt 2 ] && t=1
         [ "$nn" -gt 1 ] && t=1
         bounded $((secs + 40)) wrk -t "$t" -c "$c" -d "${secs}s" --timeout 5s --latency \
-            -s "$ROOT/bench/placeorder.lua" "$url" -- "$name$i$(date +%s)" \
+            -s "$ROOT/bench/placeorder.lua" "$url" -- "$(echo "$name" | tr -c 'A-Za-z0-9\n' _)$i$(date +%s)" \
             >"$TMP/$name.$i.out" 2>&1 &
         pids="$pids $!"
         i=$((i + 1))
@@ -174,7 +176,9 @@ run_cqrsd() {
     i=0
     while [ "$i" -lt "$nodes" ]; do
         port=$(free_port)
-        bounded $((SECS * 4 + WARMUP * 4 + 240)) "$CQRSD" serve --store "$uri" \
+        # timeout(1) bounds it (so it cannot outlive a killed script for
+        # long) and passes our SIGTERM on; the exit status is the node's
+        $TIMEOUT "$CQRSD" serve --store "$uri" \
             --listen "127.0.0.1:$port" >"$TMP/node$nodes.$i.log" 2>&1 &
         NODE_PIDS="$NODE_PIDS $!"
         urls="$urls http://127.0.0.1:$port"
