@@ -30,6 +30,9 @@
 #   7c. idempotency-key prune: bench_prune (bench/prune.c) fills a store
 #      with expired command-log keys and times keyed commands through the
 #      writer while it prunes them, against the same with nothing to prune;
+#   7d. PostgreSQL (bench/pg.sh): PlaceOrder at 1 and 64 connections on 1
+#      and 3 nodes sharing one database, against Message DB's write_message
+#      and a raw one-INSERT-per-transaction loop on the same cluster;
 #   8. prints a summary table.
 #
 # Everything is bounded in time; temp dirs and the server go away on exit
@@ -63,9 +66,9 @@
 #   BENCH_WAITERS=10000        waiting queries held in step 6b (the server is
 #                              started with room for that many connections)
 #   BENCH_WAITERS_SECONDS=5    length of each wrk run of step 6b
-#   BENCH_STEPS="write window waiters catchup rebuild prune"  which parts
+#   BENCH_STEPS="write window waiters catchup rebuild prune pg"  which parts
 #                              to run (rebuild needs catchup: it rebuilds over
-#                              its store)
+#                              its store); pg takes BENCH_PG_* (bench/pg.sh)
 #   BENCH_STRICT=0             1: exit 1 when a target is missed
 set -u
 
@@ -94,7 +97,7 @@ CU_TIMEOUT=${BENCH_CATCHUP_TIMEOUT:-300}
 RB_TIMEOUT=${BENCH_REBUILD_TIMEOUT:-300}
 PR_KEYS=${BENCH_PRUNE_KEYS:-275000}
 PR_COMMANDS=${BENCH_PRUNE_COMMANDS:-3000}
-STEPS=${BENCH_STEPS:-write window waiters catchup rebuild prune}
+STEPS=${BENCH_STEPS:-write window waiters catchup rebuild prune pg}
 WAITERS=${BENCH_WAITERS:-10000}
 WAITERS_SECONDS=${BENCH_WAITERS_SECONDS:-5}
 TARGET_WINDOW_P99_US=1000   # consistency window p99 <= 1 ms on loopback
@@ -134,8 +137,8 @@ if [ "$WIN_WORKERS" -lt 1 ] || [ "$WIN_COMMANDS" -lt 1 ] ||
     die "BENCH_WINDOW_*, BENCH_CATCHUP_* and BENCH_REBUILD_TIMEOUT must be at least 1"
 fi
 for st in $STEPS; do
-    case $st in write | window | waiters | catchup | rebuild | prune) ;;
-        *) die "BENCH_STEPS: unknown step '$st' (write, window, waiters, catchup, rebuild, prune)" ;; esac
+    case $st in write | window | waiters | catchup | rebuild | prune | pg) ;;
+        *) die "BENCH_STEPS: unknown step '$st' (write, window, waiters, catchup, rebuild, prune, pg)" ;; esac
 done
 step() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 if step rebuild && ! step catchup; then
@@ -650,6 +653,18 @@ if step prune; then
     say
 fi
 
+# --- 7d. PostgreSQL -------------------------------------------------------------
+: >"$TMP/pg.out"
+if step pg; then
+    say "-- PostgreSQL: bench/pg.sh"
+    BUILD_DIR=$BUILD_DIR BENCH_CQRSD=$CQRSD BENCH_WARMUP=$WARMUP BENCH_TMPDIR=$TMP_PARENT \
+        BENCH_STRICT=$STRICT sh "$ROOT/bench/pg.sh" >"$TMP/pg.out" 2>&1
+    rc=$?
+    cat "$TMP/pg.out"
+    [ $rc -eq 0 ] || { warn "bench/pg.sh failed (exit $rc)"; STATUS=1; }
+    say
+fi
+
 # --- 8. summary ---------------------------------------------------------------
 h_rps=$(field healthz rps "$TMP/healthz.out")
 h_p50=$(field healthz p50_us "$TMP/healthz.out")
@@ -842,6 +857,10 @@ qline "  nothing to prune (reference)" "$(us "$p_r50")" "$(us "$p_r99")" "$(us "
 printf '  %-38s %14s   %s\n' "expired keys left after the commands" "${p_left:-n/a}" \
     "(the idle writer removed them in $(sec "$p_drain"))"
 say
+fi
+if step pg; then
+    sed -n '/= PostgreSQL summary =/,/^=====/p' "$TMP/pg.out" | sed '1d;$d'
+    say
 fi
 say "========================================================================="
 if [ -n "$c_bad" ] && [ "$c_bad" != 0 ]; then

@@ -1,11 +1,13 @@
 /*
  * main.c -- the cqrsd command line.
  *
- *   cqrsd serve [--data DIR] [--listen HOST:PORT] [--threads N]
+ *   cqrsd serve [--data DIR | --store URI [--read-store URI]
+ *                [--pg-connections N]] [--listen HOST:PORT] [--threads N]
  *               [--idempotency-ttl SECONDS] [--body-limit BYTES]
  *               [--max-connections N] [--max-connections-per-ip N]
  *               [--header-timeout SECONDS] [--domain PATH]...
- *   cqrsd verify [--data DIR] [--projections DIR] [--domain PATH]...
+ *   cqrsd verify [--data DIR | --store URI [--read-store URI]]
+ *                [--projections DIR] [--domain PATH]...
  *   cqrsd new NAME [DIR]
  *   cqrsd projections [--server HOST:PORT] list | status NAME |
  *                     pause | resume | reset | retry | skip NAME |
@@ -21,6 +23,13 @@
  * and answer everything queued (new writes meanwhile get 503), let MHD send
  * those answers and close its connections, then close the store. Nothing
  * acknowledged is lost because nothing is acknowledged before its commit.
+ *
+ * With --store (a PostgreSQL URI) the events, the command log and the
+ * inline projections live in that database, and the asynchronous
+ * projections in --read-store's (by default the same one); nothing is
+ * written under --data. Several such servers may run on one database
+ * (src/projection/engine.h, "Several nodes"). A database that cannot be
+ * reached at start is exit 2, with one line naming it, password hidden.
  *
  * `verify` replays the events into a scratch database and compares every
  * declared projection's live tables with it (src/projection/verify.h,
@@ -44,11 +53,15 @@
 #include "cqrs/cqrs.h"
 #include "http/server.h"
 #include "modules.h"
+#include "store/pg.h"
 #include "store/store.h"
 #include "wiring.h"
 
 typedef struct options {
     const char *data;
+    const char *store;      /* PostgreSQL URI, or NULL: SQLite in data */
+    const char *read_store; /* PostgreSQL URI, or NULL: as the store */
+    int64_t pg_connections;
     const char *listen;
     const char *projections;
     int64_t threads;
@@ -61,16 +74,15 @@ typedef struct options {
 
 static void usage(FILE *f)
 {
-    fputs("usage: cqrsd serve [--data DIR] [--listen HOST:PORT] "
-          "[--threads N]\n"
-          "                   [--idempotency-ttl SECONDS] "
-          "[--body-limit BYTES]\n"
-          "                   [--max-connections N] "
-          "[--max-connections-per-ip N]\n"
+    fputs("usage: cqrsd serve [--data DIR | --store URI [--read-store URI]\n"
+          "                    [--pg-connections N]] [--listen HOST:PORT]\n"
+          "                   [--threads N] [--idempotency-ttl SECONDS]\n"
+          "                   [--body-limit BYTES] [--max-connections N]\n"
+          "                   [--max-connections-per-ip N]\n"
           "                   [--header-timeout SECONDS] [--projections DIR]\n"
           "                   [--domain PATH]...\n"
-          "       cqrsd verify [--data DIR] [--projections DIR]\n"
-          "                    [--domain PATH]...\n"
+          "       cqrsd verify [--data DIR | --store URI [--read-store URI]]\n"
+          "                    [--projections DIR] [--domain PATH]...\n"
           "       cqrsd new NAME [DIR]\n"
           "       cqrsd projections [--server HOST:PORT] list | status NAME |\n"
           "                         pause | resume | reset | retry | skip "
@@ -78,7 +90,22 @@ static void usage(FILE *f)
           "                         rebuild NAME [--no-wait]\n"
           "       cqrsd version\n"
           "\n"
-          "  --data DIR              where events.db lives (default ./data)\n"
+          "  --data DIR              where events.db and read.db live "
+          "(default ./data;\n"
+          "                          not used when both stores are on "
+          "PostgreSQL)\n"
+          "  --store URI             keep the events, the command log and "
+          "inline\n"
+          "                          projections in PostgreSQL "
+          "(postgresql://...);\n"
+          "                          several servers may share one "
+          "database\n"
+          "  --read-store URI        keep asynchronous projections in this\n"
+          "                          PostgreSQL database (default: the "
+          "--store one)\n"
+          "  --pg-connections N      most connections to each PostgreSQL "
+          "database,\n"
+          "                          5-1000 (default 8)\n"
           "  --listen HOST:PORT      address to serve on (default "
           "127.0.0.1:8080;\n"
           "                          [::1]:8080 for IPv6, port 0 picks one)\n"
@@ -110,6 +137,50 @@ static void usage(FILE *f)
           "  exit 0: all match, 1: differences (listed), 2: usage or I/O "
           "error\n",
           f);
+}
+
+/* --store and --read-store, when given, must name PostgreSQL databases
+ * (--read-store also goes with an embedded event store, which keeps to
+ * one server). Without --store the event store is SQLite in *data, which
+ * defaults to ./data; with it nothing is kept in *data. 0, or -1 with a
+ * message. */
+static int check_stores(const char *store, const char *read_store,
+                        const char **data)
+{
+    const char *flag = NULL, *v = NULL;
+
+    if (store != NULL && !cq_pg_is_uri(store))
+        flag = "--store", v = store;
+    else if (read_store != NULL && !cq_pg_is_uri(read_store))
+        flag = "--read-store", v = read_store;
+    if (flag != NULL) {
+        char shown[512];
+        cq_pg_redact(v, shown, sizeof shown);
+        fprintf(stderr,
+                "cqrsd: %s wants a PostgreSQL URI (postgresql://...), not "
+                "'%s'\n",
+                flag, shown);
+        return -1;
+    }
+    if (*data == NULL && store == NULL)
+        *data = "./data";
+    return 0;
+}
+
+/* Connect to the PostgreSQL database at uri once, to find out at start
+ * whether it can be reached: 0, or -1 with one line naming it (password
+ * hidden) on stderr. */
+static int reachable(const char *uri)
+{
+    PGconn *c = NULL;
+    char err[1024];
+
+    if (cq_pg_connect(uri, 10, &c, err, sizeof err) != CQ_OK) {
+        fprintf(stderr, "cqrsd: %s\n", err);
+        return -1;
+    }
+    PQfinish(c);
+    return 0;
 }
 
 /* Strict decimal integer in [min, max]. */
@@ -145,7 +216,10 @@ static int add_domain(const char **domains, size_t *n, const char *path)
 
 static int parse_args(int argc, char **argv, options *o)
 {
-    o->data = "./data";
+    o->data = NULL;
+    o->store = NULL;
+    o->read_store = NULL;
+    o->pg_connections = 8;
     o->listen = "127.0.0.1:8080";
     o->projections = NULL;
     o->threads = 2;
@@ -166,6 +240,12 @@ static int parse_args(int argc, char **argv, options *o)
         }
         if (strcmp(a, "--data") == 0)
             o->data = v;
+        else if (strcmp(a, "--store") == 0)
+            o->store = v;
+        else if (strcmp(a, "--read-store") == 0)
+            o->read_store = v;
+        else if (strcmp(a, "--pg-connections") == 0)
+            rc = parse_num(a, v, 5, 1000, &o->pg_connections);
         else if (strcmp(a, "--listen") == 0)
             o->listen = v;
         else if (strcmp(a, "--projections") == 0)
@@ -192,7 +272,7 @@ static int parse_args(int argc, char **argv, options *o)
             return -1;
         i++;
     }
-    return 0;
+    return check_stores(o->store, o->read_store, &o->data);
 }
 
 /* HOST:PORT or [V6]:PORT into a numeric socket address. */
@@ -255,6 +335,22 @@ static int load_projections(cq_engine *e, const cq_modules *mods,
     return cq_engine_load_dir(e, dir, err, errcap);
 }
 
+/* How --pg-connections N is shared out, per database: the writer, the
+ * projector and the listener take one each; of the rest about 2/5 go to
+ * the event store's read pool and the others to the engine's query pool
+ * (one pool when both stores are one database; otherwise each database
+ * has a pool of that size, and the event store's also the inline
+ * projections' pool). */
+static void share_connections(int64_t n, int *store_reads, int *readers)
+{
+    int64_t rest = n - 3, s = rest * 2 / 5;
+
+    if (s < 1)
+        s = 1;
+    *store_reads = (int)s;
+    *readers = (int)(rest - s < 1 ? 1 : rest - s);
+}
+
 static int serve(const options *o)
 {
     cq_store_config scfg = {
@@ -265,11 +361,32 @@ static int serve(const options *o)
     cq_writer *writer = NULL;
     cq_engine *engine = NULL;
     cq_modules *mods = NULL;
-    cq_engine_config ecfg = {o->data, 0, 0, NULL};
+    cq_engine_config ecfg = {o->data, 0, 0, NULL, NULL, NULL};
     cq_server *server = NULL;
+    const char *read_store = o->read_store ? o->read_store : o->store;
+    char shown[512] = "", shown_read[512] = "";
     sigset_t sigs;
     char err[512];
     int sig = 0, rc;
+
+    if (o->store != NULL) {
+        scfg.dir = NULL;
+        scfg.uri = o->store;
+        ecfg.store_uri = o->store;
+        cq_pg_redact(o->store, shown, sizeof shown);
+    }
+    if (read_store != NULL) {
+        ecfg.read_store = read_store;
+        cq_pg_redact(read_store, shown_read, sizeof shown_read);
+    }
+    if (o->store != NULL || read_store != NULL)
+        share_connections(o->pg_connections, &scfg.connections,
+                          &ecfg.readers);
+    /* a database that cannot be reached is a start-up error of its own:
+     * one line, exit 2, nothing opened or written */
+    if ((o->store != NULL && reachable(o->store) != 0) ||
+        (o->read_store != NULL && reachable(o->read_store) != 0))
+        return 2;
 
     memset(&hcfg, 0, sizeof hcfg);
     if (parse_listen(o->listen, &hcfg) != 0)
@@ -297,10 +414,11 @@ static int serve(const options *o)
 
     rc = cq_store_open(&scfg, &store, err, sizeof err);
     if (rc != CQ_OK) {
-        fprintf(stderr, "cqrsd: cannot open the event store in %s: %s\n",
-                o->data, err);
+        fprintf(stderr, "cqrsd: cannot open the event store %s %s: %s\n",
+                o->store ? "at" : "in", o->store ? shown : o->data, err);
         cq_modules_close(mods);
-        return 1;
+        /* PostgreSQL gone between the look above and the open */
+        return o->store != NULL && rc == CQ_EIO ? 2 : 1;
     }
     rc = cq_engine_new(&ecfg, store, &engine, err, sizeof err);
     if (rc == CQ_OK)
@@ -327,8 +445,16 @@ static int serve(const options *o)
         fprintf(stderr, "cqrsd: --listen %s: %s\n", o->listen, err);
         goto done;
     }
-    fprintf(stderr, "cqrsd: serving %s on %s (port %u), data in %s\n",
-            cq_modules_names(mods), o->listen, cq_server_port(server), o->data);
+    if (o->store == NULL && read_store == NULL)
+        fprintf(stderr, "cqrsd: serving %s on %s (port %u), data in %s\n",
+                cq_modules_names(mods), o->listen, cq_server_port(server),
+                o->data);
+    else
+        fprintf(stderr,
+                "cqrsd: serving %s on %s (port %u), events in %s, "
+                "read models in %s\n",
+                cq_modules_names(mods), o->listen, cq_server_port(server),
+                o->store ? shown : o->data, shown_read);
 
     while (sigwait(&sigs, &sig) != 0)
         ;
@@ -345,12 +471,13 @@ done:
     return rc == CQ_OK ? 0 : 1;
 }
 
-/* cqrsd verify [--data DIR] [--projections DIR] [--domain PATH]...: the
- * same projections as serve, checked against the events
- * (projection/verify.h). */
+/* cqrsd verify [--data DIR | --store URI [--read-store URI]]
+ * [--projections DIR] [--domain PATH]...: the same projections as serve,
+ * checked against the events (projection/verify.h). */
 static int verify(int argc, char **argv)
 {
-    const char *data = "./data", *projections = NULL;
+    const char *data = NULL, *projections = NULL, *store = NULL,
+               *read_store = NULL;
     const char *domains[CQ_MODULES_MAX];
     size_t ndomains = 0;
     cq_modules *mods = NULL;
@@ -367,6 +494,10 @@ static int verify(int argc, char **argv)
         }
         if (strcmp(argv[i], "--data") == 0)
             data = argv[i + 1];
+        else if (strcmp(argv[i], "--store") == 0)
+            store = argv[i + 1];
+        else if (strcmp(argv[i], "--read-store") == 0)
+            read_store = argv[i + 1];
         else if (strcmp(argv[i], "--projections") == 0)
             projections = argv[i + 1];
         else if (strcmp(argv[i], "--domain") == 0) {
@@ -377,6 +508,15 @@ static int verify(int argc, char **argv)
             return 2;
         }
     }
+    if (check_stores(store, read_store, &data) != 0)
+        return 2;
+    if (read_store != NULL && store == NULL) {
+        fprintf(stderr, "cqrsd: verify: --read-store goes with --store\n");
+        return 2;
+    }
+    if ((store != NULL && reachable(store) != 0) ||
+        (read_store != NULL && reachable(read_store) != 0))
+        return 2;
     if (cq_modules_open(domains, ndomains, &mods, err, sizeof err) != CQ_OK) {
         fprintf(stderr, "cqrsd: %s\n", err);
         return 2;
@@ -397,7 +537,10 @@ static int verify(int argc, char **argv)
         cq_modules_close(mods);
         return 2;
     }
-    rc = cq_verify_run(v, data, stdout, &diffs, err, sizeof err);
+    rc = store != NULL ? cq_verify_run_uri(v, store, read_store, stdout,
+                                           &diffs, err, sizeof err)
+                       : cq_verify_run(v, data, stdout, &diffs, err,
+                                       sizeof err);
     cq_verify_free(v);
     cq_modules_close(mods);
     if (rc != CQ_OK) {

@@ -190,13 +190,15 @@ static const char *text_of(const json_t *o, const char *key)
 
 static void print_header(void)
 {
-    printf("%-24s %-7s %-8s %12s %12s %10s  %s\n", "PROJECTION", "MODE",
-           "STATUS", "POSITION", "LAG EVENTS", "LAG S", "LAST ERROR");
+    printf("%-24s %-7s %-10s %-4s %12s %12s %10s  %s\n", "PROJECTION",
+           "MODE", "STATUS", "HERE", "POSITION", "LAG EVENTS", "LAG S",
+           "LAST ERROR");
 }
 
 static void print_status(const json_t *st)
 {
     const json_t *err = json_object_get(st, "last_error");
+    const json_t *here = json_object_get(st, "runs_here");
     char last[400] = "-";
 
     if (json_is_object(err))
@@ -204,8 +206,9 @@ static void print_status(const json_t *st)
             last, sizeof last, "at %lld (%s): %s",
             (long long)json_integer_value(json_object_get(err, "position")),
             text_of(err, "event_type"), text_of(err, "message"));
-    printf("%-24s %-7s %-8s %12lld %12lld %10.1f  %s\n", text_of(st, "name"),
-           text_of(st, "mode"), text_of(st, "status"),
+    printf("%-24s %-7s %-10s %-4s %12lld %12lld %10.1f  %s\n",
+           text_of(st, "name"), text_of(st, "mode"), text_of(st, "status"),
+           json_is_boolean(here) ? (json_is_true(here) ? "yes" : "no") : "?",
            (long long)json_integer_value(json_object_get(st, "position")),
            (long long)json_integer_value(json_object_get(st, "lag_events")),
            json_number_value(json_object_get(st, "lag_seconds")), last);

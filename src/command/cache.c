@@ -126,6 +126,17 @@ nomem:
     return CQ_ENOMEM;
 }
 
+void cq_cache_drop(cq_cache *c, const cq_aggregate *agg, const char *stream_id)
+{
+    entry *e = &c->slots[hash_str(stream_id) & c->mask];
+
+    /* a dirty entry's index stays in c->dirty: commit and drop_dirty
+     * look at the slot's own flag, which entry_clear resets */
+    if (e->stream_id != NULL && e->agg == agg &&
+        strcmp(e->stream_id, stream_id) == 0)
+        entry_clear(e);
+}
+
 void cq_cache_commit(cq_cache *c)
 {
     for (size_t i = 0; i < c->ndirty; i++)

@@ -4,8 +4,11 @@
  * Direct-mapped: a stream id hashes to one slot, and a newcomer evicts the
  * slot's previous owner. Each entry remembers the stream version (and the
  * position of that version's event) its state was folded up to; the
- * writer trusts an entry only when that version equals the stream's
- * version in the store, and otherwise folds just the missing events.
+ * writer trusts an entry only when that version is at most the stream's
+ * version in the store, and then folds just the missing events. When an
+ * append still finds the stream moved (another node appended between the
+ * read and the append), the writer drops the entry (cq_cache_drop) and
+ * decides once more from the store.
  *
  * Entries written during a batch are "dirty" until the batch commits; if
  * the commit fails the writer calls cq_cache_drop_dirty() so no state the
@@ -44,6 +47,13 @@ const void *cq_cache_get(cq_cache *c, const cq_aggregate *agg,
  * CQ_ENOMEM (then the state has been freed). */
 int cq_cache_put(cq_cache *c, const cq_aggregate *agg, const char *stream_id,
                  void *state, int64_t version, int64_t position);
+
+/* Forget stream_id's entry of aggregate `agg`, if there is one (its
+ * state is freed): the writer found that the store holds a version the
+ * entry does not know of (another node appended; see writer.c). Cannot
+ * fail. */
+void cq_cache_drop(cq_cache *c, const cq_aggregate *agg,
+                   const char *stream_id);
 
 /* The batch committed: dirty entries become clean. Cannot fail. */
 void cq_cache_commit(cq_cache *c);

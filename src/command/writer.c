@@ -99,7 +99,12 @@ static enum outcome fatal(cq_writer *w, cq_write_req *r, int rc)
     return ABORT;
 }
 
-static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
+/* One attempt at command r: read the stream's version, check the
+ * expectations, load the state (cached or folded), decide, append. An
+ * append that finds the stream moved since its version was read answers
+ * 409 and sets *moved (run_command decides what to do about it). */
+static enum outcome decide_and_append(cq_writer *w, cq_write_req *r,
+                                      int64_t now, int *moved)
 {
     const cq_command_def *def = r->def;
     const cq_aggregate *agg = def->aggregate;
@@ -176,6 +181,7 @@ static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
         }
         rc = writer_append_events(w, r, cur, p, n, now, &version, &first);
         if (rc == CQ_ECONFLICT) {
+            *moved = 1;
             writer_answer_problem(r, 409, "conflict",
                                   "stream %s changed while the "
                                   "command ran",
@@ -247,7 +253,30 @@ done:
     return out;
 }
 
-static enum outcome run_append(cq_writer *w, cq_write_req *r, int64_t now)
+/* Command r. The version it decides on is read inside the batch, so a
+ * cached state is only used when it is not behind the store; but should
+ * the stream still move between that read and the append (another node
+ * appended: the store serialises appends, this only narrows when the read
+ * happens), a state cached before is not to be trusted: without an
+ * expected version of its own (If-Match), r drops the stream's cache
+ * entry and is decided once more from the store. With one, or a second
+ * time, the answer is 409. */
+static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
+{
+    int moved = 0;
+    enum outcome out = decide_and_append(w, r, now, &moved);
+
+    if (moved && r->expected == CQ_VERSION_ANY) {
+        cq_cache_drop(w->cache, r->def->aggregate, r->stream_id);
+        moved = 0;
+        out = decide_and_append(w, r, now, &moved);
+    }
+    return out;
+}
+
+/* One attempt at raw append r; *moved as for decide_and_append. */
+static enum outcome append_once(cq_writer *w, cq_write_req *r, int64_t now,
+                                int *moved)
 {
     pending *p = NULL;
     size_t n = json_array_size(r->body), i;
@@ -285,6 +314,14 @@ static enum outcome run_append(cq_writer *w, cq_write_req *r, int64_t now)
         p[i].user_metadata = json_object_get(e, "metadata");
     }
     rc = writer_append_events(w, r, cur, p, n, now, &version, &first);
+    if (rc == CQ_ECONFLICT) {
+        *moved = 1;
+        writer_answer_problem(r, 409, "conflict",
+                              "stream %s changed while the events were "
+                              "appended",
+                              r->stream_id);
+        goto done;
+    }
     if (rc != CQ_OK) {
         out = fatal(w, r, rc);
         goto done;
@@ -303,6 +340,22 @@ nomem:
     out = UNDO;
 done:
     free(p);
+    return out;
+}
+
+/* Raw append r. Should its stream move between the version read and
+ * the append (another node appended), it is tried once more: the
+ * expectation is then checked against the new version (412 if it no
+ * longer holds). */
+static enum outcome run_append(cq_writer *w, cq_write_req *r, int64_t now)
+{
+    int moved = 0;
+    enum outcome out = append_once(w, r, now, &moved);
+
+    if (moved) {
+        moved = 0;
+        out = append_once(w, r, now, &moved);
+    }
     return out;
 }
 

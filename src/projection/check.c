@@ -50,7 +50,8 @@ int cq_eng_check_statements(const cq_declared *d, const char *source,
     for (size_t q = 0; q < d->nqueries; q++)
         for (size_t k = 0; k < d->queries[q].nstmts; k++) {
             const cq_decl_stmt *st = &d->queries[q].stmts[k];
-            if (cq_exec_check(x, st->sqlite_sql, msg, sizeof msg) != CQ_OK) {
+            if (cq_exec_check(x, cq_exec_text(cq_exec_db(x), st), msg,
+                              sizeof msg) != CQ_OK) {
                 snprintf(err, errcap, "%s:%d: query %s: %s", source, st->line,
                          d->queries[q].name, msg);
                 return CQ_EINVAL;

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "base/base.h"
 #include "projection/engine_int.h"
@@ -57,17 +58,30 @@ int cq_eng_save_checkpoint(cq_rstmt *st, const proj *p, int64_t position,
     return rc;
 }
 
-/* Give cq_projections (created before it was added) its source column. */
+/* cq_rdb_columns' callback: is this the source column? */
+static int is_source(void *arg, const char *column, int pk, cq_rtype type)
+{
+    (void)pk;
+    (void)type;
+    if (strcasecmp(column, "source") != 0)
+        return 0;
+    *(int *)arg = 1;
+    return 1;
+}
+
+/* Give cq_projections (created before it was added) its source column.
+ * Asked of the schema, not by preparing a statement that may fail: on
+ * PostgreSQL a failed statement would fail the caller's transaction. */
 int cq_eng_add_source_column(cq_exec *x, char *err, size_t errcap)
 {
-    cq_rstmt *st = NULL;
-    char ignore[128];
+    int found = 0;
+    int rc = cq_rdb_columns(cq_exec_db(x), "cq_projections", is_source,
+                            &found, err, errcap);
 
-    if (cq_rdb_prepare(cq_exec_db(x), "SELECT source FROM cq_projections", 0,
-                       &st, ignore, sizeof ignore) == CQ_OK) {
-        cq_rstmt_finalize(st);
+    if (rc != CQ_OK)
+        return CQ_EIO;
+    if (found)
         return CQ_OK;
-    }
     return cq_exec_sql(x, "ALTER TABLE cq_projections ADD COLUMN source TEXT",
                        err, errcap);
 }
@@ -215,7 +229,7 @@ rebuild:
         rc = drop_tables(x, p->prev, err, errcap);
     for (size_t i = 0; rc == CQ_OK && i < p->d->nddl; i++) {
         char msg[384];
-        rc = cq_exec_sql(x, p->d->ddl[i].sqlite_sql, msg, sizeof msg);
+        rc = cq_exec_sql(x, cq_exec_text(db, &p->d->ddl[i]), msg, sizeof msg);
         if (rc != CQ_OK)
             snprintf(err, errcap, "%s:%d: %s", p->source, p->d->ddl[i].line,
                      msg);

@@ -4,6 +4,11 @@
  * one at a time, in order, by the projector thread, each handed back to
  * its caller with its own result (see cq_engine_control_start).
  *
+ * With several nodes on one read store, an operation is carried out by
+ * the node that runs the projection (engine.h); another answers
+ * CQ_ECONFLICT. The position it moves is told to the other nodes by the
+ * projector (cq_progress) right after.
+ *
  * Threads and locks: callers queue an operation and read its result
  * under e->mu; the projector thread runs the queue (cq_eng_run_controls,
  * called with e->mu held, which it drops while an operation runs) and
@@ -22,10 +27,13 @@
 /* States of a control operation (cq_control.state). */
 enum { CTL_QUEUED, CTL_CANCELLED, CTL_RUNNING, CTL_DONE };
 
-/* Run sql on read.db (projector thread) with ?1 the projection's name,
- * ?2 an integer and ?3 a status: bound, never formatted into the SQL. */
-static int exec_bound(cq_engine *e, const char *sql, const char *name,
-                      int64_t n, const char *status, char *err, size_t errcap)
+/* Run sql on read.db (projector thread) with ?1 the projection's name
+ * and after it, in the order `more` names them, 'i' the integer n and 's'
+ * the status: bound, never formatted into the SQL. A statement has no
+ * parameter it does not use (PostgreSQL cannot type one). */
+static int exec_bound(cq_engine *e, const char *sql, const char *more,
+                      const char *name, int64_t n, const char *status,
+                      char *err, size_t errcap)
 {
     cq_rstmt *st = NULL;
     int rc = cq_eng_prepare(e->rdb, sql, &st, err, errcap);
@@ -41,9 +49,11 @@ static int exec_bound(cq_engine *e, const char *sql, const char *name,
         cq_rstmt_finalize(st);
         return rc;
     }
-    cq_rstmt_bind_int(st, 2, n);           /* absent from some statements */
-    cq_rstmt_bind_text(st, 3, status, -1); /* likewise */
-    rc = cq_eng_step_done(st);
+    for (int i = 0; rc == CQ_OK && more[i] != '\0'; i++)
+        rc = more[i] == 'i' ? cq_rstmt_bind_int(st, i + 2, n)
+                            : cq_rstmt_bind_text(st, i + 2, status, -1);
+    if (rc == CQ_OK)
+        rc = cq_eng_step_done(st);
     if (rc != CQ_OK)
         snprintf(err, errcap, "%s", cq_rdb_errmsg(e->rdb));
     cq_rstmt_finalize(st);
@@ -56,7 +66,7 @@ static void run_control(cq_engine *e, cq_control *ctl)
 {
     proj *p = ctl->p;
     char err[256] = "";
-    int op, rc = CQ_OK, paused, failed;
+    int op, rc = CQ_OK, paused, failed, owned;
     int64_t epos, position;
 
     pthread_mutex_lock(&e->mu);
@@ -65,9 +75,27 @@ static void run_control(cq_engine *e, cq_control *ctl)
     failed = p->failed;
     epos = p->error_position;
     position = p->position;
+    owned = p->owned;
     pthread_mutex_unlock(&e->mu);
 
+    if (!owned) {
+        /* several nodes: its state is the other node's, in memory as
+         * well as in its rows */
+        rc = CQ_ECONFLICT;
+        snprintf(err, sizeof err,
+                 "%s runs on another node, not this one: send '%s' to the "
+                 "node whose GET /projections/%s says runs_here",
+                 p->d->name, op == OP_PAUSE    ? "pause"
+                             : op == OP_RESUME ? "resume"
+                             : op == OP_RESET  ? "reset"
+                             : op == OP_RETRY  ? "retry"
+                             : op == OP_SKIP   ? "skip"
+                                               : "rebuild",
+                 p->d->name);
+        op = OP_NONE;
+    }
     switch (op) {
+    case OP_NONE: break;
     case OP_PAUSE:
     case OP_RESUME:
     case OP_RETRY:
@@ -82,12 +110,12 @@ static void run_control(cq_engine *e, cq_control *ctl)
             failed = 0;
         rc =
             exec_bound(e,
-                       op == OP_RETRY ? "UPDATE cq_projections SET status = ?3,"
+                       op == OP_RETRY ? "UPDATE cq_projections SET status = ?2,"
                                         " error = NULL, error_position = NULL,"
                                         " error_event = NULL WHERE name = ?1"
-                                      : "UPDATE cq_projections SET status = ?3"
+                                      : "UPDATE cq_projections SET status = ?2"
                                         " WHERE name = ?1",
-                       p->d->name, 0,
+                       "s", p->d->name, 0,
                        failed   ? "failed"
                        : paused ? "paused"
                                 : "running",
@@ -107,13 +135,15 @@ static void run_control(cq_engine *e, cq_control *ctl)
                             " error_position, error_event, error, ?2 FROM"
                             " cq_projections WHERE name = ?1"
                             " ON CONFLICT DO NOTHING",
-                            p->d->name, cq_now_ms(), NULL, err, sizeof err);
+                            "i", p->d->name, cq_now_ms(), NULL, err,
+                            sizeof err);
         if (rc == CQ_OK)
             rc = exec_bound(e,
                             "UPDATE cq_projections SET position = ?2,"
                             " status = ?3, error = NULL, error_position = NULL,"
                             " error_event = NULL WHERE name = ?1",
-                            p->d->name, epos, paused ? "paused" : "running",
+                            "is", p->d->name, epos,
+                            paused ? "paused" : "running",
                             err, sizeof err);
         if (rc == CQ_OK)
             rc = cq_exec_sql(e->rx, "COMMIT", err, sizeof err);

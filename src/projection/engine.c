@@ -10,7 +10,9 @@
  *   checkpoint.c  the cq_projections and cq_skipped_events tables, and
  *                 bringing a projection's tables to its definition
  *   decode.c      decoding a stored event for handlers
- *   projector.c   the projector thread: micro-batches into read.db
+ *   projector.c   the projector thread: micro-batches into read.db;
+ *                 with several nodes, which projections it runs
+ *   listen.c      several nodes: what the others commit, heard
  *   control.c     pause/resume/reset/retry/skip/rebuild, queued to it
  *   inline.c      inline projections: the writer's hooks, catch-up
  *   rebuild.c     blue/green rebuilds
@@ -38,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/base.h"
 #include "projection/engine_int.h"
@@ -57,7 +60,15 @@ int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
         return CQ_ENOMEM;
     }
     e->store = store;
-    snprintf(e->dir, sizeof e->dir, "%s", cfg->dir);
+    snprintf(e->dir, sizeof e->dir, "%s", cfg->dir ? cfg->dir : ".");
+    if (cfg->read_store != NULL && cfg->read_store[0] != '\0')
+        snprintf(e->where, sizeof e->where, "%s", cfg->read_store);
+    else
+        snprintf(e->where, sizeof e->where, "%s/read.db", e->dir);
+    if (cfg->store_uri != NULL)
+        snprintf(e->store_uri, sizeof e->store_uri, "%s", cfg->store_uri);
+    e->one_db = cfg->read_store != NULL && cfg->store_uri != NULL &&
+                strcmp(cfg->read_store, cfg->store_uri) == 0;
     e->batch = cfg->batch > 0 ? cfg->batch : 100;
     e->domain = cfg->domain;
     e->nreaders = cfg->readers > 0 ? cfg->readers : 4;
@@ -71,8 +82,8 @@ int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
  * `skip`) and in events.db (inline projections, at start). */
 #define SKIPPED_DDL                                                            \
     "CREATE TABLE IF NOT EXISTS cq_skipped_events (projection TEXT NOT NULL,"  \
-    " position INTEGER NOT NULL, event_type TEXT, error TEXT,"                 \
-    " skipped_at INTEGER NOT NULL, PRIMARY KEY (projection, position))"
+    " position BIGINT NOT NULL, event_type TEXT, error TEXT,"                  \
+    " skipped_at BIGINT NOT NULL, PRIMARY KEY (projection, position))"
 
 static int prepare_savepoints(cq_rdb *db, const char *name, cq_rstmt **sp,
                               cq_rstmt **release, cq_rstmt **rollback,
@@ -87,6 +98,62 @@ static int prepare_savepoints(cq_rdb *db, const char *name, cq_rstmt **sp,
         cq_eng_prepare(db, sql[1], release, err, errcap) != CQ_OK ||
         cq_eng_prepare(db, sql[2], rollback, err, errcap) != CQ_OK)
         return CQ_EIO;
+    return CQ_OK;
+}
+
+int cq_eng_projector_statements(cq_engine *e, char *err, size_t errcap)
+{
+    if (cq_eng_prepare(e->rdb, SQL_SAVE_CHECKPOINT, &e->r_save, err, errcap) ||
+        prepare_savepoints(e->rdb, "ev", &e->r_sp, &e->r_release,
+                           &e->r_rollback, err, errcap) ||
+        (e->shared && cq_eng_prepare(e->rdb, SQL_SAVE_CHECKPOINT_IF, &e->r_cas,
+                                     err, errcap)))
+        return CQ_EIO;
+    return CQ_OK;
+}
+
+/* Several nodes: wait for the lock that lets one node at a time create
+ * and migrate the tables at start (another may be starting too). CQ_OK,
+ * or the read store's failure. */
+static int lock_start(cq_engine *e, char *err, size_t errcap)
+{
+    int got = 0, said = 0;
+
+    for (;;) {
+        int rc = cq_rdb_try_lock(e->rdb, CQ_LOCK_START, &got);
+        if (rc != CQ_OK) {
+            snprintf(err, errcap, "%s: %s", CQ_LOCK_START,
+                     cq_rdb_errmsg(e->rdb));
+            return rc;
+        }
+        if (got)
+            return CQ_OK;
+        if (!said++)
+            fprintf(stderr, "cqrsd: another node is starting on the same "
+                            "read store: waiting for it\n");
+        nanosleep(&(struct timespec){0, 50 * 1000000}, NULL);
+    }
+}
+
+/* Several nodes: take asynchronous projection p's lock if no other node
+ * holds it (p->owned). CQ_OK or the read store's failure. */
+static int claim_at_start(cq_engine *e, proj *p, char *err, size_t errcap)
+{
+    char name[128];
+    int got = 0, rc;
+
+    cq_eng_lock_name(p, name, sizeof name);
+    rc = cq_rdb_try_lock(e->rdb, name, &got);
+    if (rc != CQ_OK) {
+        snprintf(err, errcap, "%s: %s", name, cq_rdb_errmsg(e->rdb));
+        return rc;
+    }
+    p->owned = got;
+    if (!got)
+        fprintf(stderr,
+                "cqrsd: projection %s runs on another node; this one takes "
+                "it over if that one stops\n",
+                p->d->name);
     return CQ_OK;
 }
 
@@ -105,15 +172,17 @@ static int open_store_db(void *arg, cq_rdb **db, char *err, size_t errcap)
 
 int cq_engine_start(cq_engine *e, char *err, size_t errcap)
 {
-    char path[4200];
+    const char *path = e->where;
     cq_rdb *wdb = cq_store_write_rdb(e->store);
     int64_t head = 0;
-    int rc;
+    int rc, start_locked = 0;
 
-    snprintf(path, sizeof path, "%s/read.db", e->dir);
     rc = cq_eng_open_db(path, CQ_RDB_CREATE, &e->rdb, err, errcap);
     if (rc != CQ_OK)
         return rc;
+    /* a read store on a server may be shared with other nodes: they take
+     * turns at starting and share the projections out (engine.h) */
+    e->shared = strcmp(cq_rdb_backend(e->rdb), "sqlite") != 0;
     e->rx = cq_exec_new(e->rdb);
     e->ix = cq_exec_new(wdb);
     if (e->rx == NULL || e->ix == NULL) {
@@ -122,9 +191,13 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
     }
     /* read.db need not fsync each batch: its checkpoints commit with their
      * rows, so after a crash a projection resumes from its last one. */
-    rc = cq_exec_sql(e->rx, "PRAGMA journal_mode = WAL", err, errcap);
-    if (rc == CQ_OK)
-        rc = cq_exec_sql(e->rx, "PRAGMA synchronous = NORMAL", err, errcap);
+    if (strcmp(cq_rdb_backend(e->rdb), "sqlite") == 0) /* PostgreSQL: none */
+        rc = cq_exec_sql(e->rx, "PRAGMA journal_mode = WAL;"
+                         " PRAGMA synchronous = NORMAL", err, errcap);
+    if (rc == CQ_OK && e->shared) {
+        rc = lock_start(e, err, errcap);
+        start_locked = rc == CQ_OK;
+    }
     if (rc == CQ_OK)
         rc = cq_exec_sql(e->rx, CHECKPOINT_DDL, err, errcap);
     if (rc == CQ_OK)
@@ -143,35 +216,41 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         cq_exec *x = p->is_inline ? e->ix : e->rx;
         char changed[96];
         int resumable = 0;
-        rc = cq_eng_prepare_projection(p, x, 0, changed, sizeof changed, err,
-                                       errcap);
-        if (rc == CQ_OK && !p->is_inline)
+        p->owned = 1;
+        if (e->shared && !p->is_inline)
+            rc = claim_at_start(e, p, err, errcap);
+        if (rc == CQ_OK)
+            rc = cq_eng_prepare_projection(p, x, 0, changed, sizeof changed,
+                                           err, errcap);
+        /* a rebuild is the business of the node that runs the projection
+         * (another one takes it up from cq_rebuilds if that one stops) */
+        if (rc == CQ_OK && !p->is_inline && p->owned)
             rc = cq_rebuild_load(e, p, &resumable, err, errcap);
-        if (rc == CQ_OK && (changed[0] != '\0' || resumable))
+        if (rc == CQ_OK && p->owned && (changed[0] != '\0' || resumable))
             rc = cq_rebuild_begin(e, p, changed[0] ? changed : "resumed", err,
                                   errcap);
-        /* the new definition's statements run on the tables it builds */
-        if (rc == CQ_OK)
+        /* the new definition's statements run on the tables it builds,
+         * which only the node running a rebuild has */
+        if (rc == CQ_OK && (p->rb.active || p->serving == p->d))
             rc = cq_eng_check_statements(
                 p->d, p->source, p->rb.active ? p->rb.x : x, err, errcap);
     }
     if (rc != CQ_OK)
-        return rc;
-    if (cq_eng_prepare(e->rdb, SQL_SAVE_CHECKPOINT, &e->r_save, err, errcap) ||
+        goto fail;
+    rc = CQ_EIO;
+    if (cq_eng_projector_statements(e, err, errcap) ||
         cq_eng_prepare(wdb, SQL_SAVE_CHECKPOINT, &e->i_save, err, errcap) ||
-        prepare_savepoints(e->rdb, "ev", &e->r_sp, &e->r_release,
-                           &e->r_rollback, err, errcap) ||
         prepare_savepoints(wdb, "inl", &e->i_sp, &e->i_release, &e->i_rollback,
                            err, errcap))
-        return CQ_EIO;
+        goto fail;
     if (cq_exec_sql(e->rx, SKIPPED_DDL, err, errcap) != CQ_OK ||
         cq_exec_sql(e->ix, SKIPPED_DDL, err, errcap) != CQ_OK)
-        return CQ_EIO;
+        goto fail;
     for (int i = 0; i < e->nprojs; i++) {
         proj *p = e->projs[i];
         rc = cq_eng_count_skipped(p->is_inline ? wdb : e->rdb, p, err, errcap);
         if (rc != CQ_OK)
-            return rc;
+            goto fail;
         if (!p->is_inline)
             continue;
         if (p->failed) {
@@ -186,11 +265,16 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         }
         rc = cq_eng_catch_up_inline(e, p, head, err, errcap);
         if (rc != CQ_OK)
-            return rc;
+            goto fail;
         p->saved = p->position;
     }
-    rc = cq_pool_open(&e->reads, open_read_db, path, e->nreaders, err, errcap);
-    if (rc == CQ_OK)
+    if (start_locked) {
+        cq_rdb_unlock(e->rdb, CQ_LOCK_START);
+        start_locked = 0;
+    }
+    rc = cq_pool_open(&e->reads, open_read_db, e->where, e->nreaders, err,
+                      errcap);
+    if (rc == CQ_OK && !e->one_db)
         rc = cq_pool_open(&e->events, open_store_db, e->store, e->nreaders, err,
                           errcap);
     if (rc != CQ_OK)
@@ -199,16 +283,33 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         cq_eng_advance(e, i, e->projs[i]->position);
     cq_eng_advance(e, e->nprojs, head);
     e->head = head;
-    rc = cq_wal_start_rdb(e->rdb, ENGINE_BUSY_TIMEOUT_MS, path, "cq-ckpt-read",
-                          &e->wal, err, errcap);
-    if (rc != CQ_OK)
-        return rc;
+    /* read.db's log is SQLite's; a server keeps its own */
+    if (!e->shared) {
+        rc = cq_wal_start_rdb(e->rdb, ENGINE_BUSY_TIMEOUT_MS, path,
+                              "cq-ckpt-read", &e->wal, err, errcap);
+        if (rc != CQ_OK)
+            return rc;
+    }
+    /* before the projector: what other nodes do from now on is heard (the
+     * listener reads positions and head again once it listens) */
+    if (e->shared) {
+        e->next_claim_ms = cq_eng_mono_ms() + 1000;
+        rc = cq_eng_listen_start(e, err, errcap);
+        if (rc != CQ_OK)
+            return rc;
+    }
     if (pthread_create(&e->projector, NULL, cq_eng_projector_main, e) != 0) {
         snprintf(err, errcap, "cannot start the projector thread");
         return CQ_ENOMEM;
     }
     e->started = 1;
     return CQ_OK;
+fail:
+    /* another node starting waits for this lock: give it back at once
+     * (the connection would release it when closed anyway) */
+    if (start_locked)
+        cq_rdb_unlock(e->rdb, CQ_LOCK_START);
+    return rc;
 }
 
 void cq_engine_stop(cq_engine *e)
@@ -224,6 +325,8 @@ void cq_engine_stop(cq_engine *e)
     pthread_mutex_unlock(&e->mu);
     if (e->started && !joined)
         pthread_join(e->projector, NULL);
+    if (!joined)
+        cq_eng_listen_stop(e);
     if (e->progress.shutdown != NULL)
         e->progress.shutdown(e->progress.arg);
 }
@@ -242,6 +345,7 @@ void cq_engine_free(cq_engine *e)
     cq_rstmt_finalize(e->r_sp);
     cq_rstmt_finalize(e->r_release);
     cq_rstmt_finalize(e->r_rollback);
+    cq_rstmt_finalize(e->r_cas);
     cq_rstmt_finalize(e->i_save);
     cq_rstmt_finalize(e->i_sp);
     cq_rstmt_finalize(e->i_release);
@@ -317,7 +421,7 @@ int64_t cq_engine_head(cq_engine *e)
 
 int64_t cq_engine_wal_bytes(cq_engine *e)
 {
-    return cq_wal_bytes(e->wal);
+    return e->shared ? -1 : cq_wal_bytes(e->wal);
 }
 
 int cq_engine_is_inline(cq_engine *e, int projection)
@@ -358,9 +462,67 @@ int cq_engine_count(cq_engine *e)
     return e->nprojs;
 }
 
+int cq_eng_checkpoint_row(cq_rstmt *st, const proj *p, checkpoint_row *row)
+{
+    int rc;
+
+    memset(row, 0, sizeof *row);
+    cq_rstmt_bind_text(st, 1, p->d->name, -1);
+    rc = cq_rstmt_step(st);
+    if (rc == CQ_RSTEP_ROW) {
+        const char *status = cq_rstmt_column_text(st, 1);
+        const char *m = cq_rstmt_column_text(st, 2);
+        const char *t = cq_rstmt_column_text(st, 4);
+        row->position = cq_rstmt_column_int(st, 0);
+        row->paused = status && strcmp(status, "paused") == 0;
+        row->failed = status && strcmp(status, "failed") == 0;
+        if (row->failed) {
+            row->error_position = cq_rstmt_column_int(st, 3);
+            snprintf(row->error, sizeof row->error, "%s", m ? m : "");
+            snprintf(row->error_event, sizeof row->error_event, "%s",
+                     t ? t : "");
+        }
+        rc = CQ_OK;
+    } else if (rc == CQ_RSTEP_DONE) {
+        rc = CQ_ENOTFOUND;
+    }
+    cq_rstmt_reset(st);
+    cq_rstmt_clear(st);
+    return rc;
+}
+
+/* The checkpoint of asynchronous projection p, which another node runs,
+ * as that node last wrote it: position, pause and failure into out.
+ * CQ_OK, or CQ_EIO (the read store cannot be read). */
+static int status_from_row(cq_engine *e, proj *p, cq_projection_status *out)
+{
+    char err[256];
+    cq_exec *x = cq_engine_reader_get(e, p->index, err, sizeof err);
+    cq_rstmt *st;
+    checkpoint_row row;
+    int rc = CQ_EIO;
+
+    if (x == NULL)
+        return CQ_EIO;
+    st = cq_exec_stmt(x, SQL_CHECKPOINT_ROW, err, sizeof err);
+    if (st != NULL && cq_eng_checkpoint_row(st, p, &row) == CQ_OK) {
+        out->position = row.position;
+        out->paused = row.paused;
+        out->failed = row.failed;
+        out->error_position = row.error_position;
+        snprintf(out->error, sizeof out->error, "%s", row.error);
+        snprintf(out->error_event, sizeof out->error_event, "%s",
+                 row.error_event);
+        rc = CQ_OK;
+    }
+    cq_engine_reader_put(e, p->index, x);
+    return rc;
+}
+
 int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
 {
     proj *p = e->projs[projection];
+    int row_rc = CQ_OK;
 
     memset(out, 0, sizeof *out);
     out->name = p->d->name;
@@ -378,6 +540,7 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
         snprintf(out->error_event, sizeof out->error_event, "%s",
                  p->error_event);
     }
+    out->runs_here = p->owned;
     out->serving_version = p->serving ? p->serving->version : 0;
     out->frozen = p->frozen;
     out->rebuilding = p->rb.active;
@@ -409,6 +572,8 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
                  p->last.error);
     }
     pthread_mutex_unlock(&e->mu);
+    if (!out->runs_here)
+        row_rc = status_from_row(e, p, out);
     out->status = out->failed       ? "failed"
                   : out->paused     ? "paused"
                   : out->rebuilding ? "rebuilding"
@@ -422,6 +587,6 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
         int rc = cq_engine_lag_ms(e, out->position, out->head, &lag, why,
                                   sizeof why);
         out->lag_seconds = lag / 1000.0;
-        return rc;
+        return rc != CQ_OK ? rc : row_rc;
     }
 }

@@ -15,11 +15,27 @@
  * position, event type and message; the events before it in the batch are
  * kept, the others go on.
  *
+ * Several nodes (a read store on PostgreSQL, shared by N servers on one
+ * event store): each asynchronous projection runs on exactly one node at
+ * a time, the one whose projector holds the lock cqrsd:projection:NAME
+ * on its read-store connection; the others try for it every second and,
+ * once they get it, read the projection's checkpoint again before
+ * applying anything. A batch's checkpoint is written only if it still is
+ * the position this node read (so nothing is applied twice, even by a
+ * node that lost its lock without noticing), and its commit notifies
+ * cq_progress "NAME:POSITION". A listener thread per node (its own
+ * connection) hears cq_progress and the event store's cq_events (the
+ * head after another node's commit): it moves this node's positions and
+ * head, wakes its waiters and its projector; after its connection fails
+ * it listens again and reads positions and head anew. On SQLite nothing
+ * of this runs: one process owns the files and runs every projection.
+ *
  * Threads: the projector thread owns read.db's write connection; the
  * writer thread calls the hooks; any thread may borrow a read connection
- * (small pools) and read positions. Queries and waits are src/query/
- * (query.h): the engine tells it that positions moved through the
- * progress listener (progress.h), and knows nothing of it.
+ * (small pools) and read positions; the listener thread (several nodes
+ * only) moves positions. Queries and waits are src/query/ (query.h): the
+ * engine tells it that positions moved through the progress listener
+ * (progress.h), and knows nothing of it.
  */
 #ifndef CQ_PROJECTION_ENGINE_H
 #define CQ_PROJECTION_ENGINE_H
@@ -37,11 +53,22 @@
 typedef struct cq_engine cq_engine;
 
 typedef struct cq_engine_config {
-    const char *dir;         /* directory of read.db (the store's directory) */
+    const char *dir;         /* directory of read.db (the store's directory);
+                                unused with a read_store */
     int batch;               /* events per micro-batch; 0 -> 100 */
     int readers;             /* query connections per database; 0 -> 4 */
     const cq_domain *domain; /* its upcasters decode old events; may be
                                 NULL */
+    /* Where the asynchronous projections live: NULL or "" for DIR/read.db,
+     * else a PostgreSQL URI (cq_rdb_open). Such a read store may be shared
+     * by several servers (nodes): see "Several nodes" below. Borrowed for
+     * the call. */
+    const char *read_store;
+    /* The event store's database, when other nodes may append to it (a
+     * PostgreSQL URI): the engine listens there for their commits
+     * (channel cq_events). NULL for an embedded store. Borrowed for the
+     * call. */
+    const char *store_uri;
 } cq_engine_config;
 
 typedef enum cq_proj_status { CQ_PROJ_RUNNING, CQ_PROJ_FAILED } cq_proj_status;
@@ -158,7 +185,8 @@ int64_t cq_engine_position(cq_engine *e, int projection, int *failed);
  * at start). Cannot fail. Any thread. */
 int64_t cq_engine_head(cq_engine *e);
 
-/* Bytes of read.db's write-ahead log on disk (read.db-wal). Any thread. */
+/* Bytes of read.db's write-ahead log on disk (read.db-wal); -1 when the
+ * read store is not SQLite (a server keeps its own log). Any thread. */
 int64_t cq_engine_wal_bytes(cq_engine *e);
 
 /* A predicate: 1 if the projection is inline (its tables commit with the
@@ -206,11 +234,18 @@ const cq_declared *cq_engine_serving(cq_engine *e, int projection);
 /* Borrow a read-only connection to the database holding projection's
  * tables (read.db; events.db for an inline projection), waiting for an
  * idle one; give it back with cq_engine_reader_put on any thread. The
- * borrower alone uses it meanwhile. After cq_engine_start. */
-cq_exec *cq_engine_reader_get(cq_engine *e, int projection);
+ * borrower alone uses it meanwhile. After cq_engine_start. NULL, with why
+ * in err, when the idle one had lost its server and cannot connect again
+ * (PostgreSQL down): nothing is borrowed then. */
+cq_exec *cq_engine_reader_get(cq_engine *e, int projection, char *err,
+                              size_t errcap);
 /* Give back a reader borrowed with cq_engine_reader_get for the same
- * projection, outside any transaction. Cannot fail. Any thread. */
-void cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x);
+ * projection, outside any transaction. A connection whose last statement
+ * failed with CQ_EIO (its server went away) is closed: the next borrower
+ * connects again. A predicate, not a CQ_* code: 1 when it was closed so
+ * (a read that failed on it may be tried again on a new one), else 0.
+ * Any thread. */
+int cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x);
 
 /* projection's checkpoint read through x (a reader, in the caller's open
  * transaction, so that it matches the rows read with it): *position and
@@ -246,6 +281,9 @@ typedef struct cq_projection_status {
     char error[512];
     char error_event[130];
     int64_t skipped;         /* events skipped (rows of cq_skipped_events) */
+    int runs_here;           /* this node applies it: always, except for an
+                                asynchronous projection another node runs
+                                (several nodes: see above) */
     int64_t serving_version; /* @version of the live tables: differs from
                                 version while a rebuild replaces them; 0
                                 when unknown */
@@ -271,9 +309,11 @@ typedef struct cq_projection_status {
  * CQ_* code). Any thread once loading is over. */
 int cq_engine_count(cq_engine *e);
 
-/* A snapshot of projection's state. CQ_OK, or CQ_EIO when its lag could
- * not be read from the event store (out is filled, lag_seconds 0). Any
- * thread. */
+/* A snapshot of projection's state. For an asynchronous projection that
+ * another node runs, its checkpoint (position, pause, failure) is read
+ * from the read store, where that node writes it. CQ_OK, or CQ_EIO when
+ * its lag (or that checkpoint) could not be read (out is filled,
+ * lag_seconds 0). Any thread. */
 int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out);
 
 /* One control operation of one caller. */
@@ -303,7 +343,8 @@ int cq_engine_control_start(cq_engine *e, int projection, const char *op,
 
 /* After the callback: the operation's result and its message (into err):
  * CQ_OK; CQ_ECONFLICT (retry/skip of a projection that has not failed,
- * rebuild of one being rebuilt); CQ_EIO; CQ_ECLOSED (the engine stopped
+ * rebuild of one being rebuilt, any operation on a projection another
+ * node runs: ask that node); CQ_EIO; CQ_ECLOSED (the engine stopped
  * before it ran: it was not carried out). Any thread. */
 int cq_control_result(cq_control *c, char *err, size_t errcap);
 

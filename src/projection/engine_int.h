@@ -9,6 +9,7 @@
 
 #include <pthread.h>
 
+#include "base/base.h"
 #include "domain/domain.h"
 #include "projection/engine.h"
 #include "projection/exec.h"
@@ -17,17 +18,27 @@
 
 #define ENGINE_BUSY_TIMEOUT_MS 5000
 
-/* The checkpoint table (checkpoint.c), in read.db and in events.db. */
+/* The checkpoint table (checkpoint.c), in read.db and in events.db.
+ * BIGINT: 64-bit on PostgreSQL (INTEGER is 32), INTEGER affinity on
+ * SQLite, as every integer column the engine makes. */
 #define CHECKPOINT_DDL                                                         \
     "CREATE TABLE IF NOT EXISTS cq_projections ("                              \
-    " name TEXT PRIMARY KEY, version INTEGER NOT NULL,"                        \
-    " source_hash TEXT NOT NULL, position INTEGER NOT NULL,"                   \
-    " status TEXT NOT NULL, error TEXT, error_position INTEGER,"               \
-    " error_event TEXT, updated_at INTEGER NOT NULL)"
+    " name TEXT PRIMARY KEY, version BIGINT NOT NULL,"                         \
+    " source_hash TEXT NOT NULL, position BIGINT NOT NULL,"                    \
+    " status TEXT NOT NULL, error TEXT, error_position BIGINT,"                \
+    " error_event TEXT, updated_at BIGINT NOT NULL)"
 
 #define SQL_SAVE_CHECKPOINT                                                    \
     "UPDATE cq_projections SET position = ?2, status = ?3, error = ?4,"        \
     " error_position = ?5, error_event = ?6, updated_at = ?7 WHERE name = ?1"
+
+/* Several nodes: a batch's checkpoint, written only if the row still
+ * holds the position ?8 this node read (a row back when the node that
+ * lost its lock without noticing still writes: nothing is applied twice) */
+#define SQL_SAVE_CHECKPOINT_IF                                                 \
+    "UPDATE cq_projections SET position = ?2, status = ?3, error = ?4,"        \
+    " error_position = ?5, error_event = ?6, updated_at = ?7"                  \
+    " WHERE name = ?1 AND position = ?8 RETURNING position"
 
 /* A blue/green rebuild of one asynchronous projection (rebuild.c): its
  * tables are built under shadow names next to the live ones, by the
@@ -79,6 +90,12 @@ typedef struct proj {
     char error[512];
     char error_event[130];
     int64_t skipped; /* rows of cq_skipped_events for this projection */
+    /* guarded by e->mu: this node applies it (inline: always; asynchronous:
+     * its projector holds the projection's lock, or, with a read store of
+     * its own, always) */
+    int owned;
+    int64_t notified; /* projector thread only: the position last sent on
+                         cq_progress */
     /* guarded by e->mu: what the live tables are */
     const cq_declared *serving; /* their definition (d or prev); NULL
                                    when it is unknown */
@@ -114,7 +131,7 @@ typedef int (*cq_pool_opener)(void *arg, cq_rdb **db, char *err, size_t errcap);
 
 /* A pool of read connections to one database, each with its executor. */
 typedef struct pool {
-    cq_rdb **db;
+    cq_rdb **db; /* NULL: lost its server, connected again when borrowed */
     cq_exec **x;
     int n;
     int *idle;
@@ -122,7 +139,24 @@ typedef struct pool {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int init;
+    cq_pool_opener open; /* and its arg: how a lost connection comes back */
+    void *arg;
+    /* guarded by mu: bumped when a borrower found its connection's server
+     * gone (a restart takes every connection along): each connection made
+     * before (born[i] < lost) is replaced when next borrowed */
+    unsigned lost;
+    unsigned *born;
 } pool;
+
+/* The lock a node's projector holds while it runs an asynchronous
+ * projection (several nodes), and the notification channels. */
+#define CQ_LOCK_PROJECTION "cqrsd:projection:"
+#define CQ_LOCK_START "cqrsd:start"
+#define CQ_CHANNEL_EVENTS "cq_events"
+#define CQ_CHANNEL_PROGRESS "cq_progress"
+
+/* A listener thread (listen.c) and its connection. */
+typedef struct cq_listener cq_listener;
 
 struct cq_engine {
     cq_store *store;
@@ -152,6 +186,24 @@ struct cq_engine {
 
     struct cq_wal *wal; /* read.db's checkpoints (store/wal.h) */
 
+    /* Several nodes (engine.h). Set by cq_engine_start, read-only after */
+    int shared;           /* the read store is shared: locks, notifications */
+    int one_db;           /* the read store is the event store's database */
+    char where[4200];     /* the read store: DIR/read.db, or its URI */
+    char store_uri[4096]; /* the event store's database to listen to, or "" */
+    /* projector thread only */
+    cq_rstmt *r_cas;       /* a batch's checkpoint, if still where it was */
+    int64_t next_claim_ms; /* when to try for the locks not held again */
+    int reopen;            /* e->rdb lost its server: connect again */
+    int64_t next_reconnect_ms; /* and when, after a failed try */
+    int reconnect_failing;     /* tries failed in a row (logged once) */
+    /* guarded by mu: the listener connected again, so the database may
+     * have restarted: the projector checks that its connection (and so
+     * its locks) survived */
+    int recheck;
+    cq_listener *listeners[2]; /* cq_events, cq_progress (one when one_db) */
+    int nlisteners;
+
     /* control operations queued for the projector, oldest first;
      * guarded by mu */
     struct cq_control *controls, *controls_tail;
@@ -163,6 +215,12 @@ struct cq_engine {
      * read-only after; its operations may be NULL (nobody listens) */
     cq_engine_progress progress;
 };
+
+/* The monotonic clock in milliseconds (lock retries, listener waits). */
+static inline int64_t cq_eng_mono_ms(void)
+{
+    return (int64_t)(cq_mono_ns() / 1000000);
+}
 
 /* Tell the progress listener (progress.h), if any. Any thread, without
  * e->mu. */
@@ -256,10 +314,36 @@ int cq_pool_open(pool *pl, cq_pool_opener open, void *arg, int n, char *err,
 /* Close every connection; accepts a pool never opened (zeroed). */
 void cq_pool_close(pool *pl);
 
-/* Borrow an idle connection's index, waiting for one; give it back with
- * cq_pool_put. Any thread. */
-int cq_pool_get(pool *pl);
+/* Borrow an idle connection's index, waiting for one, with the pool's
+ * count of losses in *lost (pool.lost); give it back with cq_pool_put.
+ * Any thread. */
+int cq_pool_get(pool *pl, unsigned *lost);
 void cq_pool_put(pool *pl, int i);
+
+/* ---- engine.c ---- */
+
+/* A projection's checkpoint row as another node may have written it:
+ * SQL_CHECKPOINT_ROW's columns. */
+#define SQL_CHECKPOINT_ROW                                                     \
+    "SELECT position, status, error, error_position, error_event"              \
+    " FROM cq_projections WHERE name = ?1"
+
+typedef struct checkpoint_row {
+    int64_t position;
+    int paused, failed;
+    int64_t error_position; /* failed only (else 0, and the texts "") */
+    char error[512];
+    char error_event[130];
+} checkpoint_row;
+
+/* Run st (SQL_CHECKPOINT_ROW, on any connection) for p into *row, then
+ * reset and clear st. CQ_OK, CQ_ENOTFOUND (no row), or the read store's
+ * failure (cq_rdb_errmsg says why). */
+int cq_eng_checkpoint_row(cq_rstmt *st, const proj *p, checkpoint_row *row);
+
+/* Prepare the projector's statements on e->rdb (r_save, r_sp, r_release,
+ * r_rollback; r_cas with several nodes). CQ_OK or CQ_EIO. */
+int cq_eng_projector_statements(cq_engine *e, char *err, size_t errcap);
 
 /* ---- checkpoint.c ---- */
 
@@ -329,6 +413,25 @@ int cq_eng_check_statements(const cq_declared *d, const char *source,
  * INDEX one does, into name[cap]: 1 for a table, 2 for an index, 0 for
  * neither. */
 int cq_eng_created(const char *sql, char *name, size_t cap);
+
+/* Several nodes: the lock name of p (CQ_LOCK_PROJECTION + name). */
+void cq_eng_lock_name(const proj *p, char *buf, size_t cap);
+
+/* ---- listen.c ---- */
+
+/* Start the listener threads (several nodes): cq_events on the event
+ * store's database, cq_progress on the read store's (one connection when
+ * they are one database). CQ_OK, or CQ_ENOMEM when a thread cannot
+ * start; a database that cannot be reached is retried by the thread. */
+int cq_eng_listen_start(cq_engine *e, char *err, size_t errcap);
+
+/* Stop and join them, close their connections. Accepts none started. */
+void cq_eng_listen_stop(cq_engine *e);
+
+/* This node's head is now at least `head` (another node's commit, or
+ * read again): publish it, with the inline projections, which commit
+ * with the events, and wake the projector. Any thread, without mu. */
+void cq_eng_head_moved(cq_engine *e, int64_t head);
 
 /* ---- control.c ---- */
 

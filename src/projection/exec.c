@@ -101,6 +101,18 @@ cq_rdb *cq_exec_db(cq_exec *x)
     return x->db;
 }
 
+const char *cq_exec_dialect(cq_rdb *db, const char *sqlite_sql,
+                            const char *pg_sql)
+{
+    return strcmp(cq_rdb_backend(db), "postgresql") == 0 ? pg_sql
+                                                          : sqlite_sql;
+}
+
+const char *cq_exec_text(cq_rdb *db, const cq_decl_stmt *st)
+{
+    return cq_exec_dialect(db, st->sqlite_sql, st->pg_sql);
+}
+
 static size_t slot_of(const slot *slots, size_t cap, const void *k)
 {
     size_t i = ((uintptr_t)k >> 4) * 0x9E3779B97F4A7C15ull & (cap - 1);
@@ -160,7 +172,8 @@ static cq_rstmt *prepared_key(cq_exec *x, const void *key, const char *sql,
 static cq_rstmt *prepared(cq_exec *x, const cq_decl_stmt *st, char *err,
                           size_t errcap)
 {
-    return prepared_key(x, st, st->sqlite_sql, st->line, err, errcap);
+    return prepared_key(x, st, cq_exec_text(x->db, st), st->line, err,
+                        errcap);
 }
 
 cq_rstmt *cq_exec_stmt(cq_exec *x, const char *sql, char *err, size_t errcap)

@@ -54,6 +54,18 @@ cq_exec *cq_exec_new_renamed(cq_rdb *db, const cq_rename *map, size_t n);
  * share x's transaction. */
 cq_rdb *cq_exec_db(cq_exec *x);
 
+/* Of two texts of one statement, the one in db's dialect: pg_sql on
+ * PostgreSQL, sqlite_sql otherwise (borrowed). For the engine's own
+ * statements that cannot be written once for both. Cannot fail. */
+const char *cq_exec_dialect(cq_rdb *db, const char *sqlite_sql,
+                            const char *pg_sql);
+
+/* The text of declared statement st in db's dialect: st->pg_sql on
+ * PostgreSQL, st->sqlite_sql otherwise (both borrowed from st). Every
+ * place that runs a declared statement (DDL, handler, query) takes its
+ * text from here. Cannot fail. */
+const char *cq_exec_text(cq_rdb *db, const cq_decl_stmt *st);
+
 /* Prepare sql (borrowed, NUL-terminated) as x would run it, renamed, only
  * to see that it compiles; nothing is cached or run. Returns CQ_OK, or
  * CQ_EIO with the read store's message (or "out of memory" when renaming

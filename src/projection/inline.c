@@ -206,7 +206,12 @@ int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
         c.release = e->i_release;
         c.rollback = e->i_rollback;
         c.last = p->position;
-        rc = cq_exec_sql(e->ix, "BEGIN IMMEDIATE", err, errcap);
+        /* the store's own write transaction: it takes the write lock
+         * (with several nodes, the lock every append takes), so no other
+         * node's writer moves the inline tables meanwhile */
+        rc = cq_store_begin(e->store);
+        if (rc != CQ_OK)
+            snprintf(err, errcap, "%s", cq_store_errmsg(e->store));
         if (rc == CQ_OK)
             rc = cq_store_read_all(e->store, p->position + 1, 1000,
                                    cq_eng_apply_event, &c, &h, err, errcap);
@@ -216,11 +221,10 @@ int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
         }
         if (rc == CQ_OK)
             rc = cq_eng_save_checkpoint(e->i_save, p, c.last, 0, NULL, 0, NULL);
-        if (rc == CQ_OK)
-            rc = cq_exec_sql(e->ix, "COMMIT", err, errcap);
+        if (rc == CQ_OK && (rc = cq_store_commit(e->store)) != CQ_OK)
+            snprintf(err, errcap, "%s", cq_store_errmsg(e->store));
         if (rc != CQ_OK) {
-            char ignore[64];
-            cq_exec_sql(e->ix, "ROLLBACK", ignore, sizeof ignore);
+            cq_store_rollback(e->store);
             return rc;
         }
         p->position = c.last;

@@ -46,6 +46,7 @@ int cq_engine_add(cq_engine *e, cq_declared *d, char *err, size_t errcap)
     }
     p->d = d;
     p->serving = d;
+    p->owned = 1; /* until a shared read store says otherwise (start) */
     p->index = e->nprojs;
     p->is_inline = d->mode == CQ_DECL_INLINE;
     for (size_t h = 0; h < d->nhandlers; h++)

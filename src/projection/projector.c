@@ -28,11 +28,26 @@
  * (rebuild.c), and before it carries out the control operations queued
  * (control.c).
  *
+ *
+ * Several nodes on one read store (engine.h): the projector applies only
+ * the projections whose lock it holds (p->owned) and tries for the others
+ * once a second; when it gets one it reads its checkpoint (and any
+ * rebuild in progress) again before applying anything. A batch's
+ * checkpoint is written only if the row still holds the position this
+ * node read (SQL_SAVE_CHECKPOINT_IF): should it not, another node has run
+ * the projection meanwhile, and this one rolls back and lets go of it. The
+ * batch's commit notifies cq_progress "NAME:POSITION" (in its
+ * transaction); a position moved otherwise (skip, reset, a rebuild's
+ * swap) is notified right after. When the read store's connection fails
+ * its locks are gone with it: the projector lets go of every projection,
+ * connects again and claims them anew.
+ *
  * Threads and locks: the projector thread owns read.db's write connection
  * (e->rdb, e->rx and the r_* statements). It reads and publishes the
- * projections' positions and failures under e->mu, never holding mu
- * while it applies events or wakes waiters; it sleeps on e->cv, which
- * the writer's commits, control operations and stop signal.
+ * projections' positions, failures and ownership under e->mu, never
+ * holding mu while it applies events or wakes waiters; it sleeps on
+ * e->cv, which the writer's commits, the listener, control operations and
+ * stop signal.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -198,13 +213,284 @@ static void publish_applied(cq_engine *e, proj *p, const batch *b, int64_t from,
     free(applied);
 }
 
+/* ---- several nodes: which projections this node runs ---------------- */
+
+void cq_eng_lock_name(const proj *p, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s%s", CQ_LOCK_PROJECTION, p->d->name);
+}
+
+static int owns(cq_engine *e, proj *p)
+{
+    int owned;
+
+    pthread_mutex_lock(&e->mu);
+    owned = p->owned;
+    pthread_mutex_unlock(&e->mu);
+    return owned;
+}
+
+/* This node no longer runs p: its rebuild in memory goes (the rows in
+ * cq_rebuilds stay, for the node that runs p next); `unlock`: give its
+ * lock back, if the connection still holds it. */
+static void let_go(cq_engine *e, proj *p, int unlock, const char *why)
+{
+    char name[128];
+
+    if (unlock && e->rdb != NULL) {
+        cq_eng_lock_name(p, name, sizeof name);
+        cq_rdb_unlock(e->rdb, name); /* best effort: gone with the session */
+    }
+    pthread_mutex_lock(&e->mu);
+    p->owned = 0;
+    p->rb.active = 0;
+    pthread_mutex_unlock(&e->mu);
+    p->rb.resume = 0;
+    cq_rebuild_free(p);
+    fprintf(stderr, "cqrsd: projection %s: this node stops running it (%s)\n",
+            p->d->name, why);
+}
+
+/* This node has just taken p's lock: read its checkpoint (another node
+ * ran it until now) and take up its rebuild, if one is under way, before
+ * applying anything. CQ_OK, or the read store's failure (the caller gives
+ * the lock back). */
+static int take_over(cq_engine *e, proj *p)
+{
+    cq_rstmt *st = NULL;
+    checkpoint_row row;
+    char err[512] = "";
+    int64_t old;
+    int rc, resumable = 0;
+
+    rc = cq_rdb_prepare(e->rdb, SQL_CHECKPOINT_ROW, 0, &st, err, sizeof err);
+    if (rc == CQ_OK) {
+        rc = cq_eng_checkpoint_row(st, p, &row);
+        if (rc == CQ_ENOTFOUND) {
+            snprintf(err, sizeof err, "no checkpoint row");
+            rc = CQ_EIO;
+        } else if (rc != CQ_OK) {
+            snprintf(err, sizeof err, "%s", cq_rdb_errmsg(e->rdb));
+        }
+        cq_rstmt_finalize(st);
+    }
+    /* a rebuild the other node had under way goes on here; a definition
+     * this node found changed at start is rebuilt now that it runs it */
+    if (rc == CQ_OK && !p->rb.active)
+        rc = cq_rebuild_load(e, p, &resumable, err, sizeof err);
+    if (rc == CQ_OK && !p->rb.active && (resumable || p->serving != p->d))
+        rc = cq_rebuild_begin(e, p,
+                              resumable ? "resumed" : "its definition changed",
+                              err, sizeof err);
+    if (rc != CQ_OK) {
+        fprintf(stderr, "cqrsd: projection %s: taking it over: %s\n",
+                p->d->name, err);
+        return rc;
+    }
+    pthread_mutex_lock(&e->mu);
+    old = p->position;
+    p->position = row.position;
+    p->paused = row.paused;
+    p->failed = row.failed;
+    p->error_position = row.error_position;
+    snprintf(p->error, sizeof p->error, "%s", row.error);
+    snprintf(p->error_event, sizeof p->error_event, "%s", row.error_event);
+    p->owned = 1;
+    pthread_mutex_unlock(&e->mu);
+    p->notified = row.position;
+    if (row.position < old)
+        cq_eng_rewind(e, p->index, row.position);
+    else
+        cq_eng_advance(e, p->index, row.position);
+    fprintf(stderr,
+            "cqrsd: projection %s: this node runs it now, from position "
+            "%lld\n",
+            p->d->name, (long long)row.position);
+    return CQ_OK;
+}
+
+/* Try for the lock of every asynchronous projection this node does not
+ * run, and take over those it gets. CQ_OK, or the read store's failure. */
+static int claim_all(cq_engine *e)
+{
+    for (int i = 0; i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        char name[128];
+        int got = 0, rc;
+
+        if (p->is_inline || owns(e, p))
+            continue;
+        cq_eng_lock_name(p, name, sizeof name);
+        rc = cq_rdb_try_lock(e->rdb, name, &got);
+        if (rc != CQ_OK)
+            return rc;
+        if (!got)
+            continue;
+        rc = take_over(e, p);
+        if (rc != CQ_OK) {
+            cq_rdb_unlock(e->rdb, name);
+            if (rc == CQ_EIO)
+                return rc;
+        }
+    }
+    return CQ_OK;
+}
+
+/* e->rdb lost its server (or fails): every lock went with it. Let go of
+ * every projection, close the connection and its statements and connect
+ * again; the projections are claimed anew after. CQ_OK, or the failure
+ * (tried again a second later). */
+static int reconnect(cq_engine *e)
+{
+    char err[512] = "";
+    int rc;
+
+    for (int i = 0; i < e->nprojs; i++)
+        if (!e->projs[i]->is_inline && owns(e, e->projs[i]))
+            let_go(e, e->projs[i], 0, "its connection to the read store failed");
+    cq_rstmt_finalize(e->r_save);
+    cq_rstmt_finalize(e->r_rb_save);
+    cq_rstmt_finalize(e->r_sp);
+    cq_rstmt_finalize(e->r_release);
+    cq_rstmt_finalize(e->r_rollback);
+    cq_rstmt_finalize(e->r_cas);
+    e->r_save = e->r_rb_save = e->r_sp = e->r_release = e->r_rollback =
+        e->r_cas = NULL;
+    cq_exec_free(e->rx);
+    e->rx = NULL;
+    cq_rdb_close(e->rdb);
+    e->rdb = NULL;
+    rc = cq_eng_open_db(e->where, CQ_RDB_CREATE, &e->rdb, err, sizeof err);
+    if (rc == CQ_OK && (e->rx = cq_exec_new(e->rdb)) == NULL) {
+        snprintf(err, sizeof err, "out of memory");
+        rc = CQ_ENOMEM;
+    }
+    if (rc == CQ_OK)
+        rc = cq_rebuild_init(e, err, sizeof err);
+    if (rc == CQ_OK)
+        rc = cq_eng_projector_statements(e, err, sizeof err);
+    if (rc != CQ_OK) {
+        if (!e->reconnect_failing++)
+            fprintf(stderr,
+                    "cqrsd: projections: connecting to the read store "
+                    "again: %s (tried again every second)\n",
+                    err);
+        return rc;
+    }
+    fprintf(stderr, "cqrsd: projections: connected to the read store again\n");
+    e->reconnect_failing = 0;
+    e->reopen = 0;
+    e->next_claim_ms = 0; /* claim at once */
+    return CQ_OK;
+}
+
+/* Did e->rdb lose its server? Its last statement failed with CQ_EIO and
+ * no transaction is left open. */
+static int connection_lost(cq_engine *e)
+{
+    return e->rdb == NULL || (cq_rdb_errcode(e->rdb) == CQ_EIO &&
+                              !cq_rdb_in_transaction(e->rdb));
+}
+
+/* Send cq_progress for each projection this node runs whose position
+ * moved without a batch's commit saying so (skip, reset, a swap). */
+static void notify_moved(cq_engine *e)
+{
+    for (int i = 0; i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        char payload[128];
+        int64_t pos;
+        int owned;
+
+        if (p->is_inline)
+            continue;
+        pthread_mutex_lock(&e->mu);
+        owned = p->owned;
+        pos = p->position;
+        pthread_mutex_unlock(&e->mu);
+        if (!owned || pos == p->notified)
+            continue;
+        snprintf(payload, sizeof payload, "%s:%lld", p->d->name,
+                 (long long)pos);
+        if (cq_rdb_notify(e->rdb, CQ_CHANNEL_PROGRESS, payload) == CQ_OK)
+            p->notified = pos;
+    }
+}
+
+/* Several nodes, at the top of each round: connect again if the read
+ * store's connection failed (or, once the listener has connected again,
+ * if it did without our noticing), then try for the projections this node
+ * does not run, once a second. */
+static void upkeep(cq_engine *e)
+{
+    int recheck;
+
+    pthread_mutex_lock(&e->mu);
+    recheck = e->recheck;
+    e->recheck = 0;
+    pthread_mutex_unlock(&e->mu);
+    if (recheck && !e->reopen && e->rdb != NULL) {
+        char ignore[256];
+        if (cq_rdb_exec(e->rdb, "SELECT 1", ignore, sizeof ignore) != CQ_OK &&
+            connection_lost(e))
+            e->reopen = 1;
+    }
+    if (e->reopen || e->rdb == NULL) {
+        /* at once; then once a second while the server cannot be had */
+        if (cq_eng_mono_ms() < e->next_reconnect_ms)
+            return;
+        if (reconnect(e) != CQ_OK) {
+            e->next_reconnect_ms = cq_eng_mono_ms() + 1000;
+            return;
+        }
+    }
+    if (cq_eng_mono_ms() < e->next_claim_ms)
+        return;
+    e->next_claim_ms = cq_eng_mono_ms() + 1000;
+    if (claim_all(e) != CQ_OK && connection_lost(e))
+        e->reopen = 1;
+}
+
+/* Write p's checkpoint (c's outcome) if its row still holds `expected`;
+ * several nodes. CQ_OK, CQ_ECONFLICT (it holds another: another node has
+ * run p meanwhile), or CQ_EIO. */
+static int save_checkpoint_if(cq_engine *e, proj *p, int64_t expected,
+                              const apply_ctx *c)
+{
+    cq_rstmt *st = e->r_cas;
+    int rc;
+
+    cq_rstmt_bind_text(st, 1, p->d->name, -1);
+    cq_rstmt_bind_int(st, 2, c->last);
+    cq_rstmt_bind_text(st, 3, c->failed ? "failed" : "running", -1);
+    if (c->failed) {
+        cq_rstmt_bind_text_copy(st, 4, c->error, -1);
+        cq_rstmt_bind_int(st, 5, c->error_position);
+        cq_rstmt_bind_text_copy(st, 6, c->error_event, -1);
+    } else {
+        cq_rstmt_bind_null(st, 4);
+        cq_rstmt_bind_null(st, 5);
+        cq_rstmt_bind_null(st, 6);
+    }
+    cq_rstmt_bind_int(st, 7, cq_now_ms());
+    cq_rstmt_bind_int(st, 8, expected);
+    rc = cq_rstmt_step(st);
+    cq_rstmt_reset(st);
+    cq_rstmt_clear(st);
+    return rc == CQ_RSTEP_ROW    ? CQ_OK
+           : rc == CQ_RSTEP_DONE ? CQ_ECONFLICT
+                                 : CQ_EIO;
+}
+
 /* Apply the events of b that p has not applied yet to its live tables
  * (with the handlers of d, the definition they were built with), and its
  * checkpoint, in one read.db transaction; then publish. The fast path runs
  * handlers without a savepoint per event; if one fails, its partial writes
  * cannot be told apart from the good ones, so the transaction is undone
  * and run again with one savepoint per event, keeping exactly the events
- * before the failing one. CQ_OK or CQ_EIO (nothing changed). */
+ * before the failing one. CQ_OK, CQ_EIO (nothing changed) or, several
+ * nodes, CQ_ECONFLICT (another node ran p meanwhile: nothing changed, and
+ * this one no longer runs p). */
 static int apply_batch(cq_engine *e, proj *p, const cq_declared *d,
                        int64_t from, const batch *b)
 {
@@ -232,13 +518,30 @@ again:
         careful = 1;
         goto again;
     }
-    if (cq_eng_save_checkpoint(e->r_save, p, c.last, c.failed, c.error,
-                               c.error_position, c.error_event) != CQ_OK) {
+    if (e->shared) {
+        char payload[128];
+        int rc = save_checkpoint_if(e, p, from - 1, &c);
+        if (rc == CQ_ECONFLICT) {
+            cq_exec_sql(e->rx, "ROLLBACK", err, sizeof err);
+            let_go(e, p, 1, "another node has moved its checkpoint");
+            return CQ_ECONFLICT;
+        }
+        snprintf(payload, sizeof payload, "%s:%lld", p->d->name,
+                 (long long)c.last);
+        if (rc != CQ_OK ||
+            cq_rdb_notify(e->rdb, CQ_CHANNEL_PROGRESS, payload) != CQ_OK) {
+            snprintf(err, sizeof err, "%s", cq_rdb_errmsg(e->rdb));
+            goto rollback;
+        }
+    } else if (cq_eng_save_checkpoint(e->r_save, p, c.last, c.failed, c.error,
+                                      c.error_position,
+                                      c.error_event) != CQ_OK) {
         snprintf(err, sizeof err, "%s", cq_rdb_errmsg(e->rdb));
         goto rollback;
     }
     if (cq_exec_sql(e->rx, "COMMIT", err, sizeof err) != CQ_OK)
         goto rollback;
+    p->notified = c.last;
     pthread_mutex_lock(&e->mu);
     p->position = c.last;
     pthread_mutex_unlock(&e->mu);
@@ -288,8 +591,8 @@ static int apply_round(cq_engine *e)
     head = e->head;
     for (int i = 0; i < e->nprojs; i++) {
         proj *p = e->projs[i];
-        if (p->is_inline || p->failed || p->paused || p->frozen ||
-            p->position >= head)
+        if (p->is_inline || !p->owned || p->failed || p->paused ||
+            p->frozen || p->position >= head)
             continue;
         due[n] = p;
         decl[n] = p->serving;
@@ -316,7 +619,7 @@ static int apply_round(cq_engine *e)
         goto done;
     }
     for (int i = 0; i < n; i++)
-        if (apply_batch(e, due[i], decl[i], from[i], &b) != CQ_OK)
+        if (apply_batch(e, due[i], decl[i], from[i], &b) == CQ_EIO)
             status = CQ_STEP_FAILED;
 done:
     cq_eng_batch_free(&b);
@@ -333,10 +636,12 @@ void *cq_eng_projector_main(void *arg)
     pthread_setname_np(pthread_self(), "cq-projector");
     pthread_mutex_lock(&e->mu);
     while (!e->stopping) {
-        int did;
+        int did, unowned = 0;
 
         cq_eng_run_controls(e, 0);
         pthread_mutex_unlock(&e->mu);
+        if (e->shared)
+            upkeep(e);
         did = apply_round(e);
         /* then one step of each rebuild, so that live projections wait
          * for at most one rebuild batch */
@@ -348,7 +653,13 @@ void *cq_eng_projector_main(void *arg)
             else if (r == CQ_STEP_WORKED && did == CQ_STEP_IDLE)
                 did = CQ_STEP_WORKED;
         }
+        if (e->shared && did == CQ_STEP_FAILED && connection_lost(e))
+            e->reopen = 1;
+        if (e->shared && !e->reopen)
+            notify_moved(e);
         pthread_mutex_lock(&e->mu);
+        for (int i = 0; e->shared && i < e->nprojs; i++)
+            unowned |= !e->projs[i]->is_inline && !e->projs[i]->owned;
         if (e->stopping)
             break;
         if (did == CQ_STEP_FAILED) {
@@ -364,15 +675,34 @@ void *cq_eng_projector_main(void *arg)
         } else if (did == CQ_STEP_IDLE) {
             /* nothing due: sleep until the writer commits more (checked
              * under the lock, so no wake-up is lost) */
-            int due = 0;
+            int due = e->recheck;
             for (int i = 0; i < e->nprojs && !due; i++) {
                 proj *p = e->projs[i];
-                due = (!p->is_inline && !p->failed && !p->paused &&
-                       !p->frozen && p->position < e->head) ||
+                due = (!p->is_inline && p->owned && !p->failed &&
+                       !p->paused && !p->frozen && p->position < e->head) ||
                       (p->rb.active && !p->paused);
             }
-            if (!due && e->controls == NULL)
-                pthread_cond_wait(&e->cv, &e->mu);
+            if (!due && e->controls == NULL) {
+                if (unowned || e->reopen) {
+                    /* several nodes: the next try for the locks not held
+                     * (or to connect again) is due then */
+                    int64_t ms = (e->reopen ? e->next_reconnect_ms
+                                            : e->next_claim_ms) -
+                                 cq_eng_mono_ms();
+                    struct timespec ts;
+                    clock_gettime(CLOCK_REALTIME, &ts);
+                    ms = ms < 1 ? 1 : ms > 1000 ? 1000 : ms;
+                    ts.tv_sec += ms / 1000;
+                    ts.tv_nsec += (ms % 1000) * 1000000;
+                    if (ts.tv_nsec >= 1000000000) {
+                        ts.tv_sec++;
+                        ts.tv_nsec -= 1000000000;
+                    }
+                    pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+                } else {
+                    pthread_cond_wait(&e->cv, &e->mu);
+                }
+            }
         }
     }
     /* e->stopping is set: nothing is queued after this */

@@ -51,17 +51,27 @@
 #define SHADOW_SUFFIX "__cq_shadow"
 #define OLD_SUFFIX "__cq_old"
 
-static const char REBUILD_DDL[] =
-    "CREATE TABLE IF NOT EXISTS cq_rebuilds ("
-    " name TEXT PRIMARY KEY, version INTEGER NOT NULL,"
-    " source_hash TEXT NOT NULL, index_gen INTEGER NOT NULL,"
-    " position INTEGER NOT NULL, reason TEXT NOT NULL,"
-    " started_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS cq_rebuild_log ("
-    " name TEXT NOT NULL, version INTEGER NOT NULL,"
-    " started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL,"
-    " events INTEGER NOT NULL, outcome TEXT NOT NULL, reason TEXT,"
-    " error TEXT)";
+/* BIGINT: 64 bits on PostgreSQL, INTEGER affinity on SQLite. The log's
+ * rows are read back newest first: by rowid on SQLite, by an identity
+ * column on PostgreSQL, which has no rowid (and whose ctid order is not
+ * the insertion order). */
+#define REBUILDS_DDL                                                           \
+    "CREATE TABLE IF NOT EXISTS cq_rebuilds ("                                 \
+    " name TEXT PRIMARY KEY, version BIGINT NOT NULL,"                         \
+    " source_hash TEXT NOT NULL, index_gen BIGINT NOT NULL,"                   \
+    " position BIGINT NOT NULL, reason TEXT NOT NULL,"                         \
+    " started_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);"
+#define REBUILD_LOG_COLUMNS                                                    \
+    " name TEXT NOT NULL, version BIGINT NOT NULL,"                            \
+    " started_at BIGINT NOT NULL, finished_at BIGINT NOT NULL,"                \
+    " events BIGINT NOT NULL, outcome TEXT NOT NULL, reason TEXT,"             \
+    " error TEXT)"
+
+static const char REBUILD_DDL_SQLITE[] =
+    REBUILDS_DDL "CREATE TABLE IF NOT EXISTS cq_rebuild_log (" REBUILD_LOG_COLUMNS;
+static const char REBUILD_DDL_PG[] =
+    REBUILDS_DDL "CREATE TABLE IF NOT EXISTS cq_rebuild_log ("
+                 " seq BIGINT GENERATED ALWAYS AS IDENTITY," REBUILD_LOG_COLUMNS;
 
 static const char SQL_RB_SAVE[] =
     "UPDATE cq_rebuilds SET position = ?2, updated_at = ?3 WHERE name = ?1";
@@ -136,7 +146,9 @@ static int collect_name(void *arg, const char *name)
 int cq_rebuild_init(cq_engine *e, char *err, size_t errcap)
 {
     names old = {NULL, 0};
-    int rc = cq_exec_sql(e->rx, REBUILD_DDL, err, errcap);
+    int rc = cq_exec_sql(
+        e->rx, cq_exec_dialect(e->rdb, REBUILD_DDL_SQLITE, REBUILD_DDL_PG), err,
+        errcap);
 
     if (rc == CQ_OK)
         rc = cq_eng_prepare(e->rdb, SQL_RB_SAVE, &e->r_rb_save, err, errcap);
@@ -273,11 +285,16 @@ int cq_rebuild_load(cq_engine *e, proj *p, int *resumable, char *err,
     int rc = CQ_OK;
 
     *resumable = 0;
-    if (cq_rdb_prepare(e->rdb,
-                       "SELECT started_at, finished_at, events, version,"
-                       " outcome, error FROM cq_rebuild_log"
-                       " WHERE name = ?1 ORDER BY rowid DESC LIMIT 1",
-                       0, &st, ignore, sizeof ignore) == CQ_OK) {
+    if (cq_rdb_prepare(
+            e->rdb,
+            cq_exec_dialect(e->rdb,
+                            "SELECT started_at, finished_at, events, version,"
+                            " outcome, error FROM cq_rebuild_log"
+                            " WHERE name = ?1 ORDER BY rowid DESC LIMIT 1",
+                            "SELECT started_at, finished_at, events, version,"
+                            " outcome, error FROM cq_rebuild_log"
+                            " WHERE name = ?1 ORDER BY seq DESC LIMIT 1"),
+            0, &st, ignore, sizeof ignore) == CQ_OK) {
         cq_rstmt_bind_text(st, 1, p->d->name, -1);
         if (cq_rstmt_step(st) == CQ_RSTEP_ROW) {
             const char *o = cq_rstmt_column_text(st, 4);
@@ -360,7 +377,8 @@ int cq_rebuild_begin(cq_engine *e, proj *p, const char *reason, char *err,
         snprintf(err, errcap, "out of memory");
     for (size_t i = 0; rc == CQ_OK && !resume && i < p->d->nddl; i++) {
         char msg[384];
-        rc = cq_exec_sql(p->rb.x, p->d->ddl[i].sqlite_sql, msg, sizeof msg);
+        rc = cq_exec_sql(p->rb.x, cq_exec_text(e->rdb, &p->d->ddl[i]), msg,
+                         sizeof msg);
         if (rc != CQ_OK)
             snprintf(err, errcap, "%s:%d: shadow table: %s", p->source,
                      p->d->ddl[i].line, msg);
@@ -368,10 +386,17 @@ int cq_rebuild_begin(cq_engine *e, proj *p, const char *reason, char *err,
     if (rc == CQ_OK && !resume) {
         cq_rstmt *st = NULL;
         rc = cq_eng_prepare(e->rdb,
-                            "INSERT OR REPLACE INTO cq_rebuilds (name,"
-                            " version, source_hash, index_gen, position,"
-                            " reason, started_at, updated_at)"
-                            " VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?6)",
+                            "INSERT INTO cq_rebuilds (name, version,"
+                            " source_hash, index_gen, position, reason,"
+                            " started_at, updated_at)"
+                            " VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6, ?6)"
+                            " ON CONFLICT (name) DO UPDATE SET"
+                            " version = excluded.version,"
+                            " source_hash = excluded.source_hash,"
+                            " index_gen = excluded.index_gen, position = 0,"
+                            " reason = excluded.reason,"
+                            " started_at = excluded.started_at,"
+                            " updated_at = excluded.updated_at",
                             &st, err, errcap);
         if (rc == CQ_OK) {
             cq_rstmt_bind_text(st, 1, p->d->name, -1);

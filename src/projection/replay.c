@@ -47,7 +47,7 @@ int cq_engine_replay_stream(cq_engine *e, int projection, const char *stream_id,
         goto done;
     }
     for (size_t i = 0; rc == CQ_OK && i < p->d->nddl; i++)
-        rc = cq_exec_sql(x, p->d->ddl[i].sqlite_sql, err, errcap);
+        rc = cq_exec_sql(x, cq_exec_text(mem, &p->d->ddl[i]), err, errcap);
     if (rc != CQ_OK)
         goto done;
     memset(&r, 0, sizeof r);

@@ -26,6 +26,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "base/base.h"
 #include "base/strbuf.h"
@@ -162,7 +163,8 @@ static void put_ident(cq_strbuf *s, const char *name)
 /* A table's columns, as cq_rdb_columns tells them. */
 typedef struct columns {
     char **name;
-    int *pk; /* 1-based position in the primary key, 0 if not in it */
+    int *pk;        /* 1-based position in the primary key, 0 if not in it */
+    cq_rtype *type; /* what its values are, or CQ_RTYPE_NULL: any */
     int n;
     int oom; /* while reading: out of memory */
 } columns;
@@ -173,14 +175,16 @@ static void columns_free(columns *c)
         free(c->name[i]);
     free(c->name);
     free(c->pk);
+    free(c->type);
     memset(c, 0, sizeof *c);
 }
 
 /* cq_rdb_columns' callback: one more column into arg (a columns). */
-static int add_column(void *arg, const char *name, int pk)
+static int add_column(void *arg, const char *name, int pk, cq_rtype type)
 {
     columns *c = arg;
     char **nn = realloc(c->name, (size_t)(c->n + 1) * sizeof *nn);
+    cq_rtype *nt;
     int *np;
 
     if (nn == NULL)
@@ -190,9 +194,14 @@ static int add_column(void *arg, const char *name, int pk)
     if (np == NULL)
         goto oom;
     c->pk = np;
+    nt = realloc(c->type, (size_t)(c->n + 1) * sizeof *nt);
+    if (nt == NULL)
+        goto oom;
+    c->type = nt;
     if ((c->name[c->n] = strdup(name)) == NULL)
         goto oom;
     c->pk[c->n] = pk;
+    c->type[c->n] = type;
     c->n++;
     return 0;
 oom:
@@ -269,25 +278,69 @@ static void report_row(table_report *t, cq_rstmt *st, cq_rstmt *other,
     free(line);
 }
 
-/* `SELECT cols FROM table ORDER BY ...` for the merge (see step 4). */
+/* Append the sort key of column `name` of type t: its values in the
+ * order of `ORDER BY typeof(c), c COLLATE BINARY` (compare_cell's). A
+ * column that holds values of any type (t CQ_RTYPE_NULL: SQLite) says so
+ * itself; in a typed one (PostgreSQL), every value but NULL has t's rank,
+ * NULL ranks as typeof's 'null' does, and text is ordered by its UTF-8
+ * bytes, whatever the database's collation. */
+static void put_order(cq_strbuf *b, const char *name, cq_rtype t)
+{
+    if (t == CQ_RTYPE_NULL) {
+        cq_strbuf_puts(b, "typeof(");
+        put_ident(b, name);
+        cq_strbuf_puts(b, "), ");
+        put_ident(b, name);
+        cq_strbuf_puts(b, " COLLATE BINARY");
+        return;
+    }
+    cq_strbuf_puts(b, "CASE WHEN ");
+    put_ident(b, name);
+    cq_strbuf_printf(b, " IS NULL THEN %d ELSE %d END, ",
+                     type_rank(CQ_RTYPE_NULL), type_rank(t));
+    if (t == CQ_RTYPE_TEXT) {
+        cq_strbuf_puts(b, "convert_to(CAST(");
+        put_ident(b, name);
+        cq_strbuf_puts(b, " AS TEXT), 'UTF8')");
+    } else {
+        put_ident(b, name);
+    }
+}
+
+/* `SELECT cols FROM table ORDER BY ...` for the merge (see step 4), with
+ * c as db tells them (their names as db spells them). A database that
+ * types its columns (PostgreSQL) folds the table's unquoted name to lower
+ * case, as it did when the DDL made it. */
 static char *select_sql(const char *table, const columns *c, const int *order)
 {
     cq_strbuf b = CQ_STRBUF_INIT;
+    int typed = 0;
 
     cq_strbuf_puts(&b, "SELECT ");
     for (int i = 0; i < c->n; i++) {
         cq_strbuf_puts(&b, i ? ", " : "");
         put_ident(&b, c->name[order[i]]);
+        typed |= c->type[i] != CQ_RTYPE_NULL;
     }
     cq_strbuf_puts(&b, " FROM ");
-    put_ident(&b, table);
+    if (typed) {
+        char *lower = strdup(table);
+        if (lower == NULL) {
+            cq_strbuf_reset(&b);
+            return NULL;
+        }
+        for (char *q = lower; *q; q++)
+            if (*q >= 'A' && *q <= 'Z')
+                *q = (char)(*q - 'A' + 'a');
+        put_ident(&b, lower);
+        free(lower);
+    } else {
+        put_ident(&b, table);
+    }
     cq_strbuf_puts(&b, " ORDER BY ");
     for (int i = 0; i < c->n; i++) {
-        cq_strbuf_puts(&b, i ? ", typeof(" : "typeof(");
-        put_ident(&b, c->name[order[i]]);
-        cq_strbuf_puts(&b, "), ");
-        put_ident(&b, c->name[order[i]]);
-        cq_strbuf_puts(&b, " COLLATE BINARY");
+        cq_strbuf_puts(&b, i ? ", " : "");
+        put_order(&b, c->name[order[i]], c->type[order[i]]);
     }
     return cq_strbuf_take(&b);
 }
@@ -301,7 +354,7 @@ int verify_compare_table(FILE *out, const char *proj, cq_rdb *live,
 {
     columns want, have;
     int *order = NULL;
-    char *sql = NULL, ignore[64];
+    char *lsql = NULL, *rsql = NULL, ignore[64];
     cq_rstmt *ls = NULL, *rs = NULL;
     table_report t;
     int lrc, rrc, nkey = 0, rc;
@@ -324,8 +377,9 @@ int verify_compare_table(FILE *out, const char *proj, cq_rdb *live,
         (*diffs)++;
         goto done;
     }
+    /* names without regard to ASCII case, as both databases take them */
     for (int i = 0; i < want.n; i++)
-        if (strcmp(want.name[i], have.name[i]) != 0) {
+        if (strcasecmp(want.name[i], have.name[i]) != 0) {
             fprintf(out,
                     "%s/%s: columns differ: live column %d is %s, "
                     "replay %s\n",
@@ -351,19 +405,22 @@ int verify_compare_table(FILE *out, const char *proj, cq_rdb *live,
     if (nkey == 0)
         nkey = want.n; /* no primary key: a row is its own key */
 
-    sql = select_sql(table, &want, order);
-    if (sql == NULL) {
+    /* each side in the same order, in its own dialect */
+    lsql = select_sql(table, &have, order);
+    rsql = select_sql(table, &want, order);
+    if (lsql == NULL || rsql == NULL) {
         snprintf(err, errcap, "out of memory");
         rc = CQ_ENOMEM;
         goto done;
     }
-    if (cq_rdb_prepare(live, sql, 0, &ls, ignore, sizeof ignore) != CQ_OK) {
+    if (cq_rdb_prepare(live, lsql, 0, &ls, ignore, sizeof ignore) != CQ_OK) {
         snprintf(err, errcap, "%s/%s: live: %s", proj, table,
                  cq_rdb_errmsg(live));
         rc = CQ_EIO;
         goto done;
     }
-    if (cq_rdb_prepare(scratch, sql, 0, &rs, ignore, sizeof ignore) != CQ_OK) {
+    if (cq_rdb_prepare(scratch, rsql, 0, &rs, ignore, sizeof ignore) !=
+        CQ_OK) {
         snprintf(err, errcap, "%s/%s: replay: %s", proj, table,
                  cq_rdb_errmsg(scratch));
         rc = CQ_EIO;
@@ -411,7 +468,8 @@ int verify_compare_table(FILE *out, const char *proj, cq_rdb *live,
 done:
     cq_rstmt_finalize(ls);
     cq_rstmt_finalize(rs);
-    free(sql);
+    free(lsql);
+    free(rsql);
     free(order);
     columns_free(&want);
     columns_free(&have);

@@ -44,4 +44,15 @@ int cq_pg_code(PGconn *c, const PGresult *r, char *err, size_t errcap);
  * CQ_OK or cq_pg_code's code with its message. */
 int cq_pg_exec(PGconn *c, const char *sql, char *err, size_t errcap);
 
+typedef struct cq_rdb cq_rdb;
+
+/* c as a read-store connection (store/rdb.h; rdb_pg.c). owned 1: the
+ * cq_rdb owns c, and cq_rdb_close finishes it. owned 0: a view that
+ * borrows c, as the event store hands out its connections
+ * (cq_store_write_rdb, cq_store_open_rdb): cq_rdb_close on it does
+ * nothing, and it is freed when c is finished (PQfinish), so it is valid
+ * exactly as long as c. Any number of views of one c share its persistent
+ * statements. NULL when out of memory (c is then still the caller's). */
+cq_rdb *cq_rdb_pg_wrap(PGconn *c, int owned);
+
 #endif

@@ -12,11 +12,15 @@
 #include <stdlib.h>
 
 #include "cqrs/cqrs.h"
+#include "store/pg.h"
 
 struct cq_rdb {
     const cq_rdb_ops *ops;
     void *impl;
     int owned;
+    /* set when the last call was an optional operation the backend lacks:
+     * cq_rdb_errmsg / cq_rdb_errcode answer for it until the next call */
+    const char *unsupported;
 };
 
 struct cq_rstmt {
@@ -25,9 +29,11 @@ struct cq_rstmt {
     cq_rdb *db;
 };
 
-/* the SQLite backend opens its connections itself (rdb_sqlite.c) */
+/* each backend opens its connections itself (rdb_sqlite.c, rdb_pg.c) */
 int cq_rdb_sqlite_open(const char *path, unsigned flags, int busy_ms,
                        void **impl, char *err, size_t errcap);
+int cq_rdb_pg_open(const char *uri, unsigned flags, int busy_ms, void **impl,
+                   char *err, size_t errcap);
 
 cq_rdb *cq_rdb_wrap(const cq_rdb_ops *ops, void *impl, int owned)
 {
@@ -63,16 +69,19 @@ void *cq_rstmt_impl(cq_rstmt *st)
 int cq_rdb_open(const char *where, unsigned flags, int busy_ms, cq_rdb **out,
                 char *err, size_t errcap)
 {
+    int pg = cq_pg_is_uri(where);
+    const cq_rdb_ops *ops = pg ? &cq_rdb_pg_ops : &cq_rdb_sqlite_ops;
     void *impl = NULL;
     int rc;
 
     *out = NULL;
-    rc = cq_rdb_sqlite_open(where, flags, busy_ms, &impl, err, errcap);
+    rc = pg ? cq_rdb_pg_open(where, flags, busy_ms, &impl, err, errcap)
+            : cq_rdb_sqlite_open(where, flags, busy_ms, &impl, err, errcap);
     if (rc != CQ_OK)
         return rc;
-    *out = cq_rdb_wrap(&cq_rdb_sqlite_ops, impl, 1);
+    *out = cq_rdb_wrap(ops, impl, 1);
     if (*out == NULL) {
-        cq_rdb_sqlite_ops.close(impl);
+        ops->close(impl);
         snprintf(err, errcap, "%s: out of memory", where);
         return CQ_ENOMEM;
     }
@@ -89,16 +98,17 @@ void cq_rdb_close(cq_rdb *db)
 
 const char *cq_rdb_errmsg(cq_rdb *db)
 {
-    return db->ops->errmsg(db->impl);
+    return db->unsupported ? db->unsupported : db->ops->errmsg(db->impl);
 }
 
 int cq_rdb_errcode(cq_rdb *db)
 {
-    return db->ops->errcode(db->impl);
+    return db->unsupported ? CQ_EINVAL : db->ops->errcode(db->impl);
 }
 
 int cq_rdb_exec(cq_rdb *db, const char *sql, char *err, size_t errcap)
 {
+    db->unsupported = NULL;
     return db->ops->exec(db->impl, sql, err, errcap);
 }
 
@@ -120,10 +130,59 @@ int cq_rdb_tables(cq_rdb *db, const char *suffix,
 }
 
 int cq_rdb_columns(cq_rdb *db, const char *table,
-                   int (*cb)(void *arg, const char *column, int pk), void *arg,
-                   char *err, size_t errcap)
+                   int (*cb)(void *arg, const char *column, int pk,
+                             cq_rtype type),
+                   void *arg, char *err, size_t errcap)
 {
     return db->ops->columns(db->impl, table, cb, arg, err, errcap);
+}
+
+/* An optional operation db's backend lacks: CQ_EINVAL, and the message
+ * until the next call. */
+static int unsupported(cq_rdb *db)
+{
+    db->unsupported = db->ops == &cq_rdb_sqlite_ops
+                          ? "not supported by sqlite"
+                          : "not supported by this backend";
+    return CQ_EINVAL;
+}
+
+int cq_rdb_try_lock(cq_rdb *db, const char *name, int *got)
+{
+    *got = 0;
+    db->unsupported = NULL;
+    return db->ops->try_lock ? db->ops->try_lock(db->impl, name, got)
+                             : unsupported(db);
+}
+
+int cq_rdb_unlock(cq_rdb *db, const char *name)
+{
+    db->unsupported = NULL;
+    return db->ops->unlock ? db->ops->unlock(db->impl, name) : unsupported(db);
+}
+
+int cq_rdb_notify(cq_rdb *db, const char *channel, const char *payload)
+{
+    db->unsupported = NULL;
+    return db->ops->notify ? db->ops->notify(db->impl, channel, payload)
+                           : unsupported(db);
+}
+
+int cq_rdb_listen(cq_rdb *db, const char *channel)
+{
+    db->unsupported = NULL;
+    return db->ops->listen ? db->ops->listen(db->impl, channel)
+                           : unsupported(db);
+}
+
+int cq_rdb_wait_notify(cq_rdb *db, int timeout_ms, char *channel,
+                       size_t chcap, char *payload, size_t plcap)
+{
+    db->unsupported = NULL;
+    if (db->ops->wait_notify == NULL)
+        return unsupported(db);
+    return db->ops->wait_notify(db->impl, timeout_ms, channel, chcap, payload,
+                                plcap);
 }
 
 int64_t cq_rdb_wal_bytes(cq_rdb *db)
@@ -148,6 +207,7 @@ int cq_rdb_prepare(cq_rdb *db, const char *sql, unsigned flags, cq_rstmt **out,
     int rc;
 
     *out = NULL;
+    db->unsupported = NULL;
     if (st == NULL) {
         snprintf(err, errcap, "%s: out of memory", sql);
         return CQ_ENOMEM;
@@ -208,6 +268,7 @@ int cq_rstmt_bind_null(cq_rstmt *st, int i)
 
 int cq_rstmt_step(cq_rstmt *st)
 {
+    st->db->unsupported = NULL;
     return st->ops->step(st->impl);
 }
 

@@ -10,9 +10,12 @@
  * differs between backends (schema introspection). Statements the engine
  * writes itself (checkpoints, renames for the blue/green swap) use SQL
  * that SQLite and PostgreSQL both accept; parameters are written `?N`
- * (declared statements come in both `?N` and `$N` forms, see declared.h).
+ * (declared statements come in both `?N` and `$N` forms, see declared.h),
+ * and a transaction that will write starts with `BEGIN IMMEDIATE` (the
+ * PostgreSQL backend reads it as `BEGIN`).
  *
- * Each backend is a cq_rdb_ops table in a file of its own (rdb_sqlite.c);
+ * Each backend is a cq_rdb_ops table in a file of its own (rdb_sqlite.c,
+ * rdb_pg.c);
  * callers never know which one they hold. The event store hands out a view
  * of its write connection through the same interface (cq_store_write_rdb),
  * so inline projections commit with the events.
@@ -63,8 +66,12 @@ typedef enum cq_rtype {
 /* ---- connections ---- */
 
 /* Open `where` (SQLite: a file path, or ":memory:" for a private
- * in-memory database) with `flags`; a busy database is waited for up to
- * busy_ms. CQ_OK with *out, or CQ_EIO / CQ_ENOMEM with a message in err
+ * in-memory database; PostgreSQL: a URI or connection string, as
+ * cq_pg_is_uri tells, with the password hidden in messages) with `flags`
+ * (PostgreSQL ignores CQ_RDB_CREATE: the database must exist; READONLY
+ * makes every transaction read-only, and one snapshot); a busy database
+ * is waited for up to busy_ms (PostgreSQL: lock_timeout, at least
+ * 100 ms). CQ_OK with *out, or CQ_EIO / CQ_ENOMEM with a message in err
  * (naming `where`). */
 int cq_rdb_open(const char *where, unsigned flags, int busy_ms, cq_rdb **out,
                 char *err, size_t errcap);
@@ -105,20 +112,25 @@ int cq_rdb_tables(cq_rdb *db, const char *suffix,
                   int (*cb)(void *arg, const char *name), void *arg, char *err,
                   size_t errcap);
 
-/* Call cb(arg, column, pk) for each column of `table` in declaration
- * order; pk is its 1-based place in the primary key, 0 if not in it. A cb
- * that returns non-zero stops the walk. CQ_OK, CQ_ENOTFOUND (no such
- * table), or CQ_EIO with a message in err. */
+/* Call cb(arg, column, pk, type) for each column of `table` in
+ * declaration order; pk is its 1-based place in the primary key, 0 if not
+ * in it; type is what its values come back as when not NULL, where the
+ * backend fixes it (PostgreSQL: from the column's type, as
+ * cq_rstmt_column_type maps it), or CQ_RTYPE_NULL where values of any type
+ * may be stored (SQLite). A cb that returns non-zero stops the walk.
+ * CQ_OK, CQ_ENOTFOUND (no such table), or CQ_EIO with a message in err. */
 int cq_rdb_columns(cq_rdb *db, const char *table,
-                   int (*cb)(void *arg, const char *column, int pk), void *arg,
-                   char *err, size_t errcap);
+                   int (*cb)(void *arg, const char *column, int pk,
+                             cq_rtype type),
+                   void *arg, char *err, size_t errcap);
 
 /* Bytes of db's write-ahead log, or -1 when it has none or it cannot be
  * told (SQLite: the -wal file). */
 int64_t cq_rdb_wal_bytes(cq_rdb *db);
 
-/* The name of db's backend ("sqlite"), for code that works only with one
- * (store/wal.c). Static storage. */
+/* The name of db's backend ("sqlite" or "postgresql"), for code that
+ * works only with one (store/wal.c) or picks a statement's dialect
+ * (declared statements). Static storage. */
 const char *cq_rdb_backend(cq_rdb *db);
 
 /* Write v into buf[cap] (NUL-terminated, cut to fit) as db's backend
@@ -126,6 +138,44 @@ const char *cq_rdb_backend(cq_rdb *db);
  * "2.0", infinity "Inf"): reports that show values read from db (verify)
  * show them as the database does. */
 void cq_rdb_format_real(cq_rdb *db, double v, char *buf, size_t cap);
+
+/* ---- across connections (optional: PostgreSQL) ----
+ *
+ * Coordination between processes that share one database. A backend
+ * without them (SQLite: one process owns its files) answers CQ_EINVAL,
+ * and cq_rdb_errmsg says "not supported by <backend>". */
+
+/* Take the session-level exclusive lock called `name` if no other
+ * connection holds it: CQ_OK with *got 1 (taken, or already held by db),
+ * or 0 (another connection holds it); or the failure's code. Held until
+ * cq_rdb_unlock, or until the connection ends (its process killed: the
+ * server releases it). PostgreSQL: pg_try_advisory_lock on
+ * hashtextextended(name, 0). */
+int cq_rdb_try_lock(cq_rdb *db, const char *name, int *got);
+
+/* Release the lock `name` that db holds (one level, if taken more than
+ * once). CQ_OK (also when db did not hold it), or the failure's code. */
+int cq_rdb_unlock(cq_rdb *db, const char *name);
+
+/* Send payload on channel, in db's current transaction: delivered to the
+ * listeners when it commits (at once outside a transaction), never when
+ * it rolls back. CQ_OK or the failure's code. */
+int cq_rdb_notify(cq_rdb *db, const char *channel, const char *payload);
+
+/* Receive what is sent on channel from now on (cq_rdb_wait_notify). CQ_OK
+ * or the failure's code. */
+int cq_rdb_listen(cq_rdb *db, const char *channel);
+
+/* Wait up to timeout_ms (0: do not wait) for one notification on a
+ * channel db listens to: 1 with its channel and payload copied into
+ * channel[chcap] and payload[plcap] (NUL-terminated, cut to fit), 0 when
+ * none came in time, or a negative CQ_* code when the connection failed:
+ * the caller opens a new one and listens again, and must then read again
+ * whatever the notifications stood for, since those sent meanwhile are
+ * lost. Notifications that arrived while db ran other statements are
+ * handed out first, in the order sent. */
+int cq_rdb_wait_notify(cq_rdb *db, int timeout_ms, char *channel,
+                       size_t chcap, char *payload, size_t plcap);
 
 /* ---- statements ---- */
 
@@ -190,8 +240,9 @@ typedef struct cq_rdb_ops {
                   int (*cb)(void *arg, const char *name), void *arg, char *err,
                   size_t errcap);
     int (*columns)(void *impl, const char *table,
-                   int (*cb)(void *arg, const char *column, int pk), void *arg,
-                   char *err, size_t errcap);
+                   int (*cb)(void *arg, const char *column, int pk,
+                             cq_rtype type),
+                   void *arg, char *err, size_t errcap);
     int64_t (*wal_bytes)(void *impl); /* optional: NULL gives -1 */
     /* run fn(arg) once impl is closed, by whoever closes it; CQ_OK, or a
      * failure after which fn(arg) has already run. For views (cq_rdb_wrap
@@ -217,6 +268,13 @@ typedef struct cq_rdb_ops {
     const char *(*column_text)(void *st, int i);
     const void *(*column_blob)(void *st, int i);
     int (*column_bytes)(void *st, int i);
+    /* optional, all or none (see "across connections") */
+    int (*try_lock)(void *impl, const char *name, int *got);
+    int (*unlock)(void *impl, const char *name);
+    int (*notify)(void *impl, const char *channel, const char *payload);
+    int (*listen)(void *impl, const char *channel);
+    int (*wait_notify)(void *impl, int timeout_ms, char *channel, size_t chcap,
+                       char *payload, size_t plcap);
 } cq_rdb_ops;
 
 /* Wrap a backend connection: the cq_rdb owns impl when `owned` (closed by
@@ -237,5 +295,8 @@ void *cq_rstmt_impl(cq_rstmt *st);
 
 /* The SQLite backend (rdb_sqlite.c). */
 extern const cq_rdb_ops cq_rdb_sqlite_ops;
+
+/* The PostgreSQL backend (rdb_pg.c; cq_rdb_pg_wrap in store/pg.h). */
+extern const cq_rdb_ops cq_rdb_pg_ops;
 
 #endif

@@ -140,7 +140,8 @@ static int sq_tables(void *impl, const char *suffix,
 }
 
 static int sq_columns(void *impl, const char *table,
-                      int (*cb)(void *arg, const char *column, int pk),
+                      int (*cb)(void *arg, const char *column, int pk,
+                                cq_rtype type),
                       void *arg, char *err, size_t errcap)
 {
     sqlite3_stmt *st = NULL;
@@ -155,7 +156,9 @@ static int sq_columns(void *impl, const char *table,
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *name = (const char *)sqlite3_column_text(st, 0);
         seen = 1;
-        if (name != NULL && cb(arg, name, sqlite3_column_int(st, 1)) != 0) {
+        /* any column may hold values of any type */
+        if (name != NULL &&
+            cb(arg, name, sqlite3_column_int(st, 1), CQ_RTYPE_NULL) != 0) {
             rc = SQLITE_DONE;
             break;
         }

@@ -8,11 +8,13 @@
  * store.h (write side from the writer thread only, read side from any
  * thread) are the backend's rules, passed through.
  *
- * Backend choice: cq_store_open always uses SQLite today. When PostgreSQL
- * arrives the choice will come from cq_store_config, here and nowhere else.
+ * Backend choice: cq_store_config.uri, here and nowhere else: NULL or ""
+ * is SQLite in cfg->dir, a PostgreSQL URI (cq_pg_is_uri) is PostgreSQL.
  */
+#include <stdio.h>
 #include <stdlib.h>
 
+#include "store/pg.h"
 #include "store/store.h"
 
 struct cq_store {
@@ -39,10 +41,22 @@ int cq_store_open(const cq_store_config *cfg, cq_store **out, char *err,
     *out = NULL;
     if (err != NULL && errcap > 0)
         err[0] = '\0';
+    if (cfg == NULL) {
+        if (err != NULL && errcap > 0)
+            snprintf(err, errcap, "store: no configuration");
+        return CQ_EINVAL;
+    }
+    if (cfg->uri != NULL && cfg->uri[0] != '\0' && !cq_pg_is_uri(cfg->uri)) {
+        if (err != NULL && errcap > 0)
+            snprintf(err, errcap,
+                     "store: not a PostgreSQL URI (postgresql://...)");
+        return CQ_EINVAL;
+    }
     s = calloc(1, sizeof *s);
     if (s == NULL)
         return CQ_ENOMEM;
-    s->ops = &cq_store_sqlite_ops;
+    s->ops = cfg->uri != NULL && cfg->uri[0] != '\0' ? &cq_store_pg_ops
+                                                     : &cq_store_sqlite_ops;
     rc = s->ops->open(cfg, &s->impl, err, errcap);
     if (rc != CQ_OK)
         goto fail;

@@ -1,25 +1,31 @@
 /*
  * store.h -- the event store, as the rest of the engine sees it.
  *
- * One cq_store is one open event store (embedded: the SQLite file
- * DIR/events.db). It has two sides:
+ * One cq_store is one open event store: embedded, the SQLite file
+ * DIR/events.db; or a PostgreSQL database (cq_store_config.uri), which
+ * several cqrsd processes ("nodes") may share, each with its own handle.
+ * It has two sides:
  *
  *  - the WRITE side (cq_store_begin ... cq_store_commit, append, command
  *    log) uses one connection and must only ever be called from one thread,
  *    the writer (src/command/writer.c). Nothing is durable until
  *    cq_store_commit() returns CQ_OK; with synchronous=FULL that return
- *    means the WAL has been fsynced.
+ *    means the WAL has been fsynced (PostgreSQL: the server answered
+ *    COMMIT; a connection lost before its answer is a failure).
  *  - the READ side (cq_store_read_stream, cq_store_read_all,
  *    cq_store_head_position and the lookups cq_store_position_of,
  *    cq_store_recorded_at, cq_store_version_at) is thread-safe: each
  *    call borrows a read connection from a small pool, so readers see
- *    committed data only and never block the writer (WAL).
+ *    committed data only and never block the writer (WAL; PostgreSQL:
+ *    MVCC).
  *
- * Backends sit behind cq_store_ops (store_sqlite*.c today; PostgreSQL
- * later); callers never know which one they talk to.
+ * Backends sit behind cq_store_ops (store_sqlite*.c, store_pg*.c);
+ * callers never know which one they talk to.
  *
  * Positions are global, start at 1, are assigned in commit order and are
- * gap-free: the writer is the only appender and a rolled-back savepoint
+ * gap-free: one appender at a time (SQLite: the single writer; PostgreSQL:
+ * every write batch of every node holds one advisory lock until its
+ * COMMIT is visible, see src/store/README.md) and a rolled-back savepoint
  * releases its positions to the next append. Stream versions start at 1.
  */
 #ifndef CQ_STORE_H
@@ -42,9 +48,21 @@
 typedef struct cq_store cq_store;
 
 typedef struct cq_store_config {
-    const char *dir;      /* directory holding events.db; created if absent */
-    int sync_full;        /* 1: synchronous=FULL (default); 0: NORMAL (tests) */
-    int read_connections; /* size of the read pool; 0 means 4 */
+    /* NULL or "": SQLite in dir. Else a PostgreSQL database
+     * ("postgresql://user:pw@host:port/db", "postgres://...", or a libpq
+     * "key=value" string, see cq_pg_is_uri); anything else is CQ_EINVAL.
+     * Borrowed for cq_store_open only. Messages show it with its password
+     * hidden. */
+    const char *uri;
+    const char *dir;      /* SQLite: directory holding events.db; created if
+                           * absent. Unused with a uri */
+    int sync_full;        /* SQLite: 1: synchronous=FULL (default); 0: NORMAL
+                           * (tests) */
+    int read_connections; /* SQLite: size of the read pool; 0 means 4 */
+    /* PostgreSQL: size of the read pool; 0 means 4. The store opens this
+     * many read connections plus one write connection (none when
+     * read_only); cq_store_open_rdb opens one more per call */
+    int connections;
     /* 1: the read side only (verify, tools): nothing is created, migrated
      * or written, the store must exist (else CQ_ENOTFOUND), and the write
      * side's functions answer CQ_EINVAL (cq_store_write_rdb: NULL) */
@@ -89,7 +107,11 @@ typedef struct cq_cmdlog_entry {
 
 /* Open (creating if needed) the store described by cfg. On failure returns
  * a code and writes a message into err (errcap bytes). CQ_EVERSION if the
- * file comes from a newer schema. The caller frees with cq_store_close. */
+ * file (database) comes from a newer schema; CQ_ECORRUPT if it holds a
+ * half-made or foreign one; PostgreSQL unreachable is CQ_EIO with
+ * "cannot connect to URI: reason", the URI's password hidden. Several
+ * nodes may open one PostgreSQL database at the same moment: the schema
+ * is made once. The caller frees with cq_store_close. */
 int cq_store_open(const cq_store_config *cfg, cq_store **out, char *err,
                   size_t errcap);
 
@@ -118,15 +140,20 @@ const char *cq_store_errmsg(cq_store *s);
  */
 
 /* Open a batch: BEGIN IMMEDIATE, which takes the write lock (waiting up to
- * the busy timeout for another process). CQ_OK; CQ_EINVAL if a batch is
- * open; a failure (no batch is open then). */
+ * the busy timeout for another process); PostgreSQL: BEGIN and the append
+ * lock, waiting up to lock_timeout (10 s) for a batch of another node, on
+ * a connection made anew if the old one broke. CQ_OK; CQ_EINVAL if a
+ * batch is open; a failure (no batch is open then). */
 int cq_store_begin(cq_store *s);
 
 /* Commit the batch. On CQ_OK everything it wrote is durable (with
  * synchronous=FULL the WAL has been fsynced): the only point after which
  * a command may be acknowledged. CQ_EINVAL if no batch is open or the
- * savepoint is still open (nothing changes); a failure: nothing of the
- * batch is durable and it accepts only cq_store_rollback. */
+ * savepoint is still open (nothing changes); a failure: the batch is not
+ * known to be durable (PostgreSQL: also when the connection broke before
+ * COMMIT was answered, so it may have committed: idempotency keys make a
+ * retry safe) and it accepts only cq_store_rollback. PostgreSQL: a batch
+ * that appended sends pg_notify('cq_events', head) in its transaction. */
 int cq_store_commit(cq_store *s);
 
 /* Roll back the whole batch (and the savepoint, if open), failed or not;
@@ -138,12 +165,15 @@ int cq_store_rollback(cq_store *s);
 
 /* Open the savepoint of one command inside the batch. CQ_OK; CQ_EINVAL if
  * no batch is open or the savepoint already is; a failure (the batch then
- * accepts only cq_store_rollback). */
+ * accepts only cq_store_rollback). PostgreSQL sends SAVEPOINT at once but
+ * takes its answer with the next write call, so a failure of it (a lost
+ * connection) may be reported by that call. */
 int cq_store_savepoint(cq_store *s);
 
 /* Keep the command's writes (RELEASE): they commit with the batch. CQ_OK;
  * CQ_EINVAL if no savepoint is open; a failure (the batch then accepts
- * only cq_store_rollback). */
+ * only cq_store_rollback). PostgreSQL sends the RELEASE with the next
+ * statement, so a failure of it is reported by the next write call. */
 int cq_store_release(cq_store *s);
 
 /* Undo the command's writes and close its savepoint (ROLLBACK TO, then
@@ -224,9 +254,14 @@ int cq_store_cmdlog_prune(cq_store *s, int64_t now_ms, int max_rows,
 /* The store's write connection seen through the read-store interface
  * (store/rdb.h), for inline projections, whose rows must commit in the
  * writer's transaction. Borrowed: valid until cq_store_close, which closes
- * it (cq_rdb_close on it does nothing). Writer thread only (and the thread
- * that starts the engine, before the writer runs). Statements run on it
- * must leave the transaction and the "cmd" savepoint as they found them. */
+ * it (cq_rdb_close on it does nothing); on PostgreSQL it stays valid
+ * through a reconnect. Writer thread only (and the thread that starts the
+ * engine, before the writer runs). Statements run on it must leave the
+ * transaction and the "cmd" savepoint as they found them. PostgreSQL:
+ * between cq_store_savepoint and the next write-side call the SAVEPOINT
+ * is still in flight and a statement run on the view fails (it never runs
+ * outside the savepoint); the writer always makes a write-side call
+ * (cmdlog_get, stream_version, append) first. */
 struct cq_rdb *cq_store_write_rdb(cq_store *s);
 
 /* Open a new read-only connection to the store's database through the
@@ -236,12 +271,12 @@ struct cq_rdb *cq_store_write_rdb(cq_store *s);
 int cq_store_open_rdb(cq_store *s, struct cq_rdb **out, char *err,
                       size_t errcap);
 
-/* The backend's name ("sqlite"), to pick matching executors. Static
- * text; any thread. */
+/* The backend's name ("sqlite" or "postgresql"), to pick matching
+ * executors. Static text; any thread. */
 const char *cq_store_backend(cq_store *s);
 
 /* Bytes of write-ahead log on disk (events.db-wal), or -1 for a backend
- * without one. Any thread. */
+ * without one of its own (PostgreSQL). Any thread. */
 int64_t cq_store_wal_bytes(cq_store *s);
 
 /* ---- read side: any thread ---- */
@@ -365,5 +400,6 @@ enum {
 };
 
 extern const cq_store_ops cq_store_sqlite_ops;
+extern const cq_store_ops cq_store_pg_ops;
 
 #endif

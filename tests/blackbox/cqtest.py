@@ -14,8 +14,33 @@ the rest to unittest.
                       headers=None, raw=None) -> (status, headers, body)
   raw_exchange(port, chunks)   raw socket request for malformed traffic
   ServerTestCase      a unittest.TestCase with one server per class
+
+Backends. CQ_TEST_BACKEND=sqlite (the default) runs every server on the
+embedded SQLite store in its data dir. CQ_TEST_BACKEND=pg runs it on the
+PostgreSQL cluster whose state dir CQ_TEST_PG_DIR names (ctest's `pg`
+fixture, or `sh scripts/pg.sh start DIR`): each Server gets
+`--store <URI of a database of its own>`, made with CREATE DATABASE when
+the Server is made and dropped when it is closed (or at exit). Which
+database belongs to a data dir is written in the data dir (cqtest-pg.json),
+so a Server made again on the same data dir (a restart of the same store)
+finds the same database. Server(..., separate_read=True) also gives it a
+read store of its own (`--read-store`), as SQLite keeps read.db apart from
+events.db; Server(..., store=URI) runs it on a database the test made
+(several nodes on one database).
+
+  BACKEND, PG                   "sqlite" or "pg"; PG is True on PostgreSQL
+  store_db(server, "events"|"read")  the server's database: .rows(sql,
+                      params) -> [tuple], .execute(sql, params), .tables()
+                      (SQLite: the file; PostgreSQL: through psql)
+  copy_store(server, data_dir)  a copy of a stopped server's event store
+                      for a new Server on data_dir (the read store not)
+  reset_read_store(server)      drop a stopped server's read store
+  pg_admin_uri(), pg_create_database(tag), pg_drop_database(uri),
+  pg_rows(uri, sql), pg_exec(uri, sql), pg_redacted(uri)
+  skip_unless_sqlite(test, why) skip the rest of a test on PostgreSQL
 """
 
+import atexit
 import http.client
 import json
 import os
@@ -24,12 +49,14 @@ import select
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import unittest
+import urllib.parse
 
 sys.dont_write_bytecode = True
 
@@ -77,12 +104,274 @@ def _tail(path, limit=6000):
     return text
 
 
+# ---- backends ------------------------------------------------------------------
+
+BACKEND = os.environ.get("CQ_TEST_BACKEND", "") or "sqlite"
+if BACKEND not in ("sqlite", "pg"):
+    raise SystemExit("CQ_TEST_BACKEND must be sqlite or pg, not %r" % BACKEND)
+PG = BACKEND == "pg"
+
+# The event store's own tables (both backends): not read models.
+STORE_TABLES = ("events", "streams", "command_log", "cq_store_schema")
+PG_STATE_FILE = "cqtest-pg.json"   # in a data dir: its databases
+
+
+def skip_unless_sqlite(test, why):
+    """Skip the rest of `test` on PostgreSQL: that part reads or writes
+    the SQLite files themselves. `why` says what it checks."""
+    if PG:
+        test.skipTest("SQLite files only: " + why)
+
+
+def pg_admin_uri():
+    d = os.environ.get("CQ_TEST_PG_DIR")
+    if not d:
+        raise RuntimeError("CQ_TEST_BACKEND=pg needs CQ_TEST_PG_DIR: run under "
+                           "ctest (fixture pg) or `sh scripts/pg.sh start DIR` "
+                           "and export CQ_TEST_PG_DIR=DIR")
+    with open(os.path.join(d, "uri")) as f:
+        return f.read().strip()
+
+
+def pg_uri_for(uri, dbname):
+    """uri with its database replaced by dbname."""
+    u = urllib.parse.urlsplit(uri)
+    return urllib.parse.urlunsplit((u.scheme, u.netloc, "/" + dbname, u.query,
+                                    u.fragment))
+
+
+def pg_dbname(uri):
+    return urllib.parse.unquote(urllib.parse.urlsplit(uri).path.lstrip("/"))
+
+
+def pg_redacted(uri):
+    """uri with its password shown as *** (as cqrsd prints it)."""
+    u = urllib.parse.urlsplit(uri)
+    if u.password is None:
+        return uri
+    user = u.netloc.rsplit("@", 1)[0].split(":", 1)[0]
+    host = u.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit((u.scheme, "%s:***@%s" % (user, host), u.path,
+                                    u.query, u.fragment))
+
+
+def pg_literal(v):
+    if v is None:
+        return "NULL"
+    if isinstance(v, bool):
+        return "TRUE" if v else "FALSE"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, bytes):
+        return "'\\x%s'::bytea" % v.hex()
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def pg_bind(sql, params):
+    """Put params (SQLite's ? placeholders, outside quotes) in sql as
+    literals: the tests' own SQL is small and fixed."""
+    if not params:
+        return sql
+    out, it, quote = [], iter(params), None
+    for ch in sql:
+        if quote:
+            quote = None if ch == quote else quote
+            out.append(ch)
+        elif ch in "'\"":
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            out.append(pg_literal(next(it)))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _psql(uri, sql, timeout=60):
+    env = dict(os.environ, PGCONNECT_TIMEOUT="10")
+    try:
+        p = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                            "-d", uri, "-c", sql], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=timeout, env=env)
+    except FileNotFoundError:
+        raise RuntimeError("psql not found: apt-get install postgresql-client")
+    if p.returncode != 0:
+        raise AssertionError("psql %s: %s\n%s" % (pg_redacted(uri), sql,
+                             p.stderr.decode("utf-8", "replace")))
+    return p.stdout.decode("utf-8")
+
+
+def pg_exec(uri, sql, params=()):
+    """Run sql (any statements, autocommit) on the database at uri."""
+    _psql(uri, pg_bind(sql, params))
+
+
+def pg_rows(uri, sql, params=()):
+    """The rows of one SELECT as tuples, values as JSON gives them (numbers,
+    strings, None) in the columns' order."""
+    q = ("SELECT coalesce(json_agg(row_to_json(cqtest_t)), '[]'::json)"
+         " FROM (%s) cqtest_t" % pg_bind(sql, params).rstrip().rstrip(";"))
+    out = _psql(uri, q).strip()
+    rows = json.loads(out, object_pairs_hook=lambda kv: tuple(v for _, v in kv))
+    return [tuple(r) for r in rows]
+
+
+_pg_lock = threading.Lock()
+_pg_made = []       # databases this process created, dropped at exit
+
+
+def pg_create_database(tag="t", template=None):
+    """A new database on the test cluster; its URI. Dropped at exit at the
+    latest. template: the URI of a database to copy (no one may be
+    connected to it)."""
+    admin = pg_admin_uri()
+    with _counter_lock:
+        _counter[0] += 1
+        n = _counter[0]
+    tag = re.sub(r"[^a-z0-9_]", "_", tag.lower())[:20]
+    name = "cqt_%s_%d_%d_%s" % (tag, os.getpid(), n, RUN)
+    sql = 'CREATE DATABASE "%s"' % name
+    if template:
+        sql += ' TEMPLATE "%s"' % pg_dbname(template)
+    _psql(admin, sql)
+    uri = pg_uri_for(admin, name)
+    with _pg_lock:
+        _pg_made.append(uri)
+    return uri
+
+
+def pg_drop_database(uri):
+    with _pg_lock:
+        if uri in _pg_made:
+            _pg_made.remove(uri)
+    _psql(pg_admin_uri(), 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % pg_dbname(uri))
+
+
+@atexit.register
+def _pg_drop_all():
+    if os.environ.get("CQ_KEEP"):
+        return
+    for uri in list(_pg_made):
+        try:
+            pg_drop_database(uri)
+        except Exception:  # noqa: BLE001 -- the cluster may be gone already
+            pass
+
+
+class StoreDB:
+    """One database of a server: "events" (the event store and the inline
+    projections) or "read" (the asynchronous read models). SQLite: the file
+    in the data dir. PostgreSQL: the server's database, the same one for
+    both unless the server has a separate read store. Use it with the
+    server stopped unless the test says why not."""
+
+    def __init__(self, server, which):
+        assert which in ("events", "read")
+        self.which = which
+        self.path = os.path.join(server.data_dir, which + ".db")
+        self.uri = None
+        if PG:
+            self.uri = server.read_uri if which == "read" and server.read_uri \
+                else server.store_uri
+
+    def rows(self, sql, params=()):
+        if self.uri:
+            return pg_rows(self.uri, sql, params)
+        con = sqlite3.connect(self.path, timeout=10)
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
+    def execute(self, sql, params=()):
+        if self.uri:
+            return pg_exec(self.uri, sql, params)
+        con = sqlite3.connect(self.path, timeout=10)
+        try:
+            con.execute(sql, params)
+            con.commit()
+        finally:
+            con.close()
+
+    def tables(self):
+        """Its read-model tables: not the engine's own (cq_*), not the
+        event store's."""
+        if self.uri:
+            names = [r[0] for r in self.rows(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = current_schema()"
+                " AND table_type = 'BASE TABLE'")]
+        else:
+            names = [r[0] for r in self.rows(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+                " AND name NOT LIKE 'sqlite_%'")]
+        return sorted(n for n in names
+                      if not n.startswith("cq_") and n not in STORE_TABLES)
+
+
+def store_db(server, which):
+    return StoreDB(server, which)
+
+
+def copy_store(server, data_dir):
+    """Copy the event store of the stopped `server` (events, streams,
+    command log, inline projections) for a new Server on data_dir; the
+    read store is not copied (a separate one on PostgreSQL, read.db on
+    SQLite): that Server replays the asynchronous projections afresh."""
+    os.makedirs(data_dir, exist_ok=True)
+    if not PG:
+        for f in os.listdir(server.data_dir):
+            if f.startswith("events.db"):
+                shutil.copy2(os.path.join(server.data_dir, f), data_dir)
+        return
+    assert server.read_uri, "copy_store needs Server(separate_read=True) on PostgreSQL"
+    state = {"store": pg_create_database("copy", template=server.store_uri),
+             "read": pg_create_database("copyread")}
+    with open(os.path.join(data_dir, PG_STATE_FILE), "w") as f:
+        json.dump(state, f)
+
+
+def reset_read_store(server):
+    """Remove the stopped server's read store (read.db; a separate
+    PostgreSQL read store is dropped and made again, empty)."""
+    if not PG:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            p = os.path.join(server.data_dir, "read.db" + suffix)
+            if os.path.exists(p):
+                os.remove(p)
+        return
+    assert server.read_uri, "reset_read_store needs Server(separate_read=True) on PostgreSQL"
+    name = pg_dbname(server.read_uri)
+    admin = pg_admin_uri()
+    _psql(admin, 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
+    _psql(admin, 'CREATE DATABASE "%s"' % name)
+
+
+def store_args(data_dir=None, store=None, read_store=None):
+    """The serve/verify arguments that name a store."""
+    out = []
+    if data_dir is not None:
+        out += ["--data", data_dir]
+    if store:
+        out += ["--store", store]
+    if read_store:
+        out += ["--read-store", read_store]
+    return out
+
+
 class ServerError(AssertionError):
     """The server misbehaved as a process (died, bad exit, sanitizer)."""
 
 
 class Server:
-    def __init__(self, binary=None, data_dir=None, args=()):
+    def __init__(self, binary=None, data_dir=None, args=(), separate_read=False,
+                 store=None, read_store=None, data_arg=True, env=None):
+        """store/read_store: PostgreSQL URIs to run on (the test's; not
+        dropped here), else (CQ_TEST_BACKEND=pg) databases of its own.
+        data_arg=False: no --data (PostgreSQL needs none; the server runs
+        in the data dir as its working directory). env: more environment."""
         binary = binary or BINARY
         if not binary:
             raise RuntimeError("no cqrsd binary given")
@@ -95,6 +384,32 @@ class Server:
         self.proc = None
         self.port = None
         self.starts = 0
+        self.data_arg = data_arg
+        self.env = env
+        self.store_uri, self.read_uri = store, read_store
+        self.own_dbs = []
+        if store is None and PG:
+            self._pg_databases(separate_read)
+
+    def _pg_databases(self, separate_read):
+        state_path = os.path.join(self.data_dir, PG_STATE_FILE)
+        if os.path.exists(state_path):       # the same store again
+            with open(state_path) as f:
+                state = json.load(f)
+        else:
+            state = {"store": pg_create_database("store"), "read": None}
+            self.own_dbs.append(state["store"])
+            if separate_read:
+                state["read"] = pg_create_database("read")
+                self.own_dbs.append(state["read"])
+            with open(state_path, "w") as f:
+                json.dump(state, f)
+        self.store_uri, self.read_uri = state["store"], state["read"]
+
+    def store_args(self):
+        """The arguments that name this server's store (for verify)."""
+        return store_args(self.data_dir if self.data_arg else None,
+                          self.store_uri, self.read_uri)
 
     # ---- process control -------------------------------------------------
 
@@ -109,11 +424,12 @@ class Server:
                 f.write(("\n==== cqtest: start #%d on port %d ====\n"
                          % (self.starts + 1, self.port)).encode())
                 f.flush()
-                cmd = [self.binary, "serve", "--data", self.data_dir,
-                       "--listen", "127.0.0.1:%d" % self.port] + self.args
+                cmd = ([self.binary, "serve"] + self.store_args()
+                       + ["--listen", "127.0.0.1:%d" % self.port] + self.args)
                 self.proc = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=f,
-                    close_fds=True)
+                    close_fds=True, cwd=None if self.data_arg else self.data_dir,
+                    env=dict(os.environ, **self.env) if self.env else None)
             self.starts += 1
             ok, why = self._wait_healthy()
             if ok:
@@ -244,8 +560,15 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
                 self.proc = None
-            if self.own_dir and not os.environ.get("CQ_KEEP"):
-                shutil.rmtree(self.data_dir, ignore_errors=True)
+            if not os.environ.get("CQ_KEEP"):
+                for uri in self.own_dbs:
+                    try:
+                        pg_drop_database(uri)
+                    except AssertionError as e:
+                        sys.stderr.write("cqtest: %s\n" % e)
+                self.own_dbs = []
+                if self.own_dir:
+                    shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def stderr_text(self):
         return _tail(self.stderr_path, 1 << 30)

@@ -23,7 +23,7 @@ sys.dont_write_bytecode = True
 import cqtest  # noqa: E402
 from cqtest import Client, uid  # noqa: E402
 from test_projections import (ProjectionTestBase, checkpoints, qpath,  # noqa: E402
-                              run_workload)
+                              read_db, run_workload)
 
 INDEX_V1 = """\
 -- @projection order_index
@@ -83,8 +83,8 @@ INDEX_V3_BROKEN = INDEX_V2.replace("@version 2", "@version 3").replace(
     "    currency2   TEXT NOT NULL\n")
 
 
-def verify(data_dir, *args):
-    p = subprocess.run([cqtest.BINARY, "verify", "--data", data_dir] + list(args),
+def verify(srv, *args):
+    p = subprocess.run([cqtest.BINARY, "verify"] + srv.store_args() + list(args),
                        stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
     return p.returncode, p.stdout.decode("utf-8", "replace")
 
@@ -225,7 +225,7 @@ class RebuildUnderLoadTest(RebuildTestBase):
             self.assertEqual(st, 200, (oid, b))
         c.close()
         srv.stop()
-        rc, out = verify(srv.data_dir)
+        rc, out = verify(srv)
         self.assertEqual(rc, 0, out)
         sys.stderr.write("\n  reads during each rebuild: %r, orders written: %d\n"
                          % (during, len(written)))
@@ -317,9 +317,9 @@ class ChangedDefinitionTest(RebuildTestBase):
         finally:
             c.close()
         srv.stop()
-        cp = checkpoints(os.path.join(srv.data_dir, "read.db"))["order_index"]
+        cp = checkpoints(read_db(srv))["order_index"]
         self.assertEqual((cp["version"], cp["status"]), (2, "running"))
-        rc, out = verify(srv.data_dir, "--projections", pdir)
+        rc, out = verify(srv, "--projections", pdir)
         self.assertEqual(rc, 0, out)
 
         # the next change starts from the stored version 2 text: a broken
@@ -370,7 +370,7 @@ class ChangedDefinitionTest(RebuildTestBase):
         finally:
             c.close()
         srv.stop()
-        rc, out = verify(srv.data_dir)
+        rc, out = verify(srv)
         self.assertEqual(rc, 0, out)
 
 

@@ -4,11 +4,10 @@ writer folds, the asynchronous and inline projections, strong reads and
 `cqrsd verify` -- while the stored event stays exactly as it was written.
 
 The v1 events are written as old code wrote them, straight into events.db
-while the server is stopped (POST /streams refuses the orders domain's
-streams and event types, so it cannot make them)."""
+(or the PostgreSQL store's events table, CQ_TEST_BACKEND=pg) while the
+server is stopped (POST /streams refuses the orders domain's streams and
+event types, so it cannot make them)."""
 import json
-import os
-import sqlite3
 import subprocess
 import unittest
 
@@ -26,30 +25,22 @@ class UpcastTest(cqtest.ServerTestCase):
                 "command_id": "0190a5b6-0000-7000-8000-000000000002",
                 "time": "2024-07-01T00:00:00.000Z"}
         self.server.stop()
-        db = sqlite3.connect(os.path.join(self.server.data_dir, "events.db"),
-                             timeout=10)
-        try:
-            pos = db.execute("SELECT coalesce(max(position), 0) + 1"
-                             " FROM events").fetchone()[0]
-            db.execute("INSERT INTO events VALUES (?, ?, 1, 'OrderPlaced', 1,"
-                       " ?, ?, 1719792000000)",
-                       (pos, "order-" + oid, json.dumps(data), json.dumps(meta)))
-            db.execute("INSERT INTO streams VALUES (?, 1, ?)", ("order-" + oid, pos))
-            db.commit()
-        finally:
-            db.close()
+        db = cqtest.store_db(self.server, "events")
+        pos = db.rows("SELECT coalesce(max(position), 0) + 1 FROM events")[0][0]
+        db.execute("INSERT INTO events (position, stream_id, version, type,"
+                   " schema_version, data, metadata, recorded_at)"
+                   " VALUES (?, ?, 1, 'OrderPlaced', 1, ?, ?, 1719792000000)",
+                   (pos, "order-" + oid, json.dumps(data), json.dumps(meta)))
+        db.execute("INSERT INTO streams (stream_id, version, position)"
+                   " VALUES (?, 1, ?)", ("order-" + oid, pos))
         self.server.start()
         return pos
 
     def stored(self, oid):
-        db = sqlite3.connect("file:%s?mode=ro" % os.path.join(
-            self.server.data_dir, "events.db"), uri=True)
-        try:
-            return db.execute("SELECT schema_version, data FROM events WHERE"
-                              " stream_id = ? AND version = 1",
-                              ("order-" + oid,)).fetchone()
-        finally:
-            db.close()
+        rows = cqtest.store_db(self.server, "events").rows(
+            "SELECT schema_version, data FROM events WHERE"
+            " stream_id = ? AND version = 1", ("order-" + oid,))
+        return rows[0] if rows else None
 
     def test_v1_order_reads_as_v2_everywhere(self):
         oid = cqtest.uid("legacy")
@@ -104,8 +95,7 @@ class UpcastTest(cqtest.ServerTestCase):
         st, _, b = self.c.get("/queries/sales_dashboard?min_position=%d"
                               "&wait_ms=10000" % pos)
         self.assertEqual(st, 200, b)
-        p = subprocess.run([cqtest.BINARY, "verify", "--data",
-                            self.server.data_dir],
+        p = subprocess.run([cqtest.BINARY, "verify"] + self.server.store_args(),
                            capture_output=True, text=True, timeout=120)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
 

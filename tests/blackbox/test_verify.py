@@ -1,13 +1,13 @@
 """Black-box tests of `cqrsd verify`: every projection OK while the server
 runs and keeps writing; a row changed behind the server's back is named
 and the exit code is 1; a --projections file is verified too, and a
-changed one is reported; usage and I/O errors exit 2.
+changed one is reported; usage and I/O errors exit 2. On PostgreSQL
+(CQ_TEST_BACKEND=pg) `verify --store URI`, the rows changed through psql.
 
     python3 tests/blackbox/test_verify.py /path/to/cqrsd
 """
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -44,9 +44,14 @@ SELECT customer_id FROM order_customers WHERE order_id = :order_id;
 """
 
 
-def verify(data_dir, *args):
-    """Run cqrsd verify; returns (exit code, stdout, stderr)."""
-    p = subprocess.run([cqtest.BINARY, "verify", "--data", data_dir] + list(args),
+def verify(where, *args):
+    """Run cqrsd verify on a Server's store, a data dir, or (None) only
+    what args name; returns (exit code, stdout, stderr)."""
+    if isinstance(where, Server):
+        store = where.store_args()
+    else:
+        store = ["--data", where] if where is not None else []
+    p = subprocess.run([cqtest.BINARY, "verify"] + store + list(args),
                        stdin=subprocess.DEVNULL, capture_output=True,
                        timeout=300)
     out = p.stdout.decode("utf-8", "replace")
@@ -125,7 +130,7 @@ class VerifyTest(unittest.TestCase):
             ids = self.workload(c)
             head = self.wait_caught_up(c, ids[-1])
 
-            rc, out, err = verify(srv.data_dir)
+            rc, out, err = verify(srv)
             self.assertEqual(rc, 0, "stdout:\n%s\nstderr:\n%s" % (out, err))
             for name in PROJECTIONS:
                 self.assertRegex(out, r"(?m)^%s: OK \(position %d, \d+ tables?, "
@@ -154,7 +159,7 @@ class VerifyTest(unittest.TestCase):
             try:
                 time.sleep(0.2)
                 for _ in range(3):
-                    rc, out, err = verify(srv.data_dir)
+                    rc, out, err = verify(srv)
                     self.assertEqual(rc, 0, "stdout:\n%s\nstderr:\n%s" % (out, err))
             finally:
                 stop.set()
@@ -165,17 +170,13 @@ class VerifyTest(unittest.TestCase):
             srv.stop()
 
             victim = ids[1]
-            con = sqlite3.connect(os.path.join(srv.data_dir, "read.db"))
-            try:
-                cur = con.execute("UPDATE order_summaries"
-                                  " SET paid_cents = paid_cents + 1"
-                                  " WHERE order_id = ?", (victim,))
-                self.assertEqual(cur.rowcount, 1)
-                con.commit()
-            finally:
-                con.close()
+            read = cqtest.store_db(srv, "read")
+            read.execute("UPDATE order_summaries SET paid_cents = paid_cents + 1"
+                         " WHERE order_id = ?", (victim,))
+            self.assertEqual(read.rows("SELECT paid_cents FROM order_summaries"
+                                       " WHERE order_id = ?", (victim,)), [(401,)])
 
-            rc, out, err = verify(srv.data_dir)
+            rc, out, err = verify(srv)
             self.assertEqual(rc, 1, "stdout:\n%s\nstderr:\n%s" % (out, err))
             self.assertIn("order_summaries/order_summaries: order_id='%s': "
                           "differs: paid_cents live 401, replay 400\n" % victim,
@@ -185,14 +186,9 @@ class VerifyTest(unittest.TestCase):
             self.assertRegex(out, r"(?m)^payment_confirmation: OK ")
 
             # a row gone from an inline projection (events.db)
-            con = sqlite3.connect(os.path.join(srv.data_dir, "events.db"))
-            try:
-                con.execute("DELETE FROM payment_confirmations WHERE order_id = ?",
-                            (ids[0],))
-                con.commit()
-            finally:
-                con.close()
-            rc, out, err = verify(srv.data_dir)
+            cqtest.store_db(srv, "events").execute(
+                "DELETE FROM payment_confirmations WHERE order_id = ?", (ids[0],))
+            rc, out, err = verify(srv)
             self.assertEqual(rc, 1, out)
             self.assertIn("payment_confirmation/payment_confirmations: "
                           "order_id='%s': missing in live\n" % ids[0], out)
@@ -207,7 +203,7 @@ class VerifyTest(unittest.TestCase):
             ids = self.workload(c, n=5)
             head = self.wait_caught_up(
                 c, ids[-1], extra=(("order_customer", {"order_id": ids[0]}),))
-            rc, out, err = verify(srv.data_dir, "--projections", pdir)
+            rc, out, err = verify(srv, "--projections", pdir)
             self.assertEqual(rc, 0, "stdout:\n%s\nstderr:\n%s" % (out, err))
             self.assertIn("order_customers: OK (position %d, 1 table, 5 rows)\n"
                           % head, out)
@@ -217,16 +213,38 @@ class VerifyTest(unittest.TestCase):
             # a newer version of the file: the tables are not what it builds
             with open(path, "w") as f:
                 f.write(EXTRA_SQL % 2)
-            rc, out, err = verify(srv.data_dir, "--projections", pdir)
+            rc, out, err = verify(srv, "--projections", pdir)
             self.assertEqual(rc, 1, out)
             self.assertRegex(out, r"(?m)^order_customers: built from another file")
 
             # a file the server never ran
             with open(os.path.join(pdir, "zz_new.sql"), "w") as f:
                 f.write((EXTRA_SQL % 1).replace("order_customer", "new_customer"))
-            rc, out, err = verify(srv.data_dir, "--projections", pdir)
+            rc, out, err = verify(srv, "--projections", pdir)
             self.assertEqual(rc, 1, out)
             self.assertRegex(out, r"(?m)^new_customers: not built")
+
+    def test_pg_errors_exit_2(self):
+        """verify --store: an unreachable server, an empty database."""
+        if not cqtest.PG:
+            self.skipTest("needs CQ_TEST_BACKEND=pg")
+        port = cqtest.free_port()
+        bad = "postgresql://cqrs:s3cret-pw@127.0.0.1:%d/nowhere" % port
+        rc, out, err = verify(None, "--store", bad)
+        self.assertEqual(rc, 2, out + err)
+        self.assertNotIn("s3cret-pw", out + err)
+        self.assertIn("127.0.0.1:%d" % port, err)
+
+        empty = cqtest.pg_create_database("verify_empty")
+        try:
+            rc, out, err = verify(None, "--store", empty)
+            self.assertEqual(rc, 2, out + err)
+            self.assertIn("no event store", err)
+            self.assertEqual(cqtest.pg_rows(
+                empty, "SELECT table_name FROM information_schema.tables"
+                " WHERE table_schema = current_schema()"), [], "verify created tables")
+        finally:
+            cqtest.pg_drop_database(empty)
 
     def test_errors_exit_2(self):
         missing = os.path.join(self.tmpdir(), "no-such-dir")

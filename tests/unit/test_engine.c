@@ -1,7 +1,13 @@
 /*
  * test_engine.c -- the projection engine against a real store and writer:
  * declared and C projections, asynchronous and inline, failure isolation,
- * queries with freshness, strong reads, waits, and events applied twice.
+ * queries with freshness, strong reads, waits, blue/green rebuilds and
+ * events applied twice.
+ *
+ * `test_engine` runs on SQLite (events.db and read.db in a temporary
+ * directory); `test_engine pg` (ctest: test_engine_pg) with the event
+ * store and the read store in one fresh PostgreSQL database, as
+ * `cqrsd serve --store URI` has them.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -9,12 +15,12 @@
 #include <cmocka.h>
 
 #include <pthread.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "pgtest.h"
 #include "base/base.h"
 #include "command/writer.h"
 #include "orders/orders.h"
@@ -65,8 +71,11 @@ static const char guard_sql[] =
     "VALUES (:data.order_id, :data.customer_id)\n"
     "ON CONFLICT (order_id) DO NOTHING;\n";
 
+static int pg; /* the stores are on PostgreSQL */
+
 typedef struct fixture {
     char dir[256];
+    char *uri; /* PostgreSQL: the database of both stores */
     cq_store *store;
     cq_engine *engine;
     cq_writer *writer;
@@ -91,8 +100,13 @@ static void on_done(cq_write_req *r)
 
 static void start(fixture *f)
 {
-    cq_store_config scfg = {.dir = f->dir, .read_connections = 2};
-    cq_engine_config ecfg = {f->dir, 0, 2, orders_domain()};
+    cq_store_config scfg = {
+        .uri = f->uri, .dir = f->dir, .read_connections = 2, .connections = 2};
+    cq_engine_config ecfg = {.dir = f->dir,
+                             .readers = 2,
+                             .domain = orders_domain(),
+                             .read_store = f->uri,
+                             .store_uri = f->uri};
     cq_projection_code code = {"event_counts", count_apply, NULL};
     cq_writer_config wcfg;
     char err[512];
@@ -141,6 +155,8 @@ static int setup(void **state)
 
     snprintf(f->dir, sizeof f->dir, "%s/engine-XXXXXX", tmp ? tmp : "/tmp");
     assert_non_null(mkdtemp(f->dir));
+    if (pg)
+        assert_non_null(f->uri = pgtest_database("engine"));
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
     start(f);
@@ -159,8 +175,35 @@ static int teardown(void **state)
         return -1;
     pthread_mutex_destroy(&f->mu);
     pthread_cond_destroy(&f->cv);
+    free(f->uri);
     free(f);
     return 0;
+}
+
+/* A connection of the test's own to the database holding `file`'s
+ * tables (events.db: the event store and inline projections; read.db:
+ * asynchronous ones): the one PostgreSQL database, or the file. */
+static cq_rdb *open_admin(fixture *f, const char *file)
+{
+    char path[300], err[512];
+    cq_rdb *db = NULL;
+
+    snprintf(path, sizeof path, "%s/%s", f->dir, file);
+    if (cq_rdb_open(pg ? f->uri : path, 0, 5000, &db, err, sizeof err) !=
+        CQ_OK)
+        fail_msg("%s", err);
+    return db;
+}
+
+/* Run sql there, behind the engine's back. */
+static void admin_exec(fixture *f, const char *file, const char *sql)
+{
+    cq_rdb *db = open_admin(f, file);
+    char err[512];
+
+    if (cq_rdb_exec(db, sql, err, sizeof err) != CQ_OK)
+        fail_msg("%s: %s", sql, err);
+    cq_rdb_close(db);
 }
 
 /* Run one command to completion; returns its answer's status. */
@@ -282,8 +325,7 @@ static void test_lookup_errors_surface(void **state)
     const char *values[1] = {"o-1"};
     cq_freshness fr;
     json_t *data = NULL;
-    sqlite3 *db = NULL;
-    char path[300], err[512] = "";
+    char err[512] = "";
     int64_t sv = -1;
     int p;
 
@@ -299,13 +341,7 @@ static void test_lookup_errors_surface(void **state)
     data = NULL;
 
     /* the event store's table goes away under the read pool */
-    snprintf(path, sizeof path, "%s/events.db", f->dir);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    sqlite3_busy_timeout(db, 5000);
-    assert_int_equal(
-        sqlite3_exec(db, "ALTER TABLE events RENAME TO gone", NULL, NULL, NULL),
-        SQLITE_OK);
-    sqlite3_close(db);
+    admin_exec(f, "events.db", "ALTER TABLE events RENAME TO gone");
     assert_int_equal(cq_query_run(f->engine, p, q, values, "order-o-1", &data,
                                   &fr, &sv, err, sizeof err),
                      CQ_EIO);
@@ -327,6 +363,17 @@ static cq_projection_status rebuilt(fixture *f, int p)
     }
     fail_msg("the rebuild did not end");
     return st;
+}
+
+/* cq_rdb_tables' callback: names of the engine's shadow and old tables
+ * make the test fail; the others are listed in arg. */
+static int engine_table(void *arg, const char *name)
+{
+    if (strstr(name, "__cq_") != NULL)
+        fail_msg("%s is left behind", name);
+    strcat(arg, name);
+    strcat(arg, ",");
+    return 0;
 }
 
 /* A C projection is rebuilt blue/green too: its cq_sql_exec statements
@@ -371,20 +418,13 @@ static void test_rebuild_code_projection(void **state)
     /* the shadow and old tables are gone; a second rebuild works too */
     stop(f);
     {
-        char path[300];
-        sqlite3 *db;
-        sqlite3_stmt *q;
-        snprintf(path, sizeof path, "%s/read.db", f->dir);
-        assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-        assert_int_equal(sqlite3_prepare_v2(db,
-                                            "SELECT count(*) FROM sqlite_master"
-                                            " WHERE name GLOB '*__cq_*'",
-                                            -1, &q, NULL),
-                         SQLITE_OK);
-        assert_int_equal(sqlite3_step(q), SQLITE_ROW);
-        assert_int_equal(sqlite3_column_int(q, 0), 0);
-        sqlite3_finalize(q);
-        sqlite3_close(db);
+        cq_rdb *db = open_admin(f, "read.db");
+        char names[512] = "";
+        assert_int_equal(
+            cq_rdb_tables(db, NULL, engine_table, names, err, sizeof err),
+            CQ_OK);
+        assert_non_null(strstr(names, "event_counts,"));
+        cq_rdb_close(db);
     }
     start(f);
     counts = cq_engine_projection(f->engine, "event_counts");
@@ -402,6 +442,68 @@ static void test_rebuild_code_projection(void **state)
             f->engine, cq_engine_projection(f->engine, "payment_confirmation"),
             "rebuild", err, sizeof err),
         CQ_ECONFLICT);
+}
+
+/* cq_rdb_object_exists, asserted. */
+static int exists(fixture *f, const char *name)
+{
+    cq_rdb *db = open_admin(f, "read.db");
+    int found = -1;
+
+    assert_int_equal(cq_rdb_object_exists(db, name, &found), CQ_OK);
+    cq_rdb_close(db);
+    return found;
+}
+
+/* A declared projection with an index, rebuilt twice: each swap (table
+ * renames and the checkpoint in one transaction) leaves the rows and an
+ * index under a name of the next free generation, and queries answer from
+ * the new tables. */
+static void test_rebuild_declared(void **state)
+{
+    fixture *f = *state;
+    int p = cq_engine_projection(f->engine, "order_summaries");
+    cq_projection_status st;
+    cq_freshness fr;
+    char err[256], names[512] = "";
+    json_t *before, *after;
+    cq_rdb *db;
+
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-1")), 202);
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-2")), 202);
+    catch_up(f, "order_summaries");
+    before = query(f, "order_summary", "o-2", 0, &fr);
+    assert_true(exists(f, "order_summaries_by_customer"));
+    for (int round = 1; round <= 2; round++) {
+        assert_int_equal(
+            cq_engine_control(f->engine, p, "rebuild", err, sizeof err),
+            CQ_OK);
+        st = rebuilt(f, p);
+        assert_string_equal(st.last_rebuild.outcome, "done");
+        assert_int_equal(st.position, 2);
+        after = query(f, "order_summary", "o-2", 0, &fr);
+        assert_true(json_equal(before, after));
+        json_decref(after);
+    }
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-3")), 202);
+    catch_up(f, "order_summaries");
+    after = query(f, "order_summary", "o-3", 0, &fr);
+    assert_string_equal(json_string_value(json_object_get(after, "status")),
+                        "placed");
+    json_decref(after);
+    json_decref(before);
+    /* stopped: the old tables, dropped after each swap, are gone; the
+     * index is in generation 1 after the first swap, 0 (free again) after
+     * the second */
+    stop(f);
+    assert_true(exists(f, "order_summaries_by_customer"));
+    assert_false(exists(f, "order_summaries_by_customer__cq1"));
+    db = open_admin(f, "read.db");
+    assert_int_equal(cq_rdb_tables(db, NULL, engine_table, names, err,
+                                   sizeof err),
+                     CQ_OK);
+    cq_rdb_close(db);
+    assert_non_null(strstr(names, "order_summaries,"));
 }
 
 /* A failing handler stops its own projection only. */
@@ -447,8 +549,6 @@ static void test_inline_refusal(void **state)
     int guard = cq_engine_projection(f->engine, "guard");
     int failed = 1;
     cq_projection_status st;
-    char path[300], sql[512];
-    sqlite3 *db;
 
     assert_int_equal(command(f, "PlaceOrder", PLACE("o-1")), 202);
     assert_int_equal(command(f, "PlaceOrder",
@@ -465,17 +565,13 @@ static void test_inline_refusal(void **state)
 
     /* as an older version left it: the event committed, the guard failed */
     stop(f);
-    snprintf(path, sizeof path, "%s/events.db", f->dir);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    snprintf(sql, sizeof sql,
-             "INSERT INTO events VALUES (3, 'order-o-4', 1, 'OrderPlaced', 2,"
-             " '{\"order_id\":\"o-4\",\"customer_id\":\"bad\"}', '{}', 0);"
-             "INSERT INTO streams VALUES ('order-o-4', 1, 3);"
-             "UPDATE cq_projections SET status = 'failed', position = 2,"
-             " error = 'x', error_position = 3, error_event = 'OrderPlaced'"
-             " WHERE name = 'guard'");
-    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
+    admin_exec(f, "events.db",
+               "INSERT INTO events VALUES (3, 'order-o-4', 1, 'OrderPlaced', 2,"
+               " '{\"order_id\":\"o-4\",\"customer_id\":\"bad\"}', '{}', 0);"
+               "INSERT INTO streams VALUES ('order-o-4', 1, 3);"
+               "UPDATE cq_projections SET status = 'failed', position = 2,"
+               " error = 'x', error_position = 3, error_event = 'OrderPlaced'"
+               " WHERE name = 'guard'");
     start(f);
     cq_engine_status(f->engine, guard, &st);
     assert_false(st.failed);
@@ -512,8 +608,6 @@ static void test_applied_twice(void **state)
     fixture *f = *state;
     const char *orders[] = {"o-1", "o-2", "o-3"};
     json_t *before[3];
-    char path[300];
-    sqlite3 *db;
     cq_freshness fr;
 
     for (int i = 0; i < 3; i++) {
@@ -546,12 +640,11 @@ static void test_applied_twice(void **state)
     before[2] = query(f, "order_summary", "o-2", 0, &fr);
     stop(f);
 
-    snprintf(path, sizeof path, "%s/read.db", f->dir);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "UPDATE cq_projections SET position = 0",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(db);
+    /* the asynchronous ones (on PostgreSQL, the inline ones' rows are in
+     * the same table) */
+    admin_exec(f, "read.db",
+               "UPDATE cq_projections SET position = 0 WHERE name NOT IN"
+               " ('payment_confirmation', 'guard')");
     start(f);
     catch_up(f, "sales_dashboard");
     catch_up(f, "event_counts");
@@ -583,7 +676,7 @@ static void test_applied_twice(void **state)
         json_decref(before[i]);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_async_inline_and_strong, setup,
@@ -597,6 +690,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rebuild_code_projection, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_applied_twice, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rebuild_declared, setup,
+                                        teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    pg = argc > 1 && strcmp(argv[1], "pg") == 0;
+    return cmocka_run_group_tests_name(pg ? "engine_pg" : "engine", tests,
+                                       NULL, NULL);
 }
