@@ -77,7 +77,7 @@ static void usage(FILE *f)
           "  --threads N             HTTP threads, 1-64 (default 2)\n"
           "  --idempotency-ttl S     how long Idempotency-Keys are "
           "remembered,\n"
-          "                          60-31536000 seconds (default 86400)\n"
+          "                          1-31536000 seconds (default 86400)\n"
           "  --body-limit BYTES      largest request body, 1024-67108864\n"
           "                          (default 1048576)\n"
           "  --max-connections N     open HTTP connections, 16-1000000 "
@@ -129,7 +129,7 @@ static int parse_args(int argc, char **argv, options *o)
     o->max_conns = 8192;
     o->max_per_ip = 1024;
     o->header_timeout_s = 10;
-    for (int i = 2; i < argc; i++) {
+    for (int i = 2; i < argc; i += 2) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         int rc = 0;
@@ -147,7 +147,7 @@ static int parse_args(int argc, char **argv, options *o)
         else if (strcmp(a, "--threads") == 0)
             rc = parse_num(a, v, 1, 64, &o->threads);
         else if (strcmp(a, "--idempotency-ttl") == 0)
-            rc = parse_num(a, v, 60, 31536000, &o->ttl_s);
+            rc = parse_num(a, v, 1, 31536000, &o->ttl_s);
         else if (strcmp(a, "--body-limit") == 0)
             rc = parse_num(a, v, 1024, 64 * 1024 * 1024, &o->body_limit);
         else if (strcmp(a, "--max-connections") == 0)
@@ -162,7 +162,6 @@ static int parse_args(int argc, char **argv, options *o)
         }
         if (rc != 0)
             return -1;
-        i++;
     }
     return 0;
 }
