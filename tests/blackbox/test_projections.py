@@ -7,6 +7,9 @@ The read models are compared table by table with Python's sqlite3 module,
 always with the server stopped.
 
     python3 tests/blackbox/test_projections.py /path/to/cqrsd
+
+Environment: CQ_SEED (the seed of the kills during catch-up; each run
+prints the one it used).
 """
 import http.client
 import os
@@ -302,7 +305,11 @@ class CrashDuringCatchUpTest(ProjectionTestBase):
         return seen
 
     def test_kill_during_catch_up(self):
-        rnd = random.Random(int(time.time()))
+        # random kill points: the seed is printed, and CQ_SEED=N replays a run
+        seed = int(os.environ.get("CQ_SEED", str(time.time_ns() % (2 ** 31))))
+        sys.stderr.write("\n  kill during catch-up: CQ_SEED=%d\n" % seed)
+        sys.stderr.flush()
+        rnd = random.Random(seed)
         srv = self.server()
         srv.start()
         c = Client(srv)
