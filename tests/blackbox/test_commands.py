@@ -11,6 +11,7 @@ import time
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
+from problems import assert_type  # noqa: E402
 from cqtest import ServerTestCase, UUID7_RE, order_body, uid  # noqa: E402
 
 
@@ -54,7 +55,7 @@ class CommandTestBase(ServerTestCase):
         urn:cqrsd:problem:<slug> (docs/api.md, "Errors")."""
         st, h, b = resp
         self.assertProblem(st, h, b, status)
-        self.assertEqual(b["type"], "urn:cqrsd:problem:" + slug, "problem %r" % (b,))
+        assert_type(self, b, slug)
         return b
 
     def place(self, oid=None, **kw):

@@ -26,10 +26,10 @@ import unittest
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
+from problems import assert_type  # noqa: E402
 from cqtest import Server  # noqa: E402
 
 THREADS = 8
-URN = "urn:cqrsd:problem:"
 KILLS = int(os.environ.get("CQ_CRASH_KILLS", "4"))
 MAX_PER_THREAD = int(os.environ.get("CQ_CRASH_MAX_PER_THREAD", "400"))
 ORDER_TOTAL = 500       # one item: 5 x 100
@@ -258,8 +258,7 @@ class CrashTest(unittest.TestCase):
             # `unavailable` with Retry-After: 1 (docs/api.md, "Errors")
             for st, retry_after, b in refused_503:
                 self.assertEqual(st, 503, b)
-                self.assertIsInstance(b, dict, b)
-                self.assertEqual(b.get("type"), URN + "unavailable", b)
+                assert_type(self, b, "unavailable")
                 self.assertEqual(retry_after, "1", b)
             sys.stderr.write("\n  SIGTERM rounds: %d commands acknowledged, %d refused "
                              "with 503 while stopping\n" % (len(acked), len(refused_503)))

@@ -15,11 +15,11 @@ import unittest
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
+from problems import URN, ProblemTypes  # noqa: E402
 from cqtest import (ServerTestCase, order_body, problem_errors, raw_exchange,  # noqa: E402
                     uid)
 
 MIB = 1024 * 1024
-URN = "urn:cqrsd:problem:"
 
 
 def item(**over):
@@ -50,7 +50,7 @@ def tearDownModule():
         _shared["server"].close()
 
 
-class HostileBase(ServerTestCase):
+class HostileBase(ProblemTypes, ServerTestCase):
 
     @classmethod
     def setUpClass(cls):
@@ -60,11 +60,6 @@ class HostileBase(ServerTestCase):
     @classmethod
     def tearDownClass(cls):
         pass
-
-    def assertType(self, body, slug):
-        """The problem's type is urn:cqrsd:problem:<slug> (docs/api.md,
-        "Errors"): answers of the same status are told apart by it."""
-        self.assertEqual(body.get("type"), URN + slug, "problem %r" % (body,))
 
     def hostile(self, expect, ptype, method, path, body=None, headers=None,
                 raw=None, field=None, content_type="application/json"):

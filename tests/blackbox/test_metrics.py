@@ -28,6 +28,7 @@ import urllib.parse
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
+from problems import assert_type  # noqa: E402
 from cqtest import Client, ServerTestCase, order_body, uid  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -393,7 +394,7 @@ class MetricsTest(ServerTestCase):
     def test_metrics_method_and_head(self):
         st, h, b = self.c.req("POST", "/metrics", body={})
         self.assertEqual(st, 405, "POST /metrics")
-        self.assertEqual(b["type"], "urn:cqrsd:problem:method-not-allowed", b)
+        assert_type(self, b, "method-not-allowed")
         self.assertEqual(h.get("allow"), "GET, HEAD", h)
         # HEAD works wherever GET does (docs/api.md, "HTTP"): the same
         # status and headers, no body
