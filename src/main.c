@@ -9,6 +9,8 @@
  *   cqrsd projections [--server HOST:PORT] list | status NAME |
  *                     pause | resume | reset | retry | skip NAME |
  *                     rebuild NAME [--no-wait]
+ *   cqrsd backup --data DIR --to PATH
+ *   cqrsd restore --from PATH --data DIR [--force]
  *   cqrsd version | help
  *
  * `serve` opens the event store, starts the writer thread and the HTTP
@@ -33,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/backup.h"
 #include "cli/cli.h"
 #include "command/writer.h"
 #include "projection/engine.h"
@@ -68,6 +71,8 @@ static void usage(FILE *f)
           "                         pause | resume | reset | retry | skip "
           "NAME |\n"
           "                         rebuild NAME [--no-wait]\n"
+          "       cqrsd backup --data DIR --to PATH\n"
+          "       cqrsd restore --from PATH --data DIR [--force]\n"
           "       cqrsd version\n"
           "\n"
           "  --data DIR              where events.db lives (default ./data)\n"
@@ -389,6 +394,8 @@ int main(int argc, char **argv)
         return verify(argc, argv);
     if (strcmp(argv[1], "projections") == 0)
         return cq_cli_projections(argc, argv);
+    if (strcmp(argv[1], "backup") == 0 || strcmp(argv[1], "restore") == 0)
+        return cq_cli_backup(argc, argv);
     if (strcmp(argv[1], "serve") != 0) {
         fprintf(stderr, "cqrsd: unknown command '%s'\n", argv[1]);
         usage(stderr);
