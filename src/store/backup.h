@@ -43,11 +43,11 @@
 /* What a backup holds (filled by every call below, also on failure as far
  * as known; zeroed first). */
 typedef struct cq_backup_info {
-    int64_t head;         /* events.db's last position (0: no events) */
-    int64_t events_bytes; /* size of the copy of events.db */
-    int64_t read_bytes;   /* size of the copy of read.db; -1: there was no
-                             read.db to copy (the read models are built
-                             again from the events after a restore) */
+    int64_t head;           /* events.db's last position (0: no events) */
+    int64_t events_bytes;   /* size of the copy of events.db */
+    int64_t read_bytes;     /* size of the copy of read.db; -1: there was no
+                               read.db to copy (the read models are built
+                               again from the events after a restore) */
     int64_t max_checkpoint; /* highest checkpoint of a read model, any
                                database (<= head) */
     int checkpoints;        /* checkpoint rows, rebuilds' included */
@@ -66,8 +66,8 @@ typedef struct cq_backup_info {
  * events.db in `data`), CQ_ECORRUPT (a copy failed its checks),
  * CQ_EIO (reading, writing or syncing failed; SQLite kept the source
  * busy for more than a minute), CQ_ENOMEM. */
-int cq_backup(const char *data, const char *to, cq_backup_info *info,
-              char *err, size_t errcap);
+int cq_backup(const char *data, const char *to, cq_backup_info *info, char *err,
+              size_t errcap);
 
 /* Check the backup in directory `from` (borrowed) without changing it:
  * the manifest is readable and of this format, each file it names is

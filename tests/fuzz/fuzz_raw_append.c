@@ -64,8 +64,8 @@ static void check_written(const char *req, size_t n, const fz_answer *a)
     if (b.status != 200 ||
         json_integer_value(json_object_get(ev, "version")) != version ||
         json_integer_value(json_object_get(ev, "position")) != position)
-        fz_fail("the appended event is not where the 201 said", get,
-                (size_t)m, &b);
+        fz_fail("the appended event is not where the 201 said", get, (size_t)m,
+                &b);
     json_decref(got);
     fz_answer_free(&b);
 }

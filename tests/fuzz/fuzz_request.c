@@ -15,10 +15,10 @@
  *
  * It asserts what docs/api.md promises for any request: an answer
  * (unless the request asked to wait: then the harness gives up after 2 s
- * and goes on; or its head is within 1 KiB below 64 KiB, see below), never a 5xx other than 503, and every error answer is
- * problem+json with its urn:cqrsd:problem: type (or one of
- * libmicrohttpd's own pages, fz_check_problem). Sanitizers check the
- * rest.
+ * and goes on; or its head is within 1 KiB below 64 KiB, see below), never a
+ * 5xx other than 503, and every error answer is problem+json with its
+ * urn:cqrsd:problem: type (or one of libmicrohttpd's own pages,
+ * fz_check_problem). Sanitizers check the rest.
  *
  * Built as the other targets are (tests/CMakeLists.txt): replayed over
  * tests/fuzz/corpus/request by ctest, or linked with libFuzzer.
@@ -116,7 +116,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * tests/blackbox/test_errors.py, test_head_just_under_the_limit).
      * Larger heads are 431, smaller ones answered. */
     head = (size_t)((const char *)memmem(req, n, "\r\n\r\n", 4) - req) + 4;
-    if (a.status == 0 && !waits && !(head > 64 * 1024 - 1024 && head <= 64 * 1024))
+    if (a.status == 0 && !waits &&
+        !(head > 64 * 1024 - 1024 && head <= 64 * 1024))
         fz_fail("no answer", req, n, &a);
     if (a.status >= 500 && a.status != 503)
         fz_fail("a server error", req, n, &a);

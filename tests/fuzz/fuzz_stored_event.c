@@ -169,8 +169,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (flags & 0x08)
         sqlite3_bind_text(st, 8, "1700000000000", -1, SQLITE_STATIC);
     else
-        sqlite3_bind_int64(st, 8, (flags & 0x10) ? -(1LL << 62)
-                                                 : 1700000000000LL);
+        sqlite3_bind_int64(st, 8,
+                           (flags & 0x10) ? -(1LL << 62) : 1700000000000LL);
     if (sqlite3_step(st) != SQLITE_DONE)
         die("insert");
     sqlite3_finalize(st);
@@ -210,14 +210,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             sid == NULL || strlen(sid) != len[0] ||
             memcmp(sid, field[0], len[0]) != 0 || type == NULL ||
             strlen(type) != len[1] || memcmp(type, field[1], len[1]) != 0)
-            fz_fail("a well-formed stored event is not read back", req, n,
-                    &a);
+            fz_fail("a well-formed stored event is not read back", req, n, &a);
         json_decref(doc);
     } else if (a.status != 200 &&
                !(a.status == 500 && is_slug(&a, "corrupt-event")) &&
                !(a.status == 503 && is_slug(&a, "store-unavailable"))) {
-        fz_fail("a stored event read back otherwise than docs/api.md says",
-                req, n, &a);
+        fz_fail("a stored event read back otherwise than docs/api.md says", req,
+                n, &a);
     }
     fz_answer_free(&a);
 
@@ -228,9 +227,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             k += (size_t)snprintf(path + k, sizeof path - k, "%%%02X",
                                   (unsigned char)field[0][i]);
         get(path, &a, req, sizeof req, &n);
-        if (a.status == 0 || (a.status >= 500 && a.status != 503 &&
-                              !(a.status == 500 &&
-                                is_slug(&a, "corrupt-event"))))
+        if (a.status == 0 ||
+            (a.status >= 500 && a.status != 503 &&
+             !(a.status == 500 && is_slug(&a, "corrupt-event"))))
             fz_fail("GET /streams/{id} of a stored event", req, n, &a);
         fz_answer_free(&a);
     }
