@@ -78,6 +78,24 @@ def metric(text, name, labels):
     return None
 
 
+def plant_event(db, stream, version, etype, data):
+    """Insert one event (schema version 1) after the last one, as a damaged
+    or older file may hold it, and move its stream's row to it, on the
+    open connection db to events.db (the server stopped; the caller
+    commits). `etype` and `data` may be bytes: they are stored as TEXT,
+    whatever they hold. Returns its position."""
+    pos = db.execute("SELECT coalesce(max(position), 0) + 1 FROM events").fetchone()[0]
+    meta = json.dumps({"event_id": "0190a5b6-0000-7000-8000-000000000001",
+                       "command_id": "0190a5b6-0000-7000-8000-000000000002"})
+    db.execute("INSERT INTO events VALUES (?, ?, ?, CAST(? AS TEXT), 1,"
+               " CAST(? AS TEXT), ?, 1700000000000)",
+               (pos, stream, version, etype, data, meta))
+    db.execute("INSERT INTO streams VALUES (?, ?, ?) ON CONFLICT (stream_id)"
+               " DO UPDATE SET version = excluded.version,"
+               " position = excluded.position", (stream, version, pos))
+    return pos
+
+
 class PoisonBase(unittest.TestCase):
     maxDiff = 4000
 
@@ -260,12 +278,7 @@ class LegacyPoisonTest(PoisonBase):
     def plant(self, data_dir):
         db = sqlite3.connect(os.path.join(data_dir, "events.db"), timeout=10)
         try:
-            pos = db.execute("SELECT coalesce(max(position), 0) + 1 FROM events").fetchone()[0]
-            meta = json.dumps({"event_id": "0190a5b6-0000-7000-8000-000000000001",
-                               "command_id": "0190a5b6-0000-7000-8000-000000000002"})
-            db.execute("INSERT INTO events VALUES (?, 'evil4', 1, 'OrderPlaced', 1,"
-                       " '{}', ?, 1700000000000)", (pos, meta))
-            db.execute("INSERT INTO streams VALUES ('evil4', 1, ?)", (pos,))
+            pos = plant_event(db, "evil4", 1, "OrderPlaced", "{}")
             db.execute("UPDATE cq_projections SET status = 'failed', position = ?,"
                        " error = 'stored event is not valid JSON',"
                        " error_position = ?, error_event = 'OrderPlaced'"
@@ -365,19 +378,10 @@ class DamagedStoreTest(PoisonBase):
     only for what depends on the damaged event."""
 
     def plant(self, data_dir, stream, version, etype, data):
-        """Append one raw row to events.db (server stopped): `etype` and
-        `data` are bytes, stored as TEXT whatever they hold."""
+        """Append one raw row to events.db (server stopped)."""
         db = sqlite3.connect(os.path.join(data_dir, "events.db"), timeout=10)
         try:
-            pos = db.execute("SELECT coalesce(max(position), 0) + 1 FROM events").fetchone()[0]
-            meta = json.dumps({"event_id": "0190a5b6-0000-7000-8000-00000000000a",
-                               "command_id": "0190a5b6-0000-7000-8000-00000000000b"})
-            db.execute("INSERT INTO events VALUES (?, ?, ?, CAST(? AS TEXT), 1,"
-                       " CAST(? AS TEXT), ?, 1700000000000)",
-                       (pos, stream, version, etype, data, meta))
-            db.execute("INSERT INTO streams VALUES (?, ?, ?) ON CONFLICT (stream_id)"
-                       " DO UPDATE SET version = excluded.version,"
-                       " position = excluded.position", (stream, version, pos))
+            pos = plant_event(db, stream, version, etype, data)
             db.commit()
             return pos
         finally:
