@@ -345,22 +345,18 @@ static int serve(const options *o)
     int sig = 0, rc;
 
     if (o->store != NULL) {
-        int store_reads, readers;
-        share_connections(o->pg_connections, &store_reads, &readers);
         scfg.dir = NULL;
         scfg.uri = o->store;
-        scfg.connections = store_reads;
         ecfg.store_uri = o->store;
-        ecfg.readers = readers;
         cq_pg_redact(o->store, shown, sizeof shown);
     }
     if (read_store != NULL) {
-        int store_reads, readers;
-        share_connections(o->pg_connections, &store_reads, &readers);
         ecfg.read_store = read_store;
-        ecfg.readers = readers;
         cq_pg_redact(read_store, shown_read, sizeof shown_read);
     }
+    if (o->store != NULL || read_store != NULL)
+        share_connections(o->pg_connections, &scfg.connections,
+                          &ecfg.readers);
     /* a database that cannot be reached is a start-up error of its own:
      * one line, exit 2, nothing opened or written */
     if ((o->store != NULL && reachable(o->store) != 0) ||

@@ -99,7 +99,7 @@ static void collect(void *arg, cq_strbuf *out)
         {"projection_rebuild_events_per_second",
          "Replay rate of the rebuild in progress (0 when none)."},
     };
-    int64_t head = 0, wal_events;
+    int64_t head = 0, wal_events, wal_reads;
     int n = s->engine ? cq_engine_count(s->engine) : 0;
     cq_projection_status *st = n ? calloc((size_t)n, sizeof *st) : NULL;
     /* 1 where the lag could be read from the event store: an unknown lag
@@ -113,16 +113,18 @@ static void collect(void *arg, cq_strbuf *out)
                                 "Highest committed event position.");
         cq_metrics_gauge(out, "event_store_head_position", NULL, (double)head);
     }
+    /* SQLite's -wal files only: a PostgreSQL server keeps its own log */
     wal_events = cq_store_wal_bytes(s->store);
-    if (wal_events >= 0 || s->engine != NULL) {
+    wal_reads = s->engine != NULL ? cq_engine_wal_bytes(s->engine) : -1;
+    if (wal_events >= 0 || wal_reads >= 0) {
         cq_metrics_gauge_family(out, "cqrsd_wal_bytes",
                                 "Size of the database's write-ahead log file.");
         if (wal_events >= 0)
             cq_metrics_gauge(out, "cqrsd_wal_bytes", "database=\"events.db\"",
                              (double)wal_events);
-        if (s->engine != NULL)
+        if (wal_reads >= 0)
             cq_metrics_gauge(out, "cqrsd_wal_bytes", "database=\"read.db\"",
-                             (double)cq_engine_wal_bytes(s->engine));
+                             (double)wal_reads);
     }
     if (s->writer != NULL) {
         cq_metrics_gauge_family(

@@ -7,7 +7,7 @@
  *   POST /projections/{name}/{operation}   pause, resume, reset, retry, skip,
  *                                          rebuild (202: it runs on)
  *   GET  /healthz                          200 while the server answers,
- *                                          with the writer's head position
+ *                                          with the head position it knows
  *   GET  /readyz                           200 ready / 503 not ready (the
  *                                          store cannot be read or refuses
  *                                          writes, a projection failed or
@@ -252,11 +252,17 @@ enum MHD_Result cq_http_healthz(request *q)
 {
     static const char *const allowed[] = {NULL};
     enum MHD_Result ret = MHD_NO;
+    int64_t head;
 
     if (!cq_http_params_ok(q, allowed, &ret))
         return ret;
-    return cq_http_send_json(
-        q->conn, 200,
-        json_pack("{s:s,s:I}", "status", "ok", "head_position",
-                  (json_int_t)cq_writer_head(q->srv->writer)));
+    head = cq_writer_head(q->srv->writer);
+
+    /* several nodes: the head this node has heard of, others' commits
+     * too, not only its own writer's */
+    if (q->srv->engine != NULL && cq_engine_head(q->srv->engine) > head)
+        head = cq_engine_head(q->srv->engine);
+    return cq_http_send_json(q->conn, 200,
+                             json_pack("{s:s,s:I}", "status", "ok",
+                                       "head_position", (json_int_t)head));
 }

@@ -27,10 +27,13 @@
 /* States of a control operation (cq_control.state). */
 enum { CTL_QUEUED, CTL_CANCELLED, CTL_RUNNING, CTL_DONE };
 
-/* Run sql on read.db (projector thread) with ?1 the projection's name,
- * ?2 an integer and ?3 a status: bound, never formatted into the SQL. */
-static int exec_bound(cq_engine *e, const char *sql, const char *name,
-                      int64_t n, const char *status, char *err, size_t errcap)
+/* Run sql on read.db (projector thread) with ?1 the projection's name
+ * and after it, in the order `more` names them, 'i' the integer n and 's'
+ * the status: bound, never formatted into the SQL. A statement has no
+ * parameter it does not use (PostgreSQL cannot type one). */
+static int exec_bound(cq_engine *e, const char *sql, const char *more,
+                      const char *name, int64_t n, const char *status,
+                      char *err, size_t errcap)
 {
     cq_rstmt *st = NULL;
     int rc = cq_eng_prepare(e->rdb, sql, &st, err, errcap);
@@ -46,9 +49,11 @@ static int exec_bound(cq_engine *e, const char *sql, const char *name,
         cq_rstmt_finalize(st);
         return rc;
     }
-    cq_rstmt_bind_int(st, 2, n);           /* absent from some statements */
-    cq_rstmt_bind_text(st, 3, status, -1); /* likewise */
-    rc = cq_eng_step_done(st);
+    for (int i = 0; rc == CQ_OK && more[i] != '\0'; i++)
+        rc = more[i] == 'i' ? cq_rstmt_bind_int(st, i + 2, n)
+                            : cq_rstmt_bind_text(st, i + 2, status, -1);
+    if (rc == CQ_OK)
+        rc = cq_eng_step_done(st);
     if (rc != CQ_OK)
         snprintf(err, errcap, "%s", cq_rdb_errmsg(e->rdb));
     cq_rstmt_finalize(st);
@@ -105,12 +110,12 @@ static void run_control(cq_engine *e, cq_control *ctl)
             failed = 0;
         rc =
             exec_bound(e,
-                       op == OP_RETRY ? "UPDATE cq_projections SET status = ?3,"
+                       op == OP_RETRY ? "UPDATE cq_projections SET status = ?2,"
                                         " error = NULL, error_position = NULL,"
                                         " error_event = NULL WHERE name = ?1"
-                                      : "UPDATE cq_projections SET status = ?3"
+                                      : "UPDATE cq_projections SET status = ?2"
                                         " WHERE name = ?1",
-                       p->d->name, 0,
+                       "s", p->d->name, 0,
                        failed   ? "failed"
                        : paused ? "paused"
                                 : "running",
@@ -130,13 +135,15 @@ static void run_control(cq_engine *e, cq_control *ctl)
                             " error_position, error_event, error, ?2 FROM"
                             " cq_projections WHERE name = ?1"
                             " ON CONFLICT DO NOTHING",
-                            p->d->name, cq_now_ms(), NULL, err, sizeof err);
+                            "i", p->d->name, cq_now_ms(), NULL, err,
+                            sizeof err);
         if (rc == CQ_OK)
             rc = exec_bound(e,
                             "UPDATE cq_projections SET position = ?2,"
                             " status = ?3, error = NULL, error_position = NULL,"
                             " error_event = NULL WHERE name = ?1",
-                            p->d->name, epos, paused ? "paused" : "running",
+                            "is", p->d->name, epos,
+                            paused ? "paused" : "running",
                             err, sizeof err);
         if (rc == CQ_OK)
             rc = cq_exec_sql(e->rx, "COMMIT", err, sizeof err);

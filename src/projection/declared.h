@@ -14,7 +14,10 @@
  *   | PostgreSQL | $N          | ... VALUES ($1, $2) ... WHERE id = $1   |
  *
  * N numbers the distinct parameters of one statement by first appearance;
- * params[N-1] is the name bound to N (without the colon).
+ * params[N-1] is the name bound to N (without the colon). In the
+ * PostgreSQL text the type names INTEGER and INT are BIGINT, and REAL is
+ * DOUBLE PRECISION, as wide as they are on SQLite (docs/declared-sql.md,
+ * "Portability").
  *
  * Ownership: cq_declared_parse() returns one heap object that owns every
  * string and array reachable from it; cq_declared_free() releases it all.
@@ -50,7 +53,7 @@ typedef enum cq_decl_mode { CQ_DECL_ASYNC, CQ_DECL_INLINE } cq_decl_mode;
 /* One SQL statement, without its `;`, comments inside it kept as written. */
 typedef struct cq_decl_stmt {
     char *sqlite_sql; /* with ?1..?N */
-    char *pg_sql;     /* with $1..$N */
+    char *pg_sql;     /* with $1..$N; INTEGER/INT, REAL widened */
     char **params;    /* nparams names, e.g. "data.items[0].sku" */
     size_t nparams;
     int line; /* 1-based line of the statement's first token */

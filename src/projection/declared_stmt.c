@@ -2,8 +2,9 @@
  * declared_stmt.c -- one statement of a declared projection: whether its
  * kind is allowed where it stands (DDL, @on, query), whether each of its
  * `:name` parameters may be used there, and its two texts: `?N` for
- * SQLite and `$N` for PostgreSQL, with the names in order of first
- * appearance.
+ * SQLite and `$N` for PostgreSQL (there with INTEGER, INT and REAL read
+ * as the 64-bit types they are on SQLite: add_pg_text), with the names in
+ * order of first appearance.
  *
  * Threads: no global state; a parser belongs to the call that made it.
  */
@@ -129,6 +130,65 @@ static int check_param(parser *p, const occurrence *o)
     return 0;
 }
 
+/* Append s[0..n) to the PostgreSQL text with the type names that are
+ * narrower there than on SQLite widened: INTEGER and INT (32 bits on
+ * PostgreSQL, 64 on SQLite) become BIGINT, REAL (float4 there, a double
+ * here) DOUBLE PRECISION; so a column or a CAST holds the same values on
+ * both. Only bare words outside literals, quoted names and comments, and
+ * not after a `.` (a column `t.int`); s starts outside all of them (it
+ * runs between parameters). */
+static void add_pg_text(cq_strbuf *pg, const char *s, size_t n)
+{
+    size_t i = 0, run = 0;
+    char prev = 0; /* the last significant character */
+
+    while (i < n) {
+        char c = s[i];
+        if (c == '\'' || c == '"' || c == '`' || c == '[') {
+            char close = c == '[' ? ']' : c;
+            for (i++; i < n && s[i] != close; i++)
+                ;
+            i++; /* a doubled quote reads as two strings: the same */
+            prev = close;
+        } else if (c == '-' && i + 1 < n && s[i + 1] == '-') {
+            while (i < n && s[i] != '\n')
+                i++;
+        } else if (c == '/' && i + 1 < n && s[i + 1] == '*') {
+            for (i += 2; i + 1 < n && !(s[i] == '*' && s[i + 1] == '/'); i++)
+                ;
+            i += 2;
+        } else if (is_ident_start(c) || (unsigned char)c >= 0x80) {
+            size_t w = i;
+            const char *to = NULL;
+            while (i < n && (is_ident(s[i]) || s[i] == '$' ||
+                             (unsigned char)s[i] >= 0x80))
+                i++;
+            if (prev != '.') {
+                if (word_is(s + w, i - w, "integer") ||
+                    word_is(s + w, i - w, "int"))
+                    to = "BIGINT";
+                else if (word_is(s + w, i - w, "real"))
+                    to = "DOUBLE PRECISION";
+            }
+            if (to != NULL) {
+                cq_strbuf_add(pg, s + run, w - run);
+                cq_strbuf_puts(pg, to);
+                run = i;
+            }
+            prev = 'a';
+        } else if (is_digit(c)) {
+            while (i < n && (is_ident(s[i]) || s[i] == '.'))
+                i++; /* a number, 1e5 and 0x1F included */
+            prev = '0';
+        } else {
+            if (!is_blank(c) && c != '\n')
+                prev = c;
+            i++;
+        }
+    }
+    cq_strbuf_add(pg, s + run, n - run);
+}
+
 /* Fill `st` from statement item `it`: numbered parameters and the text for
  * each dialect. */
 int decl_build_stmt(parser *p, const item *it, cq_decl_stmt *st)
@@ -161,7 +221,7 @@ int decl_build_stmt(parser *p, const item *it, cq_decl_stmt *st)
                 goto done;
         }
         cq_strbuf_add(&lite, p->src + at, o->off - at);
-        cq_strbuf_add(&pg, p->src + at, o->off - at);
+        add_pg_text(&pg, p->src + at, o->off - at);
         snprintf(ph, sizeof ph, "?%zu", idx + 1);
         cq_strbuf_puts(&lite, ph);
         ph[0] = '$';
@@ -169,7 +229,7 @@ int decl_build_stmt(parser *p, const item *it, cq_decl_stmt *st)
         at = o->off + o->len;
     }
     cq_strbuf_add(&lite, p->src + at, it->end - at);
-    cq_strbuf_add(&pg, p->src + at, it->end - at);
+    add_pg_text(&pg, p->src + at, it->end - at);
     st->sqlite_sql = cq_strbuf_take(&lite);
     st->pg_sql = cq_strbuf_take(&pg);
     if (st->sqlite_sql == NULL || st->pg_sql == NULL) {

@@ -10,7 +10,9 @@
  *   checkpoint.c  the cq_projections and cq_skipped_events tables, and
  *                 bringing a projection's tables to its definition
  *   decode.c      decoding a stored event for handlers
- *   projector.c   the projector thread: micro-batches into read.db
+ *   projector.c   the projector thread: micro-batches into read.db;
+ *                 with several nodes, which projections it runs
+ *   listen.c      several nodes: what the others commit, heard
  *   control.c     pause/resume/reset/retry/skip/rebuild, queued to it
  *   inline.c      inline projections: the writer's hooks, catch-up
  *   rebuild.c     blue/green rebuilds
@@ -450,7 +452,7 @@ int64_t cq_engine_head(cq_engine *e)
 
 int64_t cq_engine_wal_bytes(cq_engine *e)
 {
-    return cq_wal_bytes(e->wal);
+    return e->shared ? -1 : cq_wal_bytes(e->wal);
 }
 
 int cq_engine_is_inline(cq_engine *e, int projection)
@@ -491,40 +493,58 @@ int cq_engine_count(cq_engine *e)
     return e->nprojs;
 }
 
+int cq_eng_checkpoint_row(cq_rstmt *st, const proj *p, checkpoint_row *row)
+{
+    int rc;
+
+    memset(row, 0, sizeof *row);
+    cq_rstmt_bind_text(st, 1, p->d->name, -1);
+    rc = cq_rstmt_step(st);
+    if (rc == CQ_RSTEP_ROW) {
+        const char *status = cq_rstmt_column_text(st, 1);
+        const char *m = cq_rstmt_column_text(st, 2);
+        const char *t = cq_rstmt_column_text(st, 4);
+        row->position = cq_rstmt_column_int(st, 0);
+        row->paused = status && strcmp(status, "paused") == 0;
+        row->failed = status && strcmp(status, "failed") == 0;
+        if (row->failed) {
+            row->error_position = cq_rstmt_column_int(st, 3);
+            snprintf(row->error, sizeof row->error, "%s", m ? m : "");
+            snprintf(row->error_event, sizeof row->error_event, "%s",
+                     t ? t : "");
+        }
+        rc = CQ_OK;
+    } else if (rc == CQ_RSTEP_DONE) {
+        rc = CQ_ENOTFOUND;
+    }
+    cq_rstmt_reset(st);
+    cq_rstmt_clear(st);
+    return rc;
+}
+
 /* The checkpoint of asynchronous projection p, which another node runs,
  * as that node last wrote it: position, pause and failure into out.
  * CQ_OK, or CQ_EIO (the read store cannot be read). */
 static int status_from_row(cq_engine *e, proj *p, cq_projection_status *out)
 {
-    static const char sql[] =
-        "SELECT position, status, error, error_position, error_event"
-        " FROM cq_projections WHERE name = ?1";
     char err[256];
     cq_exec *x = cq_engine_reader_get(e, p->index, err, sizeof err);
     cq_rstmt *st;
+    checkpoint_row row;
     int rc = CQ_EIO;
 
     if (x == NULL)
         return CQ_EIO;
-    st = cq_exec_stmt(x, sql, err, sizeof err);
-    if (st != NULL) {
-        cq_rstmt_bind_text(st, 1, p->d->name, -1);
-        if (cq_rstmt_step(st) == CQ_RSTEP_ROW) {
-            const char *status = cq_rstmt_column_text(st, 1);
-            const char *m = cq_rstmt_column_text(st, 2);
-            const char *t = cq_rstmt_column_text(st, 4);
-            out->position = cq_rstmt_column_int(st, 0);
-            out->paused = status && strcmp(status, "paused") == 0;
-            out->failed = status && strcmp(status, "failed") == 0;
-            out->error_position = out->failed ? cq_rstmt_column_int(st, 3) : 0;
-            snprintf(out->error, sizeof out->error, "%s",
-                     out->failed && m ? m : "");
-            snprintf(out->error_event, sizeof out->error_event, "%s",
-                     out->failed && t ? t : "");
-            rc = CQ_OK;
-        }
-        cq_rstmt_reset(st);
-        cq_rstmt_clear(st);
+    st = cq_exec_stmt(x, SQL_CHECKPOINT_ROW, err, sizeof err);
+    if (st != NULL && cq_eng_checkpoint_row(st, p, &row) == CQ_OK) {
+        out->position = row.position;
+        out->paused = row.paused;
+        out->failed = row.failed;
+        out->error_position = row.error_position;
+        snprintf(out->error, sizeof out->error, "%s", row.error);
+        snprintf(out->error_event, sizeof out->error_event, "%s",
+                 row.error_event);
+        rc = CQ_OK;
     }
     cq_engine_reader_put(e, p->index, x);
     return rc;

@@ -185,7 +185,8 @@ int64_t cq_engine_position(cq_engine *e, int projection, int *failed);
  * at start). Cannot fail. Any thread. */
 int64_t cq_engine_head(cq_engine *e);
 
-/* Bytes of read.db's write-ahead log on disk (read.db-wal). Any thread. */
+/* Bytes of read.db's write-ahead log on disk (read.db-wal); -1 when the
+ * read store is not SQLite (a server keeps its own log). Any thread. */
 int64_t cq_engine_wal_bytes(cq_engine *e);
 
 /* A predicate: 1 if the projection is inline (its tables commit with the
@@ -241,8 +242,10 @@ cq_exec *cq_engine_reader_get(cq_engine *e, int projection, char *err,
 /* Give back a reader borrowed with cq_engine_reader_get for the same
  * projection, outside any transaction. A connection whose last statement
  * failed with CQ_EIO (its server went away) is closed: the next borrower
- * connects again. Cannot fail. Any thread. */
-void cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x);
+ * connects again. A predicate, not a CQ_* code: 1 when it was closed so
+ * (a read that failed on it may be tried again on a new one), else 0.
+ * Any thread. */
+int cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x);
 
 /* projection's checkpoint read through x (a reader, in the caller's open
  * transaction, so that it matches the rows read with it): *position and

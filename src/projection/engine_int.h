@@ -141,6 +141,11 @@ typedef struct pool {
     int init;
     cq_pool_opener open; /* and its arg: how a lost connection comes back */
     void *arg;
+    /* guarded by mu: bumped when a borrower found its connection's server
+     * gone (a restart takes every connection along): each connection made
+     * before (born[i] < lost) is replaced when next borrowed */
+    unsigned lost;
+    unsigned *born;
 } pool;
 
 /* The lock a node's projector holds while it runs an asynchronous
@@ -309,12 +314,32 @@ int cq_pool_open(pool *pl, cq_pool_opener open, void *arg, int n, char *err,
 /* Close every connection; accepts a pool never opened (zeroed). */
 void cq_pool_close(pool *pl);
 
-/* Borrow an idle connection's index, waiting for one; give it back with
- * cq_pool_put. Any thread. */
-int cq_pool_get(pool *pl);
+/* Borrow an idle connection's index, waiting for one, with the pool's
+ * count of losses in *lost (pool.lost); give it back with cq_pool_put.
+ * Any thread. */
+int cq_pool_get(pool *pl, unsigned *lost);
 void cq_pool_put(pool *pl, int i);
 
 /* ---- engine.c ---- */
+
+/* A projection's checkpoint row as another node may have written it:
+ * SQL_CHECKPOINT_ROW's columns. */
+#define SQL_CHECKPOINT_ROW                                                     \
+    "SELECT position, status, error, error_position, error_event"              \
+    " FROM cq_projections WHERE name = ?1"
+
+typedef struct checkpoint_row {
+    int64_t position;
+    int paused, failed;
+    int64_t error_position; /* failed only (else 0, and the texts "") */
+    char error[512];
+    char error_event[130];
+} checkpoint_row;
+
+/* Run st (SQL_CHECKPOINT_ROW, on any connection) for p into *row, then
+ * reset and clear st. CQ_OK, CQ_ENOTFOUND (no row), or the read store's
+ * failure (cq_rdb_errmsg says why). */
+int cq_eng_checkpoint_row(cq_rstmt *st, const proj *p, checkpoint_row *row);
 
 /* Prepare the projector's statements on e->rdb (r_save, r_sp, r_release,
  * r_rollback; r_cas with several nodes). CQ_OK or CQ_EIO. */

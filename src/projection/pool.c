@@ -7,8 +7,11 @@
  *
  * A connection whose server went away (PostgreSQL restarted: its last
  * statement failed with CQ_EIO outside a transaction) is closed when it
- * is given back, and the next borrower connects again; while that fails,
- * borrowing fails (the query answers 503) and the slot stays empty. One
+ * is given back, and the next borrower connects again; so is every other
+ * connection of the pool made before that was found out (a restart ends
+ * them all), each when it is next borrowed, so that a query tried again
+ * after such a failure gets a live one. While connecting fails, borrowing
+ * fails (the query answers 503) and the slot stays empty. One
  * database that has its own read store (with several nodes, the event
  * store's database) is served by one pool: see pool_of.
  *
@@ -56,7 +59,9 @@ int cq_pool_open(pool *pl, cq_pool_opener open, void *arg, int n, char *err,
     pl->db = calloc((size_t)n, sizeof *pl->db);
     pl->x = calloc((size_t)n, sizeof *pl->x);
     pl->idle = calloc((size_t)n, sizeof *pl->idle);
-    if (pl->db == NULL || pl->x == NULL || pl->idle == NULL) {
+    pl->born = calloc((size_t)n, sizeof *pl->born);
+    if (pl->db == NULL || pl->x == NULL || pl->idle == NULL ||
+        pl->born == NULL) {
         snprintf(err, errcap, "out of memory");
         return CQ_ENOMEM;
     }
@@ -89,6 +94,7 @@ void cq_pool_close(pool *pl)
     free(pl->db);
     free(pl->x);
     free(pl->idle);
+    free(pl->born);
     if (pl->init) {
         pthread_mutex_destroy(&pl->mu);
         pthread_cond_destroy(&pl->cv);
@@ -96,7 +102,7 @@ void cq_pool_close(pool *pl)
     memset(pl, 0, sizeof *pl);
 }
 
-int cq_pool_get(pool *pl)
+int cq_pool_get(pool *pl, unsigned *lost)
 {
     int i;
 
@@ -104,6 +110,7 @@ int cq_pool_get(pool *pl)
     while (pl->nidle == 0)
         pthread_cond_wait(&pl->cv, &pl->mu);
     i = pl->idle[--pl->nidle];
+    *lost = pl->lost;
     pthread_mutex_unlock(&pl->mu);
     return i;
 }
@@ -125,15 +132,23 @@ static pool *pool_of(cq_engine *e, int projection)
                                                          : &e->reads;
 }
 
-/* Connect slot i of pl again (its borrower's thread): CQ_OK, or the
- * opener's failure with the slot left empty. */
-static int pool_reopen(pool *pl, int i, char *err, size_t errcap)
+/* Connect slot i of pl again (its borrower's thread), made in
+ * generation `gen` of losses: CQ_OK, or the opener's failure with the
+ * slot left empty. */
+static int pool_reopen(pool *pl, int i, unsigned gen, char *err,
+                       size_t errcap)
 {
     cq_rdb *db = NULL;
-    int rc = pl->open(pl->arg, &db, err, errcap);
+    int rc;
 
+    cq_exec_free(pl->x[i]);
+    cq_rdb_close(pl->db[i]);
+    pl->x[i] = NULL;
+    pl->db[i] = NULL;
+    rc = pl->open(pl->arg, &db, err, errcap);
     if (rc != CQ_OK)
         return rc;
+    pl->born[i] = gen;
     pl->x[i] = cq_exec_new(db);
     if (pl->x[i] == NULL) {
         cq_rdb_close(db);
@@ -148,31 +163,40 @@ cq_exec *cq_engine_reader_get(cq_engine *e, int projection, char *err,
                               size_t errcap)
 {
     pool *pl = pool_of(e, projection);
-    int i = cq_pool_get(pl);
+    unsigned lost;
+    int i = cq_pool_get(pl, &lost);
 
-    if (pl->db[i] == NULL && pool_reopen(pl, i, err, errcap) != CQ_OK) {
+    if ((pl->db[i] == NULL || pl->born[i] != lost) &&
+        pool_reopen(pl, i, lost, err, errcap) != CQ_OK) {
         cq_pool_put(pl, i);
         return NULL;
     }
     return pl->x[i];
 }
 
-void cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x)
+int cq_engine_reader_put(cq_engine *e, int projection, cq_exec *x)
 {
     pool *pl = pool_of(e, projection);
 
     for (int i = 0; i < pl->n; i++)
         if (pl->x[i] == x) {
             cq_rdb *db = pl->db[i];
-            if (cq_rdb_errcode(db) == CQ_EIO && !cq_rdb_in_transaction(db)) {
+            int lost =
+                cq_rdb_errcode(db) == CQ_EIO && !cq_rdb_in_transaction(db);
+            if (lost) {
                 /* its server went away (or its file fails): the next
-                 * borrower connects again */
+                 * borrower connects again, and so do those of the
+                 * connections made before, which went the same way */
                 cq_exec_free(x);
                 cq_rdb_close(db);
                 pl->x[i] = NULL;
                 pl->db[i] = NULL;
+                pthread_mutex_lock(&pl->mu);
+                pl->lost++;
+                pthread_mutex_unlock(&pl->mu);
             }
             cq_pool_put(pl, i);
-            return;
+            return lost;
         }
+    return 0;
 }

@@ -257,33 +257,19 @@ static void let_go(cq_engine *e, proj *p, int unlock, const char *why)
  * the lock back). */
 static int take_over(cq_engine *e, proj *p)
 {
-    static const char sql[] =
-        "SELECT position, status, error, error_position, error_event"
-        " FROM cq_projections WHERE name = ?1";
     cq_rstmt *st = NULL;
-    char err[512] = "", msg[512] = "", event[130] = "";
-    int64_t pos = 0, epos = 0, old;
-    int paused = 0, failed = 0, rc, resumable = 0;
+    checkpoint_row row;
+    char err[512] = "";
+    int64_t old;
+    int rc, resumable = 0;
 
-    rc = cq_rdb_prepare(e->rdb, sql, 0, &st, err, sizeof err);
+    rc = cq_rdb_prepare(e->rdb, SQL_CHECKPOINT_ROW, 0, &st, err, sizeof err);
     if (rc == CQ_OK) {
-        cq_rstmt_bind_text(st, 1, p->d->name, -1);
-        rc = cq_rstmt_step(st);
-        if (rc == CQ_RSTEP_ROW) {
-            const char *status = cq_rstmt_column_text(st, 1);
-            const char *m = cq_rstmt_column_text(st, 2);
-            const char *t = cq_rstmt_column_text(st, 4);
-            pos = cq_rstmt_column_int(st, 0);
-            paused = status && strcmp(status, "paused") == 0;
-            failed = status && strcmp(status, "failed") == 0;
-            epos = cq_rstmt_column_int(st, 3);
-            snprintf(msg, sizeof msg, "%s", m ? m : "");
-            snprintf(event, sizeof event, "%s", t ? t : "");
-            rc = CQ_OK;
-        } else if (rc == CQ_RSTEP_DONE) {
+        rc = cq_eng_checkpoint_row(st, p, &row);
+        if (rc == CQ_ENOTFOUND) {
             snprintf(err, sizeof err, "no checkpoint row");
             rc = CQ_EIO;
-        } else {
+        } else if (rc != CQ_OK) {
             snprintf(err, sizeof err, "%s", cq_rdb_errmsg(e->rdb));
         }
         cq_rstmt_finalize(st);
@@ -303,23 +289,23 @@ static int take_over(cq_engine *e, proj *p)
     }
     pthread_mutex_lock(&e->mu);
     old = p->position;
-    p->position = pos;
-    p->paused = paused;
-    p->failed = failed;
-    p->error_position = failed ? epos : 0;
-    snprintf(p->error, sizeof p->error, "%s", failed ? msg : "");
-    snprintf(p->error_event, sizeof p->error_event, "%s", failed ? event : "");
+    p->position = row.position;
+    p->paused = row.paused;
+    p->failed = row.failed;
+    p->error_position = row.error_position;
+    snprintf(p->error, sizeof p->error, "%s", row.error);
+    snprintf(p->error_event, sizeof p->error_event, "%s", row.error_event);
     p->owned = 1;
     pthread_mutex_unlock(&e->mu);
-    p->notified = pos;
-    if (pos < old)
-        cq_eng_rewind(e, p->index, pos);
+    p->notified = row.position;
+    if (row.position < old)
+        cq_eng_rewind(e, p->index, row.position);
     else
-        cq_eng_advance(e, p->index, pos);
+        cq_eng_advance(e, p->index, row.position);
     fprintf(stderr,
             "cqrsd: projection %s: this node runs it now, from position "
             "%lld\n",
-            p->d->name, (long long)pos);
+            p->d->name, (long long)row.position);
     return CQ_OK;
 }
 

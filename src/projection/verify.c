@@ -37,10 +37,14 @@
  * the scratch database holds nothing else, so the list is exact whatever
  * the statement's spelling (quoted names, comments, "main." prefixes).
  *
- * Connections are all read-only (CQ_RDB_READONLY, query_only): the
- * store's write side and the engine are never opened, and WAL lets this
- * run beside a live server. A long replay keeps a read transaction open,
- * which only delays the server's WAL checkpoints until it ends.
+ * Connections are all read-only (CQ_RDB_READONLY; on SQLite also
+ * query_only; on PostgreSQL REPEATABLE READ, so step 1's snapshot holds
+ * for the whole transaction): the store's write side and the engine are
+ * never opened, and WAL (or PostgreSQL's MVCC) lets this run beside a
+ * live server. A long replay keeps a read transaction open, which only
+ * delays the server's WAL checkpoints (PostgreSQL: its vacuum) until it
+ * ends. The replay is always into SQLite; verify_table.c compares values
+ * across the two databases as rdb.h reads them.
  *
  * Thread: everything here runs on the caller's thread; no shared state.
  */
@@ -60,6 +64,7 @@
 #include "projection/declared.h"
 #include "projection/exec.h"
 #include "projection/verify_int.h"
+#include "store/pg.h"
 #include "store/rdb.h"
 
 typedef struct vproj {
@@ -78,8 +83,9 @@ struct cq_verify {
 /* What one run works with. */
 typedef struct run {
     const char *dir;
-    const char *read_uri; /* PostgreSQL: the read store (r->reads), or NULL
-                             for DIR/read.db */
+    const char *store_uri; /* the event store on PostgreSQL, or NULL */
+    const char *read_uri;  /* the read store on PostgreSQL, or NULL */
+    const char *events_name, *reads_name; /* what messages call them */
     FILE *out;
     cq_rdb *events;  /* DIR/events.db, read-only: inline tables */
     cq_store *store; /* the same, read-only: the events to replay */
@@ -322,8 +328,8 @@ static int replay(run *r, const vproj *p, cq_exec *x, int64_t upto,
         rc = cq_store_read_all(r->store, from, limit, replay_event, &c, &head,
                                msg, sizeof msg);
         if (rc != CQ_OK) {
-            snprintf(r->err, r->errcap, "events.db: reading events: %s",
-                     msg[0] ? msg : cq_strerror(rc));
+            snprintf(r->err, r->errcap, "%s: reading events: %s",
+                     r->events_name, msg[0] ? msg : cq_strerror(rc));
             rc = CQ_EIO;
             break;
         }
@@ -336,13 +342,22 @@ static int replay(run *r, const vproj *p, cq_exec *x, int64_t upto,
     return rc;
 }
 
-/* Open DIR/file read-only into *db; *db stays NULL (and CQ_OK) if the file
- * does not exist and `optional`. */
-static int open_ro(run *r, const char *file, int optional, cq_rdb **db)
+/* Open DIR/file (or the database at uri, when not NULL) read-only into
+ * *db; *db stays NULL (and CQ_OK) if the file does not exist and
+ * `optional`. */
+static int open_ro(run *r, const char *file, const char *uri, int optional,
+                   cq_rdb **db)
 {
     char path[4200];
 
     *db = NULL;
+    if (uri != NULL) {
+        /* every transaction of it reads one snapshot (rdb.h) */
+        return cq_rdb_open(uri, CQ_RDB_READONLY, 5000, db, r->err,
+                           r->errcap) == CQ_OK
+                   ? CQ_OK
+                   : CQ_EIO;
+    }
     snprintf(path, sizeof path, "%s/%s", r->dir, file);
     if (access(path, F_OK) != 0) {
         int e = errno;
@@ -357,15 +372,6 @@ static int open_ro(run *r, const char *file, int optional, cq_rdb **db)
     /* belt and braces: this connection never writes */
     cq_rdb_exec(*db, "PRAGMA query_only = 1", NULL, 0);
     return CQ_OK;
-}
-
-/* A read-only connection to the PostgreSQL database at uri. */
-static int open_uri(run *r, const char *uri, cq_rdb **db)
-{
-    return cq_rdb_open(uri, CQ_RDB_READONLY, 5000, db, r->err, r->errcap) ==
-                   CQ_OK
-               ? CQ_OK
-               : CQ_EIO;
 }
 
 /* Names of the tables a DDL made (step 4). */
@@ -408,8 +414,7 @@ static int verify_one(run *r, const vproj *p, int64_t *total)
     memset(&cp, 0, sizeof cp);
     if (!is_inline && !r->reads_tried) {
         r->reads_tried = 1;
-        rc = r->read_uri != NULL ? open_uri(r, r->read_uri, &r->reads)
-                                 : open_ro(r, "read.db", 1, &r->reads);
+        rc = open_ro(r, "read.db", r->read_uri, 1, &r->reads);
         if (rc != CQ_OK)
             return rc;
     }
@@ -443,7 +448,7 @@ static int verify_one(run *r, const vproj *p, int64_t *total)
         fprintf(r->out,
                 "%s: not built: no checkpoint in %s (the server "
                 "builds it when it starts with this projection)\n",
-                p->name, is_inline ? "events.db" : "read.db");
+                p->name, is_inline ? r->events_name : r->reads_name);
         diffs = 1;
         goto summary;
     }
@@ -499,9 +504,10 @@ static int verify_one(run *r, const vproj *p, int64_t *total)
     }
     if (applied != cp.position) {
         fprintf(r->out,
-                "%s: checkpoint at position %lld but events.db has "
+                "%s: checkpoint at position %lld but %s has "
                 "%lld events up to it\n",
-                p->name, (long long)cp.position, (long long)applied);
+                p->name, (long long)cp.position, r->events_name,
+                (long long)applied);
         diffs++;
         goto summary;
     }
@@ -549,11 +555,19 @@ done:
     return rc;
 }
 
-static int run_all(cq_verify *v, run *r, int rc, int64_t *differences);
-
 int cq_verify_run(cq_verify *v, const char *dir, FILE *out,
                   int64_t *differences, char *err, size_t errcap)
 {
+    cq_verify_where w = {.dir = dir};
+
+    return cq_verify_run_at(v, &w, out, differences, err, errcap);
+}
+
+int cq_verify_run_at(cq_verify *v, const cq_verify_where *w, FILE *out,
+                     int64_t *differences, char *err, size_t errcap)
+{
+    const char *dir = w->dir;
+    char shown[512];
     run r;
     struct stat sb;
     int rc = CQ_OK;
@@ -561,70 +575,65 @@ int cq_verify_run(cq_verify *v, const char *dir, FILE *out,
     *differences = 0;
     memset(&r, 0, sizeof r);
     r.dir = dir;
+    r.store_uri = w->store != NULL && w->store[0] != '\0' ? w->store : NULL;
+    r.read_uri = w->read_store != NULL && w->read_store[0] != '\0'
+                     ? w->read_store
+                     : r.store_uri; /* the store's database by default */
+    r.events_name = r.store_uri ? "the event store" : "events.db";
+    r.reads_name = r.read_uri ? "the read store" : "read.db";
     r.domain = v->domain;
     r.out = out;
     r.err = err;
     r.errcap = errcap;
-    if (stat(dir, &sb) != 0) {
-        int e = errno;
-        snprintf(err, errcap, "%s: %s", dir,
-                 e == ENOENT ? "no such data directory" : strerror(e));
-        return e == ENOENT ? CQ_ENOTFOUND : CQ_EIO;
+    if (r.store_uri == NULL || r.read_uri == NULL) {
+        if (dir == NULL || stat(dir, &sb) != 0) {
+            int e = dir == NULL ? ENOENT : errno;
+            snprintf(err, errcap, "%s: %s", dir ? dir : "(no directory)",
+                     e == ENOENT ? "no such data directory" : strerror(e));
+            return e == ENOENT ? CQ_ENOTFOUND : CQ_EIO;
+        }
+        if (!S_ISDIR(sb.st_mode)) {
+            snprintf(err, errcap, "%s: not a directory", dir);
+            return CQ_ENOTFOUND;
+        }
     }
-    if (!S_ISDIR(sb.st_mode)) {
-        snprintf(err, errcap, "%s: not a directory", dir);
-        return CQ_ENOTFOUND;
-    }
-    rc = open_ro(&r, "events.db", 0, &r.events);
+    rc = open_ro(&r, "events.db", r.store_uri, 0, &r.events);
     if (rc == CQ_OK) {
-        cq_store_config sc = {
-            .dir = dir, .read_connections = 1, .read_only = 1};
+        cq_store_config sc = {.uri = r.store_uri,
+                              .dir = dir,
+                              .read_connections = 1,
+                              .connections = 1,
+                              .read_only = 1};
         rc = cq_store_open(&sc, &r.store, err, errcap);
     }
-    if (rc == CQ_ENOTFOUND)
+    if (rc == CQ_ENOTFOUND && r.store_uri != NULL) {
+        cq_pg_redact(r.store_uri, shown, sizeof shown);
+        snprintf(err, errcap, "%s: no event store there", shown);
+    } else if (rc == CQ_ENOTFOUND) {
         snprintf(err, errcap, "%s/events.db: no event store here", dir);
-    return run_all(v, &r, rc, differences);
+    }
+    for (int i = 0; rc == CQ_OK && i < v->n; i++) {
+        if (v->projs[i].d == NULL) {
+            fprintf(out,
+                    "%s: skipped (a C projection: verify replays declared "
+                    "projections only)\n",
+                    v->projs[i].name);
+            continue;
+        }
+        rc = verify_one(&r, &v->projs[i], differences);
+    }
+    fflush(out);
+    cq_rdb_close(r.reads);
+    cq_rdb_close(r.events);
+    cq_store_close(r.store);
+    return rc;
 }
 
 int cq_verify_run_uri(cq_verify *v, const char *store_uri,
                       const char *read_uri, FILE *out, int64_t *differences,
                       char *err, size_t errcap)
 {
-    cq_store_config sc = {.uri = store_uri, .connections = 1, .read_only = 1};
-    run r;
-    int rc;
+    cq_verify_where w = {.store = store_uri, .read_store = read_uri};
 
-    *differences = 0;
-    memset(&r, 0, sizeof r);
-    r.dir = "";
-    r.read_uri = read_uri != NULL ? read_uri : store_uri;
-    r.domain = v->domain;
-    r.out = out;
-    r.err = err;
-    r.errcap = errcap;
-    rc = open_uri(&r, store_uri, &r.events);
-    if (rc == CQ_OK)
-        rc = cq_store_open(&sc, &r.store, err, errcap);
-    return run_all(v, &r, rc, differences);
-}
-
-/* Verify each projection of v with r's connections (rc: how opening
- * them went), then close them. */
-static int run_all(cq_verify *v, run *r, int rc, int64_t *differences)
-{
-    for (int i = 0; rc == CQ_OK && i < v->n; i++) {
-        if (v->projs[i].d == NULL) {
-            fprintf(r->out,
-                    "%s: skipped (a C projection: verify replays declared "
-                    "projections only)\n",
-                    v->projs[i].name);
-            continue;
-        }
-        rc = verify_one(r, &v->projs[i], differences);
-    }
-    fflush(r->out);
-    cq_rdb_close(r->reads);
-    cq_rdb_close(r->events);
-    cq_store_close(r->store);
-    return rc;
+    return cq_verify_run_at(v, &w, out, differences, err, errcap);
 }

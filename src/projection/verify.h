@@ -10,10 +10,12 @@
  * difference is written to a report as one line; a summary line per
  * projection follows.
  *
- * Only read-only SQLite connections are opened: no write side of the
- * store, no engine. WAL lets it run beside a live server; the live tables
- * are compared as of their checkpoint, never as of the head, so a server
- * that is still catching up is not a difference.
+ * Only read-only connections are opened (SQLite files, or PostgreSQL by
+ * URI with cq_verify_run_at; the scratch database is SQLite in memory
+ * either way): no write side of the store, no engine. It runs beside a
+ * live server (WAL; PostgreSQL's snapshots); the live tables are compared
+ * as of their checkpoint, never as of the head, so a server that is still
+ * catching up is not a difference.
  *
  * Threads: a cq_verify belongs to the thread that made it.
  */
@@ -76,12 +78,33 @@ int cq_verify_add_code(cq_verify *v, const char *text, size_t len,
 int cq_verify_run(cq_verify *v, const char *dir, FILE *out,
                   int64_t *differences, char *err, size_t errcap);
 
-/* As cq_verify_run, for an event store on PostgreSQL: store_uri is its
+/* Where cq_verify_run_at finds the databases (strings borrowed for the
+ * call). */
+typedef struct cq_verify_where {
+    const char *dir;   /* SQLite: the data directory (events.db, read.db);
+                          unused when both stores are on PostgreSQL */
+    const char *store; /* the event store: a PostgreSQL URI, or NULL / ""
+                          for DIR/events.db */
+    /* the read store: a PostgreSQL URI, or NULL / "" for the event
+     * store's database when that is PostgreSQL, else DIR/read.db */
+    const char *read_store;
+} cq_verify_where;
+
+/* cq_verify_run against the databases of w, as `cqrsd serve --store URI
+ * [--read-store URI]` has them (cqrsd verify --store ...). The same
+ * results; CQ_ENOTFOUND also when the PostgreSQL database holds no event
+ * store, and CQ_EIO when it cannot be reached (err names it, password
+ * hidden). On PostgreSQL the live tables are read in one REPEATABLE READ
+ * transaction per projection; the replay still goes into an in-memory
+ * SQLite database, and values compare across the two as rdb.h reads
+ * them (a BIGINT and SQLite's INTEGER alike; text bytewise). */
+int cq_verify_run_at(cq_verify *v, const cq_verify_where *w, FILE *out,
+                     int64_t *differences, char *err, size_t errcap);
+
+/* cq_verify_run_at for an event store on PostgreSQL: store_uri is its
  * database (the events, the inline projections' tables), read_uri the
- * read store's (NULL: the same database). Only read-only connections;
- * each projection's checkpoint and tables are read in one REPEATABLE READ
- * snapshot, so a server may run meanwhile. Returns as cq_verify_run
- * (CQ_EIO also when a database cannot be reached). */
+ * read store's (NULL: the same database). What `cqrsd verify --store URI
+ * [--read-store URI]` runs. */
 int cq_verify_run_uri(cq_verify *v, const char *store_uri,
                       const char *read_uri, FILE *out, int64_t *differences,
                       char *err, size_t errcap);

@@ -126,7 +126,7 @@ static int run_query(cq_engine *e, int projection, const cq_declared *serving,
     const cq_declared *d = cq_engine_declared(e, projection);
     const char **mapped = NULL;
     cq_exec *x;
-    int rc, ok;
+    int rc, ok, retried = 0, replanned = 0;
 
     if (serving != NULL && serving != d) {
         const cq_decl_query *oq = cq_declared_find_query(serving, q->name);
@@ -145,11 +145,13 @@ static int run_query(cq_engine *e, int projection, const cq_declared *serving,
         q = oq;
         values = mapped;
     }
+again:
     x = cq_engine_reader_get(e, projection, err, errcap);
     if (x == NULL) {
         free(mapped);
         return CQ_EIO; /* the read store cannot be reached */
     }
+again_here:
     /* one snapshot for the rows and the checkpoint: PostgreSQL takes one
      * per statement unless asked for one per transaction */
     rc = cq_exec_sql(x,
@@ -166,10 +168,30 @@ static int run_query(cq_engine *e, int projection, const cq_declared *serving,
         rc = cq_query_shape(x, q, values, data, err, errcap);
     {
         char ignore[64];
+        /* a statement the database refused: PostgreSQL refuses once a
+         * prepared one whose table a rebuild's swap made anew with other
+         * columns, and prepares it anew the next time; so once more, on
+         * this connection, before the error is believed */
+        int refused =
+            rc != CQ_OK && cq_rdb_errcode(cq_exec_db(x)) == CQ_EINVAL;
         cq_exec_sql(x, "COMMIT", ignore, sizeof ignore);
+        if (refused && !replanned) {
+            replanned = 1;
+            json_decref(*data);
+            *data = NULL;
+            goto again_here;
+        }
     }
 done:
-    cq_engine_reader_put(e, projection, x);
+    /* a connection that had lost its server (the database restarted
+     * since it was last used) fails at once; the query, which read
+     * nothing, runs once more on a new one */
+    if (cq_engine_reader_put(e, projection, x) && rc == CQ_EIO && !retried) {
+        retried = 1;
+        json_decref(*data);
+        *data = NULL;
+        goto again;
+    }
     free(mapped);
     return rc;
 }

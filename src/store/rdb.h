@@ -69,9 +69,10 @@ typedef enum cq_rtype {
  * in-memory database; PostgreSQL: a URI or connection string, as
  * cq_pg_is_uri tells, with the password hidden in messages) with `flags`
  * (PostgreSQL ignores CQ_RDB_CREATE: the database must exist; READONLY
- * makes every transaction read-only); a busy database is waited for up to
- * busy_ms (PostgreSQL: lock_timeout). CQ_OK with *out, or CQ_EIO /
- * CQ_ENOMEM with a message in err (naming `where`). */
+ * makes every transaction read-only, and one snapshot); a busy database
+ * is waited for up to busy_ms (PostgreSQL: lock_timeout, at least
+ * 100 ms). CQ_OK with *out, or CQ_EIO / CQ_ENOMEM with a message in err
+ * (naming `where`). */
 int cq_rdb_open(const char *where, unsigned flags, int busy_ms, cq_rdb **out,
                 char *err, size_t errcap);
 

@@ -11,14 +11,23 @@
  *
  * Statements: `?N` in the SQL text is rewritten to `$N` outside string
  * literals, quoted identifiers, dollar-quoted strings and comments
- * (pg_rewrite), and the text is prepared as a named server-side statement
- * (PQprepare, so errors show at prepare time as with SQLite). A
- * CQ_RDB_PERSISTENT statement's name is kept for the connection's life and
- * found again by its text when the same SQL is prepared again; others are
- * deallocated at finalize. Parameters go as text (int as decimal, double
- * with 17 significant digits, NULL) with types left to the server to
- * infer, blobs as binary (bytea). The first step runs the statement
- * (PQexecPrepared) and keeps its whole result; steps walk its rows.
+ * (rewrite), and the text is prepared as a named server-side statement
+ * (PQprepare, so errors show at prepare time as with SQLite) and
+ * described: whether it returns rows, and the types PostgreSQL inferred
+ * for its parameters, where narrow numbers are widened to 64 bits
+ * (widened). A CQ_RDB_PERSISTENT statement's name is kept for the
+ * connection's life and found again by its text when the same SQL is
+ * prepared again; others are deallocated at finalize. Parameters go as
+ * text (int as decimal, double with 17 significant digits, NULL), blobs as
+ * binary (bytea). The first step runs the statement and keeps its whole
+ * result; steps walk its rows. A statement that returns no rows runs as
+ * prepared (PQexecPrepared: the projector's inserts and updates keep
+ * their plan); one that returns rows runs from its text (PQexecParams,
+ * with the same parameter types), because PostgreSQL refuses to run a
+ * prepared statement whose result columns changed ("cached plan must not
+ * change result type"), as a query's do when a rebuild swaps its tables
+ * for ones of a new definition; SQLite prepares such a statement again
+ * by itself.
  *
  * Threads: none of its own; a PGconn and everything here belong to one
  * thread at a time.
@@ -53,11 +62,17 @@ typedef struct pg_cached {
     char *sql;
     char name[24];
     unsigned gen; /* pg_conn.gen it was prepared in */
+    int rows;     /* it returns rows (pg_stmt.rows) */
+    Oid *types;   /* pg_stmt.exec_types, or NULL */
 } pg_cached;
 
 typedef struct pg_conn {
     PGconn *c;
     int owned;    /* PQfinish at close */
+    /* opened read-only by cq_rdb_pg_open: its session settings, run
+     * again when it reconnects (revive), or "" */
+    char session[256];
+    int listening; /* it LISTENs: never connected again silently */
     unsigned gen; /* bumped by PQreset: the server forgot every statement */
     int code;     /* the last failure's CQ_* code, CQ_OK after a success */
     char err[1024];
@@ -84,6 +99,9 @@ typedef struct pg_stmt {
     unsigned gen;
     int persistent;
     int nparams;
+    Oid *types;      /* gap_types, or NULL */
+    Oid *exec_types; /* the parameter types it runs with, or NULL */
+    int rows;        /* it returns rows: run from its text (see the top) */
     pg_param *params;
     const char **vals; /* scratch for PQexecPrepared */
     int *lens, *fmts;
@@ -138,8 +156,10 @@ static void conn_free(pg_conn *p)
 {
     for (size_t i = 0; i < p->nhooks; i++)
         p->hooks[i].fn(p->hooks[i].arg);
-    for (size_t i = 0; i < p->ncache; i++)
+    for (size_t i = 0; i < p->ncache; i++) {
         free(p->cache[i].sql);
+        free(p->cache[i].types);
+    }
     free(p->hooks);
     free(p->cache);
     free(p->dead);
@@ -183,17 +203,24 @@ int cq_rdb_pg_open(const char *uri, unsigned flags, int busy_ms, void **impl,
 {
     PGconn *c = NULL;
     pg_conn *p;
-    char sql[128];
+    char sql[256];
     int rc = cq_pg_connect(uri, 0, &c, err, errcap);
 
     if (rc != CQ_OK)
         return rc;
     /* a busy database: PostgreSQL waits on row and table locks itself;
      * lock_timeout bounds it as SQLite's busy timeout does */
+    /* read-only: each transaction reads one snapshot, as SQLite's do
+     * (queries read a checkpoint and its rows together); such
+     * transactions never fail for serialization */
+    /* 0 would wait for ever; SQLite's 0 (fail at once) is 100 ms here,
+     * for locks PostgreSQL takes briefly on its own (a COMMIT that
+     * notifies waits on the cluster's notification queue) */
     snprintf(sql, sizeof sql, "SET lock_timeout = %d%s",
-             busy_ms > 0 ? busy_ms : 1, /* 0 would wait for ever */
+             busy_ms >= 100 ? busy_ms : 100,
              flags & CQ_RDB_READONLY
                  ? "; SET default_transaction_read_only = on"
+                   "; SET default_transaction_isolation = 'repeatable read'"
                  : "");
     rc = cq_pg_exec(c, sql, err, errcap);
     if (rc != CQ_OK) {
@@ -207,8 +234,29 @@ int cq_rdb_pg_open(const char *uri, unsigned flags, int busy_ms, void **impl,
         return CQ_ENOMEM;
     }
     p->owned = 1;
+    if (flags & CQ_RDB_READONLY)
+        snprintf(p->session, sizeof p->session, "%s", sql);
     *impl = p;
     return CQ_OK;
+}
+
+/* After a call on p that failed: if the connection broke while no
+ * transaction was open, and p is a read-only connection of our own (so
+ * that running a statement again cannot do anything twice), connect again
+ * (PQreset, then the session settings) and say that the call may be
+ * tried once more: a query pool's connection comes back by itself after
+ * PostgreSQL restarted, as a SQLite file never went away. */
+static int revive(pg_conn *p, PGTransactionStatusType before)
+{
+    /* UNKNOWN: it was broken already (its transaction, if any, failed
+     * with it and was reported) */
+    if (!p->owned || p->session[0] == '\0' || p->listening ||
+        (before != PQTRANS_IDLE && before != PQTRANS_UNKNOWN) ||
+        PQstatus(p->c) != CONNECTION_BAD)
+        return 0;
+    PQreset(p->c); /* PGEVT_CONNRESET: statements prepared again */
+    return PQstatus(p->c) == CONNECTION_OK &&
+           cq_pg_exec(p->c, p->session, NULL, 0) == CQ_OK;
 }
 
 static void pg_close(void *impl)
@@ -347,10 +395,13 @@ static int pg_exec(void *impl, const char *sql, char *err, size_t errcap)
 {
     pg_conn *p = impl;
     char *plain = plain_begin(sql);
+    PGTransactionStatusType before = PQtransactionStatus(p->c);
     int rc;
 
     flush_dead(p);
     rc = result_rc(p, PQexec(p->c, plain ? plain : sql));
+    if (rc != CQ_OK && revive(p, before))
+        rc = result_rc(p, PQexec(p->c, plain ? plain : sql));
     free(plain);
     if (rc != CQ_OK && err != NULL)
         snprintf(err, errcap, "%s", p->err);
@@ -377,6 +428,7 @@ enum {
     OID_FLOAT4 = 700,
     OID_FLOAT8 = 701,
     OID_NUMERIC = 1700,
+    OID_TEXT = 25,
 };
 
 /* What values of type t come back as (when not NULL). */
@@ -538,14 +590,56 @@ static void pg_format_real(double v, char *buf, size_t cap)
 
 /* ---- statements ---- */
 
+/* The end (just past the closing quote, or n) of the literal or quoted
+ * name that opens at sql[i]; a doubled quote is part of it, and so is a
+ * backslash's next character when `esc` (E'..'). */
+static size_t quoted_end(const char *sql, size_t n, size_t i, int esc)
+{
+    char q = sql[i];
+
+    for (i++; i < n; i++) {
+        if (esc && sql[i] == '\\' && i + 1 < n)
+            i++;
+        else if (sql[i] == q && i + 1 < n && sql[i + 1] == q)
+            i++;
+        else if (sql[i] == q)
+            return i + 1;
+    }
+    return n;
+}
+
+/* The parameter types to prepare with when some of 1..nparams do not
+ * occur in the text (seen: a bit per number): text for those, which
+ * SQLite allows and PostgreSQL cannot infer (`SET b = ?3 WHERE a = ?1`),
+ * the others left to the server. NULL when all occur (or out of memory:
+ * then PostgreSQL says which it cannot type). */
+static Oid *gap_types(const unsigned char *seen, int nparams)
+{
+    Oid *types = NULL;
+
+    for (int k = 1; k <= nparams; k++) {
+        if (seen[k / 8] & (1u << (k % 8)))
+            continue;
+        if (types == NULL &&
+            (types = calloc((size_t)nparams, sizeof *types)) == NULL)
+            return NULL;
+        types[k - 1] = OID_TEXT;
+    }
+    return types;
+}
+
 /* sql with ?N written $N outside quotes and comments (see the top), in
- * *nparams the highest N or $N seen, and in *empty whether it holds
- * nothing but blanks, `;` and comments; NULL when out of memory. */
-static char *rewrite(const char *sql, int *nparams, int *empty)
+ * *nparams the highest N or $N seen (and in *types, gap_types), and in
+ * *empty whether it holds nothing but blanks, `;` and comments; NULL when
+ * out of memory. */
+static char *rewrite(const char *sql, int *nparams, Oid **types, int *empty)
 {
     size_t n = strlen(sql), o = 0;
     char *out = malloc(2 * n + 1); /* a blank may come before each $N */
+    unsigned char seen[65536 / 8];
     int maxp = 0, tokens = 0;
+
+    memset(seen, 0, sizeof seen);
 
     if (out == NULL)
         return NULL;
@@ -558,40 +652,15 @@ static char *rewrite(const char *sql, int *nparams, int *empty)
             !(ch == '/' && i + 1 < n && sql[i + 1] == '*'))
             tokens = 1;
 
-        if (ch == '\'' ) {
+        if (ch == '\'' || ch == '"') {
             /* E'..' takes backslash escapes; '' is a quote either way */
-            int esc = i > 0 && (sql[i - 1] == 'E' || sql[i - 1] == 'e') &&
+            int esc = ch == '\'' && i > 0 &&
+                      (sql[i - 1] == 'E' || sql[i - 1] == 'e') &&
                       !(i > 1 && ident_char(sql[i - 2]));
-            out[o++] = sql[i++];
-            while (i < n) {
-                if (esc && sql[i] == '\\' && i + 1 < n) {
-                    out[o++] = sql[i++];
-                    out[o++] = sql[i++];
-                    continue;
-                }
-                if (sql[i] == '\'') {
-                    out[o++] = sql[i++];
-                    if (i < n && sql[i] == '\'') {
-                        out[o++] = sql[i++];
-                        continue;
-                    }
-                    break;
-                }
-                out[o++] = sql[i++];
-            }
-        } else if (ch == '"') {
-            out[o++] = sql[i++];
-            while (i < n) {
-                if (sql[i] == '"') {
-                    out[o++] = sql[i++];
-                    if (i < n && sql[i] == '"') {
-                        out[o++] = sql[i++];
-                        continue;
-                    }
-                    break;
-                }
-                out[o++] = sql[i++];
-            }
+            size_t end = quoted_end(sql, n, i, esc);
+            memcpy(out + o, sql + i, end - i);
+            o += end - i;
+            i = end;
         } else if (ch == '-' && i + 1 < n && sql[i + 1] == '-') {
             while (i < n && sql[i] != '\n')
                 out[o++] = sql[i++];
@@ -610,8 +679,10 @@ static char *rewrite(const char *sql, int *nparams, int *empty)
         } else if (ch == '$' && !after_ident && i + 1 < n &&
                    is_digit(sql[i + 1])) {
             long v = strtol(sql + i + 1, NULL, 10);
-            if (v > maxp && v < 65536)
-                maxp = (int)v;
+            if (v > 0 && v < 65536) {
+                seen[v / 8] |= (unsigned char)(1u << (v % 8));
+                maxp = v > maxp ? (int)v : maxp;
+            }
             out[o++] = sql[i++];
             while (i < n && is_digit(sql[i]))
                 out[o++] = sql[i++];
@@ -637,8 +708,10 @@ static char *rewrite(const char *sql, int *nparams, int *empty)
             }
         } else if (ch == '?' && i + 1 < n && is_digit(sql[i + 1])) {
             long v = strtol(sql + i + 1, NULL, 10);
-            if (v > maxp && v < 65536)
-                maxp = (int)v;
+            if (v > 0 && v < 65536) {
+                seen[v / 8] |= (unsigned char)(1u << (v % 8));
+                maxp = v > maxp ? (int)v : maxp;
+            }
             /* SQLite ends a word at `?` (`LIMIT?1`); PostgreSQL's words
              * may hold `$` */
             if (after_ident)
@@ -656,22 +729,19 @@ static char *rewrite(const char *sql, int *nparams, int *empty)
     }
     out[o] = '\0';
     *nparams = maxp;
+    *types = gap_types(seen, maxp);
     *empty = !tokens;
     return out;
 }
 
-/* Did r fail because a prepared statement's result columns changed
- * under it ("cached plan must not change result type"), or because the
- * server forgot it? Then preparing it again helps. */
-static int plan_changed(const PGresult *r)
+/* Did r fail because the server no longer has the prepared statement (a
+ * DEALLOCATE ALL, or a twin of it finalized in a way that forgot it)?
+ * Then preparing it again helps. */
+static int statement_gone(const PGresult *r)
 {
     const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    const char *fn = r ? PQresultErrorField(r, PG_DIAG_SOURCE_FUNCTION) : NULL;
 
-    if (state != NULL && strcmp(state, "26000") == 0)
-        return 1; /* no such statement: a twin of st forgot it */
-    return state != NULL && strcmp(state, "0A000") == 0 && fn != NULL &&
-           strcmp(fn, "RevalidateCachedQuery") == 0;
+    return state != NULL && strcmp(state, "26000") == 0;
 }
 
 static void forget_cached(pg_conn *p, const char *name)
@@ -679,21 +749,34 @@ static void forget_cached(pg_conn *p, const char *name)
     for (size_t i = 0; i < p->ncache; i++)
         if (strcmp(p->cache[i].name, name) == 0) {
             free(p->cache[i].sql);
+            free(p->cache[i].types);
             p->cache[i] = p->cache[--p->ncache];
             return;
         }
 }
 
-static const char *find_cached(pg_conn *p, const char *sql)
+static const pg_cached *find_cached(pg_conn *p, const char *sql)
 {
     for (size_t i = 0; i < p->ncache; i++)
         if (p->cache[i].gen == p->gen && strcmp(p->cache[i].sql, sql) == 0)
-            return p->cache[i].name;
+            return &p->cache[i];
     return NULL;
 }
 
-static void add_cached(pg_conn *p, const char *sql, const char *name)
+/* A copy of n types (NULL for NULL, or out of memory: then the server
+ * infers them all, as it would anyway but for gaps and widening). */
+static Oid *types_dup(const Oid *t, int n)
 {
+    Oid *c = t != NULL && n > 0 ? malloc((size_t)n * sizeof *c) : NULL;
+
+    if (c != NULL)
+        memcpy(c, t, (size_t)n * sizeof *c);
+    return c;
+}
+
+static void add_cached(pg_conn *p, const pg_stmt *st)
+{
+    const char *sql = st->sql, *name = st->name;
     char *copy;
 
     /* the server keeps the statement anyway: not finding it again only
@@ -712,6 +795,8 @@ static void add_cached(pg_conn *p, const char *sql, const char *name)
     snprintf(p->cache[p->ncache].name, sizeof p->cache[p->ncache].name, "%s",
              name);
     p->cache[p->ncache].gen = p->gen;
+    p->cache[p->ncache].rows = st->rows;
+    p->cache[p->ncache].types = types_dup(st->exec_types, st->nparams);
     p->ncache++;
 }
 
@@ -748,12 +833,13 @@ static void deallocate(pg_stmt *st)
     st->name[0] = '\0';
 }
 
-/* PQprepare st->sql as st->name with these parameter types (NULL: all
- * left to the server). */
+/* PQprepare st->sql as st->name with these parameter types (NULL: st's
+ * own, gap_types). */
 static int prepare_as(pg_stmt *st, const Oid *types)
 {
     pg_conn *p = st->db;
-    PGresult *r = PQprepare(p->c, st->name, st->sql, st->nparams, types);
+    PGresult *r = PQprepare(p->c, st->name, st->sql, st->nparams,
+                            types ? types : st->types);
     int rc = CQ_OK;
 
     if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK)
@@ -762,68 +848,77 @@ static int prepare_as(pg_stmt *st, const Oid *types)
     return rc;
 }
 
-/* The parameter types PostgreSQL inferred for st, where one of them is a
- * narrow number, with those widened: a `?N` that PostgreSQL read as an
- * integer or float4 from its context (`COALESCE(?1, 0)`, `?1 > 0`) takes
- * any 64-bit integer or double, as SQLite's would. NULL when nothing is
- * to widen (or it cannot be told). Caller frees. */
-static Oid *widened(pg_stmt *st)
+/* The parameter types PostgreSQL inferred for a statement (its
+ * description d), the narrow numbers widened: a `?N` that PostgreSQL read
+ * as an integer or float4 from its context (`COALESCE(?1, 0)`, `?1 > 0`)
+ * takes any 64-bit integer or double, as SQLite's would. *wide says
+ * whether one was. NULL when it cannot be told (or out of memory). */
+static Oid *widened(const PGresult *d, int nparams, int *wide)
 {
-    PGresult *d = PQdescribePrepared(st->db->c, st->name);
-    Oid *types = NULL;
-    int n, wide = 0;
+    Oid *types;
 
-    if (d == NULL || PQresultStatus(d) != PGRES_COMMAND_OK ||
-        (n = PQnparams(d)) != st->nparams || n == 0 ||
-        (types = calloc((size_t)n, sizeof *types)) == NULL) {
-        PQclear(d);
+    *wide = 0;
+    if (nparams == 0 || PQnparams(d) != nparams ||
+        (types = calloc((size_t)nparams, sizeof *types)) == NULL)
         return NULL;
-    }
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < nparams; i++) {
         types[i] = PQparamtype(d, i);
         if (types[i] == OID_INT2 || types[i] == OID_INT4) {
             types[i] = OID_INT8;
-            wide = 1;
+            *wide = 1;
         } else if (types[i] == OID_FLOAT4) {
             types[i] = OID_FLOAT8;
-            wide = 1;
+            *wide = 1;
         }
-    }
-    PQclear(d);
-    if (!wide) {
-        free(types);
-        return NULL;
     }
     return types;
 }
 
-/* Prepare st's text on the server under a new name (a persistent
- * statement with its narrow number parameters widened: see widened()). */
+/* Prepare st's text on the server under a new name, which checks it as
+ * SQLite's prepare does, and learn from its description whether it
+ * returns rows and the parameter types to run it with (widened()). A
+ * statement that returns none and had a parameter widened is prepared
+ * again with the wide types. */
 static int server_prepare(pg_stmt *st)
 {
     pg_conn *p = st->db;
-    Oid *types;
-    int rc;
+    PGresult *d;
+    Oid *types = NULL;
+    int rc, wide = 0;
 
     snprintf(st->name, sizeof st->name, "cq_%u",
              atomic_fetch_add(&next_name, 1) + 1);
     st->gen = p->gen;
     rc = prepare_as(st, NULL);
-    if (rc == CQ_OK && st->persistent && st->nparams > 0 &&
-        (types = widened(st)) != NULL) {
-        char sql[48];
-        snprintf(sql, sizeof sql, "DEALLOCATE %s", st->name);
-        PQclear(PQexec(p->c, sql));
-        rc = prepare_as(st, types);
-        free(types);
-    }
     if (rc != CQ_OK) {
         st->name[0] = '\0';
         return rc;
     }
+    d = PQdescribePrepared(p->c, st->name);
+    if (d != NULL && PQresultStatus(d) == PGRES_COMMAND_OK) {
+        st->rows = PQnfields(d) > 0;
+        types = widened(d, st->nparams, &wide);
+        PQclear(st->desc);
+        st->desc = d;
+    } else {
+        PQclear(d);
+    }
+    if (wide && !st->rows) {
+        char sql[48];
+        snprintf(sql, sizeof sql, "DEALLOCATE %s", st->name);
+        PQclear(PQexec(p->c, sql));
+        rc = prepare_as(st, types);
+        if (rc != CQ_OK) {
+            free(types);
+            st->name[0] = '\0';
+            return rc;
+        }
+    }
+    free(st->exec_types);
+    st->exec_types = types ? types : types_dup(st->types, st->nparams);
     p->code = CQ_OK;
     if (st->persistent)
-        add_cached(p, st->sql, st->name);
+        add_cached(p, st);
     return CQ_OK;
 }
 
@@ -832,13 +927,13 @@ static int pg_prepare(void *impl, const char *sql, unsigned flags, void **out,
 {
     pg_conn *p = impl;
     pg_stmt *st = calloc(1, sizeof *st);
-    const char *name;
+    const pg_cached *c;
     char *plain = plain_begin(sql);
     int rc = CQ_ENOMEM, empty = 0;
 
     if (st == NULL ||
-        (st->sql = rewrite(plain ? plain : sql, &st->nparams, &empty)) ==
-            NULL) {
+        (st->sql = rewrite(plain ? plain : sql, &st->nparams, &st->types,
+                           &empty)) == NULL) {
         free(plain);
         goto fail;
     }
@@ -861,13 +956,18 @@ static int pg_prepare(void *impl, const char *sql, unsigned flags, void **out,
         if (!st->params || !st->vals || !st->lens || !st->fmts)
             goto fail;
     }
-    if (st->persistent && (name = find_cached(p, st->sql)) != NULL) {
-        snprintf(st->name, sizeof st->name, "%s", name);
+    if (st->persistent && (c = find_cached(p, st->sql)) != NULL) {
+        snprintf(st->name, sizeof st->name, "%s", c->name);
         st->gen = p->gen;
+        st->rows = c->rows;
+        st->exec_types = types_dup(c->types, st->nparams);
         p->code = CQ_OK;
     } else {
+        PGTransactionStatusType before = PQtransactionStatus(p->c);
         flush_dead(p);
         rc = server_prepare(st);
+        if (rc != CQ_OK && revive(p, before))
+            rc = server_prepare(st);
         if (rc != CQ_OK) {
             snprintf(err, errcap, "%s: %s", sql, p->err);
             goto cleanup;
@@ -884,6 +984,9 @@ cleanup:
         free(st->vals);
         free(st->lens);
         free(st->fmts);
+        free(st->types);
+        free(st->exec_types);
+        PQclear(st->desc);
         free(st->sql);
         free(st);
     }
@@ -933,6 +1036,8 @@ static void pg_finalize(void *vst)
     free(st->vals);
     free(st->lens);
     free(st->fmts);
+    free(st->types);
+    free(st->exec_types);
     free(st->sql);
     free(st);
 }
@@ -1019,6 +1124,7 @@ static int pg_step(void *vst)
 {
     pg_stmt *st = vst;
     pg_conn *p = st->db;
+    PGTransactionStatusType before;
     ExecStatusType s;
     int rc;
 
@@ -1033,21 +1139,34 @@ static int pg_step(void *vst)
         st->done = 1;
         return CQ_RSTEP_DONE;
     }
-    if (st->gen != p->gen || st->name[0] == '\0') {
-        /* the session was reset: the server forgot the statement */
-        rc = server_prepare(st);
-        if (rc != CQ_OK)
-            return rc;
-    }
+    before = PQtransactionStatus(p->c);
     flush_dead(p);
     for (int i = 0; i < st->nparams; i++) {
         st->vals[i] = st->params[i].val;
         st->lens[i] = st->params[i].len;
         st->fmts[i] = st->params[i].fmt;
     }
-    st->res = PQexecPrepared(p->c, st->name, st->nparams, st->vals, st->lens,
-                             st->fmts, 0);
-    s = st->res != NULL ? PQresultStatus(st->res) : PGRES_FATAL_ERROR;
+    for (int tries = 0;; tries++) {
+        if (!st->rows && (st->gen != p->gen || st->name[0] == '\0')) {
+            /* the session was reset: the server forgot the statement */
+            rc = server_prepare(st);
+            if (rc != CQ_OK)
+                return rc;
+        }
+        /* one that returns rows runs from its text: parsed now, its
+         * result columns are those of the tables as they are now */
+        st->res = st->rows ? PQexecParams(p->c, st->sql, st->nparams,
+                                          st->exec_types, st->vals, st->lens,
+                                          st->fmts, 0)
+                           : PQexecPrepared(p->c, st->name, st->nparams,
+                                            st->vals, st->lens, st->fmts, 0);
+        s = st->res != NULL ? PQresultStatus(st->res) : PGRES_FATAL_ERROR;
+        if (s == PGRES_TUPLES_OK || s == PGRES_COMMAND_OK ||
+            s == PGRES_EMPTY_QUERY || tries > 0 || !revive(p, before))
+            break;
+        PQclear(st->res); /* connected again: once more */
+        st->res = NULL;
+    }
     if (s == PGRES_TUPLES_OK && PQntuples(st->res) > 0) {
         p->code = CQ_OK;
         st->row = 0;
@@ -1060,15 +1179,9 @@ static int pg_step(void *vst)
         return CQ_RSTEP_DONE;
     }
     rc = fail(p, st->res);
-    if (plan_changed(st->res)) {
-        /* the server will not run this statement again (a table it reads
-         * was made anew with other columns): the next step prepares it
-         * anew */
+    if (!st->rows && statement_gone(st->res)) {
+        /* the next step prepares it anew */
         forget_cached(p, st->name);
-        if (st->persistent)
-            bury(p, st->name);
-        else
-            deallocate(st);
         st->name[0] = '\0';
     }
     PQclear(st->res);
@@ -1310,6 +1423,7 @@ static int pg_listen(void *impl, const char *channel)
     }
     sprintf(sql, "LISTEN %s", id);
     PQfreemem(id);
+    p->listening = 1; /* a new session would not listen (revive) */
     rc = result_rc(p, PQexec(p->c, sql));
     free(sql);
     return rc;

@@ -197,7 +197,8 @@ typedef struct pgs_store {
     int release_pending; /* RELEASE cmd not yet sent */
     int failed;         /* PGS_FAIL_*: what must be rolled back first */
     int in_cb;          /* inside a fold_stream callback */
-    int appended;       /* the open batch appended: NOTIFY at COMMIT */
+    int64_t begin_head; /* the head when the batch began: NOTIFY at COMMIT
+                         * if it moved */
     int head_valid;     /* head: max(position) in the open transaction, or
                          * (outside one) just after our COMMIT */
     int64_t head;

@@ -111,7 +111,7 @@ static void end_tx_state(pgs_store *w)
     w->in_sp = 0;
     w->release_pending = 0;
     w->failed = PGS_FAIL_NONE;
-    w->appended = 0;
+    w->begin_head = 0;
 }
 
 /* BEGIN, the append lock and the head in one round trip. */
@@ -162,7 +162,7 @@ int pgs_tx_begin(pgs_store *w)
     w->in_tx = 1;
     w->in_sp = 0;
     w->failed = PGS_FAIL_NONE;
-    w->appended = 0;
+    w->begin_head = w->head;
     return CQ_OK;
 }
 
@@ -184,8 +184,16 @@ int pgs_tx_commit(pgs_store *w)
         return pgs_w_misuse(w, CQ_EINVAL,
                             "commit: the command's savepoint is still open "
                             "(release or roll it back first)");
+    if (pgs_conn_bad(&w->w)) {
+        w->failed = PGS_FAIL_TX;
+        w->head_valid = 0;
+        return pgs_w_misuse(w, CQ_EIO,
+                            "COMMIT: the connection to %s was lost with the "
+                            "transaction; nothing of the batch committed",
+                            w->shown);
+    }
     memset(q, 0, sizeof q);
-    if (w->appended) {
+    if (w->head > w->begin_head) {
         /* delivered to listeners at COMMIT, dropped by a rollback */
         snprintf(payload, sizeof payload, "%lld", (long long)w->head);
         q[n++] = (pgs_q){.stmt = PW_NOTIFY, .n = 1, .val = val};
@@ -583,7 +591,6 @@ static int append_in_tx(pgs_store *w, const char *stream_id, int64_t expected,
     if (wrote == 0)
         return conflict(w, stream_id, expected, v);
     w->head = head + (int64_t)n;
-    w->appended = 1;
     return CQ_OK;
 }
 

@@ -249,6 +249,42 @@ static void test_many_params(void **state)
     cq_declared_free(d);
 }
 
+/* The PostgreSQL text reads INTEGER, INT and REAL as wide as SQLite's:
+ * only bare words, not inside literals, quoted names or comments, not
+ * after a dot, not parts of longer words. */
+static void test_pg_types(void **state)
+{
+    cq_declared *d = parse_ok(
+        HDR "CREATE TABLE t (a INTEGER NOT NULL, b int, c Real, \"int\" TEXT,\n"
+            "  d INTEGER_X, e BIGINT, f SMALLINT, g TEXT DEFAULT 'int real',\n"
+            "  h DOUBLE PRECISION /* INTEGER */ -- REAL\n"
+            ");\n"
+            "-- @on E\n"
+            "UPDATE t SET a = CAST(:data.n AS INTEGER), c = CAST(1 AS REAL)\n"
+            " WHERE t.int = 1 AND t . real = 2;\n");
+
+    (void)state;
+    assert_string_equal(
+        d->ddl[0].pg_sql,
+        "CREATE TABLE t (a BIGINT NOT NULL, b BIGINT, c DOUBLE PRECISION,"
+        " \"int\" TEXT,\n"
+        "  d INTEGER_X, e BIGINT, f SMALLINT, g TEXT DEFAULT 'int real',\n"
+        "  h DOUBLE PRECISION /* INTEGER */ -- REAL\n"
+        ")");
+    assert_string_equal(d->ddl[0].sqlite_sql,
+                        "CREATE TABLE t (a INTEGER NOT NULL, b int, c Real,"
+                        " \"int\" TEXT,\n"
+                        "  d INTEGER_X, e BIGINT, f SMALLINT, g TEXT DEFAULT"
+                        " 'int real',\n"
+                        "  h DOUBLE PRECISION /* INTEGER */ -- REAL\n"
+                        ")");
+    assert_string_equal(d->handlers[0].stmts[0].pg_sql,
+                        "UPDATE t SET a = CAST($1 AS BIGINT), c = CAST(1 AS"
+                        " DOUBLE PRECISION)\n"
+                        " WHERE t.int = 1 AND t . real = 2");
+    cq_declared_free(d);
+}
+
 static void test_literals_comments_casts(void **state)
 {
     cq_declared *d = parse_ok(
@@ -273,7 +309,7 @@ static void test_literals_comments_casts(void **state)
                         "UPDATE t SET a = ':not; ?a $1', b = 'it''s :x',\n"
                         "  \"odd:col;\" = $1::text, c = CAST($2 AS TEXT)\n"
                         "  /* :no ; ? $2 -- */ -- :nope ; ? $3\n"
-                        "WHERE d = x::int AND e = '--' AND f = '/*'");
+                        "WHERE d = x::BIGINT AND e = '--' AND f = '/*'");
     cq_declared_free(d);
 
     /* A directive-looking line inside a string or a block comment is SQL;
@@ -840,6 +876,7 @@ int main(void)
         cmocka_unit_test(test_numbering),
         cmocka_unit_test(test_many_params),
         cmocka_unit_test(test_literals_comments_casts),
+        cmocka_unit_test(test_pg_types),
         cmocka_unit_test(test_each),
         cmocka_unit_test(test_results),
         cmocka_unit_test(test_stream),

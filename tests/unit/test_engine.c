@@ -444,6 +444,68 @@ static void test_rebuild_code_projection(void **state)
         CQ_ECONFLICT);
 }
 
+/* cq_rdb_object_exists, asserted. */
+static int exists(fixture *f, const char *name)
+{
+    cq_rdb *db = open_admin(f, "read.db");
+    int found = -1;
+
+    assert_int_equal(cq_rdb_object_exists(db, name, &found), CQ_OK);
+    cq_rdb_close(db);
+    return found;
+}
+
+/* A declared projection with an index, rebuilt twice: each swap (table
+ * renames and the checkpoint in one transaction) leaves the rows and an
+ * index under a name of the next free generation, and queries answer from
+ * the new tables. */
+static void test_rebuild_declared(void **state)
+{
+    fixture *f = *state;
+    int p = cq_engine_projection(f->engine, "order_summaries");
+    cq_projection_status st;
+    cq_freshness fr;
+    char err[256], names[512] = "";
+    json_t *before, *after;
+    cq_rdb *db;
+
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-1")), 202);
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-2")), 202);
+    catch_up(f, "order_summaries");
+    before = query(f, "order_summary", "o-2", 0, &fr);
+    assert_true(exists(f, "order_summaries_by_customer"));
+    for (int round = 1; round <= 2; round++) {
+        assert_int_equal(
+            cq_engine_control(f->engine, p, "rebuild", err, sizeof err),
+            CQ_OK);
+        st = rebuilt(f, p);
+        assert_string_equal(st.last_rebuild.outcome, "done");
+        assert_int_equal(st.position, 2);
+        after = query(f, "order_summary", "o-2", 0, &fr);
+        assert_true(json_equal(before, after));
+        json_decref(after);
+    }
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-3")), 202);
+    catch_up(f, "order_summaries");
+    after = query(f, "order_summary", "o-3", 0, &fr);
+    assert_string_equal(json_string_value(json_object_get(after, "status")),
+                        "placed");
+    json_decref(after);
+    json_decref(before);
+    /* stopped: the old tables, dropped after each swap, are gone; the
+     * index is in generation 1 after the first swap, 0 (free again) after
+     * the second */
+    stop(f);
+    assert_true(exists(f, "order_summaries_by_customer"));
+    assert_false(exists(f, "order_summaries_by_customer__cq1"));
+    db = open_admin(f, "read.db");
+    assert_int_equal(cq_rdb_tables(db, NULL, engine_table, names, err,
+                                   sizeof err),
+                     CQ_OK);
+    cq_rdb_close(db);
+    assert_non_null(strstr(names, "order_summaries,"));
+}
+
 /* A failing handler stops its own projection only. */
 static void test_failure_is_isolated(void **state)
 {
@@ -628,6 +690,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_rebuild_code_projection, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_applied_twice, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rebuild_declared, setup,
+                                        teardown),
     };
     pg = argc > 1 && strcmp(argv[1], "pg") == 0;
     return cmocka_run_group_tests_name(pg ? "engine_pg" : "engine", tests,

@@ -323,6 +323,40 @@ static void test_in_transaction(void **state)
     cq_rdb_close(db);
 }
 
+/* A read-only connection's transaction reads one snapshot: what another
+ * connection commits meanwhile shows only in its next transaction (on
+ * PostgreSQL a READ COMMITTED transaction would see it at once). */
+static void test_snapshot(void **state)
+{
+    char dir[4096], path[4200], *uri = NULL;
+    cq_rdb *w = NULL, *r = NULL;
+
+    (void)state;
+    temp_dir(dir, sizeof dir);
+    if (pg) {
+        w = open_db_uri(&uri);
+    } else {
+        snprintf(path, sizeof path, "%s/s.db", dir);
+        assert_int_equal(
+            cq_rdb_open(path, CQ_RDB_CREATE, 1000, &w, err, sizeof err), CQ_OK);
+        exec_ok(w, "PRAGMA journal_mode = WAL");
+    }
+    exec_ok(w, "CREATE TABLE s (a INTEGER); INSERT INTO s VALUES (1)");
+    assert_int_equal(cq_rdb_open(pg ? uri : path, CQ_RDB_READONLY, 1000, &r,
+                                 err, sizeof err),
+                     CQ_OK);
+    exec_ok(r, "BEGIN");
+    assert_int_equal(select_int(r, "SELECT count(*) FROM s"), 1);
+    exec_ok(w, "INSERT INTO s VALUES (2)");
+    assert_int_equal(select_int(r, "SELECT count(*) FROM s"), 1);
+    exec_ok(r, "COMMIT");
+    assert_int_equal(select_int(r, "SELECT count(*) FROM s"), 2);
+    cq_rdb_close(r);
+    cq_rdb_close(w);
+    remove_dir(dir);
+    free(uri);
+}
+
 static int count_cb(void *arg, const char *name)
 {
     char *out = arg;
@@ -615,6 +649,19 @@ static void test_placeholders(void **state)
         assert_int_equal(cq_rstmt_column_count(st), 5);
         cq_rstmt_finalize(st);
     }
+    /* a number that does not occur (?2): SQLite allows it, PostgreSQL
+     * could not type it */
+    assert_int_equal(cq_rdb_prepare(db,
+                                    "SELECT CAST(?3 AS TEXT) AS c"
+                                    " WHERE CAST(?1 AS TEXT) = 'a'",
+                                    CQ_RDB_PERSISTENT, &st, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(cq_rstmt_bind_text(st, 1, "a", -1), CQ_OK);
+    assert_int_equal(cq_rstmt_bind_int(st, 2, 7), CQ_OK);
+    assert_int_equal(cq_rstmt_bind_text(st, 3, "three", -1), CQ_OK);
+    assert_int_equal(cq_rstmt_step(st), CQ_RSTEP_ROW);
+    assert_string_equal(cq_rstmt_column_text(st, 0), "three");
+    cq_rstmt_finalize(st);
     /* a parameter right after a word (SQLite ends the word there) */
     assert_int_equal(cq_rdb_prepare(db,
                                     "SELECT x FROM (SELECT 1 AS x UNION ALL"
@@ -802,23 +849,105 @@ static void test_pg_statement_life(void **state)
     exec_ok(db, "SELECT 1");
     assert_int_equal(select_int(db, count), base + 1);
 
-    /* a table made anew under a persistent statement's feet, with other
-     * columns: the statement fails once, then is prepared anew */
+    /* a table made anew under a persistent query's feet, with other
+     * columns (a rebuild's swap of a changed definition): the query reads
+     * the new ones at once, as on SQLite */
     exec_ok(db, "CREATE TABLE w (a BIGINT)");
     assert_int_equal(cq_rdb_prepare(db, "SELECT * FROM w", CQ_RDB_PERSISTENT,
                                     &st, err, sizeof err),
                      CQ_OK);
     assert_int_equal(cq_rstmt_step(st), CQ_RSTEP_DONE);
     cq_rstmt_reset(st);
-    exec_ok(db, "DROP TABLE w; CREATE TABLE w (a BIGINT, b TEXT);"
-                "INSERT INTO w VALUES (1, 'x')");
-    assert_int_equal(cq_rstmt_step(st), CQ_EINVAL);
-    cq_rstmt_reset(st);
+    exec_ok(db, "BEGIN; ALTER TABLE w RENAME TO w_old;"
+                "CREATE TABLE w (a BIGINT, b TEXT);"
+                "INSERT INTO w VALUES (1, 'x'); COMMIT");
     assert_int_equal(cq_rstmt_step(st), CQ_RSTEP_ROW);
     assert_int_equal(cq_rstmt_column_count(st), 2);
     assert_string_equal(cq_rstmt_column_text(st, 1), "x");
     cq_rstmt_finalize(st);
+
+    /* a statement the server forgot (DEALLOCATE ALL) fails once and is
+     * prepared anew */
+    assert_int_equal(cq_rdb_prepare(db, "INSERT INTO w (a) VALUES (?1)",
+                                    CQ_RDB_PERSISTENT, &st, err, sizeof err),
+                     CQ_OK);
+    cq_rstmt_bind_int(st, 1, 2);
+    exec_ok(db, "DEALLOCATE ALL");
+    assert_int_equal(cq_rstmt_run(st), CQ_EINVAL);
+    assert_int_equal(cq_rstmt_run(st), CQ_OK);
+    cq_rstmt_finalize(st);
+    assert_int_equal(select_int(db, "SELECT count(*) FROM w"), 2);
     cq_rdb_close(db);
+}
+
+/* Terminate db's server process from another connection. */
+static void kill_backend(cq_rdb *db, cq_rdb *other)
+{
+    char sql[128];
+
+    snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%lld)",
+             (long long)select_int(db, "SELECT pg_backend_pid()"));
+    exec_ok(other, sql);
+    usleep(100000);
+}
+
+/* A read-only connection whose server process went away (PostgreSQL
+ * restarted) connects again by itself when no transaction was open,
+ * prepared statements included; not inside a transaction, not one that
+ * writes, not one that listens: those fail, and the caller decides. */
+static void test_pg_revive(void **state)
+{
+    char *uri = NULL;
+    cq_rdb *w = open_db_uri(&uri), *r = NULL;
+    cq_rstmt *q = NULL, *ins = NULL;
+
+    (void)state;
+    exec_ok(w, "CREATE TABLE t (a BIGINT); INSERT INTO t VALUES (1)");
+    assert_int_equal(cq_rdb_open(uri, CQ_RDB_READONLY, 1000, &r, err,
+                                 sizeof err),
+                     CQ_OK);
+    assert_int_equal(cq_rdb_prepare(r, "SELECT a FROM t WHERE a = ?1",
+                                    CQ_RDB_PERSISTENT, &q, err, sizeof err),
+                     CQ_OK);
+    kill_backend(r, w);
+    cq_rstmt_bind_int(q, 1, 1);
+    assert_int_equal(cq_rstmt_step(q), CQ_RSTEP_ROW);
+    cq_rstmt_reset(q);
+    kill_backend(r, w);
+    exec_ok(r, "BEGIN"); /* the read transaction of a query */
+    assert_int_equal(cq_rstmt_step(q), CQ_RSTEP_ROW);
+    cq_rstmt_reset(q);
+    exec_ok(r, "COMMIT");
+    /* still read-only after it came back */
+    assert_int_equal(cq_rdb_exec(r, "INSERT INTO t VALUES (2)", err,
+                                 sizeof err),
+                     CQ_EIO);
+    /* inside a transaction: the failure is the caller's to see */
+    exec_ok(r, "BEGIN");
+    assert_int_equal(cq_rstmt_step(q), CQ_RSTEP_ROW);
+    cq_rstmt_reset(q);
+    kill_backend(r, w);
+    assert_int_equal(cq_rstmt_step(q), CQ_EIO);
+    assert_int_equal(cq_rdb_in_transaction(r), 0);
+    cq_rstmt_reset(q);
+    exec_ok(r, "ROLLBACK"); /* as the caller does: and it is back */
+    assert_int_equal(cq_rstmt_step(q), CQ_RSTEP_ROW);
+    cq_rstmt_finalize(q);
+    cq_rdb_close(r);
+
+    /* a connection that writes is not connected again behind its back */
+    assert_int_equal(cq_rdb_open(uri, 0, 1000, &r, err, sizeof err), CQ_OK);
+    assert_int_equal(cq_rdb_prepare(r, "INSERT INTO t VALUES (?1)",
+                                    CQ_RDB_PERSISTENT, &ins, err, sizeof err),
+                     CQ_OK);
+    kill_backend(r, w);
+    cq_rstmt_bind_int(ins, 1, 3);
+    assert_int_equal(cq_rstmt_run(ins), CQ_EIO);
+    cq_rstmt_finalize(ins);
+    cq_rdb_close(r);
+    assert_int_equal(select_int(w, "SELECT count(*) FROM t"), 1);
+    cq_rdb_close(w);
+    free(uri);
 }
 
 /* advisory locks by name: a second connection cannot take a held lock,
@@ -1018,6 +1147,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_statements),
         cmocka_unit_test(test_errcodes),
         cmocka_unit_test(test_in_transaction),
+        cmocka_unit_test(test_snapshot),
         cmocka_unit_test(test_schema),
         cmocka_unit_test(test_wal_bytes),
         cmocka_unit_test(test_format_real),
@@ -1031,6 +1161,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest pg_tests[] = {
         cmocka_unit_test(test_pg_wrap),
         cmocka_unit_test(test_pg_statement_life),
+        cmocka_unit_test(test_pg_revive),
     };
     int failed;
 

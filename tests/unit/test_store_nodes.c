@@ -64,7 +64,8 @@ static long long drop_sessions(const char *uri)
 {
     return admin(uri, "SELECT count(pg_terminate_backend(pid))"
                       " FROM pg_stat_activity WHERE datname ="
-                      " current_database() AND pid <> pg_backend_pid()");
+                      " current_database() AND pid <> pg_backend_pid()"
+                      " AND backend_type = 'client backend'");
 }
 
 static int64_t now_ms(void)
@@ -633,7 +634,13 @@ static void test_notify_on_commit(void **state)
     assert_string_equal(got, "cq_events:2");
     next_notify(l, 100, got, sizeof got);
     assert_string_equal(got, "");
-    /* rolled back, or nothing appended: none */
+    /* rolled back, its appends all undone, or nothing appended: none */
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_equal(
+        cq_store_append(s, "a", CQ_VERSION_ANY, &EV, 1, 1, NULL, NULL), CQ_OK);
+    assert_int_equal(cq_store_rollback_savepoint(s), CQ_OK);
+    assert_int_equal(cq_store_commit(s), CQ_OK);
     assert_int_equal(cq_store_begin(s), CQ_OK);
     assert_int_equal(
         cq_store_append(s, "a", CQ_VERSION_ANY, &EV, 1, 1, NULL, NULL), CQ_OK);
@@ -770,6 +777,20 @@ static void test_write_view_in_savepoints(void **state)
     assert_int_equal(cq_store_commit(s), CQ_OK);
     assert_int_equal(admin(uri, "SELECT max(cmd) FROM seen"), 9);
     cq_rstmt_finalize(ins);
+    /* a read connection of the caller's own: reads, never writes */
+    cq_rdb *r = NULL;
+    cq_rstmt *st = NULL;
+    assert_int_equal(cq_store_open_rdb(s, &r, err, sizeof err), CQ_OK);
+    assert_int_equal(cq_rdb_prepare(r, "SELECT count(*) FROM seen", 0, &st,
+                                    err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(cq_rstmt_step(st), CQ_RSTEP_ROW);
+    assert_int_equal(cq_rstmt_column_int(st, 0), 3);
+    cq_rstmt_finalize(st);
+    assert_int_not_equal(
+        cq_rdb_exec(r, "INSERT INTO seen VALUES (7)", err, sizeof err), CQ_OK);
+    assert_non_null(strstr(err, "read-only"));
+    cq_rdb_close(r);
     cq_store_close(s);
     free(uri);
 }

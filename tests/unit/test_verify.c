@@ -4,6 +4,11 @@
  * changed, deleted and added behind the engine's back, a failed
  * projection, one built from another file, one never built, a C projection
  * skipped, the per-table cap on report lines, and missing directories.
+ *
+ * `test_verify` runs on SQLite; `test_verify pg` (ctest: test_verify_pg)
+ * with both stores in one fresh PostgreSQL database, made with an ICU
+ * collation whose text order is not bytewise (where the cluster has ICU),
+ * while the replay is in SQLite: values and orders across the two.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,7 +16,6 @@
 #include <cmocka.h>
 
 #include <pthread.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +24,7 @@
 
 #include "base/base.h"
 #include "command/writer.h"
+#include "pgtest.h"
 #include "orders/orders.h"
 #include "projection/engine.h"
 #include "projection/verify.h"
@@ -58,8 +63,11 @@ static int count_apply(void *arg, cq_sql *sql, const cq_projection_event *ev)
 static const cq_projection_code counts_code = {"event_counts", count_apply,
                                                NULL};
 
+static int pg; /* the stores are on PostgreSQL */
+
 typedef struct fixture {
     char dir[256];
+    char *uri; /* PostgreSQL: the database of both stores */
     cq_store *store;
     cq_engine *engine;
     cq_writer *writer;
@@ -80,9 +88,13 @@ static void on_done(cq_write_req *r)
 
 static void start(fixture *f)
 {
-    cq_store_config scfg = {.dir = f->dir, .read_connections = 2};
-    cq_engine_config ecfg = {
-        .dir = f->dir, .readers = 2, .domain = orders_domain()};
+    cq_store_config scfg = {
+        .uri = f->uri, .dir = f->dir, .read_connections = 2, .connections = 2};
+    cq_engine_config ecfg = {.dir = f->dir,
+                             .readers = 2,
+                             .domain = orders_domain(),
+                             .read_store = f->uri,
+                             .store_uri = f->uri};
     cq_writer_config wcfg;
     char err[512];
 
@@ -122,6 +134,39 @@ static void stop(fixture *f)
     f->running = 0;
 }
 
+/* A fresh database (pgtest_database) made again with an ICU collation
+ * that orders 'a' before 'B' (bytewise 'B' comes first), if the cluster
+ * has ICU; else as it is. */
+static char *icu_database(void)
+{
+    char *uri = pgtest_database("verify"), *slash, admin[600], sql[300];
+    PGconn *c;
+    PGresult *r;
+
+    if (uri == NULL)
+        return NULL;
+    snprintf(admin, sizeof admin, "%s", uri);
+    slash = strrchr(admin, '/');
+    strcpy(slash + 1, "postgres");
+    c = PQconnectdb(admin);
+    snprintf(sql, sizeof sql, "DROP DATABASE %s", strrchr(uri, '/') + 1);
+    PQclear(PQexec(c, sql));
+    snprintf(sql, sizeof sql,
+             "CREATE DATABASE %s TEMPLATE template0"
+             " LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'",
+             strrchr(uri, '/') + 1);
+    r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        /* no ICU: the plain database again */
+        PQclear(r);
+        snprintf(sql, sizeof sql, "CREATE DATABASE %s", strrchr(uri, '/') + 1);
+        r = PQexec(c, sql);
+    }
+    PQclear(r);
+    PQfinish(c);
+    return uri;
+}
+
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
@@ -129,6 +174,8 @@ static int setup(void **state)
 
     snprintf(f->dir, sizeof f->dir, "%s/verify-XXXXXX", tmp ? tmp : "/tmp");
     assert_non_null(mkdtemp(f->dir));
+    if (pg)
+        assert_non_null(f->uri = icu_database());
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
     start(f);
@@ -147,6 +194,7 @@ static int teardown(void **state)
         return -1;
     pthread_mutex_destroy(&f->mu);
     pthread_cond_destroy(&f->cv);
+    free(f->uri);
     free(f);
     return 0;
 }
@@ -245,18 +293,42 @@ static cq_verify *verifier(const char *extra_sql)
     return v;
 }
 
-/* Verify dir; *report gets the report (free it). Returns the code. */
-static int run_verify(const char *dir, const char *extra_sql, char **report,
-                      int64_t *diffs)
+/* Verify dir (or the database at uri, if not NULL); *report gets the
+ * report (free it). Returns the code. */
+static int run_verify_at(const char *dir, const char *uri,
+                         const char *extra_sql, char **report, int64_t *diffs,
+                         char *err, size_t errcap)
 {
     cq_verify *v = verifier(extra_sql);
+    cq_verify_where w = {.dir = dir, .store = uri};
+    size_t len = 0;
+    FILE *out = open_memstream(report, &len);
+    int rc;
+
+    assert_non_null(out);
+    rc = uri ? cq_verify_run_at(v, &w, out, diffs, err, errcap)
+             : cq_verify_run(v, dir, out, diffs, err, errcap);
+    fclose(out);
+    cq_verify_free(v);
+    return rc;
+}
+
+/* Verify the fixture's stores (f NULL: dir's). */
+static int run_verify(fixture *f, const char *dir, const char *extra_sql,
+                      char **report, int64_t *diffs)
+{
+    cq_verify *v = verifier(extra_sql);
+    cq_verify_where w = {.dir = dir, .store = f ? f->uri : NULL};
     char err[512] = "";
     size_t len = 0;
     FILE *out = open_memstream(report, &len);
     int rc;
 
     assert_non_null(out);
-    rc = cq_verify_run(v, dir, out, diffs, err, sizeof err);
+    /* what `cqrsd verify --store URI` runs, or `--data DIR` */
+    rc = f != NULL && f->uri != NULL
+             ? cq_verify_run_uri(v, f->uri, NULL, out, diffs, err, sizeof err)
+             : cq_verify_run_at(v, &w, out, diffs, err, sizeof err);
     fclose(out);
     cq_verify_free(v);
     if (rc != CQ_OK)
@@ -264,18 +336,19 @@ static int run_verify(const char *dir, const char *extra_sql, char **report,
     return rc;
 }
 
-/* Run sql on DIR/file, as an operator's mistake would. */
+/* Run sql on DIR/file (PostgreSQL: the one database), as an operator's
+ * mistake would. */
 static void tamper(fixture *f, const char *file, const char *sql)
 {
-    char path[512], *msg = NULL;
-    sqlite3 *db = NULL;
+    char path[512], err[512];
+    cq_rdb *db = NULL;
 
     snprintf(path, sizeof path, "%s/%s", f->dir, file);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
-        fail_msg("%s: %s", sql, msg);
-    assert_int_equal(sqlite3_changes(db) > 0, 1);
-    sqlite3_close(db);
+    if (cq_rdb_open(pg ? f->uri : path, 0, 5000, &db, err, sizeof err) !=
+            CQ_OK ||
+        cq_rdb_exec(db, sql, err, sizeof err) != CQ_OK)
+        fail_msg("%s: %s", sql, err);
+    cq_rdb_close(db);
 }
 
 static void expect_in(const char *report, const char *what)
@@ -295,7 +368,7 @@ static void test_ok_while_running(void **state)
 
     workload(f);
     /* the engine still runs: verify reads beside it */
-    assert_int_equal(run_verify(f->dir, NULL, &report, &diffs), CQ_OK);
+    assert_int_equal(run_verify(f, f->dir, NULL, &report, &diffs), CQ_OK);
     assert_int_equal(diffs, 0);
     expect_in(report, "order_summaries: OK (position 5, 1 table, 3 rows)\n");
     expect_in(report, "payment_confirmation: OK (position 5, 1 table, 3 rows)");
@@ -306,7 +379,7 @@ static void test_ok_while_running(void **state)
 
     /* and after a clean stop, on files no process has open */
     stop(f);
-    assert_int_equal(run_verify(f->dir, NULL, &report, &diffs), CQ_OK);
+    assert_int_equal(run_verify(f, f->dir, NULL, &report, &diffs), CQ_OK);
     assert_int_equal(diffs, 0);
     free(report);
 }
@@ -322,7 +395,7 @@ static void test_changed_row(void **state)
     tamper(f, "read.db",
            "UPDATE order_summaries SET paid_cents = paid_cents + 1"
            " WHERE order_id = 'o-1'");
-    assert_int_equal(run_verify(f->dir, NULL, &report, &diffs), CQ_OK);
+    assert_int_equal(run_verify(f, f->dir, NULL, &report, &diffs), CQ_OK);
     assert_int_equal(diffs, 1);
     expect_in(report, "order_summaries/order_summaries: order_id='o-1': "
                       "differs: paid_cents live 501, replay 500\n");
@@ -337,13 +410,16 @@ static void test_type_counts(void **state)
     char *report = NULL;
     int64_t diffs = 0;
 
-    /* the same bytes as a BLOB are not the same value (an inline table) */
+    /* the same bytes as a BLOB are not the same value (an inline table);
+     * a PostgreSQL column holds values of its type only */
+    if (pg)
+        return;
     workload(f);
     stop(f);
     tamper(f, "events.db",
            "UPDATE payment_confirmations SET last_payment_id ="
            " CAST(last_payment_id AS BLOB) WHERE order_id = 'o-1'");
-    assert_int_equal(run_verify(f->dir, NULL, &report, &diffs), CQ_OK);
+    assert_int_equal(run_verify(f, f->dir, NULL, &report, &diffs), CQ_OK);
     assert_int_equal(diffs, 1);
     expect_in(report, "payment_confirmation/payment_confirmations: "
                       "order_id='o-1': differs: last_payment_id live X'70', "
@@ -360,7 +436,7 @@ static void test_deleted_row(void **state)
     workload(f);
     stop(f);
     tamper(f, "read.db", "DELETE FROM order_summaries WHERE order_id = 'o-2'");
-    assert_int_equal(run_verify(f->dir, NULL, &report, &diffs), CQ_OK);
+    assert_int_equal(run_verify(f, f->dir, NULL, &report, &diffs), CQ_OK);
     assert_int_equal(diffs, 1);
     expect_in(report, "order_summaries/order_summaries: order_id='o-2': "
                       "missing in live\n");
@@ -379,7 +455,7 @@ static void test_bogus_row(void **state)
            "INSERT INTO order_summaries VALUES ('o-bogus', 'c', 'placed',"
            " 'unpaid', 'EUR', 1, 0, 1, 't', 't', 9, 1)");
     tamper(f, "read.db", "UPDATE dashboard_status SET orders = orders + 1");
-    assert_int_equal(run_verify(f->dir, NULL, &report, &diffs), CQ_OK);
+    assert_int_equal(run_verify(f, f->dir, NULL, &report, &diffs), CQ_OK);
     expect_in(report, "order_summaries/order_summaries: order_id='o-bogus': "
                       "unexpected in live\n");
     expect_in(report, "sales_dashboard/dashboard_status: status='placed': "
@@ -404,7 +480,7 @@ static void test_cap(void **state)
            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
            " WHERE i < 30) INSERT INTO fragile_orders SELECT 'x-' || i, i"
            " FROM n");
-    assert_int_equal(run_verify(f->dir, NULL, &report, &diffs), CQ_OK);
+    assert_int_equal(run_verify(f, f->dir, NULL, &report, &diffs), CQ_OK);
     assert_int_equal(diffs, 30);
     for (p = report; (p = strstr(p, "unexpected in live")) != NULL; p++)
         lines++;
@@ -425,7 +501,7 @@ static void test_failed_projection(void **state)
         command(f, "CancelOrder", "{\"order_id\":\"o-2\",\"reason\":\"r\"}"),
         202);
     catch_up(f);
-    assert_int_equal(run_verify(f->dir, NULL, &report, &diffs), CQ_OK);
+    assert_int_equal(run_verify(f, f->dir, NULL, &report, &diffs), CQ_OK);
     /* its tables are right up to its checkpoint; the failure counts */
     assert_int_equal(diffs, 1);
     expect_in(report, "fragile: failed at position 6 (OrderCancelled)");
@@ -452,10 +528,11 @@ static void test_stale_and_not_built(void **state)
     tamper(f, "read.db",
            "UPDATE cq_projections SET source_hash = 'abc'"
            " WHERE name = 'sales_dashboard'");
-    assert_int_equal(run_verify(f->dir, extra, &report, &diffs), CQ_OK);
+    assert_int_equal(run_verify(f, f->dir, extra, &report, &diffs), CQ_OK);
     assert_int_equal(diffs, 2);
     expect_in(report, "sales_dashboard: built from another file");
-    expect_in(report, "extra: not built: no checkpoint in read.db");
+    expect_in(report, pg ? "extra: not built: no checkpoint in the read store"
+                         : "extra: not built: no checkpoint in read.db");
     expect_in(report, "order_summaries: OK");
     free(report);
 }
@@ -463,19 +540,69 @@ static void test_stale_and_not_built(void **state)
 static void test_missing_dirs(void **state)
 {
     fixture *f = *state;
-    char *report = NULL, path[512];
+    char *report = NULL, path[512], err[512] = "", *empty;
     int64_t diffs = 0;
 
+    if (pg) {
+        /* a database without an event store; one that cannot be reached */
+        empty = pgtest_database("empty");
+        assert_non_null(empty);
+        assert_int_equal(run_verify_at(NULL, empty, NULL, &report, &diffs, err,
+                                       sizeof err),
+                         CQ_ENOTFOUND);
+        assert_non_null(strstr(err, "no event store there"));
+        free(report);
+        report = NULL;
+        free(empty);
+        assert_int_equal(
+            run_verify_at(NULL, "postgresql://u:secret@127.0.0.1:1/x", NULL,
+                          &report, &diffs, err, sizeof err),
+            CQ_EIO);
+        assert_non_null(strstr(err, "u:***@127.0.0.1:1"));
+        assert_null(strstr(err, "secret"));
+        free(report);
+        return;
+    }
     snprintf(path, sizeof path, "%s/nope", f->dir);
-    assert_int_equal(run_verify(path, NULL, &report, &diffs), CQ_ENOTFOUND);
+    assert_int_equal(run_verify(NULL, path, NULL, &report, &diffs),
+                     CQ_ENOTFOUND);
     free(report);
     report = NULL;
     assert_int_equal(mkdir(path, 0700), 0); /* a directory with no store */
-    assert_int_equal(run_verify(path, NULL, &report, &diffs), CQ_ENOTFOUND);
+    assert_int_equal(run_verify(NULL, path, NULL, &report, &diffs),
+                     CQ_ENOTFOUND);
     free(report);
 }
 
-int main(void)
+/* Keys whose order depends on the collation ('o-B' before 'o-a'
+ * bytewise, after it in en-US): both sides are merged in one order. */
+static void test_key_order(void **state)
+{
+    fixture *f = *state;
+    char *report = NULL;
+    int64_t diffs = -1;
+
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-a")), 202);
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-B")), 202);
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-c")), 202);
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-d")), 202);
+    assert_int_equal(command(f, "PlaceOrder", PLACE("o-E")), 202);
+    catch_up(f);
+    stop(f);
+    assert_int_equal(run_verify(f, f->dir, NULL, &report, &diffs), CQ_OK);
+    if (diffs != 0)
+        fail_msg("%s", report);
+    expect_in(report, "order_summaries: OK (position 5, 1 table, 5 rows)\n");
+    free(report);
+    tamper(f, "read.db", "DELETE FROM order_summaries WHERE order_id = 'o-B'");
+    assert_int_equal(run_verify(f, f->dir, NULL, &report, &diffs), CQ_OK);
+    assert_int_equal(diffs, 1);
+    expect_in(report, "order_summaries/order_summaries: order_id='o-B': "
+                      "missing in live\n");
+    free(report);
+}
+
+int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_ok_while_running, setup, teardown),
@@ -489,6 +616,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stale_and_not_built, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_missing_dirs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_order, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+
+    pg = argc > 1 && strcmp(argv[1], "pg") == 0;
+    return cmocka_run_group_tests_name(pg ? "verify_pg" : "verify", tests,
+                                       NULL, NULL);
 }

@@ -3,6 +3,13 @@
  * fired exactly once, by the position, the stream or the deadline, in any
  * order, from several threads at once; an advance looks only at the
  * waiters it can satisfy; also run under ThreadSanitizer.
+ *
+ * `test_wait pg`: several nodes (servers) on one PostgreSQL database. A
+ * waiter on node B is woken by what node A commits, heard as a
+ * notification (nothing else would wake it before its deadline); node B
+ * takes over A's projections once A is gone; and waits still end after
+ * every connection of the database was cut (listener and projector
+ * connect again).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,7 +22,17 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include <string.h>
+
+#include "base/base.h"
+#include "command/writer.h"
+#include "orders/orders.h"
+#include "pgtest.h"
+#include "projection/engine.h"
+#include "query/query.h"
 #include "query/wait.h"
+#include "store/rdb.h"
+#include "wiring.h"
 
 typedef struct counter {
     atomic_int fired;
@@ -357,7 +374,257 @@ static void test_streams_concurrent(void **state)
     free(a);
 }
 
-int main(void)
+/* ---- several nodes on one PostgreSQL database ---- */
+
+/* One node: a store, an engine with the orders projections and its
+ * waiters, a writer with the inline hooks. */
+typedef struct node {
+    cq_store *store;
+    cq_engine *engine;
+    cq_writer *writer;
+} node;
+
+static void node_start(node *n, const char *uri)
+{
+    cq_store_config scfg = {.uri = uri, .connections = 2};
+    cq_engine_config ecfg = {.readers = 2,
+                             .domain = orders_domain(),
+                             .read_store = uri,
+                             .store_uri = uri};
+    cq_writer_config wcfg;
+    char err[512];
+
+    memset(n, 0, sizeof *n);
+    if (cq_store_open(&scfg, &n->store, err, sizeof err) != CQ_OK)
+        fail_msg("store: %s", err);
+    assert_int_equal(
+        cq_engine_new(&ecfg, n->store, &n->engine, err, sizeof err), CQ_OK);
+    for (const orders_sql_file *o = orders_projection_files; o->name; o++)
+        assert_int_equal(cq_engine_load_text(n->engine, o->name, o->text,
+                                             o->len, err, sizeof err),
+                         CQ_OK);
+    assert_int_equal(cq_query_attach(n->engine, err, sizeof err), CQ_OK);
+    if (cq_engine_start(n->engine, err, sizeof err) != CQ_OK)
+        fail_msg("start: %s", err);
+    memset(&wcfg, 0, sizeof wcfg);
+    wcfg.hooks = cq_wiring_writer_hooks(n->engine);
+    wcfg.domain = orders_domain();
+    assert_int_equal(cq_writer_start(n->store, &wcfg, &n->writer), CQ_OK);
+}
+
+/* Stop n as a server does (its connections close: its locks go). */
+static void node_stop(node *n)
+{
+    cq_writer_stop(n->writer);
+    cq_engine_stop(n->engine);
+    cq_writer_free(n->writer);
+    cq_engine_free(n->engine);
+    cq_store_close(n->store);
+    memset(n, 0, sizeof *n);
+}
+
+typedef struct answer {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+} answer;
+
+static void answered(cq_write_req *r)
+{
+    answer *a = r->user;
+    pthread_mutex_lock(&a->mu);
+    a->done = 1;
+    pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+}
+
+/* Place order `id` through n's writer; its answer's status, with the
+ * position in *position. */
+static int place_on(node *n, const char *id, int64_t *position)
+{
+    answer a = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    const cq_command_def *def = cq_domain_command(orders_domain(), "PlaceOrder");
+    cq_write_req r;
+    int status;
+
+    memset(&r, 0, sizeof r);
+    r.kind = CQ_WRITE_COMMAND;
+    r.def = def;
+    r.body = json_pack("{s:s,s:s,s:s,s:[{s:s,s:i,s:i}]}", "order_id", id,
+                       "customer_id", "c-1", "currency", "EUR", "items", "sku",
+                       "A", "quantity", 1, "unit_price_cents", 100);
+    r.expected = CQ_VERSION_ANY;
+    assert_int_equal(def->stream_id(r.body, r.stream_id, sizeof r.stream_id),
+                     CQ_OK);
+    assert_int_equal(cq_uuid7(r.command_id), CQ_OK);
+    r.done = answered;
+    r.user = &a;
+    assert_int_equal(cq_writer_submit(n->writer, &r), CQ_OK);
+    pthread_mutex_lock(&a.mu);
+    while (!a.done)
+        pthread_cond_wait(&a.cv, &a.mu);
+    pthread_mutex_unlock(&a.mu);
+    status = r.status;
+    *position = r.position;
+    json_decref(r.body);
+    free(r.response);
+    return status;
+}
+
+static int runs_here(node *n, const char *projection)
+{
+    cq_projection_status st;
+
+    cq_engine_status(n->engine, cq_engine_projection(n->engine, projection),
+                     &st);
+    return st.runs_here;
+}
+
+/* A waiter on node B for each kind of queue (an asynchronous projection
+ * node A runs, an inline projection, the store's head, a stream not
+ * written yet) fires when node A commits: only the notifications A's
+ * commit and A's projector send can wake them before their deadline. */
+static void test_pg_waiters_woken_by_another_node(void **state)
+{
+    char *uri = pgtest_database("waitnodes");
+    node a, b;
+    counter c[4] = {{0}, {0}, {0}, {0}};
+    cq_wait *w[4];
+    int64_t pos = 0;
+    int summaries, inline_p;
+    uint64_t t0;
+
+    (void)state;
+    assert_non_null(uri);
+    node_start(&a, uri);
+    node_start(&b, uri);
+    assert_true(runs_here(&a, "order_summaries"));
+    assert_false(runs_here(&b, "order_summaries"));
+    assert_true(runs_here(&b, "payment_confirmation")); /* inline: everyone */
+    summaries = cq_engine_projection(b.engine, "order_summaries");
+    inline_p = cq_engine_projection(b.engine, "payment_confirmation");
+    assert_int_equal(cq_query_wait(b.engine, summaries, 1, 20000, on_fire,
+                                   &c[0], &w[0]),
+                     CQ_WAIT_PENDING);
+    assert_int_equal(cq_query_wait(b.engine, inline_p, 1, 20000, on_fire,
+                                   &c[1], &w[1]),
+                     CQ_WAIT_PENDING);
+    assert_int_equal(cq_query_wait(b.engine, CQ_QUERY_HEAD, 1, 20000,
+                                   on_fire, &c[2], &w[2]),
+                     CQ_WAIT_PENDING);
+    assert_int_equal(cq_query_wait_stream(b.engine, summaries, "order-n-1", 1,
+                                          0, 20000, on_fire, &c[3], &w[3]),
+                     CQ_WAIT_PENDING);
+    t0 = cq_mono_ns();
+    assert_int_equal(place_on(&a, "n-1", &pos), 202);
+    for (int i = 0; i < 4; i++) {
+        await_n(&c[i], 1);
+        assert_true(cq_wait_reached(w[i]));
+        cq_wait_release(w[i]);
+    }
+    print_message("node B's four waiters woke %.1f ms after node A's "
+                  "command was submitted\n",
+                  (double)(cq_mono_ns() - t0) / 1e6);
+    assert_int_equal(cq_engine_position(b.engine, summaries, NULL), pos);
+    assert_int_equal(cq_engine_head(b.engine), pos);
+    node_stop(&b);
+    node_stop(&a);
+    free(uri);
+}
+
+/* Node A, which runs the asynchronous projections, goes away: node B
+ * takes them over within 5 s, from their checkpoints, and applies what
+ * B's own writer commits next. */
+static void test_pg_takeover(void **state)
+{
+    char *uri = pgtest_database("takeover");
+    node a, b;
+    counter c = {0};
+    cq_wait *w;
+    int64_t pos = 0;
+    uint64_t t0;
+    int summaries;
+
+    (void)state;
+    assert_non_null(uri);
+    node_start(&a, uri);
+    node_start(&b, uri);
+    assert_int_equal(place_on(&a, "t-1", &pos), 202);
+    assert_false(runs_here(&b, "order_summaries"));
+    node_stop(&a); /* its connections close, and its locks with them */
+    t0 = cq_mono_ns();
+    while (!(runs_here(&b, "order_summaries") &&
+             runs_here(&b, "sales_dashboard")) &&
+           cq_mono_ns() - t0 < 5000000000ull)
+        sleep_ms(10);
+    assert_true(runs_here(&b, "order_summaries"));
+    assert_true(runs_here(&b, "sales_dashboard"));
+    print_message("node B runs the projections %.0f ms after node A went\n",
+                  (double)(cq_mono_ns() - t0) / 1e6);
+    summaries = cq_engine_projection(b.engine, "order_summaries");
+    assert_int_equal(cq_engine_position(b.engine, summaries, NULL), pos);
+    assert_int_equal(place_on(&b, "t-2", &pos), 202);
+    if (cq_query_wait(b.engine, summaries, pos, 10000, on_fire, &c, &w) ==
+        CQ_WAIT_PENDING) {
+        await_n(&c, 1);
+        assert_true(cq_wait_reached(w));
+        cq_wait_release(w);
+    }
+    assert_int_equal(cq_engine_position(b.engine, summaries, NULL), pos);
+    node_stop(&b);
+    free(uri);
+}
+
+/* Every connection to the database is cut (as a restart does): node B's
+ * listener and node A's projector connect again, and a waiter on B for
+ * what A commits next still fires. */
+static void test_pg_connections_cut(void **state)
+{
+    char *uri = pgtest_database("cut");
+    node a, b;
+    counter c = {0};
+    cq_wait *w;
+    cq_rdb *admin = NULL;
+    int64_t pos = 0;
+    char err[512];
+    int summaries, status = 0;
+
+    (void)state;
+    assert_non_null(uri);
+    node_start(&a, uri);
+    node_start(&b, uri);
+    assert_int_equal(place_on(&a, "c-1", &pos), 202);
+    summaries = cq_engine_projection(b.engine, "order_summaries");
+    if (cq_rdb_open(uri, 0, 5000, &admin, err, sizeof err) != CQ_OK)
+        fail_msg("%s", err);
+    if (cq_rdb_exec(admin,
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid()",
+                    err, sizeof err) != CQ_OK)
+        fail_msg("%s", err);
+    cq_rdb_close(admin);
+    assert_int_equal(cq_query_wait(b.engine, summaries, pos + 1, 20000,
+                                   on_fire, &c, &w),
+                     CQ_WAIT_PENDING);
+    /* a batch that met the cut connection is answered 503; the next one
+     * runs on a new connection */
+    for (int i = 0; i < 5 && status != 202; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "c-%d", i + 2);
+        status = place_on(&a, id, &pos);
+        assert_true(status == 202 || status == 503);
+    }
+    assert_int_equal(status, 202);
+    await_n(&c, 1);
+    assert_true(cq_wait_reached(w));
+    cq_wait_release(w);
+    node_stop(&b);
+    node_stop(&a);
+    free(uri);
+}
+
+int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_already_reached),
@@ -369,5 +636,12 @@ int main(void)
         cmocka_unit_test(test_stream_seen_and_deadline),
         cmocka_unit_test(test_streams_concurrent),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    const struct CMUnitTest pg_tests[] = {
+        cmocka_unit_test(test_pg_waiters_woken_by_another_node),
+        cmocka_unit_test(test_pg_takeover),
+        cmocka_unit_test(test_pg_connections_cut),
+    };
+    if (argc > 1 && strcmp(argv[1], "pg") == 0)
+        return cmocka_run_group_tests_name("wait_pg", pg_tests, NULL, NULL);
+    return cmocka_run_group_tests_name("wait", tests, NULL, NULL);
 }

@@ -29,6 +29,7 @@
 #include "command/writer.h"
 #include "orders/orders.h"
 #include "store/rdb.h"
+#include "pgtest.h"
 
 typedef struct waiter {
     pthread_mutex_t mu;
@@ -53,11 +54,19 @@ static void wait_for(waiter *wt, int n)
     pthread_mutex_unlock(&wt->mu);
 }
 
+/* `test_writer pg`: the cases that hold on both backends, on PostgreSQL,
+ * and those of several nodes on one database (PostgreSQL only). */
+static int pg;
+
 typedef struct fixture {
     char dir[256];
+    char *uri; /* PostgreSQL: the test's database */
     cq_store *store;
     cq_writer *writer;
     waiter wt;
+    /* several nodes: a second node's store and writer on the database */
+    cq_store *store2;
+    cq_writer *writer2;
 } fixture;
 
 static int setup(void **state)
@@ -70,7 +79,13 @@ static int setup(void **state)
     snprintf(f->dir, sizeof f->dir, "%s/writer-XXXXXX", tmp ? tmp : "/tmp");
     assert_non_null(mkdtemp(f->dir));
     cfg.dir = f->dir;
-    assert_int_equal(cq_store_open(&cfg, &f->store, err, sizeof err), CQ_OK);
+    if (pg) {
+        assert_non_null(f->uri = pgtest_database("writer"));
+        cfg.uri = f->uri;
+        cfg.connections = 2;
+    }
+    if (cq_store_open(&cfg, &f->store, err, sizeof err) != CQ_OK)
+        fail_msg("%s", err);
     assert_int_equal(cq_writer_start(f->store, NULL, &f->writer), CQ_OK);
     pthread_mutex_init(&f->wt.mu, NULL);
     pthread_cond_init(&f->wt.cv, NULL);
@@ -84,7 +99,10 @@ static int teardown(void **state)
     char cmd[300];
 
     cq_writer_free(f->writer);
+    cq_writer_free(f->writer2);
     cq_store_close(f->store);
+    cq_store_close(f->store2);
+    free(f->uri);
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
     if (system(cmd) != 0)
         return -1;
@@ -1033,7 +1051,126 @@ static void test_moved_stream_decided_again(void **state)
     release(r, 4);
 }
 
-int main(void)
+/* ---- several nodes on one PostgreSQL database ---- */
+
+/* A second node on f's database: a store handle and a writer of its own
+ * (answers go to the same waiter). */
+static void second_node(fixture *f)
+{
+    cq_store_config cfg = {.uri = f->uri, .connections = 2};
+    char err[256];
+
+    if (cq_store_open(&cfg, &f->store2, err, sizeof err) != CQ_OK)
+        fail_msg("%s", err);
+    assert_int_equal(cq_writer_start(f->store2, NULL, &f->writer2), CQ_OK);
+}
+
+/* A state node A cached is not used after node B appended to its stream:
+ * A's next command decides on every event, B's too. */
+static void test_nodes_cached_state_not_stale(void **state)
+{
+    fixture *f = *state;
+    cq_write_req r[4];
+
+    second_node(f);
+    sneak = 0;
+    make_count(f, &r[0], CQ_VERSION_ANY); /* A caches tally-1 at 1 */
+    assert_int_equal(cq_writer_submit(f->writer, &r[0]), CQ_OK);
+    wait_for(&f->wt, 1);
+    make_count(f, &r[1], CQ_VERSION_ANY); /* B appends version 2 */
+    assert_int_equal(cq_writer_submit(f->writer2, &r[1]), CQ_OK);
+    wait_for(&f->wt, 2);
+    make_count(f, &r[2], CQ_VERSION_ANY); /* A again */
+    assert_int_equal(cq_writer_submit(f->writer, &r[2]), CQ_OK);
+    wait_for(&f->wt, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(r[i].status, 202);
+        assert_int_equal(r[i].version, i + 1);
+        assert_int_equal(seen_at(f, i + 1), i);
+    }
+    /* and with If-Match of the version B moved it past: 412 */
+    make_count(f, &r[3], 2);
+    assert_int_equal(cq_writer_submit(f->writer2, &r[3]), CQ_OK);
+    wait_for(&f->wt, 4);
+    assert_int_equal(r[3].status, 412);
+    release(r, 4);
+}
+
+/* One Idempotency-Key sent to two nodes at once runs once: the other
+ * answer replays it, and one event is stored per key. */
+static void test_nodes_idempotency_key_runs_once(void **state)
+{
+    fixture *f = *state;
+    enum { ROUNDS = 20 };
+    cq_write_req r[2 * ROUNDS];
+    char json[256], key[32];
+    int64_t head = 0;
+    int replayed = 0;
+
+    second_node(f);
+    for (int i = 0; i < ROUNDS; i++) {
+        snprintf(key, sizeof key, "k-%d", i);
+        make_command(f, &r[2 * i], "PlaceOrder", place(i, json, sizeof json),
+                     key);
+        make_command(f, &r[2 * i + 1], "PlaceOrder",
+                     place(i, json, sizeof json), key);
+        /* either node may be first */
+        assert_int_equal(cq_writer_submit(i % 2 ? f->writer2 : f->writer,
+                                          &r[2 * i + i % 2]),
+                         CQ_OK);
+        assert_int_equal(cq_writer_submit(i % 2 ? f->writer : f->writer2,
+                                          &r[2 * i + 1 - i % 2]),
+                         CQ_OK);
+    }
+    wait_for(&f->wt, 2 * ROUNDS);
+    for (int i = 0; i < ROUNDS; i++) {
+        cq_write_req *a = &r[2 * i], *b = &r[2 * i + 1];
+        assert_int_equal(a->status, 202);
+        assert_int_equal(b->status, 202);
+        assert_int_equal(a->replayed + b->replayed, 1);
+        assert_string_equal(a->response, b->response);
+        replayed += b->replayed;
+    }
+    assert_int_equal(cq_store_head_position(f->store, &head), CQ_OK);
+    assert_int_equal(head, ROUNDS);
+    print_message("same key on two nodes: %d rounds, node B's answer the "
+                  "replay in %d\n",
+                  ROUNDS, replayed);
+    release(r, 2 * ROUNDS);
+}
+
+/* The same order placed on two nodes at once: one 202, one 409; the
+ * stream has one event. */
+static void test_nodes_expectation_holds(void **state)
+{
+    fixture *f = *state;
+    enum { ROUNDS = 20 };
+    cq_write_req r[2 * ROUNDS];
+    char json[256];
+    int64_t head = 0;
+
+    second_node(f);
+    for (int i = 0; i < ROUNDS; i++) {
+        make_command(f, &r[2 * i], "PlaceOrder", place(i, json, sizeof json),
+                     NULL);
+        make_command(f, &r[2 * i + 1], "PlaceOrder",
+                     place(i, json, sizeof json), NULL);
+        assert_int_equal(cq_writer_submit(f->writer2, &r[2 * i + 1]), CQ_OK);
+        assert_int_equal(cq_writer_submit(f->writer, &r[2 * i]), CQ_OK);
+    }
+    wait_for(&f->wt, 2 * ROUNDS);
+    for (int i = 0; i < ROUNDS; i++) {
+        int a = r[2 * i].status, b = r[2 * i + 1].status;
+        assert_true((a == 202 && b == 409) || (a == 409 && b == 202));
+        assert_non_null(
+            strstr(r[2 * i + (a == 409 ? 0 : 1)].response, "stream-exists"));
+    }
+    assert_int_equal(cq_store_head_position(f->store, &head), CQ_OK);
+    assert_int_equal(head, ROUNDS);
+    release(r, 2 * ROUNDS);
+}
+
+int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_batch_positions, setup, teardown),
@@ -1057,5 +1194,22 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_moved_stream_decided_again, setup,
                                         teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    const struct CMUnitTest pg_tests[] = {
+        cmocka_unit_test_setup_teardown(test_batch_positions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refusal_isolated, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idempotency_in_batch, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_moved_stream_decided_again, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_nodes_cached_state_not_stale,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nodes_idempotency_key_runs_once,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nodes_expectation_holds, setup,
+                                        teardown),
+    };
+    pg = argc > 1 && strcmp(argv[1], "pg") == 0;
+    if (pg)
+        return cmocka_run_group_tests_name("writer_pg", pg_tests, NULL, NULL);
+    return cmocka_run_group_tests_name("writer", tests, NULL, NULL);
 }
