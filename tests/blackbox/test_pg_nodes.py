@@ -1108,6 +1108,12 @@ class FaultsTest(NodesTestBase):
             t.start()
         try:
             time.sleep(3)
+            # queries open the read connections the outage will cut
+            with lock:
+                before = [e for e in log_ if e[2] == 202][:20]
+            for e in before:
+                (st, _, b), _ = query(e[3], min_position=e[4], wait_ms=10000)
+                self.assertEqual(st, 200, b)
             first = outage(4, probe=False)
             ready()
             with lock:
