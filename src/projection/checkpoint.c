@@ -75,8 +75,8 @@ static int is_source(void *arg, const char *column, int pk, cq_rtype type)
 int cq_eng_add_source_column(cq_exec *x, char *err, size_t errcap)
 {
     int found = 0;
-    int rc = cq_rdb_columns(cq_exec_db(x), "cq_projections", is_source,
-                            &found, err, errcap);
+    int rc = cq_rdb_columns(cq_exec_db(x), "cq_projections", is_source, &found,
+                            err, errcap);
 
     if (rc != CQ_OK)
         return CQ_EIO;

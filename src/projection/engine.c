@@ -224,8 +224,10 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
     /* read.db need not fsync each batch: its checkpoints commit with their
      * rows, so after a crash a projection resumes from its last one. */
     if (strcmp(cq_rdb_backend(e->rdb), "sqlite") == 0) /* PostgreSQL: none */
-        rc = cq_exec_sql(e->rx, "PRAGMA journal_mode = WAL;"
-                         " PRAGMA synchronous = NORMAL", err, errcap);
+        rc = cq_exec_sql(e->rx,
+                         "PRAGMA journal_mode = WAL;"
+                         " PRAGMA synchronous = NORMAL",
+                         err, errcap);
     if (rc == CQ_OK && e->shared) {
         rc = lock_start(e, err, errcap);
         start_locked = rc == CQ_OK;

@@ -104,8 +104,7 @@ cq_rdb *cq_exec_db(cq_exec *x)
 const char *cq_exec_dialect(cq_rdb *db, const char *sqlite_sql,
                             const char *pg_sql)
 {
-    return strcmp(cq_rdb_backend(db), "postgresql") == 0 ? pg_sql
-                                                          : sqlite_sql;
+    return strcmp(cq_rdb_backend(db), "postgresql") == 0 ? pg_sql : sqlite_sql;
 }
 
 const char *cq_exec_text(cq_rdb *db, const cq_decl_stmt *st)
@@ -172,8 +171,7 @@ static cq_rstmt *prepared_key(cq_exec *x, const void *key, const char *sql,
 static cq_rstmt *prepared(cq_exec *x, const cq_decl_stmt *st, char *err,
                           size_t errcap)
 {
-    return prepared_key(x, st, cq_exec_text(x->db, st), st->line, err,
-                        errcap);
+    return prepared_key(x, st, cq_exec_text(x->db, st), st->line, err, errcap);
 }
 
 cq_rstmt *cq_exec_stmt(cq_exec *x, const char *sql, char *err, size_t errcap)

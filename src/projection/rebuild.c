@@ -67,11 +67,11 @@
     " events BIGINT NOT NULL, outcome TEXT NOT NULL, reason TEXT,"             \
     " error TEXT)"
 
-static const char REBUILD_DDL_SQLITE[] =
-    REBUILDS_DDL "CREATE TABLE IF NOT EXISTS cq_rebuild_log (" REBUILD_LOG_COLUMNS;
-static const char REBUILD_DDL_PG[] =
-    REBUILDS_DDL "CREATE TABLE IF NOT EXISTS cq_rebuild_log ("
-                 " seq BIGINT GENERATED ALWAYS AS IDENTITY," REBUILD_LOG_COLUMNS;
+static const char REBUILD_DDL_SQLITE[] = REBUILDS_DDL
+    "CREATE TABLE IF NOT EXISTS cq_rebuild_log (" REBUILD_LOG_COLUMNS;
+static const char REBUILD_DDL_PG[] = REBUILDS_DDL
+    "CREATE TABLE IF NOT EXISTS cq_rebuild_log ("
+    " seq BIGINT GENERATED ALWAYS AS IDENTITY," REBUILD_LOG_COLUMNS;
 
 static const char SQL_RB_SAVE[] =
     "UPDATE cq_rebuilds SET position = ?2, updated_at = ?3 WHERE name = ?1";

@@ -353,8 +353,8 @@ static int open_ro(run *r, const char *file, const char *uri, int optional,
     *db = NULL;
     if (uri != NULL) {
         /* every transaction of it reads one snapshot (rdb.h) */
-        return cq_rdb_open(uri, CQ_RDB_READONLY, 5000, db, r->err,
-                           r->errcap) == CQ_OK
+        return cq_rdb_open(uri, CQ_RDB_READONLY, 5000, db, r->err, r->errcap) ==
+                       CQ_OK
                    ? CQ_OK
                    : CQ_EIO;
     }
@@ -629,9 +629,8 @@ int cq_verify_run_at(cq_verify *v, const cq_verify_where *w, FILE *out,
     return rc;
 }
 
-int cq_verify_run_uri(cq_verify *v, const char *store_uri,
-                      const char *read_uri, FILE *out, int64_t *differences,
-                      char *err, size_t errcap)
+int cq_verify_run_uri(cq_verify *v, const char *store_uri, const char *read_uri,
+                      FILE *out, int64_t *differences, char *err, size_t errcap)
 {
     cq_verify_where w = {.store = store_uri, .read_store = read_uri};
 

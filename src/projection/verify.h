@@ -105,8 +105,8 @@ int cq_verify_run_at(cq_verify *v, const cq_verify_where *w, FILE *out,
  * database (the events, the inline projections' tables), read_uri the
  * read store's (NULL: the same database). What `cqrsd verify --store URI
  * [--read-store URI]` runs. */
-int cq_verify_run_uri(cq_verify *v, const char *store_uri,
-                      const char *read_uri, FILE *out, int64_t *differences,
-                      char *err, size_t errcap);
+int cq_verify_run_uri(cq_verify *v, const char *store_uri, const char *read_uri,
+                      FILE *out, int64_t *differences, char *err,
+                      size_t errcap);
 
 #endif

@@ -419,8 +419,7 @@ int verify_compare_table(FILE *out, const char *proj, cq_rdb *live,
         rc = CQ_EIO;
         goto done;
     }
-    if (cq_rdb_prepare(scratch, rsql, 0, &rs, ignore, sizeof ignore) !=
-        CQ_OK) {
+    if (cq_rdb_prepare(scratch, rsql, 0, &rs, ignore, sizeof ignore) != CQ_OK) {
         snprintf(err, errcap, "%s/%s: replay: %s", proj, table,
                  cq_rdb_errmsg(scratch));
         rc = CQ_EIO;

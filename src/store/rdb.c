@@ -175,8 +175,8 @@ int cq_rdb_listen(cq_rdb *db, const char *channel)
                            : unsupported(db);
 }
 
-int cq_rdb_wait_notify(cq_rdb *db, int timeout_ms, char *channel,
-                       size_t chcap, char *payload, size_t plcap)
+int cq_rdb_wait_notify(cq_rdb *db, int timeout_ms, char *channel, size_t chcap,
+                       char *payload, size_t plcap)
 {
     db->unsupported = NULL;
     if (db->ops->wait_notify == NULL)

@@ -174,8 +174,8 @@ int cq_rdb_listen(cq_rdb *db, const char *channel);
  * whatever the notifications stood for, since those sent meanwhile are
  * lost. Notifications that arrived while db ran other statements are
  * handed out first, in the order sent. */
-int cq_rdb_wait_notify(cq_rdb *db, int timeout_ms, char *channel,
-                       size_t chcap, char *payload, size_t plcap);
+int cq_rdb_wait_notify(cq_rdb *db, int timeout_ms, char *channel, size_t chcap,
+                       char *payload, size_t plcap);
 
 /* ---- statements ---- */
 

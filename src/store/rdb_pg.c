@@ -68,13 +68,13 @@ typedef struct pg_cached {
 
 typedef struct pg_conn {
     PGconn *c;
-    int owned;    /* PQfinish at close */
+    int owned; /* PQfinish at close */
     /* opened read-only by cq_rdb_pg_open: its session settings, run
      * again when it reconnects (revive), or "" */
     char session[256];
     int listening; /* it LISTENs: never connected again silently */
-    unsigned gen; /* bumped by PQreset: the server forgot every statement */
-    int code;     /* the last failure's CQ_* code, CQ_OK after a success */
+    unsigned gen;  /* bumped by PQreset: the server forgot every statement */
+    int code;      /* the last failure's CQ_* code, CQ_OK after a success */
     char err[1024];
     pg_hook *hooks;
     size_t nhooks, caphooks;
@@ -85,11 +85,11 @@ typedef struct pg_conn {
 } pg_conn;
 
 typedef struct pg_param {
-    char *val;      /* NULL for SQL NULL */
-    int len;        /* bytes, for blobs */
-    int fmt;        /* 0 text, 1 binary */
-    int owned;      /* val is ours to free */
-    char num[32];   /* int and double values live here */
+    char *val;    /* NULL for SQL NULL */
+    int len;      /* bytes, for blobs */
+    int fmt;      /* 0 text, 1 binary */
+    int owned;    /* val is ours to free */
+    char num[32]; /* int and double values live here */
 } pg_param;
 
 typedef struct pg_stmt {
@@ -338,8 +338,7 @@ static int result_rc(pg_conn *p, PGresult *r)
     ExecStatusType s = r != NULL ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     int rc = CQ_OK;
 
-    if (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK ||
-        s == PGRES_EMPTY_QUERY)
+    if (s == PGRES_COMMAND_OK || s == PGRES_TUPLES_OK || s == PGRES_EMPTY_QUERY)
         p->code = CQ_OK;
     else
         rc = fail(p, r);
@@ -922,6 +921,22 @@ static int server_prepare(pg_stmt *st)
     return CQ_OK;
 }
 
+/* Free st's memory (its bindings already let go); accepts NULL. */
+static void stmt_free(pg_stmt *st)
+{
+    if (st == NULL)
+        return;
+    free(st->params);
+    free(st->vals);
+    free(st->lens);
+    free(st->fmts);
+    free(st->types);
+    free(st->exec_types);
+    PQclear(st->desc);
+    free(st->sql);
+    free(st);
+}
+
 static int pg_prepare(void *impl, const char *sql, unsigned flags, void **out,
                       char *err, size_t errcap)
 {
@@ -931,9 +946,8 @@ static int pg_prepare(void *impl, const char *sql, unsigned flags, void **out,
     char *plain = plain_begin(sql);
     int rc = CQ_ENOMEM, empty = 0;
 
-    if (st == NULL ||
-        (st->sql = rewrite(plain ? plain : sql, &st->nparams, &st->types,
-                           &empty)) == NULL) {
+    if (st == NULL || (st->sql = rewrite(plain ? plain : sql, &st->nparams,
+                                         &st->types, &empty)) == NULL) {
         free(plain);
         goto fail;
     }
@@ -979,17 +993,7 @@ fail:
     fail_msg(p, CQ_ENOMEM, "out of memory");
     snprintf(err, errcap, "%s: out of memory", sql);
 cleanup:
-    if (st != NULL) {
-        free(st->params);
-        free(st->vals);
-        free(st->lens);
-        free(st->fmts);
-        free(st->types);
-        free(st->exec_types);
-        PQclear(st->desc);
-        free(st->sql);
-        free(st);
-    }
+    stmt_free(st);
     return rc;
 }
 
@@ -1024,22 +1028,15 @@ static void pg_reset(void *vst)
 static void pg_finalize(void *vst)
 {
     pg_stmt *st = vst;
+
     if (st == NULL)
         return;
     pg_reset(st);
-    PQclear(st->desc);
     for (int i = 0; i < st->nparams; i++)
         unbind(&st->params[i]);
     if (!st->persistent)
         deallocate(st);
-    free(st->params);
-    free(st->vals);
-    free(st->lens);
-    free(st->fmts);
-    free(st->types);
-    free(st->exec_types);
-    free(st->sql);
-    free(st);
+    stmt_free(st);
 }
 
 static pg_param *param(pg_stmt *st, int i)
@@ -1155,11 +1152,11 @@ static int pg_step(void *vst)
         }
         /* one that returns rows runs from its text: parsed now, its
          * result columns are those of the tables as they are now */
-        st->res = st->rows ? PQexecParams(p->c, st->sql, st->nparams,
-                                          st->exec_types, st->vals, st->lens,
-                                          st->fmts, 0)
-                           : PQexecPrepared(p->c, st->name, st->nparams,
-                                            st->vals, st->lens, st->fmts, 0);
+        st->res = st->rows
+                      ? PQexecParams(p->c, st->sql, st->nparams, st->exec_types,
+                                     st->vals, st->lens, st->fmts, 0)
+                      : PQexecPrepared(p->c, st->name, st->nparams, st->vals,
+                                       st->lens, st->fmts, 0);
         s = st->res != NULL ? PQresultStatus(st->res) : PGRES_FATAL_ERROR;
         if (s == PGRES_TUPLES_OK || s == PGRES_COMMAND_OK ||
             s == PGRES_EMPTY_QUERY || tries > 0 || !revive(p, before))
@@ -1347,8 +1344,7 @@ static int pg_column_bytes(void *vst, int i)
         return 0;
     switch (PQftype(st->res, i)) {
     case OID_BOOL: return 1;
-    case OID_BYTEA:
-        return decode_blob(st, i) == 0 ? (int)st->blob_len : 0;
+    case OID_BYTEA: return decode_blob(st, i) == 0 ? (int)st->blob_len : 0;
     default: return PQgetlength(st->res, st->row, i);
     }
 }

@@ -189,8 +189,7 @@ static cq_rdb *open_admin(fixture *f, const char *file)
     cq_rdb *db = NULL;
 
     snprintf(path, sizeof path, "%s/%s", f->dir, file);
-    if (cq_rdb_open(pg ? f->uri : path, 0, 5000, &db, err, sizeof err) !=
-        CQ_OK)
+    if (cq_rdb_open(pg ? f->uri : path, 0, 5000, &db, err, sizeof err) != CQ_OK)
         fail_msg("%s", err);
     return db;
 }
@@ -476,8 +475,7 @@ static void test_rebuild_declared(void **state)
     assert_true(exists(f, "order_summaries_by_customer"));
     for (int round = 1; round <= 2; round++) {
         assert_int_equal(
-            cq_engine_control(f->engine, p, "rebuild", err, sizeof err),
-            CQ_OK);
+            cq_engine_control(f->engine, p, "rebuild", err, sizeof err), CQ_OK);
         st = rebuilt(f, p);
         assert_string_equal(st.last_rebuild.outcome, "done");
         assert_int_equal(st.position, 2);
@@ -499,9 +497,8 @@ static void test_rebuild_declared(void **state)
     assert_true(exists(f, "order_summaries_by_customer"));
     assert_false(exists(f, "order_summaries_by_customer__cq1"));
     db = open_admin(f, "read.db");
-    assert_int_equal(cq_rdb_tables(db, NULL, engine_table, names, err,
-                                   sizeof err),
-                     CQ_OK);
+    assert_int_equal(
+        cq_rdb_tables(db, NULL, engine_table, names, err, sizeof err), CQ_OK);
     cq_rdb_close(db);
     assert_non_null(strstr(names, "order_summaries,"));
 }
@@ -690,10 +687,9 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_rebuild_code_projection, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_applied_twice, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rebuild_declared, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_rebuild_declared, setup, teardown),
     };
     pg = argc > 1 && strcmp(argv[1], "pg") == 0;
-    return cmocka_run_group_tests_name(pg ? "engine_pg" : "engine", tests,
-                                       NULL, NULL);
+    return cmocka_run_group_tests_name(pg ? "engine_pg" : "engine", tests, NULL,
+                                       NULL);
 }

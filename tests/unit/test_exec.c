@@ -173,8 +173,9 @@ static void test_types(void **state)
                               " \"r\": 0.1, \"doc\": {\"k\": [1, true]},"
                               " \"none\": null}",
                               0, NULL);
-    cq_decl_event ev = {"s-1",        1,    1,   "Placed",
-                        "2026-11-23T14:18:26.123Z", "2026-11-23", data, NULL};
+    cq_decl_event ev = {
+        "s-1",        1,    1,   "Placed", "2026-11-23T14:18:26.123Z",
+        "2026-11-23", data, NULL};
     const char *values[2] = {"a", "9000000000"};
     cq_declared *d = NULL;
     cq_rdb *db;

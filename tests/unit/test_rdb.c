@@ -184,10 +184,9 @@ static void test_statements(void **state)
         strstr(cq_rdb_errmsg(db), pg ? "does not exist" : "no such column"));
     assert_int_equal(cq_rdb_prepare(db, "  ", 0, &st, err, sizeof err),
                      CQ_EINVAL);
-    assert_int_equal(
-        cq_rdb_prepare(db, " -- nothing\n ; /* at all */", 0, &st, err,
-                       sizeof err),
-        CQ_EINVAL);
+    assert_int_equal(cq_rdb_prepare(db, " -- nothing\n ; /* at all */", 0, &st,
+                                    err, sizeof err),
+                     CQ_EINVAL);
     assert_int_equal(cq_rdb_exec(db, "SELEC 1", err, sizeof err), CQ_EINVAL);
     assert_non_null(strstr(err, "syntax error"));
     assert_int_equal(cq_rdb_exec(db, "SELEC 1", NULL, 0), CQ_EINVAL);
@@ -258,8 +257,7 @@ static void test_errcodes(void **state)
                      CQ_OK);
     assert_int_equal(
         cq_rdb_exec(a, "INSERT INTO k VALUES ('z')", err, sizeof err), CQ_EIO);
-    assert_int_equal(
-        select_int(a, "SELECT count(*) FROM k WHERE id = 'x'"), 1);
+    assert_int_equal(select_int(a, "SELECT count(*) FROM k WHERE id = 'x'"), 1);
     cq_rdb_close(a);
 
     if (pg)
@@ -376,8 +374,7 @@ static int stop_cb(void *arg, const char *name)
 static int column_cb(void *arg, const char *column, int pk, cq_rtype type)
 {
     char *out = arg;
-    static const char *const types[] = {"null", "int", "real", "text",
-                                        "blob"};
+    static const char *const types[] = {"null", "int", "real", "text", "blob"};
 
     sprintf(out + strlen(out), "%s:%d:%s,", column, pk, types[type]);
     return 0;
@@ -490,10 +487,24 @@ static void test_wal_bytes(void **state)
  * cq_rdb_format_real writes */
 static void test_format_real(void **state)
 {
-    static const double values[] = {
-        2.0,     1.5,    0.1,     1.0 / 3,  1e20,    1e15,   123456789012345.0,
-        1e16,    1e-5,   0.0001,  -0.0,     1e300,   5e-324, 2.5e-10,
-        -1234.5, 100.0,  1e-4,    99999999999999.9};
+    static const double values[] = {2.0,
+                                    1.5,
+                                    0.1,
+                                    1.0 / 3,
+                                    1e20,
+                                    1e15,
+                                    123456789012345.0,
+                                    1e16,
+                                    1e-5,
+                                    0.0001,
+                                    -0.0,
+                                    1e300,
+                                    5e-324,
+                                    2.5e-10,
+                                    -1234.5,
+                                    100.0,
+                                    1e-4,
+                                    99999999999999.9};
     cq_rdb *db = open_db();
     cq_rstmt *st = NULL;
     char buf[64];
@@ -580,9 +591,10 @@ static void test_pg_wrap(void **state)
                                     CQ_RDB_PERSISTENT, &s2, err, sizeof err),
                      CQ_OK);
     /* prepared once on the server */
-    assert_int_equal(select_int(v2, "SELECT count(*) FROM pg_prepared_statements"
-                                    " WHERE statement = 'INSERT INTO t VALUES"
-                                    " ($1)'"),
+    assert_int_equal(select_int(v2,
+                                "SELECT count(*) FROM pg_prepared_statements"
+                                " WHERE statement = 'INSERT INTO t VALUES"
+                                " ($1)'"),
                      1);
     cq_rstmt_bind_int(s1, 1, 1);
     cq_rstmt_bind_int(s2, 1, 2);
@@ -612,10 +624,11 @@ static void test_placeholders(void **state)
 
     (void)state;
     assert_int_equal(
-        cq_rdb_prepare(db,
-                       "SELECT '?1' AS \"?2\", ?2 || ?1 AS b, -- ?3 ?9\n"
-                       " /* ?4 */ 'it''s ?5' AS c, CAST(?1 AS TEXT) AS \"x\"\"?1\"",
-                       0, &st, err, sizeof err),
+        cq_rdb_prepare(
+            db,
+            "SELECT '?1' AS \"?2\", ?2 || ?1 AS b, -- ?3 ?9\n"
+            " /* ?4 */ 'it''s ?5' AS c, CAST(?1 AS TEXT) AS \"x\"\"?1\"",
+            0, &st, err, sizeof err),
         CQ_OK);
     assert_int_equal(cq_rstmt_bind_text(st, 1, "one", -1), CQ_OK);
     assert_int_equal(cq_rstmt_bind_text(st, 2, "two", -1), CQ_OK);
@@ -676,9 +689,9 @@ static void test_placeholders(void **state)
     exec_ok(db, "BEGIN IMMEDIATE");
     assert_int_equal(cq_rdb_in_transaction(db), 1);
     exec_ok(db, "COMMIT");
-    assert_int_equal(cq_rdb_prepare(db, " begin  immediate", 0, &st, err,
-                                    sizeof err),
-                     CQ_OK);
+    assert_int_equal(
+        cq_rdb_prepare(db, " begin  immediate", 0, &st, err, sizeof err),
+        CQ_OK);
     assert_int_equal(cq_rstmt_run(st), CQ_OK);
     assert_int_equal(cq_rdb_in_transaction(db), 1);
     cq_rstmt_finalize(st);
@@ -690,8 +703,8 @@ static void test_placeholders(void **state)
  * columns and through parameters whose type the database infers */
 static void test_types(void **state)
 {
-    static const double reals[] = {0.1, -2.5, 1e300, 5e-324, 123456789.125,
-                                   1.0 / 3};
+    static const double reals[] = {0.1,    -2.5,          1e300,
+                                   5e-324, 123456789.125, 1.0 / 3};
     static const int64_t ints[] = {0, -1, INT64_MAX, INT64_MIN, 5000000000};
     const char utf8[] = "gr\xc3\xbc\xc3\x9f \xe2\x82\xac 'q' \"d\" \\ ?1";
     const unsigned char blob[] = {0, '\\', 'x', 0xff, 0, 0x27};
@@ -708,8 +721,7 @@ static void test_types(void **state)
                                     " VALUES (?1, ?2, ?3, ?4, ?5)",
                                     CQ_RDB_PERSISTENT, &ins, err, sizeof err),
                      CQ_OK);
-    assert_int_equal(cq_rdb_prepare(db,
-                                    "SELECT i, r, s, b FROM v WHERE k = ?1",
+    assert_int_equal(cq_rdb_prepare(db, "SELECT i, r, s, b FROM v WHERE k = ?1",
                                     CQ_RDB_PERSISTENT, &sel, err, sizeof err),
                      CQ_OK);
     for (int k = 0; k < 6; k++) {
@@ -825,15 +837,15 @@ static void test_pg_statement_life(void **state)
     assert_int_equal(select_int(db, count), base + 1);
     cq_rstmt_finalize(st);
     assert_int_equal(select_int(db, count), base);
-    assert_int_equal(cq_rdb_prepare(db, "SELECT 2", CQ_RDB_PERSISTENT, &st,
-                                    err, sizeof err),
-                     CQ_OK);
+    assert_int_equal(
+        cq_rdb_prepare(db, "SELECT 2", CQ_RDB_PERSISTENT, &st, err, sizeof err),
+        CQ_OK);
     cq_rstmt_finalize(st);
     assert_int_equal(select_int(db, count), base + 1);
     /* found again by its text: not prepared twice */
-    assert_int_equal(cq_rdb_prepare(db, "SELECT 2", CQ_RDB_PERSISTENT, &st,
-                                    err, sizeof err),
-                     CQ_OK);
+    assert_int_equal(
+        cq_rdb_prepare(db, "SELECT 2", CQ_RDB_PERSISTENT, &st, err, sizeof err),
+        CQ_OK);
     assert_int_equal(cq_rstmt_step(st), CQ_RSTEP_ROW);
     assert_int_equal(cq_rstmt_column_int(st, 0), 2);
     cq_rstmt_finalize(st);
@@ -842,8 +854,7 @@ static void test_pg_statement_life(void **state)
     assert_int_equal(cq_rdb_prepare(db, "SELECT 3", 0, &st, err, sizeof err),
                      CQ_OK);
     exec_ok(db, "BEGIN");
-    assert_int_equal(cq_rdb_exec(db, "SELECT 1/0", err, sizeof err),
-                     CQ_EINVAL);
+    assert_int_equal(cq_rdb_exec(db, "SELECT 1/0", err, sizeof err), CQ_EINVAL);
     cq_rstmt_finalize(st); /* in a failed transaction: later */
     exec_ok(db, "ROLLBACK");
     exec_ok(db, "SELECT 1");
@@ -903,9 +914,8 @@ static void test_pg_revive(void **state)
 
     (void)state;
     exec_ok(w, "CREATE TABLE t (a BIGINT); INSERT INTO t VALUES (1)");
-    assert_int_equal(cq_rdb_open(uri, CQ_RDB_READONLY, 1000, &r, err,
-                                 sizeof err),
-                     CQ_OK);
+    assert_int_equal(
+        cq_rdb_open(uri, CQ_RDB_READONLY, 1000, &r, err, sizeof err), CQ_OK);
     assert_int_equal(cq_rdb_prepare(r, "SELECT a FROM t WHERE a = ?1",
                                     CQ_RDB_PERSISTENT, &q, err, sizeof err),
                      CQ_OK);
@@ -919,9 +929,8 @@ static void test_pg_revive(void **state)
     cq_rstmt_reset(q);
     exec_ok(r, "COMMIT");
     /* still read-only after it came back */
-    assert_int_equal(cq_rdb_exec(r, "INSERT INTO t VALUES (2)", err,
-                                 sizeof err),
-                     CQ_EIO);
+    assert_int_equal(
+        cq_rdb_exec(r, "INSERT INTO t VALUES (2)", err, sizeof err), CQ_EIO);
     /* inside a transaction: the failure is the caller's to see */
     exec_ok(r, "BEGIN");
     assert_int_equal(cq_rstmt_step(q), CQ_RSTEP_ROW);
@@ -968,8 +977,7 @@ static void test_locks(void **state)
         assert_int_equal(cq_rdb_unlock(a, "cqrsd:x"), CQ_EINVAL);
         assert_int_equal(cq_rdb_notify(a, "ch", "p"), CQ_EINVAL);
         assert_int_equal(cq_rdb_listen(a, "ch"), CQ_EINVAL);
-        assert_int_equal(cq_rdb_wait_notify(a, 0, NULL, 0, NULL, 0),
-                         CQ_EINVAL);
+        assert_int_equal(cq_rdb_wait_notify(a, 0, NULL, 0, NULL, 0), CQ_EINVAL);
         exec_ok(a, "SELECT 1");
         assert_int_equal(cq_rdb_errcode(a), CQ_OK);
         cq_rdb_close(a);
@@ -1046,8 +1054,8 @@ static void test_notify(void **state)
     assert_int_equal(cq_rdb_wait_notify(a, 100, ch, sizeof ch, pl, sizeof pl),
                      0);
     exec_ok(b, "COMMIT");
-    assert_int_equal(
-        cq_rdb_wait_notify(a, 5000, ch, sizeof ch, pl, sizeof pl), 1);
+    assert_int_equal(cq_rdb_wait_notify(a, 5000, ch, sizeof ch, pl, sizeof pl),
+                     1);
     assert_string_equal(ch, "cq_events");
     assert_string_equal(pl, "17");
 
@@ -1065,8 +1073,8 @@ static void test_notify(void **state)
     assert_int_equal(cq_rdb_notify(b, "other", "x"), CQ_OK);
     assert_int_equal(cq_rdb_notify(b, "Mixed Case", "NAME:42"), CQ_OK);
     assert_int_equal(cq_rdb_notify(b, "cq_events", NULL), CQ_OK);
-    assert_int_equal(
-        cq_rdb_wait_notify(a, 5000, ch, sizeof ch, pl, sizeof pl), 1);
+    assert_int_equal(cq_rdb_wait_notify(a, 5000, ch, sizeof ch, pl, sizeof pl),
+                     1);
     assert_string_equal(ch, "Mixed Case");
     assert_string_equal(pl, "NAME:42");
     /* cut to fit */
@@ -1078,19 +1086,16 @@ static void test_notify(void **state)
     assert_int_equal(cq_rdb_notify(b, "cq_events", "19"), CQ_OK);
     usleep(100000);
     exec_ok(a, "SELECT 1");
-    assert_int_equal(cq_rdb_wait_notify(a, 0, ch, sizeof ch, pl, sizeof pl),
-                     1);
+    assert_int_equal(cq_rdb_wait_notify(a, 0, ch, sizeof ch, pl, sizeof pl), 1);
     assert_string_equal(pl, "19");
-    assert_int_equal(cq_rdb_wait_notify(a, 0, ch, sizeof ch, pl, sizeof pl),
-                     0);
+    assert_int_equal(cq_rdb_wait_notify(a, 0, ch, sizeof ch, pl, sizeof pl), 0);
 
     /* the listener's connection ends under it */
     pid = select_int(a, "SELECT pg_backend_pid()");
     snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%lld)",
              (long long)pid);
     exec_ok(b, sql);
-    assert_true(cq_rdb_wait_notify(a, 5000, ch, sizeof ch, pl, sizeof pl) <
-                0);
+    assert_true(cq_rdb_wait_notify(a, 5000, ch, sizeof ch, pl, sizeof pl) < 0);
     assert_int_equal(cq_rdb_errcode(a), CQ_EIO);
     cq_rdb_close(b);
     cq_rdb_close(a);
@@ -1166,10 +1171,10 @@ int main(int argc, char **argv)
     int failed;
 
     pg = argc > 1 && strcmp(argv[1], "pg") == 0;
-    failed = cmocka_run_group_tests_name(pg ? "rdb_pg" : "rdb", tests, NULL,
-                                         NULL);
+    failed =
+        cmocka_run_group_tests_name(pg ? "rdb_pg" : "rdb", tests, NULL, NULL);
     if (pg)
-        failed += cmocka_run_group_tests_name("rdb_pg_only", pg_tests, NULL,
-                                              NULL);
+        failed +=
+            cmocka_run_group_tests_name("rdb_pg_only", pg_tests, NULL, NULL);
     return failed;
 }

@@ -547,17 +547,17 @@ static void test_missing_dirs(void **state)
         /* a database without an event store; one that cannot be reached */
         empty = pgtest_database("empty");
         assert_non_null(empty);
-        assert_int_equal(run_verify_at(NULL, empty, NULL, &report, &diffs, err,
-                                       sizeof err),
-                         CQ_ENOTFOUND);
+        assert_int_equal(
+            run_verify_at(NULL, empty, NULL, &report, &diffs, err, sizeof err),
+            CQ_ENOTFOUND);
         assert_non_null(strstr(err, "no event store there"));
         free(report);
         report = NULL;
         free(empty);
-        assert_int_equal(
-            run_verify_at(NULL, "postgresql://u:secret@127.0.0.1:1/x", NULL,
-                          &report, &diffs, err, sizeof err),
-            CQ_EIO);
+        assert_int_equal(run_verify_at(NULL,
+                                       "postgresql://u:secret@127.0.0.1:1/x",
+                                       NULL, &report, &diffs, err, sizeof err),
+                         CQ_EIO);
         assert_non_null(strstr(err, "u:***@127.0.0.1:1"));
         assert_null(strstr(err, "secret"));
         free(report);
@@ -620,6 +620,6 @@ int main(int argc, char **argv)
     };
 
     pg = argc > 1 && strcmp(argv[1], "pg") == 0;
-    return cmocka_run_group_tests_name(pg ? "verify_pg" : "verify", tests,
-                                       NULL, NULL);
+    return cmocka_run_group_tests_name(pg ? "verify_pg" : "verify", tests, NULL,
+                                       NULL);
 }
