@@ -2,8 +2,9 @@
 # truth; see CMakeLists.txt.
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
+PREFIX ?= /usr/local
 
-.PHONY: all deps build run test test-unit bench clean
+.PHONY: all deps build run install test test-unit bench clean
 
 all: build
 
@@ -16,6 +17,11 @@ build: deps
 
 run: build
 	./build/cqrsd serve --data ./data --listen 127.0.0.1:8080
+
+# bin/cqrsd, lib/libcqrs.{so,a}, include/cqrs/*.h, lib/pkgconfig/cqrs.pc
+# and the example domain modules (lib/cqrsd/NAME/) under PREFIX.
+install: build
+	cmake --install build --prefix "$(PREFIX)"
 
 # Plain build, then AddressSanitizer + UBSan, then ThreadSanitizer on the
 # threaded tests. The last thing printed is ctest's summary line.

@@ -5,21 +5,24 @@
  *                [--pg-connections N]] [--listen HOST:PORT] [--threads N]
  *               [--idempotency-ttl SECONDS] [--body-limit BYTES]
  *               [--max-connections N] [--max-connections-per-ip N]
- *               [--header-timeout SECONDS]
+ *               [--header-timeout SECONDS] [--domain PATH]...
  *   cqrsd verify [--data DIR | --store URI [--read-store URI]]
- *                [--projections DIR]
+ *                [--projections DIR] [--domain PATH]...
+ *   cqrsd new NAME [DIR]
  *   cqrsd projections [--server HOST:PORT] list | status NAME |
  *                     pause | resume | reset | retry | skip NAME |
  *                     rebuild NAME [--no-wait]
  *   cqrsd version | help
  *
- * `serve` opens the event store, starts the writer thread and the HTTP
- * server for the orders example, then waits for SIGTERM or SIGINT. Those
- * signals are blocked in every thread and taken with sigwait() here, so
- * shutdown runs as ordinary code: let the writer commit and answer
- * everything queued (new writes meanwhile get 503), let MHD send those
- * answers and close its connections, then close the store. Nothing acknowledged
- * is lost because nothing is acknowledged before its commit.
+ * `serve` loads the domain modules (--domain, else the orders example;
+ * src/modules.h: a module that cannot be used stops the start with exit
+ * code 2 before the data directory is touched), opens the event store,
+ * starts the writer thread and the HTTP server, then waits for SIGTERM or
+ * SIGINT. Those signals are blocked in every thread and taken with
+ * sigwait() here, so shutdown runs as ordinary code: let the writer commit
+ * and answer everything queued (new writes meanwhile get 503), let MHD send
+ * those answers and close its connections, then close the store. Nothing
+ * acknowledged is lost because nothing is acknowledged before its commit.
  *
  * With --store (a PostgreSQL URI) the events, the command log and the
  * inline projections live in that database, and the asynchronous
@@ -49,7 +52,7 @@
 #include "projection/verify.h"
 #include "cqrs/cqrs.h"
 #include "http/server.h"
-#include "orders/orders.h"
+#include "modules.h"
 #include "store/pg.h"
 #include "store/store.h"
 #include "wiring.h"
@@ -65,6 +68,8 @@ typedef struct options {
     int64_t ttl_s;
     int64_t body_limit;
     int64_t max_conns, max_per_ip, header_timeout_s;
+    const char *domains[CQ_MODULES_MAX]; /* --domain, in order */
+    size_t ndomains;
 } options;
 
 static void usage(FILE *f)
@@ -75,8 +80,10 @@ static void usage(FILE *f)
           "                   [--body-limit BYTES] [--max-connections N]\n"
           "                   [--max-connections-per-ip N]\n"
           "                   [--header-timeout SECONDS] [--projections DIR]\n"
+          "                   [--domain PATH]...\n"
           "       cqrsd verify [--data DIR | --store URI [--read-store URI]]\n"
-          "                    [--projections DIR]\n"
+          "                    [--projections DIR] [--domain PATH]...\n"
+          "       cqrsd new NAME [DIR]\n"
           "       cqrsd projections [--server HOST:PORT] list | status NAME |\n"
           "                         pause | resume | reset | retry | skip "
           "NAME |\n"
@@ -117,7 +124,13 @@ static void usage(FILE *f)
           "seconds,\n"
           "                          1-3600 (default 10)\n"
           "  --projections DIR       also load every *.sql projection in DIR\n"
-          "                          (the orders read models are built in)\n"
+          "  --domain PATH           serve the domain module PATH (a .so\n"
+          "                          built against cqrs.pc); repeatable;\n"
+          "                          default: the orders example installed\n"
+          "                          with cqrsd\n"
+          "\n"
+          "  new NAME [DIR] writes a domain project to build as a module\n"
+          "  (DIR defaults to ./NAME; see its README.md)\n"
           "\n"
           "  verify replays the events into a scratch database and compares\n"
           "  each projection's tables with it (safe while a server runs);\n"
@@ -190,6 +203,17 @@ static int parse_num(const char *flag, const char *s, int64_t min, int64_t max,
     return 0;
 }
 
+/* One more --domain PATH. */
+static int add_domain(const char **domains, size_t *n, const char *path)
+{
+    if (*n == CQ_MODULES_MAX) {
+        fprintf(stderr, "cqrsd: at most %d --domain options\n", CQ_MODULES_MAX);
+        return -1;
+    }
+    domains[(*n)++] = path;
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, options *o)
 {
     o->data = NULL;
@@ -204,6 +228,7 @@ static int parse_args(int argc, char **argv, options *o)
     o->max_conns = 8192;
     o->max_per_ip = 1024;
     o->header_timeout_s = 10;
+    o->ndomains = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -225,6 +250,8 @@ static int parse_args(int argc, char **argv, options *o)
             o->listen = v;
         else if (strcmp(a, "--projections") == 0)
             o->projections = v;
+        else if (strcmp(a, "--domain") == 0)
+            rc = add_domain(o->domains, &o->ndomains, v);
         else if (strcmp(a, "--threads") == 0)
             rc = parse_num(a, v, 1, 64, &o->threads);
         else if (strcmp(a, "--idempotency-ttl") == 0)
@@ -296,18 +323,15 @@ bad:
     return -1;
 }
 
-/* Load the built-in orders read models, then every *.sql in dir (may be
- * NULL), in name order. */
-static int load_projections(cq_engine *e, const char *dir, char *err,
-                            size_t errcap)
+/* Load the modules' read models, then every *.sql in dir (may be NULL),
+ * in name order. */
+static int load_projections(cq_engine *e, const cq_modules *mods,
+                            const char *dir, char *err, size_t errcap)
 {
-    for (const orders_sql_file *f = orders_projection_files; f->name; f++) {
-        int rc = cq_engine_load_text(e, f->name, f->text, f->len, err, errcap);
-        if (rc != CQ_OK)
-            return rc;
-    }
-    if (dir == NULL)
-        return CQ_OK;
+    int rc = cq_modules_load_engine(mods, e, err, errcap);
+
+    if (rc != CQ_OK || dir == NULL)
+        return rc;
     return cq_engine_load_dir(e, dir, err, errcap);
 }
 
@@ -336,7 +360,8 @@ static int serve(const options *o)
     cq_store *store = NULL;
     cq_writer *writer = NULL;
     cq_engine *engine = NULL;
-    cq_engine_config ecfg = {o->data, 0, 0, orders_domain(), NULL, NULL};
+    cq_modules *mods = NULL;
+    cq_engine_config ecfg = {o->data, 0, 0, NULL, NULL, NULL};
     cq_server *server = NULL;
     const char *read_store = o->read_store ? o->read_store : o->store;
     char shown[512] = "", shown_read[512] = "";
@@ -372,6 +397,12 @@ static int serve(const options *o)
     hcfg.max_connections_per_ip = (unsigned)o->max_per_ip;
     hcfg.header_timeout_s = (unsigned)o->header_timeout_s;
     wcfg.idempotency_ttl_ms = o->ttl_s * 1000;
+    if (cq_modules_open(o->domains, o->ndomains, &mods, err, sizeof err) !=
+        CQ_OK) {
+        fprintf(stderr, "cqrsd: %s\n", err);
+        return 2;
+    }
+    ecfg.domain = cq_modules_domain(mods);
 
     /* Block the signals before any thread exists so every thread inherits
      * the mask and only sigwait() below sees them. */
@@ -385,12 +416,13 @@ static int serve(const options *o)
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: cannot open the event store %s %s: %s\n",
                 o->store ? "at" : "in", o->store ? shown : o->data, err);
+        cq_modules_close(mods);
         /* PostgreSQL gone between the look above and the open */
         return o->store != NULL && rc == CQ_EIO ? 2 : 1;
     }
     rc = cq_engine_new(&ecfg, store, &engine, err, sizeof err);
     if (rc == CQ_OK)
-        rc = load_projections(engine, o->projections, err, sizeof err);
+        rc = load_projections(engine, mods, o->projections, err, sizeof err);
     if (rc == CQ_OK)
         rc = cq_query_attach(engine, err, sizeof err);
     if (rc == CQ_OK)
@@ -400,29 +432,28 @@ static int serve(const options *o)
         goto done;
     }
     wcfg.hooks = cq_wiring_writer_hooks(engine);
-    wcfg.domain = orders_domain();
+    wcfg.domain = cq_modules_domain(mods);
     rc = cq_writer_start(store, &wcfg, &writer);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: cannot start the writer: %s\n",
                 cq_strerror(rc));
         goto done;
     }
-    rc = cq_server_start(&hcfg, store, writer, engine, orders_domain(), &server,
-                         err, sizeof err);
+    rc = cq_server_start(&hcfg, store, writer, engine, cq_modules_domain(mods),
+                         &server, err, sizeof err);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: --listen %s: %s\n", o->listen, err);
         goto done;
     }
     if (o->store == NULL && read_store == NULL)
-        fprintf(stderr,
-                "cqrsd: serving the orders example on %s (port %u), "
-                "data in %s\n",
-                o->listen, cq_server_port(server), o->data);
+        fprintf(stderr, "cqrsd: serving %s on %s (port %u), data in %s\n",
+                cq_modules_names(mods), o->listen, cq_server_port(server),
+                o->data);
     else
         fprintf(stderr,
-                "cqrsd: serving the orders example on %s (port %u), "
-                "events in %s, read models in %s\n",
-                o->listen, cq_server_port(server),
+                "cqrsd: serving %s on %s (port %u), events in %s, "
+                "read models in %s\n",
+                cq_modules_names(mods), o->listen, cq_server_port(server),
                 o->store ? shown : o->data, shown_read);
 
     while (sigwait(&sigs, &sig) != 0)
@@ -436,16 +467,20 @@ done:
     cq_writer_free(writer);
     cq_engine_free(engine);
     cq_store_close(store);
+    cq_modules_close(mods); /* after everything that used its domain */
     return rc == CQ_OK ? 0 : 1;
 }
 
 /* cqrsd verify [--data DIR | --store URI [--read-store URI]]
- * [--projections DIR]: the same projections as serve, checked against the
- * events (projection/verify.h). */
+ * [--projections DIR] [--domain PATH]...: the same projections as serve,
+ * checked against the events (projection/verify.h). */
 static int verify(int argc, char **argv)
 {
     const char *data = NULL, *projections = NULL, *store = NULL,
                *read_store = NULL;
+    const char *domains[CQ_MODULES_MAX];
+    size_t ndomains = 0;
+    cq_modules *mods = NULL;
     cq_verify *v = NULL;
     char err[1024];
     int64_t diffs = 0;
@@ -465,7 +500,10 @@ static int verify(int argc, char **argv)
             read_store = argv[i + 1];
         else if (strcmp(argv[i], "--projections") == 0)
             projections = argv[i + 1];
-        else {
+        else if (strcmp(argv[i], "--domain") == 0) {
+            if (add_domain(domains, &ndomains, argv[i + 1]) != 0)
+                return 2;
+        } else {
             fprintf(stderr, "cqrsd: verify: unknown option %s\n", argv[i]);
             return 2;
         }
@@ -479,21 +517,24 @@ static int verify(int argc, char **argv)
     if ((store != NULL && reachable(store) != 0) ||
         (read_store != NULL && reachable(read_store) != 0))
         return 2;
-    if (cq_verify_new(&v) == CQ_OK)
-        cq_verify_set_domain(v, orders_domain());
-    if (v == NULL) {
-        fprintf(stderr, "cqrsd: out of memory\n");
+    if (cq_modules_open(domains, ndomains, &mods, err, sizeof err) != CQ_OK) {
+        fprintf(stderr, "cqrsd: %s\n", err);
         return 2;
     }
-    rc = CQ_OK;
-    for (const orders_sql_file *f = orders_projection_files;
-         rc == CQ_OK && f->name; f++)
-        rc = cq_verify_load_text(v, f->name, f->text, f->len, err, sizeof err);
+    if (cq_verify_new(&v) == CQ_OK)
+        cq_verify_set_domain(v, cq_modules_domain(mods));
+    if (v == NULL) {
+        fprintf(stderr, "cqrsd: out of memory\n");
+        cq_modules_close(mods);
+        return 2;
+    }
+    rc = cq_modules_load_verify(mods, v, err, sizeof err);
     if (rc == CQ_OK && projections != NULL)
         rc = cq_verify_load_dir(v, projections, err, sizeof err);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: projections: %s\n", err);
         cq_verify_free(v);
+        cq_modules_close(mods);
         return 2;
     }
     rc = store != NULL ? cq_verify_run_uri(v, store, read_store, stdout,
@@ -501,6 +542,7 @@ static int verify(int argc, char **argv)
                        : cq_verify_run(v, data, stdout, &diffs, err,
                                        sizeof err);
     cq_verify_free(v);
+    cq_modules_close(mods);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: verify: %s\n", err);
         return 2;
@@ -534,6 +576,8 @@ int main(int argc, char **argv)
         return verify(argc, argv);
     if (strcmp(argv[1], "projections") == 0)
         return cq_cli_projections(argc, argv);
+    if (strcmp(argv[1], "new") == 0)
+        return cq_cli_new(argc, argv);
     if (strcmp(argv[1], "serve") != 0) {
         fprintf(stderr, "cqrsd: unknown command '%s'\n", argv[1]);
         usage(stderr);

@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "cqrs/decider.h"
+#include "cqrs/module.h"
 #include "orders/orders.h"
 
 #define EVENT_SCHEMA_VERSION 1 /* of every event but OrderPlaced */
@@ -662,4 +663,20 @@ static const cq_domain orders = {
 const cq_domain *orders_domain(void)
 {
     return &orders;
+}
+
+/* ---- the module (include/cqrs/module.h) ---------------------------------- */
+
+/* orders.so is this file alone; its read models are the .sql files in
+ * projections/ beside it (CMake copies them next to the built module and
+ * installs them with it). */
+static const cq_module orders_module = {
+    .abi = CQ_ABI_INIT,
+    .domain = &orders,
+    .projections = "projections",
+};
+
+const cq_module *cq_module_init(void)
+{
+    return &orders_module;
 }

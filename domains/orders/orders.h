@@ -17,9 +17,12 @@
 const cq_domain *orders_domain(void);
 
 /* The orders read models, declared in the .sql files of
- * domains/orders/projections/
- * (order_summaries with customer_orders, sales_dashboard, and the inline
- * payment_confirmation) and compiled in by CMake. Ended by name NULL. */
+ * domains/orders/projections/ (order_summaries with customer_orders,
+ * sales_dashboard, and the inline payment_confirmation). The module
+ * (orders.so) reads them from projections/ beside it; for the engine's own
+ * unit tests and benchmarks, which link orders.c directly, CMake also
+ * compiles them into this array (the cqrs_orders library). Ended by name
+ * NULL. */
 typedef struct orders_sql_file {
     const char *name;
     const char *text;

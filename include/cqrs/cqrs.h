@@ -2,8 +2,15 @@
  * cqrs.h -- the engine's public error codes and version.
  *
  * Every fallible function in cqrsd returns an int: CQ_OK (0) or one of the
- * negative codes below. Human-readable detail, where there is any, lives on
- * the handle that failed (for example cq_store_errmsg()).
+ * negative codes below; a domain's callbacks answer with them too.
+ * Human-readable detail, where there is any, lives next to the call (a
+ * decision's refusal, a field-error list, a projection's error), never in
+ * the code. A code's value never changes and is never reused.
+ *
+ * The public headers: cqrs.h (this), decider.h (a domain: commands,
+ * aggregates, schemas, decisions, upcasters), projection.h (projections
+ * whose handler is C code), module.h (a domain built as a module that
+ * `cqrsd serve --domain` loads). Everything else in cqrsd is internal.
  */
 #ifndef CQRS_CQRS_H
 #define CQRS_CQRS_H
@@ -26,7 +33,8 @@ enum {
     CQ_EMISMATCH = -12 /* idempotency key reused with another command */
 };
 
-/* Short static description of a code; never NULL. Thread-safe. */
+/* A short English phrase for `code`: static (never freed), never NULL;
+ * "unknown error" for a value not listed above. Thread-safe. */
 const char *cq_strerror(int code);
 
 #endif

@@ -1,7 +1,8 @@
 /*
  * decider.h -- the public API a domain implements to accept commands.
  *
- * A domain (see domains/orders/) is a set of command definitions. Each
+ * A domain (see domains/orders/, domains/bank/) is a set of command
+ * definitions, built into a module the server loads (module.h). Each
  * command belongs to an aggregate, whose state is folded from its stream's
  * events with evolve(). The engine:
  *
@@ -75,8 +76,11 @@ typedef struct cq_field {
 /* Check that `body` is an object whose members match `fields` (a list
  * ended by kind CQ_FIELD_END): right types, within bounds, required ones
  * present, no unknown members. Adds one error per problem to `errs`, with
- * the field's path, prefixed by `prefix` ("" at top level). Returns the
- * number of errors added. `body` is borrowed. Thread-safe. */
+ * the field's path, prefixed by `prefix` ("" at top level; NULL is taken
+ * as ""). Returns the number of errors added (a count, not a CQ_* code;
+ * with a NULL errs nothing is recorded and 0 is returned). `fields`,
+ * `body` and `prefix` are borrowed for the call. Thread-safe; errs belongs
+ * to the calling thread. */
 int cq_schema_check(const cq_field *fields, const json_t *body,
                     const char *prefix, cq_errors *errs);
 
@@ -92,12 +96,17 @@ typedef struct cq_event {
     const json_t *data;
 } cq_event;
 
+/* How one kind of stream's state is folded. A state belongs to the engine
+ * (or to a unit test) from initial() or clone() until free(); the engine
+ * hands it to one thread at a time. */
 typedef struct cq_aggregate {
     const char *name;
     /* A new state, as for a stream with no events; NULL on out of memory. */
     void *(*initial)(void);
-    /* Apply one event to `state` in place. Unknown event types must be
-     * ignored. Returns CQ_OK, or CQ_ECORRUPT/CQ_ENOMEM. */
+    /* Apply one event to `state` in place (`ev` borrowed for the call;
+     * stored bytes: check every field). Unknown event types must be
+     * ignored. Returns CQ_OK, or CQ_ECORRUPT/CQ_ENOMEM (the state may then
+     * be half changed: the engine drops it). */
     int (*evolve)(void *state, const cq_event *ev);
     /* A deep copy of `state`; NULL on out of memory. */
     void *(*clone)(const void *state);
@@ -122,6 +131,54 @@ int cq_decision_emit(cq_decision *d, const char *type, int schema_version,
  * so decide() can `return` it. */
 int cq_decision_refuse(cq_decision *d, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* ---- running a decider yourself: unit tests --------------------------- */
+
+/* The engine makes the cq_decision and cq_errors it hands to decide() and
+ * validate(). A unit test of a domain -- pure, no database -- makes its own
+ * with the functions below, folds initial() and evolve() and calls
+ * decide() the way the engine does (steps 1-5 above), then reads what was
+ * emitted. Each object belongs to the thread that made it. */
+
+/* One event a decision holds. */
+typedef struct cq_decided_event {
+    const char *type; /* owned by the decision */
+    int schema_version;
+    json_t *data; /* owned by the decision (one reference) */
+} cq_decided_event;
+
+/* A new, empty decision, owned by the caller (cq_decision_free); NULL on
+ * out of memory. */
+cq_decision *cq_decision_new(void);
+
+/* Free d and the events it holds; accepts NULL. */
+void cq_decision_free(cq_decision *d);
+
+/* Forget the emitted events and the refusal, so that d can be given to
+ * the next decide() (the writer keeps one per thread). Cannot fail;
+ * accepts NULL. */
+void cq_decision_reset(cq_decision *d);
+
+/* Number of events emitted since the last reset (a count, not a CQ_*
+ * code); 0 for NULL. */
+size_t cq_decision_count(const cq_decision *d);
+
+/* The i-th emitted event, in emission order, or NULL if i >=
+ * cq_decision_count(d). Borrowed: valid until d is reset or freed; its
+ * data must not be changed. */
+const cq_decided_event *cq_decision_event(const cq_decision *d, size_t i);
+
+/* The refusal's message (borrowed: valid until reset/free), or NULL if
+ * decide() did not refuse (or d is NULL). */
+const char *cq_decision_refusal(const cq_decision *d);
+
+/* A new, empty field-error list for validate() and cq_schema_check(),
+ * owned by the caller (cq_errors_free); NULL on out of memory. It keeps
+ * the first 50 errors and counts the rest. */
+cq_errors *cq_errors_new(void);
+
+/* Free e and everything it recorded; accepts NULL. */
+void cq_errors_free(cq_errors *e);
 
 /* What the stream must look like before decide() runs. */
 typedef enum cq_expect {
@@ -156,12 +213,16 @@ typedef struct cq_command_def {
  * events are read: folding aggregates, the streams API, projections,
  * strong reads and verify. */
 typedef struct cq_upcaster {
-    const char *type;                /* NULL ends a list */
+    const char *type; /* NULL ends a list */
     int from;
     int (*upcast)(json_t *data);
 } cq_upcaster;
 
-/* What a domain owns. A stream's category is the part of its id before the
+/* A domain. The table and everything it points to are the module's,
+ * constant, and must stay valid and unchanged for as long as the engine
+ * runs; the engine only reads them, from any thread.
+ *
+ * What a domain owns. A stream's category is the part of its id before the
  * first '-' (the whole id when it has none): "order" for "order-o-1". The
  * streams of a category the domain owns, and the events of a type it owns,
  * are written only through its commands: a raw append (POST /streams/{id})
@@ -181,18 +242,24 @@ typedef struct cq_domain {
 
 /* Bring `data` (a `type` event at *schema_version) to the newest shape the
  * domain's upcasters know, applying them one version at a time; updates
- * *schema_version. A NULL domain, or one without upcasters, changes
- * nothing. Returns CQ_OK or the first upcaster's error. Thread-safe. */
+ * *schema_version. `data` is the caller's and is changed in place; `type`
+ * is borrowed for the call. A NULL domain, or one without upcasters,
+ * changes nothing. Returns CQ_OK or the first upcaster's error (then data
+ * may be half changed and *schema_version names the step that failed).
+ * Thread-safe (upcasters are pure). */
 int cq_domain_upcast(const cq_domain *domain, const char *type,
                      int *schema_version, json_t *data);
 
 /* The domain's name if it owns the category of `stream_id` (see
- * cq_domain), else NULL. A NULL domain owns nothing. Thread-safe. */
+ * cq_domain), else NULL; when the server serves several domains as one,
+ * the name of the one of them that owns it. Borrowed from the domain. A
+ * NULL domain or stream_id owns nothing. Thread-safe. */
 const char *cq_domain_stream_owner(const cq_domain *domain,
                                    const char *stream_id);
 
-/* The domain's name if it owns the event type `type`, else NULL. A NULL
- * domain owns nothing. Thread-safe. */
+/* The domain's name if it owns the event type `type`, else NULL (several
+ * domains: as cq_domain_stream_owner). Borrowed from the domain. A NULL
+ * domain or type owns nothing. Thread-safe. */
 const char *cq_domain_type_owner(const cq_domain *domain, const char *type);
 
 /* The command definition named `type` (borrowed for the call) in

@@ -1,6 +1,7 @@
 /*
  * errors.h -- the engine side of the field-error list (cq_errors), whose
- * public half (cq_errors_add, cq_errors_count) is in include/cqrs/decider.h.
+ * public half (cq_errors_new, _free, _add, _count) is in
+ * include/cqrs/decider.h.
  * A request check collects every {field, message} it finds; the HTTP layer
  * answers them as the problem+json "errors" array.
  *
@@ -17,11 +18,8 @@
 
 #include "cqrs/decider.h"
 
-/* A new, empty list; NULL on out of memory. Free with cq_errors_free(). */
-cq_errors *cq_errors_new(void);
-
-/* Free `e` and everything it recorded; accepts NULL. */
-void cq_errors_free(cq_errors *e);
+/* cq_errors_new and cq_errors_free are public (decider.h), for a
+ * domain's unit tests of validate(). */
 
 /* A new JSON array [{"field": ..., "message": ...}, ...] (new reference,
  * owned by the caller), in the order the errors were added; when some were

@@ -5,6 +5,8 @@
  * and the one decoder of stored events (cq_event_decode), which every
  * reader of events uses: the writer's aggregate fold, the projector, verify
  * and the streams API. See src/domain/README.md for the decode protocol.
+ * Also: checking a domain table a module handed over (check.c) and serving
+ * several domains as one (set.c); loading modules is module.h.
  *
  * A cq_domain is a constant table owned by the embedder; everything here
  * only reads it and is thread-safe. A cq_decoded belongs to the thread
@@ -23,6 +25,51 @@
  * there is none or `domain` or `type` is NULL. Thread-safe. */
 const cq_upcaster *cq_domain_upcaster(const cq_domain *domain, const char *type,
                                       int schema_version);
+
+/* ---- checking a domain table ----------------------------------------------
+ */
+
+/* Whether `d` (borrowed) can be served: a valid name; every command with a
+ * type that fits a URL, an aggregate with all four functions, stream_id()
+ * and decide(), a known expectation and a schema whose every level ends,
+ * with named fields of known kinds, min <= max and arrays that have items;
+ * upcasters with a type, from >= 1 and a function; categories and event
+ * types that are valid names; nothing listed twice (src/domain/README.md,
+ * "Checking a domain", has the table). Returns CQ_OK, or CQ_EINVAL with
+ * the first problem in err[errcap] (one line, without the module's path).
+ * Reads only: thread-safe. */
+int cq_domain_check(const cq_domain *d, char *err, size_t errcap);
+
+/* ---- several domains as one ------------------------------------------------
+ */
+
+typedef struct cq_domain_set cq_domain_set;
+
+/* A set of the n domains parts[0..n) (each already passed
+ * cq_domain_check; borrowed, they must outlive the set), sources[i]
+ * naming where parts[i] came from (a module's path; copied) in messages.
+ * Refuses, with CQ_EINVAL and "SOURCE: what collides with which domain"
+ * in err, two parts with the same name, command type, stream category,
+ * owned event type or upcast event type. CQ_OK with *out (the caller's:
+ * cq_domain_set_free), CQ_EINVAL or CQ_ENOMEM. */
+int cq_domain_set_new(const cq_domain *const *parts, const char *const *sources,
+                      size_t n, cq_domain_set **out, char *err, size_t errcap);
+
+/* The set as one cq_domain, for the writer, the engine, the server and
+ * verify: its commands, upcasters, categories and event types are the
+ * parts' in order. Borrowed from s, valid until cq_domain_set_free; its
+ * name is not a domain's (cq_domain_stream_owner and _type_owner answer
+ * with the owning part's). Thread-safe. */
+const cq_domain *cq_domain_set_domain(const cq_domain_set *s);
+
+/* The i-th domain d is made of: for a set's view, its parts; for any other
+ * domain, d itself as part 0. NULL past the end or for a NULL d. Borrowed.
+ * Thread-safe. */
+const cq_domain *cq_domain_part(const cq_domain *d, size_t i);
+
+/* Free the set (not its parts); accepts NULL. No thread may still use its
+ * view. */
+void cq_domain_set_free(cq_domain_set *s);
 
 /* ---- decoding stored events ---------------------------------------------- */
 

@@ -23,30 +23,56 @@ const cq_command_def *cq_domain_command(const cq_domain *domain,
     return NULL;
 }
 
-/* See decider.h. */
-const char *cq_domain_stream_owner(const cq_domain *domain,
-                                   const char *stream_id)
+/* The name of the one domain (not a set) d if it owns stream_id's
+ * category. */
+static const char *owns_stream(const cq_domain *d, const char *stream_id)
 {
-    size_t len;
+    size_t len = strcspn(stream_id, "-");
 
-    if (domain == NULL || domain->categories == NULL || stream_id == NULL)
+    if (d->categories == NULL)
         return NULL;
-    len = strcspn(stream_id, "-");
-    for (const char *const *c = domain->categories; *c != NULL; c++)
+    for (const char *const *c = d->categories; *c != NULL; c++)
         if (strlen(*c) == len && strncmp(*c, stream_id, len) == 0)
-            return domain->name;
+            return d->name;
     return NULL;
 }
 
-/* See decider.h. */
+static const char *owns_type(const cq_domain *d, const char *type)
+{
+    if (d->event_types == NULL)
+        return NULL;
+    for (const char *const *t = d->event_types; *t != NULL; t++)
+        if (strcmp(*t, type) == 0)
+            return d->name;
+    return NULL;
+}
+
+/* See decider.h. A set (set.c) answers with the name of its part that
+ * owns the category. */
+const char *cq_domain_stream_owner(const cq_domain *domain,
+                                   const char *stream_id)
+{
+    const cq_domain *part;
+    const char *owner = NULL;
+
+    if (stream_id == NULL)
+        return NULL;
+    for (size_t i = 0; owner == NULL && (part = cq_domain_part(domain, i)); i++)
+        owner = owns_stream(part, stream_id);
+    return owner;
+}
+
+/* See decider.h; a set as for cq_domain_stream_owner. */
 const char *cq_domain_type_owner(const cq_domain *domain, const char *type)
 {
-    if (domain == NULL || domain->event_types == NULL || type == NULL)
+    const cq_domain *part;
+    const char *owner = NULL;
+
+    if (type == NULL)
         return NULL;
-    for (const char *const *t = domain->event_types; *t != NULL; t++)
-        if (strcmp(*t, type) == 0)
-            return domain->name;
-    return NULL;
+    for (size_t i = 0; owner == NULL && (part = cq_domain_part(domain, i)); i++)
+        owner = owns_type(part, type);
+    return owner;
 }
 
 /* See decider.h. At most one upcaster per (type, from) is used: the first

@@ -78,38 +78,6 @@ int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
     return CQ_OK;
 }
 
-/* Prepare every handler and query statement of p once, on the connection
- * that will run it (x, after the DDL), so that an SQL error in a
- * projection file stops the server at start with the file and line
- * rather than failing the projection later. Handler statements stay
- * prepared in x's cache. */
-static int check_statements(proj *p, cq_exec *x, char *err, size_t errcap)
-{
-    char msg[384];
-
-    for (size_t h = 0; h < p->d->nhandlers; h++)
-        for (size_t k = 0; k < p->d->handlers[h].nstmts; k++)
-            if (cq_exec_prepare(x, &p->d->handlers[h].stmts[k], msg,
-                                sizeof msg) != CQ_OK) {
-                snprintf(err, errcap, "%s:%d: @on %s: %s", p->source,
-                         p->d->handlers[h].stmts[k].line,
-                         p->d->handlers[h].event_type,
-                         cq_rdb_errmsg(cq_exec_db(x)));
-                return CQ_EINVAL;
-            }
-    for (size_t q = 0; q < p->d->nqueries; q++)
-        for (size_t k = 0; k < p->d->queries[q].nstmts; k++) {
-            const cq_decl_stmt *st = &p->d->queries[q].stmts[k];
-            if (cq_exec_check(x, cq_exec_text(cq_exec_db(x), st), msg,
-                              sizeof msg) != CQ_OK) {
-                snprintf(err, errcap, "%s:%d: query %s: %s", p->source,
-                         st->line, p->d->queries[q].name, msg);
-                return CQ_EINVAL;
-            }
-        }
-    return CQ_OK;
-}
-
 /* The table of skipped events, in read.db (asynchronous projections, by
  * `skip`) and in events.db (inline projections, at start). */
 #define SKIPPED_DDL                                                            \
@@ -266,7 +234,8 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         /* the new definition's statements run on the tables it builds,
          * which only the node running a rebuild has */
         if (rc == CQ_OK && (p->rb.active || p->serving == p->d))
-            rc = check_statements(p, p->rb.active ? p->rb.x : x, err, errcap);
+            rc = cq_eng_check_statements(
+                p->d, p->source, p->rb.active ? p->rb.x : x, err, errcap);
     }
     if (rc != CQ_OK)
         goto fail;

@@ -400,6 +400,15 @@ void cq_eng_batch_free(batch *b);
  * open transaction; stops at the first failure (recorded in c). */
 void cq_eng_apply_events(apply_ctx *c, const batch *b, int64_t from);
 
+/* Prepare every handler and query statement of d once, on the connection
+ * that will run it (x, after the DDL), so that an SQL error in a
+ * projection file stops the server at start with the file (`source`) and
+ * line rather than failing the projection later. Handler statements stay
+ * prepared in x's cache. CQ_OK or CQ_EINVAL with "SOURCE:LINE: ..." in
+ * err (check.c; also what cq_proj_check tries files with). */
+int cq_eng_check_statements(const cq_declared *d, const char *source,
+                            cq_exec *x, char *err, size_t errcap);
+
 /* The table a CREATE TABLE statement creates, or the index a CREATE
  * INDEX one does, into name[cap]: 1 for a table, 2 for an index, 0 for
  * neither. */
