@@ -38,7 +38,7 @@ test: build
 		ctest --output-on-failure --no-tests=error -j 2
 
 bench: build
-	@sh scripts/deps.sh wrk
+	@sh scripts/deps.sh wrk postgresql npm
 	sh bench/run.sh
 
 # Fuzzing with libFuzzer: clang (from apt), ASan+UBSan, every target in
