@@ -445,7 +445,8 @@ static int source_read(void *arg, int projection, const char *name,
         natsMsg_Destroy(c->q[k].m);
         w->skipped++;
     }
-    memmove(c->q, c->q + k, (size_t)(c->nq - k) * sizeof *c->q);
+    if (k > 0)
+        memmove(c->q, c->q + k, (size_t)(c->nq - k) * sizeof *c->q);
     c->nq -= k;
     while (ready < c->nq && c->q[ready].pos == from + ready)
         ready++;
@@ -500,7 +501,8 @@ static void source_applied(void *arg, int projection, const char *name,
         natsMsg_Ack(c->q[k].m, NULL);
         natsMsg_Destroy(c->q[k].m);
     }
-    memmove(c->q, c->q + k, (size_t)(c->nq - k) * sizeof *c->q);
+    if (k > 0)
+        memmove(c->q, c->q + k, (size_t)(c->nq - k) * sizeof *c->q);
     c->nq -= k;
 }
 
