@@ -480,6 +480,8 @@ static int serve(const options *o)
         fprintf(stderr, "cqrsd: --listen %s: %s\n", o->listen, err);
         goto done;
     }
+    if (relay != NULL)
+        cq_relay_add_metrics(relay, cq_server_metrics(server));
     if (o->store == NULL && read_store == NULL)
         fprintf(stderr, "cqrsd: serving %s on %s (port %u), data in %s\n",
                 cq_modules_names(mods), o->listen, cq_server_port(server),
@@ -497,9 +499,9 @@ static int serve(const options *o)
             sig == SIGINT ? "SIGINT" : "SIGTERM");
 done:
     cq_writer_stop(writer);       /* commits and answers what is queued */
-    cq_relay_free(relay);         /* before the store it reads */
     cq_engine_stop(engine);       /* answers every waiting query */
     cq_server_stop(server, 5000); /* sends those answers, then stops */
+    cq_relay_free(relay); /* after the last scrape, before the store */
     cq_writer_free(writer);
     cq_engine_free(engine);
     cq_store_close(store);

@@ -129,6 +129,11 @@ void cq_relay_get_stats(cq_relay *r, cq_relay_stats *out);
  * Returns the bytes written (cut to cap). */
 size_t cq_relay_metrics(cq_relay *r, char *buf, size_t cap);
 
+/* Render the same in m's scrapes (GET /metrics of serve --bus): r must
+ * outlive every scrape of m. CQ_OK or CQ_ENOMEM. */
+struct cq_metrics;
+int cq_relay_add_metrics(cq_relay *r, struct cq_metrics *m);
+
 /* ---- the projection workers' event source (worker.c) ---- */
 
 /*

@@ -269,6 +269,14 @@ static void test_relay_publishes_in_order(void **state)
     if (!use_pg) /* PostgreSQL: cq_events wakes it */
         cq_relay_wake(r);
     wait_checkpoint(r, 40);
+    {
+        char m[4096];
+        cq_relay_metrics(r, m, sizeof m);
+        assert_non_null(strstr(m, "\ncqrsd_relay_checkpoint 40\n"));
+        assert_non_null(strstr(m, "\ncqrsd_relay_published_total 40\n"));
+        assert_non_null(strstr(m, "\ncqrsd_relay_lag_events 0\n"));
+        assert_non_null(strstr(m, "\ncqrsd_relay_active 1\n"));
+    }
     cq_relay_free(r);
     assert_int_equal(stream_msgs(f), 40);
     check_stream(f, 40);
