@@ -190,6 +190,28 @@ void cq_worker_get_stats(cq_worker *w, int projection, cq_worker_stats *out);
  * [--domain PATH]... [--stream NAME]` (cli.c): workers until SIGTERM. */
 int cq_bus_cli_project(int argc, char **argv);
 
+/* ---- the HTTP endpoint of relay and worker processes (health.c) ---- */
+
+struct cq_strbuf;
+/* Append a JSON body to out; 1 when ready (200), 0 when not (503). */
+typedef int (*cq_bus_ready_fn)(void *arg, struct cq_strbuf *out);
+/* Append Prometheus text to out. */
+typedef void (*cq_bus_metrics_fn)(void *arg, struct cq_strbuf *out);
+
+typedef struct cq_bus_http cq_bus_http;
+
+/* Listen on HOST:PORT (or [IPV6]:PORT; port 0 picks one) and answer GET
+ * /healthz (200 while the process runs), /readyz (ready(arg)) and
+ * /metrics (metrics(arg)), on a thread of libmicrohttpd's; both callbacks
+ * run there. CQ_OK with *out, or CQ_EINVAL / CQ_EIO / CQ_ENOMEM with a
+ * message. */
+int cq_bus_http_start(const char *listen, cq_bus_ready_fn ready,
+                      cq_bus_metrics_fn metrics, void *arg, cq_bus_http **out,
+                      char *err, size_t errcap);
+unsigned cq_bus_http_port(cq_bus_http *h);
+/* Stop and free; accepts NULL. */
+void cq_bus_http_stop(cq_bus_http *h);
+
 /* `cqrsd relay [--data DIR | --store URI] --bus URL [--stream NAME]
  * [--window N]` (cli.c): the relay as a process of its own, until SIGTERM
  * or SIGINT. Exit status: 0 after a signal, 2 for bad options or a store
