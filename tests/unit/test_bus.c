@@ -18,6 +18,11 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "base/strbuf.h"
 
 #include "base/base.h"
 #include "bus/bus.h"
@@ -81,6 +86,83 @@ static void test_msg_id(void **state)
     ev.metadata = "not json";
     cq_bus_msg_id(&ev, b, sizeof b);
     assert_string_equal(b, "cqrs-pos-7");
+}
+
+/* ---- the HTTP endpoint of relay and worker processes ---- */
+
+static int ready_flag;
+
+static int t_ready(void *arg, cq_strbuf *out)
+{
+    (void)arg;
+    cq_strbuf_puts(out, ready_flag ? "{\"status\":\"ready\"}"
+                                   : "{\"status\":\"standby\"}");
+    return ready_flag;
+}
+
+static void t_metrics(void *arg, cq_strbuf *out)
+{
+    (void)arg;
+    cq_strbuf_puts(out, "x_total 1\n");
+}
+
+/* GET path on 127.0.0.1:port: the status code, the body into buf. */
+static int http_get(unsigned port, const char *method, const char *path,
+                    char *buf, size_t cap)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    char req[256];
+    size_t got = 0;
+    ssize_t n;
+    int status = -1;
+
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    snprintf(req, sizeof req,
+             "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+             method, path);
+    assert_true(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
+    while (got + 1 < cap && (n = read(fd, buf + got, cap - 1 - got)) > 0)
+        got += (size_t)n;
+    buf[got] = '\0';
+    close(fd);
+    sscanf(buf, "HTTP/1.1 %d", &status);
+    return status;
+}
+
+static void test_http(void **state)
+{
+    cq_bus_http *h = NULL;
+    char err[256], body[2048];
+    unsigned port;
+    (void)state;
+
+    assert_int_equal(cq_bus_http_start("nonsense", t_ready, t_metrics, NULL,
+                                       &h, err, sizeof err),
+                     CQ_EINVAL);
+    assert_int_equal(cq_bus_http_start("127.0.0.1:0", t_ready, t_metrics,
+                                       NULL, &h, err, sizeof err),
+                     CQ_OK);
+    port = cq_bus_http_port(h);
+    assert_true(port > 0);
+    ready_flag = 0;
+    assert_int_equal(http_get(port, "GET", "/healthz", body, sizeof body),
+                     200);
+    assert_int_equal(http_get(port, "GET", "/readyz", body, sizeof body),
+                     503);
+    assert_non_null(strstr(body, "standby"));
+    ready_flag = 1;
+    assert_int_equal(http_get(port, "GET", "/readyz", body, sizeof body),
+                     200);
+    assert_non_null(strstr(body, "\"ready\""));
+    assert_int_equal(http_get(port, "GET", "/metrics", body, sizeof body),
+                     200);
+    assert_non_null(strstr(body, "x_total 1"));
+    assert_int_equal(http_get(port, "GET", "/nope", body, sizeof body), 404);
+    assert_int_equal(http_get(port, "DELETE", "/healthz", body, sizeof body),
+                     405);
+    cq_bus_http_stop(h);
 }
 
 /* ---- the relay ---- */
@@ -547,6 +629,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_subject),
         cmocka_unit_test(test_header_value),
         cmocka_unit_test(test_msg_id),
+        cmocka_unit_test(test_http),
         cmocka_unit_test_setup_teardown(test_relay_publishes_in_order,
                                         fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_relay_restart_and_duplicates,
