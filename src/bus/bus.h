@@ -89,13 +89,13 @@ typedef struct cq_relay_config {
 } cq_relay_config;
 
 typedef struct cq_relay_stats {
-    int active;           /* holds the lock and is connected to NATS */
-    int64_t checkpoint;   /* last position JetStream acknowledged */
-    int64_t head;         /* the store's head when last read */
-    int64_t published;    /* events acknowledged since start */
-    int64_t duplicates;   /* of them, dropped by JetStream as duplicates */
-    int64_t failures;     /* publish rounds that failed (retried) */
-    double lag_seconds;   /* age of the oldest event not yet acknowledged */
+    int active;         /* holds the lock and is connected to NATS */
+    int64_t checkpoint; /* last position JetStream acknowledged */
+    int64_t head;       /* the store's head when last read */
+    int64_t published;  /* events acknowledged since start */
+    int64_t duplicates; /* of them, dropped by JetStream as duplicates */
+    int64_t failures;   /* publish rounds that failed (retried) */
+    double lag_seconds; /* age of the oldest event not yet acknowledged */
 } cq_relay_stats;
 
 /* A new relay (strings of cfg copied). CQ_OK with *out (cq_relay_free),

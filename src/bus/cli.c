@@ -44,8 +44,10 @@ int cq_bus_cli_relay(int argc, char **argv)
     cq_bus_http *http = NULL;
     const char *listen = NULL;
     cq_relay_config rc = {0};
-    cq_store_config sc = {.sync_full = 1, .read_connections = 2,
-                          .connections = 2, .read_only = 1};
+    cq_store_config sc = {.sync_full = 1,
+                          .read_connections = 2,
+                          .connections = 2,
+                          .read_only = 1};
     cq_store *store = NULL;
     cq_relay *relay = NULL;
     const char *data = NULL, *store_uri = NULL;
@@ -56,8 +58,10 @@ int cq_bus_cli_relay(int argc, char **argv)
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (v == NULL) {
-            fprintf(stderr, "cqrsd: relay: %s: unknown option or missing "
-                            "value\n", a);
+            fprintf(stderr,
+                    "cqrsd: relay: %s: unknown option or missing "
+                    "value\n",
+                    a);
             return 2;
         }
         if (strcmp(a, "--data") == 0)
@@ -119,8 +123,8 @@ int cq_bus_cli_relay(int argc, char **argv)
         goto done;
     }
     if (listen != NULL &&
-        cq_bus_http_start(listen, relay_ready, relay_metrics, relay, &http,
-                          err, sizeof err) != CQ_OK) {
+        cq_bus_http_start(listen, relay_ready, relay_metrics, relay, &http, err,
+                          sizeof err) != CQ_OK) {
         fprintf(stderr, "cqrsd: relay: %s\n", err);
         status = 2;
         goto done;
@@ -197,8 +201,7 @@ static int project_ready(void *arg, cq_strbuf *out)
                          st.runs_here ? "true" : "false", st.status,
                          (long long)st.position, (long long)st.lag_events);
     }
-    cq_strbuf_printf(out, "],\"status\":\"%s\"}\n",
-                     all ? "ready" : "standby");
+    cq_strbuf_printf(out, "],\"status\":\"%s\"}\n", all ? "ready" : "standby");
     return all;
 }
 
@@ -272,8 +275,7 @@ int cq_bus_cli_project(int argc, char **argv)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (v == NULL) {
             fprintf(stderr,
-                    "cqrsd: project: %s: unknown option or missing value\n",
-                    a);
+                    "cqrsd: project: %s: unknown option or missing value\n", a);
             return 2;
         }
         if (strcmp(a, "--bus") == 0)
@@ -381,8 +383,8 @@ int cq_bus_cli_project(int argc, char **argv)
     }
     view = (project_view){engine, worker, nnames > 0 ? names : NULL};
     if (listen != NULL &&
-        cq_bus_http_start(listen, project_ready, project_metrics, &view,
-                          &http, err, sizeof err) != CQ_OK) {
+        cq_bus_http_start(listen, project_ready, project_metrics, &view, &http,
+                          err, sizeof err) != CQ_OK) {
         fprintf(stderr, "cqrsd: project: %s\n", err);
         goto done;
     }
@@ -392,8 +394,9 @@ int cq_bus_cli_project(int argc, char **argv)
     fprintf(stderr,
             "cqrsd: project: applying %s from %s (stream %s) into %s, "
             "batches of %d\n",
-            nnames > 0 ? "the projections named" : "every asynchronous "
-                                                   "projection",
+            nnames > 0 ? "the projections named"
+                       : "every asynchronous "
+                         "projection",
             wc.bus, wc.stream ? wc.stream : CQ_BUS_STREAM, shown, wc.batch);
     while (sigwait(&sigs, &sig) != 0)
         ;

@@ -119,8 +119,7 @@ int cq_bus_http_start(const char *listen, cq_bus_ready_fn ready,
     h->metrics = metrics;
     h->arg = arg;
     h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD |
-                                (res->ai_family == AF_INET6 ? MHD_USE_IPv6
-                                                            : 0),
+                                (res->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0),
                             0, NULL, NULL, handle, h, MHD_OPTION_SOCK_ADDR,
                             res->ai_addr, MHD_OPTION_CONNECTION_TIMEOUT,
                             (unsigned)10, MHD_OPTION_END);

@@ -242,8 +242,8 @@ static int claim(cq_relay *r)
         got = flock(r->lockfd, LOCK_EX | LOCK_NB) == 0;
         if (got && r->db == NULL) {
             snprintf(path, sizeof path, "%s/relay.db", r->dir);
-            rc = cq_rdb_open(path, CQ_RDB_CREATE, 5000, &r->db, err,
-                             sizeof err);
+            rc =
+                cq_rdb_open(path, CQ_RDB_CREATE, 5000, &r->db, err, sizeof err);
             if (rc != CQ_OK)
                 goto fail;
         }
@@ -256,8 +256,8 @@ static int claim(cq_relay *r)
         rc = cq_rdb_prepare(r->db, RELAY_GET, CQ_RDB_PERSISTENT, &r->get, err,
                             sizeof err);
     if (rc == CQ_OK && r->save == NULL)
-        rc = cq_rdb_prepare(r->db, RELAY_SAVE, CQ_RDB_PERSISTENT, &r->save,
-                            err, sizeof err);
+        rc = cq_rdb_prepare(r->db, RELAY_SAVE, CQ_RDB_PERSISTENT, &r->save, err,
+                            sizeof err);
     if (rc == CQ_OK && (rc = read_ckpt(r)) != CQ_OK)
         snprintf(err, sizeof err, "%s", cq_rdb_errmsg(r->db));
     if (rc != CQ_OK)
@@ -346,8 +346,7 @@ static int connect_nats(cq_relay *r)
                 fprintf(stderr,
                         "cqrsd: relay: made JetStream stream %s (subjects "
                         "%s, duplicate window %llds)\n",
-                        r->stream, subj,
-                        (long long)(r->dup_ns / 1000000000));
+                        r->stream, subj, (long long)(r->dup_ns / 1000000000));
         }
         jsStreamInfo_Destroy(si);
     }

@@ -120,8 +120,8 @@ static int http_get(unsigned port, const char *method, const char *path,
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
     snprintf(req, sizeof req,
-             "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-             method, path);
+             "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", method,
+             path);
     assert_true(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
     while (got + 1 < cap && (n = read(fd, buf + got, cap - 1 - got)) > 0)
         got += (size_t)n;
@@ -138,26 +138,22 @@ static void test_http(void **state)
     unsigned port;
     (void)state;
 
-    assert_int_equal(cq_bus_http_start("nonsense", t_ready, t_metrics, NULL,
-                                       &h, err, sizeof err),
+    assert_int_equal(cq_bus_http_start("nonsense", t_ready, t_metrics, NULL, &h,
+                                       err, sizeof err),
                      CQ_EINVAL);
-    assert_int_equal(cq_bus_http_start("127.0.0.1:0", t_ready, t_metrics,
-                                       NULL, &h, err, sizeof err),
+    assert_int_equal(cq_bus_http_start("127.0.0.1:0", t_ready, t_metrics, NULL,
+                                       &h, err, sizeof err),
                      CQ_OK);
     port = cq_bus_http_port(h);
     assert_true(port > 0);
     ready_flag = 0;
-    assert_int_equal(http_get(port, "GET", "/healthz", body, sizeof body),
-                     200);
-    assert_int_equal(http_get(port, "GET", "/readyz", body, sizeof body),
-                     503);
+    assert_int_equal(http_get(port, "GET", "/healthz", body, sizeof body), 200);
+    assert_int_equal(http_get(port, "GET", "/readyz", body, sizeof body), 503);
     assert_non_null(strstr(body, "standby"));
     ready_flag = 1;
-    assert_int_equal(http_get(port, "GET", "/readyz", body, sizeof body),
-                     200);
+    assert_int_equal(http_get(port, "GET", "/readyz", body, sizeof body), 200);
     assert_non_null(strstr(body, "\"ready\""));
-    assert_int_equal(http_get(port, "GET", "/metrics", body, sizeof body),
-                     200);
+    assert_int_equal(http_get(port, "GET", "/metrics", body, sizeof body), 200);
     assert_non_null(strstr(body, "x_total 1"));
     assert_int_equal(http_get(port, "GET", "/nope", body, sizeof body), 404);
     assert_int_equal(http_get(port, "DELETE", "/healthz", body, sizeof body),
@@ -302,8 +298,7 @@ static void check_stream(fx *f, int64_t n)
     jsSubOptions_Init(&so);
     so.Stream = f->stream;
     snprintf(subj, sizeof subj, "%s.>", f->prefix);
-    assert_int_equal(js_PullSubscribe(&sub, f->js, subj, NULL, NULL, &so,
-                                      NULL),
+    assert_int_equal(js_PullSubscribe(&sub, f->js, subj, NULL, NULL, &so, NULL),
                      NATS_OK);
     while (next <= n) {
         natsMsgList list = {0};
@@ -388,12 +383,12 @@ static void test_relay_restart_and_duplicates(void **state)
 
     /* as if the relay died after publishing, before its checkpoint */
     snprintf(path, sizeof path, "%s/relay.db", f->root);
-    assert_int_equal(cq_rdb_open(use_pg ? f->uri : path, 0, 5000, &db, err,
-                                 sizeof err),
-                     CQ_OK);
-    assert_int_equal(cq_rdb_exec(db, "UPDATE cq_relay SET position = 5", err,
-                                 sizeof err),
-                     CQ_OK);
+    assert_int_equal(
+        cq_rdb_open(use_pg ? f->uri : path, 0, 5000, &db, err, sizeof err),
+        CQ_OK);
+    assert_int_equal(
+        cq_rdb_exec(db, "UPDATE cq_relay SET position = 5", err, sizeof err),
+        CQ_OK);
     cq_rdb_close(db);
     r = relay_new(f);
     wait_checkpoint(r, 40);
@@ -453,13 +448,13 @@ typedef struct lossy {
     int drop_acks;
 } lossy;
 
-static int lossy_read(void *arg, int projection, const char *name,
-                      int64_t from, int limit, cq_event_cb cb, void *cbarg,
-                      char *err, size_t errcap)
+static int lossy_read(void *arg, int projection, const char *name, int64_t from,
+                      int limit, cq_event_cb cb, void *cbarg, char *err,
+                      size_t errcap)
 {
     lossy *l = arg;
-    return l->inner.read(l->inner.arg, projection, name, from, limit, cb,
-                         cbarg, err, errcap);
+    return l->inner.read(l->inner.arg, projection, name, from, limit, cb, cbarg,
+                         err, errcap);
 }
 
 static void lossy_applied(void *arg, int projection, const char *name,
@@ -519,8 +514,7 @@ static void wait_position(worker_fx *wf, int64_t pos)
             return;
         usleep(10000);
     }
-    fail_msg("projection at %lld, wanted %lld", (long long)at,
-             (long long)pos);
+    fail_msg("projection at %lld, wanted %lld", (long long)at, (long long)pos);
 }
 
 /* sum(n) and sum(total) of the tally table. */
@@ -530,9 +524,9 @@ static void tally(fx *f, int64_t *n, int64_t *total)
     cq_rstmt *st;
     char err[512];
 
-    assert_int_equal(cq_rdb_open(f->uri, CQ_RDB_READONLY, 5000, &db, err,
-                                 sizeof err),
-                     CQ_OK);
+    assert_int_equal(
+        cq_rdb_open(f->uri, CQ_RDB_READONLY, 5000, &db, err, sizeof err),
+        CQ_OK);
     assert_int_equal(cq_rdb_prepare(db,
                                     "SELECT COALESCE(SUM(n), 0),"
                                     " COALESCE(SUM(total), 0) FROM tally",
@@ -557,7 +551,7 @@ static void test_worker_applies_and_redelivery(void **state)
     int64_t n, total;
 
     if (!use_pg)
-        skip(); /* workers need a shared (PostgreSQL) read store */
+        skip();           /* workers need a shared (PostgreSQL) read store */
     append(f, "s-1", 20); /* i = 0..19 each */
     append(f, "s-2", 15);
     r = relay_new(f);
@@ -584,9 +578,9 @@ static void test_worker_applies_and_redelivery(void **state)
         cq_worker_durable("tally", durable, sizeof durable);
         for (int i = 0; i < 500 && ack_pending != 0; i++) {
             usleep(20000);
-            assert_int_equal(js_GetConsumerInfo(&ci, f->js, f->stream,
-                                                durable, NULL, NULL),
-                             NATS_OK);
+            assert_int_equal(
+                js_GetConsumerInfo(&ci, f->js, f->stream, durable, NULL, NULL),
+                NATS_OK);
             ack_pending = ci->NumAckPending;
             jsConsumerInfo_Destroy(ci);
         }
@@ -630,8 +624,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_header_value),
         cmocka_unit_test(test_msg_id),
         cmocka_unit_test(test_http),
-        cmocka_unit_test_setup_teardown(test_relay_publishes_in_order,
-                                        fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_relay_publishes_in_order, fx_setup,
+                                        fx_teardown),
         cmocka_unit_test_setup_teardown(test_relay_restart_and_duplicates,
                                         fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_relay_one_active, fx_setup,
