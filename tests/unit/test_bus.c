@@ -472,7 +472,16 @@ typedef struct worker_fx {
     cq_engine *e;
 } worker_fx;
 
+static void worker_start_text(fx *f, worker_fx *wf, int drop_acks,
+                              const char *text);
+
 static void worker_start(fx *f, worker_fx *wf, int drop_acks)
+{
+    worker_start_text(f, wf, drop_acks, tally_sql);
+}
+
+static void worker_start_text(fx *f, worker_fx *wf, int drop_acks,
+                              const char *text)
 {
     cq_worker_config wc = {.bus = nats_url,
                            .stream = f->stream,
@@ -492,8 +501,8 @@ static void worker_start(fx *f, worker_fx *wf, int drop_acks)
     ec.source = &wf->outer;
     assert_int_equal(cq_engine_new(&ec, f->store, &wf->e, err, sizeof err),
                      CQ_OK);
-    assert_int_equal(cq_engine_load_text(wf->e, "tally.sql", tally_sql,
-                                         strlen(tally_sql), err, sizeof err),
+    assert_int_equal(cq_engine_load_text(wf->e, "tally.sql", text, strlen(text),
+                                         err, sizeof err),
                      CQ_OK);
     if (cq_engine_start(wf->e, err, sizeof err) != CQ_OK)
         fail_msg("engine start: %s", err);
@@ -597,6 +606,49 @@ static void test_worker_applies_and_redelivery(void **state)
     cq_relay_free(r);
 }
 
+/* A changed definition on a worker: a blue/green rebuild replays the
+ * event store into shadow tables, swaps at a position, and the bus
+ * continues after it: every event counted once, none missed. */
+static void test_worker_rebuild_then_bus(void **state)
+{
+    fx *f = *state;
+    cq_relay *r;
+    worker_fx wf;
+    cq_projection_status st;
+    int64_t n, total;
+    char *v2 = strdup(tally_sql);
+
+    if (!use_pg)
+        skip();
+    strstr(v2, "@version 1")[9] = '2';
+    append(f, "s-1", 30); /* i = 0..29: total 435 */
+    r = relay_new(f);
+    wait_checkpoint(r, 30);
+    worker_start(f, &wf, 0);
+    wait_position(&wf, 30);
+    worker_stop(&wf);
+
+    worker_start_text(f, &wf, 0, v2); /* version 2: rebuilt */
+    append(f, "s-2", 10);             /* during or after the rebuild */
+    for (int i = 0; i < 3000; i++) {
+        cq_engine_status(wf.e, 0, &st);
+        if (!st.rebuilding && st.serving_version == 2 && st.position >= 40)
+            break;
+        usleep(10000);
+    }
+    assert_int_equal(st.serving_version, 2);
+    assert_int_equal(st.rebuilding, 0);
+    append(f, "s-3", 5); /* after the swap: from the bus */
+    wait_position(&wf, 45);
+    tally(f, &n, &total);
+    assert_int_equal(n, 45);
+    assert_int_equal(total, 435 + 45 + 10);
+    assert_string_equal(st.last_rebuild.outcome, "done");
+    worker_stop(&wf);
+    cq_relay_free(r);
+    free(v2);
+}
+
 int main(int argc, char **argv)
 {
     const char *dir = getenv("CQ_TEST_NATS_DIR");
@@ -632,6 +684,8 @@ int main(int argc, char **argv)
                                         fx_teardown),
         cmocka_unit_test_setup_teardown(test_worker_applies_and_redelivery,
                                         fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_rebuild_then_bus, fx_setup,
+                                        fx_teardown),
     };
     rc = cmocka_run_group_tests(tests, NULL, NULL);
     cq_bus_shutdown();
