@@ -4,7 +4,7 @@
 set -eu
 
 pkgs="build-essential cmake pkg-config libsqlite3-dev libmicrohttpd-dev
-      libjansson-dev libcmocka-dev libpq-dev python3 curl $*"
+      libjansson-dev libcmocka-dev libpq-dev libnats-dev python3 curl $*"
 
 missing=""
 for p in $pkgs; do

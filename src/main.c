@@ -50,6 +50,7 @@
 #include "cli/backup.h"
 #include "cli/cli.h"
 #include "command/writer.h"
+#include "bus/bus.h"
 #include "projection/engine.h"
 #include "query/query.h"
 #include "projection/verify.h"
@@ -73,6 +74,9 @@ typedef struct options {
     int64_t max_conns, max_per_ip, header_timeout_s;
     const char *domains[CQ_MODULES_MAX]; /* --domain, in order */
     size_t ndomains;
+    const char *bus; /* --bus URL: run the relay in-process (bus/bus.h) */
+    int projector;   /* --projector off: leave asynchronous projections to
+                        `cqrsd project` workers */
 } options;
 
 static void usage(FILE *f)
@@ -83,7 +87,15 @@ static void usage(FILE *f)
           "                   [--body-limit BYTES] [--max-connections N]\n"
           "                   [--max-connections-per-ip N]\n"
           "                   [--header-timeout SECONDS] [--projections DIR]\n"
-          "                   [--domain PATH]...\n"
+          "                   [--domain PATH]... [--bus nats://HOST:PORT]\n"
+          "                   [--projector on|off]\n"
+          "       cqrsd relay [--data DIR | --store URI] --bus nats://HOST:PORT\n"
+          "                   [--stream NAME] [--window N] [--listen HOST:PORT]\n"
+          "       cqrsd project --bus nats://HOST:PORT --read-store URI\n"
+          "                     [--store URI] [--projection NAME]...\n"
+          "                     [--batch N] [--projections DIR]\n"
+          "                     [--domain PATH]... [--stream NAME]\n"
+          "                     [--listen HOST:PORT]\n"
           "       cqrsd verify [--data DIR | --store URI [--read-store URI]]\n"
           "                    [--projections DIR] [--domain PATH]...\n"
           "       cqrsd new NAME [DIR]\n"
@@ -234,6 +246,8 @@ static int parse_args(int argc, char **argv, options *o)
     o->max_per_ip = 1024;
     o->header_timeout_s = 10;
     o->ndomains = 0;
+    o->bus = NULL;
+    o->projector = 1;
     for (int i = 2; i < argc; i += 2) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -269,6 +283,16 @@ static int parse_args(int argc, char **argv, options *o)
             rc = parse_num(a, v, 1, 1000000, &o->max_per_ip);
         else if (strcmp(a, "--header-timeout") == 0)
             rc = parse_num(a, v, 1, 3600, &o->header_timeout_s);
+        else if (strcmp(a, "--bus") == 0)
+            o->bus = v;
+        else if (strcmp(a, "--projector") == 0) {
+            if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+                fprintf(stderr, "cqrsd: --projector: '%s' is not on or off\n",
+                        v);
+                return -1;
+            }
+            o->projector = strcmp(v, "on") == 0;
+        }
         else {
             fprintf(stderr, "cqrsd: unknown option %s\n", a);
             return -1;
@@ -365,8 +389,11 @@ static int serve(const options *o)
     cq_writer *writer = NULL;
     cq_engine *engine = NULL;
     cq_modules *mods = NULL;
-    cq_engine_config ecfg = {o->data, 0, 0, NULL, NULL, NULL};
+    cq_engine_config ecfg = {.dir = o->data};
+    static const char *const no_projections[] = {NULL};
     cq_server *server = NULL;
+    cq_relay *relay = NULL;
+    cq_wiring wiring;
     const char *read_store = o->read_store ? o->read_store : o->store;
     char shown[512] = "", shown_read[512] = "";
     sigset_t sigs;
@@ -407,6 +434,8 @@ static int serve(const options *o)
         return 2;
     }
     ecfg.domain = cq_modules_domain(mods);
+    if (!o->projector)
+        ecfg.run = no_projections;
 
     /* Block the signals before any thread exists so every thread inherits
      * the mask and only sigwait() below sees them. */
@@ -435,7 +464,19 @@ static int serve(const options *o)
         fprintf(stderr, "cqrsd: projections: %s\n", err);
         goto done;
     }
-    wcfg.hooks = cq_wiring_writer_hooks(engine);
+    if (o->bus != NULL) {
+        cq_relay_config rcfg = {.store = store, .store_uri = o->store,
+                                .dir = o->data, .bus = o->bus};
+        rc = cq_relay_new(&rcfg, &relay, err, sizeof err);
+        if (rc == CQ_OK)
+            rc = cq_relay_start(relay);
+        if (rc != CQ_OK) {
+            fprintf(stderr, "cqrsd: --bus: %s\n", err);
+            goto done;
+        }
+    }
+    wiring = (cq_wiring){engine, relay};
+    wcfg.hooks = cq_wiring_writer_hooks_bus(&wiring);
     wcfg.domain = cq_modules_domain(mods);
     rc = cq_writer_start(store, &wcfg, &writer);
     if (rc != CQ_OK) {
@@ -449,6 +490,8 @@ static int serve(const options *o)
         fprintf(stderr, "cqrsd: --listen %s: %s\n", o->listen, err);
         goto done;
     }
+    if (relay != NULL)
+        cq_relay_add_metrics(relay, cq_server_metrics(server));
     if (o->store == NULL && read_store == NULL)
         fprintf(stderr, "cqrsd: serving %s on %s (port %u), data in %s\n",
                 cq_modules_names(mods), o->listen, cq_server_port(server),
@@ -468,6 +511,7 @@ done:
     cq_writer_stop(writer);       /* commits and answers what is queued */
     cq_engine_stop(engine);       /* answers every waiting query */
     cq_server_stop(server, 5000); /* sends those answers, then stops */
+    cq_relay_free(relay); /* after the last scrape, before the store */
     cq_writer_free(writer);
     cq_engine_free(engine);
     cq_store_close(store);
@@ -584,6 +628,10 @@ int main(int argc, char **argv)
         return cq_cli_new(argc, argv);
     if (strcmp(argv[1], "backup") == 0 || strcmp(argv[1], "restore") == 0)
         return cq_cli_backup(argc, argv);
+    if (strcmp(argv[1], "relay") == 0)
+        return cq_bus_cli_relay(argc, argv);
+    if (strcmp(argv[1], "project") == 0)
+        return cq_bus_cli_project(argc, argv);
     if (strcmp(argv[1], "serve") != 0) {
         fprintf(stderr, "cqrsd: unknown command '%s'\n", argv[1]);
         usage(stderr);
