@@ -248,6 +248,8 @@ static enum MHD_Result first_call(request *q, const char *url,
     r = check_request(q, &done);
     if (done)
         return r;
+    if (!cq_http_auth_ok(q, method, &r)) /* 401, 403, 429 (auth.c) */
+        return r;
     switch (q->route) {
     case R_NOT_FOUND:
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
@@ -408,6 +410,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
+/* The logger of tls_check()'s trial daemon: its complaint is said once,
+ * by tls_check(). */
+static void quiet(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    (void)fmt;
+    (void)ap;
+}
+
 #define LOG_LINES_PER_SECOND 20
 
 /* libmicrohttpd's messages, one write per line so threads do not mix
@@ -479,6 +490,42 @@ static unsigned connection_room(unsigned want)
     return want;
 }
 
+/* An empty option array, to skip the TLS options without TLS. */
+static struct MHD_OptionItem no_options[] = {{MHD_OPTION_END, 0, NULL}};
+
+/* With a certificate and key: MHD_USE_TLS, after checking that
+ * libmicrohttpd was built with TLS and takes them (a daemon that does not
+ * listen is started with them and stopped at once). CQ_OK or CQ_EINVAL
+ * with one line in err. */
+static int tls_check(const cq_server_config *cfg, unsigned *flags, char *err,
+                     size_t errcap)
+{
+    struct MHD_Daemon *d;
+
+    if (cfg->tls_cert == NULL)
+        return CQ_OK;
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+        snprintf(err, errcap, "this libmicrohttpd was built without TLS");
+        return CQ_EINVAL;
+    }
+    *flags |= MHD_USE_TLS;
+    d = MHD_start_daemon(MHD_USE_TLS | MHD_USE_NO_LISTEN_SOCKET |
+                             MHD_USE_INTERNAL_POLLING_THREAD,
+                         0, NULL, NULL, on_request, NULL,
+                         MHD_OPTION_HTTPS_MEM_CERT, cfg->tls_cert,
+                         MHD_OPTION_HTTPS_MEM_KEY, cfg->tls_key,
+                         MHD_OPTION_EXTERNAL_LOGGER, quiet, NULL,
+                         MHD_OPTION_END);
+    if (d == NULL) {
+        snprintf(err, errcap,
+                 "the TLS certificate or key cannot be used (not PEM, or "
+                 "the key does not match the certificate)");
+        return CQ_EINVAL;
+    }
+    MHD_stop_daemon(d);
+    return CQ_OK;
+}
+
 int cq_server_start(const cq_server_config *cfg, cq_store *store,
                     cq_writer *writer, cq_engine *engine,
                     const cq_domain *domain, cq_server **out, char *err,
@@ -523,10 +570,22 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
         snprintf(err, errcap, "cannot start the connection sweeper");
         goto fail;
     }
+    s->auth = cfg->auth;
+    s->max_waiters = cfg->max_waiters > 0 ? cfg->max_waiters : 4096;
     if (cfg->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    rc = tls_check(cfg, &flags, err, errcap);
+    if (rc != CQ_OK)
+        goto fail;
+    /* HTTPS: the PEM texts, or MHD_OPTION_END's 0 ends the list early
+     * when there is no TLS (the options after it are the plain ones) */
     s->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+        flags, 0, NULL, NULL, on_request, s,
+        cfg->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_ARRAY,
+        cfg->tls_cert ? (void *)cfg->tls_cert : (void *)no_options,
+        cfg->tls_cert ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_ARRAY,
+        cfg->tls_cert ? (void *)cfg->tls_key : (void *)no_options,
+        MHD_OPTION_EXTERNAL_LOGGER,
         on_mhd_error, s, MHD_OPTION_SOCK_ADDR,
         (const struct sockaddr *)&cfg->addr, MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned)threads, MHD_OPTION_CONNECTION_TIMEOUT,
