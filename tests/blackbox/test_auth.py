@@ -203,6 +203,26 @@ class Scopes(unittest.TestCase):
         st, _, b = self.c.post("/projections/order_summaries/resume", headers=bearer(self.admin))
         self.assertEqual(st, 200, b)
 
+    def test_projections_cli_sends_cqrsd_token(self):
+        def cli(*args, token=None):
+            env = dict(os.environ)
+            env.pop("CQRSD_TOKEN", None)
+            if token:
+                env["CQRSD_TOKEN"] = token
+            return subprocess.run([cqtest.BINARY, "projections", "--server",
+                                   "127.0.0.1:%d" % self.server.port] + list(args),
+                                  capture_output=True, text=True, timeout=60, env=env)
+        p = cli("list")
+        self.assertNotEqual(p.returncode, 0, "listed without a token")
+        self.assertEqual(cli("list", token=self.query).returncode, 0)
+        self.assertNotEqual(cli("pause", "order_summaries", token=self.query).returncode, 0)
+        p = cli("pause", "order_summaries", token=self.all)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        p = cli("resume", "order_summaries", token=self.all)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        # a token with a line break is not sent (no header injection)
+        self.assertNotEqual(cli("list", token=self.query + "\r\nX-A: b").returncode, 0)
+
     def test_idempotency_key_scoped_to_token(self):
         key = cqtest.uid("k")
         body = order_body()
