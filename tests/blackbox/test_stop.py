@@ -8,6 +8,7 @@ is retried with its Idempotency-Key after the restart and is there once.
 
     python3 tests/blackbox/test_stop.py /path/to/cqrsd
 """
+import re
 import signal
 import sys
 import threading
@@ -71,7 +72,19 @@ class Stop(unittest.TestCase):
         ts = [threading.Thread(target=writer) for _ in range(WRITERS)]
         for t in ts:
             t.start()
-        time.sleep(1.0)
+        # signal once the query waits and commands are flowing
+        probe = Client(srv)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st, _, text = probe.get("/metrics")
+            m = re.search(r"^cqrsd_waiters_pending (\d+)", text, re.M)
+            with lock:
+                flowing = len(results) >= WRITERS
+            if m and int(m.group(1)) >= 1 and flowing:
+                break
+            time.sleep(0.05)
+        probe.close()
+        time.sleep(0.3)
         signalled.set()
         srv.proc.send_signal(sig)
         t0 = time.monotonic()

@@ -78,7 +78,8 @@ class Tls(unittest.TestCase):
         log = cls.err.read()
         cls.err.close()
         assert rc == 0, "exit %d\n%s" % (rc, log)
-        assert "ERROR: AddressSanitizer" not in log and "runtime error:" not in log, log
+        assert ("ERROR: AddressSanitizer" not in log and "runtime error:" not in log
+                and "LeakSanitizer" not in log), log
 
     def test_command_and_query_over_https(self):
         body = order_body()
@@ -111,9 +112,20 @@ class Tls(unittest.TestCase):
 class BadFiles(unittest.TestCase):
     def serve(self, *extra):
         d = tempfile.mkdtemp(prefix="cqrsd-tlsbad-")
+        # libmicrohttpd 0.9.75 leaks GnuTLS's parsed certificate when
+        # MHD_start_daemon() refuses it (src/http/README.md, known limits);
+        # the process exits 2 at once. Under LeakSanitizer that leak alone
+        # is let through, for these refusals only.
+        supp = os.path.join(d, "lsan.supp")
+        with open(supp, "w") as f:
+            f.write("leak:libgnutls.so\nleak:libtasn1.so\n")
+        env = dict(os.environ)
+        env["LSAN_OPTIONS"] = ":".join(filter(None, [env.get("LSAN_OPTIONS"),
+                                                     "suppressions=" + supp,
+                                                     "print_suppressions=0"]))
         p = subprocess.run([cqtest.BINARY, "serve", "--data", os.path.join(d, "data"),
                             "--listen", "127.0.0.1:%d" % cqtest.free_port()] + list(extra),
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, env=env)
         return p.returncode, p.stderr
 
     def assertRefused(self, *extra):
