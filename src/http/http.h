@@ -52,6 +52,9 @@ struct cq_server {
     cq_counter *wait_timeouts;
     atomic_int pending; /* requests waiting for the writer */
     atomic_int waiting; /* requests waiting for a projection */
+    atomic_int held;    /* requests once suspended (queued to the writer
+                           or waiting) whose answer is not sent yet:
+                           cq_server_stop waits for them (server.c) */
     int max_waiters;    /* queries waiting at most; more: 503 (query.c) */
     struct cq_auth *auth; /* tokens and rate limit (auth.c); NULL: open */
 
@@ -91,6 +94,7 @@ typedef struct request {
     int started;         /* the handler has seen the request head */
     int nul_in_path;     /* the raw path had %00 (MHD cuts the URL there) */
     int too_many_params; /* query string cut: more than CQ_HTTP_MAX_PARAMS */
+    int held;            /* counted in srv->held (server.c) */
     char token[65];      /* the token's name (auth.c); "" when open */
 
     char *body;

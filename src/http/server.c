@@ -324,10 +324,10 @@ static enum MHD_Result on_body(request *q, const char *data, size_t size)
     return MHD_YES;
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
-                                  const char *url, const char *method,
-                                  const char *version, const char *upload_data,
-                                  size_t *upload_data_size, void **con_cls)
+static enum MHD_Result handle(void *cls, struct MHD_Connection *conn,
+                              const char *url, const char *method,
+                              const char *version, const char *upload_data,
+                              size_t *upload_data_size, void **con_cls)
 {
     cq_server *srv = cls;
     request *q = *con_cls;
@@ -390,6 +390,29 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     }
 }
 
+/* MHD's request callback: handle() above, then note a request that has
+ * just been suspended (handed to the writer, or waiting) in srv->held
+ * until on_completed(), i.e. until its answer has been sent or its
+ * connection closed: pending and waiting drop when the answer is queued,
+ * which is before it is sent, and a stop must not close a connection
+ * with an answer still in it. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
+                                  const char *url, const char *method,
+                                  const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    cq_server *srv = cls;
+    enum MHD_Result r = handle(cls, conn, url, method, version, upload_data,
+                               upload_data_size, con_cls);
+    request *q = *con_cls;
+
+    if (q != NULL && !q->held && (q->queued || q->waiting)) {
+        q->held = 1;
+        atomic_fetch_add(&srv->held, 1);
+    }
+    return r;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -402,6 +425,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     if (q->queued && q->w.response != NULL && !q->sent_written)
         atomic_fetch_sub(&q->srv->pending, 1); /* answered, never sent */
+    if (q->held)
+        atomic_fetch_sub(&q->srv->held, 1); /* its answer is out */
     cq_http_query_free(q);
     json_decref(q->w.body);
     free(q->w.response);
@@ -557,6 +582,7 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
     s->ready_max_lag_s = cfg->ready_max_lag_s > 0 ? cfg->ready_max_lag_s : 30;
     atomic_init(&s->pending, 0);
     atomic_init(&s->waiting, 0);
+    atomic_init(&s->held, 0);
     atomic_init(&s->log_second, 0);
     atomic_init(&s->log_lines, 0);
     atomic_init(&s->log_dropped, 0);
@@ -628,8 +654,10 @@ void cq_server_stop(cq_server *s, int timeout_ms)
     /* Let MHD's threads send the answers the writer and the waiters have
      * just given (a connection MHD has not resumed yet would otherwise be
      * closed without its answer). */
-    for (int waited = 0; waited < timeout_ms && (atomic_load(&s->pending) > 0 ||
-                                                 atomic_load(&s->waiting) > 0);
+    for (int waited = 0;
+         waited < timeout_ms &&
+         (atomic_load(&s->pending) > 0 || atomic_load(&s->waiting) > 0 ||
+          atomic_load(&s->held) > 0);
          waited += 10)
         nanosleep(&ts, NULL);
     MHD_stop_daemon(s->daemon);

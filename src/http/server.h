@@ -82,7 +82,8 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
 unsigned cq_server_port(cq_server *s);
 
 /* Wait up to timeout_ms until no request is waiting for the writer or a
- * projection, then stop every thread, close every connection and free s.
+ * projection and every such request's answer has been sent (MHD's
+ * completion callback has run for it), then stop every thread, close every connection and free s.
  * Call after cq_writer_stop() and cq_engine_stop(), which answer every
  * queued request and waiting query (new writes answer 503 meanwhile), and
  * from one thread, once: s is invalid afterwards. Accepts NULL.
