@@ -28,6 +28,9 @@
  * and answer everything queued (new writes meanwhile get 503), let MHD send
  * those answers and close its connections, then close the store. Nothing
  * acknowledged is lost because nothing is acknowledged before its commit.
+ * SIGHUP reads the token file again (docs/security.md: tokens, TLS, the
+ * overload bounds, and the refusal of a non-loopback --listen without a
+ * token, exit 2).
  *
  * With --store (a PostgreSQL URI) the events, the command log and the
  * inline projections live in that database, and the asynchronous
