@@ -44,8 +44,9 @@ static int same_file(const struct stat *a, const struct stat *b)
 }
 
 /* Under mu (or before other threads see a): read the file again. A
- * vanished file opens the server (as at start); a malformed one keeps
- * the previous tokens. */
+ * malformed file, or one that vanished after tokens were read, keeps the
+ * previous tokens (CQ_EINVAL, with why in err): removing the file must
+ * not open a server that asked for tokens. */
 static int reread(cq_auth *a, char *err, size_t errcap)
 {
     cq_token *t = NULL;
@@ -58,6 +59,11 @@ static int reread(cq_auth *a, char *err, size_t errcap)
     if (stat(a->path, &st) != 0)
         memset(&st, 0, sizeof st);
     rc = cq_tokens_load(a->path, &t, &n, err, errcap);
+    if (rc == CQ_ENOTFOUND && a->present) {
+        snprintf(err, errcap, "the token file %s is gone", a->path);
+        a->seen = st;
+        return CQ_EINVAL;
+    }
     if (rc == CQ_ENOTFOUND) {
         free(a->tokens);
         a->tokens = NULL;

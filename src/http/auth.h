@@ -17,7 +17,7 @@
  * Whether requests need a token: they do when the token file exists (even
  * with no token left in it: then every request but the probes is 401);
  * when it does not, the server is open (any request is allowed, as
- * before). The server looks at the file's identity (inode, size, mtime)
+ * before). Once tokens were read, a file that vanishes keeps them. The server looks at the file's identity (inode, size, mtime)
  * at most once a second and reads it again when it changed, and at once
  * on cq_auth_reload() (SIGHUP).
  *

@@ -173,6 +173,12 @@ static void check(void **state)
     snprintf(hdr, sizeof hdr, "Bearer %s", secret);
     cq_auth_check(a, hdr, CQ_SCOPE_QUERY, "x", 1, &r);
     assert_int_equal(r.status, 401);
+    /* the file removed while serving: still closed */
+    unlink(path);
+    cq_auth_reload(a);
+    assert_int_equal(cq_auth_required(a), 1);
+    cq_auth_check(a, NULL, CQ_SCOPE_QUERY, "x", 1, &r);
+    assert_int_equal(r.status, 401);
     cq_auth_free(a);
 }
 
