@@ -79,7 +79,7 @@ class Tls(unittest.TestCase):
         cls.err.close()
         assert rc == 0, "exit %d\n%s" % (rc, log)
         assert ("ERROR: AddressSanitizer" not in log and "runtime error:" not in log
-                and "LeakSanitizer" not in log), log
+                and "LeakSanitizer" not in log and "ThreadSanitizer" not in log), log
 
     def test_command_and_query_over_https(self):
         body = order_body()
