@@ -93,8 +93,9 @@ static int list(const char *path)
     int rc = cq_tokens_load(path, &t, &n, err, sizeof err);
 
     if (rc == CQ_ENOTFOUND) {
-        fprintf(stderr, "cqrsd: no token file at %s (the server is open on "
-                        "loopback)\n",
+        fprintf(stderr,
+                "cqrsd: no token file at %s (the server is open on "
+                "loopback)\n",
                 path);
         return 0;
     }

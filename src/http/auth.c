@@ -29,7 +29,7 @@ struct cq_auth {
     char *path; /* NULL: no token file named */
     cq_token *tokens;
     size_t ntokens;
-    int present; /* the file exists: tokens required */
+    int present;      /* the file exists: tokens required */
     struct stat seen; /* identity of the file last read */
     uint64_t checked_ns;
     cq_ratelimit *rate; /* NULL: no limit */
@@ -191,7 +191,8 @@ void cq_auth_check(cq_auth *a, const char *authorization, unsigned need,
     int present;
 
     memset(out, 0, sizeof *out);
-    if (authorization != NULL && strncasecmp(authorization, "Bearer ", 7) == 0) {
+    if (authorization != NULL &&
+        strncasecmp(authorization, "Bearer ", 7) == 0) {
         const char *s = authorization + 7;
         while (*s == ' ')
             s++;
@@ -219,8 +220,8 @@ void cq_auth_check(cq_auth *a, const char *authorization, unsigned need,
         return;
     }
     if (limit && a->rate != NULL) {
-        int wait = cq_ratelimit_take(a->rate, present ? out->token : client,
-                                     now);
+        int wait =
+            cq_ratelimit_take(a->rate, present ? out->token : client, now);
         if (wait > 0) {
             out->status = 429;
             out->retry_after_s = wait;

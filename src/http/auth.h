@@ -17,9 +17,9 @@
  * Whether requests need a token: they do when the token file exists (even
  * with no token left in it: then every request but the probes is 401);
  * when it does not, the server is open (any request is allowed, as
- * before). Once tokens were read, a file that vanishes keeps them. The server looks at the file's identity (inode, size, mtime)
- * at most once a second and reads it again when it changed, and at once
- * on cq_auth_reload() (SIGHUP).
+ * before). Once tokens were read, a file that vanishes keeps them. The server
+ * looks at the file's identity (inode, size, mtime) at most once a second and
+ * reads it again when it changed, and at once on cq_auth_reload() (SIGHUP).
  *
  * Threads: cq_auth_* may be called from any thread; one mutex guards the
  * token list, another the rate-limit table. The file functions
@@ -33,11 +33,12 @@
 
 #include "cqrs/cqrs.h" /* CQ_OK, CQ_E* */
 
-#define CQ_SCOPE_COMMAND 1u   /* POST /commands/{type} */
-#define CQ_SCOPE_QUERY 2u     /* /queries, GET /streams/{id}, GET /projections */
+#define CQ_SCOPE_COMMAND 1u /* POST /commands/{type} */
+#define CQ_SCOPE_QUERY 2u   /* /queries, GET /streams/{id}, GET /projections */
 #define CQ_SCOPE_SUBSCRIBE 4u /* GET /subscribe (server-sent events) */
-#define CQ_SCOPE_ADMIN 8u     /* projection control, raw appends, $all,
-                                 /metrics unless --public-metrics */
+#define CQ_SCOPE_ADMIN                                                         \
+    8u /* projection control, raw appends, $all,                               \
+          /metrics unless --public-metrics */
 #define CQ_SCOPE_ALL 15u
 
 #define CQ_TOKEN_NAME_MAX 64
@@ -105,9 +106,9 @@ void cq_auth_reload(cq_auth *a);
 
 /* The outcome of cq_auth_check. */
 typedef struct cq_auth_result {
-    int status;                     /* 0 allowed; 401, 403 or 429 */
-    unsigned missing;               /* 403: the scope needed */
-    int retry_after_s;              /* 429 */
+    int status;                        /* 0 allowed; 401, 403 or 429 */
+    unsigned missing;                  /* 403: the scope needed */
+    int retry_after_s;                 /* 429 */
     char token[CQ_TOKEN_NAME_MAX + 1]; /* allowed with a token: its name,
                                           else "" */
 } cq_auth_result;

@@ -73,9 +73,8 @@ int cq_ratelimit_take(cq_ratelimit *r, const char *key, uint64_t now_ns)
             b = c;
             break;
         }
-        if (oldest == NULL ||
-            (oldest->key[0] != '\0' &&
-             (c->key[0] == '\0' || c->at_ns < oldest->at_ns)))
+        if (oldest == NULL || (oldest->key[0] != '\0' &&
+                               (c->key[0] == '\0' || c->at_ns < oldest->at_ns)))
             oldest = c;
     }
     if (b == NULL) { /* a new caller, in a free slot or the stalest one */

@@ -161,9 +161,8 @@ int cq_tokens_load(const char *path, cq_token **out, size_t *n, char *err,
         line[l - 1] = '\0';
         if (lineno == 1) {
             if (strcmp(line, TOKENS_HEADER) != 0) {
-                snprintf(err, errcap,
-                         "token file %s does not begin with '%s'", path,
-                         TOKENS_HEADER);
+                snprintf(err, errcap, "token file %s does not begin with '%s'",
+                         path, TOKENS_HEADER);
                 rc = CQ_EINVAL;
                 goto done;
             }

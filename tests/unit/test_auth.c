@@ -44,11 +44,13 @@ static void scopes(void **state)
     char err[256], buf[64];
 
     (void)state;
-    assert_int_equal(cq_scopes_parse("query,admin", &s, err, sizeof err), CQ_OK);
+    assert_int_equal(cq_scopes_parse("query,admin", &s, err, sizeof err),
+                     CQ_OK);
     assert_int_equal(s, CQ_SCOPE_QUERY | CQ_SCOPE_ADMIN);
     cq_scopes_format(s, buf, sizeof buf);
     assert_string_equal(buf, "query,admin");
-    assert_int_equal(cq_scopes_parse("query,query", &s, err, sizeof err), CQ_EINVAL);
+    assert_int_equal(cq_scopes_parse("query,query", &s, err, sizeof err),
+                     CQ_EINVAL);
     assert_int_equal(cq_scopes_parse("", &s, err, sizeof err), CQ_EINVAL);
     assert_int_equal(cq_scopes_parse("query,", &s, err, sizeof err), CQ_EINVAL);
     assert_int_equal(cq_scopes_parse("Admin", &s, err, sizeof err), CQ_EINVAL);
@@ -97,16 +99,26 @@ static void file_malformed(void **state)
 {
     static const char *const bad[] = {
         "",
-        "a query 0000000000000000000000000000000000000000000000000000000000000000 1\n",
+        "a query "
+        "0000000000000000000000000000000000000000000000000000000000000000 1\n",
         "# cqrsd tokens v1\na query 00 1\n",
-        "# cqrsd tokens v1\na query 000000000000000000000000000000000000000000000000000000000000000G 1\n",
-        "# cqrsd tokens v1\na root 0000000000000000000000000000000000000000000000000000000000000000 1\n",
-        "# cqrsd tokens v1\na query 0000000000000000000000000000000000000000000000000000000000000000 -1\n",
-        "# cqrsd tokens v1\na query 0000000000000000000000000000000000000000000000000000000000000000 1 x\n",
-        "# cqrsd tokens v1\na query 0000000000000000000000000000000000000000000000000000000000000000 1",
-        "# cqrsd tokens v1\na:b query 0000000000000000000000000000000000000000000000000000000000000000 1\n",
-        "# cqrsd tokens v1\na query 0000000000000000000000000000000000000000000000000000000000000000 1\n"
-        "a admin 1111111111111111111111111111111111111111111111111111111111111111 1\n",
+        "# cqrsd tokens v1\na query "
+        "000000000000000000000000000000000000000000000000000000000000000G 1\n",
+        "# cqrsd tokens v1\na root "
+        "0000000000000000000000000000000000000000000000000000000000000000 1\n",
+        "# cqrsd tokens v1\na query "
+        "0000000000000000000000000000000000000000000000000000000000000000 -1\n",
+        "# cqrsd tokens v1\na query "
+        "0000000000000000000000000000000000000000000000000000000000000000 1 "
+        "x\n",
+        "# cqrsd tokens v1\na query "
+        "0000000000000000000000000000000000000000000000000000000000000000 1",
+        "# cqrsd tokens v1\na:b query "
+        "0000000000000000000000000000000000000000000000000000000000000000 1\n",
+        "# cqrsd tokens v1\na query "
+        "0000000000000000000000000000000000000000000000000000000000000000 1\n"
+        "a admin "
+        "1111111111111111111111111111111111111111111111111111111111111111 1\n",
     };
     char path[512], err[512];
     cq_token *got;
@@ -194,7 +206,7 @@ static void buckets(void **state)
         assert_int_equal(cq_ratelimit_take(r, "a", t), 0);
     assert_int_equal(cq_ratelimit_take(r, "a", t), 1); /* 1/4 s to one */
     assert_int_equal(cq_ratelimit_take(r, "b", t), 0); /* another caller */
-    t += 250000000ull;                                /* one back */
+    t += 250000000ull;                                 /* one back */
     assert_int_equal(cq_ratelimit_take(r, "a", t), 0);
     assert_int_equal(cq_ratelimit_take(r, "a", t), 1);
     t += 10000000000ull; /* long idle: only a burst of 4 */
@@ -217,10 +229,8 @@ static void buckets(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(scopes),
-        cmocka_unit_test(file_round_trip),
-        cmocka_unit_test(file_malformed),
-        cmocka_unit_test(check),
+        cmocka_unit_test(scopes),         cmocka_unit_test(file_round_trip),
+        cmocka_unit_test(file_malformed), cmocka_unit_test(check),
         cmocka_unit_test(buckets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
