@@ -33,12 +33,14 @@
 
 #include "cqrs/cqrs.h" /* CQ_OK, CQ_E* */
 
-#define CQ_SCOPE_COMMAND 1u /* POST /commands/{type} */
-#define CQ_SCOPE_QUERY 2u   /* /queries, GET /streams/{id}, GET /projections */
-#define CQ_SCOPE_SUBSCRIBE 4u /* GET /subscribe (server-sent events) */
-#define CQ_SCOPE_ADMIN                                                         \
-    8u /* projection control, raw appends, $all,                               \
-          /metrics unless --public-metrics */
+/* Scopes. command: POST /commands/{type}. query: /queries, GET
+ * /streams/{id}, GET /projections. subscribe: GET /subscribe (server-sent
+ * events). admin: projection control, raw appends, $all, /metrics unless
+ * --public-metrics. */
+#define CQ_SCOPE_COMMAND 1u
+#define CQ_SCOPE_QUERY 2u
+#define CQ_SCOPE_SUBSCRIBE 4u
+#define CQ_SCOPE_ADMIN 8u
 #define CQ_SCOPE_ALL 15u
 
 #define CQ_TOKEN_NAME_MAX 64
