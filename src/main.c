@@ -6,6 +6,11 @@
  *               [--idempotency-ttl SECONDS] [--body-limit BYTES]
  *               [--max-connections N] [--max-connections-per-ip N]
  *               [--header-timeout SECONDS] [--domain PATH]...
+ *               [--tokens FILE] [--insecure-no-auth] [--public-metrics]
+ *               [--tls-cert FILE --tls-key FILE] [--write-queue N]
+ *               [--rate-limit N/s] [--max-waiters N]
+ *   cqrsd tokens add NAME --scopes LIST | list | revoke NAME
+ *                [--data DIR | --tokens FILE]
  *   cqrsd verify [--data DIR | --store URI [--read-store URI]]
  *                [--projections DIR] [--domain PATH]...
  *   cqrsd new NAME [DIR]
@@ -25,6 +30,9 @@
  * and answer everything queued (new writes meanwhile get 503), let MHD send
  * those answers and close its connections, then close the store. Nothing
  * acknowledged is lost because nothing is acknowledged before its commit.
+ * SIGHUP reads the token file again (docs/security.md: tokens, TLS, the
+ * overload bounds, and the refusal of a non-loopback --listen without a
+ * token, exit 2).
  *
  * With --store (a PostgreSQL URI) the events, the command log and the
  * inline projections live in that database, and the asynchronous
@@ -39,6 +47,7 @@
  * beside a server on the same directory. Exit 0: all match; 1: differences
  * (listed on stdout); 2: bad usage or a directory it cannot read.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <netdb.h>
@@ -55,6 +64,7 @@
 #include "query/query.h"
 #include "projection/verify.h"
 #include "cqrs/cqrs.h"
+#include "http/auth.h"
 #include "http/server.h"
 #include "modules.h"
 #include "store/pg.h"
@@ -77,6 +87,12 @@ typedef struct options {
     const char *bus; /* --bus URL: run the relay in-process (bus/bus.h) */
     int projector;   /* --projector off: leave asynchronous projections to
                         `cqrsd project` workers */
+    /* security (docs/security.md) */
+    const char *tokens; /* token file; NULL: DATA/tokens when --data */
+    int insecure_no_auth, public_metrics;
+    const char *tls_cert, *tls_key;
+    int64_t write_queue, max_waiters;
+    int64_t rate_limit; /* requests a second per caller; 0: none */
 } options;
 
 static void usage(FILE *f)
@@ -145,6 +161,24 @@ static void usage(FILE *f)
           "                          built against cqrs.pc); repeatable;\n"
           "                          default: the orders example installed\n"
           "                          with cqrsd\n"
+          "  --tokens FILE           the token file (default DIR/tokens with\n"
+          "                          --data; see `cqrsd tokens`)\n"
+          "  --insecure-no-auth      serve a non-loopback --listen with no "
+          "tokens\n"
+          "  --public-metrics        /metrics needs no admin token\n"
+          "  --tls-cert FILE --tls-key FILE\n"
+          "                          serve HTTPS with this PEM certificate "
+          "and key\n"
+          "  --write-queue N         commands queued for the writer, "
+          "1-1000000\n"
+          "                          (default 16384; more: 503)\n"
+          "  --rate-limit N/s        requests a second per token (per client\n"
+          "                          address when open); more: 429\n"
+          "  --max-waiters N         queries waiting at once, 1-1000000\n"
+          "                          (default 4096; more: 503)\n"
+          "\n"
+          "  tokens add NAME --scopes command,query,subscribe,admin prints a\n"
+          "  new token's secret once; tokens list; tokens revoke NAME\n"
           "\n"
           "  new NAME [DIR] writes a domain project to build as a module\n"
           "  (DIR defaults to ./NAME; see its README.md)\n"
@@ -220,6 +254,107 @@ static int parse_num(const char *flag, const char *s, int64_t min, int64_t max,
     return 0;
 }
 
+/* --rate-limit N/s (or N): requests a second, 1-1000000. */
+static int parse_rate(const char *v, int64_t *out)
+{
+    char num[32];
+    size_t n = strlen(v);
+
+    if (n > 2 && strcmp(v + n - 2, "/s") == 0)
+        n -= 2;
+    if (n == 0 || n >= sizeof num) {
+        fprintf(stderr, "cqrsd: --rate-limit wants N/s, not '%s'\n", v);
+        return -1;
+    }
+    memcpy(num, v, n);
+    num[n] = '\0';
+    return parse_num("--rate-limit", num, 1, 1000000, out);
+}
+
+/* The whole of a PEM file (at most 1 MiB) as a malloc'd text, or NULL
+ * with one line on stderr. */
+static char *read_pem(const char *flag, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0;
+
+    if (f != NULL) {
+        buf = malloc(1024 * 1024 + 1);
+        if (buf != NULL)
+            n = fread(buf, 1, 1024 * 1024 + 1, f);
+        if (buf != NULL && (ferror(f) || n > 1024 * 1024 || n == 0)) {
+            free(buf);
+            buf = NULL;
+        }
+        fclose(f);
+    }
+    if (buf == NULL) {
+        fprintf(stderr, "cqrsd: %s %s: %s\n", flag, path,
+                f == NULL ? strerror(errno) : "unreadable, empty or too large");
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+/* 1 if addr is a loopback address (127.0.0.0/8, ::1). */
+static int loopback(const struct sockaddr_storage *addr)
+{
+    if (addr->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)addr)->sin_addr.s_addr) >>
+                24) == 127;
+    if (addr->ss_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(
+            &((const struct sockaddr_in6 *)addr)->sin6_addr);
+    return 0;
+}
+
+/* The security part of the server's configuration: the token file (and
+ * the refusal of a non-loopback --listen without tokens), the rate
+ * limit, the TLS certificate and key, the bounds. 0, or -1 with one line
+ * on stderr (exit 2). *auth, *cert and *key are the caller's to free. */
+static int security_config(const options *o, cq_server_config *hcfg,
+                           cq_auth **auth, char **cert, char **key)
+{
+    char path[4096], err[512];
+    const char *file = o->tokens;
+
+    *auth = NULL;
+    *cert = *key = NULL;
+    if (file == NULL && o->data != NULL) {
+        snprintf(path, sizeof path, "%s/tokens", o->data);
+        file = path;
+    }
+    if (cq_auth_new(file, (double)o->rate_limit, o->public_metrics, auth, err,
+                    sizeof err) != CQ_OK) {
+        fprintf(stderr, "cqrsd: %s\n", err);
+        return -1;
+    }
+    if (!loopback(&hcfg->addr) && !o->insecure_no_auth &&
+        cq_auth_count(*auth) == 0) {
+        fprintf(stderr,
+                "cqrsd: --listen %s is not a loopback address and there is "
+                "no token (add one with `cqrsd tokens add`, or give "
+                "--insecure-no-auth)\n",
+                o->listen);
+        return -1;
+    }
+    if ((o->tls_cert == NULL) != (o->tls_key == NULL)) {
+        fprintf(stderr, "cqrsd: --tls-cert and --tls-key go together\n");
+        return -1;
+    }
+    if (o->tls_cert != NULL &&
+        ((*cert = read_pem("--tls-cert", o->tls_cert)) == NULL ||
+         (*key = read_pem("--tls-key", o->tls_key)) == NULL))
+        return -1;
+    hcfg->auth = *auth;
+    hcfg->tls_cert = *cert;
+    hcfg->tls_key = *key;
+    hcfg->max_waiters = (int)o->max_waiters;
+    return 0;
+}
+
 /* One more --domain PATH. */
 static int add_domain(const char **domains, size_t *n, const char *path)
 {
@@ -248,10 +383,28 @@ static int parse_args(int argc, char **argv, options *o)
     o->ndomains = 0;
     o->bus = NULL;
     o->projector = 1;
-    for (int i = 2; i < argc; i += 2) {
+    o->tokens = o->tls_cert = o->tls_key = NULL;
+    o->insecure_no_auth = o->public_metrics = 0;
+    o->write_queue = 16384;
+    o->max_waiters = 4096;
+    o->rate_limit = 0;
+    /* each option takes one value, except the flags (i += 1) */
+    for (int i = 2; i < argc;) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         int rc = 0;
+
+        /* the flags without a value (security) */
+        if (strcmp(a, "--insecure-no-auth") == 0) {
+            o->insecure_no_auth = 1;
+            i++;
+            continue;
+        }
+        if (strcmp(a, "--public-metrics") == 0) {
+            o->public_metrics = 1;
+            i++;
+            continue;
+        }
 
         if (v == NULL) {
             fprintf(stderr, "cqrsd: %s: unknown option or missing value\n", a);
@@ -293,12 +446,25 @@ static int parse_args(int argc, char **argv, options *o)
             }
             o->projector = strcmp(v, "on") == 0;
         }
+        else if (strcmp(a, "--tokens") == 0)
+            o->tokens = v;
+        else if (strcmp(a, "--tls-cert") == 0)
+            o->tls_cert = v;
+        else if (strcmp(a, "--tls-key") == 0)
+            o->tls_key = v;
+        else if (strcmp(a, "--write-queue") == 0)
+            rc = parse_num(a, v, 1, 1000000, &o->write_queue);
+        else if (strcmp(a, "--max-waiters") == 0)
+            rc = parse_num(a, v, 1, 1000000, &o->max_waiters);
+        else if (strcmp(a, "--rate-limit") == 0)
+            rc = parse_rate(v, &o->rate_limit);
         else {
             fprintf(stderr, "cqrsd: unknown option %s\n", a);
             return -1;
         }
         if (rc != 0)
             return -1;
+        i += 2;
     }
     return check_stores(o->store, o->read_store, &o->data);
 }
@@ -394,6 +560,8 @@ static int serve(const options *o)
     cq_server *server = NULL;
     cq_relay *relay = NULL;
     cq_wiring wiring;
+    cq_auth *auth = NULL;
+    char *tls_cert = NULL, *tls_key = NULL;
     const char *read_store = o->read_store ? o->read_store : o->store;
     char shown[512] = "", shown_read[512] = "";
     sigset_t sigs;
@@ -427,7 +595,14 @@ static int serve(const options *o)
     hcfg.max_connections = (unsigned)o->max_conns;
     hcfg.max_connections_per_ip = (unsigned)o->max_per_ip;
     hcfg.header_timeout_s = (unsigned)o->header_timeout_s;
+    if (security_config(o, &hcfg, &auth, &tls_cert, &tls_key) != 0) {
+        cq_auth_free(auth);
+        free(tls_cert);
+        free(tls_key);
+        return 2;
+    }
     wcfg.idempotency_ttl_ms = o->ttl_s * 1000;
+    wcfg.max_queue = (int)o->write_queue;
     if (cq_modules_open(o->domains, o->ndomains, &mods, err, sizeof err) !=
         CQ_OK) {
         fprintf(stderr, "cqrsd: %s\n", err);
@@ -442,6 +617,7 @@ static int serve(const options *o)
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP); /* read the token file again */
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -450,6 +626,9 @@ static int serve(const options *o)
         fprintf(stderr, "cqrsd: cannot open the event store %s %s: %s\n",
                 o->store ? "at" : "in", o->store ? shown : o->data, err);
         cq_modules_close(mods);
+        cq_auth_free(auth);
+        free(tls_cert);
+        free(tls_key);
         /* PostgreSQL gone between the look above and the open */
         return o->store != NULL && rc == CQ_EIO ? 2 : 1;
     }
@@ -488,6 +667,8 @@ static int serve(const options *o)
                          &server, err, sizeof err);
     if (rc != CQ_OK) {
         fprintf(stderr, "cqrsd: --listen %s: %s\n", o->listen, err);
+        if (rc == CQ_EINVAL) /* TLS refused: a usage error, exit 2 */
+            rc = 2;
         goto done;
     }
     if (relay != NULL)
@@ -503,8 +684,11 @@ static int serve(const options *o)
                 cq_modules_names(mods), o->listen, cq_server_port(server),
                 o->store ? shown : o->data, shown_read);
 
-    while (sigwait(&sigs, &sig) != 0)
-        ;
+    while (sigwait(&sigs, &sig) != 0 || sig == SIGHUP)
+        if (sig == SIGHUP) {
+            cq_auth_reload(auth);
+            sig = 0;
+        }
     fprintf(stderr, "cqrsd: %s: finishing queued commands and stopping\n",
             sig == SIGINT ? "SIGINT" : "SIGTERM");
 done:
@@ -516,7 +700,10 @@ done:
     cq_engine_free(engine);
     cq_store_close(store);
     cq_modules_close(mods); /* after everything that used its domain */
-    return rc == CQ_OK ? 0 : 1;
+    cq_auth_free(auth);     /* after the server that used it */
+    free(tls_cert);
+    free(tls_key);
+    return rc == CQ_OK ? 0 : rc == 2 ? 2 : 1;
 }
 
 /* cqrsd verify [--data DIR | --store URI [--read-store URI]]
@@ -632,6 +819,8 @@ int main(int argc, char **argv)
         return cq_bus_cli_relay(argc, argv);
     if (strcmp(argv[1], "project") == 0)
         return cq_bus_cli_project(argc, argv);
+    if (strcmp(argv[1], "tokens") == 0)
+        return cq_cli_tokens(argc, argv);
     if (strcmp(argv[1], "serve") != 0) {
         fprintf(stderr, "cqrsd: unknown command '%s'\n", argv[1]);
         usage(stderr);

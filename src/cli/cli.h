@@ -38,4 +38,11 @@ extern const cq_new_template cq_new_templates[];
  * stay), 2 usage. Single-threaded: call from main(). */
 int cq_cli_new(int argc, char **argv);
 
+/* `cqrsd tokens add NAME --scopes LIST | list | revoke NAME [--data DIR |
+ * --tokens FILE]` (argv[1] == "tokens"; argv borrowed, only read): edit
+ * the token file (src/http/auth.h). add prints the new secret on stdout,
+ * once. Returns the exit code: 0 done, 1 refused (name taken, unknown)
+ * or the file cannot be read or written, 2 usage. Single-threaded. */
+int cq_cli_tokens(int argc, char **argv);
+
 #endif

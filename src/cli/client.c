@@ -60,7 +60,7 @@
 static int http(const char *server, const char *method, const char *path,
                 int *status, char **body)
 {
-    char host[256], req[512];
+    char host[256], req[1024];
     const char *colon = strrchr(server, ':');
     struct addrinfo hints = {0}, *res = NULL;
     struct timeval tv = {60, 0};
@@ -87,10 +87,20 @@ static int http(const char *server, const char *method, const char *path,
         goto fail;
     }
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    snprintf(req, sizeof req,
-             "%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n"
-             "Connection: close\r\n\r\n",
-             method, path, server);
+    {
+        /* a server with tokens wants one (docs/security.md): CQRSD_TOKEN,
+         * sent only if it is visible ASCII (no header injection) and not
+         * too long */
+        const char *tok = getenv("CQRSD_TOKEN");
+        int ok = tok != NULL && *tok != '\0' && strlen(tok) <= 256;
+        for (const char *t = tok; ok && *t; t++)
+            ok = *t > 0x20 && *t < 0x7f;
+        snprintf(req, sizeof req,
+                 "%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n"
+                 "%s%s%sConnection: close\r\n\r\n",
+                 method, path, server, ok ? "Authorization: Bearer " : "",
+                 ok ? tok : "", ok ? "\r\n" : "");
+    }
     /* send(), not write(): a server that has just gone away is an error
      * message, not a SIGPIPE that ends us without one */
     if (send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t)strlen(req)) {

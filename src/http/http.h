@@ -52,6 +52,11 @@ struct cq_server {
     cq_counter *wait_timeouts;
     atomic_int pending; /* requests waiting for the writer */
     atomic_int waiting; /* requests waiting for a projection */
+    atomic_int held;    /* requests once suspended (queued to the writer
+                           or waiting) whose answer is not sent yet:
+                           cq_server_stop waits for them (server.c) */
+    int max_waiters;    /* queries waiting at most; more: 503 (query.c) */
+    struct cq_auth *auth; /* tokens and rate limit (auth.c); NULL: open */
 
     /* open connections and the request-head deadline (conns.c) */
     struct cq_conns *conns;
@@ -89,6 +94,8 @@ typedef struct request {
     int started;         /* the handler has seen the request head */
     int nul_in_path;     /* the raw path had %00 (MHD cuts the URL there) */
     int too_many_params; /* query string cut: more than CQ_HTTP_MAX_PARAMS */
+    int held;            /* counted in srv->held (server.c) */
+    char token[65];      /* the token's name (auth.c); "" when open */
 
     char *body;
     size_t len, cap;
@@ -160,6 +167,14 @@ enum MHD_Result cq_http_send_method_not_allowed(struct MHD_Connection *c,
  * caller of a route handler learns how the request ended. */
 int cq_http_last_status(void);
 void cq_http_last_status_reset(void);
+
+/* ---- auth.c: tokens, scopes, rate limits -------------------------------- */
+
+/* Check q's token for the scope its route needs, and its caller's rate
+ * (the probes /healthz and /readyz need nothing). Sets q->token. 1, or 0
+ * with 401 (WWW-Authenticate: Bearer), 403 (insufficient-scope, naming
+ * the scope) or 429 (Retry-After) queued into *ret. */
+int cq_http_auth_ok(request *q, const char *method, enum MHD_Result *ret);
 
 /* ---- params.c: query parameters ----------------------------------------- */
 

@@ -265,6 +265,16 @@ enum MHD_Result cq_http_query(request *q)
     w = resolve_target(q, &ret);
     if (w < 0)
         return ret;
+    if (w && atomic_load(&q->srv->waiting) >= q->srv->max_waiters) {
+        /* bounded waiters (--max-waiters): refuse, do not queue */
+        const char *const hdr[][2] = {{MHD_HTTP_HEADER_RETRY_AFTER, "1"}};
+        return cq_http_send_with(
+            q->conn, 503, CQ_PROBLEM_CONTENT_TYPE,
+            cq_problem_text(503, "too-many-waiters", NULL,
+                            "%d queries are waiting already; try again",
+                            q->srv->max_waiters),
+            hdr, 1);
+    }
     return w ? start_wait(q) : answer(q);
 }
 
@@ -311,6 +321,10 @@ enum MHD_Result cq_http_wait_for_command(request *q)
     if (cq_engine_position(q->srv->engine, q->projection, NULL) >=
         q->t.position)
         return send_command_answer(q);
+    if (atomic_load(&q->srv->waiting) >= q->srv->max_waiters) {
+        q->timed_out = 1; /* committed: answer it, marked stale, unwaited */
+        return send_command_answer(q);
+    }
     return start_wait(q);
 }
 

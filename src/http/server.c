@@ -248,6 +248,8 @@ static enum MHD_Result first_call(request *q, const char *url,
     r = check_request(q, &done);
     if (done)
         return r;
+    if (!cq_http_auth_ok(q, method, &r)) /* 401, 403, 429 (auth.c) */
+        return r;
     switch (q->route) {
     case R_NOT_FOUND:
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
@@ -322,10 +324,10 @@ static enum MHD_Result on_body(request *q, const char *data, size_t size)
     return MHD_YES;
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
-                                  const char *url, const char *method,
-                                  const char *version, const char *upload_data,
-                                  size_t *upload_data_size, void **con_cls)
+static enum MHD_Result handle(void *cls, struct MHD_Connection *conn,
+                              const char *url, const char *method,
+                              const char *version, const char *upload_data,
+                              size_t *upload_data_size, void **con_cls)
 {
     cq_server *srv = cls;
     request *q = *con_cls;
@@ -388,6 +390,29 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     }
 }
 
+/* MHD's request callback: handle() above, then note a request that has
+ * just been suspended (handed to the writer, or waiting) in srv->held
+ * until on_completed(), i.e. until its answer has been sent or its
+ * connection closed: pending and waiting drop when the answer is queued,
+ * which is before it is sent, and a stop must not close a connection
+ * with an answer still in it. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
+                                  const char *url, const char *method,
+                                  const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    cq_server *srv = cls;
+    enum MHD_Result r = handle(cls, conn, url, method, version, upload_data,
+                               upload_data_size, con_cls);
+    request *q = *con_cls;
+
+    if (q != NULL && !q->held && (q->queued || q->waiting)) {
+        q->held = 1;
+        atomic_fetch_add(&srv->held, 1);
+    }
+    return r;
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -400,12 +425,23 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     if (q->queued && q->w.response != NULL && !q->sent_written)
         atomic_fetch_sub(&q->srv->pending, 1); /* answered, never sent */
+    if (q->held)
+        atomic_fetch_sub(&q->srv->held, 1); /* its answer is out */
     cq_http_query_free(q);
     json_decref(q->w.body);
     free(q->w.response);
     free(q->body);
     free(q);
     *con_cls = NULL;
+}
+
+/* The logger of tls_check()'s trial daemon: its complaint is said once,
+ * by tls_check(). */
+static void quiet(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    (void)fmt;
+    (void)ap;
 }
 
 #define LOG_LINES_PER_SECOND 20
@@ -479,6 +515,42 @@ static unsigned connection_room(unsigned want)
     return want;
 }
 
+/* An empty option array, to skip the TLS options without TLS. */
+static struct MHD_OptionItem no_options[] = {{MHD_OPTION_END, 0, NULL}};
+
+/* With a certificate and key: MHD_USE_TLS, after checking that
+ * libmicrohttpd was built with TLS and takes them (a daemon that does not
+ * listen is started with them and stopped at once). CQ_OK or CQ_EINVAL
+ * with one line in err. */
+static int tls_check(const cq_server_config *cfg, unsigned *flags, char *err,
+                     size_t errcap)
+{
+    struct MHD_Daemon *d;
+
+    if (cfg->tls_cert == NULL)
+        return CQ_OK;
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+        snprintf(err, errcap, "this libmicrohttpd was built without TLS");
+        return CQ_EINVAL;
+    }
+    *flags |= MHD_USE_TLS;
+    d = MHD_start_daemon(MHD_USE_TLS | MHD_USE_NO_LISTEN_SOCKET |
+                             MHD_USE_INTERNAL_POLLING_THREAD,
+                         0, NULL, NULL, on_request, NULL,
+                         MHD_OPTION_HTTPS_MEM_CERT, cfg->tls_cert,
+                         MHD_OPTION_HTTPS_MEM_KEY, cfg->tls_key,
+                         MHD_OPTION_EXTERNAL_LOGGER, quiet, NULL,
+                         MHD_OPTION_END);
+    if (d == NULL) {
+        snprintf(err, errcap,
+                 "the TLS certificate or key cannot be used (not PEM, or "
+                 "the key does not match the certificate)");
+        return CQ_EINVAL;
+    }
+    MHD_stop_daemon(d);
+    return CQ_OK;
+}
+
 int cq_server_start(const cq_server_config *cfg, cq_store *store,
                     cq_writer *writer, cq_engine *engine,
                     const cq_domain *domain, cq_server **out, char *err,
@@ -510,6 +582,7 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
     s->ready_max_lag_s = cfg->ready_max_lag_s > 0 ? cfg->ready_max_lag_s : 30;
     atomic_init(&s->pending, 0);
     atomic_init(&s->waiting, 0);
+    atomic_init(&s->held, 0);
     atomic_init(&s->log_second, 0);
     atomic_init(&s->log_lines, 0);
     atomic_init(&s->log_dropped, 0);
@@ -523,10 +596,22 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
         snprintf(err, errcap, "cannot start the connection sweeper");
         goto fail;
     }
+    s->auth = cfg->auth;
+    s->max_waiters = cfg->max_waiters > 0 ? cfg->max_waiters : 4096;
     if (cfg->addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
+    rc = tls_check(cfg, &flags, err, errcap);
+    if (rc != CQ_OK)
+        goto fail;
+    /* HTTPS: the PEM texts, or MHD_OPTION_END's 0 ends the list early
+     * when there is no TLS (the options after it are the plain ones) */
     s->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
+        flags, 0, NULL, NULL, on_request, s,
+        cfg->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_ARRAY,
+        cfg->tls_cert ? (void *)cfg->tls_cert : (void *)no_options,
+        cfg->tls_cert ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_ARRAY,
+        cfg->tls_cert ? (void *)cfg->tls_key : (void *)no_options,
+        MHD_OPTION_EXTERNAL_LOGGER,
         on_mhd_error, s, MHD_OPTION_SOCK_ADDR,
         (const struct sockaddr *)&cfg->addr, MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned)threads, MHD_OPTION_CONNECTION_TIMEOUT,
@@ -574,8 +659,10 @@ void cq_server_stop(cq_server *s, int timeout_ms)
     /* Let MHD's threads send the answers the writer and the waiters have
      * just given (a connection MHD has not resumed yet would otherwise be
      * closed without its answer). */
-    for (int waited = 0; waited < timeout_ms && (atomic_load(&s->pending) > 0 ||
-                                                 atomic_load(&s->waiting) > 0);
+    for (int waited = 0;
+         waited < timeout_ms &&
+         (atomic_load(&s->pending) > 0 || atomic_load(&s->waiting) > 0 ||
+          atomic_load(&s->held) > 0);
          waited += 10)
         nanosleep(&ts, NULL);
     MHD_stop_daemon(s->daemon);

@@ -45,6 +45,16 @@ typedef struct cq_server_config {
     unsigned max_connections;
     unsigned max_connections_per_ip;
     unsigned header_timeout_s;
+
+    /* Security (docs/security.md). auth: tokens and rate limit (auth.h),
+     * borrowed, must outlive the server; NULL: open. tls_cert/tls_key:
+     * PEM texts (borrowed for the call), both or neither; with them the
+     * server speaks HTTPS only. max_waiters: queries waiting for a
+     * projection at once (0 → 4096); more are 503 + Retry-After. */
+    struct cq_auth *auth;
+    const char *tls_cert;
+    const char *tls_key;
+    int max_waiters;
 } cq_server_config;
 
 /* Start serving: listen on cfg->addr and answer on cfg->threads MHD
@@ -60,7 +70,8 @@ typedef struct cq_server_config {
  * NUL-terminated): CQ_ENOMEM, or CQ_EIO when the connection sweeper's
  * thread cannot start or the address cannot be listened on (in use, not
  * allowed). On failure nothing it made is left (no thread, no socket, no
- * memory). Call from one thread, before the server is used. */
+ * memory). CQ_EINVAL: libmicrohttpd has no TLS, or refused the
+ * certificate or key. Call from one thread, before the server is used. */
 int cq_server_start(const cq_server_config *cfg, cq_store *store,
                     cq_writer *writer, cq_engine *engine,
                     const cq_domain *domain, cq_server **out, char *err,
@@ -76,7 +87,8 @@ unsigned cq_server_port(cq_server *s);
 struct cq_metrics *cq_server_metrics(cq_server *s);
 
 /* Wait up to timeout_ms until no request is waiting for the writer or a
- * projection, then stop every thread, close every connection and free s.
+ * projection and every such request's answer has been sent (MHD's
+ * completion callback has run for it), then stop every thread, close every connection and free s.
  * Call after cq_writer_stop() and cq_engine_stop(), which answer every
  * queued request and waiting query (new writes answer 503 meanwhile), and
  * from one thread, once: s is invalid afterwards. Accepts NULL.

@@ -56,6 +56,28 @@ int cq_http_content_type_ok(struct MHD_Connection *c)
            (p[5] == '\0' || p[5] == ' ' || p[5] == ';');
 }
 
+/* The key stored in the command log for key k (n bytes): k itself on an
+ * open server; with a token, "NAME:k", or "NAME#" and k's SHA-256 when
+ * that is too long, so a key used by another token is another key (token
+ * names have neither ':' nor '#'; docs/security.md). */
+static void scope_key(request *q, const char *k, size_t n)
+{
+    size_t t = strlen(q->token);
+
+    if (t == 0)
+        memcpy(q->w.idem_key, k, n + 1);
+    else if (t + 1 + n < CQ_IDEM_KEY_MAX) {
+        memcpy(q->w.idem_key, q->token, t);
+        q->w.idem_key[t] = ':';
+        memcpy(q->w.idem_key + t + 1, k, n + 1);
+    }
+    else {
+        char h[65];
+        cq_sha256_hex(k, n, h);
+        snprintf(q->w.idem_key, CQ_IDEM_KEY_MAX, "%s#%s", q->token, h);
+    }
+}
+
 /* Idempotency-Key: absent, or 1-255 visible ASCII characters. Copies it
  * into q->w.idem_key. 0 and a 400 answer if malformed. */
 int cq_http_idem_key_ok(request *q, enum MHD_Result *ret)
@@ -74,7 +96,7 @@ int cq_http_idem_key_ok(request *q, enum MHD_Result *ret)
             if ((unsigned char)k[i] < 0x21 || (unsigned char)k[i] > 0x7e)
                 break;
         if (i == n) {
-            memcpy(q->w.idem_key, k, n + 1);
+            scope_key(q, k, n);
             return 1;
         }
     }
