@@ -273,11 +273,14 @@ int cq_http_auth_ok(request *q, const char *method, enum MHD_Result *ret)
 {
     int get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
               strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
-    int need = scope_of(q, get);
+    int need;
     char client[INET6_ADDRSTRLEN + 1], scopes[64], retry[16];
     cq_auth_result r;
 
-    if (q->srv->auth == NULL || need < 0)
+    if (q->srv->auth == NULL) /* a server started without auth: open */
+        return 1;
+    need = scope_of(q, get);
+    if (need < 0)
         return 1;
     client_text(q->conn, client, sizeof client);
     cq_auth_check(q->srv->auth,
