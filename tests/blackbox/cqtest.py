@@ -989,11 +989,12 @@ class SSE:
 
 # ---- the response recorder (OpenAPI validation) -----------------------------
 #
-# With CQ_TEST_RECORD=FILE every answer a Client (or SSE) gets is appended to
-# FILE as one JSON line {method, path, status, content_type, body}: the body
-# parsed as JSON when it is JSON, else its text (cut at 64 KiB). The ctest
-# `openapi_responses` checks them against docs/openapi.yaml
-# (tests/blackbox/check_openapi.py).
+# With CQ_TEST_RECORD=DIR every answer a Client (or SSE) gets is appended to
+# DIR/<suite>-<pid>.jsonl as one JSON line {method, path, status,
+# content_type, body, suite}: the body parsed as JSON when it is JSON, else
+# its text (cut at 64 KiB). The ctest `openapi_responses` checks them
+# against docs/openapi.yaml (tests/blackbox/check_openapi.py) after the
+# black-box suites have run.
 
 _RECORD = os.environ.get("CQ_TEST_RECORD")
 _record_lock = threading.Lock()
@@ -1007,8 +1008,11 @@ def _record(method, path, status, ctype, body):
     line = json.dumps({"method": method, "path": path, "status": status,
                        "content_type": ctype, "body": body,
                        "suite": os.path.basename(sys.argv[0])})
+    name = "%s-%d.jsonl" % (os.path.basename(sys.argv[0]).replace(".py", ""),
+                            os.getpid())
     with _record_lock:
-        with open(_RECORD, "a", encoding="utf-8") as f:
+        os.makedirs(_RECORD, exist_ok=True)
+        with open(os.path.join(_RECORD, name), "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
 
