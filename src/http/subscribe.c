@@ -54,7 +54,8 @@
 #define MAX_COMMAND_TIMEOUT_MS 600000
 #define SSE_MAX_PROJECTIONS 16
 #define SSE_PAGE 100      /* events read per step */
-#define CMD_WINDOW 100000 /* events searched back for a command's id */
+#define CMD_WINDOW 20000 /* events searched back for a command's id */
+#define CMD_PAGE 500      /* of them read at once */
 #define RECENT_COMMANDS 4096
 
 enum sse_kind { SSE_PROJECTION, SSE_STREAM, SSE_ALL, SSE_COMMAND };
@@ -183,27 +184,28 @@ static int scan_event(void *arg, const cq_stored_event *ev)
 }
 
 /* The position of the last event command id wrote, from the events'
- * metadata, searched among the last CMD_WINDOW events (another node's
- * commands, or from before a restart). CQ_OK (*position 0: none),
- * or a read error. */
+ * metadata: the last CMD_WINDOW events are searched in pages from the head
+ * down, stopping at the first page that has it (a command's events are
+ * consecutive, so the last match there is its last event). For another
+ * node's commands, or ones from before a restart. CQ_OK (*position 0:
+ * none), or a read error. */
 static int store_find(cq_server *s, const char *id, int64_t *position)
 {
     cmd_scan c = {id, "", 0};
-    int64_t head = 0, from;
+    int64_t head = 0, top, floor;
     int rc;
 
     snprintf(c.needle, sizeof c.needle, "\"%s\"", id);
     rc = cq_store_head_position(s->store, &head);
     if (rc != CQ_OK)
         return rc;
-    from = head > CMD_WINDOW ? head - CMD_WINDOW + 1 : 1;
-    while (from <= head) {
-        int64_t h = 0;
-        rc = cq_store_read_all(s->store, from, 1000, scan_event, &c, &h, NULL,
-                               0);
+    floor = head > CMD_WINDOW ? head - CMD_WINDOW + 1 : 1;
+    for (top = head; top >= floor && c.position == 0; top -= CMD_PAGE) {
+        int64_t from = top - CMD_PAGE + 1 < floor ? floor : top - CMD_PAGE + 1;
+        rc = cq_store_read_all(s->store, from, (int)(top - from + 1), scan_event,
+                               &c, NULL, NULL, 0);
         if (rc != CQ_OK)
             return rc;
-        from += 1000;
     }
     *position = c.position;
     return CQ_OK;
