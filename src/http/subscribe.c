@@ -44,7 +44,6 @@
 #include "base/base.h"
 #include "base/problem.h"
 #include "base/strbuf.h"
-#include "domain/domain.h"
 #include "http/http.h"
 #include "query/wait.h"
 
@@ -232,27 +231,13 @@ static void emit(sse *s, int64_t id, const char *event, json_t *data)
 static int add_event(void *arg, const cq_stored_event *se)
 {
     sse *s = arg;
-    char when[32], why[192];
-    cq_decoded dec;
-    json_t *ev;
-    int rc;
 
-    rc = cq_event_decode(s->srv->domain, se, NULL,
-                         CQ_DECODE_METADATA | CQ_DECODE_AS_STORED, &dec, why,
-                         sizeof why);
-    cq_format_time(se->recorded_at, when);
-    ev = json_pack("{s:I,s:s,s:I,s:s,s:i,s:O?,s:O?,s:s}", "position",
-                   (json_int_t)se->position, "stream_id", se->stream_id,
-                   "version", (json_int_t)se->version, "type", se->type,
-                   "schema_version", dec.schema_version, "data", dec.data,
-                   "metadata", dec.metadata, "recorded_at", when);
-    if (ev != NULL && rc != CQ_OK)
-        json_object_set_new(ev,
-                            dec.cause == CQ_DECODE_UPCAST_FAILED
-                                ? "upcast_error"
-                                : "decode_error",
-                            json_string(why));
-    cq_decoded_clear(&dec);
+    json_t *ev = cq_http_event_json(s->srv->domain, se);
+
+    if (ev == NULL) /* a stored string that is not UTF-8 (or no memory) */
+        ev = json_pack("{s:I,s:I,s:s}", "position", (json_int_t)se->position,
+                       "version", (json_int_t)se->version, "decode_error",
+                       "the stored event cannot be shown as JSON");
     s->last = s->kind == SSE_ALL ? se->position : se->version;
     emit(s, s->last, "event", ev);
     return 0;
