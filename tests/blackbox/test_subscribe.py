@@ -322,7 +322,10 @@ class LimitTest(unittest.TestCase):
     def test_other_streams_wake_no_stream_subscriber(self):
         """Stream subscribers wait on their stream: commits of other
         streams look at none of them (cqrsd_waiters_checked stays), a
-        commit of theirs wakes them."""
+        commit of theirs wakes them. SQLite only: on PostgreSQL the head
+        also moves by the listener's notifications, which do not name the
+        streams, and wake every stream subscriber to read its stream once."""
+        cqtest.skip_unless_sqlite(self, "the listener's wake-ups name no streams")
         with Server(cqtest.BINARY, args=("--heartbeat-ms", "600000")) as srv:
             c = Client(srv)
             oid = uid("quiet")
