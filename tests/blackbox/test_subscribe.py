@@ -46,6 +46,9 @@ class SubscribeTest(ServerTestCase):
         self.assertEqual(first["event"], "progress")
         self.assertEqual(first["data"]["projection"], "order_summaries")
         self.assertEqual(int(first["id"]), first["data"]["position"])
+        self.assertEqual(set(first["data"]), {"projection", "position", "head",
+                                              "lag_events", "lag_ms", "failed"})
+        self.assertGreaterEqual(first["data"]["lag_ms"], 0)
         _, b = place(self.c)
         pos = first["data"]["position"]
         while pos < b["position"]:
