@@ -189,6 +189,14 @@ class SubscribeTest(ServerTestCase):
         ev = s2.events(1, timeout=30)[0]
         self.assertEqual(ev["event"], "visible")
 
+    def test_command_id_header_with_wait_for(self):
+        st, h, b = self.c.req("POST", "/commands/PlaceOrder?wait_for=order_summaries",
+                              body=order_body())
+        self.assertEqual(st, 202, b)
+        self.assertEqual(h.get("command-id"), b["command_id"])
+        st, h, b = self.c.command("PlaceOrder", order_body(), key=uid("k"))
+        self.assertEqual(h.get("command-id"), b["command_id"])
+
     def test_command_refused(self):
         oid = uid("ref")
         place(self.c, oid)
