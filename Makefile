@@ -26,7 +26,8 @@ install: build
 # Plain build, then AddressSanitizer + UBSan, then ThreadSanitizer on the
 # threaded tests. The last thing printed is ctest's summary line.
 test: build
-	@sh scripts/deps.sh prometheus postgresql nats-server openssl
+	@sh scripts/deps.sh prometheus postgresql nats-server openssl \
+		python3-yaml python3-jsonschema
 	cmake -S . -B build-tsan -DCQ_SANITIZE=thread -DCQ_BENCH=OFF >/dev/null
 	cmake --build build-tsan -j $(JOBS)
 	cmake -S . -B build-asan -DCQ_SANITIZE=address -DCQ_BENCH=OFF >/dev/null

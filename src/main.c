@@ -82,6 +82,7 @@ typedef struct options {
     int64_t ttl_s;
     int64_t body_limit;
     int64_t max_conns, max_per_ip, header_timeout_s;
+    int64_t max_subscribers, heartbeat_ms;
     const char *domains[CQ_MODULES_MAX]; /* --domain, in order */
     size_t ndomains;
     const char *bus; /* --bus URL: run the relay in-process (bus/bus.h) */
@@ -104,7 +105,8 @@ static void usage(FILE *f)
           "                   [--max-connections-per-ip N]\n"
           "                   [--header-timeout SECONDS] [--projections DIR]\n"
           "                   [--domain PATH]... [--bus nats://HOST:PORT]\n"
-          "                   [--projector on|off]\n"
+          "                   [--projector on|off] [--max-subscribers N]\n"
+          "                   [--heartbeat-ms MS]\n"
           "       cqrsd relay [--data DIR | --store URI] --bus nats://HOST:PORT\n"
           "                   [--stream NAME] [--window N] [--listen HOST:PORT]\n"
           "       cqrsd project --bus nats://HOST:PORT --read-store URI\n"
@@ -156,6 +158,12 @@ static void usage(FILE *f)
           "  --header-timeout S      a request head must arrive within S "
           "seconds,\n"
           "                          1-3600 (default 10)\n"
+          "  --max-subscribers N     GET /subscribe streams at once, 1-1000000 "
+          "(default\n"
+          "                          1024; more are answered 503)\n"
+          "  --heartbeat-ms MS       a comment on a silent event stream every "
+          "MS\n"
+          "                          milliseconds, 100-3600000 (default 15000)\n"
           "  --projections DIR       also load every *.sql projection in DIR\n"
           "  --domain PATH           serve the domain module PATH (a .so\n"
           "                          built against cqrs.pc); repeatable;\n"
@@ -380,6 +388,8 @@ static int parse_args(int argc, char **argv, options *o)
     o->max_conns = 8192;
     o->max_per_ip = 1024;
     o->header_timeout_s = 10;
+    o->max_subscribers = 1024;
+    o->heartbeat_ms = 15000;
     o->ndomains = 0;
     o->bus = NULL;
     o->projector = 1;
@@ -458,6 +468,10 @@ static int parse_args(int argc, char **argv, options *o)
             rc = parse_num(a, v, 1, 1000000, &o->max_waiters);
         else if (strcmp(a, "--rate-limit") == 0)
             rc = parse_rate(v, &o->rate_limit);
+        else if (strcmp(a, "--max-subscribers") == 0)
+            rc = parse_num(a, v, 1, 1000000, &o->max_subscribers);
+        else if (strcmp(a, "--heartbeat-ms") == 0)
+            rc = parse_num(a, v, 100, 3600000, &o->heartbeat_ms);
         else {
             fprintf(stderr, "cqrsd: unknown option %s\n", a);
             return -1;
@@ -601,6 +615,8 @@ static int serve(const options *o)
         free(tls_key);
         return 2;
     }
+    hcfg.max_subscribers = (unsigned)o->max_subscribers;
+    hcfg.heartbeat_ms = (unsigned)o->heartbeat_ms;
     wcfg.idempotency_ttl_ms = o->ttl_s * 1000;
     wcfg.max_queue = (int)o->write_queue;
     if (cq_modules_open(o->domains, o->ndomains, &mods, err, sizeof err) !=

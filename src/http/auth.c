@@ -234,7 +234,7 @@ void cq_auth_check(cq_auth *a, const char *authorization, unsigned need,
 
 /* The scope a request needs: CQ_SCOPE_*, 0 for any valid token, or -1
  * for none at all (the probes). A route added later names its scope
- * here (GET /subscribe: CQ_SCOPE_SUBSCRIBE). */
+ * here. */
 static int scope_of(const request *q, int get)
 {
     switch (q->route) {
@@ -247,6 +247,14 @@ static int scope_of(const request *q, int get)
     case R_STREAM: return get ? CQ_SCOPE_QUERY : CQ_SCOPE_ADMIN;
     case R_QUERY: return CQ_SCOPE_QUERY;
     case R_PROJECTIONS: return get ? CQ_SCOPE_QUERY : CQ_SCOPE_ADMIN;
+    case R_OPENAPI: return -1; /* the API's description: public */
+    case R_SUBSCRIBE: {
+        /* the tail of every stream is as private as GET /streams/$all */
+        const char *st = MHD_lookup_connection_value(
+            q->conn, MHD_GET_ARGUMENT_KIND, "stream");
+        return st != NULL && strcmp(st, "$all") == 0 ? (int)CQ_SCOPE_ADMIN
+                                                     : (int)CQ_SCOPE_SUBSCRIBE;
+    }
     case R_NOT_FOUND:
     default: return 0;
     }
