@@ -70,7 +70,8 @@ enum route {
     R_QUERY,
     R_PROJECTIONS,
     R_READYZ,
-    R_METRICS
+    R_METRICS,
+    R_UI /* static.c */
 };
 
 #define CQ_QUERY_MAX_PARAMS 16
@@ -302,5 +303,11 @@ enum MHD_Result cq_http_readyz(request *q);
 /* MHD called back for a control operation the projector has carried out
  * (from cq_http_resumed). */
 enum MHD_Result cq_http_control_resumed(request *q);
+
+/* ---- static.c: GET /ui/... ---------------------------------------------- */
+
+/* The static pages and the JavaScript client (static.h): q->target is
+ * what follows "/ui" in the path. Queues an answer. */
+enum MHD_Result cq_http_static(request *q);
 
 #endif

@@ -71,6 +71,10 @@ static enum route route_of(const char *url, const char **target)
         return R_ALL;
     if (strcmp(url, "/readyz") == 0)
         return R_READYZ;
+    if (strncmp(url, "/ui", 3) == 0 && (url[3] == '\0' || url[3] == '/')) {
+        *target = url + 3;
+        return R_UI;
+    }
     if (strcmp(url, "/metrics") == 0)
         return R_METRICS;
     if (strcmp(url, "/projections") == 0) {
@@ -263,6 +267,7 @@ static enum MHD_Result first_call(request *q, const char *url,
     case R_READYZ:
     case R_ALL:
     case R_QUERY:
+    case R_UI:
         if (!get)
             return cq_http_send_method_not_allowed(q->conn, method,
                                                    "GET, HEAD");
@@ -378,6 +383,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     case R_ALL: return cq_http_read_all(q);
     case R_QUERY: return cq_http_query(q);
     case R_READYZ: return cq_http_readyz(q);
+    case R_UI: return cq_http_static(q);
     case R_PROJECTIONS:
         return cq_http_projections(q, get ? MHD_HTTP_METHOD_GET : method);
     case R_STREAM: return get ? cq_http_read_stream(q) : cq_http_append(q);
