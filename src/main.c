@@ -68,6 +68,7 @@ typedef struct options {
     int64_t ttl_s;
     int64_t body_limit;
     int64_t max_conns, max_per_ip, header_timeout_s;
+    int64_t max_subscribers, heartbeat_ms;
     const char *domains[CQ_MODULES_MAX]; /* --domain, in order */
     size_t ndomains;
 } options;
@@ -80,7 +81,8 @@ static void usage(FILE *f)
           "                   [--body-limit BYTES] [--max-connections N]\n"
           "                   [--max-connections-per-ip N]\n"
           "                   [--header-timeout SECONDS] [--projections DIR]\n"
-          "                   [--domain PATH]...\n"
+          "                   [--domain PATH]... [--max-subscribers N]\n"
+          "                   [--heartbeat-ms MS]\n"
           "       cqrsd verify [--data DIR | --store URI [--read-store URI]]\n"
           "                    [--projections DIR] [--domain PATH]...\n"
           "       cqrsd new NAME [DIR]\n"
@@ -123,6 +125,12 @@ static void usage(FILE *f)
           "  --header-timeout S      a request head must arrive within S "
           "seconds,\n"
           "                          1-3600 (default 10)\n"
+          "  --max-subscribers N     GET /subscribe streams at once, 1-1000000 "
+          "(default\n"
+          "                          1024; more are answered 503)\n"
+          "  --heartbeat-ms MS       a comment on a silent event stream every "
+          "MS\n"
+          "                          milliseconds, 100-3600000 (default 15000)\n"
           "  --projections DIR       also load every *.sql projection in DIR\n"
           "  --domain PATH           serve the domain module PATH (a .so\n"
           "                          built against cqrs.pc); repeatable;\n"
@@ -228,6 +236,8 @@ static int parse_args(int argc, char **argv, options *o)
     o->max_conns = 8192;
     o->max_per_ip = 1024;
     o->header_timeout_s = 10;
+    o->max_subscribers = 1024;
+    o->heartbeat_ms = 15000;
     o->ndomains = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -264,6 +274,10 @@ static int parse_args(int argc, char **argv, options *o)
             rc = parse_num(a, v, 1, 1000000, &o->max_per_ip);
         else if (strcmp(a, "--header-timeout") == 0)
             rc = parse_num(a, v, 1, 3600, &o->header_timeout_s);
+        else if (strcmp(a, "--max-subscribers") == 0)
+            rc = parse_num(a, v, 1, 1000000, &o->max_subscribers);
+        else if (strcmp(a, "--heartbeat-ms") == 0)
+            rc = parse_num(a, v, 100, 3600000, &o->heartbeat_ms);
         else {
             fprintf(stderr, "cqrsd: unknown option %s\n", a);
             return -1;
@@ -396,6 +410,8 @@ static int serve(const options *o)
     hcfg.max_connections = (unsigned)o->max_conns;
     hcfg.max_connections_per_ip = (unsigned)o->max_per_ip;
     hcfg.header_timeout_s = (unsigned)o->header_timeout_s;
+    hcfg.max_subscribers = (unsigned)o->max_subscribers;
+    hcfg.heartbeat_ms = (unsigned)o->heartbeat_ms;
     wcfg.idempotency_ttl_ms = o->ttl_s * 1000;
     if (cq_modules_open(o->domains, o->ndomains, &mods, err, sizeof err) !=
         CQ_OK) {

@@ -59,6 +59,12 @@ struct cq_server {
      * lines written in it and those left out */
     atomic_llong log_second;
     atomic_int log_lines, log_dropped;
+
+    /* GET /subscribe (subscribe.c) */
+    unsigned sse_max;          /* subscribers at once; more are 503 */
+    unsigned sse_heartbeat_ms; /* a comment after this long of silence */
+    atomic_int sse_count;      /* subscribers now */
+    struct cq_sse_commands *sse_commands; /* recent command outcomes */
 };
 
 enum route {
@@ -71,7 +77,9 @@ enum route {
     R_PROJECTIONS,
     R_READYZ,
     R_METRICS,
-    R_UI /* static.c */
+    R_UI, /* static.c */
+    R_SUBSCRIBE,
+    R_OPENAPI
 };
 
 #define CQ_QUERY_MAX_PARAMS 16
@@ -309,5 +317,37 @@ enum MHD_Result cq_http_control_resumed(request *q);
 /* The static pages and the JavaScript client (static.h): q->target is
  * what follows "/ui" in the path. Queues an answer. */
 enum MHD_Result cq_http_static(request *q);
+
+/* ---- subscribe.c --------------------------------------------------------- */
+
+/* Set up s's subscriber limit (0: 1024), heartbeat (0: 15000 ms) and the
+ * table of recent command outcomes. CQ_OK or CQ_ENOMEM. Before the daemon
+ * starts; cq_sse_free() after it has stopped (also after a failure). */
+int cq_sse_init(cq_server *s, unsigned max_subscribers, unsigned heartbeat_ms);
+void cq_sse_free(cq_server *s);
+
+/* Note how the writer answered w (its command id, status, position and,
+ * for a refusal, the problem), so GET /subscribe?command= can tell. Any
+ * thread. */
+void cq_sse_note_command(cq_server *s, const cq_write_req *w);
+
+/* GET /subscribe (HEAD when head): queues a 4xx/503, or a
+ * text/event-stream answer fed by a callback that suspends the connection
+ * while there is nothing to send. */
+enum MHD_Result cq_http_subscribe(request *q, int head);
+
+/* ---- openapi.c ----------------------------------------------------------- */
+
+/* An embedded file (cmake/embed.cmake): docs/openapi.yaml is
+ * cq_http_openapi_files[0]; the list ends with name NULL. */
+typedef struct cq_http_file {
+    const char *name;
+    const char *text; /* NUL-terminated */
+    size_t len;
+} cq_http_file;
+extern const cq_http_file cq_http_openapi_files[];
+
+/* GET /openapi.yaml: the API description compiled in (openapi.c). */
+enum MHD_Result cq_http_openapi(request *q);
 
 #endif

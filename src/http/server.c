@@ -77,6 +77,10 @@ static enum route route_of(const char *url, const char **target)
     }
     if (strcmp(url, "/metrics") == 0)
         return R_METRICS;
+    if (strcmp(url, "/subscribe") == 0)
+        return R_SUBSCRIBE;
+    if (strcmp(url, "/openapi.yaml") == 0)
+        return R_OPENAPI;
     if (strcmp(url, "/projections") == 0) {
         *target = "";
         return R_PROJECTIONS;
@@ -268,6 +272,8 @@ static enum MHD_Result first_call(request *q, const char *url,
     case R_ALL:
     case R_QUERY:
     case R_UI:
+    case R_SUBSCRIBE:
+    case R_OPENAPI:
         if (!get)
             return cq_http_send_method_not_allowed(q->conn, method,
                                                    "GET, HEAD");
@@ -384,6 +390,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
     case R_QUERY: return cq_http_query(q);
     case R_READYZ: return cq_http_readyz(q);
     case R_UI: return cq_http_static(q);
+    case R_SUBSCRIBE:
+        return cq_http_subscribe(q, strcmp(method, MHD_HTTP_METHOD_HEAD) == 0);
+    case R_OPENAPI: return cq_http_openapi(q);
     case R_PROJECTIONS:
         return cq_http_projections(q, get ? MHD_HTTP_METHOD_GET : method);
     case R_STREAM: return get ? cq_http_read_stream(q) : cq_http_append(q);
@@ -524,6 +533,11 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
         snprintf(err, errcap, "out of memory");
         goto fail;
     }
+    rc = cq_sse_init(s, cfg->max_subscribers, cfg->heartbeat_ms);
+    if (rc != CQ_OK) {
+        snprintf(err, errcap, "out of memory");
+        goto fail;
+    }
     rc = cq_conns_start(head_s * 1000u, &s->conns);
     if (rc != CQ_OK) {
         snprintf(err, errcap, "cannot start the connection sweeper");
@@ -554,6 +568,7 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
     return CQ_OK;
 fail:
     cq_conns_free(s->conns);
+    cq_sse_free(s);
     cq_http_metrics_free(s);
     free(s);
     return rc;
@@ -581,6 +596,7 @@ void cq_server_stop(cq_server *s, int timeout_ms)
         nanosleep(&ts, NULL);
     MHD_stop_daemon(s->daemon);
     cq_conns_free(s->conns); /* after: MHD has reported every close */
+    cq_sse_free(s);
     cq_http_metrics_free(s);
     free(s);
 }

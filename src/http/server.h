@@ -9,6 +9,8 @@
  *   GET  /queries/{name}    (query.c)
  *   GET  /projections[/{name}]   POST /projections/{name}/{op}   (ops.c)
  *   GET  /readyz (ops.c)    GET  /metrics (metrics.c)
+ *   GET  /subscribe (subscribe.c: Server-Sent Events)
+ *   GET  /openapi.yaml (openapi.c)
  *   HEAD wherever GET (the same answer without its body)
  *
  * Requests are parsed and validated on MHD's threads; anything that writes
@@ -45,6 +47,12 @@ typedef struct cq_server_config {
     unsigned max_connections;
     unsigned max_connections_per_ip;
     unsigned header_timeout_s;
+
+    /* GET /subscribe: at most max_subscribers at once (0 → 1024; more are
+     * 503 + Retry-After), a heartbeat comment after heartbeat_ms of
+     * silence (0 → 15000) */
+    unsigned max_subscribers;
+    unsigned heartbeat_ms;
 } cq_server_config;
 
 /* Start serving: listen on cfg->addr and answer on cfg->threads MHD

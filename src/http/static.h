@@ -8,17 +8,12 @@
 #ifndef CQ_HTTP_STATIC_H
 #define CQ_HTTP_STATIC_H
 
-#include <stddef.h>
+#include "http/http.h"
 
-/* One embedded file: its name relative to /ui/, its bytes (NUL-ended,
- * the NUL not counted in len). Tables end with {NULL, NULL, 0}. Static
- * storage; read-only; any thread. */
-typedef struct cq_static_file {
-    const char *name;
-    const char *text;
-    size_t len;
-} cq_static_file;
-
+/* The embedded files (cq_http_file, http.h: a name relative to /ui/, the
+ * bytes, NUL-ended, the NUL not counted in len); each table ends with
+ * {NULL, NULL, 0}. Static storage; read-only; any thread. */
+typedef cq_http_file cq_static_file;
 extern const cq_static_file cq_ui_files[]; /* ui/ */
 extern const cq_static_file cq_js_files[]; /* clients/js/ */
 

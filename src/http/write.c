@@ -230,6 +230,7 @@ enum MHD_Result cq_http_send_written(request *q)
 
     atomic_fetch_sub(&q->srv->pending, 1);
     cq_http_count_command(q, status);
+    cq_sse_note_command(q->srv, &q->w);
     if (q->projection >= 0 && status >= 200 && status < 300)
         return cq_http_wait_for_command(q); /* ?wait_for= */
     q->w.response = NULL;                   /* MHD frees it now */
@@ -240,10 +241,13 @@ enum MHD_Result cq_http_send_written(request *q)
             {etag[0] ? MHD_HTTP_HEADER_ETAG : NULL, etag},
             {q->w.replayed ? "Idempotency-Replayed" : NULL, "true"},
             {status == 503 ? MHD_HTTP_HEADER_RETRY_AFTER : NULL, "1"},
+            /* for GET /subscribe?command= (a refusal's body has no id) */
+            {q->w.replayed || !q->w.command_id[0] ? NULL : "Command-Id",
+             q->w.command_id},
         };
         return cq_http_send_with(q->conn, status,
                                  q->w.problem ? CQ_PROBLEM_CONTENT_TYPE
                                               : "application/json",
-                                 body, hdr, 3);
+                                 body, hdr, 4);
     }
 }

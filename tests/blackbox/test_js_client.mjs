@@ -156,7 +156,7 @@ test("optimistic: a refusal rolls back with the problem's message", async () => 
   assert.equal(seen[1], `rollback:${out.error.detail}`);
 });
 
-test("subscribe: projection progress is pushed, and resumes after Last-Event-ID", async (t) => {
+test("subscribe: projection progress is pushed", async (t) => {
   if (!(await subscribeServed())) return t.skip("this server has no GET /subscribe");
   const got = [];
   let resolve;
@@ -169,8 +169,11 @@ test("subscribe: projection progress is pushed, and resumes after Last-Event-ID"
   const r = await c.command("PlaceOrder", order(oid()));
   target.position = r.position;
   if (got.some(ev => ev.data?.position >= r.position)) resolve();
-  await Promise.race([reached, new Promise((_, rej) =>
-    setTimeout(() => rej(new Error(`no progress to ${r.position}: ${JSON.stringify(got)}`)), 30000))]);
+  let timer;
+  await Promise.race([reached, new Promise((_, rej) => {
+    timer = setTimeout(() => rej(new Error(`no progress to ${r.position}: ${JSON.stringify(got)}`)),
+                       30000);
+  })]).finally(() => clearTimeout(timer));
   sub.close();
   await sub.closed;
   const last = got[got.length - 1];
@@ -193,4 +196,56 @@ test("optimistic: applied at once, confirmed when the push says visible", async 
   // visible means the read model has it: an eventual read sees it now
   const q = await c.query("order_summary", { order_id: id }, { waitMs: 0 });
   assert.equal(q.data.order_id, id);
+});
+
+test("subscribe (Node reader): a cut stream resumes with Last-Event-ID, no gap, no repeat", async (t) => {
+  if (!(await subscribeServed())) return t.skip("this server has no GET /subscribe");
+  const id = oid();
+  await c.command("PlaceOrder", order(id));
+  await c.command("RecordPayment", { order_id: id, payment_id: "p1", amount_cents: 300 });
+  await c.command("RecordPayment", { order_id: id, payment_id: "p2", amount_cents: 200 });
+  const sent = [];
+  // the first connection is cut right after its first event
+  const cutting = async (url, init) => {
+    sent.push(init.headers["Last-Event-ID"] ?? null);
+    const res = await fetch(url, init);
+    if (sent.length > 1 || !res.ok) return res;
+    const reader = res.body.getReader();
+    const dec = new TextDecoder();
+    let text = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += dec.decode(value, { stream: true });
+      const m = /\ndata:[^\n]*\n\n/.exec(text);
+      if (m) { text = text.slice(0, m.index + m[0].length); break; }
+    }
+    await reader.cancel();
+    return new Response(new Blob([text]).stream(), { status: 200, headers: res.headers });
+  };
+  const sc = new Cqrsd(URL_, { fetch: cutting, EventSource: null });
+  const got = [];
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { sub.close(); reject(new Error(`got ${JSON.stringify(got)}`)); },
+                             30000);
+    const sub = sc.subscribe({ stream: `order-${id}`, after: 0 }, ev => {
+      got.push(ev);
+      if (got.length === 3) { clearTimeout(timer); sub.close(); resolve(); }
+    });
+    sub.closed.catch(reject);
+  });
+  assert.deepEqual(got.map(e => e.id), ["1", "2", "3"]);
+  assert.deepEqual(got.map(e => e.data.type), ["OrderPlaced", "PaymentReceived", "PaymentReceived"]);
+  assert.equal(sent.length >= 2, true);
+  assert.equal(sent[0], null);
+  assert.equal(sent[1], "1", "the reconnect names the last event seen");
+});
+
+test("visible: a command subscription ends with one terminal event", async (t) => {
+  if (!(await subscribeServed())) return t.skip("this server has no GET /subscribe");
+  const r = await c.command("PlaceOrder", order(oid()));
+  const v = await c.visible(r.command_id, ["order_summaries"]);
+  assert.equal(v.outcome, "visible");
+  const bad = await c.command("PlaceOrder", { ...order(oid()), currency: "eur" }).catch(e => e);
+  assert.equal(bad.status, 400);
 });

@@ -19,7 +19,7 @@ class JsClientTest(cqtest.ServerTestCase):
         env = dict(os.environ,
                    CQRSD_URL="http://127.0.0.1:%d" % self.server.port)
         p = subprocess.run(
-            [node, "--test", "--test-reporter=spec",
+            [node, "--test", "--test-reporter=spec", "--test-timeout=120000",
              os.path.join(HERE, "test_js_client.mjs")],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             timeout=240, text=True)
