@@ -146,6 +146,24 @@ async function rates() {
   } catch { /* metrics unavailable: keep the last value */ }
 }
 
+function addTail(e) {
+  const body = $("#tail tbody");
+  const tr = document.createElement("tr");
+  for (const v of [e.position, e.recorded_at, e.stream_id, e.type]) {
+    const td = document.createElement("td");
+    td.textContent = v;
+    tr.append(td);
+  }
+  tr.children[0].className = "num";
+  tailFrom = Math.max(tailFrom, e.position + 1);
+  body.prepend(tr);
+  while (body.children.length > 50) body.lastChild.remove();
+}
+
+// The head and the event rate, and the tail of $all: pushed
+// (GET /subscribe?stream=$all, from 20 events back), or read page by page
+// each second if this server cannot push it.
+let tailSub = null;
 async function tail() {
   try {
     const h = await api.health();
@@ -156,21 +174,16 @@ async function tail() {
       $("#erate").textContent = ((h.head_position - lastHead.head) / dt).toFixed(1);
     }
     lastHead = { t: now, head: h.head_position };
-    if (tailFrom === null) tailFrom = Math.max(1, h.head_position - 19);
-    if (tailFrom > h.head_position) return;
-    const page = await api.events(tailFrom, 100);
-    const body = $("#tail tbody");
-    for (const e of page.events) {
-      const tr = document.createElement("tr");
-      for (const v of [e.position, e.recorded_at, e.stream_id, e.type]) {
-        const td = document.createElement("td");
-        td.textContent = v;
-        tr.append(td);
-      }
-      tr.children[0].className = "num";
-      body.prepend(tr);
+    if (tailFrom === null) {
+      tailFrom = Math.max(1, h.head_position - 19);
+      tailSub = api.subscribe({ stream: "$all", after: tailFrom - 1 }, ev => addTail(ev.data),
+                              { events: ["event"] });
+      tailSub.closed.catch(() => { tailSub = null; });
+      return;
     }
-    while (body.children.length > 50) body.lastChild.remove();
+    if (tailSub !== null || tailFrom > h.head_position) return;
+    const page = await api.events(tailFrom, 100);
+    page.events.forEach(addTail);
     tailFrom = page.next_position;
   } catch { /* next tick */ }
 }

@@ -6,10 +6,12 @@
 // read model's row ("confirmed"). A refused command is rolled back and
 // its reason shown. While order_summaries lags (paused, or behind) the
 // header shows the stale badge and the lag, and rows are read with
-// consistency=strong (replayed from the event store) instead.
+// consistency=strong (replayed from the event store) instead; new
+// commands then do not wait for the push.
 import { Cqrsd } from "./cqrsd.js";
 
 const PROJECTION = "order_summaries";
+const STALE_MS = 2000; // lag beyond which the read model counts as stale
 const api = new Cqrsd("");
 const rows = new Map(); // order id -> {tr, summary}
 let stale = false;
@@ -112,7 +114,7 @@ async function run(id, type, body, guess, options) {
         x.state = "rolled-back";
         render(id);
       }
-      say(`${type} ${id} refused: ${err.message}`, "error");
+      say(`${type} ${id}: ${err.message}`, "error");
     },
   });
   return out;
@@ -156,7 +158,9 @@ async function freshness() {
   try {
     const p = await api.projection(PROJECTION);
     const lagMs = p.lag_seconds == null ? null : Math.round(p.lag_seconds * 1000);
-    stale = p.status !== "running" || p.lag_events > 0;
+    // a projection is a few ms behind after every commit: that is not
+    // stale; paused, failed, rebuilding or more than STALE_MS behind is
+    stale = p.status !== "running" || (lagMs !== null && lagMs > STALE_MS);
     $("#stale").hidden = !stale;
     $("#freshness").hidden = stale;
     $("#stale").textContent = p.status === "running" ? "stale" : `stale (${p.status})`;
