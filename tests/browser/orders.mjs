@@ -129,6 +129,10 @@ try {
   await page.locator('tr[data-projection="order_summaries"][data-status="paused"]').waitFor();
   await proj.locator("button.resume").click();
   await page.locator('tr[data-projection="order_summaries"][data-status="running"]').waitFor();
+  await proj.locator("button.rebuild").click();
+  await page.locator("#messages").filter({ hasText: "rebuild order_summaries:" }).waitFor();
+  // the rebuild ends (a progress bar shows while it runs) and says so
+  await proj.locator("td").nth(7).filter({ hasText: /^done / }).waitFor();
   await page.waitForTimeout(2500); // a few sparkline samples
   assert.ok(await proj.locator("svg.spark polyline").count() === 1, "a sparkline");
   await shot(page, "ops");
