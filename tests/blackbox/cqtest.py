@@ -902,3 +902,129 @@ def main():
         sys.stderr.write("not an executable: %s\n" % BINARY)
         sys.exit(2)
     unittest.main(module="__main__", verbosity=2)
+
+
+# ---- Server-Sent Events (GET /subscribe) -----------------------------------
+
+class SSE:
+    """One GET /subscribe stream read as the browser's EventSource would.
+
+      s = SSE(server, "/subscribe?projection=P", headers={...})
+      s.status, s.headers          the answer's (names lower-cased)
+      s.body                       the parsed body when status is not 200
+      s.next(timeout=10)           the next event: {"id", "event", "data"}
+                                   (data parsed as JSON), None at the end of
+                                   the stream; comments are counted in
+                                   s.comments; AssertionError on timeout
+      s.close()
+    """
+
+    def __init__(self, server, path, headers=None, timeout=REQUEST_TIMEOUT):
+        self.conn = http.client.HTTPConnection("127.0.0.1", server.port,
+                                               timeout=timeout)
+        self.conn.request("GET", path, headers=dict(headers or {}))
+        self.resp = self.conn.getresponse()
+        self.status = self.resp.status
+        self.headers = {k.lower(): v for k, v in self.resp.getheaders()}
+        self.comments = 0
+        self.ended = False
+        self.body = None
+        if self.status != 200:
+            self.body = _parse_body(self.headers, self.resp.read())
+            self.close()
+        _record("GET", path, self.status, self.headers.get("content-type", ""),
+                self.body if self.status != 200 else None)
+
+    def next(self, timeout=10.0):
+        ev = {}
+        data = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no server-sent event within %.1f s" % timeout)
+            self.conn.sock.settimeout(left)
+            try:
+                line = self.resp.readline()
+            except (socket.timeout, TimeoutError):
+                raise AssertionError("no server-sent event within %.1f s" % timeout)
+            if not line:
+                self.ended = True
+                return None
+            line = line.decode("utf-8").rstrip("\r\n")
+            if line == "":
+                if data or ev:
+                    if data:
+                        ev["data"] = json.loads("\n".join(data))
+                    return ev
+                continue
+            if line.startswith(":"):
+                self.comments += 1
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                data.append(value)
+            elif name in ("id", "event", "retry"):
+                ev[name] = value
+        # not reached
+
+    def events(self, n, timeout=10.0):
+        """The next n events (skipping `retry`-only blocks)."""
+        out = []
+        while len(out) < n:
+            ev = self.next(timeout)
+            if ev is None:
+                raise AssertionError("the stream ended after %r" % (out,))
+            if "event" in ev:
+                out.append(ev)
+        return out
+
+    def close(self):
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+# ---- the response recorder (OpenAPI validation) -----------------------------
+#
+# With CQ_TEST_RECORD=DIR every answer a Client (or SSE) gets is appended to
+# DIR/<suite>-<pid>.jsonl as one JSON line {method, path, status,
+# content_type, body, suite}: the body parsed as JSON when it is JSON, else
+# its text (cut at 64 KiB). The ctest `openapi_responses` checks them
+# against docs/openapi.yaml (tests/blackbox/check_openapi.py) after the
+# black-box suites have run.
+
+_RECORD = os.environ.get("CQ_TEST_RECORD")
+_record_lock = threading.Lock()
+
+
+def _record(method, path, status, ctype, body):
+    if not _RECORD:
+        return
+    if isinstance(body, str) and len(body) > 65536:
+        body = body[:65536]
+    line = json.dumps({"method": method, "path": path, "status": status,
+                       "content_type": ctype, "body": body,
+                       "suite": os.path.basename(sys.argv[0])})
+    name = "%s-%d.jsonl" % (os.path.basename(sys.argv[0]).replace(".py", ""),
+                            os.getpid())
+    with _record_lock:
+        os.makedirs(_RECORD, exist_ok=True)
+        with open(os.path.join(_RECORD, name), "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+_client_req = Client.req
+
+
+def _recording_req(self, method, path, body=None, headers=None, raw=None,
+                   retry=True):
+    st, h, b = _client_req(self, method, path, body=body, headers=headers,
+                           raw=raw, retry=retry)
+    _record(method, path, st, h.get("content-type", ""), b)
+    return st, h, b
+
+
+Client.req = _recording_req
