@@ -4,6 +4,7 @@
 // control buttons with rebuild progress, the tail of $all and the command
 // rate (from /metrics).
 import { Cqrsd } from "./cqrsd.js";
+import { $, say } from "./page.js";
 
 const api = new Cqrsd("");
 const HISTORY = 120;          // samples of lag kept per projection (1/s)
@@ -12,16 +13,6 @@ const subs = new Map();       // name -> subscription
 let lastCommands = null;      // {t, total}
 let lastHead = null;          // {t, head}
 let tailFrom = null;
-
-const $ = sel => document.querySelector(sel);
-
-function say(text, cls = "") {
-  const d = document.createElement("div");
-  d.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
-  if (cls) d.className = cls;
-  $("#messages").prepend(d);
-  while ($("#messages").children.length > 6) $("#messages").lastChild.remove();
-}
 
 function sparkline(values) {
   const NS = "http://www.w3.org/2000/svg";

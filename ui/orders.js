@@ -9,6 +9,7 @@
 // consistency=strong (replayed from the event store) instead; new
 // commands then do not wait for the push.
 import { Cqrsd } from "./cqrsd.js";
+import { $, say } from "./page.js";
 
 const PROJECTION = "order_summaries";
 const STALE_MS = 2000; // lag beyond which the read model counts as stale
@@ -16,16 +17,7 @@ const api = new Cqrsd("");
 const rows = new Map(); // order id -> {tr, summary}
 let stale = false;
 
-const $ = sel => document.querySelector(sel);
 const money = (c, cur) => `${(c / 100).toFixed(2)} ${cur || ""}`;
-
-function say(text, cls = "") {
-  const d = document.createElement("div");
-  d.textContent = `${new Date().toLocaleTimeString()}  ${text}`;
-  if (cls) d.className = cls;
-  $("#messages").prepend(d);
-  while ($("#messages").children.length > 8) $("#messages").lastChild.remove();
-}
 
 function cell(tr, i) { return tr.children[i]; }
 
