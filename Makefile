@@ -30,7 +30,7 @@ install: build
 # there is none: a Node.js from another source brings its own, which
 # Debian's npm package would conflict with.
 test: build
-	@sh scripts/deps.sh prometheus postgresql nodejs chromium
+	@sh scripts/deps.sh prometheus postgresql python3-yaml python3-jsonschema nodejs chromium
 	@command -v npm >/dev/null || sh scripts/deps.sh npm
 	cmake -S . -B build-tsan -DCQ_SANITIZE=thread -DCQ_BENCH=OFF >/dev/null
 	cmake --build build-tsan -j $(JOBS)

@@ -98,7 +98,8 @@ export class Cqrsd {
   url(path, params) {
     const qs = new URLSearchParams();
     for (const [k, v] of Object.entries(params || {}))
-      if (v !== undefined && v !== null) qs.append(k, String(v));
+      for (const x of [].concat(v))  // an array: the parameter repeated
+        if (x !== undefined && x !== null) qs.append(k, String(x));
     const s = qs.toString();
     return this.base + path + (s ? "?" + s : "");
   }
@@ -279,13 +280,13 @@ export class Cqrsd {
 
   /**
    * Wait until every projection in `projections` has applied the events
-   * of command `commandId` (GET /subscribe?command=ID&projection=P,Q).
+   * of command `commandId` (GET /subscribe?command=ID&projection=P&projection=Q).
    * Resolves {outcome: "visible" | "refused" | "timeout", data}.
    */
   visible(commandId, projections, options = {}) {
     return new Promise((resolve, reject) => {
       let got = null;
-      const sub = this.subscribe({ command: commandId, projection: [].concat(projections).join(",") },
+      const sub = this.subscribe({ command: commandId, projection: [].concat(projections) },
         ev => { if (TERMINAL.has(ev.type) && !got) got = { outcome: ev.type, data: ev.data }; },
         { ...options, events: ["visible", "refused", "timeout"] });
       sub.closed.then(() => got ? resolve(got) : reject(new Error("subscription ended"))

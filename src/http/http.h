@@ -280,6 +280,13 @@ enum MHD_Result cq_http_read_stream(request *q);
  * order, or 4xx / 5xx. Like cq_http_read_stream. */
 enum MHD_Result cq_http_read_all(request *q);
 
+/* One stored event as the API shows it ({position, stream_id, version,
+ * type, schema_version, data, metadata, recorded_at}, upcast through
+ * domain; as stored with upcast_error / decode_error when it cannot be).
+ * A new reference, or NULL (out of memory, a stored string that is not
+ * UTF-8). Any thread. */
+json_t *cq_http_event_json(const cq_domain *domain, const cq_stored_event *se);
+
 /* ---- query.c ------------------------------------------------------------- */
 
 /* GET /queries/{name}: validate, then answer now or suspend until the

@@ -236,19 +236,14 @@ typedef struct page {
  * to the current shape is answered as stored, with "upcast_error" naming
  * why; one whose data or metadata is not a JSON object at all (a damaged
  * file) has that member null and "decode_error" (see CQ_DECODE_AS_STORED). */
-static int add_event(void *arg, const cq_stored_event *se)
+json_t *cq_http_event_json(const cq_domain *domain, const cq_stored_event *se)
 {
-    page *pg = arg;
     char when[32], why[192];
     cq_decoded dec;
     json_t *ev;
-    size_t size = strlen(se->data) + strlen(se->metadata) +
-                  strlen(se->stream_id) + strlen(se->type) + EVENT_OVERHEAD;
     int rc;
 
-    if (json_array_size(pg->events) > 0 && pg->bytes + size > pg->budget)
-        return 1; /* the page is full: `next` continues here */
-    rc = cq_event_decode(pg->domain, se, NULL,
+    rc = cq_event_decode(domain, se, NULL,
                          CQ_DECODE_METADATA | CQ_DECODE_AS_STORED, &dec, why,
                          sizeof why);
     cq_format_time(se->recorded_at, when);
@@ -267,6 +262,19 @@ static int add_event(void *arg, const cq_stored_event *se)
         ev = NULL;
     }
     cq_decoded_clear(&dec);
+    return ev;
+}
+
+static int add_event(void *arg, const cq_stored_event *se)
+{
+    page *pg = arg;
+    json_t *ev;
+    size_t size = strlen(se->data) + strlen(se->metadata) +
+                  strlen(se->stream_id) + strlen(se->type) + EVENT_OVERHEAD;
+
+    if (json_array_size(pg->events) > 0 && pg->bytes + size > pg->budget)
+        return 1; /* the page is full: `next` continues here */
+    ev = cq_http_event_json(pg->domain, se);
     if (ev == NULL || json_array_append_new(pg->events, ev) != 0) {
         pg->corrupt = 1; /* a stored string that is not UTF-8, or no memory */
         pg->corrupt_at = se->position;

@@ -44,7 +44,6 @@
 #include "base/base.h"
 #include "base/problem.h"
 #include "base/strbuf.h"
-#include "domain/domain.h"
 #include "http/http.h"
 #include "query/wait.h"
 
@@ -54,7 +53,8 @@
 #define MAX_COMMAND_TIMEOUT_MS 600000
 #define SSE_MAX_PROJECTIONS 16
 #define SSE_PAGE 100      /* events read per step */
-#define CMD_WINDOW 100000 /* events searched back for a command's id */
+#define CMD_WINDOW 20000 /* events searched back for a command's id */
+#define CMD_PAGE 500      /* of them read at once */
 #define RECENT_COMMANDS 4096
 
 enum sse_kind { SSE_PROJECTION, SSE_STREAM, SSE_ALL, SSE_COMMAND };
@@ -183,27 +183,28 @@ static int scan_event(void *arg, const cq_stored_event *ev)
 }
 
 /* The position of the last event command id wrote, from the events'
- * metadata, searched among the last CMD_WINDOW events (another node's
- * commands, or from before a restart). CQ_OK (*position 0: none),
- * or a read error. */
+ * metadata: the last CMD_WINDOW events are searched in pages from the head
+ * down, stopping at the first page that has it (a command's events are
+ * consecutive, so the last match there is its last event). For another
+ * node's commands, or ones from before a restart. CQ_OK (*position 0:
+ * none), or a read error. */
 static int store_find(cq_server *s, const char *id, int64_t *position)
 {
     cmd_scan c = {id, "", 0};
-    int64_t head = 0, from;
+    int64_t head = 0, top, floor;
     int rc;
 
     snprintf(c.needle, sizeof c.needle, "\"%s\"", id);
     rc = cq_store_head_position(s->store, &head);
     if (rc != CQ_OK)
         return rc;
-    from = head > CMD_WINDOW ? head - CMD_WINDOW + 1 : 1;
-    while (from <= head) {
-        int64_t h = 0;
-        rc = cq_store_read_all(s->store, from, 1000, scan_event, &c, &h, NULL,
-                               0);
+    floor = head > CMD_WINDOW ? head - CMD_WINDOW + 1 : 1;
+    for (top = head; top >= floor && c.position == 0; top -= CMD_PAGE) {
+        int64_t from = top - CMD_PAGE + 1 < floor ? floor : top - CMD_PAGE + 1;
+        rc = cq_store_read_all(s->store, from, (int)(top - from + 1), scan_event,
+                               &c, NULL, NULL, 0);
         if (rc != CQ_OK)
             return rc;
-        from += 1000;
     }
     *position = c.position;
     return CQ_OK;
@@ -230,27 +231,13 @@ static void emit(sse *s, int64_t id, const char *event, json_t *data)
 static int add_event(void *arg, const cq_stored_event *se)
 {
     sse *s = arg;
-    char when[32], why[192];
-    cq_decoded dec;
-    json_t *ev;
-    int rc;
 
-    rc = cq_event_decode(s->srv->domain, se, NULL,
-                         CQ_DECODE_METADATA | CQ_DECODE_AS_STORED, &dec, why,
-                         sizeof why);
-    cq_format_time(se->recorded_at, when);
-    ev = json_pack("{s:I,s:s,s:I,s:s,s:i,s:O?,s:O?,s:s}", "position",
-                   (json_int_t)se->position, "stream_id", se->stream_id,
-                   "version", (json_int_t)se->version, "type", se->type,
-                   "schema_version", dec.schema_version, "data", dec.data,
-                   "metadata", dec.metadata, "recorded_at", when);
-    if (ev != NULL && rc != CQ_OK)
-        json_object_set_new(ev,
-                            dec.cause == CQ_DECODE_UPCAST_FAILED
-                                ? "upcast_error"
-                                : "decode_error",
-                            json_string(why));
-    cq_decoded_clear(&dec);
+    json_t *ev = cq_http_event_json(s->srv->domain, se);
+
+    if (ev == NULL) /* a stored string that is not UTF-8 (or no memory) */
+        ev = json_pack("{s:I,s:I,s:s}", "position", (json_int_t)se->position,
+                       "version", (json_int_t)se->version, "decode_error",
+                       "the stored event cannot be shown as JSON");
     s->last = s->kind == SSE_ALL ? se->position : se->version;
     emit(s, s->last, "event", ev);
     return 0;

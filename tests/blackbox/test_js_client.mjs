@@ -244,8 +244,10 @@ test("subscribe (Node reader): a cut stream resumes with Last-Event-ID, no gap, 
 test("visible: a command subscription ends with one terminal event", async (t) => {
   if (!(await subscribeServed())) return t.skip("this server has no GET /subscribe");
   const r = await c.command("PlaceOrder", order(oid()));
-  const v = await c.visible(r.command_id, ["order_summaries"]);
+  const v = await c.visible(r.command_id, ["order_summaries", "sales_dashboard"]);
   assert.equal(v.outcome, "visible");
+  assert.deepEqual([...v.data.projections].sort(), ["order_summaries", "sales_dashboard"]);
+  assert.equal(v.data.command_id, r.command_id);
   const bad = await c.command("PlaceOrder", { ...order(oid()), currency: "eur" }).catch(e => e);
   assert.equal(bad.status, 400);
 });

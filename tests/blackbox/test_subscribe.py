@@ -124,6 +124,20 @@ class SubscribeTest(ServerTestCase):
         s2 = self.open("/subscribe?stream=order-%s&after=1" % oid)
         self.assertEqual([e["id"] for e in s2.events(3)], ["2", "3", "4"])
 
+    def test_stream_catch_up_in_pages(self):
+        """300 events behind: all come, in order, across the reader's pages."""
+        sid = uid("note")
+        for k in range(3):
+            st, _, b = self.c.post("/streams/" + sid, body={
+                "expected_version": "any",
+                "events": [{"type": "Note", "data": {"n": 100 * k + i}}
+                           for i in range(100)]})
+            self.assertEqual(st, 201, b)
+        s = self.open("/subscribe?stream=%s&after=0" % sid)
+        evs = s.events(300, timeout=30)
+        self.assertEqual([int(e["id"]) for e in evs], list(range(1, 301)))
+        self.assertEqual([e["data"]["data"]["n"] for e in evs], list(range(300)))
+
     def test_all_stream(self):
         head = self.c.head()
         s = self.open("/subscribe?stream=$all&after=%d" % head)
@@ -286,6 +300,24 @@ class LimitTest(unittest.TestCase):
                                 "the place of a closed subscriber was not given back")
                 time.sleep(0.2)
             b.close()
+
+    def test_command_from_before_a_restart(self):
+        """A restarted server knows no recent outcomes: the command is found
+        by its id in the events' metadata."""
+        with Server(cqtest.BINARY) as srv:
+            c = Client(srv)
+            h, b = place(c)
+            for _ in range(3):
+                place(c)
+            c.close()
+            srv.restart()
+            s = SSE(srv, "/subscribe?command=%s&projection=order_summaries"
+                    % h["command-id"])
+            self.assertEqual(s.status, 200, s.body)
+            ev = s.events(1, timeout=30)[0]
+            self.assertEqual(ev["event"], "visible")
+            self.assertEqual(ev["data"]["position"], b["position"])
+            s.close()
 
     def test_stop_with_subscribers(self):
         """SIGTERM with open streams: they end, the server exits 0 in time."""
