@@ -26,11 +26,11 @@
 #include "http/static.h"
 
 #define CSP                                                                    \
-    "default-src 'self'; img-src 'self' data:; style-src 'self'; "           \
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; "             \
     "script-src 'self'; connect-src 'self'; frame-ancestors 'none'"
 
-static const cq_static_file *in_table(const cq_static_file *t,
-                                      const char *name, size_t n)
+static const cq_http_file *in_table(const cq_http_file *t, const char *name,
+                                    size_t n)
 {
     for (; t->name != NULL; t++)
         if (strlen(t->name) == n && memcmp(t->name, name, n) == 0)
@@ -38,17 +38,17 @@ static const cq_static_file *in_table(const cq_static_file *t,
     return NULL;
 }
 
-static const cq_static_file *lookup(const char *name, size_t n)
+static const cq_http_file *lookup(const char *name, size_t n)
 {
-    const cq_static_file *f = in_table(cq_ui_files, name, n);
+    const cq_http_file *f = in_table(cq_ui_files, name, n);
     return f != NULL ? f : in_table(cq_js_files, name, n);
 }
 
-const cq_static_file *cq_static_find(const char *path)
+const cq_http_file *cq_static_find(const char *path)
 {
     char html[128];
     size_t n = strlen(path);
-    const cq_static_file *f;
+    const cq_http_file *f;
 
     if (n == 0)
         return lookup("index.html", 10);
@@ -82,7 +82,7 @@ const char *cq_static_type(const char *name)
     return "application/octet-stream";
 }
 
-void cq_static_etag(const cq_static_file *f, char out[24])
+void cq_static_etag(const cq_http_file *f, char out[24])
 {
     uint64_t h = 1469598103934665603ull;
 
@@ -118,7 +118,7 @@ static int etag_matches(const char *inm, const char *etag)
 enum MHD_Result cq_http_static(request *q)
 {
     const char *path = q->target; /* after "/ui" */
-    const cq_static_file *f;
+    const cq_http_file *f;
     struct MHD_Response *resp;
     const char *inm;
     char etag[24];
@@ -141,8 +141,7 @@ enum MHD_Result cq_http_static(request *q)
                                       MHD_HTTP_HEADER_IF_NONE_MATCH);
     if (inm != NULL && etag_matches(inm, etag)) {
         status = MHD_HTTP_NOT_MODIFIED;
-        resp = MHD_create_response_from_buffer(0, NULL,
-                                               MHD_RESPMEM_PERSISTENT);
+        resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
     } else
         resp = MHD_create_response_from_buffer(f->len, (void *)f->text,
                                                MHD_RESPMEM_PERSISTENT);

@@ -13,15 +13,14 @@
 /* The embedded files (cq_http_file, http.h: a name relative to /ui/, the
  * bytes, NUL-ended, the NUL not counted in len); each table ends with
  * {NULL, NULL, 0}. Static storage; read-only; any thread. */
-typedef cq_http_file cq_static_file;
-extern const cq_static_file cq_ui_files[]; /* ui/ */
-extern const cq_static_file cq_js_files[]; /* clients/js/ */
+extern const cq_http_file cq_ui_files[]; /* ui/ */
+extern const cq_http_file cq_js_files[]; /* clients/js/ */
 
 /* The file that answers `path` (what follows "/ui/" in the URL, borrowed),
  * or NULL. "" is index.html and a name without an extension is NAME.html
  * ("orders" -> orders.html). Only names in the tables are found: nothing
  * is read from the disk, so no path can reach outside them. Any thread. */
-const cq_static_file *cq_static_find(const char *path);
+const cq_http_file *cq_static_find(const char *path);
 
 /* The Content-Type for a file name (borrowed, static):
  * text/html, text/javascript, text/css, image/svg+xml, application/json
@@ -30,6 +29,6 @@ const char *cq_static_type(const char *name);
 
 /* The strong ETag of f, "\"<16 hex digits>\"" (FNV-1a 64 of its bytes),
  * into out. Any thread. */
-void cq_static_etag(const cq_static_file *f, char out[24]);
+void cq_static_etag(const cq_http_file *f, char out[24]);
 
 #endif
