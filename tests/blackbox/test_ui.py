@@ -117,12 +117,19 @@ class UiTest(cqtest.ServerTestCase):
                      "/ui/%2e%2e/CMakeLists.txt", "/ui/..%2fCMakeLists.txt",
                      "/ui/../../../../etc/passwd", "/ui//etc/passwd",
                      "/ui/./index.html", "/ui/index.html/", "/ui/ui/index.html",
-                     "/ui/INDEX.HTML", "/ui/cqrsd", "/ui/x" * 40,
+                     "/ui/INDEX.HTML", "/ui/cqrsd", "/ui/index.htm", "/ui/ops.jsx",
+                     "/ui/o", "/ui/x" * 40,
                      "/uix"):
             st, h, body = get_raw(self.server.port, path)
             self.assertEqual(st, 404, path)
             self.assertTrue(h.get("content-type", "").startswith(
                 "application/problem+json"), path)
+
+    def test_nul_in_the_path_is_400(self):
+        st, h, _ = get_raw(self.server.port, "/ui/ops.js%00.html")
+        self.assertEqual(st, 400)
+        self.assertTrue(h.get("content-type", "").startswith(
+            "application/problem+json"))
 
     def test_pages_load_nothing_from_elsewhere(self):
         for _, src in served_files():
