@@ -245,9 +245,14 @@ static int add_event(void *arg, const cq_stored_event *se)
 
 /* ---- one step: what to send now, or where to wait ---------------------- */
 
-/* Fill s->out with what there is to send, or set s->done; else return 1
- * with *queue and *target: what to wait for (queue CQ_QUERY_HEAD for the
- * store's head). */
+/* What step() found: send what is in s->out (or end), or wait. */
+enum { STEP_SEND, STEP_WAIT_POSITION, STEP_WAIT_STREAM };
+
+/* Fill s->out with what there is to send, or set s->done (STEP_SEND);
+ * else say what to wait for: queue (CQ_QUERY_HEAD: the store's head) to
+ * reach *target (STEP_WAIT_POSITION), or the store to commit s->stream's
+ * version *target, *target being the head seen before the stream was read
+ * (STEP_WAIT_STREAM: a commit of another stream wakes nobody). */
 static int step(sse *s, int *queue, int64_t *target)
 {
     cq_engine *e = s->srv->engine;
@@ -268,11 +273,11 @@ static int step(sse *s, int *queue, int64_t *target)
                            "lag_events",
                            (json_int_t)(head > pos ? head - pos : 0), "failed",
                            failed));
-            return 0;
+            return STEP_SEND;
         }
         *queue = s->proj[0];
         *target = s->last + 1;
-        return 1;
+        return STEP_WAIT_POSITION;
     }
     case SSE_STREAM:
     case SSE_ALL: {
@@ -287,13 +292,13 @@ static int step(sse *s, int *queue, int64_t *target)
             emit(s, s->last, "error",
                  json_pack("{s:s}", "detail", "the event store cannot be read"));
             s->done = 1;
-            return 0;
+            return STEP_SEND;
         }
         if (s->last > before)
-            return 0;
+            return STEP_SEND;
         *queue = CQ_QUERY_HEAD;
-        *target = head + 1;
-        return 1;
+        *target = head + (s->kind == SSE_ALL);
+        return s->kind == SSE_ALL ? STEP_WAIT_POSITION : STEP_WAIT_STREAM;
     }
     case SSE_COMMAND:
         for (int i = 0; i < s->nproj; i++) {
@@ -305,11 +310,11 @@ static int step(sse *s, int *queue, int64_t *target)
                                    "projection",
                                    cq_engine_projection_name(e, s->proj[i])));
                     s->done = 1;
-                    return 0;
+                    return STEP_SEND;
                 }
                 *queue = s->proj[i];
                 *target = s->target;
-                return 1;
+                return STEP_WAIT_POSITION;
             }
         }
         {
@@ -324,9 +329,9 @@ static int step(sse *s, int *queue, int64_t *target)
                            names));
         }
         s->done = 1;
-        return 0;
+        return STEP_SEND;
     }
-    return 0;
+    return STEP_SEND;
 }
 
 static void on_wake(void *arg)
@@ -338,7 +343,7 @@ static void on_wake(void *arg)
 static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     sse *s = cls;
-    int queue = 0;
+    int queue = 0, what;
     int64_t target = 0, timeout_ms;
     uint64_t now, until;
     int rc;
@@ -364,7 +369,8 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
         s->off = 0;
         if (s->done)
             return MHD_CONTENT_READER_END_OF_STREAM;
-        if (!step(s, &queue, &target))
+        what = step(s, &queue, &target);
+        if (what == STEP_SEND)
             continue;
         now = cq_mono_ns();
         if (now >= s->beat_ns) {
@@ -378,8 +384,12 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
         timeout_ms = (int64_t)((until - now) / 1000000u) + 1;
         atomic_fetch_add(&s->srv->waiting, 1);
         MHD_suspend_connection(s->conn);
-        rc = cq_query_wait(s->srv->engine, queue, target, timeout_ms, on_wake,
-                           s, &s->wait);
+        rc = what == STEP_WAIT_STREAM
+                 ? cq_query_wait_stream(s->srv->engine, queue, s->stream,
+                                        s->last + 1, target, timeout_ms,
+                                        on_wake, s, &s->wait)
+                 : cq_query_wait(s->srv->engine, queue, target, timeout_ms,
+                                 on_wake, s, &s->wait);
         if (rc == CQ_WAIT_PENDING)
             return 0;
         /* not registered: reached already (look again), or the server

@@ -319,6 +319,37 @@ class LimitTest(unittest.TestCase):
             self.assertEqual(ev["data"]["position"], b["position"])
             s.close()
 
+    def test_other_streams_wake_no_stream_subscriber(self):
+        """Stream subscribers wait on their stream: commits of other
+        streams look at none of them (cqrsd_waiters_checked stays), a
+        commit of theirs wakes them."""
+        with Server(cqtest.BINARY, args=("--heartbeat-ms", "600000")) as srv:
+            c = Client(srv)
+            oid = uid("quiet")
+            subs = [SSE(srv, "/subscribe?stream=order-" + oid) for _ in range(5)]
+            for sub in subs:
+                self.assertEqual(sub.status, 200)
+                self.assertEqual(sub.next(timeout=10).get("retry"), "1000")
+
+            def checked():
+                st, _, text = c.get("/metrics")
+                self.assertEqual(st, 200)
+                for line in text.splitlines():
+                    if line.startswith("cqrsd_waiters_checked "):
+                        return float(line.split()[1])
+                self.fail("no cqrsd_waiters_checked in /metrics")
+
+            before = checked()
+            for _ in range(20):
+                place(c)
+            self.assertEqual(checked(), before,
+                             "commits of other streams looked at the subscribers")
+            place(c, oid)
+            for sub in subs:
+                self.assertEqual(sub.events(1)[0]["data"]["version"], 1)
+                sub.close()
+            c.close()
+
     def test_stop_with_subscribers(self):
         """SIGTERM with open streams: they end, the server exits 0 in time."""
         srv = Server(cqtest.BINARY, args=("--heartbeat-ms", "60000"))
