@@ -294,9 +294,10 @@ static enum MHD_Result send_command_answer(request *q)
             {q->w.version > 0 ? MHD_HTTP_HEADER_ETAG : NULL, etag},
             {q->w.replayed ? "Idempotency-Replayed" : NULL, "true"},
             {stale ? "Warning" : NULL, STALE_WARNING},
+            {q->w.replayed ? NULL : "Command-Id", q->w.command_id},
         };
         return cq_http_send_with(q->conn, q->w.status, "application/json", text,
-                                 hdr, 3);
+                                 hdr, 4);
     }
 }
 

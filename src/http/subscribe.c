@@ -265,13 +265,17 @@ static int step(sse *s, int *queue, int64_t *target)
         int64_t pos = cq_engine_position(e, s->proj[0], &failed);
         int64_t head = cq_engine_head(e);
         if (pos > s->last) {
+            double lag_ms = 0;
+            int lag_ok = cq_engine_lag_ms(e, pos, head, &lag_ms, err,
+                                          sizeof err) == CQ_OK;
             s->last = pos;
             emit(s, pos, "progress",
-                 json_pack("{s:s,s:I,s:I,s:I,s:b}", "projection",
+                 json_pack("{s:s,s:I,s:I,s:I,s:o,s:b}", "projection",
                            cq_engine_projection_name(e, s->proj[0]), "position",
                            (json_int_t)pos, "head", (json_int_t)head,
                            "lag_events",
-                           (json_int_t)(head > pos ? head - pos : 0), "failed",
+                           (json_int_t)(head > pos ? head - pos : 0), "lag_ms",
+                           lag_ok ? json_real(lag_ms) : json_null(), "failed",
                            failed));
             return STEP_SEND;
         }

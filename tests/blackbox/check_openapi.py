@@ -11,7 +11,8 @@ problem), its method an operation there (HEAD as GET; else 405), its
 status one of the operation's responses, its content type (without
 parameters) one the response lists (or no body when it lists none), and a
 JSON body must be valid against the response's schema (JSON Schema 2020-12,
-$refs resolved within the file). Exit 0 when all are, 1 with a summary of
+$refs resolved within the file). A server-sent event (method "SSE") must
+have a name the stream's `x-events` lists and data valid against it. Exit 0 when all are, 1 with a summary of
 what is not (or when nothing was recorded: the suites did not run).
 """
 
@@ -115,6 +116,8 @@ class Checker:
         path = urllib.parse.urlsplit(r["path"]).path
         method = r["method"].upper()
         t = match(self.tpls, path)
+        if method == "SSE":
+            return self.check_event(t, r)
         if t is None:
             if not 400 <= r["status"] < 500:
                 return ("(no path)", "status %d for a path the file does not have"
@@ -148,6 +151,26 @@ class Checker:
             return None
         why = self.body_errors(schema, r["body"])
         return (where, why) if why else None
+
+
+def _check_event(self, t, r):
+    """A server-sent event: its name one the stream's x-events lists, its
+    data valid against that schema."""
+    where = "SSE %s event %r" % (t, r["body"].get("event"))
+    try:
+        media = self.doc["paths"][t]["get"]["responses"]["200"]["content"][
+            "text/event-stream"]
+        events = media["x-events"]
+    except (KeyError, TypeError):
+        return (where, "the path has no event stream with x-events")
+    schema = events.get(r["body"].get("event"))
+    if not isinstance(schema, dict) or r["body"].get("event") == "description":
+        return (where, "an event name x-events does not list")
+    why = self.body_errors(schema, r["body"].get("data"))
+    return (where, why) if why else None
+
+
+Checker.check_event = _check_event
 
 
 def main():

@@ -922,6 +922,7 @@ class SSE:
     def __init__(self, server, path, headers=None, timeout=REQUEST_TIMEOUT):
         self.conn = http.client.HTTPConnection("127.0.0.1", server.port,
                                                timeout=timeout)
+        self.path = path
         self.conn.request("GET", path, headers=dict(headers or {}))
         self.resp = self.conn.getresponse()
         self.status = self.resp.status
@@ -956,6 +957,9 @@ class SSE:
                 if data or ev:
                     if data:
                         ev["data"] = json.loads("\n".join(data))
+                    if "event" in ev:
+                        _record("SSE", self.path, 200, "text/event-stream",
+                                {"event": ev["event"], "data": ev.get("data")})
                     return ev
                 continue
             if line.startswith(":"):
@@ -992,7 +996,8 @@ class SSE:
 # With CQ_TEST_RECORD=DIR every answer a Client (or SSE) gets is appended to
 # DIR/<suite>-<pid>.jsonl as one JSON line {method, path, status,
 # content_type, body, suite}: the body parsed as JSON when it is JSON, else
-# its text (cut at 64 KiB). The ctest `openapi_responses` checks them
+# its text (cut at 64 KiB). Each server-sent event an SSE reads is a line
+# too, with method "SSE" and body {event, data}. The ctest `openapi_responses` checks them
 # against docs/openapi.yaml (tests/blackbox/check_openapi.py) after the
 # black-box suites have run.
 

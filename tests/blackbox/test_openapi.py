@@ -135,6 +135,18 @@ class OpenAPITest(ServerTestCase):
                        {"method": "DELETE", "status": 200}):
             with self.subTest(change=change):
                 self.assertIsNotNone(ck.check({**ok, **change}))
+        ev = {"method": "SSE", "path": "/subscribe?projection=p", "status": 200,
+              "content_type": "text/event-stream",
+              "body": {"event": "progress",
+                       "data": {"projection": "p", "position": 1, "head": 1,
+                                "lag_events": 0, "lag_ms": 0.0, "failed": False}}}
+        self.assertIsNone(ck.check(ev))
+        for body in ({"event": "progress", "data": {"projection": "p"}},
+                     {"event": "nonsense", "data": {}},
+                     {"event": "visible", "data": {"command_id": "x", "position": 1,
+                                                   "projections": []}}):
+            with self.subTest(event=body):
+                self.assertIsNotNone(ck.check({**ev, "body": body}))
 
 
 if __name__ == "__main__":
