@@ -25,9 +25,14 @@ install: build
 
 # Plain build, then AddressSanitizer + UBSan, then ThreadSanitizer on the
 # threaded tests. The last thing printed is ctest's summary line.
+# node, npm and chromium: the JavaScript client's tests and the browser
+# test (tests/blackbox/test_js_client.py, test_ui_browser.py). npm only if
+# there is none: a Node.js from another source brings its own, which
+# Debian's npm package would conflict with.
 test: build
 	@sh scripts/deps.sh prometheus postgresql nats-server openssl \
-		python3-yaml python3-jsonschema
+		python3-yaml python3-jsonschema nodejs chromium
+	@command -v npm >/dev/null || sh scripts/deps.sh npm
 	cmake -S . -B build-tsan -DCQ_SANITIZE=thread -DCQ_BENCH=OFF >/dev/null
 	cmake --build build-tsan -j $(JOBS)
 	cmake -S . -B build-asan -DCQ_SANITIZE=address -DCQ_BENCH=OFF >/dev/null

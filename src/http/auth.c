@@ -247,7 +247,9 @@ static int scope_of(const request *q, int get)
     case R_STREAM: return get ? CQ_SCOPE_QUERY : CQ_SCOPE_ADMIN;
     case R_QUERY: return CQ_SCOPE_QUERY;
     case R_PROJECTIONS: return get ? CQ_SCOPE_QUERY : CQ_SCOPE_ADMIN;
-    case R_OPENAPI: return -1; /* the API's description: public */
+    case R_OPENAPI: /* the API's description: public */
+    case R_UI:      /* static pages, no data: their requests carry scopes */
+        return -1;
     case R_SUBSCRIBE: {
         /* the tail of every stream is as private as GET /streams/$all */
         const char *st = MHD_lookup_connection_value(

@@ -82,6 +82,7 @@ enum route {
     R_PROJECTIONS,
     R_READYZ,
     R_METRICS,
+    R_UI, /* static.c */
     R_SUBSCRIBE,
     R_OPENAPI
 };
@@ -332,6 +333,12 @@ enum MHD_Result cq_http_readyz(request *q);
 /* MHD called back for a control operation the projector has carried out
  * (from cq_http_resumed). */
 enum MHD_Result cq_http_control_resumed(request *q);
+
+/* ---- static.c: GET /ui/... ---------------------------------------------- */
+
+/* The static pages and the JavaScript client (static.h): q->target is
+ * what follows "/ui" in the path. Queues an answer. */
+enum MHD_Result cq_http_static(request *q);
 
 /* ---- subscribe.c --------------------------------------------------------- */
 

@@ -71,6 +71,10 @@ static enum route route_of(const char *url, const char **target)
         return R_ALL;
     if (strcmp(url, "/readyz") == 0)
         return R_READYZ;
+    if (strncmp(url, "/ui", 3) == 0 && (url[3] == '\0' || url[3] == '/')) {
+        *target = url + 3;
+        return R_UI;
+    }
     if (strcmp(url, "/metrics") == 0)
         return R_METRICS;
     if (strcmp(url, "/subscribe") == 0)
@@ -269,6 +273,7 @@ static enum MHD_Result first_call(request *q, const char *url,
     case R_READYZ:
     case R_ALL:
     case R_QUERY:
+    case R_UI:
     case R_SUBSCRIBE:
     case R_OPENAPI:
         if (!get)
@@ -386,6 +391,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn,
     case R_ALL: return cq_http_read_all(q);
     case R_QUERY: return cq_http_query(q);
     case R_READYZ: return cq_http_readyz(q);
+    case R_UI: return cq_http_static(q);
     case R_SUBSCRIBE:
         return cq_http_subscribe(q, strcmp(method, MHD_HTTP_METHOD_HEAD) == 0);
     case R_OPENAPI: return cq_http_openapi(q);
