@@ -47,6 +47,7 @@
 
 #include "cli/cli.h"
 #include "command/writer.h"
+#include "bus/bus.h"
 #include "projection/engine.h"
 #include "query/query.h"
 #include "projection/verify.h"
@@ -70,6 +71,7 @@ typedef struct options {
     int64_t max_conns, max_per_ip, header_timeout_s;
     const char *domains[CQ_MODULES_MAX]; /* --domain, in order */
     size_t ndomains;
+    const char *bus; /* --bus URL: run the relay in-process (bus/bus.h) */
 } options;
 
 static void usage(FILE *f)
@@ -80,7 +82,9 @@ static void usage(FILE *f)
           "                   [--body-limit BYTES] [--max-connections N]\n"
           "                   [--max-connections-per-ip N]\n"
           "                   [--header-timeout SECONDS] [--projections DIR]\n"
-          "                   [--domain PATH]...\n"
+          "                   [--domain PATH]... [--bus nats://HOST:PORT]\n"
+          "       cqrsd relay [--data DIR | --store URI] --bus nats://HOST:PORT\n"
+          "                   [--stream NAME] [--window N]\n"
           "       cqrsd verify [--data DIR | --store URI [--read-store URI]]\n"
           "                    [--projections DIR] [--domain PATH]...\n"
           "       cqrsd new NAME [DIR]\n"
@@ -229,6 +233,7 @@ static int parse_args(int argc, char **argv, options *o)
     o->max_per_ip = 1024;
     o->header_timeout_s = 10;
     o->ndomains = 0;
+    o->bus = NULL;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -264,6 +269,8 @@ static int parse_args(int argc, char **argv, options *o)
             rc = parse_num(a, v, 1, 1000000, &o->max_per_ip);
         else if (strcmp(a, "--header-timeout") == 0)
             rc = parse_num(a, v, 1, 3600, &o->header_timeout_s);
+        else if (strcmp(a, "--bus") == 0)
+            o->bus = v;
         else {
             fprintf(stderr, "cqrsd: unknown option %s\n", a);
             return -1;
@@ -363,6 +370,8 @@ static int serve(const options *o)
     cq_modules *mods = NULL;
     cq_engine_config ecfg = {o->data, 0, 0, NULL, NULL, NULL};
     cq_server *server = NULL;
+    cq_relay *relay = NULL;
+    cq_wiring wiring;
     const char *read_store = o->read_store ? o->read_store : o->store;
     char shown[512] = "", shown_read[512] = "";
     sigset_t sigs;
@@ -431,7 +440,19 @@ static int serve(const options *o)
         fprintf(stderr, "cqrsd: projections: %s\n", err);
         goto done;
     }
-    wcfg.hooks = cq_wiring_writer_hooks(engine);
+    if (o->bus != NULL) {
+        cq_relay_config rcfg = {.store = store, .store_uri = o->store,
+                                .dir = o->data, .bus = o->bus};
+        rc = cq_relay_new(&rcfg, &relay, err, sizeof err);
+        if (rc == CQ_OK)
+            rc = cq_relay_start(relay);
+        if (rc != CQ_OK) {
+            fprintf(stderr, "cqrsd: --bus: %s\n", err);
+            goto done;
+        }
+    }
+    wiring = (cq_wiring){engine, relay};
+    wcfg.hooks = cq_wiring_writer_hooks_bus(&wiring);
     wcfg.domain = cq_modules_domain(mods);
     rc = cq_writer_start(store, &wcfg, &writer);
     if (rc != CQ_OK) {
@@ -462,6 +483,7 @@ static int serve(const options *o)
             sig == SIGINT ? "SIGINT" : "SIGTERM");
 done:
     cq_writer_stop(writer);       /* commits and answers what is queued */
+    cq_relay_free(relay);         /* before the store it reads */
     cq_engine_stop(engine);       /* answers every waiting query */
     cq_server_stop(server, 5000); /* sends those answers, then stops */
     cq_writer_free(writer);
@@ -578,6 +600,8 @@ int main(int argc, char **argv)
         return cq_cli_projections(argc, argv);
     if (strcmp(argv[1], "new") == 0)
         return cq_cli_new(argc, argv);
+    if (strcmp(argv[1], "relay") == 0)
+        return cq_bus_cli_relay(argc, argv);
     if (strcmp(argv[1], "serve") != 0) {
         fprintf(stderr, "cqrsd: unknown command '%s'\n", argv[1]);
         usage(stderr);

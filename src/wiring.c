@@ -6,6 +6,8 @@
 
 #include <stdlib.h>
 
+#include "bus/bus.h"
+
 static int apply_inline(void *arg, const cq_stored_event *events,
                         const json_t *const *data, size_t n, char *err,
                         size_t errcap)
@@ -40,5 +42,34 @@ static void committed(void *arg, int64_t head, const cq_write_req *batch)
 cq_writer_hooks cq_wiring_writer_hooks(cq_engine *e)
 {
     cq_writer_hooks h = {apply_inline, before_commit, committed, e};
+    return h;
+}
+
+/* The cq_wiring variants: the engine's hooks, and a wake-up for the
+ * relay once the batch is durable. */
+static int apply_inline_w(void *arg, const cq_stored_event *events,
+                          const json_t *const *data, size_t n, char *err,
+                          size_t errcap)
+{
+    return apply_inline(((cq_wiring *)arg)->engine, events, data, n, err,
+                        errcap);
+}
+
+static int before_commit_w(void *arg, int64_t head)
+{
+    return before_commit(((cq_wiring *)arg)->engine, head);
+}
+
+static void committed_w(void *arg, int64_t head, const cq_write_req *batch)
+{
+    cq_wiring *w = arg;
+
+    committed(w->engine, head, batch);
+    cq_relay_wake(w->relay); /* accepts NULL */
+}
+
+cq_writer_hooks cq_wiring_writer_hooks_bus(cq_wiring *w)
+{
+    cq_writer_hooks h = {apply_inline_w, before_commit_w, committed_w, w};
     return h;
 }

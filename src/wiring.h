@@ -19,4 +19,14 @@
  * then run on the writer thread. */
 cq_writer_hooks cq_wiring_writer_hooks(cq_engine *e);
 
+/* The same hooks, which also wake the in-process relay (bus/bus.h) after
+ * each commit (`serve --bus`). w and what it points to are borrowed and
+ * must outlive the writer; w->relay may be NULL. */
+struct cq_relay;
+typedef struct cq_wiring {
+    cq_engine *engine;
+    struct cq_relay *relay;
+} cq_wiring;
+cq_writer_hooks cq_wiring_writer_hooks_bus(cq_wiring *w);
+
 #endif

@@ -1,0 +1,381 @@
+/*
+ * test_bus.c -- the bus's message format and the relay, against a real
+ * nats-server with JetStream (ctest's `nats` fixture: CQ_TEST_NATS_DIR)
+ * and an embedded SQLite store (test_bus pg: a PostgreSQL one).
+ *
+ * Each case uses a JetStream stream and subject prefix of its own, so the
+ * cases share one server.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+#include <nats/nats.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/base.h"
+#include "bus/bus.h"
+#include "pgtest.h"
+#include "store/rdb.h"
+#include "store/store.h"
+
+static int use_pg;
+static char nats_url[256];
+
+/* ---- the message format ---- */
+
+static void test_subject(void **state)
+{
+    char b[256];
+    (void)state;
+    assert_int_equal(cq_bus_subject("cqrs.events", "order-42", b, sizeof b),
+                     CQ_OK);
+    assert_string_equal(b, "cqrs.events.order.order-42");
+    assert_int_equal(cq_bus_subject("p", "a.b*c>d e", b, sizeof b), CQ_OK);
+    assert_string_equal(b, "p.a%2Eb%2Ac%3Ed%20e.a%2Eb%2Ac%3Ed%20e");
+    assert_int_equal(cq_bus_subject("p", "-x", b, sizeof b), CQ_OK);
+    assert_string_equal(b, "p._.-x");
+    assert_int_equal(cq_bus_subject("p", "caf\xc3\xa9-1", b, sizeof b), CQ_OK);
+    assert_string_equal(b, "p.caf%C3%A9.caf%C3%A9-1");
+    assert_int_equal(cq_bus_subject("p", "", b, sizeof b), CQ_EINVAL);
+    assert_int_equal(cq_bus_subject("p", "abcdefgh", b, 8), CQ_EINVAL);
+    /* the stream id token reads back */
+    assert_int_equal(cq_bus_subject("p", "a.b%c-d", b, sizeof b), CQ_OK);
+    char *tok = strrchr(b, '.') + 1;
+    assert_int_equal(cq_bus_unescape(tok), CQ_OK);
+    assert_string_equal(tok, "a.b%c-d");
+}
+
+static void test_header_value(void **state)
+{
+    char b[64];
+    (void)state;
+    assert_int_equal(cq_bus_header_value("a\r\nb%c", b, sizeof b), CQ_OK);
+    assert_string_equal(b, "a%0D%0Ab%25c");
+    assert_int_equal(cq_bus_unescape(b), CQ_OK);
+    assert_string_equal(b, "a\r\nb%c");
+    strcpy(b, "bad%zz");
+    assert_int_equal(cq_bus_unescape(b), CQ_EINVAL);
+    strcpy(b, "nul%00");
+    assert_int_equal(cq_bus_unescape(b), CQ_EINVAL);
+}
+
+static void test_msg_id(void **state)
+{
+    char b[80];
+    cq_stored_event ev = {7, "s-1", 1, "T", 1, "{}", "{\"event_id\":\"abc\"}",
+                          0};
+    (void)state;
+    cq_bus_msg_id(&ev, b, sizeof b);
+    assert_string_equal(b, "abc");
+    ev.metadata = "{\"event_id\":\"a b\"}";
+    cq_bus_msg_id(&ev, b, sizeof b);
+    assert_string_equal(b, "cqrs-pos-7");
+    ev.metadata = "not json";
+    cq_bus_msg_id(&ev, b, sizeof b);
+    assert_string_equal(b, "cqrs-pos-7");
+}
+
+/* ---- the relay ---- */
+
+typedef struct fx {
+    char root[512];
+    char *uri; /* PostgreSQL store, or NULL */
+    cq_store *store;
+    char stream[64], prefix[64];
+    natsConnection *nc;
+    jsCtx *js;
+} fx;
+
+static int fx_setup(void **state)
+{
+    static int n;
+    fx *f = calloc(1, sizeof *f);
+    cq_store_config sc = {.sync_full = 0};
+    char err[512];
+
+    snprintf(f->root, sizeof f->root, "%s/test_bus.XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    assert_non_null(mkdtemp(f->root));
+    if (use_pg) {
+        f->uri = pgtest_database("bus");
+        assert_non_null(f->uri);
+        sc.uri = f->uri;
+    } else {
+        sc.dir = f->root;
+    }
+    assert_int_equal(cq_store_open(&sc, &f->store, err, sizeof err), CQ_OK);
+    n++;
+    snprintf(f->stream, sizeof f->stream, "T%d_%d_%d", (int)getpid(), use_pg,
+             n);
+    snprintf(f->prefix, sizeof f->prefix, "t%d.%d.%d", (int)getpid(), use_pg,
+             n);
+    assert_int_equal(natsConnection_ConnectTo(&f->nc, nats_url), NATS_OK);
+    assert_int_equal(natsConnection_JetStream(&f->js, f->nc, NULL), NATS_OK);
+    *state = f;
+    return 0;
+}
+
+static int fx_teardown(void **state)
+{
+    fx *f = *state;
+    char cmd[600];
+
+    js_DeleteStream(f->js, f->stream, NULL, NULL);
+    jsCtx_Destroy(f->js);
+    natsConnection_Destroy(f->nc);
+    cq_store_close(f->store);
+    free(f->uri);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->root);
+    if (system(cmd) != 0)
+        return -1;
+    free(f);
+    return 0;
+}
+
+/* Append n events to stream `sid`, each with an event id in metadata. */
+static void append(fx *f, const char *sid, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char meta[160], data[64];
+        char id[37];
+        assert_int_equal(cq_uuid7(id), CQ_OK);
+        snprintf(meta, sizeof meta,
+                 "{\"event_id\":\"%s\",\"correlation_id\":\"corr-%d\","
+                 "\"causation_id\":\"cause-%d\"}",
+                 id, i, i);
+        snprintf(data, sizeof data, "{\"i\":%d}", i);
+        cq_new_event ev = {"Happened", 2, data, meta};
+        assert_int_equal(cq_store_append(f->store, sid, CQ_VERSION_ANY, &ev, 1,
+                                         cq_now_ms(), NULL, NULL),
+                         CQ_OK);
+    }
+}
+
+static cq_relay *relay_new(fx *f)
+{
+    cq_relay_config rc = {.store = f->store,
+                          .store_uri = f->uri,
+                          .dir = f->root,
+                          .bus = nats_url,
+                          .stream = f->stream,
+                          .prefix = f->prefix,
+                          .window = 16,
+                          .poll_ms = 50};
+    cq_relay *r = NULL;
+    char err[256];
+    assert_int_equal(cq_relay_new(&rc, &r, err, sizeof err), CQ_OK);
+    assert_int_equal(cq_relay_start(r), CQ_OK);
+    return r;
+}
+
+/* Wait (up to 30 s) until r's checkpoint reaches pos. */
+static void wait_checkpoint(cq_relay *r, int64_t pos)
+{
+    cq_relay_stats s;
+    for (int i = 0; i < 3000; i++) {
+        cq_relay_get_stats(r, &s);
+        if (s.checkpoint >= pos)
+            return;
+        usleep(10000);
+    }
+    fail_msg("relay checkpoint %lld, wanted %lld", (long long)s.checkpoint,
+             (long long)pos);
+}
+
+static uint64_t stream_msgs(fx *f)
+{
+    jsStreamInfo *si = NULL;
+    uint64_t n;
+    assert_int_equal(js_GetStreamInfo(&si, f->js, f->stream, NULL, NULL),
+                     NATS_OK);
+    n = si->State.Msgs;
+    jsStreamInfo_Destroy(si);
+    return n;
+}
+
+static const char *hdr(natsMsg *m, const char *key)
+{
+    const char *v = NULL;
+    natsMsgHeader_Get(m, key, &v);
+    return v;
+}
+
+/* Read every message of the stream in order (an ephemeral pull consumer)
+ * and check positions 1..n, headers and bodies against the store. */
+static void check_stream(fx *f, int64_t n)
+{
+    natsSubscription *sub = NULL;
+    jsSubOptions so;
+    char subj[128];
+    int64_t next = 1;
+
+    jsSubOptions_Init(&so);
+    so.Stream = f->stream;
+    snprintf(subj, sizeof subj, "%s.>", f->prefix);
+    assert_int_equal(js_PullSubscribe(&sub, f->js, subj, NULL, NULL, &so,
+                                      NULL),
+                     NATS_OK);
+    while (next <= n) {
+        natsMsgList list = {0};
+        natsStatus s = natsSubscription_Fetch(&list, sub, 64, 5000, NULL);
+        assert_int_equal(s, NATS_OK);
+        for (int i = 0; i < list.Count; i++) {
+            natsMsg *m = list.Msgs[i];
+            char want[32], meta[512];
+            snprintf(want, sizeof want, "%lld", (long long)next);
+            assert_string_equal(hdr(m, CQ_BUS_H_POSITION), want);
+            assert_string_equal(hdr(m, CQ_BUS_H_TYPE), "Happened");
+            assert_string_equal(hdr(m, CQ_BUS_H_SCHEMA), "2");
+            assert_non_null(hdr(m, CQ_BUS_H_STREAM));
+            assert_non_null(hdr(m, CQ_BUS_H_VERSION));
+            assert_non_null(hdr(m, CQ_BUS_H_RECORDED));
+            assert_non_null(hdr(m, CQ_BUS_H_CORRELATION));
+            assert_non_null(hdr(m, CQ_BUS_H_CAUSATION));
+            assert_string_equal(hdr(m, "Nats-Msg-Id"),
+                                hdr(m, CQ_BUS_H_EVENT_ID));
+            snprintf(meta, sizeof meta, "%s", hdr(m, CQ_BUS_H_METADATA));
+            assert_int_equal(cq_bus_unescape(meta), CQ_OK);
+            assert_non_null(strstr(meta, hdr(m, CQ_BUS_H_EVENT_ID)));
+            assert_true(strncmp(natsMsg_GetData(m), "{\"i\":", 5) == 0);
+            natsMsg_Ack(m, NULL);
+            next++;
+        }
+        natsMsgList_Destroy(&list);
+    }
+    natsSubscription_Unsubscribe(sub);
+    natsSubscription_Destroy(sub);
+}
+
+/* Every event once, in order, with its headers; new events are picked up
+ * without a restart. */
+static void test_relay_publishes_in_order(void **state)
+{
+    fx *f = *state;
+    cq_relay *r;
+
+    append(f, "order-1", 20);
+    append(f, "pay.ment-2", 15);
+    r = relay_new(f);
+    wait_checkpoint(r, 35);
+    append(f, "order-1", 5);
+    if (!use_pg) /* PostgreSQL: cq_events wakes it */
+        cq_relay_wake(r);
+    wait_checkpoint(r, 40);
+    cq_relay_free(r);
+    assert_int_equal(stream_msgs(f), 40);
+    check_stream(f, 40);
+}
+
+/* A relay restarted goes on from its checkpoint; one that lost its
+ * checkpoint publishes again, and JetStream drops every duplicate. */
+static void test_relay_restart_and_duplicates(void **state)
+{
+    fx *f = *state;
+    cq_relay *r;
+    cq_relay_stats s;
+    cq_rdb *db;
+    char err[512], path[600];
+
+    append(f, "order-1", 30);
+    r = relay_new(f);
+    wait_checkpoint(r, 30);
+    cq_relay_free(r);
+    append(f, "order-2", 10);
+    r = relay_new(f);
+    wait_checkpoint(r, 40);
+    cq_relay_get_stats(r, &s);
+    assert_int_equal(s.published, 10); /* from its checkpoint */
+    cq_relay_free(r);
+    assert_int_equal(stream_msgs(f), 40);
+
+    /* as if the relay died after publishing, before its checkpoint */
+    snprintf(path, sizeof path, "%s/relay.db", f->root);
+    assert_int_equal(cq_rdb_open(use_pg ? f->uri : path, 0, 5000, &db, err,
+                                 sizeof err),
+                     CQ_OK);
+    assert_int_equal(cq_rdb_exec(db, "UPDATE cq_relay SET position = 5", err,
+                                 sizeof err),
+                     CQ_OK);
+    cq_rdb_close(db);
+    r = relay_new(f);
+    wait_checkpoint(r, 40);
+    cq_relay_get_stats(r, &s);
+    assert_int_equal(s.published, 35);
+    assert_int_equal(s.duplicates, 35);
+    cq_relay_free(r);
+    assert_int_equal(stream_msgs(f), 40);
+    check_stream(f, 40);
+}
+
+/* Two relays: one publishes, the other stands by and takes over when the
+ * first goes away. */
+static void test_relay_one_active(void **state)
+{
+    fx *f = *state;
+    cq_relay *a, *b;
+    cq_relay_stats sa, sb;
+
+    append(f, "order-1", 10);
+    a = relay_new(f);
+    wait_checkpoint(a, 10);
+    b = relay_new(f);
+    usleep(1500 * 1000); /* b has tried for the lock at least once */
+    cq_relay_get_stats(b, &sb);
+    assert_int_equal(sb.active, 0);
+    assert_int_equal(sb.published, 0);
+    cq_relay_free(a); /* lets go of the lock */
+    append(f, "order-1", 10);
+    wait_checkpoint(b, 20);
+    cq_relay_get_stats(b, &sb);
+    assert_int_equal(sb.active, 1);
+    assert_int_equal(sb.published, 10);
+    cq_relay_get_stats(b, &sa);
+    cq_relay_free(b);
+    assert_int_equal(stream_msgs(f), 20);
+    check_stream(f, 20);
+}
+
+int main(int argc, char **argv)
+{
+    const char *dir = getenv("CQ_TEST_NATS_DIR");
+    char path[600];
+    FILE *fp;
+    int rc;
+
+    use_pg = argc > 1 && strcmp(argv[1], "pg") == 0;
+    if (dir == NULL) {
+        fprintf(stderr, "test_bus: CQ_TEST_NATS_DIR is not set (run under "
+                        "ctest, or scripts/nats.sh start DIR)\n");
+        return 1;
+    }
+    snprintf(path, sizeof path, "%s/url", dir);
+    fp = fopen(path, "r");
+    if (fp == NULL || fgets(nats_url, sizeof nats_url, fp) == NULL) {
+        fprintf(stderr, "test_bus: cannot read %s\n", path);
+        return 1;
+    }
+    fclose(fp);
+    nats_url[strcspn(nats_url, "\n")] = '\0';
+
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_subject),
+        cmocka_unit_test(test_header_value),
+        cmocka_unit_test(test_msg_id),
+        cmocka_unit_test_setup_teardown(test_relay_publishes_in_order,
+                                        fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_relay_restart_and_duplicates,
+                                        fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_relay_one_active, fx_setup,
+                                        fx_teardown),
+    };
+    rc = cmocka_run_group_tests(tests, NULL, NULL);
+    cq_bus_shutdown();
+    return rc;
+}
