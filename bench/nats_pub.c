@@ -20,7 +20,14 @@
  *
  * Usage: bench_nats_pub --url nats://127.0.0.1:4222 --like CQRS_EVENTS
  *          [--seq 1] [--count 20000] [--window 256]
- *          [--stream BENCH_RAW] [--prefix bench.raw]
+ *          [--stream BENCH_RAW] [--prefix bench.rawev]
+ *
+ * Or, to time what the relay published: bench_nats_pub --url URL
+ *   --info STREAM [--wait-msgs N] [--timeout SECONDS] waits (bounded) until
+ *   STREAM holds at least N messages and prints
+ *   BENCH kind=stream msgs=N bytes=B span_secs=S rate=R waited_secs=W
+ *   where span is the time between its first and last message (their
+ *   JetStream timestamps) and rate = (msgs - 1) / span.
  */
 #include <inttypes.h>
 #include <nats/nats.h>
@@ -32,10 +39,11 @@
 #include <time.h>
 
 typedef struct opts {
-    const char *url, *like, *stream, *prefix;
-    uint64_t seq;
+    const char *url, *like, *stream, *prefix, *info;
+    uint64_t seq, wait_msgs;
     long count;
     int window;
+    double timeout;
 } opts;
 
 static atomic_long acked, failed;
@@ -130,7 +138,8 @@ static natsStatus make_msg(const tmpl *t, long i, const char *tag,
 
     for (int k = 0; s == NATS_OK && k < t->nkeys; k++)
         s = natsMsgHeader_Set(m, t->keys[k], t->values[k]);
-    snprintf(id, sizeof id, "raw-%s-%ld", tag, i);
+    /* as long as the relay's ids (UUIDs: 36 characters) */
+    snprintf(id, sizeof id, "raw-%s-%029ld", tag, i);
     if (s == NATS_OK)
         s = natsMsgHeader_Set(m, "Nats-Msg-Id", id);
     if (s != NATS_OK) {
@@ -180,17 +189,52 @@ static int run(jsCtx *js, const opts *o, const tmpl *t, int rounds,
     return 0;
 }
 
+/* --info: wait for the stream to hold o->wait_msgs, then describe it. */
+static int info(jsCtx *js, const opts *o)
+{
+    double t0 = now_s(), waited;
+    jsStreamInfo *si = NULL;
+    natsStatus s;
+
+    for (;;) {
+        jsErrCode jerr = 0;
+        s = js_GetStreamInfo(&si, js, o->info, NULL, &jerr);
+        if (s == NATS_OK && si->State.Msgs >= o->wait_msgs)
+            break;
+        jsStreamInfo_Destroy(si);
+        si = NULL;
+        if (now_s() - t0 > o->timeout) {
+            fprintf(stderr, "bench_nats_pub: %s does not hold %" PRIu64
+                            " messages within %.0f s (%s)\n",
+                    o->info, o->wait_msgs, o->timeout, natsStatus_GetText(s));
+            return -1;
+        }
+        nats_Sleep(20);
+    }
+    waited = now_s() - t0;
+    double span = (double)(si->State.LastTime - si->State.FirstTime) / 1e9;
+    printf("BENCH kind=stream msgs=%" PRIu64 " bytes=%" PRIu64
+           " span_secs=%.4f rate=%.1f waited_secs=%.3f\n",
+           si->State.Msgs, si->State.Bytes, span,
+           span > 0 ? (double)(si->State.Msgs - 1) / span : 0.0, waited);
+    jsStreamInfo_Destroy(si);
+    return 0;
+}
+
 static void usage(void)
 {
     fprintf(stderr,
             "usage: bench_nats_pub --url URL --like STREAM [--seq N]"
             " [--count N] [--window N]\n"
-            "         [--stream NAME] [--prefix SUBJECT-PREFIX]\n");
+            "         [--stream NAME] [--prefix SUBJECT-PREFIX]\n"
+            "       bench_nats_pub --url URL --info STREAM [--wait-msgs N]"
+            " [--timeout SECONDS]\n");
 }
 
 int main(int argc, char **argv)
 {
-    opts o = {NULL, NULL, "BENCH_RAW", "bench.raw", 1, 20000, 256};
+    opts o = {NULL, NULL, "BENCH_RAW", "bench.rawev", NULL, 1, 0, 20000, 256,
+              120.0};
     natsConnection *nc = NULL;
     natsOptions *no = NULL;
     jsCtx *js = NULL;
@@ -225,12 +269,19 @@ int main(int argc, char **argv)
             o.stream = v;
         else if (!strcmp(a, "--prefix"))
             o.prefix = v;
+        else if (!strcmp(a, "--info"))
+            o.info = v;
+        else if (!strcmp(a, "--wait-msgs"))
+            o.wait_msgs = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--timeout"))
+            o.timeout = strtod(v, NULL);
         else {
             usage();
             return 1;
         }
     }
-    if (!o.url || !o.like || o.count < 1 || o.window < 1 || o.seq < 1) {
+    if (!o.url || (!o.like && !o.info) || o.count < 1 || o.window < 1 ||
+        o.seq < 1 || o.timeout <= 0) {
         usage();
         return 1;
     }
@@ -249,6 +300,10 @@ int main(int argc, char **argv)
     if (s != NATS_OK) {
         fprintf(stderr, "bench_nats_pub: %s: %s\n", o.url,
                 natsStatus_GetText(s));
+        goto done;
+    }
+    if (o.info != NULL) {
+        status = info(js, &o) == 0 ? 0 : 1;
         goto done;
     }
     s = js_GetStreamInfo(&like, js, o.like, NULL, &jerr);
