@@ -37,7 +37,7 @@ test: build
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j 2
 
 bench: build
-	@sh scripts/deps.sh wrk
+	@sh scripts/deps.sh wrk postgresql nats-server
 	sh bench/run.sh
 
 clean:
