@@ -326,3 +326,117 @@ class Proc:
 
 def b64(s):
     return base64.b64encode(s.encode()).decode()
+
+
+# ---- a NATS proxy that can withhold acknowledgements ----------------------
+
+class AckDropProxy:
+    """A TCP proxy on 127.0.0.1 in front of a nats-server. While
+    `dropping` is set it forwards everything but the client's
+    acknowledgements (PUB/HPUB to $JS.ACK.…), which it swallows: the
+    client has done its work and believes it acknowledged, JetStream never
+    hears of it -- the state of a worker killed between its commit and its
+    ack. .url, .dropped (count), .close()."""
+
+    def __init__(self, target_url):
+        import threading
+        hostport = target_url.split("://", 1)[-1]
+        self.target = (hostport.rsplit(":", 1)[0], int(hostport.rsplit(":", 1)[1]))
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.url = "nats://127.0.0.1:%d" % self.lsock.getsockname()[1]
+        self.dropping = threading.Event()
+        self.dropped = 0
+        self.lock = threading.Lock()
+        self.closed = False
+        self.socks = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while not self.closed:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            try:
+                s = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                c.close()
+                continue
+            s.settimeout(None)
+            with self.lock:
+                self.socks += [c, s]
+            threading.Thread(target=self._pipe, args=(s, c), daemon=True).start()
+            threading.Thread(target=self._client, args=(c, s), daemon=True).start()
+
+    def _pipe(self, src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for x in (src, dst):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _client(self, src, dst):
+        """Client -> server, parsed: protocol lines, PUB/HPUB payloads."""
+        buf = b""
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                buf += data
+                out = []
+                while True:
+                    i = buf.find(b"\r\n")
+                    if i < 0:
+                        break
+                    line = buf[:i]
+                    op = line.split(b" ", 1)[0].upper()
+                    if op in (b"PUB", b"HPUB"):
+                        n = int(line.rsplit(b" ", 1)[1])
+                        if len(buf) < i + 2 + n + 2:
+                            break
+                        msg = buf[:i + 2 + n + 2]
+                        buf = buf[i + 2 + n + 2:]
+                        subj = line.split(b" ")[1]
+                        if subj.startswith(b"$JS.ACK.") and self.dropping.is_set():
+                            with self.lock:
+                                self.dropped += 1
+                            continue
+                        out.append(msg)
+                    else:
+                        out.append(buf[:i + 2])
+                        buf = buf[i + 2:]
+                if out:
+                    dst.sendall(b"".join(out))
+        except OSError:
+            pass
+        for x in (src, dst):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        with self.lock:
+            for s in self.socks:
+                try:
+                    s.close()
+                except OSError:
+                    pass

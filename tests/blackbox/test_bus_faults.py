@@ -1,20 +1,31 @@
-"""The bus under faults: nodes on a PostgreSQL store, `cqrsd relay`
-processes publishing to NATS JetStream, while writers send commands.
+"""The bus under faults: three parts on one PostgreSQL store -- API nodes
+(`serve --projector off`), `cqrsd relay` processes publishing to NATS
+JetStream, and `cqrsd project` workers applying the asynchronous
+projections from it -- while writers send commands.
 
 Each test runs on a PostgreSQL cluster of the class's own (scripts/pg.sh:
-it is stopped and started by one of them) and a nats-server of its own
+one of them stops and starts it) and a nats-server of its own
 (scripts/nats.sh), and breaks one thing under load:
 
 - SIGKILL the active relay mid-stream: the standby holds the lock and
   publishes within 5 s;
+- SIGKILL a worker between its commit and its ack: its acknowledgements
+  are withheld (a proxy in front of NATS swallows them) while it commits,
+  then it is killed; the standby takes its projections within 5 s, and
+  JetStream redelivers what it had applied -- skipped by the checkpoint;
 - restart nats-server (its store kept);
 - stop nats-server for 10 s under load;
 - restart PostgreSQL under load.
 
 Each time, once the load stops: every acknowledged command's events are in
 the store once; the stream holds every event of the store once, in
-position order, with its event id as Nats-Msg-Id (the relay's lag is zero);
-`cqrsd verify --store URI` passes (read models equal a replay).
+position order, with its event id as Nats-Msg-Id (the relay's lag is
+zero); every projection is fresh at the head on every node (lag_events 0);
+the apply_log projection (test_pg_nodes.py) shows every event applied once,
+in order; `cqrsd verify --store URI` passes (read models equal a replay).
+While the read side cannot move (NATS down, a worker's batch waiting for
+redelivery), a `min_position` wait on a node answers 200 stale with the
+warning when its wait_ms is over, rather than hang.
 
     python3 tests/blackbox/test_bus_faults.py build/cqrsd
 """
@@ -31,11 +42,16 @@ sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
 import bustest  # noqa: E402
+import test_pg_nodes  # noqa: E402
 from bustest import log  # noqa: E402
 from cqtest import Client, Server  # noqa: E402
 
 STREAM = "CQRS_EVENTS"
-SETTLE_SECONDS = 60      # for the relay to catch up after a fault (bound)
+SETTLE_SECONDS = 60      # for the relay and workers to catch up (bound)
+PROJECTIONS = test_pg_nodes.ASYNC_PROJECTIONS
+QUERY_OF = {"order_summaries": ("order_summary", True),
+            "sales_dashboard": ("sales_dashboard", False),
+            "apply_log": ("apply_log_summary", False)}
 
 
 def place(oid, cents=700, cur="EUR"):
@@ -137,6 +153,10 @@ class BusFaultsTest(unittest.TestCase):
         self.procs = []
         self.nats = bustest.Nats(tempfile.mkdtemp(prefix="nats-", dir=self.tmp)).start()
         self.uri = self.pg.database(self._testMethodName.replace("test_", "")[:12])
+        self.pdir = tempfile.mkdtemp(prefix="proj-", dir=self.tmp)
+        with open(os.path.join(self.pdir, "apply_log.sql"), "w") as f:
+            f.write(test_pg_nodes.APPLY_LOG_SQL)
+        self.proxies = []
 
     def tearDown(self):
         errors = []
@@ -150,6 +170,8 @@ class BusFaultsTest(unittest.TestCase):
                 n.close()
             except AssertionError as e:
                 errors.append(e)
+        for x in self.proxies:
+            x.close()
         self.nats.stop()
         log("%s: %.1f s" % (self._testMethodName, time.monotonic() - self.t_start))
         if errors:
@@ -158,7 +180,9 @@ class BusFaultsTest(unittest.TestCase):
     # ---- the pipeline ------------------------------------------------------
 
     def start_nodes(self, n=2):
-        nodes = [Server(cqtest.BINARY, store=self.uri, data_arg=False) for _ in range(n)]
+        nodes = [Server(cqtest.BINARY, store=self.uri, data_arg=False,
+                        args=["--projector", "off", "--projections", self.pdir])
+                 for _ in range(n)]
         self.nodes.extend(nodes)
         for s in nodes:
             s.start()
@@ -169,6 +193,64 @@ class BusFaultsTest(unittest.TestCase):
                          os.path.join(self.tmp, "%s-%s.log" % (self._testMethodName, name)))
         self.procs.append(p)
         return p.start()
+
+    def worker(self, name, url=None):
+        p = bustest.Proc(["project", "--bus", url or self.nats.url, "--store", self.uri,
+                          "--read-store", self.uri, "--projections", self.pdir],
+                         os.path.join(self.tmp, "%s-%s.log" % (self._testMethodName, name)))
+        self.procs.append(p)
+        return p.start()
+
+    def holders(self):
+        return test_pg_nodes.lock_holders(self.uri, PROJECTIONS)
+
+    def wait_holders(self, seconds, pred=lambda h: len(h) == len(PROJECTIONS)):
+        t0 = time.monotonic()
+        h = {}
+        while time.monotonic() - t0 < seconds:
+            h = self.holders()
+            if pred(h):
+                return time.monotonic() - t0
+            time.sleep(0.05)
+        return None
+
+    def start_pipeline(self, relays=2, workers=2):
+        """2 nodes, the relays (the first active), the workers (the first
+        holding every projection); returns (relays, workers)."""
+        self.start_nodes(2)
+        rs = [self.relay("relay%d" % (i + 1)) for i in range(relays)]
+        if rs:
+            self.assertIsNotNone(self.wait_log(rs[0], "holds the relay lock", 20),
+                                 rs[0].log_text())
+        ws = []
+        for i in range(workers):
+            ws.append(self.worker("worker%d" % (i + 1)))
+            if i == 0:
+                self.assertIsNotNone(self.wait_holders(30), "worker1 holds no projection: %s"
+                                     % ws[0].log_text())
+        return rs, ws
+
+    def stale_wait(self, node, wait_ms=1000):
+        """A min_position wait for the store's head, which the read side
+        cannot reach now (it is stuck, and commands keep coming): 200,
+        stale, the warning, once wait_ms is over -- not a hang."""
+        c = Client(node, timeout=30)
+        try:
+            time.sleep(0.2)
+            pos = c.head()
+            t0 = time.monotonic()
+            st, h, b = c.get(qpath("sales_dashboard", {"min_position": pos,
+                                                       "wait_ms": wait_ms}))
+            took = time.monotonic() - t0
+        finally:
+            c.close()
+        self.assertEqual(st, 200, b)
+        self.assertTrue(b["meta"]["stale"], b["meta"])
+        self.assertIn("warning", b["meta"])
+        self.assertIn("110", h.get("warning", ""))
+        self.assertGreaterEqual(took, wait_ms / 1000.0 * 0.9)
+        self.assertLess(took, wait_ms / 1000.0 + 5.0, "the wait took %.1f s" % took)
+        return took
 
     def wait_log(self, proc, text, seconds, after=0):
         """Seconds until proc's log has `text` after offset `after`, or
@@ -228,10 +310,34 @@ class BusFaultsTest(unittest.TestCase):
         self.assertEqual([m[2]["Nats-Msg-Id"] for m in msgs],
                          [e["metadata"]["event_id"] for e in events])
         self.assertEqual([m[2]["Cqrs-Type"] for m in msgs], [e["type"] for e in events])
-        return head, caught_up
+        # the read side: fresh at the head on every node, lag zero, every
+        # event applied once in order
+        for node in self.nodes:
+            c = Client(node, timeout=60)
+            try:
+                for proj, (query, keyed) in QUERY_OF.items():
+                    params = {"min_position": head, "wait_ms": 30000}
+                    if keyed:
+                        params["order_id"] = load.acked[-1]
+                    st, _, b = c.get(qpath(query, params))
+                    self.assertEqual(st, 200, "%s: %r" % (query, b))
+                    self.assertFalse(b["meta"]["stale"], "%s not at %d: %r"
+                                     % (proj, head, b["meta"]))
+                    self.assertEqual(b["meta"]["lag_events"], 0, b["meta"])
+                    if proj == "apply_log":
+                        self.assertEqual(b["data"], {
+                            "applied": head, "positions": head,
+                            "position_sum": head * (head + 1) // 2, "max_position": head,
+                            "out_of_order": 0}, "events applied twice, skipped or out"
+                                                " of order")
+            finally:
+                c.close()
+        fresh = time.monotonic() - t0
+        return head, fresh
 
     def verify(self):
-        p = cqtest.subprocess.run([cqtest.BINARY, "verify", "--store", self.uri],
+        p = cqtest.subprocess.run([cqtest.BINARY, "verify", "--store", self.uri,
+                                   "--projections", self.pdir],
                                   stdin=cqtest.subprocess.DEVNULL, capture_output=True,
                                   timeout=300)
         out = (p.stdout + p.stderr).decode("utf-8", "replace")
@@ -246,25 +352,26 @@ class BusFaultsTest(unittest.TestCase):
         head, caught = self.settle(load)
         for n in self.nodes:
             n.check_alive()
+        for p in self.procs:      # (those the test killed have no process)
+            self.assertFalse(p.proc is not None and not p.alive(), "%s died:\n%s"
+                             % (p.args[0], p.log_text()))
         self.verify()
         return head, caught
 
     # ---- the faults ---------------------------------------------------------
 
     def test_relay_sigkill_standby_takes_over(self):
-        self.start_nodes(2)
-        a = self.relay("a")
-        self.assertIsNotNone(self.wait_log(a, "holds the relay lock", 20), a.log_text())
-        b = self.relay("b")
+        (a, b), _ = self.start_pipeline()
         load = Load(self.nodes).start()
         try:
             time.sleep(2)
             before = self.stream_count()
             self.assertGreater(before or 0, 0, "nothing published before the kill")
             mark = len(b.log_text())
+            self.assertNotIn("holds the relay lock", b.log_text())
             t_kill = time.monotonic()
             a.kill()
-            took = self.wait_log(b, "holds the relay lock", 5.0, after=0)
+            took = self.wait_log(b, "holds the relay lock", 5.0, after=mark)
             self.assertIsNotNone(took, "the standby did not take the lock within 5 s:\n"
                                  + b.log_text())
             # and publishes: the stream grows within 5 s of the kill
@@ -279,20 +386,66 @@ class BusFaultsTest(unittest.TestCase):
             time.sleep(1)
         finally:
             load.stop()
-        head, caught = self.finish(load)
-        self.assertNotIn("holds the relay lock", b.log_text()[:mark])
+        head, fresh = self.finish(load)
         log("relay SIGKILL: standby holds the lock %.0f ms after, the stream grows %.0f"
-            " ms after; %d events, caught up %.1f s after the load" %
-            (took * 1000, grew * 1000, head, caught))
+            " ms after; %d events; read side fresh %.1f s after the load" %
+            (took * 1000, grew * 1000, head, fresh))
+
+    def test_worker_sigkill_between_commit_and_ack(self):
+        self.start_nodes(2)
+        self.relay("relay1")
+        proxy = bustest.AckDropProxy(self.nats.url)
+        self.proxies.append(proxy)
+        w1 = self.worker("worker1", url=proxy.url)
+        self.assertIsNotNone(self.wait_holders(30), w1.log_text())
+        first = self.holders()
+        w2 = self.worker("worker2")
+        load = Load(self.nodes).start()
+        try:
+            time.sleep(2)
+            # w1 goes on committing; JetStream hears none of its acks
+            c = Client(self.nodes[0])
+            before = self.fresh_position(c)
+            proxy.dropping.set()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and \
+                    (proxy.dropped < 20 or self.fresh_position(c) <= before):
+                time.sleep(0.05)
+            committed = self.fresh_position(c)
+            self.assertGreater(proxy.dropped, 0, "worker1 sent no ack to withhold")
+            self.assertGreater(committed, before, "worker1 committed nothing meanwhile")
+            t_kill = time.monotonic()
+            w1.kill()
+            took = self.wait_holders(5.0, lambda h: len(h) == len(PROJECTIONS) and
+                                     all(h[n] != first.get(n) for n in h))
+            self.assertIsNotNone(took, "worker2 did not take the projections within 5 s:"
+                                 " %r\n%s" % (self.holders(), w2.log_text()))
+            # what worker1 applied comes again only after the ack wait: the
+            # read side waits for it -- and a wait on it ends stale, in time
+            stale_took = self.stale_wait(self.nodes[1])
+            c.close()
+            time.sleep(1)
+        finally:
+            load.stop()
+        head, fresh = self.finish(load)
+        log("worker SIGKILL between commit and ack: %d acks withheld (read model at %d"
+            " before, %d at the kill); worker2 holds every projection %.0f ms after the"
+            " kill; a stale wait of 1 s answered in %.2f s; %d events, fresh %.1f s after"
+            " the load" % (proxy.dropped, before, committed, took * 1000, stale_took, head,
+                           fresh))
+
+    def fresh_position(self, c):
+        st, _, b = c.get(qpath("apply_log_summary", {}))
+        self.assertEqual(st, 200, b)
+        return b["meta"]["position"]
 
     def test_nats_restart(self):
-        self.start_nodes(2)
-        r = self.relay("a")
+        (r, _), _ = self.start_pipeline()
         load = Load(self.nodes).start()
         try:
             time.sleep(2)
             self.nats.down()
-            time.sleep(0.5)
+            stale_took = self.stale_wait(self.nodes[0])
             self.nats.up()
             t_up = time.monotonic()
             mark = self.stream_count()
@@ -308,36 +461,34 @@ class BusFaultsTest(unittest.TestCase):
             time.sleep(1)
         finally:
             load.stop()
-        head, caught = self.finish(load)
-        log("nats-server restart: publishing again %.2f s after it was up; %d events"
-            % (back, head))
+        head, fresh = self.finish(load)
+        log("nats-server restart: a stale wait of 1 s while down answered in %.2f s;"
+            " publishing again %.2f s after it was up; %d events, fresh %.1f s after the"
+            " load" % (stale_took, back, head, fresh))
 
     def test_nats_down_10s_under_load(self):
-        self.start_nodes(2)
-        self.relay("a")
-        self.relay("b")
+        self.start_pipeline()
         load = Load(self.nodes).start()
         try:
             time.sleep(2)
             self.nats.down()
             t_down = time.monotonic()
             acked_before = len(load.acked)
-            time.sleep(10)
+            stale = [self.stale_wait(self.nodes[k % 2], wait_ms=2000) for k in range(3)]
+            time.sleep(max(0.0, 10 - (time.monotonic() - t_down)))
             acked_during = len(load.acked) - acked_before
             self.nats.up()
             time.sleep(2)
         finally:
             load.stop()
-        head, caught = self.finish(load)
+        head, fresh = self.finish(load)
         self.assertGreater(acked_during, 0, "commands must go on while NATS is down")
-        log("nats-server down 10 s: %d commands acknowledged meanwhile; the relay caught"
-            " up to %d events %.1f s after the load stopped (%.1f s after the stop began)"
-            % (acked_during, head, caught, time.monotonic() - t_down))
+        log("nats-server down 10 s: %d commands acknowledged meanwhile; stale waits of 2 s"
+            " answered in %s s; %d events, fresh %.1f s after the load stopped"
+            % (acked_during, ", ".join("%.2f" % x for x in stale), head, fresh))
 
     def test_pg_restart_under_load(self):
-        self.start_nodes(2)
-        r = self.relay("a")
-        self.relay("b")
+        self.start_pipeline()
         load = Load(self.nodes).start()
         try:
             time.sleep(2)
@@ -356,11 +507,9 @@ class BusFaultsTest(unittest.TestCase):
             time.sleep(2)
         finally:
             load.stop()
-        head, caught = self.finish(load)
+        head, fresh = self.finish(load)
         log("PostgreSQL restart: 202 again %.2f s after up (%r refused meanwhile); %d"
-            " events; relay caught up %.1f s after the load" % (back, load.refused, head,
-                                                                caught))
-        self.assertIn("relay", r.log_text())
+            " events; fresh %.1f s after the load" % (back, load.refused, head, fresh))
 
 
 if __name__ == "__main__":
