@@ -72,6 +72,8 @@ typedef struct options {
     const char *domains[CQ_MODULES_MAX]; /* --domain, in order */
     size_t ndomains;
     const char *bus; /* --bus URL: run the relay in-process (bus/bus.h) */
+    int projector;   /* --projector off: leave asynchronous projections to
+                        `cqrsd project` workers */
 } options;
 
 static void usage(FILE *f)
@@ -83,8 +85,13 @@ static void usage(FILE *f)
           "                   [--max-connections-per-ip N]\n"
           "                   [--header-timeout SECONDS] [--projections DIR]\n"
           "                   [--domain PATH]... [--bus nats://HOST:PORT]\n"
+          "                   [--projector on|off]\n"
           "       cqrsd relay [--data DIR | --store URI] --bus nats://HOST:PORT\n"
           "                   [--stream NAME] [--window N]\n"
+          "       cqrsd project --bus nats://HOST:PORT --read-store URI\n"
+          "                     [--store URI] [--projection NAME]...\n"
+          "                     [--batch N] [--projections DIR]\n"
+          "                     [--domain PATH]... [--stream NAME]\n"
           "       cqrsd verify [--data DIR | --store URI [--read-store URI]]\n"
           "                    [--projections DIR] [--domain PATH]...\n"
           "       cqrsd new NAME [DIR]\n"
@@ -234,6 +241,7 @@ static int parse_args(int argc, char **argv, options *o)
     o->header_timeout_s = 10;
     o->ndomains = 0;
     o->bus = NULL;
+    o->projector = 1;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -271,6 +279,9 @@ static int parse_args(int argc, char **argv, options *o)
             rc = parse_num(a, v, 1, 3600, &o->header_timeout_s);
         else if (strcmp(a, "--bus") == 0)
             o->bus = v;
+        else if (strcmp(a, "--projector") == 0 &&
+                 (strcmp(v, "on") == 0 || strcmp(v, "off") == 0))
+            o->projector = strcmp(v, "on") == 0;
         else {
             fprintf(stderr, "cqrsd: unknown option %s\n", a);
             return -1;
@@ -368,7 +379,8 @@ static int serve(const options *o)
     cq_writer *writer = NULL;
     cq_engine *engine = NULL;
     cq_modules *mods = NULL;
-    cq_engine_config ecfg = {o->data, 0, 0, NULL, NULL, NULL};
+    cq_engine_config ecfg = {.dir = o->data};
+    static const char *const no_projections[] = {NULL};
     cq_server *server = NULL;
     cq_relay *relay = NULL;
     cq_wiring wiring;
@@ -412,6 +424,8 @@ static int serve(const options *o)
         return 2;
     }
     ecfg.domain = cq_modules_domain(mods);
+    if (!o->projector)
+        ecfg.run = no_projections;
 
     /* Block the signals before any thread exists so every thread inherits
      * the mask and only sigwait() below sees them. */
@@ -602,6 +616,8 @@ int main(int argc, char **argv)
         return cq_cli_new(argc, argv);
     if (strcmp(argv[1], "relay") == 0)
         return cq_bus_cli_relay(argc, argv);
+    if (strcmp(argv[1], "project") == 0)
+        return cq_bus_cli_project(argc, argv);
     if (strcmp(argv[1], "serve") != 0) {
         fprintf(stderr, "cqrsd: unknown command '%s'\n", argv[1]);
         usage(stderr);

@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "projection/engine.h"
 #include "store/store.h"
 
 #define CQ_BUS_STREAM "CQRS_EVENTS"
@@ -127,6 +128,62 @@ void cq_relay_get_stats(cq_relay *r, cq_relay_stats *out);
 /* Prometheus text of the relay's metrics appended to buf (cqrsd_relay_*).
  * Returns the bytes written (cut to cap). */
 size_t cq_relay_metrics(cq_relay *r, char *buf, size_t cap);
+
+/* ---- the projection workers' event source (worker.c) ---- */
+
+/*
+ * `cqrsd project`: a projection engine (projection/engine.h) whose
+ * asynchronous projections read the bus instead of the event store: each
+ * through a durable pull consumer cqrs-proj-NAME on the stream (all its
+ * subjects; explicit acks; ack wait ack_wait_ms; max ack pending
+ * max(1000, 10 x batch)). The worker hands the engine only events after
+ * the projection's checkpoint, in position order without a gap
+ * (cq_engine_source), and acknowledges them once the engine committed
+ * them with the checkpoint. See src/bus/README.md.
+ *
+ * Threads: the source's functions run on the engine's projector thread;
+ * cq_worker_get_stats on any thread; cq_worker_free after the engine is
+ * stopped.
+ */
+typedef struct cq_worker cq_worker;
+
+typedef struct cq_worker_config {
+    const char *bus;     /* nats://HOST:PORT[,...] */
+    const char *stream;  /* NULL: CQ_BUS_STREAM */
+    const char *prefix;  /* NULL: CQ_BUS_PREFIX */
+    int batch;           /* the engine's micro-batch; 0: 100 */
+    int64_t ack_wait_ms; /* 0: 5000 */
+} cq_worker_config;
+
+typedef struct cq_worker_stats {
+    int known;           /* a consumer exists for it in this process */
+    int64_t pending;     /* messages the consumer has not delivered yet */
+    int64_t ack_pending; /* delivered, not acknowledged */
+    int64_t redelivered; /* delivered more than once */
+    int64_t held;        /* held here, waiting to be applied */
+    int64_t skipped;     /* at or below a checkpoint: acknowledged, not
+                            applied (all projections of the worker) */
+} cq_worker_stats;
+
+/* CQ_OK with *out (cq_worker_free), CQ_EINVAL (no bus) or CQ_ENOMEM. */
+int cq_worker_new(const cq_worker_config *cfg, cq_worker **out, char *err,
+                  size_t errcap);
+void cq_worker_free(cq_worker *w);
+
+/* The source to put in cq_engine_config.source (w borrowed). */
+cq_engine_source cq_worker_source(cq_worker *w);
+
+/* The durable consumer name of projection `name` into buf. */
+void cq_worker_durable(const char *name, char *buf, size_t cap);
+
+/* The counters of projection's consumer (refreshed once a second while
+ * it runs). Any thread. */
+void cq_worker_get_stats(cq_worker *w, int projection, cq_worker_stats *out);
+
+/* `cqrsd project --bus URL --read-store URI [--store URI]
+ * [--projection NAME]... [--batch N] [--projections DIR]
+ * [--domain PATH]... [--stream NAME]` (cli.c): workers until SIGTERM. */
+int cq_bus_cli_project(int argc, char **argv);
 
 /* `cqrsd relay [--data DIR | --store URI] --bus URL [--stream NAME]
  * [--window N]` (cli.c): the relay as a process of its own, until SIGTERM

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "bus/bus.h"
+#include "modules.h"
 #include "store/pg.h"
 
 int cq_bus_cli_relay(int argc, char **argv)
@@ -97,6 +98,166 @@ int cq_bus_cli_relay(int argc, char **argv)
 done:
     cq_relay_free(relay);
     cq_store_close(store);
+    cq_bus_shutdown();
+    return status;
+}
+
+#define PROJECT_MAX 64 /* --projection flags */
+
+/* `cqrsd project`: a projection engine whose asynchronous projections
+ * (all, or those named with --projection) read the bus (worker.c). The
+ * read store must be PostgreSQL: the workers and the servers share it,
+ * take turns at each projection by its lock cqrsd:projection:NAME, and
+ * tell each other's waits with cq_progress. The event store (--store,
+ * default the read store's database) serves the rebuilds' replays and
+ * the head (cq_events); the engine's start uses its write connection for
+ * the inline projections' checkpoint tables only, and nothing is
+ * appended. */
+int cq_bus_cli_project(int argc, char **argv)
+{
+    cq_worker_config wc = {0};
+    cq_store_config sc = {.sync_full = 1, .connections = 2};
+    cq_engine_config ec = {0};
+    const char *names[PROJECT_MAX + 1];
+    const char *domains[CQ_MODULES_MAX];
+    size_t ndomains = 0;
+    int nnames = 0;
+    const char *read_store = NULL, *store_uri = NULL, *dir = NULL;
+    cq_modules *mods = NULL;
+    cq_store *store = NULL;
+    cq_worker *worker = NULL;
+    cq_engine *engine = NULL;
+    cq_engine_source src;
+    char err[512], shown[512];
+    sigset_t sigs;
+    int sig = 0, status = 2, rc;
+
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (v == NULL) {
+            fprintf(stderr,
+                    "cqrsd: project: %s: unknown option or missing value\n",
+                    a);
+            return 2;
+        }
+        if (strcmp(a, "--bus") == 0)
+            wc.bus = v;
+        else if (strcmp(a, "--read-store") == 0)
+            read_store = v;
+        else if (strcmp(a, "--store") == 0)
+            store_uri = v;
+        else if (strcmp(a, "--stream") == 0)
+            wc.stream = v;
+        else if (strcmp(a, "--projections") == 0)
+            dir = v;
+        else if (strcmp(a, "--projection") == 0) {
+            if (nnames == PROJECT_MAX) {
+                fprintf(stderr, "cqrsd: project: at most %d --projection\n",
+                        PROJECT_MAX);
+                return 2;
+            }
+            names[nnames++] = v;
+        } else if (strcmp(a, "--domain") == 0) {
+            if (ndomains == CQ_MODULES_MAX) {
+                fprintf(stderr, "cqrsd: project: at most %d --domain\n",
+                        CQ_MODULES_MAX);
+                return 2;
+            }
+            domains[ndomains++] = v;
+        } else if (strcmp(a, "--batch") == 0) {
+            char *end;
+            long b = strtol(v, &end, 10);
+            if (*end != '\0' || b < 1 || b > 1000) {
+                fprintf(stderr, "cqrsd: project: --batch needs 1..1000\n");
+                return 2;
+            }
+            wc.batch = (int)b;
+        } else {
+            fprintf(stderr, "cqrsd: project: unknown option %s\n", a);
+            return 2;
+        }
+        i++;
+    }
+    names[nnames] = NULL;
+    if (wc.bus == NULL || read_store == NULL || !cq_pg_is_uri(read_store) ||
+        (store_uri != NULL && !cq_pg_is_uri(store_uri))) {
+        fprintf(stderr, "cqrsd: project: needs --bus nats://HOST:PORT and "
+                        "--read-store (and --store, if given) as PostgreSQL "
+                        "URIs\n");
+        return 2;
+    }
+    if (store_uri == NULL)
+        store_uri = read_store;
+    if (wc.batch == 0)
+        wc.batch = 100;
+    cq_pg_redact(read_store, shown, sizeof shown);
+
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (cq_modules_open(domains, ndomains, &mods, err, sizeof err) != CQ_OK) {
+        fprintf(stderr, "cqrsd: project: %s\n", err);
+        return 2;
+    }
+    sc.uri = store_uri;
+    if (cq_store_open(&sc, &store, err, sizeof err) != CQ_OK) {
+        fprintf(stderr, "cqrsd: project: cannot open the event store: %s\n",
+                err);
+        goto done;
+    }
+    if (cq_worker_new(&wc, &worker, err, sizeof err) != CQ_OK) {
+        fprintf(stderr, "cqrsd: project: %s\n", err);
+        goto done;
+    }
+    src = cq_worker_source(worker);
+    ec.batch = wc.batch;
+    ec.readers = 1;
+    ec.domain = cq_modules_domain(mods);
+    ec.read_store = read_store;
+    ec.store_uri = store_uri;
+    ec.source = &src;
+    ec.run = nnames > 0 ? names : NULL;
+    rc = cq_engine_new(&ec, store, &engine, err, sizeof err);
+    if (rc == CQ_OK)
+        rc = cq_modules_load_engine(mods, engine, err, sizeof err);
+    if (rc == CQ_OK && dir != NULL)
+        rc = cq_engine_load_dir(engine, dir, err, sizeof err);
+    for (int i = 0; rc == CQ_OK && i < nnames; i++)
+        if (cq_engine_projection(engine, names[i]) < 0 ||
+            cq_engine_is_inline(engine,
+                                cq_engine_projection(engine, names[i]))) {
+            snprintf(err, sizeof err,
+                     "--projection %s: no asynchronous projection of that "
+                     "name",
+                     names[i]);
+            rc = CQ_EINVAL;
+        }
+    if (rc == CQ_OK)
+        rc = cq_engine_start(engine, err, sizeof err);
+    if (rc != CQ_OK) {
+        fprintf(stderr, "cqrsd: project: %s\n", err);
+        goto done;
+    }
+    fprintf(stderr,
+            "cqrsd: project: applying %s from %s (stream %s) into %s, "
+            "batches of %d\n",
+            nnames > 0 ? "the projections named" : "every asynchronous "
+                                                   "projection",
+            wc.bus, wc.stream ? wc.stream : CQ_BUS_STREAM, shown, wc.batch);
+    while (sigwait(&sigs, &sig) != 0)
+        ;
+    fprintf(stderr, "cqrsd: project: %s: stopping\n",
+            sig == SIGINT ? "SIGINT" : "SIGTERM");
+    status = 0;
+done:
+    cq_engine_stop(engine);
+    cq_engine_free(engine);
+    cq_worker_free(worker);
+    cq_store_close(store);
+    cq_modules_close(mods);
     cq_bus_shutdown();
     return status;
 }

@@ -72,6 +72,9 @@ int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
     e->batch = cfg->batch > 0 ? cfg->batch : 100;
     e->domain = cfg->domain;
     e->nreaders = cfg->readers > 0 ? cfg->readers : 4;
+    if (cfg->source != NULL)
+        e->source = *cfg->source;
+    e->run = cfg->run;
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     *out = e;
@@ -218,8 +221,8 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         cq_exec *x = p->is_inline ? e->ix : e->rx;
         char changed[96];
         int resumable = 0;
-        p->owned = 1;
-        if (e->shared && !p->is_inline)
+        p->owned = p->is_inline || cq_eng_may_run(e, p);
+        if (e->shared && !p->is_inline && p->owned)
             rc = claim_at_start(e, p, err, errcap);
         if (rc == CQ_OK)
             rc = cq_eng_prepare_projection(p, x, 0, changed, sizeof changed,

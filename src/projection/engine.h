@@ -52,6 +52,26 @@
 
 typedef struct cq_engine cq_engine;
 
+/* Where the asynchronous projections this node runs take their events
+ * from instead of the event store (cqrsd project: a JetStream consumer per
+ * projection, src/bus/worker.c). Both run on the projector thread. */
+typedef struct cq_engine_source {
+    /* Hand the events of projection `projection` (called `name`) at
+     * positions from, from+1, ... in order, none below `from` and without
+     * a gap, at most `limit`, to cb(cbarg, ev) (ev borrowed for the call;
+     * a non-zero return stops). Waits briefly (a fraction of a second)
+     * when none is there. CQ_OK, also when it handed out none; a failure
+     * with a message in err (retried later). */
+    int (*read)(void *arg, int projection, const char *name, int64_t from,
+                int limit, cq_event_cb cb, void *cbarg, char *err,
+                size_t errcap);
+    /* The projection's events up to `position` are applied and its
+     * checkpoint committed: acknowledge them. */
+    void (*applied)(void *arg, int projection, const char *name,
+                    int64_t position);
+    void *arg;
+} cq_engine_source;
+
 typedef struct cq_engine_config {
     const char *dir;         /* directory of read.db (the store's directory);
                                 unused with a read_store */
@@ -69,6 +89,15 @@ typedef struct cq_engine_config {
      * (channel cq_events). NULL for an embedded store. Borrowed for the
      * call. */
     const char *store_uri;
+    /* NULL: asynchronous projections read the event store. Else their
+     * source (copied; its arg borrowed for the engine's life). */
+    const cq_engine_source *source;
+    /* Which asynchronous projections this node may run: NULL for all;
+     * else the names listed, up to a NULL entry (so { NULL }: none, for a
+     * server that leaves them to workers). Borrowed for the engine's
+     * life. With a shared read store the others stay with whichever node
+     * holds their lock; this one never claims them. */
+    const char *const *run;
 } cq_engine_config;
 
 typedef enum cq_proj_status { CQ_PROJ_RUNNING, CQ_PROJ_FAILED } cq_proj_status;

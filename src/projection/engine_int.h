@@ -8,6 +8,7 @@
 #define CQ_PROJECTION_ENGINE_INT_H
 
 #include <pthread.h>
+#include <string.h>
 
 #include "base/base.h"
 #include "domain/domain.h"
@@ -211,6 +212,12 @@ struct cq_engine {
     pool reads;  /* read.db */
     pool events; /* events.db */
 
+    /* cqrsd project: where asynchronous projections take their events
+     * from (engine.h), or source.read NULL (the event store); and which
+     * ones this node may run (NULL: all). Set by cq_engine_new. */
+    cq_engine_source source;
+    const char *const *run;
+
     /* who is told when positions move (progress.h): set before start,
      * read-only after; its operations may be NULL (nobody listens) */
     cq_engine_progress progress;
@@ -287,6 +294,18 @@ enum cq_step {
     CQ_STEP_IDLE = 0,    /* nothing was due */
     CQ_STEP_WORKED = 1
 };
+
+/* May this node run asynchronous projection p (cq_engine_config.run)?
+ * A predicate. */
+static inline int cq_eng_may_run(const cq_engine *e, const proj *p)
+{
+    if (e->run == NULL)
+        return 1;
+    for (const char *const *n = e->run; *n != NULL; n++)
+        if (strcmp(*n, p->d->name) == 0)
+            return 1;
+    return 0;
+}
 
 /* ---- pool.c ---- */
 

@@ -154,8 +154,10 @@ static int batch_add(void *arg, const cq_stored_event *se)
     return b->n == b->cap;
 }
 
-int cq_eng_batch_read(cq_engine *e, batch *b, int64_t from, char *err,
-                      size_t errcap)
+/* Read into b from the event store, or, with projection >= 0 and a
+ * source (engine.h), from that projection's source. */
+static int batch_read(cq_engine *e, batch *b, int projection, int64_t from,
+                      char *err, size_t errcap)
 {
     int64_t store_head;
 
@@ -167,8 +169,18 @@ int cq_eng_batch_read(cq_engine *e, batch *b, int64_t from, char *err,
         snprintf(err, errcap, "out of memory");
         return CQ_ENOMEM;
     }
+    if (projection >= 0 && e->source.read != NULL)
+        return e->source.read(e->source.arg, projection,
+                              e->projs[projection]->d->name, from, b->cap,
+                              batch_add, b, err, errcap);
     return cq_store_read_all(e->store, from, b->cap, batch_add, b, &store_head,
                              err, errcap);
+}
+
+int cq_eng_batch_read(cq_engine *e, batch *b, int64_t from, char *err,
+                      size_t errcap)
+{
+    return batch_read(e, b, -1, from, err, errcap);
 }
 
 void cq_eng_batch_free(batch *b)
@@ -318,7 +330,7 @@ static int claim_all(cq_engine *e)
         char name[128];
         int got = 0, rc;
 
-        if (p->is_inline || owns(e, p))
+        if (p->is_inline || owns(e, p) || !cq_eng_may_run(e, p))
             continue;
         cq_eng_lock_name(p, name, sizeof name);
         rc = cq_rdb_try_lock(e->rdb, name, &got);
@@ -565,6 +577,55 @@ io:
     return CQ_EIO;
 }
 
+/* apply_round with a source (cqrsd project): each due projection reads
+ * its own micro-batch of `batch` events from its source (which hands out
+ * only events after its checkpoint, without a gap), applies it with
+ * apply_batch (rows, checkpoint and cq_progress in one transaction), and
+ * only after that commit tells the source, which acknowledges them. A
+ * crash between the commit and the acknowledgement redelivers events at
+ * or below the checkpoint, which the source skips. */
+static int apply_from_source(cq_engine *e, proj **due,
+                             const cq_declared **decl, const int64_t *from,
+                             int n, int need_meta)
+{
+    int status = CQ_STEP_IDLE;
+
+    for (int i = 0; i < n; i++) {
+        batch b;
+        char err[256] = "";
+        int rc;
+
+        memset(&b, 0, sizeof b);
+        b.cap = e->batch;
+        b.need_meta = need_meta;
+        rc = batch_read(e, &b, due[i]->index, from[i], err, sizeof err);
+        if (rc != CQ_OK) {
+            fprintf(stderr, "cqrsd: projection %s: reading events from %lld: "
+                            "%s\n",
+                    due[i]->d->name, (long long)from[i], err);
+            status = CQ_STEP_FAILED;
+        } else if (b.n > 0) {
+            rc = apply_batch(e, due[i], decl[i], from[i], &b);
+            if (rc == CQ_OK) {
+                int64_t pos;
+                pthread_mutex_lock(&e->mu);
+                pos = due[i]->position;
+                pthread_mutex_unlock(&e->mu);
+                e->source.applied(e->source.arg, due[i]->index,
+                                  due[i]->d->name, pos);
+                if (status == CQ_STEP_IDLE)
+                    status = CQ_STEP_WORKED;
+            } else if (rc == CQ_EIO) {
+                status = CQ_STEP_FAILED;
+            }
+        }
+        cq_eng_batch_free(&b);
+    }
+    /* a projection behind the head whose events are not on the bus yet
+     * (the relay's lag) is due again at once: its source waited briefly */
+    return status == CQ_STEP_IDLE ? CQ_STEP_WORKED : status;
+}
+
 /* One micro-batch for every asynchronous projection behind the head
  * (projector thread): the events after the lowest checkpoint are read from
  * the store once and decoded once, then each projection applies its part
@@ -605,6 +666,10 @@ static int apply_round(cq_engine *e)
     pthread_mutex_unlock(&e->mu);
     if (n == 0) {
         status = CQ_STEP_IDLE;
+        goto done;
+    }
+    if (e->source.read != NULL) {
+        status = apply_from_source(e, due, decl, from, n, b.need_meta);
         goto done;
     }
     /* Micro-batches of `batch` events keep the gap between the writer and

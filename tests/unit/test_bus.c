@@ -22,6 +22,7 @@
 #include "base/base.h"
 #include "bus/bus.h"
 #include "pgtest.h"
+#include "projection/engine.h"
 #include "store/rdb.h"
 #include "store/store.h"
 
@@ -342,6 +343,176 @@ static void test_relay_one_active(void **state)
     check_stream(f, 20);
 }
 
+/* ---- the projection workers (PostgreSQL read store) ---- */
+
+/* Counts events per stream: applying one twice would show. */
+static const char tally_sql[] =
+    "-- @projection tally\n"
+    "-- @version 1\n"
+    "CREATE TABLE IF NOT EXISTS tally (stream_id TEXT PRIMARY KEY,\n"
+    "    n BIGINT NOT NULL, total BIGINT NOT NULL);\n"
+    "-- @on Happened\n"
+    "INSERT INTO tally (stream_id, n, total) VALUES (:stream_id, 1, :data.i)\n"
+    "ON CONFLICT (stream_id) DO UPDATE SET n = tally.n + 1,\n"
+    "    total = tally.total + excluded.total;\n";
+
+/* A source that passes reads through and, while drop_acks is set, never
+ * acknowledges: a worker killed between its commit and its ack. */
+typedef struct lossy {
+    cq_engine_source inner;
+    int drop_acks;
+} lossy;
+
+static int lossy_read(void *arg, int projection, const char *name,
+                      int64_t from, int limit, cq_event_cb cb, void *cbarg,
+                      char *err, size_t errcap)
+{
+    lossy *l = arg;
+    return l->inner.read(l->inner.arg, projection, name, from, limit, cb,
+                         cbarg, err, errcap);
+}
+
+static void lossy_applied(void *arg, int projection, const char *name,
+                          int64_t position)
+{
+    lossy *l = arg;
+    if (!l->drop_acks)
+        l->inner.applied(l->inner.arg, projection, name, position);
+}
+
+typedef struct worker_fx {
+    cq_worker *w;
+    lossy src;
+    cq_engine_source outer;
+    cq_engine *e;
+} worker_fx;
+
+static void worker_start(fx *f, worker_fx *wf, int drop_acks)
+{
+    cq_worker_config wc = {.bus = nats_url,
+                           .stream = f->stream,
+                           .prefix = f->prefix,
+                           .batch = 7,
+                           .ack_wait_ms = 1000};
+    cq_engine_config ec = {.batch = 7, .readers = 1};
+    char err[512];
+
+    memset(wf, 0, sizeof *wf);
+    assert_int_equal(cq_worker_new(&wc, &wf->w, err, sizeof err), CQ_OK);
+    wf->src.inner = cq_worker_source(wf->w);
+    wf->src.drop_acks = drop_acks;
+    wf->outer = (cq_engine_source){lossy_read, lossy_applied, &wf->src};
+    ec.read_store = f->uri;
+    ec.store_uri = f->uri;
+    ec.source = &wf->outer;
+    assert_int_equal(cq_engine_new(&ec, f->store, &wf->e, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(cq_engine_load_text(wf->e, "tally.sql", tally_sql,
+                                         strlen(tally_sql), err, sizeof err),
+                     CQ_OK);
+    if (cq_engine_start(wf->e, err, sizeof err) != CQ_OK)
+        fail_msg("engine start: %s", err);
+}
+
+static void worker_stop(worker_fx *wf)
+{
+    cq_engine_free(wf->e);
+    cq_worker_free(wf->w);
+}
+
+static void wait_position(worker_fx *wf, int64_t pos)
+{
+    int64_t at = 0;
+    for (int i = 0; i < 3000; i++) {
+        at = cq_engine_position(wf->e, 0, NULL);
+        if (at >= pos)
+            return;
+        usleep(10000);
+    }
+    fail_msg("projection at %lld, wanted %lld", (long long)at,
+             (long long)pos);
+}
+
+/* sum(n) and sum(total) of the tally table. */
+static void tally(fx *f, int64_t *n, int64_t *total)
+{
+    cq_rdb *db;
+    cq_rstmt *st;
+    char err[512];
+
+    assert_int_equal(cq_rdb_open(f->uri, CQ_RDB_READONLY, 5000, &db, err,
+                                 sizeof err),
+                     CQ_OK);
+    assert_int_equal(cq_rdb_prepare(db,
+                                    "SELECT COALESCE(SUM(n), 0),"
+                                    " COALESCE(SUM(total), 0) FROM tally",
+                                    0, &st, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(cq_rstmt_step(st), CQ_RSTEP_ROW);
+    *n = cq_rstmt_column_int(st, 0);
+    *total = cq_rstmt_column_int(st, 1);
+    cq_rstmt_finalize(st);
+    cq_rdb_close(db);
+}
+
+/* A worker applies the bus's events in order, once each; one killed
+ * between its commit and its ack has its events redelivered to the next,
+ * which skips them (the inbox): nothing is applied twice. */
+static void test_worker_applies_and_redelivery(void **state)
+{
+    fx *f = *state;
+    cq_relay *r;
+    worker_fx wf;
+    cq_worker_stats ws;
+    int64_t n, total;
+
+    if (!use_pg)
+        skip(); /* workers need a shared (PostgreSQL) read store */
+    append(f, "s-1", 20); /* i = 0..19 each */
+    append(f, "s-2", 15);
+    r = relay_new(f);
+    wait_checkpoint(r, 35);
+    worker_start(f, &wf, 1); /* commits, never acks */
+    wait_position(&wf, 35);
+    tally(f, &n, &total);
+    assert_int_equal(n, 35);
+    assert_int_equal(total, 190 + 105);
+    worker_stop(&wf); /* "killed": 35 events unacknowledged */
+
+    append(f, "s-3", 10);
+    worker_start(f, &wf, 0);
+    wait_position(&wf, 45);
+    /* the 35 unacknowledged come again after the ack wait (1 s), before
+     * anything newer: the worker fetches them with the next events */
+    usleep(1500 * 1000);
+    append(f, "s-3", 5);
+    wait_position(&wf, 50);
+    {
+        char durable[160];
+        jsConsumerInfo *ci = NULL;
+        int64_t ack_pending = -1;
+        cq_worker_durable("tally", durable, sizeof durable);
+        for (int i = 0; i < 500 && ack_pending != 0; i++) {
+            usleep(20000);
+            assert_int_equal(js_GetConsumerInfo(&ci, f->js, f->stream,
+                                                durable, NULL, NULL),
+                             NATS_OK);
+            ack_pending = ci->NumAckPending;
+            jsConsumerInfo_Destroy(ci);
+        }
+        /* all 50 acknowledged: the 35 the first worker never acked were
+         * redelivered and acked by the second without applying them */
+        assert_int_equal(ack_pending, 0);
+    }
+    cq_worker_get_stats(wf.w, 0, &ws);
+    assert_int_equal(ws.known, 1);
+    tally(f, &n, &total);
+    assert_int_equal(n, 50);
+    assert_int_equal(total, 190 + 105 + 45 + 10);
+    worker_stop(&wf);
+    cq_relay_free(r);
+}
+
 int main(int argc, char **argv)
 {
     const char *dir = getenv("CQ_TEST_NATS_DIR");
@@ -374,6 +545,8 @@ int main(int argc, char **argv)
                                         fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_relay_one_active, fx_setup,
                                         fx_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_applies_and_redelivery,
+                                        fx_setup, fx_teardown),
     };
     rc = cmocka_run_group_tests(tests, NULL, NULL);
     cq_bus_shutdown();
