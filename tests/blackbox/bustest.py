@@ -7,7 +7,8 @@
                        socket, headers on): .stream_info(name),
                        .messages(stream, subject) -> [(seq, subject,
                        headers, body)] in stream order (an ephemeral pull
-                       consumer, no acks), .close()
+                       consumer, no acks), .consumer_info(stream, name),
+                       .close()
   Proc(args, log)      a cqrsd subcommand (relay, project) as a process:
                        .start() .kill() (SIGKILL) .stop() (SIGTERM, exit 0)
                        .alive() .log_text()
@@ -204,6 +205,12 @@ class JetStream:
         r = self.request("$JS.API.STREAM.INFO." + stream, b"")
         if "error" in r:
             raise AssertionError("stream %s: %r" % (stream, r["error"]))
+        return r
+
+    def consumer_info(self, stream, name):
+        r = self.request("$JS.API.CONSUMER.INFO.%s.%s" % (stream, name), b"")
+        if "error" in r:
+            raise AssertionError("consumer %s of %s: %r" % (name, stream, r["error"]))
         return r
 
     def messages(self, stream, batch=1000, timeout=30.0):
