@@ -87,11 +87,12 @@ static void usage(FILE *f)
           "                   [--domain PATH]... [--bus nats://HOST:PORT]\n"
           "                   [--projector on|off]\n"
           "       cqrsd relay [--data DIR | --store URI] --bus nats://HOST:PORT\n"
-          "                   [--stream NAME] [--window N]\n"
+          "                   [--stream NAME] [--window N] [--listen HOST:PORT]\n"
           "       cqrsd project --bus nats://HOST:PORT --read-store URI\n"
           "                     [--store URI] [--projection NAME]...\n"
           "                     [--batch N] [--projections DIR]\n"
           "                     [--domain PATH]... [--stream NAME]\n"
+          "                     [--listen HOST:PORT]\n"
           "       cqrsd verify [--data DIR | --store URI [--read-store URI]]\n"
           "                    [--projections DIR] [--domain PATH]...\n"
           "       cqrsd new NAME [DIR]\n"
@@ -480,6 +481,8 @@ static int serve(const options *o)
         fprintf(stderr, "cqrsd: --listen %s: %s\n", o->listen, err);
         goto done;
     }
+    if (relay != NULL)
+        cq_relay_add_metrics(relay, cq_server_metrics(server));
     if (o->store == NULL && read_store == NULL)
         fprintf(stderr, "cqrsd: serving %s on %s (port %u), data in %s\n",
                 cq_modules_names(mods), o->listen, cq_server_port(server),
@@ -497,9 +500,9 @@ static int serve(const options *o)
             sig == SIGINT ? "SIGINT" : "SIGTERM");
 done:
     cq_writer_stop(writer);       /* commits and answers what is queued */
-    cq_relay_free(relay);         /* before the store it reads */
     cq_engine_stop(engine);       /* answers every waiting query */
     cq_server_stop(server, 5000); /* sends those answers, then stops */
+    cq_relay_free(relay); /* after the last scrape, before the store */
     cq_writer_free(writer);
     cq_engine_free(engine);
     cq_store_close(store);

@@ -89,13 +89,13 @@ typedef struct cq_relay_config {
 } cq_relay_config;
 
 typedef struct cq_relay_stats {
-    int active;           /* holds the lock and is connected to NATS */
-    int64_t checkpoint;   /* last position JetStream acknowledged */
-    int64_t head;         /* the store's head when last read */
-    int64_t published;    /* events acknowledged since start */
-    int64_t duplicates;   /* of them, dropped by JetStream as duplicates */
-    int64_t failures;     /* publish rounds that failed (retried) */
-    double lag_seconds;   /* age of the oldest event not yet acknowledged */
+    int active;         /* holds the lock and is connected to NATS */
+    int64_t checkpoint; /* last position JetStream acknowledged */
+    int64_t head;       /* the store's head when last read */
+    int64_t published;  /* events acknowledged since start */
+    int64_t duplicates; /* of them, dropped by JetStream as duplicates */
+    int64_t failures;   /* publish rounds that failed (retried) */
+    double lag_seconds; /* age of the oldest event not yet acknowledged */
 } cq_relay_stats;
 
 /* A new relay (strings of cfg copied). CQ_OK with *out (cq_relay_free),
@@ -128,6 +128,11 @@ void cq_relay_get_stats(cq_relay *r, cq_relay_stats *out);
 /* Prometheus text of the relay's metrics appended to buf (cqrsd_relay_*).
  * Returns the bytes written (cut to cap). */
 size_t cq_relay_metrics(cq_relay *r, char *buf, size_t cap);
+
+/* Render the same in m's scrapes (GET /metrics of serve --bus): r must
+ * outlive every scrape of m. CQ_OK or CQ_ENOMEM. */
+struct cq_metrics;
+int cq_relay_add_metrics(cq_relay *r, struct cq_metrics *m);
 
 /* ---- the projection workers' event source (worker.c) ---- */
 
@@ -184,6 +189,28 @@ void cq_worker_get_stats(cq_worker *w, int projection, cq_worker_stats *out);
  * [--projection NAME]... [--batch N] [--projections DIR]
  * [--domain PATH]... [--stream NAME]` (cli.c): workers until SIGTERM. */
 int cq_bus_cli_project(int argc, char **argv);
+
+/* ---- the HTTP endpoint of relay and worker processes (health.c) ---- */
+
+struct cq_strbuf;
+/* Append a JSON body to out; 1 when ready (200), 0 when not (503). */
+typedef int (*cq_bus_ready_fn)(void *arg, struct cq_strbuf *out);
+/* Append Prometheus text to out. */
+typedef void (*cq_bus_metrics_fn)(void *arg, struct cq_strbuf *out);
+
+typedef struct cq_bus_http cq_bus_http;
+
+/* Listen on HOST:PORT (or [IPV6]:PORT; port 0 picks one) and answer GET
+ * /healthz (200 while the process runs), /readyz (ready(arg)) and
+ * /metrics (metrics(arg)), on a thread of libmicrohttpd's; both callbacks
+ * run there. CQ_OK with *out, or CQ_EINVAL / CQ_EIO / CQ_ENOMEM with a
+ * message. */
+int cq_bus_http_start(const char *listen, cq_bus_ready_fn ready,
+                      cq_bus_metrics_fn metrics, void *arg, cq_bus_http **out,
+                      char *err, size_t errcap);
+unsigned cq_bus_http_port(cq_bus_http *h);
+/* Stop and free; accepts NULL. */
+void cq_bus_http_stop(cq_bus_http *h);
 
 /* `cqrsd relay [--data DIR | --store URI] --bus URL [--stream NAME]
  * [--window N]` (cli.c): the relay as a process of its own, until SIGTERM

@@ -120,8 +120,8 @@ void cq_bus_msg_id(const cq_stored_event *ev, char *buf, size_t cap)
                     ? json_loads(ev->metadata, JSON_REJECT_DUPLICATES, NULL)
                     : NULL;
     const char *id = json_string_value(json_object_get(m, "event_id"));
-    int ok = id != NULL && id[0] != '\0' && strlen(id) <= 64 &&
-             strlen(id) < cap;
+    int ok =
+        id != NULL && id[0] != '\0' && strlen(id) <= 64 && strlen(id) < cap;
 
     for (const char *p = id; ok && *p; p++)
         ok = *p > 0x20 && *p < 0x7f;

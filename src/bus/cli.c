@@ -10,15 +10,44 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/metrics.h"
+#include "base/strbuf.h"
 #include "bus/bus.h"
 #include "modules.h"
 #include "store/pg.h"
 
+/* /readyz of a relay: ready while it holds the lock and is connected. */
+static int relay_ready(void *arg, cq_strbuf *out)
+{
+    cq_relay_stats s;
+
+    cq_relay_get_stats(arg, &s);
+    cq_strbuf_printf(out,
+                     "{\"status\":\"%s\",\"role\":\"relay\","
+                     "\"checkpoint\":%lld,\"head\":%lld}\n",
+                     s.active ? "ready" : "standby", (long long)s.checkpoint,
+                     (long long)s.head);
+    return s.active;
+}
+
+static void relay_metrics(void *arg, cq_strbuf *out)
+{
+    char buf[4096];
+    size_t n = cq_relay_metrics(arg, buf, sizeof buf);
+
+    buf[n] = '\0';
+    cq_strbuf_puts(out, buf);
+}
+
 int cq_bus_cli_relay(int argc, char **argv)
 {
+    cq_bus_http *http = NULL;
+    const char *listen = NULL;
     cq_relay_config rc = {0};
-    cq_store_config sc = {.sync_full = 1, .read_connections = 2,
-                          .connections = 2, .read_only = 1};
+    cq_store_config sc = {.sync_full = 1,
+                          .read_connections = 2,
+                          .connections = 2,
+                          .read_only = 1};
     cq_store *store = NULL;
     cq_relay *relay = NULL;
     const char *data = NULL, *store_uri = NULL;
@@ -29,8 +58,10 @@ int cq_bus_cli_relay(int argc, char **argv)
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (v == NULL) {
-            fprintf(stderr, "cqrsd: relay: %s: unknown option or missing "
-                            "value\n", a);
+            fprintf(stderr,
+                    "cqrsd: relay: %s: unknown option or missing "
+                    "value\n",
+                    a);
             return 2;
         }
         if (strcmp(a, "--data") == 0)
@@ -41,6 +72,8 @@ int cq_bus_cli_relay(int argc, char **argv)
             rc.bus = v;
         else if (strcmp(a, "--stream") == 0)
             rc.stream = v;
+        else if (strcmp(a, "--listen") == 0)
+            listen = v;
         else if (strcmp(a, "--window") == 0) {
             char *end;
             long w = strtol(v, &end, 10);
@@ -89,13 +122,25 @@ int cq_bus_cli_relay(int argc, char **argv)
         status = 2;
         goto done;
     }
-    fprintf(stderr, "cqrsd: relay: events of %s to %s, stream %s\n", shown,
+    if (listen != NULL &&
+        cq_bus_http_start(listen, relay_ready, relay_metrics, relay, &http, err,
+                          sizeof err) != CQ_OK) {
+        fprintf(stderr, "cqrsd: relay: %s\n", err);
+        status = 2;
+        goto done;
+    }
+    fprintf(stderr, "cqrsd: relay: events of %s to %s, stream %s", shown,
             rc.bus, rc.stream ? rc.stream : CQ_BUS_STREAM);
+    if (http != NULL)
+        fprintf(stderr, ", HTTP on %s (port %u)", listen,
+                cq_bus_http_port(http));
+    fputc('\n', stderr);
     while (sigwait(&sigs, &sig) != 0)
         ;
     fprintf(stderr, "cqrsd: relay: %s: stopping\n",
             sig == SIGINT ? "SIGINT" : "SIGTERM");
 done:
+    cq_bus_http_stop(http);
     cq_relay_free(relay);
     cq_store_close(store);
     cq_bus_shutdown();
@@ -113,8 +158,102 @@ done:
  * the head (cq_events); the engine's start uses its write connection for
  * the inline projections' checkpoint tables only, and nothing is
  * appended. */
+typedef struct project_view {
+    cq_engine *e;
+    cq_worker *w;
+    const char *const *names; /* NULL: every asynchronous projection */
+} project_view;
+
+/* Is projection i one this worker was given? */
+static int given(const project_view *v, int i)
+{
+    if (cq_engine_is_inline(v->e, i))
+        return 0;
+    if (v->names == NULL)
+        return 1;
+    for (const char *const *n = v->names; *n != NULL; n++)
+        if (strcmp(*n, cq_engine_projection_name(v->e, i)) == 0)
+            return 1;
+    return 0;
+}
+
+/* /readyz of a worker: ready when it runs (holds the lock of) every
+ * projection it was given; a standby answers 503. */
+static int project_ready(void *arg, cq_strbuf *out)
+{
+    project_view *v = arg;
+    int all = 1, first = 1;
+
+    cq_strbuf_puts(out, "{\"role\":\"projector\",\"projections\":[");
+    for (int i = 0; i < cq_engine_count(v->e); i++) {
+        cq_projection_status st;
+        if (!given(v, i))
+            continue;
+        cq_engine_status(v->e, i, &st);
+        all &= st.runs_here;
+        cq_strbuf_puts(out, first ? "" : ",");
+        first = 0;
+        cq_strbuf_puts(out, "{\"name\":");
+        cq_strbuf_json_string(out, st.name);
+        cq_strbuf_printf(out,
+                         ",\"held\":%s,\"status\":\"%s\",\"position\":%lld,"
+                         "\"lag_events\":%lld}",
+                         st.runs_here ? "true" : "false", st.status,
+                         (long long)st.position, (long long)st.lag_events);
+    }
+    cq_strbuf_printf(out, "],\"status\":\"%s\"}\n", all ? "ready" : "standby");
+    return all;
+}
+
+static void project_metrics(void *arg, cq_strbuf *out)
+{
+    static const struct {
+        const char *name, *help;
+    } fam[] = {
+        {"cqrsd_worker_held", "1 while this worker runs the projection"},
+        {"cqrsd_worker_position", "Position the projection has applied"},
+        {"cqrsd_worker_lag_events", "Events between the head and it"},
+        {"cqrsd_worker_lag_seconds", "Age of the first event not applied"},
+        {"cqrsd_worker_consumer_pending",
+         "Messages its JetStream consumer has not delivered yet"},
+        {"cqrsd_worker_consumer_ack_pending",
+         "Messages delivered and not acknowledged"},
+        {"cqrsd_worker_consumer_redelivered",
+         "Messages delivered more than once and pending"},
+    };
+    project_view *v = arg;
+    int n = cq_engine_count(v->e);
+
+    for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
+        cq_metrics_gauge_family(out, fam[f].name, fam[f].help);
+        for (int i = 0; i < n; i++) {
+            cq_projection_status st;
+            cq_worker_stats ws;
+            char esc[256], labels[300];
+            double val;
+            if (!given(v, i))
+                continue;
+            cq_engine_status(v->e, i, &st);
+            cq_worker_get_stats(v->w, i, &ws);
+            cq_metrics_label_escape(st.name, esc, sizeof esc);
+            snprintf(labels, sizeof labels, "projection=\"%s\"", esc);
+            val = f == 0   ? st.runs_here
+                  : f == 1 ? (double)st.position
+                  : f == 2 ? (double)st.lag_events
+                  : f == 3 ? st.lag_seconds
+                  : f == 4 ? (double)ws.pending
+                  : f == 5 ? (double)ws.ack_pending
+                           : (double)ws.redelivered;
+            cq_metrics_gauge(out, fam[f].name, labels, val);
+        }
+    }
+}
+
 int cq_bus_cli_project(int argc, char **argv)
 {
+    cq_bus_http *http = NULL;
+    const char *listen = NULL;
+    project_view view;
     cq_worker_config wc = {0};
     cq_store_config sc = {.sync_full = 1, .connections = 2};
     cq_engine_config ec = {0};
@@ -136,8 +275,7 @@ int cq_bus_cli_project(int argc, char **argv)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (v == NULL) {
             fprintf(stderr,
-                    "cqrsd: project: %s: unknown option or missing value\n",
-                    a);
+                    "cqrsd: project: %s: unknown option or missing value\n", a);
             return 2;
         }
         if (strcmp(a, "--bus") == 0)
@@ -150,6 +288,8 @@ int cq_bus_cli_project(int argc, char **argv)
             wc.stream = v;
         else if (strcmp(a, "--projections") == 0)
             dir = v;
+        else if (strcmp(a, "--listen") == 0)
+            listen = v;
         else if (strcmp(a, "--projection") == 0) {
             if (nnames == PROJECT_MAX) {
                 fprintf(stderr, "cqrsd: project: at most %d --projection\n",
@@ -241,11 +381,22 @@ int cq_bus_cli_project(int argc, char **argv)
         fprintf(stderr, "cqrsd: project: %s\n", err);
         goto done;
     }
+    view = (project_view){engine, worker, nnames > 0 ? names : NULL};
+    if (listen != NULL &&
+        cq_bus_http_start(listen, project_ready, project_metrics, &view, &http,
+                          err, sizeof err) != CQ_OK) {
+        fprintf(stderr, "cqrsd: project: %s\n", err);
+        goto done;
+    }
+    if (http != NULL)
+        fprintf(stderr, "cqrsd: project: HTTP on %s (port %u)\n", listen,
+                cq_bus_http_port(http));
     fprintf(stderr,
             "cqrsd: project: applying %s from %s (stream %s) into %s, "
             "batches of %d\n",
-            nnames > 0 ? "the projections named" : "every asynchronous "
-                                                   "projection",
+            nnames > 0 ? "the projections named"
+                       : "every asynchronous "
+                         "projection",
             wc.bus, wc.stream ? wc.stream : CQ_BUS_STREAM, shown, wc.batch);
     while (sigwait(&sigs, &sig) != 0)
         ;
@@ -253,6 +404,7 @@ int cq_bus_cli_project(int argc, char **argv)
             sig == SIGINT ? "SIGINT" : "SIGTERM");
     status = 0;
 done:
+    cq_bus_http_stop(http); /* before what its callbacks read */
     cq_engine_stop(engine);
     cq_engine_free(engine);
     cq_worker_free(worker);

@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "base/base.h"
+#include "base/metrics.h"
 #include "bus/bus.h"
 #include "store/rdb.h"
 
@@ -241,8 +242,8 @@ static int claim(cq_relay *r)
         got = flock(r->lockfd, LOCK_EX | LOCK_NB) == 0;
         if (got && r->db == NULL) {
             snprintf(path, sizeof path, "%s/relay.db", r->dir);
-            rc = cq_rdb_open(path, CQ_RDB_CREATE, 5000, &r->db, err,
-                             sizeof err);
+            rc =
+                cq_rdb_open(path, CQ_RDB_CREATE, 5000, &r->db, err, sizeof err);
             if (rc != CQ_OK)
                 goto fail;
         }
@@ -255,8 +256,8 @@ static int claim(cq_relay *r)
         rc = cq_rdb_prepare(r->db, RELAY_GET, CQ_RDB_PERSISTENT, &r->get, err,
                             sizeof err);
     if (rc == CQ_OK && r->save == NULL)
-        rc = cq_rdb_prepare(r->db, RELAY_SAVE, CQ_RDB_PERSISTENT, &r->save,
-                            err, sizeof err);
+        rc = cq_rdb_prepare(r->db, RELAY_SAVE, CQ_RDB_PERSISTENT, &r->save, err,
+                            sizeof err);
     if (rc == CQ_OK && (rc = read_ckpt(r)) != CQ_OK)
         snprintf(err, sizeof err, "%s", cq_rdb_errmsg(r->db));
     if (rc != CQ_OK)
@@ -345,8 +346,7 @@ static int connect_nats(cq_relay *r)
                 fprintf(stderr,
                         "cqrsd: relay: made JetStream stream %s (subjects "
                         "%s, duplicate window %llds)\n",
-                        r->stream, subj,
-                        (long long)(r->dup_ns / 1000000000));
+                        r->stream, subj, (long long)(r->dup_ns / 1000000000));
         }
         jsStreamInfo_Destroy(si);
     }
@@ -691,25 +691,37 @@ size_t cq_relay_metrics(cq_relay *r, char *buf, size_t cap)
 
     cq_relay_get_stats(r, &s);
     lag = s.head > s.checkpoint ? s.head - s.checkpoint : 0;
-    n = snprintf(buf, cap,
-                 "# TYPE cqrsd_relay_active gauge\n"
-                 "cqrsd_relay_active %d\n"
-                 "# TYPE cqrsd_relay_checkpoint gauge\n"
-                 "cqrsd_relay_checkpoint %lld\n"
-                 "# TYPE cqrsd_relay_lag_events gauge\n"
-                 "cqrsd_relay_lag_events %lld\n"
-                 "# TYPE cqrsd_relay_lag_seconds gauge\n"
-                 "cqrsd_relay_lag_seconds %.3f\n"
-                 "# TYPE cqrsd_relay_published_total counter\n"
-                 "cqrsd_relay_published_total %lld\n"
-                 "# TYPE cqrsd_relay_duplicates_total counter\n"
-                 "cqrsd_relay_duplicates_total %lld\n"
-                 "# TYPE cqrsd_relay_failures_total counter\n"
-                 "cqrsd_relay_failures_total %lld\n",
-                 s.active, (long long)s.checkpoint, (long long)lag,
-                 lag == 0 ? 0.0 : s.lag_seconds,
-                 (long long)s.published, (long long)s.duplicates,
-                 (long long)s.failures);
+    n = snprintf(
+        buf, cap,
+        "# HELP cqrsd_relay_active 1 while this relay holds the relay lock "
+        "and is connected to NATS\n"
+        "# TYPE cqrsd_relay_active gauge\n"
+        "cqrsd_relay_active %d\n"
+        "# HELP cqrsd_relay_checkpoint Last position JetStream acknowledged\n"
+        "# TYPE cqrsd_relay_checkpoint gauge\n"
+        "cqrsd_relay_checkpoint %lld\n"
+        "# HELP cqrsd_relay_lag_events Events committed but not yet "
+        "acknowledged by JetStream\n"
+        "# TYPE cqrsd_relay_lag_events gauge\n"
+        "cqrsd_relay_lag_events %lld\n"
+        "# HELP cqrsd_relay_lag_seconds Age of the oldest event not yet "
+        "acknowledged by JetStream\n"
+        "# TYPE cqrsd_relay_lag_seconds gauge\n"
+        "cqrsd_relay_lag_seconds %.3f\n"
+        "# HELP cqrsd_relay_published_total Events JetStream acknowledged\n"
+        "# TYPE cqrsd_relay_published_total counter\n"
+        "cqrsd_relay_published_total %lld\n"
+        "# HELP cqrsd_relay_duplicates_total Of them, dropped by JetStream "
+        "as duplicates\n"
+        "# TYPE cqrsd_relay_duplicates_total counter\n"
+        "cqrsd_relay_duplicates_total %lld\n"
+        "# HELP cqrsd_relay_failures_total Publish rounds that failed and "
+        "were published again\n"
+        "# TYPE cqrsd_relay_failures_total counter\n"
+        "cqrsd_relay_failures_total %lld\n",
+        s.active, (long long)s.checkpoint, (long long)lag,
+        lag == 0 ? 0.0 : s.lag_seconds, (long long)s.published,
+        (long long)s.duplicates, (long long)s.failures);
     if (n < 0)
         return 0;
     return (size_t)n < cap ? (size_t)n : cap ? cap - 1 : 0;
@@ -718,4 +730,19 @@ size_t cq_relay_metrics(cq_relay *r, char *buf, size_t cap)
 void cq_bus_shutdown(void)
 {
     nats_Close();
+}
+
+/* A scrape-time collector (base/metrics.h) of the relay's metrics. */
+static void collect_metrics(void *arg, cq_strbuf *out)
+{
+    char buf[2048];
+    size_t n = cq_relay_metrics(arg, buf, sizeof buf);
+
+    buf[n] = '\0';
+    cq_strbuf_puts(out, buf);
+}
+
+int cq_relay_add_metrics(cq_relay *r, struct cq_metrics *m)
+{
+    return cq_metrics_collect(m, collect_metrics, r);
 }

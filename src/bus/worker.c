@@ -64,7 +64,7 @@ struct cq_worker {
     int quiet;
     consumer *c;
     int nc_slots;
-    int64_t skipped; /* held messages below the checkpoint, dropped */
+    int64_t skipped;         /* held messages below the checkpoint, dropped */
     char *sid, *type, *meta; /* hand_out's scratch (projector thread) */
     pthread_mutex_t mu;      /* guards the consumers' st */
 };
@@ -198,8 +198,7 @@ static int connect_nats(cq_worker *w)
         return CQ_EIO;
     }
     if (w->quiet)
-        fprintf(stderr, "cqrsd: project: connected to NATS %s again\n",
-                w->bus);
+        fprintf(stderr, "cqrsd: project: connected to NATS %s again\n", w->bus);
     w->quiet = 0;
     return CQ_OK;
 }
@@ -373,8 +372,8 @@ static int hand_out(cq_worker *w, natsMsg *m, int64_t pos, cq_event_cb cb,
         text_header(m, CQ_BUS_H_TYPE, type, TYPE_CAP) == NULL ||
         int_header(m, CQ_BUS_H_VERSION, &version) != 0 ||
         int_header(m, CQ_BUS_H_SCHEMA, &schema) != 0 ||
-        int_header(m, CQ_BUS_H_RECORDED, &recorded) != 0 ||
-        schema < 0 || schema > 1000000 || version < 1) {
+        int_header(m, CQ_BUS_H_RECORDED, &recorded) != 0 || schema < 0 ||
+        schema > 1000000 || version < 1) {
         snprintf(err, errcap,
                  "the message of position %lld lacks a valid Cqrs-* header "
                  "(waiting for a good copy of it)",
@@ -383,14 +382,10 @@ static int hand_out(cq_worker *w, natsMsg *m, int64_t pos, cq_event_cb cb,
     }
     if (text_header(m, CQ_BUS_H_METADATA, meta, META_CAP) == NULL)
         snprintf(meta, META_CAP, "{}");
-    ev = (cq_stored_event){pos,
-                           sid,
-                           version,
-                           type,
-                           (int)schema,
-                           natsMsg_GetData(m) ? natsMsg_GetData(m) : "",
-                           meta,
-                           recorded};
+    ev = (cq_stored_event){
+        pos,  sid,         version,
+        type, (int)schema, natsMsg_GetData(m) ? natsMsg_GetData(m) : "",
+        meta, recorded};
     *stop = cb(cbarg, &ev);
     return CQ_OK;
 }
@@ -445,7 +440,8 @@ static int source_read(void *arg, int projection, const char *name,
         natsMsg_Destroy(c->q[k].m);
         w->skipped++;
     }
-    memmove(c->q, c->q + k, (size_t)(c->nq - k) * sizeof *c->q);
+    if (k > 0)
+        memmove(c->q, c->q + k, (size_t)(c->nq - k) * sizeof *c->q);
     c->nq -= k;
     while (ready < c->nq && c->q[ready].pos == from + ready)
         ready++;
@@ -500,7 +496,8 @@ static void source_applied(void *arg, int projection, const char *name,
         natsMsg_Ack(c->q[k].m, NULL);
         natsMsg_Destroy(c->q[k].m);
     }
-    memmove(c->q, c->q + k, (size_t)(c->nq - k) * sizeof *c->q);
+    if (k > 0)
+        memmove(c->q, c->q + k, (size_t)(c->nq - k) * sizeof *c->q);
     c->nq -= k;
 }
 

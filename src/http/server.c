@@ -560,6 +560,11 @@ unsigned cq_server_port(cq_server *s)
     return info ? info->port : 0;
 }
 
+struct cq_metrics *cq_server_metrics(cq_server *s)
+{
+    return s->metrics;
+}
+
 void cq_server_stop(cq_server *s, int timeout_ms)
 {
     struct timespec ts = {0, 10 * 1000 * 1000};

@@ -70,6 +70,11 @@ int cq_server_start(const cq_server_config *cfg, cq_store *store,
  * thread while the server runs. */
 unsigned cq_server_port(cq_server *s);
 
+/* The registry GET /metrics renders (base/metrics.h), so that parts the
+ * server does not know (the in-process relay) can add a collector.
+ * Borrowed: valid until cq_server_stop. Any thread. */
+struct cq_metrics *cq_server_metrics(cq_server *s);
+
 /* Wait up to timeout_ms until no request is waiting for the writer or a
  * projection, then stop every thread, close every connection and free s.
  * Call after cq_writer_stop() and cq_engine_stop(), which answer every

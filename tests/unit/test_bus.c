@@ -18,6 +18,11 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "base/strbuf.h"
 
 #include "base/base.h"
 #include "bus/bus.h"
@@ -81,6 +86,79 @@ static void test_msg_id(void **state)
     ev.metadata = "not json";
     cq_bus_msg_id(&ev, b, sizeof b);
     assert_string_equal(b, "cqrs-pos-7");
+}
+
+/* ---- the HTTP endpoint of relay and worker processes ---- */
+
+static int ready_flag;
+
+static int t_ready(void *arg, cq_strbuf *out)
+{
+    (void)arg;
+    cq_strbuf_puts(out, ready_flag ? "{\"status\":\"ready\"}"
+                                   : "{\"status\":\"standby\"}");
+    return ready_flag;
+}
+
+static void t_metrics(void *arg, cq_strbuf *out)
+{
+    (void)arg;
+    cq_strbuf_puts(out, "x_total 1\n");
+}
+
+/* GET path on 127.0.0.1:port: the status code, the body into buf. */
+static int http_get(unsigned port, const char *method, const char *path,
+                    char *buf, size_t cap)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    char req[256];
+    size_t got = 0;
+    ssize_t n;
+    int status = -1;
+
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    snprintf(req, sizeof req,
+             "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", method,
+             path);
+    assert_true(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
+    while (got + 1 < cap && (n = read(fd, buf + got, cap - 1 - got)) > 0)
+        got += (size_t)n;
+    buf[got] = '\0';
+    close(fd);
+    sscanf(buf, "HTTP/1.1 %d", &status);
+    return status;
+}
+
+static void test_http(void **state)
+{
+    cq_bus_http *h = NULL;
+    char err[256], body[2048];
+    unsigned port;
+    (void)state;
+
+    assert_int_equal(cq_bus_http_start("nonsense", t_ready, t_metrics, NULL, &h,
+                                       err, sizeof err),
+                     CQ_EINVAL);
+    assert_int_equal(cq_bus_http_start("127.0.0.1:0", t_ready, t_metrics, NULL,
+                                       &h, err, sizeof err),
+                     CQ_OK);
+    port = cq_bus_http_port(h);
+    assert_true(port > 0);
+    ready_flag = 0;
+    assert_int_equal(http_get(port, "GET", "/healthz", body, sizeof body), 200);
+    assert_int_equal(http_get(port, "GET", "/readyz", body, sizeof body), 503);
+    assert_non_null(strstr(body, "standby"));
+    ready_flag = 1;
+    assert_int_equal(http_get(port, "GET", "/readyz", body, sizeof body), 200);
+    assert_non_null(strstr(body, "\"ready\""));
+    assert_int_equal(http_get(port, "GET", "/metrics", body, sizeof body), 200);
+    assert_non_null(strstr(body, "x_total 1"));
+    assert_int_equal(http_get(port, "GET", "/nope", body, sizeof body), 404);
+    assert_int_equal(http_get(port, "DELETE", "/healthz", body, sizeof body),
+                     405);
+    cq_bus_http_stop(h);
 }
 
 /* ---- the relay ---- */
@@ -220,8 +298,7 @@ static void check_stream(fx *f, int64_t n)
     jsSubOptions_Init(&so);
     so.Stream = f->stream;
     snprintf(subj, sizeof subj, "%s.>", f->prefix);
-    assert_int_equal(js_PullSubscribe(&sub, f->js, subj, NULL, NULL, &so,
-                                      NULL),
+    assert_int_equal(js_PullSubscribe(&sub, f->js, subj, NULL, NULL, &so, NULL),
                      NATS_OK);
     while (next <= n) {
         natsMsgList list = {0};
@@ -269,6 +346,14 @@ static void test_relay_publishes_in_order(void **state)
     if (!use_pg) /* PostgreSQL: cq_events wakes it */
         cq_relay_wake(r);
     wait_checkpoint(r, 40);
+    {
+        char m[4096];
+        cq_relay_metrics(r, m, sizeof m);
+        assert_non_null(strstr(m, "\ncqrsd_relay_checkpoint 40\n"));
+        assert_non_null(strstr(m, "\ncqrsd_relay_published_total 40\n"));
+        assert_non_null(strstr(m, "\ncqrsd_relay_lag_events 0\n"));
+        assert_non_null(strstr(m, "\ncqrsd_relay_active 1\n"));
+    }
     cq_relay_free(r);
     assert_int_equal(stream_msgs(f), 40);
     check_stream(f, 40);
@@ -298,12 +383,12 @@ static void test_relay_restart_and_duplicates(void **state)
 
     /* as if the relay died after publishing, before its checkpoint */
     snprintf(path, sizeof path, "%s/relay.db", f->root);
-    assert_int_equal(cq_rdb_open(use_pg ? f->uri : path, 0, 5000, &db, err,
-                                 sizeof err),
-                     CQ_OK);
-    assert_int_equal(cq_rdb_exec(db, "UPDATE cq_relay SET position = 5", err,
-                                 sizeof err),
-                     CQ_OK);
+    assert_int_equal(
+        cq_rdb_open(use_pg ? f->uri : path, 0, 5000, &db, err, sizeof err),
+        CQ_OK);
+    assert_int_equal(
+        cq_rdb_exec(db, "UPDATE cq_relay SET position = 5", err, sizeof err),
+        CQ_OK);
     cq_rdb_close(db);
     r = relay_new(f);
     wait_checkpoint(r, 40);
@@ -363,13 +448,13 @@ typedef struct lossy {
     int drop_acks;
 } lossy;
 
-static int lossy_read(void *arg, int projection, const char *name,
-                      int64_t from, int limit, cq_event_cb cb, void *cbarg,
-                      char *err, size_t errcap)
+static int lossy_read(void *arg, int projection, const char *name, int64_t from,
+                      int limit, cq_event_cb cb, void *cbarg, char *err,
+                      size_t errcap)
 {
     lossy *l = arg;
-    return l->inner.read(l->inner.arg, projection, name, from, limit, cb,
-                         cbarg, err, errcap);
+    return l->inner.read(l->inner.arg, projection, name, from, limit, cb, cbarg,
+                         err, errcap);
 }
 
 static void lossy_applied(void *arg, int projection, const char *name,
@@ -387,7 +472,16 @@ typedef struct worker_fx {
     cq_engine *e;
 } worker_fx;
 
+static void worker_start_text(fx *f, worker_fx *wf, int drop_acks,
+                              const char *text);
+
 static void worker_start(fx *f, worker_fx *wf, int drop_acks)
+{
+    worker_start_text(f, wf, drop_acks, tally_sql);
+}
+
+static void worker_start_text(fx *f, worker_fx *wf, int drop_acks,
+                              const char *text)
 {
     cq_worker_config wc = {.bus = nats_url,
                            .stream = f->stream,
@@ -407,8 +501,8 @@ static void worker_start(fx *f, worker_fx *wf, int drop_acks)
     ec.source = &wf->outer;
     assert_int_equal(cq_engine_new(&ec, f->store, &wf->e, err, sizeof err),
                      CQ_OK);
-    assert_int_equal(cq_engine_load_text(wf->e, "tally.sql", tally_sql,
-                                         strlen(tally_sql), err, sizeof err),
+    assert_int_equal(cq_engine_load_text(wf->e, "tally.sql", text, strlen(text),
+                                         err, sizeof err),
                      CQ_OK);
     if (cq_engine_start(wf->e, err, sizeof err) != CQ_OK)
         fail_msg("engine start: %s", err);
@@ -429,8 +523,7 @@ static void wait_position(worker_fx *wf, int64_t pos)
             return;
         usleep(10000);
     }
-    fail_msg("projection at %lld, wanted %lld", (long long)at,
-             (long long)pos);
+    fail_msg("projection at %lld, wanted %lld", (long long)at, (long long)pos);
 }
 
 /* sum(n) and sum(total) of the tally table. */
@@ -440,9 +533,9 @@ static void tally(fx *f, int64_t *n, int64_t *total)
     cq_rstmt *st;
     char err[512];
 
-    assert_int_equal(cq_rdb_open(f->uri, CQ_RDB_READONLY, 5000, &db, err,
-                                 sizeof err),
-                     CQ_OK);
+    assert_int_equal(
+        cq_rdb_open(f->uri, CQ_RDB_READONLY, 5000, &db, err, sizeof err),
+        CQ_OK);
     assert_int_equal(cq_rdb_prepare(db,
                                     "SELECT COALESCE(SUM(n), 0),"
                                     " COALESCE(SUM(total), 0) FROM tally",
@@ -467,7 +560,7 @@ static void test_worker_applies_and_redelivery(void **state)
     int64_t n, total;
 
     if (!use_pg)
-        skip(); /* workers need a shared (PostgreSQL) read store */
+        skip();           /* workers need a shared (PostgreSQL) read store */
     append(f, "s-1", 20); /* i = 0..19 each */
     append(f, "s-2", 15);
     r = relay_new(f);
@@ -494,9 +587,9 @@ static void test_worker_applies_and_redelivery(void **state)
         cq_worker_durable("tally", durable, sizeof durable);
         for (int i = 0; i < 500 && ack_pending != 0; i++) {
             usleep(20000);
-            assert_int_equal(js_GetConsumerInfo(&ci, f->js, f->stream,
-                                                durable, NULL, NULL),
-                             NATS_OK);
+            assert_int_equal(
+                js_GetConsumerInfo(&ci, f->js, f->stream, durable, NULL, NULL),
+                NATS_OK);
             ack_pending = ci->NumAckPending;
             jsConsumerInfo_Destroy(ci);
         }
@@ -511,6 +604,49 @@ static void test_worker_applies_and_redelivery(void **state)
     assert_int_equal(total, 190 + 105 + 45 + 10);
     worker_stop(&wf);
     cq_relay_free(r);
+}
+
+/* A changed definition on a worker: a blue/green rebuild replays the
+ * event store into shadow tables, swaps at a position, and the bus
+ * continues after it: every event counted once, none missed. */
+static void test_worker_rebuild_then_bus(void **state)
+{
+    fx *f = *state;
+    cq_relay *r;
+    worker_fx wf;
+    cq_projection_status st;
+    int64_t n, total;
+    char *v2 = strdup(tally_sql);
+
+    if (!use_pg)
+        skip();
+    strstr(v2, "@version 1")[9] = '2';
+    append(f, "s-1", 30); /* i = 0..29: total 435 */
+    r = relay_new(f);
+    wait_checkpoint(r, 30);
+    worker_start(f, &wf, 0);
+    wait_position(&wf, 30);
+    worker_stop(&wf);
+
+    worker_start_text(f, &wf, 0, v2); /* version 2: rebuilt */
+    append(f, "s-2", 10);             /* during or after the rebuild */
+    for (int i = 0; i < 3000; i++) {
+        cq_engine_status(wf.e, 0, &st);
+        if (!st.rebuilding && st.serving_version == 2 && st.position >= 40)
+            break;
+        usleep(10000);
+    }
+    assert_int_equal(st.serving_version, 2);
+    assert_int_equal(st.rebuilding, 0);
+    append(f, "s-3", 5); /* after the swap: from the bus */
+    wait_position(&wf, 45);
+    tally(f, &n, &total);
+    assert_int_equal(n, 45);
+    assert_int_equal(total, 435 + 45 + 10);
+    assert_string_equal(st.last_rebuild.outcome, "done");
+    worker_stop(&wf);
+    cq_relay_free(r);
+    free(v2);
 }
 
 int main(int argc, char **argv)
@@ -539,14 +675,17 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_subject),
         cmocka_unit_test(test_header_value),
         cmocka_unit_test(test_msg_id),
-        cmocka_unit_test_setup_teardown(test_relay_publishes_in_order,
-                                        fx_setup, fx_teardown),
+        cmocka_unit_test(test_http),
+        cmocka_unit_test_setup_teardown(test_relay_publishes_in_order, fx_setup,
+                                        fx_teardown),
         cmocka_unit_test_setup_teardown(test_relay_restart_and_duplicates,
                                         fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_relay_one_active, fx_setup,
                                         fx_teardown),
         cmocka_unit_test_setup_teardown(test_worker_applies_and_redelivery,
                                         fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_rebuild_then_bus, fx_setup,
+                                        fx_teardown),
     };
     rc = cmocka_run_group_tests(tests, NULL, NULL);
     cq_bus_shutdown();
