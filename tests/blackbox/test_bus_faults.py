@@ -193,10 +193,35 @@ class BusFaultsTest(unittest.TestCase):
         return nodes
 
     def relay(self, name):
-        p = bustest.Proc(["relay", "--store", self.uri, "--bus", self.nats.url],
+        port = cqtest.free_port()
+        p = bustest.Proc(["relay", "--store", self.uri, "--bus", self.nats.url,
+                          "--listen", "127.0.0.1:%d" % port],
                          os.path.join(self.tmp, "%s-%s.log" % (self._testMethodName, name)))
+        p.port = port
         self.procs.append(p)
         return p.start()
+
+    def http(self, port, path):
+        """(status, body text) of GET path on 127.0.0.1:port; (None, why)
+        when nothing answers."""
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, r.read().decode("utf-8", "replace")
+        except OSError as e:
+            return None, repr(e)
+        finally:
+            conn.close()
+
+    def relay_metric(self, relay, name):
+        st, text = self.http(relay.port, "/metrics")
+        self.assertEqual(st, 200, text)
+        for ln in text.splitlines():
+            if ln.startswith(name + " "):
+                return float(ln.split()[1])
+        raise AssertionError("no %s in the relay's /metrics:\n%s" % (name, text))
 
     def worker(self, name, url=None):
         p = bustest.Proc(["project", "--bus", url or self.nats.url, "--store", self.uri,
@@ -298,6 +323,16 @@ class BusFaultsTest(unittest.TestCase):
                 break
             time.sleep(0.1)
         caught_up = time.monotonic() - t0
+        active = [p for p in self.procs if p.args[0] == "relay" and p.alive()
+                  and self.http(p.port, "/readyz")[0] == 200]
+        self.assertEqual(len(active), 1, "want one active relay")
+        lag = None
+        while time.monotonic() - t0 < SETTLE_SECONDS:
+            lag = self.relay_metric(active[0], "cqrsd_relay_lag_events")
+            if lag == 0:
+                break
+            time.sleep(0.2)
+        self.assertEqual(lag, 0, "cqrsd_relay_lag_events")
         self.assertEqual(n, head, "the stream holds %r messages, the store %d events, %.0f s"
                          " after the load stopped" % (n, head, SETTLE_SECONDS))
         # no acknowledged command lost, none applied twice in the store
@@ -379,11 +414,16 @@ class BusFaultsTest(unittest.TestCase):
             self.assertGreater(before or 0, 0, "nothing published before the kill")
             mark = len(b.log_text())
             self.assertNotIn("holds the relay lock", b.log_text())
+            st, body = self.http(b.port, "/readyz")
+            self.assertEqual(st, 503, "a standby relay's /readyz: %s" % body)
+            self.assertEqual(self.http(a.port, "/readyz")[0], 200)
             t_kill = time.monotonic()
             a.kill()
             took = self.wait_log(b, "holds the relay lock", 5.0, after=mark)
             self.assertIsNotNone(took, "the standby did not take the lock within 5 s:\n"
                                  + b.log_text())
+            st, body = self.http(b.port, "/readyz")
+            self.assertEqual(st, 200, "the new active relay's /readyz: %s" % body)
             # and publishes: the stream grows within 5 s of the kill
             grew = None
             while time.monotonic() - t_kill < 5.0:
