@@ -274,6 +274,8 @@ line "consistency window, A -> B" "p50" "p99" ""
 line "  at $(num "$w_rate") cmd/s (paced, 4 conns)" "$(ms "$w_p50")" "$(ms "$w_p99")" \
     "target p99 <= 20 ms: $met"
 line "  at $(num "$u_rate") cmd/s (unpaced, 8 conns)" "$(ms "$u_p50")" "$(ms "$u_p99")" ""
+line "  PlaceOrder 202 latency, paced run (info)" "$(ms "$(field window cmd_p50_us "$TMP/window.out")")" \
+    "$(ms "$(field window cmd_p99_us "$TMP/window.out")")" "(the machine's noise floor)"
 line "  the seeds' Kafka pipeline" "50-200 ms" "" ""
 printf '  %-44s %12s\n' "  answers not 202 / not fresh" "${w_bad:-n/a}"
 printf '  %-44s %12s\n' "end to end (3 nodes -> relay -> read model)" "$(num "$e2e") ev/s"
