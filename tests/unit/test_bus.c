@@ -616,10 +616,11 @@ static void test_worker_rebuild_then_bus(void **state)
     worker_fx wf;
     cq_projection_status st;
     int64_t n, total;
-    char *v2 = strdup(tally_sql);
+    char *v2;
 
     if (!use_pg)
         skip();
+    v2 = strdup(tally_sql);
     strstr(v2, "@version 1")[9] = '2';
     append(f, "s-1", 30); /* i = 0..29: total 435 */
     r = relay_new(f);
