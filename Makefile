@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 PREFIX ?= /usr/local
 
-.PHONY: all deps build run install test test-unit bench clean
+.PHONY: all deps build run install test test-unit bench fuzz clean
 
 all: build
 
@@ -31,14 +31,27 @@ test: build
 	cmake --build build-tsan -j $(JOBS)
 	cmake -S . -B build-asan -DCQ_SANITIZE=address -DCQ_BENCH=OFF >/dev/null
 	cmake --build build-asan -j $(JOBS)
-	cd build && ctest --output-on-failure -j 2
+	cd build && ctest --output-on-failure --no-tests=error -j 2
 	cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
-		ctest --output-on-failure -L tsan
-	cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j 2
+		ctest --output-on-failure --no-tests=error -L tsan
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1 \
+		ctest --output-on-failure --no-tests=error -j 2
 
 bench: build
-	@sh scripts/deps.sh wrk postgresql nats-server
+	@sh scripts/deps.sh wrk postgresql npm nats-server
 	sh bench/run.sh
 
+# Fuzzing with libFuzzer: clang (from apt), ASan+UBSan, every target in
+# tests/fuzz for FUZZ_SECONDS each (new inputs go to build-fuzz/corpus/,
+# never into the committed corpus). Fails if a target finds a crash.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@sh scripts/deps.sh clang libclang-rt-dev
+	cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCQ_FUZZ=ON \
+		-DCQ_SANITIZE=address -DCQ_BENCH=OFF >/dev/null
+	cmake --build build-fuzz -j $(JOBS)
+	cd build-fuzz && ctest --output-on-failure --no-tests=error -L fuzz
+	sh scripts/fuzz.sh build-fuzz $(FUZZ_SECONDS)
+
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fuzz

@@ -36,6 +36,18 @@ case $first in '' | *[!0-9]*) echo "nodes.sh: -p must be a port" >&2; exit 2 ;; 
 [ -x "$CQRSD" ] || { echo "nodes.sh: $CQRSD not found: run 'make build' (or set CQRSD)" >&2; exit 1; }
 command -v curl >/dev/null 2>&1 || { echo "nodes.sh: curl not found" >&2; exit 1; }
 
+# Every port free, so that no other server answers in a node's place.
+i=0
+while [ "$i" -lt "$n" ]; do
+    port=$((first + i))
+    if ! python3 -c 'import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null; then
+        echo "nodes.sh: port $port is in use (choose others with -p)" >&2
+        exit 1
+    fi
+    i=$((i + 1))
+done
+
 logs=${NODES_LOG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/cqrsd-nodes.XXXXXX")}
 mkdir -p "$logs"
 pg_state=
@@ -93,6 +105,9 @@ for pid in $pids; do
     done
 done
 
+for pid in $pids; do
+    kill -0 "$pid" 2>/dev/null || { echo "nodes.sh: a node (pid $pid) exited at start; see $logs" >&2; exit 1; }
+done
 echo "nodes.sh: $n nodes on $shown"
 i=0
 while [ "$i" -lt "$n" ]; do

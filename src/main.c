@@ -12,6 +12,8 @@
  *   cqrsd projections [--server HOST:PORT] list | status NAME |
  *                     pause | resume | reset | retry | skip NAME |
  *                     rebuild NAME [--no-wait]
+ *   cqrsd backup --data DIR --to PATH
+ *   cqrsd restore --from PATH --data DIR [--force]
  *   cqrsd version | help
  *
  * `serve` loads the domain modules (--domain, else the orders example;
@@ -45,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/backup.h"
 #include "cli/cli.h"
 #include "command/writer.h"
 #include "bus/bus.h"
@@ -100,6 +103,8 @@ static void usage(FILE *f)
           "                         pause | resume | reset | retry | skip "
           "NAME |\n"
           "                         rebuild NAME [--no-wait]\n"
+          "       cqrsd backup --data DIR --to PATH\n"
+          "       cqrsd restore --from PATH --data DIR [--force]\n"
           "       cqrsd version\n"
           "\n"
           "  --data DIR              where events.db and read.db live "
@@ -124,7 +129,7 @@ static void usage(FILE *f)
           "  --threads N             HTTP threads, 1-64 (default 2)\n"
           "  --idempotency-ttl S     how long Idempotency-Keys are "
           "remembered,\n"
-          "                          60-31536000 seconds (default 86400)\n"
+          "                          1-31536000 seconds (default 86400)\n"
           "  --body-limit BYTES      largest request body, 1024-67108864\n"
           "                          (default 1048576)\n"
           "  --max-connections N     open HTTP connections, 16-1000000 "
@@ -243,7 +248,7 @@ static int parse_args(int argc, char **argv, options *o)
     o->ndomains = 0;
     o->bus = NULL;
     o->projector = 1;
-    for (int i = 2; i < argc; i++) {
+    for (int i = 2; i < argc; i += 2) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         int rc = 0;
@@ -269,7 +274,7 @@ static int parse_args(int argc, char **argv, options *o)
         else if (strcmp(a, "--threads") == 0)
             rc = parse_num(a, v, 1, 64, &o->threads);
         else if (strcmp(a, "--idempotency-ttl") == 0)
-            rc = parse_num(a, v, 60, 31536000, &o->ttl_s);
+            rc = parse_num(a, v, 1, 31536000, &o->ttl_s);
         else if (strcmp(a, "--body-limit") == 0)
             rc = parse_num(a, v, 1024, 64 * 1024 * 1024, &o->body_limit);
         else if (strcmp(a, "--max-connections") == 0)
@@ -280,16 +285,20 @@ static int parse_args(int argc, char **argv, options *o)
             rc = parse_num(a, v, 1, 3600, &o->header_timeout_s);
         else if (strcmp(a, "--bus") == 0)
             o->bus = v;
-        else if (strcmp(a, "--projector") == 0 &&
-                 (strcmp(v, "on") == 0 || strcmp(v, "off") == 0))
+        else if (strcmp(a, "--projector") == 0) {
+            if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+                fprintf(stderr, "cqrsd: --projector: '%s' is not on or off\n",
+                        v);
+                return -1;
+            }
             o->projector = strcmp(v, "on") == 0;
+        }
         else {
             fprintf(stderr, "cqrsd: unknown option %s\n", a);
             return -1;
         }
         if (rc != 0)
             return -1;
-        i++;
     }
     return check_stores(o->store, o->read_store, &o->data);
 }
@@ -617,6 +626,8 @@ int main(int argc, char **argv)
         return cq_cli_projections(argc, argv);
     if (strcmp(argv[1], "new") == 0)
         return cq_cli_new(argc, argv);
+    if (strcmp(argv[1], "backup") == 0 || strcmp(argv[1], "restore") == 0)
+        return cq_cli_backup(argc, argv);
     if (strcmp(argv[1], "relay") == 0)
         return cq_bus_cli_relay(argc, argv);
     if (strcmp(argv[1], "project") == 0)

@@ -130,7 +130,8 @@ json_t *cq_http_parse_body(request *q, enum MHD_Result *ret)
                                  "required");
         return NULL;
     }
-    doc = json_loadb(q->body, q->len, JSON_REJECT_DUPLICATES, &jerr);
+    doc = json_loadb(q->body, q->len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+                     &jerr);
     if (doc == NULL) {
         *ret = cq_http_send_problem(
             q->conn, 400, "malformed-json", NULL,

@@ -41,13 +41,25 @@ ON CONFLICT (payment_id) DO NOTHING;
 """
 
 
+def run_cli(test, argv):
+    """Run `cqrsd projections ...` (argv after the binary); fail `test` if
+    its stderr holds a sanitizer report (the same patterns as the
+    server's: an ASan or TSan build of the CLI reports there and may still
+    exit with the code the test expects). Returns the CompletedProcess."""
+    p = subprocess.run([cqtest.BINARY] + list(argv), capture_output=True,
+                       text=True, timeout=60)
+    for pat in cqtest.SANITIZER_PATTERNS:
+        test.assertNotIn(pat, p.stderr, "cqrsd %s: sanitizer report:\n%s"
+                         % (" ".join(argv), p.stderr))
+    return p
+
+
 class ProjectionsCliTest(cqtest.ServerTestCase):
     def cli(self, *args, server=True):
-        argv = [cqtest.BINARY, "projections"]
+        argv = ["projections"]
         if server:
             argv += ["--server", "127.0.0.1:%d" % self.server.port]
-        p = subprocess.run(argv + list(args), capture_output=True, text=True,
-                           timeout=60)
+        p = run_cli(self, argv + list(args))
         return p.returncode, p.stdout, p.stderr
 
     def status(self, name):
@@ -178,15 +190,13 @@ class ProjectionsCliTest(cqtest.ServerTestCase):
                      ("status", "order_summaries", "--no-wait")):
             rc, _, err = self.cli(*args)
             self.assertEqual(rc, 2, "%r: %s" % (args, err))
-        p = subprocess.run([cqtest.BINARY, "projections", "--server",
-                            "127.0.0.1:%d" % cqtest.free_port(), "list"],
-                           capture_output=True, text=True, timeout=60)
+        p = run_cli(self, ["projections", "--server",
+                           "127.0.0.1:%d" % cqtest.free_port(), "list"])
         self.assertEqual(p.returncode, 2)
         self.assertIn("cannot reach", p.stderr)
-        p = subprocess.run([cqtest.BINARY, "projections", "--server",
-                            "127.0.0.1:%d" % cqtest.free_port(), "rebuild",
-                            "order_summaries"],
-                           capture_output=True, text=True, timeout=60)
+        p = run_cli(self, ["projections", "--server",
+                           "127.0.0.1:%d" % cqtest.free_port(), "rebuild",
+                           "order_summaries"])
         self.assertEqual(p.returncode, 2)
         self.assertIn("cannot reach", p.stderr)
 
@@ -235,10 +245,9 @@ class RebuildFailureCliTest(cqtest.ServerTestCase):
                 break
             self.assertLess(time.monotonic(), deadline, d)
             time.sleep(0.02)
-        p = subprocess.run([cqtest.BINARY, "projections", "--server",
-                            "127.0.0.1:%d" % self.server.port, "rebuild",
-                            "cli_picky"],
-                           capture_output=True, text=True, timeout=60)
+        p = run_cli(self, ["projections", "--server",
+                           "127.0.0.1:%d" % self.server.port, "rebuild",
+                           "cli_picky"])
         self.assertEqual(p.returncode, 1, "stdout %r stderr %r"
                          % (p.stdout, p.stderr))
         self.assertIn("the rebuild of cli_picky failed: ", p.stderr)

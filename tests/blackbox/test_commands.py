@@ -6,10 +6,12 @@ table, If-Match and Idempotency-Key.
 import json
 import sys
 import threading
+import time
 
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
+from problems import assert_type  # noqa: E402
 from cqtest import ServerTestCase, UUID7_RE, order_body, uid  # noqa: E402
 
 
@@ -48,9 +50,13 @@ class CommandTestBase(ServerTestCase):
         self.assertEqual(h.get("etag"), '"%d"' % b["version"], "ETag header (body %r)" % (b,))
         return b
 
-    def refused(self, resp, status):
+    def refused(self, resp, status, slug):
+        """A problem+json answer of this status whose type is
+        urn:cqrsd:problem:<slug> (docs/api.md, "Errors")."""
         st, h, b = resp
-        return self.assertProblem(st, h, b, status)
+        self.assertProblem(st, h, b, status)
+        assert_type(self, b, slug)
+        return b
 
     def place(self, oid=None, **kw):
         body = order_body(oid, **kw)
@@ -115,16 +121,17 @@ class PlaceOrderTest(CommandTestBase):
     def test_place_order_twice_conflicts(self):
         oid, _ = self.place()
         before = self.c.head()
-        self.refused(self.c.command("PlaceOrder", order_body(oid)), 409)
+        self.refused(self.c.command("PlaceOrder", order_body(oid)), 409, "stream-exists")
         # also with different contents
-        self.refused(self.c.command("PlaceOrder", order_body(oid, customer_id="c-2")), 409)
+        self.refused(self.c.command("PlaceOrder", order_body(oid, customer_id="c-2")), 409,
+                     "stream-exists")
         self.assertNothingAppended(before)
         self.assertEqual(len(self.stream(oid)["events"]), 1)
 
     def test_unknown_command_type(self):
         before = self.c.head()
-        self.refused(self.c.command("FlyToTheMoon", order_body()), 404)
-        self.refused(self.c.command("placeorder", order_body()), 404)
+        self.refused(self.c.command("FlyToTheMoon", order_body()), 404, "not-found")
+        self.refused(self.c.command("placeorder", order_body()), 404, "not-found")
         self.assertNothingAppended(before)
 
     def test_max_sized_ids_accepted(self):
@@ -189,27 +196,27 @@ class PaymentTest(CommandTestBase):
     def test_overpayment_refused(self):
         oid, _ = self.place()
         before = self.c.head()
-        self.refused(self.pay(oid, 1001), 422)
+        self.refused(self.pay(oid, 1001), 422, "refused")
         self.assertNothingAppended(before)
         self.accepted(self.pay(oid, 600), "order-" + oid, ["PaymentReceived"])
         before = self.c.head()
-        self.refused(self.pay(oid, 401), 422)
+        self.refused(self.pay(oid, 401), 422, "refused")
         self.assertNothingAppended(before)
         self.accepted(self.pay(oid, 400), "order-" + oid, ["PaymentReceived", "OrderPaid"])
         before = self.c.head()
-        self.refused(self.pay(oid, 1), 422)  # nothing is due any more
+        self.refused(self.pay(oid, 1), 422, "refused")  # nothing is due any more
         self.assertNothingAppended(before)
 
     def test_payment_on_cancelled_refused(self):
         oid, _ = self.place()
         self.accepted(self.cancel(oid), "order-" + oid, ["OrderCancelled"])
         before = self.c.head()
-        self.refused(self.pay(oid, 100), 422)
+        self.refused(self.pay(oid, 100), 422, "refused")
         self.assertNothingAppended(before)
 
     def test_payment_unknown_order(self):
         before = self.c.head()
-        self.refused(self.pay(uid("nope"), 100), 404)
+        self.refused(self.pay(uid("nope"), 100), 404, "not-found")
         self.assertNothingAppended(before)
 
 
@@ -218,11 +225,11 @@ class ShipCancelTest(CommandTestBase):
     def test_ship_unpaid_refused(self):
         oid, _ = self.place()
         before = self.c.head()
-        self.refused(self.ship(oid), 422)
+        self.refused(self.ship(oid), 422, "refused")
         self.assertNothingAppended(before)
         self.accepted(self.pay(oid, 999), "order-" + oid, ["PaymentReceived"])
         before = self.c.head()
-        self.refused(self.ship(oid), 422)  # partially paid
+        self.refused(self.ship(oid), 422, "refused")  # partially paid
         self.assertNothingAppended(before)
 
     def test_ship_paid_then_again(self):
@@ -231,7 +238,7 @@ class ShipCancelTest(CommandTestBase):
         b = self.accepted(self.ship(oid), "order-" + oid, ["OrderShipped"])
         self.assertEqual(b["version"], 4)
         before = self.c.head()
-        self.refused(self.ship(oid), 422)
+        self.refused(self.ship(oid), 422, "refused")
         self.assertNothingAppended(before)
         ev = self.stream(oid)["events"][-1]
         self.assertEqual(ev["type"], "OrderShipped")
@@ -241,7 +248,7 @@ class ShipCancelTest(CommandTestBase):
         self.accepted(self.pay(oid, 1000), "order-" + oid, ["PaymentReceived", "OrderPaid"])
         self.accepted(self.ship(oid), "order-" + oid, ["OrderShipped"])
         before = self.c.head()
-        self.refused(self.cancel(oid), 422)
+        self.refused(self.cancel(oid), 422, "refused")
         self.assertNothingAppended(before)
 
     def test_ship_cancelled_refused(self):
@@ -249,7 +256,7 @@ class ShipCancelTest(CommandTestBase):
         self.accepted(self.pay(oid, 1000), "order-" + oid, ["PaymentReceived", "OrderPaid"])
         self.accepted(self.cancel(oid), "order-" + oid, ["OrderCancelled"])
         before = self.c.head()
-        self.refused(self.ship(oid), 422)
+        self.refused(self.ship(oid), 422, "refused")
         self.assertNothingAppended(before)
 
     def test_cancel_twice_refused(self):
@@ -257,7 +264,7 @@ class ShipCancelTest(CommandTestBase):
         b = self.accepted(self.cancel(oid, "oops"), "order-" + oid, ["OrderCancelled"])
         self.assertEqual(b["version"], 2)
         before = self.c.head()
-        self.refused(self.cancel(oid), 422)
+        self.refused(self.cancel(oid), 422, "refused")
         self.assertNothingAppended(before)
         d = self.stream(oid)["events"][-1]["data"]
         self.assertEqual(d["reason"], "oops")
@@ -282,9 +289,9 @@ class ShipCancelTest(CommandTestBase):
     def test_commands_on_unknown_order(self):
         before = self.c.head()
         oid = uid("ghost")
-        self.refused(self.pay(oid, 100), 404)
-        self.refused(self.ship(oid), 404)
-        self.refused(self.cancel(oid), 404)
+        self.refused(self.pay(oid, 100), 404, "not-found")
+        self.refused(self.ship(oid), 404, "not-found")
+        self.refused(self.cancel(oid), 404, "not-found")
         self.assertNothingAppended(before)
         st, _, _ = self.c.get("/streams/order-" + oid)
         self.assertEqual(st, 404, "a refused command created the stream")
@@ -303,17 +310,28 @@ class IfMatchTest(CommandTestBase):
         oid, _ = self.place()
         self.accepted(self.pay(oid, 100), "order-" + oid, ["PaymentReceived"])
         before = self.c.head()
-        self.refused(self.pay(oid, 100, if_match='"1"'), 412)   # stale
-        self.refused(self.pay(oid, 100, if_match='"3"'), 412)   # future
-        self.refused(self.cancel(oid, if_match='"7"'), 412)
+        self.refused(self.pay(oid, 100, if_match='"1"'), 412, "precondition-failed")   # stale
+        self.refused(self.pay(oid, 100, if_match='"3"'), 412, "precondition-failed")   # future
+        self.refused(self.cancel(oid, if_match='"7"'), 412, "precondition-failed")
         self.assertNothingAppended(before)
         self.assertEqual(self.stream(oid)["version"], 2)
 
-    def test_if_match_on_refused_command_appends_nothing(self):
+    def test_if_match_on_refused_command(self):
+        # The precondition is checked before the decider runs (docs/api.md:
+        # "the command runs only if the stream is at this version"): a
+        # command the rules would refuse, sent with a stale If-Match, is 412
+        # precondition-failed, never 422; with the current version it is
+        # the rules' 422.
         oid, _ = self.place()
         before = self.c.head()
-        st, _, _ = self.ship(oid, if_match='"5"')
-        self.assertIn(st, (412, 422))
+        b = self.refused(self.ship(oid, if_match='"5"'), 412, "precondition-failed")
+        self.assertIn("5", b["detail"])
+        self.refused(self.ship(oid, if_match='"1"'), 422, "refused")
+        self.accepted(self.pay(oid, 1000), "order-" + oid, ["PaymentReceived", "OrderPaid"])
+        self.accepted(self.cancel(oid), "order-" + oid, ["OrderCancelled"])
+        before = self.c.head()
+        self.refused(self.cancel(oid, if_match='"2"'), 412, "precondition-failed")
+        self.refused(self.cancel(oid, if_match='"4"'), 422, "refused")
         self.assertNothingAppended(before)
 
 
@@ -355,12 +373,18 @@ class IdempotencyTest(CommandTestBase):
                       "order-" + body["order_id"], ["OrderPlaced"])
         before = self.c.head()
         other = order_body()
-        self.refused(self.c.command("PlaceOrder", other, key=key), 422)
+        self.refused(self.c.command("PlaceOrder", other, key=key), 422,
+                     "idempotency-key-reused")
         changed = dict(body, customer_id="c-other")
-        self.refused(self.c.command("PlaceOrder", changed, key=key), 422)
+        self.refused(self.c.command("PlaceOrder", changed, key=key), 422,
+                     "idempotency-key-reused")
         # same key on another command type
         self.refused(self.c.command("CancelOrder", {"order_id": body["order_id"],
-                                                    "reason": "x"}, key=key), 422)
+                                                    "reason": "x"}, key=key), 422,
+                     "idempotency-key-reused")
+        # same key and body with another If-Match
+        self.refused(self.c.command("PlaceOrder", body, key=key, if_match='"1"'), 422,
+                     "idempotency-key-reused")
         self.assertNothingAppended(before)
         st, _, _ = self.c.get("/streams/order-" + other["order_id"])
         self.assertEqual(st, 404)
@@ -369,11 +393,10 @@ class IdempotencyTest(CommandTestBase):
         oid, _ = self.place()
         key = uid("key")
         pid = uid("p")
-        st1, h1, b1 = self.pay(oid, 5000, pid, key=key)
-        self.assertProblem(st1, h1, b1, 422)
+        b1 = self.refused(self.pay(oid, 5000, pid, key=key), 422, "refused")
         before = self.c.head()
         st2, h2, b2 = self.pay(oid, 5000, pid, key=key)
-        self.assertProblem(st2, h2, b2, 422)
+        self.refused((st2, h2, b2), 422, "refused")
         self.assertEqual(b2, b1)
         self.assertEqual(h2.get("idempotency-replayed", "").lower(), "true",
                          "refused command not replayed (headers %r)" % (h2,))
@@ -385,7 +408,7 @@ class IdempotencyTest(CommandTestBase):
         oid, _ = self.place()
         key = uid("key")
         st1, h1, b1 = self.ship(oid, key=key)
-        self.assertProblem(st1, h1, b1, 422)
+        self.refused((st1, h1, b1), 422, "refused")
         self.accepted(self.pay(oid, 1000), "order-" + oid, ["PaymentReceived", "OrderPaid"])
         before = self.c.head()
         st2, h2, b2 = self.ship(oid, key=key)
@@ -402,7 +425,7 @@ class IdempotencyTest(CommandTestBase):
         oid, _ = self.place()
         key2 = uid("key")
         st, h, r1 = self.pay(oid, 9999, "p-x", key=key2)
-        self.assertProblem(st, h, r1, 422)
+        self.refused((st, h, r1), 422, "refused")
         before = self.c.head()
         self.c.close()
         self.server.restart()
@@ -412,7 +435,7 @@ class IdempotencyTest(CommandTestBase):
         self.assertEqual(b2, b1)
         self.assertEqual(h2.get("idempotency-replayed", "").lower(), "true")
         st3, h3, r2 = self.pay(oid, 9999, "p-x", key=key2)
-        self.assertProblem(st3, h3, r2, 422)
+        self.refused((st3, h3, r2), 422, "refused")
         self.assertEqual(r2, r1)
         self.assertEqual(h3.get("idempotency-replayed", "").lower(), "true")
         self.assertNothingAppended(before)
@@ -425,6 +448,77 @@ class IdempotencyTest(CommandTestBase):
         st, h, _ = self.c.command("PlaceOrder", body, key=key)
         self.assertEqual(st, 202)
         self.assertEqual(h.get("idempotency-replayed", "").lower(), "true")
+
+
+class IdempotencyExpiryTest(CommandTestBase):
+    """--idempotency-ttl: a key is remembered that long, then forgotten,
+    and the same key runs the command again (its own server, with a short
+    TTL)."""
+    TTL = 4
+    server_args = ("--idempotency-ttl", str(TTL))
+
+    def wait_expired(self, since):
+        """Sleep until TTL seconds (and a margin) after `since`."""
+        left = since + self.TTL + 0.5 - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+
+    def replayed(self, h):
+        return h.get("idempotency-replayed", "").lower() == "true"
+
+    def test_same_key_runs_again_after_expiry(self):
+        oid, _ = self.place()
+        key = uid("key")
+        t0 = time.monotonic()
+        b1 = self.accepted(self.cancel(oid, "first", key=key), "order-" + oid,
+                           ["OrderCancelled"])
+        st, h, b = self.cancel(oid, "first", key=key)
+        self.assertLess(time.monotonic() - t0, self.TTL,
+                        "too slow to see the key before it expires")
+        self.assertEqual((st, b), (202, b1))
+        self.assertTrue(self.replayed(h), h)
+        self.wait_expired(t0)
+        # forgotten: the same request runs again, and the order is already
+        # cancelled
+        before = self.c.head()
+        st, h, b = self.cancel(oid, "first", key=key)
+        self.refused((st, h, b), 422, "refused")
+        self.assertFalse(self.replayed(h), "an expired key was replayed: %r" % (h,))
+        self.assertIn("cancelled", b["detail"])
+        self.assertNothingAppended(before)
+        # and that answer is the key's now
+        st, h, b2 = self.cancel(oid, "first", key=key)
+        self.assertEqual((st, b2), (422, b))
+        self.assertTrue(self.replayed(h), h)
+
+    def test_expired_key_takes_another_request(self):
+        oid, _ = self.place()
+        key = uid("key")
+        t0 = time.monotonic()
+        self.accepted(self.pay(oid, 100, "p-1", key=key), "order-" + oid,
+                      ["PaymentReceived"])
+        st, h, b = self.pay(oid, 200, "p-2", key=key)
+        self.assertLess(time.monotonic() - t0, self.TTL,
+                        "too slow to see the key before it expires")
+        self.refused((st, h, b), 422, "idempotency-key-reused")
+        self.wait_expired(t0)
+        b = self.accepted(self.pay(oid, 200, "p-2", key=key), "order-" + oid,
+                          ["PaymentReceived"])
+        self.assertEqual(b["version"], 3)
+        self.assertEqual([e["data"]["amount_cents"] for e in self.stream(oid)["events"]
+                          if e["type"] == "PaymentReceived"], [100, 200])
+
+    def test_expiry_holds_across_a_restart(self):
+        oid, _ = self.place()
+        key = uid("key")
+        t0 = time.monotonic()
+        self.accepted(self.pay(oid, 100, "p-r", key=key), "order-" + oid,
+                      ["PaymentReceived"])
+        self.c.close()
+        self.server.restart()
+        self.wait_expired(t0)
+        b = self.accepted(self.pay(oid, 100, "p-r", key=key), "order-" + oid, [])
+        self.assertEqual(b["version"], 2, "the repeated payment id emits nothing")
 
 
 class ConcurrencyTest(CommandTestBase):

@@ -1,6 +1,9 @@
 """Crash safety: clients send commands with Idempotency-Keys while the server
 is killed with SIGKILL at random moments; nothing acknowledged may be lost or
-duplicated, positions stay gap-free and every key replays its answer.
+duplicated, positions stay gap-free and every key replays its answer. A
+blue/green rebuild is killed twice: while it replays (not paused, commands
+coming in) and while it swaps its tables in. Every test ends with `cqrsd
+verify` on what the kills left.
 
     python3 tests/blackbox/test_crash.py /path/to/cqrsd
 
@@ -11,7 +14,11 @@ import http.client
 import json
 import os
 import random
+import shutil
+import sqlite3
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -19,6 +26,7 @@ import unittest
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
+from problems import assert_type  # noqa: E402
 from cqtest import Server  # noqa: E402
 
 THREADS = 8
@@ -28,6 +36,88 @@ ORDER_TOTAL = 500       # one item: 5 x 100
 PAYMENT = 100           # so 5 payments pay an order in full
 TRAFFIC_MAX_S = 25.0    # traffic phase, at most
 RETRY_GRACE_S = 30.0    # after the traffic phase, for unanswered commands
+
+
+# A projection whose handler counts to 500 for every order: some work per
+# event, so its rebuild can be caught replaying.
+SLOW_SQL = """\
+-- @projection crash_slow
+-- @version 1
+-- @mode async
+
+CREATE TABLE IF NOT EXISTS crash_slow (
+    order_id    TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    work        INTEGER NOT NULL
+);
+
+-- @on OrderPlaced
+INSERT INTO crash_slow (order_id, customer_id, work)
+VALUES (:data.order_id, :data.customer_id,
+        (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+         SELECT count(*) FROM n))
+ON CONFLICT (order_id) DO NOTHING;
+
+-- @query crash_slow_orders
+-- @result list
+SELECT order_id, customer_id FROM crash_slow ORDER BY order_id;
+"""
+
+
+def place_cmd(key, order_id, tid):
+    return Cmd(key, "PlaceOrder",
+               {"order_id": order_id, "customer_id": "cust-%d" % tid, "currency": "EUR",
+                "items": [{"sku": "sku-%d" % tid, "quantity": 5,
+                           "unit_price_cents": PAYMENT}]}, order_id)
+
+
+def rebuild_row(read_db, name):
+    """(position, reason) of name's rebuild in progress in read.db, or None
+    (read with the server stopped)."""
+    con = sqlite3.connect("file:%s?mode=ro" % read_db, uri=True)
+    try:
+        return con.execute("SELECT position, reason FROM cq_rebuilds WHERE name = ?",
+                           (name,)).fetchone()
+    finally:
+        con.close()
+
+
+def rebuild_logged(read_db, name, started_at):
+    """The outcome cq_rebuild_log has for name's rebuild that started at
+    started_at (RFC 3339, as the status shows it), or None."""
+    con = sqlite3.connect("file:%s?mode=ro" % read_db, uri=True)
+    try:
+        rows = con.execute("SELECT started_at, outcome FROM cq_rebuild_log WHERE name = ?",
+                           (name,)).fetchall()
+    finally:
+        con.close()
+    for ms, outcome in rows:
+        t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000))
+        if started_at == "%s.%03dZ" % (t, ms % 1000):
+            return outcome
+    return None
+
+
+def old_tables(read_db):
+    con = sqlite3.connect("file:%s?mode=ro" % read_db, uri=True)
+    try:
+        return [r[0] for r in con.execute(
+            "SELECT name FROM sqlite_schema WHERE name LIKE '%\\_\\_cq\\_old' ESCAPE '\\'")]
+    finally:
+        con.close()
+
+
+def plant_views(read_db, n):
+    """n views over a table of their own in read.db (server stopped): they
+    make every ALTER TABLE ... RENAME on it slower (see the test)."""
+    con = sqlite3.connect(read_db, timeout=30)
+    try:
+        con.executescript(
+            "BEGIN; CREATE TABLE crash_pad (a INTEGER);" +
+            "".join("CREATE VIEW crash_pad_v%d AS SELECT a, %d AS k FROM crash_pad;" % (i, i)
+                    for i in range(n)) + "COMMIT;")
+    finally:
+        con.close()
 
 
 class Cmd:
@@ -93,10 +183,25 @@ class CrashTest(unittest.TestCase):
         self.seed = int(os.environ.get("CQ_SEED", str(time.time_ns() % (2 ** 31))))
         print("\ncrash test seed: CQ_SEED=%d" % self.seed, flush=True)
 
+    def verify(self, data_dir, *args):
+        """`cqrsd verify` on a stopped server's directory: every read model
+        must equal a replay of the events the kills left."""
+        p = subprocess.run([cqtest.BINARY, "verify", "--data", data_dir] + list(args),
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
+        out = p.stdout.decode("utf-8", "replace")
+        err = p.stderr.decode("utf-8", "replace")
+        for pat in cqtest.SANITIZER_PATTERNS:
+            self.assertNotIn(pat, err, "cqrsd verify: sanitizer report:\n" + err)
+        self.assertEqual(p.returncode, 0, "cqrsd verify after the kills:\n%s%s"
+                         % (out, err))
+        self.assertIn("every projection matches its events", out)
+
     def test_crash_safety(self):
         rng = random.Random(self.seed)
         with Server(cqtest.BINARY) as srv:
             self.run_crash(srv, rng)
+            srv.stop()
+            self.verify(srv.data_dir)
 
     def test_sigterm_under_load(self):
         """SIGTERM while clients are busy (3 rounds): exit code 0 each time,
@@ -106,6 +211,7 @@ class CrashTest(unittest.TestCase):
             cmds = []
             lock = threading.Lock()
             errors = []
+            refused_503 = []
 
             def worker(rnd, tid, stopping):
                 conn = Conn(srv)
@@ -127,7 +233,10 @@ class CrashTest(unittest.TestCase):
                                 return
                             raise
                         if st >= 500 and stopping.is_set():
-                            return  # refused while shutting down: not processed
+                            # refused while shutting down: not processed
+                            with lock:
+                                refused_503.append((st, h.get("retry-after"), b))
+                            return
                         cmd.status, cmd.answer = st, b
                         if st != 202:
                             raise AssertionError("%s -> %s %r" % (cmd.key, st, b))
@@ -152,6 +261,14 @@ class CrashTest(unittest.TestCase):
                 self.assertEqual(errors, [])
             acked = [c for c in cmds if c.status == 202]
             self.assertGreater(len(acked), 5, "too few commands before the stops")
+            # a write refused because the server is stopping is 503
+            # `unavailable` with Retry-After: 1 (docs/api.md, "Errors")
+            for st, retry_after, b in refused_503:
+                self.assertEqual(st, 503, b)
+                assert_type(self, b, "unavailable")
+                self.assertEqual(retry_after, "1", b)
+            sys.stderr.write("\n  SIGTERM rounds: %d commands acknowledged, %d refused "
+                             "with 503 while stopping\n" % (len(acked), len(refused_503)))
             srv.start()
             client = cqtest.Client(srv)
             try:
@@ -175,8 +292,222 @@ class CrashTest(unittest.TestCase):
                 conn.close()
             finally:
                 client.close()
+            srv.stop()
+            self.verify(srv.data_dir)
 
     # ------------------------------------------------------------------
+
+    def test_kills_during_rebuild_and_swap(self):
+        """SIGKILL lands while a blue/green rebuild replays (not paused,
+        with commands coming in), and again while it swaps its tables in;
+        each time the rebuild resumes at the next start from its own
+        checkpoint, nothing acknowledged is lost, every key replays, and
+        `cqrsd verify` agrees with the read models at the end.
+
+        The replay is made slow enough to be caught half-way by a
+        projection whose handler does some work per event (SLOW_SQL); the
+        swap by planting views in read.db: SQLite's ALTER TABLE ... RENAME,
+        which the swap runs for every table, checks each view of the
+        schema, so a few thousand of them stretch the swap's transaction to
+        a good part of a second. The swap runs once the shadow has reached
+        the head, in the same projector step, so a kill sent as soon as the
+        status shows events_done == events_total lands in it; read.db then
+        proves it did (the rebuild's checkpoint row is still there, at the
+        head, and no rebuild was logged)."""
+        rng = random.Random(self.seed + 2)
+        pdir = tempfile.mkdtemp(prefix="cqrsd-crash-p-")
+        self.addCleanup(shutil.rmtree, pdir, True)
+        with open(os.path.join(pdir, "crash_slow.sql"), "w") as f:
+            f.write(SLOW_SQL)
+        run = "%x" % (self.seed & 0xFFFFFF)
+        cmds = []
+        with Server(cqtest.BINARY, args=("--projections", pdir)) as srv:
+            c = cqtest.Client(srv)
+            try:
+                # 1300 orders (a rebuild step replays 1000 events at most,
+                # so it takes two), applied by the live projection first
+                loaded = [place_cmd("rl-%s-%d" % (run, i), "ro-%s-%d" % (run, i), i % 8)
+                          for i in range(1300)]
+                for cmd, (st, h, b) in zip(loaded, self.resend_all(srv, loaded)):
+                    self.assertEqual(st, 202, b)
+                    cmd.status, cmd.answer = st, b
+                cmds.extend(loaded)
+                head = c.head()
+                self.wait_position(c, "crash_slow", head, 300)
+
+                # ---- kill 1: the rebuild replays, commands come in ----------
+                # (a rebuild that ends before the poll sees it half-way, on
+                # a fast machine, is tried again)
+                stop = threading.Event()
+                lock = threading.Lock()
+                traffic = [threading.Thread(target=self.rebuild_traffic,
+                                            args=(srv, run, t, cmds, lock, stop),
+                                            daemon=True) for t in range(2)]
+                for t in traffic:
+                    t.start()
+                for attempt in range(3):
+                    started = self.start_rebuild(c)
+                    rb = self.poll_rebuild(
+                        c, started, lambda r: 1000 <= r["events_done"] < r["events_total"])
+                    if rb is not None:
+                        break
+                self.assertIsNotNone(rb, "3 rebuilds ended before one was seen half-way")
+                stop.set()
+                srv.kill()
+                for t in traffic:
+                    t.join(120)
+                sys.stderr.write("\n  rebuild killed half-way: %d/%d events\n"
+                                 % (rb["events_done"], rb["events_total"]))
+                read_db = os.path.join(srv.data_dir, "read.db")
+                shadow = rebuild_row(read_db, "crash_slow")
+                self.assertIsNotNone(shadow, "the rebuild's checkpoint is gone")
+                self.assertGreaterEqual(shadow[0], 1000, "the shadow checkpoint did not "
+                                        "persist the replayed events: %r" % (shadow,))
+                plant_views(read_db, 3000)
+
+                # ---- kill 2: the swap ---------------------------------------
+                # the resumed rebuild first; should its swap be done before
+                # the kill lands, a new rebuild (at most 3 tries)
+                resumed = 1
+                srv.start()
+                s = self.status(c, "crash_slow")
+                self.assertIsNotNone(s["rebuild"], s)
+                self.assertEqual((s["rebuild"]["reason"], s["rebuild"]["started_at"]),
+                                 ("resumed", started), s)
+                self.assertGreaterEqual(s["rebuild"]["events_done"], shadow[0], s)
+                landed = None
+                for attempt in range(3):
+                    if attempt:
+                        started = self.start_rebuild(c)
+                    rb = self.poll_rebuild(
+                        c, started, lambda r: r["events_done"] == r["events_total"])
+                    if rb is None:
+                        continue  # swapped before the poll saw the head
+                    srv.kill()
+                    shadow = rebuild_row(read_db, "crash_slow")
+                    if shadow is not None:
+                        landed = rb
+                        break
+                    # the swap had committed: it was logged, whole
+                    self.assertEqual(rebuild_logged(read_db, "crash_slow", started), "done")
+                    srv.start()
+                self.assertIsNotNone(landed, "no kill landed in a swap in 3 tries")
+                # the swap's transaction did not commit: the shadow at the
+                # head is still the rebuild's, nothing logged, no table of a
+                # half swap
+                self.assertEqual(shadow[0], landed["events_total"], shadow)
+                self.assertIsNone(rebuild_logged(read_db, "crash_slow", started))
+                self.assertEqual(old_tables(read_db), [],
+                                 "tables of a half-done swap are in read.db")
+                sys.stderr.write("  rebuild killed in its swap, at %d events (try %d)\n"
+                                 % (landed["events_total"], attempt + 1))
+                resumed += 1
+
+                # ---- the rebuild ends after the next start -------------------
+                srv.start()
+                s = self.wait_rebuilt(c, "crash_slow", started)
+                self.assertEqual(s["last_rebuild"]["outcome"], "done", s)
+                self.assertEqual(s["status"], "running", s)
+                self.assertEqual(srv.stderr_text().count(
+                    "crash_slow: rebuild resumed (requested)"), resumed,
+                    "the rebuild did not resume after each kill")
+                self.assertEqual(old_tables(read_db), [])
+                self.assertEqual(rebuild_logged(read_db, "crash_slow", started), "done")
+
+                # every command: answered now, the same answer again
+                first = self.resend_all(srv, cmds)
+                for cmd, (st, h, b) in zip(cmds, first):
+                    if cmd.status is not None:
+                        self.check_replay(cmd, st, h, b, "after the rebuild kills")
+                    else:
+                        self.assertEqual(st, cmd.expect, "late %s -> %s %r" % (cmd.key, st, b))
+                        cmd.status, cmd.answer = st, b
+                head = c.head()
+                self.verify_store(c, cmds, head)
+                self.wait_position(c, "crash_slow", head, 300)
+            finally:
+                c.close()
+            srv.stop()
+            self.verify(srv.data_dir, "--projections", pdir)
+        self.assertEqual(self.no_replay_header[:10], [])
+
+    def rebuild_traffic(self, srv, run, tid, cmds, lock, stop):
+        """PlaceOrder and payments with keys until `stop`; a command the
+        kill cut off stays unanswered (resent later)."""
+        wr = random.Random(self.seed * 7 + tid)
+        conn = Conn(srv)
+        placed = []
+        n = 0
+        try:
+            while not stop.is_set():
+                n += 1
+                key = "rt-%s-%d-%d" % (run, tid, n)
+                if placed and wr.random() < 0.4:
+                    slot = wr.choice(placed)
+                    slot[1] += 1
+                    if slot[1] >= 4:
+                        placed.remove(slot)
+                    pid = "rp-%s-%d-%d" % (run, tid, n)
+                    cmd = Cmd(key, "RecordPayment", {"order_id": slot[0], "payment_id": pid,
+                                                     "amount_cents": PAYMENT}, slot[0], pid)
+                else:
+                    cmd = place_cmd(key, "rto-%s-%d-%d" % (run, tid, n), tid)
+                with lock:
+                    cmds.append(cmd)
+                try:
+                    st, h, b = conn.send(cmd)
+                except (OSError, http.client.HTTPException):
+                    return
+                if st >= 500:
+                    return
+                cmd.status, cmd.answer = st, b
+                cmd.replayed = h.get("idempotency-replayed")
+                if cmd.ctype == "PlaceOrder" and st == 202:
+                    placed.append([cmd.order_id, 0])
+                time.sleep(wr.uniform(0.005, 0.03))
+        finally:
+            conn.close()
+
+    def status(self, c, name):
+        st, _, b = c.get("/projections/" + name)
+        self.assertEqual(st, 200, b)
+        return b
+
+    def start_rebuild(self, c):
+        st, _, b = c.post("/projections/crash_slow/rebuild")
+        self.assertEqual(st, 202, b)
+        return b["rebuild"]["started_at"]
+
+    def poll_rebuild(self, c, started, cond, timeout=300.0):
+        """Poll crash_slow's rebuild that started at `started` until
+        cond(its status) holds: that status, or None once it has ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.status(c, "crash_slow")
+            rb = s["rebuild"]
+            if rb is None or rb["started_at"] != started:
+                return None
+            if cond(rb):
+                return rb
+            self.assertLess(time.monotonic(), deadline, "rebuild stuck: %r" % (s,))
+            time.sleep(0.003)
+
+    def wait_rebuilt(self, c, name, started, timeout=300.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.status(c, name)
+            last = s["last_rebuild"]
+            if s["rebuild"] is None and last is not None and last["started_at"] == started:
+                return s
+            self.assertLess(time.monotonic(), deadline, "rebuild did not end: %r" % (s,))
+            time.sleep(0.02)
+
+    def wait_position(self, c, name, position, timeout):
+        deadline = time.monotonic() + timeout
+        while self.status(c, name)["position"] < position:
+            self.assertLess(time.monotonic(), deadline,
+                            "%s did not reach %d" % (name, position))
+            time.sleep(0.02)
 
     def run_crash(self, srv, rng):
         lock = threading.Lock()

@@ -4,16 +4,20 @@ appends nothing and leaves the server healthy.
     python3 tests/blackbox/test_errors.py /path/to/cqrsd
 """
 import json
+import os
 import socket
 import struct
 import sys
 import threading
 import time
+import unittest
 
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
-from cqtest import ServerTestCase, order_body, raw_exchange, uid  # noqa: E402
+from problems import URN, ProblemTypes  # noqa: E402
+from cqtest import (ServerTestCase, order_body, problem_errors, raw_exchange,  # noqa: E402
+                    uid)
 
 MIB = 1024 * 1024
 
@@ -46,7 +50,7 @@ def tearDownModule():
         _shared["server"].close()
 
 
-class HostileBase(ServerTestCase):
+class HostileBase(ProblemTypes, ServerTestCase):
 
     @classmethod
     def setUpClass(cls):
@@ -57,10 +61,11 @@ class HostileBase(ServerTestCase):
     def tearDownClass(cls):
         pass
 
-    def hostile(self, expect, method, path, body=None, headers=None, raw=None,
-                field=None, content_type="application/json"):
-        """Send one bad request; assert a problem+json `expect` answer, that
-        nothing was appended and that the server is still healthy."""
+    def hostile(self, expect, ptype, method, path, body=None, headers=None,
+                raw=None, field=None, content_type="application/json"):
+        """Send one bad request; assert a problem+json `expect` answer of
+        type urn:cqrsd:problem:`ptype`, that nothing was appended and that
+        the server is still healthy."""
         before = self.c.head()
         h = dict(headers or {})
         if raw is not None and content_type is not None and \
@@ -68,18 +73,23 @@ class HostileBase(ServerTestCase):
             h["Content-Type"] = content_type
         st, hh, b = self.c.req(method, path, body=body, headers=h, raw=raw)
         self.assertProblem(st, hh, b, expect)
+        self.assertType(b, ptype)
         if field is not None:
             self.assertFieldError(b, field)
         self.assertEqual(self.c.head(), before, "a refused request appended events")
         self.assertHealthy()
         return b
 
-    def place(self, body, expect=400, field=None, **kw):
-        return self.hostile(expect, "POST", "/commands/PlaceOrder", body=body,
-                            field=field, **kw)
+    def place(self, body, expect=400, field=None, ptype="validation-failed",
+              **kw):
+        """A PlaceOrder whose body is JSON: refused for what it says."""
+        return self.hostile(expect, ptype, "POST", "/commands/PlaceOrder",
+                            body=body, field=field, **kw)
 
-    def place_raw(self, raw, expect=400, **kw):
-        return self.hostile(expect, "POST", "/commands/PlaceOrder", raw=raw, **kw)
+    def place_raw(self, raw, expect=400, ptype="malformed-json", **kw):
+        """A PlaceOrder whose body is these bytes: by default, not JSON."""
+        return self.hostile(expect, ptype, "POST", "/commands/PlaceOrder",
+                            raw=raw, **kw)
 
     def placed_order(self):
         body = order_body()
@@ -100,7 +110,7 @@ class BodyShapeTest(HostileBase):
     def test_not_an_object(self):
         for v in ([], [order_body()], "PlaceOrder", 42, None, True):
             with self.subTest(v=v):
-                self.place_raw(json.dumps(v).encode())
+                self.place_raw(json.dumps(v).encode(), ptype="validation-failed")
 
     def test_wrong_types(self):
         cases = [
@@ -136,7 +146,8 @@ class BodyShapeTest(HostileBase):
         ]
         for ctype, field, body in cases:
             with self.subTest(ctype=ctype, body=body):
-                self.hostile(400, "POST", "/commands/" + ctype, body=body, field=field)
+                self.hostile(400, "validation-failed", "POST", "/commands/" + ctype,
+                             body=body, field=field)
 
     def test_missing_fields(self):
         full = order_body()
@@ -162,13 +173,14 @@ class BodyShapeTest(HostileBase):
                 ("CancelOrder", {"order_id": oid}, "reason"),
                 ("CancelOrder", {"reason": "r"}, "order_id")):
             with self.subTest(ctype=ctype, field=field):
-                self.hostile(400, "POST", "/commands/" + ctype, body=body, field=field)
+                self.hostile(400, "validation-failed", "POST", "/commands/" + ctype,
+                             body=body, field=field)
 
     def test_unknown_fields(self):
         self.place(order_body(bogus=1), field="bogus")
         self.place(order_body(items=[item(color="red")]), field="items[0].color")
         oid = self.placed_order()
-        self.hostile(400, "POST", "/commands/CancelOrder",
+        self.hostile(400, "validation-failed", "POST", "/commands/CancelOrder",
                      body={"order_id": oid, "reason": "r", "refund_cents": 5},
                      field="refund_cents")
 
@@ -201,7 +213,7 @@ class BodyShapeTest(HostileBase):
         oid = self.placed_order()
         for amount in (0, -5):
             with self.subTest(amount=amount):
-                self.hostile(400, "POST", "/commands/RecordPayment",
+                self.hostile(400, "validation-failed", "POST", "/commands/RecordPayment",
                              body={"order_id": oid, "payment_id": "p", "amount_cents": amount},
                              field="amount_cents")
 
@@ -229,7 +241,7 @@ class BodyShapeTest(HostileBase):
             self.place(order_body(items=[item(sku="")]), field="items[0].sku")
         oid = self.placed_order()
         with self.subTest(payment_id="bad"):
-            self.hostile(400, "POST", "/commands/RecordPayment",
+            self.hostile(400, "validation-failed", "POST", "/commands/RecordPayment",
                          body={"order_id": oid, "payment_id": "p 1", "amount_cents": 1},
                          field="payment_id")
 
@@ -246,36 +258,54 @@ class BodyShapeTest(HostileBase):
         oid = self.placed_order()
         raw = json.dumps({"order_id": oid, "reason": "PLACEHOLDER"}).encode()
         raw = raw.replace(b"PLACEHOLDER", b"bad \xfe\xfe bytes")
-        self.hostile(400, "POST", "/commands/CancelOrder", raw=raw)
+        self.hostile(400, "malformed-json", "POST", "/commands/CancelOrder", raw=raw)
 
     def test_nul_and_control_characters(self):
         oid = self.placed_order()
-        for reason in ("a\u0000b", "\u0000", "a\u0001b", "esc\u001b[31m"):
+        # jansson refuses \u0000 in a string (C strings end at a NUL): the
+        # body is not JSON the server can take
+        for reason in ("a\u0000b", "\u0000"):
             with self.subTest(reason=reason):
-                self.hostile(400, "POST", "/commands/CancelOrder",
+                self.hostile(400, "malformed-json", "POST", "/commands/CancelOrder",
                              body={"order_id": oid, "reason": reason})
+        # other control characters are JSON, refused by the command's rules
+        for reason in ("a\u0001b", "esc\u001b[31m"):
+            with self.subTest(reason=reason):
+                self.hostile(400, "validation-failed", "POST", "/commands/CancelOrder",
+                             body={"order_id": oid, "reason": reason}, field="reason")
         # a lone surrogate escape is not a character
         raw = b'{"order_id": "%s", "reason": "x\\ud800y"}' % oid.encode()
-        self.hostile(400, "POST", "/commands/CancelOrder", raw=raw)
-        self.place(order_body(customer_id="c\u0000"))
+        self.hostile(400, "malformed-json", "POST", "/commands/CancelOrder", raw=raw)
+        self.place(order_body(customer_id="c\u0000"), ptype="malformed-json")
 
     def test_deep_nesting(self):
         self.place_raw(b"[" * 100000)
         self.place_raw(b'{"a":' * 100000)
         self.place_raw(b'{"order_id": "x", "customer_id": ' + b"[" * 50000 + b"]" * 50000 + b"}")
 
-    def test_duplicate_keys_do_not_crash(self):
-        # either refused (400) or one of the values wins; must not crash
+    def test_duplicate_keys_refused(self):
+        # A JSON object with a key twice is ambiguous (which value is the
+        # order id?): 400 malformed-json naming the key, nothing written,
+        # whichever value would have "won".
+        d1, d2 = uid("d"), uid("d")
         raw = (b'{"order_id": "%s", "order_id": "%s", "customer_id": "c", '
                b'"currency": "EUR", "items": [{"sku": "s", "quantity": 1, '
-               b'"unit_price_cents": 1}]}' % (uid("d").encode(), uid("d").encode()))
-        st, h, b = self.c.req("POST", "/commands/PlaceOrder", raw=raw,
-                              headers={"Content-Type": "application/json"})
-        self.assertIn(st, (202, 400), "%s %r" % (st, b))
-        if st == 400:
-            self.assertProblem(st, h, b, 400)
-        self.assertHealthy()
-
+               b'"unit_price_cents": 1}]}' % (d1.encode(), d2.encode()))
+        b = self.place_raw(raw)
+        self.assertIn("duplicate", b["detail"])
+        self.assertIn("order_id", b["detail"])
+        # nested, and in another command's body
+        raw = (b'{"order_id": "o", "customer_id": "c", "currency": "EUR", '
+               b'"items": [{"sku": "s", "sku": "t", "quantity": 1, '
+               b'"unit_price_cents": 1}]}')
+        self.assertIn("duplicate", self.place_raw(raw)["detail"])
+        oid = self.placed_order()
+        raw = b'{"order_id": "%s", "reason": "a", "reason": "b"}' % oid.encode()
+        b = self.hostile(400, "malformed-json", "POST", "/commands/CancelOrder", raw=raw)
+        self.assertIn("duplicate", b["detail"])
+        for oid_ in (d1, d2):
+            st, _, _ = self.c.get("/streams/order-" + oid_)
+            self.assertEqual(st, 404, "a body with duplicate keys placed order %s" % oid_)
 
 class BodyLimitTest(HostileBase):
 
@@ -308,6 +338,7 @@ class BodyLimitTest(HostileBase):
             [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
              ("Connection", "close")], chunks)
         self.assertProblem(st, h, b, 413)
+        self.assertType(b, "body-too-large")
         self.assertEqual(self.c.head(), before)
         self.assertHealthy()
 
@@ -319,7 +350,9 @@ class BodyLimitTest(HostileBase):
             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % (64 * MIB)],
             timeout=30)
         self.assertIsNotNone(st, "no answer to a 64 MiB Content-Length")
-        self.assertProblem(st, h, json.loads(body.decode()), 413)
+        b = json.loads(body.decode())
+        self.assertProblem(st, h, b, 413)
+        self.assertType(b, "body-too-large")
         self.assertEqual(self.c.head(), before)
         self.assertHealthy()
 
@@ -334,6 +367,7 @@ class BodyLimitTest(HostileBase):
             [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked"),
              ("Connection", "close")], chunks)
         self.assertProblem(st, h, b, 413)
+        self.assertType(b, "body-too-large")
         self.assertEqual(self.c.head(), before)
         self.assertHealthy()
 
@@ -345,6 +379,8 @@ class BodyLimitTest(HostileBase):
         # exactly the limit is not "larger than the limit": it is parsed and
         # refused for its 1 MB customer_id
         self.assertProblem(st, h, b, 400)
+        self.assertType(b, "validation-failed")
+        self.assertFieldError(b, "customer_id")
         self.assertEqual(self.c.head(), before)
 
     def test_small_chunked_body_accepted(self):
@@ -375,12 +411,15 @@ class BodyLimitOptionTest(ServerTestCase):
         st, h, b = self.c.req("POST", "/commands/PlaceOrder", raw=self.body_of(2048),
                               headers={"Content-Type": "application/json"})
         self.assertProblem(st, h, b, 400)  # read, and refused for its customer_id
+        self.assertEqual(b["type"], URN + "validation-failed")
         st, h, body = raw_exchange(self.server.port, [
             b"POST /commands/PlaceOrder HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
             b"Content-Type: application/json\r\nContent-Length: 2049\r\n\r\n",
             self.body_of(2049)])
         self.assertIsNotNone(st, "no answer to a body over --body-limit")
-        self.assertProblem(st, h, json.loads(body.decode()), 413)
+        b = json.loads(body.decode())
+        self.assertProblem(st, h, b, 413)
+        self.assertEqual(b["type"], URN + "body-too-large")
         self.assertEqual(self.c.head(), before)
         st, _, b = self.c.command("PlaceOrder", order_body())
         self.assertEqual(st, 202, "%s %r" % (st, b))
@@ -390,12 +429,15 @@ class ProtocolTest(HostileBase):
 
     def test_content_type_text_plain(self):
         raw = json.dumps(order_body()).encode()
-        self.place_raw(raw, expect=415, content_type="text/plain")
-        self.place_raw(raw, expect=415, content_type="application/x-www-form-urlencoded")
-        self.place_raw(raw, expect=415, content_type="application/jsonx")
+        for ctype in ("text/plain", "application/x-www-form-urlencoded",
+                      "application/jsonx", "application/json; charset=latin-1"):
+            with self.subTest(content_type=ctype):
+                self.place_raw(raw, expect=415, ptype="unsupported-media-type",
+                               content_type=ctype)
 
     def test_missing_content_type(self):
-        self.place_raw(json.dumps(order_body()).encode(), expect=415, content_type=None)
+        self.place_raw(json.dumps(order_body()).encode(), expect=415,
+                       ptype="unsupported-media-type", content_type=None)
 
     def test_wrong_method(self):
         for method, path in (("DELETE", "/commands/PlaceOrder"), ("GET", "/commands/PlaceOrder"),
@@ -405,6 +447,7 @@ class ProtocolTest(HostileBase):
                 before = self.c.head()
                 st, h, b = self.c.req(method, path)
                 self.assertProblem(st, h, b, 405)
+                self.assertType(b, "method-not-allowed")
                 self.assertIn("allow", h, "405 without an Allow header")
                 self.assertTrue(h["allow"].strip(), "empty Allow header")
                 if path.startswith("/commands/"):
@@ -414,30 +457,38 @@ class ProtocolTest(HostileBase):
 
     def test_unknown_path(self):
         for path in ("/nope", "/commands", "/commands/", "/streams", "/streams/",
-                     "/queries/no_such_query", "/%00", "/commands/PlaceOrder/extra"):
+                     "/queries/no_such_query"):
             with self.subTest(path=path):
-                st, h, b = self.c.get(path)
-                self.assertTrue(400 <= st < 500, "GET %s -> %s" % (path, st))
-                self.assertProblem(st, h, b, st)
-        self.hostile(404, "POST", "/nope", body=order_body())
-        self.hostile(404, "GET", "/nope")
+                self.hostile(404, "not-found", "GET", path)
+        # a path with an encoded NUL is not looked up at all
+        self.hostile(400, "bad-path", "GET", "/%00")
+        self.hostile(400, "bad-path", "GET", "/streams/$all%00")
+        # /commands/{type} takes POST only, whatever follows the type
+        b = self.hostile(405, "method-not-allowed", "GET", "/commands/PlaceOrder/extra")
+        self.hostile(404, "not-found", "POST", "/nope", body=order_body())
+        self.hostile(404, "not-found", "POST", "/commands/FlyToTheMoon", body=order_body())
 
     def test_unknown_query_parameter(self):
-        self.hostile(400, "POST", "/commands/PlaceOrder?foo=1", body=order_body())
-        self.hostile(400, "GET", "/streams/$all?bogus=1")
+        b = self.hostile(400, "bad-parameter", "POST", "/commands/PlaceOrder?foo=1",
+                         body=order_body(), field="foo")
+        self.hostile(400, "bad-parameter", "GET", "/streams/$all?bogus=1", field="bogus")
+        # and a projection that does not exist for ?wait_for=
+        self.hostile(404, "not-found", "POST", "/commands/PlaceOrder?wait_for=nope",
+                     body=order_body())
 
     def test_bad_query_values(self):
         for q in ("limit=abc", "limit=-1", "limit=1001", "limit=", "from_position=abc",
                   "from_position=99999999999999999999999", "from_position=1.5",
                   "limit=10&limit=20x"):
             with self.subTest(q=q):
-                self.hostile(400, "GET", "/streams/$all?" + q)
+                self.hostile(400, "bad-parameter", "GET", "/streams/$all?" + q)
 
     def test_bad_idempotency_key(self):
         for key in ("", "x" * 256, "has space", "tab\there", "ctl\x01x"):
             with self.subTest(key=key):
-                self.hostile(400, "POST", "/commands/PlaceOrder", body=order_body(),
-                             headers={"Idempotency-Key": key})
+                b = self.hostile(400, "bad-header", "POST", "/commands/PlaceOrder",
+                                 body=order_body(), headers={"Idempotency-Key": key})
+                self.assertIn("Idempotency-Key", b["detail"])
 
     def test_bad_idempotency_key_raw_bytes(self):
         body = json.dumps(order_body()).encode()
@@ -447,6 +498,9 @@ class ProtocolTest(HostileBase):
         before = self.c.head()
         st, h, b = raw_exchange(self.server.port, [req])
         self.assertEqual(st, 400, "non-ASCII Idempotency-Key -> %s %r" % (st, b))
+        b = json.loads(b.decode())
+        self.assertProblem(st, h, b, 400)
+        self.assertType(b, "bad-header")
         self.assertEqual(self.c.head(), before)
 
     def test_bad_if_match(self):
@@ -454,10 +508,17 @@ class ProtocolTest(HostileBase):
         body = {"order_id": oid, "reason": "x"}
         for im in ('"abc"', "abc", '"-1"', '"1.5"', '"1', '"99999999999999999999999"'):
             with self.subTest(if_match=im):
-                self.hostile(400, "POST", "/commands/CancelOrder", body=body,
-                             headers={"If-Match": im})
+                b = self.hostile(400, "bad-header", "POST", "/commands/CancelOrder",
+                                 body=body, headers={"If-Match": im})
+                self.assertIn("If-Match", b["detail"])
 
     def test_very_long_header(self):
+        # Request heads beyond libmicrohttpd's connection memory (64 KiB,
+        # set in src/http/server.c) are answered by libmicrohttpd itself:
+        # a header line 431 Request Header Fields Too Large, a request line
+        # (URL) 414 URI Too Long, each with its own HTML page and
+        # Connection: close; the request never reaches cqrsd's handlers,
+        # so neither is problem+json (docs/api.md, "Errors").
         before = self.c.head()
         body = json.dumps(order_body()).encode()
         head = (b"POST /commands/PlaceOrder HTTP/1.1\r\nHost: x\r\n"
@@ -466,16 +527,51 @@ class ProtocolTest(HostileBase):
         chunks = [head[i:i + 16384] for i in range(0, len(head), 16384)] + [body]
         st, h, b = raw_exchange(self.server.port, chunks)
         self.assertIsNotNone(st, "no answer to a 100 KB header")
-        self.assertTrue(400 <= st < 500, "100 KB header -> %s" % st)
+        self.assertEqual(st, 431, "100 KB header -> %s %r" % (st, b))
+        self.assertEqual(h.get("connection", "").lower(), "close", h)
         self.assertEqual(self.c.head(), before)
         self.assertHealthy()
-        # a very long URL too
+        # many headers adding up to 100 KB: the same
+        many = b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 1000) for i in range(100))
+        head = (b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many +
+                b"Connection: close\r\n\r\n")
+        st, h, b = raw_exchange(self.server.port,
+                                [head[i:i + 16384] for i in range(0, len(head), 16384)])
+        self.assertEqual(st, 431, "100 headers of 1 KB -> %s %r" % (st, b))
+        self.assertHealthy()
+        # a very long URL
         st, h, b = raw_exchange(self.server.port,
                                 [b"GET /streams/" + b"a" * (100 * 1024) +
                                  b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"])
         self.assertIsNotNone(st, "no answer to a 100 KB URL")
-        self.assertTrue(400 <= st < 500, "100 KB URL -> %s" % st)
+        self.assertEqual(st, 414, "100 KB URL -> %s %r" % (st, b))
         self.assertHealthy()
+
+    @unittest.expectedFailure
+    def test_head_just_under_the_limit(self):
+        # KNOWN DEFECT (libmicrohttpd, configured in src/http/server.c): a
+        # request head that fills the connection's 64 KiB memory pool all
+        # but the last ~300 bytes is read, but leaves libmicrohttpd no room
+        # to build the answer's head; it logs "failed to create response
+        # header" and closes the connection with no answer at all (heads
+        # from about 65160 to 65280 bytes here; above, 431; below, the
+        # route's answer). Every request must get an answer; this fails
+        # until the pool leaves room for one (e.g. a larger
+        # MHD_OPTION_CONNECTION_MEMORY_LIMIT with the 431 limit enforced
+        # by the server itself).
+        silent = []
+        for size in range(64 * 1024 - 600, 64 * 1024 + 64, 16):
+            head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            pad = size - len(head) - 2 - len(b"X-Pad: \r\n")
+            head += b"X-Pad: " + b"a" * pad + b"\r\n\r\n"
+            self.assertEqual(len(head), size)
+            st, _, _ = raw_exchange(self.server.port,
+                                    [head[i:i + 16384] for i in range(0, len(head), 16384)],
+                                    timeout=10)
+            if st is None:
+                silent.append(size)
+        self.assertHealthy()
+        self.assertEqual(silent, [], "request heads of these sizes got no answer")
 
     def test_garbage_request_line(self):
         for junk in (b"HELLO\r\n\r\n", b"\x00\x01\x02\r\n\r\n",
@@ -587,6 +683,51 @@ class ConnectionAbuseTest(HostileBase):
         self.assertEqual(errors, [])
         self.assertEqual(self.c.head(), before)
         self.assertHealthy()
+
+
+def _sanitized(binary):
+    """True if `binary` was built with AddressSanitizer (a leak shows only
+    there, in the report LeakSanitizer prints when the process exits)."""
+    with open(binary, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+class ParameterLeakTest(unittest.TestCase):
+    """Refusing a query parameter must not leak what the route had
+    allocated before it checked its parameters (its own server, stopped to
+    let LeakSanitizer look)."""
+
+    def check_no_leak(self, paths):
+        with cqtest.Server(cqtest.BINARY) as srv:
+            c = cqtest.Client(srv)
+            try:
+                for path in paths:
+                    st, h, b = c.get(path)
+                    problem_errors(self, st, h, b, 400)
+                    self.assertEqual(b["type"], URN + "bad-parameter", b)
+            finally:
+                c.close()
+            srv.stop()  # raises if LeakSanitizer reported a leak at exit
+
+    def test_refused_parameters_leak_nothing(self):
+        self.check_no_leak(["/healthz?x=1", "/projections?x=1",
+                            "/projections/order_summaries?x=1", "/metrics?x=1",
+                            "/streams/$all?x=1", "/streams/s?x=1",
+                            "/queries/sales_dashboard?x=1"])
+
+    # KNOWN DEFECT (src/http/ops.c, cq_http_readyz): the `reasons` array is
+    # made before the parameters are checked and is not freed when they
+    # are refused: every GET /readyz?anything leaks it. Found by
+    # tests/fuzz/fuzz_request. Only an ASan build can see it, so only
+    # there is this an expected failure; it fails (as an unexpected
+    # success) once the leak is fixed, to have this marker removed.
+    def test_readyz_refused_parameter_leaks_nothing(self):
+        self.check_no_leak(["/readyz?x=1"])
+
+    # (class bodies run at import, before cqtest.main() takes argv[1])
+    if len(sys.argv) > 1 and os.path.isfile(sys.argv[1]) and _sanitized(sys.argv[1]):
+        test_readyz_refused_parameter_leaks_nothing = unittest.expectedFailure(
+            test_readyz_refused_parameter_leaks_nothing)
 
 
 class ZzzFinalTest(HostileBase):

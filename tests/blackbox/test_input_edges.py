@@ -14,6 +14,7 @@ import unittest
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
+from problems import ProblemTypes  # noqa: E402
 from cqtest import ServerTestCase, order_body, raw_exchange, uid  # noqa: E402
 
 # An answer expected "at once": far below the 30 s idle timeout that a
@@ -56,7 +57,7 @@ def post_head(path, extra=b""):
             b"Content-Type: application/json\r\n" + extra)
 
 
-class EdgeBase(ServerTestCase):
+class EdgeBase(ProblemTypes, ServerTestCase):
 
     def appended_nothing(self, before):
         self.assertEqual(self.c.head(), before, "a refused request appended events")
@@ -87,15 +88,16 @@ class NulByteTest(EdgeBase):
     def test_nul_in_other_paths_is_refused(self):
         before = self.c.head()
         oid = uid("nul")
-        for method, path, body in (
-                ("GET", "/streams/abc%00def", None),
-                ("GET", "/healthz%00", None),
-                ("GET", "/projections/order_summaries%00x", None),
-                ("GET", "/queries/order_summary%00x?order_id=" + oid, None),
-                ("POST", "/commands/PlaceOrder%00x", order_body(oid))):
+        for method, path, body, slug in (
+                ("GET", "/streams/abc%00def", None, "bad-stream-id"),
+                ("GET", "/healthz%00", None, "bad-path"),
+                ("GET", "/projections/order_summaries%00x", None, "bad-path"),
+                ("GET", "/queries/order_summary%00x?order_id=" + oid, None, "bad-path"),
+                ("POST", "/commands/PlaceOrder%00x", order_body(oid), "bad-path")):
             with self.subTest(path=path):
                 st, h, b = self.c.req(method, path, body=body)
                 self.assertProblem(st, h, b, 400)
+                self.assertType(b, slug)
         st, _, _ = self.c.get("/queries/order_summary?order_id=" + oid)
         self.assertEqual(st, 404, "PlaceOrder%00x placed an order")
         self.appended_nothing(before)
@@ -117,6 +119,7 @@ class NulByteTest(EdgeBase):
         st, h, b = self.c.post("/commands/CancelOrder?wait_for=order_summaries%00x",
                                {"order_id": oid, "reason": "x"})
         self.assertProblem(st, h, b, 400)
+        self.assertType(b, "bad-parameter")
         self.assertFieldError(b, "wait_for")
         self.appended_nothing(before)
 
@@ -124,9 +127,11 @@ class NulByteTest(EdgeBase):
         # %2500 is "%00" as text, not a NUL byte: it is an ordinary value
         st, h, b = self.c.get("/streams/x%2500?limit=1%2500")
         self.assertProblem(st, h, b, 400)
+        self.assertType(b, "bad-parameter")
         self.assertFieldError(b, "limit")  # "1%00" is not a number
         st, h, b = self.c.get("/streams/x%2500")
         self.assertProblem(st, h, b, 404)  # a stream "x%00" does not exist
+        self.assertType(b, "not-found")
 
 
 class ManyParametersTest(EdgeBase):
@@ -145,6 +150,7 @@ class ManyParametersTest(EdgeBase):
                 self.assertTrue(h.get("content-type", "").startswith(
                     "application/problem+json"), h)
                 self.assertEqual(json.loads(b)["status"], 431)
+                self.assertType(json.loads(b), "too-many-parameters")
         self.assertHealthy()
 
     def test_many_parameters_on_a_command_write_nothing(self):
@@ -157,6 +163,7 @@ class ManyParametersTest(EdgeBase):
                        b"Content-Length: %d\r\n\r\n" % len(body)) + body],
             timeout=PROMPT)
         self.assertEqual(st, 431, "%s %r" % (st, b))
+        self.assertType(json.loads(b), "too-many-parameters")
         self.appended_nothing(before)
 
     def test_a_few_parameters_are_still_read(self):
@@ -171,13 +178,15 @@ class FramingTest(EdgeBase):
     client smuggle a second request. Each contradiction is one 400 and the
     connection is closed."""
 
-    def assert_refused_and_closed(self, data, status=400):
+    def assert_refused_and_closed(self, data, status=400, slug="bad-framing"):
         before = self.c.head()
         out, closed = raw_all(self.server.port, data)
         lines = status_lines(out)
         self.assertEqual(len(lines), 1, "want exactly one answer, got %r" % out)
         self.assertTrue(lines[0].startswith(b"HTTP/1.1 %d " % status),
                         "answer %r" % out)
+        if slug is not None:
+            self.assertType(json.loads(out.split(b"\r\n\r\n", 1)[1]), slug)
         self.assertTrue(closed, "the connection stayed open: %r" % out)
         self.appended_nothing(before)
         return out
@@ -188,7 +197,8 @@ class FramingTest(EdgeBase):
         # before any application callback, and writes its status line and
         # headers twice (see src/http/README.md, "Known limits").
         self.assert_refused_and_closed(
-            post_head(b"/commands/PlaceOrder", b"Content-Length: -1\r\n\r\n{}"))
+            post_head(b"/commands/PlaceOrder", b"Content-Length: -1\r\n\r\n{}"),
+            slug=None)
 
     def test_two_different_content_lengths(self):
         body = json.dumps(order_body()).encode()
@@ -229,7 +239,7 @@ class FramingTest(EdgeBase):
         self.assert_refused_and_closed(post_head(
             b"/commands/PlaceOrder",
             b"Transfer-Encoding: gzip, chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
-            % (len(body), body)), status=501)
+            % (len(body), body)), status=501, slug="not-implemented")
 
     def test_plain_chunked_and_content_length_still_work(self):
         body = json.dumps(order_body()).encode()

@@ -28,6 +28,7 @@ import urllib.parse
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
+from problems import assert_type  # noqa: E402
 from cqtest import Client, ServerTestCase, order_body, uid  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -391,10 +392,21 @@ class MetricsTest(ServerTestCase):
         return total
 
     def test_metrics_method_and_head(self):
-        st, h, _ = self.c.req("POST", "/metrics", body={})
+        st, h, b = self.c.req("POST", "/metrics", body={})
         self.assertEqual(st, 405, "POST /metrics")
-        st, h, _ = self.c.req("HEAD", "/metrics")
-        self.assertIn(st, (200, 405), "HEAD /metrics")
+        assert_type(self, b, "method-not-allowed")
+        self.assertEqual(h.get("allow"), "GET, HEAD", h)
+        # HEAD works wherever GET does (docs/api.md, "HTTP"): the same
+        # status and headers, no body
+        st, h, body = self.c.req("HEAD", "/metrics")
+        self.assertEqual(st, 200, "HEAD /metrics -> %s %r" % (st, body))
+        self.assertEqual(body, "", "HEAD /metrics sent a body")
+        gst, gh, text = self.c.req("GET", "/metrics")
+        self.assertEqual(gst, 200)
+        self.assertTrue(text.startswith("# HELP"), text[:200])
+        self.assertEqual(h.get("content-type"), gh.get("content-type"))
+        self.assertEqual(h.get("content-type"),
+                         "text/plain; version=0.0.4; charset=utf-8", h)
 
 
 if __name__ == "__main__":

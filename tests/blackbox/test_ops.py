@@ -22,6 +22,7 @@ import unittest
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
+from problems import assert_type  # noqa: E402
 from cqtest import Client, Server, uid  # noqa: E402
 
 STALE_WARNING = '110 - "Response is Stale"'
@@ -187,6 +188,9 @@ class OpsBase(unittest.TestCase):
                              % (name, op, st, b))
             return self.check_status_doc(b, name)
         cqtest.problem_errors(self, st, h, b, expect)
+        # docs/api.md: an unknown projection or operation is not-found; an
+        # operation the projection's mode or state does not take, conflict
+        assert_type(self, b, {404: "not-found", 409: "conflict"}[expect])
         return b
 
     def wait_status(self, c, name, pred, what, timeout=30.0):
@@ -279,17 +283,20 @@ class RoutesTest(OpsBase):
                                  ("POST", "/projections/no_such_projection/skip")):
                 st, h, b = c.req(method, path)
                 cqtest.problem_errors(self, st, h, b, 404)
+                assert_type(self, b, "not-found")
 
         with self.subTest("methods on /projections/{name}"):
             for method in ("POST", "PUT", "DELETE", "PATCH"):
                 st, h, b = c.req(method, "/projections/order_summaries")
                 cqtest.problem_errors(self, st, h, b, 405)
+                assert_type(self, b, "method-not-allowed")
                 self.assertEqual(h.get("allow"), "GET, HEAD", "%s: %r" % (method, h))
         with self.subTest("methods on /projections/{name}/{op}"):
             for method, op in (("GET", "pause"), ("GET", "retry"), ("GET", "skip"),
                                ("PUT", "reset"), ("DELETE", "resume")):
                 st, h, b = c.req(method, "/projections/order_summaries/" + op)
                 cqtest.problem_errors(self, st, h, b, 405)
+                assert_type(self, b, "method-not-allowed")
                 self.assertEqual(h.get("allow"), "POST", "%s %s: %r" % (method, op, h))
 
         with self.subTest("unknown operation"):

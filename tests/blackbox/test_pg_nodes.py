@@ -149,12 +149,16 @@ def pg_sockets(pid, pg_port, table=None):
 
 def lock_holders(uri, names):
     """{projection: client_port of the session holding its advisory lock
-    cqrsd:projection:NAME} (a missing name: nobody holds it)."""
+    cqrsd:projection:NAME in the database at uri} (a missing name: nobody
+    holds it). Other databases of the cluster have locks of the same names
+    (other tests' servers): advisory locks are per database."""
     rows = cqtest.pg_rows(uri, """
         SELECT n.name, a.client_port
           FROM unnest(ARRAY[%s]) AS n(name)
           JOIN pg_locks l
             ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+           AND l.database = (SELECT oid FROM pg_database
+                              WHERE datname = current_database())
            AND ((l.classid::bigint << 32) | l.objid::bigint)
                = hashtextextended('cqrsd:projection:' || n.name, 0)
           JOIN pg_stat_activity a ON a.pid = l.pid""" %
@@ -1108,6 +1112,12 @@ class FaultsTest(NodesTestBase):
             t.start()
         try:
             time.sleep(3)
+            # queries open the read connections the outage will cut
+            with lock:
+                before = [e for e in log_ if e[2] == 202][:20]
+            for e in before:
+                (st, _, b), _ = query(e[3], min_position=e[4], wait_ms=10000)
+                self.assertEqual(st, 200, b)
             first = outage(4, probe=False)
             ready()
             with lock:

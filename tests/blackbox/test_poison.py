@@ -30,6 +30,7 @@ import unittest
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
+from problems import assert_type  # noqa: E402
 from cqtest import Client, Server, order_body, uid  # noqa: E402
 
 # Refuses (CHECK) an order of customer c-poison and a Note without data.n.
@@ -75,6 +76,24 @@ def metric(text, name, labels):
             if got == want:
                 return float(m.group(4))
     return None
+
+
+def plant_event(db, stream, version, etype, data):
+    """Insert one event (schema version 1) after the last one, as a damaged
+    or older file may hold it, and move its stream's row to it, on the
+    open connection db to events.db (the server stopped; the caller
+    commits). `etype` and `data` may be bytes: they are stored as TEXT,
+    whatever they hold. Returns its position."""
+    pos = db.execute("SELECT coalesce(max(position), 0) + 1 FROM events").fetchone()[0]
+    meta = json.dumps({"event_id": "0190a5b6-0000-7000-8000-000000000001",
+                       "command_id": "0190a5b6-0000-7000-8000-000000000002"})
+    db.execute("INSERT INTO events VALUES (?, ?, ?, CAST(? AS TEXT), 1,"
+               " CAST(? AS TEXT), ?, 1700000000000)",
+               (pos, stream, version, etype, data, meta))
+    db.execute("INSERT INTO streams VALUES (?, ?, ?) ON CONFLICT (stream_id)"
+               " DO UPDATE SET version = excluded.version,"
+               " position = excluded.position", (stream, version, pos))
+    return pos
 
 
 class PoisonBase(unittest.TestCase):
@@ -259,12 +278,7 @@ class LegacyPoisonTest(PoisonBase):
     def plant(self, data_dir):
         db = sqlite3.connect(os.path.join(data_dir, "events.db"), timeout=10)
         try:
-            pos = db.execute("SELECT coalesce(max(position), 0) + 1 FROM events").fetchone()[0]
-            meta = json.dumps({"event_id": "0190a5b6-0000-7000-8000-000000000001",
-                               "command_id": "0190a5b6-0000-7000-8000-000000000002"})
-            db.execute("INSERT INTO events VALUES (?, 'evil4', 1, 'OrderPlaced', 1,"
-                       " '{}', ?, 1700000000000)", (pos, meta))
-            db.execute("INSERT INTO streams VALUES ('evil4', 1, ?)", (pos,))
+            pos = plant_event(db, "evil4", 1, "OrderPlaced", "{}")
             db.execute("UPDATE cq_projections SET status = 'failed', position = ?,"
                        " error = 'stored event is not valid JSON',"
                        " error_position = ?, error_event = 'OrderPlaced'"
@@ -356,6 +370,60 @@ class LegacyPoisonTest(PoisonBase):
         st, _, text = c.get("/metrics")
         self.assertEqual(metric(text, "projection_skipped_events_total",
                                 {"projection": "order_summaries"}), 1.0)
+
+
+class DamagedStoreTest(PoisonBase):
+    """Stored data the server cannot decode (a damaged or hand-edited
+    events.db): the 500s of docs/api.md, each with its problem type, and
+    only for what depends on the damaged event."""
+
+    def plant(self, data_dir, stream, version, etype, data):
+        """Append one raw row to events.db (server stopped)."""
+        db = sqlite3.connect(os.path.join(data_dir, "events.db"), timeout=10)
+        try:
+            pos = plant_event(db, stream, version, etype, data)
+            db.commit()
+            return pos
+        finally:
+            db.close()
+
+    def test_damaged_events_are_500_with_their_type(self):
+        s, c = self.start()
+        body = order_body()
+        oid = body["order_id"]
+        st, _, b = c.command("PlaceOrder", body)
+        self.assertEqual(st, 202, b)
+        s.stop()
+        # a payment whose data is not JSON, in the order's own stream
+        self.plant(s.data_dir, "order-" + oid, 2, b"PaymentReceived", b"{not json")
+        # an event whose type is not UTF-8, in a stream of its own
+        junk = uid("junk")
+        jpos = self.plant(s.data_dir, junk, 1, b"Note\xff\xfe", b"{}")
+        s.start()
+
+        # a command on the order cannot rebuild its state: 500
+        # corrupt-stream, naming the stream; nothing written
+        head = c.head()
+        st, h, b = c.command("RecordPayment", {"order_id": oid, "payment_id": uid("p"),
+                                               "amount_cents": 100})
+        cqtest.problem_errors(self, st, h, b, 500)
+        assert_type(self, b, "corrupt-stream")
+        self.assertIn("order-" + oid, b["detail"])
+        self.assertEqual(c.head(), head)
+        # reading the order's events still works: the damaged one says why
+        st, _, b = c.get("/streams/order-" + oid)
+        self.assertEqual(st, 200, b)
+        self.assertIsNone(b["events"][1]["data"], b)
+        self.assertIn("decode_error", b["events"][1])
+        # an event that cannot be put into JSON at all (its type is not
+        # UTF-8): 500 corrupt-event, naming its position
+        st, h, b = c.get("/streams/" + junk)
+        cqtest.problem_errors(self, st, h, b, 500)
+        assert_type(self, b, "corrupt-event")
+        self.assertIn(str(jpos), b["detail"])
+        # other orders are not affected
+        st, _, b = c.command("PlaceOrder", order_body())
+        self.assertEqual(st, 202, b)
 
 
 if __name__ == "__main__":

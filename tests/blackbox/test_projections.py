@@ -8,6 +8,9 @@ stopped: with Python's sqlite3 module, or through psql when the suite runs
 on PostgreSQL (CQ_TEST_BACKEND=pg, see cqtest.py).
 
     python3 tests/blackbox/test_projections.py /path/to/cqrsd
+
+Environment: CQ_SEED (the seed of the kills during catch-up; each run
+prints the one it used).
 """
 import http.client
 import os
@@ -304,7 +307,11 @@ class CrashDuringCatchUpTest(ProjectionTestBase):
         return seen
 
     def test_kill_during_catch_up(self):
-        rnd = random.Random(int(time.time()))
+        # random kill points: the seed is printed, and CQ_SEED=N replays a run
+        seed = int(os.environ.get("CQ_SEED", str(time.time_ns() % (2 ** 31))))
+        sys.stderr.write("\n  kill during catch-up: CQ_SEED=%d\n" % seed)
+        sys.stderr.flush()
+        rnd = random.Random(seed)
         srv = self.server(separate_read=True)
         srv.start()
         c = Client(srv)

@@ -17,6 +17,7 @@ import urllib.parse
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
+from problems import assert_type  # noqa: E402
 from cqtest import Client, ServerTestCase, order_body, uid  # noqa: E402
 
 STALE_WARNING = '110 - "Response is Stale"'
@@ -127,9 +128,14 @@ class QueryTestBase(ServerTestCase):
         self.assertGreaterEqual(meta["position"], position)
         return data, meta
 
-    def bad(self, path, field=None, status=400, method="GET"):
+    def bad(self, path, field=None, status=400, method="GET", slug="bad-parameter"):
+        """A refused query, and its problem type: bad-parameter for the
+        parameters every query shares (unknown, repeated, consistency,
+        waits), validation-failed for the values of a query's own @params,
+        not-found, method-not-allowed."""
         st, h, b = self.c.req(method, path)
         self.assertProblem(st, h, b, status)
+        assert_type(self, b, slug)
         if field is not None:
             self.assertFieldError(b, field)
         return h, b
@@ -596,12 +602,11 @@ class ConsistencyTest(QueryTestBase):
     def test_unknown_order_is_404(self):
         oid = uid("ghost")
         for name in ("order_summary", "payment_confirmation"):
-            st, h, b = self.q(name, {"order_id": oid})
-            self.assertProblem(st, h, b, 404)
-            st, h, b = self.q(name, {"order_id": oid, "consistency": "strong"})
-            self.assertProblem(st, h, b, 404)
-            st, h, b = self.q(name, {"order_id": oid, "min_version": 1, "wait_ms": 50})
-            self.assertProblem(st, h, b, 404)
+            for params in ({"order_id": oid}, {"order_id": oid, "consistency": "strong"},
+                           {"order_id": oid, "min_version": 1, "wait_ms": 50}):
+                st, h, b = self.q(name, params)
+                self.assertProblem(st, h, b, 404)
+                assert_type(self, b, "not-found")
 
     def test_strong_read_right_after_each_command(self):
         """Read-your-writes without waiting: a strong read straight after
@@ -794,6 +799,7 @@ class ConsistencyTest(QueryTestBase):
         body = {"order_id": oid, "payment_id": uid("p"), "amount_cents": 5}
         st, h, b = self.c.req("POST", "/commands/RecordPayment?wait_for=nope", body=body)
         self.assertProblem(st, h, b, 404)
+        assert_type(self, b, "not-found")
         self.assertEqual(self.c.head(), before, "404 wait_for appended events")
         for qs in ("wait_for=order_summaries&wait_ms=30001",
                    "wait_for=order_summaries&wait_ms=-1",
@@ -802,6 +808,7 @@ class ConsistencyTest(QueryTestBase):
                    "wait_for=order_summaries&colour=red"):
             st, h, b = self.c.req("POST", "/commands/RecordPayment?" + qs, body=body)
             self.assertProblem(st, h, b, 400)
+            assert_type(self, b, "bad-parameter")
             self.assertEqual(self.c.head(), before, "%s appended events" % qs)
 
     def test_bad_parameters(self):
@@ -827,7 +834,7 @@ class ConsistencyTest(QueryTestBase):
         ]
         for path, field in cases:
             with self.subTest(path=path):
-                self.bad(path, field)
+                self.bad(path, field, slug="validation-failed")
         # strong and min_version only for keyed queries
         for path in ("/queries/sales_dashboard?consistency=strong",
                      "/queries/customer_orders?customer_id=c-1&consistency=strong",
@@ -891,11 +898,12 @@ class ConsistencyTest(QueryTestBase):
     def test_unknown_query_and_method(self):
         for path in ("/queries/nope", "/queries/order_summaries", "/queries/ORDER_SUMMARY",
                      "/queries/nope?x=1"):
-            self.bad(path, status=404)
+            self.bad(path, status=404, slug="not-found")
         for method in ("POST", "PUT", "DELETE", "PATCH"):
             for name in ("order_summary", "sales_dashboard"):
                 h, _ = self.bad("/queries/%s?order_id=x" % name if name == "order_summary"
-                                else "/queries/" + name, status=405, method=method)
+                                else "/queries/" + name, status=405, method=method,
+                                slug="method-not-allowed")
                 self.assertIn("GET", h.get("allow", ""), "Allow header %r" % (h,))
         # nothing was appended by any of it; the server is fine
         self.assertHealthy()

@@ -21,6 +21,7 @@ import unittest
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
+from problems import assert_type  # noqa: E402
 from cqtest import Client, uid  # noqa: E402
 from test_projections import (ProjectionTestBase, checkpoints, qpath,  # noqa: E402
                               read_db, run_workload)
@@ -237,11 +238,14 @@ class RebuildUnderLoadTest(RebuildTestBase):
         try:
             st, _, b = c.post("/projections/payment_confirmation/rebuild")
             self.assertEqual(st, 409, b)
+            assert_type(self, b, "conflict")
             self.assertIn("inline", b["detail"])
             st, _, b = c.post("/projections/nope/rebuild")
             self.assertEqual(st, 404, b)
+            assert_type(self, b, "not-found")
             st, _, b = c.get("/projections/order_summaries/rebuild")
             self.assertEqual(st, 405, b)
+            assert_type(self, b, "method-not-allowed")
             # a second rebuild while one runs is refused (pause holds it)
             self.place(c, 5)
             st, _, b = c.post("/projections/order_summaries/pause")
@@ -249,6 +253,7 @@ class RebuildUnderLoadTest(RebuildTestBase):
             self.rebuild(c, "order_summaries")
             st, _, b = c.post("/projections/order_summaries/rebuild")
             self.assertEqual(st, 409, b)
+            assert_type(self, b, "conflict")
             self.assertIn("already", b["detail"])
             st, _, b = c.post("/projections/order_summaries/resume")
             self.assertEqual(st, 200, b)
@@ -298,6 +303,7 @@ class ChangedDefinitionTest(RebuildTestBase):
             # a query version 1 does not have cannot be answered yet
             st, h, b = c.get(qpath("order_index_one", {"order_id": first[0]}))
             self.assertEqual(st, 503, b)
+            assert_type(self, b, "read-model-unavailable")
             self.assertIn("rebuilt", b["detail"])
             later = self.place(c, 3, currency="GBP")
             st, _, b = c.post("/projections/order_index/resume")

@@ -10,6 +10,7 @@ import threading
 sys.dont_write_bytecode = True
 
 import cqtest  # noqa: E402
+from problems import ProblemTypes  # noqa: E402
 from cqtest import (RFC3339_RE, RFC3339_UTC_RE, ServerTestCase, UUID7_RE,  # noqa: E402
                     order_body, uid)
 
@@ -17,7 +18,7 @@ EVENT_KEYS = {"position", "stream_id", "version", "type", "schema_version",
               "data", "metadata", "recorded_at"}
 
 
-class StreamTestBase(ServerTestCase):
+class StreamTestBase(ProblemTypes, ServerTestCase):
 
     def place_and_pay(self):
         """An order with 4 events; returns (order_id, [command answers])."""
@@ -131,12 +132,15 @@ class ReadStreamTest(StreamTestBase):
             with self.subTest(q=q):
                 st, h, b = self.c.get("/streams/order-%s%s" % (oid, q))
                 self.assertProblem(st, h, b, 400)
+                self.assertType(b, "bad-parameter")
 
     def test_unknown_stream(self):
         st, h, b = self.c.get("/streams/order-" + uid("none"))
         self.assertProblem(st, h, b, 404)
+        self.assertType(b, "not-found")
         st, h, b = self.c.get("/streams/" + uid("none") + "?from_version=1&limit=5")
         self.assertProblem(st, h, b, 404)
+        self.assertType(b, "not-found")
 
 
 class AllStreamTest(StreamTestBase):
@@ -218,6 +222,7 @@ class AllStreamTest(StreamTestBase):
             with self.subTest(q=q):
                 st, h, b = self.c.get("/streams/$all?" + q)
                 self.assertProblem(st, h, b, 400)
+                self.assertType(b, "bad-parameter")
 
 
 class AppendTest(StreamTestBase):
@@ -236,6 +241,7 @@ class AppendTest(StreamTestBase):
         self.assertEqual(self.c.head(), before + 2)
         st, h, p = self.append(sid, "no_stream", [{"type": "Opened", "data": {}}])
         self.assertProblem(st, h, p, 412)
+        self.assertType(p, "wrong-expected-version")
         self.assertEqual(self.c.head(), before + 2)
         s = self.get_stream(sid)
         self.assertEqual(s["version"], 2)
@@ -255,8 +261,10 @@ class AppendTest(StreamTestBase):
         before = self.c.head()
         for wrong in (1, 3, 0, 100):
             with self.subTest(expected=wrong):
+                # 0 is no_stream (docs/api.md): wrong for a stream at 2 too
                 st, h, p = self.append(sid, wrong, [{"type": "C", "data": {}}])
-                self.assertProblem(st, h, p, (412,) if wrong else (400, 412))
+                self.assertProblem(st, h, p, 412)
+                self.assertType(p, "wrong-expected-version")
         self.assertEqual(self.c.head(), before)
         st, _, b = self.append(sid, 2, [{"type": "C", "data": {}}, {"type": "D", "data": {}}])
         self.assertEqual(st, 201, "%s %r" % (st, b))
@@ -267,6 +275,7 @@ class AppendTest(StreamTestBase):
         before = self.c.head()
         st, h, p = self.append(uid("acct"), 1, [{"type": "A", "data": {}}])
         self.assertProblem(st, h, p, 412)
+        self.assertType(p, "wrong-expected-version")
         self.assertEqual(self.c.head(), before)
 
     def test_any(self):
@@ -334,6 +343,7 @@ class AppendTest(StreamTestBase):
             with self.subTest(case=name):
                 st, h, b = self.c.post("/streams/" + sid, body)
                 self.assertProblem(st, h, b, 400)
+                self.assertType(b, "validation-failed")
         self.assertEqual(self.c.head(), before)
         self.assertEqual(self.get_stream(sid)["version"], 1)
 
@@ -366,11 +376,14 @@ class AppendTest(StreamTestBase):
 
     def test_reserved_stream_ids(self):
         before = self.c.head()
-        for sid in ("$all", "$mine"):
+        # $all is a resource of its own, read-only; other ids starting with
+        # $ are reserved for the engine
+        for sid, status, slug in (("$all", 405, "method-not-allowed"),
+                                  ("$mine", 400, "bad-stream-id")):
             with self.subTest(sid=sid):
                 st, h, b = self.append(sid, "any", [{"type": "T", "data": {}}])
-                self.assertTrue(400 <= st < 500, "POST /streams/%s -> %s %r" % (sid, st, b))
-                self.assertProblem(st, h, b, st)
+                self.assertProblem(st, h, b, status)
+                self.assertType(b, slug)
         self.assertEqual(self.c.head(), before)
 
 
@@ -445,8 +458,10 @@ class PageBytesTest(StreamTestBase):
             with self.subTest(q=q):
                 st, h, b = self.c.get("/streams/%s?%s" % (self.sid, q))
                 self.assertProblem(st, h, b, 400)
+                self.assertType(b, "bad-parameter")
                 st, h, b = self.c.get("/streams/$all?" + q)
                 self.assertProblem(st, h, b, 400)
+                self.assertType(b, "bad-parameter")
 
 
 if __name__ == "__main__":

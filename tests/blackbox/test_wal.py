@@ -25,6 +25,7 @@ import unittest
 
 import cqtest
 from cqtest import Client, Server, order_body
+from problems import assert_type
 
 FILES = ("events.db", "events.db-wal", "read.db", "read.db-wal")
 # The server empties a log once it holds 4000 frames of 4 KiB pages
@@ -180,6 +181,8 @@ class FullDiskTest(unittest.TestCase):
                     break
                 self.assertEqual(st, 202, b)
             self.assertIsNotNone(refused, "the store never refused a write")
+            # nothing was written, the store says why: 503 store-unavailable
+            assert_type(self, refused, "store-unavailable")
             st, b = self.readyz(c)
             self.assertEqual(st, 503, b)
             self.assertEqual(b["status"], "not_ready", b)

@@ -1,6 +1,7 @@
 /*
  * fuzz_command_body.c -- fuzz target for the decoding of command bodies:
- * bytes from the network -> JSON (jansson, with the server's flags) ->
+ * bytes from the network -> JSON (jansson, with the server's flags: an
+ * object, as the server takes nothing else) ->
  * every orders command's schema check, validate() and stream_id(), and,
  * for bodies that pass, decide() on an empty and on a placed order.
  *
@@ -42,11 +43,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const cq_domain *dom = orders_domain();
-    json_t *body =
-        json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, NULL);
+    json_t *body = json_loadb((const char *)data, size,
+                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, NULL);
 
     if (body == NULL)
         return 0;
+    if (!json_is_object(body)) { /* the server answers 400 before these */
+        json_decref(body);
+        return 0;
+    }
     for (size_t i = 0; dom->commands[i] != NULL; i++) {
         const cq_command_def *def = dom->commands[i];
         cq_errors *errs = cq_errors_new();
