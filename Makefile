@@ -44,7 +44,7 @@ test: build
 		ctest --output-on-failure --no-tests=error -j 2
 
 bench: build
-	@sh scripts/deps.sh wrk postgresql npm
+	@sh scripts/deps.sh wrk postgresql npm nats-server
 	sh bench/run.sh
 
 # Fuzzing with libFuzzer: clang (from apt), ASan+UBSan, every target in

@@ -33,6 +33,11 @@
 #   7d. PostgreSQL (bench/pg.sh): PlaceOrder at 1 and 64 connections on 1
 #      and 3 nodes sharing one database, against Message DB's write_message
 #      and a raw one-INSERT-per-transaction loop on the same cluster;
+#   7e. the bus (bench/bus.sh): 3 nodes on one PostgreSQL store, the relay
+#      to NATS JetStream (and the projector workers, where built): the
+#      consistency window from a 202 on node A to a fresh min_position query
+#      on node B, end-to-end throughput, and the relay's publish rate
+#      against raw libnats publishing to the same server;
 #   8. prints a summary table.
 #
 # Everything is bounded in time; temp dirs and the server go away on exit
@@ -66,9 +71,10 @@
 #   BENCH_WAITERS=10000        waiting queries held in step 6b (the server is
 #                              started with room for that many connections)
 #   BENCH_WAITERS_SECONDS=5    length of each wrk run of step 6b
-#   BENCH_STEPS="write window waiters catchup rebuild prune pg"  which parts
-#                              to run (rebuild needs catchup: it rebuilds over
-#                              its store); pg takes BENCH_PG_* (bench/pg.sh)
+#   BENCH_STEPS="write window waiters catchup rebuild prune pg bus"  which
+#                              parts to run (rebuild needs catchup: it rebuilds
+#                              over its store); pg takes BENCH_PG_*
+#                              (bench/pg.sh), bus BENCH_BUS_* (bench/bus.sh)
 #   BENCH_STRICT=0             1: exit 1 when a target is missed
 set -u
 
@@ -97,7 +103,7 @@ CU_TIMEOUT=${BENCH_CATCHUP_TIMEOUT:-300}
 RB_TIMEOUT=${BENCH_REBUILD_TIMEOUT:-300}
 PR_KEYS=${BENCH_PRUNE_KEYS:-275000}
 PR_COMMANDS=${BENCH_PRUNE_COMMANDS:-3000}
-STEPS=${BENCH_STEPS:-write window waiters catchup rebuild prune pg}
+STEPS=${BENCH_STEPS:-write window waiters catchup rebuild prune pg bus}
 WAITERS=${BENCH_WAITERS:-10000}
 WAITERS_SECONDS=${BENCH_WAITERS_SECONDS:-5}
 TARGET_WINDOW_P99_US=1000   # consistency window p99 <= 1 ms on loopback
@@ -137,8 +143,8 @@ if [ "$WIN_WORKERS" -lt 1 ] || [ "$WIN_COMMANDS" -lt 1 ] ||
     die "BENCH_WINDOW_*, BENCH_CATCHUP_* and BENCH_REBUILD_TIMEOUT must be at least 1"
 fi
 for st in $STEPS; do
-    case $st in write | window | waiters | catchup | rebuild | prune | pg) ;;
-        *) die "BENCH_STEPS: unknown step '$st' (write, window, waiters, catchup, rebuild, prune, pg)" ;; esac
+    case $st in write | window | waiters | catchup | rebuild | prune | pg | bus) ;;
+        *) die "BENCH_STEPS: unknown step '$st' (write, window, waiters, catchup, rebuild, prune, pg, bus)" ;; esac
 done
 step() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 if step rebuild && ! step catchup; then
@@ -665,6 +671,18 @@ if step pg; then
     say
 fi
 
+# --- 7e. the bus ---------------------------------------------------------------
+: >"$TMP/bus.out"
+if step bus; then
+    say "-- the bus: bench/bus.sh"
+    BUILD_DIR=$BUILD_DIR BENCH_CQRSD=$CQRSD BENCH_TMPDIR=$TMP_PARENT BENCH_STRICT=$STRICT \
+        bounded 900 sh "$ROOT/bench/bus.sh" >"$TMP/bus.out" 2>&1
+    rc=$?
+    cat "$TMP/bus.out"
+    [ $rc -eq 0 ] || { warn "bench/bus.sh failed (exit $rc)"; STATUS=1; }
+    say
+fi
+
 # --- 8. summary ---------------------------------------------------------------
 h_rps=$(field healthz rps "$TMP/healthz.out")
 h_p50=$(field healthz p50_us "$TMP/healthz.out")
@@ -860,6 +878,10 @@ say
 fi
 if step pg; then
     sed -n '/= PostgreSQL summary =/,/^=====/p' "$TMP/pg.out" | sed '1d;$d'
+    say
+fi
+if step bus; then
+    sed -n '/= bus summary =/,/^=====/p' "$TMP/bus.out" | sed '1d;$d'
     say
 fi
 say "========================================================================="

@@ -22,9 +22,15 @@
  *      workers, same kind of connection (a query cannot answer faster);
  *   3. window: --commands commands in all, or --seconds, whichever first.
  *
+ * With --query-port Q the queries go to another node (127.0.0.1:Q, a
+ * connection of its own per worker): the window is then a 202 on one node
+ * until another node returns the order fresh (bench/bus.sh). With --rate R
+ * the workers together send at most R commands/s in phase 3 (each paces
+ * itself to R/workers), for a window at a stated command rate.
+ *
  * Usage: bench_window --port P [--host 127.0.0.1] [--workers 8]
  *          [--commands 5000] [--seconds 20] [--warmup 200] [--rtt 5000]
- *          [--prefix P]
+ *          [--prefix P] [--query-port Q] [--rate R]
  * Prints the percentiles and two lines for bench/run.sh:
  *   BENCH kind=window ...   BENCH kind=rtt ...
  * Exit status 0 when it ran (whatever the figures), 1 when it could not.
@@ -50,9 +56,9 @@ static const char *const CURRENCIES[] = {"EUR", "USD", "GBP"};
 
 typedef struct opts {
     const char *host;
-    int port, workers;
+    int port, workers, query_port;
     long commands, warmup, rtt;
-    double seconds;
+    double seconds, rate;
     char prefix[64];
 } opts;
 
@@ -61,6 +67,7 @@ typedef struct worker {
     int id;
     pthread_t th;
     mh_conn *c;
+    mh_conn *qc; /* queries: c, or a connection to --query-port */
     uint64_t rng;
     long counter;
     /* results */
@@ -148,8 +155,9 @@ static int one_order(worker *w, int measure, int query_wait_ms)
     rl = snprintf(req, sizeof req,
                   "GET /queries/order_summary?order_id=%s&min_position=%lld%s"
                   " HTTP/1.1\r\nHost: %s:%d\r\n\r\n",
-                  id, pos, stream_q, w->o->host, w->o->port);
-    if (mh_request(w->c, req, (size_t)rl, &r, TIMEOUT_MS + 31000) != 0) {
+                  id, pos, stream_q, w->o->host,
+                  w->o->query_port ? w->o->query_port : w->o->port);
+    if (mh_request(w->qc, req, (size_t)rl, &r, TIMEOUT_MS + 31000) != 0) {
         w->io_fail++;
         show("query: connection failed", id, 0, NULL);
         return -1;
@@ -209,9 +217,20 @@ static void *worker_main(void *arg)
 
     /* 3. the window */
     int64_t start = mh_now_ns();
+    int64_t gap = o->rate > 0 ? (int64_t)(1e9 * o->workers / o->rate) : 0;
+    int64_t next = start + (gap ? (gap * w->id) / o->workers : 0);
     while (mh_now_ns() < window_deadline_ns &&
-           atomic_fetch_sub(&window_left, 1) > 0)
+           atomic_fetch_sub(&window_left, 1) > 0) {
+        if (gap) {
+            int64_t wait = next - mh_now_ns();
+            if (wait > 0) {
+                struct timespec ts = {wait / 1000000000, wait % 1000000000};
+                nanosleep(&ts, NULL);
+            }
+            next += gap;
+        }
         one_order(w, 1, -1);
+    }
     w->window_secs = (double)(mh_now_ns() - start) / 1e9;
     return NULL;
 }
@@ -243,12 +262,13 @@ static void usage(void)
     fprintf(stderr,
             "usage: bench_window --port P [--host 127.0.0.1] [--workers 8]\n"
             "         [--commands 5000] [--seconds 20] [--warmup 200]"
-            " [--rtt 5000] [--prefix P]\n");
+            " [--rtt 5000] [--prefix P]\n"
+            "         [--query-port Q] [--rate COMMANDS_PER_S]\n");
 }
 
 int main(int argc, char **argv)
 {
-    opts o = {"127.0.0.1", 0, 8, 5000, 200, 5000, 20.0, ""};
+    opts o = {"127.0.0.1", 0, 8, 0, 5000, 200, 5000, 20.0, 0.0, ""};
     snprintf(o.prefix, sizeof o.prefix, "win%ld", (long)time(NULL));
     for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -272,13 +292,18 @@ int main(int argc, char **argv)
             o.rtt = atol(v);
         else if (!strcmp(a, "--prefix"))
             snprintf(o.prefix, sizeof o.prefix, "%s", v);
+        else if (!strcmp(a, "--query-port"))
+            o.query_port = atoi(v);
+        else if (!strcmp(a, "--rate"))
+            o.rate = atof(v);
         else {
             usage();
             return 2;
         }
     }
     if (o.port <= 0 || o.workers < 1 || o.workers > 256 || o.commands < 1 ||
-        o.seconds <= 0 || o.warmup < 0 || o.rtt < 0) {
+        o.seconds <= 0 || o.warmup < 0 || o.rtt < 0 || o.query_port < 0 ||
+        o.rate < 0) {
         usage();
         return 2;
     }
@@ -304,6 +329,17 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_window: cannot connect to %s:%d: %s\n",
                     o.host, o.port, strerror(errno));
             return 1;
+        }
+        w->qc = w->c;
+        if (o.query_port) {
+            w->qc = malloc(sizeof *w->qc);
+            if (!w->qc)
+                return 1;
+            if (mh_connect(w->qc, o.host, o.query_port) != 0) {
+                fprintf(stderr, "bench_window: cannot connect to %s:%d: %s\n",
+                        o.host, o.query_port, strerror(errno));
+                return 1;
+            }
         }
     }
     atomic_store(&window_left, o.commands);
