@@ -75,22 +75,25 @@ static void one_line(const char *msg, char *err, size_t errcap)
 int cq_pg_connect(const char *uri, int connect_timeout_s, PGconn **out,
                   char *err, size_t errcap)
 {
-    const char *keys[] = {"dbname", "connect_timeout", "application_name",
-                          "client_encoding", NULL};
+    /* Our defaults come before the URI, whose own settings (expanded from
+     * dbname) override them; the encoding comes after it: every byte the
+     * engine sends and reads is UTF-8. Notices (CREATE ... IF NOT EXISTS
+     * that skipped) stay out of the server's log. */
+    const char *keys[] = {"connect_timeout", "application_name", "options",
+                          "dbname", "client_encoding", NULL};
     char timeout[16], shown[512], why[512];
-    const char *vals[5];
+    const char *vals[6];
     PGconn *c;
 
     *out = NULL;
     snprintf(timeout, sizeof timeout, "%d",
              connect_timeout_s > 0 ? connect_timeout_s : 10);
-    vals[0] = uri;
-    vals[1] = timeout;
-    vals[2] = "cqrsd";
-    vals[3] = "UTF8";
-    vals[4] = NULL;
-    /* expand_dbname = 1: the URI's own settings win over nothing else,
-     * and ours fill in what it leaves out */
+    vals[0] = timeout;
+    vals[1] = "cqrsd";
+    vals[2] = "-c client_min_messages=warning";
+    vals[3] = uri;
+    vals[4] = "UTF8";
+    vals[5] = NULL;
     c = PQconnectdbParams(keys, vals, 1);
     if (c == NULL || PQstatus(c) != CONNECTION_OK) {
         cq_pg_redact(uri, shown, sizeof shown);

@@ -22,8 +22,9 @@ int cq_pg_is_uri(const char *where);
 void cq_pg_redact(const char *uri, char *buf, size_t cap);
 
 /* Connect to uri within connect_timeout_s seconds (0 means 10). On success
- * CQ_OK with *out (the caller's to PQfinish), client_encoding UTF8 and
- * application_name "cqrsd". On failure CQ_EIO with a one-line message
+ * CQ_OK with *out (the caller's to PQfinish), client_encoding UTF8, and
+ * unless the URI says otherwise application_name "cqrsd" and
+ * client_min_messages warning (no NOTICE lines in the log). On failure CQ_EIO with a one-line message
  * naming the redacted URI and libpq's reason; *out is NULL. */
 int cq_pg_connect(const char *uri, int connect_timeout_s, PGconn **out,
                   char *err, size_t errcap);

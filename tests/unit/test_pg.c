@@ -77,6 +77,22 @@ static void test_codes(void **unused)
     assert_int_equal(cq_pg_connect(uri, 5, &c, err, sizeof err), CQ_OK);
     assert_non_null(c);
     assert_string_equal(PQparameterStatus(c, "client_encoding"), "UTF8");
+    assert_string_equal(PQparameterStatus(c, "application_name"), "cqrsd");
+    {
+        /* the URI's own settings win over the defaults; notices are off */
+        char named[1024];
+        PGconn *c2 = NULL;
+        PGresult *r;
+        snprintf(named, sizeof named, "%s?application_name=node7", uri);
+        assert_int_equal(cq_pg_connect(named, 5, &c2, err, sizeof err), CQ_OK);
+        assert_string_equal(PQparameterStatus(c2, "application_name"),
+                            "node7");
+        r = PQexec(c2, "SHOW client_min_messages");
+        assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+        assert_string_equal(PQgetvalue(r, 0, 0), "warning");
+        PQclear(r);
+        PQfinish(c2);
+    }
     assert_int_equal(cq_pg_exec(c, "CREATE TABLE t (k INT PRIMARY KEY); "
                                    "INSERT INTO t VALUES (1)",
                                 err, sizeof err),
