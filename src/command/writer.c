@@ -99,12 +99,39 @@ static enum outcome fatal(cq_writer *w, cq_write_req *r, int rc)
     return ABORT;
 }
 
-/* One attempt at command r: read the stream's version, check the
- * expectations, load the state (cached or folded), decide, append. An
- * append that finds the stream moved since its version was read answers
- * 409 and sets *moved (run_command decides what to do about it). */
+/* Round trips: on PostgreSQL the stream-version read costs one per
+ * command. When the cache holds the stream, or the command creates its
+ * stream and nothing is cached, its version is guessed instead (cached
+ * version, or 0): the append checks it as the expected version anyway.
+ * Only a guess that passes every expectation is used; a refusal or a
+ * decision without events (which no append would check) is never
+ * answered from a guess. 1 with *cur set, 0: read it. */
+static int guess_version(cq_writer *w, const cq_write_req *r, int64_t *cur)
+{
+    const cq_command_def *def = r->def;
+    int64_t v = 0, pos = 0;
+
+    if (cq_cache_get(w->cache, def->aggregate, r->stream_id, &v, &pos) ==
+            NULL &&
+        def->expect != CQ_EXPECT_NEW)
+        return 0;
+    if ((def->expect == CQ_EXPECT_NEW && v > 0) ||
+        (def->expect == CQ_EXPECT_EXISTS && v == 0) ||
+        (r->expected != CQ_VERSION_ANY && r->expected != v))
+        return 0;
+    *cur = v;
+    return 1;
+}
+
+/* One attempt at command r: read the stream's version (or, with `guess`,
+ * guess_version's), check the expectations, load the state (cached or
+ * folded), decide, append. An append that finds the stream moved since
+ * its version was read answers 409 and sets *moved (run_command decides
+ * what to do about it). A guess the append or the decision did not
+ * confirm sets *moved to 2: nothing was written, decide again from a
+ * version read from the store. */
 static enum outcome decide_and_append(cq_writer *w, cq_write_req *r,
-                                      int64_t now, int *moved)
+                                      int64_t now, int guess, int *moved)
 {
     const cq_command_def *def = r->def;
     const cq_aggregate *agg = def->aggregate;
@@ -117,9 +144,12 @@ static enum outcome decide_and_append(cq_writer *w, cq_write_req *r,
     int rc;
 
     f.state = NULL;
-    rc = cq_store_stream_version(w->store, r->stream_id, &cur);
-    if (rc != CQ_OK)
-        return fatal(w, r, rc);
+    if (!guess || !guess_version(w, r, &cur)) {
+        guess = 0;
+        rc = cq_store_stream_version(w->store, r->stream_id, &cur);
+        if (rc != CQ_OK)
+            return fatal(w, r, rc);
+    }
     if (def->expect == CQ_EXPECT_NEW && cur > 0) {
         writer_answer_problem(r, 409, "stream-exists",
                               "stream %s already exists "
@@ -148,6 +178,11 @@ static enum outcome decide_and_append(cq_writer *w, cq_write_req *r,
     }
     cq_decision_reset(w->decision);
     rc = def->decide(f.state, r->body, w->decision);
+    if (guess && (rc != CQ_OK || cq_decision_count(w->decision) == 0)) {
+        *moved = 2; /* unconfirmed guess: decide from the store's version */
+        out = UNDO;
+        goto done;
+    }
     if (rc == CQ_EREFUSED) {
         const char *why = cq_decision_refusal(w->decision);
         writer_answer_problem(r, 422, "refused", "%s refused: %s", def->type,
@@ -181,7 +216,7 @@ static enum outcome decide_and_append(cq_writer *w, cq_write_req *r,
         }
         rc = writer_append_events(w, r, cur, p, n, now, &version, &first);
         if (rc == CQ_ECONFLICT) {
-            *moved = 1;
+            *moved = guess ? 2 : 1;
             writer_answer_problem(r, 409, "conflict",
                                   "stream %s changed while the "
                                   "command ran",
@@ -260,16 +295,23 @@ done:
  * happens), a state cached before is not to be trusted: without an
  * expected version of its own (If-Match), r drops the stream's cache
  * entry and is decided once more from the store. With one, or a second
- * time, the answer is 409. */
+ * time, the answer is 409. A first attempt on a guessed version
+ * (guess_version) that the append refuses is decided once more from the
+ * version read, and that attempt is the last. */
 static enum outcome run_command(cq_writer *w, cq_write_req *r, int64_t now)
 {
     int moved = 0;
-    enum outcome out = decide_and_append(w, r, now, &moved);
+    /* first with a guessed version (guess_version); an unconfirmed guess
+     * wrote nothing and counts as no attempt */
+    enum outcome out = decide_and_append(w, r, now, 1, &moved);
 
-    if (moved && r->expected == CQ_VERSION_ANY) {
-        cq_cache_drop(w->cache, r->def->aggregate, r->stream_id);
+    /* an unconfirmed guess is the stale cache this retry is for: its
+     * entry stays (a prefix of the stream), the missing events are folded */
+    if (moved == 2 || (moved && r->expected == CQ_VERSION_ANY)) {
+        if (moved == 1)
+            cq_cache_drop(w->cache, r->def->aggregate, r->stream_id);
         moved = 0;
-        out = decide_and_append(w, r, now, &moved);
+        out = decide_and_append(w, r, now, 0, &moved);
     }
     return out;
 }

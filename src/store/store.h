@@ -222,7 +222,9 @@ int cq_store_fold_stream(cq_store *s, const char *stream_id,
 
 /* Highest position inside the open transaction (outside one: the highest
  * committed) into *position, 0 if the store is empty. CQ_OK; CQ_EINVAL
- * (NULL); a failure. */
+ * (NULL); a failure. Inside a batch it also takes the answers of what was
+ * sent ahead (see cq_store_cmdlog_put), so that the write view
+ * (cq_store_write_rdb) can run statements after it. */
 int cq_store_write_head(cq_store *s, int64_t *position);
 
 /* Look up an idempotency key. CQ_OK and *out filled (its strings are the
@@ -234,7 +236,10 @@ int cq_store_cmdlog_get(cq_store *s, const char *key, int64_t now_ms,
                         cq_cmdlog_entry *out);
 
 /* Insert or replace the entry for e->key; inside a batch it commits with
- * it. CQ_OK; CQ_EINVAL (NULL key, hash or response); a failure. */
+ * it. CQ_OK; CQ_EINVAL (NULL key, hash or response); a failure. Inside a
+ * batch a backend may send it with the next statement (PostgreSQL does):
+ * its failure then fails that later call, or the COMMIT, and the whole
+ * batch accepts only rollback. */
 int cq_store_cmdlog_put(cq_store *s, const cq_cmdlog_entry *e);
 
 /* Delete at most max_rows (>= 1) entries whose expires_at <= now_ms,
@@ -261,7 +266,9 @@ int cq_store_cmdlog_prune(cq_store *s, int64_t now_ms, int max_rows,
  * between cq_store_savepoint and the next write-side call the SAVEPOINT
  * is still in flight and a statement run on the view fails (it never runs
  * outside the savepoint); the writer always makes a write-side call
- * (cmdlog_get, stream_version, append) first. */
+ * (cmdlog_get, stream_version, append) first. The same holds after
+ * cq_store_cmdlog_put inside a batch: the writer calls
+ * cq_store_write_head before the inline checkpoints use the view. */
 struct cq_rdb *cq_store_write_rdb(cq_store *s);
 
 /* Open a new read-only connection to the store's database through the

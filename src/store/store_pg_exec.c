@@ -175,6 +175,7 @@ static int take_results(pgs_conn *pc, pgs_q *q, int n, char *err, size_t cap,
     PGresult *r;
 
     pc->queued = 0;
+    pc->queued_failed = 0;
     for (int k = 0; k < pre + n; k++) {
         int i = k - pre; /* < 0: a queued statement */
         r = PQgetResult(pc->c);
@@ -190,6 +191,7 @@ static int take_results(pgs_conn *pc, pgs_q *q, int n, char *err, size_t cap,
             r = NULL;
         } else if (!result_ok(r) && rc == CQ_OK) {
             note_failure(pc, r);
+            pc->queued_failed = i < 0;
             rc = pgs_fail(pc->c, r, err, cap, i < 0 ? pc->queued_what[k] : ctx);
         }
         if (i >= 0)
@@ -221,15 +223,17 @@ static int take_results(pgs_conn *pc, pgs_q *q, int n, char *err, size_t cap,
     return rc;
 }
 
-/* Send sql (no parameters, no rows wanted) now, in a pipeline left open:
- * its result is taken by the next pgs_run or pgs_drain, which it thus
- * costs no round trip of its own. While it is open, libpq refuses every
- * synchronous call on the connection (PQexec...): a statement sent by
- * someone else in between fails instead of running before it. `what`
- * (static text) names it in a failure's message. CQ_OK or CQ_EIO (the
- * connection is then reset before its next use). */
-int pgs_queue(pgs_conn *pc, const char *sql, const char *what, char *err,
-              size_t cap)
+/* Send statement q (no rows wanted; its parameters are copied at once)
+ * now, in a pipeline left open: its result is taken by the next pgs_run
+ * or pgs_drain, which it thus costs no round trip of its own (a failure
+ * of it is that call's failure, with pc->queued_failed set). While it is
+ * open, libpq refuses every synchronous call on the connection
+ * (PQexec...): a statement sent by someone else in between fails instead
+ * of running before it. `what` (static text) names it in a failure's
+ * message. CQ_OK or CQ_EIO (the connection is then reset before its next
+ * use). */
+int pgs_queue_q(pgs_conn *pc, const pgs_q *q, const char *what, char *err,
+                size_t cap)
 {
     if (pc->queued >= PGS_MAX_QUEUED) {
         int rc = pgs_drain(pc, err, cap);
@@ -237,13 +241,20 @@ int pgs_queue(pgs_conn *pc, const char *sql, const char *what, char *err,
             return rc;
     }
     if ((pc->queued == 0 && PQenterPipelineMode(pc->c) != 1) ||
-        PQsendQueryParams(pc->c, sql, 0, NULL, NULL, NULL, NULL, 0) != 1 ||
-        PQflush(pc->c) != 0) {
+        send_one(pc, q) != 1 || PQflush(pc->c) != 0) {
         pc->broken = 1;
         return pgs_fail(pc->c, NULL, err, cap, what);
     }
     pc->queued_what[pc->queued++] = what;
     return CQ_OK;
+}
+
+/* pgs_queue_q of sql without parameters. */
+int pgs_queue(pgs_conn *pc, const char *sql, const char *what, char *err,
+              size_t cap)
+{
+    pgs_q q = {.stmt = -1, .sql = sql};
+    return pgs_queue_q(pc, &q, what, err, cap);
 }
 
 /* Take the results of what pgs_queue sent and close the pipeline. CQ_OK,
@@ -271,6 +282,7 @@ int pgs_run(pgs_conn *pc, pgs_q *q, int n, char *err, size_t cap,
 {
     int rc = CQ_OK;
 
+    pc->queued_failed = 0;
     for (int i = 0; i < n; i++)
         q[i].res = NULL;
     if (n == 1 && pc->queued == 0) {

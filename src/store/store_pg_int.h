@@ -179,6 +179,7 @@ typedef struct pgs_conn {
     int ready;   /* session set and statements prepared since connect */
     int broken;  /* reset before the next use (a pipeline went wrong) */
     int queued;  /* statements sent by pgs_queue, results not yet taken */
+    int queued_failed; /* the last pgs_run/pgs_drain failed in one of them */
     const char *queued_what[PGS_MAX_QUEUED];
 } pgs_conn;
 
@@ -226,6 +227,8 @@ int pgs_session(pgs_conn *pc, char *err, size_t cap);
 int pgs_ensure(pgs_conn *pc, char *err, size_t cap);
 int pgs_queue(pgs_conn *pc, const char *sql, const char *what, char *err,
               size_t cap);
+int pgs_queue_q(pgs_conn *pc, const pgs_q *q, const char *what, char *err,
+                size_t cap);
 int pgs_drain(pgs_conn *pc, char *err, size_t cap);
 int pgs_run(pgs_conn *pc, pgs_q *q, int n, char *err, size_t cap,
             const char *ctx);
@@ -257,6 +260,7 @@ int pgs_w_misuse(pgs_store *w, int code, const char *fmt, ...)
 void pgs_w_mark_failed(pgs_store *w);
 int pgs_w_check(pgs_store *w, const char *what);
 int pgs_w_run(pgs_store *w, pgs_q *q, int n, const char *ctx);
+int pgs_w_queue(pgs_store *w, const pgs_q *q, const char *what);
 int pgs_tx_begin(pgs_store *w);
 int pgs_tx_commit(pgs_store *w);
 int pgs_tx_rollback(pgs_store *w);

@@ -26,13 +26,15 @@ int pgs_w_misuse(pgs_store *w, int code, const char *fmt, ...)
 
 /* Record that a write-side statement failed: the batch (or the command's
  * savepoint, when the failure was inside it and the connection lives)
- * accepts only rollback now. */
+ * accepts only rollback now. A statement sent earlier (pgs_queue: a
+ * RELEASE, a SAVEPOINT, a command-log put) that failed may belong to an
+ * earlier command, whose savepoint is gone: that fails the batch. */
 void pgs_w_mark_failed(pgs_store *w)
 {
     w->head_valid = 0;
     if (!w->in_tx)
         return;
-    if (pgs_conn_bad(&w->w) || !w->in_sp)
+    if (pgs_conn_bad(&w->w) || !w->in_sp || w->w.queued_failed)
         w->failed = PGS_FAIL_TX;
     else if (w->failed == PGS_FAIL_NONE)
         w->failed = PGS_FAIL_SAVEPOINT;
@@ -102,6 +104,36 @@ int pgs_w_run(pgs_store *w, pgs_q *q, int n, const char *ctx)
     }
     if (rc != CQ_OK)
         pgs_w_mark_failed(w);
+    return rc;
+}
+
+/* Inside the batch: send q (no rows wanted) after the pending RELEASE if
+ * any, without waiting for its answer: it is taken with the next
+ * statement (pgs_queue_q), whose call fails the batch if q failed. */
+int pgs_w_queue(pgs_store *w, const pgs_q *q, const char *what)
+{
+    int rc = CQ_OK;
+
+    if (!w->in_tx)
+        return pgs_w_misuse(w, CQ_EINVAL, "%s: no transaction is open", what);
+    if (pgs_conn_bad(&w->w)) {
+        pgs_w_mark_failed(w);
+        return pgs_w_misuse(w, CQ_EIO,
+                            "%s: the connection to %s was lost with the "
+                            "transaction",
+                            what, w->shown);
+    }
+    if (w->release_pending) {
+        w->release_pending = 0;
+        rc = pgs_queue(&w->w, "RELEASE cmd", "RELEASE (of the last command)",
+                       w->msg, sizeof w->msg);
+    }
+    if (rc == CQ_OK)
+        rc = pgs_queue_q(&w->w, q, what, w->msg, sizeof w->msg);
+    if (rc != CQ_OK) {
+        pgs_w_mark_failed(w);
+        w->failed = PGS_FAIL_TX; /* what was queued before is lost too */
+    }
     return rc;
 }
 
@@ -413,6 +445,16 @@ int pgs_write_head(void *impl, int64_t *position)
     if (fresh && !w->in_tx) {
         *position = w->head;
         return CQ_OK;
+    }
+    /* The writer asks for the head before the inline projections write
+     * their checkpoints through the write view, which libpq refuses while
+     * statements are queued: take their answers now. */
+    if (w->in_tx && w->w.queued > 0) {
+        rc = pgs_drain(&w->w, w->msg, sizeof w->msg);
+        if (rc != CQ_OK) {
+            pgs_w_mark_failed(w);
+            return rc;
+        }
     }
     return w_head(w, position);
 }

@@ -1145,6 +1145,84 @@ static long long committed_expired(const fixture *f, int64_t now)
  * (one COMMIT) of its own; inside one it adds no COMMIT and goes (or is
  * undone) with the batch, or alone with its savepoint, also when it
  * fails. */
+/* A command-log put that fails fails the batch: nothing of it commits,
+ * also on PostgreSQL, where the put is sent ahead and its failure shows
+ * at the next call (the next command's append, or COMMIT), by then
+ * outside the savepoint it was written in. */
+static void test_cmdlog_put_failure_fails_batch(void **state)
+{
+    fixture *f = *state;
+    cq_store *s = f->s;
+    cq_cmdlog_entry bad = {"bad", "abc123", 202, "{}", 1000, 5000};
+    cq_cmdlog_entry out;
+    int64_t v, p, head = -1;
+
+    poke(f,
+         "CREATE TRIGGER no_bad BEFORE INSERT ON command_log"
+         " WHEN NEW.idem_key = 'bad' BEGIN SELECT RAISE(ABORT, 'bad key');"
+         " END",
+         "CREATE FUNCTION no_bad() RETURNS trigger LANGUAGE plpgsql AS"
+         " $$BEGIN RAISE EXCEPTION 'bad key'; END$$;"
+         " CREATE TRIGGER no_bad BEFORE INSERT ON command_log FOR EACH ROW"
+         " WHEN (NEW.idem_key = 'bad') EXECUTE FUNCTION no_bad()");
+    assert_int_equal(append1(s, "x", CQ_VERSION_NO_STREAM, 1), 1);
+
+    /* the next command's call fails */
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_equal(append1(s, "a", CQ_VERSION_NO_STREAM, 1), 2);
+    if (use_pg) {
+        assert_int_equal(cq_store_cmdlog_put(s, &bad), CQ_OK); /* sent */
+        assert_int_equal(cq_store_release(s), CQ_OK);
+        assert_int_equal(cq_store_savepoint(s), CQ_OK);
+        assert_int_equal(
+            cq_store_append(s, "b", CQ_VERSION_ANY, &EV, 1, 5, &v, &p),
+            CQ_EIO);
+        assert_non_null(strstr(cq_store_errmsg(s), "bad key"));
+        /* not only b's savepoint: a's is gone with it */
+        assert_int_equal(cq_store_rollback_savepoint(s), CQ_EIO);
+        assert_int_equal(cq_store_commit(s), CQ_EIO);
+    } else {
+        assert_int_not_equal(cq_store_cmdlog_put(s, &bad), CQ_OK);
+    }
+    assert_int_equal(cq_store_rollback(s), CQ_OK);
+    read_all(s, 1, 10, &head, CQ_OK);
+    assert_int_equal(head, 1);
+
+    /* the batch's last command: COMMIT fails */
+    assert_int_equal(cq_store_begin(s), CQ_OK);
+    assert_int_equal(cq_store_savepoint(s), CQ_OK);
+    assert_int_equal(append1(s, "a", CQ_VERSION_NO_STREAM, 1), 2);
+    if (cq_store_cmdlog_put(s, &bad) == CQ_OK) {
+        assert_true(use_pg);
+        assert_int_equal(cq_store_release(s), CQ_OK);
+        assert_int_equal(cq_store_commit(s), CQ_EIO);
+    }
+    assert_int_equal(cq_store_rollback(s), CQ_OK);
+    read_all(s, 1, 10, &head, CQ_OK);
+    assert_int_equal(head, 1);
+    assert_int_equal(cq_store_cmdlog_get(s, "bad", 1000, &out), CQ_ENOTFOUND);
+
+    /* a put sent ahead is done before the write view runs a statement */
+    if (use_pg) {
+        cq_cmdlog_entry good = {"good", "abc123", 202, "{}", 1000, 5000};
+        cq_rdb *view = cq_store_write_rdb(s);
+        assert_int_equal(cq_store_begin(s), CQ_OK);
+        assert_int_equal(cq_store_savepoint(s), CQ_OK);
+        assert_int_equal(append1(s, "a", CQ_VERSION_NO_STREAM, 1), 2);
+        assert_int_equal(cq_store_cmdlog_put(s, &good), CQ_OK);
+        assert_int_equal(cq_store_release(s), CQ_OK);
+        assert_int_equal(cq_store_write_head(s, &head), CQ_OK);
+        assert_int_equal(head, 2);
+        char err[256] = "";
+        assert_int_equal(cq_rdb_exec(view, "CREATE TABLE after_put (x INT)",
+                                     err, sizeof err),
+                         CQ_OK);
+        assert_int_equal(cq_store_commit(s), CQ_OK);
+        assert_int_equal(cq_store_cmdlog_get(s, "good", 1000, &out), CQ_OK);
+    }
+}
+
 static void test_cmdlog_prune_step(void **state)
 {
     fixture *f = *state;
@@ -1458,6 +1536,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_lookups, setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_read_only, setup_dir, teardown),
         cmocka_unit_test_setup_teardown(test_cmdlog, setup_open, teardown),
+        cmocka_unit_test_setup_teardown(test_cmdlog_put_failure_fails_batch,
+                                        setup_open, teardown),
         cmocka_unit_test_setup_teardown(test_cmdlog_prune_step, setup_open,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_readers_see_gap_free_prefix,
