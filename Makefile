@@ -39,9 +39,9 @@ test: build
 	cmake --build build-asan -j $(JOBS)
 	cd build && ctest --output-on-failure --no-tests=error -j 2
 	cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
-		ctest --output-on-failure --no-tests=error -L tsan
+		ctest --output-on-failure --no-tests=error -L tsan -LE browser -j 2
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 \
-		ctest --output-on-failure --no-tests=error -j 2
+		ctest --output-on-failure --no-tests=error -LE browser -j 2
 
 bench: build
 	@sh scripts/deps.sh wrk postgresql npm nats-server
