@@ -876,6 +876,7 @@ class TakeoverTest(NodesTestBase):
             c = Client(survivors[0])
             before = self.fresh(c, "apply_log_summary", {}, c.head(), wait_ms=10000)
             self.assertGreater(before["applied"], 0)
+            head_at_kill = c.head()
             t_kill = time.monotonic()
             victim.kill()
             # another node holds every lock within 5 s
@@ -900,8 +901,10 @@ class TakeoverTest(NodesTestBase):
                         break
                     time.sleep(0.02)
                 self.assertEqual(said, [x is owner for x in survivors], name)
-            # and they move on: fresh at the head within 5 s of the kill
-            head = c.head()
+            # and they move on: within 5 s of the kill every event committed
+            # before it is applied (the writers keep going meanwhile, so the
+            # moving head is a matter of throughput, checked after the load)
+            head = head_at_kill
             for name in ("sales_dashboard", "apply_log_summary"):
                 left = max(0.1, 5.0 - (time.monotonic() - t_kill))
                 st, _, b = c.get(qpath(name, {"min_position": head,
@@ -930,7 +933,7 @@ class TakeoverTest(NodesTestBase):
             self.assertEqual(s["status"], "paid")
         c.close()
         log("takeover: locks held by a survivor %.0f ms after SIGKILL, projections "
-            "fresh at the head %.0f ms after; %d orders paid during the run"
+            "caught up with the head at the kill %.0f ms after; %d orders paid during the run"
             % (took * 1000, caught * 1000, len(acked)))
         for n in survivors:
             n.stop()
