@@ -66,7 +66,8 @@ struct cq_worker {
     int nc_slots;
     int64_t skipped;         /* held messages below the checkpoint, dropped */
     char *sid, *type, *meta; /* hand_out's scratch (projector thread) */
-    pthread_mutex_t mu;      /* guards the consumers' st */
+    pthread_mutex_t mu; /* guards the consumers' st, and c and nc_slots
+                         * against their growth (slot) */
 };
 
 int cq_worker_new(const cq_worker_config *cfg, cq_worker **out, char *err,
@@ -206,15 +207,21 @@ static int connect_nats(cq_worker *w)
 static consumer *slot(cq_worker *w, int index)
 {
     if (index >= w->nc_slots) {
-        consumer *c = realloc(w->c, (size_t)(index + 1) * sizeof *c);
-        if (c == NULL)
+        /* under mu: cq_worker_get_stats reads w->c from the HTTP thread */
+        consumer *c;
+        pthread_mutex_lock(&w->mu);
+        c = realloc(w->c, (size_t)(index + 1) * sizeof *c);
+        if (c == NULL) {
+            pthread_mutex_unlock(&w->mu);
             return NULL;
+        }
         for (int i = w->nc_slots; i <= index; i++) {
             memset(&c[i], 0, sizeof c[i]);
             c[i].index = -1;
         }
         w->c = c;
         w->nc_slots = index + 1;
+        pthread_mutex_unlock(&w->mu);
     }
     return &w->c[index];
 }
