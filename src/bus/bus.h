@@ -181,6 +181,25 @@ cq_engine_source cq_worker_source(cq_worker *w);
 /* The durable consumer name of projection `name` into buf. */
 void cq_worker_durable(const char *name, char *buf, size_t cap);
 
+/* Up to `want` messages (want >= 1) of the JetStream pull subscription
+ * `sub` (a natsSubscription), each passed to take (which owns it), waiting
+ * up to timeout_ms when none is there; returns how many, with the last
+ * fetch's natsStatus in *status (0 = NATS_OK, or NATS_TIMEOUT, ...).
+ * natsSubscription_Fetch with a guard for libnats before 3.9 (Debian's
+ * 3.4), whose fetch writes past its array of `want` messages when a
+ * fetch starts with fewer than `want` but more than want/2 messages
+ * already queued on the subscription (late answers to earlier fetches,
+ * e.g. the pull requests buffered while disconnected, sent at once on
+ * reconnect) and more come: heap corruption. Queued messages are taken
+ * one per fetch, which cannot overflow; a batch is asked for only with
+ * an empty queue. The caller's thread only (one per subscription). */
+struct __natsSubscription;
+struct __natsMsg;
+int cq_worker_fetch(struct __natsSubscription *sub, int want,
+                    int64_t timeout_ms,
+                    void (*take)(void *arg, struct __natsMsg *m), void *arg,
+                    int *status);
+
 /* The counters of projection's consumer (refreshed once a second while
  * it runs). Any thread. */
 void cq_worker_get_stats(cq_worker *w, int projection, cq_worker_stats *out);

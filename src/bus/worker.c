@@ -66,7 +66,8 @@ struct cq_worker {
     int nc_slots;
     int64_t skipped;         /* held messages below the checkpoint, dropped */
     char *sid, *type, *meta; /* hand_out's scratch (projector thread) */
-    pthread_mutex_t mu;      /* guards the consumers' st */
+    pthread_mutex_t mu; /* guards the consumers' st, and c and nc_slots
+                         * against their growth (slot) */
 };
 
 int cq_worker_new(const cq_worker_config *cfg, cq_worker **out, char *err,
@@ -206,15 +207,21 @@ static int connect_nats(cq_worker *w)
 static consumer *slot(cq_worker *w, int index)
 {
     if (index >= w->nc_slots) {
-        consumer *c = realloc(w->c, (size_t)(index + 1) * sizeof *c);
-        if (c == NULL)
+        /* under mu: cq_worker_get_stats reads w->c from the HTTP thread */
+        consumer *c;
+        pthread_mutex_lock(&w->mu);
+        c = realloc(w->c, (size_t)(index + 1) * sizeof *c);
+        if (c == NULL) {
+            pthread_mutex_unlock(&w->mu);
             return NULL;
+        }
         for (int i = w->nc_slots; i <= index; i++) {
             memset(&c[i], 0, sizeof c[i]);
             c[i].index = -1;
         }
         w->c = c;
         w->nc_slots = index + 1;
+        pthread_mutex_unlock(&w->mu);
     }
     return &w->c[index];
 }
@@ -335,6 +342,48 @@ static void hold(cq_worker *w, consumer *c, natsMsg *m, int64_t from)
     c->nq++;
 }
 
+int cq_worker_fetch(natsSubscription *sub, int want, int64_t timeout_ms,
+                    void (*take)(void *arg, natsMsg *m), void *arg,
+                    int *status)
+{
+    int got = 0;
+    natsStatus s = NATS_OK;
+
+    while (got < want) {
+        natsMsgList list = {0};
+        int queued = 0, n;
+        if (natsSubscription_GetPending(sub, &queued, NULL) != NATS_OK)
+            queued = 0;
+        /* with messages queued, one at a time: libnats 3.4's _fetch
+         * overflows its array of n when it finds k queued, n/2 < k < n
+         * (nats.c #749); with n = 1 it finds at most n */
+        n = queued > 0 ? 1 : want - got;
+        s = natsSubscription_Fetch(&list, sub, n, timeout_ms, NULL);
+        for (int i = 0; i < list.Count; i++) {
+            take(arg, list.Msgs[i]);
+            list.Msgs[i] = NULL;
+        }
+        got += list.Count;
+        natsMsgList_Destroy(&list);
+        if (queued == 0 || s != NATS_OK)
+            break;
+    }
+    *status = (int)s;
+    return got;
+}
+
+typedef struct take_ctx {
+    cq_worker *w;
+    consumer *c;
+    int64_t from;
+} take_ctx;
+
+static void take_msg(void *arg, natsMsg *m)
+{
+    take_ctx *t = arg;
+    hold(t->w, t->c, m, t->from);
+}
+
 /* A header's text, unescaped into buf; NULL when missing or malformed. */
 static const char *text_header(natsMsg *m, const char *key, char *buf,
                                size_t cap)
@@ -422,6 +471,7 @@ static int source_read(void *arg, int projection, const char *name,
     cq_worker *w = arg;
     consumer *c = slot(w, projection);
     int ready = 0, k, stop = 0, rc = CQ_OK;
+    natsConnStatus cs;
 
     if (c == NULL) {
         snprintf(err, errcap, "out of memory");
@@ -445,16 +495,28 @@ static int source_read(void *arg, int projection, const char *name,
     c->nq -= k;
     while (ready < c->nq && c->q[ready].pos == from + ready)
         ready++;
-    if (ready < limit && c->nq < 20 * limit) {
-        natsMsgList list = {0};
-        /* wait only when there is nothing to hand out */
-        natsStatus s = natsSubscription_Fetch(&list, c->sub, limit - ready,
-                                              ready > 0 ? 5 : 100, NULL);
-        for (int i = 0; i < list.Count; i++) {
-            hold(w, c, list.Msgs[i], from);
-            list.Msgs[i] = NULL;
-        }
-        natsMsgList_Destroy(&list);
+    cs = natsConnection_Status(w->nc);
+    if (cs == NATS_CONN_STATUS_CLOSED) {
+        drop_nats(w);
+        return CQ_OK;
+    }
+    if (cs != NATS_CONN_STATUS_CONNECTED && ready == 0) {
+        /* no pull requests while reconnecting: libnats would buffer them
+         * and send them all at once on reconnect, and their answers would
+         * come late, queued on the subscription */
+        struct timespec ts = {0, 100 * 1000000};
+        nanosleep(&ts, NULL);
+    } else if (cs == NATS_CONN_STATUS_CONNECTED && ready < limit &&
+               c->nq < 20 * limit) {
+        take_ctx t = {w, c, from};
+        int st = NATS_OK;
+        natsStatus s;
+        /* wait only when there is nothing to hand out; never less than
+         * 20 ms, so that libnats asks the server for 10 ms less and its
+         * answers come before the fetch gives up, not queued for later */
+        cq_worker_fetch(c->sub, limit - ready, ready > 0 ? 20 : 100, take_msg,
+                        &t, &st);
+        s = (natsStatus)st;
         if (s == NATS_CONNECTION_CLOSED) {
             drop_nats(w);
             return CQ_OK;

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 #include <nats/nats.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -650,6 +651,117 @@ static void test_worker_rebuild_then_bus(void **state)
     free(v2);
 }
 
+/* ---- cq_worker_fetch: libnats 3.4's fetch overflow (nats.c #749) ---- */
+
+typedef struct late_pub {
+    fx *f;
+    const char *inbox;
+    int n;
+} late_pub;
+
+static void *publish_later(void *arg)
+{
+    late_pub *lp = arg;
+    char subj[160];
+
+    usleep(150 * 1000);
+    /* a pull request for 100 (that waits) answered to the subscription's
+     * inbox, while the fetch waits: then 20 messages for it */
+    snprintf(subj, sizeof subj, "$JS.API.CONSUMER.MSG.NEXT.%s.late",
+             lp->f->stream);
+    natsConnection_PublishRequestString(lp->f->nc, subj, lp->inbox,
+                                        "{\"batch\":100,"
+                                        "\"expires\":5000000000}");
+    natsConnection_Flush(lp->f->nc);
+    usleep(20 * 1000);
+    snprintf(subj, sizeof subj, "%s.x.late", lp->f->prefix);
+    for (int i = 0; i < lp->n; i++)
+        js_Publish(NULL, lp->f->js, subj, "late", 4, NULL, NULL);
+    return NULL;
+}
+
+typedef struct taken {
+    natsMsg *m[64];
+    int n;
+} taken;
+
+static void take(void *arg, natsMsg *m)
+{
+    taken *t = arg;
+    if (t->n < 64)
+        t->m[t->n++] = m;
+    else
+        natsMsg_Destroy(m);
+}
+
+/* A fetch of 10 that finds 6 late messages queued on the subscription
+ * (answers to a pull request it did not send, as after a reconnect), 4 on
+ * the server, and then 20 more coming: libnats 3.4's own fetch would take
+ * the 6, ask for 4, get them and keep taking past its array of 10 (heap
+ * corruption; the count past 10); cq_worker_fetch takes at most the 10
+ * asked for. */
+static void test_worker_fetch_late_answers(void **state)
+{
+    fx *f = *state;
+    jsStreamConfig sc;
+    jsConsumerConfig cc;
+    jsSubOptions so;
+    natsSubscription *sub = NULL;
+    char subj[160], next[300];
+    const char *subjects[1] = {subj};
+    late_pub lp = {f, NULL, 20};
+    pthread_t th;
+    taken t = {.n = 0};
+    int queued = 0, st = 0, got;
+
+    snprintf(subj, sizeof subj, "%s.>", f->prefix);
+    jsStreamConfig_Init(&sc);
+    sc.Name = f->stream;
+    sc.Subjects = subjects;
+    sc.SubjectsLen = 1;
+    sc.Storage = js_MemoryStorage;
+    assert_int_equal(js_AddStream(NULL, f->js, &sc, NULL, NULL), NATS_OK);
+    jsConsumerConfig_Init(&cc);
+    cc.Durable = "late";
+    cc.AckPolicy = js_AckExplicit;
+    assert_int_equal(js_AddConsumer(NULL, f->js, f->stream, &cc, NULL, NULL),
+                     NATS_OK);
+    jsSubOptions_Init(&so);
+    so.Stream = f->stream;
+    so.Consumer = "late";
+    assert_int_equal(js_PullSubscribe(&sub, f->js, subj, "late", NULL, &so,
+                                      NULL),
+                     NATS_OK);
+    snprintf(next, sizeof next, "%s.x.early", f->prefix);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(js_Publish(NULL, f->js, next, "early", 5, NULL, NULL),
+                         NATS_OK);
+    /* a pull request for 6 answered to the subscription's inbox: 6 of
+     * the 10 queued there, 4 left on the server */
+    snprintf(next, sizeof next, "$JS.API.CONSUMER.MSG.NEXT.%s.late", f->stream);
+    assert_int_equal(natsConnection_PublishRequestString(
+                         f->nc, next, natsSubscription_GetSubject(sub),
+                         "{\"batch\":6}"),
+                     NATS_OK);
+    for (int i = 0; i < 200 && queued < 6; i++) {
+        usleep(10000);
+        assert_int_equal(natsSubscription_GetPending(sub, &queued, NULL),
+                         NATS_OK);
+    }
+    assert_int_equal(queued, 6);
+    lp.inbox = natsSubscription_GetSubject(sub);
+    assert_int_equal(pthread_create(&th, NULL, publish_later, &lp), 0);
+    got = cq_worker_fetch(sub, 10, 1000, take, &t, &st);
+    pthread_join(th, NULL);
+    /* never more than asked for; at least the 6 that were queued */
+    assert_int_equal(got, t.n);
+    assert_in_range(got, 6, 10);
+    assert_true(st == NATS_OK || st == NATS_TIMEOUT);
+    for (int i = 0; i < t.n; i++)
+        natsMsg_Destroy(t.m[i]);
+    natsSubscription_Destroy(sub);
+}
+
 int main(int argc, char **argv)
 {
     const char *dir = getenv("CQ_TEST_NATS_DIR");
@@ -687,6 +799,8 @@ int main(int argc, char **argv)
                                         fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_worker_rebuild_then_bus, fx_setup,
                                         fx_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_fetch_late_answers,
+                                        fx_setup, fx_teardown),
     };
     rc = cmocka_run_group_tests(tests, NULL, NULL);
     cq_bus_shutdown();
