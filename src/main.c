@@ -622,6 +622,9 @@ static int serve(const options *o)
     if (cq_modules_open(o->domains, o->ndomains, &mods, err, sizeof err) !=
         CQ_OK) {
         fprintf(stderr, "cqrsd: %s\n", err);
+        cq_auth_free(auth);
+        free(tls_cert);
+        free(tls_key);
         return 2;
     }
     ecfg.domain = cq_modules_domain(mods);
