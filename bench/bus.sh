@@ -55,9 +55,9 @@ TARGET_P99_US=20000
 NATS_PUB=$BUILD_DIR/bench/bench_nats_pub
 WINDOW=$BUILD_DIR/bench/bench_window
 
-say() { printf '%s\n' "$*"; }
-warn() { printf 'bench bus: %s\n' "$*" >&2; }
-die() { warn "$*"; exit 1; }
+BENCH_WHO="bench bus"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 for v in "$FILL" "$SECS" "$RATE" "$WCMDS" "$WSECS" "$CONNS"; do
     case $v in '' | *[!0-9]*) die "BENCH_BUS_* take whole numbers, got '$v'" ;; esac
@@ -69,7 +69,6 @@ done
 for t in wrk psql curl nats-server timeout; do
     command -v $t >/dev/null 2>&1 || die "$t not found (sh scripts/deps.sh wrk postgresql nats-server)"
 done
-bounded() { secs=$1; shift; timeout --foreground -k 5 "$secs" "$@"; }
 
 mkdir -p "$TMP_PARENT" || die "cannot create $TMP_PARENT"
 TMP=$(mktemp -d "$TMP_PARENT/cqrsd-bench-bus.XXXXXX") || die "mktemp failed"
@@ -87,27 +86,6 @@ trap 'exit 130' INT
 trap 'exit 143' TERM HUP
 
 STATUS=0
-field() {
-    awk -v kind="kind=$1" -v key="$2" '
-        $1 == "BENCH" && $2 == kind {
-            for (i = 3; i <= NF; i++) {
-                n = index($i, "=")
-                if (substr($i, 1, n - 1) == key) v = substr($i, n + 1)
-            }
-        }
-        END { print v }' "$3" 2>/dev/null
-}
-calc() {
-    expr=$1; shift
-    for a in "$@"; do [ -n "$a" ] || { echo n/a; return; }; done
-    awk -v a="${1:-0}" -v b="${2:-0}" -v c="${3:-0}" "BEGIN { $expr }"
-}
-num() { calc 'printf "%.0f", a' "${1:-}"; }
-ms() { calc 'printf "%.2f ms", a / 1000' "${1:-}"; }
-free_port() {
-    python3 -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 # background process bounded to the whole script's length, logged
 spawn() {
     log=$1; shift
@@ -144,11 +122,7 @@ for i in 1 2 3; do
     eval "PORT$i=$port"
 done
 for url in $URLS; do
-    t0=$(date +%s)
-    until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url/healthz")" = 200 ]; do
-        [ $(($(date +%s) - t0)) -ge 30 ] && { tail -n 5 "$TMP"/node*.log >&2; die "$url did not come up"; }
-        sleep 0.1
-    done
+    wait_healthz "$url" 30 || { tail -n 5 "$TMP"/node*.log >&2; die "$url did not come up"; }
 done
 A=http://127.0.0.1:$PORT1
 C=http://127.0.0.1:$PORT3

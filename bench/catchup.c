@@ -21,8 +21,13 @@
  *
  * Usage: bench_catchup --port P --order-id ID --probe-order ID
  *                      --position N [--timeout S] [--host H] [--pid PID]
+ *                      [--samples FILE]
  * --pid: the server's process (or its timeout(1) wrapper); when it is gone
  * the wait ends at once instead of at the timeout.
+ * --samples FILE: order_summaries' position (meta.position of
+ * --probe-order) every 200 ms while it catches up, as lines "SECONDS
+ * POSITION" in FILE (seconds since bench_catchup started, just after the
+ * server; bench/plot.sh draws them); the last line is the target reached.
  * The answer's body lives in the connection's buffer: read it before the
  * next request.
  *
@@ -40,6 +45,7 @@
 #include "minihttp.h"
 
 static pid_t server_pid; /* 0: not watched */
+static FILE *samples;    /* --samples, or NULL */
 
 static double secs_since(int64_t t0)
 {
@@ -54,7 +60,7 @@ static int wait_fresh(mh_conn *c, const char *name, const char *path,
                       int64_t deadline, mh_resp *out)
 {
     mh_resp r;
-    double last_print = secs_since(t0);
+    double last_print = secs_since(t0), last_sample = last_print;
     while (mh_now_ns() < deadline && !mh_pid_gone(server_pid)) {
         int64_t a = mh_now_ns();
         int rc = mh_get(c, path, &r, 5000);
@@ -71,13 +77,20 @@ static int wait_fresh(mh_conn *c, const char *name, const char *path,
             struct timespec ts = {0, 20 * 1000000};
             nanosleep(&ts, NULL);
         }
-        if (secs_since(t0) - last_print >= 1.0 && probe) {
-            last_print = secs_since(t0);
+        double every = samples ? 0.2 : 1.0;
+        if (secs_since(t0) - last_sample >= every && probe) {
+            last_sample = secs_since(t0);
             long long pos = -1;
             if (mh_get(c, probe, &r, 5000) == 0 && r.status == 200)
                 pos = mh_json_int(r.body, "position");
-            printf("  %6.1f s  %s at position %lld\n", last_print, name, pos);
-            fflush(stdout);
+            if (samples && pos >= 0)
+                fprintf(samples, "%.3f %lld\n", last_sample, pos);
+            if (last_sample - last_print >= 1.0) {
+                last_print = last_sample;
+                printf("  %6.1f s  %s at position %lld\n", last_print, name,
+                       pos);
+                fflush(stdout);
+            }
         }
     }
     return -1;
@@ -87,7 +100,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: bench_catchup --port P --order-id ID "
                     "--probe-order ID --position N [--timeout S] "
-                    "[--host H] [--pid PID]\n");
+                    "[--host H] [--pid PID] [--samples FILE]\n");
 }
 
 int main(int argc, char **argv)
@@ -120,7 +133,15 @@ int main(int argc, char **argv)
             timeout_s = atof(v);
         else if (!strcmp(a, "--pid"))
             server_pid = (pid_t)atol(v);
-        else {
+        else if (!strcmp(a, "--samples")) {
+            if (!samples)
+                samples = fopen(v, "w");
+            if (!samples) {
+                fprintf(stderr, "bench_catchup: cannot write %s: %s\n", v,
+                        strerror(errno));
+                return 1;
+            }
+        } else {
             usage();
             return 2;
         }
@@ -176,6 +197,8 @@ int main(int argc, char **argv)
         return 1;
     }
     const int64_t t_os = mh_now_ns();
+    if (samples)
+        fprintf(samples, "%.3f %lld\n", secs_since(t0), target);
     int shipped = strstr(r.body, "\"status\":\"shipped\"") &&
                   strstr(r.body, "\"payment_status\":\"paid\"");
     printf("  %6.1f s  order_summaries at position %lld; last order %s: "
@@ -214,5 +237,10 @@ int main(int argc, char **argv)
            "last_ok=%d\n",
            target, up_s, os_s, (double)target / os_s, sd ? sd_s : -1.0,
            sd ? 2.0 * (double)target / sd_s : -1.0, shipped);
+    if (samples && fclose(samples) != 0) {
+        fprintf(stderr, "bench_catchup: cannot write the samples: %s\n",
+                strerror(errno));
+        return 1;
+    }
     return 0;
 }

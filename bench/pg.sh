@@ -51,9 +51,9 @@ STRICT=${BENCH_STRICT:-0}
 TARGET_RATIO=10
 CONFIGS="cq1:1 cq1:64 cq3:1 cq3:64 mdb:1 mdb:64 raw:1 raw:64"
 
-say() { printf '%s\n' "$*"; }
-warn() { printf 'bench pg: %s\n' "$*" >&2; }
-die() { warn "$*"; exit 1; }
+BENCH_WHO="bench pg"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 for v in "$SECS" "$ROUNDS" "$WARMUP"; do
     case $v in '' | *[!0-9]*) die "BENCH_PG_SECONDS, BENCH_PG_ROUNDS and BENCH_WARMUP take whole numbers, got '$v'" ;; esac
@@ -67,14 +67,9 @@ for t in wrk pgbench psql curl python3; do
 done
 # the whole run, bounded: the nodes cannot outlive a killed script for long
 BUDGET=$(( (8 * (SECS + 40)) * ROUNDS + 8 * WARMUP + 600 ))
-if command -v timeout >/dev/null 2>&1; then
-    bounded() { secs=$1; shift; timeout --foreground -k 5 "$secs" "$@"; }
-    # plain timeout(1) passes our SIGTERM on to the node; --foreground would not
-    TIMEOUT="timeout -k 10 $BUDGET"
-else
-    bounded() { shift; "$@"; }
-    TIMEOUT=
-fi
+# plain timeout(1) passes our SIGTERM on to the node; --foreground would not
+TIMEOUT=
+[ $HAVE_TIMEOUT -eq 1 ] && TIMEOUT="timeout -k 10 $BUDGET"
 
 mkdir -p "$TMP_PARENT" || die "cannot create $TMP_PARENT"
 TMP=$(mktemp -d "$TMP_PARENT/cqrsd-bench-pg.XXXXXX") || die "mktemp failed"
@@ -100,28 +95,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM HUP
 
 STATUS=0
-# Field $2 of the "BENCH kind=$1 ..." line in file $3, or empty.
-field() {
-    awk -v kind="kind=$1" -v key="$2" '
-        $1 == "BENCH" && $2 == kind {
-            for (i = 3; i <= NF; i++) {
-                n = index($i, "=")
-                if (substr($i, 1, n - 1) == key) v = substr($i, n + 1)
-            }
-        }
-        END { print v }' "$3" 2>/dev/null
-}
-calc() {
-    expr=$1; shift
-    for a in "$@"; do [ -n "$a" ] || { echo n/a; return; }; done
-    awk -v a="${1:-0}" -v b="${2:-0}" "BEGIN { $expr }"
-}
-num() { calc 'printf "%.0f", a' "${1:-}"; }
 load() { cut -d ' ' -f 1 /proc/loadavg 2>/dev/null || echo '?'; }
-free_port() {
-    python3 -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # --- 1. the cluster ----------------------------------------------------------
 if [ -n "${BENCH_PG_URI:-}" ]; then
@@ -163,17 +137,12 @@ start_group() {
     done
     NODE_PIDS="$NODE_PIDS$pids"
     for url in $urls; do
-        t0=$(date +%s)
-        until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url/healthz")" = 200 ]; do
-            gone=0
-            for p in $pids; do kill -0 "$p" 2>/dev/null || gone=1; done
-            if [ $gone -eq 1 ] || [ $(($(date +%s) - t0)) -ge 30 ]; then
-                warn "cqrsd at $url did not come up (a node exited, or no 200 from /healthz in 30s):"
-                tail -n 5 "$TMP"/node"$n".*.log >&2
-                return 1
-            fi
-            sleep 0.1
-        done
+        # shellcheck disable=SC2086  # one argument per pid
+        if ! wait_healthz "$url" 30 $pids; then
+            warn "cqrsd at $url did not come up (a node exited, or no 200 from /healthz in 30s):"
+            tail -n 5 "$TMP"/node"$n".*.log >&2
+            return 1
+        fi
     done
     eval "URLS_$n=\$urls"
     say "-- cqrsd, $n node(s) on one database:$urls"

@@ -23,10 +23,14 @@
  *
  * Usage: bench_rebuild --port P --order-id ID [--projection NAME]
  *          [--timeout S] [--gap-us U] [--baseline N] [--host H] [--pid PID]
+ *          [--samples FILE]
  * --pid: the server's process (or its timeout(1) wrapper); when it is gone
  * the wait ends at once instead of at the timeout.
  *
  * --timeout bounds the wait from the POST on; the baseline has 30 s more.
+ * --samples FILE: every poll of step 4 while the rebuild runs writes a line
+ * "SECONDS EVENTS_DONE EVENTS_TOTAL" to FILE (seconds since the POST), and
+ * the end one more with the events replayed (bench/plot.sh draws them).
  *
  * Prints the figures and, for run.sh, "BENCH kind=rebuild ..." when the
  * rebuild ended "done" (events/s = events_replayed / (finished_at -
@@ -276,7 +280,8 @@ static void usage(void)
 {
     fprintf(stderr, "usage: bench_rebuild --port P --order-id ID "
                     "[--projection NAME] [--timeout S] [--gap-us U] "
-                    "[--baseline N] [--host H] [--pid PID]\n");
+                    "[--baseline N] [--host H] [--pid PID] "
+                    "[--samples FILE]\n");
 }
 
 int main(int argc, char **argv)
@@ -290,6 +295,7 @@ int main(int argc, char **argv)
     static mh_conn c;
     static querier q;
     mh_resp r;
+    FILE *progress = NULL; /* --samples */
 
     q.gap_us = 1000;
     for (int i = 1; i < argc; i += 2) {
@@ -314,7 +320,15 @@ int main(int argc, char **argv)
             baseline = atol(v);
         else if (!strcmp(a, "--pid"))
             server_pid = (pid_t)atol(v);
-        else {
+        else if (!strcmp(a, "--samples")) {
+            if (!progress)
+                progress = fopen(v, "w");
+            if (!progress) {
+                fprintf(stderr, "bench_rebuild: cannot write %s: %s\n", v,
+                        strerror(errno));
+                return 1;
+            }
+        } else {
             usage();
             return 2;
         }
@@ -392,6 +406,11 @@ int main(int argc, char **argv)
         if (mh_get(&c, path, &r, 5000) != 0 || r.status != 200)
             continue;
         if (section(r.body, "rebuild", rb, sizeof rb)) {
+            if (progress)
+                fprintf(progress, "%.3f %lld %lld\n",
+                        (double)(mh_now_ns() - t_post) / 1e9,
+                        mh_json_int(rb, "events_done"),
+                        mh_json_int(rb, "events_total"));
             if (mh_now_ns() - last_print >= 1000000000) {
                 last_print = mh_now_ns();
                 printf("  %6.2f s  %lld of %lld events, %.0f events/s, "
@@ -433,6 +452,8 @@ int main(int argc, char **argv)
     double secs = a >= 0 && b >= a ? (double)(b - a) / 1000.0 : -1;
     double rate = secs > 0 ? (double)events / secs : -1;
     double wall = (double)(t_seen - t_post) / 1e9;
+    if (progress)
+        fprintf(progress, "%.3f %lld %lld\n", wall, events, events);
     printf("  %6.2f s  over: outcome %s, %lld events replayed, "
            "%s .. %s\n",
            (double)(t_seen - t0) / 1e9, outcome, events, started_at,
@@ -475,5 +496,10 @@ done:
     mh_close(&c);
     free(q.base.ns);
     free(q.during.ns);
+    if (progress && fclose(progress) != 0) {
+        fprintf(stderr, "bench_rebuild: cannot write the samples: %s\n",
+                strerror(errno));
+        status = 1;
+    }
     return status;
 }

@@ -38,18 +38,35 @@
 #      consistency window from a 202 on node A to a fresh min_position query
 #      on node B, end-to-end throughput, and the relay's publish rate
 #      against raw libnats publishing to the same server;
-#   8. prints a summary table.
+#   7f. the connections sweep (step sweep): a fresh server; for each of
+#      BENCH_SWEEP connection counts, wrk GET /healthz and wrk PlaceOrder
+#      (bench/placeorder.lua) for BENCH_SWEEP_SECONDS each; bench_raw_sqlite
+#      with 1 row per transaction (the disk's durable single-transaction
+#      floor) besides step 1's 64 per transaction (the ceiling); prints the
+#      p99/p50 ratio at 1 connection;
+#   7g. the peer (step emmett): bench/emmett/server.mjs, PlaceOrder on
+#      Emmett 0.38.5's SQLite event store (installed from npm into
+#      $BUILD_DIR/emmett by this step, pinned in bench/emmett/package.json),
+#      through the same wrk sweep; non-202 answers and socket errors are
+#      counted, a crashed peer is restarted for the next point and said so;
+#   7h. memory and start-up (steps memory, startup): bench/memory.sh and
+#      bench/startup.sh, when present (each prints a "kind=memory ..." /
+#      "kind=startup ..." line); skipped with a message when not;
+#   8. prints a summary table; then (BENCH_DOCS=1) bench/report.sh draws the
+#      figures with gnuplot and writes docs/benchmarks.md and
+#      docs/img/bench-*.{png,dat} from this run's results.
 #
 # Everything is bounded in time; temp dirs and the server go away on exit
 # (also on Ctrl-C). A benchmark reports figures, it does not fail on them:
 # the exit status is 0 when every figure was measured, 1 when something could
 # not run (set BENCH_STRICT=1 to also exit 1 when a target is missed).
 #
-# Environment (defaults):
+# Environment (defaults; BENCH_QUICK=1 shortens every run for a try-out of
+# a few minutes: the quick defaults are in brackets):
 #   BUILD_DIR=build            where cqrsd and bench/bench_raw_sqlite are
 #   BENCH_CQRSD=$BUILD_DIR/cqrsd  the server binary, if elsewhere
-#   BENCH_SECONDS=10           length of each wrk run
-#   BENCH_WARMUP=2             wrk warm-up seconds before each run (0: none)
+#   BENCH_SECONDS=10 [3]       length of each wrk run
+#   BENCH_WARMUP=2 [1]         wrk warm-up seconds before each run (0: none)
 #   BENCH_CONNECTIONS=64       wrk keep-alive connections
 #   BENCH_THREADS=2            wrk threads
 #   BENCH_WRK_TIMEOUT=5        seconds before wrk counts a request as timed out
@@ -71,22 +88,42 @@
 #   BENCH_WAITERS=10000        waiting queries held in step 6b (the server is
 #                              started with room for that many connections)
 #   BENCH_WAITERS_SECONDS=5    length of each wrk run of step 6b
-#   BENCH_STEPS="write window waiters catchup rebuild prune pg bus"  which
-#                              parts to run (rebuild needs catchup: it rebuilds
-#                              over its store); pg takes BENCH_PG_*
-#                              (bench/pg.sh), bus BENCH_BUS_* (bench/bus.sh)
+#   BENCH_SWEEP="1 2 4 8 16 32 64 128 256"  connection counts of the sweep
+#   BENCH_SWEEP_SECONDS=5 [2]  length of each wrk run of the sweep (and the
+#                              peer's), after BENCH_WARMUP
+#   BENCH_STEPS="write sweep window waiters catchup rebuild prune pg bus emmett
+#                memory startup"  which parts to run (rebuild needs catchup:
+#                it rebuilds over its store); pg takes BENCH_PG_*
+#                (bench/pg.sh), bus BENCH_BUS_* (bench/bus.sh)
+#                [quick: write sweep window catchup rebuild emmett memory startup]
+#   BENCH_DOCS=1               1: write docs/benchmarks.md and docs/img/bench-*
+#                              from this run (bench/report.sh); 0: do not
+#   BENCH_RESULTS=             keep this run's data files (sweep, window
+#                              samples, progress samples) in this directory
+#   BENCH_QUICK=0              1: the bracketed defaults above, and
+#                              BENCH_RAW_SECONDS=2, BENCH_WINDOW_COMMANDS=1000,
+#                              BENCH_WINDOW_SECONDS=5, BENCH_RTT=1000,
+#                              BENCH_CATCHUP_ORDERS=25000
 #   BENCH_STRICT=0             1: exit 1 when a target is missed
 set -u
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-build}
 case $BUILD_DIR in /*) ;; *) BUILD_DIR=$ROOT/$BUILD_DIR ;; esac
-DUR=${BENCH_SECONDS:-10}
-WARMUP=${BENCH_WARMUP:-2}
+QUICK=${BENCH_QUICK:-0}
+if [ "$QUICK" = 1 ]; then
+    q_dur=3 q_warm=1 q_raw=2 q_wc=1000 q_ws=5 q_rtt=1000 q_cu=25000 q_sw=2
+    q_steps="write sweep window catchup rebuild emmett memory startup"
+else
+    q_dur=10 q_warm=2 q_raw=5 q_wc=5000 q_ws=20 q_rtt=5000 q_cu=250000 q_sw=5
+    q_steps="write sweep window waiters catchup rebuild prune pg bus emmett memory startup"
+fi
+DUR=${BENCH_SECONDS:-$q_dur}
+WARMUP=${BENCH_WARMUP:-$q_warm}
 CONNS=${BENCH_CONNECTIONS:-64}
 THREADS=${BENCH_THREADS:-2}
 WRK_TIMEOUT=${BENCH_WRK_TIMEOUT:-5}
-RAW_SECONDS=${BENCH_RAW_SECONDS:-5}
+RAW_SECONDS=${BENCH_RAW_SECONDS:-$q_raw}
 RAW_ROWS=${BENCH_RAW_ROWS:-200000}
 PORT=${BENCH_PORT:-}
 TMP_PARENT=${BENCH_TMPDIR:-${TMPDIR:-/tmp}}
@@ -95,15 +132,19 @@ STOP_TIMEOUT=${BENCH_STOP_TIMEOUT:-15}
 STRICT=${BENCH_STRICT:-0}
 TARGET_PCT=50
 WIN_WORKERS=${BENCH_WINDOW_WORKERS:-8}
-WIN_COMMANDS=${BENCH_WINDOW_COMMANDS:-5000}
-WIN_SECONDS=${BENCH_WINDOW_SECONDS:-20}
-RTT_N=${BENCH_RTT:-5000}
-CU_ORDERS=${BENCH_CATCHUP_ORDERS:-250000}
+WIN_COMMANDS=${BENCH_WINDOW_COMMANDS:-$q_wc}
+WIN_SECONDS=${BENCH_WINDOW_SECONDS:-$q_ws}
+RTT_N=${BENCH_RTT:-$q_rtt}
+CU_ORDERS=${BENCH_CATCHUP_ORDERS:-$q_cu}
 CU_TIMEOUT=${BENCH_CATCHUP_TIMEOUT:-300}
 RB_TIMEOUT=${BENCH_REBUILD_TIMEOUT:-300}
 PR_KEYS=${BENCH_PRUNE_KEYS:-275000}
 PR_COMMANDS=${BENCH_PRUNE_COMMANDS:-3000}
-STEPS=${BENCH_STEPS:-write window waiters catchup rebuild prune pg bus}
+STEPS=${BENCH_STEPS:-$q_steps}
+SWEEP=${BENCH_SWEEP:-1 2 4 8 16 32 64 128 256}
+SW_SECONDS=${BENCH_SWEEP_SECONDS:-$q_sw}
+DOCS=${BENCH_DOCS:-1}
+RESULTS_KEEP=${BENCH_RESULTS:-}
 WAITERS=${BENCH_WAITERS:-10000}
 WAITERS_SECONDS=${BENCH_WAITERS_SECONDS:-5}
 TARGET_WINDOW_P99_US=1000   # consistency window p99 <= 1 ms on loopback
@@ -114,9 +155,9 @@ RAW=$BUILD_DIR/bench/bench_raw_sqlite
 SQL_SUMMARIES=$ROOT/domains/orders/projections/order_summaries.sql
 SQL_DASHBOARD=$ROOT/domains/orders/projections/sales_dashboard.sql
 
-say() { printf '%s\n' "$*"; }
-warn() { printf 'bench: %s\n' "$*" >&2; }
-die() { warn "$*"; exit 1; }
+BENCH_WHO=bench
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 val=
 for v in DUR:BENCH_SECONDS WARMUP:BENCH_WARMUP CONNS:BENCH_CONNECTIONS \
@@ -128,7 +169,7 @@ for v in DUR:BENCH_SECONDS WARMUP:BENCH_WARMUP CONNS:BENCH_CONNECTIONS \
          CU_ORDERS:BENCH_CATCHUP_ORDERS CU_TIMEOUT:BENCH_CATCHUP_TIMEOUT \
          RB_TIMEOUT:BENCH_REBUILD_TIMEOUT PR_KEYS:BENCH_PRUNE_KEYS \
          PR_COMMANDS:BENCH_PRUNE_COMMANDS WAITERS:BENCH_WAITERS \
-         WAITERS_SECONDS:BENCH_WAITERS_SECONDS; do
+         WAITERS_SECONDS:BENCH_WAITERS_SECONDS SW_SECONDS:BENCH_SWEEP_SECONDS; do
     eval "val=\$${v%%:*}"
     case $val in '' | *[!0-9]*) die "${v#*:} must be a whole number, got '$val'" ;; esac
 done
@@ -143,8 +184,14 @@ if [ "$WIN_WORKERS" -lt 1 ] || [ "$WIN_COMMANDS" -lt 1 ] ||
     die "BENCH_WINDOW_*, BENCH_CATCHUP_* and BENCH_REBUILD_TIMEOUT must be at least 1"
 fi
 for st in $STEPS; do
-    case $st in write | window | waiters | catchup | rebuild | prune | pg | bus) ;;
-        *) die "BENCH_STEPS: unknown step '$st' (write, window, waiters, catchup, rebuild, prune, pg, bus)" ;; esac
+    case $st in write | sweep | window | waiters | catchup | rebuild | prune | pg | bus | \
+                emmett | memory | startup) ;;
+        *) die "BENCH_STEPS: unknown step '$st' (write, sweep, window, waiters, catchup," \
+               "rebuild, prune, pg, bus, emmett, memory, startup)" ;; esac
+done
+for c in $SWEEP; do
+    case $c in '' | *[!0-9]*) die "BENCH_SWEEP takes whole numbers, got '$c'" ;; esac
+    [ "$c" -ge 1 ] || die "BENCH_SWEEP: connection counts are at least 1"
 done
 step() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 if step rebuild && ! step catchup; then
@@ -152,19 +199,11 @@ if step rebuild && ! step catchup; then
 fi
 
 # --- tools ----------------------------------------------------------------
-if step write || step waiters; then
+if step write || step waiters || step sweep || step emmett; then
     command -v wrk >/dev/null 2>&1 || die "wrk not found: run 'sh scripts/deps.sh wrk'"
 fi
 command -v curl >/dev/null 2>&1 || die "curl not found: run 'sh scripts/deps.sh'"
 [ -x "$CQRSD" ] || die "$CQRSD not found: run 'make build' (or set BUILD_DIR)"
-# Bound every wrk run even if it hangs; --foreground keeps Ctrl-C working.
-if command -v timeout >/dev/null 2>&1; then
-    bounded() { secs=$1; shift; timeout --foreground -k 5 "$secs" "$@"; }
-    HAVE_TIMEOUT=1
-else
-    bounded() { shift; "$@"; }
-    HAVE_TIMEOUT=0
-fi
 
 # --- temp dir, cleanup ----------------------------------------------------
 mkdir -p "$TMP_PARENT" || die "cannot create $TMP_PARENT"
@@ -196,24 +235,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM HUP
 
-# Field $2 of the "BENCH kind=$1 ..." line in file $3, or empty.
-field() {
-    awk -v kind="kind=$1" -v key="$2" '
-        $1 == "BENCH" && $2 == kind {
-            for (i = 3; i <= NF; i++) {
-                n = index($i, "=")
-                if (substr($i, 1, n - 1) == key) v = substr($i, n + 1)
-            }
-        }
-        END { print v }' "$3" 2>/dev/null
-}
-# awk arithmetic on possibly-empty figures: prints "n/a" when any is empty.
-calc() {
-    expr=$1; shift
-    for a in "$@"; do [ -n "$a" ] || { echo n/a; return; }; done
-    awk -v a="${1:-0}" -v b="${2:-0}" -v c="${3:-0}" "BEGIN { $expr }"
-}
-ms() { calc 'printf "%.2f ms", a / 1000' "${1:-}"; }
 
 # --- machine --------------------------------------------------------------
 fs=$(df -PT "$TMP" 2>/dev/null | awk 'NR == 2 { print $2 }')
@@ -235,26 +256,37 @@ case $fs in tmpfs | ramfs | overlay*)
 esac
 say
 
+# --- results: the data files bench/report.sh draws --------------------------
+RES=$TMP/results
+mkdir -p "$RES" || die "cannot create $RES"
+mem_kb=$(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo 2>/dev/null)
+dev=$(df -P "$TMP" 2>/dev/null | awk 'NR == 2 { print $1 }')
+disk_model=
+case $dev in /dev/*)
+    disk_model=$(lsblk -ndo MODEL,ROTA "$(lsblk -ndo PKNAME "$dev" 2>/dev/null |
+        sed 's|^|/dev/|')" 2>/dev/null | head -n 1) ;;
+esac
+{
+    echo "date=$(date -u '+%Y-%m-%d %H:%M:%SZ')"
+    echo "commit=$rev"
+    echo "cpu=${model:-?}"
+    echo "cores=$cpus"
+    echo "memory=$(calc 'printf "%.1f GiB", a / 1048576' "$mem_kb")"
+    echo "disk=${fs:-?} on ${dev:-?}${disk_model:+ ($(echo "$disk_model" |
+        awk '{ r = $NF; $NF = ""; sub(/ +$/, ""); print ($0 == "" ? "" : $0 ", ") (r == 1 ? "rotational" : "non-rotational") }'))}"
+    echo "kernel=$(uname -sr)"
+    echo "load=${load:-?}"
+    echo "quick=$QUICK"
+    echo "steps=$STEPS"
+    echo "wrk=wrk $(wrk -v 2>&1 | head -n 1 | awk '{ print $2 }'), $THREADS threads"
+    echo "durations=${DUR}s per wrk run, ${SW_SECONDS}s per sweep point, +${WARMUP}s warm-up each"
+    echo "sweep=$SWEEP"
+    echo "window=$WIN_WORKERS connections, $WIN_COMMANDS commands or ${WIN_SECONDS}s"
+    echo "catchup_orders=$CU_ORDERS"
+} >"$RES/machine.txt"
+
 STATUS=0
 
-# A bench tool: $BUILD_DIR/bench/NAME, or (not built: CQ_BENCH=OFF, or the
-# library does not build) compiled here from bench/SRC with the given
-# libraries (sqlite3 | pthread | none). Prints the path, or nothing.
-tool() {
-    name=$1 src=$2 libs=$3
-    if [ -x "$BUILD_DIR/bench/$name" ]; then
-        echo "$BUILD_DIR/bench/$name"; return
-    fi
-    case $libs in
-        sqlite3) flags=$(pkg-config --cflags --libs sqlite3 2>/dev/null || echo -lsqlite3) ;;
-        pthread) flags=-pthread ;;
-        *) flags= ;;
-    esac
-    warn "compiling bench/$src (no $BUILD_DIR/bench/$name)"
-    # shellcheck disable=SC2086  # the flags are meant to split
-    ${CC:-cc} -O2 -std=c17 -D_GNU_SOURCE -o "$TMP/$name" "$ROOT/bench/$src" \
-        $flags >&2 && echo "$TMP/$name"
-}
 
 # --- 1. raw SQLite reference ----------------------------------------------
 : >"$TMP/raw.out"
@@ -275,13 +307,6 @@ say
 fi
 
 # --- server helpers ---------------------------------------------------------
-free_port() {
-    p=$(python3 -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' \
-        2>/dev/null) || p=
-    [ -n "$p" ] || p=$(awk 'BEGIN { srand(); print 20000 + int(rand() * 30000) }')
-    echo "$p"
-}
 
 # Start cqrsd on data dir $1, port $2, bounded to $3 seconds (so it cannot
 # outlive a killed script for long); output to $SERVER_LOG.
@@ -453,7 +478,8 @@ if step window && server_up "before the window"; then
         bounded $((WIN_SECONDS + 120)) "$WIN" --port "$PORT" \
             --workers "$WIN_WORKERS" --commands "$WIN_COMMANDS" \
             --seconds "$WIN_SECONDS" --rtt "$RTT_N" --warmup 200 \
-            --prefix "win$(date +%s)" >"$TMP/window.out" 2>&1
+            --prefix "win$(date +%s)" --samples "$RES/window-$WIN_WORKERS.dat" \
+            >"$TMP/window.out" 2>&1
         rc=$?
         cat "$TMP/window.out"
         [ $rc -eq 0 ] || { warn "bench_window failed (exit $rc)"; STATUS=1; }
@@ -462,7 +488,8 @@ if step window && server_up "before the window"; then
         bounded $((WIN_SECONDS + 120)) "$WIN" --port "$PORT" \
             --workers 1 --commands "$WIN_COMMANDS" \
             --seconds "$WIN_SECONDS" --rtt "$RTT_N" --warmup 200 \
-            --prefix "win1$(date +%s)" >"$TMP/window1.out" 2>&1
+            --prefix "win1$(date +%s)" --samples "$RES/window-1.dat" \
+            >"$TMP/window1.out" 2>&1
         cat "$TMP/window1.out"
     else
         warn "could not build bench_window"; STATUS=1
@@ -596,7 +623,8 @@ if step catchup; then
             bounded $((CU_TIMEOUT + 30)) "$CU" --port "$CU_PORT" \
                 --order-id "$last_order" --probe-order "$first_order" \
                 --position "$last_pos" --timeout "$CU_TIMEOUT" \
-                --pid "$SERVER_PID" >"$TMP/catchup.out" 2>&1
+                --pid "$SERVER_PID" --samples "$RES/catchup.dat" \
+                >"$TMP/catchup.out" 2>&1
             rc=$?
             cat "$TMP/catchup.out"
             [ $rc -eq 0 ] || { warn "bench_catchup failed (exit $rc)"; STATUS=1; }
@@ -616,7 +644,8 @@ if step catchup; then
                 bounded $((RB_TIMEOUT + 60)) "$RB" --port "$CU_PORT" \
                     --projection order_summaries --order-id "$last_order" \
                     --timeout "$RB_TIMEOUT" --baseline 1000 --gap-us 1000 \
-                    --pid "$SERVER_PID" >"$TMP/rebuild.out" 2>&1
+                    --pid "$SERVER_PID" --samples "$RES/rebuild.dat" \
+                    >"$TMP/rebuild.out" 2>&1
                 rb_rc=$?
                 cat "$TMP/rebuild.out"
                 [ $rb_rc -eq 0 ] || { warn "bench_rebuild failed (exit $rb_rc)"; STATUS=1; }
@@ -682,6 +711,193 @@ if step bus; then
     [ $rc -eq 0 ] || { warn "bench/bus.sh failed (exit $rc)"; STATUS=1; }
     say
 fi
+
+# --- 7f. the connections sweep ---------------------------------------------------
+# wrk at $2 connections (threads: BENCH_THREADS, at most one per connection):
+# name conns seconds script url [args...]
+sweep_wrk() {
+    name=$1 c=$2 secs=$3 script=$4 url=$5; shift 5
+    t=$THREADS
+    [ "$c" -lt "$t" ] && t=$c
+    bounded $((secs + WRK_TIMEOUT + 30)) wrk -t "$t" -c "$c" -d "${secs}s" \
+        --timeout "${WRK_TIMEOUT}s" --latency -s "$ROOT/bench/$script" "$url" \
+        ${1+"$@"} >"$TMP/$name.out" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || warn "wrk ($name) exited with status $rc"
+    return $rc
+}
+# one line of a sweep table from wrk's BENCH line in $TMP/$1.out
+po_line() {
+    f=$TMP/$1.out
+    printf '%s %s %s %s %s %s %s %s %s\n' \
+        "$(field placeorder rps "$f")" "$(field placeorder accepted_per_sec "$f")" \
+        "$(field placeorder p50_us "$f")" "$(field placeorder p90_us "$f")" \
+        "$(field placeorder p99_us "$f")" "$(field placeorder max_us "$f")" \
+        "$(field placeorder non202 "$f")" "$(field placeorder sockerr "$f")" \
+        "$(field placeorder answered "$f")" | sed 's/  */ /g; s/^ //; s/ $//'
+}
+sweep_rows() { echo "$1" | awk '{ print NF }'; }
+: >"$TMP/raw1.out"
+if step sweep; then
+    RAW=$(tool bench_raw_sqlite raw_sqlite.c sqlite3)
+    say "-- raw SQLite, 1 row per transaction (one insert + one WAL fsync per COMMIT," \
+        "the durable single-transaction floor), ${RAW_SECONDS}s"
+    if [ -n "$RAW" ]; then
+        bounded $((RAW_SECONDS + 60)) "$RAW" --seconds "$RAW_SECONDS" \
+            --rows "$RAW_ROWS" --batch 1 --dir "$TMP" >"$TMP/raw1.out" 2>&1 ||
+            { warn "bench_raw_sqlite --batch 1 failed"; STATUS=1; }
+        grep '^BENCH' "$TMP/raw1.out"
+    fi
+    [ -s "$TMP/raw.out" ] || {
+        [ -n "$RAW" ] && bounded $((RAW_SECONDS + 60)) "$RAW" --seconds "$RAW_SECONDS" \
+            --rows "$RAW_ROWS" --batch 64 --dir "$TMP" >"$TMP/raw.out" 2>&1
+        grep '^BENCH' "$TMP/raw.out"
+    }
+    PORT=$(free_port)
+    URL=http://127.0.0.1:$PORT
+    mkdir -p "$TMP/sdata"
+    SERVER_LOG=$TMP/server-sweep.log
+    n=0; for c in $SWEEP; do n=$((n + 1)); done
+    start_server "$TMP/sdata" "$PORT" \
+        $((START_TIMEOUT + n * 2 * (SW_SECONDS + WARMUP + WRK_TIMEOUT + 35) + 120))
+    if wait_up; then
+        echo "# conns hz_rps hz_p50_us hz_p90_us hz_p99_us hz_max_us po_rps po_accepted_per_sec po_p50_us po_p90_us po_p99_us po_max_us po_non202 po_sockerr po_answered" \
+            >"$RES/sweep.dat"
+        sp=s$(date +%s)
+        say "-- sweep: wrk GET /healthz, then PlaceOrder, at $SWEEP connections," \
+            "${SW_SECONDS}s each (+${WARMUP}s warm-up)"
+        printf '   %5s %12s %12s %9s %9s %9s %9s %7s %7s\n' conns "healthz/s" "202/s" \
+            p50 p90 p99 max non202 sockerr
+        for c in $SWEEP; do
+            server_up "the sweep" || break
+            [ "$WARMUP" -gt 0 ] &&
+                sweep_wrk sweep-hzw-$c "$c" "$WARMUP" healthz.lua "$URL/healthz"
+            sweep_wrk sweep-hz-$c "$c" "$SW_SECONDS" healthz.lua "$URL/healthz" || STATUS=1
+            [ "$WARMUP" -gt 0 ] &&
+                sweep_wrk sweep-pow-$c "$c" "$WARMUP" placeorder.lua "$URL" -- "${sp}w$c"
+            sweep_wrk sweep-po-$c "$c" "$SW_SECONDS" placeorder.lua "$URL" -- "${sp}r$c" || STATUS=1
+            f=$TMP/sweep-hz-$c.out
+            hz="$(field healthz rps "$f") $(field healthz p50_us "$f") $(field healthz p90_us "$f") $(field healthz p99_us "$f") $(field healthz max_us "$f")"
+            po=$(po_line "sweep-po-$c")
+            row="$c $hz $po"
+            if [ "$(sweep_rows "$row")" -eq 15 ]; then
+                echo "$row" >>"$RES/sweep.dat"
+                set -- $row
+                printf '   %5s %12s %12s %9s %9s %9s %9s %7s %7s\n' "$c" "$(num "$2")" \
+                    "$(num "$8")" "$(ms "$9")" "$(ms "${10}")" "$(ms "${11}")" \
+                    "$(ms "${12}")" "${13}" "${14}"
+            else
+                warn "sweep at $c connections: no figures (see below)"
+                tail -n 5 "$TMP/sweep-hz-$c.out" "$TMP/sweep-po-$c.out" >&2
+                STATUS=1
+            fi
+        done
+        sw1_p50=$(field placeorder p50_us "$TMP/sweep-po-1.out")
+        sw1_p99=$(field placeorder p99_us "$TMP/sweep-po-1.out")
+        say "   at 1 connection: p99/p50 = $(calc 'if (a > 0) printf "%.1f", b / a; else print "n/a"' "$sw1_p50" "$sw1_p99")" \
+            "(p50 $(ms "$sw1_p50"), p99 $(ms "$sw1_p99"))"
+        server_up "the sweep" && stop_server
+    else
+        STATUS=1
+    fi
+    say
+fi
+
+# --- 7g. the peer: Emmett on SQLite -------------------------------------------
+EMMETT_DIR=$BUILD_DIR/emmett
+em_restarts=0 em_version=
+if step emmett; then
+    say "-- the peer: Emmett 0.38.5 on SQLite (bench/emmett/server.mjs), installed" \
+        "from npm into $EMMETT_DIR"
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        warn "node/npm not found (sh scripts/deps.sh npm): the peer is not measured"
+        STATUS=1
+    elif ! { mkdir -p "$EMMETT_DIR" &&
+             cp "$ROOT/bench/emmett/package.json" "$ROOT/bench/emmett/server.mjs" "$EMMETT_DIR/" &&
+             (cd "$EMMETT_DIR" && bounded 900 npm install --no-audit --no-fund \
+                 >"$TMP/emmett-npm.log" 2>&1); }; then
+        warn "npm install in $EMMETT_DIR failed:"; tail -n 10 "$TMP/emmett-npm.log" >&2
+        STATUS=1
+    else
+        em_version=$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' \
+            "$EMMETT_DIR/node_modules/@event-driven-io/emmett-sqlite/package.json" | head -n 1)
+        say "   @event-driven-io/emmett-sqlite $em_version, node $(node --version)"
+        echo "# conns rps accepted_per_sec p50_us p90_us p99_us max_us non202 sockerr answered restarted" \
+            >"$RES/emmett.dat"
+        EM_PID=
+        em_start() {
+            EM_PORT=$(free_port)
+            mkdir -p "$TMP/emmett"
+            rm -f "$TMP"/emmett/emmett.db*
+            (cd "$EMMETT_DIR" && exec timeout -k 10 600 node server.mjs "$EM_PORT" \
+                "$TMP/emmett/emmett.db") >>"$TMP/emmett-server.log" 2>&1 &
+            EM_PID=$!
+            wait_healthz "http://127.0.0.1:$EM_PORT" "$START_TIMEOUT" "$EM_PID"
+        }
+        em_stop() {
+            [ -n "$EM_PID" ] || return 0
+            kill -TERM "$EM_PID" 2>/dev/null
+            wait "$EM_PID" 2>/dev/null
+            EM_PID=
+        }
+        printf '   %5s %12s %9s %9s %9s %9s %7s %7s\n' conns "202/s" p50 p90 p99 max non202 sockerr
+        for c in $SWEEP; do
+            restarted=0
+            # a fresh peer for each point: a point's failures do not carry over
+            em_stop
+            em_start || { warn "the peer did not come up:"; tail -n 5 "$TMP/emmett-server.log" >&2
+                          STATUS=1; break; }
+            [ "$WARMUP" -gt 0 ] &&
+                sweep_wrk emmett-w$c "$c" "$WARMUP" placeorder.lua "http://127.0.0.1:$EM_PORT" -- "ew$c"
+            if ! kill -0 "$EM_PID" 2>/dev/null; then
+                say "   the peer exited during the warm-up at $c connections: restarted"
+                restarted=1; em_restarts=$((em_restarts + 1))
+                em_start || { STATUS=1; break; }
+            fi
+            sweep_wrk emmett-$c "$c" "$SW_SECONDS" placeorder.lua "http://127.0.0.1:$EM_PORT" -- "er$c"
+            if ! kill -0 "$EM_PID" 2>/dev/null; then
+                say "   the peer exited during the run at $c connections"
+                restarted=1; em_restarts=$((em_restarts + 1))
+            fi
+            row="$c $(po_line "emmett-$c") $restarted"
+            if [ "$(sweep_rows "$row")" -eq 11 ]; then
+                echo "$row" >>"$RES/emmett.dat"
+                set -- $row
+                printf '   %5s %12s %9s %9s %9s %9s %7s %7s\n' "$c" "$(num "$3")" \
+                    "$(ms "$4")" "$(ms "$5")" "$(ms "$6")" "$(ms "$7")" "$8" "$9"
+                fb=$(sed -n 's/^!!! .*first: //p' "$TMP/emmett-$c.out" | head -n 1)
+                [ -n "$fb" ] && say "         first answer not 202: $(printf '%s' "$fb" | head -c 200)"
+            else
+                warn "peer at $c connections: no figures"; tail -n 5 "$TMP/emmett-$c.out" >&2
+            fi
+        done
+        em_stop
+        if grep -qiE 'error|SQLITE' "$TMP/emmett-server.log" 2>/dev/null; then
+            say "   the peer's log (first lines with errors):"
+            grep -iE 'error|SQLITE' "$TMP/emmett-server.log" | sort | uniq -c | sort -rn |
+                head -n 5 | sed 's/^/     /'
+        fi
+    fi
+    say
+fi
+
+# --- 7h. memory and start-up (bench/memory.sh, bench/startup.sh) ----------------
+for kind in memory startup; do
+    step "$kind" || continue
+    if [ ! -f "$ROOT/bench/$kind.sh" ]; then
+        say "-- $kind: skipped, there is no bench/$kind.sh in this tree"
+        say
+        continue
+    fi
+    say "-- $kind: bench/$kind.sh"
+    BUILD_DIR=$BUILD_DIR BENCH_CQRSD=$CQRSD BENCH_TMPDIR=$TMP_PARENT BENCH_QUICK=$QUICK \
+        bounded 900 sh "$ROOT/bench/$kind.sh" >"$TMP/$kind.out" 2>&1
+    rc=$?
+    cat "$TMP/$kind.out"
+    [ $rc -eq 0 ] || { warn "bench/$kind.sh failed (exit $rc)"; STATUS=1; }
+    grep "kind=$kind " "$TMP/$kind.out" | sed 's/^BENCH //' >"$RES/$kind.txt"
+    say
+done
 
 # --- 8. summary ---------------------------------------------------------------
 h_rps=$(field healthz rps "$TMP/healthz.out")
@@ -778,9 +994,6 @@ b_bad=$(calc 'printf "%d", a + b + c' "$b_non200" "$b_wrong" "$b_io")
 if [ -z "$b_q" ]; then b_all200="n/a"
 elif [ "$b_bad" = 0 ] && [ "${b_back:-1}" = 0 ]; then b_all200="met"
 else b_all200="NOT MET"; fi
-num() { calc 'printf "%.0f", a' "${1:-}"; }
-us() { calc 'printf "%.0f us", a' "${1:-}"; }
-sec() { calc 'printf "%.1f s", a' "${1:-}"; }
 
 line() { printf '  %-38s %14s   %-10s %-10s\n' "$@"; }
 say "================================ summary ================================"
@@ -827,6 +1040,40 @@ printf '  %-38s %14s   target every answer fresh: %s\n' \
 printf '  %-38s %14s\n' "commands/s in that run" "$(num "$w_rate")"
 say
 fi
+if step sweep; then
+sw_row() { awk -v c="$1" -v k="$2" '$1 == c { print $k }' "$RES/sweep.dat" 2>/dev/null; }
+s1_rps=$(sw_row 1 8) s1_p50=$(sw_row 1 9) s1_p99=$(sw_row 1 11)
+s64_rps=$(sw_row 64 8) s64_hz=$(sw_row 64 2)
+r1_rps=$(field raw_sqlite rows_per_sec "$TMP/raw1.out")
+s1_ratio=$(calc 'if (a > 0) printf "%.1f", b / a; else print "n/a"' "$s1_p50" "$s1_p99")
+s1_raw=$(calc 'if (b > 0) printf "%.2f", a / b; else print "n/a"' "$s1_rps" "$r1_rps")
+s64_ratio=$(calc 'if (b > 0) printf "%.2f", a / b; else print "n/a"' "$s64_rps" "$s64_hz")
+s1_met=$(calc "if (a <= 2000) print \"met\"; else print \"NOT MET\"" "$s1_p99")
+s1_raw_met=$(calc 'if (b <= 0) print "n/a"; else if (a / b >= 0.60) print "met"; else print "NOT MET"' "$s1_rps" "$r1_rps")
+s64_met=$(calc 'if (b <= 0) print "n/a"; else if (a / b >= 0.50) print "met"; else print "NOT MET"' "$s64_rps" "$s64_hz")
+printf '  %-38s %14s   %s\n' "sweep, 1 connection: PlaceOrder" "$(num "$s1_rps") cmd/s" \
+    "p50 $(ms "$s1_p50"), p99 $(ms "$s1_p99"); target p99 <= 2 ms: $s1_met"
+printf '  %-38s %14s   %s\n' "  p99/p50 at 1 connection" "$s1_ratio" "(the tail at one client)"
+printf '  %-38s %14s   %s\n' "  vs raw SQLite, 1 row/commit" "$s1_raw" \
+    "($(num "$r1_rps") txn/s; target >= 0.60: $s1_raw_met)"
+printf '  %-38s %14s   %s\n' "sweep, 64 conns: PlaceOrder/healthz" "$s64_ratio" \
+    "($(num "$s64_rps") cmd/s vs $(num "$s64_hz") req/s; target >= 0.50: $s64_met)"
+say
+fi
+if step emmett && [ -s "$RES/emmett.dat" ]; then
+    say "  peer: Emmett ${em_version:-?} on SQLite, same wrk sweep ($em_restarts crashed runs)"
+    awk 'NR > 1 { printf "    %4d conns  %8.0f cmd/s (202)  p50 %7.2f ms  p99 %8.2f ms  non-202 %d  socket errors %d%s\n",
+                  $1, $3, $4 / 1000, $6 / 1000, $8, $9, ($11 == 1 ? "  (crashed)" : "") }' "$RES/emmett.dat"
+    say
+fi
+for kind in memory startup; do
+    step "$kind" || continue
+    if [ -s "$RES/$kind.txt" ]; then
+        printf '  %-38s %s\n' "$kind (bench/$kind.sh)" "$(head -n 1 "$RES/$kind.txt")"
+    else
+        printf '  %-38s %s\n' "$kind" "not measured (no bench/$kind.sh, or it printed no kind=$kind line)"
+    fi
+done
 if step waiters; then
 line "" "rate" "p50" ""
 line "PlaceOrder, no waiters" "$(num "$wb1") cmd/s" "$(ms "$wb1_p50")" ""
@@ -926,6 +1173,35 @@ if step rebuild; then
 fi
 if step prune; then
     [ -n "$p_max" ] && [ -n "$p_rmax" ] || STATUS=1
+fi
+if step sweep; then
+    [ -n "$s1_rps" ] && [ -n "$s64_ratio" ] || STATUS=1
+fi
+
+# --- 9. the report: docs/benchmarks.md and its figures ---------------------------
+# every summary figure, for bench/report.sh
+{
+    for v in h_rps h_p50 h_p99 c_rps c_p50 c_p99 c_bad c_err r_rps r_p50 r1_rps \
+             w_n w_p50 w_p90 w_p99 w_max w_c50 w_c99 t_p50 t_p99 w_cfail w_qfail w_iofail \
+             u_rate ub_rate f_events k_up k_os k_rate k_all k_sd k_pct kb_pct \
+             b_rate b_events b_secs b_wall b_q b_p50 b_p99 b_max b_bp50 b_bp99 b_bad b_pct_k b_pct_u \
+             s1_rps s1_p50 s1_p99 s1_ratio s1_raw s64_rps s64_hz s64_ratio \
+             em_version em_restarts WIN_WORKERS CONNS CU_ORDERS; do
+        eval "val=\${$v:-}"
+        printf '%s=%s\n' "$v" "$val"
+    done
+} >"$RES/figures.env"
+cp "$TMP/raw.out" "$TMP/raw1.out" "$RES/" 2>/dev/null
+if [ -n "$RESULTS_KEEP" ]; then
+    mkdir -p "$RESULTS_KEEP" && cp "$RES"/* "$RESULTS_KEEP/" &&
+        say "   this run's data files: $RESULTS_KEEP"
+fi
+if [ "$DOCS" = 1 ]; then
+    if sh "$ROOT/bench/report.sh" "$RES" "$ROOT/docs"; then
+        say "   wrote docs/benchmarks.md and docs/img/bench-* from this run"
+    else
+        warn "bench/report.sh failed: docs/benchmarks.md not written"; STATUS=1
+    fi
 fi
 if [ "$STRICT" = 1 ]; then
     for m in "$met" "$all202" "$w_met" "$w_allfresh" "$k_met" "$b_all200" \

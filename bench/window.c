@@ -26,11 +26,13 @@
  * connection of its own per worker): the window is then a 202 on one node
  * until another node returns the order fresh (bench/bus.sh). With --rate R
  * the workers together send at most R commands/s in phase 3 (each paces
- * itself to R/workers), for a window at a stated command rate.
+ * itself to R/workers), for a window at a stated command rate. With
+ * --samples FILE every measured window is written to FILE, one a line in
+ * microseconds, sorted (for a CDF or histogram: bench/plot.sh).
  *
  * Usage: bench_window --port P [--host 127.0.0.1] [--workers 8]
  *          [--commands 5000] [--seconds 20] [--warmup 200] [--rtt 5000]
- *          [--prefix P] [--query-port Q] [--rate R]
+ *          [--prefix P] [--query-port Q] [--rate R] [--samples FILE]
  * Prints the percentiles and two lines for bench/run.sh:
  *   BENCH kind=window ...   BENCH kind=rtt ...
  * Exit status 0 when it ran (whatever the figures), 1 when it could not.
@@ -257,18 +259,40 @@ static int64_t *merge(worker *ws, int k, size_t off_arr, size_t off_n,
     return all;
 }
 
+/* The sorted windows win[0..n) to file path, one a line in microseconds.
+ * 0 when written, 1 (said why) when not. */
+static int write_samples(const char *path, const int64_t *win, long n)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "bench_window: cannot write %s: %s\n", path,
+                strerror(errno));
+        return 1;
+    }
+    for (long i = 0; i < n; i++)
+        fprintf(f, "%.1f\n", (double)win[i] / 1000.0);
+    if (fclose(f) != 0) {
+        fprintf(stderr, "bench_window: cannot write %s: %s\n", path,
+                strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
 static void usage(void)
 {
     fprintf(stderr,
             "usage: bench_window --port P [--host 127.0.0.1] [--workers 8]\n"
             "         [--commands 5000] [--seconds 20] [--warmup 200]"
             " [--rtt 5000] [--prefix P]\n"
-            "         [--query-port Q] [--rate COMMANDS_PER_S]\n");
+            "         [--query-port Q] [--rate COMMANDS_PER_S]"
+            " [--samples FILE]\n");
 }
 
 int main(int argc, char **argv)
 {
     opts o = {"127.0.0.1", 0, 8, 0, 5000, 200, 5000, 20.0, 0.0, ""};
+    const char *samples = NULL;
     snprintf(o.prefix, sizeof o.prefix, "win%ld", (long)time(NULL));
     for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -296,6 +320,8 @@ int main(int argc, char **argv)
             o.query_port = atoi(v);
         else if (!strcmp(a, "--rate"))
             o.rate = atof(v);
+        else if (!strcmp(a, "--samples"))
+            samples = v;
         else {
             usage();
             return 2;
@@ -405,5 +431,5 @@ int main(int argc, char **argv)
            US(mh_pct(win, (size_t)nw, 90)), US(mh_pct(win, (size_t)nw, 99)),
            US(win[nw ? nw - 1 : 0]), US(mh_pct(cmd, (size_t)nc, 50)),
            US(mh_pct(cmd, (size_t)nc, 99)), over);
-    return 0;
+    return samples ? write_samples(samples, win, nw) : 0;
 }

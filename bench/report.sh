@@ -1,0 +1,324 @@
+#!/bin/sh
+# bench/report.sh — docs/benchmarks.md and its figures from one bench run.
+#
+#   sh bench/report.sh RESULTS_DIR DOCS_DIR
+#
+# bench/run.sh calls it at the end (BENCH_DOCS=1, the default of
+# `make bench`) with the data files the run wrote; to redraw a kept run:
+# `BENCH_RESULTS=DIR sh bench/run.sh ...` then `sh bench/report.sh DIR docs`.
+# RESULTS_DIR holds (each optional; a figure whose data is missing is left
+# out and the page says so):
+#   machine.txt      key=value: date, commit, cpu, cores, memory, disk,
+#                    kernel, load (at the start), settings
+#   figures.env      key=value: the summary's figures (bench/run.sh)
+#   sweep.dat        conns, healthz and PlaceOrder rate and percentiles
+#   emmett.dat       the peer's PlaceOrder per connection count
+#   raw.out raw1.out bench_raw_sqlite at 64 and 1 rows per transaction
+#   window-N.dat     bench_window --samples: one window a line, us, sorted
+#   catchup.dat      bench_catchup --samples: seconds position
+#   rebuild.dat      bench_rebuild --samples: seconds done total
+#   memory.txt startup.txt  the kind=memory / kind=startup line
+# Writes DOCS_DIR/benchmarks.md, DOCS_DIR/img/bench-*.png (gnuplot, pngcairo
+# or png terminal) and copies the data next to them (DOCS_DIR/img/bench-*.dat
+# and bench-machine.txt) so the figures can be checked and redrawn.
+# Exit 1 when gnuplot is missing or fails.
+set -u
+RES=${1:?usage: report.sh RESULTS_DIR DOCS_DIR}
+DOCS=${2:?usage: report.sh RESULTS_DIR DOCS_DIR}
+BENCH_WHO="bench report"
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+
+command -v gnuplot >/dev/null 2>&1 || die "gnuplot not found (sh scripts/deps.sh gnuplot-nox)"
+IMG=$DOCS/img
+mkdir -p "$IMG" || die "cannot create $IMG"
+rm -f "$IMG"/bench-*
+
+# value of key $1 in key=value file $2 (the rest of the line), or empty
+kv() { sed -n "s/^$1=//p" "$2" 2>/dev/null | head -n 1; }
+M=$RES/machine.txt F=$RES/figures.env
+fig() { kv "$1" "$F"; }
+has() { [ -s "$RES/$1" ] && [ "$(grep -vc '^#' "$RES/$1")" -gt 0 ]; }
+
+if gnuplot -e 'set terminal pngcairo' >/dev/null 2>&1; then
+    TERM_PNG="pngcairo size 900,540 font 'Sans,10'"
+else
+    TERM_PNG="png size 900,540"
+fi
+LOADTAG="load $(kv load "$M") at start$( [ "$(kv quick "$M")" = 1 ] && echo ', BENCH_QUICK=1')"
+plot() { # name, gnuplot body
+    { printf 'set terminal %s noenhanced\nset output "%s"\nset grid\nset key below reverse Left\n' \
+          "$TERM_PNG" "$IMG/bench-$1.png"
+      printf '%s\n' "$2"; } | gnuplot || die "gnuplot failed on bench-$1.png"
+}
+
+r64=$(field raw_sqlite rows_per_sec "$RES/raw.out")
+r1=$(field raw_sqlite rows_per_sec "$RES/raw1.out")
+for f in sweep.dat emmett.dat catchup.dat rebuild.dat; do
+    has "$f" && cp "$RES/$f" "$IMG/bench-$f"
+done
+for f in "$RES"/window-*.dat; do
+    [ -s "$f" ] && cp "$f" "$IMG/bench-$(basename "$f")"
+done
+cp "$M" "$IMG/bench-machine.txt" 2>/dev/null
+
+# --- the figures ------------------------------------------------------------------
+if has sweep.dat; then
+    lines=
+    [ -n "$r64" ] && lines="$lines, $r64 title 'raw SQLite, 64 rows/commit' dt 2 lw 2 lc rgb '#777777'"
+    [ -n "$r1" ] && lines="$lines, $r1 title 'raw SQLite, 1 row/commit (fsync each)' dt 3 lw 2 lc rgb '#444444'"
+    em=
+    has emmett.dat && em=", '$RES/emmett.dat' using 1:(\$3 > 0 ? \$3 : NaN) with linespoints lw 2 pt 9 title 'Emmett 0.38.5 (SQLite), 202/s'"
+    plot throughput "set title 'Commands/s against connections ($LOADTAG)'
+set logscale x 2
+set logscale y 10
+set xlabel 'wrk keep-alive connections'
+set ylabel 'per second'
+set xrange [0.8:320]
+plot '$RES/sweep.dat' using 1:8 with linespoints lw 2 pt 7 title 'cqrsd PlaceOrder, 202/s', \
+     '$RES/sweep.dat' using 1:2 with linespoints lw 2 pt 5 title 'cqrsd GET /healthz, 200/s'$em$lines"
+    plot latency "set title 'PlaceOrder latency against connections ($LOADTAG)'
+set logscale x 2
+set logscale y 10
+set xlabel 'wrk keep-alive connections'
+set ylabel 'ms (wrk --latency)'
+set xrange [0.8:320]
+plot '$RES/sweep.dat' using 1:(\$9/1000) with linespoints lw 2 pt 7 title 'p50', \
+     '$RES/sweep.dat' using 1:(\$10/1000) with linespoints lw 2 pt 5 title 'p90', \
+     '$RES/sweep.dat' using 1:(\$11/1000) with linespoints lw 2 pt 9 title 'p99', \
+     '$RES/sweep.dat' using 1:(\$12/1000) with linespoints lw 1 pt 1 title 'max'"
+fi
+wins=
+for f in "$RES"/window-*.dat; do [ -s "$f" ] && wins="$wins $f"; done
+if [ -n "$wins" ]; then
+    body=
+    for f in $wins; do
+        n=$(wc -l <"$f")
+        k=$(basename "$f" .dat); k=${k#window-}
+        body="$body${body:+, }'$f' using 1:(\$0 + 1) / $n with lines lw 2 title '$k connection(s), $n samples'"
+    done
+    plot window "set title 'Consistency window: 202 -> fresh order_summary (CDF, $LOADTAG)'
+set logscale x 10
+set xlabel 'window, microseconds (log)'
+set ylabel 'fraction of commands'
+set yrange [0:1.02]
+set arrow from 1000, graph 0 to 1000, graph 1 nohead dt 2 lc rgb '#aa0000'
+set label 'target p99 1 ms' at 1050, graph 0.05 tc rgb '#aa0000'
+set arrow from graph 0, first 0.99 to graph 1, first 0.99 nohead dt 3 lc rgb '#777777'
+set label 'p99' at graph 0.01, first 0.975 tc rgb '#777777'
+plot $body"
+fi
+if has catchup.dat || has rebuild.dat; then
+    body=
+    has catchup.dat && body="'$RES/catchup.dat' using 1:2 with linespoints pt 7 ps 0.5 lw 2 title 'catch-up: order_summaries position (s since server start)'"
+    has rebuild.dat && body="$body${body:+, }'$RES/rebuild.dat' using 1:2 with linespoints pt 5 ps 0.5 lw 2 title 'rebuild: events replayed (s since POST)'"
+    plot progress "set title 'Catch-up and rebuild progress ($LOADTAG)'
+set xlabel 'seconds'
+set ylabel 'events'
+set format y '%.0s%c'
+plot $body"
+fi
+
+# --- the page ---------------------------------------------------------------------
+md=$DOCS/benchmarks.md
+img() { # name, alt
+    if [ -s "$IMG/bench-$1.png" ]; then
+        printf '![%s](img/bench-%s.png)\n' "$2" "$1"
+    else
+        printf '_(not measured in this run: no figure)_\n'
+    fi
+}
+table_sweep() {
+    printf '| connections | /healthz 200/s | PlaceOrder 202/s | p50 ms | p90 ms | p99 ms | max ms | not 202 | socket errors |\n'
+    printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+    awk 'NR > 1 { printf "| %d | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %d | %d |\n",
+                  $1, $2, $8, $9 / 1000, $10 / 1000, $11 / 1000, $12 / 1000, $13, $14 }' \
+        "$RES/sweep.dat"
+}
+table_emmett() {
+    printf '| connections | answered/s | 202/s | p50 ms | p90 ms | p99 ms | max ms | not 202 | socket errors | peer crashed |\n'
+    printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n'
+    awk 'NR > 1 { printf "| %d | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %d | %d | %s |\n",
+                  $1, $2, $3, $4 / 1000, $5 / 1000, $6 / 1000, $7 / 1000, $8, $9,
+                  ($11 == 1 ? "yes" : "no") }' "$RES/emmett.dat"
+}
+kvtable() { # a "kind=X k=v ..." line as a table
+    printf '| figure | value |\n|---|---|\n'
+    tr ' ' '\n' <"$1" | awk -F= 'NF == 2 && $1 != "kind" { printf "| %s | %s |\n", $1, $2 }'
+}
+na() { [ -n "$1" ] && echo "$1" || echo "n/a"; }
+
+{
+cat <<EOF
+# Benchmarks
+
+<!-- Generated by bench/report.sh from one run of \`make bench\` (bench/run.sh).
+     Do not edit by hand: run \`make bench\` again. -->
+
+Every figure on this page comes from one run of \`make bench\` on the machine
+below; each comparison is a ratio taken in the same run (the reference is
+measured minutes apart on the same disk), because absolute numbers move
+between machines and with the machine's other load. How each figure is taken
+is said under it; [bench/README.md](../bench/README.md) explains the tools.
+The data behind each figure is next to it in \`docs/img/bench-*.dat\`.
+
+| machine | |
+|---|---|
+| date | $(kv date "$M") |
+| commit | $(kv commit "$M") |
+| CPU | $(kv cpu "$M") |
+| cores | $(kv cores "$M") |
+| memory | $(kv memory "$M") |
+| disk (data dirs) | $(kv disk "$M") |
+| kernel | $(kv kernel "$M") |
+| load average at start (1, 5, 15 min) | $(kv load "$M") |
+| settings | $(kv durations "$M"); $(kv wrk "$M")$( [ "$(kv quick "$M")" = 1 ] && echo '; **BENCH_QUICK=1** (short runs)') |
+
+EOF
+if [ "$(kv quick "$M")" = 1 ]; then
+cat <<EOF
+> **These figures come from a quick run (BENCH_QUICK=1: ${SW_NOTE:-short wrk runs, a small catch-up store}) on a
+> shared, loaded machine (load average $(kv load "$M") at the start).** They prove
+> the pipeline; they are not the project's figures. Run \`make bench\` on a
+> quiet machine for those.
+
+EOF
+fi
+cat <<EOF
+## Commands/s against connections
+
+$(img throughput "PlaceOrder and /healthz per second against connections, with the raw SQLite lines")
+
+How: one fresh \`cqrsd serve\` (SQLite, defaults: \`synchronous=FULL\` on
+events.db, a 202 only after the fsync); for each connection count, wrk
+(\`-t min(2, c) -c c --latency\`) on \`GET /healthz\` (bench/healthz.lua, the
+server's own ceiling for a trivial request) and then on
+\`POST /commands/PlaceOrder\` (bench/placeorder.lua: a new order per request,
+1–3 items, every answer counted by status), each after a warm-up. The lines are
+bench_raw_sqlite (bench/raw_sqlite.c) in the same run: the rows one PlaceOrder
+writes, in WAL mode with \`synchronous=FULL\`, 64 per transaction (the
+disk's ceiling: $(na "$(num "$r64")") rows/s) and 1 per transaction (one insert
+and one WAL fsync per COMMIT, the durable single-transaction floor:
+$(na "$(num "$r1")") txn/s). The peer is below.
+
+EOF
+if has sweep.dat; then
+    table_sweep
+    cat <<EOF
+
+| ratio (same run) | value | target (issue 16) |
+|---|---:|---|
+| 1 connection: PlaceOrder/s ÷ raw SQLite 1 row/commit txn/s | $(na "$(fig s1_raw)") | ≥ 0.60 |
+| 1 connection: p99 ÷ p50 | $(na "$(fig s1_ratio)") | p99 ≤ 2 ms |
+| 64 connections: PlaceOrder/s ÷ GET /healthz/s | $(na "$(fig s64_ratio)") | ≥ 0.50 |
+
+EOF
+fi
+cat <<EOF
+## Latency percentiles
+
+$(img latency "PlaceOrder p50, p90, p99 and max against connections")
+
+How: wrk's \`--latency\` percentiles (request sent → whole answer received)
+of the PlaceOrder runs above; the table above has the numbers. At one
+connection the p99/p50 ratio is the tail the single client sees:
+**$(na "$(fig s1_ratio)")** (p50 $(ms "$(fig s1_p50)"), p99 $(ms "$(fig s1_p99)")).
+
+## The peer: Emmett on SQLite
+
+How: bench/emmett/server.mjs, a small Node app: \`POST /commands/PlaceOrder\`
+with the same body, Emmett's \`CommandHandler\` on its SQLite event store
+(\`@event-driven-io/emmett-sqlite\` $(na "$(fig em_version)"), Emmett's defaults:
+WAL, SQLite's default \`synchronous\`), a new stream per order appended with
+an expected version (\`STREAM_DOES_NOT_EXIST\`), 202 on success; Express 4 as
+the HTTP layer (Emmett's own \`emmett-expressjs\` has no 0.38.5 on npm).
+Installed from npm by the bench into \`build/emmett\` (versions pinned in
+bench/emmett/package.json), never by the tests. The same wrk sweep, a fresh
+peer and database for each connection count; answers that are not 202 and
+socket errors are counted, and a peer that exits is said so.
+
+EOF
+if has emmett.dat; then
+    table_emmett
+    echo
+    echo "Its 202/s is the dotted-diamond line in the first figure (points with no 202 are left out)."
+else
+    echo "_(not measured in this run)_"
+fi
+cat <<EOF
+
+## Consistency window
+
+$(img window "Distribution of the consistency window")
+
+How: bench_window (bench/window.c) on the server of the PlaceOrder runs:
+$(fig WIN_WORKERS) connections (and then 1), each a closed loop of
+\`POST /commands/PlaceOrder\` → on the 202, at once,
+\`GET /queries/order_summary?order_id=…&min_position=<the 202's position>\`
+on the same connection; the window is from the 202 received to the fresh
+answer received (the asynchronous projection order_summaries must have
+applied the position). Every answer must be 200 and fresh. The reference is
+the \`GET /healthz\` round trip on the same connections in the same run.
+
+| $(fig WIN_WORKERS) connections | p50 | p90 | p99 | max |
+|---|---:|---:|---:|---:|
+| window, 202 → fresh order_summary ($(na "$(num "$(fig w_n)")") commands) | $(us "$(fig w_p50)") | $(us "$(fig w_p90)") | $(us "$(fig w_p99)") | $(us "$(fig w_max)") |
+| GET /healthz round trip (floor) | $(us "$(fig t_p50)") | | $(us "$(fig t_p99)") | |
+| PlaceOrder latency in that run | $(us "$(fig w_c50)") | | $(us "$(fig w_c99)") | |
+
+Target (issue 16): p99 ≤ 1 ms at 8 connections. Answers not 200/fresh:
+$(na "$(fig w_qfail)"), commands not 202: $(na "$(fig w_cfail)"), connection errors: $(na "$(fig w_iofail)").
+
+## Catch-up and rebuild
+
+$(img progress "Catch-up and rebuild progress over time")
+
+How: bench_fill_events writes $(na "$(num "$(fig f_events)")") events
+($(fig CU_ORDERS) orders × 4) straight into a new events.db; \`cqrsd serve\`
+starts on it and bench_catchup (bench/catchup.c) polls the position of
+order_summaries every 200 ms until it has applied the last event; then
+bench_rebuild (bench/rebuild.c) POSTs \`/projections/order_summaries/rebuild\`
+on the caught-up server and polls its progress every 50 ms while a reader
+queries an order all along. The reference is bench_raw_upsert
+(bench/raw_upsert.c): order_summaries.sql's statements on the same events'
+values with plain SQLite, 1000 per transaction, same run.
+
+| | events/s | of raw SQLite |
+|---|---:|---:|
+| catch-up, order_summaries alone | $(na "$(num "$(fig k_rate)")") | $(na "$(fig k_pct)") (target ≥ 70 %) |
+| catch-up, both async projections (each event applied twice) | $(na "$(num "$(fig k_all)")") | $(na "$(fig kb_pct)") |
+| rebuild, order_summaries | $(na "$(num "$(fig b_rate)")") | $(na "$(fig b_pct_u)") |
+| raw SQLite, order_summaries.sql | $(na "$(num "$(fig u_rate)")") | 100 % |
+
+Server up (store opened, inline projection current) $(sec "$(fig k_up)") after
+start; order_summaries current $(sec "$(fig k_os)") after that. Queries during
+the rebuild: $(na "$(num "$(fig b_q)")"), p50 $(us "$(fig b_p50)"), p99
+$(us "$(fig b_p99)") (before it: p50 $(us "$(fig b_bp50)"), p99 $(us "$(fig b_bp99)")),
+not 200 or wrong: $(na "$(fig b_bad)").
+
+## Memory and start-up
+
+How: bench/memory.sh and bench/startup.sh (standalone tools; \`make bench\`
+runs them as the steps \`memory\` and \`startup\`).
+
+EOF
+for kind in memory startup; do
+    printf '### %s\n\n' "$kind"
+    if [ -s "$RES/$kind.txt" ]; then
+        kvtable "$RES/$kind.txt"
+    else
+        printf '_(not measured in this run: no bench/%s.sh in this tree, or it printed no kind=%s line)_\n' "$kind" "$kind"
+    fi
+    echo
+done
+cat <<EOF
+## Reproducing
+
+\`make bench\` installs wrk, gnuplot and the other tools (scripts/deps.sh),
+builds, runs bench/run.sh and rewrites this page and \`docs/img/bench-*\`.
+\`BENCH_QUICK=1 make bench\` is a short run (a few minutes) for a try-out;
+\`BENCH_STEPS\`, \`BENCH_SWEEP\` and the other settings are in bench/run.sh's
+header. \`BENCH_DOCS=0\` leaves this page alone.
+EOF
+} >"$md" || die "cannot write $md"
