@@ -181,10 +181,11 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     /* 2. order_summaries */
+    /* sampling: the query returns at least every 200 ms to let the probe in */
     snprintf(path, sizeof path,
              "/queries/order_summary?order_id=%s&min_position=%lld"
-             "&wait_ms=1000",
-             order, target);
+             "&wait_ms=%d",
+             order, target, samples ? 200 : 1000);
     snprintf(probe, sizeof probe,
              "/queries/order_summary?order_id=%s&wait_ms=0", probe_order);
     if (wait_fresh(&c, "order_summaries", path, probe, target, t0, deadline,

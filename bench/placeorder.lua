@@ -111,8 +111,8 @@ function done(summary, latency, requests)
    io.write(string.format(
       "BENCH kind=placeorder seconds=%.3f answered=%d accepted=%d non202=%d " ..
       "sockerr=%d rps=%.1f accepted_per_sec=%.1f p50_us=%d p90_us=%d " ..
-      "p99_us=%d max_us=%d\n",
+      "p99_us=%d max_us=%d sent=%d\n",
       secs, summary.requests, ok, bad, sock, summary.requests / secs,
       ok / secs, latency:percentile(50), latency:percentile(90),
-      latency:percentile(99), latency.max))
+      latency:percentile(99), latency.max, sent))
 end

@@ -13,6 +13,7 @@
 #   figures.env      key=value: the summary's figures (bench/run.sh)
 #   sweep.dat        conns, healthz and PlaceOrder rate and percentiles
 #   emmett.dat       the peer's PlaceOrder per connection count
+#   emmett-errors.txt  the peer's log lines with errors, counted
 #   raw.out raw1.out bench_raw_sqlite at 64 and 1 rows per transaction
 #   window-N.dat     bench_window --samples: one window a line, us, sorted
 #   catchup.dat      bench_catchup --samples: seconds position
@@ -130,18 +131,19 @@ img() { # name, alt
     fi
 }
 table_sweep() {
-    printf '| connections | /healthz 200/s | PlaceOrder 202/s | p50 ms | p90 ms | p99 ms | max ms | not 202 | socket errors |\n'
-    printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
-    awk 'NR > 1 { printf "| %d | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %d | %d |\n",
-                  $1, $2, $8, $9 / 1000, $10 / 1000, $11 / 1000, $12 / 1000, $13, $14 }' \
+    printf '| connections | /healthz 200/s | PlaceOrder 202/s | p50 ms | p90 ms | p99 ms | max ms | not 202 | socket errors | sent, no answer by the end (in flight included) |\n'
+    printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+    awk 'NR > 1 { printf "| %d | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %d | %d | %d |\n",
+                  $1, $2, $8, $9 / 1000, $10 / 1000, $11 / 1000, $12 / 1000, $13, $14, $16 - $15 }' \
         "$RES/sweep.dat"
 }
 table_emmett() {
-    printf '| connections | answered/s | 202/s | p50 ms | p90 ms | p99 ms | max ms | not 202 | socket errors | peer crashed |\n'
-    printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n'
-    awk 'NR > 1 { printf "| %d | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %d | %d | %s |\n",
-                  $1, $2, $3, $4 / 1000, $5 / 1000, $6 / 1000, $7 / 1000, $8, $9,
-                  ($11 == 1 ? "yes" : "no") }' "$RES/emmett.dat"
+    printf '| connections | sent | answered | 202/s | p50 ms | p99 ms | max ms | not 202 | socket errors | sent, no answer by the end (in flight included) | peer exited |\n'
+    printf '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|\n'
+    awk 'function t(x) { return $10 > 0 ? sprintf("%.2f", x / 1000) : "—" }
+         NR > 1 { printf "| %d | %d | %d | %.0f | %s | %s | %s | %d | %d | %d | %s |\n",
+                  $1, $11, $10, $3, t($4), t($6), t($7), $8, $9, $11 - $10,
+                  ($12 == 1 ? "yes" : "no") }' "$RES/emmett.dat"
 }
 kvtable() { # a "kind=X k=v ..." line as a table
     printf '| figure | value |\n|---|---|\n'
@@ -236,13 +238,25 @@ the HTTP layer (Emmett's own \`emmett-expressjs\` has no 0.38.5 on npm).
 Installed from npm by the bench into \`build/emmett\` (versions pinned in
 bench/emmett/package.json), never by the tests. The same wrk sweep, a fresh
 peer and database for each connection count; answers that are not 202 and
-socket errors are counted, and a peer that exits is said so.
+socket errors are counted, and so are the requests sent that had no answer
+when the run ended (wrk counts a request as a timeout only after
+\`--timeout\`, 5 s; a run shorter than that shows a hung server as
+"no answer"); a peer that exits is said so.
 
 EOF
 if has emmett.dat; then
     table_emmett
     echo
-    echo "Its 202/s is the dotted-diamond line in the first figure (points with no 202 are left out)."
+    echo
+    echo "Its 202/s is the diamond line in the first figure (points with no 202 are left out)."
+    if [ -s "$RES/emmett-errors.txt" ]; then
+        echo
+        echo "The peer's errors in this run (its log, counted):"
+        echo
+        echo '```'
+        cat "$RES/emmett-errors.txt"
+        echo '```'
+    fi
 else
     echo "_(not measured in this run)_"
 fi

@@ -103,7 +103,7 @@
 #   BENCH_QUICK=0              1: the bracketed defaults above, and
 #                              BENCH_RAW_SECONDS=2, BENCH_WINDOW_COMMANDS=1000,
 #                              BENCH_WINDOW_SECONDS=5, BENCH_RTT=1000,
-#                              BENCH_CATCHUP_ORDERS=25000
+#                              BENCH_CATCHUP_ORDERS=50000
 #   BENCH_STRICT=0             1: exit 1 when a target is missed
 set -u
 
@@ -112,7 +112,7 @@ BUILD_DIR=${BUILD_DIR:-build}
 case $BUILD_DIR in /*) ;; *) BUILD_DIR=$ROOT/$BUILD_DIR ;; esac
 QUICK=${BENCH_QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-    q_dur=3 q_warm=1 q_raw=2 q_wc=1000 q_ws=5 q_rtt=1000 q_cu=25000 q_sw=2
+    q_dur=3 q_warm=1 q_raw=2 q_wc=1000 q_ws=5 q_rtt=1000 q_cu=50000 q_sw=2
     q_steps="write sweep window catchup rebuild emmett memory startup"
 else
     q_dur=10 q_warm=2 q_raw=5 q_wc=5000 q_ws=20 q_rtt=5000 q_cu=250000 q_sw=5
@@ -729,12 +729,13 @@ sweep_wrk() {
 # one line of a sweep table from wrk's BENCH line in $TMP/$1.out
 po_line() {
     f=$TMP/$1.out
-    printf '%s %s %s %s %s %s %s %s %s\n' \
+    printf '%s %s %s %s %s %s %s %s %s %s\n' \
         "$(field placeorder rps "$f")" "$(field placeorder accepted_per_sec "$f")" \
         "$(field placeorder p50_us "$f")" "$(field placeorder p90_us "$f")" \
         "$(field placeorder p99_us "$f")" "$(field placeorder max_us "$f")" \
         "$(field placeorder non202 "$f")" "$(field placeorder sockerr "$f")" \
-        "$(field placeorder answered "$f")" | sed 's/  */ /g; s/^ //; s/ $//'
+        "$(field placeorder answered "$f")" "$(field placeorder sent "$f")" |
+        sed 's/  */ /g; s/^ //; s/ $//'
 }
 sweep_rows() { echo "$1" | awk '{ print NF }'; }
 : >"$TMP/raw1.out"
@@ -761,7 +762,7 @@ if step sweep; then
     start_server "$TMP/sdata" "$PORT" \
         $((START_TIMEOUT + n * 2 * (SW_SECONDS + WARMUP + WRK_TIMEOUT + 35) + 120))
     if wait_up; then
-        echo "# conns hz_rps hz_p50_us hz_p90_us hz_p99_us hz_max_us po_rps po_accepted_per_sec po_p50_us po_p90_us po_p99_us po_max_us po_non202 po_sockerr po_answered" \
+        echo "# conns hz_rps hz_p50_us hz_p90_us hz_p99_us hz_max_us po_rps po_accepted_per_sec po_p50_us po_p90_us po_p99_us po_max_us po_non202 po_sockerr po_answered po_sent" \
             >"$RES/sweep.dat"
         sp=s$(date +%s)
         say "-- sweep: wrk GET /healthz, then PlaceOrder, at $SWEEP connections," \
@@ -780,7 +781,7 @@ if step sweep; then
             hz="$(field healthz rps "$f") $(field healthz p50_us "$f") $(field healthz p90_us "$f") $(field healthz p99_us "$f") $(field healthz max_us "$f")"
             po=$(po_line "sweep-po-$c")
             row="$c $hz $po"
-            if [ "$(sweep_rows "$row")" -eq 15 ]; then
+            if [ "$(sweep_rows "$row")" -eq 16 ]; then
                 echo "$row" >>"$RES/sweep.dat"
                 set -- $row
                 printf '   %5s %12s %12s %9s %9s %9s %9s %7s %7s\n' "$c" "$(num "$2")" \
@@ -822,7 +823,7 @@ if step emmett; then
         em_version=$(sed -n 's/.*"version": *"\([^"]*\)".*/\1/p' \
             "$EMMETT_DIR/node_modules/@event-driven-io/emmett-sqlite/package.json" | head -n 1)
         say "   @event-driven-io/emmett-sqlite $em_version, node $(node --version)"
-        echo "# conns rps accepted_per_sec p50_us p90_us p99_us max_us non202 sockerr answered restarted" \
+        echo "# conns rps accepted_per_sec p50_us p90_us p99_us max_us non202 sockerr answered sent restarted" \
             >"$RES/emmett.dat"
         EM_PID=
         em_start() {
@@ -840,7 +841,8 @@ if step emmett; then
             wait "$EM_PID" 2>/dev/null
             EM_PID=
         }
-        printf '   %5s %12s %9s %9s %9s %9s %7s %7s\n' conns "202/s" p50 p90 p99 max non202 sockerr
+        printf '   %5s %12s %9s %9s %9s %9s %7s %7s %9s\n' conns "202/s" p50 p90 p99 max non202 sockerr \
+            "no answer"
         for c in $SWEEP; do
             restarted=0
             # a fresh peer for each point: a point's failures do not carry over
@@ -860,11 +862,12 @@ if step emmett; then
                 restarted=1; em_restarts=$((em_restarts + 1))
             fi
             row="$c $(po_line "emmett-$c") $restarted"
-            if [ "$(sweep_rows "$row")" -eq 11 ]; then
+            if [ "$(sweep_rows "$row")" -eq 12 ]; then
                 echo "$row" >>"$RES/emmett.dat"
                 set -- $row
-                printf '   %5s %12s %9s %9s %9s %9s %7s %7s\n' "$c" "$(num "$3")" \
-                    "$(ms "$4")" "$(ms "$5")" "$(ms "$6")" "$(ms "$7")" "$8" "$9"
+                printf '   %5s %12s %9s %9s %9s %9s %7s %7s %9s\n' "$c" "$(num "$3")" \
+                    "$(ms "$4")" "$(ms "$5")" "$(ms "$6")" "$(ms "$7")" "$8" "$9" \
+                    "$(calc 'printf "%d", a - b' "${11}" "${10}")"
                 fb=$(sed -n 's/^!!! .*first: //p' "$TMP/emmett-$c.out" | head -n 1)
                 [ -n "$fb" ] && say "         first answer not 202: $(printf '%s' "$fb" | head -c 200)"
             else
@@ -872,10 +875,12 @@ if step emmett; then
             fi
         done
         em_stop
-        if grep -qiE 'error|SQLITE' "$TMP/emmett-server.log" 2>/dev/null; then
-            say "   the peer's log (first lines with errors):"
-            grep -iE 'error|SQLITE' "$TMP/emmett-server.log" | sort | uniq -c | sort -rn |
-                head -n 5 | sed 's/^/     /'
+        # the SQLite errors the peer logged, counted over the whole sweep
+        grep -oE 'SQLITE_[A-Z_]+: [^]}\x27"]*' "$TMP/emmett-server.log" 2>/dev/null |
+            sort | uniq -c | sort -rn | head -n 8 >"$RES/emmett-errors.txt"
+        if [ -s "$RES/emmett-errors.txt" ]; then
+            say "   errors in the peer's log (all points):"
+            sed 's/^/     /' "$RES/emmett-errors.txt"
         fi
     fi
     say
@@ -1061,9 +1066,9 @@ printf '  %-38s %14s   %s\n' "sweep, 64 conns: PlaceOrder/healthz" "$s64_ratio" 
 say
 fi
 if step emmett && [ -s "$RES/emmett.dat" ]; then
-    say "  peer: Emmett ${em_version:-?} on SQLite, same wrk sweep ($em_restarts crashed runs)"
-    awk 'NR > 1 { printf "    %4d conns  %8.0f cmd/s (202)  p50 %7.2f ms  p99 %8.2f ms  non-202 %d  socket errors %d%s\n",
-                  $1, $3, $4 / 1000, $6 / 1000, $8, $9, ($11 == 1 ? "  (crashed)" : "") }' "$RES/emmett.dat"
+    say "  peer: Emmett ${em_version:-?} on SQLite, same wrk sweep (the peer exited $em_restarts times)"
+    awk 'NR > 1 { printf "    %4d conns  %8.0f cmd/s (202)  p50 %7.2f ms  p99 %8.2f ms  non-202 %d  socket errors %d  no answer %d of %d sent%s\n",
+                  $1, $3, $4 / 1000, $6 / 1000, $8, $9, $11 - $10, $11, ($12 == 1 ? "  (crashed)" : "") }' "$RES/emmett.dat"
     say
 fi
 for kind in memory startup; do
