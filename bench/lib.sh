@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # bench/lib.sh — helpers shared by bench/run.sh, bench/pg.sh and bench/bus.sh.
 # POSIX sh; sourced, not run:
 #
@@ -26,6 +27,7 @@ warn() { printf '%s: %s\n' "${BENCH_WHO:-bench}" "$*" >&2; }
 die() { warn "$*"; exit 1; }
 
 # Bound every run even if it hangs; --foreground keeps Ctrl-C working.
+# shellcheck disable=SC2034  # HAVE_TIMEOUT: read by the scripts that source this
 if command -v timeout >/dev/null 2>&1; then
     bounded() { secs=$1; shift; timeout --foreground -k 5 "$secs" "$@"; }
     HAVE_TIMEOUT=1

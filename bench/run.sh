@@ -772,17 +772,18 @@ if step sweep; then
         for c in $SWEEP; do
             server_up "the sweep" || break
             [ "$WARMUP" -gt 0 ] &&
-                sweep_wrk sweep-hzw-$c "$c" "$WARMUP" healthz.lua "$URL/healthz"
-            sweep_wrk sweep-hz-$c "$c" "$SW_SECONDS" healthz.lua "$URL/healthz" || STATUS=1
+                sweep_wrk "sweep-hzw-$c" "$c" "$WARMUP" healthz.lua "$URL/healthz"
+            sweep_wrk "sweep-hz-$c" "$c" "$SW_SECONDS" healthz.lua "$URL/healthz" || STATUS=1
             [ "$WARMUP" -gt 0 ] &&
-                sweep_wrk sweep-pow-$c "$c" "$WARMUP" placeorder.lua "$URL" -- "${sp}w$c"
-            sweep_wrk sweep-po-$c "$c" "$SW_SECONDS" placeorder.lua "$URL" -- "${sp}r$c" || STATUS=1
+                sweep_wrk "sweep-pow-$c" "$c" "$WARMUP" placeorder.lua "$URL" -- "${sp}w$c"
+            sweep_wrk "sweep-po-$c" "$c" "$SW_SECONDS" placeorder.lua "$URL" -- "${sp}r$c" || STATUS=1
             f=$TMP/sweep-hz-$c.out
             hz="$(field healthz rps "$f") $(field healthz p50_us "$f") $(field healthz p90_us "$f") $(field healthz p99_us "$f") $(field healthz max_us "$f")"
             po=$(po_line "sweep-po-$c")
             row="$c $hz $po"
             if [ "$(sweep_rows "$row")" -eq 16 ]; then
                 echo "$row" >>"$RES/sweep.dat"
+                # shellcheck disable=SC2086  # the row is meant to split
                 set -- $row
                 printf '   %5s %12s %12s %9s %9s %9s %9s %7s %7s\n' "$c" "$(num "$2")" \
                     "$(num "$8")" "$(ms "$9")" "$(ms "${10}")" "$(ms "${11}")" \
@@ -850,13 +851,13 @@ if step emmett; then
             em_start || { warn "the peer did not come up:"; tail -n 5 "$TMP/emmett-server.log" >&2
                           STATUS=1; break; }
             [ "$WARMUP" -gt 0 ] &&
-                sweep_wrk emmett-w$c "$c" "$WARMUP" placeorder.lua "http://127.0.0.1:$EM_PORT" -- "ew$c"
+                sweep_wrk "emmett-w$c" "$c" "$WARMUP" placeorder.lua "http://127.0.0.1:$EM_PORT" -- "ew$c"
             if ! kill -0 "$EM_PID" 2>/dev/null; then
                 say "   the peer exited during the warm-up at $c connections: restarted"
                 restarted=1; em_restarts=$((em_restarts + 1))
                 em_start || { STATUS=1; break; }
             fi
-            sweep_wrk emmett-$c "$c" "$SW_SECONDS" placeorder.lua "http://127.0.0.1:$EM_PORT" -- "er$c"
+            sweep_wrk "emmett-$c" "$c" "$SW_SECONDS" placeorder.lua "http://127.0.0.1:$EM_PORT" -- "er$c"
             if ! kill -0 "$EM_PID" 2>/dev/null; then
                 say "   the peer exited during the run at $c connections"
                 restarted=1; em_restarts=$((em_restarts + 1))
@@ -864,6 +865,7 @@ if step emmett; then
             row="$c $(po_line "emmett-$c") $restarted"
             if [ "$(sweep_rows "$row")" -eq 12 ]; then
                 echo "$row" >>"$RES/emmett.dat"
+                # shellcheck disable=SC2086  # the row is meant to split
                 set -- $row
                 printf '   %5s %12s %9s %9s %9s %9s %7s %7s %9s\n' "$c" "$(num "$3")" \
                     "$(ms "$4")" "$(ms "$5")" "$(ms "$6")" "$(ms "$7")" "$8" "$9" \
