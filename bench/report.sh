@@ -231,13 +231,13 @@ connection the p99/p50 ratio is the tail the single client sees:
 
 How: bench/emmett/server.mjs, a small Node app: \`POST /commands/PlaceOrder\`
 with the same body, Emmett's \`CommandHandler\` on its SQLite event store
-(\`@event-driven-io/emmett-sqlite\` $(na "$(fig em_version)"), Emmett's defaults:
+(\`@event-driven-io/emmett-sqlite\` $(na "$(fig em_version)") on Node $(na "$(fig em_node)"), Emmett's defaults:
 WAL, SQLite's default \`synchronous\`), a new stream per order appended with
 an expected version (\`STREAM_DOES_NOT_EXIST\`), 202 on success; Express 4 as
 the HTTP layer (Emmett's own \`emmett-expressjs\` has no 0.38.5 on npm).
 Installed from npm by the bench into \`build/emmett\` (versions pinned in
 bench/emmett/package.json), never by the tests. The same wrk sweep, a fresh
-peer and database for each connection count; answers that are not 202 and
+peer and database for each connection count, warmed up at 1 connection; answers that are not 202 and
 socket errors are counted, and so are the requests sent that had no answer
 when the run ended (wrk counts a request as a timeout only after
 \`--timeout\`, 5 s; a run shorter than that shows a hung server as
@@ -246,7 +246,10 @@ when the run ended (wrk counts a request as a timeout only after
 EOF
 if has emmett.dat; then
     table_emmett
-    echo
+    awk 'NR > 1 { if ($3 > 0) ok = ok (ok == "" ? "" : ", ") $1; else bad = bad (bad == "" ? "" : ", ") $1 }
+         END { printf "\nIn this run the peer answered 202s at %s connection(s)", (ok == "" ? "no" : ok)
+               if (bad != "") printf " and not one 202 at %s", bad
+               print "." }' "$RES/emmett.dat"
     echo
     echo "Its 202/s is the diamond line in the first figure; a red cross at the bottom marks a connection count where it answered not one 202."
     if [ -s "$RES/emmett-errors.txt" ]; then
@@ -301,7 +304,7 @@ values with plain SQLite, 1000 per transaction, same run.
 | | events/s | of raw SQLite |
 |---|---:|---:|
 | catch-up, order_summaries alone | $(na "$(num "$(fig k_rate)")") | $(na "$(fig k_pct)") (target ≥ 70 %) |
-| catch-up, both async projections (each event applied twice) | $(na "$(num "$(fig k_all)")") | $(na "$(fig kb_pct)") |
+| catch-up, both async projections (events applied, each event twice) | $(na "$(num "$(fig k_all)")") | $(na "$(fig kb_pct)") of raw SQLite running both .sql files (per event) |
 | rebuild, order_summaries | $(na "$(num "$(fig b_rate)")") | $(na "$(fig b_pct_u)") |
 | raw SQLite, order_summaries.sql | $(na "$(num "$(fig u_rate)")") | 100 % |
 
