@@ -27,7 +27,7 @@
  * --samples FILE: order_summaries' position (meta.position of
  * --probe-order) every 200 ms while it catches up, as lines "SECONDS
  * POSITION" in FILE (seconds since bench_catchup started, just after the
- * server; bench/plot.sh draws them); the last line is the target reached.
+ * server; bench/report.sh draws them); the last line is the target reached.
  * The answer's body lives in the connection's buffer: read it before the
  * next request.
  *

@@ -30,7 +30,7 @@
  * --timeout bounds the wait from the POST on; the baseline has 30 s more.
  * --samples FILE: every poll of step 4 while the rebuild runs writes a line
  * "SECONDS EVENTS_DONE EVENTS_TOTAL" to FILE (seconds since the POST), and
- * the end one more with the events replayed (bench/plot.sh draws them).
+ * the end one more with the events replayed (bench/report.sh draws them).
  *
  * Prints the figures and, for run.sh, "BENCH kind=rebuild ..." when the
  * rebuild ended "done" (events/s = events_replayed / (finished_at -

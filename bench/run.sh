@@ -720,16 +720,17 @@ fi
 # --- 7f. the connections sweep ---------------------------------------------------
 # wrk at $2 connections (threads: BENCH_THREADS, at most one per connection):
 # name conns seconds script url [args...]
+# (its own variable names: the callers loop over $c)
 sweep_wrk() {
-    name=$1 c=$2 secs=$3 script=$4 url=$5; shift 5
-    t=$THREADS
-    [ "$c" -lt "$t" ] && t=$c
-    bounded $((secs + WRK_TIMEOUT + 30)) wrk -t "$t" -c "$c" -d "${secs}s" \
-        --timeout "${WRK_TIMEOUT}s" --latency -s "$ROOT/bench/$script" "$url" \
-        ${1+"$@"} >"$TMP/$name.out" 2>&1
-    rc=$?
-    [ $rc -eq 0 ] || warn "wrk ($name) exited with status $rc"
-    return $rc
+    sw_name=$1 sw_c=$2 sw_secs=$3 sw_script=$4 sw_url=$5; shift 5
+    sw_t=$THREADS
+    [ "$sw_c" -lt "$sw_t" ] && sw_t=$sw_c
+    bounded $((sw_secs + WRK_TIMEOUT + 30)) wrk -t "$sw_t" -c "$sw_c" -d "${sw_secs}s" \
+        --timeout "${WRK_TIMEOUT}s" --latency -s "$ROOT/bench/$sw_script" "$sw_url" \
+        ${1+"$@"} >"$TMP/$sw_name.out" 2>&1
+    sw_rc=$?
+    [ $sw_rc -eq 0 ] || warn "wrk ($sw_name) exited with status $sw_rc"
+    return $sw_rc
 }
 # one line of a sweep table from wrk's BENCH line in $TMP/$1.out
 po_line() {
@@ -858,8 +859,12 @@ if step emmett; then
                           STATUS=1; break; }
             # the warm-up at 1 connection: the run at $c starts from a
             # healthy peer (a warm-up at $c would already meet its failures)
-            [ "$WARMUP" -gt 0 ] &&
+            # (and a second's pause: the request wrk left in flight ends
+            # before the run, which would otherwise overlap it)
+            if [ "$WARMUP" -gt 0 ]; then
                 sweep_wrk "emmett-w$c" 1 "$WARMUP" placeorder.lua "http://127.0.0.1:$EM_PORT" -- "ew$c"
+                sleep 1
+            fi
             if ! kill -0 "$EM_PID" 2>/dev/null; then
                 say "   the peer exited during the warm-up at $c connections: restarted"
                 restarted=1; em_restarts=$((em_restarts + 1))

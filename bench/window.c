@@ -28,7 +28,7 @@
  * the workers together send at most R commands/s in phase 3 (each paces
  * itself to R/workers), for a window at a stated command rate. With
  * --samples FILE every measured window is written to FILE, one a line in
- * microseconds, sorted (for a CDF or histogram: bench/plot.sh).
+ * microseconds, sorted (for a CDF or histogram: bench/report.sh).
  *
  * Usage: bench_window --port P [--host 127.0.0.1] [--workers 8]
  *          [--commands 5000] [--seconds 20] [--warmup 200] [--rtt 5000]
