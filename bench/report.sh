@@ -20,8 +20,8 @@
 #   rebuild.dat      bench_rebuild --samples: seconds done total
 #   memory.txt startup.txt  the kind=memory / kind=startup line
 # Writes DOCS_DIR/benchmarks.md, DOCS_DIR/img/bench-*.png (gnuplot, pngcairo
-# or png terminal) and copies the data next to them (DOCS_DIR/img/bench-*.dat
-# and bench-machine.txt) so the figures can be checked and redrawn.
+# or png terminal) and copies RESULTS_DIR to DOCS_DIR/img/bench-data/ so the
+# figures can be checked and redrawn: sh bench/report.sh docs/img/bench-data docs
 # Exit 1 when gnuplot is missing or fails.
 set -u
 RES=${1:?usage: report.sh RESULTS_DIR DOCS_DIR}
@@ -32,9 +32,19 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/bench/lib.sh"
 
 command -v gnuplot >/dev/null 2>&1 || die "gnuplot not found (sh scripts/deps.sh gnuplot-nox)"
+[ -d "$RES" ] || die "no directory $RES"
 IMG=$DOCS/img
 mkdir -p "$IMG" || die "cannot create $IMG"
-rm -f "$IMG"/bench-*
+# the results, copied first: RESULTS_DIR may be DOCS_DIR/img/bench-data
+# itself (redrawing a committed set), which is replaced below
+SRC=$(mktemp -d "${TMPDIR:-/tmp}/cqrsd-report.XXXXXX") || die "mktemp failed"
+trap 'rm -rf "$SRC"' EXIT
+cp -R "$RES"/. "$SRC"/ || die "cannot read $RES"
+RES=$SRC
+rm -rf "${IMG:?}"/bench-*
+if ! { mkdir -p "$IMG/bench-data" && cp -R "$RES"/. "$IMG/bench-data"/; }; then
+    die "cannot write $IMG/bench-data"
+fi
 
 # value of key $1 in key=value file $2 (the rest of the line), or empty
 kv() { sed -n "s/^$1=//p" "$2" 2>/dev/null | head -n 1; }
@@ -56,13 +66,6 @@ plot() { # name, gnuplot body
 
 r64=$(field raw_sqlite rows_per_sec "$RES/raw.out")
 r1=$(field raw_sqlite rows_per_sec "$RES/raw1.out")
-for f in sweep.dat emmett.dat catchup.dat rebuild.dat; do
-    has "$f" && cp "$RES/$f" "$IMG/bench-$f"
-done
-for f in "$RES"/window-*.dat; do
-    [ -s "$f" ] && cp "$f" "$IMG/bench-$(basename "$f")"
-done
-cp "$M" "$IMG/bench-machine.txt" 2>/dev/null
 
 # --- the figures ------------------------------------------------------------------
 if has sweep.dat; then
@@ -145,9 +148,28 @@ table_emmett() {
                   $1, $11, $10, $3, t($4), t($6), t($7), $8, $9, $11 - $10,
                   ($12 == 1 ? "yes" : "no") }' "$RES/emmett.dat"
 }
-kvtable() { # a "kind=X k=v ..." line as a table
-    printf '| figure | value |\n|---|---|\n'
-    tr ' ' '\n' <"$1" | awk -F= 'NF == 2 && $1 != "kind" { printf "| %s | %s |\n", $1, $2 }'
+kvtable() { # a "kind=X k=v ..." line as a table, with what the known keys mean
+    printf '| figure | value | meaning |\n|---|---:|---|\n'
+    tr ' ' '\n' <"$1" | awk -F= '
+        BEGIN {
+            m["events"] = "events in the store (4 per order)"
+            m["streams"] = "streams (orders)"
+            m["keys"] = "idempotency keys in the command log"
+            m["commands"] = "keyed commands sent once ready"
+            m["rss_ready_kb"] = "VmRSS, kB, every projection caught up"
+            m["hwm_ready_kb"] = "VmHWM (peak RSS since exec), kB, at that point"
+            m["rss_load_kb"] = "VmRSS, kB, after the commands"
+            m["hwm_load_kb"] = "VmHWM, kB, after the commands"
+            m["target_kb"] = "the issue'"'"'s target for RSS, kB"
+            m["rounds"] = "starts of each kind (medians reported)"
+            m["fresh_healthz_ms"] = "inline projection built from scratch: exec to first GET /healthz 200"
+            m["fresh_inline_ms"] = "... to the inline projection at the head (commands answered)"
+            m["fresh_readyz_ms"] = "... to GET /readyz 200 (every projection current)"
+            m["warm_healthz_ms"] = "caught-up store: exec to first GET /healthz 200"
+            m["warm_inline_ms"] = "... to the inline projection at the head"
+            m["warm_readyz_ms"] = "... to GET /readyz 200"
+        }
+        NF == 2 && $1 != "kind" { printf "| %s | %s | %s |\n", $1, $2, m[$1] }'
 }
 na() { [ -n "$1" ] && echo "$1" || echo "n/a"; }
 
@@ -163,7 +185,9 @@ below; each comparison is a ratio taken in the same run (the reference is
 measured minutes apart on the same disk), because absolute numbers move
 between machines and with the machine's other load. How each figure is taken
 is said under it; [bench/README.md](../bench/README.md) explains the tools.
-The data behind each figure is next to it in \`docs/img/bench-*.dat\`.
+The data behind the figures and tables is in
+[docs/img/bench-data/](img/bench-data/) (\`sh bench/report.sh
+docs/img/bench-data docs\` draws this page again from it).
 
 | machine | |
 |---|---|
@@ -316,8 +340,15 @@ not 200 or wrong: $(na "$(fig b_bad)").
 
 ## Memory and start-up
 
-How: bench/memory.sh and bench/startup.sh (standalone tools; \`make bench\`
-runs them as the steps \`memory\` and \`startup\`).
+How: bench/memory.sh and bench/startup.sh, standalone tools that
+\`make bench\` runs as the steps \`memory\` and \`startup\` (their headers
+say how they measure). memory.sh fills a store with
+$(kv memory_events "$M") events and as many idempotency keys straight into
+SQLite, starts \`cqrsd serve\` with default settings on it, reads VmRSS and
+VmHWM from /proc once \`GET /readyz\` is 200 and again after keyed commands;
+startup.sh times exec → \`GET /healthz\` 200, → the inline projection at the
+head, → \`GET /readyz\` 200, on a store whose inline projection must be built
+from scratch and on a caught-up one.
 
 EOF
 for kind in memory startup; do

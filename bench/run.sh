@@ -50,9 +50,11 @@
 #      through the same wrk sweep, a fresh peer for each point (warmed up at
 #      1 connection); non-202 answers, socket errors and requests left
 #      without an answer are counted, a peer that exits is said so;
-#   7h. memory and start-up (steps memory, startup): bench/memory.sh and
-#      bench/startup.sh, when present (each prints a "kind=memory ..." /
-#      "kind=startup ..." line); skipped with a message when not;
+#   7h. memory and start-up (steps memory, startup): bench/memory.sh
+#      (--events BENCH_MEMORY_EVENTS --keys the same) and bench/startup.sh
+#      (--events BENCH_MEMORY_EVENTS --rounds BENCH_STARTUP_ROUNDS), when
+#      present (each prints a "BENCH kind=memory ..." / "kind=startup ..."
+#      line); skipped with a message when not;
 #   8. prints a summary table; then (BENCH_DOCS=1) bench/report.sh draws the
 #      figures with gnuplot and writes docs/benchmarks.md and
 #      docs/img/bench-*.{png,dat} from this run's results.
@@ -97,6 +99,9 @@
 #                it rebuilds over its store); pg takes BENCH_PG_*
 #                (bench/pg.sh), bus BENCH_BUS_* (bench/bus.sh)
 #                [quick: write sweep window catchup rebuild emmett memory startup]
+#   BENCH_MEMORY_EVENTS=1000000 [200000]  events (and idempotency keys) in
+#                              the stores of steps memory and startup
+#   BENCH_STARTUP_ROUNDS=3 [1] starts of each kind in step startup (median)
 #   BENCH_DOCS=1               1: write docs/benchmarks.md and docs/img/bench-*
 #                              from this run (bench/report.sh); 0: do not
 #   BENCH_RESULTS=             keep this run's data files (sweep, window
@@ -114,9 +119,11 @@ case $BUILD_DIR in /*) ;; *) BUILD_DIR=$ROOT/$BUILD_DIR ;; esac
 QUICK=${BENCH_QUICK:-0}
 if [ "$QUICK" = 1 ]; then
     q_dur=3 q_warm=1 q_raw=2 q_wc=1000 q_ws=5 q_rtt=1000 q_cu=50000 q_sw=2
+    q_mem=200000 q_rounds=1
     q_steps="write sweep window catchup rebuild emmett memory startup"
 else
     q_dur=10 q_warm=2 q_raw=5 q_wc=5000 q_ws=20 q_rtt=5000 q_cu=250000 q_sw=5
+    q_mem=1000000 q_rounds=3
     q_steps="write sweep window waiters catchup rebuild prune pg bus emmett memory startup"
 fi
 DUR=${BENCH_SECONDS:-$q_dur}
@@ -144,6 +151,8 @@ PR_COMMANDS=${BENCH_PRUNE_COMMANDS:-3000}
 STEPS=${BENCH_STEPS:-$q_steps}
 SWEEP=${BENCH_SWEEP:-1 2 4 8 16 32 64 128 256}
 SW_SECONDS=${BENCH_SWEEP_SECONDS:-$q_sw}
+MEM_EVENTS=${BENCH_MEMORY_EVENTS:-$q_mem}
+SU_ROUNDS=${BENCH_STARTUP_ROUNDS:-$q_rounds}
 DOCS=${BENCH_DOCS:-1}
 RESULTS_KEEP=${BENCH_RESULTS:-}
 WAITERS=${BENCH_WAITERS:-10000}
@@ -170,7 +179,8 @@ for v in DUR:BENCH_SECONDS WARMUP:BENCH_WARMUP CONNS:BENCH_CONNECTIONS \
          CU_ORDERS:BENCH_CATCHUP_ORDERS CU_TIMEOUT:BENCH_CATCHUP_TIMEOUT \
          RB_TIMEOUT:BENCH_REBUILD_TIMEOUT PR_KEYS:BENCH_PRUNE_KEYS \
          PR_COMMANDS:BENCH_PRUNE_COMMANDS WAITERS:BENCH_WAITERS \
-         WAITERS_SECONDS:BENCH_WAITERS_SECONDS SW_SECONDS:BENCH_SWEEP_SECONDS; do
+         WAITERS_SECONDS:BENCH_WAITERS_SECONDS SW_SECONDS:BENCH_SWEEP_SECONDS \
+         MEM_EVENTS:BENCH_MEMORY_EVENTS SU_ROUNDS:BENCH_STARTUP_ROUNDS; do
     eval "val=\$${v%%:*}"
     case $val in '' | *[!0-9]*) die "${v#*:} must be a whole number, got '$val'" ;; esac
 done
@@ -284,6 +294,7 @@ esac
     echo "sweep=$SWEEP"
     echo "window=$WIN_WORKERS connections, $WIN_COMMANDS commands or ${WIN_SECONDS}s"
     echo "catchup_orders=$CU_ORDERS"
+    echo "memory_events=$MEM_EVENTS"
 } >"$RES/machine.txt"
 
 STATUS=0
@@ -909,10 +920,19 @@ for kind in memory startup; do
         say
         continue
     fi
-    say "-- $kind: bench/$kind.sh"
-    BUILD_DIR=$BUILD_DIR BENCH_CQRSD=$CQRSD BENCH_TMPDIR=$TMP_PARENT BENCH_QUICK=$QUICK \
-        bounded 900 sh "$ROOT/bench/$kind.sh" >"$TMP/$kind.out" 2>&1
+    # their store in our temp dir (the disk being measured, removed at exit);
+    # quick: a smaller store, one round
+    mkdir -p "$TMP/$kind"
+    case $kind in
+        memory) args="--events $MEM_EVENTS --keys $MEM_EVENTS" ;;
+        startup) args="--events $MEM_EVENTS --rounds $SU_ROUNDS" ;;
+    esac
+    say "-- $kind: sh bench/$kind.sh --cqrsd $CQRSD $args"
+    # shellcheck disable=SC2086  # args are meant to split
+    BUILD_DIR=$BUILD_DIR bounded 1500 sh "$ROOT/bench/$kind.sh" --cqrsd "$CQRSD" \
+        $args --dir "$TMP/$kind" >"$TMP/$kind.out" 2>&1
     rc=$?
+    rm -rf "$TMP/$kind"
     cat "$TMP/$kind.out"
     [ $rc -eq 0 ] || { warn "bench/$kind.sh failed (exit $rc)"; STATUS=1; }
     grep "kind=$kind " "$TMP/$kind.out" | sed 's/^BENCH //' >"$RES/$kind.txt"
