@@ -103,6 +103,19 @@ static const json_t *walk(const json_t *v, const char *path, size_t n)
 }
 
 /* See declared.h. */
+const json_t *cq_decl_lazy_data(cq_decl_lazy *lz)
+{
+    if (lz->data == NULL && lz->text != NULL) {
+        json_t *j = json_loads(lz->text, JSON_REJECT_DUPLICATES, NULL);
+        if (json_is_object(j))
+            lz->data = j;
+        else
+            json_decref(j); /* out of memory (the scan accepted it) */
+    }
+    return lz->data;
+}
+
+/* See declared.h. */
 int cq_declared_path_json(const char *path, const cq_decl_event *ev,
                           const json_t *element, const json_t **out)
 {
@@ -116,6 +129,9 @@ int cq_declared_path_json(const char *path, const cq_decl_event *ev,
         doc = element;
     } else if (decl_valid_path(path, n, decl_event_roots)) {
         doc = path[0] == 'd' ? ev->data : ev->metadata;
+        if (path[0] == 'd' && doc == NULL && ev->lazy != NULL &&
+            (doc = cq_decl_lazy_data(ev->lazy)) == NULL)
+            return CQ_ENOMEM;
     } else {
         return CQ_EINVAL;
     }

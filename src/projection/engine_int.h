@@ -272,6 +272,8 @@ typedef struct apply_ctx {
 typedef struct parsed {
     cq_decl_event ev;
     cq_decoded dec; /* data and metadata (domain/domain.h) */
+    cq_decl_lazy lz; /* cq_eng_parse_event_lazy: the data not decoded yet
+                        (ev.lazy points here), else zero */
     char when[32], day[11];
     char why[192]; /* why data or metadata could not be decoded, or "" */
 } parsed;
@@ -393,6 +395,19 @@ int cq_eng_count_skipped(cq_rdb *db, proj *p, char *err, size_t errcap);
 int cq_eng_parse_event(const cq_domain *dom, const cq_stored_event *se,
                        const json_t *data, int need_meta, parsed *pe);
 void cq_eng_parsed_clear(parsed *pe);
+
+/* As cq_eng_parse_event for a batch: when no metadata is needed, no
+ * upcaster applies and jsonscan.c can vouch for the data text, the data
+ * is kept as text (pe->ev.lazy, a copy) and decoded only if a handler
+ * needs more than its top-level scalars; otherwise exactly
+ * cq_eng_parse_event. pe must not move until cleared (ev.lazy points into
+ * it). */
+int cq_eng_parse_event_lazy(const cq_domain *dom, const cq_stored_event *se,
+                            int need_meta, parsed *pe);
+
+/* pe's data for a C-code handler: decoded now if it was lazy. NULL only
+ * when out of memory (or when the parse failed). */
+const json_t *cq_eng_parsed_data(const parsed *pe);
 
 /* ---- projector.c ---- */
 

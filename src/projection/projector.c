@@ -78,9 +78,19 @@ int cq_eng_apply_parsed(apply_ctx *c, const cq_stored_event *se,
         goto fail;
     }
     if (c->p->code.apply != NULL) {
-        cq_projection_event ev = {se->position, se->stream_id, se->version,
-                                  se->type,     pe->when,      pe->day,
-                                  pe->dec.data, pe->dec.metadata};
+        cq_projection_event ev = {se->position,
+                                  se->stream_id,
+                                  se->version,
+                                  se->type,
+                                  pe->when,
+                                  pe->day,
+                                  cq_eng_parsed_data(pe),
+                                  pe->dec.metadata};
+        if (ev.data == NULL) {
+            snprintf(c->error, sizeof c->error, "out of memory");
+            rc = CQ_ENOMEM;
+            goto fail;
+        }
         cq_sql sql = {c->x, c->error, sizeof c->error};
         c->error[0] = '\0';
         rc = c->p->code.apply(c->p->code.arg, &sql, &ev);
@@ -147,7 +157,7 @@ static int batch_add(void *arg, const cq_stored_event *se)
         free((char *)d->type);
         return 1; /* out of memory: stop; the batch is shorter */
     }
-    b->prc[b->n] = cq_eng_parse_event(b->domain, se, NULL, b->need_meta, pe);
+    b->prc[b->n] = cq_eng_parse_event_lazy(b->domain, se, b->need_meta, pe);
     pe->ev.stream_id = d->stream_id;
     pe->ev.type = d->type;
     b->n++;

@@ -95,7 +95,7 @@ static void test_each(void **state)
     json_t *metadata = json_loads("{\"tags\": [\"t1\"]}", 0, NULL);
     cq_decl_event ev = {
         "order-o-1",  1,    7,       "Placed", "2026-11-23T14:18:26.123Z",
-        "2026-11-23", data, metadata};
+        "2026-11-23", data, metadata, NULL};
     cq_declared *d = NULL;
     cq_rdb *db = NULL;
     cq_exec *x;
@@ -175,7 +175,7 @@ static void test_types(void **state)
                               0, NULL);
     cq_decl_event ev = {
         "s-1",        1,    1,   "Placed", "2026-11-23T14:18:26.123Z",
-        "2026-11-23", data, NULL};
+        "2026-11-23", data, NULL, NULL};
     const char *values[2] = {"a", "9000000000"};
     cq_declared *d = NULL;
     cq_rdb *db;
