@@ -171,9 +171,10 @@ typedef struct cq_decl_lazy {
     json_t *data; /* NULL until cq_decl_lazy_data made it */
 } cq_decl_lazy;
 
-/* The lazy data decoded with jansson (the same flags as
- * domain/decode.c), made once and kept in lz; NULL only when out of
- * memory (the scan already proved the text an object jansson accepts). */
+/* The lazy data as a jansson document (cq_json_build: what
+ * domain/decode.c's json_loads would give), made once and kept in lz;
+ * NULL only when out of memory (the scan proved the text an object
+ * jansson accepts). */
 const json_t *cq_decl_lazy_data(cq_decl_lazy *lz);
 
 /* What a handler statement can read from one event. Every pointer is

@@ -106,11 +106,7 @@ static const json_t *walk(const json_t *v, const char *path, size_t n)
 const json_t *cq_decl_lazy_data(cq_decl_lazy *lz)
 {
     if (lz->data == NULL && lz->text != NULL) {
-        json_t *j = json_loads(lz->text, JSON_REJECT_DUPLICATES, NULL);
-        if (json_is_object(j))
-            lz->data = j;
-        else
-            json_decref(j); /* out of memory (the scan accepted it) */
+        lz->data = cq_json_build(lz->text); /* NULL: out of memory */
     }
     return lz->data;
 }

@@ -45,15 +45,26 @@ int cq_eng_parse_event_lazy(const cq_domain *dom, const cq_stored_event *se,
                             int need_meta, parsed *pe)
 {
     char *text;
+    json_t *doc;
+    int rc;
 
-    if (need_meta || se->data == NULL ||
-        cq_domain_upcaster(dom, se->type, se->schema_version) != NULL ||
-        (text = strdup(se->data)) == NULL)
+    if (need_meta || se->data == NULL || (text = strdup(se->data)) == NULL)
         return cq_eng_parse_event(dom, se, NULL, need_meta, pe);
     memset(pe, 0, sizeof *pe);
     if (!cq_json_scan(text, &pe->lz.scan)) {
         free(text); /* not sure: jansson decides, as everywhere */
         return cq_eng_parse_event(dom, se, NULL, need_meta, pe);
+    }
+    if (cq_domain_upcaster(dom, se->type, se->schema_version) != NULL) {
+        /* an old shape: upcast now, on the document built from the scan
+         * (what jansson would give, without its lexer) */
+        doc = cq_json_build(text);
+        free(text);
+        if (doc == NULL)
+            return cq_eng_parse_event(dom, se, NULL, need_meta, pe);
+        rc = cq_eng_parse_event(dom, se, doc, need_meta, pe);
+        pe->lz.data = doc; /* borrowed by pe->dec, released with pe */
+        return rc;
     }
     pe->lz.text = text;
     pe->dec.schema_version = se->schema_version;

@@ -12,6 +12,8 @@
 
 #include <string.h>
 
+#include <jansson.h>
+
 enum { MAX_DEPTH = 16, MAX_KEYS = CQ_SCAN_MEMBERS };
 
 typedef struct scanner {
@@ -206,4 +208,92 @@ const cq_scan_member *cq_scan_find(const cq_scan *s, const char *key,
         if (s->m[k].keylen == keylen && memcmp(s->m[k].key, key, keylen) == 0)
             return &s->m[k];
     return NULL;
+}
+
+/* ---- building the document of a scanned text ------------------------- */
+
+static json_t *build_value(scanner *s);
+
+static json_t *build_string(scanner *s)
+{
+    const char *str;
+    size_t len;
+
+    scan_string(s, &str, &len); /* known good: the scan accepted it */
+    return json_stringn_nocheck(str, len);
+}
+
+static json_t *build_object(scanner *s)
+{
+    json_t *o = json_object();
+
+    s->p++;
+    skip_ws(s);
+    while (o != NULL && *s->p == '"') {
+        const char *key;
+        size_t keylen;
+        json_t *v;
+
+        scan_string(s, &key, &keylen);
+        skip_ws(s);
+        s->p++; /* ':' */
+        skip_ws(s);
+        v = build_value(s);
+        if (v == NULL || json_object_setn_new_nocheck(o, key, keylen, v) != 0) {
+            json_decref(o);
+            return NULL; /* json_object_setn_new_nocheck took v */
+        }
+        skip_ws(s);
+        if (*s->p == ',') {
+            s->p++;
+            skip_ws(s);
+        }
+    }
+    s->p++; /* '}' */
+    return o;
+}
+
+static json_t *build_array(scanner *s)
+{
+    json_t *a = json_array();
+
+    s->p++;
+    skip_ws(s);
+    while (a != NULL && *s->p != ']') {
+        json_t *v = build_value(s);
+        if (v == NULL || json_array_append_new(a, v) != 0) {
+            json_decref(a);
+            return NULL;
+        }
+        skip_ws(s);
+        if (*s->p == ',') {
+            s->p++;
+            skip_ws(s);
+        }
+    }
+    s->p++; /* ']' */
+    return a;
+}
+
+static json_t *build_value(scanner *s)
+{
+    int64_t i = 0;
+
+    switch (*s->p) {
+    case '"': return build_string(s);
+    case '{': return build_object(s);
+    case '[': return build_array(s);
+    case 't': s->p += 4; return json_true();
+    case 'f': s->p += 5; return json_false();
+    case 'n': s->p += 4; return json_null();
+    default: scan_int(s, &i); return json_integer((json_int_t)i);
+    }
+}
+
+json_t *cq_json_build(const char *text)
+{
+    scanner s = {text};
+
+    skip_ws(&s);
+    return build_object(&s);
 }

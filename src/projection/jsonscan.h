@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #define CQ_SCAN_MEMBERS 16 /* more top-level members: not scanned */
 
 typedef enum cq_scan_kind {
@@ -48,6 +50,12 @@ typedef struct cq_scan {
  * 1: it is a JSON object jansson accepts, out lists its members (pointers
  * into text); 0: not sure, decode it with jansson. */
 int cq_json_scan(const char *text, cq_scan *out);
+
+/* The document of a text cq_json_scan accepted, as jansson would have
+ * decoded it (same values, members in the same order), built without
+ * jansson's lexer: a new reference, or NULL when out of memory. Only for
+ * texts the scan accepted. */
+json_t *cq_json_build(const char *text);
 
 /* The member named key[0..keylen) of s, or NULL if there is none. */
 const cq_scan_member *cq_scan_find(const cq_scan *s, const char *key,
