@@ -56,14 +56,23 @@ int cq_eng_parse_event_lazy(const cq_domain *dom, const cq_stored_event *se,
         return cq_eng_parse_event(dom, se, NULL, need_meta, pe);
     }
     if (cq_domain_upcaster(dom, se->type, se->schema_version) != NULL) {
-        /* an old shape: upcast now, on the document built from the scan
-         * (what jansson would give, without its lexer) */
+        /* an old shape: upcast now, in place on the document built from
+         * the scan (what jansson would give, without its lexer), which is
+         * ours: no copy. Should it fail, the event is decoded again the
+         * usual way, which fails the same and says why. */
+        int sv = se->schema_version;
         doc = cq_json_build(text);
         free(text);
-        if (doc == NULL)
+        if (doc == NULL || cq_domain_upcast(dom, se->type, &sv, doc) != CQ_OK) {
+            json_decref(doc);
             return cq_eng_parse_event(dom, se, NULL, need_meta, pe);
-        rc = cq_eng_parse_event(dom, se, doc, need_meta, pe);
-        pe->lz.data = doc; /* borrowed by pe->dec, released with pe */
+        }
+        /* doc is an object at version sv, the newest: the decoder finds
+         * nothing to upcast and borrows it; it is released with pe */
+        cq_stored_event at = *se;
+        at.schema_version = sv;
+        rc = cq_eng_parse_event(dom, &at, doc, need_meta, pe);
+        pe->lz.data = doc;
         return rc;
     }
     pe->lz.text = text;
