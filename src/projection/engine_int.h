@@ -180,6 +180,14 @@ struct cq_engine {
     cq_exec *rx;
     cq_rstmt *r_save, *r_sp, *r_release, *r_rollback;
     cq_rstmt *r_rb_save; /* a rebuild's checkpoint (rebuild.c) */
+    /* the arrays of the one batch alive at a time, kept from one batch to
+     * the next (cq_eng_batch_read); freed when the projector thread ends */
+    struct {
+        cq_stored_event *se;
+        struct parsed *pe;
+        int *prc;
+        int cap;
+    } bmem;
 
     /* writer thread only (and cq_engine_start before it runs) */
     cq_exec *ix; /* on the store's write connection (cq_store_write_rdb) */
@@ -281,7 +289,8 @@ typedef struct parsed {
 /* A micro-batch of events read from the store, each decoded once and then
  * applied to every projection that needs it. */
 typedef struct batch {
-    cq_stored_event *se; /* strings owned (copied out of the read) */
+    cq_stored_event *se; /* strings owned (copied out of the read; type
+                            shares stream_id's allocation) */
     parsed *pe;          /* decoded data and metadata */
     int *prc;            /* parse result per event */
     int n, cap;
@@ -424,8 +433,10 @@ int cq_eng_apply_event(void *arg, const cq_stored_event *se);
 void *cq_eng_projector_main(void *arg);
 
 /* Read up to b->cap events from position `from` on into b, decoded for
- * handlers (b's arrays are allocated here; cq_eng_batch_free releases
- * them, also after a failure). CQ_OK or an error with a message. */
+ * handlers. b's arrays are the engine's (e->bmem, grown here and kept
+ * from one batch to the next), so one batch at a time, on the projector
+ * thread only; cq_eng_batch_free releases what its events hold, also
+ * after a failure. CQ_OK or an error with a message. */
 int cq_eng_batch_read(cq_engine *e, batch *b, int64_t from, char *err,
                       size_t errcap);
 void cq_eng_batch_free(batch *b);
