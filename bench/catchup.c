@@ -19,9 +19,17 @@
  *      projection, applied by the same projector thread in turns) -> t_sd;
  *   4. checks the last order's summary (shipped and paid).
  *
+ * --only order_summaries | --only sales_dashboard: one projection alone.
+ * Right after t_up it pauses the other (POST /projections/OTHER/pause: the
+ * projector carries the pause out at the top of its next round, so the
+ * other applies at most the batch under way, which counts against the
+ * measured one), then times only the one named: its own catch-up rate,
+ * not shared with the other. The pause is persisted in the data dir.
+ *
  * Usage: bench_catchup --port P --order-id ID --probe-order ID
  *                      --position N [--timeout S] [--host H] [--pid PID]
  *                      [--samples FILE]
+ *                      [--only order_summaries|sales_dashboard]
  * --pid: the server's process (or its timeout(1) wrapper); when it is gone
  * the wait ends at once instead of at the timeout.
  * --samples FILE: order_summaries' position (meta.position of
@@ -100,12 +108,31 @@ static void usage(void)
 {
     fprintf(stderr, "usage: bench_catchup --port P --order-id ID "
                     "--probe-order ID --position N [--timeout S] "
-                    "[--host H] [--pid PID] [--samples FILE]\n");
+                    "[--host H] [--pid PID] [--samples FILE] "
+                    "[--only order_summaries|sales_dashboard]\n");
+}
+
+/* POST /projections/name/pause; 0 when it answered 2xx. */
+static int pause_projection(mh_conn *c, const char *name)
+{
+    char req[512];
+    mh_resp r;
+    int n = snprintf(req, sizeof req,
+                     "POST /projections/%s/pause HTTP/1.1\r\nHost: %s:%d\r\n"
+                     "Content-Length: 0\r\n\r\n",
+                     name, c->host, c->port);
+    if (mh_request(c, req, (size_t)n, &r, 30000) != 0 || r.status / 100 != 2) {
+        fprintf(stderr, "bench_catchup: POST /projections/%s/pause: %d %.300s\n",
+                name, r.status, r.status ? r.body : "(no answer)");
+        return -1;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
     const char *host = "127.0.0.1", *order = NULL, *probe_order = NULL;
+    const char *only = NULL; /* NULL: both */
     int port = 0;
     long long target = 0;
     double timeout_s = 300;
@@ -141,7 +168,11 @@ int main(int argc, char **argv)
                         strerror(errno));
                 return 1;
             }
-        } else {
+        } else if (!strcmp(a, "--only") &&
+                   (!strcmp(v, "order_summaries") ||
+                    !strcmp(v, "sales_dashboard")))
+            only = v;
+        else {
             usage();
             return 2;
         }
@@ -179,65 +210,106 @@ int main(int argc, char **argv)
            "opened, inline projections caught up\n",
            secs_since(t0), head);
     fflush(stdout);
+    const int do_os = !only || !strcmp(only, "order_summaries");
+    const int do_sd = !only || !strcmp(only, "sales_dashboard");
+    if (only &&
+        pause_projection(&c, do_os ? "sales_dashboard" : "order_summaries"))
+        return 1;
+    if (only) {
+        printf("  %6.1f s  %s paused: %s alone\n", secs_since(t0),
+               do_os ? "sales_dashboard" : "order_summaries", only);
+        fflush(stdout);
+    }
 
     /* 2. order_summaries */
-    /* sampling: the query returns at least every 200 ms to let the probe in */
-    snprintf(path, sizeof path,
-             "/queries/order_summary?order_id=%s&min_position=%lld"
-             "&wait_ms=%d",
-             order, target, samples ? 200 : 1000);
-    snprintf(probe, sizeof probe,
-             "/queries/order_summary?order_id=%s&wait_ms=0", probe_order);
-    if (wait_fresh(&c, "order_summaries", path, probe, target, t0, deadline,
-                   &r) != 0) {
-        fprintf(stderr,
-                "bench_catchup: order_summaries did not reach "
-                "position %lld within %.0f s%s\n",
-                target, timeout_s,
-                mh_pid_gone(server_pid) ? " (the server has exited)" : "");
-        return 1;
-    }
-    const int64_t t_os = mh_now_ns();
-    if (samples)
-        fprintf(samples, "%.3f %lld\n", secs_since(t0), target);
-    int shipped = strstr(r.body, "\"status\":\"shipped\"") &&
+    int64_t t_os = 0;
+    int shipped = 0;
+    if (do_os) {
+        /* sampling: the query returns at least every 200 ms to let the
+         * probe in */
+        snprintf(path, sizeof path,
+                 "/queries/order_summary?order_id=%s&min_position=%lld"
+                 "&wait_ms=%d",
+                 order, target, samples ? 200 : 1000);
+        snprintf(probe, sizeof probe,
+                 "/queries/order_summary?order_id=%s&wait_ms=0", probe_order);
+        if (wait_fresh(&c, "order_summaries", path, probe, target, t0,
+                       deadline, &r) != 0) {
+            fprintf(stderr,
+                    "bench_catchup: order_summaries did not reach "
+                    "position %lld within %.0f s%s\n",
+                    target, timeout_s,
+                    mh_pid_gone(server_pid) ? " (the server has exited)" : "");
+            return 1;
+        }
+        t_os = mh_now_ns();
+        if (samples)
+            fprintf(samples, "%.3f %lld\n", secs_since(t0), target);
+        shipped = strstr(r.body, "\"status\":\"shipped\"") &&
                   strstr(r.body, "\"payment_status\":\"paid\"");
-    printf("  %6.1f s  order_summaries at position %lld; last order %s: "
-           "%s\n",
-           secs_since(t0), target, order,
-           shipped ? "shipped and paid, as it should be" : "WRONG");
-    if (!shipped)
-        printf("!!! last order's summary: %.400s\n", r.body);
-    fflush(stdout);
+        printf("  %6.1f s  order_summaries at position %lld; last order %s: "
+               "%s\n",
+               secs_since(t0), target, order,
+               shipped ? "shipped and paid, as it should be" : "WRONG");
+        if (!shipped)
+            printf("!!! last order's summary: %.400s\n", r.body);
+        fflush(stdout);
+    }
 
     /* 3. sales_dashboard */
-    snprintf(path, sizeof path,
-             "/queries/sales_dashboard?min_position=%lld&wait_ms=1000", target);
-    int sd = wait_fresh(&c, "sales_dashboard", path, NULL, target, t0, deadline,
-                        &r) == 0;
-    const int64_t t_sd = mh_now_ns();
-    if (sd)
-        printf("  %6.1f s  sales_dashboard at position %lld\n", secs_since(t0),
-               target);
-    else
-        printf("!!! sales_dashboard did not reach position %lld in time\n",
-               target);
+    int sd = 0;
+    int64_t t_sd = 0;
+    if (do_sd) {
+        snprintf(path, sizeof path,
+                 "/queries/sales_dashboard?min_position=%lld&wait_ms=1000",
+                 target);
+        sd = wait_fresh(&c, "sales_dashboard", path, NULL, target, t0,
+                        deadline, &r) == 0;
+        t_sd = mh_now_ns();
+        if (sd)
+            printf("  %6.1f s  sales_dashboard at position %lld\n",
+                   secs_since(t0), target);
+        else
+            printf("!!! sales_dashboard did not reach position %lld in time\n",
+                   target);
+    }
 
     double up_s = (double)(t_up - t0) / 1e9;
     double os_s = (double)(t_os - t_up) / 1e9;
     double sd_s = (double)(t_sd - t_up) / 1e9;
+    if (only) {
+        /* one projection alone: its events/s, to set against
+         * bench_raw_upsert --sql ITS_FILE */
+        double s = do_os ? os_s : sd_s;
+        int ok = do_os ? 1 : sd;
+        if (ok)
+            printf("%s alone: %lld events in %.2f s after the server was up: "
+                   "%.0f events/s\n",
+                   only, target, s, (double)target / s);
+        printf("BENCH kind=catchup_alone projection=%s events=%lld up_s=%.3f "
+               "seconds=%.3f events_per_sec=%.1f last_ok=%d\n",
+               only, target, up_s, ok ? s : -1.0,
+               ok ? (double)target / s : -1.0, do_os ? shipped : sd);
+        if (samples && fclose(samples) != 0)
+            ok = 0;
+        return ok ? 0 : 1;
+    }
     printf("order_summaries: %lld events in %.2f s after the server was up: "
            "%.0f events/s\n",
            target, os_s, (double)target / os_s);
     if (sd)
         printf("both async projections: %lld events each in %.2f s: "
-               "%.0f projected events/s in all\n",
-               target, sd_s, 2.0 * (double)target / sd_s);
+               "%.0f events/s each, %.0f projected events/s in all\n",
+               target, sd_s, (double)target / sd_s,
+               2.0 * (double)target / sd_s);
+    /* both_events_per_sec: events/s that both projections have applied,
+     * to set against bench_raw_upsert with both --sql files */
     printf("BENCH kind=catchup events=%lld up_s=%.3f os_s=%.3f "
            "os_events_per_sec=%.1f sd_s=%.3f all_events_per_sec=%.1f "
-           "last_ok=%d\n",
+           "both_events_per_sec=%.1f last_ok=%d\n",
            target, up_s, os_s, (double)target / os_s, sd ? sd_s : -1.0,
-           sd ? 2.0 * (double)target / sd_s : -1.0, shipped);
+           sd ? 2.0 * (double)target / sd_s : -1.0,
+           sd ? (double)target / sd_s : -1.0, shipped);
     if (samples && fclose(samples) != 0) {
         fprintf(stderr, "bench_catchup: cannot write the samples: %s\n",
                 strerror(errno));

@@ -42,6 +42,8 @@
 
 #include <jansson.h>
 
+#include "projection/jsonscan.h"
+
 /* Limits enforced by the parser (see docs/declared-sql.md, "Limits"). */
 #define CQ_DECL_MAX_FILE (1024 * 1024) /* bytes */
 #define CQ_DECL_MAX_STMTS 1000         /* statements in one file */
@@ -158,6 +160,23 @@ int cq_declared_stream(const cq_decl_query *q, const char *const *values,
 
 /* ---- binding values from events ----------------------------------------- */
 
+/* An event's data not decoded yet (the projector's batches): its stored
+ * text, the top-level members jsonscan.c found in it, and the jansson
+ * document made from the text the first time a parameter needs more than
+ * a top-level scalar (a deeper path, an object or array, @each). Owned by
+ * whoever made the event (projector.c); one thread at a time. */
+typedef struct cq_decl_lazy {
+    char *text; /* the data's stored text, NUL-terminated */
+    cq_scan scan;
+    json_t *data; /* NULL until cq_decl_lazy_data made it */
+} cq_decl_lazy;
+
+/* The lazy data as a jansson document (cq_json_build: what
+ * domain/decode.c's json_loads would give), made once and kept in lz;
+ * NULL only when out of memory (the scan proved the text an object
+ * jansson accepts). */
+const json_t *cq_decl_lazy_data(cq_decl_lazy *lz);
+
 /* What a handler statement can read from one event. Every pointer is
  * borrowed from the caller for the duration of the bind. */
 typedef struct cq_decl_event {
@@ -167,8 +186,9 @@ typedef struct cq_decl_event {
     const char *type;
     const char *time; /* RFC 3339, e.g. "2026-11-23T14:18:26.123Z" */
     const char *day;  /* YYYY-MM-DD, the UTC day of `time` */
-    const json_t *data;
+    const json_t *data; /* NULL when lazy holds it */
     const json_t *metadata; /* may be NULL: then every :metadata is NULL */
+    cq_decl_lazy *lazy;     /* NULL, or the data not decoded yet */
 } cq_decl_event;
 
 typedef enum cq_decl_vtype {
@@ -183,8 +203,9 @@ typedef struct cq_decl_value {
     cq_decl_vtype type;
     int64_t i;
     double r;
-    const char *text; /* TEXT and JSON: len bytes, NUL-terminated; for
-                         TEXT it may hold NUL bytes ("\u0000") */
+    const char *text; /* TEXT and JSON: len bytes; JSON is NUL-terminated,
+                         TEXT need not be and may hold NUL bytes
+                         ("\u0000") */
     size_t len;
     char *owned; /* JSON: malloc'd text (== text); free it or call
                     cq_declared_value_clear() */

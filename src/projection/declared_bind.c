@@ -80,6 +80,30 @@ int cq_declared_bind_value(const char *param, const cq_decl_event *ev,
             return CQ_OK;
         }
     }
+    if (ev->data == NULL && ev->lazy != NULL && root == 4 &&
+        same("data", param, root)) {
+        /* a top-level member of data not decoded yet: straight from the
+         * scan when it is a scalar (the value jansson would give) */
+        size_t pos = root;
+        step st;
+        if (decl_path_step(param, n, &pos, &st) == 1 && st.key != NULL &&
+            pos == n) {
+            const cq_scan_member *m =
+                cq_scan_find(&ev->lazy->scan, st.key, st.keylen);
+            if (m == NULL || m->kind == CQ_SCAN_NULL)
+                return CQ_OK; /* missing or null: SQL NULL */
+            if (m->kind == CQ_SCAN_INT) {
+                out->type = CQ_VALUE_INT;
+                out->i = m->i;
+                return CQ_OK;
+            }
+            if (m->kind == CQ_SCAN_STRING) {
+                value_text(out, m->str, m->len);
+                return CQ_OK;
+            }
+            /* an object or array: as JSON text, from the document */
+        }
+    }
     rc = cq_declared_path_json(param, ev, element, &doc);
     if (rc != CQ_OK)
         return rc;

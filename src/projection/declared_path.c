@@ -103,6 +103,15 @@ static const json_t *walk(const json_t *v, const char *path, size_t n)
 }
 
 /* See declared.h. */
+const json_t *cq_decl_lazy_data(cq_decl_lazy *lz)
+{
+    if (lz->data == NULL && lz->text != NULL) {
+        lz->data = cq_json_build(lz->text); /* NULL: out of memory */
+    }
+    return lz->data;
+}
+
+/* See declared.h. */
 int cq_declared_path_json(const char *path, const cq_decl_event *ev,
                           const json_t *element, const json_t **out)
 {
@@ -116,6 +125,9 @@ int cq_declared_path_json(const char *path, const cq_decl_event *ev,
         doc = element;
     } else if (decl_valid_path(path, n, decl_event_roots)) {
         doc = path[0] == 'd' ? ev->data : ev->metadata;
+        if (path[0] == 'd' && doc == NULL && ev->lazy != NULL &&
+            (doc = cq_decl_lazy_data(ev->lazy)) == NULL)
+            return CQ_ENOMEM;
     } else {
         return CQ_EINVAL;
     }

@@ -180,6 +180,14 @@ struct cq_engine {
     cq_exec *rx;
     cq_rstmt *r_save, *r_sp, *r_release, *r_rollback;
     cq_rstmt *r_rb_save; /* a rebuild's checkpoint (rebuild.c) */
+    /* the arrays of the one batch alive at a time, kept from one batch to
+     * the next (cq_eng_batch_read); freed when the projector thread ends */
+    struct {
+        cq_stored_event *se;
+        struct parsed *pe;
+        int *prc;
+        int cap;
+    } bmem;
 
     /* writer thread only (and cq_engine_start before it runs) */
     cq_exec *ix; /* on the store's write connection (cq_store_write_rdb) */
@@ -272,6 +280,8 @@ typedef struct apply_ctx {
 typedef struct parsed {
     cq_decl_event ev;
     cq_decoded dec; /* data and metadata (domain/domain.h) */
+    cq_decl_lazy lz; /* cq_eng_parse_event_lazy: the data not decoded yet
+                        (ev.lazy points here), else zero */
     char when[32], day[11];
     char why[192]; /* why data or metadata could not be decoded, or "" */
 } parsed;
@@ -279,7 +289,8 @@ typedef struct parsed {
 /* A micro-batch of events read from the store, each decoded once and then
  * applied to every projection that needs it. */
 typedef struct batch {
-    cq_stored_event *se; /* strings owned (copied out of the read) */
+    cq_stored_event *se; /* strings owned (copied out of the read; type
+                            shares stream_id's allocation) */
     parsed *pe;          /* decoded data and metadata */
     int *prc;            /* parse result per event */
     int n, cap;
@@ -394,6 +405,19 @@ int cq_eng_parse_event(const cq_domain *dom, const cq_stored_event *se,
                        const json_t *data, int need_meta, parsed *pe);
 void cq_eng_parsed_clear(parsed *pe);
 
+/* As cq_eng_parse_event for a batch: when no metadata is needed, no
+ * upcaster applies and jsonscan.c can vouch for the data text, the data
+ * is kept as text (pe->ev.lazy, a copy) and decoded only if a handler
+ * needs more than its top-level scalars; otherwise exactly
+ * cq_eng_parse_event. pe must not move until cleared (ev.lazy points into
+ * it). */
+int cq_eng_parse_event_lazy(const cq_domain *dom, const cq_stored_event *se,
+                            int need_meta, parsed *pe);
+
+/* pe's data for a C-code handler: decoded now if it was lazy. NULL only
+ * when out of memory (or when the parse failed). */
+const json_t *cq_eng_parsed_data(const parsed *pe);
+
 /* ---- projector.c ---- */
 
 /* Apply the decoded event pe (whose parse returned prc) to c->p through
@@ -409,8 +433,10 @@ int cq_eng_apply_event(void *arg, const cq_stored_event *se);
 void *cq_eng_projector_main(void *arg);
 
 /* Read up to b->cap events from position `from` on into b, decoded for
- * handlers (b's arrays are allocated here; cq_eng_batch_free releases
- * them, also after a failure). CQ_OK or an error with a message. */
+ * handlers. b's arrays are the engine's (e->bmem, grown here and kept
+ * from one batch to the next), so one batch at a time, on the projector
+ * thread only; cq_eng_batch_free releases what its events hold, also
+ * after a failure. CQ_OK or an error with a message. */
 int cq_eng_batch_read(cq_engine *e, batch *b, int64_t from, char *err,
                       size_t errcap);
 void cq_eng_batch_free(batch *b);

@@ -220,13 +220,15 @@ static int run(cq_exec *x, cq_rstmt *ps, const cq_decl_stmt *st, char *err,
     return CQ_OK;
 }
 
-/* v is freed right after: text is copied */
+/* v is freed right after: JSON text (v->owned) is copied; TEXT is the
+ * event's or the item's, which outlive the statement's run (run() resets
+ * and clears it), so it is bound without a copy */
 static int bind_value(cq_rstmt *ps, int i, const cq_decl_value *v)
 {
     switch (v->type) {
     case CQ_VALUE_INT: return cq_rstmt_bind_int(ps, i, v->i);
     case CQ_VALUE_REAL: return cq_rstmt_bind_double(ps, i, v->r);
-    case CQ_VALUE_TEXT:
+    case CQ_VALUE_TEXT: return cq_rstmt_bind_text(ps, i, v->text, (int)v->len);
     case CQ_VALUE_JSON:
         return cq_rstmt_bind_text_copy(ps, i, v->text, (int)v->len);
     case CQ_VALUE_NULL:

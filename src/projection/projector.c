@@ -78,9 +78,19 @@ int cq_eng_apply_parsed(apply_ctx *c, const cq_stored_event *se,
         goto fail;
     }
     if (c->p->code.apply != NULL) {
-        cq_projection_event ev = {se->position, se->stream_id, se->version,
-                                  se->type,     pe->when,      pe->day,
-                                  pe->dec.data, pe->dec.metadata};
+        cq_projection_event ev = {se->position,
+                                  se->stream_id,
+                                  se->version,
+                                  se->type,
+                                  pe->when,
+                                  pe->day,
+                                  cq_eng_parsed_data(pe),
+                                  pe->dec.metadata};
+        if (ev.data == NULL) {
+            snprintf(c->error, sizeof c->error, "out of memory");
+            rc = CQ_ENOMEM;
+            goto fail;
+        }
         cq_sql sql = {c->x, c->error, sizeof c->error};
         c->error[0] = '\0';
         rc = c->p->code.apply(c->p->code.arg, &sql, &ev);
@@ -137,17 +147,18 @@ static int batch_add(void *arg, const cq_stored_event *se)
     batch *b = arg;
     cq_stored_event *d = &b->se[b->n];
     parsed *pe = &b->pe[b->n];
+    size_t ls = strlen(se->stream_id), lt = strlen(se->type);
+    char *s = malloc(ls + lt + 2);
 
-    *d = *se;
-    d->stream_id = strdup(se->stream_id);
-    d->type = strdup(se->type);
-    d->data = d->metadata = NULL; /* decoded below; the texts are not kept */
-    if (d->stream_id == NULL || d->type == NULL) {
-        free((char *)d->stream_id);
-        free((char *)d->type);
+    if (s == NULL)
         return 1; /* out of memory: stop; the batch is shorter */
-    }
-    b->prc[b->n] = cq_eng_parse_event(b->domain, se, NULL, b->need_meta, pe);
+    memcpy(s, se->stream_id, ls + 1);
+    memcpy(s + ls + 1, se->type, lt + 1);
+    *d = *se;
+    d->stream_id = s;
+    d->type = s + ls + 1;
+    d->data = d->metadata = NULL; /* decoded below; the texts are not kept */
+    b->prc[b->n] = cq_eng_parse_event_lazy(b->domain, se, b->need_meta, pe);
     pe->ev.stream_id = d->stream_id;
     pe->ev.type = d->type;
     b->n++;
@@ -162,13 +173,27 @@ static int batch_read(cq_engine *e, batch *b, int projection, int64_t from,
     int64_t store_head;
 
     b->domain = e->domain;
-    b->se = calloc((size_t)b->cap, sizeof *b->se);
-    b->pe = calloc((size_t)b->cap, sizeof *b->pe);
-    b->prc = calloc((size_t)b->cap, sizeof *b->prc);
-    if (b->se == NULL || b->pe == NULL || b->prc == NULL) {
-        snprintf(err, errcap, "out of memory");
-        return CQ_ENOMEM;
+    if (e->bmem.cap < b->cap) {
+        /* the arrays grow to the largest batch and are kept (every entry
+         * is filled by batch_add before it is read) */
+        cq_stored_event *se = realloc(e->bmem.se, (size_t)b->cap * sizeof *se);
+        if (se != NULL)
+            e->bmem.se = se;
+        parsed *pe = realloc(e->bmem.pe, (size_t)b->cap * sizeof *pe);
+        if (pe != NULL)
+            e->bmem.pe = pe;
+        int *prc = realloc(e->bmem.prc, (size_t)b->cap * sizeof *prc);
+        if (prc != NULL)
+            e->bmem.prc = prc;
+        if (se == NULL || pe == NULL || prc == NULL) {
+            snprintf(err, errcap, "out of memory");
+            return CQ_ENOMEM;
+        }
+        e->bmem.cap = b->cap;
     }
+    b->se = e->bmem.se;
+    b->pe = e->bmem.pe;
+    b->prc = e->bmem.prc;
     if (projection >= 0 && e->source.read != NULL)
         return e->source.read(e->source.arg, projection,
                               e->projs[projection]->d->name, from, b->cap,
@@ -186,13 +211,11 @@ int cq_eng_batch_read(cq_engine *e, batch *b, int64_t from, char *err,
 void cq_eng_batch_free(batch *b)
 {
     for (int k = 0; k < b->n; k++) {
-        free((char *)b->se[k].stream_id);
-        free((char *)b->se[k].type);
+        free((char *)b->se[k].stream_id); /* and type, in the same block */
         cq_eng_parsed_clear(&b->pe[k]);
     }
-    free(b->se);
-    free(b->pe);
-    free(b->prc);
+    /* the arrays are the engine's (e->bmem), kept for the next batch */
+    b->n = 0;
 }
 
 void cq_eng_apply_events(apply_ctx *c, const batch *b, int64_t from)
@@ -773,5 +796,9 @@ void *cq_eng_projector_main(void *arg)
     /* e->stopping is set: nothing is queued after this */
     cq_eng_run_controls(e, 1);
     pthread_mutex_unlock(&e->mu);
+    free(e->bmem.se);
+    free(e->bmem.pe);
+    free(e->bmem.prc);
+    memset(&e->bmem, 0, sizeof e->bmem);
     return NULL;
 }

@@ -35,7 +35,7 @@ static cq_decl_event sample_event(void)
 {
     static const cq_decl_event ev_template = {
         "order-o-1",  3,    42,  "OrderPlaced", "2026-11-23T14:18:26.123Z",
-        "2026-11-23", NULL, NULL};
+        "2026-11-23", NULL, NULL, NULL};
     cq_decl_event ev = ev_template;
 
     ev.data = sample_data;

@@ -683,7 +683,7 @@ static const cq_decl_event *sample_event(void)
     static json_t *data, *metadata;
     static cq_decl_event ev = {
         "order-o-1",  3,    42,  "OrderPlaced", "2026-11-23T14:18:26.123Z",
-        "2026-11-23", NULL, NULL};
+        "2026-11-23", NULL, NULL, NULL};
 
     if (data == NULL) {
         data = json_loads(

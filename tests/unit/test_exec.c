@@ -87,15 +87,16 @@ static void rows(cq_rdb *db, char *out, size_t cap)
 
 static void test_each(void **state)
 {
-    json_t *data = json_loads(
+    static char data_text[] =
         "{\"order_id\": \"o-1\","
         " \"items\": [{\"sku\": \"A\"}, {\"sku\": \"B\"}, {\"q\": 1}],"
-        " \"o\": {\"deep\": [0, {\"list\": [\"x\", \"y\"]}]}}",
-        0, NULL);
+        " \"o\": {\"deep\": [0, {\"list\": [\"x\", \"y\"]}]}}";
+    json_t *data = json_loads(data_text, 0, NULL);
+    cq_decl_lazy lz;
     json_t *metadata = json_loads("{\"tags\": [\"t1\"]}", 0, NULL);
     cq_decl_event ev = {
         "order-o-1",  1,    7,       "Placed", "2026-11-23T14:18:26.123Z",
-        "2026-11-23", data, metadata};
+        "2026-11-23", data, metadata, NULL};
     cq_declared *d = NULL;
     cq_rdb *db = NULL;
     cq_exec *x;
@@ -122,6 +123,25 @@ static void test_each(void **state)
     rows(db, got, sizeof got);
     assert_string_equal(got, "plain:o-1,items:A,items:B,items:NULL,"
                              "deep:x,deep:y,tags:t1");
+
+    /* The same data not decoded (the projector's batches, jsonscan.h):
+     * :data.order_id straight from the text, the deeper paths and @each
+     * from the document built on first need; the same rows. */
+    assert_int_equal(cq_exec_sql(x, "DELETE FROM lines", err, sizeof err),
+                     CQ_OK);
+    memset(&lz, 0, sizeof lz);
+    lz.text = data_text;
+    assert_int_equal(cq_json_scan(lz.text, &lz.scan), 1);
+    ev.data = NULL;
+    ev.lazy = &lz;
+    assert_int_equal(cq_exec_event(x, d, &ev, err, sizeof err), CQ_OK);
+    assert_non_null(lz.data); /* built for the deeper paths */
+    rows(db, got, sizeof got);
+    assert_string_equal(got, "plain:o-1,items:A,items:B,items:NULL,"
+                             "deep:x,deep:y,tags:t1");
+    json_decref(lz.data);
+    ev.data = data;
+    ev.lazy = NULL;
 
     /* No metadata: its @each runs zero times, the others as before. */
     assert_int_equal(cq_exec_sql(x, "DELETE FROM lines", err, sizeof err),
@@ -175,7 +195,7 @@ static void test_types(void **state)
                               0, NULL);
     cq_decl_event ev = {
         "s-1",        1,    1,   "Placed", "2026-11-23T14:18:26.123Z",
-        "2026-11-23", data, NULL};
+        "2026-11-23", data, NULL, NULL};
     const char *values[2] = {"a", "9000000000"};
     cq_declared *d = NULL;
     cq_rdb *db;
