@@ -569,7 +569,9 @@ static int serve(const options *o)
     cq_writer *writer = NULL;
     cq_engine *engine = NULL;
     cq_modules *mods = NULL;
-    cq_engine_config ecfg = {.dir = o->data};
+    /* the server listens at once; inline projections behind the head
+     * catch up on the writer thread (cq_engine_catch_up) */
+    cq_engine_config ecfg = {.dir = o->data, .defer_inline = 1};
     static const char *const no_projections[] = {NULL};
     cq_server *server = NULL;
     cq_relay *relay = NULL;
@@ -711,6 +713,7 @@ static int serve(const options *o)
     fprintf(stderr, "cqrsd: %s: finishing queued commands and stopping\n",
             sig == SIGINT ? "SIGINT" : "SIGTERM");
 done:
+    cq_engine_stop_catch_up(engine); /* the writer stops between chunks */
     cq_writer_stop(writer);       /* commits and answers what is queued */
     cq_engine_stop(engine);       /* answers every waiting query */
     cq_server_stop(server, 5000); /* sends those answers, then stops */

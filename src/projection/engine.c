@@ -75,6 +75,8 @@ int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
     if (cfg->source != NULL)
         e->source = *cfg->source;
     e->run = cfg->run;
+    e->defer_inline = cfg->defer_inline;
+    atomic_init(&e->stop_catch_up, 0);
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     *out = e;
@@ -268,8 +270,12 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
             p->failed = 0;
             p->error[0] = p->error_event[0] = '\0';
         }
-        rc = cq_eng_catch_up_inline(e, p, head, err, errcap);
-        if (rc != CQ_OK)
+        /* deferred: the writer's start hook catches it up while the
+         * server answers (cq_engine_catch_up); no other thread runs yet */
+        if (e->defer_inline && p->position < head)
+            p->catching_up = 1;
+        else if ((rc = cq_eng_catch_up_inline(e, p, head, err, errcap)) !=
+                 CQ_OK)
             goto fail;
         p->saved = p->position;
     }
@@ -548,6 +554,9 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
     out->runs_here = p->owned;
     out->serving_version = p->serving ? p->serving->version : 0;
     out->frozen = p->frozen;
+    out->catching_up = p->catching_up;
+    if (p->catching_up && p->catch_up_error[0] != '\0')
+        snprintf(out->error, sizeof out->error, "%s", p->catch_up_error);
     out->rebuilding = p->rb.active;
     if (p->rb.active) {
         int64_t now = cq_now_ms(), took = now - p->rb.taken_ms;
@@ -582,7 +591,8 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
     out->status = out->failed       ? "failed"
                   : out->paused     ? "paused"
                   : out->rebuilding ? "rebuilding"
-                                    : "running";
+                  : out->catching_up ? "catching_up"
+                                     : "running";
     if (out->head < out->position)
         out->head = out->position;
     out->lag_events = out->head - out->position;
