@@ -11,7 +11,8 @@
 #                  250,000 streams)
 #   --rounds R     starts of each kind, the median is reported (default 3)
 #   --dir DIR      where the stores go (default a temp dir, removed at exit;
-#                  the disk being measured)
+#                  the disk being measured); a DIR/base/events.db left by an
+#                  earlier run is used again (same --events), not refilled
 #   --timeout S    most seconds one start may take to be ready (default 600)
 #
 # bench_fill_events writes the events straight into a new events.db, which
@@ -59,8 +60,11 @@ fi
 trap '[ $OWN = 1 ] && rm -rf "$DIR"' EXIT
 trap 'exit 1' INT TERM
 mkdir -p "$DIR" || exit 1
-rm -rf "$DIR/base"
-"$FILL" --dir "$DIR/base" --orders $((EVENTS / 4)) | grep -v '^BENCH' || exit 1
+if [ ! -f "$DIR/base/events.db" ]; then
+    rm -rf "$DIR/base"
+    "$FILL" --dir "$DIR/base" --orders $((EVENTS / 4)) | grep -v '^BENCH' ||
+        exit 1
+fi
 
 python3 - "$CQRSD" "$DIR" "$EVENTS" "$ROUNDS" "$TIMEOUT" <<'EOF'
 import http.client, json, os, shutil, signal, socket, statistics, subprocess

@@ -23,7 +23,8 @@
  * Threads: cq_engine_new, the load functions and cq_engine_start run
  * before any other thread uses the engine (start runs on the caller's
  * thread and uses the store's write connection before the writer
- * starts); stop and free on the thread that owns the engine. The
+ * starts; with defer_inline it leaves the inline catch-up to the writer
+ * thread, inline.c); stop and free on the thread that owns the engine. The
  * accessors and cq_engine_status may be called from any thread: they
  * read the projections' mutable fields under e->mu; names, definitions
  * and modes do not change after start.

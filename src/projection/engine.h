@@ -149,7 +149,9 @@ int cq_engine_add(cq_engine *e, cq_declared *d, char *err, size_t errcap);
 /* Create tables and checkpoints (an asynchronous projection whose version
  * or source changed starts a blue/green rebuild, its old tables serving
  * meanwhile; an inline one is dropped and replayed from position 0),
- * bring inline projections up to the store's head, open the read pools,
+ * bring inline projections up to the store's head (with defer_inline:
+ * mark those behind it catching_up for cq_engine_catch_up), open the
+ * read pools,
  * tell the progress listener every starting position and start the
  * projector. Call before the writer starts: it uses the store's write
  * connection. CQ_OK, or CQ_EIO / CQ_EINVAL (a projection's SQL) /
