@@ -216,11 +216,11 @@ int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
 {
     while (p->position < head) {
         apply_ctx c;
-        if (atomic_load(&e->stop_catch_up))
-            return CQ_ECLOSED;
         int64_t h;
         int rc;
 
+        if (atomic_load(&e->stop_catch_up))
+            return CQ_ECLOSED;
         memset(&c, 0, sizeof c);
         c.e = e;
         c.p = p;

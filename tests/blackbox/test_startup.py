@@ -64,14 +64,73 @@ def fill(data_dir, seed_stream):
         db.close()
 
 
+def inline_rows(data_dir):
+    """(rows of payment_confirmations, its checkpoint position)."""
+    db = sqlite3.connect(os.path.join(data_dir, "events.db"))
+    try:
+        (n,) = db.execute(
+            "SELECT count(*) FROM payment_confirmations").fetchone()
+        (pos,) = db.execute(
+            "SELECT position FROM cq_projections"
+            " WHERE name = 'payment_confirmation'").fetchone()
+    finally:
+        db.close()
+    return n, pos
+
+
+def wait_ready(test, c, seconds=300):
+    deadline = time.monotonic() + seconds
+    while True:
+        st, _, ready = c.get("/readyz")
+        if st == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    test.assertEqual(st, 200, ready)
+
+
 class StartupCatchUpTest(unittest.TestCase):
+
+    def test_stop_during_catch_up_then_resume(self):
+        """SIGTERM while the inline projection catches up: exit 0 at once
+        (between two of its transactions), its rows and checkpoint agree;
+        the next start goes on from there."""
+        cqtest.skip_unless_sqlite(self, "fills events.db directly")
+        srv = cqtest.Server(cqtest.BINARY)
+        c = cqtest.Client(srv)
+        try:
+            srv.start()
+            seed = cqtest.order_body()
+            st, _, b = c.command("PlaceOrder", seed)
+            self.assertEqual(st, 202, b)
+            c.close()
+            srv.stop()
+            head = fill(srv.data_dir, "order-" + seed["order_id"])
+            srv.start()
+            st, _, ready = c.get("/readyz")
+            self.assertEqual(st, 503, ready)
+            c.close()
+            srv.stop()  # exit code 0
+            n, pos = inline_rows(srv.data_dir)
+            self.assertLess(pos, head)  # stopped before the end
+            self.assertEqual(n, pos)  # one order per event, all applied
+            srv.start()
+            st, _, b = c.command("PlaceOrder", cqtest.order_body())
+            self.assertEqual((st, b.get("position")), (202, head + 1), b)
+            wait_ready(self, c)
+            c.close()
+            srv.stop()
+            srv.check_stderr()
+            self.assertEqual(inline_rows(srv.data_dir), (head + 1, head + 1))
+        finally:
+            c.close()
+            srv.close(failed=True)
 
     def test_listens_at_once_and_catches_up(self):
         cqtest.skip_unless_sqlite(self, "fills events.db directly")
         srv = cqtest.Server(cqtest.BINARY)
-        srv.start()
         c = cqtest.Client(srv)
         try:
+            srv.start()
             seed = cqtest.order_body()
             st, _, b = c.command("PlaceOrder", seed)
             self.assertEqual(st, 202, b)
@@ -146,13 +205,7 @@ class StartupCatchUpTest(unittest.TestCase):
             self.assertEqual((p["status"], p["position"]), ("running", head + 1),
                              p)
 
-            deadline = time.monotonic() + 300
-            while True:
-                st, _, ready = c.get("/readyz")
-                if st == 200 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-            self.assertEqual(st, 200, ready)
+            wait_ready(self, c)
             for i in (0, ORDERS // 2, ORDERS - 1):
                 st, _, q = c.get(
                     "/queries/payment_confirmation?order_id=boot-%d" % i)
@@ -161,16 +214,7 @@ class StartupCatchUpTest(unittest.TestCase):
             c.close()
             srv.stop()
             srv.check_stderr()
-            db = sqlite3.connect(os.path.join(srv.data_dir, "events.db"))
-            try:
-                (n,) = db.execute(
-                    "SELECT count(*) FROM payment_confirmations").fetchone()
-                (pos,) = db.execute(
-                    "SELECT position FROM cq_projections"
-                    " WHERE name = 'payment_confirmation'").fetchone()
-            finally:
-                db.close()
-            self.assertEqual((n, pos), (ORDERS + 2, head + 1))
+            self.assertEqual(inline_rows(srv.data_dir), (ORDERS + 2, head + 1))
         finally:
             c.close()
             srv.close(failed=True)
