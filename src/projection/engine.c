@@ -310,10 +310,14 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         if (rc != CQ_OK)
             return rc;
     }
-    if (pthread_create(&e->projector, NULL, cq_eng_projector_main, e) != 0) {
-        snprintf(err, errcap, "cannot start the projector thread");
-        return CQ_ENOMEM;
-    }
+    /* inline projections catching up (defer_inline) go first: the
+     * commands wait for them, so the projector starts once they are
+     * current (cq_engine_catch_up); control operations queue meanwhile */
+    for (int i = 0; i < e->nprojs; i++)
+        e->projector_deferred |= e->projs[i]->catching_up;
+    if (!e->projector_deferred &&
+        (rc = cq_eng_start_projector(e, err, errcap)) != CQ_OK)
+        return rc;
     e->started = 1;
     return CQ_OK;
 fail:
@@ -322,6 +326,16 @@ fail:
     if (start_locked)
         cq_rdb_unlock(e->rdb, CQ_LOCK_START);
     return rc;
+}
+
+int cq_eng_start_projector(cq_engine *e, char *err, size_t errcap)
+{
+    if (pthread_create(&e->projector, NULL, cq_eng_projector_main, e) != 0) {
+        snprintf(err, errcap, "cannot start the projector thread");
+        return CQ_ENOMEM;
+    }
+    e->projector_running = 1;
+    return CQ_OK;
 }
 
 void cq_engine_stop(cq_engine *e)
@@ -335,8 +349,16 @@ void cq_engine_stop(cq_engine *e)
     e->stopping = 1;
     pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->mu);
-    if (e->started && !joined)
+    /* with defer_inline the writer, stopped before, may have started the
+     * projector (cq_engine_catch_up): its join ordered that write */
+    if (e->projector_running && !joined) {
         pthread_join(e->projector, NULL);
+    } else if (!joined) {
+        /* never started: hand back the control operations queued */
+        pthread_mutex_lock(&e->mu);
+        cq_eng_run_controls(e, 1);
+        pthread_mutex_unlock(&e->mu);
+    }
     if (!joined)
         cq_eng_listen_stop(e);
     if (e->progress.shutdown != NULL)

@@ -168,8 +168,12 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap);
  * Returns once every inline projection is current, or early after
  * cq_engine_stop_catch_up or a failure (logged; that projection stays
  * catching_up with the error in its status, and the writer's commands
- * are answered 503 until a restart). CQ_OK, CQ_ECLOSED (stopped early)
- * or the failure's code. A no-op without defer_inline. */
+ * are answered 500 until a restart). The projector thread waits for it
+ * (the commands wait for these, so they go first; control operations
+ * queue): it is started here once the catch-up ended, unless it was
+ * stopped. CQ_OK, CQ_ECLOSED (stopped early) or the failure's code. A
+ * no-op without defer_inline. With defer_inline, call cq_engine_stop
+ * only once the writer has stopped. */
 int cq_engine_catch_up(cq_engine *e);
 
 /* Make a cq_engine_catch_up under way return after its current

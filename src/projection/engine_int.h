@@ -179,6 +179,8 @@ struct cq_engine {
     int stopping; /* guarded by mu */
     int started;
     int defer_inline;          /* cfg->defer_inline */
+    int projector_deferred;    /* start left it to cq_engine_catch_up */
+    int projector_running;     /* its thread was started (to join) */
     atomic_int stop_catch_up;  /* cq_engine_stop_catch_up was called */
     pthread_t projector;
 
@@ -467,6 +469,11 @@ void cq_eng_head_moved(cq_engine *e, int64_t head);
 void cq_eng_run_controls(cq_engine *e, int stopping);
 
 /* ---- inline.c ---- */
+
+/* Start the projector thread (cq_engine_start, or cq_engine_catch_up on
+ * the writer thread once the inline projections are current). CQ_OK or
+ * CQ_ENOMEM with a message. */
+int cq_eng_start_projector(cq_engine *e, char *err, size_t errcap);
 
 /* Bring inline projection p up to head before the writer starts. */
 int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,

@@ -268,7 +268,23 @@ int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
     return CQ_OK;
 }
 
-int cq_engine_catch_up(cq_engine *e)
+/* The projector waited for the inline catch-up (engine.c): start it,
+ * whatever became of the catch-up, unless the server is stopping. */
+static void start_projector(cq_engine *e, int rc)
+{
+    char err[128];
+
+    if (!e->projector_deferred || rc == CQ_ECLOSED)
+        return;
+    e->projector_deferred = 0;
+    if (cq_eng_start_projector(e, err, sizeof err) != CQ_OK)
+        fprintf(stderr, "cqrsd: %s: asynchronous projections stay where "
+                        "they are\n", err);
+}
+
+/* cq_engine_catch_up's work: every inline projection catching_up, in
+ * turn. */
+static int catch_up_all(cq_engine *e)
 {
     int64_t head = 0;
     int rc = CQ_OK;
@@ -312,6 +328,14 @@ int cq_engine_catch_up(cq_engine *e)
                         "%lld)\n",
                 p->d->name, (long long)p->position);
     }
+    return rc;
+}
+
+int cq_engine_catch_up(cq_engine *e)
+{
+    int rc = catch_up_all(e);
+
+    start_projector(e, rc);
     return rc;
 }
 

@@ -78,6 +78,15 @@ def inline_rows(data_dir):
     return n, pos
 
 
+def control(srv, path, out, body=None):
+    """POST path (on a connection of its own) into out["r"]."""
+    c = cqtest.Client(srv, timeout=300)
+    try:
+        out["r"] = c.post(path, body)
+    finally:
+        c.close()
+
+
 def wait_ready(test, c, seconds=300):
     deadline = time.monotonic() + seconds
     while True:
@@ -90,10 +99,10 @@ def wait_ready(test, c, seconds=300):
 
 class StartupCatchUpTest(unittest.TestCase):
 
-    def test_stop_during_catch_up_then_resume(self):
-        """SIGTERM while the inline projection catches up: exit 0 at once
-        (between two of its transactions), its rows and checkpoint agree;
-        the next start goes on from there."""
+    def filled_server(self):
+        """A stopped server whose store holds one order placed through it
+        and ORDERS more filled in, the inline projection to be replayed:
+        (server, client, the order's body, the head)."""
         cqtest.skip_unless_sqlite(self, "fills events.db directly")
         srv = cqtest.Server(cqtest.BINARY)
         c = cqtest.Client(srv)
@@ -104,12 +113,36 @@ class StartupCatchUpTest(unittest.TestCase):
             self.assertEqual(st, 202, b)
             c.close()
             srv.stop()
-            head = fill(srv.data_dir, "order-" + seed["order_id"])
+            return srv, c, seed, fill(srv.data_dir,
+                                      "order-" + seed["order_id"])
+        except BaseException:
+            c.close()
+            srv.close(failed=True)
+            raise
+
+    def test_stop_during_catch_up_then_resume(self):
+        """SIGTERM while the inline projection catches up: exit 0 at once
+        (between two of its transactions), its rows and checkpoint agree;
+        the next start goes on from there."""
+        srv, c, _, head = self.filled_server()
+        try:
             srv.start()
             st, _, ready = c.get("/readyz")
             self.assertEqual(st, 503, ready)
+            # a control operation waits for the projector, which waits for
+            # the inline catch-up: the stop hands it back, answered
+            paused = {}
+            t = threading.Thread(target=control, args=(
+                srv, "/projections/order_summaries/pause", paused))
+            t.start()
+            time.sleep(0.5)
             c.close()
             srv.stop()  # exit code 0
+            t.join(60)
+            self.assertFalse(t.is_alive())
+            st, _, b = paused["r"]
+            self.assertEqual(st, 503, b)
+            self.assertIn("stopping", b["detail"], b)
             n, pos = inline_rows(srv.data_dir)
             self.assertLess(pos, head)  # stopped before the end
             self.assertEqual(n, pos)  # one order per event, all applied
@@ -126,18 +159,8 @@ class StartupCatchUpTest(unittest.TestCase):
             srv.close(failed=True)
 
     def test_listens_at_once_and_catches_up(self):
-        cqtest.skip_unless_sqlite(self, "fills events.db directly")
-        srv = cqtest.Server(cqtest.BINARY)
-        c = cqtest.Client(srv)
+        srv, c, seed, head = self.filled_server()
         try:
-            srv.start()
-            seed = cqtest.order_body()
-            st, _, b = c.command("PlaceOrder", seed)
-            self.assertEqual(st, 202, b)
-            c.close()
-            srv.stop()
-            head = fill(srv.data_dir, "order-" + seed["order_id"])
-
             srv.start()  # returns at the first /healthz 200
             st, _, ready = c.get("/readyz")
             self.assertEqual(st, 503, ready)
@@ -177,21 +200,24 @@ class StartupCatchUpTest(unittest.TestCase):
             self.assertEqual(m["stale"], m["lag_events"] > 0, m)
 
             # a command sent now waits until the inline projection is
-            # current, then is applied to it with its events
+            # current, then is applied to it with its events; a control
+            # operation is carried out once the projector runs, after it
             late = cqtest.order_body()
-            answer = {}
-
-            def send():
-                cc = cqtest.Client(srv, timeout=300)
-                try:
-                    answer["r"] = cc.command("PlaceOrder", late)
-                    answer["t"] = time.monotonic()
-                finally:
-                    cc.close()
-            t = threading.Thread(target=send)
-            t.start()
-            t.join(300)
-            self.assertFalse(t.is_alive(), "the command was never answered")
+            answer, paused = {}, {}
+            threads = [
+                threading.Thread(target=control, args=(
+                    srv, "/projections/sales_dashboard/pause", paused)),
+                threading.Thread(target=control, args=(
+                    srv, "/commands/PlaceOrder", answer, late))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(300)
+                self.assertFalse(t.is_alive(), "never answered")
+            st, _, b = paused["r"]
+            self.assertEqual((st, b["status"]), (200, "paused"), b)
+            st, _, b = c.post("/projections/sales_dashboard/resume")
+            self.assertEqual((st, b["status"]), (200, "running"), b)
             st, _, b = answer["r"]
             self.assertEqual(st, 202, b)
             self.assertEqual(b["position"], head + 1, b)
