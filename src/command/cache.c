@@ -3,7 +3,9 @@
  * hash table of entries, each also on a least-recently-used list and,
  * while the batch that wrote it is open, on the dirty list.
  *
- * Eviction takes the least recently used clean entry; dirty ones stay
+ * The buckets double as entries come (one per entry at most), so memory
+ * follows what is held, not the bound. Eviction takes the least recently
+ * used clean entry; dirty ones stay
  * until their batch ends (the cache may hold more than its bound during a
  * batch that wrote more streams than that; the commit trims it back).
  */
@@ -46,13 +48,10 @@ static uint64_t hash_str(const char *s)
 cq_cache *cq_cache_new(size_t entries)
 {
     cq_cache *c;
-    size_t n = 1;
+    size_t n = 64; /* doubled as entries come (grow): memory follows use */
 
     if (entries == 0)
         entries = 1024;
-    /* one bucket per entry at most: chains stay short */
-    while (n < entries && n < ((size_t)1 << 30))
-        n <<= 1;
     c = calloc(1, sizeof *c);
     if (c == NULL)
         return NULL;
@@ -76,6 +75,27 @@ static entry **slot_of(cq_cache *c, const cq_aggregate *agg,
             strcmp((*pp)->stream_id, stream_id) == 0)
             break;
     return pp;
+}
+
+/* Twice the buckets once there are more entries than buckets, so chains
+ * stay short; out of memory it keeps the ones it has (longer chains). */
+static void grow(cq_cache *c)
+{
+    size_t n = (c->mask + 1) * 2;
+    entry **b;
+
+    if (c->n <= c->mask + 1 || n > ((size_t)1 << 30) ||
+        (b = calloc(n, sizeof *b)) == NULL)
+        return;
+    for (size_t i = 0; i <= c->mask; i++)
+        for (entry *e = c->buckets[i], *next; e != NULL; e = next) {
+            next = e->chain;
+            e->chain = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+        }
+    free(c->buckets);
+    c->buckets = b;
+    c->mask = n - 1;
 }
 
 static void lru_unlink(cq_cache *c, entry *e)
@@ -198,6 +218,7 @@ int cq_cache_put(cq_cache *c, const cq_aggregate *agg, const char *stream_id,
         e->chain = c->buckets[h & c->mask];
         c->buckets[h & c->mask] = e;
         c->n++;
+        grow(c);
     }
     lru_push(c, e);
     e->state = state;

@@ -2,9 +2,10 @@
  * cache.h -- bounded cache of aggregate states for the writer.
  *
  * At most `entries` states (`serve --cache-entries`): a newcomer evicts the
- * least recently used entry that no open batch wrote (memory: about 100
- * bytes of bookkeeping plus the stream id and the state per entry, plus
- * one 8-byte bucket per entry). Each entry remembers the stream version (and the
+ * least recently used entry that no open batch wrote. Memory follows what
+ * is held, not the bound: about 100 bytes of bookkeeping plus the stream
+ * id and the state per entry, and up to two 8-byte buckets per entry at
+ * the most held so far. Each entry remembers the stream version (and the
  * position of that version's event) its state was folded up to; the
  * writer trusts an entry only when that version is at most the stream's
  * version in the store, and then folds just the missing events. When an

@@ -159,12 +159,38 @@ static void test_many_streams_small_bound(void **state)
     assert_int_equal(live, 0);
 }
 
+static void test_grows_with_entries(void **state)
+{
+    cq_cache *c = cq_cache_new(1000000);
+    (void)state;
+    live = 0;
+    /* many more entries than the first buckets: each is found again after
+     * the buckets doubled under it, in one batch and across batches */
+    for (int i = 0; i < 20000; i++) {
+        put(c, i);
+        if (i % 1000 == 999)
+            cq_cache_commit(c);
+    }
+    cq_cache_commit(c);
+    assert_int_equal(cq_cache_count(c), 20000);
+    for (int i = 0; i < 20000; i++)
+        assert_int_equal(cached(c, i), i);
+    for (int i = 0; i < 20000; i += 2)
+        cq_cache_drop(c, &AGG, id(i));
+    assert_int_equal(cq_cache_count(c), 10000);
+    assert_int_equal(cached(c, 4), -1);
+    assert_int_equal(cached(c, 5), 5);
+    cq_cache_free(c);
+    assert_int_equal(live, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bound_and_lru),
         cmocka_unit_test(test_dirty_kept_until_batch_ends),
         cmocka_unit_test(test_many_streams_small_bound),
+        cmocka_unit_test(test_grows_with_entries),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
