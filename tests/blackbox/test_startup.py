@@ -89,6 +89,14 @@ def inline_rows(data_dir):
     return n, pos
 
 
+def stopped_rows(srv, c):
+    """Stop the server (exit 0, no sanitizer report), then inline_rows."""
+    c.close()
+    srv.stop()
+    srv.check_stderr()
+    return inline_rows(srv.data_dir)
+
+
 def control(srv, path, out, body=None):
     """POST path (on a connection of its own) into out["r"]."""
     c = cqtest.Client(srv, timeout=300)
@@ -161,10 +169,7 @@ class StartupCatchUpTest(unittest.TestCase):
             st, _, b = c.command("PlaceOrder", cqtest.order_body())
             self.assertEqual((st, b.get("position")), (202, head + 1), b)
             wait_ready(self, c)
-            c.close()
-            srv.stop()
-            srv.check_stderr()
-            self.assertEqual(inline_rows(srv.data_dir), (head + 1, head + 1))
+            self.assertEqual(stopped_rows(srv, c), (head + 1, head + 1))
         finally:
             c.close()
             srv.close(failed=True)
@@ -248,10 +253,7 @@ class StartupCatchUpTest(unittest.TestCase):
                     "/queries/payment_confirmation?order_id=boot-%d" % i)
                 self.assertEqual(st, 200, q)
                 self.assertEqual(q["meta"]["position"], head + 1, q)
-            c.close()
-            srv.stop()
-            srv.check_stderr()
-            self.assertEqual(inline_rows(srv.data_dir), (ORDERS + 2, head + 1))
+            self.assertEqual(stopped_rows(srv, c), (ORDERS + 2, head + 1))
         finally:
             c.close()
             srv.close(failed=True)
