@@ -8,7 +8,7 @@
  *               [--header-timeout SECONDS] [--domain PATH]...
  *               [--tokens FILE] [--insecure-no-auth] [--public-metrics]
  *               [--tls-cert FILE --tls-key FILE] [--write-queue N]
- *               [--rate-limit N/s] [--max-waiters N]
+ *               [--rate-limit N/s] [--max-waiters N] [--cache-entries N]
  *   cqrsd tokens add NAME --scopes LIST | list | revoke NAME
  *                [--data DIR | --tokens FILE]
  *   cqrsd verify [--data DIR | --store URI [--read-store URI]]
@@ -94,6 +94,7 @@ typedef struct options {
     const char *tls_cert, *tls_key;
     int64_t write_queue, max_waiters;
     int64_t rate_limit; /* requests a second per caller; 0: none */
+    int64_t cache_entries; /* aggregate states the writer keeps */
 } options;
 
 static void usage(FILE *f)
@@ -184,6 +185,10 @@ static void usage(FILE *f)
           "                          address when open); more: 429\n"
           "  --max-waiters N         queries waiting at once, 1-1000000\n"
           "                          (default 4096; more: 503)\n"
+          "  --cache-entries N       aggregate states the writer keeps in "
+          "memory,\n"
+          "                          least recently used out, 1-10000000\n"
+          "                          (default 4096)\n"
           "\n"
           "  tokens add NAME --scopes command,query,subscribe,admin prints a\n"
           "  new token's secret once; tokens list; tokens revoke NAME\n"
@@ -398,6 +403,7 @@ static int parse_args(int argc, char **argv, options *o)
     o->write_queue = 16384;
     o->max_waiters = 4096;
     o->rate_limit = 0;
+    o->cache_entries = 4096;
     /* each option takes one value, except the flags (i += 1) */
     for (int i = 2; i < argc;) {
         const char *a = argv[i];
@@ -470,6 +476,8 @@ static int parse_args(int argc, char **argv, options *o)
             rc = parse_rate(v, &o->rate_limit);
         else if (strcmp(a, "--max-subscribers") == 0)
             rc = parse_num(a, v, 1, 1000000, &o->max_subscribers);
+        else if (strcmp(a, "--cache-entries") == 0)
+            rc = parse_num(a, v, 1, 10000000, &o->cache_entries);
         else if (strcmp(a, "--heartbeat-ms") == 0)
             rc = parse_num(a, v, 100, 3600000, &o->heartbeat_ms);
         else {
@@ -569,7 +577,9 @@ static int serve(const options *o)
     cq_writer *writer = NULL;
     cq_engine *engine = NULL;
     cq_modules *mods = NULL;
-    cq_engine_config ecfg = {.dir = o->data};
+    /* the server listens at once; inline projections behind the head
+     * catch up on the writer thread (cq_engine_catch_up) */
+    cq_engine_config ecfg = {.dir = o->data, .defer_inline = 1};
     static const char *const no_projections[] = {NULL};
     cq_server *server = NULL;
     cq_relay *relay = NULL;
@@ -619,6 +629,7 @@ static int serve(const options *o)
     hcfg.heartbeat_ms = (unsigned)o->heartbeat_ms;
     wcfg.idempotency_ttl_ms = o->ttl_s * 1000;
     wcfg.max_queue = (int)o->write_queue;
+    wcfg.cache_slots = (size_t)o->cache_entries;
     if (cq_modules_open(o->domains, o->ndomains, &mods, err, sizeof err) !=
         CQ_OK) {
         fprintf(stderr, "cqrsd: %s\n", err);
@@ -711,6 +722,7 @@ static int serve(const options *o)
     fprintf(stderr, "cqrsd: %s: finishing queued commands and stopping\n",
             sig == SIGINT ? "SIGINT" : "SIGTERM");
 done:
+    cq_engine_stop_catch_up(engine); /* the writer stops between chunks */
     cq_writer_stop(writer);       /* commits and answers what is queued */
     cq_engine_stop(engine);       /* answers every waiting query */
     cq_server_stop(server, 5000); /* sends those answers, then stops */

@@ -39,9 +39,17 @@ static void committed(void *arg, int64_t head, const cq_write_req *batch)
     free(streams);
 }
 
+/* Before the writer's first batch: the inline projections a server
+ * started with defer_inline catch up (cq_engine_catch_up logs how it
+ * ended; a projection it could not finish refuses commands). */
+static void start(void *arg)
+{
+    (void)cq_engine_catch_up(arg);
+}
+
 cq_writer_hooks cq_wiring_writer_hooks(cq_engine *e)
 {
-    cq_writer_hooks h = {apply_inline, before_commit, committed, e};
+    cq_writer_hooks h = {apply_inline, before_commit, committed, e, start};
     return h;
 }
 
@@ -68,8 +76,14 @@ static void committed_w(void *arg, int64_t head, const cq_write_req *batch)
     cq_relay_wake(w->relay); /* accepts NULL */
 }
 
+static void start_w(void *arg)
+{
+    start(((cq_wiring *)arg)->engine);
+}
+
 cq_writer_hooks cq_wiring_writer_hooks_bus(cq_wiring *w)
 {
-    cq_writer_hooks h = {apply_inline_w, before_commit_w, committed_w, w};
+    cq_writer_hooks h = {apply_inline_w, before_commit_w, committed_w, w,
+                         start_w};
     return h;
 }

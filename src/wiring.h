@@ -16,7 +16,9 @@
  * the `committed` hook allocates per batch and, out of memory, wakes
  * every stream waiter instead of those of the batch's streams). Call on
  * the thread that starts the writer, before cq_writer_start; the hooks
- * then run on the writer thread. */
+ * then run on the writer thread. The start hook runs cq_engine_catch_up
+ * (inline projections an engine with defer_inline left behind the head)
+ * before the writer's first batch. */
 cq_writer_hooks cq_wiring_writer_hooks(cq_engine *e);
 
 /* The same hooks, which also wake the in-process relay (bus/bus.h) after

@@ -1,5 +1,13 @@
 /*
- * cache.c -- the writer's aggregate-state cache (see cache.h).
+ * cache.c -- the writer's aggregate-state cache (see cache.h): a chained
+ * hash table of entries, each also on a least-recently-used list and,
+ * while the batch that wrote it is open, on the dirty list.
+ *
+ * The buckets double as entries come (one per entry at most), so memory
+ * follows what is held, not the bound. Eviction takes the least recently
+ * used clean entry; dirty ones stay
+ * until their batch ends (the cache may hold more than its bound during a
+ * batch that wrote more streams than that; the commit trims it back).
  */
 #include "command/cache.h"
 
@@ -7,19 +15,24 @@
 #include <string.h>
 
 typedef struct entry {
-    char *stream_id; /* NULL: empty slot */
+    struct entry *chain;            /* next in its bucket */
+    struct entry *newer, *older;    /* the LRU list */
+    struct entry *next_dirty;       /* the dirty list, while dirty */
     const cq_aggregate *agg;
     void *state;
     int64_t version;
     int64_t position;
+    uint64_t hash;
     int dirty;
+    char stream_id[]; /* NUL-terminated */
 } entry;
 
 struct cq_cache {
-    entry *slots;
-    size_t mask;
-    size_t *dirty; /* indexes of dirty slots */
-    size_t ndirty, capdirty;
+    entry **buckets;
+    size_t mask;            /* buckets - 1 */
+    size_t n, max;          /* entries held; the bound */
+    entry *newest, *oldest; /* the LRU list's ends */
+    entry *dirty;           /* the dirty list */
 };
 
 static uint64_t hash_str(const char *s)
@@ -32,44 +45,132 @@ static uint64_t hash_str(const char *s)
     return h;
 }
 
-static void entry_clear(entry *e)
-{
-    if (e->stream_id != NULL) {
-        e->agg->free(e->state);
-        free(e->stream_id);
-    }
-    memset(e, 0, sizeof *e);
-}
-
-cq_cache *cq_cache_new(size_t slots)
+cq_cache *cq_cache_new(size_t entries)
 {
     cq_cache *c;
-    size_t n = 1;
+    size_t n = 64; /* doubled as entries come (grow): memory follows use */
 
-    if (slots == 0)
-        slots = 1024;
-    while (n < slots)
-        n <<= 1;
+    if (entries == 0)
+        entries = 1024;
     c = calloc(1, sizeof *c);
     if (c == NULL)
         return NULL;
-    c->slots = calloc(n, sizeof *c->slots);
-    if (c->slots == NULL) {
+    c->buckets = calloc(n, sizeof *c->buckets);
+    if (c->buckets == NULL) {
         free(c);
         return NULL;
     }
     c->mask = n - 1;
+    c->max = entries;
     return c;
+}
+
+static entry **slot_of(cq_cache *c, const cq_aggregate *agg,
+                       const char *stream_id, uint64_t h)
+{
+    entry **pp = &c->buckets[h & c->mask];
+
+    for (; *pp != NULL; pp = &(*pp)->chain)
+        if ((*pp)->hash == h && (*pp)->agg == agg &&
+            strcmp((*pp)->stream_id, stream_id) == 0)
+            break;
+    return pp;
+}
+
+/* Twice the buckets once there are more entries than buckets, so chains
+ * stay short; out of memory it keeps the ones it has (longer chains). */
+static void grow(cq_cache *c)
+{
+    size_t n = (c->mask + 1) * 2;
+    entry **b;
+
+    if (c->n <= c->mask + 1 || n > ((size_t)1 << 30) ||
+        (b = calloc(n, sizeof *b)) == NULL)
+        return;
+    for (size_t i = 0; i <= c->mask; i++)
+        for (entry *e = c->buckets[i], *next; e != NULL; e = next) {
+            next = e->chain;
+            e->chain = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+        }
+    free(c->buckets);
+    c->buckets = b;
+    c->mask = n - 1;
+}
+
+static void lru_unlink(cq_cache *c, entry *e)
+{
+    if (e->newer != NULL)
+        e->newer->older = e->older;
+    else
+        c->newest = e->older;
+    if (e->older != NULL)
+        e->older->newer = e->newer;
+    else
+        c->oldest = e->newer;
+    e->newer = e->older = NULL;
+}
+
+static void lru_push(cq_cache *c, entry *e)
+{
+    e->older = c->newest;
+    e->newer = NULL;
+    if (c->newest != NULL)
+        c->newest->newer = e;
+    c->newest = e;
+    if (c->oldest == NULL)
+        c->oldest = e;
+}
+
+static void dirty_unlink(cq_cache *c, entry *e)
+{
+    for (entry **pp = &c->dirty; *pp != NULL; pp = &(*pp)->next_dirty)
+        if (*pp == e) {
+            *pp = e->next_dirty;
+            break;
+        }
+    e->dirty = 0;
+    e->next_dirty = NULL;
+}
+
+/* Take e (found through *pp in its bucket) out of everything and free it
+ * with its state. */
+static void entry_remove(cq_cache *c, entry **pp)
+{
+    entry *e = *pp;
+
+    *pp = e->chain;
+    lru_unlink(c, e);
+    if (e->dirty)
+        dirty_unlink(c, e);
+    e->agg->free(e->state);
+    free(e);
+    c->n--;
+}
+
+/* Evict least recently used clean entries until at most `keep` remain. */
+static void trim(cq_cache *c, size_t keep)
+{
+    entry *e = c->oldest;
+
+    while (c->n > keep && e != NULL) {
+        entry *newer = e->newer;
+        if (!e->dirty)
+            entry_remove(c, slot_of(c, e->agg, e->stream_id, e->hash));
+        e = newer;
+    }
 }
 
 void cq_cache_free(cq_cache *c)
 {
     if (c == NULL)
         return;
-    for (size_t i = 0; i <= c->mask; i++)
-        entry_clear(&c->slots[i]);
-    free(c->slots);
-    free(c->dirty);
+    for (entry *e = c->oldest, *next; e != NULL; e = next) {
+        next = e->newer;
+        e->agg->free(e->state);
+        free(e);
+    }
+    free(c->buckets);
     free(c);
 }
 
@@ -77,11 +178,14 @@ const void *cq_cache_get(cq_cache *c, const cq_aggregate *agg,
                          const char *stream_id, int64_t *version,
                          int64_t *position)
 {
-    entry *e = &c->slots[hash_str(stream_id) & c->mask];
+    entry *e = *slot_of(c, agg, stream_id, hash_str(stream_id));
 
-    if (e->stream_id == NULL || e->agg != agg ||
-        strcmp(e->stream_id, stream_id) != 0)
+    if (e == NULL)
         return NULL;
+    if (c->newest != e) { /* used: the newest now */
+        lru_unlink(c, e);
+        lru_push(c, e);
+    }
     *version = e->version;
     *position = e->position;
     return e->state;
@@ -90,66 +194,71 @@ const void *cq_cache_get(cq_cache *c, const cq_aggregate *agg,
 int cq_cache_put(cq_cache *c, const cq_aggregate *agg, const char *stream_id,
                  void *state, int64_t version, int64_t position)
 {
-    size_t i = hash_str(stream_id) & c->mask;
-    entry *e = &c->slots[i];
-    char *id;
+    uint64_t h = hash_str(stream_id);
+    entry **pp = slot_of(c, agg, stream_id, h);
+    entry *e = *pp;
 
-    if (c->ndirty == c->capdirty) {
-        size_t cap = c->capdirty ? c->capdirty * 2 : 64;
-        size_t *d = realloc(c->dirty, cap * sizeof *d);
-        if (d == NULL)
-            goto nomem;
-        c->dirty = d;
-        c->capdirty = cap;
-    }
-    if (e->stream_id != NULL && e->agg == agg &&
-        strcmp(e->stream_id, stream_id) == 0) {
-        agg->free(e->state); /* same stream: keep the id */
+    if (e != NULL) {
+        agg->free(e->state); /* same stream: keep the entry */
+        lru_unlink(c, e);
     } else {
-        id = strdup(stream_id);
-        if (id == NULL)
-            goto nomem;
-        entry_clear(e);
-        e->stream_id = id;
+        size_t len = strlen(stream_id);
+        if (c->n >= c->max)
+            trim(c, c->max - 1); /* may change the buckets' chains */
+        e = malloc(sizeof *e + len + 1);
+        if (e == NULL) {
+            agg->free(state);
+            return CQ_ENOMEM;
+        }
+        memcpy(e->stream_id, stream_id, len + 1);
         e->agg = agg;
+        e->hash = h;
+        e->dirty = 0;
+        e->next_dirty = NULL;
+        e->chain = c->buckets[h & c->mask];
+        c->buckets[h & c->mask] = e;
+        c->n++;
+        grow(c);
     }
+    lru_push(c, e);
     e->state = state;
     e->version = version;
     e->position = position;
     if (!e->dirty) {
         e->dirty = 1;
-        c->dirty[c->ndirty++] = i;
+        e->next_dirty = c->dirty;
+        c->dirty = e;
     }
     return CQ_OK;
-nomem:
-    agg->free(state);
-    return CQ_ENOMEM;
 }
 
 void cq_cache_drop(cq_cache *c, const cq_aggregate *agg, const char *stream_id)
 {
-    entry *e = &c->slots[hash_str(stream_id) & c->mask];
+    entry **pp = slot_of(c, agg, stream_id, hash_str(stream_id));
 
-    /* a dirty entry's index stays in c->dirty: commit and drop_dirty
-     * look at the slot's own flag, which entry_clear resets */
-    if (e->stream_id != NULL && e->agg == agg &&
-        strcmp(e->stream_id, stream_id) == 0)
-        entry_clear(e);
+    if (*pp != NULL)
+        entry_remove(c, pp);
 }
 
 void cq_cache_commit(cq_cache *c)
 {
-    for (size_t i = 0; i < c->ndirty; i++)
-        c->slots[c->dirty[i]].dirty = 0;
-    c->ndirty = 0;
+    while (c->dirty != NULL) {
+        entry *e = c->dirty;
+        c->dirty = e->next_dirty;
+        e->next_dirty = NULL;
+        e->dirty = 0;
+    }
+    trim(c, c->max); /* a batch of many streams may have grown it */
 }
 
 void cq_cache_drop_dirty(cq_cache *c)
 {
-    for (size_t i = 0; i < c->ndirty; i++) {
-        entry *e = &c->slots[c->dirty[i]];
-        if (e->dirty)
-            entry_clear(e);
-    }
-    c->ndirty = 0;
+    while (c->dirty != NULL)
+        entry_remove(c, slot_of(c, c->dirty->agg, c->dirty->stream_id,
+                                c->dirty->hash));
+}
+
+size_t cq_cache_count(const cq_cache *c)
+{
+    return c->n;
 }

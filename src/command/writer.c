@@ -562,6 +562,8 @@ static void *writer_main(void *arg)
     cq_writer *w = arg;
 
     pthread_setname_np(pthread_self(), "cq-writer");
+    if (w->cfg.hooks.start != NULL)
+        w->cfg.hooks.start(w->cfg.hooks.arg);
     for (;;) {
         cq_write_req *batch, *last;
         int n = 1;

@@ -112,6 +112,10 @@ typedef struct cq_writer_hooks {
      * wrote its stream_id up to its version (or found it there). */
     void (*committed)(void *arg, int64_t head, const cq_write_req *batch);
     void *arg;
+    /* Once, on the writer thread before it touches the store: requests
+     * queued meanwhile wait (the inline projections catch up here when a
+     * server starts them deferred; see src/wiring.c). */
+    void (*start)(void *arg);
 } cq_writer_hooks;
 
 typedef struct cq_writer_config {

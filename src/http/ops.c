@@ -11,7 +11,8 @@
  *   GET  /readyz                           200 ready / 503 not ready (the
  *                                          store cannot be read or refuses
  *                                          writes, a projection failed or
- *                                          lags)
+ *                                          lags, an inline projection is
+ *                                          still catching up at start)
  *
  * Control operations are carried out by the projector thread (engine.c),
  * one at a time in the order asked. Each request is an operation of its
@@ -194,7 +195,7 @@ enum MHD_Result cq_http_readyz(request *q)
     static const char *const allowed[] = {NULL};
     cq_engine *e = q->srv->engine;
     enum MHD_Result ret = MHD_NO;
-    json_t *reasons = json_array(), *doc;
+    json_t *reasons, *doc;
     int64_t head = 0;
     double max_lag = 0;
     char refused[512] = "";
@@ -202,6 +203,8 @@ enum MHD_Result cq_http_readyz(request *q)
 
     if (!cq_http_params_ok(q, allowed, &ret))
         return ret;
+    /* made only after the parameters passed: a refused one leaks nothing */
+    reasons = json_array();
     if (reasons == NULL)
         return cq_http_send_json(q->conn, 500, NULL);
     if (cq_store_head_position(q->srv->store, &head) != CQ_OK)
@@ -231,6 +234,14 @@ enum MHD_Result cq_http_readyz(request *q)
         if (st.failed) {
             snprintf(why, sizeof why, "projection %s failed at position %lld",
                      st.name, (long long)st.error_position);
+            json_array_append_new(reasons, json_string(why));
+        } else if (st.catching_up) {
+            /* commands wait in the writer's queue meanwhile */
+            snprintf(why, sizeof why,
+                     "inline projection %s is catching up (at position %lld "
+                     "of %lld); commands wait until it is current%s%.200s",
+                     st.name, (long long)st.position, (long long)st.head,
+                     st.error[0] ? ": " : "", st.error);
             json_array_append_new(reasons, json_string(why));
         } else if (st.lag_seconds > q->srv->ready_max_lag_s) {
             snprintf(why, sizeof why,

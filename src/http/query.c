@@ -95,11 +95,23 @@ static enum MHD_Result answer(request *q)
     if (rc != CQ_OK)
         return cq_http_send_problem(q->conn, 503, "read-model-unavailable",
                                     NULL, "query %s failed: %s", qd->name, err);
-    if (data == NULL)
+    if (data == NULL) {
+        /* a read model behind the head (catching up at start, or lagging)
+         * may not have what is asked for yet: say how far it is */
+        int64_t at = cq_engine_position(q->srv->engine, q->t.projection, NULL);
+        int64_t head = cq_engine_head(q->srv->engine);
+        char behind[160] = "";
+        if (!q->t.strong && at < head)
+            snprintf(behind, sizeof behind,
+                     " (its read model is at position %lld, %lld events "
+                     "behind the head: it may not have applied them yet)",
+                     (long long)at, (long long)(head - at));
         return cq_http_send_problem(q->conn, 404, "not-found", NULL,
-                                    "query %s found nothing%s%s", qd->name,
+                                    "query %s found nothing%s%s%s", qd->name,
                                     q->t.stream_id ? " for " : "",
-                                    q->t.stream_id ? q->t.stream_id : "");
+                                    q->t.stream_id ? q->t.stream_id : "",
+                                    behind);
+    }
     snprintf(etag, sizeof etag, "\"%s%lld\"", q->t.strong ? "s" : "",
              (long long)position);
     if (!q->timed_out && etag_matches(q->conn, etag)) {

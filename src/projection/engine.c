@@ -23,7 +23,8 @@
  * Threads: cq_engine_new, the load functions and cq_engine_start run
  * before any other thread uses the engine (start runs on the caller's
  * thread and uses the store's write connection before the writer
- * starts); stop and free on the thread that owns the engine. The
+ * starts; with defer_inline it leaves the inline catch-up to the writer
+ * thread, inline.c); stop and free on the thread that owns the engine. The
  * accessors and cq_engine_status may be called from any thread: they
  * read the projections' mutable fields under e->mu; names, definitions
  * and modes do not change after start.
@@ -75,6 +76,8 @@ int cq_engine_new(const cq_engine_config *cfg, cq_store *store, cq_engine **out,
     if (cfg->source != NULL)
         e->source = *cfg->source;
     e->run = cfg->run;
+    e->defer_inline = cfg->defer_inline;
+    atomic_init(&e->stop_catch_up, 0);
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     *out = e;
@@ -268,8 +271,12 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
             p->failed = 0;
             p->error[0] = p->error_event[0] = '\0';
         }
-        rc = cq_eng_catch_up_inline(e, p, head, err, errcap);
-        if (rc != CQ_OK)
+        /* deferred: the writer's start hook catches it up while the
+         * server answers (cq_engine_catch_up); no other thread runs yet */
+        if (e->defer_inline && p->position < head)
+            p->catching_up = 1;
+        else if ((rc = cq_eng_catch_up_inline(e, p, head, err, errcap)) !=
+                 CQ_OK)
             goto fail;
         p->saved = p->position;
     }
@@ -303,10 +310,14 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
         if (rc != CQ_OK)
             return rc;
     }
-    if (pthread_create(&e->projector, NULL, cq_eng_projector_main, e) != 0) {
-        snprintf(err, errcap, "cannot start the projector thread");
-        return CQ_ENOMEM;
-    }
+    /* inline projections catching up (defer_inline) go first: the
+     * commands wait for them, so the projector starts once they are
+     * current (cq_engine_catch_up); control operations queue meanwhile */
+    for (int i = 0; i < e->nprojs; i++)
+        e->projector_deferred |= e->projs[i]->catching_up;
+    if (!e->projector_deferred &&
+        (rc = cq_eng_start_projector(e, err, errcap)) != CQ_OK)
+        return rc;
     e->started = 1;
     return CQ_OK;
 fail:
@@ -315,6 +326,16 @@ fail:
     if (start_locked)
         cq_rdb_unlock(e->rdb, CQ_LOCK_START);
     return rc;
+}
+
+int cq_eng_start_projector(cq_engine *e, char *err, size_t errcap)
+{
+    if (pthread_create(&e->projector, NULL, cq_eng_projector_main, e) != 0) {
+        snprintf(err, errcap, "cannot start the projector thread");
+        return CQ_ENOMEM;
+    }
+    e->projector_running = 1;
+    return CQ_OK;
 }
 
 void cq_engine_stop(cq_engine *e)
@@ -328,8 +349,16 @@ void cq_engine_stop(cq_engine *e)
     e->stopping = 1;
     pthread_cond_broadcast(&e->cv);
     pthread_mutex_unlock(&e->mu);
-    if (e->started && !joined)
+    /* with defer_inline the writer, stopped before, may have started the
+     * projector (cq_engine_catch_up): its join ordered that write */
+    if (e->projector_running && !joined) {
         pthread_join(e->projector, NULL);
+    } else if (!joined) {
+        /* never started: hand back the control operations queued */
+        pthread_mutex_lock(&e->mu);
+        cq_eng_run_controls(e, 1);
+        pthread_mutex_unlock(&e->mu);
+    }
     if (!joined)
         cq_eng_listen_stop(e);
     if (e->progress.shutdown != NULL)
@@ -548,6 +577,9 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
     out->runs_here = p->owned;
     out->serving_version = p->serving ? p->serving->version : 0;
     out->frozen = p->frozen;
+    out->catching_up = p->catching_up;
+    if (p->catching_up && p->catch_up_error[0] != '\0')
+        snprintf(out->error, sizeof out->error, "%s", p->catch_up_error);
     out->rebuilding = p->rb.active;
     if (p->rb.active) {
         int64_t now = cq_now_ms(), took = now - p->rb.taken_ms;
@@ -582,7 +614,8 @@ int cq_engine_status(cq_engine *e, int projection, cq_projection_status *out)
     out->status = out->failed       ? "failed"
                   : out->paused     ? "paused"
                   : out->rebuilding ? "rebuilding"
-                                    : "running";
+                  : out->catching_up ? "catching_up"
+                                     : "running";
     if (out->head < out->position)
         out->head = out->position;
     out->lag_events = out->head - out->position;

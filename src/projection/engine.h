@@ -98,6 +98,11 @@ typedef struct cq_engine_config {
      * life. With a shared read store the others stay with whichever node
      * holds their lock; this one never claims them. */
     const char *const *run;
+    /* 1: cq_engine_start leaves the inline projections' catch-up to
+     * cq_engine_catch_up, which the writer's start hook runs (src/wiring.c)
+     * while the server already answers; 0: cq_engine_start brings them to
+     * the head itself (tools, tests, workers without a server). */
+    int defer_inline;
 } cq_engine_config;
 
 typedef enum cq_proj_status { CQ_PROJ_RUNNING, CQ_PROJ_FAILED } cq_proj_status;
@@ -144,13 +149,36 @@ int cq_engine_add(cq_engine *e, cq_declared *d, char *err, size_t errcap);
 /* Create tables and checkpoints (an asynchronous projection whose version
  * or source changed starts a blue/green rebuild, its old tables serving
  * meanwhile; an inline one is dropped and replayed from position 0),
- * bring inline projections up to the store's head, open the read pools,
+ * bring inline projections up to the store's head (with defer_inline:
+ * mark those behind it catching_up for cq_engine_catch_up), open the
+ * read pools,
  * tell the progress listener every starting position and start the
  * projector. Call before the writer starts: it uses the store's write
  * connection. CQ_OK, or CQ_EIO / CQ_EINVAL (a projection's SQL) /
  * CQ_ENOMEM with a message naming the file and line; after a failure only
  * cq_engine_free. */
 int cq_engine_start(cq_engine *e, char *err, size_t errcap);
+
+/* With cfg->defer_inline: bring every inline projection that is behind
+ * the store's head up to it, in transactions of 1000 events on the
+ * store's write connection, publishing its position after each (queries
+ * answer with that position and its lag meanwhile; cq_engine_status
+ * says catching_up). Run on the writer thread before its first batch
+ * (the writer's `start` hook): commands queued meanwhile wait for it.
+ * Returns once every inline projection is current, or early after
+ * cq_engine_stop_catch_up or a failure (logged; that projection stays
+ * catching_up with the error in its status, and the writer's commands
+ * are answered 500 until a restart). The projector thread waits for it
+ * (the commands wait for these, so they go first; control operations
+ * queue): it is started here once the catch-up ended, unless it was
+ * stopped. CQ_OK, CQ_ECLOSED (stopped early) or the failure's code. A
+ * no-op without defer_inline. With defer_inline, call cq_engine_stop
+ * only once the writer has stopped. */
+int cq_engine_catch_up(cq_engine *e);
+
+/* Make a cq_engine_catch_up under way return after its current
+ * transaction (at shutdown, before cq_writer_stop). Any thread. */
+void cq_engine_stop_catch_up(cq_engine *e);
 
 /* The writer's inline hooks (the application wires them into
  * cq_writer_config.hooks: see src/wiring.c). All three run on the writer
@@ -302,7 +330,8 @@ typedef struct cq_projection_status {
     const char *name; /* borrowed from the engine */
     int64_t version;
     int is_inline;
-    const char *status; /* running, paused, failed, rebuilding */
+    const char *status; /* running, paused, failed, rebuilding,
+                           catching_up */
     int paused, failed;
     int64_t position, head, lag_events;
     double lag_seconds;
@@ -317,6 +346,9 @@ typedef struct cq_projection_status {
                                 version while a rebuild replaces them; 0
                                 when unknown */
     int frozen;              /* the live tables are not being applied */
+    int catching_up;         /* inline, deferred: not yet at the head the
+                                writer starts from (cq_engine_catch_up);
+                                error[] says why it stopped, if it did */
     /* a blue/green rebuild in progress (rebuilding = 1) */
     int rebuilding;
     struct {

@@ -8,6 +8,7 @@
 #define CQ_PROJECTION_ENGINE_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "base/base.h"
@@ -83,6 +84,10 @@ typedef struct proj {
     int needs_metadata; /* some statement reads :metadata.* */
     int64_t saved;      /* inline: checkpoint written so far (writer
                            thread only) */
+    int catching_up;    /* inline, guarded by e->mu: behind the head until
+                           cq_engine_catch_up has applied it (set by
+                           cq_engine_start with defer_inline) */
+    char catch_up_error[256]; /* why that catch-up stopped (e->mu) */
     /* guarded by e->mu */
     int64_t position;
     int paused;
@@ -173,6 +178,10 @@ struct cq_engine {
     int64_t head; /* guarded by mu */
     int stopping; /* guarded by mu */
     int started;
+    int defer_inline;          /* cfg->defer_inline */
+    int projector_deferred;    /* start left it to cq_engine_catch_up */
+    int projector_running;     /* its thread was started (to join) */
+    atomic_int stop_catch_up;  /* cq_engine_stop_catch_up was called */
     pthread_t projector;
 
     /* projector thread only (and cq_engine_start before it runs) */
@@ -486,6 +495,11 @@ void cq_eng_head_moved(cq_engine *e, int64_t head);
 void cq_eng_run_controls(cq_engine *e, int stopping);
 
 /* ---- inline.c ---- */
+
+/* Start the projector thread (cq_engine_start, or cq_engine_catch_up on
+ * the writer thread once the inline projections are current). CQ_OK or
+ * CQ_ENOMEM with a message. */
+int cq_eng_start_projector(cq_engine *e, char *err, size_t errcap);
 
 /* Bring inline projection p up to head before the writer starts. */
 int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,

@@ -8,13 +8,20 @@
  * savepoint), so an inline read model never falls behind the events; their
  * checkpoint is written once per batch just before the commit (hook
  * before_commit) and their position published when the writer reports the
- * commit (hook committed). At start, before the writer runs, each is
- * brought up to the store's head (cq_eng_catch_up_inline).
+ * commit (hook committed). At start each is brought up to the store's
+ * head (cq_eng_catch_up_inline): by cq_engine_start before the writer
+ * runs, or, for a server (defer_inline), by cq_engine_catch_up on the
+ * writer thread before its first batch, while the HTTP server already
+ * answers: queries see the position it has reached (their meta says how
+ * far behind), /readyz says not ready, and commands wait in the writer's
+ * queue until the inline projections are current. A projection still
+ * catching_up (a stop or a failure ended the catch-up early) makes
+ * apply_inline fail the command: nothing is written that it would miss.
  *
  * Threads and locks: the writer thread (and cq_engine_start before it
  * runs) owns e->ix and the i_* statements, and each inline projection's
- * `saved`; it publishes positions and the head under e->mu and wakes the
- * waiters without it.
+ * `saved`; it writes `position`, `skipped` and `catching_up` under e->mu
+ * (and reads them without it), and wakes the waiters without it.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -52,11 +59,23 @@ int cq_engine_apply_inline(cq_engine *e, const cq_stored_event *events,
     int need_meta = 0, live = 0, rc = CQ_OK;
     parsed *pe;
 
-    for (int i = 0; i < e->nprojs; i++)
-        if (e->projs[i]->is_inline && !e->projs[i]->failed) {
-            live = 1;
-            need_meta |= e->projs[i]->needs_metadata;
+    for (int i = 0; i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        if (!p->is_inline || p->failed)
+            continue;
+        if (p->catching_up) {
+            /* its events before these are not applied yet: these cannot
+             * be (writer thread: it alone writes catching_up) */
+            snprintf(err, errcap,
+                     "inline projection %s is not caught up with the events "
+                     "yet (at position %lld)%s%s",
+                     p->d->name, (long long)p->position,
+                     p->catch_up_error[0] ? ": " : "", p->catch_up_error);
+            return CQ_EBUSY;
         }
+        live = 1;
+        need_meta |= p->needs_metadata;
+    }
     if (!live)
         return CQ_OK;
     pe = calloc(n, sizeof *pe);
@@ -115,7 +134,7 @@ int cq_engine_before_commit(cq_engine *e, int64_t head)
 {
     for (int i = 0; i < e->nprojs; i++) {
         proj *p = e->projs[i];
-        if (!p->is_inline || p->failed || p->saved >= head)
+        if (!p->is_inline || p->failed || p->catching_up || p->saved >= head)
             continue;
         if (cq_eng_save_checkpoint(e->i_save, p, head, 0, NULL, 0, NULL) !=
             CQ_OK)
@@ -133,7 +152,7 @@ void cq_engine_committed(cq_engine *e, int64_t head,
         e->head = head;
     for (int i = 0; i < e->nprojs; i++) {
         proj *p = e->projs[i];
-        if (p->is_inline && !p->failed) {
+        if (p->is_inline && !p->failed && !p->catching_up) {
             p->position = head;
             p->saved = head; /* before_commit wrote it in this batch */
         }
@@ -143,7 +162,7 @@ void cq_engine_committed(cq_engine *e, int64_t head,
     /* the streams the batch wrote: only their stream waiters look again */
     for (int i = 0; i <= e->nprojs; i++) {
         proj *p = i < e->nprojs ? e->projs[i] : NULL;
-        if (p != NULL && (!p->is_inline || p->failed))
+        if (p != NULL && (!p->is_inline || p->failed || p->catching_up))
             continue;
         if (all)
             cq_eng_advance(e, i, head);
@@ -182,7 +201,10 @@ static int record_inline_skip(cq_engine *e, proj *p, const apply_ctx *c,
 }
 
 /* Apply every event after p's checkpoint to inline projection p, in
- * transactions of 1000 events, before the writer starts. Since the writer
+ * transactions of 1000 events, before the writer runs a batch (before it
+ * starts, or on its thread: see cq_engine_catch_up), publishing p's
+ * position after each; returns CQ_ECLOSED between two of them once
+ * cq_engine_stop_catch_up was called. Since the writer
  * refuses what an inline projection cannot apply, only events stored
  * before that rule (or a changed definition replaying old events) can
  * fail here; an inline read model must not stay behind its events, so
@@ -197,6 +219,8 @@ int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
         int64_t h;
         int rc;
 
+        if (atomic_load(&e->stop_catch_up))
+            return CQ_ECLOSED;
         memset(&c, 0, sizeof c);
         c.e = e;
         c.p = p;
@@ -227,9 +251,12 @@ int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
             cq_store_rollback(e->store);
             return rc;
         }
+        pthread_mutex_lock(&e->mu);
         p->position = c.last;
+        p->skipped += c.failed != 0;
+        pthread_mutex_unlock(&e->mu);
+        cq_eng_advance(e, p->index, c.last); /* its waiters look again */
         if (c.failed) {
-            p->skipped++;
             fprintf(stderr,
                     "cqrsd: inline projection %s cannot apply event %s at "
                     "position %lld (%s): skipped, recorded in events.db's "
@@ -239,4 +266,81 @@ int cq_eng_catch_up_inline(cq_engine *e, proj *p, int64_t head, char *err,
         }
     }
     return CQ_OK;
+}
+
+/* The projector waited for the inline catch-up (engine.c): start it,
+ * whatever became of the catch-up, unless the server is stopping. */
+static void start_projector(cq_engine *e, int rc)
+{
+    char err[128];
+
+    if (!e->projector_deferred || rc == CQ_ECLOSED)
+        return;
+    e->projector_deferred = 0;
+    if (cq_eng_start_projector(e, err, sizeof err) != CQ_OK)
+        fprintf(stderr, "cqrsd: %s: asynchronous projections stay where "
+                        "they are\n", err);
+}
+
+/* cq_engine_catch_up's work: every inline projection catching_up, in
+ * turn. */
+static int catch_up_all(cq_engine *e)
+{
+    int64_t head = 0;
+    int rc = CQ_OK;
+
+    for (int i = 0; i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        char err[256] = "";
+
+        if (!p->catching_up) /* written on this thread only: no lock */
+            continue;
+        if (head == 0 && (rc = cq_store_head_position(e->store, &head)) !=
+                             CQ_OK)
+            snprintf(err, sizeof err, "reading the head: %s",
+                     cq_strerror(rc));
+        if (rc == CQ_OK) {
+            fprintf(stderr,
+                    "cqrsd: inline projection %s: applying events %lld to "
+                    "%lld; commands wait until it is current\n",
+                    p->d->name, (long long)p->position + 1, (long long)head);
+            rc = cq_eng_catch_up_inline(e, p, head, err, sizeof err);
+        }
+        if (rc == CQ_ECLOSED)
+            return rc; /* stopping: the next start goes on from here */
+        pthread_mutex_lock(&e->mu);
+        if (rc == CQ_OK) {
+            p->catching_up = 0;
+            p->saved = p->position;
+        } else {
+            snprintf(p->catch_up_error, sizeof p->catch_up_error,
+                     "catching up failed: %s", err);
+        }
+        pthread_mutex_unlock(&e->mu);
+        if (rc != CQ_OK) {
+            fprintf(stderr,
+                    "cqrsd: inline projection %s stays at position %lld: %s "
+                    "(commands fail until a restart)\n",
+                    p->d->name, (long long)p->position, err);
+            return rc;
+        }
+        fprintf(stderr, "cqrsd: inline projection %s is current (position "
+                        "%lld)\n",
+                p->d->name, (long long)p->position);
+    }
+    return rc;
+}
+
+int cq_engine_catch_up(cq_engine *e)
+{
+    int rc = catch_up_all(e);
+
+    start_projector(e, rc);
+    return rc;
+}
+
+void cq_engine_stop_catch_up(cq_engine *e)
+{
+    if (e != NULL)
+        atomic_store(&e->stop_catch_up, 1);
 }

@@ -67,7 +67,8 @@ void cq_eng_head_moved(cq_engine *e, int64_t head)
         e->head = head;
         for (int i = 0; i < e->nprojs; i++) {
             proj *p = e->projs[i];
-            if (p->is_inline && !p->failed && p->position < head)
+            if (p->is_inline && !p->failed && !p->catching_up &&
+                p->position < head)
                 p->position = head;
         }
         pthread_cond_signal(&e->cv); /* events to apply */
@@ -76,9 +77,19 @@ void cq_eng_head_moved(cq_engine *e, int64_t head)
     if (!moved)
         return;
     cq_eng_advance(e, e->nprojs, head);
-    for (int i = 0; i < e->nprojs; i++)
-        if (e->projs[i]->is_inline && !e->projs[i]->failed)
-            cq_eng_advance(e, i, head);
+    for (int i = 0; i < e->nprojs; i++) {
+        proj *p = e->projs[i];
+        int64_t pos = -1;
+        if (!p->is_inline)
+            continue;
+        /* one still catching up stays where it is (inline.c) */
+        pthread_mutex_lock(&e->mu);
+        if (!p->failed)
+            pos = p->position;
+        pthread_mutex_unlock(&e->mu);
+        if (pos >= 0)
+            cq_eng_advance(e, i, pos);
+    }
 }
 
 /* Projection i (which another node runs) is at `pos`, as notified

@@ -70,13 +70,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (size == 0 || size > 256 * 1024)
         return 0;
-    /* KNOWN DEFECT, left out until it is fixed (then remove this): GET
-     * /readyz with any query parameter leaks the reasons array that
-     * cq_http_readyz (src/http/ops.c) makes before checking them
-     * (tests/blackbox/test_errors.py, ParameterLeakTest). */
-    if (strcmp(ROUTES[data[0] % NROUTES], "GET /readyz") == 0 && size > 1 &&
-        data[1] != '\n')
-        return 0;
     end = in + size;
     cap = size + 512;
     req = malloc(cap);
