@@ -27,7 +27,7 @@ PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 URL=http://127.0.0.1:$PORT
 "$CQRSD" serve --data "$D" --listen "127.0.0.1:$PORT" >"$OUT/server.log" 2>&1 &
 SP=$!
-trap 'kill -TERM $SP 2>/dev/null; wait $SP 2>/dev/null; rm -rf "$D"' EXIT INT TERM
+trap 'kill -TERM $SP 2>/dev/null; wait $SP 2>/dev/null; rm -rf "$D"' EXIT INT TERM PIPE HUP
 i=0
 until curl -s -o /dev/null --max-time 1 "$URL/healthz"; do
     i=$((i + 1)); [ $i -lt 100 ] || { echo "server did not start" >&2; exit 1; }
