@@ -150,7 +150,8 @@ typedef struct sq_store {
     int in_sp;      /* savepoint "cmd" is open */
     int failed;     /* FAIL_*: what must be rolled back first */
     int in_cb;      /* inside a fold_stream callback */
-    int head_valid; /* head is max(position) in the open transaction */
+    int head_valid; /* head is max(position) in the open transaction, or
+                       after the last commit until the next BEGIN */
     int64_t head;
     char *buf; /* strings of the last cmdlog_get */
     size_t bufcap;

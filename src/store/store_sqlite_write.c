@@ -91,6 +91,8 @@ int sq_tx_commit(sq_store *w)
         w->failed = FAIL_TX; /* nothing is durable; roll back */
         return rc;
     }
+    /* A head known in the transaction is the committed head now: it stays
+     * valid (for write_head after the commit) until the next BEGIN. */
     w->in_tx = 0;
     return CQ_OK;
 }
@@ -195,7 +197,7 @@ int sq_exec_tx(void *impl, int op)
 static int w_head(sq_store *w, int64_t *head)
 {
     int rc;
-    if (w->head_valid && w->in_tx) {
+    if (w->head_valid) { /* read in this transaction, or the last commit */
         *head = w->head;
         return CQ_OK;
     }

@@ -10,21 +10,36 @@
  * with a checkpoint that runs beside the writer, that moment rarely
  * comes, and the -wal file grows without limit.
  *
+ * What a commit costs depends on the -wal file as much as on the log: a
+ * commit whose frames go past the end of the file makes it longer, and
+ * the fsync of synchronous=FULL then writes the file's inode as well as
+ * its data (two device writes where one would do: on ext4 measured at
+ * 5-10 times the commit time). So a reset never cuts the file (RESTART,
+ * not TRUNCATE), and journal_size_limit keeps it at its bound: once the
+ * log has gone round once, commits overwrite blocks the file already has.
+ *
  * Protocol, after each commit of the writing connection (hook on_commit,
  * called by SQLite on the writing thread once the write lock is released;
  * `frames` is the number of frames in the log since its last reset):
- *   1. frames < CQ_WAL_CHECKPOINT_FRAMES: nothing to do (the log was
- *      reset; the next TRUNCATE attempt is due at CQ_WAL_LIMIT_FRAMES).
- *   2. frames below the next TRUNCATE attempt: wake the checkpoint thread,
+ *   1. fewer frames than at the last commit: the log was reset (by the
+ *      RESTART of step 3, or by SQLite itself); the pacing starts again.
+ *   2. frames < CQ_WAL_RESTART_FRAMES: once at CQ_WAL_CHECKPOINT_FRAMES
+ *      and then every CQ_WAL_PASS_FRAMES more, wake the checkpoint thread,
  *      which runs a PASSIVE checkpoint on its own connection. It takes no
- *      lock the writer or the readers wait for.
- *   3. frames at or past it: run a TRUNCATE checkpoint here, on the
- *      writing connection, with a busy timeout of CQ_WAL_TRUNCATE_BUSY_MS.
- *      It first waits for the checkpoint thread's pass to end (ckpt_mu:
- *      SQLite would refuse a second checkpointer at once), copies what is
- *      left, waits for readers still on older snapshots (new readers then
- *      read the database file and do not hold it up), and truncates the
- *      -wal file to 0 bytes. If readers hold on past the timeout, the next
+ *      lock the writer or the readers wait for. Not after every commit:
+ *      each pass ends with an fsync of the database, which the device
+ *      serves beside the writer's own.
+ *   3. frames >= CQ_WAL_RESTART_FRAMES: reset the log with a RESTART
+ *      checkpoint here, on the writing connection, with a busy timeout of
+ *      CQ_WAL_RESTART_BUSY_MS -- but only once the checkpoint thread is
+ *      idle and its last pass left at most CQ_WAL_RESTART_GAP frames to
+ *      copy, so what the writer itself copies and syncs is small; until
+ *      then each commit asks the thread for a pass. At CQ_WAL_LIMIT_FRAMES
+ *      the writer no longer waits for that: it takes ckpt_mu (waiting for
+ *      a pass under way: SQLite would refuse a second checkpointer at
+ *      once) and copies what is left. The RESTART waits for readers still
+ *      on older snapshots (new readers then read the database file and do
+ *      not hold it up). If readers hold on past the timeout, the next
  *      attempt is CQ_WAL_CHECKPOINT_FRAMES frames later, so a stuck reader
  *      costs the writer at most one short wait per that many frames.
  * The hook always answers SQLITE_OK: the commit is done and durable,
@@ -34,9 +49,11 @@
  * a connection that has never read the database does not know it is in
  * WAL mode, and SQLite then treats a checkpoint on it as a no-op.
  *
- * Threads and locks: `mu` guards `due` and `stopping` (cv wakes the
- * thread); `ckpt_mu` is held for the duration of any checkpoint (thread or
- * writer). `next_truncate` belongs to the writing thread (the hook).
+ * Threads and locks: `mu` guards `due`, `running`, `stopping`, `cycle`
+ * and the last pass's figures (cv wakes the thread); `ckpt_mu` is held for
+ * the duration of any checkpoint (thread or writer). `next_pass`,
+ * `next_restart` and `last_frames` belong to the writing thread (the
+ * hook).
  */
 #include "store/wal.h"
 
@@ -52,7 +69,7 @@
 
 struct cq_wal {
     sqlite3 *writer; /* borrowed: the database's writing connection */
-    int busy_ms;     /* writer's busy timeout, restored after a TRUNCATE */
+    int busy_ms;     /* writer's busy timeout, restored after a RESTART */
     sqlite3 *db;     /* the checkpoint thread's own connection */
     char name[16];
     char *wal_path; /* path + "-wal" */
@@ -61,12 +78,22 @@ struct cq_wal {
     int started;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int due;                 /* guarded by mu: a PASSIVE checkpoint is wanted */
-    int stopping;            /* guarded by mu */
+    int due;      /* guarded by mu: a PASSIVE checkpoint is wanted */
+    int running;  /* guarded by mu: the thread is in a pass */
+    int stopping; /* guarded by mu */
+    /* guarded by mu: the log's reset count as the writer has seen it, and
+     * the last pass the thread finished in that cycle (pass_log < 0: none
+     * yet): frames in the log then, and how many were copied back */
+    unsigned cycle, pass_cycle;
+    int pass_log, pass_ckpt;
     pthread_mutex_t ckpt_mu; /* held while any checkpoint runs */
 
-    int next_truncate; /* writing thread only */
-    _Atomic int64_t truncations;
+    /* writing thread only */
+    int last_frames;  /* frames after the previous commit */
+    int next_pass;    /* frames at which to ask the thread for a pass */
+    int next_restart; /* frames at which to try a RESTART */
+    _Atomic int64_t restarts;
+    _Atomic int64_t passes; /* PASSIVE checkpoints the thread has run */
     int last_error; /* checkpoint thread only: logged once per change */
 };
 
@@ -85,12 +112,15 @@ static void *keeper_main(void *arg)
     pthread_mutex_lock(&w->mu);
     while (!w->stopping) {
         int rc, log = 0, ckpt = 0;
+        unsigned cycle;
 
         if (!w->due) {
             pthread_cond_wait(&w->cv, &w->mu);
             continue;
         }
         w->due = 0;
+        w->running = 1;
+        cycle = w->cycle;
         pthread_mutex_unlock(&w->mu);
         pthread_mutex_lock(&w->ckpt_mu);
         rc = sqlite3_wal_checkpoint_v2(w->db, NULL, SQLITE_CHECKPOINT_PASSIVE,
@@ -102,37 +132,79 @@ static void *keeper_main(void *arg)
                 w->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &ckpt);
         }
         pthread_mutex_unlock(&w->ckpt_mu);
+        atomic_fetch_add(&w->passes, 1);
         /* BUSY: another process checkpoints; the next commit asks again */
         if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != w->last_error)
             fprintf(stderr, "cqrsd: %s: checkpoint: %s\n", w->name,
                     sqlite3_errmsg(w->db));
         w->last_error = rc == SQLITE_BUSY ? w->last_error : rc;
         pthread_mutex_lock(&w->mu);
+        w->running = 0;
+        if (rc == SQLITE_OK && log >= 0 && cycle == w->cycle) {
+            w->pass_cycle = cycle;
+            w->pass_log = log;
+            w->pass_ckpt = ckpt;
+        }
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
 }
 
+/* Writing thread: the log was reset; pace the next cycle from its start. */
+static void new_cycle(cq_wal *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->cycle++;
+    w->pass_log = -1;
+    pthread_mutex_unlock(&w->mu);
+    w->next_pass = CQ_WAL_CHECKPOINT_FRAMES;
+    w->next_restart = CQ_WAL_RESTART_FRAMES;
+}
+
+/* Writing thread: ask for a PASSIVE pass unless one is asked or under way.
+ * 1 if the thread is idle and its last pass in this cycle left at most
+ * CQ_WAL_RESTART_GAP of the log's `frames` to copy (nothing asked then). */
+static int pass_or_small_gap(cq_wal *w, int frames)
+{
+    int small = 0;
+
+    pthread_mutex_lock(&w->mu);
+    if (!w->due && !w->running) {
+        small = w->pass_log >= 0 && w->pass_cycle == w->cycle &&
+                w->pass_log <= frames &&
+                frames - w->pass_ckpt <= CQ_WAL_RESTART_GAP;
+        if (!small) {
+            w->due = 1;
+            pthread_cond_signal(&w->cv);
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    return small;
+}
+
 /* Step 3 of the protocol, on the writing thread. */
-static void truncate_log(cq_wal *w, int frames)
+static void restart_log(cq_wal *w, int frames)
 {
     int rc;
 
+    if (frames < CQ_WAL_LIMIT_FRAMES && !pass_or_small_gap(w, frames))
+        return; /* the thread copies first; a later commit tries again */
     pthread_mutex_lock(&w->ckpt_mu);
-    sqlite3_busy_timeout(w->writer, CQ_WAL_TRUNCATE_BUSY_MS);
-    rc = sqlite3_wal_checkpoint_v2(w->writer, NULL, SQLITE_CHECKPOINT_TRUNCATE,
+    sqlite3_busy_timeout(w->writer, CQ_WAL_RESTART_BUSY_MS);
+    rc = sqlite3_wal_checkpoint_v2(w->writer, NULL, SQLITE_CHECKPOINT_RESTART,
                                    NULL, NULL);
     sqlite3_busy_timeout(w->writer, w->busy_ms);
     pthread_mutex_unlock(&w->ckpt_mu);
     if (rc == SQLITE_OK) {
-        w->next_truncate = CQ_WAL_LIMIT_FRAMES;
-        atomic_fetch_add(&w->truncations, 1);
+        atomic_fetch_add(&w->restarts, 1);
+        new_cycle(w);
+        w->last_frames = 0;
         return;
     }
     /* readers on old snapshots (BUSY) or an I/O error: try again later */
-    w->next_truncate = frames + CQ_WAL_CHECKPOINT_FRAMES;
+    w->next_restart = frames + CQ_WAL_CHECKPOINT_FRAMES;
     if (rc != SQLITE_BUSY)
-        fprintf(stderr, "cqrsd: %s: truncating the log: %s\n", w->name,
+        fprintf(stderr, "cqrsd: %s: resetting the log: %s\n", w->name,
                 sqlite3_errstr(rc));
 }
 
@@ -143,17 +215,33 @@ static int on_commit(void *arg, sqlite3 *db, const char *schema, int frames)
 
     (void)db;
     (void)schema;
-    if (frames < CQ_WAL_CHECKPOINT_FRAMES) {
-        w->next_truncate = CQ_WAL_LIMIT_FRAMES;
-    } else if (frames < w->next_truncate) {
+    if (frames < w->last_frames)
+        new_cycle(w);
+    w->last_frames = frames;
+    if (frames >= w->next_restart) {
+        restart_log(w, frames);
+    } else if (frames >= w->next_pass) {
         pthread_mutex_lock(&w->mu);
         w->due = 1;
         pthread_cond_signal(&w->cv);
         pthread_mutex_unlock(&w->mu);
-    } else {
-        truncate_log(w, frames);
+        w->next_pass = frames + CQ_WAL_PASS_FRAMES;
     }
     return SQLITE_OK; /* the commit stands whatever happened here */
+}
+
+/* The database's page size (a frame is that and a 24-byte header). */
+static int page_size(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    int n = 4096;
+
+    if (sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) > 0)
+        n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return n;
 }
 
 int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
@@ -175,7 +263,9 @@ int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
     snprintf(w->name, sizeof w->name, "%s", thread_name);
     w->writer = writer;
     w->busy_ms = busy_ms;
-    w->next_truncate = CQ_WAL_LIMIT_FRAMES;
+    w->next_pass = CQ_WAL_CHECKPOINT_FRAMES;
+    w->next_restart = CQ_WAL_RESTART_FRAMES;
+    w->pass_log = -1;
     pthread_mutex_init(&w->mu, NULL);
     pthread_mutex_init(&w->ckpt_mu, NULL);
     pthread_cond_init(&w->cv, NULL);
@@ -188,8 +278,12 @@ int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
                  w->db ? sqlite3_errmsg(w->db) : sqlite3_errstr(rc));
         goto fail;
     }
-    snprintf(sql, sizeof sql, "PRAGMA journal_size_limit = %d",
-             CQ_WAL_SIZE_LIMIT_BYTES);
+    /* the file keeps the room of CQ_WAL_LIMIT_FRAMES frames (and a
+     * commit's worth more) across resets: see the file comment */
+    snprintf(sql, sizeof sql, "PRAGMA journal_size_limit = %lld",
+             (long long)(CQ_WAL_LIMIT_FRAMES + CQ_WAL_RESTART_GAP) *
+                     (page_size(writer) + 24) +
+                 32);
     if (sqlite3_exec(writer, sql, NULL, NULL, NULL) != SQLITE_OK) {
         snprintf(err, errcap, "%s: %s", path, sqlite3_errmsg(writer));
         goto fail;
@@ -250,7 +344,12 @@ int64_t cq_wal_bytes(const cq_wal *w)
     return (int64_t)st.st_size;
 }
 
-int64_t cq_wal_truncations(const cq_wal *w)
+int64_t cq_wal_restarts(const cq_wal *w)
 {
-    return w != NULL ? atomic_load(&w->truncations) : 0;
+    return w != NULL ? atomic_load(&w->restarts) : 0;
+}
+
+int64_t cq_wal_passes(const cq_wal *w)
+{
+    return w != NULL ? atomic_load(&w->passes) : 0;
 }

@@ -6,20 +6,26 @@
  * writing connection each. A cq_wal takes over the checkpoints of one of
  * them (protocol in wal.c and src/store/README.md):
  *
- *   - after a commit that leaves CQ_WAL_CHECKPOINT_FRAMES or more frames
- *     in the log, a thread of its own copies them into the database with
- *     a PASSIVE checkpoint, on its own connection (the database fsync
- *     stays off the writing thread; readers and the writer never wait);
- *   - when the log has grown to CQ_WAL_LIMIT_FRAMES without being reset
- *     (under continuous writes it rarely is), the writing thread itself
- *     runs a TRUNCATE checkpoint right after its commit, waiting at most
- *     CQ_WAL_TRUNCATE_BUSY_MS for readers of older snapshots, which
- *     empties the -wal file; if readers hold on, it tries again after
- *     another CQ_WAL_CHECKPOINT_FRAMES frames.
+ *   - after a commit that leaves CQ_WAL_CHECKPOINT_FRAMES frames in the
+ *     log, and then every CQ_WAL_PASS_FRAMES more, a thread of its own
+ *     copies them into the database with a PASSIVE checkpoint, on its own
+ *     connection (the database fsync stays off the writing thread;
+ *     readers and the writer never wait);
+ *   - from CQ_WAL_RESTART_FRAMES frames on (under continuous writes SQLite
+ *     rarely resets the log by itself), the writing thread resets it with
+ *     a RESTART checkpoint right after a commit, once the thread's last
+ *     pass has left at most CQ_WAL_RESTART_GAP frames to copy; at
+ *     CQ_WAL_LIMIT_FRAMES it does without that. It waits at most
+ *     CQ_WAL_RESTART_BUSY_MS for readers of older snapshots; if they hold
+ *     on, it tries again after another CQ_WAL_CHECKPOINT_FRAMES frames;
+ *   - the -wal file is never cut shorter than CQ_WAL_LIMIT_FRAMES frames
+ *     (journal_size_limit): after a reset, commits overwrite blocks the
+ *     file has, and an fsync writes no inode with them.
  *
- * So the -wal file stays below about CQ_WAL_LIMIT_FRAMES frames (16 MiB
+ * So the -wal file stays at about CQ_WAL_LIMIT_FRAMES frames (16 MiB
  * with 4 KiB pages) under any load, unless one read transaction stays
- * open for longer than the log takes to grow by that much.
+ * open for longer than the log takes to grow by that much (it is cut back
+ * to that size after the reset that follows).
  */
 #ifndef CQ_STORE_WAL_H
 #define CQ_STORE_WAL_H
@@ -29,10 +35,11 @@
 #include <stdint.h>
 
 #define CQ_WAL_CHECKPOINT_FRAMES 1000 /* as SQLite's own autocheckpoint */
+#define CQ_WAL_PASS_FRAMES 500
+#define CQ_WAL_RESTART_FRAMES 3000
+#define CQ_WAL_RESTART_GAP 256
 #define CQ_WAL_LIMIT_FRAMES 4000
-#define CQ_WAL_TRUNCATE_BUSY_MS 50
-/* the -wal file is cut back to this after a reset (journal_size_limit) */
-#define CQ_WAL_SIZE_LIMIT_BYTES (4 * 1024 * 1024)
+#define CQ_WAL_RESTART_BUSY_MS 50
 
 typedef struct cq_wal cq_wal;
 
@@ -42,7 +49,7 @@ typedef struct cq_wal cq_wal;
  * journal_size_limit, opens a connection of its own and starts a thread
  * named `thread_name` (at most 15 bytes). `writer` is borrowed and must
  * stay open until cq_wal_free; `busy_ms` is its busy timeout, restored
- * after each TRUNCATE attempt. Call while `writer` is idle. CQ_OK, or
+ * after each RESTART attempt. Call while `writer` is idle. CQ_OK, or
  * CQ_EIO / CQ_ENOMEM with a message in err; *out is NULL then. */
 int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
                  const char *thread_name, cq_wal **out, char *err,
@@ -65,8 +72,11 @@ void cq_wal_free(cq_wal *w);
 /* Size of the -wal file in bytes (0 when there is none). Any thread. */
 int64_t cq_wal_bytes(const cq_wal *w);
 
-/* How many TRUNCATE checkpoints have emptied the log so far. Any
- * thread. */
-int64_t cq_wal_truncations(const cq_wal *w);
+/* How many RESTART checkpoints of the writing thread have reset the log
+ * so far (SQLite's own resets are not counted). Any thread. */
+int64_t cq_wal_restarts(const cq_wal *w);
+
+/* How many PASSIVE checkpoints the thread has run so far. Any thread. */
+int64_t cq_wal_passes(const cq_wal *w);
 
 #endif

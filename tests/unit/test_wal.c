@@ -146,7 +146,7 @@ static void test_checkpoints_copy_the_log_back(void **state)
 
 /* Readers that always overlap the writer's next transaction (each starts
  * right after a commit, before those frames are copied back): between the
- * resets SQLite manages on its own and the TRUNCATE after a commit, the
+ * resets SQLite manages on its own and the RESTART after a commit, the
  * -wal file stays under the limit. */
 static void test_log_bounded_with_overlapping_readers(void **state)
 {
@@ -174,25 +174,77 @@ static void test_log_bounded_with_overlapping_readers(void **state)
 
 /* A reader that keeps one snapshot through many commits holds the log up
  * (nothing can be done about it), but costs only a short wait per
- * CQ_WAL_CHECKPOINT_FRAMES frames; once it is gone, the log is emptied. */
-static void test_stuck_reader_then_truncated(void **state)
+ * CQ_WAL_CHECKPOINT_FRAMES frames; once it is gone, the log is reset and
+ * the -wal file cut back to its bound. */
+static void test_stuck_reader_then_reset(void **state)
 {
     fixture *f = *state;
     int64_t most = 0;
 
     reader_begin(f);
     commit_row(f);
-    for (int i = 0; i < 2500; i++) /* ~5000 frames */
+    for (int i = 0; i < 3500; i++) /* ~7000 frames */
         commit_row(f);
     most = file_size(f->wal_path);
-    assert_true(most > (int64_t)CQ_WAL_LIMIT_FRAMES * FRAME_BYTES);
+    assert_true(most > (int64_t)(CQ_WAL_LIMIT_FRAMES + CQ_WAL_RESTART_GAP) *
+                           FRAME_BYTES);
     reader_end(f);
     for (int i = 0; i < 600 && file_size(f->wal_path) >= most; i++)
         commit_row(f);
     assert_true(file_size(f->wal_path) < most);
-    assert_true(cq_wal_truncations(f->wal) > 0);
+    assert_true(cq_wal_restarts(f->wal) > 0);
     assert_true(file_size(f->wal_path) <=
-                (int64_t)CQ_WAL_CHECKPOINT_FRAMES * 2 * FRAME_BYTES);
+                (int64_t)(CQ_WAL_LIMIT_FRAMES + CQ_WAL_RESTART_GAP) *
+                        FRAME_BYTES +
+                    32);
+}
+
+/* A reset does not cut the -wal file: the commits after it overwrite the
+ * blocks it has (a commit that makes the file longer costs an inode write
+ * with its fsync). */
+static void test_reset_keeps_the_file(void **state)
+{
+    fixture *f = *state;
+    int64_t before;
+
+    for (int i = 0; i < 20000 && cq_wal_restarts(f->wal) == 0; i++)
+        commit_row(f);
+    assert_true(cq_wal_restarts(f->wal) > 0);
+    before = file_size(f->wal_path);
+    assert_true(before >= (int64_t)CQ_WAL_RESTART_FRAMES * FRAME_BYTES);
+    for (int i = 0; i < 100; i++) {
+        commit_row(f);
+        assert_true(file_size(f->wal_path) >= before);
+    }
+}
+
+/* The checkpoint thread is asked for a pass once per CQ_WAL_PASS_FRAMES
+ * frames, not after every commit (each pass that copies ends with an
+ * fsync of the database). A reader holds its snapshot throughout, so
+ * SQLite resets nothing by itself and every frame stays in this one log. */
+static void test_passes_are_paced(void **state)
+{
+    fixture *f = *state;
+    struct timespec gap = {0, 200 * 1000}, pause = {0, 50 * 1000 * 1000};
+
+    reader_begin(f);
+    /* up to just under the first reset attempt, leaving the thread time
+     * to run between two commits */
+    for (int i = 0; i < 5000 && file_size(f->wal_path) <
+                                    (int64_t)(CQ_WAL_RESTART_FRAMES - 100) *
+                                        FRAME_BYTES;
+         i++) {
+        commit_row(f);
+        nanosleep(&gap, NULL);
+    }
+    nanosleep(&pause, NULL); /* time for the thread to finish a pass */
+    reader_end(f);
+    assert_int_equal(cq_wal_restarts(f->wal), 0);
+    assert_true(cq_wal_passes(f->wal) >= 1);
+    assert_true(cq_wal_passes(f->wal) <=
+                (CQ_WAL_RESTART_FRAMES - CQ_WAL_CHECKPOINT_FRAMES) /
+                        CQ_WAL_PASS_FRAMES +
+                    1);
 }
 
 static void test_bytes_and_free_null(void **state)
@@ -213,7 +265,11 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
             test_log_bounded_with_overlapping_readers, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_stuck_reader_then_truncated, setup,
+        cmocka_unit_test_setup_teardown(test_stuck_reader_then_reset, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_reset_keeps_the_file, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_passes_are_paced, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_bytes_and_free_null, setup,
                                         teardown),
