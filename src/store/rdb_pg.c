@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,8 @@
 #include "store/rdb_pg_int.h"
 
 /* ---- the connection's life ---- */
+
+atomic_uint rpg_schema_gen;
 
 static int pg_event(PGEventId id, void *info, void *pass);
 
@@ -268,6 +271,14 @@ static int pg_exec(void *impl, const char *sql, char *err, size_t errcap)
     if (rc != CQ_OK && rpg_revive(p, before))
         rc = rpg_result_rc(p, PQexec(p->c, plain ? plain : sql));
     free(plain);
+    /* a swap is seen by the other connections once it has committed:
+     * statements prepared again before would see the old tables */
+    if (rpg_changes_schema(sql))
+        p->ddl = 1;
+    if (p->ddl && PQtransactionStatus(p->c) == PQTRANS_IDLE) {
+        p->ddl = 0;
+        atomic_fetch_add(&rpg_schema_gen, 1);
+    }
     if (rc != CQ_OK && err != NULL)
         snprintf(err, errcap, "%s", p->err);
     return rc;

@@ -32,14 +32,29 @@
  * prepared again; others are deallocated at finalize. Parameters go as
  * text (int as decimal, double with 17 significant digits, NULL), blobs as
  * binary (bytea). The first step runs the statement and keeps its whole
- * result; steps walk its rows. A statement that returns no rows runs as
- * prepared (PQexecPrepared: the projector's inserts and updates keep
- * their plan); one that returns rows runs from its text (PQexecParams,
- * with the same parameter types), because PostgreSQL refuses to run a
- * prepared statement whose result columns changed ("cached plan must not
- * change result type"), as a query's do when a rebuild swaps its tables
- * for ones of a new definition; SQLite prepares such a statement again
- * by itself.
+ * result; steps walk its rows. Every statement runs as prepared
+ * (PQexecPrepared: parsed and planned once per connection).
+ *
+ * Result columns that change: PostgreSQL refuses to run a prepared
+ * statement whose result columns changed ("cached plan must not change
+ * result type", SQLSTATE 0A000), as a query's do when a rebuild swaps its
+ * tables for ones of a new definition; SQLite prepares such a statement
+ * again by itself. Here:
+ *  1. Each statement that returns rows remembers the schema generation
+ *     (rpg_schema_gen) it was prepared in. A connection that ran a
+ *     statement which may change a table's shape (rpg_changes_schema:
+ *     ALTER, DROP, RENAME, REPLACE) bumps the generation once its
+ *     transaction has ended (committed or not), so every connection of the
+ *     process prepares such a statement again, under a new name, before
+ *     it next runs it (a prepare is allowed inside a transaction: no
+ *     failure, no lost snapshot).
+ *  2. A swap that the generation did not see (another process's, or one
+ *     racing with the step) shows as 0A000. The statement forgets its
+ *     name and prepares again on its next step. Outside a transaction it
+ *     runs once more at once; inside one the transaction has failed, so
+ *     the failure is returned (CQ_EINVAL) and the caller runs its
+ *     transaction again (src/query/read.c does, once).
+ * Statements that return no rows cannot hit 0A000 and keep their plan.
  *
  * Threads: none of its own; a PGconn and everything here belong to one
  * thread at a time.
@@ -47,6 +62,7 @@
 #ifndef CQ_STORE_RDB_PG_INT_H
 #define CQ_STORE_RDB_PG_INT_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include <libpq-fe.h>
@@ -65,6 +81,7 @@ typedef struct pg_cached {
     char *sql;
     char name[24];
     unsigned gen; /* pg_conn.gen it was prepared in */
+    unsigned schema; /* rpg_schema_gen it was prepared in */
     int rows;     /* it returns rows (pg_stmt.rows) */
     Oid *types;   /* pg_stmt.exec_types, or NULL */
 } pg_cached;
@@ -76,6 +93,7 @@ typedef struct pg_conn {
      * again when it reconnects (revive), or "" */
     char session[256];
     int listening; /* it LISTENs: never connected again silently */
+    int ddl; /* its open transaction may have changed a table's shape */
     unsigned gen;  /* bumped by PQreset: the server forgot every statement */
     int code;      /* the last failure's CQ_* code, CQ_OK after a success */
     char err[1024];
@@ -100,11 +118,12 @@ typedef struct pg_stmt {
     char *sql; /* rewritten: $N */
     char name[24];
     unsigned gen;
+    unsigned schema; /* rpg_schema_gen it was prepared in */
     int persistent;
     int nparams;
     Oid *types;      /* gap_types, or NULL */
     Oid *exec_types; /* the parameter types it runs with, or NULL */
-    int rows;        /* it returns rows: run from its text (see the top) */
+    int rows;        /* it returns rows: prepared again after a swap */
     pg_param *params;
     const char **vals; /* scratch for PQexecPrepared */
     int *lens, *fmts;
@@ -133,6 +152,11 @@ enum {
 };
 
 /* rdb_pg.c */
+
+/* The schema generation: bumped when a transaction that may have changed a
+ * table's shape ends on any connection of the process (see the top). The
+ * process's only shared state here besides statement names; atomic. */
+extern atomic_uint rpg_schema_gen;
 
 /* Record r's failure (or the connection's, r NULL) on p; its code. */
 int rpg_fail(pg_conn *p, const PGresult *r);
@@ -170,6 +194,10 @@ char *rpg_rewrite(const char *sql, int *nparams, Oid **types, int *empty);
  * bits (the caller frees them); *wide says whether one was. NULL when it
  * cannot be told (or out of memory). */
 Oid *rpg_widened(const PGresult *d, int nparams, int *wide);
+/* 1 when sql may change the shape of a table or view: it holds the word
+ * ALTER, DROP, RENAME or REPLACE anywhere, in any case (in a literal or a
+ * comment too: an over-estimate costs only prepares). */
+int rpg_changes_schema(const char *sql);
 
 /* rdb_pg_stmt.c: the statement operations of cq_rdb_pg_ops (rdb.h) */
 

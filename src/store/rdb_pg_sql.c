@@ -230,3 +230,19 @@ Oid *rpg_widened(const PGresult *d, int nparams, int *wide)
     }
     return types;
 }
+
+int rpg_changes_schema(const char *sql)
+{
+    static const char *const words[] = {"ALTER", "DROP", "RENAME", "REPLACE"};
+
+    for (const char *s = sql; *s != '\0'; s++) {
+        if (!ident_char(*s) || (s > sql && ident_char(s[-1])))
+            continue;
+        for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+            size_t n = strlen(words[i]);
+            if (strncasecmp(s, words[i], n) == 0 && !ident_char(s[n]))
+                return 1;
+        }
+    }
+    return 0;
+}

@@ -35,15 +35,33 @@ static int statement_gone(const PGresult *r)
     return state != NULL && strcmp(state, "26000") == 0;
 }
 
-static void forget_cached(pg_conn *p, const char *name)
+/* Did r fail because the statement's result columns changed since it was
+ * prepared (a rebuild's swap that the schema generation did not see)? */
+static int result_changed(const PGresult *r)
+{
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+
+    return state != NULL && strcmp(state, "0A000") == 0;
+}
+
+/* Take name out of the cache; 1 if it was there. */
+static int forget_cached(pg_conn *p, const char *name)
 {
     for (size_t i = 0; i < p->ncache; i++)
         if (strcmp(p->cache[i].name, name) == 0) {
             free(p->cache[i].sql);
             free(p->cache[i].types);
             p->cache[i] = p->cache[--p->ncache];
-            return;
+            return 1;
         }
+    return 0;
+}
+
+/* Does a statement that returns rows, prepared in schema generation
+ * `schema`, need preparing again (see rdb_pg_int.h)? */
+static int stale(int rows, unsigned schema)
+{
+    return rows && schema != atomic_load(&rpg_schema_gen);
 }
 
 static const pg_cached *find_cached(pg_conn *p, const char *sql)
@@ -87,6 +105,7 @@ static void add_cached(pg_conn *p, const pg_stmt *st)
              name);
     p->cache[p->ncache].gen = p->gen;
     p->cache[p->ncache].rows = st->rows;
+    p->cache[p->ncache].schema = st->schema;
     p->cache[p->ncache].types = types_dup(st->exec_types, st->nparams);
     p->ncache++;
 }
@@ -124,6 +143,20 @@ static void deallocate(pg_stmt *st)
     st->name[0] = '\0';
 }
 
+/* Let go of st's server-side statement, to be prepared again under a new
+ * name: deallocated once the transaction allows it, by whoever owns the
+ * name (st itself, or for a persistent statement the connection's cache,
+ * once: twins that shared the name find it gone from the cache). */
+static void retire(pg_stmt *st)
+{
+    pg_conn *p = st->db;
+
+    if (st->name[0] != '\0' && st->gen == p->gen &&
+        (!st->persistent || forget_cached(p, st->name)))
+        bury(p, st->name);
+    st->name[0] = '\0';
+}
+
 /* PQprepare st->sql as st->name with these parameter types (NULL: st's
  * own, gap_types). */
 static int prepare_as(pg_stmt *st, const Oid *types)
@@ -142,8 +175,8 @@ static int prepare_as(pg_stmt *st, const Oid *types)
 /* Prepare st's text on the server under a new name, which checks it as
  * SQLite's prepare does, and learn from its description whether it
  * returns rows and the parameter types to run it with (rpg_widened()). A
- * statement that returns none and had a parameter widened is prepared
- * again with the wide types. */
+ * statement that had a parameter widened is prepared again with the wide
+ * types. */
 static int server_prepare(pg_stmt *st)
 {
     pg_conn *p = st->db;
@@ -154,6 +187,9 @@ static int server_prepare(pg_stmt *st)
     snprintf(st->name, sizeof st->name, "cq_%u",
              atomic_fetch_add(&next_name, 1) + 1);
     st->gen = p->gen;
+    /* read before the prepare: a swap that commits meanwhile makes it
+     * prepare again, never run with a plan of the old tables unnoticed */
+    st->schema = atomic_load(&rpg_schema_gen);
     rc = prepare_as(st, NULL);
     if (rc != CQ_OK) {
         st->name[0] = '\0';
@@ -168,7 +204,7 @@ static int server_prepare(pg_stmt *st)
     } else {
         PQclear(d);
     }
-    if (wide && !st->rows) {
+    if (wide) {
         char sql[48];
         snprintf(sql, sizeof sql, "DEALLOCATE %s", st->name);
         PQclear(PQexec(p->c, sql));
@@ -208,7 +244,7 @@ int rpg_prepare(void *impl, const char *sql, unsigned flags, void **out,
 {
     pg_conn *p = impl;
     pg_stmt *st = calloc(1, sizeof *st);
-    const pg_cached *c;
+    const pg_cached *c = NULL;
     char *plain = rpg_plain_begin(sql);
     int rc = CQ_ENOMEM, empty = 0;
 
@@ -236,10 +272,18 @@ int rpg_prepare(void *impl, const char *sql, unsigned flags, void **out,
         if (!st->params || !st->vals || !st->lens || !st->fmts)
             goto fail;
     }
-    if (st->persistent && (c = find_cached(p, st->sql)) != NULL) {
+    if (st->persistent && (c = find_cached(p, st->sql)) != NULL &&
+        stale(c->rows, c->schema)) {
+        /* prepared before a swap: its twins prepare again as they step */
+        bury(p, c->name);
+        forget_cached(p, c->name);
+        c = NULL;
+    }
+    if (c != NULL) {
         snprintf(st->name, sizeof st->name, "%s", c->name);
         st->gen = p->gen;
         st->rows = c->rows;
+        st->schema = c->schema;
         st->exec_types = types_dup(c->types, st->nparams);
         p->code = CQ_OK;
     } else {
@@ -383,6 +427,19 @@ int rpg_bind_null(void *vst, int i)
     return param(vst, i) != NULL ? CQ_OK : CQ_EINVAL;
 }
 
+/* After st->res failed: forget st's name if the server forgot it (a
+ * DEALLOCATE ALL) or refuses it (its result columns changed), so that the
+ * next run prepares it anew. */
+static void forget_name(pg_stmt *st)
+{
+    if (statement_gone(st->res)) {
+        forget_cached(st->db, st->name); /* nothing left to deallocate */
+        st->name[0] = '\0';
+    } else if (result_changed(st->res)) {
+        retire(st);
+    }
+}
+
 int rpg_step(void *vst)
 {
     pg_stmt *st = vst;
@@ -410,24 +467,31 @@ int rpg_step(void *vst)
         st->fmts[i] = st->params[i].fmt;
     }
     for (int tries = 0;; tries++) {
-        if (!st->rows && (st->gen != p->gen || st->name[0] == '\0')) {
-            /* the session was reset: the server forgot the statement */
+        if (st->gen != p->gen || st->name[0] == '\0' ||
+            stale(st->rows, st->schema)) {
+            /* the session was reset (the server forgot the statement), or
+             * a swap may have changed its result columns */
+            retire(st);
             rc = server_prepare(st);
             if (rc != CQ_OK)
                 return rc;
         }
-        /* one that returns rows runs from its text: parsed now, its
-         * result columns are those of the tables as they are now */
-        st->res = st->rows
-                      ? PQexecParams(p->c, st->sql, st->nparams, st->exec_types,
-                                     st->vals, st->lens, st->fmts, 0)
-                      : PQexecPrepared(p->c, st->name, st->nparams, st->vals,
-                                       st->lens, st->fmts, 0);
+        st->res = PQexecPrepared(p->c, st->name, st->nparams, st->vals,
+                                 st->lens, st->fmts, 0);
         s = st->res != NULL ? PQresultStatus(st->res) : PGRES_FATAL_ERROR;
         if (s == PGRES_TUPLES_OK || s == PGRES_COMMAND_OK ||
-            s == PGRES_EMPTY_QUERY || tries > 0 || !rpg_revive(p, before))
+            s == PGRES_EMPTY_QUERY || tries > 0)
             break;
-        PQclear(st->res); /* connected again: once more */
+        if (result_changed(st->res) || statement_gone(st->res)) {
+            /* prepared anew and run once more, unless a transaction was
+             * open: that has failed with it (the caller runs it again) */
+            if (before != PQTRANS_IDLE)
+                break;
+            forget_name(st);
+        } else if (!rpg_revive(p, before)) {
+            break;
+        }
+        PQclear(st->res); /* once more */
         st->res = NULL;
     }
     if (s == PGRES_TUPLES_OK && PQntuples(st->res) > 0) {
@@ -442,11 +506,7 @@ int rpg_step(void *vst)
         return CQ_RSTEP_DONE;
     }
     rc = rpg_fail(p, st->res);
-    if (!st->rows && statement_gone(st->res)) {
-        /* the next step prepares it anew */
-        forget_cached(p, st->name);
-        st->name[0] = '\0';
-    }
+    forget_name(st); /* the next step prepares it anew, if it helps */
     PQclear(st->res);
     st->res = NULL;
     return rc;
