@@ -31,6 +31,11 @@ atomic_uint rpg_schema_gen;
 
 static int pg_event(PGEventId id, void *info, void *pass);
 
+pg_conn *rpg_conn_if_any(PGconn *c)
+{
+    return PQinstanceData(c, pg_event);
+}
+
 static pg_conn *conn_of(PGconn *c)
 {
     pg_conn *p = PQinstanceData(c, pg_event);
@@ -77,6 +82,7 @@ static int pg_event(PGEventId id, void *info, void *pass)
         if (p != NULL) {
             p->gen++;
             p->ndead = 0; /* gone with the session */
+            p->owed = 0;
         }
     }
     return 1;
@@ -250,7 +256,8 @@ void rpg_flush_dead(pg_conn *p)
 {
     PGTransactionStatusType ts = PQtransactionStatus(p->c);
 
-    if (p->ndead == 0 || (ts != PQTRANS_IDLE && ts != PQTRANS_INTRANS))
+    if (p->ndead == 0 || p->owed > 0 ||
+        (ts != PQTRANS_IDLE && ts != PQTRANS_INTRANS))
         return;
     while (p->ndead > 0) {
         char sql[48];
@@ -264,13 +271,18 @@ static int pg_exec(void *impl, const char *sql, char *err, size_t errcap)
     pg_conn *p = impl;
     char *plain = rpg_plain_begin(sql);
     PGTransactionStatusType before = PQtransactionStatus(p->c);
-    int rc;
+    int rc, owed_rc = rpg_drain(p);
 
     rpg_flush_dead(p);
     rc = rpg_result_rc(p, PQexec(p->c, plain ? plain : sql));
     if (rc != CQ_OK && rpg_revive(p, before))
         rc = rpg_result_rc(p, PQexec(p->c, plain ? plain : sql));
     free(plain);
+    /* a savepoint statement sent before failed: the transaction with it,
+     * unless sql ended it (a ROLLBACK) */
+    if (rc == CQ_OK && owed_rc != CQ_OK &&
+        PQtransactionStatus(p->c) != PQTRANS_IDLE)
+        rc = p->code = owed_rc; /* its message is still in p->err */
     /* a swap is seen by the other connections once it has committed:
      * statements prepared again before would see the old tables */
     if (rpg_changes_schema(sql))
@@ -316,8 +328,11 @@ cq_rtype rpg_type_of(Oid t)
 PGresult *rpg_query(pg_conn *p, const char *sql, int n,
                        const char *const *vals)
 {
-    PGresult *r = PQexecParams(p->c, sql, n, NULL, vals, NULL, NULL, 0);
+    PGresult *r;
 
+    if (rpg_drain(p) != CQ_OK)
+        return NULL;
+    r = PQexecParams(p->c, sql, n, NULL, vals, NULL, NULL, 0);
     if (r != NULL && PQresultStatus(r) == PGRES_TUPLES_OK) {
         p->code = CQ_OK;
         return r;

@@ -11,6 +11,7 @@
  *                   modes, parameter types widened
  *   rdb_pg_stmt.c   statements: the per-connection cache of prepared
  *                   statements, prepare, bind, step, columns
+ *   rdb_pg_pipe.c   savepoint statements answered with the next one
  *   rdb_pg_notify.c across connections: advisory locks, NOTIFY, LISTEN
  *
  * A connection's impl is a pg_conn: the PGconn, the last failure, the
@@ -94,6 +95,8 @@ typedef struct pg_conn {
     char session[256];
     int listening; /* it LISTENs: never connected again silently */
     int ddl; /* its open transaction may have changed a table's shape */
+    int owed; /* savepoint statements sent in an open pipeline whose
+               * answers are still to be read (rdb_pg_pipe.c) */
     unsigned gen;  /* bumped by PQreset: the server forgot every statement */
     int code;      /* the last failure's CQ_* code, CQ_OK after a success */
     char err[1024];
@@ -120,6 +123,7 @@ typedef struct pg_stmt {
     unsigned gen;
     unsigned schema; /* rpg_schema_gen it was prepared in */
     int persistent;
+    int savepoint_op; /* SAVEPOINT x or RELEASE x (rdb_pg_pipe.c) */
     int nparams;
     Oid *types;      /* gap_types, or NULL */
     Oid *exec_types; /* the parameter types it runs with, or NULL */
@@ -165,6 +169,8 @@ int rpg_fail_msg(pg_conn *p, int code, const char *msg);
 /* Result r (taken) was expected to be a command or rows: CQ_OK, or the
  * failure recorded. */
 int rpg_result_rc(pg_conn *p, PGresult *r);
+/* c's pg_conn, or NULL when it has none (never wrapped). */
+pg_conn *rpg_conn_if_any(PGconn *c);
 /* Run sql with text parameters; the result (the caller's to PQclear), or
  * NULL with the failure recorded. */
 PGresult *rpg_query(pg_conn *p, const char *sql, int n,
@@ -178,6 +184,24 @@ void rpg_flush_dead(pg_conn *p);
 int rpg_revive(pg_conn *p, PGTransactionStatusType before);
 /* What values of type t come back as (when not NULL). */
 cq_rtype rpg_type_of(Oid t);
+
+/* rdb_pg_pipe.c */
+
+#define RPG_MAX_OWED 4 /* savepoint statements held in one pipeline */
+
+/* May st (a step of it) be sent now and answered later (see the file)? */
+int rpg_deferrable(const pg_stmt *st);
+/* Send st in the connection's open pipeline (opened if need be): CQ_OK,
+ * or the failure recorded (the connection is then broken). */
+int rpg_defer(pg_stmt *st);
+/* Read the owed answers (none: CQ_OK at once) and leave pipeline mode:
+ * CQ_OK, or the first failure, recorded. */
+int rpg_drain(pg_conn *p);
+/* Run st (its parameters in st->vals..) behind the owed statements, in one
+ * round trip: its result (the caller's to PQclear; a failure of its own
+ * included), or NULL with *rc the owed statements' failure (st did not
+ * run) or the connection's. */
+PGresult *rpg_exec_after(pg_stmt *st, int *rc);
 
 /* rdb_pg_sql.c */
 
@@ -198,6 +222,8 @@ Oid *rpg_widened(const PGresult *d, int nparams, int *wide);
  * ALTER, DROP, RENAME or REPLACE anywhere, in any case (in a literal or a
  * comment too: an over-estimate costs only prepares). */
 int rpg_changes_schema(const char *sql);
+/* 1 when sql is one `SAVEPOINT name` or `RELEASE [SAVEPOINT] name`. */
+int rpg_is_savepoint_op(const char *sql);
 
 /* rdb_pg_stmt.c: the statement operations of cq_rdb_pg_ops (rdb.h) */
 

@@ -90,7 +90,9 @@ int rpg_listen(void *impl, const char *channel)
     sprintf(sql, "LISTEN %s", id);
     PQfreemem(id);
     p->listening = 1; /* a new session would not listen (revive) */
-    rc = rpg_result_rc(p, PQexec(p->c, sql));
+    rc = rpg_drain(p);
+    if (rc == CQ_OK)
+        rc = rpg_result_rc(p, PQexec(p->c, sql));
     free(sql);
     return rc;
 }

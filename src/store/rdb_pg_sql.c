@@ -231,6 +231,31 @@ Oid *rpg_widened(const PGresult *d, int nparams, int *wide)
     return types;
 }
 
+int rpg_is_savepoint_op(const char *sql)
+{
+    const char *s = sql + strspn(sql, " \t\r\n");
+    size_t n;
+
+    if (strncasecmp(s, "SAVEPOINT", 9) == 0 && !ident_char(s[9]))
+        s += 9;
+    else if (strncasecmp(s, "RELEASE", 7) == 0 && !ident_char(s[7]))
+        s += 7;
+    else
+        return 0;
+    s += strspn(s, " \t\r\n");
+    if (strncasecmp(s, "SAVEPOINT", 9) == 0 && !ident_char(s[9]))
+        s += 9 + strspn(s + 9, " \t\r\n");
+    for (n = 0; ident_char(s[n]) && s[n] != '$'; n++)
+        ;
+    if (n == 0)
+        return 0;
+    s += n;
+    s += strspn(s, " \t\r\n");
+    if (*s == ';')
+        s++;
+    return s[strspn(s, " \t\r\n")] == '\0';
+}
+
 int rpg_changes_schema(const char *sql)
 {
     static const char *const words[] = {"ALTER", "DROP", "RENAME", "REPLACE"};

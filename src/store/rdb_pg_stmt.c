@@ -133,7 +133,7 @@ static void deallocate(pg_stmt *st)
 
     if (st->name[0] == '\0' || st->gen != p->gen)
         return; /* none, or gone with the session */
-    if (ts == PQTRANS_IDLE || ts == PQTRANS_INTRANS) {
+    if (p->owed == 0 && (ts == PQTRANS_IDLE || ts == PQTRANS_INTRANS)) {
         char sql[48];
         snprintf(sql, sizeof sql, "DEALLOCATE %s", st->name);
         PQclear(PQexec(p->c, sql));
@@ -264,6 +264,7 @@ int rpg_prepare(void *impl, const char *sql, unsigned flags, void **out,
     st->row = -1;
     st->blob_col = -1;
     st->persistent = (flags & CQ_RDB_PERSISTENT) != 0;
+    st->savepoint_op = rpg_is_savepoint_op(st->sql);
     if (st->nparams > 0) {
         st->params = calloc((size_t)st->nparams, sizeof *st->params);
         st->vals = calloc((size_t)st->nparams, sizeof *st->vals);
@@ -288,6 +289,11 @@ int rpg_prepare(void *impl, const char *sql, unsigned flags, void **out,
         p->code = CQ_OK;
     } else {
         PGTransactionStatusType before = PQtransactionStatus(p->c);
+        rc = rpg_drain(p);
+        if (rc != CQ_OK) {
+            snprintf(err, errcap, "%s: %s", sql, p->err);
+            goto cleanup;
+        }
         rpg_flush_dead(p);
         rc = server_prepare(st);
         if (rc != CQ_OK && rpg_revive(p, before))
@@ -459,6 +465,14 @@ int rpg_step(void *vst)
         st->done = 1;
         return CQ_RSTEP_DONE;
     }
+    if (rpg_deferrable(st)) {
+        /* answered with the next statement (rdb_pg_pipe.c) */
+        rc = rpg_defer(st);
+        if (rc != CQ_OK)
+            return rc;
+        st->done = 1;
+        return CQ_RSTEP_DONE;
+    }
     before = PQtransactionStatus(p->c);
     rpg_flush_dead(p);
     for (int i = 0; i < st->nparams; i++) {
@@ -472,12 +486,15 @@ int rpg_step(void *vst)
             /* the session was reset (the server forgot the statement), or
              * a swap may have changed its result columns */
             retire(st);
-            rc = server_prepare(st);
+            rc = rpg_drain(p);
+            if (rc == CQ_OK)
+                rc = server_prepare(st);
             if (rc != CQ_OK)
                 return rc;
         }
-        st->res = PQexecPrepared(p->c, st->name, st->nparams, st->vals,
-                                 st->lens, st->fmts, 0);
+        st->res = rpg_exec_after(st, &rc);
+        if (st->res == NULL && rc != CQ_OK)
+            return rc; /* a savepoint statement before it failed */
         s = st->res != NULL ? PQresultStatus(st->res) : PGRES_FATAL_ERROR;
         if (s == PGRES_TUPLES_OK || s == PGRES_COMMAND_OK ||
             s == PGRES_EMPTY_QUERY || tries > 0)
@@ -526,7 +543,8 @@ static const PGresult *shape(pg_stmt *st)
 {
     if (st->res != NULL)
         return st->res;
-    if (st->desc == NULL && st->name[0] != '\0') {
+    if (st->desc == NULL && st->name[0] != '\0' &&
+        rpg_drain(st->db) == CQ_OK) {
         PGresult *r = PQdescribePrepared(st->db->c, st->name);
         if (r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK)
             st->desc = r;
