@@ -56,4 +56,11 @@ typedef struct cq_rdb cq_rdb;
  * statements. NULL when out of memory (c is then still the caller's). */
 cq_rdb *cq_rdb_pg_wrap(PGconn *c, int owned);
 
+/* The number of savepoint statements a view of c sent in a pipeline it
+ * left open (rdb_pg_pipe.c), whose answers the caller now owes reading, in
+ * order, before those of anything it sends itself; the view forgets them.
+ * 0 when there are none (c in pipeline mode then is the caller's own
+ * doing). For the event store, whose write connection is such a view's. */
+int cq_rdb_pg_adopt_queued(PGconn *c);
+
 #endif

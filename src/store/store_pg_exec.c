@@ -144,6 +144,25 @@ void pgs_clear(pgs_q *q, int n)
     }
 }
 
+/* Take over what the write view (an inline projection's SAVEPOINT or
+ * RELEASE) sent in a pipeline it left open: its answers come first, as
+ * statements queued here (cq_rdb_pg_adopt_queued). The view queues only
+ * when nothing of ours is (our pipeline open, it would fail instead), so
+ * they fit; if they did not, nothing sensible could be read back. */
+static int adopt(pgs_conn *pc)
+{
+    int n = cq_rdb_pg_adopt_queued(pc->c);
+
+    if (n > PGS_MAX_QUEUED - pc->queued) {
+        pc->broken = 1;
+        return CQ_EIO;
+    }
+    while (n-- > 0)
+        pc->queued_what[pc->queued++] =
+            "a savepoint statement of an inline projection";
+    return CQ_OK;
+}
+
 static int send_one(pgs_conn *pc, const pgs_q *q)
 {
     if (q->stmt < 0)
@@ -235,6 +254,8 @@ static int take_results(pgs_conn *pc, pgs_q *q, int n, char *err, size_t cap,
 int pgs_queue_q(pgs_conn *pc, const pgs_q *q, const char *what, char *err,
                 size_t cap)
 {
+    if (adopt(pc) != CQ_OK)
+        return pgs_fail(pc->c, NULL, err, cap, what);
     if (pc->queued >= PGS_MAX_QUEUED) {
         int rc = pgs_drain(pc, err, cap);
         if (rc != CQ_OK)
@@ -261,6 +282,10 @@ int pgs_queue(pgs_conn *pc, const char *sql, const char *what, char *err,
  * or the first failure's code with its message. */
 int pgs_drain(pgs_conn *pc, char *err, size_t cap)
 {
+    if (adopt(pc) != CQ_OK) {
+        pc->queued = 0;
+        return pgs_fail(pc->c, NULL, err, cap, "a pipeline");
+    }
     if (pc->queued == 0)
         return CQ_OK;
     if (pc->broken || PQpipelineSync(pc->c) != 1) {
@@ -282,6 +307,10 @@ int pgs_run(pgs_conn *pc, pgs_q *q, int n, char *err, size_t cap,
 {
     int rc = CQ_OK;
 
+    if (adopt(pc) != CQ_OK) {
+        pc->queued = 0;
+        return pgs_fail(pc->c, NULL, err, cap, ctx);
+    }
     pc->queued_failed = 0;
     for (int i = 0; i < n; i++)
         q[i].res = NULL;

@@ -877,17 +877,21 @@ static void test_pg_statement_life(void **state)
     assert_string_equal(cq_rstmt_column_text(st, 1), "x");
     cq_rstmt_finalize(st);
 
-    /* a statement the server forgot (DEALLOCATE ALL) fails once and is
-     * prepared anew */
+    /* a statement the server forgot (DEALLOCATE ALL) is prepared anew:
+     * outside a transaction it runs at once (nothing failed with it);
+     * inside one it fails once, with the transaction */
     assert_int_equal(cq_rdb_prepare(db, "INSERT INTO w (a) VALUES (?1)",
                                     CQ_RDB_PERSISTENT, &st, err, sizeof err),
                      CQ_OK);
     cq_rstmt_bind_int(st, 1, 2);
     exec_ok(db, "DEALLOCATE ALL");
+    assert_int_equal(cq_rstmt_run(st), CQ_OK);
+    exec_ok(db, "BEGIN; DEALLOCATE ALL");
     assert_int_equal(cq_rstmt_run(st), CQ_EINVAL);
+    exec_ok(db, "ROLLBACK");
     assert_int_equal(cq_rstmt_run(st), CQ_OK);
     cq_rstmt_finalize(st);
-    assert_int_equal(select_int(db, "SELECT count(*) FROM w"), 2);
+    assert_int_equal(select_int(db, "SELECT count(*) FROM w"), 3);
     cq_rdb_close(db);
 }
 
