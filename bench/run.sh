@@ -88,7 +88,7 @@
 #   BENCH_WINDOW_SECONDS=20    ... or seconds, whichever comes first
 #   BENCH_RTT=5000             GET /healthz round trips (the floor)
 #   BENCH_CATCHUP_ORDERS=250000  orders of 4 events in the catch-up store
-#   BENCH_CATCHUP_TIMEOUT=300  seconds for the server to start and catch up
+#   BENCH_CATCHUP_TIMEOUT=300  seconds for each catch-up server to start and catch up
 #   BENCH_REBUILD_TIMEOUT=300  seconds for the rebuild to finish
 #   BENCH_PRUNE_KEYS=275000    expired idempotency keys to prune ...
 #   BENCH_PRUNE_COMMANDS=3000  ... while this many keyed commands run
