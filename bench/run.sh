@@ -26,6 +26,7 @@
 #      copy and bench_catchup (bench/catchup.c) times the catch-up:
 #      order_summaries alone (--only: sales_dashboard paused), sales_dashboard
 #      alone, and both together; each catch-up as % of its reference;
+#      BENCH_CATCHUP_ROUNDS rounds of the three, medians reported;
 #   7b. blue/green rebuild, on the server of both once caught up:
 #      bench_rebuild (bench/rebuild.c) POSTs
 #      /projections/order_summaries/rebuild, polls
