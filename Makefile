@@ -43,7 +43,7 @@ test: build
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 \
 		ctest --output-on-failure --no-tests=error -LE browser -j 2
 
-# The benchmarks (bench/run.sh; bench/README.md): some 15 minutes with the
+# The benchmarks (bench/run.sh; bench/README.md): some 25 minutes with the
 # defaults, BENCH_QUICK=1 for a few. gnuplot draws the figures of
 # docs/benchmarks.md, which the run rewrites (BENCH_DOCS=0: not); npm
 # installs the Emmett peer into build/emmett. npm only if there is none (as
