@@ -28,7 +28,13 @@
  *      which runs a PASSIVE checkpoint on its own connection. It takes no
  *      lock the writer or the readers wait for. Not after every commit:
  *      each pass ends with an fsync of the database, which the device
- *      serves beside the writer's own.
+ *      serves beside the writer's own. A log whose commits are not synced
+ *      (the writing connection's synchronous is below FULL: read.db's)
+ *      gets a pass every CQ_WAL_UNSYNCED_PASS_FRAMES frames from the
+ *      start instead: a pass first syncs the log up to what it copies,
+ *      and a pass of 500 frames put 2 MiB on the device at once, which
+ *      the next fsync of the other database (events.db's writer, whose
+ *      commit a client waits for) then waited behind (see pacing()).
  *   3. frames >= CQ_WAL_RESTART_FRAMES: reset the log with a RESTART
  *      checkpoint here, on the writing connection, with a busy timeout of
  *      CQ_WAL_RESTART_BUSY_MS -- but only once the checkpoint thread is
@@ -92,6 +98,8 @@ struct cq_wal {
     int last_frames;  /* frames after the previous commit */
     int next_pass;    /* frames at which to ask the thread for a pass */
     int next_restart; /* frames at which to try a RESTART */
+    int first_pass;   /* frames of the first pass of a cycle, then ... */
+    int pass_frames;  /* ... every that many more (see pacing()) */
     _Atomic int64_t restarts;
     _Atomic int64_t passes; /* PASSIVE checkpoints the thread has run */
     int last_error; /* checkpoint thread only: logged once per change */
@@ -157,7 +165,7 @@ static void new_cycle(cq_wal *w)
     w->cycle++;
     w->pass_log = -1;
     pthread_mutex_unlock(&w->mu);
-    w->next_pass = CQ_WAL_CHECKPOINT_FRAMES;
+    w->next_pass = w->first_pass;
     w->next_restart = CQ_WAL_RESTART_FRAMES;
 }
 
@@ -225,7 +233,7 @@ static int on_commit(void *arg, sqlite3 *db, const char *schema, int frames)
         w->due = 1;
         pthread_cond_signal(&w->cv);
         pthread_mutex_unlock(&w->mu);
-        w->next_pass = frames + CQ_WAL_PASS_FRAMES;
+        w->next_pass = frames + w->pass_frames;
     }
     return SQLITE_OK; /* the commit stands whatever happened here */
 }
@@ -242,6 +250,29 @@ static int page_size(sqlite3 *db)
         n = sqlite3_column_int(st, 0);
     sqlite3_finalize(st);
     return n;
+}
+
+/* How often the thread runs a pass (step 2 of the protocol): the first
+ * pass and the interval after it, from the writing connection's
+ * synchronous setting as it is when cq_wal_start runs. */
+static void pacing(cq_wal *w)
+{
+    sqlite3_stmt *st = NULL;
+    int level = 2;
+
+    if (sqlite3_prepare_v2(w->writer, "PRAGMA synchronous", -1, &st, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        level = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (level >= 2) { /* FULL or EXTRA: every commit synced the log */
+        w->first_pass = CQ_WAL_CHECKPOINT_FRAMES;
+        w->pass_frames = CQ_WAL_PASS_FRAMES;
+    } else {
+        w->first_pass = CQ_WAL_UNSYNCED_PASS_FRAMES;
+        w->pass_frames = CQ_WAL_UNSYNCED_PASS_FRAMES;
+    }
+    w->next_pass = w->first_pass;
 }
 
 int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
@@ -263,7 +294,6 @@ int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
     snprintf(w->name, sizeof w->name, "%s", thread_name);
     w->writer = writer;
     w->busy_ms = busy_ms;
-    w->next_pass = CQ_WAL_CHECKPOINT_FRAMES;
     w->next_restart = CQ_WAL_RESTART_FRAMES;
     w->pass_log = -1;
     pthread_mutex_init(&w->mu, NULL);
@@ -288,6 +318,7 @@ int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
         snprintf(err, errcap, "%s: %s", path, sqlite3_errmsg(writer));
         goto fail;
     }
+    pacing(w);
     if (pthread_create(&w->thread, NULL, keeper_main, w) != 0) {
         snprintf(err, errcap, "%s: cannot start the checkpoint thread", path);
         goto fail;

@@ -10,7 +10,10 @@
  *     log, and then every CQ_WAL_PASS_FRAMES more, a thread of its own
  *     copies them into the database with a PASSIVE checkpoint, on its own
  *     connection (the database fsync stays off the writing thread;
- *     readers and the writer never wait);
+ *     readers and the writer never wait); when the writing connection's
+ *     synchronous is below FULL (its commits do not sync the log, as
+ *     read.db's), every CQ_WAL_UNSYNCED_PASS_FRAMES frames from the start
+ *     instead, so each pass syncs little of the log at once;
  *   - from CQ_WAL_RESTART_FRAMES frames on (under continuous writes SQLite
  *     rarely resets the log by itself), the writing thread resets it with
  *     a RESTART checkpoint right after a commit, once the thread's last
@@ -36,6 +39,7 @@
 
 #define CQ_WAL_CHECKPOINT_FRAMES 1000 /* as SQLite's own autocheckpoint */
 #define CQ_WAL_PASS_FRAMES 500
+#define CQ_WAL_UNSYNCED_PASS_FRAMES 100 /* synchronous below FULL */
 #define CQ_WAL_RESTART_FRAMES 3000
 #define CQ_WAL_RESTART_GAP 256
 #define CQ_WAL_LIMIT_FRAMES 4000

@@ -51,7 +51,9 @@ static void exec_ok(sqlite3 *db, const char *sql)
         fail_msg("%s: %s", sql, msg ? msg : sqlite3_errstr(rc));
 }
 
-static int setup(void **state)
+/* A fresh database whose writer runs with `synchronous` (NORMAL, as
+ * read.db's projector, or FULL, as events.db's writer). */
+static int setup_sync(void **state, const char *synchronous)
 {
     fixture *f = calloc(1, sizeof *f);
     const char *tmp = getenv("TMPDIR");
@@ -69,7 +71,7 @@ static int setup(void **state)
         return -1;
     sqlite3_busy_timeout(f->writer, 5000);
     exec_ok(f->writer, "PRAGMA journal_mode = WAL");
-    exec_ok(f->writer, "PRAGMA synchronous = NORMAL");
+    exec_ok(f->writer, synchronous);
     exec_ok(f->writer, "CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)");
     if (sqlite3_prepare_v2(f->writer, "INSERT INTO t (b) VALUES (zeroblob(?1))",
                            -1, &f->insert, NULL) != SQLITE_OK)
@@ -84,6 +86,16 @@ static int setup(void **state)
     }
     *state = f;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_sync(state, "PRAGMA synchronous = NORMAL");
+}
+
+static int setup_full(void **state)
+{
+    return setup_sync(state, "PRAGMA synchronous = FULL");
 }
 
 static int teardown(void **state)
@@ -218,18 +230,16 @@ static void test_reset_keeps_the_file(void **state)
     }
 }
 
-/* The checkpoint thread is asked for a pass once per CQ_WAL_PASS_FRAMES
- * frames, not after every commit (each pass that copies ends with an
- * fsync of the database). A reader holds its snapshot throughout, so
- * SQLite resets nothing by itself and every frame stays in this one log. */
-static void test_passes_are_paced(void **state)
+/* Commit rows, leaving the checkpoint thread time to run between two
+ * commits, up to just under the first reset attempt, while a reader
+ * holds its snapshot throughout (so SQLite resets nothing by itself and
+ * every frame stays in this one log); then give the thread time to
+ * finish. No reset may have happened. */
+static void commit_one_cycle(fixture *f)
 {
-    fixture *f = *state;
     struct timespec gap = {0, 200 * 1000}, pause = {0, 50 * 1000 * 1000};
 
     reader_begin(f);
-    /* up to just under the first reset attempt, leaving the thread time
-     * to run between two commits */
     for (int i = 0; i < 5000 && file_size(f->wal_path) <
                                     (int64_t)(CQ_WAL_RESTART_FRAMES - 100) *
                                         FRAME_BYTES;
@@ -240,11 +250,38 @@ static void test_passes_are_paced(void **state)
     nanosleep(&pause, NULL); /* time for the thread to finish a pass */
     reader_end(f);
     assert_int_equal(cq_wal_restarts(f->wal), 0);
+}
+
+/* A log whose commits are synced (synchronous=FULL: events.db) gets a
+ * pass once per CQ_WAL_PASS_FRAMES frames, not after every commit (each
+ * pass that copies ends with an fsync of the database). */
+static void test_passes_are_paced(void **state)
+{
+    fixture *f = *state;
+
+    commit_one_cycle(f);
     assert_true(cq_wal_passes(f->wal) >= 1);
     assert_true(cq_wal_passes(f->wal) <=
                 (CQ_WAL_RESTART_FRAMES - CQ_WAL_CHECKPOINT_FRAMES) /
                         CQ_WAL_PASS_FRAMES +
                     1);
+}
+
+/* A log whose commits are not synced (synchronous=NORMAL: read.db) gets
+ * a pass every CQ_WAL_UNSYNCED_PASS_FRAMES frames from the start: each
+ * pass first syncs the frames it copies, and the writer of the other
+ * database must not find a burst of them ahead of its own fsync. */
+static void test_unsynced_log_passes_are_small(void **state)
+{
+    fixture *f = *state;
+
+    commit_one_cycle(f);
+    assert_true(cq_wal_passes(f->wal) >
+                (CQ_WAL_RESTART_FRAMES - CQ_WAL_CHECKPOINT_FRAMES) /
+                        CQ_WAL_PASS_FRAMES +
+                    1);
+    assert_true(cq_wal_passes(f->wal) <=
+                CQ_WAL_RESTART_FRAMES / CQ_WAL_UNSYNCED_PASS_FRAMES);
 }
 
 static void test_bytes_and_free_null(void **state)
@@ -269,8 +306,10 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_reset_keeps_the_file, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_passes_are_paced, setup,
+        cmocka_unit_test_setup_teardown(test_passes_are_paced, setup_full,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_unsynced_log_passes_are_small,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_bytes_and_free_null, setup,
                                         teardown),
     };
