@@ -547,7 +547,7 @@ if step waiters; then
     SERVER_LOG=$TMP/server-waiters.log
     # every waiting query holds a connection, all from 127.0.0.1: room for
     # them beside wrk's (the defaults are 8192 in all, 1024 per address)
-    SERVER_EXTRA="--max-connections $((WAITERS + 2048)) --max-connections-per-ip $((WAITERS + 1024))"
+    SERVER_EXTRA="--max-connections $((WAITERS + 2048)) --max-connections-per-ip $((WAITERS + 1024)) --max-waiters $((WAITERS + 1024))"
     start_server "$TMP/wdata" "$PORT" $((START_TIMEOUT + 3 * WAITERS_SECONDS + WARMUP + 300))
     SERVER_EXTRA=
     if [ -z "$WT" ]; then
