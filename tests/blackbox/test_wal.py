@@ -145,11 +145,15 @@ class FullDiskTest(unittest.TestCase):
             os.rmdir(self.mnt)
             self.skipTest("cannot mount a tmpfs to fill (%s); run as root to "
                           "test a full disk" % r.stdout.decode().strip())
+        # the server's log goes elsewhere: on the full tmpfs its lines
+        # would be lost with the rest of what cannot be written
+        self.logdir = tempfile.mkdtemp(prefix="cqrsd-full-log-")
 
     def tearDown(self):
         subprocess.run(["umount", self.mnt], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         shutil.rmtree(self.mnt, ignore_errors=True)
+        shutil.rmtree(self.logdir, ignore_errors=True)
 
     def readyz(self, c):
         st, _, b = c.get("/readyz")
@@ -164,6 +168,7 @@ class FullDiskTest(unittest.TestCase):
     def test_full_disk_is_reported_and_recovers(self):
         data = os.path.join(self.mnt, "data")
         srv = Server(data_dir=data)
+        srv.stderr_path = os.path.join(self.logdir, "cqrsd-stderr.log")
         srv.start()
         c = Client(srv)
         try:
