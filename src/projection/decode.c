@@ -14,6 +14,21 @@
 #include "domain/domain.h"
 #include "projection/engine_int.h"
 
+/* The fields of pe->ev every handler sees, from the stored event: ids,
+ * position, and the recorded time as text (whole and its day). */
+static void set_event_fields(const cq_stored_event *se, parsed *pe)
+{
+    cq_format_time(se->recorded_at, pe->when);
+    memcpy(pe->day, pe->when, 10);
+    pe->day[10] = '\0';
+    pe->ev.stream_id = se->stream_id;
+    pe->ev.version = se->version;
+    pe->ev.position = se->position;
+    pe->ev.type = se->type;
+    pe->ev.time = pe->when;
+    pe->ev.day = pe->day;
+}
+
 /* Decode se (data, and metadata if need_meta) into pe through the one
  * decoder of stored events (domain/decode.c). `data`, if not NULL, is
  * se->data already parsed (borrowed). CQ_OK or CQ_ECORRUPT (pe->why says
@@ -27,15 +42,7 @@ int cq_eng_parse_event(const cq_domain *dom, const cq_stored_event *se,
     pe->ev.lazy = NULL;
     rc = cq_event_decode(dom, se, data, need_meta ? CQ_DECODE_METADATA : 0,
                          &pe->dec, pe->why, sizeof pe->why);
-    cq_format_time(se->recorded_at, pe->when);
-    memcpy(pe->day, pe->when, 10);
-    pe->day[10] = '\0';
-    pe->ev.stream_id = se->stream_id;
-    pe->ev.version = se->version;
-    pe->ev.position = se->position;
-    pe->ev.type = se->type;
-    pe->ev.time = pe->when;
-    pe->ev.day = pe->day;
+    set_event_fields(se, pe);
     pe->ev.data = pe->dec.data;
     pe->ev.metadata = pe->dec.metadata;
     return rc == CQ_OK ? CQ_OK : CQ_ECORRUPT;
@@ -77,15 +84,7 @@ int cq_eng_parse_event_lazy(const cq_domain *dom, const cq_stored_event *se,
     }
     pe->lz.text = text;
     pe->dec.schema_version = se->schema_version;
-    cq_format_time(se->recorded_at, pe->when);
-    memcpy(pe->day, pe->when, 10);
-    pe->day[10] = '\0';
-    pe->ev.stream_id = se->stream_id;
-    pe->ev.version = se->version;
-    pe->ev.position = se->position;
-    pe->ev.type = se->type;
-    pe->ev.time = pe->when;
-    pe->ev.day = pe->day;
+    set_event_fields(se, pe);
     pe->ev.lazy = &pe->lz;
     return CQ_OK;
 }
