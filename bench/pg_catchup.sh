@@ -16,10 +16,13 @@
 #      --read-store URI` on a fresh copy of the store and a fresh database,
 #      and bench_catchup --only NAME (the other paused as soon as the
 #      server is up) until the projection has applied the last event;
-#   4. prints each run's events/s and the server's CPU time per event
-#      (user + system of cqrsd, from /proc, over the whole run: decoding
-#      and the projector's libpq work; PostgreSQL's own CPU is not in it),
-#      then the medians per binary and projection.
+#   4. prints each run's events/s and the CPU time per event of cqrsd
+#      (user + system, from /proc, over the whole run: decoding and the
+#      projector's libpq work) and, on the throwaway cluster, of
+#      PostgreSQL (every process of the cluster, the exited backends
+#      included: the postmaster's own and its children's times), then the
+#      medians per binary and projection. On a machine shared with other
+#      work the CPU times move much less than the rates.
 #
 # Environment (defaults): BUILD_DIR=build, BENCH_CQRSD=$BUILD_DIR/cqrsd (one
 # or more binaries, space-separated), BENCH_PG_CATCHUP_ORDERS=25000,
@@ -110,6 +113,21 @@ cpu_s() {
         "/proc/$1/stat" 2>/dev/null
 }
 
+# CPU time (seconds) of the throwaway cluster so far: the postmaster's
+# own, its reaped children's and its live children's; empty with
+# BENCH_PG_URI.
+pg_cpu_s() {
+    [ -n "$PG_STATE" ] || return 0
+    pm=$(head -n 1 "$(cat "$PG_STATE/pgdata")/postmaster.pid" 2>/dev/null) || return 0
+    for f in /proc/[0-9]*/stat; do cat "$f" 2>/dev/null; echo; done |
+        awk -v pm="$pm" -v hz="$(getconf CLK_TCK)" '
+            NF { pid = $1; sub(/.*\) /, "")
+                 # now $2 is the parent, $12..$15 utime stime cutime cstime
+                 if (pid == pm) t += $12 + $13 + $14 + $15
+                 else if ($2 == pm) t += $12 + $13 }
+            END { print t / hz }'
+}
+
 # One catch-up: run number, binary's index, binary, projection.
 catchup() {
     n=$1 bi=$2 bin=$3 only=$4
@@ -121,6 +139,7 @@ catchup() {
     mkdir -p "$dir" && cp "$TMP/fill"/events.db* "$dir"/ && sync "$dir"/events.db* ||
         { STATUS=1; return 1; }
     port=$(free_port)
+    pg0=$(pg_cpu_s)
     "$bin" serve --data "$dir" --read-store "$uri" --listen "127.0.0.1:$port" \
         --insecure-no-auth >"$TMP/server-$n.log" 2>&1 &
     SERVER_PID=$!
@@ -133,16 +152,21 @@ catchup() {
     kill -TERM "$SERVER_PID" 2>/dev/null
     wait "$SERVER_PID" 2>/dev/null
     SERVER_PID=
+    sleep 1 # its backends exit and are reaped
+    pg1=$(pg_cpu_s)
     eps=$(field catchup_alone events_per_sec "$TMP/catchup-$n.out")
     if [ $rc -ne 0 ] || [ -z "$eps" ]; then
         warn "run $n ($bin, $only) failed (exit $rc)"
-        tail -5 "$TMP/catchup-$n.out" "$TMP/server-$n.log" >&2
+        tail -n 5 "$TMP/catchup-$n.out" "$TMP/server-$n.log" >&2
         STATUS=1
         return 1
     fi
     us_ev=$(calc 'printf "%.1f", a * 1e6 / b' "$cpu" "$last_pos")
-    say "   run $n: $only, $bin: $(num "$eps") events/s, cqrsd CPU $us_ev us/event"
-    echo "$bi $only $eps $us_ev" >>"$TMP/results"
+    pg_ev=n/a
+    [ -n "$pg0" ] && [ -n "$pg1" ] &&
+        pg_ev=$(calc 'printf "%.1f", (b - a) * 1e6 / c' "$pg0" "$pg1" "$last_pos")
+    say "   run $n: $only, $bin: $(num "$eps") events/s, CPU us/event: cqrsd $us_ev, PostgreSQL $pg_ev"
+    echo "$bi $only $eps $us_ev $pg_ev" >>"$TMP/results"
     psql -X -q -d "$ADMIN" -c "DROP DATABASE $db WITH (FORCE)" >/dev/null 2>&1
     rm -rf "$dir"
 }
@@ -163,15 +187,16 @@ done
 
 # --- 4. medians --------------------------------------------------------------------
 say
-say "-- medians over $ROUNDS rounds ($last_pos events; events/s, cqrsd CPU us/event)"
+say "-- medians over $ROUNDS rounds ($last_pos events; events/s, CPU us/event of cqrsd and of PostgreSQL)"
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 bi=0
 for bin in $CQRSDS; do
     for only in order_summaries sales_dashboard; do
         eps=$(awk -v b=$bi -v o=$only '$1 == b && $2 == o { print $3 }' "$TMP/results" 2>/dev/null | median)
         cpu=$(awk -v b=$bi -v o=$only '$1 == b && $2 == o { print $4 }' "$TMP/results" 2>/dev/null | median)
-        printf '  %-16s %12s events/s %8s us/event   %s\n' "$only" "$(num "$eps")" "${cpu:-n/a}" "$bin"
-        echo "BENCH kind=pg_catchup projection=$only events_per_sec=${eps:-} cpu_us_per_event=${cpu:-} binary=$bin"
+        pgc=$(awk -v b=$bi -v o=$only '$1 == b && $2 == o && $5 != "n/a" { print $5 }' "$TMP/results" 2>/dev/null | median)
+        printf '  %-16s %9s events/s  cqrsd %6s  PostgreSQL %6s us/event   %s\n' "$only" "$(num "$eps")" "${cpu:-n/a}" "${pgc:-n/a}" "$bin"
+        echo "BENCH kind=pg_catchup projection=$only events_per_sec=${eps:-} cqrsd_cpu_us_per_event=${cpu:-} pg_cpu_us_per_event=${pgc:-} binary=$bin"
     done
     bi=$((bi + 1))
 done
