@@ -48,7 +48,9 @@ BENCH_WHO="bench pg_catchup"
 for v in "$ORDERS" "$ROUNDS" "$CU_TIMEOUT"; do
     case $v in '' | *[!0-9]*) die "BENCH_PG_CATCHUP_ORDERS, _ROUNDS and _TIMEOUT take whole numbers, got '$v'" ;; esac
 done
-[ "$ORDERS" -ge 10 ] && [ "$ROUNDS" -ge 1 ] || die "at least 10 orders and 1 round"
+if [ "$ORDERS" -lt 10 ] || [ "$ROUNDS" -lt 1 ]; then
+    die "BENCH_PG_CATCHUP_ORDERS must be at least 10 and BENCH_PG_CATCHUP_ROUNDS at least 1"
+fi
 for b in $CQRSDS; do [ -x "$b" ] || die "$b not found: run 'make build' (or set BUILD_DIR)"; done
 for t in psql curl python3; do
     command -v $t >/dev/null 2>&1 || die "$t not found (sh scripts/deps.sh postgresql)"
@@ -66,14 +68,7 @@ SERVER_PID=
 # shellcheck disable=SC2317  # called from the EXIT trap
 cleanup() {
     [ -n "$SERVER_PID" ] && kill -TERM "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    if [ -n "$PG_STATE" ]; then
-        sh "$ROOT/scripts/pg.sh" stop "$PG_STATE" >/dev/null 2>&1
-    elif [ -n "$ADMIN" ]; then
-        # shellcheck disable=SC2013  # database names: one word each
-        for d in $(cat "$TMP/dbs" 2>/dev/null); do
-            psql -X -q -d "$ADMIN" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1
-        done
-    fi
+    pg_down
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -83,14 +78,7 @@ trap 'exit 143' TERM HUP
 STATUS=0
 
 # --- 1. the cluster ----------------------------------------------------------
-if [ -n "${BENCH_PG_URI:-}" ]; then
-    ADMIN=$BENCH_PG_URI
-    say "-- PostgreSQL: BENCH_PG_URI"
-else
-    PG_STATE=$TMP/pg
-    ADMIN=$(sh "$ROOT/scripts/pg.sh" start "$PG_STATE") || die "scripts/pg.sh start failed"
-    say "-- PostgreSQL: a throwaway cluster (scripts/pg.sh: fsync=on, synchronous_commit=on)"
-fi
+pg_up
 pgv=$(psql -X -A -t -d "$ADMIN" -c 'SHOW server_version' 2>/dev/null) || die "cannot reach PostgreSQL"
 say "   server $pgv; $(nproc) CPUs; load average $(loadavg)"
 
@@ -132,12 +120,11 @@ pg_cpu_s() {
 catchup() {
     n=$1 bi=$2 bin=$3 only=$4
     db=bench_pgcu_$n
-    psql -X -q -d "$ADMIN" -c "CREATE DATABASE $db" || { STATUS=1; return 1; }
-    echo "$db" >>"$TMP/dbs"
-    uri="${ADMIN%/*}/$db"
+    uri=$(pg_mkdb "$db") || { STATUS=1; return 1; }
     dir=$TMP/run-$n
-    mkdir -p "$dir" && cp "$TMP/fill"/events.db* "$dir"/ && sync "$dir"/events.db* ||
-        { STATUS=1; return 1; }
+    if ! { mkdir -p "$dir" && cp "$TMP/fill"/events.db* "$dir"/ && sync "$dir"/events.db*; }; then
+        warn "cannot copy the filled store to $dir"; STATUS=1; return 1
+    fi
     port=$(free_port)
     pg0=$(pg_cpu_s)
     "$bin" serve --data "$dir" --read-store "$uri" --listen "127.0.0.1:$port" \
