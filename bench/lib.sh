@@ -21,6 +21,12 @@
 #   tool NAME SRC LIBS            path of bench tool NAME: $BUILD_DIR/bench/NAME
 #                                 or compiled into $TMP from bench/SRC
 #                                 (LIBS: sqlite3 | pthread | none)
+#   pg_up / pg_mkdb NAME / pg_down
+#                                 PostgreSQL for pg.sh and pg_catchup.sh: a
+#                                 throwaway cluster in $TMP/pg (scripts/pg.sh)
+#                                 or BENCH_PG_URI; sets ADMIN (and PG_STATE);
+#                                 a new database (its URI); stop the cluster
+#                                 or drop the databases made
 
 say() { printf '%s\n' "$*"; }
 warn() { printf '%s: %s\n' "${BENCH_WHO:-bench}" "$*" >&2; }
@@ -95,4 +101,41 @@ tool() {
     # shellcheck disable=SC2086  # the flags are meant to split
     ${CC:-cc} -O2 -std=c17 -D_GNU_SOURCE -o "$TMP/$name" "$ROOT/bench/$src" \
         $flags >&2 && echo "$TMP/$name"
+}
+
+# PostgreSQL for a bench script: BENCH_PG_URI (a superuser URI: the script
+# makes and drops its own databases there, listed in $TMP/dbs), or a
+# throwaway cluster in $TMP/pg (scripts/pg.sh: loopback, fsync and
+# synchronous_commit on). pg_up sets ADMIN, and PG_STATE for the cluster
+# (empty otherwise), and says which; it dies when neither works.
+pg_up() {
+    PG_STATE=
+    if [ -n "${BENCH_PG_URI:-}" ]; then
+        ADMIN=$BENCH_PG_URI
+        say "-- PostgreSQL: BENCH_PG_URI"
+    else
+        PG_STATE=$TMP/pg
+        ADMIN=$(sh "$ROOT/scripts/pg.sh" start "$PG_STATE") || die "scripts/pg.sh start failed"
+        say "-- PostgreSQL: a throwaway cluster (scripts/pg.sh: fsync=on, synchronous_commit=on," \
+            "data in $(cat "$PG_STATE/pgdata"))"
+    fi
+}
+# A new database NAME; prints its URI (the name is kept for pg_down).
+pg_mkdb() {
+    psql -X -q -d "$ADMIN" -c "CREATE DATABASE $1" >&2 || return 1
+    echo "$1" >>"$TMP/dbs"
+    echo "${ADMIN%/*}/$1"
+}
+# Stop the throwaway cluster, or drop the databases pg_mkdb made (for the
+# EXIT trap: quiet, never fails).
+pg_down() {
+    if [ -n "${PG_STATE:-}" ]; then
+        sh "$ROOT/scripts/pg.sh" stop "$PG_STATE" >/dev/null 2>&1
+    elif [ -n "${ADMIN:-}" ]; then
+        # shellcheck disable=SC2013  # database names: one word each
+        for d in $(cat "$TMP/dbs" 2>/dev/null); do
+            psql -X -q -d "$ADMIN" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1
+        done
+    fi
+    return 0
 }

@@ -80,14 +80,7 @@ ADMIN=
 cleanup() {
     for p in $NODE_PIDS; do kill -TERM "$p" 2>/dev/null; done
     for p in $NODE_PIDS; do wait "$p" 2>/dev/null; done
-    if [ -n "$PG_STATE" ]; then
-        sh "$ROOT/scripts/pg.sh" stop "$PG_STATE" >/dev/null 2>&1
-    elif [ -n "$ADMIN" ]; then
-        # shellcheck disable=SC2013  # database names: one word each
-        for d in $(cat "$TMP/dbs" 2>/dev/null); do
-            psql -X -q -d "$ADMIN" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1
-        done
-    fi
+    pg_down
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -98,33 +91,18 @@ STATUS=0
 load() { cut -d ' ' -f 1 /proc/loadavg 2>/dev/null || echo '?'; }
 
 # --- 1. the cluster ----------------------------------------------------------
-if [ -n "${BENCH_PG_URI:-}" ]; then
-    ADMIN=$BENCH_PG_URI
-    say "-- PostgreSQL: BENCH_PG_URI"
-else
-    PG_STATE=$TMP/pg
-    ADMIN=$(sh "$ROOT/scripts/pg.sh" start "$PG_STATE") || die "scripts/pg.sh start failed"
-    say "-- PostgreSQL: a throwaway cluster (scripts/pg.sh: fsync=on, synchronous_commit=on," \
-        "data in $(cat "$PG_STATE/pgdata"))"
-fi
+pg_up
 pgv=$(psql -X -A -t -d "$ADMIN" -c 'SHOW server_version' 2>/dev/null) || die "cannot reach PostgreSQL"
 fs=$(df -PT "$TMP" 2>/dev/null | awk 'NR == 2 { print $2 }')
 say "   server $pgv; $(nproc) CPUs; temp files on ${fs:-?}; load average $(load)"
 say "   $ROUNDS rounds of ${SECS}s per configuration (+${WARMUP}s warm-up in the first)"
 say
 
-# A new database; prints its URI (the name is kept for the cleanup).
-mkdb() {
-    psql -X -q -d "$ADMIN" -c "CREATE DATABASE $1" >&2 || return 1
-    echo "$1" >>"$TMP/dbs"
-    echo "${ADMIN%/*}/$1"
-}
-
 # --- 2. set-up -----------------------------------------------------------------
 # cqrsd: $1 nodes on a database of their own; sets URLS_$1.
 start_group() {
     n=$1
-    uri=$(mkdb "bench_cqrsd_$n") || return 1
+    uri=$(pg_mkdb "bench_cqrsd_$n") || return 1
     urls='' pids=''
     i=0
     while [ "$i" -lt "$n" ]; do
@@ -170,7 +148,7 @@ if command -v npm >/dev/null 2>&1; then
 else
     warn "npm not found (apt-get install npm): Message DB is not measured"
 fi
-if [ -n "$mdb_sql" ] && MDB=$(mkdb bench_message_db); then
+if [ -n "$mdb_sql" ] && MDB=$(pg_mkdb bench_message_db); then
     say "   @eventide/message-db $(cat "$mdb_sql/VERSION.txt"), installed from npm"
     psql -X -q -d "$MDB" -c "ALTER DATABASE bench_message_db SET search_path = message_store, public" \
         || MDB=
@@ -195,7 +173,7 @@ fi
 [ -n "$MDB" ] || STATUS=1
 
 say "-- raw: one INSERT per transaction into a table like cqrsd's events, through pgbench"
-if RAW=$(mkdb bench_raw_insert); then
+if RAW=$(pg_mkdb bench_raw_insert); then
     psql -X -q -v ON_ERROR_STOP=1 -d "$RAW" -c "CREATE TABLE events (
         position BIGSERIAL PRIMARY KEY, stream_id TEXT NOT NULL, version BIGINT NOT NULL,
         type TEXT NOT NULL, schema_version INTEGER NOT NULL, data TEXT NOT NULL,

@@ -547,7 +547,15 @@ again:
     }
     if (cq_exec_sql(e->rx, "BEGIN", err, sizeof err) != CQ_OK)
         goto io;
+    /* the fast path sends the handlers' writes without waiting for each
+     * answer (PostgreSQL; rdb.h): a failure among them fails the batch
+     * here at the latest, and the careful run waits for every statement,
+     * so that it tells which event failed */
+    if (!careful)
+        cq_rdb_queue_writes(e->rdb, 1);
     cq_eng_apply_events(&c, b, from);
+    if (!careful && cq_rdb_queue_writes(e->rdb, 0) != CQ_OK)
+        c.failed = 1;
     if (c.failed && !careful) {
         cq_exec_sql(e->rx, "ROLLBACK", err, sizeof err);
         careful = 1;

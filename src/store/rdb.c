@@ -112,6 +112,13 @@ int cq_rdb_exec(cq_rdb *db, const char *sql, char *err, size_t errcap)
     return db->ops->exec(db->impl, sql, err, errcap);
 }
 
+int cq_rdb_queue_writes(cq_rdb *db, int on)
+{
+    db->unsupported = NULL;
+    return db->ops->queue_writes ? db->ops->queue_writes(db->impl, on)
+                                 : CQ_OK;
+}
+
 int cq_rdb_in_transaction(cq_rdb *db)
 {
     return db->ops->in_transaction(db->impl);

@@ -96,6 +96,23 @@ int cq_rdb_errcode(cq_rdb *db);
  * or the failure's code with "<message>" in err (if err is not NULL). */
 int cq_rdb_exec(cq_rdb *db, const char *sql, char *err, size_t errcap);
 
+/* Queued writes (optional: PostgreSQL; elsewhere a no-op answering
+ * CQ_OK). With on 1, until called with 0: inside a transaction, a step of
+ * a statement that writes and returns no rows (INSERT, UPDATE or DELETE
+ * without RETURNING) may be sent without waiting for its answer, and
+ * answers CQ_RSTEP_DONE at once; the statements that follow see its
+ * changes as usual. Its failure (and with it the transaction's) is
+ * reported instead by the next call on db that waits for an answer: a
+ * step of a statement that is not queued (one that returns rows, say),
+ * cq_rdb_exec (a COMMIT fails, and the transaction is rolled back; a
+ * ROLLBACK discards the failure), cq_rdb_prepare, or this call with on 0,
+ * which reads every answer still owed and returns the first failure (its
+ * message in cq_rdb_errmsg). So a caller that turns it on must not tell
+ * one write's failure from another's: the projector's batch, which runs
+ * again with a savepoint per event when any of it fails (projector.c).
+ * CQ_OK, or with on 0 the first queued statement's failure. */
+int cq_rdb_queue_writes(cq_rdb *db, int on);
+
 /* 1 while db has a transaction open (one that a failure may have ended:
  * after a failed statement, ask this before ROLLBACK), else 0. */
 int cq_rdb_in_transaction(cq_rdb *db);
@@ -235,6 +252,7 @@ typedef struct cq_rdb_ops {
     int (*errcode)(void *impl);
     int (*exec)(void *impl, const char *sql, char *err, size_t errcap);
     int (*in_transaction)(void *impl);
+    int (*queue_writes)(void *impl, int on); /* optional: NULL, never */
     int (*object_exists)(void *impl, const char *name, int *exists);
     int (*tables)(void *impl, const char *suffix,
                   int (*cb)(void *arg, const char *name), void *arg, char *err,

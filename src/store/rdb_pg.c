@@ -272,17 +272,22 @@ static int pg_exec(void *impl, const char *sql, char *err, size_t errcap)
     char *plain = rpg_plain_begin(sql);
     PGTransactionStatusType before = PQtransactionStatus(p->c);
     int rc, owed_rc = rpg_drain(p);
+    char owed_err[sizeof p->err];
 
+    if (owed_rc != CQ_OK)
+        snprintf(owed_err, sizeof owed_err, "%s", p->err);
     rpg_flush_dead(p);
     rc = rpg_result_rc(p, PQexec(p->c, plain ? plain : sql));
     if (rc != CQ_OK && rpg_revive(p, before))
         rc = rpg_result_rc(p, PQexec(p->c, plain ? plain : sql));
     free(plain);
-    /* a savepoint statement sent before failed: the transaction with it,
-     * unless sql ended it (a ROLLBACK) */
-    if (rc == CQ_OK && owed_rc != CQ_OK &&
-        PQtransactionStatus(p->c) != PQTRANS_IDLE)
-        rc = p->code = owed_rc; /* its message is still in p->err */
+    /* a statement sent before failed (rdb_pg_pipe.c): the transaction
+     * with it, unless sql discards it (a ROLLBACK, or ROLLBACK TO); a
+     * COMMIT that PostgreSQL answered by rolling back fails */
+    if (owed_rc != CQ_OK && !rpg_is_rollback(sql)) {
+        rc = p->code = owed_rc;
+        snprintf(p->err, sizeof p->err, "%s", owed_err);
+    }
     /* a swap is seen by the other connections once it has committed:
      * statements prepared again before would see the old tables */
     if (rpg_changes_schema(sql))
@@ -472,6 +477,7 @@ const cq_rdb_ops cq_rdb_pg_ops = {
     .errcode = pg_errcode,
     .exec = pg_exec,
     .in_transaction = pg_in_transaction,
+    .queue_writes = rpg_queue_writes,
     .object_exists = pg_object_exists,
     .tables = pg_tables,
     .columns = pg_columns,

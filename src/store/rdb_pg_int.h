@@ -11,7 +11,9 @@
  *                   modes, parameter types widened
  *   rdb_pg_stmt.c   statements: the per-connection cache of prepared
  *                   statements, prepare, bind, step, columns
- *   rdb_pg_pipe.c   savepoint statements answered with the next one
+ *   rdb_pg_pipe.c   statements answered later: savepoint statements
+ *                   with the next one, queued writes (cq_rdb_queue_writes)
+ *                   at the next statement that waits
  *   rdb_pg_notify.c across connections: advisory locks, NOTIFY, LISTEN
  *
  * A connection's impl is a pg_conn: the PGconn, the last failure, the
@@ -95,8 +97,9 @@ typedef struct pg_conn {
     char session[256];
     int listening; /* it LISTENs: never connected again silently */
     int ddl; /* its open transaction may have changed a table's shape */
-    int owed; /* savepoint statements sent in an open pipeline whose
-               * answers are still to be read (rdb_pg_pipe.c) */
+    int owed; /* statements sent in an open pipeline whose answers are
+               * still to be read (rdb_pg_pipe.c) */
+    int queue; /* writes may be queued (cq_rdb_queue_writes) */
     unsigned gen;  /* bumped by PQreset: the server forgot every statement */
     int code;      /* the last failure's CQ_* code, CQ_OK after a success */
     char err[1024];
@@ -124,6 +127,7 @@ typedef struct pg_stmt {
     unsigned schema; /* rpg_schema_gen it was prepared in */
     int persistent;
     int savepoint_op; /* SAVEPOINT x or RELEASE x (rdb_pg_pipe.c) */
+    int write;        /* INSERT, UPDATE or DELETE: may be queued */
     int nparams;
     Oid *types;      /* gap_types, or NULL */
     Oid *exec_types; /* the parameter types it runs with, or NULL */
@@ -188,11 +192,17 @@ cq_rtype rpg_type_of(Oid t);
 /* rdb_pg_pipe.c */
 
 #define RPG_MAX_OWED 4 /* savepoint statements held in one pipeline */
+/* statements held in one pipeline while writes are queued: their answers
+ * (some 30 bytes each, a failure's some hundreds) stay far below what the
+ * sockets buffer, so the server never blocks writing them while we block
+ * sending */
+#define RPG_MAX_QUEUED 256
 
 /* May st (a step of it) be sent now and answered later (see the file)? */
 int rpg_deferrable(const pg_stmt *st);
-/* Send st in the connection's open pipeline (opened if need be): CQ_OK,
- * or the failure recorded (the connection is then broken). */
+/* Send st (its parameters in st->vals..) in the connection's open
+ * pipeline (opened if need be): CQ_OK, or the failure recorded (the
+ * connection is then broken). */
 int rpg_defer(pg_stmt *st);
 /* Read the owed answers (none: CQ_OK at once) and leave pipeline mode:
  * CQ_OK, or the first failure, recorded. */
@@ -202,6 +212,8 @@ int rpg_drain(pg_conn *p);
  * included), or NULL with *rc the owed statements' failure (st did not
  * run) or the connection's. */
 PGresult *rpg_exec_after(pg_stmt *st, int *rc);
+/* cq_rdb_queue_writes (rdb.h). */
+int rpg_queue_writes(void *impl, int on);
 
 /* rdb_pg_sql.c */
 
@@ -224,6 +236,11 @@ Oid *rpg_widened(const PGresult *d, int nparams, int *wide);
 int rpg_changes_schema(const char *sql);
 /* 1 when sql is one `SAVEPOINT name` or `RELEASE [SAVEPOINT] name`. */
 int rpg_is_savepoint_op(const char *sql);
+/* 1 when sql starts with the word INSERT, UPDATE or DELETE (after blanks
+ * and comments); whether it returns rows is the description's to say. */
+int rpg_is_write(const char *sql);
+/* 1 when sql starts with the word ROLLBACK or ABORT. */
+int rpg_is_rollback(const char *sql);
 
 /* rdb_pg_stmt.c: the statement operations of cq_rdb_pg_ops (rdb.h) */
 

@@ -271,3 +271,44 @@ int rpg_changes_schema(const char *sql)
     }
     return 0;
 }
+
+/* sql past its leading blanks and comments (-- to the line's end, and
+ * C-style, not nested: a statement's text never starts with a nested
+ * one in practice, and a miss only costs a round trip). */
+static const char *first_word(const char *s)
+{
+    for (;;) {
+        s += strspn(s, " \t\r\n");
+        if (s[0] == '-' && s[1] == '-')
+            s += strcspn(s, "\n");
+        else if (s[0] == '/' && s[1] == '*') {
+            const char *end = strstr(s + 2, "*/");
+            if (end == NULL)
+                return "";
+            s = end + 2;
+        } else
+            return s;
+    }
+}
+
+static int starts_with_word(const char *s, const char *word)
+{
+    size_t n = strlen(word);
+
+    return strncasecmp(s, word, n) == 0 && !ident_char(s[n]);
+}
+
+int rpg_is_write(const char *sql)
+{
+    const char *s = first_word(sql);
+
+    return starts_with_word(s, "INSERT") || starts_with_word(s, "UPDATE") ||
+           starts_with_word(s, "DELETE");
+}
+
+int rpg_is_rollback(const char *sql)
+{
+    const char *s = first_word(sql);
+
+    return starts_with_word(s, "ROLLBACK") || starts_with_word(s, "ABORT");
+}

@@ -265,6 +265,7 @@ int rpg_prepare(void *impl, const char *sql, unsigned flags, void **out,
     st->blob_col = -1;
     st->persistent = (flags & CQ_RDB_PERSISTENT) != 0;
     st->savepoint_op = rpg_is_savepoint_op(st->sql);
+    st->write = rpg_is_write(st->sql);
     if (st->nparams > 0) {
         st->params = calloc((size_t)st->nparams, sizeof *st->params);
         st->vals = calloc((size_t)st->nparams, sizeof *st->vals);
@@ -465,8 +466,13 @@ int rpg_step(void *vst)
         st->done = 1;
         return CQ_RSTEP_DONE;
     }
+    for (int i = 0; i < st->nparams; i++) {
+        st->vals[i] = st->params[i].val;
+        st->lens[i] = st->params[i].len;
+        st->fmts[i] = st->params[i].fmt;
+    }
     if (rpg_deferrable(st)) {
-        /* answered with the next statement (rdb_pg_pipe.c) */
+        /* answered later (rdb_pg_pipe.c) */
         rc = rpg_defer(st);
         if (rc != CQ_OK)
             return rc;
@@ -475,11 +481,6 @@ int rpg_step(void *vst)
     }
     before = PQtransactionStatus(p->c);
     rpg_flush_dead(p);
-    for (int i = 0; i < st->nparams; i++) {
-        st->vals[i] = st->params[i].val;
-        st->lens[i] = st->params[i].len;
-        st->fmts[i] = st->params[i].fmt;
-    }
     for (int tries = 0;; tries++) {
         if (st->gen != p->gen || st->name[0] == '\0' ||
             stale(st->rows, st->schema)) {

@@ -71,6 +71,26 @@ static const char guard_sql[] =
     "VALUES (:data.order_id, :data.customer_id)\n"
     "ON CONFLICT (order_id) DO NOTHING;\n";
 
+/* An asynchronous projection that cannot apply an order of customer
+ * "fussy": two statements per event, and the second fails for that order
+ * alone, so that a batch with orders before and after it shows which
+ * event its failure is pinned to (on PostgreSQL the batch's writes are
+ * queued, and the failure comes back after later events were sent). */
+static const char fussy_sql[] =
+    "-- @projection fussy\n"
+    "-- @version 1\n"
+    "-- @mode async\n"
+    "CREATE TABLE IF NOT EXISTS fussy_seen (order_id TEXT PRIMARY KEY);\n"
+    "CREATE TABLE IF NOT EXISTS fussy_orders (order_id TEXT PRIMARY KEY,\n"
+    "    customer_id TEXT NOT NULL\n"
+    "    CONSTRAINT not_fussy CHECK (customer_id <> 'fussy'));\n"
+    "-- @on OrderPlaced\n"
+    "INSERT INTO fussy_seen (order_id) VALUES (:data.order_id)\n"
+    "ON CONFLICT (order_id) DO NOTHING;\n"
+    "INSERT INTO fussy_orders (order_id, customer_id)\n"
+    "VALUES (:data.order_id, :data.customer_id)\n"
+    "ON CONFLICT (order_id) DO NOTHING;\n";
+
 static int pg; /* the stores are on PostgreSQL */
 
 typedef struct fixture {
@@ -120,6 +140,9 @@ static void start(fixture *f)
                          CQ_OK);
     assert_int_equal(cq_engine_load_text(f->engine, "guard.sql", guard_sql,
                                          sizeof guard_sql - 1, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(cq_engine_load_text(f->engine, "fussy.sql", fussy_sql,
+                                         sizeof fussy_sql - 1, err, sizeof err),
                      CQ_OK);
     assert_int_equal(cq_engine_add_code(f->engine, counts_sql,
                                         sizeof counts_sql - 1, &code, err,
@@ -536,6 +559,135 @@ static void test_failure_is_isolated(void **state)
     json_decref(a);
 }
 
+/* Count the rows of `table` in read.db. */
+static int64_t read_count(fixture *f, const char *table)
+{
+    cq_rdb *db = open_admin(f, "read.db");
+    cq_rstmt *st = NULL;
+    char sql[128], err[512];
+    int64_t n;
+
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM %s", table);
+    if (cq_rdb_prepare(db, sql, 0, &st, err, sizeof err) != CQ_OK)
+        fail_msg("%s", err);
+    assert_int_equal(cq_rstmt_step(st), CQ_RSTEP_ROW);
+    n = cq_rstmt_column_int(st, 0);
+    cq_rstmt_finalize(st);
+    cq_rdb_close(db);
+    return n;
+}
+
+#define PLACE_FOR(id, customer)                                                \
+    "{\"order_id\":\"" id "\",\"customer_id\":\"" customer "\","              \
+    "\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\",\"quantity\":1,"          \
+    "\"unit_price_cents\":500}]}"
+
+/* A statement that fails in the middle of a batch (one transaction for
+ * all its events: the projection was paused while they were written) is
+ * pinned to its own event: the events before it stay applied, its own
+ * first statement is undone with it, nothing after it is applied, and
+ * the failure carries the database's message. */
+static void test_failure_pinned_to_its_event(void **state)
+{
+    fixture *f = *state;
+    int fussy = cq_engine_projection(f->engine, "fussy");
+    cq_projection_status st;
+    char err[512];
+    int64_t before_bad, bad;
+    int failed = 0;
+
+    assert_true(fussy >= 0);
+    assert_int_equal(cq_engine_control(f->engine, fussy, "pause", err,
+                                       sizeof err),
+                     CQ_OK);
+    assert_int_equal(command(f, "PlaceOrder", PLACE_FOR("o-1", "c")), 202);
+    assert_int_equal(command(f, "PlaceOrder", PLACE_FOR("o-2", "c")), 202);
+    before_bad = cq_engine_head(f->engine);
+    assert_int_equal(command(f, "PlaceOrder", PLACE_FOR("o-3", "fussy")),
+                     202);
+    bad = cq_engine_head(f->engine);
+    assert_int_equal(command(f, "PlaceOrder", PLACE_FOR("o-4", "c")), 202);
+    assert_true(cq_engine_position(f->engine, fussy, NULL) < before_bad);
+    assert_int_equal(cq_engine_control(f->engine, fussy, "resume", err,
+                                       sizeof err),
+                     CQ_OK);
+    for (int i = 0; i < 5000 && !failed; i++) {
+        struct timespec ts = {0, 1000000};
+        cq_engine_position(f->engine, fussy, &failed);
+        nanosleep(&ts, NULL);
+    }
+    assert_true(failed);
+    assert_int_equal(cq_engine_status(f->engine, fussy, &st), CQ_OK);
+    assert_int_equal(st.position, before_bad);
+    assert_int_equal(st.error_position, bad);
+    assert_string_equal(st.error_event, "OrderPlaced");
+    if (strstr(st.error, "not_fussy") == NULL)
+        fail_msg("error: %s", st.error);
+    assert_int_equal(read_count(f, "fussy_seen"), 2);
+    assert_int_equal(read_count(f, "fussy_orders"), 2);
+}
+
+/* PostgreSQL: the projector's connection is cut while it applies a batch
+ * whose writes are queued (sales_dashboard, paused while 400 orders were
+ * written, then resumed: ~1,600 statements in one transaction; should the
+ * cut land between two batches, the reconnection alone is tested). The
+ * batch is not applied, the projector connects again, takes its
+ * projection back and applies it again: every order counted once, and the
+ * projection has not failed. */
+static void test_projector_connection_lost(void **state)
+{
+    fixture *f = *state;
+    int sd = cq_engine_projection(f->engine, "sales_dashboard");
+    char err[512], body[256];
+    int64_t head;
+    int failed = 1;
+    cq_rdb *db;
+    cq_rstmt *st = NULL;
+
+    if (!pg)
+        skip();
+    assert_int_equal(cq_engine_control(f->engine, sd, "pause", err,
+                                       sizeof err),
+                     CQ_OK);
+    for (int i = 0; i < 400; i++) {
+        snprintf(body, sizeof body,
+                 "{\"order_id\":\"cut-%d\",\"customer_id\":\"c\","
+                 "\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\","
+                 "\"quantity\":1,\"unit_price_cents\":500}]}",
+                 i);
+        assert_int_equal(command(f, "PlaceOrder", body), 202);
+    }
+    head = cq_engine_head(f->engine);
+    assert_int_equal(cq_engine_control(f->engine, sd, "resume", err,
+                                       sizeof err),
+                     CQ_OK);
+    admin_exec(f, "read.db",
+               "SELECT pg_terminate_backend(l.pid) FROM pg_locks l"
+               " WHERE l.locktype = 'advisory' AND l.granted"
+               " AND l.objsubid = 1 AND l.database = (SELECT oid FROM"
+               " pg_database WHERE datname = current_database())"
+               " AND ((l.classid::bigint << 32) | l.objid::bigint)"
+               " = hashtextextended('cqrsd:projection:sales_dashboard', 0)");
+    for (int i = 0;
+         i < 2000 && cq_engine_position(f->engine, sd, &failed) < head; i++) {
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(cq_engine_position(f->engine, sd, &failed), head);
+    assert_false(failed);
+    assert_int_equal(read_count(f, "dashboard_orders"), 400);
+    db = open_admin(f, "read.db");
+    assert_int_equal(cq_rdb_prepare(db,
+                                    "SELECT orders FROM dashboard_status"
+                                    " WHERE status = 'placed'",
+                                    0, &st, err, sizeof err),
+                     CQ_OK);
+    assert_int_equal(cq_rstmt_step(st), CQ_RSTEP_ROW);
+    assert_int_equal(cq_rstmt_column_int(st, 0), 400);
+    cq_rstmt_finalize(st);
+    cq_rdb_close(db);
+}
+
 /* An inline projection that cannot apply an event refuses the command
  * (422, nothing written) and stays running; one stopped by an older
  * version (which let the command commit) recovers at the next start,
@@ -681,6 +833,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_failure_is_isolated, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_inline_refusal, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failure_pinned_to_its_event,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_projector_connection_lost,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_wait, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lookup_errors_surface, setup,
                                         teardown),
