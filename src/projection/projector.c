@@ -57,6 +57,7 @@
 
 #include "base/base.h"
 #include "projection/engine_int.h"
+#include "store/wal.h"
 
 /* Apply the decoded event pe (whose parse returned prc) to c->p through
  * c->x, in a savepoint of its own if c->sp is set. 0 to go on, 1 when the
@@ -796,6 +797,7 @@ void *cq_eng_projector_main(void *arg)
                     }
                     pthread_cond_timedwait(&e->cv, &e->mu, &ts);
                 } else {
+                    cq_wal_idle(e->wal); /* read.db's log: see wal.h */
                     pthread_cond_wait(&e->cv, &e->mu);
                 }
             }

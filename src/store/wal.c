@@ -48,6 +48,21 @@
  *      not hold it up). If readers hold on past the timeout, the next
  *      attempt is CQ_WAL_CHECKPOINT_FRAMES frames later, so a stuck reader
  *      costs the writer at most one short wait per that many frames.
+   4. a writer that goes idle (cq_wal_idle: the projector, before it
+ *      sleeps) gets its reset without step 3's stall: step 3 copies what
+ *      the thread has not and syncs the database on the writing thread,
+ *      milliseconds in which nothing is committed (read.db: every query
+ *      waiting for a position waits for it too). Instead, from
+ *      CQ_WAL_RESTART_FRAMES on, each idle moment asks the thread for a
+ *      pass (one more after a pass under way, which began before the
+ *      last commits). A pass that copies the whole log while the writer
+ *      is idle lets SQLite itself start the log anew at the writer's next
+ *      transaction (it does when its snapshot found every frame copied
+ *      and no reader is on an older one: a try, no waiting, no I/O);
+ *      step 1 then sees it. While the writer has been idle within the
+ *      last CQ_WAL_CHECKPOINT_FRAMES frames, its commits leave step 3 out
+ *      until CQ_WAL_LIMIT_FRAMES, where step 3 resets the log as above; a
+ *      writer that stays busy (a catch-up) gets step 3 as before.
  * The hook always answers SQLITE_OK: the commit is done and durable,
  * whatever the checkpoint did.
  *
@@ -58,8 +73,8 @@
  * Threads and locks: `mu` guards `due`, `running`, `stopping`, `cycle`
  * and the last pass's figures (cv wakes the thread); `ckpt_mu` is held for
  * the duration of any checkpoint (thread or writer). `next_pass`,
- * `next_restart` and `last_frames` belong to the writing thread (the
- * hook).
+ * `next_restart`, `last_frames` and `idle_at` belong to the writing
+ * thread (the hook and cq_wal_idle).
  */
 #include "store/wal.h"
 
@@ -100,6 +115,8 @@ struct cq_wal {
     int next_restart; /* frames at which to try a RESTART */
     int first_pass;   /* frames of the first pass of a cycle, then ... */
     int pass_frames;  /* ... every that many more (see pacing()) */
+    int idle_at;      /* frames at the writer's last idle moment in this
+                         cycle (cq_wal_idle), -1: none */
     _Atomic int64_t restarts;
     _Atomic int64_t passes; /* PASSIVE checkpoints the thread has run */
     int last_error; /* checkpoint thread only: logged once per change */
@@ -167,6 +184,7 @@ static void new_cycle(cq_wal *w)
     pthread_mutex_unlock(&w->mu);
     w->next_pass = w->first_pass;
     w->next_restart = CQ_WAL_RESTART_FRAMES;
+    w->idle_at = -1;
 }
 
 /* Writing thread: ask for a PASSIVE pass unless one is asked or under way.
@@ -226,7 +244,9 @@ static int on_commit(void *arg, sqlite3 *db, const char *schema, int frames)
     if (frames < w->last_frames)
         new_cycle(w);
     w->last_frames = frames;
-    if (frames >= w->next_restart) {
+    if (frames >= w->next_restart &&
+        (w->idle_at < 0 || frames - w->idle_at > CQ_WAL_CHECKPOINT_FRAMES ||
+         frames >= CQ_WAL_LIMIT_FRAMES)) {
         restart_log(w, frames);
     } else if (frames >= w->next_pass) {
         pthread_mutex_lock(&w->mu);
@@ -236,6 +256,24 @@ static int on_commit(void *arg, sqlite3 *db, const char *schema, int frames)
         w->next_pass = frames + w->pass_frames;
     }
     return SQLITE_OK; /* the commit stands whatever happened here */
+}
+
+void cq_wal_idle(cq_wal *w)
+{
+    if (w == NULL)
+        return;
+    w->idle_at = w->last_frames; /* step 4 of the protocol */
+    if (w->last_frames < CQ_WAL_RESTART_FRAMES)
+        return;
+    pthread_mutex_lock(&w->mu);
+    /* a pass under way began before the last commits: one more after it */
+    if (!w->due &&
+        !(!w->running && w->pass_log >= 0 && w->pass_cycle == w->cycle &&
+          w->pass_log == w->last_frames && w->pass_ckpt == w->pass_log)) {
+        w->due = 1;
+        pthread_cond_signal(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
 }
 
 /* The database's page size (a frame is that and a 24-byte header). */
@@ -295,6 +333,7 @@ int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
     w->writer = writer;
     w->busy_ms = busy_ms;
     w->next_restart = CQ_WAL_RESTART_FRAMES;
+    w->idle_at = -1;
     w->pass_log = -1;
     pthread_mutex_init(&w->mu, NULL);
     pthread_mutex_init(&w->ckpt_mu, NULL);

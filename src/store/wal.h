@@ -21,6 +21,10 @@
  *     CQ_WAL_LIMIT_FRAMES it does without that. It waits at most
  *     CQ_WAL_RESTART_BUSY_MS for readers of older snapshots; if they hold
  *     on, it tries again after another CQ_WAL_CHECKPOINT_FRAMES frames;
+ *   - a writer that goes idle (cq_wal_idle) gets its reset without that
+ *     stall: the thread's passes at its idle moments let SQLite start the
+ *     log anew at its next transaction; only at CQ_WAL_LIMIT_FRAMES does
+ *     it reset the log itself;
  *   - the -wal file is never cut shorter than CQ_WAL_LIMIT_FRAMES frames
  *     (journal_size_limit): after a reset, commits overwrite blocks the
  *     file has, and an fsync writes no inode with them.
@@ -58,6 +62,18 @@ typedef struct cq_wal cq_wal;
 int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
                  const char *thread_name, cq_wal **out, char *err,
                  size_t errcap);
+
+/* The writing thread has nothing to write for now (it is about to
+ * sleep). Once the log is due for a reset (CQ_WAL_RESTART_FRAMES), asks
+ * the thread for a pass unless one runs or the last one copied the whole
+ * log: a pass that copies it all while the writer is idle lets the
+ * writer's next transaction start the log anew by itself (SQLite does
+ * when every frame is in the database and no reader is on an older
+ * snapshot), with no copying and no fsync on the writing thread. From
+ * then until CQ_WAL_LIMIT_FRAMES, its commits no longer reset the log
+ * themselves. Writing thread only, without a transaction open; accepts
+ * NULL. */
+void cq_wal_idle(cq_wal *w);
 
 /* cq_wal_start on a connection of the read-store interface (store/rdb.h)
  * whose backend is SQLite, as the projection engine holds read.db's:

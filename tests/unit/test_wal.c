@@ -284,6 +284,71 @@ static void test_unsynced_log_passes_are_small(void **state)
                 CQ_WAL_RESTART_FRAMES / CQ_WAL_UNSYNCED_PASS_FRAMES);
 }
 
+/* Wait (at most ~0.5 s) until the checkpoint thread has run more than
+ * `seen` passes and is idle again; returns its count. */
+static int64_t wait_pass(fixture *f, int64_t seen)
+{
+    struct timespec ms = {0, 1000 * 1000};
+
+    for (int i = 0; i < 500 && cq_wal_passes(f->wal) <= seen; i++)
+        nanosleep(&ms, NULL);
+    nanosleep(&ms, NULL); /* its bookkeeping after the count */
+    return cq_wal_passes(f->wal);
+}
+
+/* A writer that goes idle between its commits (the projector) gets its
+ * log reset by SQLite itself, after a pass of the thread at an idle
+ * moment: no RESTART on the writing thread (which copies and syncs there,
+ * and stalls every query waiting for a position), and the -wal file stays
+ * near CQ_WAL_RESTART_FRAMES, short of where a forced reset would let it
+ * grow. */
+static void test_idle_writer_resets_without_restart(void **state)
+{
+    fixture *f = *state;
+    const int64_t due = (int64_t)CQ_WAL_RESTART_FRAMES * FRAME_BYTES;
+    int64_t passes;
+    int after = 0;
+
+    /* past the reset point, the first 50 idle moments last until the
+     * thread's pass is done (none is asked once the log was reset); the
+     * rest (2000+ frames, far enough to reach CQ_WAL_LIMIT_FRAMES without
+     * a reset) are short */
+    for (int i = 0; i < 5000 && after < 800; i++) {
+        commit_row(f);
+        after += file_size(f->wal_path) >= due;
+        passes = cq_wal_passes(f->wal);
+        cq_wal_idle(f->wal);
+        if (after > 0 && after <= 50 && wait_pass(f, passes) == passes)
+            after = 51;
+    }
+    assert_int_equal(after, 800); /* went well past the reset point */
+    assert_int_equal(cq_wal_restarts(f->wal), 0);
+    assert_true(file_size(f->wal_path) <
+                (int64_t)(CQ_WAL_RESTART_FRAMES + 200) * FRAME_BYTES);
+    cq_wal_idle(NULL);
+}
+
+/* A writer that was idle and then stays busy (a catch-up after a quiet
+ * spell) still has its log reset on time: once CQ_WAL_CHECKPOINT_FRAMES
+ * frames have passed without an idle moment, or at CQ_WAL_LIMIT_FRAMES,
+ * its commits reset it, and the file stays within its bound. */
+static void test_idle_then_busy_stays_bounded(void **state)
+{
+    fixture *f = *state;
+    const int64_t bound =
+        (int64_t)(CQ_WAL_LIMIT_FRAMES + CQ_WAL_RESTART_GAP) * FRAME_BYTES +
+        32;
+
+    while (file_size(f->wal_path) <
+           (int64_t)(CQ_WAL_RESTART_FRAMES + 10) * FRAME_BYTES)
+        commit_row(f);
+    cq_wal_idle(f->wal);
+    for (int i = 0; i < 3000; i++) {
+        commit_row(f);
+        assert_true(file_size(f->wal_path) <= bound);
+    }
+}
+
 static void test_bytes_and_free_null(void **state)
 {
     fixture *f = *state;
@@ -309,6 +374,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_passes_are_paced, setup_full,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_unsynced_log_passes_are_small,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_writer_resets_without_restart,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_then_busy_stays_bounded,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_bytes_and_free_null, setup,
                                         teardown),
