@@ -1,8 +1,9 @@
 /*
  * test_engine.c -- the projection engine against a real store and writer:
  * declared and C projections, asynchronous and inline, failure isolation,
- * queries with freshness, strong reads, waits, blue/green rebuilds and
- * events applied twice.
+ * queries with freshness, strong reads, waits, blue/green rebuilds,
+ * events applied twice, and a catch-up in batches read ahead (with the
+ * read-ahead's own rules checked directly).
  *
  * `test_engine` runs on SQLite (events.db and read.db in a temporary
  * directory); `test_engine pg` (ctest: test_engine_pg) with the event
@@ -25,6 +26,7 @@
 #include "command/writer.h"
 #include "orders/orders.h"
 #include "projection/engine.h"
+#include "projection/engine_int.h"
 #include "query/query.h"
 #include "wiring.h"
 
@@ -83,6 +85,7 @@ typedef struct fixture {
     pthread_cond_t cv;
     int done;
     int64_t inline_seen; /* payment_confirmation position seen in done() */
+    int batch;           /* the engine's micro-batch (0: its default) */
 } fixture;
 
 static void on_done(cq_write_req *r)
@@ -104,6 +107,7 @@ static void start(fixture *f)
         .uri = f->uri, .dir = f->dir, .read_connections = 2, .connections = 2};
     cq_engine_config ecfg = {.dir = f->dir,
                              .readers = 2,
+                             .batch = f->batch,
                              .domain = orders_domain(),
                              .read_store = f->uri,
                              .store_uri = f->uri};
@@ -673,6 +677,187 @@ static void test_applied_twice(void **state)
         json_decref(before[i]);
 }
 
+/* The sales dashboard's answer (no parameters). */
+static json_t *dashboard(fixture *f)
+{
+    int p;
+    const cq_decl_query *q = cq_engine_query(f->engine, "sales_dashboard", &p);
+    char err[256];
+    int64_t sv;
+    cq_freshness fr;
+    json_t *data = NULL;
+
+    assert_non_null(q);
+    if (cq_query_run(f->engine, p, q, NULL, NULL, &data, &fr, &sv, err,
+                     sizeof err) != CQ_OK)
+        fail_msg("sales_dashboard: %s", err);
+    return data;
+}
+
+#define CU_ORDERS 30
+
+/* A catch-up far behind, in batches of 10 x batch with the next one read
+ * ahead on a thread of its own (readahead.c): the asynchronous
+ * projections, emptied and set back to 0, come back exactly as they were
+ * (every event applied once, in order: event_counts counts them). */
+static void test_catch_up_read_ahead(void **state)
+{
+    fixture *f = *state;
+    json_t *before[CU_ORDERS + 2], *after;
+    cq_freshness fr;
+    char id[32], json[256];
+
+    stop(f);
+    f->batch = 2; /* far behind from 20 events on: batches of 20 */
+    start(f);
+    for (int i = 0; i < CU_ORDERS; i++) {
+        snprintf(id, sizeof id, "o-%d", i);
+        snprintf(json, sizeof json,
+                 "{\"order_id\":\"%s\",\"customer_id\":\"c%d\","
+                 "\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\","
+                 "\"quantity\":%d,\"unit_price_cents\":500}]}",
+                 id, i % 3, 1 + i % 4);
+        assert_int_equal(command(f, "PlaceOrder", json), 202);
+        if (i % 2 == 0) {
+            snprintf(json, sizeof json,
+                     "{\"order_id\":\"%s\",\"payment_id\":\"p-%d\","
+                     "\"amount_cents\":%d}",
+                     id, i, 100 * (1 + i % 5));
+            assert_int_equal(command(f, "RecordPayment", json), 202);
+        }
+    }
+    /* more than two batches of 20 behind once set back */
+    assert_true(cq_engine_head(f->engine) >= CU_ORDERS + CU_ORDERS / 2);
+    catch_up(f, "order_summaries");
+    catch_up(f, "sales_dashboard");
+    catch_up(f, "event_counts");
+    for (int i = 0; i < CU_ORDERS; i++) {
+        snprintf(id, sizeof id, "o-%d", i);
+        before[i] = query(f, "order_summary", id, 0, &fr);
+        assert_non_null(before[i]);
+    }
+    before[CU_ORDERS] = dashboard(f);
+    before[CU_ORDERS + 1] = query(f, "event_count", "o-7", 0, &fr);
+    stop(f);
+
+    admin_exec(f, "read.db",
+               "UPDATE cq_projections SET position = 0 WHERE name NOT IN"
+               " ('payment_confirmation', 'guard');"
+               "DELETE FROM event_counts; DELETE FROM order_summaries");
+    start(f);
+    catch_up(f, "order_summaries");
+    catch_up(f, "sales_dashboard");
+    catch_up(f, "event_counts");
+    for (int i = 0; i < CU_ORDERS; i++) {
+        snprintf(id, sizeof id, "o-%d", i);
+        after = query(f, "order_summary", id, 0, &fr);
+        assert_true(json_equal(before[i], after));
+        json_decref(after);
+    }
+    after = dashboard(f);
+    assert_true(json_equal(before[CU_ORDERS], after));
+    json_decref(after);
+    after = query(f, "event_count", "o-7", 0, &fr);
+    assert_true(json_equal(before[CU_ORDERS + 1], after));
+    json_decref(after);
+    for (int i = 0; i < CU_ORDERS + 2; i++)
+        json_decref(before[i]);
+    /* every stream counted all its events: none skipped */
+    {
+        cq_rdb *db = open_admin(f, "read.db");
+        cq_rstmt *st = NULL;
+        char err[256];
+        assert_int_equal(cq_rdb_prepare(db,
+                                        "SELECT count(*) FROM event_counts"
+                                        " WHERE events <> version",
+                                        0, &st, err, sizeof err),
+                         CQ_OK);
+        assert_int_equal(cq_rstmt_step(st), CQ_RSTEP_ROW);
+        assert_int_equal(cq_rstmt_column_int(st, 0), 0);
+        cq_rstmt_finalize(st);
+        cq_rdb_close(db);
+    }
+}
+
+/* The read-ahead's rules (readahead.c), on an engine not started (so this
+ * thread is its projector thread): a batch read ahead is handed over only
+ * to a round that starts where it starts, wants no more events than it
+ * read and metadata as it was decoded; anything else drops it. */
+static void test_read_ahead_rules(void **state)
+{
+    fixture *f = *state;
+    cq_engine_config ecfg = {
+        .dir = f->dir, .domain = orders_domain(), .read_store = f->uri};
+    cq_engine *e = NULL;
+    batch b;
+    char err[256];
+
+    for (int i = 0; i < 4; i++) {
+        char json[256];
+        snprintf(json, sizeof json,
+                 "{\"order_id\":\"r-%d\",\"customer_id\":\"c\","
+                 "\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\","
+                 "\"quantity\":1,\"unit_price_cents\":500}]}",
+                 i);
+        assert_int_equal(command(f, "PlaceOrder", json), 202);
+        snprintf(json, sizeof json,
+                 "{\"order_id\":\"r-%d\",\"payment_id\":\"p\","
+                 "\"amount_cents\":500}",
+                 i);
+        assert_int_equal(command(f, "RecordPayment", json), 202);
+    }
+    assert_int_equal(cq_engine_head(f->engine), 12);
+    assert_int_equal(cq_engine_new(&ecfg, f->store, &e, err, sizeof err),
+                     CQ_OK);
+
+    /* taken: from 3, 4 events, in order, decoded */
+    cq_eng_readahead_start(e, 3, 4, 0);
+    memset(&b, 0, sizeof b);
+    assert_int_equal(cq_eng_readahead_take(e, &b, 3, 4, 0), 1);
+    assert_int_equal(b.n, 4);
+    for (int k = 0; k < b.n; k++) {
+        assert_int_equal(b.se[k].position, 3 + k);
+        assert_int_equal(b.prc[k], CQ_OK);
+    }
+    assert_string_equal(b.se[0].type, "OrderPaid");
+    assert_string_equal(b.se[1].type, "OrderPlaced");
+    assert_string_equal(b.se[1].stream_id, "order-r-1");
+    assert_string_equal(b.se[2].type, "PaymentReceived");
+    cq_eng_batch_free(&b);
+    /* nothing is left to take */
+    assert_int_equal(cq_eng_readahead_take(e, &b, 7, 4, 0), 0);
+
+    /* another first position: dropped, not kept for later */
+    cq_eng_readahead_start(e, 3, 4, 0);
+    assert_int_equal(cq_eng_readahead_take(e, &b, 4, 4, 0), 0);
+    assert_int_equal(cq_eng_readahead_take(e, &b, 3, 4, 0), 0);
+
+    /* metadata wanted, not decoded: dropped */
+    cq_eng_readahead_start(e, 3, 4, 0);
+    assert_int_equal(cq_eng_readahead_take(e, &b, 3, 4, 1), 0);
+
+    /* a round asking for more than it read: dropped */
+    cq_eng_readahead_start(e, 3, 4, 0);
+    assert_int_equal(cq_eng_readahead_take(e, &b, 3, 8, 0), 0);
+
+    /* a round asking for fewer: all of them handed over */
+    cq_eng_readahead_start(e, 9, 4, 1);
+    assert_int_equal(cq_eng_readahead_take(e, &b, 9, 2, 1), 1);
+    assert_int_equal(b.n, 4);
+    assert_int_equal(b.se[3].position, 12);
+    assert_non_null(b.pe[0].dec.metadata);
+    cq_eng_batch_free(&b);
+
+    /* beyond the head: nothing read, nothing taken */
+    cq_eng_readahead_start(e, 13, 4, 0);
+    assert_int_equal(cq_eng_readahead_take(e, &b, 13, 4, 0), 0);
+
+    /* one left unjoined and untaken is freed by stop */
+    cq_eng_readahead_start(e, 1, 4, 0);
+    cq_eng_readahead_stop(e);
+    cq_engine_free(e);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -688,6 +873,10 @@ int main(int argc, char **argv)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_applied_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rebuild_declared, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_catch_up_read_ahead, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_read_ahead_rules, setup,
+                                        teardown),
     };
     pg = argc > 1 && strcmp(argv[1], "pg") == 0;
     return cmocka_run_group_tests_name(pg ? "engine_pg" : "engine", tests, NULL,
