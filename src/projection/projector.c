@@ -6,7 +6,9 @@
  * asynchronous projection behind the head:
  *   1. read up to `batch` events (10 x batch when far behind) after the
  *      lowest checkpoint from the event store, in one read snapshot, and
- *      decode each once;
+ *      decode each once; far behind, the next batch is read and decoded
+ *      on a thread of its own while this one is applied (readahead.c),
+ *      and the next round takes it if it starts where it starts;
  *   2. for each projection, in declaration order: BEGIN on read.db, run
  *      its handlers on the events it has not applied yet, write its
  *      checkpoint (and failure), COMMIT, publish its position and wake
