@@ -191,15 +191,12 @@ struct cq_engine {
     cq_rstmt *r_rb_save; /* a rebuild's checkpoint (rebuild.c) */
     /* the arrays of the one batch alive at a time, kept from one batch to
      * the next (cq_eng_batch_read); freed when the projector thread ends */
-    struct batch_mem {
+    struct {
         cq_stored_event *se;
         struct parsed *pe;
         int *prc;
         int cap;
     } bmem;
-    /* the next batch of a catch-up, read on a thread of its own while the
-     * projector applies this one (readahead.c); NULL until first used */
-    struct readahead *ra;
 
     /* writer thread only (and cq_engine_start before it runs) */
     cq_exec *ix; /* on the store's write connection (cq_store_write_rdb) */
@@ -452,40 +449,6 @@ void *cq_eng_projector_main(void *arg);
 int cq_eng_batch_read(cq_engine *e, batch *b, int64_t from, char *err,
                       size_t errcap);
 void cq_eng_batch_free(batch *b);
-
-/* Grow m's arrays to b->cap (kept: they only grow) and point b's at them.
- * CQ_OK or CQ_ENOMEM (m unchanged in size, message in err). */
-int cq_eng_batch_arrays(struct batch_mem *m, batch *b, char *err,
-                        size_t errcap);
-
-/* Copy and decode one stored event into b (a cq_event_cb for the store's
- * reads; b->domain and b->need_meta set, the arrays room for b->cap).
- * Thread-safe for distinct batches. */
-int cq_eng_batch_add(void *arg, const cq_stored_event *se);
-
-/* Read-ahead of a catch-up (readahead.c), projector thread only. While a
- * projection far behind applies one full batch, the next one (the events
- * from `from` on, `cap` of them) is read from the event store and decoded
- * on a thread of its own, into arrays of its own; the events are the
- * store's, fixed once committed, so reading them early changes nothing.
- *
- * cq_eng_readahead_start: start reading (nothing if a read-ahead is still
- * there, or the thread cannot be had: the next round reads as usual).
- * cq_eng_readahead_take: wait for the read-ahead, if any; if it read from
- * exactly `from`, for a batch of `cap` events or more (it may hold more
- * than `cap`: all of them are handed over), with metadata as `need_meta`
- * says, without failing, hand it over as *b (its arrays become e->bmem)
- * and return 1;
- * else drop it and return 0 (the caller reads b itself). A read-ahead
- * whose round no longer wants it (a pause, a reset, a projection resumed
- * further back, a failure) is simply dropped.
- * cq_eng_readahead_stop: wait for it and free everything (the projector
- * thread's end). */
-void cq_eng_readahead_start(cq_engine *e, int64_t from, int cap,
-                            int need_meta);
-int cq_eng_readahead_take(cq_engine *e, batch *b, int64_t from, int cap,
-                          int need_meta);
-void cq_eng_readahead_stop(cq_engine *e);
 
 /* Apply b's events from `from` on to c->p through c->x and c->d, in the
  * open transaction; stops at the first failure (recorded in c). */

@@ -6,9 +6,7 @@
  * asynchronous projection behind the head:
  *   1. read up to `batch` events (10 x batch when far behind) after the
  *      lowest checkpoint from the event store, in one read snapshot, and
- *      decode each once; far behind, the next batch is read and decoded
- *      on a thread of its own while this one is applied (readahead.c),
- *      and the next round takes it if it starts where it starts;
+ *      decode each once;
  *   2. for each projection, in declaration order: BEGIN on read.db, run
  *      its handlers on the events it has not applied yet, write its
  *      checkpoint (and failure), COMMIT, publish its position and wake
@@ -144,7 +142,7 @@ static void mark_failed(cq_engine *e, proj *p, const apply_ctx *c)
             p->d->name, (long long)c->error_position, c->error_event, c->error);
 }
 
-int cq_eng_batch_add(void *arg, const cq_stored_event *se)
+static int batch_add(void *arg, const cq_stored_event *se)
 {
     batch *b = arg;
     cq_stored_event *d = &b->se[b->n];
@@ -175,41 +173,33 @@ static int batch_read(cq_engine *e, batch *b, int projection, int64_t from,
     int64_t store_head;
 
     b->domain = e->domain;
-    if (cq_eng_batch_arrays(&e->bmem, b, err, errcap) != CQ_OK)
-        return CQ_ENOMEM;
-    if (projection >= 0 && e->source.read != NULL)
-        return e->source.read(e->source.arg, projection,
-                              e->projs[projection]->d->name, from, b->cap,
-                              cq_eng_batch_add, b, err, errcap);
-    return cq_store_read_all(e->store, from, b->cap, cq_eng_batch_add, b,
-                             &store_head, err, errcap);
-}
-
-int cq_eng_batch_arrays(struct batch_mem *m, batch *b, char *err,
-                        size_t errcap)
-{
-    if (m->cap < b->cap) {
+    if (e->bmem.cap < b->cap) {
         /* the arrays grow to the largest batch and are kept (every entry
-         * is filled by cq_eng_batch_add before it is read) */
-        cq_stored_event *se = realloc(m->se, (size_t)b->cap * sizeof *se);
+         * is filled by batch_add before it is read) */
+        cq_stored_event *se = realloc(e->bmem.se, (size_t)b->cap * sizeof *se);
         if (se != NULL)
-            m->se = se;
-        parsed *pe = realloc(m->pe, (size_t)b->cap * sizeof *pe);
+            e->bmem.se = se;
+        parsed *pe = realloc(e->bmem.pe, (size_t)b->cap * sizeof *pe);
         if (pe != NULL)
-            m->pe = pe;
-        int *prc = realloc(m->prc, (size_t)b->cap * sizeof *prc);
+            e->bmem.pe = pe;
+        int *prc = realloc(e->bmem.prc, (size_t)b->cap * sizeof *prc);
         if (prc != NULL)
-            m->prc = prc;
+            e->bmem.prc = prc;
         if (se == NULL || pe == NULL || prc == NULL) {
             snprintf(err, errcap, "out of memory");
             return CQ_ENOMEM;
         }
-        m->cap = b->cap;
+        e->bmem.cap = b->cap;
     }
-    b->se = m->se;
-    b->pe = m->pe;
-    b->prc = m->prc;
-    return CQ_OK;
+    b->se = e->bmem.se;
+    b->pe = e->bmem.pe;
+    b->prc = e->bmem.prc;
+    if (projection >= 0 && e->source.read != NULL)
+        return e->source.read(e->source.arg, projection,
+                              e->projs[projection]->d->name, from, b->cap,
+                              batch_add, b, err, errcap);
+    return cq_store_read_all(e->store, from, b->cap, batch_add, b, &store_head,
+                             err, errcap);
 }
 
 int cq_eng_batch_read(cq_engine *e, batch *b, int64_t from, char *err,
@@ -710,18 +700,12 @@ static int apply_round(cq_engine *e)
      * restart or a rebuild) takes ten times as many per transaction, which
      * saves most of the per-transaction cost and changes nothing else. */
     b.cap = head - lowest >= 10 * e->batch ? 10 * e->batch : e->batch;
-    if (!cq_eng_readahead_take(e, &b, lowest, b.cap, b.need_meta) &&
-        cq_eng_batch_read(e, &b, lowest, err, sizeof err) != CQ_OK) {
+    if (cq_eng_batch_read(e, &b, lowest, err, sizeof err) != CQ_OK) {
         fprintf(stderr, "cqrsd: projections: reading events from %lld: %s\n",
                 (long long)lowest, err);
         status = CQ_STEP_FAILED;
         goto done;
     }
-    /* far behind, the next batch is read and decoded on a thread of its
-     * own while this one is applied (readahead.c) */
-    if (b.cap > e->batch && b.n == b.cap && b.se[b.n - 1].position < head)
-        cq_eng_readahead_start(e, b.se[b.n - 1].position + 1, b.cap,
-                               b.need_meta);
     for (int i = 0; i < n; i++)
         if (apply_batch(e, due[i], decl[i], from[i], &b) == CQ_EIO)
             status = CQ_STEP_FAILED;
@@ -812,7 +796,6 @@ void *cq_eng_projector_main(void *arg)
     /* e->stopping is set: nothing is queued after this */
     cq_eng_run_controls(e, 1);
     pthread_mutex_unlock(&e->mu);
-    cq_eng_readahead_stop(e);
     free(e->bmem.se);
     free(e->bmem.pe);
     free(e->bmem.prc);

@@ -2,8 +2,8 @@
  * test_engine.c -- the projection engine against a real store and writer:
  * declared and C projections, asynchronous and inline, failure isolation,
  * queries with freshness, strong reads, waits, blue/green rebuilds,
- * events applied twice, and a catch-up in batches read ahead (with the
- * read-ahead's own rules checked directly).
+ * events applied twice, and a catch-up far behind (batches of 10 x the
+ * micro-batch) from emptied tables.
  *
  * `test_engine` runs on SQLite (events.db and read.db in a temporary
  * directory); `test_engine pg` (ctest: test_engine_pg) with the event
@@ -26,7 +26,6 @@
 #include "command/writer.h"
 #include "orders/orders.h"
 #include "projection/engine.h"
-#include "projection/engine_int.h"
 #include "query/query.h"
 #include "wiring.h"
 
@@ -696,11 +695,11 @@ static json_t *dashboard(fixture *f)
 
 #define CU_ORDERS 30
 
-/* A catch-up far behind, in batches of 10 x batch with the next one read
- * ahead on a thread of its own (readahead.c): the asynchronous
- * projections, emptied and set back to 0, come back exactly as they were
- * (every event applied once, in order: event_counts counts them). */
-static void test_catch_up_read_ahead(void **state)
+/* A catch-up far behind, in batches of 10 x batch (then micro-batches
+ * near the head): the asynchronous projections, emptied and set back to
+ * 0, come back exactly as they were (every event applied once, in order:
+ * event_counts counts them). */
+static void test_catch_up_far_behind(void **state)
 {
     fixture *f = *state;
     json_t *before[CU_ORDERS + 2], *after;
@@ -779,91 +778,6 @@ static void test_catch_up_read_ahead(void **state)
     }
 }
 
-/* The read-ahead's rules (readahead.c), on an engine not started (so this
- * thread is its projector thread): a batch read ahead is handed over only
- * to a round that starts where it starts, wants no more events than it
- * read and metadata as it was decoded; anything else drops it. */
-static void test_read_ahead_rules(void **state)
-{
-    fixture *f = *state;
-    cq_engine_config ecfg = {
-        .dir = f->dir, .domain = orders_domain(), .read_store = f->uri};
-    cq_engine *e = NULL;
-    batch b;
-    char err[256];
-
-    for (int i = 0; i < 4; i++) {
-        char json[256];
-        snprintf(json, sizeof json,
-                 "{\"order_id\":\"r-%d\",\"customer_id\":\"c\","
-                 "\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\","
-                 "\"quantity\":1,\"unit_price_cents\":500}]}",
-                 i);
-        assert_int_equal(command(f, "PlaceOrder", json), 202);
-        snprintf(json, sizeof json,
-                 "{\"order_id\":\"r-%d\",\"payment_id\":\"p\","
-                 "\"amount_cents\":500}",
-                 i);
-        assert_int_equal(command(f, "RecordPayment", json), 202);
-    }
-    assert_int_equal(cq_engine_head(f->engine), 12);
-    assert_int_equal(cq_engine_new(&ecfg, f->store, &e, err, sizeof err),
-                     CQ_OK);
-
-    /* taken: from 3, 4 events, in order, decoded */
-    cq_eng_readahead_start(e, 3, 4, 0);
-    memset(&b, 0, sizeof b);
-    assert_int_equal(cq_eng_readahead_take(e, &b, 3, 4, 0), 1);
-    assert_int_equal(b.n, 4);
-    for (int k = 0; k < b.n; k++) {
-        assert_int_equal(b.se[k].position, 3 + k);
-        assert_int_equal(b.prc[k], CQ_OK);
-    }
-    assert_string_equal(b.se[0].type, "OrderPaid");
-    assert_string_equal(b.se[1].type, "OrderPlaced");
-    assert_string_equal(b.se[1].stream_id, "order-r-1");
-    assert_string_equal(b.se[2].type, "PaymentReceived");
-    cq_eng_batch_free(&b);
-    /* nothing is left to take */
-    assert_int_equal(cq_eng_readahead_take(e, &b, 7, 4, 0), 0);
-
-    /* another first position: dropped, not kept for later */
-    cq_eng_readahead_start(e, 3, 4, 0);
-    assert_int_equal(cq_eng_readahead_take(e, &b, 4, 4, 0), 0);
-    assert_int_equal(cq_eng_readahead_take(e, &b, 3, 4, 0), 0);
-
-    /* metadata wanted, not decoded: dropped */
-    cq_eng_readahead_start(e, 3, 4, 0);
-    assert_int_equal(cq_eng_readahead_take(e, &b, 3, 4, 1), 0);
-
-    /* a round asking for more than it read: dropped */
-    cq_eng_readahead_start(e, 3, 4, 0);
-    assert_int_equal(cq_eng_readahead_take(e, &b, 3, 8, 0), 0);
-
-    /* a round asking for fewer: all of them handed over */
-    cq_eng_readahead_start(e, 9, 4, 1);
-    assert_int_equal(cq_eng_readahead_take(e, &b, 9, 2, 1), 1);
-    assert_int_equal(b.n, 4);
-    assert_int_equal(b.se[3].position, 12);
-    assert_non_null(b.pe[0].dec.metadata);
-    cq_eng_batch_free(&b);
-
-    /* beyond the head: nothing read, nothing taken */
-    cq_eng_readahead_start(e, 13, 4, 0);
-    assert_int_equal(cq_eng_readahead_take(e, &b, 13, 4, 0), 0);
-
-    /* one left unjoined and untaken is freed by stop */
-    cq_eng_readahead_start(e, 1, 4, 0);
-    cq_eng_readahead_stop(e);
-    /* what the projector thread frees at its end (this engine has none):
-     * the arrays a batch taken above brought */
-    free(e->bmem.se);
-    free(e->bmem.pe);
-    free(e->bmem.prc);
-    memset(&e->bmem, 0, sizeof e->bmem);
-    cq_engine_free(e);
-}
-
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -879,9 +793,7 @@ int main(int argc, char **argv)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_applied_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rebuild_declared, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_catch_up_read_ahead, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_read_ahead_rules, setup,
+        cmocka_unit_test_setup_teardown(test_catch_up_far_behind, setup,
                                         teardown),
     };
     pg = argc > 1 && strcmp(argv[1], "pg") == 0;
