@@ -319,6 +319,8 @@ How: bench_fill_events writes $(na "$(num "$(fig f_events)")") events
 ($(fig CU_ORDERS) orders × 4) straight into a new events.db, once. Three
 catch-ups follow (repeated for each round), each on its own fresh copy of that file: \`cqrsd serve\`
 starts on it and bench_catchup (bench/catchup.c) waits for \`GET /healthz\`,
+then until the inline projection is current (its replay by the writer comes
+first; the projector starts then, and the catch-up is timed from there),
 then polls until the projection has applied the last event. *Alone*: right
 after the server is up, bench_catchup pauses the other asynchronous
 projection (\`POST /projections/OTHER/pause\`, \`--only\`), so the one timed
