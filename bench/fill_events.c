@@ -9,7 +9,9 @@
  * PaymentReceived + OrderPaid, OrderShipped), interleaved as a busy shop
  * records them. Every row is shaped as the server writes it: data as the
  * orders domain emits it (domains/orders/orders.c, jansson's compact
- * output in insertion order), metadata as the command writer adds it
+ * output in insertion order) at the schema version it emits them (the
+ * newest: the first version the domain has no upcaster for, so OrderPlaced
+ * is 2 and never upcast on reading), metadata as the command writer adds it
  * (event_id, command_id, time, correlation_id, causation_id; the events of
  * one command share its command id and time), recorded_at in ms, and one
  * streams row per order at its last version and position.
@@ -32,6 +34,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "domain/domain.h"
+#include "orders/orders.h"
 #include "orders_gen.h"
 #include "store/store.h"
 
@@ -226,6 +230,14 @@ int main(int argc, char **argv)
         goto done;
     }
 
+    /* each type at the version the orders domain writes: the newest */
+    int schema[sizeof GEN_TYPES / sizeof GEN_TYPES[0]];
+    for (size_t k = 0; k < sizeof schema / sizeof schema[0]; k++) {
+        schema[k] = 1;
+        while (cq_domain_upcaster(orders_domain(), GEN_TYPES[k], schema[k]))
+            schema[k]++;
+    }
+
     rng_state ^= (uint64_t)time(NULL);
     const int64_t step_ms = 1000;
     gen_iter it;
@@ -263,7 +275,7 @@ int main(int argc, char **argv)
         sqlite3_bind_text(ins, 2, stream_id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(ins, 3, ev.version);
         sqlite3_bind_text(ins, 4, GEN_TYPES[ev.kind], -1, SQLITE_STATIC);
-        sqlite3_bind_int64(ins, 5, 1);
+        sqlite3_bind_int64(ins, 5, schema[ev.kind]);
         sqlite3_bind_text(ins, 6, data, dn, SQLITE_STATIC);
         sqlite3_bind_text(ins, 7, meta, mn, SQLITE_STATIC);
         sqlite3_bind_int64(ins, 8, ev.time_ms);

@@ -1,8 +1,9 @@
 /*
  * test_engine.c -- the projection engine against a real store and writer:
  * declared and C projections, asynchronous and inline, failure isolation,
- * queries with freshness, strong reads, waits, blue/green rebuilds and
- * events applied twice.
+ * queries with freshness, strong reads, waits, blue/green rebuilds,
+ * events applied twice, and a catch-up far behind (batches of 10 x the
+ * micro-batch) from emptied tables.
  *
  * `test_engine` runs on SQLite (events.db and read.db in a temporary
  * directory); `test_engine pg` (ctest: test_engine_pg) with the event
@@ -103,6 +104,7 @@ typedef struct fixture {
     pthread_cond_t cv;
     int done;
     int64_t inline_seen; /* payment_confirmation position seen in done() */
+    int batch;           /* the engine's micro-batch (0: its default) */
 } fixture;
 
 static void on_done(cq_write_req *r)
@@ -124,6 +126,7 @@ static void start(fixture *f)
         .uri = f->uri, .dir = f->dir, .read_connections = 2, .connections = 2};
     cq_engine_config ecfg = {.dir = f->dir,
                              .readers = 2,
+                             .batch = f->batch,
                              .domain = orders_domain(),
                              .read_store = f->uri,
                              .store_uri = f->uri};
@@ -825,6 +828,108 @@ static void test_applied_twice(void **state)
         json_decref(before[i]);
 }
 
+/* The sales dashboard's answer (no parameters). */
+static json_t *dashboard(fixture *f)
+{
+    int p;
+    const cq_decl_query *q = cq_engine_query(f->engine, "sales_dashboard", &p);
+    char err[256];
+    int64_t sv;
+    cq_freshness fr;
+    json_t *data = NULL;
+
+    assert_non_null(q);
+    if (cq_query_run(f->engine, p, q, NULL, NULL, &data, &fr, &sv, err,
+                     sizeof err) != CQ_OK)
+        fail_msg("sales_dashboard: %s", err);
+    return data;
+}
+
+#define CU_ORDERS 30
+
+/* A catch-up far behind, in batches of 10 x batch (then micro-batches
+ * near the head): the asynchronous projections, emptied and set back to
+ * 0, come back exactly as they were (every event applied once, in order:
+ * event_counts counts them). */
+static void test_catch_up_far_behind(void **state)
+{
+    fixture *f = *state;
+    json_t *before[CU_ORDERS + 2], *after;
+    cq_freshness fr;
+    char id[32], json[256];
+
+    stop(f);
+    f->batch = 2; /* far behind from 20 events on: batches of 20 */
+    start(f);
+    for (int i = 0; i < CU_ORDERS; i++) {
+        snprintf(id, sizeof id, "o-%d", i);
+        snprintf(json, sizeof json,
+                 "{\"order_id\":\"%s\",\"customer_id\":\"c%d\","
+                 "\"currency\":\"EUR\",\"items\":[{\"sku\":\"A\","
+                 "\"quantity\":%d,\"unit_price_cents\":500}]}",
+                 id, i % 3, 1 + i % 4);
+        assert_int_equal(command(f, "PlaceOrder", json), 202);
+        if (i % 2 == 0) {
+            snprintf(json, sizeof json,
+                     "{\"order_id\":\"%s\",\"payment_id\":\"p-%d\","
+                     "\"amount_cents\":%d}",
+                     id, i, 100 * (1 + i % 5));
+            assert_int_equal(command(f, "RecordPayment", json), 202);
+        }
+    }
+    /* more than two batches of 20 behind once set back */
+    assert_true(cq_engine_head(f->engine) >= CU_ORDERS + CU_ORDERS / 2);
+    catch_up(f, "order_summaries");
+    catch_up(f, "sales_dashboard");
+    catch_up(f, "event_counts");
+    for (int i = 0; i < CU_ORDERS; i++) {
+        snprintf(id, sizeof id, "o-%d", i);
+        before[i] = query(f, "order_summary", id, 0, &fr);
+        assert_non_null(before[i]);
+    }
+    before[CU_ORDERS] = dashboard(f);
+    before[CU_ORDERS + 1] = query(f, "event_count", "o-7", 0, &fr);
+    stop(f);
+
+    admin_exec(f, "read.db",
+               "UPDATE cq_projections SET position = 0 WHERE name NOT IN"
+               " ('payment_confirmation', 'guard');"
+               "DELETE FROM event_counts; DELETE FROM order_summaries");
+    start(f);
+    catch_up(f, "order_summaries");
+    catch_up(f, "sales_dashboard");
+    catch_up(f, "event_counts");
+    for (int i = 0; i < CU_ORDERS; i++) {
+        snprintf(id, sizeof id, "o-%d", i);
+        after = query(f, "order_summary", id, 0, &fr);
+        assert_true(json_equal(before[i], after));
+        json_decref(after);
+    }
+    after = dashboard(f);
+    assert_true(json_equal(before[CU_ORDERS], after));
+    json_decref(after);
+    after = query(f, "event_count", "o-7", 0, &fr);
+    assert_true(json_equal(before[CU_ORDERS + 1], after));
+    json_decref(after);
+    for (int i = 0; i < CU_ORDERS + 2; i++)
+        json_decref(before[i]);
+    /* every stream counted all its events: none skipped */
+    {
+        cq_rdb *db = open_admin(f, "read.db");
+        cq_rstmt *st = NULL;
+        char err[256];
+        assert_int_equal(cq_rdb_prepare(db,
+                                        "SELECT count(*) FROM event_counts"
+                                        " WHERE events <> version",
+                                        0, &st, err, sizeof err),
+                         CQ_OK);
+        assert_int_equal(cq_rstmt_step(st), CQ_RSTEP_ROW);
+        assert_int_equal(cq_rstmt_column_int(st, 0), 0);
+        cq_rstmt_finalize(st);
+        cq_rdb_close(db);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -844,6 +949,8 @@ int main(int argc, char **argv)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_applied_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rebuild_declared, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_catch_up_far_behind, setup,
+                                        teardown),
     };
     pg = argc > 1 && strcmp(argv[1], "pg") == 0;
     return cmocka_run_group_tests_name(pg ? "engine_pg" : "engine", tests, NULL,
