@@ -1227,11 +1227,18 @@ s64_ratio=$(calc 'if (b > 0) printf "%.2f", a / b; else print "n/a"' "$s64_rps" 
 s1_met=$(calc "if (a <= 2000) print \"met\"; else print \"NOT MET\"" "$s1_p99")
 s1_raw_met=$(calc 'if (b <= 0) print "n/a"; else if (a / b >= 0.60) print "met"; else print "NOT MET"' "$s1_rps" "$r1_rps")
 s64_met=$(calc 'if (b <= 0) print "n/a"; else if (a / b >= 0.50) print "met"; else print "NOT MET"' "$s64_rps" "$s64_hz")
+# the issue's reading of the 0.60: at most ~250 us of work per command
+# beyond one fsync'd transaction of the floor (1/rate - 1/floor rate)
+s1_beyond=$(calc 'if (a > 0 && b > 0) printf "%.0f", 1e6 / a - 1e6 / b; else print "n/a"' "$s1_rps" "$r1_rps")
+[ "$s1_beyond" != n/a ] || s1_beyond=
+s1_beyond_met=$(calc 'if (a <= 250) print "met"; else print "NOT MET"' "$s1_beyond")
 printf '  %-38s %14s   %s\n' "sweep, 1 connection: PlaceOrder" "$(num "$s1_rps") cmd/s" \
     "p50 $(ms "$s1_p50"), p99 $(ms "$s1_p99"); target p99 <= 2 ms: $s1_met"
 printf '  %-38s %14s   %s\n' "  p99/p50 at 1 connection" "$s1_ratio" "(the tail at one client)"
 printf '  %-38s %14s   %s\n' "  vs raw SQLite, 1 row/commit" "$s1_raw" \
     "($(num "$r1_rps") txn/s; target >= 0.60: $s1_raw_met)"
+printf '  %-38s %14s   %s\n' "  work beyond the floor, per command" "$(us "$s1_beyond")" \
+    "(1/rate - 1/floor rate; target <= 250 us: $s1_beyond_met)"
 printf '  %-38s %14s   %s\n' "sweep, 64 conns: PlaceOrder/healthz" "$s64_ratio" \
     "($(num "$s64_rps") cmd/s vs $(num "$s64_hz") req/s; target >= 0.50: $s64_met)"
 say
@@ -1371,7 +1378,7 @@ fi
              ka_os ka_sd k_both k_sd k_shared k_os l_os l_sd l_both \
              pct_os pct_sd pct_both met_os met_sd met_both TARGET_CATCHUP_PCT CU_ROUNDS \
              b_rate b_events b_secs b_wall b_q b_p50 b_p99 b_max b_bp50 b_bp99 b_bad b_pct_k b_pct_u \
-             s1_rps s1_p50 s1_p99 s1_ratio s1_raw s64_rps s64_hz s64_ratio \
+             s1_rps s1_p50 s1_p99 s1_ratio s1_raw s1_beyond s64_rps s64_hz s64_ratio \
              em_version em_node em_restarts WIN_WORKERS CONNS CU_ORDERS; do
         eval "val=\${$v:-}"
         printf '%s=%s\n' "$v" "$val"
