@@ -116,6 +116,33 @@ static const char **map_values(const cq_decl_query *q,
     return v;
 }
 
+static const char SNAPSHOT_BEGIN[] = "BEGIN";
+static const char SNAPSHOT_END[] = "COMMIT";
+
+/* Run the statement that begins (sqlite_sql SNAPSHOT_BEGIN, pg_sql its
+ * PostgreSQL form) or ends a query's read snapshot on x. On SQLite it is
+ * prepared once per connection (cq_exec_stmt keeps it), not parsed again
+ * for every query; PostgreSQL gets the text. CQ_OK or CQ_EIO with a
+ * message. */
+static int snapshot_sql(cq_exec *x, const char *sqlite_sql, const char *pg_sql,
+                        char *err, size_t errcap)
+{
+    cq_rdb *db = cq_exec_db(x);
+    cq_rstmt *st;
+    int rc;
+
+    if (strcmp(cq_rdb_backend(db), "postgresql") == 0)
+        return cq_exec_sql(x, pg_sql, err, errcap);
+    st = cq_exec_stmt(x, sqlite_sql, err, errcap);
+    if (st == NULL)
+        return CQ_EIO;
+    rc = cq_rstmt_step(st);
+    if (rc != CQ_RSTEP_DONE)
+        snprintf(err, errcap, "%s", cq_rdb_errmsg(db));
+    cq_rstmt_reset(st);
+    return rc == CQ_RSTEP_DONE ? CQ_OK : CQ_EIO;
+}
+
 /* Run q (or, while the live tables are those of an older definition, its
  * namesake there) in one read snapshot with the checkpoint. */
 static int run_query(cq_engine *e, int projection, const cq_declared *serving,
@@ -154,11 +181,9 @@ again:
 again_here:
     /* one snapshot for the rows and the checkpoint: PostgreSQL takes one
      * per statement unless asked for one per transaction */
-    rc = cq_exec_sql(x,
-                     cq_exec_dialect(cq_exec_db(x), "BEGIN",
-                                     "BEGIN ISOLATION LEVEL REPEATABLE READ"
-                                     " READ ONLY"),
-                     err, errcap);
+    rc = snapshot_sql(x, SNAPSHOT_BEGIN,
+                      "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", err,
+                      errcap);
     if (rc != CQ_OK)
         goto done;
     /* the checkpoint, from the same snapshot as the rows */
@@ -174,7 +199,7 @@ again_here:
          * this connection, before the error is believed */
         int refused =
             rc != CQ_OK && cq_rdb_errcode(cq_exec_db(x)) == CQ_EINVAL;
-        cq_exec_sql(x, "COMMIT", ignore, sizeof ignore);
+        snapshot_sql(x, SNAPSHOT_END, SNAPSHOT_END, ignore, sizeof ignore);
         if (refused && !replanned) {
             replanned = 1;
             json_decref(*data);
