@@ -4,12 +4,15 @@
  * (Content-Type, Idempotency-Key, If-Match), its JSON body, the hash that
  * makes an Idempotency-Key replay safe, and the round trip to the writer.
  *
- * A write is handed to the writer (cq_http_submit) after its connection
- * is suspended; the writer's done() callback, on_written(), runs on the
- * writer thread, stores q->answered and resumes the connection, and MHD
- * calls back on one of its threads, where cq_http_send_written() sends
- * the answer. Nothing else of the request is touched by the writer
- * thread. srv->pending counts the requests handed to the writer and not
+ * A write is first offered to an idle writer (cq_writer_try_run): one
+ * client sending commands one after another gets its batch of one run on
+ * this MHD thread and the answer sent at once, without two thread
+ * hand-offs. Otherwise it is handed to the writer (cq_http_submit) after
+ * its connection is suspended; the writer's done() callback,
+ * on_written(), runs on the writer thread, stores q->answered and resumes
+ * the connection, and MHD calls back on one of its threads, where
+ * cq_http_send_written() sends the answer. Nothing else of the request is
+ * touched by the writer thread. srv->pending counts the requests handed to the writer and not
  * yet answered (cq_server_stop waits for them).
  */
 #include <microhttpd.h>
@@ -217,7 +220,8 @@ static void on_written(cq_write_req *r)
     MHD_resume_connection(q->conn);
 }
 
-/* Hand q->w to the writer; the connection sleeps until on_written(). */
+/* Run q->w at once if the writer is idle and send the answer; else hand
+ * it to the writer, and the connection sleeps until on_written(). */
 enum MHD_Result cq_http_submit(request *q)
 {
     int rc;
@@ -229,6 +233,10 @@ enum MHD_Result cq_http_submit(request *q)
     q->w.user = q;
     q->queued = 1;
     atomic_fetch_add(&q->srv->pending, 1);
+    if (cq_writer_try_run(q->srv->writer, &q->w)) {
+        atomic_store(&q->answered, 1);
+        return cq_http_send_written(q);
+    }
     MHD_suspend_connection(q->conn);
     rc = cq_writer_submit(q->srv->writer, &q->w);
     if (rc != CQ_OK) {
