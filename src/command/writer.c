@@ -9,16 +9,28 @@
  * in writer_int.h).
  *
  * Threads and locks:
- *   - `mu` guards the queue (head, tail, queued) and `stopping`; `cv` is
- *     signalled when a request is queued or the writer is told to stop.
- *     Submitters (any thread) take it in cq_writer_submit; the writer
- *     thread takes it to dequeue a batch and to wait while idle.
+ *   - `mu` guards the queue (head, tail, queued), `stopping` and the turn
+ *     (`busy`, `solo`, `wants_turn`, `last_batch_ns`); `cv` is signalled
+ *     when a request is queued, the writer is told to stop, or a
+ *     submitter leaves the turn while the writer thread waits for it.
+ *     Submitters (any thread) take it in cq_writer_submit and
+ *     cq_writer_try_run; the writer thread takes it to dequeue a batch and
+ *     to wait while idle.
+ *   - the turn: one thread at a time runs a batch, a prune step or a
+ *     probe, and holds `busy` meanwhile: the writer thread, or a
+ *     submitter in cq_writer_try_run, which runs its own request as a
+ *     batch of one when the writer is idle, nothing is queued and the
+ *     last batch held one request with nothing behind it (one client
+ *     sending commands one after another: no hand-off to the writer
+ *     thread and back). Under load every request goes through the queue
+ *     and batches form as before.
  *   - head_position is atomic: written by the writer after each commit,
  *     read by anyone.
  *   - `writable` is atomic, written by the writer thread only; `why` (the
  *     failure that made the store unwritable) is guarded by `mu`.
- *   - everything else (cache, decision, the store's write side) belongs to
- *     the writer thread alone.
+ *   - everything else (cache, decision, prune pacing, the store's write
+ *     side) belongs to the thread holding the turn; taking and leaving it
+ *     under `mu` orders one holder's work before the next's.
  *
  * Outcomes of one request, decided inside its savepoint:
  *   KEEP        its writes stay (2xx); its answer goes to the command log
@@ -564,11 +576,11 @@ static void run_batch(cq_writer *w, cq_write_req *batch, int prune_rows,
  * waits for the turn. */
 static void leave_turn(cq_writer *w, int n)
 {
-    w->busy = 0;
     if (n > 0) {
         w->solo = n == 1 && w->head == NULL;
         w->last_batch_ns = cq_mono_ns();
     }
+    w->busy = 0;
     if (w->wants_turn)
         pthread_cond_signal(&w->cv);
 }
