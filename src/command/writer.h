@@ -171,13 +171,14 @@ int64_t cq_writer_head(cq_writer *w);
  * message in why[cap] (if not NULL; "" when writable). Any thread. */
 int cq_writer_writable(cq_writer *w, char *why, size_t cap);
 
-/* Refuse new requests (CQ_ECLOSED), finish and answer every queued one,
- * and join the thread. cq_writer_head() keeps working. Call once, from the
+/* Refuse new requests (CQ_ECLOSED; cq_writer_try_run runs nothing),
+ * finish and answer every queued one, wait for a request that
+ * cq_writer_try_run is running, and join the thread. cq_writer_head() keeps working. Call once, from the
  * thread that started the writer; accepts NULL. */
 void cq_writer_stop(cq_writer *w);
 
 /* Stop (if not yet stopped) and free. No other thread may still call
- * cq_writer_submit or cq_writer_head. Accepts NULL. */
+ * cq_writer_submit, cq_writer_try_run or cq_writer_head. Accepts NULL. */
 void cq_writer_free(cq_writer *w);
 
 #endif
