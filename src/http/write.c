@@ -4,10 +4,10 @@
  * (Content-Type, Idempotency-Key, If-Match), its JSON body, the hash that
  * makes an Idempotency-Key replay safe, and the round trip to the writer.
  *
- * A write is first offered to an idle writer (cq_writer_try_run): one
- * client sending commands one after another gets its batch of one run on
- * this MHD thread and the answer sent at once, without two thread
- * hand-offs. Otherwise it is handed to the writer (cq_http_submit) after
+ * A write is first offered to an idle writer (cq_writer_try_run) when
+ * its connection is the server's only one: one client sending commands
+ * one after another gets its batch of one run on this MHD thread and the
+ * answer sent at once, without two thread hand-offs. Otherwise it is handed to the writer (cq_http_submit) after
  * its connection is suspended; the writer's done() callback,
  * on_written(), runs on the writer thread, stores q->answered and resumes
  * the connection, and MHD calls back on one of its threads, where
@@ -25,6 +25,7 @@
 #include "base/base.h"
 #include "base/problem.h"
 #include "command/command.h"
+#include "http/conns.h"
 #include "http/http.h"
 
 /* 1 if Content-Type is application/json (charset, if any, utf-8). */
@@ -233,7 +234,11 @@ enum MHD_Result cq_http_submit(request *q)
     q->w.user = q;
     q->queued = 1;
     atomic_fetch_add(&q->srv->pending, 1);
-    if (cq_writer_try_run(q->srv->writer, &q->w)) {
+    /* Only while this is the server's one connection: an MHD thread that
+     * runs a batch serves none of its other connections until the COMMIT
+     * returns (under load the queue's batches are the better deal). */
+    if (cq_conns_open(q->srv->conns) <= 1 &&
+        cq_writer_try_run(q->srv->writer, &q->w)) {
         atomic_store(&q->answered, 1);
         return cq_http_send_written(q);
     }
