@@ -9,16 +9,28 @@
  * in writer_int.h).
  *
  * Threads and locks:
- *   - `mu` guards the queue (head, tail, queued) and `stopping`; `cv` is
- *     signalled when a request is queued or the writer is told to stop.
- *     Submitters (any thread) take it in cq_writer_submit; the writer
- *     thread takes it to dequeue a batch and to wait while idle.
+ *   - `mu` guards the queue (head, tail, queued), `stopping` and the turn
+ *     (`busy`, `solo`, `wants_turn`, `last_batch_ns`); `cv` is signalled
+ *     when a request is queued, the writer is told to stop, or a
+ *     submitter leaves the turn while the writer thread waits for it.
+ *     Submitters (any thread) take it in cq_writer_submit and
+ *     cq_writer_try_run; the writer thread takes it to dequeue a batch and
+ *     to wait while idle.
+ *   - the turn: one thread at a time runs a batch, a prune step or a
+ *     probe, and holds `busy` meanwhile: the writer thread, or a
+ *     submitter in cq_writer_try_run, which runs its own request as a
+ *     batch of one when the writer is idle, nothing is queued and the
+ *     last batch held one request with nothing behind it (one client
+ *     sending commands one after another: no hand-off to the writer
+ *     thread and back). Under load every request goes through the queue
+ *     and batches form as before.
  *   - head_position is atomic: written by the writer after each commit,
  *     read by anyone.
  *   - `writable` is atomic, written by the writer thread only; `why` (the
  *     failure that made the store unwritable) is guarded by `mu`.
- *   - everything else (cache, decision, the store's write side) belongs to
- *     the writer thread alone.
+ *   - everything else (cache, decision, prune pacing, the store's write
+ *     side) belongs to the thread holding the turn; taking and leaving it
+ *     under `mu` orders one holder's work before the next's.
  *
  * Outcomes of one request, decided inside its savepoint:
  *   KEEP        its writes stay (2xx); its answer goes to the command log
@@ -497,8 +509,10 @@ static int run_one(cq_writer *w, cq_write_req *r, int64_t now)
 
 /* Run the requests of `batch` in one transaction; if a prune pass is due
  * or under way, one step of it (of prune_rows keys at most) commits with
- * them. */
-static void run_batch(cq_writer *w, cq_write_req *batch, int prune_rows)
+ * them. With call_done, each request's done() is called at the end (the
+ * writer thread); without, the caller (try_run) takes the answer. */
+static void run_batch(cq_writer *w, cq_write_req *batch, int prune_rows,
+                      int call_done)
 {
     int64_t now = cq_now_ms();
     int64_t pruned = 0;
@@ -551,10 +565,24 @@ static void run_batch(cq_writer *w, cq_write_req *batch, int prune_rows)
                                   msg);
         }
     }
-    for (r = batch; r != NULL; r = next) {
+    for (r = batch; call_done && r != NULL; r = next) {
         next = r->next; /* r belongs to its submitter once done() runs */
         r->done(r);
     }
+}
+
+/* Leave the turn (mu held): note how the batch of n requests (0: a prune
+ * step or a probe) ended, and hand the queue to the writer thread if it
+ * waits for the turn. */
+static void leave_turn(cq_writer *w, int n)
+{
+    if (n > 0) {
+        w->solo = n == 1 && w->head == NULL;
+        w->last_batch_ns = cq_mono_ns();
+    }
+    w->busy = 0;
+    if (w->wants_turn)
+        pthread_cond_signal(&w->cv);
 }
 
 static void *writer_main(void *arg)
@@ -564,24 +592,34 @@ static void *writer_main(void *arg)
     pthread_setname_np(pthread_self(), "cq-writer");
     if (w->cfg.hooks.start != NULL)
         w->cfg.hooks.start(w->cfg.hooks.arg);
+    pthread_mutex_lock(&w->mu);
+    leave_turn(w, 0); /* cq_writer_start gave the turn to the start hook */
     for (;;) {
         cq_write_req *batch, *last;
         int n = 1;
 
-        pthread_mutex_lock(&w->mu);
-        while (w->head == NULL && !w->stopping) {
+        while (w->busy || (w->head == NULL && !w->stopping)) {
             struct timespec ts;
             int64_t ns;
 
-            /* writer_prune_start_if_due touches writer-only fields, never the
-             * store, so it may run under mu; a step runs without it. */
+            if (w->busy) { /* a submitter runs its request (try_run) */
+                w->wants_turn = 1;
+                pthread_cond_wait(&w->cv, &w->mu);
+                w->wants_turn = 0;
+                continue;
+            }
+            /* writer_prune_start_if_due touches the turn's fields, never
+             * the store, so it may run under mu; a step runs without it,
+             * holding the turn. */
             writer_prune_start_if_due(w, writer_mono_ms());
             ns = (int64_t)(w->last_batch_ns + CQ_WRITER_PRUNE_GRACE_NS -
                            cq_mono_ns());
             if (w->prune_pending && ns <= 0) {
+                w->busy = 1;
                 pthread_mutex_unlock(&w->mu);
                 writer_prune_step(w, CQ_WRITER_PRUNE_CHUNK);
                 pthread_mutex_lock(&w->mu);
+                leave_turn(w, 0);
                 continue;
             }
             if (!w->prune_pending) /* else wait out the grace */
@@ -596,15 +634,14 @@ static void *writer_main(void *arg)
                 ts.tv_sec++;
                 ts.tv_nsec -= 1000000000;
             }
-            /* an unwritable writer wakes up to probe (see writer_probe()) */
+            /* an unwritable writer wakes up to probe (see writer_probe());
+             * no submitter takes the turn while it is unwritable */
             if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT &&
-                !atomic_load(&w->writable))
+                !atomic_load(&w->writable) && !w->busy)
                 break;
         }
-        if (w->head == NULL && w->stopping) {
-            pthread_mutex_unlock(&w->mu);
+        if (w->head == NULL && w->stopping)
             break;
-        }
         batch = last = w->head;
         if (batch != NULL) {
             while (last->next != NULL && n < w->cfg.max_batch) {
@@ -617,14 +654,19 @@ static void *writer_main(void *arg)
             last->next = NULL;
             w->queued -= n;
         }
+        w->busy = 1;
         pthread_mutex_unlock(&w->mu);
 
         if (batch != NULL)
-            run_batch(w, batch, writer_batch_prune_rows(n));
+            run_batch(w, batch, writer_batch_prune_rows(n), 1);
         else if (!atomic_load(&w->writable))
             writer_probe(w);
-        w->last_batch_ns = cq_mono_ns();
+        pthread_mutex_lock(&w->mu);
+        leave_turn(w, batch != NULL ? n : 0);
+        if (batch == NULL)
+            w->last_batch_ns = cq_mono_ns();
     }
+    pthread_mutex_unlock(&w->mu);
     return NULL;
 }
 
@@ -665,6 +707,8 @@ int cq_writer_start(cq_store *store, const cq_writer_config *cfg,
     atomic_init(&w->writable, 1);
     w->last_prune_ms = writer_mono_ms();
     w->prune_pending = 1; /* the first pass runs right at start */
+    w->busy = 1;          /* the turn is the start hook's, then the thread's */
+    w->solo = 1;
 
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -686,15 +730,38 @@ fail:
     return rc;
 }
 
-int cq_writer_submit(cq_writer *w, cq_write_req *r)
+static void reset_answer(cq_write_req *r)
 {
-    int rc = CQ_OK;
-
     r->next = NULL;
     r->status = 0;
     r->response = NULL;
     r->problem = r->replayed = 0;
     r->version = r->position = 0;
+}
+
+int cq_writer_try_run(cq_writer *w, cq_write_req *r)
+{
+    pthread_mutex_lock(&w->mu);
+    if (w->busy || w->head != NULL || w->stopping || !w->solo ||
+        !atomic_load(&w->writable)) {
+        pthread_mutex_unlock(&w->mu);
+        return 0;
+    }
+    w->busy = 1;
+    pthread_mutex_unlock(&w->mu);
+    reset_answer(r);
+    run_batch(w, r, writer_batch_prune_rows(1), 0);
+    pthread_mutex_lock(&w->mu);
+    leave_turn(w, 1);
+    pthread_mutex_unlock(&w->mu);
+    return 1;
+}
+
+int cq_writer_submit(cq_writer *w, cq_write_req *r)
+{
+    int rc = CQ_OK;
+
+    reset_answer(r);
     pthread_mutex_lock(&w->mu);
     if (w->stopping)
         rc = CQ_ECLOSED;

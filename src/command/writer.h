@@ -16,9 +16,18 @@
  *   4. decide(); append; evolve the state; cache it (dirty until commit);
  *   5. store the answer in the command log under the key, if any.
  *
- * Thread-safety: cq_writer_submit, cq_writer_head and cq_writer_writable may
- * be called from any thread; everything else from the thread that started
- * the writer.
+ * One batch at a time: a batch runs on the writer thread, or, when the
+ * writer is idle with nothing queued and its last batch held a single
+ * request, cq_writer_try_run runs the caller's request as a batch of one
+ * on the caller's thread (no hand-off to the writer thread and back: the
+ * latency of one client sending commands one after another). Either way
+ * the thread running a batch holds the writer's turn, taken and left
+ * under the writer's lock, so the store's write side, the state cache and
+ * the hooks see one batch after another, never two at once.
+ *
+ * Thread-safety: cq_writer_submit, cq_writer_try_run, cq_writer_head and
+ * cq_writer_writable may be called from any thread; everything else from
+ * the thread that started the writer.
  */
 #ifndef CQ_WRITER_H
 #define CQ_WRITER_H
@@ -71,8 +80,10 @@ struct cq_write_req {
     char command_id[37];                  /* UUIDv7 of this request */
     char correlation_id[CQ_IDEM_KEY_MAX]; /* "" means: use command_id */
     void (*done)(cq_write_req *r); /* called on the writer thread once the
-                                      answer is final; after it returns
-                                      the writer never touches r again */
+                                      answer is final (never for a request
+                                      cq_writer_try_run ran); after it
+                                      returns the writer never touches r
+                                      again */
     void *user;                    /* for done() */
 
     /* ---- filled by the writer before done() ---- */
@@ -88,8 +99,9 @@ struct cq_write_req {
 
 typedef struct cq_writer cq_writer;
 
-/* Hooks for the projection engine; all optional, all called on the
- * writer thread. */
+/* Hooks for the projection engine; all optional, all called by the
+ * thread holding the writer's turn (the writer thread, or a submitter in
+ * cq_writer_try_run), one batch at a time. */
 typedef struct cq_writer_hooks {
     /* Inside the request's savepoint, right after its events were appended
      * (and so inside the batch's transaction on the store's write
@@ -140,6 +152,16 @@ int cq_writer_start(cq_store *store, const cq_writer_config *cfg,
  * queued and done() will not be called. Any thread. */
 int cq_writer_submit(cq_writer *w, cq_write_req *r);
 
+/* Run r at once on the calling thread, as a batch of its own, if the
+ * writer is idle: nothing queued, no batch, prune step or probe running,
+ * the store writable, and the last batch held one request with nothing
+ * queued behind it (one client at a time; under load requests keep going
+ * through the queue into shared batches). 1: r has its final answer
+ * (durable if 2xx, as for done()); done() is not called and the writer
+ * does not touch r again. 0: nothing was done; submit r instead. Blocks
+ * for the batch's COMMIT (an fsync). Any thread; not from a hook. */
+int cq_writer_try_run(cq_writer *w, cq_write_req *r);
+
 /* Highest committed position. Any thread. */
 int64_t cq_writer_head(cq_writer *w);
 
@@ -149,13 +171,14 @@ int64_t cq_writer_head(cq_writer *w);
  * message in why[cap] (if not NULL; "" when writable). Any thread. */
 int cq_writer_writable(cq_writer *w, char *why, size_t cap);
 
-/* Refuse new requests (CQ_ECLOSED), finish and answer every queued one,
- * and join the thread. cq_writer_head() keeps working. Call once, from the
+/* Refuse new requests (CQ_ECLOSED; cq_writer_try_run runs nothing),
+ * finish and answer every queued one, wait for a request that
+ * cq_writer_try_run is running, and join the thread. cq_writer_head() keeps working. Call once, from the
  * thread that started the writer; accepts NULL. */
 void cq_writer_stop(cq_writer *w);
 
 /* Stop (if not yet stopped) and free. No other thread may still call
- * cq_writer_submit or cq_writer_head. Accepts NULL. */
+ * cq_writer_submit, cq_writer_try_run or cq_writer_head. Accepts NULL. */
 void cq_writer_free(cq_writer *w);
 
 #endif

@@ -8,8 +8,8 @@
  * fails the request alone (422 inline-projection-refused, or 500), and its
  * I/O failure fails the batch.
  *
- * Thread: the writer thread only (the store's write side, the hooks); no
- * lock is taken here.
+ * Thread: the one holding the writer's turn (writer_int.h: the store's
+ * write side, the hooks); no lock is taken here.
  */
 #include "command/writer_int.h"
 

@@ -20,9 +20,12 @@
  *   |                 | expired idempotency keys                           |
  *
  * Threads and locks (at the fields of struct cq_writer below): `mu`
- * guards the queue, `stopping` and `why`; head_position and writable are
- * atomics; everything else belongs to the writer thread alone. Every
- * function declared here runs on the writer thread.
+ * guards the queue, `stopping`, `why` and the turn (`busy`); head_position
+ * and writable are atomics; everything else belongs to the thread that
+ * holds the turn: the writer thread, or a submitter that found the writer
+ * idle and runs its one request itself (cq_writer_try_run). Taking and
+ * leaving the turn under `mu` orders one holder's work before the next's.
+ * Every function declared here runs on the thread holding the turn.
  */
 #ifndef CQ_COMMAND_WRITER_INT_H
 #define CQ_COMMAND_WRITER_INT_H
@@ -51,16 +54,26 @@ struct cq_writer {
     cq_write_req *head, *tail; /* guarded by mu */
     int queued;                /* guarded by mu */
     int stopping;              /* guarded by mu */
+    /* guarded by mu: the writer's turn. 1 while a thread runs a batch, a
+     * prune step or a probe (the writer thread, or a submitter in
+     * cq_writer_try_run); the fields below "the turn's" belong to that
+     * thread until it clears busy. */
+    int busy;
+    int solo;         /* guarded by mu: the last batch held one request and
+                         nothing was queued behind it (try_run may run) */
+    int wants_turn;   /* guarded by mu: the writer thread waits for busy to
+                         clear (whoever clears it signals cv) */
     _Atomic int64_t head_position;
     atomic_int writable; /* written by the writer thread only */
     char why[512];       /* guarded by mu: why it is not writable */
 
-    /* writer thread only */
+    /* the turn's: the thread holding busy (see above) */
     cq_cache *cache;
     cq_decision *decision;
     int64_t last_prune_ms;  /* when the last prune pass started (monotonic) */
     int prune_pending;      /* a pass is under way: expired keys may remain */
-    uint64_t last_batch_ns; /* when the last batch ended (monotonic) */
+    uint64_t last_batch_ns; /* guarded by mu: when the last batch ended
+                               (monotonic) */
 };
 
 /* ---- writer.c: answers -------------------------------------------------- */

@@ -10,8 +10,8 @@
  * Putting the new state back in the cache, and its commit or eviction
  * with the batch, are writer.c's.
  *
- * Thread: the writer thread only (the cache, the store's write side); no
- * lock is taken here.
+ * Thread: the one holding the writer's turn (writer_int.h: the cache, the
+ * store's write side); no lock is taken here.
  */
 #include "command/writer_int.h"
 

@@ -40,12 +40,15 @@
  * pruned is already absent to cmdlog_get, so a late pass costs disk space,
  * never a wrong replay.
  *
- * Threads and locks: everything here runs on the writer thread, which
- * alone writes `writable` (atomic, read by any thread) and the prune
- * fields (last_prune_ms, prune_pending); `why` is written under `mu`.
- * writer_prune_start_if_due touches writer-only fields and never the
- * store, so the thread may call it while it holds `mu`; the prune steps
- * and the probe run without it.
+ * Threads and locks: everything here runs on the thread holding the
+ * writer's turn (writer_int.h: the writer thread, or a submitter running
+ * its request in cq_writer_try_run), which alone writes `writable`
+ * (atomic, read by any thread) and the prune fields (last_prune_ms,
+ * prune_pending); `why` is written under `mu`. writer_prune_start_if_due
+ * touches the turn's fields and never the store, so the writer thread may
+ * call it while it holds `mu` with the turn free (nobody can take it
+ * then); the prune steps and the probe run without `mu`, holding the
+ * turn.
  */
 #include "command/writer_int.h"
 

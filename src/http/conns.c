@@ -20,7 +20,9 @@
  * Threads: libmicrohttpd's threads call notify, head_done and head_wait;
  * the sweeper runs alone. `lock` guards the list and each node's fd and
  * `cut`; `head_since` is atomic (set without the lock by the connection's
- * own thread, read by the sweeper).
+ * own thread, read by the sweeper), and so is the count of open
+ * connections (`open`: write.c runs a command on the HTTP thread only
+ * while its connection is the only one).
  */
 #include "http/conns.h"
 
@@ -49,6 +51,7 @@ struct cq_conns {
     uint64_t period_ns;
     int stop;
     pthread_t sweeper;
+    atomic_uint open; /* connections STARTED and not yet CLOSED */
 };
 
 static void *sweep(void *arg)
@@ -87,6 +90,7 @@ int cq_conns_start(unsigned head_timeout_ms, cq_conns **out)
     if (t == NULL)
         return CQ_ENOMEM;
     t->list.next = t->list.prev = &t->list;
+    atomic_init(&t->open, 0);
     t->timeout_ns = (uint64_t)head_timeout_ms * 1000000u;
     period = t->timeout_ns / 4;
     t->period_ns = period < 50000000u     ? 50000000u
@@ -134,6 +138,10 @@ void cq_conns_notify(void *cls, struct MHD_Connection *c, void **socket_context,
     cq_conns *t = cls;
     conn *n;
 
+    if (code == MHD_CONNECTION_NOTIFY_STARTED)
+        atomic_fetch_add(&t->open, 1);
+    else if (code == MHD_CONNECTION_NOTIFY_CLOSED)
+        atomic_fetch_sub(&t->open, 1);
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -162,6 +170,11 @@ void cq_conns_notify(void *cls, struct MHD_Connection *c, void **socket_context,
     pthread_mutex_unlock(&t->lock);
     free(n);
     *socket_context = NULL;
+}
+
+unsigned cq_conns_open(cq_conns *t)
+{
+    return atomic_load(&t->open);
 }
 
 static conn *conn_of(struct MHD_Connection *c)

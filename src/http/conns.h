@@ -38,6 +38,10 @@ void cq_conns_free(cq_conns *t);
 void cq_conns_notify(void *cls, struct MHD_Connection *c, void **socket_context,
                      enum MHD_ConnectionNotificationCode code);
 
+/* How many connections are open (STARTED and not yet CLOSED): a snapshot,
+ * any thread. */
+unsigned cq_conns_open(cq_conns *t);
+
 /* The request head on c is complete: no deadline until the next one.
  * Cannot fail; a connection the table does not know is ignored. */
 void cq_conns_head_done(struct MHD_Connection *c);

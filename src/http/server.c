@@ -19,8 +19,10 @@
  *      they are discarded (and past HARD_BODY_LIMIT the connection is
  *      closed) and the answer is 413;
  *   3. last call: the request is validated completely (query parameters,
- *      headers, JSON shape); reads are answered at once, writes are handed
- *      to the writer after the connection is suspended (write.c);
+ *      headers, JSON shape); reads are answered at once; a write runs
+ *      at once on this thread when the writer is idle (one client at a
+ *      time), else it is handed to the writer after the connection is
+ *      suspended (write.c);
  *   4. the writer's done() callback marks the request answered and resumes
  *      the connection; MHD calls us once more and we send the answer;
  *   5. MHD's completion callback frees the request.

@@ -4,8 +4,13 @@
  * (Content-Type, Idempotency-Key, If-Match), its JSON body, the hash that
  * makes an Idempotency-Key replay safe, and the round trip to the writer.
  *
- * A write is handed to the writer (cq_http_submit) after its connection
- * is suspended; the writer's done() callback, on_written(), runs on the
+ * A write is first offered to an idle writer (cq_writer_try_run) when
+ * its connection is the server's only one and this thread is not kept
+ * waiting for a CPU (inline_watch.h): one client sending commands one
+ * after another gets its batch of one run on this MHD thread and the
+ * answer sent at once, without two thread hand-offs. Otherwise it is
+ * handed to the writer (cq_http_submit) after its connection is
+ * suspended; the writer's done() callback, on_written(), runs on the
  * writer thread, stores q->answered and resumes the connection, and MHD
  * calls back on one of its threads, where cq_http_send_written() sends
  * the answer. Nothing else of the request is touched by the writer
@@ -22,7 +27,9 @@
 #include "base/base.h"
 #include "base/problem.h"
 #include "command/command.h"
+#include "http/conns.h"
 #include "http/http.h"
+#include "http/inline_watch.h"
 
 /* 1 if Content-Type is application/json (charset, if any, utf-8). */
 int cq_http_content_type_ok(struct MHD_Connection *c)
@@ -217,7 +224,11 @@ static void on_written(cq_write_req *r)
     MHD_resume_connection(q->conn);
 }
 
-/* Hand q->w to the writer; the connection sleeps until on_written(). */
+/* Per MHD thread: whether it runs commands itself (inline_watch.h). */
+static _Thread_local cq_inline_watch watch;
+
+/* Run q->w at once if the writer is idle and send the answer; else hand
+ * it to the writer, and the connection sleeps until on_written(). */
 enum MHD_Result cq_http_submit(request *q)
 {
     int rc;
@@ -229,6 +240,15 @@ enum MHD_Result cq_http_submit(request *q)
     q->w.user = q;
     q->queued = 1;
     atomic_fetch_add(&q->srv->pending, 1);
+    /* Only while this is the server's one connection: an MHD thread that
+     * runs a batch serves none of its other connections until the COMMIT
+     * returns (under load the queue's batches are the better deal). */
+    if (cq_conns_open(q->srv->conns) <= 1 && cq_inline_ok(&watch) &&
+        cq_writer_try_run(q->srv->writer, &q->w)) {
+        cq_inline_ran(&watch, cq_inline_run_delay());
+        atomic_store(&q->answered, 1);
+        return cq_http_send_written(q);
+    }
     MHD_suspend_connection(q->conn);
     rc = cq_writer_submit(q->srv->writer, &q->w);
     if (rc != CQ_OK) {

@@ -122,7 +122,13 @@ void cq_store_close(cq_store *s);
  * next write-side call). Writer thread only. Never NULL. */
 const char *cq_store_errmsg(cq_store *s);
 
-/* ---- write side: the writer thread only ---- */
+/* ---- write side: the writer thread only ----
+ *
+ * "The writer thread" here and below is whichever thread holds the
+ * writer's turn (src/command/writer.h): the writer's own thread, or a
+ * submitter running its request while the writer is idle; the turn is
+ * taken and left under a lock, so the write side is used by one thread
+ * at a time, in order. */
 
 /*
  * The batch and the command inside it. All six are for the writer thread

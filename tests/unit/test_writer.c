@@ -383,6 +383,198 @@ static void test_concurrent_submitters(void **state)
     free(s);
 }
 
+/* ---- a request run on the submitter's thread (cq_writer_try_run) ---- */
+
+/* try_run until the writer is idle (the start-up prune step may hold the
+ * turn for a moment): 1 once it ran r, 0 if it never did within 5 s. */
+static int try_run_idle(cq_writer *w, cq_write_req *r)
+{
+    for (int i = 0; i < 5000; i++) {
+        if (cq_writer_try_run(w, r))
+            return 1;
+        usleep(1000);
+    }
+    return 0;
+}
+
+/* An idle writer runs the request on the caller's thread: the answer is
+ * final and committed when try_run returns, done() is never called, and
+ * the state it leaves in the cache serves the next command. */
+static void test_try_run_idle(void **state)
+{
+    fixture *f = *state;
+    cq_write_req r[2];
+    char json[256];
+    int64_t head = 0;
+
+    make_command(f, &r[0], "PlaceOrder", place(1, json, sizeof json), NULL);
+    assert_true(try_run_idle(f->writer, &r[0]));
+    assert_int_equal(r[0].status, 202);
+    assert_int_equal(r[0].version, 1);
+    assert_int_equal(r[0].position, 1);
+    assert_non_null(strstr(r[0].response, "\"position\":1"));
+    assert_int_equal(cq_writer_head(f->writer), 1);
+    assert_int_equal(cq_store_head_position(f->store, &head), CQ_OK);
+    assert_int_equal(head, 1); /* committed: another connection sees it */
+    make_command(f, &r[1], "RecordPayment",
+                 "{\"order_id\":\"o-1\",\"payment_id\":\"p1\","
+                 "\"amount_cents\":1000}",
+                 NULL);
+    assert_true(try_run_idle(f->writer, &r[1]));
+    assert_int_equal(r[1].status, 202);
+    assert_true(r[1].version >= 2); /* decided on the state at version 1 */
+    assert_int_equal(r[1].position, r[1].version); /* the only stream */
+    pthread_mutex_lock(&f->wt.mu);
+    assert_int_equal(f->wt.done, 0); /* done() is the queue's, not try_run's */
+    pthread_mutex_unlock(&f->wt.mu);
+    release(r, 2);
+    cq_writer_stop(f->writer);
+    make_command(f, &r[0], "PlaceOrder", place(2, json, sizeof json), NULL);
+    assert_false(cq_writer_try_run(f->writer, &r[0])); /* stopped */
+    release(r, 1);
+}
+
+/* A hook that holds the writer inside its batch until the test opens it. */
+typedef struct hold {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int inside, open;
+} hold;
+
+static int hold_inline(void *arg, const cq_stored_event *events,
+                       const json_t *const *data, size_t n, char *err,
+                       size_t errcap)
+{
+    hold *h = arg;
+
+    (void)events;
+    (void)data;
+    (void)n;
+    (void)err;
+    (void)errcap;
+    pthread_mutex_lock(&h->mu);
+    h->inside++;
+    pthread_cond_broadcast(&h->cv);
+    while (!h->open)
+        pthread_cond_wait(&h->cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
+    return CQ_OK;
+}
+
+/* While a batch runs, try_run runs nothing (and leaves r alone); a request
+ * queued behind it goes first, in FIFO order; once the queue has drained,
+ * try_run runs again. */
+static void test_try_run_busy(void **state)
+{
+    fixture *f = *state;
+    hold h = {.inside = 0, .open = 0};
+    cq_writer_config cfg = {0};
+    cq_write_req r[3];
+    char json[256];
+
+    pthread_mutex_init(&h.mu, NULL);
+    pthread_cond_init(&h.cv, NULL);
+    cq_writer_free(f->writer);
+    cfg.hooks.apply_inline = hold_inline;
+    cfg.hooks.arg = &h;
+    assert_int_equal(cq_writer_start(f->store, &cfg, &f->writer), CQ_OK);
+    make_command(f, &r[0], "PlaceOrder", place(1, json, sizeof json), NULL);
+    make_command(f, &r[1], "PlaceOrder", place(2, json, sizeof json), NULL);
+    make_command(f, &r[2], "PlaceOrder", place(3, json, sizeof json), NULL);
+    assert_int_equal(cq_writer_submit(f->writer, &r[0]), CQ_OK);
+    pthread_mutex_lock(&h.mu);
+    while (h.inside == 0)
+        pthread_cond_wait(&h.cv, &h.mu);
+    pthread_mutex_unlock(&h.mu);
+    assert_false(cq_writer_try_run(f->writer, &r[1])); /* a batch runs */
+    assert_int_equal(r[1].status, 0);
+    assert_int_equal(cq_writer_submit(f->writer, &r[1]), CQ_OK);
+    pthread_mutex_lock(&h.mu);
+    h.open = 1;
+    pthread_cond_broadcast(&h.cv);
+    pthread_mutex_unlock(&h.mu);
+    wait_for(&f->wt, 2);
+    assert_int_equal(r[0].position, 1);
+    assert_int_equal(r[1].position, 2);
+    assert_true(try_run_idle(f->writer, &r[2]));
+    assert_int_equal(r[2].status, 202);
+    assert_int_equal(r[2].position, 3);
+    release(r, 3);
+    cq_writer_free(f->writer);
+    f->writer = NULL;
+    pthread_mutex_destroy(&h.mu);
+    pthread_cond_destroy(&h.cv);
+}
+
+/* Threads that each try_run, and submit and wait when the writer is busy
+ * (what an HTTP thread does), all at once: every command answered 202
+ * exactly once, positions gap-free (also run under TSan: the turn passes
+ * between the writer thread and the submitters). */
+typedef struct runner {
+    fixture *f;
+    int base, ran;
+    waiter wt;
+    cq_write_req r[60];
+} runner;
+
+static void *run_many(void *arg)
+{
+    runner *s = arg;
+    char json[256];
+
+    for (int i = 0; i < 60; i++) {
+        make_command(s->f, &s->r[i], "PlaceOrder",
+                     place(s->base + i, json, sizeof json), NULL);
+        s->r[i].user = &s->wt;
+        if (cq_writer_try_run(s->f->writer, &s->r[i])) {
+            s->ran++;
+            continue;
+        }
+        if (cq_writer_submit(s->f->writer, &s->r[i]) != CQ_OK)
+            abort();
+        wait_for(&s->wt, i + 1 - s->ran);
+    }
+    return NULL;
+}
+
+static void test_try_run_concurrent(void **state)
+{
+    fixture *f = *state;
+    enum { T = 4, N = 60 };
+    runner *s = calloc(T, sizeof *s);
+    char *seen = calloc(T * N + 1, 1);
+    pthread_t th[T];
+    int ran = 0;
+
+    for (int t = 0; t < T; t++) {
+        s[t].f = f;
+        s[t].base = t * 1000;
+        pthread_mutex_init(&s[t].wt.mu, NULL);
+        pthread_cond_init(&s[t].wt.cv, NULL);
+        assert_int_equal(pthread_create(&th[t], NULL, run_many, &s[t]), 0);
+    }
+    for (int t = 0; t < T; t++)
+        pthread_join(th[t], NULL);
+    for (int t = 0; t < T; t++) {
+        for (int i = 0; i < N; i++) {
+            int64_t p = s[t].r[i].position;
+            assert_int_equal(s[t].r[i].status, 202);
+            assert_true(p >= 1 && p <= T * N);
+            assert_false(seen[p]);
+            seen[p] = 1;
+        }
+        ran += s[t].ran;
+        release(s[t].r, N);
+        pthread_mutex_destroy(&s[t].wt.mu);
+        pthread_cond_destroy(&s[t].wt.cv);
+    }
+    /* how many ran on their own thread depends on the timing */
+    print_message("try_run ran %d of %d\n", ran, T * N);
+    assert_int_equal(cq_writer_head(f->writer), T * N);
+    free(seen);
+    free(s);
+}
+
 /* ---- the command log's expired keys ---- */
 
 /* Hooks that hold the writer inside its first batch (before_commit) until
@@ -1180,6 +1372,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_idempotency_in_batch, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_no_event_command, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_try_run_idle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_try_run_busy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_try_run_concurrent, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_submitters, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_stream, setup, teardown),
