@@ -34,7 +34,12 @@
  *      start instead: a pass first syncs the log up to what it copies,
  *      and a pass of 500 frames put 2 MiB on the device at once, which
  *      the next fsync of the other database (events.db's writer, whose
- *      commit a client waits for) then waited behind (see pacing()).
+ *      commit a client waits for) then waited behind (see pacing()). Not
+ *      much fewer either: each pass also syncs the database and copies
+ *      again the pages every commit rewrites (read.db: the checkpoint
+ *      rows, sales_dashboard's few rows); at one pass per 100 frames
+ *      read.db's passes took ~10 % of the server's CPU at one client,
+ *      and one fsync in seven (bench/README.md).
  *   3. frames >= CQ_WAL_RESTART_FRAMES: reset the log with a RESTART
  *      checkpoint here, on the writing connection, with a busy timeout of
  *      CQ_WAL_RESTART_BUSY_MS -- but only once the checkpoint thread is

@@ -43,7 +43,7 @@
 
 #define CQ_WAL_CHECKPOINT_FRAMES 1000 /* as SQLite's own autocheckpoint */
 #define CQ_WAL_PASS_FRAMES 500
-#define CQ_WAL_UNSYNCED_PASS_FRAMES 100 /* synchronous below FULL */
+#define CQ_WAL_UNSYNCED_PASS_FRAMES 300 /* synchronous below FULL */
 #define CQ_WAL_RESTART_FRAMES 3000
 #define CQ_WAL_RESTART_GAP 256
 #define CQ_WAL_LIMIT_FRAMES 4000
