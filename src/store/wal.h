@@ -44,6 +44,7 @@
 #define CQ_WAL_CHECKPOINT_FRAMES 1000 /* as SQLite's own autocheckpoint */
 #define CQ_WAL_PASS_FRAMES 500
 #define CQ_WAL_UNSYNCED_PASS_FRAMES 300 /* synchronous below FULL */
+#define CQ_WAL_WRITEBACK_FRAMES 100     /* the same, between passes */
 #define CQ_WAL_RESTART_FRAMES 3000
 #define CQ_WAL_RESTART_GAP 256
 #define CQ_WAL_LIMIT_FRAMES 4000
@@ -98,5 +99,10 @@ int64_t cq_wal_restarts(const cq_wal *w);
 
 /* How many PASSIVE checkpoints the thread has run so far. Any thread. */
 int64_t cq_wal_passes(const cq_wal *w);
+
+/* How many times the thread has had the kernel start writing an unsynced
+ * log's frames to the device between passes (0 for a synced log, or
+ * where the system has no sync_file_range). Any thread. */
+int64_t cq_wal_writebacks(const cq_wal *w);
 
 #endif
