@@ -39,7 +39,13 @@
  *      again the pages every commit rewrites (read.db: the checkpoint
  *      rows, sales_dashboard's few rows); at one pass per 100 frames
  *      read.db's passes took ~10 % of the server's CPU at one client,
- *      and one fsync in seven (bench/README.md).
+ *      and one fsync in seven (bench/README.md). So that the pass's
+ *      sync of the log still finds little to write, the thread hands
+ *      such a log's frames to the device every CQ_WAL_WRITEBACK_FRAMES
+ *      between passes (write_back(): sync_file_range's WRITE, which
+ *      starts the writes and waits for nothing; it promises nothing
+ *      either: what makes the frames durable is still the pass's fsync
+ *      of the log, before it copies them).
  *   3. frames >= CQ_WAL_RESTART_FRAMES: reset the log with a RESTART
  *      checkpoint here, on the writing connection, with a busy timeout of
  *      CQ_WAL_RESTART_BUSY_MS -- but only once the checkpoint thread is
@@ -75,11 +81,13 @@
  * a connection that has never read the database does not know it is in
  * WAL mode, and SQLite then treats a checkpoint on it as a no-op.
  *
- * Threads and locks: `mu` guards `due`, `running`, `stopping`, `cycle`
- * and the last pass's figures (cv wakes the thread); `ckpt_mu` is held for
+ * Threads and locks: `mu` guards `due`, `running`, `stopping`, `cycle`,
+ * the last pass's figures and the write-back asked for (cv wakes the
+ * thread); `ckpt_mu` is held for
  * the duration of any checkpoint (thread or writer). `next_pass`,
- * `next_restart`, `last_frames` and `idle_at` belong to the writing
- * thread (the hook and cq_wal_idle).
+ * `next_wb`, `next_restart`, `last_frames` and `idle_at` belong to the
+ * writing thread (the hook and cq_wal_idle), `wal_fd` and `wb_done` to the
+ * checkpoint thread.
  */
 #include "store/wal.h"
 

@@ -13,7 +13,10 @@
  *     readers and the writer never wait); when the writing connection's
  *     synchronous is below FULL (its commits do not sync the log, as
  *     read.db's), every CQ_WAL_UNSYNCED_PASS_FRAMES frames from the start
- *     instead, so each pass syncs little of the log at once;
+ *     instead, and between passes the thread has the kernel start
+ *     writing the log's new frames every CQ_WAL_WRITEBACK_FRAMES (no
+ *     wait, no flush: cq_wal_writebacks), so each pass's sync of the log
+ *     finds little left to write;
  *   - from CQ_WAL_RESTART_FRAMES frames on (under continuous writes SQLite
  *     rarely resets the log by itself), the writing thread resets it with
  *     a RESTART checkpoint right after a commit, once the thread's last
