@@ -34,7 +34,18 @@
  *      start instead: a pass first syncs the log up to what it copies,
  *      and a pass of 500 frames put 2 MiB on the device at once, which
  *      the next fsync of the other database (events.db's writer, whose
- *      commit a client waits for) then waited behind (see pacing()).
+ *      commit a client waits for) then waited behind (see pacing()). Not
+ *      much fewer either: each pass also syncs the database and copies
+ *      again the pages every commit rewrites (read.db: the checkpoint
+ *      rows, sales_dashboard's few rows); at one pass per 100 frames
+ *      read.db's passes took ~10 % of the server's CPU at one client,
+ *      and one fsync in seven (bench/README.md). So that the pass's
+ *      sync of the log still finds little to write, the thread hands
+ *      such a log's frames to the device every CQ_WAL_WRITEBACK_FRAMES
+ *      between passes (write_back(): sync_file_range's WRITE, which
+ *      starts the writes and waits for nothing; it promises nothing
+ *      either: what makes the frames durable is still the pass's fsync
+ *      of the log, before it copies them).
  *   3. frames >= CQ_WAL_RESTART_FRAMES: reset the log with a RESTART
  *      checkpoint here, on the writing connection, with a busy timeout of
  *      CQ_WAL_RESTART_BUSY_MS -- but only once the checkpoint thread is
@@ -70,20 +81,24 @@
  * a connection that has never read the database does not know it is in
  * WAL mode, and SQLite then treats a checkpoint on it as a no-op.
  *
- * Threads and locks: `mu` guards `due`, `running`, `stopping`, `cycle`
- * and the last pass's figures (cv wakes the thread); `ckpt_mu` is held for
+ * Threads and locks: `mu` guards `due`, `running`, `stopping`, `cycle`,
+ * the last pass's figures and the write-back asked for (cv wakes the
+ * thread); `ckpt_mu` is held for
  * the duration of any checkpoint (thread or writer). `next_pass`,
- * `next_restart`, `last_frames` and `idle_at` belong to the writing
- * thread (the hook and cq_wal_idle).
+ * `next_wb`, `next_restart`, `last_frames` and `idle_at` belong to the
+ * writing thread (the hook and cq_wal_idle), `wal_fd` and `wb_done` to the
+ * checkpoint thread.
  */
 #include "store/wal.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cqrs/cqrs.h"
 #include "store/rdb.h"
@@ -94,6 +109,7 @@ struct cq_wal {
     sqlite3 *db;     /* the checkpoint thread's own connection */
     char name[16];
     char *wal_path; /* path + "-wal" */
+    int frame_bytes; /* a frame: the page and its 24-byte header */
 
     pthread_t thread;
     int started;
@@ -107,7 +123,18 @@ struct cq_wal {
      * yet): frames in the log then, and how many were copied back */
     unsigned cycle, pass_cycle;
     int pass_log, pass_ckpt;
+    /* guarded by mu: start writing the log back up to frame wb_to of
+     * cycle wb_cycle (step 2: an unsynced log between passes) */
+    int wb_due, wb_to;
+    unsigned wb_cycle;
     pthread_mutex_t ckpt_mu; /* held while any checkpoint runs */
+
+    /* checkpoint thread only: the -wal file, read-only, for the write-back
+     * (-1: not open yet or cannot be); frames handed to the device so far
+     * in cycle wb_done_cycle */
+    int wal_fd;
+    int wb_done;
+    unsigned wb_done_cycle;
 
     /* writing thread only */
     int last_frames;  /* frames after the previous commit */
@@ -115,12 +142,44 @@ struct cq_wal {
     int next_restart; /* frames at which to try a RESTART */
     int first_pass;   /* frames of the first pass of a cycle, then ... */
     int pass_frames;  /* ... every that many more (see pacing()) */
+    int wb_frames;    /* write-back every that many frames, 0: none */
+    int next_wb;      /* frames at which to ask for the next write-back */
     int idle_at;      /* frames at the writer's last idle moment in this
                          cycle (cq_wal_idle), -1: none */
     _Atomic int64_t restarts;
     _Atomic int64_t passes; /* PASSIVE checkpoints the thread has run */
+    _Atomic int64_t writebacks; /* write-backs the kernel accepted */
     int last_error; /* checkpoint thread only: logged once per change */
 };
+
+/* Checkpoint thread: start the device writing the log's frames up to
+ * `to` in `cycle` that the last write-back of that cycle left (step 2 of
+ * the protocol). Asks the kernel to start writing those blocks and does
+ * not wait: no device cache flush, no durability promised; the pass's
+ * fsync of the log still comes before it copies anything, it just finds
+ * little left to write. A failure only means the pass writes more. */
+static void write_back(cq_wal *w, unsigned cycle, int to)
+{
+#if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)
+    int from = cycle == w->wb_done_cycle ? w->wb_done : 0;
+
+    if (w->wal_fd < 0)
+        w->wal_fd = open(w->wal_path, O_RDONLY | O_CLOEXEC);
+    if (w->wal_fd < 0 || to <= from)
+        return;
+    /* frame k (from 0) starts after the 32-byte log header */
+    if (sync_file_range(w->wal_fd, 32 + (off_t)from * w->frame_bytes,
+                        (off_t)(to - from) * w->frame_bytes,
+                        SYNC_FILE_RANGE_WRITE) == 0)
+        atomic_fetch_add(&w->writebacks, 1);
+    w->wb_done_cycle = cycle;
+    w->wb_done = to;
+#else
+    (void)w;
+    (void)cycle;
+    (void)to;
+#endif
+}
 
 /* Make db a WAL connection: read the schema once (see the file comment). */
 static int attach_wal(sqlite3 *db)
@@ -139,6 +198,16 @@ static void *keeper_main(void *arg)
         int rc, log = 0, ckpt = 0;
         unsigned cycle;
 
+        if (!w->due && w->wb_due) {
+            int to = w->wb_to;
+
+            w->wb_due = 0;
+            cycle = w->wb_cycle;
+            pthread_mutex_unlock(&w->mu);
+            write_back(w, cycle, to);
+            pthread_mutex_lock(&w->mu);
+            continue;
+        }
         if (!w->due) {
             pthread_cond_wait(&w->cv, &w->mu);
             continue;
@@ -183,6 +252,7 @@ static void new_cycle(cq_wal *w)
     w->pass_log = -1;
     pthread_mutex_unlock(&w->mu);
     w->next_pass = w->first_pass;
+    w->next_wb = w->wb_frames;
     w->next_restart = CQ_WAL_RESTART_FRAMES;
     w->idle_at = -1;
 }
@@ -254,6 +324,15 @@ static int on_commit(void *arg, sqlite3 *db, const char *schema, int frames)
         pthread_cond_signal(&w->cv);
         pthread_mutex_unlock(&w->mu);
         w->next_pass = frames + w->pass_frames;
+        w->next_wb = frames + w->wb_frames; /* the pass syncs the log */
+    } else if (w->wb_frames > 0 && frames >= w->next_wb) {
+        pthread_mutex_lock(&w->mu);
+        w->wb_due = 1;
+        w->wb_to = frames;
+        w->wb_cycle = w->cycle;
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        w->next_wb = frames + w->wb_frames;
     }
     return SQLITE_OK; /* the commit stands whatever happened here */
 }
@@ -306,11 +385,14 @@ static void pacing(cq_wal *w)
     if (level >= 2) { /* FULL or EXTRA: every commit synced the log */
         w->first_pass = CQ_WAL_CHECKPOINT_FRAMES;
         w->pass_frames = CQ_WAL_PASS_FRAMES;
+        w->wb_frames = 0; /* its commits synced it all */
     } else {
         w->first_pass = CQ_WAL_UNSYNCED_PASS_FRAMES;
         w->pass_frames = CQ_WAL_UNSYNCED_PASS_FRAMES;
+        w->wb_frames = CQ_WAL_WRITEBACK_FRAMES;
     }
     w->next_pass = w->first_pass;
+    w->next_wb = w->wb_frames;
 }
 
 int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
@@ -335,6 +417,7 @@ int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
     w->next_restart = CQ_WAL_RESTART_FRAMES;
     w->idle_at = -1;
     w->pass_log = -1;
+    w->wal_fd = -1;
     pthread_mutex_init(&w->mu, NULL);
     pthread_mutex_init(&w->ckpt_mu, NULL);
     pthread_cond_init(&w->cv, NULL);
@@ -349,9 +432,10 @@ int cq_wal_start(sqlite3 *writer, int busy_ms, const char *path,
     }
     /* the file keeps the room of CQ_WAL_LIMIT_FRAMES frames (and a
      * commit's worth more) across resets: see the file comment */
+    w->frame_bytes = page_size(writer) + 24;
     snprintf(sql, sizeof sql, "PRAGMA journal_size_limit = %lld",
              (long long)(CQ_WAL_LIMIT_FRAMES + CQ_WAL_RESTART_GAP) *
-                     (page_size(writer) + 24) +
+                     w->frame_bytes +
                  32);
     if (sqlite3_exec(writer, sql, NULL, NULL, NULL) != SQLITE_OK) {
         snprintf(err, errcap, "%s: %s", path, sqlite3_errmsg(writer));
@@ -398,6 +482,8 @@ void cq_wal_free(cq_wal *w)
         pthread_join(w->thread, NULL);
     }
     sqlite3_close(w->db);
+    if (w->wal_fd >= 0)
+        close(w->wal_fd);
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->ckpt_mu);
     pthread_mutex_destroy(&w->mu);
@@ -422,4 +508,9 @@ int64_t cq_wal_restarts(const cq_wal *w)
 int64_t cq_wal_passes(const cq_wal *w)
 {
     return w != NULL ? atomic_load(&w->passes) : 0;
+}
+
+int64_t cq_wal_writebacks(const cq_wal *w)
+{
+    return w != NULL ? atomic_load(&w->writebacks) : 0;
 }

@@ -13,7 +13,10 @@
  *     readers and the writer never wait); when the writing connection's
  *     synchronous is below FULL (its commits do not sync the log, as
  *     read.db's), every CQ_WAL_UNSYNCED_PASS_FRAMES frames from the start
- *     instead, so each pass syncs little of the log at once;
+ *     instead, and between passes the thread has the kernel start
+ *     writing the log's new frames every CQ_WAL_WRITEBACK_FRAMES (no
+ *     wait, no flush: cq_wal_writebacks), so each pass's sync of the log
+ *     finds little left to write;
  *   - from CQ_WAL_RESTART_FRAMES frames on (under continuous writes SQLite
  *     rarely resets the log by itself), the writing thread resets it with
  *     a RESTART checkpoint right after a commit, once the thread's last
@@ -43,7 +46,8 @@
 
 #define CQ_WAL_CHECKPOINT_FRAMES 1000 /* as SQLite's own autocheckpoint */
 #define CQ_WAL_PASS_FRAMES 500
-#define CQ_WAL_UNSYNCED_PASS_FRAMES 100 /* synchronous below FULL */
+#define CQ_WAL_UNSYNCED_PASS_FRAMES 300 /* synchronous below FULL */
+#define CQ_WAL_WRITEBACK_FRAMES 100     /* the same, between passes */
 #define CQ_WAL_RESTART_FRAMES 3000
 #define CQ_WAL_RESTART_GAP 256
 #define CQ_WAL_LIMIT_FRAMES 4000
@@ -98,5 +102,10 @@ int64_t cq_wal_restarts(const cq_wal *w);
 
 /* How many PASSIVE checkpoints the thread has run so far. Any thread. */
 int64_t cq_wal_passes(const cq_wal *w);
+
+/* How many times the thread has had the kernel start writing an unsynced
+ * log's frames to the device between passes (0 for a synced log, or
+ * where the system has no sync_file_range). Any thread. */
+int64_t cq_wal_writebacks(const cq_wal *w);
 
 #endif
