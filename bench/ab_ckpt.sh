@@ -24,9 +24,9 @@ shift 2
 LOADS=${*:-c1 win}
 LUA=$(pwd)/bench/placeorder.lua
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh" # free_port, wait_healthz
 
 cpu() { # PID: "TID NAME CPU_MS" per thread
     for t in /proc/"$1"/task/*; do
@@ -40,12 +40,8 @@ one() { # BUILD LOAD
     timeout -k 5 300 "$1/cqrsd" serve --data "$d/data" --listen "127.0.0.1:$p" \
         >"$d/log" 2>&1 &
     s=$!
-    i=0
-    until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$p/healthz")" = 200 ]; do
-        i=$((i + 1))
-        [ $i -lt 100 ] || { echo "$1: server did not start" >&2; kill $s; rm -rf "$d"; return 1; }
-        sleep 0.1
-    done
+    wait_healthz "http://127.0.0.1:$p" 10 $s ||
+        { echo "$1: server did not start" >&2; kill $s; rm -rf "$d"; return 1; }
     c=$(pgrep -P $s cqrsd)
     load=$(cut -d' ' -f1 /proc/loadavg)
     cpu "$c" >"$d/cpu0"

@@ -14,9 +14,9 @@
 set -u
 A=$1 B=$2 W=${3:-8} ROUNDS=${4:-5} N=${5:-5000}
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh" # free_port, wait_healthz
 
 one() { # one BUILD
     d=$(mktemp -d "${TMPDIR:-/tmp}/ab_window.XXXXXX")
@@ -24,12 +24,8 @@ one() { # one BUILD
     timeout -k 5 300 "$1/cqrsd" serve --data "$d/data" --listen "127.0.0.1:$p" \
         >"$d/log" 2>&1 &
     s=$!
-    i=0
-    until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$p/healthz")" = 200 ]; do
-        i=$((i + 1))
-        [ $i -lt 100 ] || { echo "$1: server did not start" >&2; kill $s; rm -rf "$d"; return 1; }
-        sleep 0.1
-    done
+    wait_healthz "http://127.0.0.1:$p" 10 $s ||
+        { echo "$1: server did not start" >&2; kill $s; rm -rf "$d"; return 1; }
     line=$(timeout 240 "$1/bench/bench_window" --port "$p" --workers "$W" \
         --commands "$N" --rtt 1000 2>&1 | grep 'BENCH kind=window')
     c=$(pgrep -P $s cqrsd)

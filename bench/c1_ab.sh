@@ -20,6 +20,8 @@
 # the end of each run; data dirs go in a temp dir removed at exit.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh" # free_port, wait_healthz (field is this script's own)
 A=$1 B=$2 ROUNDS=${3:-5} SECS=${4:-5} C=${5:-1} T=${6:-1}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/c1ab.XXXXXX")
 SP=
@@ -36,16 +38,12 @@ run() { # build-dir name round
         >"$TMP/raw.out" 2>&1
     floor=$(field rows_per_sec "$TMP/raw.out")
     floor_p50=$(field commit_p50_us "$TMP/raw.out")
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    port=$(free_port)
     url=http://127.0.0.1:$port
     "$bd/cqrsd" serve --data "$TMP/d" --listen "127.0.0.1:$port" \
         >"$TMP/server.log" 2>&1 &
     SP=$!
-    i=0
-    until curl -s -o /dev/null --max-time 1 "$url/healthz"; do
-        i=$((i + 1)); [ $i -lt 100 ] || { echo "server did not start" >&2; exit 1; }
-        sleep 0.1
-    done
+    wait_healthz "$url" 10 $SP || { echo "server did not start" >&2; exit 1; }
     p=$(date +%s)
     timeout 60 wrk -t"$T" -c"$C" -d2s -s "$ROOT/bench/placeorder.lua" "$url" \
         -- "w$p$name" >/dev/null 2>&1
