@@ -24,9 +24,9 @@
  *     sending commands one after another: no hand-off to the writer
  *     thread and back). Under load every request goes through the queue
  *     and batches form as before.
- *   - head_position is atomic: written by the writer after each commit,
+ *   - head_position is atomic: written by the turn's holder after each commit,
  *     read by anyone.
- *   - `writable` is atomic, written by the writer thread only; `why` (the
+ *   - `writable` is atomic, written by the turn's holder only; `why` (the
  *     failure that made the store unwritable) is guarded by `mu`.
  *   - everything else (cache, decision, prune pacing, the store's write
  *     side) belongs to the thread holding the turn; taking and leaving it

@@ -64,7 +64,7 @@ struct cq_writer {
     int wants_turn;   /* guarded by mu: the writer thread waits for busy to
                          clear (whoever clears it signals cv) */
     _Atomic int64_t head_position;
-    atomic_int writable; /* written by the writer thread only */
+    atomic_int writable; /* written by the turn's holder only */
     char why[512];       /* guarded by mu: why it is not writable */
 
     /* the turn's: the thread holding busy (see above) */
