@@ -173,8 +173,9 @@ int cq_writer_writable(cq_writer *w, char *why, size_t cap);
 
 /* Refuse new requests (CQ_ECLOSED; cq_writer_try_run runs nothing),
  * finish and answer every queued one, wait for a request that
- * cq_writer_try_run is running, and join the thread. cq_writer_head() keeps working. Call once, from the
- * thread that started the writer; accepts NULL. */
+ * cq_writer_try_run is running, and join the thread. cq_writer_head()
+ * keeps working. Call once, from the thread that started the writer;
+ * accepts NULL. */
 void cq_writer_stop(cq_writer *w);
 
 /* Stop (if not yet stopped) and free. No other thread may still call
