@@ -35,20 +35,21 @@
 #   7c. idempotency-key prune: bench_prune (bench/prune.c) fills a store
 #      with expired command-log keys and times keyed commands through the
 #      writer while it prunes them, against the same with nothing to prune;
-#   7d. PostgreSQL (bench/pg.sh): PlaceOrder at 1 and 64 connections on 1
-#      and 3 nodes sharing one database, against Message DB's write_message
-#      and a raw one-INSERT-per-transaction loop on the same cluster;
-#   7e. the bus (bench/bus.sh): 3 nodes on one PostgreSQL store, the relay
-#      to NATS JetStream (and the projector workers, where built): the
-#      consistency window from a 202 on node A to a fresh min_position query
-#      on node B, end-to-end throughput, and the relay's publish rate
-#      against raw libnats publishing to the same server;
-#   7f. the connections sweep (step sweep): a fresh server; for each of
+#   7d. the connections sweep (step sweep; before 7e and 7f, whose
+#      clusters' writes would land in its fsyncs): a fresh server; for each of
 #      BENCH_SWEEP connection counts, wrk GET /healthz and wrk PlaceOrder
 #      (bench/placeorder.lua) for BENCH_SWEEP_SECONDS each; bench_raw_sqlite
 #      with 1 row per transaction (the disk's durable single-transaction
 #      floor) besides step 1's 64 per transaction (the ceiling); prints the
 #      p99/p50 ratio at 1 connection;
+#   7e. PostgreSQL (bench/pg.sh): PlaceOrder at 1 and 64 connections on 1
+#      and 3 nodes sharing one database, against Message DB's write_message
+#      and a raw one-INSERT-per-transaction loop on the same cluster;
+#   7f. the bus (bench/bus.sh): 3 nodes on one PostgreSQL store, the relay
+#      to NATS JetStream (and the projector workers, where built): the
+#      consistency window from a 202 on node A to a fresh min_position query
+#      on node B, end-to-end throughput, and the relay's publish rate
+#      against raw libnats publishing to the same server;
 #   7g. the peer (step emmett): bench/emmett/server.mjs, PlaceOrder on
 #      Emmett 0.38.5's SQLite event store (installed from npm into
 #      $BUILD_DIR/emmett by this step, pinned in bench/emmett/package.json),
@@ -784,31 +785,12 @@ if step prune; then
     say
 fi
 
-# --- 7d. PostgreSQL -------------------------------------------------------------
-: >"$TMP/pg.out"
-if step pg; then
-    say "-- PostgreSQL: bench/pg.sh"
-    BUILD_DIR=$BUILD_DIR BENCH_CQRSD=$CQRSD BENCH_WARMUP=$WARMUP BENCH_TMPDIR=$TMP_PARENT \
-        BENCH_STRICT=$STRICT sh "$ROOT/bench/pg.sh" >"$TMP/pg.out" 2>&1
-    rc=$?
-    cat "$TMP/pg.out"
-    [ $rc -eq 0 ] || { warn "bench/pg.sh failed (exit $rc)"; STATUS=1; }
-    say
-fi
-
-# --- 7e. the bus ---------------------------------------------------------------
-: >"$TMP/bus.out"
-if step bus; then
-    say "-- the bus: bench/bus.sh"
-    BUILD_DIR=$BUILD_DIR BENCH_CQRSD=$CQRSD BENCH_TMPDIR=$TMP_PARENT BENCH_STRICT=$STRICT \
-        bounded 900 sh "$ROOT/bench/bus.sh" >"$TMP/bus.out" 2>&1
-    rc=$?
-    cat "$TMP/bus.out"
-    [ $rc -eq 0 ] || { warn "bench/bus.sh failed (exit $rc)"; STATUS=1; }
-    say
-fi
-
-# --- 7f. the connections sweep ---------------------------------------------------
+# --- 7d. the connections sweep ---------------------------------------------------
+# Before the PostgreSQL and bus steps: their clusters' own writes (the
+# shutdown checkpoints, the removal of their data) land on the same disk
+# after them and slow the fsyncs a single client waits for (one run of 26
+# Nov 2026: the 1-row floor at 5,500 txn/s right after them, 9,400 on a
+# settled disk).
 # wrk at $2 connections (threads: BENCH_THREADS, at most one per connection):
 # name conns seconds script url [args...]
 # (its own variable names: the callers loop over $c)
@@ -899,6 +881,30 @@ if step sweep; then
     else
         STATUS=1
     fi
+    say
+fi
+
+# --- 7e. PostgreSQL -------------------------------------------------------------
+: >"$TMP/pg.out"
+if step pg; then
+    say "-- PostgreSQL: bench/pg.sh"
+    BUILD_DIR=$BUILD_DIR BENCH_CQRSD=$CQRSD BENCH_WARMUP=$WARMUP BENCH_TMPDIR=$TMP_PARENT \
+        BENCH_STRICT=$STRICT sh "$ROOT/bench/pg.sh" >"$TMP/pg.out" 2>&1
+    rc=$?
+    cat "$TMP/pg.out"
+    [ $rc -eq 0 ] || { warn "bench/pg.sh failed (exit $rc)"; STATUS=1; }
+    say
+fi
+
+# --- 7f. the bus ---------------------------------------------------------------
+: >"$TMP/bus.out"
+if step bus; then
+    say "-- the bus: bench/bus.sh"
+    BUILD_DIR=$BUILD_DIR BENCH_CQRSD=$CQRSD BENCH_TMPDIR=$TMP_PARENT BENCH_STRICT=$STRICT \
+        bounded 900 sh "$ROOT/bench/bus.sh" >"$TMP/bus.out" 2>&1
+    rc=$?
+    cat "$TMP/bus.out"
+    [ $rc -eq 0 ] || { warn "bench/bus.sh failed (exit $rc)"; STATUS=1; }
     say
 fi
 
