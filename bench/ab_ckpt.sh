@@ -26,7 +26,7 @@ LUA=$(pwd)/bench/placeorder.lua
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh" # free_port, wait_healthz
+. "$ROOT/bench/lib.sh" # ab_server
 
 cpu() { # PID: "TID NAME CPU_MS" per thread
     for t in /proc/"$1"/task/*; do
@@ -36,12 +36,8 @@ cpu() { # PID: "TID NAME CPU_MS" per thread
 
 one() { # BUILD LOAD
     d=$(mktemp -d "${TMPDIR:-/tmp}/ab_ckpt.XXXXXX")
-    p=$(free_port)
-    timeout -k 5 300 "$1/cqrsd" serve --data "$d/data" --listen "127.0.0.1:$p" \
-        >"$d/log" 2>&1 &
-    s=$!
-    wait_healthz "http://127.0.0.1:$p" 10 $s ||
-        { echo "$1: server did not start" >&2; kill $s; rm -rf "$d"; return 1; }
+    ab_server "$1" "$d" || { rm -rf "$d"; return 1; }
+    p=$ab_port s=$ab_pid
     c=$(pgrep -P $s cqrsd)
     load=$(cut -d' ' -f1 /proc/loadavg)
     cpu "$c" >"$d/cpu0"

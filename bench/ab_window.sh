@@ -16,16 +16,12 @@ A=$1 B=$2 W=${3:-8} ROUNDS=${4:-5} N=${5:-5000}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh" # free_port, wait_healthz
+. "$ROOT/bench/lib.sh" # ab_server
 
 one() { # one BUILD
     d=$(mktemp -d "${TMPDIR:-/tmp}/ab_window.XXXXXX")
-    p=$(free_port)
-    timeout -k 5 300 "$1/cqrsd" serve --data "$d/data" --listen "127.0.0.1:$p" \
-        >"$d/log" 2>&1 &
-    s=$!
-    wait_healthz "http://127.0.0.1:$p" 10 $s ||
-        { echo "$1: server did not start" >&2; kill $s; rm -rf "$d"; return 1; }
+    ab_server "$1" "$d" || { rm -rf "$d"; return 1; }
+    p=$ab_port s=$ab_pid
     line=$(timeout 240 "$1/bench/bench_window" --port "$p" --workers "$W" \
         --commands "$N" --rtt 1000 2>&1 | grep 'BENCH kind=window')
     c=$(pgrep -P $s cqrsd)

@@ -84,6 +84,20 @@ wait_healthz() {
     return 0
 }
 
+# For the A/B scripts: BUILD's cqrsd (its own libcqrs) serving DIR/data on
+# a free port, bounded to 300 s, once /healthz answers (10 s at most); sets
+# ab_port and ab_pid. 1 (the server killed, said why) if it did not start.
+ab_server() {
+    ab_port=$(free_port)
+    timeout -k 5 300 "$1/cqrsd" serve --data "$2/data" --listen "127.0.0.1:$ab_port" \
+        >"$2/log" 2>&1 &
+    ab_pid=$!
+    wait_healthz "http://127.0.0.1:$ab_port" 10 $ab_pid && return 0
+    echo "$1: server did not start" >&2
+    kill $ab_pid 2>/dev/null
+    return 1
+}
+
 # A bench tool: $BUILD_DIR/bench/NAME, or (not built: CQ_BENCH=OFF, or the
 # library does not build) compiled here from bench/SRC with the given
 # libraries (sqlite3 | pthread | none). Prints the path, or nothing.
