@@ -148,6 +148,19 @@ static void collect(void *arg, cq_strbuf *out)
                                 "they woke, and those of the streams they "
                                 "wrote.");
         cq_metrics_gauge(out, "cqrsd_waiters_checked", NULL, (double)checked);
+        int64_t memory, store;
+        cq_engine_read_stats(s->engine, &memory, &store);
+        if (memory + store > 0) {
+            cq_metrics_gauge_family(
+                out, "cqrsd_projector_events_read",
+                "Events the asynchronous projections took in batches since "
+                "the start (only grows): from memory, as the writer "
+                "committed them, or read back from the event store.");
+            cq_metrics_gauge(out, "cqrsd_projector_events_read",
+                             "source=\"memory\"", (double)memory);
+            cq_metrics_gauge(out, "cqrsd_projector_events_read",
+                             "source=\"store\"", (double)store);
+        }
     }
     if (st == NULL || lag_known == NULL) {
         free(st);

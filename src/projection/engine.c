@@ -189,6 +189,12 @@ int cq_engine_start(cq_engine *e, char *err, size_t errcap)
     /* a read store on a server may be shared with other nodes: they take
      * turns at starting and share the projections out (engine.h) */
     e->shared = strcmp(cq_rdb_backend(e->rdb), "sqlite") != 0;
+    /* the writer is the only one appending to a SQLite event store: what
+     * it commits can be kept for the projector and the queries (tail.h);
+     * without memory for it they read the store */
+    if (!e->shared && e->tail == NULL &&
+        strcmp(cq_store_backend(e->store), "sqlite") == 0)
+        e->tail = cq_tail_new();
     e->rx = cq_exec_new(e->rdb);
     e->ix = cq_exec_new(wdb);
     if (e->rx == NULL || e->ix == NULL) {
@@ -389,6 +395,7 @@ void cq_engine_free(cq_engine *e)
     cq_exec_free(e->rx);
     cq_exec_free(e->ix);
     cq_wal_free(e->wal); /* before read.db's writing connection closes */
+    cq_tail_free(e->tail);
     cq_rdb_close(e->rdb);
     for (int i = 0; i < e->nprojs; i++) {
         cq_declared_free(e->projs[i]->d);
@@ -456,6 +463,12 @@ int64_t cq_engine_head(cq_engine *e)
 int64_t cq_engine_wal_bytes(cq_engine *e)
 {
     return e->shared ? -1 : cq_wal_bytes(e->wal);
+}
+
+void cq_engine_read_stats(cq_engine *e, int64_t *from_memory,
+                          int64_t *from_store)
+{
+    cq_tail_stats(e->tail, from_memory, from_store);
 }
 
 int cq_engine_is_inline(cq_engine *e, int projection)

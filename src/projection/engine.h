@@ -246,6 +246,12 @@ int64_t cq_engine_head(cq_engine *e);
  * read store is not SQLite (a server keeps its own log). Any thread. */
 int64_t cq_engine_wal_bytes(cq_engine *e);
 
+/* Events the projector has taken from memory (what the writer committed
+ * last, src/projection/tail.h) and read from the event store, since the
+ * start; both 0 on a store it does not keep in memory. Any thread. */
+void cq_engine_read_stats(cq_engine *e, int64_t *from_memory,
+                          int64_t *from_store);
+
 /* A predicate: 1 if the projection is inline (its tables commit with the
  * events in events.db), 0 if asynchronous. Any thread. */
 int cq_engine_is_inline(cq_engine *e, int projection);

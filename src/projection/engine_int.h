@@ -16,6 +16,7 @@
 #include "projection/engine.h"
 #include "projection/exec.h"
 #include "projection/rename.h"
+#include "projection/tail.h"
 #include "store/rdb.h"
 
 #define ENGINE_BUSY_TIMEOUT_MS 5000
@@ -203,6 +204,10 @@ struct cq_engine {
     cq_rstmt *i_save, *i_sp, *i_release, *i_rollback;
 
     struct cq_wal *wal; /* read.db's checkpoints (store/wal.h) */
+
+    /* the events committed last (tail.h), when this process alone writes
+     * the event store; else NULL. Set by cq_engine_start. */
+    cq_tail *tail;
 
     /* Several nodes (engine.h). Set by cq_engine_start, read-only after */
     int shared;           /* the read store is shared: locks, notifications */

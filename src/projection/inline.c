@@ -51,9 +51,9 @@ static int store_trouble(cq_rdb *db)
 /* An inline read model must never fall behind the events: an event one of
  * them cannot apply is refused with its command (CQ_EREFUSED, why in err),
  * and the writer undoes the command's savepoint. */
-int cq_engine_apply_inline(cq_engine *e, const cq_stored_event *events,
-                           const json_t *const *data, size_t n, char *err,
-                           size_t errcap)
+static int apply_inline(cq_engine *e, const cq_stored_event *events,
+                        const json_t *const *data, size_t n, char *err,
+                        size_t errcap)
 {
     cq_rdb *db = cq_exec_db(e->ix);
     int need_meta = 0, live = 0, rc = CQ_OK;
@@ -128,6 +128,19 @@ int cq_engine_apply_inline(cq_engine *e, const cq_stored_event *events,
     return rc;
 }
 
+/* The inline projections take the events; once they have, the events go
+ * to the tail's stage (tail.h), to be kept if the batch commits them. */
+int cq_engine_apply_inline(cq_engine *e, const cq_stored_event *events,
+                           const json_t *const *data, size_t n, char *err,
+                           size_t errcap)
+{
+    int rc = apply_inline(e, events, data, n, err, errcap);
+
+    if (rc == CQ_OK)
+        cq_tail_stage(e->tail, events, n);
+    return rc;
+}
+
 /* The inline projections have applied every event of the transaction, up
  * to head: write their checkpoints once per batch, with the events. */
 int cq_engine_before_commit(cq_engine *e, int64_t head)
@@ -147,6 +160,8 @@ int cq_engine_before_commit(cq_engine *e, int64_t head)
 void cq_engine_committed(cq_engine *e, int64_t head,
                          const cq_stream_applied *streams, size_t n, int all)
 {
+    /* the tail first: whoever sees the new head finds its events there */
+    cq_tail_publish(e->tail, head, streams, n, all);
     pthread_mutex_lock(&e->mu);
     if (head > e->head)
         e->head = head;

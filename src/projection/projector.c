@@ -172,6 +172,7 @@ static int batch_read(cq_engine *e, batch *b, int projection, int64_t from,
                       char *err, size_t errcap)
 {
     int64_t store_head;
+    int rc;
 
     b->domain = e->domain;
     if (e->bmem.cap < b->cap) {
@@ -199,8 +200,13 @@ static int batch_read(cq_engine *e, batch *b, int projection, int64_t from,
         return e->source.read(e->source.arg, projection,
                               e->projs[projection]->d->name, from, b->cap,
                               batch_add, b, err, errcap);
-    return cq_store_read_all(e->store, from, b->cap, batch_add, b, &store_head,
-                             err, errcap);
+    /* what the writer has just committed is in memory (tail.h) */
+    if (cq_tail_read(e->tail, from, b->cap, batch_add, b) > 0)
+        return CQ_OK;
+    rc = cq_store_read_all(e->store, from, b->cap, batch_add, b, &store_head,
+                           err, errcap);
+    cq_tail_count_store(e->tail, b->n);
+    return rc;
 }
 
 int cq_eng_batch_read(cq_engine *e, batch *b, int64_t from, char *err,
