@@ -193,6 +193,37 @@ static void test_doubt_drops_the_run(void **state)
     cq_tail_free(t);
 }
 
+/* A batch that committed without the hook being called (the head could
+ * not be read after COMMIT) stays staged; the next batch's list does not
+ * name its streams, so the run is dropped rather than vouched for, and
+ * starts again after. A replayed request's stream in the list admits
+ * nothing the positions do not. */
+static void test_committed_without_publish(void **state)
+{
+    cq_tail *t = cq_tail_new();
+    cq_stream_applied a1[] = {{"a", 1}}, a3[] = {{"b", 1}};
+    cq_stream_applied a4[] = {{"a", 1}, {"d", 1}}; /* a: a replay */
+    seen s;
+
+    (void)state;
+    stage(t, "a", 1, 1, 1);
+    cq_tail_publish(t, 1, a1, 1, 0);
+    stage(t, "c", 1, 2, 1); /* committed; no publish for it */
+    stage(t, "b", 1, 3, 1);
+    cq_tail_publish(t, 3, a3, 1, 0);
+    assert_int_equal(read_from(t, 1, 10, &s), 0);
+    assert_int_equal(read_from(t, 2, 10, &s), 0);
+    assert_int_equal(read_from(t, 3, 10, &s), 0);
+
+    stage(t, "d", 1, 4, 1);
+    stage(t, "a", 2, 5, 1); /* rolled back, the last */
+    cq_tail_publish(t, 4, a4, 2, 0);
+    assert_int_equal(read_from(t, 4, 10, &s), 1);
+    assert_string_equal(s.stream[0], "d");
+    assert_int_equal(read_from(t, 5, 10, &s), 0);
+    cq_tail_free(t);
+}
+
 /* At most CQ_TAIL_EVENTS events; the oldest go first. */
 static void test_bounded_by_count(void **state)
 {
@@ -322,6 +353,7 @@ int main(void)
         cmocka_unit_test(test_publish_and_read),
         cmocka_unit_test(test_rolled_back_not_kept),
         cmocka_unit_test(test_doubt_drops_the_run),
+        cmocka_unit_test(test_committed_without_publish),
         cmocka_unit_test(test_bounded_by_count),
         cmocka_unit_test(test_large_event_not_kept),
         cmocka_unit_test(test_readers_while_publishing),
