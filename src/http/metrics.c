@@ -153,9 +153,10 @@ static void collect(void *arg, cq_strbuf *out)
         if (memory + store > 0) {
             cq_metrics_gauge_family(
                 out, "cqrsd_projector_events_read",
-                "Events the asynchronous projections took in batches since "
-                "the start (only grows): from memory, as the writer "
-                "committed them, or read back from the event store.");
+                "Events the projector took in batches (asynchronous "
+                "projections and their rebuilds) since the start (only "
+                "grows): from memory, as the writer committed them, or "
+                "read back from the event store.");
             cq_metrics_gauge(out, "cqrsd_projector_events_read",
                              "source=\"memory\"", (double)memory);
             cq_metrics_gauge(out, "cqrsd_projector_events_read",

@@ -213,6 +213,7 @@ static void *keeper_main(void *arg)
             continue;
         }
         w->due = 0;
+        w->wb_due = 0; /* the pass syncs the log: no write-back after it */
         w->running = 1;
         cycle = w->cycle;
         pthread_mutex_unlock(&w->mu);
